@@ -1,0 +1,187 @@
+"""Files: filp_open, vfs_readv/vfs_writev, fsync, fallocate, llseek.
+
+Twin of fs/open.c, fs/read_write.c, fs/sync.c and fs/open.c's
+vfs_fallocate, with include/linux/fs.h.
+
+Contexts: filp_open, filp_close, vfs_readv, vfs_writev, vfs_fsync and
+vfs_fallocate may sleep: task context only. vfs_submit (asynchronous
+I/O, as a kiocb with ki_complete) from any context; its completion runs in
+softirq context. i_size_read from any context.
+
+Differs from the kernel: the page cache is the host's. A read first tries
+preadv(RWF_NOWAIT) inline, which succeeds when the host's page cache holds
+the data; otherwise, and for every write, fsync and fallocate, the call goes
+to the engine's worker pool and the task sleeps on a completion until it
+returns (the host thread never blocks). Errors are negative errno values.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from kshim import engine, host
+from kshim.completion import complete, completion, wait_for_completion
+from kshim.err import EAGAIN, EBADF, EOPNOTSUPP
+from kshim.sched import might_sleep
+
+O_RDONLY = host.O_RDONLY
+O_WRONLY = host.O_WRONLY
+O_RDWR = host.O_RDWR
+O_CREAT = host.O_CREAT
+O_EXCL = host.O_EXCL
+O_TRUNC = host.O_TRUNC
+O_DSYNC = host.O_DSYNC
+O_SYNC = host.O_SYNC
+O_DIRECT = host.O_DIRECT
+O_LARGEFILE = host.O_LARGEFILE
+FALLOC_FL_KEEP_SIZE = host.FALLOC_FL_KEEP_SIZE
+FALLOC_FL_PUNCH_HOLE = host.FALLOC_FL_PUNCH_HOLE
+FALLOC_FL_ZERO_RANGE = host.FALLOC_FL_ZERO_RANGE
+SEEK_SET = host.SEEK_SET
+SEEK_DATA = host.SEEK_DATA
+SEEK_HOLE = host.SEEK_HOLE
+
+stats = {"read_nowait_hits": 0, "read_pool": 0, "write_pool": 0, "fsync": 0}
+
+
+class inode:
+    __slots__ = ("i_size",)
+
+    def __init__(self, size: int) -> None:
+        self.i_size = size
+
+
+class file:
+    __slots__ = ("fd", "f_flags", "f_path", "f_inode", "nowait_read")
+
+    def __init__(self, fd: int, flags: int, path: str, size: int) -> None:
+        self.fd = fd
+        self.f_flags = flags
+        self.f_path = path
+        self.f_inode = inode(size)
+        self.nowait_read = bool(host.RWF_NOWAIT) and not flags & O_DIRECT
+
+
+def filp_open(path: str, flags: int, mode: int = 0o600) -> "file | int":
+    """Open path; return the file or -errno."""
+    might_sleep()
+    fd = _pool_call(host.file_open, path, flags, mode)
+    if fd < 0:
+        return fd
+    size = host.file_size(fd)
+    if size < 0:
+        host.file_close(fd)
+        return size
+    return file(fd, flags, path, size)
+
+
+def filp_close(f: file) -> int:
+    if f.fd < 0:
+        return -EBADF
+    fd, f.fd = f.fd, -1
+    return host.file_close(fd)
+
+
+def file_inode(f: file) -> inode:
+    return f.f_inode
+
+
+def i_size_read(ino: inode) -> int:
+    return ino.i_size
+
+
+def i_size_write(ino: inode, size: int) -> None:
+    ino.i_size = size
+
+
+def _io_complete(job: engine.io_job) -> None:
+    complete(job.private)
+
+
+def _pool_call(fn: Callable[..., int], *args: Any) -> int:
+    """Run a blocking host call on the pool; sleep until it is done."""
+    done = completion("vfs io")
+    job = engine.io_job(fn, args, _io_complete, done)
+    engine.io_submit(job)
+    wait_for_completion(done)
+    return job.result
+
+
+def _total(iov: list) -> int:
+    n = 0
+    for b in iov:
+        n += len(b)
+    return n
+
+
+def vfs_readv(f: file, iov: list, pos: int) -> int:
+    """Read into the buffers at pos: bytes read (short only at end of file)
+    or -errno."""
+    might_sleep()
+    want = _total(iov)
+    got = 0
+    if f.nowait_read:
+        n = host.file_preadv_nowait(f.fd, iov, pos)
+        if n == want or (n >= 0 and pos + n >= f.f_inode.i_size):
+            stats["read_nowait_hits"] += 1
+            return n
+        if n > 0:
+            got = n
+            iov = host._advance(iov, n)
+        elif n == -EOPNOTSUPP:
+            f.nowait_read = False
+        elif n != -EAGAIN:
+            return n
+    stats["read_pool"] += 1
+    n = _pool_call(host.file_preadv, f.fd, iov, pos + got)
+    if n < 0:
+        return got or n
+    return got + n
+
+
+def vfs_writev(f: file, iov: list, pos: int) -> int:
+    """Write the buffers at pos: bytes written or -errno."""
+    might_sleep()
+    stats["write_pool"] += 1
+    n = _pool_call(host.file_pwritev, f.fd, iov, pos)
+    if n > 0 and pos + n > f.f_inode.i_size:
+        f.f_inode.i_size = pos + n
+    return n
+
+
+def vfs_fsync_range(f: file, start: int, end: int, datasync: bool) -> int:
+    might_sleep()
+    stats["fsync"] += 1
+    return _pool_call(host.file_fsync, f.fd, datasync)
+
+
+def vfs_fsync(f: file, datasync: bool) -> int:
+    return vfs_fsync_range(f, 0, (1 << 63) - 1, datasync)
+
+
+def vfs_fallocate(f: file, mode: int, offset: int, length: int) -> int:
+    might_sleep()
+    ret = _pool_call(host.file_fallocate, f.fd, mode, offset, length)
+    if ret == 0 and not mode & FALLOC_FL_KEEP_SIZE and offset + length > f.f_inode.i_size:
+        f.f_inode.i_size = offset + length
+    return ret
+
+
+def vfs_truncate(f: file, size: int) -> int:
+    might_sleep()
+    ret = _pool_call(host.file_truncate, f.fd, size)
+    if ret == 0:
+        f.f_inode.i_size = size
+    return ret
+
+
+def vfs_llseek(f: file, offset: int, whence: int) -> int:
+    """SEEK_SET/SEEK_DATA/SEEK_HOLE; -ENXIO past the last data."""
+    return host.file_lseek(f.fd, offset, whence)
+
+
+def vfs_getsize(f: file) -> int:
+    """Re-read the size from the host (after the file changed underneath)."""
+    size = host.file_size(f.fd)
+    if size >= 0:
+        f.f_inode.i_size = size
+    return size

@@ -1,0 +1,378 @@
+"""Host operations: the only place, with kshim.engine, that touches the host OS.
+
+Twin of nothing in the kernel: this is the "hardware" below the emulated
+kernel, like LKL's host-ops table. Every call here is a thin, non-blocking
+system call that returns a value or a negative errno and never raises for an
+expected outcome; blocking work is handed to the worker pool.
+
+Contexts: called by kshim modules from any context; none of these calls
+sleeps (the worker pool runs on host threads and reports back through
+kshim.engine).
+
+Differs: nothing to differ from; this is the boundary itself.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno as _errno
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+
+O_RDONLY = os.O_RDONLY
+O_WRONLY = os.O_WRONLY
+O_RDWR = os.O_RDWR
+O_CREAT = os.O_CREAT
+O_EXCL = os.O_EXCL
+O_TRUNC = os.O_TRUNC
+O_DSYNC = os.O_DSYNC
+O_SYNC = os.O_SYNC
+O_DIRECT = getattr(os, "O_DIRECT", 0)
+O_LARGEFILE = getattr(os, "O_LARGEFILE", 0)
+O_CLOEXEC = os.O_CLOEXEC
+
+AF_INET = socket.AF_INET
+AF_INET6 = socket.AF_INET6
+AF_UNIX = socket.AF_UNIX
+SOCK_STREAM = socket.SOCK_STREAM
+IPPROTO_TCP = socket.IPPROTO_TCP
+SOL_SOCKET = socket.SOL_SOCKET
+SO_REUSEADDR = socket.SO_REUSEADDR
+SO_SNDBUF = socket.SO_SNDBUF
+SO_RCVBUF = socket.SO_RCVBUF
+SO_KEEPALIVE = socket.SO_KEEPALIVE
+TCP_NODELAY = socket.TCP_NODELAY
+TCP_CORK = getattr(socket, "TCP_CORK", 3)
+MSG_DONTWAIT = socket.MSG_DONTWAIT
+MSG_MORE = getattr(socket, "MSG_MORE", 0x8000)
+MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0x4000)
+MSG_PEEK = socket.MSG_PEEK
+MSG_WAITALL = socket.MSG_WAITALL
+SHUT_RD = socket.SHUT_RD
+SHUT_WR = socket.SHUT_WR
+SHUT_RDWR = socket.SHUT_RDWR
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+SEEK_SET = os.SEEK_SET
+SEEK_DATA = getattr(os, "SEEK_DATA", 3)
+SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
+
+
+def _neg(e: OSError) -> int:
+    return -(e.errno or _errno.EIO)
+
+
+# -- clock ------------------------------------------------------------------
+
+monotonic = time.monotonic
+monotonic_ns = time.monotonic_ns
+time_ns = time.time_ns
+thread_time_ns = time.thread_time_ns
+
+
+# -- console ----------------------------------------------------------------
+
+def console_write(text: str) -> None:
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def getpid() -> int:
+    return os.getpid()
+
+
+# -- files ------------------------------------------------------------------
+
+def file_open(path: str, flags: int, mode: int) -> int:
+    """Return an fd or -errno."""
+    try:
+        return os.open(path, flags | O_CLOEXEC, mode)
+    except OSError as e:
+        return _neg(e)
+
+
+def file_close(fd: int) -> int:
+    try:
+        os.close(fd)
+        return 0
+    except OSError as e:
+        return _neg(e)
+
+
+def file_size(fd: int) -> int:
+    try:
+        st = os.fstat(fd)
+    except OSError as e:
+        return _neg(e)
+    if st.st_size == 0 and not os.path.isfile(f"/proc/self/fd/{fd}"):
+        # A block device: its size comes from seeking to the end.
+        try:
+            return os.lseek(fd, 0, os.SEEK_END)
+        except OSError as e:
+            return _neg(e)
+    return st.st_size
+
+
+def file_truncate(fd: int, size: int) -> int:
+    try:
+        os.ftruncate(fd, size)
+        return 0
+    except OSError as e:
+        return _neg(e)
+
+
+def file_preadv_nowait(fd: int, iov: list, pos: int) -> int:
+    """Read only what the page cache holds; -EAGAIN if it would block."""
+    try:
+        return os.preadv(fd, iov, pos, RWF_NOWAIT)
+    except OSError as e:
+        return _neg(e)
+
+
+def file_preadv(fd: int, iov: list, pos: int) -> int:
+    """Blocking read: for pool threads only."""
+    try:
+        total = 0
+        want = sum(len(b) for b in iov)
+        while total < want:
+            n = os.preadv(fd, iov, pos + total)
+            if n <= 0:
+                break
+            total += n
+            if total < want:
+                iov = _advance(iov, n)
+        return total
+    except OSError as e:
+        return _neg(e)
+
+
+def file_pwritev_nowait(fd: int, iov: list, pos: int) -> int:
+    try:
+        return os.pwritev(fd, iov, pos, RWF_NOWAIT)
+    except OSError as e:
+        return _neg(e)
+
+
+def file_pwritev(fd: int, iov: list, pos: int) -> int:
+    """Blocking write: for pool threads only."""
+    try:
+        total = 0
+        want = sum(len(b) for b in iov)
+        while total < want:
+            n = os.pwritev(fd, iov, pos + total)
+            if n <= 0:
+                return -_errno.EIO if total == 0 else total
+            total += n
+            if total < want:
+                iov = _advance(iov, n)
+        return total
+    except OSError as e:
+        return _neg(e)
+
+
+def _advance(iov: list, n: int) -> list:
+    out = []
+    for b in iov:
+        if n >= len(b):
+            n -= len(b)
+            continue
+        out.append(memoryview(b)[n:] if n else b)
+        n = 0
+    return out
+
+
+def file_fsync(fd: int, datasync: bool) -> int:
+    try:
+        (os.fdatasync if datasync else os.fsync)(fd)
+        return 0
+    except OSError as e:
+        return _neg(e)
+
+
+def file_fallocate(fd: int, mode: int, offset: int, length: int) -> int:
+    try:
+        if mode == 0:
+            os.posix_fallocate(fd, offset, length)
+            return 0
+        return _fallocate_raw(fd, mode, offset, length)
+    except OSError as e:
+        return _neg(e)
+
+
+_libc: Any = None
+
+
+def _fallocate_raw(fd: int, mode: int, offset: int, length: int) -> int:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        return -ctypes.get_errno()
+    return 0
+
+
+def file_lseek(fd: int, offset: int, whence: int) -> int:
+    try:
+        return os.lseek(fd, offset, whence)
+    except OSError as e:
+        return _neg(e)
+
+
+# -- sockets ----------------------------------------------------------------
+
+def sock_new(family: int, type_: int, proto: int) -> "socket.socket | int":
+    try:
+        s = socket.socket(family, type_, proto)
+    except OSError as e:
+        return _neg(e)
+    s.setblocking(False)
+    return s
+
+
+def sock_bind(s: socket.socket, addr: tuple) -> int:
+    try:
+        s.bind(addr)
+        return 0
+    except OSError as e:
+        return _neg(e)
+
+
+def sock_listen(s: socket.socket, backlog: int) -> int:
+    try:
+        s.listen(backlog)
+        return 0
+    except OSError as e:
+        return _neg(e)
+
+
+def sock_accept(s: socket.socket) -> "tuple[socket.socket, tuple] | int":
+    try:
+        ns, addr = s.accept()
+    except OSError as e:
+        return _neg(e)
+    ns.setblocking(False)
+    return ns, addr
+
+
+def sock_connect(s: socket.socket, addr: tuple) -> int:
+    err = s.connect_ex(addr)
+    return -err if err else 0
+
+
+def sock_setsockopt(s: socket.socket, level: int, opt: int, val: int) -> int:
+    try:
+        s.setsockopt(level, opt, val)
+        return 0
+    except OSError as e:
+        return _neg(e)
+
+
+def sock_getsockopt(s: socket.socket, level: int, opt: int) -> int:
+    try:
+        return s.getsockopt(level, opt)
+    except OSError as e:
+        return _neg(e)
+
+
+def sock_name(s: socket.socket, peer: bool) -> "tuple | int":
+    try:
+        return s.getpeername() if peer else s.getsockname()
+    except OSError as e:
+        return _neg(e)
+
+
+def sock_error(s: socket.socket) -> int:
+    return -s.getsockopt(SOL_SOCKET, socket.SO_ERROR)
+
+
+def sock_shutdown(s: socket.socket, how: int) -> int:
+    try:
+        s.shutdown(how)
+        return 0
+    except OSError as e:
+        return _neg(e)
+
+
+def sock_close(s: socket.socket) -> None:
+    try:
+        s.close()
+    except OSError:
+        pass
+
+
+def sock_fileno(s: socket.socket) -> int:
+    return s.fileno()
+
+
+# -- worker pool ------------------------------------------------------------
+
+class worker_pool:
+    """A few host threads that run blocking calls and report through `post`.
+
+    `post(job)` is called on the worker thread with the finished job; the
+    engine passes a function that hands it to the event loop.
+    """
+
+    def __init__(self, nthreads: int, post: Callable[[Any], None]) -> None:
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._post = post
+        self._threads = [threading.Thread(target=self._run, name=f"kshim-io/{i}", daemon=True)
+                         for i in range(nthreads)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, job: Any) -> None:
+        """job has .fn, .args; .result is set before it is posted back."""
+        self._q.put(job)
+
+    def _run(self) -> None:
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            try:
+                job.result = job.fn(*job.args)
+            except OSError as e:
+                job.result = _neg(e)
+            self._post(job)
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._q.put(None)
+        for t in self._threads:
+            t.join(timeout=5)
+
+
+def sock_recv_into(s: socket.socket, buf: "memoryview | bytearray", flags: int) -> int:
+    """Bytes received, 0 at end of stream, or -errno (-EAGAIN when empty)."""
+    try:
+        return s.recv_into(buf, 0, flags)
+    except OSError as e:
+        return _neg(e)
+
+
+def sock_recvmsg_into(s: socket.socket, bufs: list, flags: int) -> int:
+    try:
+        return s.recvmsg_into(bufs, 0, flags)[0]
+    except OSError as e:
+        return _neg(e)
+
+
+def sock_sendmsg(s: socket.socket, bufs: list, flags: int) -> int:
+    """Bytes sent (maybe fewer than offered) or -errno (-EAGAIN when full)."""
+    try:
+        return s.sendmsg(bufs, (), flags | MSG_DONTWAIT | MSG_NOSIGNAL)
+    except OSError as e:
+        return _neg(e)

@@ -1,0 +1,325 @@
+"""Kernel sockets: struct socket, struct sock and the kernel_* calls.
+
+Twin of net/socket.c, include/linux/net.h, include/net/sock.h and the
+sk_* callback defaults of net/core/sock.c.
+
+Contexts: kernel_sendmsg/kernel_recvmsg with MSG_DONTWAIT, kernel_accept
+with O_NONBLOCK, and the setsockopt calls from any context; the blocking
+forms sleep, so task context only. sk_data_ready, sk_write_space and
+sk_state_change are called in softirq context by the engine.
+
+Differs from the kernel: the TCP stack is the host's. A sockaddr is a
+Python address tuple: (host, port) for AF_INET, (host, port, flowinfo,
+scope_id) or (host, port) for AF_INET6. kvecs are lists of buffers
+(memoryview, bytearray or bytes). sk_data_ready fires when data arrives after
+a receive found the socket empty (see kshim.engine); sk_state_change fires
+when a receive or send finds the peer gone.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from kshim import engine, host
+from kshim.err import EAGAIN, EINPROGRESS, EINVAL, ENOTCONN, ERESTARTSYS
+from kshim.softirq import raise_softirq
+from kshim.spinlock import rwlock_t
+from kshim.wait import wait_event_interruptible, wait_queue_head, wake_up_interruptible_all
+
+AF_INET = host.AF_INET
+AF_INET6 = host.AF_INET6
+SOCK_STREAM = host.SOCK_STREAM
+IPPROTO_TCP = host.IPPROTO_TCP
+SOL_SOCKET = host.SOL_SOCKET
+SOL_TCP = host.IPPROTO_TCP
+SO_REUSEADDR = host.SO_REUSEADDR
+SO_SNDBUF = host.SO_SNDBUF
+SO_RCVBUF = host.SO_RCVBUF
+SO_KEEPALIVE = host.SO_KEEPALIVE
+TCP_NODELAY = host.TCP_NODELAY
+TCP_CORK = host.TCP_CORK
+MSG_DONTWAIT = host.MSG_DONTWAIT
+MSG_MORE = host.MSG_MORE
+MSG_NOSIGNAL = host.MSG_NOSIGNAL
+MSG_PEEK = host.MSG_PEEK
+MSG_WAITALL = host.MSG_WAITALL
+SHUT_RD = host.SHUT_RD
+SHUT_WR = host.SHUT_WR
+SHUT_RDWR = host.SHUT_RDWR
+O_NONBLOCK = 0o4000
+
+TCP_ESTABLISHED = 1
+TCP_SYN_SENT = 2
+TCP_FIN_WAIT1 = 4
+TCP_CLOSE = 7
+TCP_CLOSE_WAIT = 8
+TCP_LISTEN = 10
+
+SS_UNCONNECTED = 1
+SS_CONNECTING = 2
+SS_CONNECTED = 3
+SS_DISCONNECTING = 4
+
+
+def sock_def_readable(sk: "sock") -> None:
+    wake_up_interruptible_all(sk.sk_wq)
+
+
+def sock_def_write_space(sk: "sock") -> None:
+    wake_up_interruptible_all(sk.sk_wq)
+
+
+def sock_def_wakeup(sk: "sock") -> None:
+    wake_up_interruptible_all(sk.sk_wq)
+
+
+class sock:
+    """struct sock: the protocol side, with the callbacks kernel code hooks."""
+
+    __slots__ = ("host", "sk_family", "sk_state", "sk_err", "sk_user_data",
+                 "sk_callback_lock", "sk_data_ready", "sk_write_space", "sk_state_change",
+                 "sk_wq", "sk_socket", "rx_armed", "tx_armed", "rx_lot", "tx_lot",
+                 "engine_cs", "sk_sndbuf", "sk_rcvbuf")
+
+    def __init__(self, hs: Any, family: int) -> None:
+        self.host = hs
+        self.sk_family = family
+        self.sk_state = TCP_CLOSE
+        self.sk_err = 0
+        self.sk_user_data: Any = None
+        self.sk_callback_lock = rwlock_t("sk_callback_lock")
+        self.sk_data_ready: Callable[[sock], None] = sock_def_readable
+        self.sk_write_space: Callable[[sock], None] = sock_def_write_space
+        self.sk_state_change: Callable[[sock], None] = sock_def_wakeup
+        self.sk_wq = wait_queue_head("sk_wq")
+        self.sk_socket: socket | None = None
+        self.rx_armed = False
+        self.tx_armed = False
+        self.rx_lot: Any = None
+        self.tx_lot: Any = None
+        self.engine_cs: Any = None
+        self.sk_sndbuf = 0
+        self.sk_rcvbuf = 0
+
+
+class socket:
+    """struct socket: the BSD-socket side."""
+
+    __slots__ = ("sk", "state", "type", "f_flags")
+
+    def __init__(self, sk: sock, type_: int) -> None:
+        self.sk = sk
+        self.state = SS_UNCONNECTED
+        self.type = type_
+        self.f_flags = 0
+        sk.sk_socket = self
+
+
+def sock_create_kern(family: int, type_: int, protocol: int = 0) -> "socket | int":
+    hs = host.sock_new(family, type_, protocol)
+    if isinstance(hs, int):
+        return hs
+    return socket(sock(hs, family), type_)
+
+
+def _set_state(sk: sock, state: int) -> None:
+    if sk.sk_state != state:
+        sk.sk_state = state
+        raise_softirq(_state_change, sk)
+
+
+def _state_change(sk: sock) -> None:
+    sk.sk_state_change(sk)
+
+
+def kernel_bind(sock_: socket, addr: tuple) -> int:
+    if sock_.sk.host is None:
+        return -EINVAL
+    host.sock_setsockopt(sock_.sk.host, SOL_SOCKET, SO_REUSEADDR, 1)
+    return host.sock_bind(sock_.sk.host, addr)
+
+
+def kernel_listen(sock_: socket, backlog: int) -> int:
+    sk = sock_.sk
+    ret = host.sock_listen(sk.host, backlog)
+    if ret == 0:
+        sk.sk_state = TCP_LISTEN
+        engine.sock_attach(sk)
+    return ret
+
+
+def kernel_accept(sock_: socket, flags: int = O_NONBLOCK) -> "socket | int":
+    """A new connected socket, or -EAGAIN when none is pending (non-blocking),
+    or another -errno."""
+    sk = sock_.sk
+    while True:
+        if sk.host is None:
+            return -EINVAL
+        r = host.sock_accept(sk.host)
+        if not isinstance(r, int):
+            break
+        if r != -EAGAIN:
+            return r
+        engine.sock_arm_rx(sk)
+        if flags & O_NONBLOCK:
+            return r
+        if wait_event_interruptible(sk.sk_wq, lambda: not sk.rx_armed or sk.host is None) < 0:
+            return -ERESTARTSYS
+    hs, _addr = r
+    new = socket(sock(hs, sk.sk_family), sock_.type)
+    new.state = SS_CONNECTED
+    new.sk.sk_state = TCP_ESTABLISHED
+    engine.sock_attach(new.sk)
+    return new
+
+
+def kernel_connect(sock_: socket, addr: tuple, flags: int = 0) -> int:
+    sk = sock_.sk
+    ret = host.sock_connect(sk.host, addr)
+    if ret == -EINPROGRESS or ret == -EAGAIN:
+        engine.sock_attach(sk)
+        engine.sock_arm_tx(sk)
+        if flags & O_NONBLOCK:
+            return -EINPROGRESS
+        if wait_event_interruptible(sk.sk_wq, lambda: not sk.tx_armed) < 0:
+            return -ERESTARTSYS
+        ret = host.sock_error(sk.host)
+    if ret == 0:
+        sock_.state = SS_CONNECTED
+        sk.sk_state = TCP_ESTABLISHED
+        engine.sock_attach(sk)
+    return ret
+
+
+def _total(vec: list) -> int:
+    n = 0
+    for b in vec:
+        n += len(b)
+    return n
+
+
+def _advance(vec: list, n: int) -> list:
+    out = []
+    for b in vec:
+        if n >= len(b):
+            n -= len(b)
+            continue
+        out.append(memoryview(b)[n:] if n else b)
+        n = 0
+    return out
+
+
+def kernel_sendmsg(sock_: socket, vec: list, flags: int = 0) -> int:
+    """Send the kvecs. With MSG_DONTWAIT return bytes sent (possibly short;
+    sk_write_space follows when there is room again) or -EAGAIN; otherwise
+    sleep until all is sent. -EPIPE/-ECONNRESET when the peer is gone."""
+    sk = sock_.sk
+    if sk.host is None:
+        return -ENOTCONN
+    n = host.sock_sendmsg(sk.host, vec, flags)
+    if n >= 0:
+        if n < _total(vec):
+            engine.sock_arm_tx(sk)
+            if not (flags & MSG_DONTWAIT or sock_.f_flags & O_NONBLOCK):
+                return _send_rest(sock_, vec, flags, n)
+        return n
+    if n == -EAGAIN:
+        engine.sock_arm_tx(sk)
+        if not (flags & MSG_DONTWAIT or sock_.f_flags & O_NONBLOCK):
+            return _send_rest(sock_, vec, flags, 0)
+        return n
+    sk.sk_err = -n
+    _set_state(sk, TCP_CLOSE)
+    return n
+
+
+def _send_rest(sock_: socket, vec: list, flags: int, sent: int) -> int:
+    sk = sock_.sk
+    want = _total(vec)
+    while sent < want:
+        if wait_event_interruptible(sk.sk_wq, lambda: not sk.tx_armed or sk.host is None) < 0:
+            return sent or -ERESTARTSYS
+        if sk.host is None:
+            return sent or -ENOTCONN
+        n = host.sock_sendmsg(sk.host, _advance(vec, sent), flags)
+        if n == -EAGAIN:
+            engine.sock_arm_tx(sk)
+            continue
+        if n < 0:
+            sk.sk_err = -n
+            _set_state(sk, TCP_CLOSE)
+            return sent or n
+        sent += n
+        if sent < want:
+            engine.sock_arm_tx(sk)
+    return sent
+
+
+def kernel_recvmsg(sock_: socket, vec: list, size: int, flags: int = 0) -> int:
+    """Receive into the kvecs: bytes received, 0 when the peer closed, -EAGAIN
+    when nothing is there (MSG_DONTWAIT), or -errno. Without MSG_DONTWAIT,
+    sleep until something arrives."""
+    sk = sock_.sk
+    while True:
+        if sk.host is None:
+            return -ENOTCONN
+        if len(vec) == 1:
+            n = host.sock_recv_into(sk.host, vec[0], flags & ~MSG_DONTWAIT)
+        else:
+            n = host.sock_recvmsg_into(sk.host, vec, flags & ~MSG_DONTWAIT)
+        if n > 0:
+            return n
+        if n == 0:
+            if size:
+                _set_state(sk, TCP_CLOSE_WAIT)
+            return 0
+        if n != -EAGAIN:
+            sk.sk_err = -n
+            _set_state(sk, TCP_CLOSE)
+            return n
+        engine.sock_arm_rx(sk)
+        if flags & MSG_DONTWAIT or sock_.f_flags & O_NONBLOCK:
+            return n
+        if wait_event_interruptible(sk.sk_wq, lambda: not sk.rx_armed or sk.host is None) < 0:
+            return -ERESTARTSYS
+
+
+def kernel_setsockopt(sock_: socket, level: int, optname: int, val: int) -> int:
+    return host.sock_setsockopt(sock_.sk.host, level, optname, val)
+
+
+def kernel_getsockopt(sock_: socket, level: int, optname: int) -> int:
+    return host.sock_getsockopt(sock_.sk.host, level, optname)
+
+
+def tcp_sock_set_nodelay(sk: sock) -> None:
+    host.sock_setsockopt(sk.host, SOL_TCP, TCP_NODELAY, 1)
+
+
+def tcp_sock_set_cork(sk: sock, on: bool) -> None:
+    host.sock_setsockopt(sk.host, SOL_TCP, TCP_CORK, 1 if on else 0)
+
+
+def kernel_getpeername(sock_: socket) -> "tuple | int":
+    if sock_.sk.host is None:
+        return -ENOTCONN
+    return host.sock_name(sock_.sk.host, True)
+
+
+def kernel_getsockname(sock_: socket) -> "tuple | int":
+    if sock_.sk.host is None:
+        return -ENOTCONN
+    return host.sock_name(sock_.sk.host, False)
+
+
+def kernel_sock_shutdown(sock_: socket, how: int) -> int:
+    if sock_.sk.host is None:
+        return -ENOTCONN
+    sock_.state = SS_DISCONNECTING
+    return host.sock_shutdown(sock_.sk.host, how)
+
+
+def sock_release(sock_: socket) -> None:
+    sk = sock_.sk
+    sk.sk_state = TCP_CLOSE
+    engine.sock_detach(sk)
+    wake_up_interruptible_all(sk.sk_wq)
