@@ -67,11 +67,14 @@ def run_cpu() -> None:
 async def _rx_task(sk: Any) -> None:
     hs = sk.host
     lot = sk.rx_lot
-    while True:
+    while sk.host is not None:
         if not sk.rx_armed:
             await lot.park()
             continue
-        await trio.lowlevel.wait_readable(hs)
+        try:
+            await trio.lowlevel.wait_readable(hs)
+        except (trio.ClosedResourceError, OSError, ValueError):
+            return        # released (sock_detach) while waiting
         sk.rx_armed = False
         stats["rx_events"] += 1
         _deliver(sk.sk_data_ready, sk)
@@ -80,26 +83,28 @@ async def _rx_task(sk: Any) -> None:
 async def _tx_task(sk: Any) -> None:
     hs = sk.host
     lot = sk.tx_lot
-    while True:
+    while sk.host is not None:
         if not sk.tx_armed:
             await lot.park()
             continue
-        await trio.lowlevel.wait_writable(hs)
+        try:
+            await trio.lowlevel.wait_writable(hs)
+        except (trio.ClosedResourceError, OSError, ValueError):
+            return        # released (sock_detach) while waiting
         sk.tx_armed = False
         stats["tx_events"] += 1
         _deliver(sk.sk_write_space, sk)
 
 
 async def _sock_tasks(sk: Any, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    try:
-        with trio.CancelScope() as cs:
-            sk.engine_cs = cs
-            task_status.started()
-            async with trio.open_nursery() as n:
-                n.start_soon(_rx_task, sk)
-                n.start_soon(_tx_task, sk)
-    except (trio.ClosedResourceError, OSError):
-        pass
+    if sk.host is None:
+        return
+    with trio.CancelScope() as cs:
+        sk.engine_cs = cs
+        task_status.started()
+        async with trio.open_nursery() as n:
+            n.start_soon(_rx_task, sk)
+            n.start_soon(_tx_task, sk)
 
 
 def sock_attach(sk: Any) -> None:

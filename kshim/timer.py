@@ -32,7 +32,7 @@ TIMER_IRQSAFE = 0x4
 
 
 class timer_list:
-    __slots__ = ("function", "expires", "flags", "_seq", "_pending", "name")
+    __slots__ = ("function", "expires", "flags", "_seq", "_pending", "name", "data")
 
     def __init__(self, function: Callable[["timer_list"], None] | None = None,
                  flags: int = 0, name: str = "") -> None:
@@ -42,6 +42,7 @@ class timer_list:
         self._seq = 0
         self._pending = False
         self.name = name or getattr(function, "__qualname__", "timer")
+        self.data = None        # the owner, as the old timer_list.data (from_timer's job)
 
 
 _heap: list[tuple[int, int, timer_list]] = []
@@ -148,11 +149,7 @@ def debug_timer_free(timer: timer_list) -> None:
 
 
 def _process_timeout(timer: timer_list) -> None:
-    sched.wake_up_process(timer.owner_task)   # type: ignore[attr-defined]
-
-
-class _sleep_timer(timer_list):
-    __slots__ = ("owner_task",)
+    sched.wake_up_process(timer.data)
 
 
 def schedule_timeout(timeout: int) -> int:
@@ -166,8 +163,8 @@ def schedule_timeout(timeout: int) -> int:
         sched.set_current_state(sched.TASK_RUNNING)
         return 0
     expire = jiffies() + timeout
-    t = _sleep_timer(_process_timeout, name="schedule_timeout")
-    t.owner_task = sched.current()
+    t = timer_list(_process_timeout, name="schedule_timeout")
+    t.data = sched.current()
     mod_timer(t, expire)
     sched.schedule()
     del_timer(t)

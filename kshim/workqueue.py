@@ -53,7 +53,7 @@ class delayed_work(work_struct):
     def __init__(self, func: "Callable[[work_struct], None] | None" = None) -> None:
         super().__init__(func)
         self.timer = timer_list(_delayed_work_timer_fn, name="delayed_work")
-        self.timer.dwork = self  # type: ignore[attr-defined]
+        self.timer.data = self
 
 
 def INIT_WORK(work: work_struct, func: Callable[[work_struct], None]) -> None:
@@ -153,7 +153,7 @@ def queue_work(wq: workqueue_struct, work: work_struct) -> bool:
 
 
 def _delayed_work_timer_fn(timer: timer_list) -> None:
-    dwork = timer.dwork  # type: ignore[attr-defined]
+    dwork = timer.data
     wq = dwork.wq
     dwork.pending = False
     queue_work(wq, dwork)

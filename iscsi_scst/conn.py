@@ -1,0 +1,189 @@
+"""iSCSI connections: the structure, its socket callbacks, creation on
+accept and the orderly close.
+
+Twin of iscsi-scst/kernel/conn.c.
+
+Contexts: iscsi_conn_alloc from the accept thread (task context). The
+socket callbacks iscsi_data_ready, iscsi_write_space and iscsi_state_change
+run in softirq context and only set flags and wake the connection's
+threads. iscsi_conn_close runs on the connection's rd thread once it has
+left its receive loop; it sleeps.
+
+Differs from iscsi-scst: each connection has its own rd and wr kthreads
+(iscsi-scst shares pools of them); the login runs on the rd thread.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from iscsi_scst.usr.iscsid import login_session
+from iscsi_scst.usr.param import iscsi_sess_params
+from kshim.jiffies import HZ, jiffies
+from kshim.kthread import kthread_run, kthread_stop
+from kshim.list import list_head
+from kshim.net import (SHUT_RDWR, TCP_ESTABLISHED, kernel_getpeername, kernel_sock_shutdown,
+                       sock_release, socket, tcp_sock_set_nodelay)
+from kshim.printk import pr_info
+from kshim.spinlock import spinlock_t
+from kshim.timer import del_timer, mod_timer, timer_list
+from kshim.wait import wait_event_timeout, wait_queue_head, wake_up, wake_up_all
+
+if TYPE_CHECKING:
+    from iscsi_scst.session import iscsi_session
+    from iscsi_scst.target import iscsi_portal
+
+RXBUF_SIZE = 256 * 1024
+# A login that has not reached full feature phase by then is dropped.
+iscsi_login_timeout = 30
+# Connections waiting for their last commands to come back on close.
+_CLOSE_WAIT = 60 * HZ
+
+RX_INIT_BHS = 0
+RX_DATA = 1
+RX_TAIL = 2
+
+
+@attrs.define(slots=True, eq=False)
+class iscsi_conn:
+    sock: socket
+    portal: "iscsi_portal"
+    peer: str = ""
+    cid: int = 0
+    session: "iscsi_session | None" = None
+    target: Any = None
+    login: login_session | None = None
+    sess_params: iscsi_sess_params = attrs.field(factory=iscsi_sess_params)
+    # touched by softirq callbacks and the threads: plain flags, set then woken
+    closing: bool = False
+    rd_ready: bool = True
+    wr_space: bool = True
+    rd_waitQ: wait_queue_head = attrs.field(factory=lambda: wait_queue_head("conn.rd_waitQ"))
+    wr_waitQ: wait_queue_head = attrs.field(factory=lambda: wait_queue_head("conn.wr_waitQ"))
+    rd_task: Any = None
+    wr_task: Any = None
+    # protected by write_list_lock
+    write_list_lock: spinlock_t = attrs.field(factory=lambda: spinlock_t("conn.write_list_lock"))
+    write_list: list_head = attrs.field(factory=list_head)
+    # written by the wr thread only
+    stat_sn: int = 0
+    hdigest_tx: bool = False
+    ddigest_tx: bool = False
+    # the rd thread's receive state: touched by the rd thread only
+    hdigest_rx: bool = False
+    ddigest_rx: bool = False
+    max_recv_data_length: int = 8192
+    rxbuf: bytearray = attrs.field(factory=lambda: bytearray(RXBUF_SIZE))
+    rxmv: memoryview = attrs.field(default=None)
+    rx_start: int = 0
+    rx_end: int = 0
+    read_state: int = RX_INIT_BHS
+    rx_bhs: bytes = b""
+    rx_iov: list = attrs.field(factory=list)
+    rx_left: int = 0
+    rx_tail: int = 0
+    rx_dcrc: int = 0
+    rx_collect: bytearray | None = None
+    rx_done: Any = None
+    rx_cmnd: Any = None
+    discard: bytearray = attrs.field(factory=lambda: bytearray(65536))
+    # commands of this connection by ITT (rd thread adds; freeing removes)
+    cmd_hash: dict = attrs.field(factory=dict)
+    cmds_waitQ: wait_queue_head = attrs.field(factory=lambda: wait_queue_head("conn.cmds"))
+    next_ttt: int = 0
+    login_started: bool = False
+    login_cmd_sn: int = 0
+    login_timer: timer_list = attrs.field(factory=timer_list)
+
+    def __attrs_post_init__(self) -> None:
+        self.rxmv = memoryview(self.rxbuf)
+
+
+conn_list: list[iscsi_conn] = []
+conns_waitQ = wait_queue_head("iscsi conns")
+
+
+def iscsi_conn_count() -> int:
+    return len(conn_list)
+
+
+def iscsi_data_ready(sk: Any) -> None:
+    conn = sk.sk_user_data
+    conn.rd_ready = True
+    wake_up(conn.rd_waitQ)
+
+
+def iscsi_write_space(sk: Any) -> None:
+    conn = sk.sk_user_data
+    conn.wr_space = True
+    wake_up(conn.wr_waitQ)
+
+
+def iscsi_state_change(sk: Any) -> None:
+    conn = sk.sk_user_data
+    if sk.sk_state != TCP_ESTABLISHED:
+        iscsi_conn_mark_closing(conn)
+
+
+def iscsi_conn_mark_closing(conn: iscsi_conn) -> None:
+    """Start closing conn (any context): its threads notice and wind down."""
+    if conn.closing:
+        return
+    conn.closing = True
+    wake_up(conn.rd_waitQ)
+    wake_up(conn.wr_waitQ)
+
+
+def _login_timeout(timer: timer_list) -> None:
+    conn = timer.data
+    if conn.session is None:
+        pr_info(f"iscsi: login from {conn.peer} timed out")
+        iscsi_conn_mark_closing(conn)
+
+
+def iscsi_conn_alloc(sock: socket, portal: "iscsi_portal") -> iscsi_conn:
+    from iscsi_scst.nthread import iscsi_rd_thread, iscsi_wr_thread
+    from iscsi_scst.iscsi import iscsi_new_login
+    peer = kernel_getpeername(sock)
+    conn = iscsi_conn(sock, portal, peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?")
+    conn.login = iscsi_new_login(conn)
+    sk = sock.sk
+    sk.sk_user_data = conn
+    sk.sk_data_ready = iscsi_data_ready
+    sk.sk_write_space = iscsi_write_space
+    sk.sk_state_change = iscsi_state_change
+    tcp_sock_set_nodelay(sk)
+    conn.login_timer.function = _login_timeout
+    conn.login_timer.data = conn
+    mod_timer(conn.login_timer, jiffies() + iscsi_login_timeout * HZ)
+    conn_list.append(conn)
+    conn.wr_task = kthread_run(iscsi_wr_thread, conn, "iscsiwr")
+    conn.rd_task = kthread_run(iscsi_rd_thread, conn, "iscsird")
+    return conn
+
+
+def iscsi_conn_close(conn: iscsi_conn) -> None:
+    """Tear conn down (its rd thread, after the receive loop)."""
+    from iscsi_scst.iscsi import iscsi_conn_abort_cmnds
+    from iscsi_scst.session import iscsi_session_conn_gone
+    iscsi_conn_mark_closing(conn)
+    del_timer(conn.login_timer)
+    kernel_sock_shutdown(conn.sock, SHUT_RDWR)
+    kthread_stop(conn.wr_task)
+    iscsi_conn_abort_cmnds(conn)
+    if not wait_event_timeout(conn.cmds_waitQ, lambda: not conn.cmd_hash, _CLOSE_WAIT):
+        pr_info(f"iscsi: {len(conn.cmd_hash)} commands of {conn.peer} still busy at close")
+    sock_release(conn.sock)
+    if conn.session is not None:
+        iscsi_session_conn_gone(conn.session, conn)
+    if conn in conn_list:
+        conn_list.remove(conn)
+    wake_up_all(conns_waitQ)
+
+
+def iscsi_close_all_conns(timeout: int) -> None:
+    """Ask every connection to close and wait for them (module exit)."""
+    for conn in list(conn_list):
+        iscsi_conn_mark_closing(conn)
+    wait_event_timeout(conns_waitQ, lambda: not conn_list, timeout)

@@ -1,0 +1,751 @@
+"""The iSCSI target driver: PDU handling in full feature phase, the bridge
+to SCST (rdy_to_xfer, xmit_response), R2T generation, response building,
+NOP, Text, Logout, Reject and task management.
+
+Twin of iscsi-scst/kernel/iscsi.c.
+
+Contexts: the rx handlers (iscsi_rx_hdr and the *_done functions) run on
+the connection's rd thread. iscsi_xmit_response and iscsi_rdy_to_xfer are
+SCST callbacks and may run in any context (rd thread, a device's command
+thread, or softirq for an asynchronous completion); they never sleep.
+iscsi_tx_build and iscsi_tx_done run on the wr thread.
+
+Differs from iscsi-scst: responses are not separate iscsi_cmnd objects;
+the request's iscsi_cmnd is queued to the write list and the wr thread
+builds its Data-In and SCSI Response PDUs at send time.
+XXX: task management beyond ABORT TASK of a finished task, CmdSN holes
+with data, and MC/S are issue 4.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import attrs
+
+from iscsi_scst import session as session_mod
+from iscsi_scst.conn import RX_DATA, RX_TAIL, iscsi_conn, iscsi_conn_mark_closing
+from iscsi_scst.digest import digest_data
+from iscsi_scst.hdr import (ISCSI_CMD_ATTR_MASK, ISCSI_CMD_READ, ISCSI_CMD_WRITE,
+                            ISCSI_FLG_CONTINUE, ISCSI_FLG_FINAL, ISCSI_FLG_RESID_OVERFLOW,
+                            ISCSI_FLG_RESID_UNDERFLOW, ISCSI_FLG_STATUS,
+                            ISCSI_FUNCTION_ABORT_TASK, ISCSI_LOGOUT_CLOSE_CONNECTION,
+                            ISCSI_LOGOUT_CLOSE_SESSION, ISCSI_LOGOUT_RECOVERY_UNSUPPORTED,
+                            ISCSI_LOGOUT_SUCCESS, ISCSI_OP_IMMEDIATE, ISCSI_OP_LOGIN_CMD,
+                            ISCSI_OP_LOGOUT_CMD, ISCSI_OP_NOP_IN, ISCSI_OP_NOP_OUT,
+                            ISCSI_OP_REJECT, ISCSI_OP_SCSI_CMD, ISCSI_OP_SCSI_DATA_OUT,
+                            ISCSI_OP_SCSI_TASK_MGT_MSG, ISCSI_OP_SCSI_TASK_MGT_RSP,
+                            ISCSI_OP_SNACK_CMD, ISCSI_OP_TEXT_CMD, ISCSI_OP_TEXT_RSP,
+                            ISCSI_OPCODE_MASK, ISCSI_REASON_DATA_DIGEST_ERROR,
+                            ISCSI_REASON_PROTOCOL_ERROR, ISCSI_REASON_UNSUPPORTED_COMMAND,
+                            ISCSI_RESERVED_TAG, ISCSI_RESPONSE_COMMAND_COMPLETED,
+                            ISCSI_RESPONSE_FUNCTION_COMPLETE, ISCSI_RESPONSE_FUNCTION_REJECTED,
+                            ISCSI_RESPONSE_UNKNOWN_TASK, ProtocolError, login_fields,
+                            pack_data_in, pack_generic_rsp, pack_login_rsp, pack_logout_rsp,
+                            pack_r2t, pack_scsi_rsp, sn_le, sn_lt, u32_at, unpack_common,
+                            unpack_data_out, unpack_scsi_cmd, unpack_words)
+from iscsi_scst.nthread import fill_sn, hdigest, iscsi_queue_tx, pad_bytes
+from iscsi_scst.target import iscsi_list_targets, iscsi_target_find
+from iscsi_scst.usr.iscsid import login_req, login_session, text_negotiation
+from iscsi_scst.usr.param import NegotiationError, split_text
+from kshim.list import list_head
+from kshim.printk import pr_err, pr_info, pr_warn
+from kshim.scatterlist import sg_virt
+from kshim.slab import kmem_cache_alloc, kmem_cache_create, kmem_cache_free
+from kshim.gfp import GFP_KERNEL
+from kshim.timer import del_timer
+from scst_core.const import (SAM_STAT_GOOD, SCST_CMD_QUEUE_ACA, SCST_CMD_QUEUE_HEAD_OF_QUEUE,
+                             SCST_CMD_QUEUE_ORDERED, SCST_CMD_QUEUE_SIMPLE,
+                             SCST_CMD_QUEUE_UNTAGGED, scst_sense_data_digest_error)
+from scst_core.lib import scst_set_cmd_error
+from scst_core.main import scst_register_target_template, scst_unregister_target_template
+from scst_core.scst import (SCST_CMD_STATE_DATA_WAIT,
+                            SCST_CONTEXT_DIRECT, SCST_CONTEXT_SAME, SCST_DATA_BIDI,
+                            SCST_DATA_NONE, SCST_DATA_READ, SCST_DATA_WRITE,
+                            SCST_RX_STATUS_ERROR_FATAL, SCST_RX_STATUS_ERROR_SENSE_SET,
+                            SCST_RX_STATUS_SUCCESS, SCST_TGT_RES_SUCCESS, scst_cmd,
+                            scst_tgt_template)
+from scst_core.targ import (scst_cmd_init_done, scst_cmd_set_expected, scst_rx_cmd,
+                            scst_rx_data, scst_tgt_cmd_done)
+
+TX_SCSI = 0
+TX_PDU = 1
+SN_NONE = 0       # the PDU carries no StatSN
+SN_NEXT = 1       # it carries and consumes the next StatSN
+SN_PEEK = 2       # it carries the next StatSN without consuming it (R2T)
+
+_ATTR = (SCST_CMD_QUEUE_UNTAGGED, SCST_CMD_QUEUE_SIMPLE, SCST_CMD_QUEUE_ORDERED,
+         SCST_CMD_QUEUE_HEAD_OF_QUEUE, SCST_CMD_QUEUE_ACA, SCST_CMD_QUEUE_SIMPLE,
+         SCST_CMD_QUEUE_SIMPLE, SCST_CMD_QUEUE_SIMPLE)
+_ZERO_LUN = bytes(8)
+_MASK32 = 0xFFFFFFFF
+
+
+@attrs.define(slots=True, eq=False)
+class iscsi_cmnd:
+    """A SCSI command of one connection, from its BHS to its last response."""
+    conn: iscsi_conn
+    itt: int
+    lun: bytes
+    flags: int
+    edtl: int
+    scst_cmd: Any = None
+    tx_kind: int = TX_SCSI
+    # write data: the rd thread only
+    write_ready: bool = False       # rdy_to_xfer gave us the buffer
+    unsol_open: bool = False        # unsolicited Data-Out may still come
+    rx_pending: bool = False        # data for this command is still arriving
+    rsp_deferred: bool = False      # SCST answered while data was arriving
+    data_done: bool = False
+    data_rcvd: int = 0
+    r2t_next: int = 0               # next buffer offset to solicit
+    r2t_sn: int = 0
+    outstanding_r2t: int = 0
+    ttt: int = ISCSI_RESERVED_TAG
+    write_list_entry: list_head = attrs.field(default=None)
+
+    def __attrs_post_init__(self) -> None:
+        self.write_list_entry = list_head(self)
+
+
+@attrs.define(slots=True, eq=False)
+class iscsi_tx_pdu:
+    """A prebuilt target PDU (everything but SCSI Response and Data-In)."""
+    bhs: bytearray
+    data: bytes = b""
+    sn_mode: int = SN_NEXT
+    on_sent: Callable[[iscsi_conn], None] | None = None
+    tx_kind: int = TX_PDU
+    write_list_entry: list_head = attrs.field(default=None)
+
+    def __attrs_post_init__(self) -> None:
+        self.write_list_entry = list_head(self)
+
+
+iscsi_cmnd_cache = kmem_cache_create("iscsi_cmnd", iscsi_cmnd,
+                                     ctor=lambda: iscsi_cmnd(None, 0, _ZERO_LUN, 0, 0))
+
+
+# -- rx: header dispatch ----------------------------------------------------
+
+def _rx_set(conn: iscsi_conn, dsl: int, done: Callable[[iscsi_conn], None] | None,
+            iov: list | None = None, cmnd: Any = None) -> None:
+    """Route the coming data segment: into iov, or collected if iov is None."""
+    conn.rx_left = dsl
+    conn.rx_tail = ((-dsl) & 3) + (4 if conn.ddigest_rx and dsl else 0)
+    conn.rx_done = done
+    conn.rx_cmnd = cmnd
+    conn.rx_dcrc = 0
+    if iov is None:
+        conn.rx_collect = bytearray()
+        conn.rx_iov = []
+    else:
+        conn.rx_collect = None
+        conn.rx_iov = iov
+    conn.read_state = RX_DATA if dsl else RX_TAIL
+
+
+def _discard_iov(conn: iscsi_conn, n: int) -> list:
+    d = memoryview(conn.discard)
+    out = []
+    while n > 0:
+        k = n if n < len(d) else len(d)
+        out.append(d[:k])
+        n -= k
+    return out
+
+
+def _rx_discard(conn: iscsi_conn, dsl: int) -> None:
+    _rx_set(conn, dsl, None, _discard_iov(conn, dsl))
+
+
+def iscsi_rx_hdr(conn: iscsi_conn, bhs: bytes) -> None:
+    """A complete BHS has arrived (rd thread): act on it and route its data."""
+    b0, flags, b2, b3, ahs, dsl, lun, itt = unpack_common(bhs)
+    op = b0 & ISCSI_OPCODE_MASK
+    if dsl > conn.max_recv_data_length:
+        raise ProtocolError(f"iscsi: {conn.peer}: data segment of {dsl} bytes exceeds "
+                            f"MaxRecvDataSegmentLength {conn.max_recv_data_length} "
+                            f"(opcode {op:#x}, ITT {itt:#x})", None)
+    if conn.session is None:
+        if op != ISCSI_OP_LOGIN_CMD:
+            raise ProtocolError(f"iscsi: {conn.peer}: opcode {op:#x} before login completed", None)
+        _rx_set(conn, dsl, _login_rx_done)
+        return
+    if op == ISCSI_OP_SCSI_CMD:
+        _scsi_cmd_rx_start(conn, bhs, b0, flags, lun, itt, dsl)
+    elif op == ISCSI_OP_SCSI_DATA_OUT:
+        _data_out_rx_start(conn, bhs, flags, itt, dsl)
+    elif op == ISCSI_OP_NOP_OUT:
+        _rx_set(conn, dsl, _nop_out_done)
+    elif op == ISCSI_OP_TEXT_CMD:
+        _rx_set(conn, dsl, _text_done)
+    elif op == ISCSI_OP_LOGOUT_CMD:
+        _rx_set(conn, dsl, _logout_done)
+    elif op == ISCSI_OP_SCSI_TASK_MGT_MSG:
+        _rx_set(conn, dsl, _tmf_done)
+    elif op in (ISCSI_OP_LOGIN_CMD, ISCSI_OP_SNACK_CMD):
+        iscsi_send_reject(conn, bhs, ISCSI_REASON_PROTOCOL_ERROR)
+        _rx_discard(conn, dsl)
+    else:
+        iscsi_send_reject(conn, bhs, ISCSI_REASON_UNSUPPORTED_COMMAND)
+        _rx_discard(conn, dsl)
+
+
+def iscsi_protocol_error(conn: iscsi_conn, e: ProtocolError) -> bool:
+    """Handle a ProtocolError from the receive path: True if the connection
+    goes on (a Reject was queued), False if it must be dropped."""
+    pr_err(str(e))
+    return False
+
+
+def iscsi_data_digest_error(conn: iscsi_conn) -> None:
+    """The data segment just received failed its digest (RFC 7143 7.8):
+    reject the PDU; a command it belongs to ends with CHECK CONDITION."""
+    iscsi_send_reject(conn, conn.rx_bhs, ISCSI_REASON_DATA_DIGEST_ERROR)
+    cmnd = conn.rx_cmnd
+    if isinstance(cmnd, iscsi_cmnd) and cmnd.scst_cmd is not None and not cmnd.data_done:
+        scmd = cmnd.scst_cmd
+        cmnd.data_done = True
+        cmnd.unsol_open = False
+        cmnd.rx_pending = False
+        if scmd.state == SCST_CMD_STATE_DATA_WAIT:
+            scst_set_cmd_error(scmd, scst_sense_data_digest_error)
+            scst_rx_data(scmd, SCST_RX_STATUS_ERROR_SENSE_SET, SCST_CONTEXT_DIRECT)
+        elif cmnd.rsp_deferred:
+            cmnd.rsp_deferred = False
+            iscsi_queue_tx(conn, cmnd.write_list_entry)
+
+
+# -- rx: SCSI commands and their data ---------------------------------------
+
+def _advance_cmd_sn(conn: iscsi_conn, b0: int, cmd_sn: int) -> bool:
+    """CmdSN bookkeeping of a non-immediate PDU. False: drop it (outside the
+    window, RFC 7143 4.2.2.1)."""
+    sess = conn.session
+    if b0 & ISCSI_OP_IMMEDIATE:
+        return True
+    exp = sess.exp_cmd_sn
+    if cmd_sn == exp:
+        sess.exp_cmd_sn = (exp + 1) & _MASK32
+        return True
+    max_sn = session_mod.iscsi_max_cmd_sn(sess)
+    if sn_lt(exp, cmd_sn) and sn_le(cmd_sn, max_sn):
+        raise ProtocolError(f"iscsi: {conn.peer}: CmdSN {cmd_sn:#x} ahead of ExpCmdSN "
+                            f"{exp:#x} on a single-connection session", None)
+    pr_warn(f"iscsi: {conn.peer}: CmdSN {cmd_sn:#x} outside window [{exp:#x}, {max_sn:#x}]: dropped")
+    return False
+
+
+def _scsi_cmd_rx_start(conn: iscsi_conn, bhs: bytes, b0: int, flags: int, lun: bytes,
+                       itt: int, dsl: int) -> None:
+    edtl, cmd_sn, _exp_stat_sn, cdb = unpack_scsi_cmd(bhs)
+    sess = conn.session
+    if sess.discovery:
+        iscsi_send_reject(conn, bhs, ISCSI_REASON_PROTOCOL_ERROR)
+        _rx_discard(conn, dsl)
+        return
+    if not _advance_cmd_sn(conn, b0, cmd_sn):
+        _rx_discard(conn, dsl)
+        return
+    if itt in conn.cmd_hash or itt == ISCSI_RESERVED_TAG:
+        raise ProtocolError(f"iscsi: {conn.peer}: ITT {itt:#x} already in use", None)
+    write = flags & ISCSI_CMD_WRITE
+    params = conn.sess_params
+    if dsl and (not write or dsl > edtl or not params.immediate_data):
+        raise ProtocolError(f"iscsi: {conn.peer}: ITT {itt:#x}: {dsl} bytes of immediate data "
+                            f"not allowed (EDTL {edtl}, write {bool(write)})", None)
+    cmnd = kmem_cache_alloc(iscsi_cmnd_cache, GFP_KERNEL)
+    if cmnd is None:
+        raise ProtocolError(f"iscsi: {conn.peer}: out of memory for ITT {itt:#x}", None)
+    cmnd.conn = conn
+    cmnd.itt = itt
+    cmnd.lun = lun
+    cmnd.flags = flags
+    cmnd.edtl = edtl
+    conn.cmd_hash[itt] = cmnd
+    if write:
+        final = flags & ISCSI_FLG_FINAL
+        cmnd.unsol_open = not final
+        if params.initial_r2t or final:
+            cmnd.r2t_next = dsl
+        else:
+            cmnd.r2t_next = min(edtl, params.first_burst_length)
+        cmnd.rx_pending = bool(dsl) or cmnd.unsol_open
+    direction = ((SCST_DATA_READ if flags & ISCSI_CMD_READ else 0)
+                 | (SCST_DATA_WRITE if write else 0)) or SCST_DATA_NONE
+    scmd = scst_rx_cmd(sess.scst_sess, lun, cdb, False)
+    if scmd is None:
+        raise ProtocolError(f"iscsi: {conn.peer}: out of memory for ITT {itt:#x}", None)
+    scmd.tgt_i_priv = cmnd
+    scmd.tag = itt
+    scmd.queue_type = _ATTR[flags & ISCSI_CMD_ATTR_MASK]
+    cmnd.scst_cmd = scmd
+    scst_cmd_set_expected(scmd, direction if direction != SCST_DATA_BIDI else SCST_DATA_BIDI, edtl)
+    scst_cmd_init_done(scmd, SCST_CONTEXT_DIRECT)
+    if dsl:
+        _rx_set(conn, dsl, _scsi_data_done, _data_iov(cmnd, 0, dsl), cmnd)
+
+
+def _data_iov(cmnd: iscsi_cmnd, off: int, n: int) -> list:
+    """Views of the command's buffer for bytes [off, off+n); what lies past
+    the buffer (or all, before the buffer exists) goes to the discard area."""
+    scmd = cmnd.scst_cmd
+    out = []
+    if cmnd.write_ready:
+        end = off + n
+        limit = scmd.bufflen
+        pos = 0
+        for sg in scmd.sg:
+            if off >= limit or n <= 0:
+                break
+            ln = sg.length
+            if off < pos + ln:
+                a = off - pos
+                b = min(ln, end - pos, limit - pos)
+                out.append(sg_virt(sg)[a:b])
+                taken = b - a
+                off += taken
+                n -= taken
+            pos += ln
+    if n > 0:
+        out += _discard_iov(cmnd.conn, n)
+    return out
+
+
+def _scsi_data_done(conn: iscsi_conn) -> None:
+    cmnd = conn.rx_cmnd
+    cmnd.data_rcvd += conn.rx_bhs[5] << 16 | conn.rx_bhs[6] << 8 | conn.rx_bhs[7]
+    _rx_progress(cmnd)
+
+
+def _data_out_rx_start(conn: iscsi_conn, bhs: bytes, flags: int, itt: int, dsl: int) -> None:
+    ttt, _exp_stat_sn, _data_sn, offset = unpack_data_out(bhs)
+    cmnd = conn.cmd_hash.get(itt)
+    if cmnd is None or not cmnd.flags & ISCSI_CMD_WRITE or cmnd.data_done:
+        # Data for a task that is gone (aborted, or answered early): discard.
+        _rx_discard(conn, dsl)
+        return
+    if offset + dsl > cmnd.edtl:
+        raise ProtocolError(f"iscsi: {conn.peer}: Data-Out for ITT {itt:#x} at offset {offset} "
+                            f"+ {dsl} exceeds EDTL {cmnd.edtl}", None)
+    if ttt == ISCSI_RESERVED_TAG:
+        if not cmnd.unsol_open:
+            raise ProtocolError(f"iscsi: {conn.peer}: unsolicited Data-Out for ITT {itt:#x} "
+                                f"after the unsolicited burst ended", None)
+    elif ttt != cmnd.ttt:
+        raise ProtocolError(f"iscsi: {conn.peer}: Data-Out for ITT {itt:#x} with TTT {ttt:#x}, "
+                            f"expected {cmnd.ttt:#x}", None)
+    _rx_set(conn, dsl, _data_out_done, _data_iov(cmnd, offset, dsl), cmnd)
+
+
+def _data_out_done(conn: iscsi_conn) -> None:
+    cmnd = conn.rx_cmnd
+    bhs = conn.rx_bhs
+    cmnd.data_rcvd += bhs[5] << 16 | bhs[6] << 8 | bhs[7]
+    if bhs[1] & ISCSI_FLG_FINAL:
+        if u32_at(bhs, 20) == ISCSI_RESERVED_TAG:
+            cmnd.unsol_open = False
+        else:
+            cmnd.outstanding_r2t -= 1
+            _send_r2ts(cmnd)
+    _rx_progress(cmnd)
+
+
+def _rx_progress(cmnd: iscsi_cmnd) -> None:
+    """After a data segment of cmnd: answer early replies, start exec."""
+    cmnd.rx_pending = cmnd.unsol_open
+    if not cmnd.rx_pending and cmnd.rsp_deferred:
+        cmnd.rsp_deferred = False
+        cmnd.data_done = True
+        iscsi_queue_tx(cmnd.conn, cmnd.write_list_entry)
+        return
+    if cmnd.write_ready and not cmnd.data_done and cmnd.data_rcvd >= cmnd.edtl:
+        cmnd.data_done = True
+        scst_rx_data(cmnd.scst_cmd, SCST_RX_STATUS_SUCCESS, SCST_CONTEXT_DIRECT)
+
+
+def _send_r2ts(cmnd: iscsi_cmnd) -> None:
+    conn = cmnd.conn
+    params = conn.sess_params
+    while cmnd.r2t_next < cmnd.edtl and cmnd.outstanding_r2t < params.max_outstanding_r2t:
+        n = min(params.max_burst_length, cmnd.edtl - cmnd.r2t_next)
+        if cmnd.ttt == ISCSI_RESERVED_TAG:
+            conn.next_ttt = (conn.next_ttt + 1) & 0x7FFFFFFF
+            cmnd.ttt = conn.next_ttt
+        bhs = bytearray(48)
+        pack_r2t(bhs, cmnd.lun, cmnd.itt, cmnd.ttt, 0, 0, 0, cmnd.r2t_sn, cmnd.r2t_next, n)
+        cmnd.r2t_sn += 1
+        cmnd.r2t_next += n
+        cmnd.outstanding_r2t += 1
+        iscsi_queue_tx(conn, iscsi_tx_pdu(bhs, sn_mode=SN_PEEK).write_list_entry)
+
+
+# -- SCST callbacks ---------------------------------------------------------
+
+def iscsi_rdy_to_xfer(scmd: scst_cmd) -> int:
+    """The buffer for WRITE data exists: solicit what is not unsolicited."""
+    cmnd = scmd.tgt_i_priv
+    if cmnd.conn.closing:
+        cmnd.data_done = True
+        scst_rx_data(scmd, SCST_RX_STATUS_ERROR_FATAL, SCST_CONTEXT_SAME)
+        return SCST_TGT_RES_SUCCESS
+    cmnd.write_ready = True
+    _send_r2ts(cmnd)
+    return SCST_TGT_RES_SUCCESS
+
+
+def iscsi_xmit_response(scmd: scst_cmd) -> int:
+    cmnd = scmd.tgt_i_priv
+    conn = cmnd.conn
+    if conn.closing:
+        scst_tgt_cmd_done(scmd, SCST_CONTEXT_SAME)
+        return SCST_TGT_RES_SUCCESS
+    if cmnd.rx_pending:
+        cmnd.rsp_deferred = True
+        return SCST_TGT_RES_SUCCESS
+    cmnd.data_done = True
+    iscsi_queue_tx(conn, cmnd.write_list_entry)
+    return SCST_TGT_RES_SUCCESS
+
+
+def iscsi_on_free_cmd(scmd: scst_cmd) -> None:
+    cmnd = scmd.tgt_i_priv
+    conn = cmnd.conn
+    if conn.cmd_hash.get(cmnd.itt) is cmnd:
+        del conn.cmd_hash[cmnd.itt]
+        if conn.closing and not conn.cmd_hash:
+            from kshim.wait import wake_up
+            wake_up(conn.cmds_waitQ)
+    cmnd.scst_cmd = None
+    kmem_cache_free(iscsi_cmnd_cache, cmnd)
+    _reset_cmnd(cmnd)
+
+
+def _reset_cmnd(cmnd: iscsi_cmnd) -> None:
+    cmnd.write_ready = cmnd.unsol_open = cmnd.rx_pending = False
+    cmnd.rsp_deferred = cmnd.data_done = False
+    cmnd.data_rcvd = cmnd.r2t_next = cmnd.r2t_sn = cmnd.outstanding_r2t = 0
+    cmnd.ttt = ISCSI_RESERVED_TAG
+
+
+iscsi_template = scst_tgt_template(
+    name="iscsi",
+    sg_tablesize=0,
+    xmit_response=iscsi_xmit_response,
+    rdy_to_xfer=iscsi_rdy_to_xfer,
+    on_free_cmd=iscsi_on_free_cmd,
+)
+
+
+def iscsi_conn_abort_cmnds(conn: iscsi_conn) -> None:
+    """The connection is closing: finish every command it still owns."""
+    while True:
+        node = conn.write_list.next
+        if node is conn.write_list:
+            break
+        from kshim.list import list_del_init
+        list_del_init(node)
+        item = node.owner
+        if item.tx_kind == TX_SCSI and item.scst_cmd is not None:
+            scst_tgt_cmd_done(item.scst_cmd, SCST_CONTEXT_DIRECT)
+    for cmnd in list(conn.cmd_hash.values()):
+        scmd = cmnd.scst_cmd
+        if scmd is None:
+            continue
+        if scmd.state == SCST_CMD_STATE_DATA_WAIT:
+            cmnd.data_done = True
+            scst_rx_data(scmd, SCST_RX_STATUS_ERROR_FATAL, SCST_CONTEXT_DIRECT)
+        elif cmnd.rsp_deferred:
+            cmnd.rsp_deferred = False
+            scst_tgt_cmd_done(scmd, SCST_CONTEXT_DIRECT)
+
+
+# -- tx: building PDUs on the wr thread -------------------------------------
+
+def _sn_args(conn: iscsi_conn) -> tuple[int, int]:
+    sess = conn.session
+    if sess is None:
+        return conn.login_cmd_sn, conn.login_cmd_sn
+    return sess.exp_cmd_sn, session_mod.iscsi_max_cmd_sn(sess)
+
+
+def _add_pdu(conn: iscsi_conn, iov: list, bhs: bytearray, data: Any, dlen: int) -> None:
+    iov.append(bhs)
+    if conn.hdigest_tx:
+        iov.append(hdigest(bhs))
+    if dlen:
+        iov.append(data)
+        pad = pad_bytes(dlen)
+        if pad:
+            iov.append(pad)
+        if conn.ddigest_tx:
+            iov.append(digest_data([data, pad]))
+
+
+def iscsi_tx_build(conn: iscsi_conn, item: Any, iov: list) -> None:
+    exp, max_sn = _sn_args(conn)
+    if item.tx_kind == TX_PDU:
+        bhs = item.bhs
+        if item.sn_mode == SN_NEXT:
+            fill_sn(bhs, conn.stat_sn, exp, max_sn)
+            conn.stat_sn = (conn.stat_sn + 1) & _MASK32
+        elif item.sn_mode == SN_PEEK:
+            fill_sn(bhs, conn.stat_sn, exp, max_sn)
+        data = item.data
+        _add_pdu(conn, iov, bhs, data, len(data))
+        return
+    scmd = item.scst_cmd
+    edtl = item.edtl
+    status = scmd.status
+    stat_sn = conn.stat_sn
+    conn.stat_sn = (stat_sn + 1) & _MASK32
+    if item.flags & ISCSI_CMD_READ and scmd.data_direction & SCST_DATA_READ:
+        total = scmd.resp_data_len
+        if total > edtl:
+            total = edtl
+    else:
+        total = 0
+    rflags = 0
+    resid = 0
+    if scmd.bufflen > edtl:
+        rflags = ISCSI_FLG_RESID_OVERFLOW
+        resid = scmd.bufflen - edtl
+    else:
+        sent = total if item.flags & ISCSI_CMD_READ else min(scmd.bufflen, edtl)
+        if sent < edtl:
+            rflags = ISCSI_FLG_RESID_UNDERFLOW
+            resid = edtl - sent
+    if total:
+        params = conn.sess_params
+        mrdsl = params.max_xmit_data_length
+        burst = params.max_burst_length
+        collapse = status == SAM_STAT_GOOD
+        off = 0
+        data_sn = 0
+        sg = scmd.sg
+        base = sg_virt(sg[0]) if len(sg) == 1 else None
+        lun = item.lun
+        itt = item.itt
+        while off < total:
+            n = total - off
+            if n > mrdsl:
+                n = mrdsl
+            end = off + n
+            bhs = bytearray(48)
+            if end == total:
+                if collapse:
+                    pack_data_in(bhs, ISCSI_FLG_FINAL | ISCSI_FLG_STATUS | rflags, status, n, lun,
+                                 itt, stat_sn, exp, max_sn, data_sn, off, resid)
+                else:
+                    pack_data_in(bhs, ISCSI_FLG_FINAL, 0, n, lun, itt, 0, exp, max_sn, data_sn,
+                                 off, 0)
+            else:
+                fl = ISCSI_FLG_FINAL if end % burst == 0 else 0
+                pack_data_in(bhs, fl, 0, n, lun, itt, 0, exp, max_sn, data_sn, off, 0)
+            data = base[off:end] if base is not None else _gather(sg, off, n)
+            _add_pdu(conn, iov, bhs, data, n)
+            data_sn += 1
+            off = end
+        if collapse:
+            return
+    sense = b""
+    if scmd.sense_valid_len and status:
+        sense = scmd.sense_valid_len.to_bytes(2, "big") + bytes(scmd.sense[:scmd.sense_valid_len])
+    bhs = bytearray(48)
+    pack_scsi_rsp(bhs, rflags, ISCSI_RESPONSE_COMMAND_COMPLETED, status, len(sense), item.itt,
+                  stat_sn, exp, max_sn, 0, 0, resid)
+    _add_pdu(conn, iov, bhs, sense, len(sense))
+
+
+def _gather(sg: list, off: int, n: int) -> bytes:
+    out = bytearray()
+    pos = 0
+    for s in sg:
+        v = sg_virt(s)
+        if off < pos + len(v) and n > 0:
+            a = off - pos
+            b = min(len(v), a + n)
+            out += v[a:b]
+            n -= b - a
+            off += b - a
+        pos += len(v)
+    return bytes(out)
+
+
+def iscsi_tx_done(conn: iscsi_conn, item: Any, ret: int) -> None:
+    """item's PDUs went out (ret 0) or could not (ret < 0)."""
+    if item.tx_kind == TX_SCSI:
+        scst_tgt_cmd_done(item.scst_cmd, SCST_CONTEXT_SAME)
+    elif ret == 0 and item.on_sent is not None:
+        item.on_sent(conn)
+
+
+# -- other PDUs -------------------------------------------------------------
+
+def _queue_pdu(conn: iscsi_conn, bhs: bytearray, data: bytes = b"", sn_mode: int = SN_NEXT,
+               on_sent: Callable[[iscsi_conn], None] | None = None) -> None:
+    iscsi_queue_tx(conn, iscsi_tx_pdu(bhs, data, sn_mode, on_sent).write_list_entry)
+
+
+def iscsi_send_reject(conn: iscsi_conn, rejected_bhs: bytes, reason: int) -> None:
+    bhs = bytearray(48)
+    pack_generic_rsp(bhs, ISCSI_OP_REJECT, 0x80, reason, 0, 48, _ZERO_LUN, ISCSI_RESERVED_TAG,
+                     0, 0, 0, 0)
+    _queue_pdu(conn, bhs, bytes(rejected_bhs[:48]))
+
+
+def _close_after_send(conn: iscsi_conn) -> None:
+    iscsi_conn_mark_closing(conn)
+
+
+def _nop_out_done(conn: iscsi_conn) -> None:
+    bhs = conn.rx_bhs
+    b0, _flags, _b2, _b3, _ahs, _dsl, lun, itt = unpack_common(bhs)
+    ttt, cmd_sn, _exp = unpack_words(bhs)
+    if not _advance_cmd_sn(conn, b0, cmd_sn):
+        return
+    if itt == ISCSI_RESERVED_TAG:
+        return          # an answer to our NOP-In, or a ping that wants none
+    rsp = bytearray(48)
+    data = bytes(conn.rx_collect or b"")
+    pack_generic_rsp(rsp, ISCSI_OP_NOP_IN, 0x80, 0, 0, len(data), lun, itt, ISCSI_RESERVED_TAG,
+                     0, 0, 0)
+    _queue_pdu(conn, rsp, data)
+
+
+def _text_done(conn: iscsi_conn) -> None:
+    bhs = conn.rx_bhs
+    b0, flags, _b2, _b3, _ahs, _dsl, lun, itt = unpack_common(bhs)
+    _ttt, cmd_sn, _exp = unpack_words(bhs)
+    if not _advance_cmd_sn(conn, b0, cmd_sn):
+        return
+    if flags & ISCSI_FLG_CONTINUE:
+        iscsi_send_reject(conn, bhs, ISCSI_REASON_UNSUPPORTED_COMMAND)
+        return
+    sess = conn.session
+    try:
+        res = text_negotiation(bytes(conn.rx_collect or b""),
+                               session_type="Discovery" if sess.discovery else "Normal",
+                               target_name=sess.target.name if sess.target else None,
+                               list_targets=iscsi_list_targets,
+                               tgt_params=sess.target.tgt_params if sess.target else None)
+    except NegotiationError as e:
+        pr_warn(f"iscsi: {conn.peer}: bad Text Request ITT {itt:#x}: {e}")
+        iscsi_send_reject(conn, bhs, ISCSI_REASON_PROTOCOL_ERROR)
+        return
+    if res.max_xmit_data_length is not None:
+        conn.sess_params.max_xmit_data_length = res.max_xmit_data_length
+    pieces = split_text(res.data, conn.sess_params.max_xmit_data_length) or [b""]
+    if len(pieces) > 1:
+        pr_warn(f"iscsi: {conn.peer}: Text Response of {len(res.data)} bytes truncated to one PDU")
+    rsp = bytearray(48)
+    pack_generic_rsp(rsp, ISCSI_OP_TEXT_RSP, ISCSI_FLG_FINAL, 0, 0, len(pieces[0]), lun, itt,
+                     ISCSI_RESERVED_TAG, 0, 0, 0)
+    _queue_pdu(conn, rsp, pieces[0])
+
+
+def _logout_done(conn: iscsi_conn) -> None:
+    bhs = conn.rx_bhs
+    b0, flags, _b2, _b3, _ahs, _dsl, _lun, itt = unpack_common(bhs)
+    _cid, cmd_sn, _exp = unpack_words(bhs)
+    _advance_cmd_sn(conn, b0, cmd_sn)
+    reason = flags & 0x7F
+    rsp = bytearray(48)
+    params = conn.sess_params
+    if reason in (ISCSI_LOGOUT_CLOSE_SESSION, ISCSI_LOGOUT_CLOSE_CONNECTION):
+        pack_logout_rsp(rsp, ISCSI_LOGOUT_SUCCESS, itt, 0, 0, 0, params.default_wait_time,
+                        params.default_retain_time)
+        _queue_pdu(conn, rsp, on_sent=_close_after_send)
+    else:
+        pack_logout_rsp(rsp, ISCSI_LOGOUT_RECOVERY_UNSUPPORTED, itt, 0, 0, 0,
+                        params.default_wait_time, params.default_retain_time)
+        _queue_pdu(conn, rsp)
+
+
+def _tmf_done(conn: iscsi_conn) -> None:
+    bhs = conn.rx_bhs
+    b0, flags, _b2, _b3, _ahs, _dsl, _lun, itt = unpack_common(bhs)
+    rtt, cmd_sn, _exp = unpack_words(bhs)
+    _advance_cmd_sn(conn, b0, cmd_sn)
+    fn = flags & 0x7F
+    if fn == ISCSI_FUNCTION_ABORT_TASK and rtt not in conn.cmd_hash:
+        ref_cmd_sn = u32_at(bhs, 32)
+        response = (ISCSI_RESPONSE_FUNCTION_COMPLETE
+                    if sn_lt(ref_cmd_sn, conn.session.exp_cmd_sn) else ISCSI_RESPONSE_UNKNOWN_TASK)
+    else:
+        response = ISCSI_RESPONSE_FUNCTION_REJECTED
+    rsp = bytearray(48)
+    pack_generic_rsp(rsp, ISCSI_OP_SCSI_TASK_MGT_RSP, 0x80, response, 0, 0, _ZERO_LUN, itt, 0,
+                     0, 0, 0)
+    _queue_pdu(conn, rsp)
+
+
+# -- login ------------------------------------------------------------------
+
+def iscsi_new_login(conn: iscsi_conn) -> login_session:
+    return login_session(find_target=iscsi_target_find,
+                         find_session=session_mod.iscsi_session_find,
+                         alloc_tsih=session_mod.iscsi_alloc_tsih)
+
+
+def _enable_digests(conn: iscsi_conn) -> None:
+    conn.hdigest_tx = conn.sess_params.header_digest
+    conn.ddigest_tx = conn.sess_params.data_digest
+
+
+def _login_rx_done(conn: iscsi_conn) -> None:
+    login = conn.login
+    req = login_req(**login_fields(conn.rx_bhs), data=bytes(conn.rx_collect or b""))
+    if not conn.login_started:
+        conn.login_started = True
+        conn.stat_sn = req.exp_stat_sn
+    conn.login_cmd_sn = req.cmd_sn
+    rsp = login.step(req)
+    flags = ((0x80 if rsp.transit else 0) | (0x40 if rsp.cont else 0)
+             | (rsp.csg << 2) | rsp.nsg)
+    bhs = bytearray(48)
+    pack_login_rsp(bhs, flags, rsp.version_max, rsp.version_active, len(rsp.data), rsp.isid,
+                   rsp.tsih, rsp.itt, 0, 0, 0, rsp.status_class, rsp.status_detail)
+    if rsp.status_class or login.failed:
+        pr_info(f"iscsi: login from {conn.peer} failed: status "
+                f"{rsp.status_class:#04x}/{rsp.status_detail:#04x} {login.error or ''}")
+        _queue_pdu(conn, bhs, rsp.data, on_sent=_close_after_send)
+        return
+    if not login.done:
+        _queue_pdu(conn, bhs, rsp.data)
+        return
+    params = login.params
+    if login.session_type == "Discovery":
+        sess = session_mod.iscsi_session_create(None, login.isid, login.new_tsih,
+                                                login.initiator_name, params, req.cmd_sn, 32)
+    elif login.tsih:
+        sess = login.session
+    else:
+        target = login.target
+        sess = session_mod.iscsi_session_create(target, login.isid, login.new_tsih,
+                                                login.initiator_name, params, req.cmd_sn,
+                                                target.tgt_params.queued_cmnds)
+    conn.session = sess
+    conn.cid = login.cid
+    sess.conn_list.append(conn)
+    conn.sess_params = params
+    conn.max_recv_data_length = params.max_recv_data_length
+    conn.hdigest_rx = params.header_digest
+    conn.ddigest_rx = params.data_digest
+    conn.login = None
+    del_timer(conn.login_timer)
+    _queue_pdu(conn, bhs, rsp.data, on_sent=_enable_digests)
+
+
+def iscsi_init() -> int:
+    return scst_register_target_template(iscsi_template)
+
+
+def iscsi_exit() -> None:
+    from iscsi_scst.conn import iscsi_close_all_conns
+    from iscsi_scst.target import iscsi_del_portal, portal_list
+    from kshim.jiffies import HZ
+    for portal in list(portal_list):
+        iscsi_del_portal(portal)
+    iscsi_close_all_conns(10 * HZ)
+    scst_unregister_target_template(iscsi_template)

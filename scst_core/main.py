@@ -1,0 +1,270 @@
+"""Registration of target drivers, targets, sessions, dev handlers, devices,
+access control groups and LUNs.
+
+Twin of scst/src/scst_main.c and the ACG/LUN parts of scst_lib.c.
+
+Contexts: registration calls take scst_mutex, so task context only
+(module init, management). scst_register_session and
+scst_unregister_session are called by target drivers from task context.
+
+Differs from SCST: session registration is synchronous; unregistration
+finishes (and calls the driver's unreg_done_fn) when the session's last
+command is freed, without a management thread.
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Callable
+
+from kshim.err import EBUSY, EEXIST, EINVAL, ENOENT
+from kshim.kthread import kthread_stop
+from kshim.mutex import mutex_lock, mutex_unlock
+from kshim.printk import pr_err, pr_info
+from scst_core.scst import (scst_acg, scst_acg_dev, scst_cmd_threads, scst_dev_type,
+                            scst_device, scst_mutex, scst_session, scst_tgt,
+                            scst_tgt_dev, scst_tgt_template)
+from scst_core.targ import scst_add_threads
+
+scst_template_list: list[scst_tgt_template] = []
+scst_dev_type_list: list[scst_dev_type] = []
+scst_dev_list: list[scst_device] = []
+_next_dev_id = 0
+
+
+# -- target drivers and targets ---------------------------------------------
+
+def scst_register_target_template(tgtt: scst_tgt_template) -> int:
+    mutex_lock(scst_mutex)
+    try:
+        if any(t.name == tgtt.name for t in scst_template_list):
+            pr_err(f"scst: target driver {tgtt.name} already registered")
+            return -EEXIST
+        scst_template_list.append(tgtt)
+    finally:
+        mutex_unlock(scst_mutex)
+    pr_info(f"scst: target driver {tgtt.name} registered")
+    return 0
+
+
+def scst_unregister_target_template(tgtt: scst_tgt_template) -> None:
+    for tgt in list(tgtt.tgt_list):
+        scst_unregister_target(tgt)
+    mutex_lock(scst_mutex)
+    if tgtt in scst_template_list:
+        scst_template_list.remove(tgtt)
+    mutex_unlock(scst_mutex)
+
+
+def scst_register_target(tgtt: scst_tgt_template, target_name: str) -> scst_tgt | int:
+    mutex_lock(scst_mutex)
+    try:
+        if any(t.tgt_name == target_name for t in tgtt.tgt_list):
+            return -EEXIST
+        tgt = scst_tgt(tgtt, target_name)
+        tgt.rel_tgt_id = len(tgtt.tgt_list) + 1
+        tgt.default_acg = scst_acg(tgt, "default")
+        tgtt.tgt_list.append(tgt)
+    finally:
+        mutex_unlock(scst_mutex)
+    pr_info(f"scst: target {target_name} for driver {tgtt.name} registered")
+    return tgt
+
+
+def scst_unregister_target(tgt: scst_tgt) -> None:
+    if tgt.tgtt.release is not None:
+        tgt.tgtt.release(tgt)
+    mutex_lock(scst_mutex)
+    if tgt in tgt.tgtt.tgt_list:
+        tgt.tgtt.tgt_list.remove(tgt)
+    mutex_unlock(scst_mutex)
+
+
+# -- access control ---------------------------------------------------------
+
+def scst_find_acg(tgt: scst_tgt, initiator_name: str) -> scst_acg:
+    """The group whose initiator patterns match, else the default group."""
+    for acg in tgt.tgt_acg_list:
+        for pattern in acg.acn_list:
+            if fnmatch.fnmatchcase(initiator_name, pattern):
+                return acg
+    return tgt.default_acg
+
+
+def scst_alloc_add_acg(tgt: scst_tgt, name: str) -> scst_acg | int:
+    if any(a.acg_name == name for a in tgt.tgt_acg_list):
+        return -EEXIST
+    acg = scst_acg(tgt, name)
+    tgt.tgt_acg_list.append(acg)
+    return acg
+
+
+def scst_acg_add_lun(acg: scst_acg, dev: scst_device, lun: int, read_only: bool) -> int:
+    """Map dev at lun in acg; sessions in the group see it at once."""
+    mutex_lock(scst_mutex)
+    try:
+        if lun in acg.acg_dev_list:
+            return -EEXIST
+        if not 0 <= lun < 16384:
+            return -EINVAL
+        acg_dev = scst_acg_dev(dev, lun, acg, read_only or dev.rd_only)
+        acg.acg_dev_list[lun] = acg_dev
+        for sess in acg.acg_sess_list:
+            _alloc_tgt_dev(sess, acg_dev)
+    finally:
+        mutex_unlock(scst_mutex)
+    return 0
+
+
+def scst_acg_del_lun(acg: scst_acg, lun: int) -> int:
+    mutex_lock(scst_mutex)
+    try:
+        acg_dev = acg.acg_dev_list.pop(lun, None)
+        if acg_dev is None:
+            return -ENOENT
+        for sess in acg.acg_sess_list:
+            _free_tgt_dev(sess, lun)
+    finally:
+        mutex_unlock(scst_mutex)
+    return 0
+
+
+def _alloc_tgt_dev(sess: scst_session, acg_dev: scst_acg_dev) -> None:
+    dev = acg_dev.dev
+    tgt_dev = scst_tgt_dev(dev, sess, acg_dev.lun, acg_dev, acg_dev.rd_only)
+    if dev.handler.attach_tgt is not None and dev.handler.attach_tgt(tgt_dev) != 0:
+        pr_err(f"scst: attach_tgt of {dev.virt_name} failed")
+        return
+    dev.dev_tgt_dev_list.append(tgt_dev)
+    sess.sess_tgt_dev_list[acg_dev.lun] = tgt_dev
+
+
+def _free_tgt_dev(sess: scst_session, lun: int) -> None:
+    tgt_dev = sess.sess_tgt_dev_list.pop(lun, None)
+    if tgt_dev is None:
+        return
+    dev = tgt_dev.dev
+    if dev.handler.detach_tgt is not None:
+        dev.handler.detach_tgt(tgt_dev)
+    if tgt_dev in dev.dev_tgt_dev_list:
+        dev.dev_tgt_dev_list.remove(tgt_dev)
+
+
+# -- sessions ---------------------------------------------------------------
+
+def scst_register_session(tgt: scst_tgt, atomic: bool, initiator_name: str, tgt_priv: Any,
+                          result_fn_data: Any = None,
+                          result_fn: Callable[[scst_session, Any, int], None] | None = None
+                          ) -> scst_session:
+    sess = scst_session(tgt, initiator_name, tgt_priv)
+    mutex_lock(scst_mutex)
+    try:
+        acg = scst_find_acg(tgt, initiator_name)
+        sess.acg = acg
+        acg.acg_sess_list.append(sess)
+        for acg_dev in acg.acg_dev_list.values():
+            _alloc_tgt_dev(sess, acg_dev)
+        tgt.sess_list.append(sess)
+    finally:
+        mutex_unlock(scst_mutex)
+    if result_fn is not None:
+        result_fn(sess, result_fn_data, 0)
+    return sess
+
+
+def scst_unregister_session(sess: scst_session, wait: bool,
+                            unreg_done_fn: Callable[[scst_session], None] | None = None) -> None:
+    """Detach the session; it is freed when its last command is. `wait` is
+    accepted for SCST's signature: the driver's done function tells the end."""
+    sess.shut_phase = 1
+    sess.unreg_done_fn = unreg_done_fn
+    if sess.cmd_count == 0:
+        scst_sess_free_final(sess)
+
+
+def scst_sess_free_final(sess: scst_session) -> None:
+    if sess.shut_phase == 2:
+        return
+    sess.shut_phase = 2
+    acg = sess.acg
+    if acg is not None and sess in acg.acg_sess_list:
+        acg.acg_sess_list.remove(sess)
+    for lun in list(sess.sess_tgt_dev_list):
+        _free_tgt_dev(sess, lun)
+    if sess in sess.tgt.sess_list:
+        sess.tgt.sess_list.remove(sess)
+    if sess.unreg_done_fn is not None:
+        sess.unreg_done_fn(sess)
+
+
+# -- dev handlers and devices -----------------------------------------------
+
+def scst_register_virtual_dev_driver(devt: scst_dev_type) -> int:
+    mutex_lock(scst_mutex)
+    try:
+        if any(d.name == devt.name for d in scst_dev_type_list):
+            return -EEXIST
+        scst_dev_type_list.append(devt)
+    finally:
+        mutex_unlock(scst_mutex)
+    pr_info(f"scst: virtual device handler {devt.name} registered")
+    return 0
+
+
+def scst_unregister_virtual_dev_driver(devt: scst_dev_type) -> None:
+    for dev in list(devt.dev_list):
+        scst_unregister_virtual_device(dev)
+    mutex_lock(scst_mutex)
+    if devt in scst_dev_type_list:
+        scst_dev_type_list.remove(devt)
+    mutex_unlock(scst_mutex)
+
+
+def scst_find_dev_type(name: str) -> scst_dev_type | None:
+    return next((d for d in scst_dev_type_list if d.name == name), None)
+
+
+def scst_find_device(name: str) -> scst_device | None:
+    return next((d for d in scst_dev_list if d.virt_name == name), None)
+
+
+def scst_register_virtual_device(devt: scst_dev_type, dev_name: str,
+                                 dh_priv: Any = None) -> scst_device | int:
+    """Create the device, attach the handler, start its command threads."""
+    global _next_dev_id
+    if scst_find_device(dev_name) is not None:
+        pr_err(f"scst: device {dev_name} already exists")
+        return -EEXIST
+    dev = scst_device(devt.type, devt, dev_name, dh_priv=dh_priv)
+    if devt.attach is not None:
+        ret = devt.attach(dev)
+        if ret != 0:
+            pr_err(f"scst: attach of device {dev_name} to {devt.name} failed: {ret}")
+            return ret
+    _next_dev_id += 1
+    dev.virt_id = _next_dev_id
+    dev.cmd_threads = scst_cmd_threads(f"{dev_name[:10]}_")
+    if not devt.exec_atomic:
+        scst_add_threads(dev.cmd_threads, devt.threads_num)
+    mutex_lock(scst_mutex)
+    scst_dev_list.append(dev)
+    devt.dev_list.append(dev)
+    mutex_unlock(scst_mutex)
+    pr_info(f"scst: attached {devt.name} device {dev_name}")
+    return dev
+
+
+def scst_unregister_virtual_device(dev: scst_device) -> int:
+    if dev.dev_tgt_dev_list:
+        return -EBUSY
+    mutex_lock(scst_mutex)
+    if dev in scst_dev_list:
+        scst_dev_list.remove(dev)
+    if dev in dev.handler.dev_list:
+        dev.handler.dev_list.remove(dev)
+    mutex_unlock(scst_mutex)
+    for t in dev.cmd_threads.threads:
+        kthread_stop(t)
+    dev.cmd_threads.threads.clear()
+    if dev.handler.detach is not None:
+        dev.handler.detach(dev)
+    return 0

@@ -1,0 +1,55 @@
+"""Data buffers for commands: the SG vector pool.
+
+Twin of scst/src/scst_mem.c (the sgv pool), reduced to what uscst needs.
+
+Contexts: scst_alloc_space with GFP_KERNEL from task context, with
+GFP_ATOMIC from any; scst_release_space from any.
+
+Differs from SCST: one buffer of up to 4 MiB is a single high-order page
+allocation (one sg entry), since each sg entry costs Python work per I/O;
+kshim.page_alloc keeps freed pages per order, so the hot path reuses them
+as the sgv pool's per-size caches do.
+"""
+from __future__ import annotations
+
+from kshim.err import ENOMEM
+from kshim.page_alloc import MAX_ORDER, PAGE_SHIFT, __free_pages, alloc_pages, get_order
+from kshim.scatterlist import scatterlist
+from scst_core.scst import scst_cmd
+
+_CHUNK = 1 << (MAX_ORDER + PAGE_SHIFT)
+
+
+def scst_alloc_space(cmd: scst_cmd, size: int, gfp: int) -> int:
+    """Give cmd a buffer of `size` bytes in cmd.sg; 0 or -ENOMEM."""
+    sg = []
+    pages = []
+    left = size
+    while left > 0:
+        n = left if left < _CHUNK else _CHUNK
+        order = get_order(n)
+        p = alloc_pages(gfp, order)
+        if p is None:
+            for q in pages:
+                __free_pages(q, q.order)
+            return -ENOMEM
+        s = scatterlist()
+        s.page = p
+        s.length = n
+        sg.append(s)
+        pages.append(p)
+        left -= n
+    cmd.sg = sg
+    cmd.sg_cnt = len(sg)
+    cmd.sg_pages = pages
+    cmd.data_buf_alloced = True
+    return 0
+
+
+def scst_release_space(cmd: scst_cmd) -> None:
+    for p in cmd.sg_pages:
+        __free_pages(p, p.order)
+    cmd.sg_pages = []
+    cmd.sg = []
+    cmd.sg_cnt = 0
+    cmd.data_buf_alloced = False

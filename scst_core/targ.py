@@ -1,0 +1,316 @@
+"""The SCSI command life cycle: from a target driver's new command to its
+freed response.
+
+Twin of scst/src/scst_targ.c.
+
+States, in order (scst.h SCST_CMD_STATE_*): INIT (LUN lookup), PARSE (CDB
+decode by cdbprobe, then the dev handler's parse), PREPARE_SPACE (data
+buffer), RDY_TO_XFER (the driver fetches WRITE data and calls
+scst_rx_data), REAL_EXEC (the dev handler's exec, or a core-local
+command), DEV_DONE, PRE_XMIT_RESP, XMIT_RESP (the driver sends the
+response and calls scst_tgt_cmd_done), FINISHED (freed).
+
+Contexts: scst_rx_cmd, scst_cmd_init_done, scst_rx_data and
+scst_tgt_cmd_done from any context. A command runs through its states in
+the caller's context until it reaches a state that must sleep (the exec of
+a dev handler that may sleep), where it is queued to the device's command
+threads; a completion arriving in softirq context continues the same way.
+
+Differs from SCST: no per-session/per-CPU thread pools, only the
+per-device pool; task attributes are all handled as SIMPLE (no ORDERED
+serialisation yet); no unit attentions or reservations yet.
+"""
+from __future__ import annotations
+
+from kshim import sched
+from kshim.gfp import GFP_ATOMIC, GFP_KERNEL
+from kshim.kthread import kthread_run, kthread_should_stop
+from kshim.list import list_add_tail, list_del_init, list_empty, list_first_entry
+from kshim.printk import pr_err
+from kshim.slab import kmem_cache_alloc, kmem_cache_create, kmem_cache_free
+from kshim.spinlock import spin_lock_bh, spin_unlock_bh
+from kshim.wait import wait_event_interruptible_exclusive, wake_up
+from scst_core import cdbprobe
+from scst_core.const import (INQUIRY, REPORT_LUNS, REQUEST_SENSE, SAM_STAT_GOOD, scst_sense_hardw_error,
+                             scst_sense_invalid_field_in_cdb, scst_sense_invalid_opcode,
+                             scst_sense_lun_not_supported, scst_sense_data_protect)
+from scst_core.lib import scst_set_cmd_error, scst_unpack_lun
+from scst_core.local_cmd import scst_local_exec
+from scst_core.mem import scst_alloc_space, scst_release_space
+from scst_core.scst import (SCST_CMD_STATE_DEFAULT, SCST_CMD_STATE_DEV_DONE,
+                            SCST_CMD_STATE_FINISHED, SCST_CMD_STATE_INIT,
+                            SCST_CMD_STATE_PARSE, SCST_CMD_STATE_PRE_XMIT_RESP,
+                            SCST_CMD_STATE_PREPARE_SPACE, SCST_CMD_STATE_RDY_TO_XFER,
+                            SCST_CMD_STATE_REAL_EXEC, SCST_CMD_STATE_EXEC_WAIT,
+                            SCST_CMD_STATE_XMIT_RESP, SCST_CMD_STATE_XMIT_WAIT,
+                            SCST_CMD_STATE_DATA_WAIT, SCST_CONTEXT_THREAD,
+                            SCST_DATA_NONE, SCST_DATA_READ, SCST_DATA_WRITE,
+                            SCST_RX_STATUS_SUCCESS, SCST_RX_STATUS_ERROR_SENSE_SET,
+                            SCST_TGT_RES_SUCCESS, SCST_WRITE_MEDIUM, scst_cmd,
+                            scst_cmd_threads, scst_session)
+
+# The longest transfer one command may ask for (the peer's number is
+# checked against it before anything is allocated).
+SCST_MAX_BUFFLEN = 64 << 20
+
+scst_cmd_cachep = kmem_cache_create("scst_cmd", scst_cmd,
+                                    ctor=lambda: scst_cmd(None, None, None, b""))
+
+# Commands answered for any LUN, mapped or not (SPC-4 4.6.4, 6.33).
+_LUNLESS_OPS = frozenset((REPORT_LUNS, INQUIRY, REQUEST_SENSE))
+
+_RES_CONT_NEXT = 0     # state changed: go on
+_RES_CONT_DONE = 1     # someone else continues the command later
+_RES_NEED_THREAD = 2   # this state must sleep: move to the device's threads
+
+
+def scst_rx_cmd(sess: scst_session, lun: bytes, cdb: bytes, atomic: bool) -> scst_cmd | None:
+    """A new command from a target driver, or None if out of memory."""
+    cmd = kmem_cache_alloc(scst_cmd_cachep, GFP_ATOMIC if atomic else GFP_KERNEL)
+    if cmd is None:
+        return None
+    cmd.sess = sess
+    cmd.tgt = sess.tgt
+    cmd.tgtt = sess.tgt.tgtt
+    cmd.cdb = cdb
+    cmd.lun = scst_unpack_lun(lun)
+    cmd.atomic = atomic
+    sess.cmd_count += 1
+    return cmd
+
+
+def scst_cmd_set_expected(cmd: scst_cmd, data_direction: int, bufflen: int) -> None:
+    cmd.expected_data_direction = data_direction
+    cmd.expected_transfer_len = bufflen
+
+
+def scst_cmd_init_done(cmd: scst_cmd, pref_context: int) -> None:
+    """The driver has filled the command in: start processing it."""
+    tgt_dev = cmd.sess.sess_tgt_dev_list.get(cmd.lun)
+    cmd.state = SCST_CMD_STATE_PARSE
+    if tgt_dev is not None:
+        cmd.tgt_dev = tgt_dev
+        cmd.dev = tgt_dev.dev
+    elif cmd.cdb[0] not in _LUNLESS_OPS:
+        scst_set_cmd_error(cmd, scst_sense_lun_not_supported)
+        cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
+    scst_process_redirect_cmd(cmd, pref_context)
+
+
+def scst_process_redirect_cmd(cmd: scst_cmd, context: int) -> None:
+    if context == SCST_CONTEXT_THREAD:
+        _queue_to_threads(cmd)
+    else:
+        scst_process_active_cmd(cmd)
+
+
+def scst_rx_data(cmd: scst_cmd, status: int, pref_context: int) -> None:
+    """The driver has received (or failed to receive) the WRITE data."""
+    if status == SCST_RX_STATUS_SUCCESS:
+        cmd.state = SCST_CMD_STATE_REAL_EXEC
+    else:
+        if status != SCST_RX_STATUS_ERROR_SENSE_SET:
+            scst_set_cmd_error(cmd, scst_sense_hardw_error)
+        cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
+    scst_process_redirect_cmd(cmd, pref_context)
+
+
+def scst_tgt_cmd_done(cmd: scst_cmd, pref_context: int) -> None:
+    """The driver has sent the response: finish and free the command."""
+    cmd.state = SCST_CMD_STATE_FINISHED
+    _finish_cmd(cmd)
+
+
+def scst_cmd_done_local(cmd: scst_cmd, next_state: int, pref_context: int) -> None:
+    """The dev handler's exec is complete (cmd.scst_cmd_done points here)."""
+    cmd.state = SCST_CMD_STATE_DEV_DONE if next_state == SCST_CMD_STATE_DEFAULT else next_state
+    cmd.completed = True
+    if not cmd.exec_sync:
+        # Asynchronous completion (e.g. from softirq): continue from here.
+        scst_process_active_cmd(cmd)
+
+
+def scst_process_active_cmd(cmd: scst_cmd) -> None:
+    """Run cmd through its states until it waits for someone else."""
+    while True:
+        state = cmd.state
+        if state == SCST_CMD_STATE_PARSE:
+            res = _parse(cmd)
+        elif state == SCST_CMD_STATE_PREPARE_SPACE:
+            res = _prepare_space(cmd)
+        elif state == SCST_CMD_STATE_RDY_TO_XFER:
+            cmd.state = SCST_CMD_STATE_DATA_WAIT
+            cmd.tgtt.rdy_to_xfer(cmd)
+            return
+        elif state == SCST_CMD_STATE_REAL_EXEC:
+            res = _exec(cmd)
+        elif state == SCST_CMD_STATE_DEV_DONE:
+            res = _dev_done(cmd)
+        elif state == SCST_CMD_STATE_PRE_XMIT_RESP:
+            cmd.state = SCST_CMD_STATE_XMIT_RESP
+            res = _RES_CONT_NEXT
+        elif state == SCST_CMD_STATE_XMIT_RESP:
+            cmd.state = SCST_CMD_STATE_XMIT_WAIT
+            if cmd.tgtt.xmit_response(cmd) != SCST_TGT_RES_SUCCESS:
+                pr_err(f"scst: xmit_response failed for cmd tag {cmd.tag:#x}: freeing it")
+                cmd.state = SCST_CMD_STATE_FINISHED
+                _finish_cmd(cmd)
+            return
+        elif state == SCST_CMD_STATE_FINISHED:
+            _finish_cmd(cmd)
+            return
+        else:
+            pr_err(f"scst: cmd tag {cmd.tag:#x} in unexpected state {state}")
+            return
+        if res != _RES_CONT_NEXT:
+            if res == _RES_NEED_THREAD:
+                _queue_to_threads(cmd)
+            return
+
+
+def _parse(cmd: scst_cmd) -> int:
+    r = cdbprobe.scst_get_cdb_info(cmd)
+    cmd.state = SCST_CMD_STATE_PREPARE_SPACE
+    if r == 1:
+        scst_set_cmd_error(cmd, scst_sense_invalid_opcode)
+    elif r == 0 and cmd.dev is not None and cmd.cdb[0] != REPORT_LUNS:
+        parse = cmd.dev.handler.parse
+        if parse is not None:
+            parse(cmd)
+    if cmd.status:
+        cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
+        return _RES_CONT_NEXT
+    if cmd.bufflen > SCST_MAX_BUFFLEN:
+        scst_set_cmd_error(cmd, scst_sense_invalid_field_in_cdb)
+        cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
+        return _RES_CONT_NEXT
+    if cmd.data_direction & SCST_DATA_WRITE:
+        if cmd.tgt_dev is not None and cmd.tgt_dev.rd_only and cmd.op_flags & SCST_WRITE_MEDIUM:
+            scst_set_cmd_error(cmd, scst_sense_data_protect)
+            cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
+            return _RES_CONT_NEXT
+        # The initiator must send what the CDB says it writes (no partial writes).
+        if cmd.expected_transfer_len < cmd.bufflen or not cmd.expected_data_direction & SCST_DATA_WRITE:
+            scst_set_cmd_error(cmd, scst_sense_invalid_field_in_cdb)
+            cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
+            return _RES_CONT_NEXT
+        cmd.write_len = cmd.bufflen
+    elif cmd.tgt_dev is not None and cmd.tgt_dev.rd_only and cmd.op_flags & SCST_WRITE_MEDIUM:
+        scst_set_cmd_error(cmd, scst_sense_data_protect)
+        cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
+    return _RES_CONT_NEXT
+
+
+def _prepare_space(cmd: scst_cmd) -> int:
+    if cmd.data_direction != SCST_DATA_NONE and cmd.bufflen:
+        gfp = GFP_ATOMIC if sched.in_atomic() else GFP_KERNEL
+        if scst_alloc_space(cmd, cmd.bufflen, gfp) != 0:
+            pr_err(f"scst: no memory for a {cmd.bufflen}-byte buffer (tag {cmd.tag:#x})")
+            scst_set_cmd_error(cmd, scst_sense_hardw_error)
+            cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
+            return _RES_CONT_NEXT
+    if cmd.data_direction & SCST_DATA_WRITE and cmd.bufflen:
+        cmd.state = SCST_CMD_STATE_RDY_TO_XFER
+    else:
+        cmd.state = SCST_CMD_STATE_REAL_EXEC
+    return _RES_CONT_NEXT
+
+
+def _exec(cmd: scst_cmd) -> int:
+    dev = cmd.dev
+    if dev is None or cmd.cdb[0] == REPORT_LUNS:
+        cmd.completed = True
+        scst_local_exec(cmd)
+        if cmd.state == SCST_CMD_STATE_REAL_EXEC:
+            cmd.state = SCST_CMD_STATE_DEV_DONE
+        return _RES_CONT_NEXT
+    handler = dev.handler
+    if not handler.exec_atomic and _threads_of_current() is not dev.cmd_threads:
+        return _RES_NEED_THREAD
+    cmd.state = SCST_CMD_STATE_EXEC_WAIT
+    cmd.scst_cmd_done = scst_cmd_done_local
+    cmd.completed = False
+    dev.cmd_count += 1
+    cmd.exec_sync = True
+    handler.exec(cmd)
+    cmd.exec_sync = False
+    if not cmd.completed:
+        return _RES_CONT_DONE       # the handler completes later, asynchronously
+    return _RES_CONT_NEXT
+
+
+def _dev_done(cmd: scst_cmd) -> int:
+    dev = cmd.dev
+    if dev is not None and dev.handler.dev_done is not None:
+        dev.handler.dev_done(cmd)
+    if cmd.status == SAM_STAT_GOOD:
+        sess = cmd.sess
+        if cmd.data_direction == SCST_DATA_READ:
+            sess.reads += 1
+            sess.read_bytes += cmd.resp_data_len
+        elif cmd.data_direction & SCST_DATA_WRITE:
+            sess.writes += 1
+            sess.write_bytes += cmd.write_len
+    cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
+    return _RES_CONT_NEXT
+
+
+def _finish_cmd(cmd: scst_cmd) -> None:
+    tgtt = cmd.tgtt
+    if tgtt.on_free_cmd is not None:
+        tgtt.on_free_cmd(cmd)
+    if cmd.data_buf_alloced:
+        scst_release_space(cmd)
+    sess = cmd.sess
+    sess.cmd_count -= 1
+    if sess.shut_phase and sess.cmd_count == 0:
+        from scst_core.main import scst_sess_free_final
+        scst_sess_free_final(sess)
+    kmem_cache_free(scst_cmd_cachep, cmd)
+
+
+# -- per-device command threads ---------------------------------------------
+
+def _threads_of_current() -> scst_cmd_threads | None:
+    kt = sched.current().kthread
+    return kt.data if kt is not None and isinstance(kt.data, scst_cmd_threads) else None
+
+
+def _queue_to_threads(cmd: scst_cmd) -> None:
+    ct = cmd.dev.cmd_threads if cmd.dev is not None else scst_main_cmd_threads
+    spin_lock_bh(ct.cmd_list_lock)
+    list_add_tail(cmd.cmd_list_entry, ct.active_cmd_list)
+    spin_unlock_bh(ct.cmd_list_lock)
+    wake_up(ct.cmd_list_waitQ)
+
+
+def scst_cmd_thread(ct: scst_cmd_threads) -> int:
+    """A command thread: process queued commands until stopped."""
+    lst = ct.active_cmd_list
+    while True:
+        wait_event_interruptible_exclusive(
+            ct.cmd_list_waitQ, lambda: not list_empty(lst) or kthread_should_stop())
+        if kthread_should_stop() and list_empty(lst):
+            return 0
+        spin_lock_bh(ct.cmd_list_lock)
+        while not list_empty(lst):
+            cmd = list_first_entry(lst)
+            list_del_init(cmd.cmd_list_entry)
+            more = not list_empty(lst)
+            spin_unlock_bh(ct.cmd_list_lock)
+            if more:
+                # A sibling takes the rest if this command's exec sleeps.
+                wake_up(ct.cmd_list_waitQ)
+            scst_process_active_cmd(cmd)
+            spin_lock_bh(ct.cmd_list_lock)
+        spin_unlock_bh(ct.cmd_list_lock)
+
+
+def scst_add_threads(ct: scst_cmd_threads, num: int) -> int:
+    for i in range(num):
+        t = kthread_run(scst_cmd_thread, ct, f"{ct.name}{i}")
+        ct.threads.append(t)
+    return 0
+
+
+scst_main_cmd_threads = scst_cmd_threads("scstd")

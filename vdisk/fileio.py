@@ -1,0 +1,172 @@
+"""The vdisk_fileio dev handler: a virtual disk backed by a regular file.
+
+Twin of the fileio half of scst/src/dev_handlers/scst_vdisk.c
+(vdisk_attach/vdisk_detach for fileio, fileio_exec, vdev_read/vdev_write
+through the file, vdisk_fsync).
+
+Contexts: attach and detach from task context (they open and close the
+file). exec() from a device kthread only: every data command sleeps in a
+vfs call.
+
+Differs from SCST: I/O goes through kshim.fs's vfs_readv/vfs_writev into
+the command's own buffers (no iovec page mapping); fsync_range flushes the
+whole file (the host has no ranged datasync we use). A file that is
+missing is created sparse when a size was given.
+"""
+from __future__ import annotations
+
+from kshim.err import EOPNOTSUPP, ENOSPC, ENXIO, IS_ERR
+from kshim.fs import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, O_CREAT, O_DIRECT, O_DSYNC,
+                      O_LARGEFILE, O_RDONLY, O_RDWR, SEEK_DATA, SEEK_HOLE, file, filp_close,
+                      filp_open, file_inode, i_size_read, vfs_fallocate, vfs_fsync_range,
+                      vfs_llseek, vfs_readv, vfs_truncate, vfs_writev)
+from kshim.printk import pr_err, pr_info
+from scst_core.const import (scst_sense_read_error, scst_sense_space_allocation_failed,
+                             scst_sense_write_error)
+from scst_core.lib import scst_cmd_iov, scst_set_cmd_error
+from scst_core.scst import scst_cmd, scst_device
+from vdisk.vdisk import (scst_vdisk_dev, vdisk_attach_common, vdisk_do_exec, vdisk_io_ops,
+                         vdisk_make_devtype)
+
+
+def _zero_tail(iov: list, skip: int) -> None:
+    """Zero the buffers past the first `skip` bytes (a read hit EOF)."""
+    for v in iov:
+        n = len(v)
+        if skip >= n:
+            skip -= n
+            continue
+        v[skip:] = bytes(n - skip)
+        skip = 0
+
+
+def fileio_read(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length: int) -> int:
+    iov = scst_cmd_iov(cmd)
+    n = vfs_readv(virt_dev.file, iov, pos)
+    if n < 0:
+        pr_err(f"vdisk_fileio: {virt_dev.name}: read of {length} bytes at {pos} failed: {n}")
+        scst_set_cmd_error(cmd, scst_sense_read_error)
+        return n
+    if n < length:
+        # The file shrank under us or is shorter than the device: read zeros.
+        _zero_tail(iov, n)
+    return 0
+
+
+def fileio_write(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length: int) -> int:
+    iov = scst_cmd_iov(cmd)
+    n = vfs_writev(virt_dev.file, iov, pos)
+    if n != length:
+        pr_err(f"vdisk_fileio: {virt_dev.name}: write of {length} bytes at {pos} failed: {n}")
+        if n == -ENOSPC and virt_dev.thin_provisioned:
+            scst_set_cmd_error(cmd, scst_sense_space_allocation_failed)
+        else:
+            scst_set_cmd_error(cmd, scst_sense_write_error)
+        return n if n < 0 else -ENOSPC
+    return 0
+
+
+def fileio_read_into(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, buf: bytearray) -> int:
+    n = vfs_readv(virt_dev.file, [memoryview(buf)], pos)
+    if n < 0:
+        pr_err(f"vdisk_fileio: {virt_dev.name}: verify read at {pos} failed: {n}")
+        scst_set_cmd_error(cmd, scst_sense_read_error)
+        return n
+    if n < len(buf):
+        buf[n:] = bytes(len(buf) - n)
+    return 0
+
+
+def fileio_sync(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length: int) -> int:
+    end = pos + length - 1 if length else (1 << 63) - 1
+    ret = vfs_fsync_range(virt_dev.file, pos, end, True)
+    if ret < 0:
+        pr_err(f"vdisk_fileio: {virt_dev.name}: fsync failed: {ret}")
+        scst_set_cmd_error(cmd, scst_sense_write_error)
+    return ret
+
+
+def fileio_unmap(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length: int) -> int:
+    ret = vfs_fallocate(virt_dev.file, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, pos, length)
+    if ret == -EOPNOTSUPP:
+        return 0                        # UNMAP is a hint; the data stays readable
+    if ret < 0:
+        pr_err(f"vdisk_fileio: {virt_dev.name}: punching {length} bytes at {pos} failed: {ret}")
+        scst_set_cmd_error(cmd, scst_sense_write_error)
+    return ret
+
+
+def fileio_lba_status(virt_dev: scst_vdisk_dev, lba: int) -> tuple[bool, int]:
+    """Mapped or not, and for how many blocks, from SEEK_DATA/SEEK_HOLE."""
+    shift = virt_dev.block_shift
+    pos = lba << shift
+    f = virt_dev.file
+    data = vfs_llseek(f, pos, SEEK_DATA)
+    if data == -ENXIO:                  # no data after pos: a hole to the end
+        return False, virt_dev.nblocks - lba
+    if data < 0:
+        return True, virt_dev.nblocks - lba
+    if data > pos:
+        return False, max(1, (data >> shift) - lba)
+    hole = vfs_llseek(f, pos, SEEK_HOLE)
+    if hole < 0:
+        return True, virt_dev.nblocks - lba
+    return True, max(1, ((hole + (1 << shift) - 1) >> shift) - lba)
+
+
+fileio_io_ops = vdisk_io_ops(read=fileio_read, write=fileio_write, read_into=fileio_read_into,
+                             sync=fileio_sync, unmap=fileio_unmap, lba_status=fileio_lba_status)
+
+
+def fileio_attach(dev: scst_device) -> int:
+    """Open the backing file (creating it sparse if a size was given and it
+    is missing) and publish the geometry. 0 or -errno."""
+    virt_dev: scst_vdisk_dev = dev.dh_priv
+    flags = (O_RDONLY if virt_dev.rd_only else O_RDWR) | O_LARGEFILE
+    if virt_dev.wt_flag and not virt_dev.rd_only:
+        flags |= O_DSYNC
+    if virt_dev.o_direct:
+        flags |= O_DIRECT
+    want_size = virt_dev.file_size
+    f = filp_open(virt_dev.filename, flags)
+    if IS_ERR(f) and want_size > 0 and not virt_dev.rd_only:
+        f = filp_open(virt_dev.filename, flags | O_CREAT, 0o600)
+        if not IS_ERR(f):
+            ret = vfs_truncate(f, want_size)
+            if ret < 0:
+                pr_err(f"vdisk_fileio: {virt_dev.name}: cannot size {virt_dev.filename} to "
+                       f"{want_size} bytes: {ret}")
+                filp_close(f)
+                return ret
+            pr_info(f"vdisk_fileio: {virt_dev.name}: created sparse {virt_dev.filename} of "
+                    f"{want_size} bytes")
+    if IS_ERR(f):
+        pr_err(f"vdisk_fileio: {virt_dev.name}: cannot open {virt_dev.filename}: {f}")
+        return f
+    size = i_size_read(file_inode(f))
+    if want_size > 0 and want_size != size:
+        pr_info(f"vdisk_fileio: {virt_dev.name}: {virt_dev.filename} has {size} bytes; "
+                f"using that, not the requested {want_size}")
+    virt_dev.file = f
+    virt_dev.dsync_open = bool(flags & O_DSYNC)
+    virt_dev.file_size = size
+    virt_dev.io_ops = fileio_io_ops
+    vdisk_attach_common(dev, virt_dev)
+    return 0
+
+
+def fileio_detach(dev: scst_device) -> None:
+    virt_dev: scst_vdisk_dev = dev.dh_priv
+    f = virt_dev.file
+    if isinstance(f, file):
+        filp_close(f)
+    virt_dev.file = None
+    virt_dev.dev = None
+
+
+def fileio_exec(cmd: scst_cmd) -> int:
+    return vdisk_do_exec(cmd)
+
+
+fileio_devtype = vdisk_make_devtype("vdisk_fileio", fileio_exec, fileio_attach, fileio_detach,
+                                    exec_atomic=False)
