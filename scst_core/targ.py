@@ -190,7 +190,8 @@ def _parse(cmd: scst_cmd) -> int:
             cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
             return _RES_CONT_NEXT
         # The initiator must send what the CDB says it writes (no partial writes).
-        if cmd.expected_transfer_len < cmd.bufflen or not cmd.expected_data_direction & SCST_DATA_WRITE:
+        if cmd.bufflen and (cmd.expected_transfer_len < cmd.bufflen
+                            or not cmd.expected_data_direction & SCST_DATA_WRITE):
             scst_set_cmd_error(cmd, scst_sense_invalid_field_in_cdb)
             cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
             return _RES_CONT_NEXT

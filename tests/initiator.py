@@ -170,9 +170,6 @@ RFC_DEFAULTS = {
 DEFAULT_INITIATOR_NAME = "iqn.2026-11.org.uscst:test-init"
 # The declared MaxRecvDataSegmentLength we offer unless the caller overrides.
 DEFAULT_OUR_MRDSL = 262144
-# Hard ceiling on what we accept in one PDU whatever we declared: a 24-bit
-# DataSegmentLength cannot exceed it anyway.
-MAX_DSL = (1 << 24) - 1
 
 
 # --- Errors -----------------------------------------------------------------
@@ -825,6 +822,19 @@ class Initiator:
     def _deadline(self, timeout: float | None) -> float:
         return time.monotonic() + (self.timeout if timeout is None else timeout)
 
+    def _poll(self, want_read: bool, want_write: bool, timeout: float) -> tuple[bool, bool]:
+        """(readable, writable) within timeout seconds (poll: no fd limit)."""
+        assert self.sock is not None, "not connected"
+        mask = (select.POLLIN if want_read else 0) | (select.POLLOUT if want_write else 0)
+        p = select.poll()
+        p.register(self.sock, mask)
+        ev = 0
+        for _, e in p.poll(max(0, int(timeout * 1000 + 0.999))):
+            ev |= e
+        err = select.POLLERR | select.POLLHUP
+        return (bool(ev & (select.POLLIN | err)) and want_read,
+                bool(ev & (select.POLLOUT | err)) and want_write)
+
     def _fill(self, deadline: float, block: bool = True) -> bool:
         """Receive what is available into _rbuf. Returns False on EOF.
         Raises TimeoutError when block and nothing came before deadline."""
@@ -835,13 +845,10 @@ class Initiator:
         if block:
             if remaining <= 0:
                 raise TimeoutError("timed out waiting for the target")
-            r, _, _ = select.select([self.sock], [], [], remaining)
-            if not r:
+            if not self._poll(True, False, remaining)[0]:
                 raise TimeoutError("timed out waiting for the target")
-        else:
-            r, _, _ = select.select([self.sock], [], [], 0)
-            if not r:
-                return True
+        elif not self._poll(True, False, 0)[0]:
+            return True
         try:
             chunk = self.sock.recv(1 << 20)
         except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
@@ -871,8 +878,7 @@ class Initiator:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("timed out sending to the target")
-            rl = [self.sock] if not self._eof else []
-            r, w, _ = select.select(rl, [self.sock], [], remaining)
+            r, w = self._poll(not self._eof, True, remaining)
             if r:
                 self._fill(deadline, block=False)
             if w:
@@ -1076,6 +1082,8 @@ class Initiator:
                 if pdu.isid != self.isid and self.strict:
                     raise TargetProtocolError("login response ISID mismatch", pdu)
                 if pdu.nsg == STAGE_FULL_FEATURE:
+                    if pdu.tsih == 0 and self.strict:
+                        raise TargetProtocolError("final Login Response with TSIH 0", pdu)
                     self.tsih = pdu.tsih
                     break
                 if pdu.nsg != STAGE_OPERATIONAL or stage != STAGE_SECURITY:
@@ -1183,6 +1191,8 @@ class Initiator:
             if pdu.opcode != OP_TEXT_RSP:
                 raise TargetProtocolError(f"expected Text Response, got {pdu!r}", pdu)
             got += pdu.data
+            if self.strict and pdu.final and pdu.flags & TEXT_FLAG_CONTINUE:
+                raise TargetProtocolError("Text Response with both F and C bits", pdu)
             if not pdu.flags & TEXT_FLAG_CONTINUE and pdu.final:
                 if pdu.ttt != RESERVED_TAG and self.strict:
                     raise TargetProtocolError("final Text Response with a TTT", pdu)
