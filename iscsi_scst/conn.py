@@ -66,7 +66,13 @@ class iscsi_conn:
     # protected by write_list_lock
     write_list_lock: spinlock_t = attrs.field(factory=lambda: spinlock_t("conn.write_list_lock"))
     write_list: list_head = attrs.field(factory=list_head)
-    # written by the wr thread only
+    # the sender's state: whoever holds tx_busy (the wr thread, or the rd
+    # thread flushing before it sleeps) owns these
+    tx_busy: bool = False
+    tx_iov: list = attrs.field(factory=list)
+    tx_len: int = 0
+    tx_items: list = attrs.field(factory=list)
+    tx_batch: list_head = attrs.field(factory=list_head)
     stat_sn: int = 0
     hdigest_tx: bool = False
     ddigest_tx: bool = False

@@ -25,21 +25,20 @@ as kernel_sendmsg would).
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
 
-from iscsi_scst.conn import RX_DATA, RX_INIT_BHS, RX_TAIL, RXBUF_SIZE, iscsi_conn, iscsi_conn_close
+from iscsi_scst.conn import (RX_DATA, RX_INIT_BHS, RX_TAIL, RXBUF_SIZE, iscsi_conn,
+                             iscsi_conn_close, iscsi_conn_mark_closing)
 from iscsi_scst.digest import digest_header, digest_matches
-from iscsi_scst.hdr import BHS_SIZE, ProtocolError, pad4
+from iscsi_scst.hdr import BHS_SIZE, ProtocolError
 from kshim.crc32c import crc32c_iov, crc32c_value
 from kshim.err import EAGAIN
-from kshim.list import INIT_LIST_HEAD, list_empty, list_head, list_splice_tail_init
+from kshim.list import (list_add_tail, list_del_init, list_empty, list_head, list_splice_init,
+                        list_splice_tail_init)
 from kshim.net import MSG_DONTWAIT, kernel_recvmsg, kernel_sendmsg
 from kshim.printk import pr_info
+from kshim.sched import current
 from kshim.spinlock import spin_lock_bh, spin_unlock_bh
-from kshim.wait import wait_event_interruptible
-
-if TYPE_CHECKING:
-    pass
+from kshim.wait import wait_event_interruptible, wake_up
 
 _DIRECT_MIN = 16384        # receive straight into pages from this size on
 _COMPACT_AT = RXBUF_SIZE - 65536
@@ -191,6 +190,10 @@ def iscsi_rd_thread(conn: iscsi_conn) -> int:
                 continue
             break
         if ret == -EAGAIN:
+            if not list_empty(conn.write_list) and not conn.tx_busy:
+                # Send this batch's responses now instead of waking the wr thread.
+                if iscsi_tx_flush(conn, False) == -EAGAIN and conn.tx_iov:
+                    wake_up(conn.wr_waitQ)
             wait_event_interruptible(conn.rd_waitQ, lambda: conn.rd_ready or conn.closing)
             continue
         if ret < 0:
@@ -203,71 +206,85 @@ def iscsi_rd_thread(conn: iscsi_conn) -> int:
 # -- transmit ---------------------------------------------------------------
 
 def iscsi_queue_tx(conn: iscsi_conn, entry: list_head) -> None:
-    """Queue a response (its write_list_entry) for the wr thread (any context)."""
-    from kshim.list import list_add_tail
-    from kshim.wait import wake_up
+    """Queue a response (its write_list_entry) for sending (any context).
+    The wr thread is woken unless the caller is the connection's rd thread,
+    which flushes the list itself before it sleeps."""
     spin_lock_bh(conn.write_list_lock)
     list_add_tail(entry, conn.write_list)
     spin_unlock_bh(conn.write_list_lock)
-    wake_up(conn.wr_waitQ)
+    if current() is not conn.rd_task:
+        wake_up(conn.wr_waitQ)
 
 
-def _send_all(conn: iscsi_conn, iov: list) -> int:
-    """Send every buffer; 0 or -errno. Sleeps for socket space as needed."""
-    total = 0
-    for b in iov:
-        total += len(b)
-    sent = 0
-    while True:
-        conn.wr_space = False
-        n = kernel_sendmsg(conn.sock, iov, MSG_DONTWAIT)
-        if n > 0:
-            sent += n
-            if sent >= total:
-                return 0
-            _advance_iov(iov, n)
-        elif n != -EAGAIN:
-            return n
-        if wait_event_interruptible(conn.wr_waitQ, lambda: conn.wr_space or conn.closing) < 0 \
-                or conn.closing:
-            return -EAGAIN
+def iscsi_tx_flush(conn: iscsi_conn, may_sleep: bool) -> int:
+    """Send everything queued, in batches of one sendmsg each. 0 when all
+    is out, -EAGAIN when the socket is full and may_sleep is False (the rest
+    stays in conn.tx_iov for the wr thread), or -errno on failure."""
+    from iscsi_scst.iscsi import iscsi_tx_build, iscsi_tx_done
+    if conn.tx_busy:
+        return -EAGAIN
+    conn.tx_busy = True
+    try:
+        while not conn.closing:
+            if not conn.tx_iov:
+                if list_empty(conn.write_list):
+                    return 0
+                batch = conn.tx_batch
+                spin_lock_bh(conn.write_list_lock)
+                list_splice_tail_init(conn.write_list, batch)
+                spin_unlock_bh(conn.write_list_lock)
+                iov = conn.tx_iov
+                items = conn.tx_items
+                node = batch.next
+                while node is not batch and len(iov) < _IOV_MAX:
+                    nxt = node.next
+                    list_del_init(node)
+                    item = node.owner
+                    iscsi_tx_build(conn, item, iov)
+                    items.append(item)
+                    node = nxt
+                if node is not batch:
+                    # Over the iovec limit: the rest goes back to the front.
+                    spin_lock_bh(conn.write_list_lock)
+                    list_splice_init(batch, conn.write_list)
+                    spin_unlock_bh(conn.write_list_lock)
+                conn.tx_len = sum(map(len, iov))
+            conn.wr_space = False
+            n = kernel_sendmsg(conn.sock, conn.tx_iov, MSG_DONTWAIT)
+            if n < 0 and n != -EAGAIN:
+                return n
+            if n > 0:
+                if n == conn.tx_len:
+                    items = conn.tx_items
+                    conn.tx_items = []
+                    conn.tx_iov.clear()
+                    for item in items:
+                        iscsi_tx_done(conn, item, 0)
+                    continue
+                _advance_iov(conn.tx_iov, n)
+                conn.tx_len -= n
+            if not may_sleep:
+                return -EAGAIN
+            if wait_event_interruptible(conn.wr_waitQ,
+                                        lambda: conn.wr_space or conn.closing) < 0:
+                return -EAGAIN
+        return 0
+    finally:
+        conn.tx_busy = False
 
 
 def iscsi_wr_thread(conn: iscsi_conn) -> int:
-    from iscsi_scst.iscsi import iscsi_tx_build, iscsi_tx_done
     from kshim.kthread import kthread_should_stop
-    batch = list_head()
     wl = conn.write_list
     while True:
-        wait_event_interruptible(conn.wr_waitQ, lambda: not list_empty(wl) or conn.closing
-                                 or kthread_should_stop())
+        wait_event_interruptible(conn.wr_waitQ, lambda: not list_empty(wl) or bool(conn.tx_iov)
+                                 or conn.closing or kthread_should_stop())
         if conn.closing or kthread_should_stop():
             return 0
-        spin_lock_bh(conn.write_list_lock)
-        list_splice_tail_init(wl, batch)
-        spin_unlock_bh(conn.write_list_lock)
-        items = []
-        node = batch.next
-        while node is not batch:
-            items.append(node.owner)
-            node = node.next
-        INIT_LIST_HEAD(batch)
-        i = 0
-        while i < len(items):
-            iov: list = []
-            start = i
-            while i < len(items) and len(iov) < _IOV_MAX:
-                iscsi_tx_build(conn, items[i], iov)
-                i += 1
-            ret = _send_all(conn, iov)
-            for item in items[start:i]:
-                iscsi_tx_done(conn, item, ret)
-            if ret < 0:
-                for item in items[i:]:
-                    iscsi_tx_done(conn, item, ret)
-                from iscsi_scst.conn import iscsi_conn_mark_closing
-                iscsi_conn_mark_closing(conn)
-                return 0
+        ret = iscsi_tx_flush(conn, True)
+        if ret < 0 and ret != -EAGAIN:
+            iscsi_conn_mark_closing(conn)
+            return 0
 
 
 def hdigest(bhs: "bytes | bytearray") -> bytes:
@@ -285,5 +302,3 @@ def pad_bytes(n: int) -> bytes:
     return PAD[n & 3]
 
 
-__all__ = ["iscsi_rd_thread", "iscsi_wr_thread", "iscsi_queue_tx", "fill_sn", "hdigest",
-           "pad_bytes", "pad4"]

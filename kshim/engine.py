@@ -195,6 +195,12 @@ class io_job:
         self.private = private
 
 
+def call_in_task(fn: Callable[[], Any], name: str = "kworker/ctl") -> Any:
+    """For engine-side services: run fn() in a kthread and return an
+    awaitable of its result (await call_in_task(...))."""
+    return _run_task_to_end(fn, name)
+
+
 def _io_done(job: io_job) -> None:
     stats["io_done"] += 1
     _deliver(job.complete, job)
@@ -240,7 +246,7 @@ async def _run_task_to_end(fn: Callable[[], Any], name: str) -> Any:
 
 
 async def _main(init: Callable[[], Any], exit_fn: Callable[[], Any] | None,
-                handle_signals: bool) -> Any:
+                handle_signals: bool, services: list) -> Any:
     global _token, _nursery, _pool, _shutdown, running
     sched.sched_init()
     _token = trio.lowlevel.current_trio_token()
@@ -259,6 +265,9 @@ async def _main(init: Callable[[], Any], exit_fn: Callable[[], Any] | None,
             result = await _run_task_to_end(init, "insmod")
             if isinstance(result, int) and result < 0:
                 request_shutdown()
+            else:
+                for svc in services:
+                    nursery.start_soon(svc)
             await _shutdown.wait()
             if exit_fn is not None and not (isinstance(result, int) and result < 0):
                 await _run_task_to_end(exit_fn, "rmmod")
@@ -271,8 +280,10 @@ async def _main(init: Callable[[], Any], exit_fn: Callable[[], Any] | None,
 
 
 def run(init: Callable[[], Any], exit_fn: Callable[[], Any] | None = None, *,
-        handle_signals: bool = True) -> Any:
+        handle_signals: bool = True, services: list | None = None) -> Any:
     """Boot the emulated machine: run init() in a kthread, serve until
     request_shutdown() or a signal, run exit_fn() in a kthread, return init's
-    result. Everything happens on the calling host thread."""
-    return trio.run(_main, init, exit_fn, handle_signals)
+    result. Everything happens on the calling host thread. `services` are
+    async functions (engine-side host services such as the control socket)
+    started after a successful init and cancelled at shutdown."""
+    return trio.run(_main, init, exit_fn, handle_signals, services or [])

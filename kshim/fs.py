@@ -4,7 +4,7 @@ Twin of fs/open.c, fs/read_write.c, fs/sync.c and fs/open.c's
 vfs_fallocate, with include/linux/fs.h.
 
 Contexts: filp_open, filp_close, vfs_readv, vfs_writev, vfs_fsync and
-vfs_fallocate may sleep: task context only. vfs_submit (asynchronous
+vfs_fallocate may sleep: task context only. vfs_readv_nowait never sleeps. vfs_submit (asynchronous
 I/O, as a kiocb with ki_complete) from any context; its completion runs in
 softirq context. i_size_read from any context.
 
@@ -136,6 +136,19 @@ def vfs_readv(f: file, iov: list, pos: int) -> int:
     if n < 0:
         return got or n
     return got + n
+
+
+def vfs_readv_nowait(f: file, iov: list, pos: int) -> int:
+    """Read only if the page cache holds all of it (IOCB_NOWAIT): bytes read
+    (all, or fewer at end of file) or -EAGAIN; never sleeps, any context."""
+    if not f.nowait_read:
+        return -EAGAIN
+    want = _total(iov)
+    n = host.file_preadv_nowait(f.fd, iov, pos)
+    if n == want or (n >= 0 and pos + n >= f.f_inode.i_size):
+        stats["read_nowait_hits"] += 1
+        return n
+    return n if n < 0 else -EAGAIN
 
 
 def vfs_writev(f: file, iov: list, pos: int) -> int:

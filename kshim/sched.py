@@ -51,7 +51,7 @@ class task_struct:
 
     __slots__ = ("comm", "pid", "state", "gr", "on_rq", "sigpending", "nice",
                  "kthread", "nvcsw", "wakeups", "cpu_ns", "sleep_start",
-                 "held_locks", "result", "exit_hooks", "__weakref__")
+                 "held_locks", "result", "exit_hooks", "worker_sleeping", "__weakref__")
 
     def __init__(self, comm: str, pid: int) -> None:
         self.comm = comm
@@ -69,6 +69,8 @@ class task_struct:
         self.held_locks: list = []        # lockdep: locks held, in order
         self.result: Any = None
         self.exit_hooks: list[Callable[["task_struct"], None]] = []
+        # called when the task blocks, as wq_worker_sleeping() for kworkers
+        self.worker_sleeping: Callable[["task_struct"], None] | None = None
 
     def __repr__(self) -> str:
         return f"<task {self.comm}/{self.pid} state={self.state}>"
@@ -239,6 +241,8 @@ def schedule() -> None:
             _runqueue.append(prev)
     else:
         prev.sleep_start = host.monotonic()
+        if prev.worker_sleeping is not None:
+            prev.worker_sleeping(prev)
     prev.nvcsw += 1
     _sched_gr.switch()
 

@@ -8,6 +8,10 @@ from task context; GFP_ATOMIC from any context. Frees from any context.
 Differs from the kernel: a cache holds Python objects made by its
 constructor (the `ctor` of kmem_cache_create, called with no argument, or
 the class given as `size`), not raw bytes; kmalloc returns a bytearray.
+As in the kernel, the ctor runs when an object is first made, not on every
+allocation: a freed object is kept and handed out again with the fields its
+last user left, so callers initialise what they use (kmem_cache_zalloc
+always returns a freshly constructed object).
 Memory is the host's, so "out of memory" only happens through the
 per-cache limit or fault injection.
 
@@ -33,11 +37,12 @@ SLAB_HWCACHE_ALIGN = 0x2000
 SLAB_PANIC = 0x40000
 
 fault_hook: Callable[["kmem_cache", int], bool] | None = None   # kshim.fault_inject
+_FREE_KEEP = 1024        # freed objects a cache keeps for reuse, like a slab's free list
 
 
 class kmem_cache:
     __slots__ = ("name", "ctor", "flags", "active", "allocs", "frees", "failures",
-                 "high_water", "live", "limit")
+                 "high_water", "live", "limit", "free")
 
     def __init__(self, name: str, ctor: Callable[[], Any], flags: int) -> None:
         self.name = name
@@ -50,6 +55,7 @@ class kmem_cache:
         self.high_water = 0
         self.live: dict[int, tuple[Any, str]] = {}   # id -> (obj, alloc stack)
         self.limit = 0                                # 0: unlimited
+        self.free: list = []                          # freed objects kept for reuse
 
 
 caches: dict[str, kmem_cache] = {}
@@ -82,7 +88,8 @@ def kmem_cache_alloc(c: kmem_cache, gfp: int) -> Any:
     if (fault_hook is not None and fault_hook(c, gfp)) or (c.limit and c.active >= c.limit):
         c.failures += 1
         return None
-    obj = c.ctor()
+    free = c.free
+    obj = free.pop() if free else c.ctor()
     c.active += 1
     c.allocs += 1
     if c.active > c.high_water:
@@ -93,6 +100,9 @@ def kmem_cache_alloc(c: kmem_cache, gfp: int) -> Any:
 
 
 def kmem_cache_zalloc(c: kmem_cache, gfp: int) -> Any:
+    """A freshly constructed object (the ctor's state is our "zeroed")."""
+    if c.free:
+        c.free.pop()
     return kmem_cache_alloc(c, gfp | __GFP_ZERO)
 
 
@@ -105,6 +115,8 @@ def kmem_cache_free(c: kmem_cache, obj: Any) -> None:
             return
     c.active -= 1
     c.frees += 1
+    if len(c.free) < _FREE_KEEP:
+        c.free.append(obj)
 
 
 def kmem_cache_destroy(c: kmem_cache) -> int:

@@ -10,7 +10,8 @@ Differs from the kernel: the condition is a zero-argument callable, since
 Python has no statement macros. The _lock_irq and _locked variants take the
 spinlock to drop around the sleep. Exclusive waiters are queued at the tail
 and a wake_up() wakes every non-exclusive waiter and one exclusive waiter,
-as in the kernel.
+as in the kernel. Entries default to autoremove_wake_function: a woken
+waiter leaves the queue at once, so later wake-ups do not scan it.
 
 Debug aids: might_sleep() on entry; sleepers in TASK_UNINTERRUPTIBLE are
 visible to the hung-task check through their task's sleep_start.
@@ -30,14 +31,15 @@ WQ_FLAG_EXCLUSIVE = 0x01
 
 
 class wait_queue_entry:
-    __slots__ = ("task", "flags", "func", "private")
+    __slots__ = ("task", "flags", "func", "private", "queued")
 
     def __init__(self, task: sched.task_struct | None = None, flags: int = 0,
                  func: "Callable[[wait_queue_entry, int], int] | None" = None) -> None:
         self.task = task
         self.flags = flags
-        self.func = func or default_wake_function
+        self.func = func or autoremove_wake_function
         self.private = None
+        self.queued = False
 
 
 class wait_queue_head:
@@ -53,6 +55,8 @@ wait_queue_head_t = wait_queue_head
 
 
 def init_waitqueue_head(wq: wait_queue_head) -> None:
+    for e in wq.head:
+        e.queued = False
     wq.head.clear()
 
 
@@ -60,21 +64,30 @@ def default_wake_function(entry: wait_queue_entry, mode: int) -> int:
     return 1 if sched.wake_up_state(entry.task, mode) else 0
 
 
+def autoremove_wake_function(entry: wait_queue_entry, mode: int) -> int:
+    """Wake the task and, if that worked, drop the entry from its queue (the
+    waiter re-queues itself in prepare_to_wait if it sleeps again)."""
+    return 2 if sched.wake_up_state(entry.task, mode) else 0
+
+
 def add_wait_queue(wq: wait_queue_head, entry: wait_queue_entry) -> None:
     entry.flags &= ~WQ_FLAG_EXCLUSIVE
-    wq.head.insert(0, entry)
+    if not entry.queued:
+        entry.queued = True
+        wq.head.insert(0, entry)
 
 
 def add_wait_queue_exclusive(wq: wait_queue_head, entry: wait_queue_entry) -> None:
     entry.flags |= WQ_FLAG_EXCLUSIVE
-    wq.head.append(entry)
+    if not entry.queued:
+        entry.queued = True
+        wq.head.append(entry)
 
 
 def remove_wait_queue(wq: wait_queue_head, entry: wait_queue_entry) -> None:
-    try:
+    if entry.queued:
+        entry.queued = False
         wq.head.remove(entry)
-    except ValueError:
-        pass
 
 
 def waitqueue_active(wq: wait_queue_head) -> bool:
@@ -82,11 +95,23 @@ def waitqueue_active(wq: wait_queue_head) -> bool:
 
 
 def __wake_up(wq: wait_queue_head, mode: int, nr_exclusive: int) -> None:
-    if not wq.head:
+    """Wake non-exclusive waiters and up to nr_exclusive exclusive ones
+    (0: all). A wake function returns 0 (not woken), 1 (woken) or 2 (woken,
+    remove the entry)."""
+    head = wq.head
+    if not head:
         return
     wq.wakeups += 1
-    for entry in list(wq.head):
-        if entry.func(entry, mode) and entry.flags & WQ_FLAG_EXCLUSIVE:
+    i = 0
+    while i < len(head):
+        entry = head[i]
+        ret = entry.func(entry, mode)
+        if ret == 2:
+            del head[i]
+            entry.queued = False
+        else:
+            i += 1
+        if ret and entry.flags & WQ_FLAG_EXCLUSIVE:
             nr_exclusive -= 1
             if nr_exclusive == 0:
                 break
@@ -114,24 +139,25 @@ def wake_up_interruptible_all(wq: wait_queue_head) -> None:
 
 def prepare_to_wait(wq: wait_queue_head, entry: wait_queue_entry, state: int) -> None:
     entry.flags &= ~WQ_FLAG_EXCLUSIVE
-    if entry not in wq.head:
+    if not entry.queued:
+        entry.queued = True
         wq.head.insert(0, entry)
     sched.set_current_state(state)
 
 
 def prepare_to_wait_exclusive(wq: wait_queue_head, entry: wait_queue_entry, state: int) -> None:
     entry.flags |= WQ_FLAG_EXCLUSIVE
-    if entry not in wq.head:
+    if not entry.queued:
+        entry.queued = True
         wq.head.append(entry)
     sched.set_current_state(state)
 
 
 def finish_wait(wq: wait_queue_head, entry: wait_queue_entry) -> None:
     sched.set_current_state(sched.TASK_RUNNING)
-    try:
+    if entry.queued:
+        entry.queued = False
         wq.head.remove(entry)
-    except ValueError:
-        pass
 
 
 def _wait_event_common(wq: wait_queue_head, condition: Callable[[], bool], state: int,

@@ -130,6 +130,9 @@ class scst_dev_type:
     threads_num: int = SCST_DEFAULT_DEV_THREADS
     # uscst: exec() never sleeps, so the core may call it in any context.
     exec_atomic: bool = False
+    # uscst: a non-sleeping attempt at exec, for any context: True if it
+    # completed the command (scst_cmd_done called), False to go to a thread.
+    exec_nowait: Callable[["scst_cmd"], bool] | None = None
     # management: add_device(name, params) -> 0/-errno; del_device(name)
     add_device: Callable[[str, dict], int] | None = None
     del_device: Callable[[str], int] | None = None

@@ -17,7 +17,9 @@ a dev handler that may sleep), where it is queued to the device's command
 threads; a completion arriving in softirq context continues the same way.
 
 Differs from SCST: no per-session/per-CPU thread pools, only the
-per-device pool; task attributes are all handled as SIMPLE (no ORDERED
+per-device pool; a dev handler may offer exec_nowait(), a non-sleeping
+attempt (a page-cache hit) run in the submitting context before the command
+is handed to the device's threads, as io_uring tries IOCB_NOWAIT first; task attributes are all handled as SIMPLE (no ORDERED
 serialisation yet); no unit attentions or reservations yet.
 """
 from __future__ import annotations
@@ -56,6 +58,9 @@ SCST_MAX_BUFFLEN = 64 << 20
 scst_cmd_cachep = kmem_cache_create("scst_cmd", scst_cmd,
                                     ctor=lambda: scst_cmd(None, None, None, b""))
 
+# Decoded 8-byte LUN fields (a handful of distinct values per target).
+_lun_cache: dict[bytes, int] = {}
+
 # Commands answered for any LUN, mapped or not (SPC-4 4.6.4, 6.33).
 _LUNLESS_OPS = frozenset((REPORT_LUNS, INQUIRY, REQUEST_SENSE))
 
@@ -69,12 +74,35 @@ def scst_rx_cmd(sess: scst_session, lun: bytes, cdb: bytes, atomic: bool) -> scs
     cmd = kmem_cache_alloc(scst_cmd_cachep, GFP_ATOMIC if atomic else GFP_KERNEL)
     if cmd is None:
         return None
+    # A recycled object keeps its last user's fields: reset them all.
     cmd.sess = sess
     cmd.tgt = sess.tgt
     cmd.tgtt = sess.tgt.tgtt
     cmd.cdb = cdb
-    cmd.lun = scst_unpack_lun(lun)
+    n = _lun_cache.get(lun)
+    if n is None:
+        n = scst_unpack_lun(lun)
+        if len(_lun_cache) < 256:      # the peer chooses these bytes: bound the cache
+            _lun_cache[lun] = n
+    cmd.lun = n
     cmd.atomic = atomic
+    cmd.tag = 0
+    cmd.queue_type = 1
+    cmd.expected_data_direction = SCST_DATA_NONE
+    cmd.expected_transfer_len = 0
+    cmd.tgt_i_priv = None
+    cmd.state = SCST_CMD_STATE_INIT
+    cmd.dev = None
+    cmd.tgt_dev = None
+    cmd.op_name = ""
+    cmd.op_flags = 0
+    cmd.data_direction = SCST_DATA_NONE
+    cmd.bufflen = cmd.data_len = cmd.lba = cmd.resp_data_len = cmd.write_len = 0
+    cmd.status = 0
+    cmd.sense_valid_len = 0
+    cmd.dh_priv = None
+    cmd.scst_cmd_done = None
+    cmd.completed = cmd.exec_sync = cmd.finished = cmd.aborted = False
     sess.cmd_count += 1
     return cmd
 
@@ -226,15 +254,22 @@ def _exec(cmd: scst_cmd) -> int:
             cmd.state = SCST_CMD_STATE_DEV_DONE
         return _RES_CONT_NEXT
     handler = dev.handler
+    run = handler.exec
     if not handler.exec_atomic and _threads_of_current() is not dev.cmd_threads:
-        return _RES_NEED_THREAD
+        # Not on the device's threads: only a non-sleeping attempt may run here.
+        run = handler.exec_nowait
+        if run is None:
+            return _RES_NEED_THREAD
     cmd.state = SCST_CMD_STATE_EXEC_WAIT
     cmd.scst_cmd_done = scst_cmd_done_local
     cmd.completed = False
-    dev.cmd_count += 1
     cmd.exec_sync = True
-    handler.exec(cmd)
+    done = run(cmd)
     cmd.exec_sync = False
+    if run is handler.exec_nowait and not done:
+        cmd.state = SCST_CMD_STATE_REAL_EXEC
+        return _RES_NEED_THREAD
+    dev.cmd_count += 1
     if not cmd.completed:
         return _RES_CONT_DONE       # the handler completes later, asynchronously
     return _RES_CONT_NEXT
@@ -279,15 +314,28 @@ def _threads_of_current() -> scst_cmd_threads | None:
 
 def _queue_to_threads(cmd: scst_cmd) -> None:
     ct = cmd.dev.cmd_threads if cmd.dev is not None else scst_main_cmd_threads
+    lst = ct.active_cmd_list
     spin_lock_bh(ct.cmd_list_lock)
-    list_add_tail(cmd.cmd_list_entry, ct.active_cmd_list)
+    was_empty = list_empty(lst)
+    list_add_tail(cmd.cmd_list_entry, lst)
     spin_unlock_bh(ct.cmd_list_lock)
-    wake_up(ct.cmd_list_waitQ)
+    if was_empty:
+        # A thread busy with the list drains it; only an idle list needs one.
+        wake_up(ct.cmd_list_waitQ)
+
+
+def _cmd_thread_sleeping(t: sched.task_struct) -> None:
+    """This command thread blocks (I/O): let a sibling take the rest, as
+    the kernel's wq_worker_sleeping() does for workqueue pools."""
+    ct = t.kthread.data
+    if not list_empty(ct.active_cmd_list):
+        wake_up(ct.cmd_list_waitQ)
 
 
 def scst_cmd_thread(ct: scst_cmd_threads) -> int:
     """A command thread: process queued commands until stopped."""
     lst = ct.active_cmd_list
+    sched.current().worker_sleeping = _cmd_thread_sleeping
     while True:
         wait_event_interruptible_exclusive(
             ct.cmd_list_waitQ, lambda: not list_empty(lst) or kthread_should_stop())
@@ -297,11 +345,7 @@ def scst_cmd_thread(ct: scst_cmd_threads) -> int:
         while not list_empty(lst):
             cmd = list_first_entry(lst)
             list_del_init(cmd.cmd_list_entry)
-            more = not list_empty(lst)
             spin_unlock_bh(ct.cmd_list_lock)
-            if more:
-                # A sibling takes the rest if this command's exec sleeps.
-                wake_up(ct.cmd_list_waitQ)
             scst_process_active_cmd(cmd)
             spin_lock_bh(ct.cmd_list_lock)
         spin_unlock_bh(ct.cmd_list_lock)

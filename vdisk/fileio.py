@@ -6,7 +6,8 @@ through the file, vdisk_fsync).
 
 Contexts: attach and detach from task context (they open and close the
 file). exec() from a device kthread only: every data command sleeps in a
-vfs call.
+vfs call. exec_nowait() from any context: it serves READs from the page
+cache without sleeping, or declines.
 
 Differs from SCST: I/O goes through kshim.fs's vfs_readv/vfs_writev into
 the command's own buffers (no iovec page mapping); fsync_range flushes the
@@ -19,14 +20,15 @@ from kshim.err import EOPNOTSUPP, ENOSPC, ENXIO, IS_ERR
 from kshim.fs import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, O_CREAT, O_DIRECT, O_DSYNC,
                       O_LARGEFILE, O_RDONLY, O_RDWR, SEEK_DATA, SEEK_HOLE, file, filp_close,
                       filp_open, file_inode, i_size_read, vfs_fallocate, vfs_fsync_range,
-                      vfs_llseek, vfs_readv, vfs_truncate, vfs_writev)
+                      vfs_llseek, vfs_readv, vfs_readv_nowait, vfs_truncate,
+                      vfs_writev)
 from kshim.printk import pr_err, pr_info
 from scst_core.const import (scst_sense_read_error, scst_sense_space_allocation_failed,
                              scst_sense_write_error)
-from scst_core.lib import scst_cmd_iov, scst_set_cmd_error
+from scst_core.lib import scst_cmd_iov, scst_set_cmd_error, scst_set_resp_data_len
 from scst_core.scst import scst_cmd, scst_device
-from vdisk.vdisk import (scst_vdisk_dev, vdisk_attach_common, vdisk_do_exec, vdisk_io_ops,
-                         vdisk_make_devtype)
+from vdisk.vdisk import (scst_vdisk_dev, vdisk_attach_common, vdisk_cmd_done, vdisk_do_exec,
+                         vdisk_io_ops, vdisk_make_devtype)
 
 
 def _zero_tail(iov: list, skip: int) -> None:
@@ -168,5 +170,24 @@ def fileio_exec(cmd: scst_cmd) -> int:
     return vdisk_do_exec(cmd)
 
 
+_READ_OPS = frozenset((0x08, 0x28, 0xA8, 0x88))
+
+
+def fileio_exec_nowait(cmd: scst_cmd) -> bool:
+    """A READ whose data the page cache holds completes here, in the
+    submitting context; anything else goes to the device's threads."""
+    op = cmd.cdb[0]
+    if op not in _READ_OPS or cmd.status or (op != 0x08 and cmd.cdb[1] & 0x08):
+        return False
+    virt_dev: scst_vdisk_dev = cmd.dev.dh_priv
+    length = cmd.data_len
+    if length:
+        if vfs_readv_nowait(virt_dev.file, scst_cmd_iov(cmd), cmd.lba << virt_dev.block_shift) != length:
+            return False
+        scst_set_resp_data_len(cmd, length)
+    vdisk_cmd_done(cmd)
+    return True
+
+
 fileio_devtype = vdisk_make_devtype("vdisk_fileio", fileio_exec, fileio_attach, fileio_detach,
-                                    exec_atomic=False)
+                                    exec_atomic=False, exec_nowait=fileio_exec_nowait)

@@ -1005,10 +1005,11 @@ def vdisk_exit() -> None:
 
 def vdisk_make_devtype(name: str, exec_fn: Callable[[scst_cmd], int],
                        attach: Callable[[scst_device], int],
-                       detach: Callable[[scst_device], None], exec_atomic: bool) -> scst_dev_type:
+                       detach: Callable[[scst_device], None], exec_atomic: bool,
+                       exec_nowait: Callable[[scst_cmd], bool] | None = None) -> scst_dev_type:
     return scst_dev_type(
         name=name, type=TYPE_DISK, parse=vdisk_parse, exec=exec_fn, attach=attach,
-        detach=detach, exec_atomic=exec_atomic,
+        detach=detach, exec_atomic=exec_atomic, exec_nowait=exec_nowait,
         add_device=lambda dev_name, params: vdisk_add_device(name, dev_name, params),
         del_device=vdisk_del_device,
         add_device_parameters=vdisk_add_device_parameters)
