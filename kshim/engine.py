@@ -30,6 +30,7 @@ tell the difference.
 """
 from __future__ import annotations
 
+import gc
 import math
 import signal
 from typing import Any, Callable
@@ -212,6 +213,16 @@ def io_submit(job: io_job) -> None:
 
 # -- life cycle -------------------------------------------------------------
 
+def _tune_gc() -> None:
+    """After boot, the long-lived objects (modules, caches, buffers) move to
+    the permanent generation, and young-generation collections become rare:
+    the data path recycles its objects through kmem caches, so cyclic garbage
+    is rare and scanning for it cost ~9% of 4K IOPS (docs/decisions)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50000, 20, 20)
+
+
 def request_shutdown() -> None:
     """Begin an orderly stop (any context)."""
     if _shutdown is not None:
@@ -266,6 +277,7 @@ async def _main(init: Callable[[], Any], exit_fn: Callable[[], Any] | None,
             if isinstance(result, int) and result < 0:
                 request_shutdown()
             else:
+                _tune_gc()
                 for svc in services:
                     nursery.start_soon(svc)
             await _shutdown.wait()

@@ -18,10 +18,28 @@ from kshim.scatterlist import scatterlist
 from scst_core.scst import scst_cmd
 
 _CHUNK = 1 << (MAX_ORDER + PAGE_SHIFT)
+_NO_PAGES: list = []       # shared empty vector: never appended to
 
 
 def scst_alloc_space(cmd: scst_cmd, size: int, gfp: int) -> int:
     """Give cmd a buffer of `size` bytes in cmd.sg; 0 or -ENOMEM."""
+    if size <= _CHUNK:
+        # The common case: one entry, reusing the command's own sg vector.
+        p = alloc_pages(gfp, get_order(size))
+        if p is None:
+            return -ENOMEM
+        sg = cmd.sg_one
+        if not sg:
+            sg.append(scatterlist())
+        s = sg[0]
+        s.page = p
+        s.offset = 0
+        s.length = size
+        cmd.sg = sg
+        cmd.sg_cnt = 1
+        cmd.sg_pages = [p]
+        cmd.data_buf_alloced = True
+        return 0
     sg = []
     pages = []
     left = size
@@ -49,7 +67,7 @@ def scst_alloc_space(cmd: scst_cmd, size: int, gfp: int) -> int:
 def scst_release_space(cmd: scst_cmd) -> None:
     for p in cmd.sg_pages:
         __free_pages(p, p.order)
-    cmd.sg_pages = []
-    cmd.sg = []
+    cmd.sg_pages = _NO_PAGES
+    cmd.sg = _NO_PAGES
     cmd.sg_cnt = 0
     cmd.data_buf_alloced = False

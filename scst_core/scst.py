@@ -265,6 +265,7 @@ class scst_cmd:
     resp_data_len: int = 0          # Data-In actually produced
     write_len: int = 0              # Data-Out the initiator sends
     sg: list = attrs.field(factory=list)
+    sg_one: list = attrs.field(factory=list)    # reused vector for one-entry buffers
     sg_cnt: int = 0
     sg_pages: list = attrs.field(factory=list)
     status: int = 0

@@ -160,40 +160,43 @@ def scst_cmd_done_local(cmd: scst_cmd, next_state: int, pref_context: int) -> No
 
 def scst_process_active_cmd(cmd: scst_cmd) -> None:
     """Run cmd through its states until it waits for someone else."""
+    fns = _state_fns
     while True:
-        state = cmd.state
-        if state == SCST_CMD_STATE_PARSE:
-            res = _parse(cmd)
-        elif state == SCST_CMD_STATE_PREPARE_SPACE:
-            res = _prepare_space(cmd)
-        elif state == SCST_CMD_STATE_RDY_TO_XFER:
-            cmd.state = SCST_CMD_STATE_DATA_WAIT
-            cmd.tgtt.rdy_to_xfer(cmd)
-            return
-        elif state == SCST_CMD_STATE_REAL_EXEC:
-            res = _exec(cmd)
-        elif state == SCST_CMD_STATE_DEV_DONE:
-            res = _dev_done(cmd)
-        elif state == SCST_CMD_STATE_PRE_XMIT_RESP:
-            cmd.state = SCST_CMD_STATE_XMIT_RESP
-            res = _RES_CONT_NEXT
-        elif state == SCST_CMD_STATE_XMIT_RESP:
-            cmd.state = SCST_CMD_STATE_XMIT_WAIT
-            if cmd.tgtt.xmit_response(cmd) != SCST_TGT_RES_SUCCESS:
-                pr_err(f"scst: xmit_response failed for cmd tag {cmd.tag:#x}: freeing it")
-                cmd.state = SCST_CMD_STATE_FINISHED
-                _finish_cmd(cmd)
-            return
-        elif state == SCST_CMD_STATE_FINISHED:
-            _finish_cmd(cmd)
-            return
-        else:
-            pr_err(f"scst: cmd tag {cmd.tag:#x} in unexpected state {state}")
-            return
+        res = fns[cmd.state](cmd)
         if res != _RES_CONT_NEXT:
             if res == _RES_NEED_THREAD:
                 _queue_to_threads(cmd)
             return
+
+
+def _rdy_to_xfer(cmd: scst_cmd) -> int:
+    cmd.state = SCST_CMD_STATE_DATA_WAIT
+    cmd.tgtt.rdy_to_xfer(cmd)
+    return _RES_CONT_DONE
+
+
+def _pre_xmit_resp(cmd: scst_cmd) -> int:
+    cmd.state = SCST_CMD_STATE_XMIT_RESP
+    return _RES_CONT_NEXT
+
+
+def _xmit_response(cmd: scst_cmd) -> int:
+    cmd.state = SCST_CMD_STATE_XMIT_WAIT
+    if cmd.tgtt.xmit_response(cmd) != SCST_TGT_RES_SUCCESS:
+        pr_err(f"scst: xmit_response failed for cmd tag {cmd.tag:#x}: freeing it")
+        cmd.state = SCST_CMD_STATE_FINISHED
+        _finish_cmd(cmd)
+    return _RES_CONT_DONE
+
+
+def _finished(cmd: scst_cmd) -> int:
+    _finish_cmd(cmd)
+    return _RES_CONT_DONE
+
+
+def _bad_state(cmd: scst_cmd) -> int:
+    pr_err(f"scst: cmd tag {cmd.tag:#x} in unexpected state {cmd.state}")
+    return _RES_CONT_DONE
 
 
 def _parse(cmd: scst_cmd) -> int:
@@ -287,7 +290,7 @@ def _dev_done(cmd: scst_cmd) -> int:
         elif cmd.data_direction & SCST_DATA_WRITE:
             sess.writes += 1
             sess.write_bytes += cmd.write_len
-    cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
+    cmd.state = SCST_CMD_STATE_XMIT_RESP
     return _RES_CONT_NEXT
 
 
@@ -303,6 +306,24 @@ def _finish_cmd(cmd: scst_cmd) -> None:
         from scst_core.main import scst_sess_free_final
         scst_sess_free_final(sess)
     kmem_cache_free(scst_cmd_cachep, cmd)
+
+
+def _state_table() -> list:
+    t = [_bad_state] * (SCST_CMD_STATE_DATA_WAIT + 1)
+    t[SCST_CMD_STATE_PARSE] = _parse
+    t[SCST_CMD_STATE_PREPARE_SPACE] = _prepare_space
+    t[SCST_CMD_STATE_RDY_TO_XFER] = _rdy_to_xfer
+    t[SCST_CMD_STATE_REAL_EXEC] = _exec
+    t[SCST_CMD_STATE_DEV_DONE] = _dev_done
+    t[SCST_CMD_STATE_PRE_XMIT_RESP] = _pre_xmit_resp
+    t[SCST_CMD_STATE_XMIT_RESP] = _xmit_response
+    t[SCST_CMD_STATE_FINISHED] = _finished
+    return t
+
+
+# The state machine: one handler per SCST_CMD_STATE_*, each returning what
+# happens next (docs/architecture.md draws it from this table).
+_state_fns = _state_table()
 
 
 # -- per-device command threads ---------------------------------------------

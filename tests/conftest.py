@@ -5,4 +5,213 @@ sys.path, so any test in any subfolder can `from initiator import Initiator`
 (the independent iSCSI initiator in tests/initiator.py).
 
 Keep it minimal: only fixtures several test folders share belong here.
+
+Fixtures:
+  uscstd         factory: uscstd(*extra_args, disk=..., size=..., ...) starts
+                 a real `python -m tools.uscstd --debug` on a free loopback
+                 port and returns a UscstdServer; every server it started is
+                 stopped with SIGTERM at teardown, which then asserts exit
+                 status 0 and a healthy log (no Traceback, BUG:, Oops).
+  uscstd_server  one default server (64 MiB file LUN) for a test that just
+                 needs a target.
+Helpers other test files import from here are not needed: the fixture's
+object carries everything (url, host, port, iqn, proc, log).
 """
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_IQN = "iqn.2026-11.org.uscst:default"
+READY_TIMEOUT = 20.0        # seconds for "ready at" to appear
+STOP_TIMEOUT = 15.0         # seconds for SIGTERM to end the process
+# A line reporting a kernel-idiom bug or an escaped exception.
+UNHEALTHY_RE = re.compile(r"Traceback|BUG:|Oops")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the kernel picks it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class UscstdServer:
+    """One running uscstd process.
+
+    url: the iscsi:// URL of LUN 0 as uscstd printed it; host, port, iqn;
+    proc: the Popen; log: path of its stderr; out: path of its stdout.
+    """
+
+    def __init__(self, proc: subprocess.Popen, host: str, port: int, iqn: str,
+                 log: Path, out: Path, argv: list[str]) -> None:
+        self.proc = proc
+        self.host = host
+        self.port = port
+        self.iqn = iqn
+        self.log = log
+        self.out = out
+        self.argv = argv
+        self.url = ""
+        self.stopped = False
+        self.returncode: int | None = None
+
+    @property
+    def portal(self) -> str:
+        h = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{h}:{self.port}"
+
+    @property
+    def target_url(self) -> str:
+        """iscsi://host:port (no target), for discovery tools like iscsi-ls."""
+        return f"iscsi://{self.portal}"
+
+    def stderr_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stdout_text(self) -> str:
+        return self.out.read_text(errors="replace") if self.out.exists() else ""
+
+    def unhealthy_lines(self) -> list[str]:
+        return [ln for ln in self.stderr_text().splitlines() if UNHEALTHY_RE.search(ln)]
+
+    def assert_healthy(self) -> None:
+        """The process is still running and its log shows no bug so far."""
+        assert self.proc.poll() is None, \
+            f"uscstd exited with {self.proc.returncode}; stderr:\n{self.stderr_text()[-4000:]}"
+        bad = self.unhealthy_lines()
+        assert not bad, "uscstd reported a bug:\n" + self.stderr_text()[-8000:]
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        # Bounded by the deadline; polls the stdout file every 20 ms.
+        while time.monotonic() < deadline:
+            m = re.search(r"uscstd: ready at (\S+)", self.stdout_text())
+            if m:
+                self.url = m.group(1)
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"uscstd exited with {self.proc.returncode} before ready; "
+                                   f"stderr:\n{self.stderr_text()[-4000:]}")
+            time.sleep(0.02)
+        self.kill()
+        raise RuntimeError(f"uscstd not ready within {timeout} s; "
+                           f"stderr:\n{self.stderr_text()[-4000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
+        """Send sig, wait for exit (bounded), return the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise AssertionError(f"uscstd did not stop within {timeout} s after signal "
+                                     f"{sig}; stderr:\n{self.stderr_text()[-4000:]}")
+        self.stopped = True
+        self.returncode = self.proc.returncode
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def start_uscstd(workdir: Path, *extra: str, host: str = "127.0.0.1",
+                 port: int | None = None, disk: Path | str | None = "default",
+                 size: str | None = "64M", iqn: str | None = None,
+                 debug: bool = True, wait: bool = True,
+                 env: dict[str, str] | None = None) -> UscstdServer:
+    """Start `python -m tools.uscstd` serving one portal on host:port.
+
+    disk="default" puts a file disk.img in workdir; None passes no --disk
+    (so --nullio or --data-dir decide). extra args go last.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port if port is not None else free_port(host)
+    portal = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    argv = [sys.executable, "-m", "tools.uscstd", "--portal", portal]
+    if disk == "default":
+        disk = workdir / "disk.img"
+    if disk is not None:
+        argv += ["--disk", str(disk)]
+    if size is not None:
+        argv += ["--size", size]
+    if iqn is not None:
+        argv += ["--iqn", iqn]
+    if debug:
+        argv.append("--debug")
+    argv += list(extra)
+    n = len(list(workdir.glob("uscstd-*.err")))
+    log = workdir / f"uscstd-{n}.err"
+    out = workdir / f"uscstd-{n}.out"
+    with open(log, "wb") as ferr, open(out, "wb") as fout:
+        proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
+                                stdout=fout, stderr=ferr,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    srv = UscstdServer(proc, host, port, iqn or DEFAULT_IQN, log, out, argv)
+    if wait:
+        srv.wait_ready()
+    return srv
+
+
+def finish_uscstd(srv: UscstdServer) -> None:
+    """Teardown check: SIGTERM -> exit 0, log free of bugs."""
+    if srv.stopped:
+        rc = srv.returncode
+    else:
+        rc = srv.stop()
+    err = srv.stderr_text()
+    assert rc == 0, f"uscstd exit status {rc} after SIGTERM; stderr:\n{err[-4000:]}"
+    bad = srv.unhealthy_lines()
+    assert not bad, "uscstd log reports a bug:\n" + err[-8000:]
+
+
+@pytest.fixture
+def uscstd(tmp_path: Path) -> Iterator[Callable[..., UscstdServer]]:
+    """Factory: uscstd(*extra_args, **start_uscstd kwargs) -> UscstdServer.
+
+    Servers are stopped (SIGTERM) at teardown; each must exit 0 with a
+    clean log. A test that stops a server itself (server.stop()) still gets
+    its exit status and log checked, unless it sets server.checked = True
+    to say it checked an expected non-zero exit itself.
+    """
+    servers: list[UscstdServer] = []
+
+    def factory(*extra: str, **kw) -> UscstdServer:
+        srv = start_uscstd(tmp_path / f"srv{len(servers)}", *extra, **kw)
+        servers.append(srv)
+        return srv
+
+    yield factory
+    errors: list[str] = []
+    for srv in servers:
+        if getattr(srv, "checked", False):
+            srv.kill()
+            continue
+        try:
+            finish_uscstd(srv)
+        except AssertionError as e:
+            errors.append(str(e))
+        finally:
+            srv.kill()
+    if errors:
+        pytest.fail("\n\n".join(errors), pytrace=False)
+
+
+@pytest.fixture
+def uscstd_server(uscstd: Callable[..., UscstdServer]) -> UscstdServer:
+    """One default uscstd (64 MiB file LUN 0, --debug) for this test."""
+    return uscstd()
