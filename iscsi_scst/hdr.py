@@ -166,6 +166,10 @@ def pad4(n: int) -> int:
     return (-n) & 3
 
 
+# The raw Data-In packer (all sixteen fields in order), for the hot path.
+pack_data_in_raw = _data_in.pack_into
+
+
 def pack_data_in(buf: bytearray, flags: int, status: int, dsl: int, lun: bytes, itt: int,
                  stat_sn: int, exp_cmd_sn: int, max_cmd_sn: int, data_sn: int,
                  offset: int, residual: int) -> None:

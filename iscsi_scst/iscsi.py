@@ -18,6 +18,7 @@ with data, and MC/S are issue 4.
 """
 from __future__ import annotations
 
+import struct
 from typing import Any, Callable
 
 import attrs
@@ -32,6 +33,7 @@ from iscsi_scst.hdr import (ISCSI_CMD_ATTR_MASK, ISCSI_CMD_READ, ISCSI_CMD_WRITE
                             ISCSI_LOGOUT_CLOSE_SESSION, ISCSI_LOGOUT_RECOVERY_UNSUPPORTED,
                             ISCSI_LOGOUT_SUCCESS, ISCSI_OP_IMMEDIATE, ISCSI_OP_LOGIN_CMD,
                             ISCSI_OP_LOGOUT_CMD, ISCSI_OP_NOP_IN, ISCSI_OP_NOP_OUT,
+                            ISCSI_OP_SCSI_DATA_IN,
                             ISCSI_OP_REJECT, ISCSI_OP_SCSI_CMD, ISCSI_OP_SCSI_DATA_OUT,
                             ISCSI_OP_SCSI_TASK_MGT_MSG, ISCSI_OP_SCSI_TASK_MGT_RSP,
                             ISCSI_OP_SNACK_CMD, ISCSI_OP_TEXT_CMD, ISCSI_OP_TEXT_RSP,
@@ -40,9 +42,9 @@ from iscsi_scst.hdr import (ISCSI_CMD_ATTR_MASK, ISCSI_CMD_READ, ISCSI_CMD_WRITE
                             ISCSI_RESERVED_TAG, ISCSI_RESPONSE_COMMAND_COMPLETED,
                             ISCSI_RESPONSE_FUNCTION_COMPLETE, ISCSI_RESPONSE_FUNCTION_REJECTED,
                             ISCSI_RESPONSE_UNKNOWN_TASK, ProtocolError, login_fields,
-                            pack_data_in, pack_generic_rsp, pack_login_rsp, pack_logout_rsp,
+                            pack_data_in, pack_data_in_raw, pack_generic_rsp, pack_login_rsp, pack_logout_rsp,
                             pack_r2t, pack_scsi_rsp, sn_le, sn_lt, u32_at, unpack_common,
-                            unpack_data_out, unpack_scsi_cmd, unpack_words)
+                            unpack_data_out, unpack_words)
 from iscsi_scst.nthread import fill_sn, hdigest, iscsi_queue_tx, pad_bytes
 from iscsi_scst.target import iscsi_list_targets, iscsi_target_find
 from iscsi_scst.usr.iscsid import login_req, login_session, text_negotiation
@@ -236,18 +238,25 @@ def _advance_cmd_sn(conn: iscsi_conn, b0: int, cmd_sn: int) -> bool:
     return False
 
 
+_DIRECTION = (SCST_DATA_NONE, SCST_DATA_WRITE, SCST_DATA_READ, SCST_DATA_BIDI)
+_scsi_cmd_fields = struct.Struct(">III16s")
+
+
 def _scsi_cmd_rx_start(conn: iscsi_conn, bhs: bytes, b0: int, flags: int, lun: bytes,
                        itt: int, dsl: int) -> None:
-    edtl, cmd_sn, _exp_stat_sn, cdb = unpack_scsi_cmd(bhs)
+    edtl, cmd_sn, _exp_stat_sn, cdb = _scsi_cmd_fields.unpack_from(bhs, 20)
     sess = conn.session
     if sess.discovery:
         iscsi_send_reject(conn, bhs, ISCSI_REASON_PROTOCOL_ERROR)
         _rx_discard(conn, dsl)
         return
-    if not _advance_cmd_sn(conn, b0, cmd_sn):
+    if cmd_sn == sess.exp_cmd_sn and not b0 & ISCSI_OP_IMMEDIATE:
+        sess.exp_cmd_sn = (cmd_sn + 1) & _MASK32
+    elif not _advance_cmd_sn(conn, b0, cmd_sn):
         _rx_discard(conn, dsl)
         return
-    if itt in conn.cmd_hash or itt == ISCSI_RESERVED_TAG:
+    cmd_hash = conn.cmd_hash
+    if itt in cmd_hash or itt == ISCSI_RESERVED_TAG:
         raise ProtocolError(f"iscsi: {conn.peer}: ITT {itt:#x} already in use", None)
     write = flags & ISCSI_CMD_WRITE
     params = conn.sess_params
@@ -255,14 +264,18 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, bhs: bytes, b0: int, flags: int, lun: b
         raise ProtocolError(f"iscsi: {conn.peer}: ITT {itt:#x}: {dsl} bytes of immediate data "
                             f"not allowed (EDTL {edtl}, write {bool(write)})", None)
     cmnd = kmem_cache_alloc(iscsi_cmnd_cache, GFP_KERNEL)
-    if cmnd is None:
+    scmd = None if cmnd is None else scst_rx_cmd(sess.scst_sess, lun, cdb, False)
+    if scmd is None:
+        if cmnd is not None:
+            kmem_cache_free(iscsi_cmnd_cache, cmnd)
         raise ProtocolError(f"iscsi: {conn.peer}: out of memory for ITT {itt:#x}", None)
     cmnd.conn = conn
     cmnd.itt = itt
     cmnd.lun = lun
     cmnd.flags = flags
     cmnd.edtl = edtl
-    conn.cmd_hash[itt] = cmnd
+    cmnd.scst_cmd = scmd
+    cmd_hash[itt] = cmnd
     if write:
         final = flags & ISCSI_FLG_FINAL
         cmnd.unsol_open = not final
@@ -271,16 +284,10 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, bhs: bytes, b0: int, flags: int, lun: b
         else:
             cmnd.r2t_next = min(edtl, params.first_burst_length)
         cmnd.rx_pending = bool(dsl) or cmnd.unsol_open
-    direction = ((SCST_DATA_READ if flags & ISCSI_CMD_READ else 0)
-                 | (SCST_DATA_WRITE if write else 0)) or SCST_DATA_NONE
-    scmd = scst_rx_cmd(sess.scst_sess, lun, cdb, False)
-    if scmd is None:
-        raise ProtocolError(f"iscsi: {conn.peer}: out of memory for ITT {itt:#x}", None)
     scmd.tgt_i_priv = cmnd
     scmd.tag = itt
     scmd.queue_type = _ATTR[flags & ISCSI_CMD_ATTR_MASK]
-    cmnd.scst_cmd = scmd
-    scst_cmd_set_expected(scmd, direction if direction != SCST_DATA_BIDI else SCST_DATA_BIDI, edtl)
+    scst_cmd_set_expected(scmd, _DIRECTION[(flags >> 5) & 3], edtl)
     scst_cmd_init_done(scmd, SCST_CONTEXT_DIRECT)
     if dsl:
         _rx_set(conn, dsl, _scsi_data_done, _data_iov(cmnd, 0, dsl), cmnd)
@@ -462,13 +469,6 @@ def iscsi_conn_abort_cmnds(conn: iscsi_conn) -> None:
 
 # -- tx: building PDUs on the wr thread -------------------------------------
 
-def _sn_args(conn: iscsi_conn) -> tuple[int, int]:
-    sess = conn.session
-    if sess is None:
-        return conn.login_cmd_sn, conn.login_cmd_sn
-    return sess.exp_cmd_sn, session_mod.iscsi_max_cmd_sn(sess)
-
-
 def _add_pdu(conn: iscsi_conn, iov: list, bhs: bytearray, data: Any, dlen: int) -> None:
     iov.append(bhs)
     if conn.hdigest_tx:
@@ -483,7 +483,13 @@ def _add_pdu(conn: iscsi_conn, iov: list, bhs: bytearray, data: Any, dlen: int) 
 
 
 def iscsi_tx_build(conn: iscsi_conn, item: Any, iov: list) -> None:
-    exp, max_sn = _sn_args(conn)
+    """Append item's PDUs to iov, assigning StatSN in send order (wr side)."""
+    sess = conn.session
+    if sess is None:
+        exp = max_sn = conn.login_cmd_sn
+    else:
+        exp = sess.exp_cmd_sn
+        max_sn = (exp + sess.max_queued_cmnds - 1) & _MASK32
     if item.tx_kind == TX_PDU:
         bhs = item.bhs
         if item.sn_mode == SN_NEXT:
@@ -499,33 +505,44 @@ def iscsi_tx_build(conn: iscsi_conn, item: Any, iov: list) -> None:
     status = scmd.status
     stat_sn = conn.stat_sn
     conn.stat_sn = (stat_sn + 1) & _MASK32
-    if item.flags & ISCSI_CMD_READ and scmd.data_direction & SCST_DATA_READ:
+    read = item.flags & ISCSI_CMD_READ
+    total = 0
+    if read and scmd.data_direction & SCST_DATA_READ:
         total = scmd.resp_data_len
         if total > edtl:
             total = edtl
-    else:
-        total = 0
     rflags = 0
     resid = 0
-    if scmd.bufflen > edtl:
+    bufflen = scmd.bufflen
+    if bufflen > edtl:
         rflags = ISCSI_FLG_RESID_OVERFLOW
-        resid = scmd.bufflen - edtl
+        resid = bufflen - edtl
     else:
-        sent = total if item.flags & ISCSI_CMD_READ else min(scmd.bufflen, edtl)
+        sent = total if read else bufflen
         if sent < edtl:
             rflags = ISCSI_FLG_RESID_UNDERFLOW
             resid = edtl - sent
+    data_sn = 0
     if total:
         params = conn.sess_params
         mrdsl = params.max_xmit_data_length
-        burst = params.max_burst_length
         collapse = status == SAM_STAT_GOOD
-        off = 0
-        data_sn = 0
         sg = scmd.sg
         base = sg_virt(sg[0]) if len(sg) == 1 else None
         lun = item.lun
         itt = item.itt
+        plain = not (conn.hdigest_tx or conn.ddigest_tx)
+        if total <= mrdsl and collapse and plain and total & 3 == 0 and base is not None:
+            # The common case: all data and the status in one Data-In PDU.
+            bhs = bytearray(48)
+            pack_data_in_raw(bhs, 0, ISCSI_OP_SCSI_DATA_IN,
+                          ISCSI_FLG_FINAL | ISCSI_FLG_STATUS | rflags, 0, status, total, lun,
+                          itt, ISCSI_RESERVED_TAG, stat_sn, exp, max_sn, 0, 0, resid)
+            iov.append(bhs)
+            iov.append(base[:total])
+            return
+        burst = params.max_burst_length
+        off = 0
         while off < total:
             n = total - off
             if n > mrdsl:
@@ -548,12 +565,14 @@ def iscsi_tx_build(conn: iscsi_conn, item: Any, iov: list) -> None:
             off = end
         if collapse:
             return
+    elif item.flags & ISCSI_CMD_WRITE:
+        data_sn = item.r2t_sn
     sense = b""
     if scmd.sense_valid_len and status:
         sense = scmd.sense_valid_len.to_bytes(2, "big") + bytes(scmd.sense[:scmd.sense_valid_len])
     bhs = bytearray(48)
     pack_scsi_rsp(bhs, rflags, ISCSI_RESPONSE_COMMAND_COMPLETED, status, len(sense), item.itt,
-                  stat_sn, exp, max_sn, 0, 0, resid)
+                  stat_sn, exp, max_sn, data_sn, 0, resid)
     _add_pdu(conn, iov, bhs, sense, len(sense))
 
 

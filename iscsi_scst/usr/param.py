@@ -359,8 +359,8 @@ class iscsi_tgt_params:
     default_wait_time: int = 2
     default_retain_time: int = 0            # ERL 0: nothing kept after a drop
     error_recovery_level: int = 0           # only 0 is implemented
-    header_digest: tuple[str, ...] = ("None",)
-    data_digest: tuple[str, ...] = ("None",)
+    header_digest: tuple[str, ...] = ("None", "CRC32C")
+    data_digest: tuple[str, ...] = ("None", "CRC32C")
     task_reporting: tuple[str, ...] = ("RFC3720",)
     iscsi_protocol_level: int = 1
     queued_cmnds: int = 32
