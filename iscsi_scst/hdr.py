@@ -121,7 +121,8 @@ class ProtocolError(Exception):
 
 
 # Common BHS words: opcode, flags, b2, b3, ahs_len(4 bytes: ahs + dsl), LUN, ITT
-_common = struct.Struct(">BBBBI8sI")
+common_hdr = struct.Struct(">BBBBI8sI")
+_common = common_hdr
 # SCSI Command: EDTL, CmdSN, ExpStatSN, CDB
 _scsi_cmd = struct.Struct(">III16s")
 # Data-Out: TTT, (reserved), ExpStatSN, (reserved), DataSN, BufferOffset

@@ -26,7 +26,7 @@ import attrs
 from iscsi_scst import session as session_mod
 from iscsi_scst.conn import RX_DATA, RX_TAIL, iscsi_conn, iscsi_conn_mark_closing
 from iscsi_scst.digest import digest_data
-from iscsi_scst.hdr import (ISCSI_CMD_ATTR_MASK, ISCSI_CMD_READ, ISCSI_CMD_WRITE,
+from iscsi_scst.hdr import (ISCSI_CMD_ATTR_MASK, common_hdr, ISCSI_CMD_READ, ISCSI_CMD_WRITE,
                             ISCSI_FLG_CONTINUE, ISCSI_FLG_FINAL, ISCSI_FLG_RESID_OVERFLOW,
                             ISCSI_FLG_RESID_UNDERFLOW, ISCSI_FLG_STATUS,
                             ISCSI_FUNCTION_ABORT_TASK, ISCSI_LOGOUT_CLOSE_CONNECTION,
@@ -160,21 +160,27 @@ def _rx_discard(conn: iscsi_conn, dsl: int) -> None:
     _rx_set(conn, dsl, None, _discard_iov(conn, dsl))
 
 
-def iscsi_rx_hdr(conn: iscsi_conn, bhs: bytes) -> None:
-    """A complete BHS has arrived (rd thread): act on it and route its data."""
-    b0, flags, b2, b3, ahs, dsl, lun, itt = unpack_common(bhs)
+def iscsi_rx_hdr(conn: iscsi_conn, buf: bytearray, off: int) -> None:
+    """A complete BHS has arrived at buf[off:] (rd thread): act on it and
+    route its data segment. conn.rx_bhs keeps a copy of the BHS whenever a
+    later step (data, digest error) needs it."""
+    b0, flags, _b2, _b3, lens, lun, itt = common_hdr.unpack_from(buf, off)
+    dsl = lens & 0xFFFFFF
     op = b0 & ISCSI_OPCODE_MASK
     if dsl > conn.max_recv_data_length:
         raise ProtocolError(f"iscsi: {conn.peer}: data segment of {dsl} bytes exceeds "
                             f"MaxRecvDataSegmentLength {conn.max_recv_data_length} "
                             f"(opcode {op:#x}, ITT {itt:#x})", None)
+    if op == ISCSI_OP_SCSI_CMD and conn.session is not None:
+        if dsl:
+            conn.rx_bhs = bytes(buf[off:off + 48])
+        _scsi_cmd_rx_start(conn, buf, off, b0, flags, lun, itt, dsl)
+        return
+    bhs = conn.rx_bhs = bytes(buf[off:off + 48])
     if conn.session is None:
         if op != ISCSI_OP_LOGIN_CMD:
             raise ProtocolError(f"iscsi: {conn.peer}: opcode {op:#x} before login completed", None)
         _rx_set(conn, dsl, _login_rx_done)
-        return
-    if op == ISCSI_OP_SCSI_CMD:
-        _scsi_cmd_rx_start(conn, bhs, b0, flags, lun, itt, dsl)
     elif op == ISCSI_OP_SCSI_DATA_OUT:
         _data_out_rx_start(conn, bhs, flags, itt, dsl)
     elif op == ISCSI_OP_NOP_OUT:
@@ -242,12 +248,12 @@ _DIRECTION = (SCST_DATA_NONE, SCST_DATA_WRITE, SCST_DATA_READ, SCST_DATA_BIDI)
 _scsi_cmd_fields = struct.Struct(">III16s")
 
 
-def _scsi_cmd_rx_start(conn: iscsi_conn, bhs: bytes, b0: int, flags: int, lun: bytes,
-                       itt: int, dsl: int) -> None:
-    edtl, cmd_sn, _exp_stat_sn, cdb = _scsi_cmd_fields.unpack_from(bhs, 20)
+def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flags: int,
+                       lun: bytes, itt: int, dsl: int) -> None:
+    edtl, cmd_sn, _exp_stat_sn, cdb = _scsi_cmd_fields.unpack_from(buf, off + 20)
     sess = conn.session
     if sess.discovery:
-        iscsi_send_reject(conn, bhs, ISCSI_REASON_PROTOCOL_ERROR)
+        iscsi_send_reject(conn, bytes(buf[off:off + 48]), ISCSI_REASON_PROTOCOL_ERROR)
         _rx_discard(conn, dsl)
         return
     if cmd_sn == sess.exp_cmd_sn and not b0 & ISCSI_OP_IMMEDIATE:

@@ -115,9 +115,8 @@ def iscsi_rx(conn: iscsi_conn) -> int:
                     if conn.hdigest_rx and not digest_matches(crc32c_value(mv[s:s + hlen]),
                                                               mv[s + hlen:s + dlen]):
                         raise ProtocolError(f"header digest error from {conn.peer}", None)
-                    conn.rx_bhs = bytes(mv[s:s + BHS_SIZE])
                     conn.rx_start = s + dlen
-                    iscsi_rx_hdr(conn, conn.rx_bhs)
+                    iscsi_rx_hdr(conn, conn.rxbuf, s)
                     continue
         elif state == RX_DATA:
             if avail:

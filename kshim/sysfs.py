@@ -151,7 +151,7 @@ def module_param_named(modname: str, name: str, holder: Any, field: str, type_: 
 
     def show(_k: kobject, _a: kobj_attribute) -> str:
         v = getattr(holder, field)
-        return ("Y" if v else "N") if type_ is bool else str(v)
+        return (("Y" if v else "N") if type_ is bool else str(v)) + "\n"
 
     def store(_k: kobject, _a: kobj_attribute, buf: str) -> int:
         text = buf.strip()

@@ -16,6 +16,7 @@ are left to the dev handler, which knows whether the device has PI.
 """
 from __future__ import annotations
 
+import struct
 from typing import Callable
 
 import attrs
@@ -120,10 +121,10 @@ def get_cdb_info_lba_3_len_1_256(cmd: scst_cmd, sdbops: scst_sdbops) -> int:
 def get_cdb_info_lba_len(cmd: scst_cmd, sdbops: scst_sdbops) -> int:
     """Block command: LBA and a transfer length in blocks, data both ways
     equal to the blocks transferred."""
-    cdb = cmd.cdb
-    cmd.lba = _field(cdb, sdbops.lba_off, sdbops.lba_len)
-    cmd.data_len = _field(cdb, sdbops.len_off, sdbops.len_len) << _block_shift(cmd)
-    cmd.bufflen = cmd.data_len
+    lba, n = _lba_len_unpack[sdbops.ops](cmd.cdb)
+    cmd.lba = lba
+    dev = cmd.dev
+    cmd.data_len = cmd.bufflen = n << (dev.block_shift if dev is not None else 9)
     return 0
 
 
@@ -322,6 +323,23 @@ def _build_index() -> tuple[dict[int, scst_sdbops], dict[tuple[int, int], scst_s
 
 
 _plain_ops, _sa_ops = _build_index()
+
+
+def _lba_len_unpackers() -> dict[int, Callable[[bytes], tuple[int, int]]]:
+    """(LBA, length) readers for the READ/WRITE-style rows: one precompiled
+    struct per opcode instead of two slicing conversions per command."""
+    sizes = {1: "B", 2: "H", 4: "I", 8: "Q"}
+    out = {}
+    for e in _plain_ops.values():
+        if e.get_cdb_info is get_cdb_info_lba_len and e.lba_off + e.lba_len <= e.len_off:
+            gap = e.len_off - e.lba_off - e.lba_len
+            fmt = (f">{e.lba_off}x{sizes[e.lba_len]}" + (f"{gap}x" if gap else "")
+                   + sizes[e.len_len])
+            out[e.ops] = struct.Struct(fmt).unpack_from
+    return out
+
+
+_lba_len_unpack = _lba_len_unpackers()
 
 
 def scst_lookup_op(cdb: bytes) -> scst_sdbops | None:

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
@@ -179,25 +179,36 @@ def finish_uscstd(srv: UscstdServer) -> None:
     assert not bad, "uscstd log reports a bug:\n" + err[-8000:]
 
 
+class UscstdFactory:
+    """What the `uscstd` fixture yields: call it to start a server;
+    check(srv) is the teardown check (SIGTERM, exit 0, clean log), exposed
+    so a test can prove the check itself fails when it should."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.servers: list[UscstdServer] = []
+
+    def __call__(self, *extra: str, **kw) -> UscstdServer:
+        srv = start_uscstd(self.workdir / f"srv{len(self.servers)}", *extra, **kw)
+        self.servers.append(srv)
+        return srv
+
+    check = staticmethod(finish_uscstd)
+
+
 @pytest.fixture
-def uscstd(tmp_path: Path) -> Iterator[Callable[..., UscstdServer]]:
+def uscstd(tmp_path: Path) -> Iterator[UscstdFactory]:
     """Factory: uscstd(*extra_args, **start_uscstd kwargs) -> UscstdServer.
 
     Servers are stopped (SIGTERM) at teardown; each must exit 0 with a
     clean log. A test that stops a server itself (server.stop()) still gets
     its exit status and log checked, unless it sets server.checked = True
-    to say it checked an expected non-zero exit itself.
+    to say it checked an expected failure itself.
     """
-    servers: list[UscstdServer] = []
-
-    def factory(*extra: str, **kw) -> UscstdServer:
-        srv = start_uscstd(tmp_path / f"srv{len(servers)}", *extra, **kw)
-        servers.append(srv)
-        return srv
-
+    factory = UscstdFactory(tmp_path)
     yield factory
     errors: list[str] = []
-    for srv in servers:
+    for srv in factory.servers:
         if getattr(srv, "checked", False):
             srv.kill()
             continue
@@ -212,6 +223,6 @@ def uscstd(tmp_path: Path) -> Iterator[Callable[..., UscstdServer]]:
 
 
 @pytest.fixture
-def uscstd_server(uscstd: Callable[..., UscstdServer]) -> UscstdServer:
+def uscstd_server(uscstd: UscstdFactory) -> UscstdServer:
     """One default uscstd (64 MiB file LUN 0, --debug) for this test."""
     return uscstd()

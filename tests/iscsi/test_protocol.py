@@ -363,7 +363,10 @@ def test_logout_response_is_followed_by_target_closing_the_connection(uscstd_ser
 
 
 def test_header_and_data_digests_crc32c_negotiated_and_working(uscstd_server) -> None:
-    ini = _login(uscstd_server, header_digest=True, data_digest=True)
+    # Offered the way open-iscsi does when digests are wanted: CRC32C
+    # preferred, None allowed. A target that supports CRC32C must pick it.
+    ini = _login(uscstd_server, keys={"HeaderDigest": "CRC32C,None",
+                                      "DataDigest": "CRC32C,None"})
     assert ini.negotiated["HeaderDigest"] == "CRC32C"
     assert ini.negotiated["DataDigest"] == "CRC32C"
     assert ini.header_digest and ini.data_digest
@@ -375,8 +378,9 @@ def test_header_and_data_digests_crc32c_negotiated_and_working(uscstd_server) ->
 
 
 def test_header_digest_only(uscstd_server) -> None:
-    ini = _login(uscstd_server, header_digest=True, data_digest=False)
+    ini = _login(uscstd_server, keys={"HeaderDigest": "CRC32C,None", "DataDigest": "None"})
     assert ini.negotiated["HeaderDigest"] == "CRC32C"
+    assert ini.header_digest and not ini.data_digest
     assert ini.negotiated["DataDigest"] == "None"
     data = _pattern(8192, 9)
     _write(ini, 0, data)

@@ -1,0 +1,229 @@
+"""The layer boundaries of DESIGN.md, checked on the source with the ast module.
+
+1. scst_core/, iscsi_scst/ and vdisk/ (the "kernel code") import only kshim,
+   each other, and a short list of pure standard-library modules. Host
+   modules (threading, socket, os, time, trio, ...) are named in the report
+   as host access; randomness must come through kshim (so `random` and
+   `secrets` are out); anything else is reported as not on the allowlist.
+   Dynamic imports (__import__, importlib.import_module) are reported too.
+2. Inside kshim only the engine modules (host.py, engine.py, engine_*.py)
+   import host modules, like LKL's host-ops table.
+
+check_layers(root) is a plain function over a source tree, so the tests can
+point it at a temporary copy with a deliberately bad module and prove it
+reports it (a checker that cannot fail proves nothing).
+"""
+from __future__ import annotations
+
+import ast
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+
+KERNEL_LAYERS = ("scst_core", "iscsi_scst", "vdisk")
+# What the kernel layers may import besides kshim and each other.
+PURE_STDLIB = frozenset({
+    "__future__", "typing", "enum", "struct", "attrs", "hashlib", "fnmatch",
+    "collections", "functools", "itertools", "math", "re", "dataclasses",
+    "string", "abc", "bisect", "heapq", "binascii", "base64", "hmac",
+})
+# Named explicitly so the report says why (all are outside PURE_STDLIB anyway).
+HOST_MODULES = frozenset({
+    "threading", "socket", "select", "selectors", "trio", "asyncio", "greenlet",
+    "os", "time", "subprocess", "multiprocessing", "ctypes", "cffi", "signal",
+    "io", "shutil", "pathlib", "random", "secrets",
+})
+# Host modules kshim keeps to its engine modules.
+KSHIM_HOST_MODULES = frozenset({
+    "trio", "socket", "os", "threading", "time", "signal", "ctypes", "select",
+    "queue", "pyfuse3", "sys",
+})
+
+
+@dataclass(frozen=True)
+class Violation:
+    path: str          # relative to the checked root
+    line: int
+    module: str        # top-level module imported
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: imports {self.module}: {self.why}"
+
+
+def _imports(tree: ast.AST) -> list[tuple[int, str, bool]]:
+    """(line, top-level module, dynamic) for every import in tree;
+    relative imports give '.' (same package)."""
+    out: list[tuple[int, str, bool]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                out.append((node.lineno, alias.name.split(".")[0], False))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                out.append((node.lineno, ".", False))
+            else:
+                out.append((node.lineno, (node.module or "").split(".")[0], False))
+        elif isinstance(node, ast.Call):
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+            if name in ("__import__", "import_module"):
+                arg = node.args[0] if node.args else None
+                mod = arg.value.split(".")[0] if isinstance(arg, ast.Constant) and \
+                    isinstance(arg.value, str) else "<dynamic>"
+                out.append((node.lineno, mod, True))
+    return out
+
+
+def _py_files(d: Path) -> list[Path]:
+    return sorted(p for p in d.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _is_engine_module(path: Path, kshim_dir: Path) -> bool:
+    rel = path.relative_to(kshim_dir)
+    return len(rel.parts) == 1 and (rel.name in ("host.py", "engine.py")
+                                    or (rel.name.startswith("engine_") and rel.suffix == ".py"))
+
+
+def check_layers(root: Path) -> list[Violation]:
+    """Every boundary violation under root (a checkout or a copy of one).
+    Layers missing under root are skipped; a file that does not parse is a
+    violation of its own."""
+    root = Path(root)
+    found: list[Violation] = []
+    allowed_kernel = {"kshim", ".", *KERNEL_LAYERS} | PURE_STDLIB
+    for layer in KERNEL_LAYERS:
+        d = root / layer
+        if not d.is_dir():
+            continue
+        for path in _py_files(d):
+            rel = str(path.relative_to(root))
+            try:
+                tree = ast.parse(path.read_text(), filename=rel)
+            except SyntaxError as e:
+                found.append(Violation(rel, e.lineno or 0, "?", f"does not parse: {e.msg}"))
+                continue
+            for line, mod, dynamic in _imports(tree):
+                if dynamic:
+                    found.append(Violation(rel, line, mod, "dynamic import in kernel code"))
+                elif mod in HOST_MODULES:
+                    found.append(Violation(rel, line, mod,
+                                           "host module in kernel code (go through kshim)"))
+                elif mod not in allowed_kernel:
+                    found.append(Violation(rel, line, mod,
+                                           "not kshim, a kernel layer, or allowed pure stdlib"))
+    kd = root / "kshim"
+    if kd.is_dir():
+        for path in _py_files(kd):
+            if _is_engine_module(path, kd):
+                continue
+            rel = str(path.relative_to(root))
+            try:
+                tree = ast.parse(path.read_text(), filename=rel)
+            except SyntaxError as e:
+                found.append(Violation(rel, e.lineno or 0, "?", f"does not parse: {e.msg}"))
+                continue
+            for line, mod, dynamic in _imports(tree):
+                if mod in KSHIM_HOST_MODULES or (dynamic and mod == "<dynamic>"):
+                    found.append(Violation(rel, line, mod,
+                                           "host module outside kshim's engine modules "
+                                           "(host.py, engine.py, engine_*.py)"))
+    return found
+
+
+# --- the real tree ---------------------------------------------------------------
+
+def test_kernel_layers_and_kshim_respect_the_boundaries() -> None:
+    for layer in (*KERNEL_LAYERS, "kshim"):
+        assert (REPO_ROOT / layer).is_dir(), f"{layer}/ missing: checker would see nothing"
+    bad = check_layers(REPO_ROOT)
+    assert not bad, "layer boundary violations:\n" + "\n".join(map(str, bad))
+
+
+def test_checker_sees_every_kernel_layer_file() -> None:
+    # Guard against a checker that silently checks nothing.
+    n = sum(len(_py_files(REPO_ROOT / layer)) for layer in KERNEL_LAYERS)
+    assert n >= 10
+
+
+# --- the checker catches what it must --------------------------------------------
+
+def _copy_layers(tmp_path: Path) -> Path:
+    root = tmp_path / "tree"
+    for layer in (*KERNEL_LAYERS, "kshim"):
+        shutil.copytree(REPO_ROOT / layer, root / layer,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    assert check_layers(root) == [], "the copy should start clean"
+    return root
+
+
+def test_checker_reports_socket_import_added_to_a_layer_copy(tmp_path: Path) -> None:
+    root = _copy_layers(tmp_path)
+    (root / "iscsi_scst" / "sneaky.py").write_text(
+        '"""A module that breaks the boundary."""\nimport socket\n')
+    bad = check_layers(root)
+    assert [(v.path, v.line, v.module) for v in bad] == [("iscsi_scst/sneaky.py", 2, "socket")]
+    assert "host module" in bad[0].why
+
+
+def test_checker_reports_host_imports_in_every_form(tmp_path: Path) -> None:
+    root = _copy_layers(tmp_path)
+    (root / "vdisk" / "bad.py").write_text(
+        "from __future__ import annotations\n"
+        "from os import path\n"                                  # 2
+        "import os.path as p\n"                                  # 3
+        "def f():\n"
+        "    import time\n"                                      # 5
+        "    return __import__('threading')\n"                   # 6
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    import trio\n"                                      # 9
+        "import random\n"                                        # 10
+        "import secrets\n"                                       # 11
+        "import json\n"                                          # 12
+        "import importlib\n"                                     # 13
+        "m = importlib.import_module('select')\n")               # 14
+    (root / "scst_core" / "sub").mkdir()
+    (root / "scst_core" / "sub" / "deep.py").write_text("import greenlet\n")
+    got = {(v.path, v.line, v.module) for v in check_layers(root)}
+    assert got == {
+        ("vdisk/bad.py", 2, "os"), ("vdisk/bad.py", 3, "os"), ("vdisk/bad.py", 5, "time"),
+        ("vdisk/bad.py", 6, "threading"), ("vdisk/bad.py", 9, "trio"),
+        ("vdisk/bad.py", 10, "random"), ("vdisk/bad.py", 11, "secrets"),
+        ("vdisk/bad.py", 12, "json"), ("vdisk/bad.py", 13, "importlib"),
+        ("vdisk/bad.py", 14, "select"),
+        ("scst_core/sub/deep.py", 1, "greenlet"),
+    }
+
+
+def test_checker_allows_kshim_each_other_and_pure_stdlib(tmp_path: Path) -> None:
+    root = _copy_layers(tmp_path)
+    (root / "scst_core" / "fine.py").write_text(
+        "from __future__ import annotations\n"
+        "import struct, enum, hashlib, hmac, binascii\n"
+        "from collections import deque\n"
+        "import attrs\n"
+        "from kshim.wait import wait_event\n"
+        "from iscsi_scst import hdr\n"
+        "from vdisk.vdisk import vdisk_init\n"
+        "from . import const\n")
+    assert check_layers(root) == []
+
+
+def test_checker_keeps_kshim_host_access_in_engine_modules(tmp_path: Path) -> None:
+    root = _copy_layers(tmp_path)
+    (root / "kshim" / "engine_sim.py").write_text("import time\nimport socket\n")
+    (root / "kshim" / "leaky.py").write_text("import os\nfrom threading import Lock\n"
+                                             "import queue\nimport sys\n")
+    got = {(v.path, v.line, v.module) for v in check_layers(root)}
+    assert got == {("kshim/leaky.py", 1, "os"), ("kshim/leaky.py", 2, "threading"),
+                   ("kshim/leaky.py", 3, "queue"), ("kshim/leaky.py", 4, "sys")}
+
+
+def test_checker_reports_a_file_that_does_not_parse(tmp_path: Path) -> None:
+    root = _copy_layers(tmp_path)
+    (root / "vdisk" / "broken.py").write_text("def (:\n")
+    bad = check_layers(root)
+    assert len(bad) == 1 and bad[0].path == "vdisk/broken.py" and "parse" in bad[0].why

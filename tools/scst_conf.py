@@ -1,0 +1,964 @@
+"""scst.conf: parse, validate, write back, and apply as a difference.
+
+Counterpart of scstadmin's config handling (scstadmin/scst-*/lib/SCST/SCST.pm
+and scstadmin's -config/-write_config), written from SCST's documented
+file syntax:
+
+    # comment
+    HANDLER vdisk_fileio {
+        DEVICE disk0 {
+            filename /srv/disk0.img
+            nv_cache 1
+        }
+    }
+    TARGET_DRIVER iscsi {
+        enabled 1
+        TARGET iqn.2026-11.org.uscst:t1 {
+            HeaderDigest "CRC32C,None"
+            LUN 0 disk0
+            LUN 1 disk1 {
+                read_only 1
+            }
+            GROUP hosts {
+                LUN 0 disk1
+                INITIATOR iqn.1993-08.org.debian:*
+            }
+            enabled 1
+        }
+    }
+    DEVICE_GROUP dg { ... }        (ALUA: parsed and kept, not acted on yet)
+
+Where it runs: inside uscstd, in task context (engine.call_in_task), so a
+whole apply runs as one kthread between two looks at the tree; it talks
+to the tree only through an accessor (read/listdir/readlink/write on paths
+under /sys/kernel/scst_tgt), exactly as scstadmin talks to sysfs. The
+parser and writer are pure and are also used by uscstadmin.
+
+Rules (as scstadmin): applying a file changes only what differs; objects
+the file does not name stay unless force; everything is validated (syntax,
+known handlers/drivers/attributes, value types, references) before the
+first change, and errors name file:line:column. An attribute the file
+omits keeps its running value. A new target is created disabled, as in
+SCST: say `enabled 1`.
+
+Differs from scstadmin: a device attribute that cannot change on a running
+device is an error unless force (then the device is re-created, its LUNs
+re-added); a failure half-way through an apply (e.g. a backing file that
+cannot be opened) stops there and reports which changes were made.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+SCST_ROOT = "/kernel/scst_tgt"
+KEY_MARK = "[key]"
+MAX_LUN = 16383
+
+_BOOL_ATTRS = frozenset(("enabled", "read_only", "nv_cache", "write_through", "o_direct",
+                         "removable", "rotational", "thin_provisioned"))
+_YESNO_ATTRS = frozenset(("InitialR2T", "ImmediateData"))
+_INT_ATTRS = frozenset(("blocksize", "rel_tgt_id", "MaxRecvDataSegmentLength",
+                        "MaxXmitDataSegmentLength", "MaxBurstLength", "FirstBurstLength",
+                        "MaxOutstandingR2T", "QueuedCommands", "RspTimeout", "NopInInterval",
+                        "NopInTimeout", "size_mb"))
+_DIGEST_ATTRS = frozenset(("HeaderDigest", "DataDigest"))
+_SIZE_ATTRS = frozenset(("size",))
+
+
+class ConfigError(Exception):
+    """A file that cannot be applied: str() is 'file:line:col: message'."""
+
+    def __init__(self, filename: str, line: int, col: int, msg: str):
+        super().__init__(f"{filename}:{line}:{col}: {msg}")
+        self.filename, self.line, self.col, self.msg = filename, line, col, msg
+
+
+# -- tokens and statements ----------------------------------------------------
+
+@dataclass
+class Word:
+    text: str
+    line: int
+    col: int
+    quoted: bool = False
+
+
+@dataclass
+class Stmt:
+    words: list[Word]
+    body: "list[Stmt] | None" = None      # None: not a block
+
+    @property
+    def pos(self) -> tuple[int, int]:
+        return self.words[0].line, self.words[0].col
+
+
+_SPECIAL = set('{}#"\'')
+
+
+def _tokenize(text: str, fn: str) -> list[tuple[str, Any]]:
+    """('word', Word) | ('{', Word) | ('}', Word) | ('nl', Word) tokens."""
+    toks: list[tuple[str, Any]] = []
+    line, i, n = 1, 0, len(text)
+    line_start = 0
+    while i < n:
+        c = text[i]
+        col = i - line_start + 1
+        if c == "\n":
+            toks.append(("nl", Word("\n", line, col)))
+            line += 1
+            i += 1
+            line_start = i
+        elif c in " \t\r":
+            i += 1
+        elif c == "#":
+            while i < n and text[i] != "\n":
+                i += 1
+        elif c in "{}":
+            toks.append((c, Word(c, line, col)))
+            i += 1
+        elif c in "\"'":
+            j = i + 1
+            buf = []
+            while j < n and text[j] != c:
+                if text[j] == "\n":
+                    raise ConfigError(fn, line, col, f"unterminated quoted string (expected {c})")
+                if text[j] == "\\" and j + 1 < n and text[j + 1] in (c, "\\"):
+                    j += 1
+                buf.append(text[j])
+                j += 1
+            if j >= n:
+                raise ConfigError(fn, line, col, f"unterminated quoted string (expected {c})")
+            toks.append(("word", Word("".join(buf), line, col, True)))
+            i = j + 1
+        else:
+            j = i
+            while j < n and not text[j].isspace() and text[j] not in _SPECIAL:
+                j += 1
+            toks.append(("word", Word(text[i:j], line, col)))
+            i = j
+    toks.append(("eof", Word("", line, i - line_start + 1)))
+    return toks
+
+
+def parse_statements(text: str, filename: str = "<config>") -> list[Stmt]:
+    """The file as nested statements; raises ConfigError on bad syntax."""
+    toks = _tokenize(text, filename)
+    pos = 0
+
+    def block(opener: Word | None, owner: str) -> list[Stmt]:
+        nonlocal pos
+        out: list[Stmt] = []
+        while True:
+            kind, w = toks[pos]
+            if kind == "nl":
+                pos += 1
+                continue
+            if kind == "eof":
+                if opener is not None:
+                    raise ConfigError(filename, w.line, w.col,
+                                      f"expected '}}' to close {owner} opened at line "
+                                      f"{opener.line}, column {opener.col}; found end of file")
+                return out
+            if kind == "}":
+                if opener is None:
+                    raise ConfigError(filename, w.line, w.col, "unexpected '}' with no open block")
+                pos += 1
+                return out
+            if kind == "{":
+                raise ConfigError(filename, w.line, w.col,
+                                  "expected a keyword or attribute name before '{'")
+            words: list[Word] = []
+            while toks[pos][0] == "word":
+                words.append(toks[pos][1])
+                pos += 1
+            kind, w = toks[pos]
+            if kind == "{":
+                pos += 1
+                body = block(w, " ".join(x.text for x in words[:2]) + " block")
+                out.append(Stmt(words, body))
+                kind, w = toks[pos]
+                if kind not in ("nl", "eof", "}"):
+                    raise ConfigError(filename, w.line, w.col,
+                                      f"expected end of line after '}}', found '{w.text}'")
+            else:
+                out.append(Stmt(words))
+                if kind == "nl":
+                    pos += 1
+                elif kind not in ("eof", "}"):
+                    raise ConfigError(filename, w.line, w.col, f"unexpected '{w.text}'")
+
+    return block(None, "")
+
+
+# -- the model ------------------------------------------------------------------
+
+@dataclass
+class Attr:
+    name: str
+    values: list[str]
+    pos: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class Device:
+    name: str
+    handler: str
+    attrs: dict[str, Attr] = field(default_factory=dict)
+    pos: tuple[int, int] = (0, 0)
+    shown: dict[str, str] = field(default_factory=dict)   # running: every readable value
+
+
+@dataclass
+class Lun:
+    lun: int
+    device: str
+    read_only: bool = False
+    ro_given: bool = False
+    pos: tuple[int, int] = (0, 0)
+    dev_pos: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class Group:
+    name: str
+    luns: dict[int, Lun] = field(default_factory=dict)
+    initiators: dict[str, tuple[int, int]] = field(default_factory=dict)
+    pos: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class Target:
+    name: str
+    attrs: dict[str, Attr] = field(default_factory=dict)
+    luns: dict[int, Lun] = field(default_factory=dict)
+    groups: dict[str, Group] = field(default_factory=dict)
+    pos: tuple[int, int] = (0, 0)
+    shown: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Driver:
+    name: str
+    attrs: dict[str, Attr] = field(default_factory=dict)
+    targets: dict[str, Target] = field(default_factory=dict)
+    pos: tuple[int, int] = (0, 0)
+    shown: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    filename: str = "<config>"
+    devices: dict[str, Device] = field(default_factory=dict)
+    handlers: dict[str, tuple[int, int]] = field(default_factory=dict)  # named HANDLER blocks
+    drivers: dict[str, Driver] = field(default_factory=dict)
+    alua: list[Stmt] = field(default_factory=list)     # DEVICE_GROUP blocks, kept verbatim
+
+
+def _attr_value(words: list[Word]) -> str:
+    return " ".join(w.text for w in words[1:])
+
+
+def _add_attr(attrs: dict[str, Attr], st: Stmt, fn: str, multi: Iterable[str]) -> None:
+    w = st.words[0]
+    if len(st.words) < 2:
+        raise ConfigError(fn, w.line, w.col, f"expected a value after attribute '{w.text}'")
+    val = _attr_value(st.words)
+    a = attrs.get(w.text)
+    if a is not None:
+        if w.text not in multi:
+            raise ConfigError(fn, w.line, w.col, f"attribute '{w.text}' given twice "
+                              f"(first at line {a.pos[0]}, column {a.pos[1]})")
+        a.values.append(val)
+    else:
+        attrs[w.text] = Attr(w.text, [val], (w.line, w.col))
+
+
+def _need_name(st: Stmt, fn: str, what: str) -> str:
+    w = st.words[0]
+    if len(st.words) < 2:
+        raise ConfigError(fn, w.line, w.col, f"expected a name after {w.text} ({what})")
+    if len(st.words) > 2:
+        x = st.words[2]
+        raise ConfigError(fn, x.line, x.col, f"expected '{{' or end of line after {w.text} "
+                          f"{st.words[1].text}, found '{x.text}'")
+    return st.words[1].text
+
+
+def _parse_lun(st: Stmt, fn: str) -> Lun:
+    w = st.words[0]
+    if len(st.words) != 3:
+        raise ConfigError(fn, w.line, w.col, "expected 'LUN <number> <device>'")
+    num = st.words[1]
+    if not num.text.isdigit() or int(num.text) > MAX_LUN:
+        raise ConfigError(fn, num.line, num.col,
+                          f"expected a LUN number 0..{MAX_LUN}, found '{num.text}'")
+    lun = Lun(int(num.text), st.words[2].text, pos=(w.line, w.col),
+              dev_pos=(st.words[2].line, st.words[2].col))
+    for a in st.body or []:
+        aw = a.words[0]
+        if a.body is not None or aw.text != "read_only":
+            raise ConfigError(fn, aw.line, aw.col, f"unknown LUN attribute '{aw.text}' "
+                              f"(expected: read_only)")
+        if len(a.words) != 2:
+            raise ConfigError(fn, aw.line, aw.col, "expected 'read_only 0|1'")
+        lun.read_only = _check_value("read_only", a.words[1].text, fn, a.words[1]) == "1"
+        lun.ro_given = True
+    return lun
+
+
+def parse(text: str, filename: str = "<config>") -> Config:
+    """Parse a whole file into a Config (syntax and structure only: the
+    attribute names are checked by validate())."""
+    fn = filename
+    cfg = Config(filename=filename)
+    for st in parse_statements(text, filename):
+        w = st.words[0]
+        kw = w.text
+        if kw == "HANDLER":
+            hname = _need_name(st, fn, "a dev handler such as vdisk_fileio")
+            if st.body is None:
+                raise ConfigError(fn, w.line, w.col, f"expected '{{' after HANDLER {hname}")
+            cfg.handlers.setdefault(hname, (w.line, w.col))
+            for d in st.body:
+                dw = d.words[0]
+                if dw.text != "DEVICE":
+                    raise ConfigError(fn, dw.line, dw.col,
+                                      f"expected DEVICE in HANDLER {hname}, found '{dw.text}'")
+                dname = _need_name(d, fn, "the device name")
+                if dname in cfg.devices:
+                    p = cfg.devices[dname].pos
+                    raise ConfigError(fn, dw.line, dw.col, f"device {dname} defined twice "
+                                      f"(first at line {p[0]}, column {p[1]})")
+                dev = Device(dname, hname, pos=(dw.line, dw.col))
+                for a in d.body or []:
+                    if a.body is not None:
+                        aw = a.words[0]
+                        raise ConfigError(fn, aw.line, aw.col,
+                                          f"unexpected block '{aw.text}' in DEVICE {dname}")
+                    _add_attr(dev.attrs, a, fn, ())
+                cfg.devices[dname] = dev
+        elif kw == "TARGET_DRIVER":
+            dname = _need_name(st, fn, "a target driver such as iscsi")
+            if st.body is None:
+                raise ConfigError(fn, w.line, w.col, f"expected '{{' after TARGET_DRIVER {dname}")
+            drv = cfg.drivers.get(dname) or Driver(dname, pos=(w.line, w.col))
+            cfg.drivers[dname] = drv
+            for t in st.body:
+                tw = t.words[0]
+                if tw.text == "TARGET":
+                    tname = _need_name(t, fn, "the target name")
+                    if tname in drv.targets:
+                        raise ConfigError(fn, tw.line, tw.col, f"target {tname} defined twice")
+                    drv.targets[tname] = _parse_target(t, tname, fn)
+                elif t.body is not None:
+                    raise ConfigError(fn, tw.line, tw.col,
+                                      f"expected TARGET or an attribute in TARGET_DRIVER "
+                                      f"{dname}, found block '{tw.text}'")
+                else:
+                    _add_attr(drv.attrs, t, fn, ("IncomingUser", "OutgoingUser", "portal"))
+        elif kw == "DEVICE_GROUP":
+            _need_name(st, fn, "the ALUA device group name")
+            if st.body is None:
+                raise ConfigError(fn, w.line, w.col, "expected '{' after DEVICE_GROUP name")
+            _check_alua(st, fn)
+            cfg.alua.append(st)
+        else:
+            raise ConfigError(fn, w.line, w.col,
+                              f"expected HANDLER, TARGET_DRIVER or DEVICE_GROUP, found '{kw}'")
+    return cfg
+
+
+def _parse_target(t: Stmt, tname: str, fn: str) -> Target:
+    tw = t.words[0]
+    tgt = Target(tname, pos=(tw.line, tw.col))
+    for s in t.body or []:
+        sw = s.words[0]
+        if sw.text == "LUN":
+            lun = _parse_lun(s, fn)
+            if lun.lun in tgt.luns:
+                raise ConfigError(fn, sw.line, sw.col, f"LUN {lun.lun} given twice in {tname}")
+            tgt.luns[lun.lun] = lun
+        elif sw.text == "GROUP":
+            gname = _need_name(s, fn, "the initiator group name")
+            if gname in tgt.groups:
+                raise ConfigError(fn, sw.line, sw.col, f"group {gname} defined twice in {tname}")
+            g = Group(gname, pos=(sw.line, sw.col))
+            for x in s.body or []:
+                xw = x.words[0]
+                if xw.text == "LUN":
+                    lun = _parse_lun(x, fn)
+                    if lun.lun in g.luns:
+                        raise ConfigError(fn, xw.line, xw.col,
+                                          f"LUN {lun.lun} given twice in group {gname}")
+                    g.luns[lun.lun] = lun
+                elif xw.text == "INITIATOR":
+                    if len(x.words) != 2 or x.body is not None:
+                        raise ConfigError(fn, xw.line, xw.col, "expected 'INITIATOR <name or pattern>'")
+                    g.initiators[x.words[1].text] = (xw.line, xw.col)
+                else:
+                    raise ConfigError(fn, xw.line, xw.col,
+                                      f"expected LUN or INITIATOR in GROUP {gname}, found '{xw.text}'")
+            tgt.groups[gname] = g
+        elif s.body is not None:
+            raise ConfigError(fn, sw.line, sw.col,
+                              f"expected LUN, GROUP or an attribute in TARGET {tname}, "
+                              f"found block '{sw.text}'")
+        else:
+            _add_attr(tgt.attrs, s, fn, ("IncomingUser", "OutgoingUser", "allowed_portal"))
+    return tgt
+
+
+_ALUA_TG_ATTRS = ("group_id", "state", "preferred")
+
+
+def _check_alua(st: Stmt, fn: str) -> None:
+    for s in st.body or []:
+        w = s.words[0]
+        if w.text == "DEVICE" and len(s.words) == 2 and s.body is None:
+            continue
+        if w.text == "TARGET_GROUP" and len(s.words) == 2 and s.body is not None:
+            for x in s.body:
+                xw = x.words[0]
+                if xw.text == "TARGET" and len(x.words) == 2:
+                    continue
+                if xw.text in _ALUA_TG_ATTRS and len(x.words) == 2 and x.body is None:
+                    continue
+                raise ConfigError(fn, xw.line, xw.col, f"expected TARGET or one of "
+                                  f"{', '.join(_ALUA_TG_ATTRS)} in TARGET_GROUP, found '{xw.text}'")
+            continue
+        raise ConfigError(fn, w.line, w.col,
+                          f"expected 'DEVICE <name>' or 'TARGET_GROUP <name> {{' in DEVICE_GROUP, "
+                          f"found '{w.text}'")
+
+
+# -- values -------------------------------------------------------------------
+
+def _parse_size(text: str) -> int | None:
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = 1
+    if t[-1:] in "KMGTP" and t[-1:]:
+        mult = 1 << (10 * ("KMGTP".index(t[-1]) + 1))
+        t = t[:-1]
+    return int(t) * mult if t.isdigit() else None
+
+
+def _check_value(name: str, value: str, fn: str, where: Word | Attr) -> str:
+    """Validate and normalise a value; raise ConfigError naming its place."""
+    line, col = (where.line, where.col) if isinstance(where, Word) else where.pos
+    v = value.strip()
+    if name in _BOOL_ATTRS:
+        lv = v.lower()
+        if lv in ("1", "y", "yes", "on", "true"):
+            return "1"
+        if lv in ("0", "n", "no", "off", "false"):
+            return "0"
+        raise ConfigError(fn, line, col, f"expected 0 or 1 for {name}, found '{value}'")
+    if name in _YESNO_ATTRS:
+        if v.lower() in ("yes", "1"):
+            return "Yes"
+        if v.lower() in ("no", "0"):
+            return "No"
+        raise ConfigError(fn, line, col, f"expected Yes or No for {name}, found '{value}'")
+    if name in _INT_ATTRS:
+        if not v.isdigit():
+            raise ConfigError(fn, line, col, f"expected a number for {name}, found '{value}'")
+        return str(int(v))
+    if name in _DIGEST_ATTRS:
+        parts = [p.strip() for p in v.split(",")]
+        if not parts or any(p not in ("None", "CRC32C") for p in parts):
+            raise ConfigError(fn, line, col,
+                              f"expected None, CRC32C or 'CRC32C,None' for {name}, found '{value}'")
+        return ",".join(parts)
+    if name in _SIZE_ATTRS:
+        n = _parse_size(v)
+        if n is None:
+            raise ConfigError(fn, line, col, f"expected a size such as 10G for {name}, found '{value}'")
+        return str(n)
+    return v
+
+
+def _norm(name: str, value: str) -> str:
+    try:
+        return _check_value(name, value, "", Attr(name, []))
+    except ConfigError:
+        return value.strip()
+
+
+# -- validation against what the running target knows -------------------------
+
+def _err(cfg: Config, pos: tuple[int, int], msg: str) -> ConfigError:
+    return ConfigError(cfg.filename, pos[0], pos[1], msg)
+
+
+def _known(names: Iterable[str]) -> str:
+    names = sorted(set(names))
+    return ", ".join(names) if names else "none"
+
+
+def validate(cfg: Config, schema: dict, running: "Config | None" = None, force: bool = False) -> None:
+    """Check names, attributes, values and references; raise ConfigError."""
+    handlers = schema["handlers"]
+    for hname, pos in cfg.handlers.items():
+        if hname not in handlers:
+            raise _err(cfg, pos, f"unknown handler '{hname}' (expected one of: {_known(handlers)})")
+    for dev in cfg.devices.values():
+        params = handlers[dev.handler]["params"]
+        for a in dev.attrs.values():
+            if a.name not in params:
+                raise _err(cfg, a.pos, f"unknown attribute '{a.name}' for DEVICE {dev.name} of "
+                           f"HANDLER {dev.handler} (expected one of: {_known(params)})")
+            _check_value(a.name, a.values[0], cfg.filename, a)
+        if dev.handler == "vdisk_fileio" and "filename" not in dev.attrs:
+            raise _err(cfg, dev.pos, f"DEVICE {dev.name} of HANDLER vdisk_fileio needs a "
+                       f"'filename' attribute")
+    devices = set(cfg.devices)
+    if running is not None and not force:
+        devices |= set(running.devices)
+    drivers = schema["drivers"]
+    for drv in cfg.drivers.values():
+        ds = drivers.get(drv.name)
+        if ds is None:
+            raise _err(cfg, drv.pos, f"unknown target driver '{drv.name}' "
+                       f"(expected one of: {_known(drivers)})")
+        allowed = ds["attrs"] + ds["multi"]
+        for a in drv.attrs.values():
+            if a.name not in allowed:
+                raise _err(cfg, a.pos, f"unknown attribute '{a.name}' for TARGET_DRIVER "
+                           f"{drv.name} (expected one of: {_known(allowed)})")
+            for v in a.values:
+                _check_value(a.name, v, cfg.filename, a)
+        tallowed = ds["target_attrs"] + ds["target_multi"] + ds["target_params"]
+        for tgt in drv.targets.values():
+            for a in tgt.attrs.values():
+                if a.name not in tallowed:
+                    raise _err(cfg, a.pos, f"unknown attribute '{a.name}' for TARGET {tgt.name} "
+                               f"(expected one of: {_known(tallowed)})")
+                for v in a.values:
+                    _check_value(a.name, v, cfg.filename, a)
+            seen: dict[str, str] = {}
+            for g in tgt.groups.values():
+                for ini, pos in g.initiators.items():
+                    if ini in seen:
+                        raise _err(cfg, pos, f"initiator {ini} is in groups {seen[ini]} and "
+                                   f"{g.name} of TARGET {tgt.name}; it may be in one only")
+                    seen[ini] = g.name
+            for lun in list(tgt.luns.values()) + [x for g in tgt.groups.values() for x in g.luns.values()]:
+                if lun.device not in devices:
+                    raise _err(cfg, lun.dev_pos, f"LUN {lun.lun} names device '{lun.device}', "
+                               f"which is neither in this file nor running")
+
+
+# -- the running configuration, read from the tree ------------------------------
+
+class Tree:
+    """The accessor the planner uses. read() returns text or a negative
+    errno, listdir() (name, kind) pairs with kind 'dir', 'file' or 'link'."""
+
+    def read(self, path: str) -> "str | int": raise NotImplementedError
+    def write(self, path: str, text: str) -> int: raise NotImplementedError
+    def listdir(self, path: str) -> "list[tuple[str, str]] | int": raise NotImplementedError
+    def readlink(self, path: str) -> "str | int": raise NotImplementedError
+
+
+def _split_key(text: "str | int") -> tuple[list[str], bool]:
+    if isinstance(text, int):
+        return [], False
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    key = KEY_MARK in lines
+    return [ln for ln in lines if ln != KEY_MARK], key
+
+
+_DEV_SKIP = frozenset(("type", "commands", "threads_num", "size_mb", "resync_size"))
+_TGT_SKIP = frozenset(("tid",))
+
+
+def _read_attrs(tree: Tree, path: str, skip: Iterable[str] = ()) -> tuple[dict[str, Attr], dict[str, str]]:
+    attrs: dict[str, Attr] = {}
+    shown: dict[str, str] = {}
+    ents = tree.listdir(path)
+    for name, kind in ([] if isinstance(ents, int) else ents):
+        if kind != "file" or name == "mgmt" or name in skip:
+            continue
+        text = tree.read(f"{path}/{name}")
+        if isinstance(text, int):
+            continue
+        values, key = _split_key(text)
+        shown[name] = "\n".join(values)
+        if key and values:
+            attrs[name] = Attr(name, values)
+    return attrs, shown
+
+
+def _read_luns(tree: Tree, path: str) -> dict[int, Lun]:
+    luns: dict[int, Lun] = {}
+    ents = tree.listdir(path)
+    for name, kind in ([] if isinstance(ents, int) else ents):
+        if kind != "dir" or not name.isdigit():
+            continue
+        link = tree.readlink(f"{path}/{name}/device")
+        dev = link.rsplit("/", 1)[-1] if isinstance(link, str) else "?"
+        ro, _ = _split_key(tree.read(f"{path}/{name}/read_only"))
+        luns[int(name)] = Lun(int(name), dev, read_only=ro[:1] == ["1"])
+    return luns
+
+
+def read_running(tree: Tree, alua: "list[Stmt] | None" = None) -> Config:
+    cfg = Config(filename="<running>")
+    R = SCST_ROOT
+    hents = tree.listdir(f"{R}/handlers")
+    for hname, kind in ([] if isinstance(hents, int) else hents):
+        if kind != "dir":
+            continue
+        for dname, dkind in tree.listdir(f"{R}/handlers/{hname}"):
+            if dkind != "link":
+                continue
+            attrs, shown = _read_attrs(tree, f"{R}/devices/{dname}", _DEV_SKIP)
+            cfg.devices[dname] = Device(dname, hname, attrs, shown=shown)
+        cfg.handlers[hname] = (0, 0)
+    dents = tree.listdir(f"{R}/targets")
+    for dname, kind in ([] if isinstance(dents, int) else dents):
+        if kind != "dir":
+            continue
+        dp = f"{R}/targets/{dname}"
+        attrs, shown = _read_attrs(tree, dp)
+        drv = Driver(dname, attrs, shown=shown)
+        for tname, tkind in tree.listdir(dp):
+            if tkind != "dir":
+                continue
+            tp = f"{dp}/{tname}"
+            tattrs, tshown = _read_attrs(tree, tp, _TGT_SKIP)
+            tgt = Target(tname, tattrs, _read_luns(tree, f"{tp}/luns"), shown=tshown)
+            gents = tree.listdir(f"{tp}/ini_groups")
+            for gname, gkind in ([] if isinstance(gents, int) else gents):
+                if gkind != "dir":
+                    continue
+                g = Group(gname, _read_luns(tree, f"{tp}/ini_groups/{gname}/luns"))
+                for iname, ikind in tree.listdir(f"{tp}/ini_groups/{gname}/initiators"):
+                    if ikind == "file" and iname != "mgmt":
+                        g.initiators[iname] = (0, 0)
+                tgt.groups[gname] = g
+            drv.targets[tname] = tgt
+        cfg.drivers[dname] = drv
+    cfg.alua = list(alua or [])
+    return cfg
+
+
+# -- writing --------------------------------------------------------------------
+
+def _q(v: str) -> str:
+    if v and not any(c.isspace() or c in _SPECIAL for c in v):
+        return v
+    return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _attr_lines(attrs: dict[str, Attr], indent: str) -> list[str]:
+    out = []
+    for name in sorted(attrs):
+        for v in attrs[name].values:
+            out.append(f"{indent}{name} {_q(v)}")
+    return out
+
+
+def _lun_lines(luns: dict[int, Lun], indent: str) -> list[str]:
+    out = []
+    for n in sorted(luns):
+        lun = luns[n]
+        if lun.read_only:
+            out += [f"{indent}LUN {n} {_q(lun.device)} {{", f"{indent}\tread_only 1", f"{indent}}}"]
+        else:
+            out.append(f"{indent}LUN {n} {_q(lun.device)}")
+    return out
+
+
+def _stmt_lines(st: Stmt, indent: str) -> list[str]:
+    head = indent + " ".join(_q(w.text) if w.quoted or not w.text else w.text for w in st.words)
+    if st.body is None:
+        return [head]
+    out = [head + " {"]
+    for s in st.body:
+        out += _stmt_lines(s, indent + "\t")
+    return out + [indent + "}"]
+
+
+def write(cfg: Config, header: str = "# Automatically generated by uscst.") -> str:
+    """scst.conf text for cfg, in SCST's layout (tabs, sorted names)."""
+    out = [header, ""]
+    by_handler: dict[str, list[Device]] = {}
+    for d in cfg.devices.values():
+        by_handler.setdefault(d.handler, []).append(d)
+    for h in sorted(by_handler):
+        out.append(f"HANDLER {h} {{")
+        for d in sorted(by_handler[h], key=lambda x: x.name):
+            if d.attrs:
+                out.append(f"\tDEVICE {_q(d.name)} {{")
+                out += _attr_lines(d.attrs, "\t\t")
+                out.append("\t}")
+            else:
+                out.append(f"\tDEVICE {_q(d.name)}")
+        out += ["}", ""]
+    for dn in sorted(cfg.drivers):
+        drv = cfg.drivers[dn]
+        out.append(f"TARGET_DRIVER {dn} {{")
+        out += _attr_lines(drv.attrs, "\t")
+        for tn in sorted(drv.targets):
+            t = drv.targets[tn]
+            out += ["", f"\tTARGET {_q(tn)} {{"]
+            out += _attr_lines(t.attrs, "\t\t")
+            if t.luns:
+                out += [""] + _lun_lines(t.luns, "\t\t")
+            for gn in sorted(t.groups):
+                g = t.groups[gn]
+                out += ["", f"\t\tGROUP {_q(gn)} {{"]
+                out += _lun_lines(g.luns, "\t\t\t")
+                if g.luns and g.initiators:
+                    out.append("")
+                out += [f"\t\t\tINITIATOR {_q(i)}" for i in sorted(g.initiators)]
+                out.append("\t\t}")
+            out.append("\t}")
+        out += ["}", ""]
+    for st in cfg.alua:
+        out += _stmt_lines(st, "") + [""]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+# -- planning the difference ----------------------------------------------------
+
+@dataclass
+class Action:
+    path: str           # under SCST_ROOT
+    text: str           # what is written
+    what: str           # one line for the user
+
+
+def _params(attrs: dict[str, Attr], allowed: Iterable[str]) -> str:
+    allowed = set(allowed)
+    return "; ".join(f"{a.name}={a.values[0]}" for a in attrs.values() if a.name in allowed)
+
+
+def plan(cfg: Config, running: Config, schema: dict, force: bool = False) -> list[Action]:
+    """The writes that turn running into cfg. Raises ConfigError (with the
+    file position) for a change that cannot be made."""
+    validate(cfg, schema, running, force)
+    first: list[Action] = []       # disables and removals needed before the rest
+    acts: list[Action] = []
+    last: list[Action] = []        # removals under force, then enables
+    recreated: set[str] = set()
+    # devices
+    for dev in cfg.devices.values():
+        hs = schema["handlers"][dev.handler]
+        r = running.devices.get(dev.name)
+        if r is not None and r.handler != dev.handler:
+            if not force:
+                raise _err(cfg, dev.pos, f"device {dev.name} runs under handler {r.handler}, "
+                           f"not {dev.handler}; use --force to re-create it")
+            recreated.add(dev.name)
+        elif r is not None:
+            for a in dev.attrs.values():
+                if a.name in hs["create_only"]:
+                    continue
+                want = _norm(a.name, a.values[0])
+                have = _norm(a.name, r.shown.get(a.name, ""))
+                if want == have:
+                    continue
+                if a.name in hs["live"]:
+                    acts.append(Action(f"/devices/{dev.name}/{a.name}", a.values[0],
+                                       f"set device {dev.name} {a.name} {a.values[0]}"))
+                elif force:
+                    recreated.add(dev.name)
+                else:
+                    raise _err(cfg, a.pos, f"attribute '{a.name}' of device {dev.name} cannot "
+                               f"change while it exists (running: {have}, file: {want}); "
+                               f"use --force to re-create the device")
+        if r is None or dev.name in recreated:
+            p = _params(dev.attrs, hs["params"])
+            acts.append(Action(f"/handlers/{dev.handler}/mgmt",
+                               f"add_device {dev.name}" + (f" {p}" if p else ""),
+                               f"add device {dev.name} ({dev.handler})"))
+    for name in recreated:
+        r = running.devices[name]
+        for drv in running.drivers.values():
+            for t in drv.targets.values():
+                for lun in t.luns.values():
+                    if lun.device == name:
+                        first.append(Action(f"/targets/{drv.name}/{t.name}/luns/mgmt",
+                                            f"del {lun.lun}", f"del LUN {lun.lun} of {t.name}"))
+                for g in t.groups.values():
+                    for lun in g.luns.values():
+                        if lun.device == name:
+                            first.append(Action(
+                                f"/targets/{drv.name}/{t.name}/ini_groups/{g.name}/luns/mgmt",
+                                f"del {lun.lun}", f"del LUN {lun.lun} of {t.name}/{g.name}"))
+        first.append(Action(f"/handlers/{r.handler}/mgmt", f"del_device {name}",
+                            f"del device {name} (to re-create it)"))
+    # drivers and targets
+    for drv in cfg.drivers.values():
+        ds = schema["drivers"][drv.name]
+        rd = running.drivers.get(drv.name) or Driver(drv.name)
+        dp = f"/targets/{drv.name}"
+        for a in drv.attrs.values():
+            if a.name in ds["multi"]:
+                have = rd.attrs.get(a.name, Attr(a.name, [])).values
+                for v in a.values:
+                    if v not in have:
+                        acts.append(Action(f"{dp}/mgmt", f"add_attribute {a.name} {v}",
+                                           f"add {drv.name} {a.name} {v}"))
+                if force:
+                    for v in have:
+                        if v not in a.values:
+                            last.append(Action(f"{dp}/mgmt", f"del_attribute {a.name} {v}",
+                                               f"del {drv.name} {a.name} {v}"))
+            elif _norm(a.name, a.values[0]) != _norm(a.name, rd.shown.get(a.name, "")):
+                (last if a.name == "enabled" and _norm(a.name, a.values[0]) == "1" else acts).append(
+                    Action(f"{dp}/{a.name}", a.values[0], f"set {drv.name} {a.name} {a.values[0]}"))
+        for tgt in drv.targets.values():
+            _plan_target(cfg, drv.name, ds, tgt, rd.targets.get(tgt.name), recreated, force,
+                         first, acts, last)
+        if force:
+            for tname in rd.targets:
+                if tname not in drv.targets:
+                    last.append(Action(f"{dp}/mgmt", f"del_target {tname}", f"del target {tname}"))
+    if force:
+        wanted = set(cfg.devices)
+        for name, r in running.devices.items():
+            if name not in wanted:
+                last.append(Action(f"/handlers/{r.handler}/mgmt", f"del_device {name}",
+                                   f"del device {name}"))
+    enables = [a for a in last if a.path.endswith("/enabled")]
+    rest = [a for a in last if not a.path.endswith("/enabled")]
+    return first + acts + rest + enables
+
+
+def _plan_luns(cfg: Config, path: str, label: str, want: dict[int, Lun], have: dict[int, Lun],
+               recreated: set[str], force: bool, acts: list[Action], last: list[Action]) -> None:
+    for n, lun in sorted(want.items()):
+        r = have.get(n)
+        if r is not None and r.device in recreated:
+            r = None
+        ro = " read_only=1" if lun.read_only else ""
+        if r is None:
+            acts.append(Action(f"{path}/mgmt", f"add {lun.device} {n}{ro}",
+                               f"add LUN {n} ({lun.device}) to {label}"))
+        elif r.device != lun.device or r.read_only != lun.read_only:
+            acts.append(Action(f"{path}/mgmt", f"replace {lun.device} {n}{ro}",
+                               f"replace LUN {n} of {label} with {lun.device}"))
+    if force:
+        for n, r in sorted(have.items()):
+            if n not in want and r.device not in recreated:
+                last.append(Action(f"{path}/mgmt", f"del {n}", f"del LUN {n} of {label}"))
+
+
+def _plan_target(cfg: Config, dname: str, ds: dict, tgt: Target, rt: Target | None,
+                 recreated: set[str], force: bool, first: list[Action], acts: list[Action],
+                 last: list[Action]) -> None:
+    dp = f"/targets/{dname}"
+    tp = f"{dp}/{tgt.name}"
+    if rt is None:
+        p = _params(tgt.attrs, ds["target_params"])
+        acts.append(Action(f"{dp}/mgmt", f"add_target {tgt.name}" + (f" {p}" if p else ""),
+                           f"add target {tgt.name}"))
+        rt = Target(tgt.name, shown={"enabled": "0"})
+    for a in tgt.attrs.values():
+        if a.name in ds["target_params"]:
+            continue
+        if a.name in ds["target_multi"]:
+            have = rt.attrs.get(a.name, Attr(a.name, [])).values
+            for v in a.values:
+                if v not in have:
+                    acts.append(Action(f"{dp}/mgmt", f"add_target_attribute {tgt.name} {a.name} {v}",
+                                       f"add {tgt.name} {a.name} {v}"))
+            if force:
+                for v in have:
+                    if v not in a.values:
+                        last.append(Action(f"{dp}/mgmt",
+                                           f"del_target_attribute {tgt.name} {a.name} {v}",
+                                           f"del {tgt.name} {a.name} {v}"))
+            continue
+        want = _norm(a.name, a.values[0])
+        if want == _norm(a.name, rt.shown.get(a.name, "")):
+            continue
+        act = Action(f"{tp}/{a.name}", a.values[0], f"set {tgt.name} {a.name} {a.values[0]}")
+        if a.name == "enabled":
+            (last if want == "1" else first).append(act)
+        else:
+            acts.append(act)
+    _plan_luns(cfg, f"{tp}/luns", tgt.name, tgt.luns, rt.luns, recreated, force, acts, last)
+    owner = {i: g.name for g in rt.groups.values() for i in g.initiators}
+    for g in tgt.groups.values():
+        gp = f"{tp}/ini_groups/{g.name}"
+        rg = rt.groups.get(g.name)
+        if rg is None:
+            acts.append(Action(f"{tp}/ini_groups/mgmt", f"create {g.name}",
+                               f"create group {g.name} in {tgt.name}"))
+            rg = Group(g.name)
+        _plan_luns(cfg, f"{gp}/luns", f"{tgt.name}/{g.name}", g.luns, rg.luns, recreated, force,
+                   acts, last)
+    for g in tgt.groups.values():
+        gp = f"{tp}/ini_groups/{g.name}"
+        for ini in g.initiators:
+            cur = owner.get(ini)
+            if cur == g.name:
+                continue
+            if cur is not None:
+                acts.append(Action(f"{tp}/ini_groups/{cur}/initiators/mgmt", f"move {ini} {g.name}",
+                                   f"move initiator {ini} from {cur} to {g.name}"))
+            else:
+                acts.append(Action(f"{gp}/initiators/mgmt", f"add {ini}",
+                                   f"add initiator {ini} to {tgt.name}/{g.name}"))
+        if force and g.name in rt.groups:
+            for ini in rt.groups[g.name].initiators:
+                if ini not in g.initiators and not any(ini in x.initiators for x in tgt.groups.values()):
+                    last.append(Action(f"{gp}/initiators/mgmt", f"del {ini}",
+                                       f"del initiator {ini} from {tgt.name}/{g.name}"))
+    if force:
+        for gname in rt.groups:
+            if gname not in tgt.groups:
+                last.append(Action(f"{tp}/ini_groups/mgmt", f"del {gname}",
+                                   f"del group {gname} of {tgt.name}"))
+
+
+# -- applying ---------------------------------------------------------------------
+
+@dataclass
+class ApplyResult:
+    changes: int
+    actions: list[str]
+    applied: int
+    error: str = ""
+
+
+def apply(text: str, filename: str, tree: Tree, schema: dict, *, force: bool = False,
+          dry_run: bool = False, alua_state: "list | None" = None,
+          errmsg: Callable[[int], str] | None = None) -> ApplyResult:
+    """Parse, validate, plan and (unless dry_run) apply text. ConfigError
+    propagates before anything is changed. alua_state is the daemon's list
+    of kept DEVICE_GROUP statements; it is replaced by the file's."""
+    cfg = parse(text, filename)
+    running = read_running(tree, alua_state)
+    actions = plan(cfg, running, schema, force)
+    alua_changed = alua_state is not None and (
+        _alua_text(cfg.alua) != _alua_text(alua_state))
+    changes = len(actions) + (1 if alua_changed else 0)
+    descr = [a.what for a in actions] + (["keep ALUA DEVICE_GROUP blocks (not acted on)"]
+                                        if alua_changed else [])
+    if dry_run:
+        return ApplyResult(changes, descr, 0)
+    for i, a in enumerate(actions):
+        ret = tree.write(SCST_ROOT + a.path, a.text)
+        if isinstance(ret, int) and ret < 0:
+            why = errmsg(ret) if errmsg is not None else str(ret)
+            return ApplyResult(changes, descr, i, f"{a.what}: {why}")
+    if alua_state is not None:
+        alua_state[:] = cfg.alua
+    return ApplyResult(changes, descr, len(actions))
+
+
+def _alua_text(stmts: list[Stmt]) -> str:
+    return "\n".join(line for st in stmts for line in _stmt_lines(st, ""))
+
+
+def write_running(tree: Tree, alua_state: "list | None" = None) -> str:
+    return write(read_running(tree, alua_state))
