@@ -29,7 +29,13 @@ from iscsi_scst.digest import digest_data
 from iscsi_scst.hdr import (ISCSI_CMD_ATTR_MASK, common_hdr, ISCSI_CMD_READ, ISCSI_CMD_WRITE,
                             ISCSI_FLG_CONTINUE, ISCSI_FLG_FINAL, ISCSI_FLG_RESID_OVERFLOW,
                             ISCSI_FLG_RESID_UNDERFLOW, ISCSI_FLG_STATUS,
-                            ISCSI_FUNCTION_ABORT_TASK, ISCSI_LOGOUT_CLOSE_CONNECTION,
+                            ISCSI_FUNCTION_ABORT_TASK, ISCSI_FUNCTION_ABORT_TASK_SET,
+                            ISCSI_FUNCTION_CLEAR_ACA, ISCSI_FUNCTION_CLEAR_TASK_SET,
+                            ISCSI_FUNCTION_LOGICAL_UNIT_RESET, ISCSI_FUNCTION_TARGET_COLD_RESET,
+                            ISCSI_FUNCTION_TARGET_WARM_RESET, ISCSI_FUNCTION_TASK_REASSIGN,
+                            ISCSI_RESPONSE_ALLEGIANCE_REASSIGNMENT_UNSUPPORTED,
+                            ISCSI_RESPONSE_FUNCTION_UNSUPPORTED, ISCSI_RESPONSE_UNKNOWN_LUN,
+                            ISCSI_LOGOUT_CLOSE_CONNECTION,
                             ISCSI_LOGOUT_CLOSE_SESSION, ISCSI_LOGOUT_RECOVERY_UNSUPPORTED,
                             ISCSI_LOGOUT_SUCCESS, ISCSI_OP_IMMEDIATE, ISCSI_OP_LOGIN_CMD,
                             ISCSI_OP_LOGOUT_CMD, ISCSI_OP_NOP_IN, ISCSI_OP_NOP_OUT,
@@ -55,7 +61,12 @@ from kshim.scatterlist import sg_virt
 from kshim.slab import kmem_cache_alloc, kmem_cache_create, kmem_cache_free
 from kshim.gfp import GFP_KERNEL
 from kshim.timer import del_timer
-from scst_core.const import (SAM_STAT_GOOD, SCST_CMD_QUEUE_ACA, SCST_CMD_QUEUE_HEAD_OF_QUEUE,
+from scst_core.const import (SAM_STAT_GOOD, SCST_ABORT_TASK, SCST_ABORT_TASK_SET,
+                             SCST_CLEAR_ACA, SCST_CLEAR_TASK_SET, SCST_LUN_RESET,
+                             SCST_MGMT_STATUS_FN_NOT_SUPPORTED, SCST_MGMT_STATUS_LUN_NOT_EXIST,
+                             SCST_MGMT_STATUS_SUCCESS, SCST_MGMT_STATUS_TASK_NOT_EXIST,
+                             SCST_TARGET_RESET, scst_sense_data_offset_error,
+                             scst_sense_data_phase_error, SCST_CMD_QUEUE_ACA, SCST_CMD_QUEUE_HEAD_OF_QUEUE,
                              SCST_CMD_QUEUE_ORDERED, SCST_CMD_QUEUE_SIMPLE,
                              SCST_CMD_QUEUE_UNTAGGED, scst_sense_data_digest_error)
 from scst_core.lib import scst_set_cmd_error
@@ -65,9 +76,10 @@ from scst_core.scst import (SCST_CMD_STATE_DATA_WAIT,
                             SCST_DATA_NONE, SCST_DATA_READ, SCST_DATA_WRITE,
                             SCST_RX_STATUS_ERROR_FATAL, SCST_RX_STATUS_ERROR_SENSE_SET,
                             SCST_RX_STATUS_SUCCESS, SCST_TGT_RES_SUCCESS, scst_cmd,
+                            scst_mgmt_cmd,
                             scst_tgt_template)
 from scst_core.targ import (scst_cmd_init_done, scst_cmd_set_expected, scst_rx_cmd,
-                            scst_rx_data, scst_tgt_cmd_done)
+                            scst_rx_data, scst_rx_mgmt_fn, scst_tgt_cmd_done)
 
 TX_SCSI = 0
 TX_PDU = 1
@@ -102,7 +114,8 @@ class iscsi_cmnd:
     r2t_next: int = 0               # next buffer offset to solicit
     r2t_sn: int = 0
     outstanding_r2t: int = 0
-    ttt: int = ISCSI_RESERVED_TAG
+    r2t_seqs: dict = attrs.field(factory=dict)     # TTT -> [next offset, end, next DataSN]
+    unsol_seq: list = attrs.field(factory=lambda: [0, 0, 0])
     write_list_entry: list_head = attrs.field(default=None)
 
     def __attrs_post_init__(self) -> None:
@@ -211,17 +224,25 @@ def iscsi_data_digest_error(conn: iscsi_conn) -> None:
     reject the PDU; a command it belongs to ends with CHECK CONDITION."""
     iscsi_send_reject(conn, conn.rx_bhs, ISCSI_REASON_DATA_DIGEST_ERROR)
     cmnd = conn.rx_cmnd
-    if isinstance(cmnd, iscsi_cmnd) and cmnd.scst_cmd is not None and not cmnd.data_done:
-        scmd = cmnd.scst_cmd
-        cmnd.data_done = True
-        cmnd.unsol_open = False
-        cmnd.rx_pending = False
-        if scmd.state == SCST_CMD_STATE_DATA_WAIT:
-            scst_set_cmd_error(scmd, scst_sense_data_digest_error)
-            scst_rx_data(scmd, SCST_RX_STATUS_ERROR_SENSE_SET, SCST_CONTEXT_DIRECT)
-        elif cmnd.rsp_deferred:
-            cmnd.rsp_deferred = False
-            iscsi_queue_tx(conn, cmnd.write_list_entry)
+    if isinstance(cmnd, iscsi_cmnd):
+        _fail_write(cmnd, scst_sense_data_digest_error)
+
+
+def _fail_write(cmnd: iscsi_cmnd, sense: tuple[int, int, int]) -> None:
+    """End a WRITE whose data went wrong: the rest of its data is
+    discarded and it completes with CHECK CONDITION (ERL 0 task failure)."""
+    scmd = cmnd.scst_cmd
+    if scmd is None or cmnd.data_done:
+        return
+    cmnd.data_done = True
+    cmnd.unsol_open = False
+    cmnd.rx_pending = False
+    if scmd.state == SCST_CMD_STATE_DATA_WAIT:
+        scst_set_cmd_error(scmd, sense)
+        scst_rx_data(scmd, SCST_RX_STATUS_ERROR_SENSE_SET, SCST_CONTEXT_DIRECT)
+    elif cmnd.rsp_deferred:
+        cmnd.rsp_deferred = False
+        iscsi_queue_tx(cmnd.conn, cmnd.write_list_entry)
 
 
 # -- rx: SCSI commands and their data ---------------------------------------
@@ -289,6 +310,10 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
             cmnd.r2t_next = dsl
         else:
             cmnd.r2t_next = min(edtl, params.first_burst_length)
+            useq = cmnd.unsol_seq
+            useq[0] = dsl
+            useq[1] = cmnd.r2t_next
+            useq[2] = 0
         cmnd.rx_pending = bool(dsl) or cmnd.unsol_open
     scmd.tgt_i_priv = cmnd
     scmd.tag = itt
@@ -332,7 +357,7 @@ def _scsi_data_done(conn: iscsi_conn) -> None:
 
 
 def _data_out_rx_start(conn: iscsi_conn, bhs: bytes, flags: int, itt: int, dsl: int) -> None:
-    ttt, _exp_stat_sn, _data_sn, offset = unpack_data_out(bhs)
+    ttt, _exp_stat_sn, data_sn, offset = unpack_data_out(bhs)
     cmnd = conn.cmd_hash.get(itt)
     if cmnd is None or not cmnd.flags & ISCSI_CMD_WRITE or cmnd.data_done:
         # Data for a task that is gone (aborted, or answered early): discard.
@@ -341,13 +366,30 @@ def _data_out_rx_start(conn: iscsi_conn, bhs: bytes, flags: int, itt: int, dsl: 
     if offset + dsl > cmnd.edtl:
         raise ProtocolError(f"iscsi: {conn.peer}: Data-Out for ITT {itt:#x} at offset {offset} "
                             f"+ {dsl} exceeds EDTL {cmnd.edtl}", None)
+    # Each sequence (the unsolicited one, or one per R2T) numbers its PDUs
+    # from 0 and, with DataPDUInOrder=Yes, sends them in offset order
+    # (RFC 7143 4.2.4, 11.7.5); anything else at ERL 0 ends the connection.
     if ttt == ISCSI_RESERVED_TAG:
         if not cmnd.unsol_open:
             raise ProtocolError(f"iscsi: {conn.peer}: unsolicited Data-Out for ITT {itt:#x} "
                                 f"after the unsolicited burst ended", None)
-    elif ttt != cmnd.ttt:
-        raise ProtocolError(f"iscsi: {conn.peer}: Data-Out for ITT {itt:#x} with TTT {ttt:#x}, "
-                            f"expected {cmnd.ttt:#x}", None)
+        seq = cmnd.unsol_seq
+    else:
+        seq = cmnd.r2t_seqs.get(ttt)
+        if seq is None:
+            raise ProtocolError(f"iscsi: {conn.peer}: Data-Out for ITT {itt:#x} with unknown "
+                                f"TTT {ttt:#x}", None)
+    if data_sn != seq[2] or offset != seq[0] or offset + dsl > seq[1]:
+        pr_warn(f"iscsi: {conn.peer}: Data-Out for ITT {itt:#x} TTT {ttt:#x}: DataSN {data_sn} "
+                f"offset {offset}+{dsl}, expected DataSN {seq[2]} at offset {seq[0]} within "
+                f"{seq[1]}: task failed")
+        iscsi_send_reject(conn, bhs, ISCSI_REASON_PROTOCOL_ERROR)
+        _fail_write(cmnd, scst_sense_data_phase_error if data_sn != seq[2]
+                    else scst_sense_data_offset_error)
+        _rx_discard(conn, dsl)
+        return
+    seq[0] = offset + dsl
+    seq[2] = data_sn + 1
     _rx_set(conn, dsl, _data_out_done, _data_iov(cmnd, offset, dsl), cmnd)
 
 
@@ -356,9 +398,10 @@ def _data_out_done(conn: iscsi_conn) -> None:
     bhs = conn.rx_bhs
     cmnd.data_rcvd += bhs[5] << 16 | bhs[6] << 8 | bhs[7]
     if bhs[1] & ISCSI_FLG_FINAL:
-        if u32_at(bhs, 20) == ISCSI_RESERVED_TAG:
+        ttt = u32_at(bhs, 20)
+        if ttt == ISCSI_RESERVED_TAG:
             cmnd.unsol_open = False
-        else:
+        elif cmnd.r2t_seqs.pop(ttt, None) is not None:
             cmnd.outstanding_r2t -= 1
             _send_r2ts(cmnd)
     _rx_progress(cmnd)
@@ -382,11 +425,12 @@ def _send_r2ts(cmnd: iscsi_cmnd) -> None:
     params = conn.sess_params
     while cmnd.r2t_next < cmnd.edtl and cmnd.outstanding_r2t < params.max_outstanding_r2t:
         n = min(params.max_burst_length, cmnd.edtl - cmnd.r2t_next)
-        if cmnd.ttt == ISCSI_RESERVED_TAG:
-            conn.next_ttt = (conn.next_ttt + 1) & 0x7FFFFFFF
-            cmnd.ttt = conn.next_ttt
+        conn.next_ttt = (conn.next_ttt + 1) & 0x7FFFFFFF
+        ttt = conn.next_ttt
+        # [next offset, end of the burst, next DataSN]
+        cmnd.r2t_seqs[ttt] = [cmnd.r2t_next, cmnd.r2t_next + n, 0]
         bhs = bytearray(48)
-        pack_r2t(bhs, cmnd.lun, cmnd.itt, cmnd.ttt, 0, 0, 0, cmnd.r2t_sn, cmnd.r2t_next, n)
+        pack_r2t(bhs, cmnd.lun, cmnd.itt, ttt, 0, 0, 0, cmnd.r2t_sn, cmnd.r2t_next, n)
         cmnd.r2t_sn += 1
         cmnd.r2t_next += n
         cmnd.outstanding_r2t += 1
@@ -410,7 +454,8 @@ def iscsi_rdy_to_xfer(scmd: scst_cmd) -> int:
 def iscsi_xmit_response(scmd: scst_cmd) -> int:
     cmnd = scmd.tgt_i_priv
     conn = cmnd.conn
-    if conn.closing:
+    if conn.closing or scmd.aborted:
+        # No response for an aborted task: the TMF response speaks for it.
         scst_tgt_cmd_done(scmd, SCST_CONTEXT_SAME)
         return SCST_TGT_RES_SUCCESS
     if cmnd.rx_pending:
@@ -438,16 +483,9 @@ def _reset_cmnd(cmnd: iscsi_cmnd) -> None:
     cmnd.write_ready = cmnd.unsol_open = cmnd.rx_pending = False
     cmnd.rsp_deferred = cmnd.data_done = False
     cmnd.data_rcvd = cmnd.r2t_next = cmnd.r2t_sn = cmnd.outstanding_r2t = 0
-    cmnd.ttt = ISCSI_RESERVED_TAG
+    cmnd.r2t_seqs.clear()
 
 
-iscsi_template = scst_tgt_template(
-    name="iscsi",
-    sg_tablesize=0,
-    xmit_response=iscsi_xmit_response,
-    rdy_to_xfer=iscsi_rdy_to_xfer,
-    on_free_cmd=iscsi_on_free_cmd,
-)
 
 
 def iscsi_conn_abort_cmnds(conn: iscsi_conn) -> None:
@@ -687,22 +725,74 @@ def _logout_done(conn: iscsi_conn) -> None:
         _queue_pdu(conn, rsp)
 
 
-def _tmf_done(conn: iscsi_conn) -> None:
-    bhs = conn.rx_bhs
-    b0, flags, _b2, _b3, _ahs, _dsl, _lun, itt = unpack_common(bhs)
-    rtt, cmd_sn, _exp = unpack_words(bhs)
-    _advance_cmd_sn(conn, b0, cmd_sn)
-    fn = flags & 0x7F
-    if fn == ISCSI_FUNCTION_ABORT_TASK and rtt not in conn.cmd_hash:
-        ref_cmd_sn = u32_at(bhs, 32)
-        response = (ISCSI_RESPONSE_FUNCTION_COMPLETE
-                    if sn_lt(ref_cmd_sn, conn.session.exp_cmd_sn) else ISCSI_RESPONSE_UNKNOWN_TASK)
-    else:
-        response = ISCSI_RESPONSE_FUNCTION_REJECTED
+# iSCSI task management function -> SCST function (RFC 7143 11.5.1)
+_TMF_FN = {
+    ISCSI_FUNCTION_ABORT_TASK: SCST_ABORT_TASK,
+    ISCSI_FUNCTION_ABORT_TASK_SET: SCST_ABORT_TASK_SET,
+    ISCSI_FUNCTION_CLEAR_ACA: SCST_CLEAR_ACA,
+    ISCSI_FUNCTION_CLEAR_TASK_SET: SCST_CLEAR_TASK_SET,
+    ISCSI_FUNCTION_LOGICAL_UNIT_RESET: SCST_LUN_RESET,
+    ISCSI_FUNCTION_TARGET_WARM_RESET: SCST_TARGET_RESET,
+    ISCSI_FUNCTION_TARGET_COLD_RESET: SCST_TARGET_RESET,
+}
+_TMF_RSP = {
+    SCST_MGMT_STATUS_SUCCESS: ISCSI_RESPONSE_FUNCTION_COMPLETE,
+    SCST_MGMT_STATUS_TASK_NOT_EXIST: ISCSI_RESPONSE_UNKNOWN_TASK,
+    SCST_MGMT_STATUS_LUN_NOT_EXIST: ISCSI_RESPONSE_UNKNOWN_LUN,
+    SCST_MGMT_STATUS_FN_NOT_SUPPORTED: ISCSI_RESPONSE_FUNCTION_UNSUPPORTED,
+}
+
+
+def _send_tmf_rsp(conn: iscsi_conn, itt: int, response: int,
+                  on_sent: Callable[[iscsi_conn], None] | None = None) -> None:
     rsp = bytearray(48)
     pack_generic_rsp(rsp, ISCSI_OP_SCSI_TASK_MGT_RSP, 0x80, response, 0, 0, _ZERO_LUN, itt, 0,
                      0, 0, 0)
-    _queue_pdu(conn, rsp)
+    _queue_pdu(conn, rsp, on_sent=on_sent)
+
+
+def _tmf_done(conn: iscsi_conn) -> None:
+    bhs = conn.rx_bhs
+    b0, flags, _b2, _b3, _ahs, _dsl, lun, itt = unpack_common(bhs)
+    rtt, cmd_sn, _exp = unpack_words(bhs)
+    if not _advance_cmd_sn(conn, b0, cmd_sn):
+        return
+    fn = flags & 0x7F
+    scst_fn = _TMF_FN.get(fn)
+    if scst_fn is None:
+        response = (ISCSI_RESPONSE_ALLEGIANCE_REASSIGNMENT_UNSUPPORTED
+                    if fn == ISCSI_FUNCTION_TASK_REASSIGN else ISCSI_RESPONSE_FUNCTION_REJECTED)
+        _send_tmf_rsp(conn, itt, response)
+        return
+    if fn == ISCSI_FUNCTION_ABORT_TASK and rtt == ISCSI_RESERVED_TAG:
+        _send_tmf_rsp(conn, itt, ISCSI_RESPONSE_FUNCTION_REJECTED)
+        return
+    scst_rx_mgmt_fn(conn.session.scst_sess, scst_fn,
+                    None if scst_fn in (SCST_TARGET_RESET, SCST_CLEAR_ACA) else lun,
+                    rtt, (conn, itt, fn))
+
+
+def iscsi_task_mgmt_fn_done(mcmd: scst_mgmt_cmd) -> None:
+    """SCST finished a TMF (every aborted command is freed): answer it."""
+    conn, itt, fn = mcmd.tgt_priv
+    if conn.closing:
+        return
+    response = _TMF_RSP.get(mcmd.status, ISCSI_RESPONSE_FUNCTION_REJECTED)
+    on_sent = None
+    if fn == ISCSI_FUNCTION_TARGET_COLD_RESET and response == ISCSI_RESPONSE_FUNCTION_COMPLETE:
+        # A cold reset also drops the connections (RFC 7143 11.5.1).
+        on_sent = _close_after_send
+    _send_tmf_rsp(conn, itt, response, on_sent)
+
+
+def iscsi_on_abort_cmd(scmd: scst_cmd) -> None:
+    """SCST aborts a command still waiting for Data-Out: stop taking data
+    for it; its later Data-Out PDUs are discarded."""
+    cmnd = scmd.tgt_i_priv
+    cmnd.data_done = True
+    cmnd.unsol_open = False
+    cmnd.rx_pending = False
+    scst_rx_data(scmd, SCST_RX_STATUS_ERROR_FATAL, SCST_CONTEXT_SAME)
 
 
 # -- login ------------------------------------------------------------------
@@ -760,6 +850,17 @@ def _login_rx_done(conn: iscsi_conn) -> None:
     conn.login = None
     del_timer(conn.login_timer)
     _queue_pdu(conn, bhs, rsp.data, on_sent=_enable_digests)
+
+
+iscsi_template = scst_tgt_template(
+    name="iscsi",
+    sg_tablesize=0,
+    xmit_response=iscsi_xmit_response,
+    rdy_to_xfer=iscsi_rdy_to_xfer,
+    on_free_cmd=iscsi_on_free_cmd,
+    on_abort_cmd=iscsi_on_abort_cmd,
+    task_mgmt_fn_done=iscsi_task_mgmt_fn_done,
+)
 
 
 def iscsi_init() -> int:

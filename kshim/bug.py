@@ -85,6 +85,18 @@ def caller_site(skip: int = 1) -> str:
     return f"{f.f_code.co_filename}:{f.f_lineno} ({f.f_code.co_name})"
 
 
+def caller_outside(*files: str) -> str:
+    """'file:line (function)' of the first caller whose file is not one of
+    `files` (and not this one): the user of a helper module."""
+    f: FrameType | None = sys._getframe(1)
+    skip = set(files) | {__file__}
+    while f is not None and f.f_code.co_filename in skip:
+        f = f.f_back
+    if f is None:
+        return "?"
+    return f"{f.f_code.co_filename}:{f.f_lineno} ({f.f_code.co_name})"
+
+
 def frame_stack(frame: FrameType | None) -> str:
     """Text of the stack ending at `frame` (a sleeping greenlet's gr_frame)."""
     if frame is None:

@@ -228,3 +228,9 @@ MODE_SENSE_PC_CURRENT = 0
 MODE_SENSE_PC_CHANGEABLE = 1
 MODE_SENSE_PC_DEFAULT = 2
 MODE_SENSE_PC_SAVED = 3
+
+# The iSCSI expected length does not fit the CDB (SPC-4: INVALID FIELD IN INFORMATION UNIT).
+scst_sense_invalid_field_in_iu = (ILLEGAL_REQUEST, 0x0E, 0x03)
+# Data-Out sequence errors (SPC-4: DATA PHASE ERROR, DATA OFFSET ERROR).
+scst_sense_data_phase_error = (ABORTED_COMMAND, 0x4B, 0x00)
+scst_sense_data_offset_error = (ABORTED_COMMAND, 0x4B, 0x05)

@@ -93,8 +93,9 @@ def scst_get_buf_full(cmd: scst_cmd) -> memoryview:
 
 
 def scst_cmd_iov(cmd: scst_cmd) -> list[memoryview]:
-    """Buffers covering exactly cmd.bufflen bytes, for vfs_readv/vfs_writev."""
-    left = cmd.bufflen
+    """Buffers covering exactly cmd.data_len bytes (the data the device
+    reads or writes), for vfs_readv/vfs_writev."""
+    left = cmd.data_len
     out = []
     for s in cmd.sg:
         v = sg_virt(s)

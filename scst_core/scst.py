@@ -109,6 +109,8 @@ class scst_tgt_template:
     # Receive the WRITE data, then call scst_rx_data.
     rdy_to_xfer: Callable[["scst_cmd"], int] | None = None
     on_free_cmd: Callable[["scst_cmd"], None] | None = None
+    # A command waiting for its data (RDY_TO_XFER) is aborted: stop the transfer.
+    on_abort_cmd: Callable[["scst_cmd"], None] | None = None
     task_mgmt_fn_done: Callable[["scst_mgmt_cmd"], None] | None = None
     release: Callable[["scst_tgt"], int] | None = None
     get_initiator_port_transport_id: Callable[["scst_tgt", "scst_session | None"], bytes] | None = None
@@ -274,6 +276,8 @@ class scst_cmd:
     dh_priv: Any = None
     scst_cmd_done: Callable[["scst_cmd", int, int], None] | None = None
     cmd_list_entry: list_head = attrs.field(default=None)
+    sess_cmd_list_entry: list_head = attrs.field(default=None)
+    mcmd: Any = None                # the task management function aborting it
     completed: bool = False
     exec_sync: bool = False         # the handler's exec() is still on the stack
     finished: bool = False
@@ -283,17 +287,21 @@ class scst_cmd:
 
     def __attrs_post_init__(self) -> None:
         self.cmd_list_entry = list_head(self)
+        self.sess_cmd_list_entry = list_head(self)
 
 
 @attrs.define(slots=True, eq=False)
 class scst_mgmt_cmd:
+    """A task management function in progress (SAM-5 7)."""
     sess: scst_session
     fn: int
     lun: int = 0
     tag: int = 0
     status: int = 0
     tgt_priv: Any = None
-    cmd_to_abort: scst_cmd | None = None
+    # commands it aborted that have not been freed yet; the response waits
+    cmd_wait_count: int = 0
+    done: bool = False
 
 
 scst_mutex = mutex("scst_mutex")

@@ -27,15 +27,21 @@ from __future__ import annotations
 from kshim import sched
 from kshim.gfp import GFP_ATOMIC, GFP_KERNEL
 from kshim.kthread import kthread_run, kthread_should_stop
-from kshim.list import list_add_tail, list_del_init, list_empty, list_first_entry
+from kshim.list import (list_add_tail, list_del_init, list_empty, list_first_entry,
+                        list_for_each_entry)
 from kshim.printk import pr_err
 from kshim.slab import kmem_cache_alloc, kmem_cache_create, kmem_cache_free
 from kshim.spinlock import spin_lock_bh, spin_unlock_bh
 from kshim.wait import wait_event_interruptible_exclusive, wake_up
 from scst_core import cdbprobe
-from scst_core.const import (INQUIRY, REPORT_LUNS, REQUEST_SENSE, SAM_STAT_GOOD, scst_sense_hardw_error,
+from scst_core.const import (INQUIRY, REPORT_LUNS, REQUEST_SENSE, SCST_ABORT_ALL_TASKS_SESS,
+                             SCST_ABORT_TASK, SCST_ABORT_TASK_SET, SCST_CLEAR_ACA,
+                             SCST_CLEAR_TASK_SET, SCST_LUN_RESET, SCST_MGMT_STATUS_FN_NOT_SUPPORTED,
+                             SCST_MGMT_STATUS_LUN_NOT_EXIST, SCST_MGMT_STATUS_TASK_NOT_EXIST,
+                             SCST_NEXUS_LOSS_SESS, SCST_TARGET_RESET, SAM_STAT_GOOD, scst_sense_hardw_error,
                              scst_sense_invalid_field_in_cdb, scst_sense_invalid_opcode,
-                             scst_sense_lun_not_supported, scst_sense_data_protect)
+                             scst_sense_invalid_field_in_iu, scst_sense_lun_not_supported,
+                             scst_sense_data_protect)
 from scst_core.lib import scst_set_cmd_error, scst_unpack_lun
 from scst_core.local_cmd import scst_local_exec
 from scst_core.mem import scst_alloc_space, scst_release_space
@@ -48,7 +54,7 @@ from scst_core.scst import (SCST_CMD_STATE_DEFAULT, SCST_CMD_STATE_DEV_DONE,
                             SCST_CMD_STATE_DATA_WAIT, SCST_CONTEXT_THREAD,
                             SCST_DATA_NONE, SCST_DATA_READ, SCST_DATA_WRITE,
                             SCST_RX_STATUS_SUCCESS, SCST_RX_STATUS_ERROR_SENSE_SET,
-                            SCST_TGT_RES_SUCCESS, SCST_WRITE_MEDIUM, scst_cmd,
+                            SCST_TGT_RES_SUCCESS, SCST_WRITE_MEDIUM, scst_cmd, scst_mgmt_cmd,
                             scst_cmd_threads, scst_session)
 
 # The longest transfer one command may ask for (the peer's number is
@@ -103,7 +109,9 @@ def scst_rx_cmd(sess: scst_session, lun: bytes, cdb: bytes, atomic: bool) -> scs
     cmd.dh_priv = None
     cmd.scst_cmd_done = None
     cmd.completed = cmd.exec_sync = cmd.finished = cmd.aborted = False
+    cmd.mcmd = None
     sess.cmd_count += 1
+    list_add_tail(cmd.sess_cmd_list_entry, sess.sess_cmd_list)
     return cmd
 
 
@@ -220,13 +228,19 @@ def _parse(cmd: scst_cmd) -> int:
             scst_set_cmd_error(cmd, scst_sense_data_protect)
             cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
             return _RES_CONT_NEXT
-        # The initiator must send what the CDB says it writes (no partial writes).
-        if cmd.bufflen and (cmd.expected_transfer_len < cmd.bufflen
-                            or not cmd.expected_data_direction & SCST_DATA_WRITE):
-            scst_set_cmd_error(cmd, scst_sense_invalid_field_in_cdb)
-            cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
-            return _RES_CONT_NEXT
-        cmd.write_len = cmd.bufflen
+        # An initiator that announces no Data-Out sends nothing to write.
+        edtl = cmd.expected_transfer_len if cmd.expected_data_direction & SCST_DATA_WRITE else 0
+        if edtl < cmd.bufflen:
+            # It sends less than the CDB says: write only what arrives, if
+            # it is whole blocks (the driver reports the overflow residual).
+            if cmd.dev is not None and edtl & (cmd.dev.block_size - 1):
+                scst_set_cmd_error(cmd, scst_sense_invalid_field_in_iu)
+                cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
+                return _RES_CONT_NEXT
+            cmd.data_len = edtl
+            cmd.write_len = edtl
+        else:
+            cmd.write_len = cmd.bufflen
     elif cmd.tgt_dev is not None and cmd.tgt_dev.rd_only and cmd.op_flags & SCST_WRITE_MEDIUM:
         scst_set_cmd_error(cmd, scst_sense_data_protect)
         cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
@@ -241,7 +255,7 @@ def _prepare_space(cmd: scst_cmd) -> int:
             scst_set_cmd_error(cmd, scst_sense_hardw_error)
             cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
             return _RES_CONT_NEXT
-    if cmd.data_direction & SCST_DATA_WRITE and cmd.bufflen:
+    if cmd.data_direction & SCST_DATA_WRITE and cmd.write_len:
         cmd.state = SCST_CMD_STATE_RDY_TO_XFER
     else:
         cmd.state = SCST_CMD_STATE_REAL_EXEC
@@ -255,6 +269,10 @@ def _exec(cmd: scst_cmd) -> int:
         scst_local_exec(cmd)
         if cmd.state == SCST_CMD_STATE_REAL_EXEC:
             cmd.state = SCST_CMD_STATE_DEV_DONE
+        return _RES_CONT_NEXT
+    if cmd.aborted:
+        # Aborted before it ran: nothing reaches the device.
+        cmd.state = SCST_CMD_STATE_XMIT_RESP
         return _RES_CONT_NEXT
     handler = dev.handler
     run = handler.exec
@@ -300,12 +318,84 @@ def _finish_cmd(cmd: scst_cmd) -> None:
         tgtt.on_free_cmd(cmd)
     if cmd.data_buf_alloced:
         scst_release_space(cmd)
+    list_del_init(cmd.sess_cmd_list_entry)
+    if cmd.mcmd is not None:
+        _mcmd_cmd_freed(cmd.mcmd)
+        cmd.mcmd = None
     sess = cmd.sess
     sess.cmd_count -= 1
     if sess.shut_phase and sess.cmd_count == 0:
         from scst_core.main import scst_sess_free_final
         scst_sess_free_final(sess)
     kmem_cache_free(scst_cmd_cachep, cmd)
+
+
+# -- task management (SAM-5 7; scst_targ.c's scst_rx_mgmt_fn and friends) ------
+
+def _cmds_of(sess: scst_session, lun: int | None) -> list[scst_cmd]:
+    return [c for c in list_for_each_entry(sess.sess_cmd_list)
+            if lun is None or c.lun == lun]
+
+
+def _abort_cmd(cmd: scst_cmd, mcmd: scst_mgmt_cmd) -> None:
+    if cmd.aborted or cmd.state >= SCST_CMD_STATE_XMIT_WAIT and cmd.state != SCST_CMD_STATE_DATA_WAIT:
+        return      # already being answered or freed: too late to abort
+    cmd.aborted = True
+    cmd.mcmd = mcmd
+    mcmd.cmd_wait_count += 1
+    if cmd.state == SCST_CMD_STATE_DATA_WAIT and cmd.tgtt.on_abort_cmd is not None:
+        cmd.tgtt.on_abort_cmd(cmd)
+
+
+def _mcmd_cmd_freed(mcmd: scst_mgmt_cmd) -> None:
+    mcmd.cmd_wait_count -= 1
+    if mcmd.cmd_wait_count == 0 and not mcmd.done:
+        _mcmd_done(mcmd)
+
+
+def _mcmd_done(mcmd: scst_mgmt_cmd) -> None:
+    mcmd.done = True
+    fn = mcmd.sess.tgt.tgtt.task_mgmt_fn_done
+    if fn is not None:
+        fn(mcmd)
+
+
+def scst_rx_mgmt_fn(sess: scst_session, fn: int, lun: bytes | None, tag: int,
+                    tgt_priv: object) -> scst_mgmt_cmd:
+    """Start a task management function (any context). The driver's
+    task_mgmt_fn_done(mcmd) is called once every command it aborts has been
+    freed (SAM: the response follows the aborted tasks), possibly before
+    this returns; mcmd.status then holds an SCST_MGMT_STATUS_* value."""
+    mcmd = scst_mgmt_cmd(sess, fn, tag=tag, tgt_priv=tgt_priv)
+    mcmd.lun = scst_unpack_lun(lun) if lun is not None else 0
+    tgt_dev = sess.sess_tgt_dev_list.get(mcmd.lun)
+    mcmd.cmd_wait_count = 1            # held until every abort below is issued
+    if fn == SCST_ABORT_TASK:
+        victims = [c for c in _cmds_of(sess, None) if c.tag == tag]
+        if not victims:
+            mcmd.status = SCST_MGMT_STATUS_TASK_NOT_EXIST
+    elif fn in (SCST_ABORT_TASK_SET, SCST_CLEAR_TASK_SET, SCST_LUN_RESET):
+        if tgt_dev is None:
+            mcmd.status = SCST_MGMT_STATUS_LUN_NOT_EXIST
+            victims = []
+        elif fn == SCST_ABORT_TASK_SET:
+            victims = _cmds_of(sess, mcmd.lun)
+        else:
+            # The task set is shared by every I_T nexus (TST=0).
+            victims = [c for td in list(tgt_dev.dev.dev_tgt_dev_list)
+                       for c in _cmds_of(td.sess, td.lun)]
+    elif fn in (SCST_TARGET_RESET, SCST_NEXUS_LOSS_SESS, SCST_ABORT_ALL_TASKS_SESS):
+        sessions = sess.tgt.sess_list if fn == SCST_TARGET_RESET else [sess]
+        victims = [c for s in list(sessions) for c in _cmds_of(s, None)]
+    elif fn == SCST_CLEAR_ACA:
+        victims = []
+    else:
+        mcmd.status = SCST_MGMT_STATUS_FN_NOT_SUPPORTED
+        victims = []
+    for cmd in victims:
+        _abort_cmd(cmd, mcmd)
+    _mcmd_cmd_freed(mcmd)
+    return mcmd
 
 
 def _state_table() -> list:

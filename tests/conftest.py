@@ -11,11 +11,15 @@ Fixtures:
                  a real `python -m tools.uscstd --debug` on a free loopback
                  port and returns a UscstdServer; every server it started is
                  stopped with SIGTERM at teardown, which then asserts exit
-                 status 0 and a healthy log (no Traceback, BUG:, Oops).
+                 status 0 and a healthy log (no Traceback, BUG:, Oops,
+                 WARNING: (a WARN_ON), Kernel panic).
   uscstd_server  one default server (64 MiB file LUN) for a test that just
                  needs a target.
-Helpers other test files import from here are not needed: the fixture's
-object carries everything (url, host, port, iqn, proc, log).
+The server object carries url, host, port, portal, target_url, iqn,
+proc, log (its stderr file), out (its stdout file), argv, and
+assert_healthy() / stop(sig) / stderr_text(); uscstd.check(srv) is the
+teardown check itself. Test files need not import this module (two
+conftest.py files share the module name in prepend mode).
 """
 from __future__ import annotations
 
@@ -35,8 +39,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IQN = "iqn.2026-11.org.uscst:default"
 READY_TIMEOUT = 20.0        # seconds for "ready at" to appear
 STOP_TIMEOUT = 15.0         # seconds for SIGTERM to end the process
-# A line reporting a kernel-idiom bug or an escaped exception.
-UNHEALTHY_RE = re.compile(r"Traceback|BUG:|Oops")
+# A line reporting a kernel-idiom bug, a WARN_ON, or an escaped exception.
+UNHEALTHY_RE = re.compile(r"Traceback|BUG:|Oops|WARNING:|Kernel panic")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -137,10 +141,30 @@ def start_uscstd(workdir: Path, *extra: str, host: str = "127.0.0.1",
     """Start `python -m tools.uscstd` serving one portal on host:port.
 
     disk="default" puts a file disk.img in workdir; None passes no --disk
-    (so --nullio or --data-dir decide). extra args go last.
+    (so --nullio or --data-dir decide). extra args go last. With port=None
+    a free port is picked, and picked again (3 tries at most) if another
+    process on this shared machine takes it first.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    port = port if port is not None else free_port(host)
+    for attempt in range(3):
+        srv = _spawn_uscstd(workdir, extra, host, port if port is not None else free_port(host),
+                            disk, size, iqn, debug, env)
+        if not wait:
+            return srv
+        try:
+            srv.wait_ready()
+            return srv
+        except RuntimeError:
+            lost_race = (port is None and srv.proc.poll() == 1
+                         and "address already in use" in srv.stderr_text())
+            if not lost_race or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _spawn_uscstd(workdir: Path, extra: tuple[str, ...], host: str, port: int,
+                  disk: Path | str | None, size: str | None, iqn: str | None,
+                  debug: bool, env: dict[str, str] | None) -> UscstdServer:
     portal = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     argv = [sys.executable, "-m", "tools.uscstd", "--portal", portal]
     if disk == "default":
@@ -161,10 +185,7 @@ def start_uscstd(workdir: Path, *extra: str, host: str = "127.0.0.1",
         proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
                                 stdout=fout, stderr=ferr,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-    srv = UscstdServer(proc, host, port, iqn or DEFAULT_IQN, log, out, argv)
-    if wait:
-        srv.wait_ready()
-    return srv
+    return UscstdServer(proc, host, port, iqn or DEFAULT_IQN, log, out, argv)
 
 
 def finish_uscstd(srv: UscstdServer) -> None:

@@ -17,10 +17,19 @@ What it generates (each block sits in docs/architecture.md between the lines
   login-table     iscsi_scst.usr.iscsid.login_transitions.
   login-diagram   a Mermaid state diagram of login_transitions.
 
+With --trace it also records real traces (blocks trace-read-miss,
+trace-read-hit, trace-write): it boots the emulated kernel in this process
+with a vdisk_fileio LUN on a temporary 8 MiB file, listens on a free
+127.0.0.1 port, drives it with the test-suite's independent initiator
+(tests/initiator.py) from a second host thread, and logs which task or
+softirq runs each step. The steps are module functions wrapped in place
+before boot; every wait is bounded. Trace blocks change only with --trace,
+and --check does not look at them (they name threads chosen at run time).
+
 Usage (from the repository root):
-  python tools/gen_docs.py                 print every block
-  python tools/gen_docs.py --write [FILE]  rewrite the blocks in FILE
-  python tools/gen_docs.py --check [FILE]  exit 1 if FILE's blocks are stale
+  python tools/gen_docs.py [--trace]                 print the blocks
+  python tools/gen_docs.py --write [--trace] [FILE]  rewrite them in FILE
+  python tools/gen_docs.py --check [FILE]            exit 1 if FILE is stale
 FILE defaults to docs/architecture.md.
 
 Where the code has no table (which wait state an entry point ends), this
@@ -32,11 +41,16 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
+import os
 import re
+import socket
 import sys
+import tempfile
 import textwrap
+import threading
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -266,6 +280,210 @@ BLOCKS: dict[str, Callable[[], str]] = {
 }
 
 
+# -- real traces -------------------------------------------------------------------
+
+TRACE_IQN = "iqn.2026-11.org.uscst:trace"
+_TRACE_TIMEOUT = 20.0        # seconds for the whole run
+
+
+class _tracer:
+    """Wraps functions in place; logs (task or softirq, nesting, result)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.depth: dict[int, int] = {}
+        self.done = 0                 # scst_tgt_cmd_done calls seen
+
+    def _ctx(self) -> tuple[Any, str]:
+        from kshim import sched
+        t = sched.current()
+        return t, t.comm + (" softirq" if sched.in_serving_softirq() else "")
+
+    def wrap(self, label: str, fn: Callable, show: bool = False,
+             fmt: Callable[[Any], str] | None = None) -> Callable:
+        def traced(*a: Any, **k: Any) -> Any:
+            t, ctx = self._ctx()
+            d = self.depth.get(t.pid, 0)
+            i = len(self.lines)
+            self.lines.append(f"{'  ' * d}{label}  [{ctx}]")
+            self.depth[t.pid] = d + 1
+            try:
+                r = fn(*a, **k)
+            finally:
+                self.depth[t.pid] = d
+            if show:
+                self.lines[i] += f" -> {fmt(r) if fmt else r}"
+            return r
+        return traced
+
+    def patch(self, mod: Any, name: str, show: bool = False,
+              fmt: Callable[[Any], str] | None = None) -> None:
+        setattr(mod, name, self.wrap(name, getattr(mod, name), show, fmt))
+
+
+def _errno_fmt(r: Any) -> str:
+    from kshim.err import errname
+    return f"{r} ({errname(r)})" if isinstance(r, int) and r < 0 else str(r)
+
+
+def _instrument(tr: _tracer) -> None:
+    import iscsi_scst.conn as conn_mod
+    import iscsi_scst.iscsi as iscsi
+    import iscsi_scst.nthread as nthread
+    import kshim.fs as fs
+    import scst_core.targ as targ
+    import vdisk.fileio as fileio
+    from scst_core.scst import SCST_CMD_STATE_NAMES
+    for name in ("iscsi_data_ready", "iscsi_write_space"):
+        tr.patch(conn_mod, name)
+    tr.patch(nthread, "iscsi_rx", True, _errno_fmt)
+    tr.patch(nthread, "iscsi_tx_flush", True, _errno_fmt)
+    tr.patch(nthread, "kernel_sendmsg", True, _errno_fmt)
+    for name in ("iscsi_rx_hdr", "_scsi_cmd_rx_start", "scst_cmd_init_done", "_send_r2ts",
+                 "iscsi_queue_tx", "_scsi_data_done", "_data_out_rx_start", "_data_out_done",
+                 "scst_rx_data", "iscsi_tx_build"):
+        tr.patch(iscsi, name)
+    t = iscsi.iscsi_template
+    t.rdy_to_xfer = tr.wrap("iscsi_rdy_to_xfer", t.rdy_to_xfer)
+    t.xmit_response = tr.wrap("iscsi_xmit_response", t.xmit_response)
+    done = iscsi.scst_tgt_cmd_done
+
+    def tgt_cmd_done(*a: Any) -> Any:
+        r = done(*a)
+        tr.done += 1
+        return r
+    iscsi.scst_tgt_cmd_done = tr.wrap("scst_tgt_cmd_done", tgt_cmd_done)
+    tr.patch(targ, "_queue_to_threads")
+    for name in ("vfs_readv_nowait", "vfs_readv", "vfs_writev"):
+        tr.patch(fileio, name, True, _errno_fmt)
+    tr.patch(fs, "_pool_call", True, _errno_fmt)
+    tr.patch(fs, "_io_complete")
+    dt = fileio.fileio_devtype
+    dt.exec_nowait = tr.wrap("fileio_exec_nowait", dt.exec_nowait, True)
+    dt.exec = tr.wrap("fileio_exec", dt.exec)
+    names = SCST_CMD_STATE_NAMES
+    for value, fn in enumerate(targ._state_fns):
+        if fn is targ._bad_state:
+            continue
+
+        def state_fn(cmd: Any, fn: Callable = fn) -> int:
+            return fn(cmd)
+        label = f"{names[value]}: {fn.__name__}"
+        w = tr.wrap(label, state_fn)
+
+        def shown(cmd: Any, w: Callable = w) -> int:
+            i = len(tr.lines)
+            r = w(cmd)
+            tr.lines[i] += f" -> {names[cmd.state]}, {_result_name(targ, r)}"
+            return r
+        targ._state_fns[value] = shown
+
+
+def _result_name(targ: Any, r: int) -> str:
+    for name in RESULTS:
+        if getattr(targ, name) == r:
+            return name
+    return str(r)
+
+
+def record_traces() -> dict[str, str]:
+    """Run the target and an initiator; return the trace blocks."""
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from initiator import Initiator
+    from kshim import engine
+    from kshim.debug import set_debug
+    tr = _tracer()
+    _instrument(tr)
+    ready = threading.Event()
+    marks: dict[str, tuple[int, int]] = {}
+    failure: list[str] = []
+    tmp = tempfile.TemporaryDirectory(prefix="gen_docs-")
+    path = os.path.join(tmp.name, "disk.img")
+    with open(path, "wb") as f:
+        f.write(os.urandom(8 << 20))
+        f.flush()
+        os.fsync(f.fileno())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def init() -> int:
+        from iscsi_scst.iscsi import iscsi_init, iscsi_template
+        from iscsi_scst.target import iscsi_add_portal, iscsi_target_add
+        from scst_core.main import scst_acg_add_lun, scst_find_device
+        from vdisk.vdisk import vdisk_add_device, vdisk_init
+        if vdisk_init() or iscsi_init() or vdisk_add_device("vdisk_fileio", "disk0",
+                                                            {"filename": path}):
+            return -1
+        tgt = iscsi_target_add(iscsi_template, TRACE_IQN)
+        if isinstance(tgt, int) or scst_acg_add_lun(tgt.scst_tgt.default_acg,
+                                                    scst_find_device("disk0"), 0, False):
+            return -1
+        if isinstance(iscsi_add_portal("127.0.0.1", port), int):
+            return -1
+        ready.set()
+        return 0
+
+    def exit_fn() -> None:
+        from iscsi_scst.iscsi import iscsi_exit
+        from vdisk.vdisk import vdisk_exit
+        iscsi_exit()
+        vdisk_exit()
+
+    def settle(n: int, deadline: float) -> None:
+        # Until the n-th command has been freed (its response is out).
+        while tr.done < n and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    def client() -> None:
+        deadline = time.monotonic() + _TRACE_TIMEOUT
+        try:
+            if not ready.wait(_TRACE_TIMEOUT):
+                failure.append("target did not start")
+                return
+            ini = Initiator(port=port, timeout=_TRACE_TIMEOUT)
+            ini.connect()
+            ini.login(TRACE_IQN, keys={"InitialR2T": "Yes", "ImmediateData": "Yes",
+                                       "FirstBurstLength": "16384", "MaxBurstLength": "32768",
+                                       "MaxOutstandingR2T": "1",
+                                       "MaxRecvDataSegmentLength": "8192"})
+            ini.test_unit_ready().check()
+            settle(1, deadline)
+            fd = os.open(path, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+            read = bytes([0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0])
+            steps = [("trace-read-miss", read, None, 4096),
+                     ("trace-read-hit", read, None, 4096),
+                     ("trace-write", bytes([0x2A, 0, 0, 0, 0, 0x40, 0, 0, 128, 0]),
+                      os.urandom(65536), 0)]
+            for n, (name, cdb, data, rlen) in enumerate(steps, start=2):
+                start = len(tr.lines)
+                ini.scsi(cdb, data_out=data, read_len=rlen).check()
+                settle(n, deadline)
+                marks[name] = (start, len(tr.lines))
+            ini.logout()
+            ini.close()
+        except Exception as e:       # reported below, the target still stops
+            failure.append(f"{type(e).__name__}: {e}")
+        finally:
+            token = engine._token
+            if token is not None:
+                token.run_sync_soon(engine.request_shutdown)
+
+    set_debug(True)
+    th = threading.Thread(target=client, name="gen_docs-initiator", daemon=True)
+    th.start()
+    try:
+        engine.run(init, exit_fn, handle_signals=False)
+    finally:
+        th.join(_TRACE_TIMEOUT)
+        tmp.cleanup()
+    if failure or len(marks) != 3:
+        raise SystemExit(f"gen_docs: trace run failed: {failure or marks}")
+    return {name: "```\n" + "\n".join(tr.lines[a:b]) + "\n```" for name, (a, b) in marks.items()}
+
+
 # -- writing and checking --------------------------------------------------------
 
 def _block_re(name: str) -> re.Pattern[str]:
@@ -273,11 +491,10 @@ def _block_re(name: str) -> re.Pattern[str]:
                       rf"(<!-- gen_docs:end {re.escape(name)} -->)", re.S)
 
 
-def render(text: str) -> str:
-    """text with every generated block it marks brought up to date."""
-    for name, fn in BLOCKS.items():
-        body = fn() + "\n"
-        text = _block_re(name).sub(lambda m: m.group(1) + body + m.group(3), text)
+def render(text: str, blocks: dict[str, str]) -> str:
+    """text with each of `blocks` it marks replaced by the new body."""
+    for name, body in blocks.items():
+        text = _block_re(name).sub(lambda m: m.group(1) + body + "\n" + m.group(3), text)
     return text
 
 
@@ -286,19 +503,26 @@ def main(argv: list[str] | None = None) -> int:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--write", action="store_true", help="rewrite the blocks in FILE")
     g.add_argument("--check", action="store_true", help="exit 1 if FILE's blocks are stale")
+    p.add_argument("--trace", action="store_true",
+                   help="also record the trace blocks (runs the target on loopback)")
     p.add_argument("file", nargs="?", default=str(DEFAULT_DOC))
     args = p.parse_args(argv)
+    if args.check and args.trace:
+        p.error("--check does not take --trace")
+    blocks = {name: fn() for name, fn in BLOCKS.items()}
+    if args.trace:
+        blocks.update(record_traces())
     if not (args.write or args.check):
-        for name, fn in BLOCKS.items():
-            print(f"<!-- gen_docs:begin {name} -->\n{fn()}\n<!-- gen_docs:end {name} -->\n")
+        for name, body in blocks.items():
+            print(f"<!-- gen_docs:begin {name} -->\n{body}\n<!-- gen_docs:end {name} -->\n")
         return 0
     path = Path(args.file)
     text = path.read_text()
-    missing = [n for n in BLOCKS if not _block_re(n).search(text)]
+    missing = [n for n in blocks if not _block_re(n).search(text)]
     if missing:
         print(f"gen_docs: {path} has no block(s) {', '.join(missing)}", file=sys.stderr)
         return 1
-    new = render(text)
+    new = render(text, blocks)
     if args.check:
         if new != text:
             print(f"gen_docs: {path} is stale: run python tools/gen_docs.py --write",

@@ -95,6 +95,7 @@ class Stmt:
 
 
 _SPECIAL = set('{}#"\'')
+_TOP_LEVEL = frozenset(("HANDLER", "TARGET_DRIVER", "DEVICE_GROUP"))
 
 
 def _tokenize(text: str, fn: str) -> list[tuple[str, Any]]:
@@ -147,8 +148,9 @@ def parse_statements(text: str, filename: str = "<config>") -> list[Stmt]:
     toks = _tokenize(text, filename)
     pos = 0
 
-    def block(opener: Word | None, owner: str) -> list[Stmt]:
+    def block(opener: Word | None, owner: str, owner_at: tuple[int, int] = (0, 0)) -> list[Stmt]:
         nonlocal pos
+        owner_name = owner.removesuffix(" block")
         out: list[Stmt] = []
         while True:
             kind, w = toks[pos]
@@ -169,6 +171,10 @@ def parse_statements(text: str, filename: str = "<config>") -> list[Stmt]:
             if kind == "{":
                 raise ConfigError(filename, w.line, w.col,
                                   "expected a keyword or attribute name before '{'")
+            if opener is not None and w.text in _TOP_LEVEL:
+                raise ConfigError(filename, w.line, w.col,
+                                  f"{w.text} inside {owner_name} (opened at line {owner_at[0]}, "
+                                  f"column {owner_at[1]}): expected '}}' to close it first")
             words: list[Word] = []
             while toks[pos][0] == "word":
                 words.append(toks[pos][1])
@@ -176,7 +182,8 @@ def parse_statements(text: str, filename: str = "<config>") -> list[Stmt]:
             kind, w = toks[pos]
             if kind == "{":
                 pos += 1
-                body = block(w, " ".join(x.text for x in words[:2]) + " block")
+                body = block(w, " ".join(x.text for x in words[:2]) + " block",
+                             (words[0].line, words[0].col) if words else (w.line, w.col))
                 out.append(Stmt(words, body))
                 kind, w = toks[pos]
                 if kind not in ("nl", "eof", "}"):

@@ -18,6 +18,7 @@ import argparse
 import os
 import re
 import sys
+from typing import NoReturn
 
 DEFAULT_IQN = "iqn.2026-11.org.uscst:default"
 DEFAULT_PORTAL = "127.0.0.1:3260"
@@ -28,6 +29,13 @@ _IQN_RE = re.compile(r"^(iqn\.\d{4}-\d{2}\.[^\s]+|eui\.[0-9A-Fa-f]{16}|naa\.[0-9
 
 class UsageError(Exception):
     pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors ("uscstd: ...", exit 2)."""
+
+    def error(self, message: str) -> "NoReturn":
+        raise UsageError(f"{message} (see uscstd --help)")
 
 
 def default_data_dir() -> str:
@@ -59,7 +67,7 @@ def parse_portal(text: str) -> tuple[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="uscstd",
         description="uscst iSCSI target daemon: SCST re-created in Python on a kernel-API "
                     "emulation layer.",

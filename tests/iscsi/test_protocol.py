@@ -20,8 +20,6 @@ import os
 import struct
 from pathlib import Path
 
-import pytest
-
 from initiator import (
     DATAIN_FLAG_STATUS,
     OP_DATA_IN,
