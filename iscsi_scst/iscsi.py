@@ -475,8 +475,8 @@ def iscsi_on_free_cmd(scmd: scst_cmd) -> None:
             from kshim.wait import wake_up
             wake_up(conn.cmds_waitQ)
     cmnd.scst_cmd = None
-    kmem_cache_free(iscsi_cmnd_cache, cmnd)
     _reset_cmnd(cmnd)
+    kmem_cache_free(iscsi_cmnd_cache, cmnd)
 
 
 def _reset_cmnd(cmnd: iscsi_cmnd) -> None:

@@ -234,3 +234,5 @@ scst_sense_invalid_field_in_iu = (ILLEGAL_REQUEST, 0x0E, 0x03)
 # Data-Out sequence errors (SPC-4: DATA PHASE ERROR, DATA OFFSET ERROR).
 scst_sense_data_phase_error = (ABORTED_COMMAND, 0x4B, 0x00)
 scst_sense_data_offset_error = (ABORTED_COMMAND, 0x4B, 0x05)
+# LOGICAL UNIT RESET occurred (SPC-4: BUS DEVICE RESET FUNCTION OCCURRED).
+scst_sense_lun_reset_UA = (UNIT_ATTENTION, 0x29, 0x03)

@@ -20,7 +20,8 @@ Differs from SCST: no per-session/per-CPU thread pools, only the
 per-device pool; a dev handler may offer exec_nowait(), a non-sleeping
 attempt (a page-cache hit) run in the submitting context before the command
 is handed to the device's threads, as io_uring tries IOCB_NOWAIT first; task attributes are all handled as SIMPLE (no ORDERED
-serialisation yet); no unit attentions or reservations yet.
+serialisation yet); no reservations yet. Unit attentions live in
+scst_core.ua and are reported here, in scst_cmd_init_done.
 """
 from __future__ import annotations
 
@@ -41,10 +42,12 @@ from scst_core.const import (INQUIRY, REPORT_LUNS, REQUEST_SENSE, SCST_ABORT_ALL
                              SCST_NEXUS_LOSS_SESS, SCST_TARGET_RESET, SAM_STAT_GOOD, scst_sense_hardw_error,
                              scst_sense_invalid_field_in_cdb, scst_sense_invalid_opcode,
                              scst_sense_invalid_field_in_iu, scst_sense_lun_not_supported,
-                             scst_sense_data_protect)
+                             scst_sense_data_protect, scst_sense_lun_reset_UA,
+                             scst_sense_reset_UA)
 from scst_core.lib import scst_set_cmd_error, scst_unpack_lun
 from scst_core.local_cmd import scst_local_exec
 from scst_core.mem import scst_alloc_space, scst_release_space
+from scst_core.ua import scst_check_ua, scst_queue_ua
 from scst_core.scst import (SCST_CMD_STATE_DEFAULT, SCST_CMD_STATE_DEV_DONE,
                             SCST_CMD_STATE_FINISHED, SCST_CMD_STATE_INIT,
                             SCST_CMD_STATE_PARSE, SCST_CMD_STATE_PRE_XMIT_RESP,
@@ -127,6 +130,8 @@ def scst_cmd_init_done(cmd: scst_cmd, pref_context: int) -> None:
     if tgt_dev is not None:
         cmd.tgt_dev = tgt_dev
         cmd.dev = tgt_dev.dev
+        if tgt_dev.UA_list and scst_check_ua(cmd):
+            cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
     elif cmd.cdb[0] not in _LUNLESS_OPS:
         scst_set_cmd_error(cmd, scst_sense_lun_not_supported)
         cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
@@ -394,6 +399,14 @@ def scst_rx_mgmt_fn(sess: scst_session, fn: int, lun: bytes | None, tag: int,
         victims = []
     for cmd in victims:
         _abort_cmd(cmd, mcmd)
+    if mcmd.status == 0 and fn in (SCST_LUN_RESET, SCST_TARGET_RESET):
+        # The other I_T nexuses learn of the reset (SAM-5 6.3, 7.10).
+        tgt_devs = (tgt_dev.dev.dev_tgt_dev_list if fn == SCST_LUN_RESET else
+                    [td for s in sess.tgt.sess_list for td in s.sess_tgt_dev_list.values()])
+        for td in list(tgt_devs):
+            if td.sess is not sess:
+                scst_queue_ua(td, scst_sense_lun_reset_UA if fn == SCST_LUN_RESET
+                              else scst_sense_reset_UA)
     _mcmd_cmd_freed(mcmd)
     return mcmd
 
