@@ -22,7 +22,7 @@ format_entries() turns one into text only when a report needs it.
 """
 from __future__ import annotations
 
-import sys
+import inspect
 import traceback
 from types import FrameType
 
@@ -54,14 +54,23 @@ _once: set = set()
 stack_entries = tuple
 
 
+def getframe(depth: int = 0) -> FrameType | None:
+    """The frame `depth` levels above the caller (0: the caller's own), as
+    sys._getframe(depth) would give the caller. Frame introspection for the
+    debugging aids, through inspect (kshim modules keep off sys)."""
+    f = inspect.currentframe()
+    f = f.f_back if f is not None else None
+    while depth > 0 and f is not None:
+        f = f.f_back
+        depth -= 1
+    return f
+
+
 def stack_capture(skip: int = 1, limit: int = 12) -> tuple:
     """Snapshot of the caller's stack, `skip` frames above this call's
     caller, innermost first, at most `limit` frames. Costs about a
     microsecond; format it with format_entries() only when reporting."""
-    try:
-        f: FrameType | None = sys._getframe(skip + 1)
-    except ValueError:
-        return ()
+    f = getframe(skip + 1)
     out = []
     while f is not None and len(out) < limit:
         co = f.f_code
@@ -78,9 +87,8 @@ def format_entries(entries: tuple, indent: str = "  ") -> str:
 
 def caller_site(skip: int = 1) -> str:
     """'file:line (function)' of the caller's caller (skip=1)."""
-    try:
-        f = sys._getframe(skip + 1)
-    except ValueError:
+    f = getframe(skip + 1)
+    if f is None:
         return "?"
     return f"{f.f_code.co_filename}:{f.f_lineno} ({f.f_code.co_name})"
 
@@ -88,7 +96,7 @@ def caller_site(skip: int = 1) -> str:
 def caller_outside(*files: str) -> str:
     """'file:line (function)' of the first caller whose file is not one of
     `files` (and not this one): the user of a helper module."""
-    f: FrameType | None = sys._getframe(1)
+    f = getframe(1)
     skip = set(files) | {__file__}
     while f is not None and f.f_code.co_filename in skip:
         f = f.f_back
@@ -177,7 +185,7 @@ def WARN(cond: object, msg: str) -> bool:
 def WARN_ON_ONCE(cond: object, msg: str = "") -> bool:
     """WARN_ON, at most once per call site."""
     if cond:
-        f = sys._getframe(1)
+        f = getframe(1)
         key = (f.f_code, f.f_lineno)
         if key not in _once:
             _once.add(key)
@@ -187,7 +195,7 @@ def WARN_ON_ONCE(cond: object, msg: str = "") -> bool:
 
 def WARN_ONCE(cond: object, msg: str) -> bool:
     if cond:
-        f = sys._getframe(1)
+        f = getframe(1)
         key = (f.f_code, f.f_lineno)
         if key not in _once:
             _once.add(key)

@@ -1,8 +1,8 @@
 """Object lifetime checks: freeing or re-initialising an object still in use.
 
 Twin of lib/debugobjects.c and include/linux/debugobjects.h
-(CONFIG_DEBUG_OBJECTS_TIMERS, _WORK, and the completion and lock checks of
-debug_check_no_locks_freed).
+(CONFIG_DEBUG_OBJECTS_TIMERS, _WORK, _COMPLETION) and of lockdep's
+debug_check_no_locks_freed ("held lock freed").
 
 Contexts: any; called by kshim.slab when an object is freed and by the init
 calls of timers, work items and completions.

@@ -44,14 +44,13 @@ held across schedule().
 """
 from __future__ import annotations
 
-import sys
 from collections import deque
 from typing import Any
 
 import attrs
 
 from kshim import host, sched
-from kshim.bug import caller_site, format_entries, report_bug, stack_capture
+from kshim.bug import caller_site, format_entries, getframe, report_bug, stack_capture
 
 debug_locks = True       # flipped by kshim.debug
 
@@ -94,7 +93,7 @@ def register_lock_file(path: str) -> None:
 
 def lock_site() -> str:
     """'file:line (function)' of the first caller outside the lock modules."""
-    f = sys._getframe(1)
+    f = getframe(1)
     files = _lock_files
     while f is not None and f.f_code.co_filename in files:
         f = f.f_back

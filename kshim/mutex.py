@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from kshim import host, lockdep, sched
+from kshim import debugobjects, host, lockdep, sched
 from kshim.bug import KernelBug, report_bug
 from kshim.err import EINTR, ETIME
 from kshim.lockdep import lock_acquire, lock_acquired, lock_contended, lock_release, lock_site
@@ -459,3 +459,16 @@ def downgrade_write(sem: rw_semaphore) -> None:
 
 def rwsem_is_locked(sem: rw_semaphore) -> bool:
     return sem.writer is not None or sem.readers > 0
+
+
+def _held_hint(lock: object) -> str | None:
+    owner = getattr(lock, "owner", None) or getattr(lock, "writer", None)
+    if owner is not None:
+        return f"{lock.name} held by {owner.comm}"
+    if getattr(lock, "readers", 0):
+        return f"{lock.name} read-held"
+    return None
+
+
+debugobjects.debug_object_register(mutex, "mutex", _held_hint)
+debugobjects.debug_object_register(rw_semaphore, "rw_semaphore", _held_hint)

@@ -17,7 +17,6 @@ optionally a `driver` with a `name`) or a plain string as the device.
 """
 from __future__ import annotations
 
-import sys
 from collections import deque
 from typing import Any
 
@@ -124,7 +123,8 @@ pr_devel = pr_debug
 
 
 def _site(depth: int = 2) -> tuple:
-    f = sys._getframe(depth)
+    from kshim.bug import getframe     # bug imports printk: no cycle at load
+    f = getframe(depth)
     return (f.f_code, f.f_lineno)
 
 

@@ -20,7 +20,7 @@ kfree_rcu(buf) frees a kmalloc buffer after a grace period.
 Debug aids: synchronize_rcu() inside a read-side section and an unbalanced
 rcu_read_unlock() are reported; sleeping inside a read-side section is
 "sleeping function called from invalid context". statistics() counts
-callbacks queued and run.
+callbacks queued and run since boot.
 """
 from __future__ import annotations
 
@@ -197,6 +197,8 @@ def _boot() -> None:
     global _raised
     _cbs.clear()
     _raised = False
+    for k in _stats:
+        _stats[k] = 0
 
 
 sched.boot_hooks.append(_boot)

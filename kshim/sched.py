@@ -561,9 +561,6 @@ def run_queue() -> None:
     c = cpu
     if c.curr is not idle_task:
         raise KernelBug("run_queue() called from a task")
-    if debug_sched or sched_clock_stats:
-        _run_queue_debug()
-        return
     rq = _runqueue
     pend = softirq_pending
     while rq:
@@ -572,41 +569,33 @@ def run_queue() -> None:
         if t.state != TASK_RUNNING:
             continue
         c.curr = t
-        t.gr.switch()
-        c.curr = idle_task
-        if pend:
-            softirq_hook()
-
-
-def _run_queue_debug() -> None:
-    c = cpu
-    rq = _runqueue
-    pend = softirq_pending
-    mono = host.monotonic_ns
-    clock = host.thread_time_ns if sched_clock_stats else None
-    while rq:
-        t = rq.popleft()
-        t.on_rq = False
-        if t.state != TASK_RUNNING:
-            continue
-        c.curr = t
-        t0 = c.run_start = mono()
-        if clock is not None:
-            ct0 = clock()
-            t.gr.switch()
-            t.cpu_ns += clock() - ct0
+        if debug_sched or sched_clock_stats:     # tested per switch: switchable at run time
+            _run_task_debug(c, t)
         else:
             t.gr.switch()
-        t1 = mono()
         c.curr = idle_task
-        t.run_ns += t1 - t0
-        ran = t1 - c.run_start
-        if ran > softlockup_thresh_ns and debug_sched:
-            report_bug(f"soft lockup - CPU#0 stuck for {ran / 1e9:.1f}s! [{t.comm}:{t.pid}]",
-                       task=t.comm, pid=t.pid, ran_ms=ran // 1_000_000,
-                       stopped_at=frame_stack(t.gr.gr_frame if t.gr else None))
         if pend:
             softirq_hook()
+
+
+def _run_task_debug(c: cpu_state, t: task_struct) -> None:
+    """Switch to t, timing the run: run time, CPU time, soft-lockup check."""
+    mono = host.monotonic_ns
+    t0 = c.run_start = mono()
+    if sched_clock_stats:
+        clock = host.thread_time_ns
+        ct0 = clock()
+        t.gr.switch()
+        t.cpu_ns += clock() - ct0
+    else:
+        t.gr.switch()
+    t1 = mono()
+    t.run_ns += t1 - t0
+    ran = t1 - c.run_start
+    if ran > softlockup_thresh_ns and debug_sched:
+        report_bug(f"soft lockup - CPU#0 stuck for {ran / 1e9:.1f}s! [{t.comm}:{t.pid}]",
+                   task=t.comm, pid=t.pid, ran_ms=ran // 1_000_000,
+                   stopped_at=frame_stack(t.gr.gr_frame if t.gr else None))
 
 
 # -- statistics -----------------------------------------------------------------

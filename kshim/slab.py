@@ -325,12 +325,11 @@ def _debug_free(c: kmem_cache, obj: Any) -> bool:
                        f"{owner.name}", cache=c.name, belongs_to=owner.name,
                        object=type(obj).__name__, at=caller_site(2))
             return False
-        if c.untracked > 0:
-            c.untracked -= 1             # allocated before debugging was switched on
-            return True
-        report_bug("kmem_cache_free: object not allocated from this cache (double free?)",
-                   cache=c.name, object=type(obj).__name__, at=caller_site(2))
-        return False
+        if c.untracked <= 0:
+            report_bug("kmem_cache_free: object not allocated from this cache",
+                       cache=c.name, object=type(obj).__name__, at=caller_site(2))
+            return False
+        c.untracked -= 1                 # allocated before debugging was switched on
     if debugobjects.debug_objects:
         debugobjects.debug_check_no_obj_freed(obj, f"kmem_cache_free({c.name})")
     _poison(c, obj, stack_capture(2, _ALLOC_STACK_DEPTH))
@@ -493,7 +492,7 @@ def _kfree_debug(buf: bytearray) -> bool:
         if _kmalloc_untracked[0] > 0:
             _kmalloc_untracked[0] -= 1
             return True
-        report_bug("kfree of a buffer not from kmalloc (double free or invalid pointer)",
+        report_bug("kfree of a buffer not from kmalloc (invalid pointer)",
                    size=len(buf), at=caller_site(2))
         return False
     _, size, stack = ent

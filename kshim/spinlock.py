@@ -26,7 +26,7 @@ creating file:line as its lockdep class.
 """
 from __future__ import annotations
 
-from kshim import lockdep, sched
+from kshim import debugobjects, lockdep, sched
 from kshim.bug import KernelBug, caller_site, report_bug
 from kshim.lockdep import lock_acquire, lock_release, lock_site
 from kshim.softirq import _pending, do_softirq
@@ -456,3 +456,10 @@ def _bh_underflow() -> None:
     _cpu.bh_disable_count = 0
     report_bug("local_bh_enable() without local_bh_disable() (unlock_bh of a lock taken "
                "without _bh?)", task=_cpu.curr.comm, at=lock_site())
+
+
+def _held_hint(lock: spinlock_t) -> str | None:
+    return f"{lock.name} held by {lock.owner.comm}" if lock.owner is not None else None
+
+
+debugobjects.debug_object_register(spinlock_t, "spinlock_t", _held_hint)

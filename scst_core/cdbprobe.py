@@ -251,6 +251,15 @@ scst_scsi_op_table: tuple[scst_sdbops, ...] = (
     _op(0x3C, "READ BUFFER", _R, SCST_SMALL_TIMEOUT, _len, ln=(6, 3)),
     _op(0x41, "WRITE SAME(10)", _W, _BLOCK_WRITE, get_cdb_info_write_same, lba=(2, 4), ln=(7, 2)),
     _op(0x42, "UNMAP", _W, SCST_WRITE_MEDIUM, _len, ln=(7, 2)),
+    # MMC-6 commands (vdisk_cdrom answers them; disks reject them in exec)
+    _op(0x43, "READ TOC/PMA/ATIP", _R, SCST_SMALL_TIMEOUT | SCST_WRITE_EXCL_ALLOWED, _len,
+        ln=(7, 2)),
+    _op(0x46, "GET CONFIGURATION", _R, SCST_SMALL_TIMEOUT | SCST_IMPLICIT_HQ | _ALL_ALLOWED, _len,
+        ln=(7, 2)),
+    _op(0x4A, "GET EVENT STATUS NOTIFICATION", _R, SCST_SMALL_TIMEOUT | SCST_IMPLICIT_HQ
+        | _ALL_ALLOWED, _len, ln=(7, 2)),
+    _op(0x51, "READ DISC INFORMATION", _R, SCST_SMALL_TIMEOUT | SCST_WRITE_EXCL_ALLOWED, _len,
+        ln=(7, 2)),
     _op(0x48, "SANITIZE", _W, SCST_LONG_TIMEOUT | SCST_WRITE_MEDIUM | SCST_STRICTLY_SERIALIZED,
         _len, ln=(7, 2)),
     _op(0x4C, "LOG SELECT", _W, SCST_STRICTLY_SERIALIZED, _len, ln=(7, 2)),
@@ -279,6 +288,7 @@ scst_scsi_op_table: tuple[scst_sdbops, ...] = (
     _op(0x91, "SYNCHRONIZE CACHE(16)", _N, SCST_INFO_VALID, get_cdb_info_lba_len_none,
         lba=(2, 8), ln=(10, 4)),
     _op(0x93, "WRITE SAME(16)", _W, _BLOCK_WRITE, get_cdb_info_write_same, lba=(2, 8), ln=(10, 4)),
+    _op(0x9C, "WRITE ATOMIC(16)", _W, _BLOCK_WRITE, _blk, lba=(2, 8), ln=(12, 2)),
     _op(0x9E, "READ CAPACITY(16)", _R, SCST_IMPLICIT_HQ | _ALL_ALLOWED, _len, sa=0x10, ln=(10, 4)),
     _op(0x9E, "GET LBA STATUS", _R, SCST_WRITE_EXCL_ALLOWED, get_cdb_info_lba_alloc_len, sa=0x12, lba=(2, 8), ln=(10, 4)),
     # 12-byte CDBs

@@ -236,3 +236,11 @@ scst_sense_data_phase_error = (ABORTED_COMMAND, 0x4B, 0x00)
 scst_sense_data_offset_error = (ABORTED_COMMAND, 0x4B, 0x05)
 # LOGICAL UNIT RESET occurred (SPC-4: BUS DEVICE RESET FUNCTION OCCURRED).
 scst_sense_lun_reset_UA = (UNIT_ATTENTION, 0x29, 0x03)
+
+# -- appended for vdisk (issue 5: conformance) -------------------------------
+VPD_EXTENDED_INQUIRY = 0x86
+WRITE_ATOMIC_16 = 0x9C
+scst_sense_medium_changed_UA = (UNIT_ATTENTION, 0x28, 0x00)
+scst_sense_not_ready_to_ready_UA = scst_sense_medium_changed_UA
+scst_sense_incompatible_medium = (MEDIUM_ERROR, 0x30, 0x00)
+scst_sense_invalid_release_of_pr = (ILLEGAL_REQUEST, 0x26, 0x04)

@@ -35,7 +35,7 @@ from kshim.slab import kmem_cache_alloc, kmem_cache_create, kmem_cache_free
 from kshim.spinlock import spin_lock_bh, spin_unlock_bh
 from kshim.wait import wait_event_interruptible_exclusive, wake_up
 from scst_core import cdbprobe
-from scst_core.const import (INQUIRY, REPORT_LUNS, REQUEST_SENSE, SCST_ABORT_ALL_TASKS_SESS,
+from scst_core.const import (SAM_STAT_RESERVATION_CONFLICT, INQUIRY, REPORT_LUNS, REQUEST_SENSE, SCST_ABORT_ALL_TASKS_SESS,
                              SCST_ABORT_TASK, SCST_ABORT_TASK_SET, SCST_CLEAR_ACA,
                              SCST_CLEAR_TASK_SET, SCST_LUN_RESET, SCST_MGMT_STATUS_FN_NOT_SUPPORTED,
                              SCST_MGMT_STATUS_LUN_NOT_EXIST, SCST_MGMT_STATUS_TASK_NOT_EXIST,
@@ -44,9 +44,10 @@ from scst_core.const import (INQUIRY, REPORT_LUNS, REQUEST_SENSE, SCST_ABORT_ALL
                              scst_sense_invalid_field_in_iu, scst_sense_lun_not_supported,
                              scst_sense_data_protect, scst_sense_lun_reset_UA,
                              scst_sense_reset_UA)
-from scst_core.lib import scst_set_cmd_error, scst_unpack_lun
+from scst_core.lib import scst_set_cmd_error, scst_set_cmd_error_status, scst_unpack_lun
 from scst_core.local_cmd import scst_local_exec
 from scst_core.mem import scst_alloc_space, scst_release_space
+from scst_core.pres import scst_pr_dev_reset, scst_pr_is_cmd_allowed
 from scst_core.ua import scst_check_ua, scst_queue_ua
 from scst_core.scst import (SCST_CMD_STATE_DEFAULT, SCST_CMD_STATE_DEV_DONE,
                             SCST_CMD_STATE_FINISHED, SCST_CMD_STATE_INIT,
@@ -221,6 +222,8 @@ def _parse(cmd: scst_cmd) -> int:
         parse = cmd.dev.handler.parse
         if parse is not None:
             parse(cmd)
+        if not cmd.status and not scst_pr_is_cmd_allowed(cmd):
+            scst_set_cmd_error_status(cmd, SAM_STAT_RESERVATION_CONFLICT)
     if cmd.status:
         cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
         return _RES_CONT_NEXT
@@ -407,6 +410,8 @@ def scst_rx_mgmt_fn(sess: scst_session, fn: int, lun: bytes | None, tag: int,
             if td.sess is not sess:
                 scst_queue_ua(td, scst_sense_lun_reset_UA if fn == SCST_LUN_RESET
                               else scst_sense_reset_UA)
+        for dev in {td.dev for td in tgt_devs}:
+            scst_pr_dev_reset(dev)      # releases RESERVE(6), clears PREVENT
     _mcmd_cmd_freed(mcmd)
     return mcmd
 

@@ -137,7 +137,11 @@ def resolve(args: argparse.Namespace) -> dict:
         if not os.path.exists(disk) and not os.path.isdir(parent):
             raise UsageError(f"directory of --disk {disk} does not exist")
     from kshim.engine_ctl import default_control_path
+    # Persistent reservations with APTPL live beside the data.
+    state_dir = (args.data_dir or (os.path.dirname(disk) if disk else None)
+                 or default_data_dir())
     return dict(iqn=args.iqn, size=size, portals=portals, disk=disk, nullio=args.nullio,
+                pr_dir=os.path.join(os.path.abspath(state_dir), "pr"),
                 blocksize=args.blocksize, log_level=args.log_level, debug=args.debug,
                 config=config, config_text=config_text, fuse=args.fuse,
                 control=os.path.abspath(args.control) if args.control else default_control_path())
@@ -457,6 +461,7 @@ def _url(host: str, port: int, iqn: str) -> str:
 
 
 def serve(cfg: dict) -> int:
+    import scst_core.pres as scst_pr
     from kshim import engine, engine_ctl, printk
     from kshim.debug import set_debug
     from kshim.err import EINVAL, errname
@@ -511,6 +516,13 @@ def serve(cfg: dict) -> int:
                 failure.append(f"cannot listen on {host}:{port}: {why}")
                 return p
         return 0
+
+    try:
+        os.makedirs(cfg["pr_dir"], mode=0o700, exist_ok=True)
+        scst_pr.scst_pr_dir = cfg["pr_dir"]
+    except OSError as e:
+        print(f"uscstd: persistent reservations will not survive a restart: cannot create "
+              f"{cfg['pr_dir']}: {e.strerror}", file=sys.stderr)
 
     def init() -> int:
         ret = vdisk_init()

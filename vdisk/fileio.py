@@ -27,8 +27,8 @@ from scst_core.const import (scst_sense_read_error, scst_sense_space_allocation_
                              scst_sense_write_error)
 from scst_core.lib import scst_cmd_iov, scst_set_cmd_error, scst_set_resp_data_len
 from scst_core.scst import scst_cmd, scst_device
-from vdisk.vdisk import (scst_vdisk_dev, vdisk_attach_common, vdisk_cmd_done, vdisk_do_exec,
-                         vdisk_io_ops, vdisk_make_devtype)
+from vdisk.vdisk import (scst_vdisk_dev, vdisk_attach_common, vdisk_cmd_done,
+                         vdisk_detach_common, vdisk_do_exec, vdisk_io_ops, vdisk_make_devtype)
 
 
 def _zero_tail(iov: list, skip: int) -> None:
@@ -88,10 +88,34 @@ def fileio_sync(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length: int) 
     return ret
 
 
+def fileio_write_buf(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int,
+                     buf: "bytes | memoryview") -> int:
+    n = vfs_writev(virt_dev.file, [memoryview(buf)], pos)
+    if n != len(buf):
+        pr_err(f"vdisk_fileio: {virt_dev.name}: write of {len(buf)} bytes at {pos} failed: {n}")
+        if n == -ENOSPC and virt_dev.thin_provisioned:
+            scst_set_cmd_error(cmd, scst_sense_space_allocation_failed)
+        else:
+            scst_set_cmd_error(cmd, scst_sense_write_error)
+        return n if n < 0 else -ENOSPC
+    return 0
+
+
+_ZEROS = bytes(1 << 20)
+
+
 def fileio_unmap(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length: int) -> int:
     ret = vfs_fallocate(virt_dev.file, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, pos, length)
     if ret == -EOPNOTSUPP:
-        return 0                        # UNMAP is a hint; the data stays readable
+        # LBPRZ promises zeros: write them (bounded: length / 1 MiB writes).
+        done = 0
+        while done < length:
+            n = min(len(_ZEROS), length - done)
+            ret = fileio_write_buf(virt_dev, cmd, pos + done, memoryview(_ZEROS)[:n])
+            if ret != 0:
+                return ret
+            done += n
+        return 0
     if ret < 0:
         pr_err(f"vdisk_fileio: {virt_dev.name}: punching {length} bytes at {pos} failed: {ret}")
         scst_set_cmd_error(cmd, scst_sense_write_error)
@@ -117,7 +141,8 @@ def fileio_lba_status(virt_dev: scst_vdisk_dev, lba: int) -> tuple[bool, int]:
 
 
 fileio_io_ops = vdisk_io_ops(read=fileio_read, write=fileio_write, read_into=fileio_read_into,
-                             sync=fileio_sync, unmap=fileio_unmap, lba_status=fileio_lba_status)
+                             sync=fileio_sync, unmap=fileio_unmap, lba_status=fileio_lba_status,
+                             write_buf=fileio_write_buf)
 
 
 def fileio_attach(dev: scst_device) -> int:
@@ -149,6 +174,11 @@ def fileio_attach(dev: scst_device) -> int:
     if want_size > 0 and want_size != size:
         pr_info(f"vdisk_fileio: {virt_dev.name}: {virt_dev.filename} has {size} bytes; "
                 f"using that, not the requested {want_size}")
+    if not virt_dev.thin_provisioned_set and not virt_dev.rd_only:
+        # As SCST does: thin provisioning when the file can punch holes
+        # (a punch past the end of the file changes nothing).
+        virt_dev.thin_provisioned = vfs_fallocate(
+            f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, max(size, 0), 4096) == 0
     virt_dev.file = f
     virt_dev.dsync_open = bool(flags & O_DSYNC)
     virt_dev.file_size = size
@@ -159,6 +189,7 @@ def fileio_attach(dev: scst_device) -> int:
 
 def fileio_detach(dev: scst_device) -> None:
     virt_dev: scst_vdisk_dev = dev.dh_priv
+    vdisk_detach_common(dev, virt_dev)
     f = virt_dev.file
     if isinstance(f, file):
         filp_close(f)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from scst_core.lib import scst_cmd_iov
 from scst_core.scst import scst_cmd, scst_device
-from vdisk.vdisk import (scst_vdisk_dev, vdisk_attach_common, vdisk_do_exec, vdisk_io_ops,
-                         vdisk_make_devtype)
+from vdisk.vdisk import (scst_vdisk_dev, vdisk_attach_common, vdisk_detach_common,
+                         vdisk_do_exec, vdisk_io_ops, vdisk_make_devtype)
 
 _ZEROS = bytes(1 << 20)
 
@@ -45,12 +45,16 @@ def nullio_sync(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length: int) 
     return 0
 
 
+def nullio_write_buf(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, buf: object) -> int:
+    return 0
+
+
 def nullio_unmap(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length: int) -> int:
     return 0
 
 
 nullio_io_ops = vdisk_io_ops(read=nullio_read, write=nullio_write, read_into=nullio_read_into,
-                             sync=nullio_sync, unmap=nullio_unmap)
+                             sync=nullio_sync, unmap=nullio_unmap, write_buf=nullio_write_buf)
 
 
 def nullio_attach(dev: scst_device) -> int:
@@ -62,6 +66,7 @@ def nullio_attach(dev: scst_device) -> int:
 
 
 def nullio_detach(dev: scst_device) -> None:
+    vdisk_detach_common(dev, dev.dh_priv)
     dev.dh_priv.dev = None
 
 

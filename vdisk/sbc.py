@@ -22,8 +22,7 @@ device mutex, to keep the data path lock-free).
 from __future__ import annotations
 
 from kshim.mutex import mutex_lock, mutex_unlock
-from scst_core.const import (SAM_STAT_CONDITION_MET, scst_sense_block_out_range_error,
-                             scst_sense_invalid_opcode, scst_sense_miscompare_error,
+from scst_core.const import (SAM_STAT_CONDITION_MET, scst_sense_block_out_range_error, scst_sense_miscompare_error,
                              scst_sense_parameter_list_length_invalid)
 from scst_core.lib import (scst_get_buf_full, scst_set_cmd_error, scst_set_invalid_field_in_cdb,
                            scst_set_invalid_field_in_parm_list)
@@ -36,10 +35,9 @@ from vdisk.vdisk import (VDISK_MAX_CAW_BLOCKS, VDISK_MAX_WRITE_SAME_BYTES, scst_
 #   block, COMPARE AND WRITE two halves) write through io_ops.write_buf in
 #   chunks of at most _CHUNK bytes, so memory stays bounded whatever the
 #   range.
-# - A WRITE SAME with UNMAP=1 whose block is all zeros (or NDOB=1)
-#   deallocates the range: holes read back as zeros, which LBPRZ=1 promises.
-#   With UNMAP=1 and non-zero data the data is written (SBC-3 5.42: the
-#   device may write instead of unmapping).
+# - A WRITE SAME with UNMAP=1 deallocates the range whatever its data
+#   block holds (as SCST does, and as libiscsi's UnmapUntilEnd expects):
+#   holes read back as zeros, which LBPRZ=1 promises.
 
 _CHUNK = 1 << 20
 
@@ -107,7 +105,9 @@ def vdisk_exec_write_same(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
     pos = lba << shift
     length = nblocks << shift
     ops = virt_dev.io_ops
-    if unmap and not any(block):
+    if unmap:
+        # Deallocate whatever the data (SCST does the same); LBPRZ=1, so
+        # the range reads back as zeros.
         ops.unmap(virt_dev, cmd, pos, length)
         return
     if _write_pattern(cmd, virt_dev, pos, length, block) != 0:
@@ -296,6 +296,13 @@ def vdisk_exec_sanitize(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
     cdb = cmd.cdb
     sa = cdb[1] & 0x1F
     plen = int.from_bytes(cdb[7:9], "big")
+    if cdb[1] & 0x40:                   # reserved
+        scst_set_invalid_field_in_cdb(cmd, 1, 6)
+        return
+    for i in range(2, 7):               # reserved bytes
+        if cdb[i]:
+            scst_set_invalid_field_in_cdb(cmd, i)
+            return
     if sa == SANITIZE_OVERWRITE:
         if plen < 5 or plen > virt_dev.block_size + 4:
             scst_set_invalid_field_in_cdb(cmd, 7)
@@ -347,5 +354,3 @@ def vdisk_sbc_exec_table() -> dict:
         0xB7: vdisk_exec_read_defect_data,
     }
 
-
-_unused = scst_sense_invalid_opcode

@@ -32,6 +32,7 @@ from typing import Callable
 import attrs
 
 from kshim.err import EEXIST, EINVAL, ENODEV, ENOENT, IS_ERR
+from kshim.mutex import mutex
 from kshim.printk import pr_err, pr_info
 from kshim.scatterlist import sg_copy_from_buffer
 from scst_core.const import (ASSOCIATION_LU, CODE_SET_ASCII, CODE_SET_BINARY, CODE_SET_UTF8,
@@ -44,17 +45,22 @@ from scst_core.const import (ASSOCIATION_LU, CODE_SET_ASCII, CODE_SET_BINARY, CO
                              VERSION_DESCRIPTOR_SBC3, VERSION_DESCRIPTOR_SPC4, VPD_BLOCK_LIMITS,
                              VPD_BLOCK_DEVICE_CHARACTERISTICS, VPD_DEVICE_IDENTIFICATION,
                              VPD_LOGICAL_BLOCK_PROVISIONING, VPD_SUPPORTED_PAGES,
-                             VPD_UNIT_SERIAL_NUMBER, scst_sense_block_out_range_error,
+                             VPD_EXTENDED_INQUIRY, VPD_UNIT_SERIAL_NUMBER,
+                             scst_sense_block_out_range_error,
                              scst_sense_invalid_opcode,
                              scst_sense_medium_removal_prevented, scst_sense_miscompare_error,
                              scst_sense_no_medium, scst_sense_no_sense,
                              scst_sense_parameter_list_length_invalid,
                              scst_sense_saving_params_unsup, scst_sense_write_protected)
 from scst_core.lib import (scst_build_sense, scst_get_buf_full, scst_set_cmd_error,
-                           scst_set_invalid_field_in_cdb, scst_set_invalid_field_in_parm_list,
-                           scst_set_resp_data_len)
+                           scst_set_invalid_field_in_cdb,
+                           scst_set_invalid_field_in_parm_list, scst_set_resp_data_len)
+from scst_core.pres import (scst_dev_reset_hooks, scst_pr_clear_dev, scst_pr_exec_in,
+                            scst_pr_exec_out, scst_pr_init_dev,
+                            scst_pr_nexus_gone, scst_release_local, scst_reserve_local)
 from scst_core.scst import (SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME, SCST_EXEC_COMPLETED,
-                            SCST_WRITE_MEDIUM, scst_cmd, scst_dev_type, scst_device)
+                            SCST_WRITE_MEDIUM, scst_cmd, scst_dev_type, scst_device,
+                            scst_tgt_dev)
 
 # Design notes:
 # - parse() does every check that needs no I/O (write protection, PI
@@ -78,6 +84,10 @@ VDISK_MAX_UNMAP_LBA_COUNT = 1 << 20          # per descriptor
 VDISK_MAX_UNMAP_DESCRIPTORS = 256
 VDISK_MAX_TRANSFER_BYTES = 8 << 20           # block limits MAXIMUM TRANSFER LENGTH
 VDISK_OPT_TRANSFER_BYTES = 512 << 10
+VDISK_MAX_CAW_BLOCKS = 255                   # block limits MAXIMUM COMPARE AND WRITE LENGTH
+VDISK_MAX_WRITE_SAME_BYTES = 64 << 20        # block limits MAXIMUM WRITE SAME LENGTH
+VDISK_MAX_ATOMIC_BYTES = 1 << 20             # block limits MAXIMUM ATOMIC TRANSFER LENGTH
+VDISK_MAX_PREFETCH_BYTES = 64 << 20
 
 # INQUIRY/VPD field positions used in field pointers
 _EVPD_BYTE = 1
@@ -100,6 +110,9 @@ class vdisk_io_ops:
     unmap: Callable[["scst_vdisk_dev", scst_cmd, int, int], int]
     # (mapped, extent_blocks) for the run of blocks starting at lba
     lba_status: Callable[["scst_vdisk_dev", int], tuple[bool, int]] | None = None
+    # write a buffer (not the command's) at a byte offset: WRITE SAME,
+    # COMPARE AND WRITE, ORWRITE, SANITIZE
+    write_buf: Callable[["scst_vdisk_dev", scst_cmd, int, "bytes | memoryview"], int] | None = None
 
 
 @attrs.define(slots=True, eq=False)
@@ -115,8 +128,10 @@ class scst_vdisk_dev:
     nv_cache: bool = False
     o_direct: bool = False
     removable: bool = False
+    cdrom: bool = False                 # vdisk_cdrom: MMC device, read-only, removable
     rotational: bool = True
     thin_provisioned: bool = False
+    thin_provisioned_set: bool = False  # given as a parameter (else the backend decides)
     t10_vend_id: str = VDISK_VENDOR
     vend_specific_id: str = ""
     prod_id: str = ""
@@ -131,6 +146,7 @@ class scst_vdisk_dev:
     nblocks: int = 0
     dev: scst_device | None = None
     io_ops: vdisk_io_ops | None = None
+    pr_dev: object = None               # scst_core.pres.scst_pr_dev, set by attach
     # mode parameters and medium state: changed only by MODE SELECT,
     # START STOP UNIT and PREVENT ALLOW, which the core serializes
     # (SCST_STRICTLY_SERIALIZED) or which touch one bool: no lock.
@@ -138,6 +154,11 @@ class scst_vdisk_dev:
     dsync_open: bool = False            # file opened with O_DSYNC
     media_present: bool = True
     prevent_medium_removal: bool = False
+    # I_T_L nexuses (tgt_devs) that sent PREVENT ALLOW with PREVENT=1;
+    # removal is prevented while any is left (SBC-3 5.13)
+    prevent_set: list = attrs.field(factory=list)
+    # serializes COMPARE AND WRITE, ORWRITE and WRITE ATOMIC (sleeps)
+    caw_mutex: mutex = attrs.field(factory=lambda: mutex("caw_mutex"))
 
 
 # The core fills this in to report relative target port and target port
@@ -222,13 +243,16 @@ def vdisk_check_range(cmd: scst_cmd, virt_dev: scst_vdisk_dev, lba: int, nblocks
 # Opcodes with a PROTECT field in byte 1 bits 7:5 (RDPROTECT, WRPROTECT,
 # VRPROTECT, ORPROTECT).
 _PROTECT_OPS = frozenset((0x28, 0x2A, 0x2E, 0x2F, 0x88, 0x89, 0x8A, 0x8B, 0x8E, 0x8F,
-                          0xA8, 0xAA, 0xAE, 0xAF, 0x41, 0x93))
+                          0xA8, 0xAA, 0xAE, 0xAF, 0x41, 0x93, 0x9C))
 # Block commands whose LBA range parse() checks (all but WRITE SAME and
 # SYNCHRONIZE CACHE, which have "to the end" semantics for length 0).
 _RANGE_OPS = frozenset((0x08, 0x0A, 0x28, 0x2A, 0x2E, 0x2F, 0x88, 0x89, 0x8A, 0x8B, 0x8E,
-                        0x8F, 0xA8, 0xAA, 0xAE, 0xAF))
+                        0x8F, 0x9C, 0xA8, 0xAA, 0xAE, 0xAF))
+# Commands whose Data-Out length is fixed by the CDB -> byte of the length field
+_EXACT_DATA_OUT_OPS = {0x41: 7, 0x93: 10, 0x89: 13}
 # Commands that need the medium (NOT READY, MEDIUM NOT PRESENT without it).
-_MEDIUM_OPS = _RANGE_OPS | frozenset((0x25, 0x34, 0x35, 0x41, 0x42, 0x90, 0x91, 0x93, 0x9E))
+_MEDIUM_OPS = _RANGE_OPS | frozenset((0x04, 0x25, 0x34, 0x35, 0x37, 0x41, 0x42, 0x48, 0x90,
+                                      0x91, 0x93, 0x9E, 0xB7))
 
 
 # ---------------------------------------------------------------- parse
@@ -242,20 +266,30 @@ def vdisk_parse(cmd: scst_cmd) -> int:
     if op in _MEDIUM_OPS and not virt_dev.media_present:
         scst_set_cmd_error(cmd, scst_sense_no_medium)
         return SCST_CMD_STATE_DEFAULT
+    if op in _PROTECT_OPS and cdb[1] & 0xE0:
+        # No protection information on this device (SBC-3 4.22.2); a CDB
+        # field error comes before the write protection check.
+        scst_set_invalid_field_in_cdb(cmd, 1, 7)
+        return SCST_CMD_STATE_DEFAULT
     if cmd.op_flags & SCST_WRITE_MEDIUM and (virt_dev.rd_only or cmd.dev.swp):
         scst_set_cmd_error(cmd, scst_sense_write_protected)
         return SCST_CMD_STATE_DEFAULT
-    if op in _PROTECT_OPS and cdb[1] & 0xE0:
-        # No protection information on this device (SBC-3 4.22.2).
-        scst_set_invalid_field_in_cdb(cmd, 1, 7)
-        return SCST_CMD_STATE_DEFAULT
     if op in _RANGE_OPS:
         n = cmd.data_len >> virt_dev.block_shift
-        vdisk_check_range(cmd, virt_dev, cmd.lba, n)
+        if not vdisk_check_range(cmd, virt_dev, cmd.lba, n):
+            return SCST_CMD_STATE_DEFAULT
+    if op in _EXACT_DATA_OUT_OPS and cmd.expected_transfer_len != cmd.bufflen:
+        # The Data-Out must be exactly what the CDB implies (one block for
+        # WRITE SAME, twice the blocks for COMPARE AND WRITE).
+        scst_set_invalid_field_in_cdb(cmd, _EXACT_DATA_OUT_OPS[op])
     return SCST_CMD_STATE_DEFAULT
 
 
 # ---------------------------------------------------------------- INQUIRY
+
+_SBC_VPD_PAGES = frozenset((VPD_BLOCK_LIMITS, VPD_BLOCK_DEVICE_CHARACTERISTICS,
+                            VPD_LOGICAL_BLOCK_PROVISIONING))
+
 
 def vdisk_inquiry_std(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> bytes:
     buf = bytearray(96)
@@ -298,34 +332,61 @@ def vdisk_device_identification(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> byte
 
 
 def _supported_vpd_pages(virt_dev: scst_vdisk_dev) -> bytes:
+    if virt_dev.cdrom:
+        return bytes((VPD_SUPPORTED_PAGES, VPD_UNIT_SERIAL_NUMBER, VPD_DEVICE_IDENTIFICATION,
+                      VPD_EXTENDED_INQUIRY))
     return bytes((VPD_SUPPORTED_PAGES, VPD_UNIT_SERIAL_NUMBER, VPD_DEVICE_IDENTIFICATION,
-                  VPD_BLOCK_LIMITS, VPD_BLOCK_DEVICE_CHARACTERISTICS,
+                  VPD_EXTENDED_INQUIRY, VPD_BLOCK_LIMITS, VPD_BLOCK_DEVICE_CHARACTERISTICS,
                   VPD_LOGICAL_BLOCK_PROVISIONING))
 
 
+def vdisk_extended_inquiry(virt_dev: scst_vdisk_dev) -> bytes:
+    """Extended INQUIRY Data VPD page (SPC-4 7.8.7), header included."""
+    buf = bytearray(64)
+    buf[3] = 0x3C
+    buf[5] = 0x01                       # SIMPSUP (every task runs as SIMPLE)
+    buf[6] = 0x00 if virt_dev.nv_cache else 0x01    # V_SUP: a volatile cache exists
+    buf[7] = 0x01                       # LUICLR: UAs are cleared per I_T_L nexus
+    return bytes(buf)
+
+
 def vdisk_block_limits(virt_dev: scst_vdisk_dev) -> bytes:
+    """Block Limits VPD page (SBC-3 6.5.3), header included."""
     buf = bytearray(0x40)
+    buf[3] = 0x3C
     shift = virt_dev.block_shift
+    buf[4] = 0x00                                                # WSNZ=0: 0 blocks = to the end
+    buf[5] = VDISK_MAX_CAW_BLOCKS
     buf[6:8] = max(1, 4096 >> shift).to_bytes(2, "big")         # opt. granularity
     buf[8:12] = (VDISK_MAX_TRANSFER_BYTES >> shift).to_bytes(4, "big")
     buf[12:16] = (VDISK_OPT_TRANSFER_BYTES >> shift).to_bytes(4, "big")
+    buf[16:20] = (VDISK_MAX_PREFETCH_BYTES >> shift).to_bytes(4, "big")
     if virt_dev.thin_provisioned:
         buf[20:24] = VDISK_MAX_UNMAP_LBA_COUNT.to_bytes(4, "big")
         buf[24:28] = VDISK_MAX_UNMAP_DESCRIPTORS.to_bytes(4, "big")
         buf[28:32] = max(1, 4096 >> shift).to_bytes(4, "big")   # opt. unmap granularity
+        buf[32:36] = (0x80000000).to_bytes(4, "big")            # UGAVALID, alignment 0
+    buf[36:44] = (VDISK_MAX_WRITE_SAME_BYTES >> shift).to_bytes(8, "big")
+    atomic = VDISK_MAX_ATOMIC_BYTES >> shift
+    buf[44:48] = atomic.to_bytes(4, "big")                      # MAXIMUM ATOMIC TRANSFER LENGTH
+    buf[48:52] = (1).to_bytes(4, "big")                         # ATOMIC ALIGNMENT
+    buf[52:56] = (1).to_bytes(4, "big")                         # ATOMIC TRANSFER LENGTH GRANULARITY
     return bytes(buf)
 
 
 def vdisk_block_characteristics(virt_dev: scst_vdisk_dev) -> bytes:
     buf = bytearray(0x40)
+    buf[3] = 0x3C
     buf[4:6] = (0 if virt_dev.rotational else 1).to_bytes(2, "big")  # 1: non-rotating
+    buf[7] = 0x40 | 0x10                # WABEREQ=01b, WACEREQ=01b: erased blocks read GOOD
     return bytes(buf)
 
 
 def vdisk_lbp(virt_dev: scst_vdisk_dev) -> bytes:
     buf = bytearray(8)
+    buf[3] = 4
     if virt_dev.thin_provisioned:
-        buf[5] = 0x80 | 0x04            # LBPU, LBPRZ (holes read back as zeros)
+        buf[5] = 0x80 | 0x40 | 0x20 | 0x04  # LBPU LBPWS LBPWS10, LBPRZ (holes read as zeros)
         buf[6] = 0x02                   # provisioning type: thin
     return bytes(buf)
 
@@ -337,6 +398,10 @@ def _vpd_page(page: int, cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> bytes | Non
         body = virt_dev.usn.encode("ascii", "replace")
     elif page == VPD_DEVICE_IDENTIFICATION:
         body = vdisk_device_identification(cmd, virt_dev)
+    elif page == VPD_EXTENDED_INQUIRY:
+        body = vdisk_extended_inquiry(virt_dev)[4:]
+    elif page in _SBC_VPD_PAGES and virt_dev.cdrom:
+        return None
     elif page == VPD_BLOCK_LIMITS:
         body = vdisk_block_limits(virt_dev)[4:]
     elif page == VPD_BLOCK_DEVICE_CHARACTERISTICS:
@@ -395,21 +460,39 @@ def vdisk_exec_start_stop(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
     if not virt_dev.removable:
         scst_set_invalid_field_in_cdb(cmd, 4, 1)
         return
-    if start:
-        virt_dev.media_present = True
-    elif virt_dev.prevent_medium_removal:
+    if virt_dev.prevent_medium_removal:
+        # Neither eject nor load while a nexus prevents medium removal.
         scst_set_cmd_error(cmd, scst_sense_medium_removal_prevented)
     else:
-        virt_dev.media_present = False
+        virt_dev.media_present = start
 
 
 def vdisk_exec_prevent_allow(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
+    """PREVENT=1 on any I_T_L nexus prevents removal until every such
+    nexus allows it again, is lost, or a reset clears it (SBC-3 5.13)."""
     prevent = cmd.cdb[4] & 0x03
     if prevent > 1:
         scst_set_invalid_field_in_cdb(cmd, 4, 1)
         return
-    if virt_dev.removable:
-        virt_dev.prevent_medium_removal = bool(prevent)
+    if not virt_dev.removable:
+        return
+    key = cmd.tgt_dev
+    lst = virt_dev.prevent_set
+    if prevent:
+        if key not in lst:
+            lst.append(key)
+    elif key in lst:
+        lst.remove(key)
+    virt_dev.prevent_medium_removal = bool(lst)
+
+
+def vdisk_clear_prevent(virt_dev: scst_vdisk_dev, tgt_dev: object = None) -> None:
+    """Drop one nexus's PREVENT (nexus loss), or all of them (reset)."""
+    if tgt_dev is None:
+        virt_dev.prevent_set.clear()
+    elif tgt_dev in virt_dev.prevent_set:
+        virt_dev.prevent_set.remove(tgt_dev)
+    virt_dev.prevent_medium_removal = bool(virt_dev.prevent_set)
 
 
 def vdisk_exec_read_capacity(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
@@ -428,7 +511,7 @@ def vdisk_exec_read_capacity16(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
     buf = bytearray(32)
     buf[0:8] = max(virt_dev.nblocks - 1, 0).to_bytes(8, "big")
     buf[8:12] = virt_dev.block_size.to_bytes(4, "big")
-    lbppbe = 0
+    lbppbe = 0                          # physical block: the host's 4 KiB page
     while (virt_dev.block_size << (lbppbe + 1)) <= 4096:
         lbppbe += 1
     buf[13] = lbppbe
@@ -770,6 +853,49 @@ def vdisk_exec_unmap(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
             return
 
 
+def vdisk_exec_maintenance_in(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
+    from vdisk.opcodes import vdisk_report_supported_opcodes, vdisk_report_supported_tm_fns
+    sa = cmd.cdb[1] & 0x1F
+    if sa == 0x0C:
+        data = vdisk_report_supported_opcodes(cmd, vdisk_usage(virt_dev))
+        if data is not None:
+            vdisk_copy_resp(cmd, data)
+    elif sa == 0x0D:
+        vdisk_copy_resp(cmd, vdisk_report_supported_tm_fns(cmd))
+    else:
+        scst_set_cmd_error(cmd, scst_sense_invalid_opcode)
+
+
+_usage_cache: dict = {}
+
+
+def vdisk_usage(virt_dev: scst_vdisk_dev) -> dict:
+    """The REPORT SUPPORTED OPERATION CODES rows of this device's type."""
+    from vdisk.opcodes import vdisk_usage_table
+    key = "cdrom" if virt_dev.cdrom else "disk"
+    u = _usage_cache.get(key)
+    if u is None:
+        table = vdisk_cdrom_exec_table if virt_dev.cdrom else vdisk_exec_table
+        u = _usage_cache[key] = vdisk_usage_table(table)
+    return u
+
+
+def _exec_pr_in(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
+    scst_pr_exec_in(cmd)
+
+
+def _exec_pr_out(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
+    scst_pr_exec_out(cmd)
+
+
+def _exec_reserve(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
+    scst_reserve_local(cmd)
+
+
+def _exec_release(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
+    scst_release_local(cmd)
+
+
 def vdisk_exec_service_action_in(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
     sa = cmd.cdb[1] & 0x1F
     if sa == 0x10:
@@ -810,13 +936,28 @@ vdisk_exec_table: dict[int, Callable[[scst_cmd, scst_vdisk_dev], None]] = {
     0xAA: vdisk_exec_write,
     0xAE: vdisk_exec_write,
     0xAF: vdisk_exec_verify,
+    0x16: _exec_reserve,
+    0x17: _exec_release,
+    0x56: _exec_reserve,
+    0x57: _exec_release,
+    0x5E: _exec_pr_in,
+    0x5F: _exec_pr_out,
+    0xA3: vdisk_exec_maintenance_in,
 }
+# the SBC-3 commands of vdisk.sbc
+from vdisk.sbc import vdisk_sbc_exec_table  # noqa: E402  (sbc imports this module)
+vdisk_exec_table.update(vdisk_sbc_exec_table())
+# what vdisk_cdrom dispatches: no writes, no SBC-only commands (MMC-6 4.1)
+vdisk_cdrom_exec_table: dict[int, Callable[[scst_cmd, scst_vdisk_dev], None]] = {
+    op: fn for op, fn in vdisk_exec_table.items()
+    if op in (0x00, 0x03, 0x12, 0x15, 0x1A, 0x1B, 0x1E, 0x25, 0x28, 0x2F, 0x35, 0x55, 0x5A,
+              0x5E, 0x5F, 0x16, 0x17, 0x56, 0x57, 0xA3, 0xA8, 0xAF)}
 
 
 def vdisk_do_exec(cmd: scst_cmd) -> int:
     """Run the command to completion and report it done to the core."""
     virt_dev = _virt_dev(cmd)
-    fn = vdisk_exec_table.get(cmd.cdb[0])
+    fn = (vdisk_cdrom_exec_table if virt_dev.cdrom else vdisk_exec_table).get(cmd.cdb[0])
     if fn is None:
         scst_set_cmd_error(cmd, scst_sense_invalid_opcode)
     elif not cmd.status:
@@ -833,6 +974,32 @@ def vdisk_attach_common(dev: scst_device, virt_dev: scst_vdisk_dev) -> None:
     dev.block_size = virt_dev.block_size
     dev.block_shift = virt_dev.block_shift
     dev.rd_only = virt_dev.rd_only
+    virt_dev.pr_dev = scst_pr_init_dev(dev, virt_dev.name)
+
+
+def vdisk_detach_common(dev: scst_device, virt_dev: scst_vdisk_dev) -> None:
+    scst_pr_clear_dev(dev)
+    virt_dev.pr_dev = None
+    virt_dev.prevent_set.clear()
+    virt_dev.prevent_medium_removal = False
+
+
+def vdisk_detach_tgt(tgt_dev: scst_tgt_dev) -> None:
+    """I_T_L nexus loss: its PREVENT and SPC-2 reservation go."""
+    dev = tgt_dev.dev
+    virt_dev: scst_vdisk_dev = dev.dh_priv
+    vdisk_clear_prevent(virt_dev, tgt_dev)
+    scst_pr_nexus_gone(dev, tgt_dev.sess)
+
+
+def _vdisk_on_reset(dev: scst_device) -> None:
+    virt_dev = dev.dh_priv
+    if isinstance(virt_dev, scst_vdisk_dev):
+        vdisk_clear_prevent(virt_dev)
+
+
+if _vdisk_on_reset not in scst_dev_reset_hooks:
+    scst_dev_reset_hooks.append(_vdisk_on_reset)
 
 
 # ---------------------------------------------------------------- management
@@ -912,6 +1079,8 @@ def vdisk_alloc_dev(handler_name: str, dev_name: str,
                 pr_err(f"vdisk: {handler_name}: bad {key} '{val}' for device {dev_name}")
                 return -EINVAL
             setattr(virt_dev, _BOOL_PARAMS[key], bool(b))
+            if key == "thin_provisioned":
+                virt_dev.thin_provisioned_set = True
         else:
             limit = _STR_PARAMS[key]
             if len(val.encode("utf-8")) > limit or (key != "scsi_device_name" and not val.isascii()):
@@ -919,7 +1088,13 @@ def vdisk_alloc_dev(handler_name: str, dev_name: str,
                        f"or not ASCII (at most {limit} bytes)")
                 return -EINVAL
             setattr(virt_dev, key, val)
-    if not virt_dev.nullio and not virt_dev.filename:
+    if handler_name == "vdisk_cdrom":
+        # MMC: read-only removable medium of 2048-byte blocks; no filename
+        # means an empty drive.
+        virt_dev.cdrom = virt_dev.removable = virt_dev.rd_only = True
+        virt_dev.block_size, virt_dev.block_shift = 2048, 11
+        virt_dev.thin_provisioned, virt_dev.thin_provisioned_set = False, True
+    elif not virt_dev.nullio and not virt_dev.filename:
         pr_err(f"vdisk: {handler_name}: device {dev_name} needs a filename parameter")
         return -EINVAL
     if virt_dev.nullio and size < 0:
@@ -976,12 +1151,13 @@ def vdisk_del_device(dev_name: str) -> int:
 
 
 def vdisk_init() -> int:
-    """Register vdisk_fileio and vdisk_nullio with the core."""
+    """Register vdisk_fileio, vdisk_nullio and vdisk_cdrom with the core."""
     from scst_core.main import scst_register_virtual_dev_driver, scst_unregister_virtual_dev_driver
+    from vdisk.cdrom import cdrom_devtype
     from vdisk.fileio import fileio_devtype
     from vdisk.nullio import nullio_devtype
     done = []
-    for devt in (fileio_devtype, nullio_devtype):
+    for devt in (fileio_devtype, nullio_devtype, cdrom_devtype):
         ret = scst_register_virtual_dev_driver(devt)
         if ret != 0:
             pr_err(f"vdisk: registering {devt.name} failed: {ret}")
@@ -1006,10 +1182,12 @@ def vdisk_exit() -> None:
 def vdisk_make_devtype(name: str, exec_fn: Callable[[scst_cmd], int],
                        attach: Callable[[scst_device], int],
                        detach: Callable[[scst_device], None], exec_atomic: bool,
-                       exec_nowait: Callable[[scst_cmd], bool] | None = None) -> scst_dev_type:
+                       exec_nowait: Callable[[scst_cmd], bool] | None = None,
+                       dev_type: int = TYPE_DISK) -> scst_dev_type:
     return scst_dev_type(
-        name=name, type=TYPE_DISK, parse=vdisk_parse, exec=exec_fn, attach=attach,
-        detach=detach, exec_atomic=exec_atomic, exec_nowait=exec_nowait,
+        name=name, type=dev_type, parse=vdisk_parse, exec=exec_fn, attach=attach,
+        detach=detach, detach_tgt=vdisk_detach_tgt, exec_atomic=exec_atomic,
+        exec_nowait=exec_nowait,
         add_device=lambda dev_name, params: vdisk_add_device(name, dev_name, params),
         del_device=vdisk_del_device,
         add_device_parameters=vdisk_add_device_parameters)

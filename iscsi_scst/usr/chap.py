@@ -12,7 +12,9 @@ connection's rd kthread, once per complete Login Request of the security
 stage. Pure: no kshim import, no I/O, no clock. Randomness comes from the
 random_bytes callable given to the constructor (the kernel side passes
 kshim's get_random_bytes); credentials come from the credentials callable,
-asked once per login when the CHAP_A step arrives. Neither may sleep.
+asked by methods() on each security-stage request and once more when
+CHAP_A arrives (that answer is kept for the rest of the exchange). Neither
+may sleep.
 
 One chap_authenticator serves one login: iscsi_new_login() makes a new one
 per connection (it holds only references to the two callables and the
@@ -84,6 +86,8 @@ if TYPE_CHECKING:
 #   names and lengths, never a secret, a challenge or a response.
 # - Secrets are compared as UTF-8 bytes; hmac.compare_digest makes the
 #   response check take the same time wherever the first differing byte is.
+# - repr() of chap_credentials shows user names only, and the authenticator
+#   leaves its challenge out, so logging either leaks nothing.
 
 CHAP_DIGEST_ALG_MD5 = 5
 CHAP_MD5_DIGEST_LEN = 16

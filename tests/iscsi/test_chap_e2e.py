@@ -44,8 +44,9 @@ pytestmark = pytest.mark.skipif(
     not _chap_wired(),
     reason="CHAP is not wired into the target yet: iscsi_new_login() must pass "
            "authenticator=chap_authenticator(credentials=..., random_bytes=get_random_bytes) "
-           "and the IncomingUser/OutgoingUser attributes must reach credentials() "
-           "(see the report of iscsi_scst/usr/chap.py)")
+           "and the IncomingUser/OutgoingUser attributes must reach credentials(); "
+           "libiscsi also needs usr/param.py to accept the InitiatorName/TargetName/"
+           "SessionType it repeats after CHAP (see test_chap.py's xfail)")
 
 CONFIG = f"""HANDLER vdisk_nullio {{
 \tDEVICE null0 {{
@@ -92,6 +93,7 @@ def chap_server(uscstd, tmp_path: Path):
     cfg = tmp_path / "chap.conf"
     cfg.write_text(CONFIG)
     return uscstd("--config", str(cfg), "--control", str(tmp_path / "ctl.sock"),
+                  "--log-level", "info",
                   disk=None, size=None, iqn=IQN)
 
 

@@ -78,10 +78,13 @@ class Result:
         return bool(sks[0] & 0x40), (sks[1] << 8) | sks[2], bit
 
 
-def run_cmd(dev: scst_device, cdb: bytes | list[int], data_out: bytes = b"") -> Result:
-    """Decode, parse, allocate, exec; return status, sense and Data-In."""
+def run_cmd(dev: scst_device, cdb: bytes | list[int], data_out: bytes = b"",
+            sess: Any = None) -> Result:
+    """Decode, parse, allocate, exec; return status, sense and Data-In.
+    sess: the scst_session the command arrives on (its I_T nexus)."""
     cdb = bytes(cdb).ljust(16, b"\x00")
-    cmd = scst_cmd(sess=None, tgt=None, tgtt=None, cdb=cdb)
+    cmd = scst_cmd(sess=sess, tgt=sess.tgt if sess is not None else None,
+                   tgtt=sess.tgt.tgtt if sess is not None else None, cdb=cdb)
     cmd.dev = dev
     cmd.expected_transfer_len = len(data_out)
     done: list = []

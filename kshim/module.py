@@ -1,0 +1,460 @@
+"""Loadable modules: init/exit, parameters, exported symbols, reference counts.
+
+Twin of kernel/module/main.c (load_module, delete_module, try_module_get),
+kernel/params.c (module_param), kernel/kmod.c (request_module) and
+include/linux/module.h, moduleparam.h, export.h.
+
+Contexts: load_module, delete_module, request_module and the init/exit
+functions run in task context (they may sleep); try_module_get, module_put,
+symbol lookups and parameter reads from any context.
+
+Differs from the kernel: a module is one Python package or module (its
+kernel name is the last part of the Python name unless MODULE_NAME() says
+otherwise). Importing it registers it (module_init, module_param,
+EXPORT_SYMBOL run at import, like a module's sections being linked in);
+load_module() then runs the function it registered with module_init().
+request_module("name") finds it by kernel name, MODULE_ALIAS() or
+`module_aliases`; one not imported yet is handed to `usermode_modprobe`, a
+host-side helper (kshim itself never imports by name, as the kernel calls
+/sbin/modprobe). module_param(name, type, perm) declares that the module-level
+global `name` of the calling Python module is a parameter: values given to
+load_module (or param_set) are parsed with the kernel's rules for `type`
+("int", "uint", "long", "ulong", "short", "ushort", "byte", "bool",
+"invbool", "charp", "hexint") and stored in that global, so the module's
+code reads it as a plain variable. Permissions are recorded; param_set with
+from_sysfs=True refuses a parameter without a write bit, as sysfs would.
+EXPORT_SYMBOL(fn) registers fn under its name; symbol_get takes a module
+reference. A Python import cannot be undone: delete_module runs the exit
+function and forgets the module, and a later load_module runs init again.
+
+Debug aids: delete_module of a module in use is refused (-EBUSY) and names
+the count; module_put below zero is reported; loading a module whose symbol
+is already exported by another is refused with -EEXIST, as the kernel does.
+statistics() and lsmod() list modules with their reference counts.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import attrs
+
+from kshim.bug import getframe, report_bug
+from kshim.err import EBUSY, EEXIST, EINVAL, ENOENT, EPERM
+from kshim.printk import pr_err, pr_info, pr_warn
+
+MODULE_STATE_LIVE = 0
+MODULE_STATE_COMING = 1
+MODULE_STATE_GOING = 2
+MODULE_STATE_UNFORMED = 3
+
+S_IRUSR = 0o400
+S_IWUSR = 0o200
+S_IRGRP = 0o040
+S_IWGRP = 0o020
+S_IROTH = 0o004
+S_IRUGO = S_IRUSR | S_IRGRP | S_IROTH
+S_IWUGO = S_IWUSR | S_IWGRP | 0o002
+
+
+@attrs.define(slots=True, eq=False)
+class kernel_param:
+    name: str
+    type: str
+    perm: int
+    globals: dict                 # the Python module's namespace holding the value
+    var: str                      # the global's name there
+    desc: str = ""
+
+
+@attrs.define(slots=True, eq=False)
+class module:
+    name: str
+    pymod: str                    # the Python module (or package) name
+    state: int = MODULE_STATE_UNFORMED
+    refcnt: int = 0
+    init: Callable[[], int] | None = None
+    exit: Callable[[], None] | None = None
+    params: dict[str, kernel_param] = attrs.field(factory=dict)
+    syms: list[str] = attrs.field(factory=list)
+    info: dict[str, str] = attrs.field(factory=dict)
+
+
+modules: dict[str, module] = {}           # kernel name -> module
+_by_pymod: dict[str, module] = {}         # Python module name -> module
+_symbols: dict[str, tuple[Any, module | None, bool]] = {}   # name -> (obj, owner, gpl)
+module_aliases: dict[str, str] = {}       # alias -> Python module name
+# The "usermode helper" request_module calls for a module not imported yet,
+# like the kernel's /sbin/modprobe: set by the host side (tools, tests); it
+# imports the named Python module and returns 0 or a negative errno.
+usermode_modprobe: Callable[[str], int] | None = None
+
+
+def _caller_globals(depth: int = 2) -> dict:
+    return getframe(depth).f_globals
+
+
+def _module_for(g: dict) -> module:
+    """The module record of the Python module whose globals are g (made on demand)."""
+    pyname = g.get("__name__", "?")
+    m = _by_pymod.get(pyname)
+    if m is None:
+        # a submodule of a registered package belongs to it
+        for prefix, pm in _by_pymod.items():
+            if pyname.startswith(prefix + "."):
+                return pm
+        name = g.get("__kshim_module_name__") or pyname.rsplit(".", 1)[-1]
+        m = module(name, pyname)
+        _by_pymod[pyname] = m
+        modules.setdefault(name, m)
+    return m
+
+
+def THIS_MODULE() -> module:
+    """The module the calling code belongs to."""
+    return _module_for(_caller_globals())
+
+
+def MODULE_NAME(name: str) -> None:
+    """Name the calling Python module's kernel module (default: its last dotted part)."""
+    g = _caller_globals()
+    g["__kshim_module_name__"] = name
+    m = _by_pymod.get(g["__name__"])
+    if m is not None and m.name != name:
+        modules.pop(m.name, None)
+        m.name = name
+        modules[name] = m
+
+
+def module_init(fn: Callable[[], int]) -> Callable[[], int]:
+    """Register fn as the module's init function (usable as a decorator)."""
+    _module_for(_caller_globals()).init = fn
+    return fn
+
+
+def module_exit(fn: Callable[[], None]) -> Callable[[], None]:
+    _module_for(_caller_globals()).exit = fn
+    return fn
+
+
+def _modinfo(key: str, value: str) -> None:
+    _module_for(_caller_globals(3)).info[key] = value
+
+
+def MODULE_LICENSE(s: str) -> None:
+    _modinfo("license", s)
+
+
+def MODULE_AUTHOR(s: str) -> None:
+    _modinfo("author", s)
+
+
+def MODULE_DESCRIPTION(s: str) -> None:
+    _modinfo("description", s)
+
+
+def MODULE_VERSION(s: str) -> None:
+    _modinfo("version", s)
+
+
+def MODULE_ALIAS(alias: str) -> None:
+    """request_module(alias) will load the calling Python module."""
+    g = _caller_globals()
+    module_aliases[alias] = g["__name__"]
+
+
+# -- parameters ------------------------------------------------------------------------
+
+_INT_RANGES = {"byte": (0, 255), "short": (-(1 << 15), (1 << 15) - 1), "ushort": (0, (1 << 16) - 1),
+               "int": (-(1 << 31), (1 << 31) - 1), "uint": (0, (1 << 32) - 1),
+               "long": (-(1 << 63), (1 << 63) - 1), "ulong": (0, (1 << 64) - 1),
+               "hexint": (0, (1 << 32) - 1), "ullong": (0, (1 << 64) - 1),
+               "llong": (-(1 << 63), (1 << 63) - 1)}
+PARAM_TYPES = tuple(_INT_RANGES) + ("bool", "invbool", "charp")
+
+
+def module_param_named(name: str, var: str, type: str, perm: int) -> None:
+    """Parameter `name` stored in the caller's global `var`."""
+    if type not in PARAM_TYPES:
+        raise ValueError(f"module_param: unknown type {type!r}")
+    if perm & 0o002:
+        raise ValueError(f"module_param {name}: world-writable permissions {perm:o}")
+    g = _caller_globals()
+    m = _module_for(g)
+    if var not in g:
+        raise ValueError(f"module_param {name}: no global {var!r} in {g['__name__']}")
+    m.params[name] = kernel_param(name, type, perm, g, var)
+
+
+def module_param(name: str, type: str, perm: int) -> None:
+    """The caller's global `name` is a parameter of `type` with sysfs `perm`."""
+    g = _caller_globals()
+    if type not in PARAM_TYPES:
+        raise ValueError(f"module_param: unknown type {type!r}")
+    if perm & 0o002:
+        raise ValueError(f"module_param {name}: world-writable permissions {perm:o}")
+    if name not in g:
+        raise ValueError(f"module_param {name}: no global {name!r} in {g['__name__']}")
+    _module_for(g).params[name] = kernel_param(name, type, perm, g, name)
+
+
+def MODULE_PARM_DESC(name: str, desc: str) -> None:
+    p = _module_for(_caller_globals()).params.get(name)
+    if p is not None:
+        p.desc = desc
+
+
+def param_parse(type: str, text: str) -> "int | bool | str | None":
+    """The value of `text` for a parameter of `type`, or None if invalid."""
+    if type in ("bool", "invbool"):
+        t = text.strip().lower()
+        if t in ("1", "y", "yes", "on", "true", ""):
+            v = True
+        elif t in ("0", "n", "no", "off", "false"):
+            v = False
+        else:
+            return None
+        return (not v) if type == "invbool" else v
+    if type == "charp":
+        return text
+    try:
+        v = int(text.strip(), 0)
+    except ValueError:
+        return None
+    lo, hi = _INT_RANGES[type]
+    return v if lo <= v <= hi else None
+
+
+def param_set(modname: str, name: str, text: str, from_sysfs: bool = False) -> int:
+    """Set a parameter from text: 0, -ENOENT (no such module/parameter),
+    -EPERM (read-only through sysfs) or -EINVAL (bad value)."""
+    m = modules.get(modname)
+    p = m.params.get(name) if m is not None else None
+    if p is None:
+        return -ENOENT
+    if from_sysfs and not (p.perm & S_IWUGO):
+        return -EPERM
+    v = param_parse(p.type, text)
+    if v is None:
+        return -EINVAL
+    p.globals[p.var] = v
+    return 0
+
+
+def param_get(modname: str, name: str, from_sysfs: bool = False) -> "str | int":
+    """The text of a parameter's value, as /sys/module/<m>/parameters shows
+    it ("Y"/"N" for bools); -ENOENT or -EPERM (perm 0 through sysfs)."""
+    m = modules.get(modname)
+    p = m.params.get(name) if m is not None else None
+    if p is None:
+        return -ENOENT
+    if from_sysfs and not (p.perm & 0o444):
+        return -EPERM
+    v = p.globals[p.var]
+    if p.type in ("bool", "invbool"):
+        return "Y" if (v if p.type == "bool" else not v) else "N"
+    if p.type == "hexint":
+        return f"{v:#x}"
+    return str(v)
+
+
+def parse_args(modname: str, args: str) -> int:
+    """Apply "a=1 b=x" to the module's parameters; 0 or the first error."""
+    for tok in args.split():
+        key, _, val = tok.partition("=")
+        key = key.replace("-", "_")
+        ret = param_set(modname, key, val)
+        if ret == -ENOENT:
+            pr_warn(f"{modname}: unknown parameter '{key}' ignored")
+            continue
+        if ret:
+            pr_err(f"{modname}: '{val}' invalid for parameter '{key}'")
+            return ret
+    return 0
+
+
+# -- symbols ----------------------------------------------------------------------------
+
+def _export(obj: Any, gpl: bool, g: dict) -> Any:
+    name = getattr(obj, "__name__", None)
+    if name is None:
+        raise ValueError("EXPORT_SYMBOL needs a named object")
+    m = _module_for(g)
+    old = _symbols.get(name)
+    if old is not None and old[0] is not obj and old[1] is not m:
+        pr_err(f"{m.name}: exports duplicate symbol {name} (owned by "
+               f"{old[1].name if old[1] else 'kernel'})")
+        dups = m.info.setdefault("duplicate_symbols", "")
+        m.info["duplicate_symbols"] = (dups + " " + name).strip()
+        return obj
+    _symbols[name] = (obj, m, gpl)
+    if name not in m.syms:
+        m.syms.append(name)
+    return obj
+
+
+def EXPORT_SYMBOL(obj: Any) -> Any:
+    """Export obj under its name (usable as a decorator)."""
+    return _export(obj, False, _caller_globals())
+
+
+def EXPORT_SYMBOL_GPL(obj: Any) -> Any:
+    return _export(obj, True, _caller_globals())
+
+
+def find_symbol(name: str) -> Any:
+    ent = _symbols.get(name)
+    return ent[0] if ent is not None else None
+
+
+def symbol_get(name: str) -> Any:
+    """The exported object, taking a reference on its module; None if absent."""
+    ent = _symbols.get(name)
+    if ent is None:
+        return None
+    obj, owner, _ = ent
+    if owner is not None and not try_module_get(owner):
+        return None
+    return obj
+
+
+def symbol_put(name: str) -> None:
+    ent = _symbols.get(name)
+    if ent is not None and ent[1] is not None:
+        module_put(ent[1])
+
+
+# -- reference counts -----------------------------------------------------------------
+
+def try_module_get(m: module | None) -> bool:
+    """Take a reference unless the module is going away; True if taken."""
+    if m is None:
+        return True
+    if m.state != MODULE_STATE_LIVE:
+        return False
+    m.refcnt += 1
+    return True
+
+
+def __module_get(m: module | None) -> None:
+    if m is not None:
+        m.refcnt += 1
+
+
+def module_put(m: module | None) -> None:
+    if m is None:
+        return
+    if m.refcnt <= 0:
+        report_bug("module_put() below zero", module=m.name)
+        return
+    m.refcnt -= 1
+
+
+def module_refcount(m: module) -> int:
+    return m.refcnt
+
+
+def module_is_live(m: module) -> bool:
+    return m.state == MODULE_STATE_LIVE
+
+
+def find_module(name: str) -> module | None:
+    return modules.get(name)
+
+
+# -- loading ------------------------------------------------------------------------------
+
+def _lookup(name: str) -> module | None:
+    m = modules.get(name)
+    if m is not None:
+        return m
+    pyname = module_aliases.get(name, name)
+    return _by_pymod.get(pyname)
+
+
+def load_module(name: str, args: str = "") -> int:
+    """Load a module already imported (by kernel name, alias or Python name):
+    apply args to its parameters, run its init function. If it is not
+    imported yet, ask usermode_modprobe to import it. 0, -EEXIST if already
+    live, -ENOENT if unknown, or the init function's error."""
+    m = _lookup(name)
+    if m is None and usermode_modprobe is not None:
+        ret = usermode_modprobe(module_aliases.get(name, name))
+        if ret:
+            return ret
+        m = _lookup(name)
+    if m is None:
+        pr_err(f"load_module: unknown module {name}")
+        return -ENOENT
+    if m.state == MODULE_STATE_LIVE:
+        return -EEXIST
+    if m.info.get("duplicate_symbols"):
+        pr_err(f"{m.name}: exports duplicate symbols {m.info['duplicate_symbols']}")
+        return -EEXIST
+    if args:
+        ret = parse_args(m.name, args)
+        if ret:
+            return ret
+    m.state = MODULE_STATE_COMING
+    ret = m.init() if m.init is not None else 0
+    if ret:
+        m.state = MODULE_STATE_UNFORMED
+        pr_warn(f"{m.name}: module init failed: {ret}")
+        return ret
+    m.state = MODULE_STATE_LIVE
+    pr_info(f"{m.name}: loaded")
+    return 0
+
+
+def delete_module(name: str) -> int:
+    """Run the exit function of an unused module and forget its symbols.
+    0, -ENOENT, or -EBUSY while references are held."""
+    m = _lookup(name)
+    if m is None or m.state != MODULE_STATE_LIVE:
+        return -ENOENT
+    if m.refcnt:
+        pr_warn(f"{m.name}: module is in use (refcount {m.refcnt})")
+        return -EBUSY
+    m.state = MODULE_STATE_GOING
+    if m.exit is not None:
+        m.exit()
+    for sym in m.syms:
+        ent = _symbols.get(sym)
+        if ent is not None and ent[1] is m:
+            del _symbols[sym]
+    m.syms.clear()
+    m.state = MODULE_STATE_UNFORMED
+    pr_info(f"{m.name}: unloaded")
+    return 0
+
+
+def request_module(name: str) -> int:
+    """Make the module known as `name` (alias, kernel or Python name) live,
+    loading it if needed. 0, or a negative errno."""
+    m = _lookup(name)
+    if m is not None and m.state == MODULE_STATE_LIVE:
+        return 0
+    ret = load_module(name)
+    return 0 if ret == -EEXIST else ret
+
+
+@attrs.frozen
+class module_stats:
+    name: str
+    state: int
+    refcnt: int
+    params: int
+    symbols: int
+
+
+def statistics() -> list[module_stats]:
+    return [module_stats(m.name, m.state, m.refcnt, len(m.params), len(m.syms))
+            for m in modules.values() if m.state != MODULE_STATE_UNFORMED]
+
+
+def lsmod() -> str:
+    lines = [f"{'Module':<24} {'Used by':>7}  State"]
+    names = {MODULE_STATE_LIVE: "Live", MODULE_STATE_COMING: "Loading",
+             MODULE_STATE_GOING: "Unloading"}
+    for s in statistics():
+        lines.append(f"{s.name:<24} {s.refcnt:>7}  {names.get(s.state, '?')}")
+    return "\n".join(lines) + "\n"

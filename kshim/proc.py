@@ -1,0 +1,64 @@
+"""/proc-like text views of the emulated kernel's statistics.
+
+Twin of the /proc files fs/proc/ and the subsystems serve: /proc/slabinfo
+(mm/slab_common.c), /proc/lock_stat (kernel/locking/lockdep_proc.c),
+/proc/softirqs, the per-task lines of top (from /proc/<pid>/stat), and
+/sys/kernel/debug/page_owner.
+
+Contexts: any; the functions only read counters.
+
+Differs from the kernel: these are functions returning strings (no
+filesystem); proc_read(name) serves them by name for the control socket and
+uscstadmin. Counters that need a debugging aid (lock_stat, softirq times,
+page_owner, task run times) are empty while it is off.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from kshim import lockdep, module, page_alloc, sched, slab, softirq, workqueue
+
+
+def proc_slabinfo() -> str:
+    return slab.slabinfo()
+
+
+def proc_lock_stat() -> str:
+    return lockdep.lock_stat()
+
+
+def proc_softirqs() -> str:
+    return softirq.softirqs()
+
+
+def proc_top() -> str:
+    return sched.top()
+
+
+def proc_workqueues() -> str:
+    return workqueue.workqueues()
+
+
+def proc_modules() -> str:
+    return module.lsmod()
+
+
+def proc_page_owner() -> str:
+    return page_alloc.page_owner()
+
+
+proc_files: dict[str, Callable[[], str]] = {
+    "slabinfo": proc_slabinfo,
+    "lock_stat": proc_lock_stat,
+    "softirqs": proc_softirqs,
+    "top": proc_top,
+    "workqueues": proc_workqueues,
+    "modules": proc_modules,
+    "page_owner": proc_page_owner,
+}
+
+
+def proc_read(name: str) -> str | None:
+    """The text of one view, or None if there is no such name."""
+    fn = proc_files.get(name)
+    return fn() if fn is not None else None

@@ -1,0 +1,593 @@
+"""Reservations: SPC-4 persistent reservations (PERSISTENT RESERVE IN and
+OUT, all six reservation types, APTPL) and SPC-2 RESERVE/RELEASE, with the
+per-command access check both imply.
+
+Twin of scst/src/scst_pres.c (and the RESERVE/RELEASE parts of
+scst_targ.c: scst_reserve_local, scst_release_local,
+scst_check_local_events' reservation test).
+
+Contexts: scst_pr_is_cmd_allowed() from any context, never sleeps (it only
+reads state). The PR IN/OUT and RESERVE/RELEASE exec functions run in the
+dev handler's exec context; every state change happens before the only
+sleep (the APTPL file write under pr_mutex), so on our one CPU a command
+sees the state either before or after another command's change, never
+half of it. scst_pr_init_dev/scst_pr_clear_dev from task context
+(attach/detach), scst_pr_nexus_gone from any context.
+
+Differs from SCST: an I_T nexus is identified by its TransportID (the
+target driver's get_initiator_port_transport_id, or the initiator name
+with the iSCSI ISID) plus the relative target port id, instead of a
+pointer to the tgt_dev; REGISTER AND MOVE, SPEC_I_PT and ALL_TG_PT are not
+supported (REPORT CAPABILITIES says so). PREEMPT AND ABORT preempts but
+does not abort the preempted nexuses' tasks. The APTPL state lives in two
+alternating files <scst_pr_dir>/<device>.pr0/.pr1, each ending in a
+SHA-256 of its content; the newer valid one wins at attach, so a crash in
+the middle of a write leaves the previous state (no rename needed).
+
+Hooks the core needs (scst_core.targ, owned by its maintainer):
+- before a command reaches the dev handler's exec (or its parse):
+      if not scst_pr_is_cmd_allowed(cmd):
+          scst_set_cmd_error_status(cmd, SAM_STAT_RESERVATION_CONFLICT)
+  vdisk calls it from its parse() until the core does.
+- LUN RESET / TARGET RESET / I_T nexus loss: scst_pr_dev_reset(dev) for
+  each device the reset reaches (releases the SPC-2 reservation).
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Callable
+
+import attrs
+
+from kshim.mutex import mutex, mutex_lock, mutex_unlock
+from scst_core.const import (SAM_STAT_RESERVATION_CONFLICT, UNIT_ATTENTION,
+                             scst_sense_invalid_release,
+                             scst_sense_parameter_list_length_invalid)
+from scst_core.lib import (scst_get_buf_full, scst_set_cmd_error, scst_set_cmd_error_status,
+                           scst_set_invalid_field_in_cdb, scst_set_invalid_field_in_parm_list,
+                           scst_set_resp_data_len)
+
+if TYPE_CHECKING:
+    from scst_core.scst import scst_cmd, scst_device, scst_session
+
+# Persistent reservation types (SPC-4 table 185)
+TYPE_WRITE_EXCLUSIVE = 0x1
+TYPE_EXCLUSIVE_ACCESS = 0x3
+TYPE_WRITE_EXCLUSIVE_REGONLY = 0x5
+TYPE_EXCLUSIVE_ACCESS_REGONLY = 0x6
+TYPE_WRITE_EXCLUSIVE_ALL_REG = 0x7
+TYPE_EXCLUSIVE_ACCESS_ALL_REG = 0x8
+_VALID_TYPES = frozenset((1, 3, 5, 6, 7, 8))
+_ALL_REG_TYPES = frozenset((7, 8))
+_REGONLY_TYPES = frozenset((5, 6, 7, 8))
+
+# PERSISTENT RESERVE IN service actions
+PR_READ_KEYS = 0x00
+PR_READ_RESERVATION = 0x01
+PR_REPORT_CAPS = 0x02
+PR_READ_FULL_STATUS = 0x03
+# PERSISTENT RESERVE OUT service actions
+PR_REGISTER = 0x00
+PR_RESERVE = 0x01
+PR_RELEASE = 0x02
+PR_CLEAR = 0x03
+PR_PREEMPT = 0x04
+PR_PREEMPT_AND_ABORT = 0x05
+PR_REGISTER_AND_IGNORE = 0x06
+PR_REGISTER_AND_MOVE = 0x07
+
+# Unit attentions PR establishes (SPC-4 5.7)
+scst_sense_reservations_preempted_UA = (UNIT_ATTENTION, 0x2A, 0x03)
+scst_sense_reservations_released_UA = (UNIT_ATTENTION, 0x2A, 0x04)
+scst_sense_registrations_preempted_UA = (UNIT_ATTENTION, 0x2A, 0x05)
+
+_PR_FILE_MAGIC = "uscst-pr 1"
+
+# Where APTPL state is kept; None: APTPL not supported (PTPL_C=0). uscstd
+# sets it to an existing directory.
+scst_pr_dir: str | None = None
+
+
+@attrs.define(slots=True, eq=False)
+class scst_dev_registrant:
+    """One registered I_T nexus (scst_pres.c: struct scst_dev_registrant)."""
+    transport_id: bytes
+    rel_tgt_id: int
+    key: int
+
+
+@attrs.define(slots=True, eq=False)
+class scst_pr_dev:
+    """A device's reservation state. Changed only by PR OUT, RESERVE,
+    RELEASE, resets and nexus loss (see the module docstring for why no
+    spinlock guards it); pr_mutex serializes the APTPL file writes."""
+    name: str
+    pr_generation: int = 0
+    registrants: list = attrs.field(factory=list)       # scst_dev_registrant
+    pr_is_set: bool = False
+    pr_type: int = 0
+    pr_scope: int = 0
+    pr_holder: scst_dev_registrant | None = None        # None with an all-registrants type
+    pr_aptpl: bool = False
+    file_gen: int = 0
+    # SPC-2 reservation: the nexus holding it, or None
+    reserved_by: tuple | None = None
+    pr_mutex: mutex = attrs.field(factory=lambda: mutex("pr_mutex"))
+
+
+# device -> its reservation state (set at attach, dropped at detach)
+scst_pr_devs: dict = {}
+# session -> (transport id, rel_tgt_id), cached: computed once per session
+_nexus_cache: dict = {}
+# Called with the device on LUN/target reset, after the SPC-2 release
+# (vdisk clears its PREVENT ALLOW state here).
+scst_dev_reset_hooks: list[Callable[["scst_device"], None]] = []
+
+
+# ---------------------------------------------------------------- nexus
+
+def scst_iscsi_transport_id(name: str, isid: bytes | None) -> bytes:
+    """SPC-4 7.6.4.6 iSCSI TransportID, format 01b (initiator port)."""
+    s = name if isid is None else f"{name},i,0x{isid.hex()}"
+    b = s.encode("utf-8") + b"\x00"
+    b = b.ljust(max(20, (len(b) + 3) & ~3), b"\x00")
+    return bytes((0x45 if isid is not None else 0x05, 0)) + len(b).to_bytes(2, "big") + b
+
+
+def scst_cmd_nexus(cmd: "scst_cmd") -> tuple[bytes, int]:
+    """The command's I_T nexus: (initiator port TransportID, relative
+    target port id)."""
+    return scst_sess_nexus(cmd.sess)
+
+
+def scst_sess_nexus(sess: "scst_session") -> tuple[bytes, int]:
+    nx = _nexus_cache.get(sess)
+    if nx is None:
+        tgt = sess.tgt
+        fn = tgt.tgtt.get_initiator_port_transport_id
+        tid = fn(tgt, sess) if fn is not None else None
+        if not tid:
+            isid = getattr(sess.tgt_priv, "isid", None)
+            tid = scst_iscsi_transport_id(sess.initiator_name,
+                                          isid if isinstance(isid, bytes) else None)
+        nx = (tid, tgt.rel_tgt_id)
+        _nexus_cache[sess] = nx
+    return nx
+
+
+def _find_reg(prd: scst_pr_dev, nexus: tuple[bytes, int]) -> scst_dev_registrant | None:
+    tid, rel = nexus
+    for r in prd.registrants:
+        if r.rel_tgt_id == rel and r.transport_id == tid:
+            return r
+    return None
+
+
+def _is_holder(prd: scst_pr_dev, reg: scst_dev_registrant | None) -> bool:
+    if not prd.pr_is_set or reg is None:
+        return False
+    return prd.pr_type in _ALL_REG_TYPES or prd.pr_holder is reg
+
+
+# ---------------------------------------------------------------- access check
+
+def scst_pr_is_cmd_allowed(cmd: "scst_cmd") -> bool:
+    """May this command run under the device's reservations (SPC-4 5.7.1
+    table 44, SPC-2 5.5.1)? Never sleeps."""
+    prd = scst_pr_devs.get(cmd.dev)
+    if prd is None or (prd.reserved_by is None and not prd.pr_is_set):
+        return True
+    from scst_core.scst import (SCST_EXCL_ACCESS_ALLOWED, SCST_REG_RESERVE_ALLOWED,
+                                SCST_WRITE_EXCL_ALLOWED)
+    nexus = scst_cmd_nexus(cmd)
+    flags = cmd.op_flags
+    if prd.reserved_by is not None:
+        if prd.reserved_by == nexus:
+            return True
+        op = cmd.cdb[0]
+        if op in (0x17, 0x57):          # RELEASE from another nexus: a no-op, GOOD
+            return True
+        return bool(flags & SCST_REG_RESERVE_ALLOWED)
+    reg = _find_reg(prd, nexus)
+    if _is_holder(prd, reg):
+        return True
+    t = prd.pr_type
+    if reg is not None and t in _REGONLY_TYPES:
+        return True
+    if t in (TYPE_WRITE_EXCLUSIVE, TYPE_WRITE_EXCLUSIVE_REGONLY, TYPE_WRITE_EXCLUSIVE_ALL_REG):
+        return bool(flags & SCST_WRITE_EXCL_ALLOWED)
+    return bool(flags & SCST_EXCL_ACCESS_ALLOWED)
+
+
+# ---------------------------------------------------------------- SPC-2 RESERVE / RELEASE
+
+def scst_reserve_local(cmd: "scst_cmd") -> None:
+    prd = scst_pr_devs.get(cmd.dev)
+    if prd is None:
+        return
+    cdb = cmd.cdb
+    if cdb[0] == 0x56 and cdb[1] & 0x03:   # 3RDPTY / LONGID: not supported
+        scst_set_invalid_field_in_cdb(cmd, 1, 0)
+        return
+    nexus = scst_cmd_nexus(cmd)
+    if prd.registrants or prd.pr_is_set:
+        scst_set_cmd_error_status(cmd, SAM_STAT_RESERVATION_CONFLICT)
+        return
+    if prd.reserved_by is not None and prd.reserved_by != nexus:
+        scst_set_cmd_error_status(cmd, SAM_STAT_RESERVATION_CONFLICT)
+        return
+    prd.reserved_by = nexus
+
+
+def scst_release_local(cmd: "scst_cmd") -> None:
+    prd = scst_pr_devs.get(cmd.dev)
+    if prd is None:
+        return
+    if prd.reserved_by is not None and prd.reserved_by == scst_cmd_nexus(cmd):
+        prd.reserved_by = None
+
+
+# ---------------------------------------------------------------- PERSISTENT RESERVE IN
+
+def _copy_out(cmd: "scst_cmd", data: bytes) -> None:
+    n = min(len(data), cmd.bufflen)
+    if n:
+        scst_get_buf_full(cmd)[:n] = data[:n]
+    scst_set_resp_data_len(cmd, n)
+
+
+def scst_pr_exec_in(cmd: "scst_cmd") -> None:
+    prd = scst_pr_devs.get(cmd.dev)
+    if prd is None:
+        return
+    sa = cmd.cdb[1] & 0x1F
+    gen = prd.pr_generation.to_bytes(4, "big")
+    if sa == PR_READ_KEYS:
+        keys = b"".join(r.key.to_bytes(8, "big") for r in prd.registrants)
+        _copy_out(cmd, gen + len(keys).to_bytes(4, "big") + keys)
+    elif sa == PR_READ_RESERVATION:
+        if not prd.pr_is_set:
+            _copy_out(cmd, gen + bytes(4))
+            return
+        key = prd.pr_holder.key if prd.pr_holder is not None else 0
+        desc = key.to_bytes(8, "big") + bytes(5) + bytes(((prd.pr_scope << 4) | prd.pr_type,)) \
+            + bytes(2)
+        _copy_out(cmd, gen + len(desc).to_bytes(4, "big") + desc)
+    elif sa == PR_REPORT_CAPS:
+        buf = bytearray(8)
+        buf[1] = 8
+        buf[2] = 0x10 | (0x01 if scst_pr_dir is not None else 0)    # CRH, PTPL_C
+        buf[3] = 0x80 | (0x01 if prd.pr_aptpl else 0)                # TMV, PTPL_A
+        buf[4] = 0x80 | 0x40 | 0x20 | 0x08 | 0x02                    # WR_EX_AR EX_AC_RO WR_EX_RO EX_AC WR_EX
+        buf[5] = 0x01                                                # EX_AC_AR
+        _copy_out(cmd, bytes(buf))
+    elif sa == PR_READ_FULL_STATUS:
+        out = bytearray()
+        for r in prd.registrants:
+            d = bytearray(24)
+            d[0:8] = r.key.to_bytes(8, "big")
+            if _is_holder(prd, r):
+                d[12] = 0x01
+                d[13] = (prd.pr_scope << 4) | prd.pr_type
+            d[18:20] = r.rel_tgt_id.to_bytes(2, "big")
+            d[20:24] = len(r.transport_id).to_bytes(4, "big")
+            out += d + r.transport_id
+        _copy_out(cmd, gen + len(out).to_bytes(4, "big") + bytes(out))
+    else:
+        scst_set_invalid_field_in_cdb(cmd, 1, 4)
+
+
+# ---------------------------------------------------------------- PERSISTENT RESERVE OUT
+
+def _queue_ua_nexus(cmd: "scst_cmd", nexus: tuple[bytes, int], sense: tuple[int, int, int]) -> None:
+    """Establish a UA on every tgt_dev of the device that belongs to nexus."""
+    from scst_core.ua import scst_queue_ua
+    for tgt_dev in list(cmd.dev.dev_tgt_dev_list):
+        if scst_sess_nexus(tgt_dev.sess) == nexus:
+            scst_queue_ua(tgt_dev, sense)
+
+
+def _ua_registrants(cmd: "scst_cmd", prd: scst_pr_dev, sense: tuple[int, int, int],
+                    skip: tuple[bytes, int], regs: list | None = None) -> None:
+    for r in (prd.registrants if regs is None else regs):
+        nx = (r.transport_id, r.rel_tgt_id)
+        if nx != skip:
+            _queue_ua_nexus(cmd, nx, sense)
+
+
+def _release_reservation(prd: scst_pr_dev) -> None:
+    prd.pr_is_set = False
+    prd.pr_type = prd.pr_scope = 0
+    prd.pr_holder = None
+
+
+def _unregister(cmd: "scst_cmd", prd: scst_pr_dev, reg: scst_dev_registrant) -> None:
+    prd.registrants.remove(reg)
+    if not prd.pr_is_set:
+        return
+    if prd.pr_type in _ALL_REG_TYPES:
+        if not prd.registrants:
+            _release_reservation(prd)
+    elif prd.pr_holder is reg:
+        t = prd.pr_type
+        _release_reservation(prd)
+        if t in (TYPE_WRITE_EXCLUSIVE_REGONLY, TYPE_EXCLUSIVE_ACCESS_REGONLY):
+            _ua_registrants(cmd, prd, scst_sense_reservations_released_UA, ("", -1))
+
+
+def scst_pr_exec_out(cmd: "scst_cmd") -> None:
+    prd = scst_pr_devs.get(cmd.dev)
+    if prd is None:
+        return
+    cdb = cmd.cdb
+    sa = cdb[1] & 0x1F
+    scope = cdb[2] >> 4
+    ptype = cdb[2] & 0x0F
+    plen = int.from_bytes(cdb[5:9], "big")
+    if sa > PR_REGISTER_AND_MOVE:
+        scst_set_invalid_field_in_cdb(cmd, 1, 4)
+        return
+    if sa == PR_REGISTER_AND_MOVE:
+        scst_set_invalid_field_in_cdb(cmd, 1, 4)
+        return
+    if plen != 24:
+        scst_set_cmd_error(cmd, scst_sense_parameter_list_length_invalid)
+        return
+    data = scst_get_buf_full(cmd)
+    if len(data) < 24:
+        scst_set_cmd_error(cmd, scst_sense_parameter_list_length_invalid)
+        return
+    res_key = int.from_bytes(data[0:8], "big")
+    sa_key = int.from_bytes(data[8:16], "big")
+    spec_i_pt = bool(data[20] & 0x08)
+    all_tg_pt = bool(data[20] & 0x04)
+    aptpl = bool(data[20] & 0x01)
+    if spec_i_pt:
+        scst_set_invalid_field_in_parm_list(cmd, 20, 3)
+        return
+    if all_tg_pt:
+        scst_set_invalid_field_in_parm_list(cmd, 20, 2)
+        return
+    if aptpl and scst_pr_dir is None:
+        scst_set_invalid_field_in_parm_list(cmd, 20, 0)
+        return
+    nexus = scst_cmd_nexus(cmd)
+    reg = _find_reg(prd, nexus)
+    changed = False
+    if sa in (PR_REGISTER, PR_REGISTER_AND_IGNORE):
+        if reg is None:
+            if sa == PR_REGISTER and res_key != 0:
+                scst_set_cmd_error_status(cmd, SAM_STAT_RESERVATION_CONFLICT)
+                return
+            if sa_key != 0:
+                prd.registrants.append(scst_dev_registrant(nexus[0], nexus[1], sa_key))
+                prd.pr_aptpl = aptpl
+                changed = True
+        else:
+            if sa == PR_REGISTER and res_key != reg.key:
+                scst_set_cmd_error_status(cmd, SAM_STAT_RESERVATION_CONFLICT)
+                return
+            if sa_key == 0:
+                _unregister(cmd, prd, reg)
+            else:
+                reg.key = sa_key
+            prd.pr_aptpl = aptpl
+            changed = True
+        prd.pr_generation = (prd.pr_generation + 1) & 0xFFFFFFFF
+    else:
+        if reg is None or res_key != reg.key:
+            scst_set_cmd_error_status(cmd, SAM_STAT_RESERVATION_CONFLICT)
+            return
+        if sa == PR_RESERVE:
+            if scope != 0:
+                scst_set_invalid_field_in_cdb(cmd, 2, 7)
+                return
+            if ptype not in _VALID_TYPES:
+                scst_set_invalid_field_in_cdb(cmd, 2, 3)
+                return
+            if prd.pr_is_set:
+                if not _is_holder(prd, reg) or prd.pr_type != ptype or prd.pr_scope != scope:
+                    scst_set_cmd_error_status(cmd, SAM_STAT_RESERVATION_CONFLICT)
+                return
+            prd.pr_is_set = True
+            prd.pr_type, prd.pr_scope = ptype, scope
+            prd.pr_holder = None if ptype in _ALL_REG_TYPES else reg
+            changed = True
+        elif sa == PR_RELEASE:
+            if not prd.pr_is_set or not _is_holder(prd, reg):
+                return
+            if prd.pr_type != ptype or prd.pr_scope != scope:
+                scst_set_cmd_error(cmd, scst_sense_invalid_release)
+                return
+            t = prd.pr_type
+            _release_reservation(prd)
+            if t not in (TYPE_WRITE_EXCLUSIVE, TYPE_EXCLUSIVE_ACCESS):
+                _ua_registrants(cmd, prd, scst_sense_reservations_released_UA, nexus)
+            changed = True
+        elif sa == PR_CLEAR:
+            others = list(prd.registrants)
+            prd.registrants.clear()
+            _release_reservation(prd)
+            _ua_registrants(cmd, prd, scst_sense_reservations_preempted_UA, nexus, others)
+            prd.pr_generation = (prd.pr_generation + 1) & 0xFFFFFFFF
+            changed = True
+        else:                           # PREEMPT, PREEMPT AND ABORT
+            if not _pr_preempt(cmd, prd, reg, nexus, sa_key, scope, ptype):
+                return
+            prd.pr_generation = (prd.pr_generation + 1) & 0xFFFFFFFF
+            changed = True
+    if changed and (prd.pr_aptpl or aptpl):
+        scst_pr_sync_device_file(prd)
+
+
+def _pr_preempt(cmd: "scst_cmd", prd: scst_pr_dev, reg: scst_dev_registrant,
+                nexus: tuple[bytes, int], sa_key: int, scope: int, ptype: int) -> bool:
+    """SPC-4 5.7.11.4. False when the sense or status is set."""
+    if prd.pr_is_set and (scope != 0 or ptype not in _VALID_TYPES):
+        scst_set_invalid_field_in_cdb(cmd, 2, 3 if scope == 0 else 7)
+        return False
+    if prd.pr_is_set and prd.pr_type in _ALL_REG_TYPES:
+        if sa_key == 0:
+            victims = [r for r in prd.registrants if r is not reg]
+            prd.pr_type, prd.pr_scope = ptype, scope
+            prd.pr_holder = None if ptype in _ALL_REG_TYPES else reg
+        else:
+            victims = [r for r in prd.registrants if r.key == sa_key and r is not reg]
+    elif prd.pr_is_set and prd.pr_holder is not None and prd.pr_holder.key == sa_key:
+        victims = [r for r in prd.registrants if r.key == sa_key and r is not reg]
+        prd.pr_type, prd.pr_scope = ptype, scope
+        prd.pr_holder = None if ptype in _ALL_REG_TYPES else reg
+    else:
+        if sa_key == 0:
+            scst_set_invalid_field_in_parm_list(cmd, 8)
+            return False
+        victims = [r for r in prd.registrants if r.key == sa_key]
+        if not victims:
+            scst_set_cmd_error_status(cmd, SAM_STAT_RESERVATION_CONFLICT)
+            return False
+    for r in victims:
+        if r in prd.registrants:
+            prd.registrants.remove(r)
+    _ua_registrants(cmd, prd, scst_sense_registrations_preempted_UA, nexus, victims)
+    return True
+
+
+# ---------------------------------------------------------------- APTPL file
+
+def _pr_file_text(prd: scst_pr_dev) -> str:
+    lines = [_PR_FILE_MAGIC, f"file_gen {prd.file_gen}", f"generation {prd.pr_generation}"]
+    for r in prd.registrants:
+        lines.append(f"reg {r.key:016x} {r.rel_tgt_id} {r.transport_id.hex()}")
+    if prd.pr_is_set:
+        holder = prd.registrants.index(prd.pr_holder) if prd.pr_holder in prd.registrants else -1
+        lines.append(f"res {prd.pr_type} {prd.pr_scope} {holder}")
+    body = "\n".join(lines) + "\n"
+    return body + "sha256 " + hashlib.sha256(body.encode()).hexdigest() + "\n"
+
+
+def _pr_file_parse(text: str) -> dict | None:
+    """The state in one slot file, or None if it is torn or not ours."""
+    head, sep, tail = text.rpartition("sha256 ")
+    if not sep or hashlib.sha256(head.encode()).hexdigest() != tail.strip():
+        return None
+    lines = head.splitlines()
+    if not lines or lines[0] != _PR_FILE_MAGIC:
+        return None
+    st: dict = {"regs": [], "res": None}
+    for ln in lines[1:]:
+        f = ln.split()
+        if f[0] == "file_gen":
+            st["file_gen"] = int(f[1])
+        elif f[0] == "generation":
+            st["generation"] = int(f[1])
+        elif f[0] == "reg":
+            st["regs"].append((int(f[1], 16), int(f[2]), bytes.fromhex(f[3])))
+        elif f[0] == "res":
+            st["res"] = (int(f[1]), int(f[2]), int(f[3]))
+    return st if "file_gen" in st else None
+
+
+def _pr_path(prd: scst_pr_dev, slot: int) -> str:
+    return f"{scst_pr_dir}/{prd.name}.pr{slot}"
+
+
+def scst_pr_sync_device_file(prd: scst_pr_dev) -> int:
+    """Write the state to the older slot file (fsynced). With APTPL off,
+    write an empty state so nothing is restored. 0 or -errno. Sleeps."""
+    from kshim.err import IS_ERR
+    from kshim.fs import O_CREAT, O_TRUNC, O_WRONLY, filp_close, filp_open, vfs_fsync, vfs_writev
+    from kshim.printk import pr_err
+    if scst_pr_dir is None:
+        return 0
+    mutex_lock(prd.pr_mutex)
+    try:
+        prd.file_gen += 1
+        if prd.pr_aptpl:
+            text = _pr_file_text(prd)
+        else:
+            empty = scst_pr_dev(prd.name, file_gen=prd.file_gen)
+            text = _pr_file_text(empty)
+        data = text.encode()
+        f = filp_open(_pr_path(prd, prd.file_gen & 1), O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        if IS_ERR(f):
+            pr_err(f"scst: cannot write PR state of {prd.name}: {f}")
+            return f
+        n = vfs_writev(f, [memoryview(data)], 0)
+        ret = vfs_fsync(f, False) if n == len(data) else (n if n < 0 else -5)
+        filp_close(f)
+        if ret < 0:
+            pr_err(f"scst: writing PR state of {prd.name} failed: {ret}")
+        return ret
+    finally:
+        mutex_unlock(prd.pr_mutex)
+
+
+def _pr_read_slot(prd: scst_pr_dev, slot: int) -> dict | None:
+    from kshim.err import IS_ERR
+    from kshim.fs import O_RDONLY, file_inode, filp_close, filp_open, i_size_read, vfs_readv
+    f = filp_open(_pr_path(prd, slot), O_RDONLY)
+    if IS_ERR(f):
+        return None
+    size = min(i_size_read(file_inode(f)), 1 << 20)
+    buf = bytearray(size)
+    n = vfs_readv(f, [memoryview(buf)], 0)
+    filp_close(f)
+    if n != size:
+        return None
+    try:
+        return _pr_file_parse(buf.decode())
+    except (UnicodeDecodeError, ValueError, IndexError):
+        return None
+
+
+def scst_pr_load_device_file(prd: scst_pr_dev) -> None:
+    best = None
+    for slot in (0, 1):
+        st = _pr_read_slot(prd, slot)
+        if st is not None and (best is None or st["file_gen"] > best["file_gen"]):
+            best = st
+    if best is None:
+        return
+    prd.file_gen = best["file_gen"]
+    prd.pr_generation = best.get("generation", 0)
+    prd.registrants = [scst_dev_registrant(tid, rel, key) for key, rel, tid in best["regs"]]
+    prd.pr_aptpl = bool(prd.registrants)
+    if best["res"] is not None:
+        t, scope, holder = best["res"]
+        prd.pr_is_set, prd.pr_type, prd.pr_scope = True, t, scope
+        prd.pr_holder = prd.registrants[holder] if 0 <= holder < len(prd.registrants) else None
+
+
+# ---------------------------------------------------------------- life cycle
+
+def scst_pr_init_dev(dev: "scst_device", name: str) -> scst_pr_dev:
+    """Give dev its reservation state, restoring APTPL state. Task context."""
+    prd = scst_pr_dev(name)
+    if scst_pr_dir is not None:
+        scst_pr_load_device_file(prd)
+    scst_pr_devs[dev] = prd
+    return prd
+
+
+def scst_pr_clear_dev(dev: "scst_device") -> None:
+    scst_pr_devs.pop(dev, None)
+
+
+def scst_pr_nexus_gone(dev: "scst_device", sess: "scst_session") -> None:
+    """I_T nexus loss for one device: the SPC-2 reservation goes;
+    persistent registrations stay (SPC-4 5.7.3)."""
+    prd = scst_pr_devs.get(dev)
+    nx = scst_sess_nexus(sess)
+    _nexus_cache.pop(sess, None)
+    if prd is not None and prd.reserved_by == nx:
+        prd.reserved_by = None
+
+
+def scst_pr_dev_reset(dev: "scst_device") -> None:
+    """LUN or target reset reached dev: release the SPC-2 reservation and
+    tell the dev handler."""
+    prd = scst_pr_devs.get(dev)
+    if prd is not None:
+        prd.reserved_by = None
+    for fn in scst_dev_reset_hooks:
+        fn(dev)

@@ -1,0 +1,140 @@
+"""kshim.module: module_init/exit, parameters, exported symbols, refcounts, request_module."""
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+
+import pytest
+
+from kshim import bug, module, printk
+from kshim.err import EBUSY, EEXIST, EINVAL, ENOENT, EPERM
+from kshim.module import (delete_module, find_module, find_symbol, load_module, module_put,
+                          param_get, param_set, request_module, symbol_get, symbol_put,
+                          try_module_get)
+
+MOD_SRC = '''
+from kshim.module import (EXPORT_SYMBOL, MODULE_ALIAS, MODULE_LICENSE, MODULE_PARM_DESC,
+                          module_exit, module_init, module_param)
+
+MODULE_LICENSE("GPL")
+MODULE_ALIAS("{alias}")
+log = []
+max_sessions = 16
+verbose = False
+iqn = "iqn.x"
+module_param("max_sessions", "uint", 0o644)
+MODULE_PARM_DESC("max_sessions", "sessions per target")
+module_param("verbose", "bool", 0o444)
+module_param("iqn", "charp", 0)
+
+
+@EXPORT_SYMBOL
+def {sym}(x):
+    return x * 2
+
+
+@module_init
+def init():
+    log.append(("init", max_sessions, verbose, iqn))
+    return 0
+
+
+@module_exit
+def exit():
+    log.append("exit")
+'''
+
+
+@pytest.fixture
+def fake_module(tmp_path, monkeypatch):
+    """A Python module written to disk, importable as t_kmod_<n>, plus the
+    modprobe helper request_module needs for modules not imported yet."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    level = printk.console_loglevel
+    printk.set_console_loglevel(0)
+    made = []
+
+    def make(name: str, alias: str, sym: str) -> str:
+        (tmp_path / f"{name}.py").write_text(MOD_SRC.format(alias=alias, sym=sym))
+        made.append(name)
+        return name
+
+    def modprobe(pyname: str) -> int:
+        try:
+            importlib.import_module(pyname)
+        except ImportError:
+            return -ENOENT
+        return 0
+    monkeypatch.setattr(module, "usermode_modprobe", modprobe)
+    bug.reset_reports()
+    yield make
+    for name in made:
+        m = find_module(name)
+        if m is not None and m.state == module.MODULE_STATE_LIVE:
+            m.refcnt = 0
+            delete_module(name)
+        module.modules.pop(name, None)
+        module._by_pymod.pop(name, None)
+        sys.modules.pop(name, None)
+    module.module_aliases.clear()
+    printk.console_loglevel = level
+
+
+def test_load_applies_parameters_runs_init_and_exports_symbols(fake_module):
+    name = fake_module("t_kmod_a", "t-alias-a", "t_double_a")
+    assert load_module(name, "max_sessions=4 verbose=y unknown=1") == 0
+    mod = sys.modules[name]
+    assert mod.log == [("init", 4, True, "iqn.x")]
+    assert find_symbol("t_double_a")(3) == 6
+    assert load_module(name) == -EEXIST
+    assert param_get(name, "max_sessions") == "4" and param_get(name, "verbose") == "Y"
+
+
+def test_bad_parameter_values_and_permissions_are_refused(fake_module):
+    name = fake_module("t_kmod_b", "t-alias-b", "t_double_b")
+    assert load_module(name, "max_sessions=-1") == -EINVAL
+    assert find_module(name).state != module.MODULE_STATE_LIVE
+    assert load_module(name) == 0
+    assert param_set(name, "max_sessions", "0x20", from_sysfs=True) == 0
+    assert sys.modules[name].max_sessions == 32
+    assert param_set(name, "verbose", "n", from_sysfs=True) == -EPERM      # 0444
+    assert param_get(name, "iqn", from_sysfs=True) == -EPERM               # perm 0
+    assert param_set(name, "nope", "1") == -ENOENT
+
+
+def test_a_module_in_use_cannot_be_unloaded(fake_module):
+    name = fake_module("t_kmod_c", "t-alias-c", "t_double_c")
+    load_module(name)
+    m = find_module(name)
+    fn = symbol_get("t_double_c")
+    assert fn(1) == 2 and m.refcnt == 1
+    assert delete_module(name) == -EBUSY
+    symbol_put("t_double_c")
+    assert try_module_get(m) and m.refcnt == 1
+    module_put(m)
+    assert delete_module(name) == 0
+    assert sys.modules[name].log[-1] == "exit"
+    assert find_symbol("t_double_c") is None and not try_module_get(m)
+    module_put(m)
+    assert bug.reports[-1].title == "module_put() below zero"
+
+
+def test_request_module_loads_by_alias_through_the_modprobe_helper(fake_module):
+    name = fake_module("t_kmod_d", "t-alias-d", "t_double_d")
+    module.module_aliases["t-alias-d"] = name    # what modules.alias would say before import
+    assert request_module("t-alias-d") == 0
+    assert find_module(name).state == module.MODULE_STATE_LIVE
+    assert request_module("t-alias-d") == 0      # already live
+    assert request_module("t_no_such_module") == -ENOENT
+    assert "t_kmod_d" in module.lsmod()
+
+
+def test_module_param_refuses_world_writable_and_unknown_types():
+    g = {"__name__": "t_kmod_inline", "x": 1}
+    with pytest.raises(ValueError):
+        exec("from kshim.module import module_param\nmodule_param('x', 'int', 0o666)", g)
+    with pytest.raises(ValueError):
+        exec("from kshim.module import module_param\nmodule_param('x', 'float', 0o644)", g)
+    module.modules.pop("t_kmod_inline", None)
+    module._by_pymod.pop("t_kmod_inline", None)

@@ -1,0 +1,157 @@
+"""kshim.timer: timers in softirq context, schedule_timeout, msleep, lifetime checks."""
+from __future__ import annotations
+
+from conftest import report, titles
+
+from kshim import sched
+from kshim.completion import complete, completion, wait_for_completion
+from kshim.jiffies import jiffies, msecs_to_jiffies
+from kshim.kthread import kthread_run, kthread_stop
+from kshim.sched import SIGINT, allow_signal, send_sig
+from kshim.timer import (add_timer, del_timer, del_timer_sync, from_timer, mod_timer,
+                         msleep, msleep_interruptible, schedule_timeout_uninterruptible,
+                         setup_timer, timer_list, timer_pending, timer_reduce, timer_setup,
+                         timer_shutdown)
+
+
+def test_mod_timer_reports_whether_the_timer_was_pending(kernel):
+    def body():
+        t = timer_list(lambda _: None)
+        far = jiffies() + 100_000
+        first = mod_timer(t, far)
+        again = mod_timer(t, far + 1)
+        pending = timer_pending(t)
+        deleted = del_timer(t)
+        return first, again, pending, deleted, del_timer(t), timer_pending(t)
+    assert kernel(body) == (0, 1, True, 1, 0, False)
+
+
+def test_timers_fire_in_expiry_order_in_softirq_context(kernel):
+    log = []
+
+    def body():
+        done = completion()
+
+        def fn(t):
+            log.append((from_timer(t), sched.in_serving_softirq()))
+            if from_timer(t) == "last":
+                complete(done)
+        now = jiffies()
+        for name, delay in (("last", 6), ("first", 2), ("middle", 4)):
+            t = timer_list()
+            setup_timer(t, fn, name)
+            mod_timer(t, now + delay)
+        wait_for_completion(done)
+    kernel(body)
+    assert log == [("first", True), ("middle", True), ("last", True)]
+
+
+def test_a_deleted_timer_does_not_fire_and_timer_reduce_only_moves_earlier(kernel):
+    log = []
+
+    def body():
+        done = completion()
+        gone = timer_list(lambda _: log.append("deleted one fired"))
+        mod_timer(gone, jiffies() + 1)
+        del_timer_sync(gone)
+        t = timer_list(lambda _: (log.append("reduced fired"), complete(done)))
+        mod_timer(t, jiffies() + 100_000)
+        timer_reduce(t, jiffies() + 2)
+        timer_reduce(t, jiffies() + 50_000)       # later: ignored
+        wait_for_completion(done)
+    kernel(body)
+    assert log == ["reduced fired"]
+
+
+def test_sleeping_in_a_timer_callback_is_reported_naming_it(kernel):
+    def body():
+        done = completion()
+
+        def naughty_timer(t):
+            complete(done)
+            msleep(1)
+        mod_timer(timer_list(naughty_timer), jiffies() + 1)
+        wait_for_completion(done)
+    kernel(body)
+    rep = report("sleeping function called from invalid context")
+    assert rep.details["callback"].endswith("naughty_timer") and rep.details["in_softirq"] == 1
+    assert "schedule() called outside a task" in report("oops in softirq").details["error"]
+
+
+def test_timer_setup_or_add_timer_on_a_pending_timer_is_reported(kernel):
+    def body():
+        t = timer_list(lambda _: None)
+        mod_timer(t, jiffies() + 100_000)
+        timer_setup(t, lambda _: None)
+        add_timer(t)
+        del_timer(t)
+    kernel(body)
+    assert report("ODEBUG: init active").details["object_type"] == "timer_list"
+    assert report("add_timer() on a pending timer")
+
+
+def test_del_timer_sync_from_the_timers_own_callback_is_reported(kernel):
+    def body():
+        done = completion()
+
+        def self_killer(t):
+            del_timer_sync(t)
+            complete(done)
+        mod_timer(timer_list(self_killer), jiffies() + 1)
+        wait_for_completion(done)
+    kernel(body)
+    assert report("del_timer_sync() from the timer's own callback")
+
+
+def test_timer_shutdown_makes_later_arming_a_no_op(kernel):
+    def body():
+        t = timer_list(lambda _: None)
+        mod_timer(t, jiffies() + 100_000)
+        timer_shutdown(t)
+        return mod_timer(t, jiffies() + 10), timer_pending(t)
+    assert kernel(body) == (0, False)
+
+
+def test_schedule_timeout_and_msleep_sleep_at_least_that_long(kernel):
+    def body():
+        t0 = jiffies()
+        left = schedule_timeout_uninterruptible(3)
+        t1 = jiffies()
+        msleep(5)
+        t2 = jiffies()
+        return left, t1 - t0, t2 - t1
+    left, slept, msleept = kernel(body)
+    assert left == 0 and slept >= 3 and msleept >= msecs_to_jiffies(5)
+
+
+def test_msleep_interruptible_returns_the_time_left_on_a_signal(kernel):
+    log = []
+
+    def sleeper(_):
+        allow_signal(SIGINT)
+        log.append(msleep_interruptible(60_000))
+
+    def body():
+        t = kthread_run(sleeper, None, "sleeper")
+        sched.yield_()
+        send_sig(SIGINT, t)
+        kthread_stop(t)
+    kernel(body)
+    assert 59_000 < log[0] <= 60_001
+    assert titles() == []
+
+
+def test_a_timer_left_pending_is_forgotten_at_the_next_boot(kernel):
+    fired = []
+
+    def arm():
+        t = timer_list(lambda _: fired.append(1))
+        mod_timer(t, jiffies() + 1)
+        return t
+    t = kernel(arm)
+
+    def wait_a_bit():
+        msleep(5)
+        return timer_pending(t)
+    assert kernel(wait_a_bit) is False
+    assert fired == []
