@@ -52,11 +52,14 @@ from iscsi_scst.hdr import (ISCSI_CMD_ATTR_MASK, common_hdr, ISCSI_CMD_READ, ISC
                             pack_r2t, pack_scsi_rsp, sn_le, sn_lt, u32_at, unpack_common,
                             unpack_data_out, unpack_words)
 from iscsi_scst.nthread import fill_sn, hdigest, iscsi_queue_tx, pad_bytes
+from iscsi_scst import target as target_mod
 from iscsi_scst.target import iscsi_list_targets, iscsi_target_find
+from iscsi_scst.usr.chap import chap_authenticator, chap_credentials
 from iscsi_scst.usr.iscsid import login_req, login_session, text_negotiation
 from iscsi_scst.usr.param import NegotiationError, split_text
 from kshim.list import list_head
 from kshim.printk import pr_err, pr_info, pr_warn
+from kshim.random32 import get_random_bytes
 from kshim.scatterlist import sg_virt
 from kshim.slab import kmem_cache_alloc, kmem_cache_create, kmem_cache_free
 from kshim.gfp import GFP_KERNEL
@@ -797,10 +800,19 @@ def iscsi_on_abort_cmd(scmd: scst_cmd) -> None:
 
 # -- login ------------------------------------------------------------------
 
+def _chap_credentials(login: login_session) -> chap_credentials | None:
+    if login.session_type == "Discovery":
+        return target_mod.iscsi_discovery_chap
+    return login.target.chap if login.target is not None else None
+
+
 def iscsi_new_login(conn: iscsi_conn) -> login_session:
+    # One authenticator per login: it keeps that exchange's challenge.
     return login_session(find_target=iscsi_target_find,
                          find_session=session_mod.iscsi_session_find,
-                         alloc_tsih=session_mod.iscsi_alloc_tsih)
+                         alloc_tsih=session_mod.iscsi_alloc_tsih,
+                         authenticator=chap_authenticator(credentials=_chap_credentials,
+                                                          random_bytes=get_random_bytes))
 
 
 def _enable_digests(conn: iscsi_conn) -> None:

@@ -40,6 +40,8 @@ class iscsi_target:
     alias: str = ""
     portal_group_tag: int = 1
     enabled: bool = True
+    # CHAP users for this target (IncomingUser/OutgoingUser); None: no CHAP
+    chap: Any = None
 
 
 @attrs.define(slots=True, eq=False)
@@ -54,6 +56,8 @@ class iscsi_portal:
 
 
 target_list: list[iscsi_target] = []
+# CHAP users for discovery sessions (the driver's IncomingUser/OutgoingUser)
+iscsi_discovery_chap: Any = None
 portal_list: list[iscsi_portal] = []
 _next_tid = 0
 

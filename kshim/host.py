@@ -92,6 +92,11 @@ def getpid() -> int:
     return os.getpid()
 
 
+def random_bytes(n: int) -> bytes:
+    """n bytes from the host's CSPRNG."""
+    return os.urandom(n)
+
+
 # -- files ------------------------------------------------------------------
 
 def file_open(path: str, flags: int, mode: int) -> int:

@@ -273,7 +273,8 @@ _ISCSI_TGT_KEYS = {
     "NopInInterval": ("nop_in_interval", (0, 65535)), "NopInTimeout": ("nop_in_timeout", (1, 65535)),
 }
 # Values of the optional (multi-valued) attributes: driver's under None,
-# a target's under its name. CHAP is not implemented yet: kept and shown.
+# a target's under its name. IncomingUser/OutgoingUser also become the
+# CHAP users the login checks (apply_chap).
 iscsi_attr_values: dict = {}
 iscsi_driver_state = {"enabled": True}
 
@@ -291,6 +292,7 @@ def register_iscsi_sysfs() -> None:
     from iscsi_scst.iscsi import iscsi_template
     from iscsi_scst.target import (iscsi_add_portal, iscsi_del_portal, iscsi_target_add,
                                    iscsi_target_del, portal_list, target_list)
+    from iscsi_scst.usr.chap import chap_credentials_from_attrs
     from iscsi_scst.usr.param import iscsi_tgt_params
     from kshim.err import EEXIST, EINVAL, ENOENT
     from kshim.printk import pr_err
@@ -372,7 +374,7 @@ def register_iscsi_sysfs() -> None:
             pr_err(f"iscsi: {name} needs a value")
             return -EINVAL
         if name in ("IncomingUser", "OutgoingUser") and len(value.split()) != 2:
-            pr_err(f"iscsi: {name} takes 'user secret', not '{value}'")
+            pr_err(f"iscsi: {name} takes 'user secret'")    # never echo a secret
             return -EINVAL
         if name == "portal":
             try:
@@ -389,6 +391,30 @@ def register_iscsi_sysfs() -> None:
         if value in vals:
             return -EEXIST
         vals.append(value)
+        if name in ("IncomingUser", "OutgoingUser"):
+            ret = apply_chap(key)
+            if ret != 0:
+                vals.remove(value)
+            return ret
+        return 0
+
+    def apply_chap(key) -> int:
+        """Make the CHAP users of a target (key: its name) or of discovery
+        (key None) take effect for the next login."""
+        vals = iscsi_attr_values.get(key, {})
+        creds = chap_credentials_from_attrs(vals.get("IncomingUser", []),
+                                            vals.get("OutgoingUser", []))
+        if isinstance(creds, str):
+            pr_err(f"iscsi: {creds}")
+            return -EINVAL
+        if not creds.incoming and creds.outgoing is None:
+            creds = None
+        if key is None:
+            iscsi_target_mod.iscsi_discovery_chap = creds
+        else:
+            t = next((x for x in target_list if x.name == key), None)
+            if t is not None:
+                t.chap = creds
         return 0
 
     def del_attr(key, name: str, value: str) -> int:
@@ -404,6 +430,8 @@ def register_iscsi_sysfs() -> None:
             pr_err(f"iscsi: {name} '{value}' not set")
             return -ENOENT
         vals.remove(value)
+        if name in ("IncomingUser", "OutgoingUser"):
+            return apply_chap(key)
         return 0
 
     def drv_enabled_store(kobj, a, buf):

@@ -446,6 +446,10 @@ def _target_side(tgt: iscsi_tgt_params, name: str) -> object:
     return getattr(tgt, _TGT_FIELD[name])
 
 
+# Declarative keys an initiator may repeat, unchanged, in a later stage.
+_REDECLARABLE = frozenset(("InitiatorName", "InitiatorAlias", "TargetName", "SessionType"))
+
+
 @attrs.define(slots=True, eq=False)
 class key_negotiator:
     """The key state of one login (or one Text exchange): what the initiator
@@ -493,6 +497,10 @@ class key_negotiator:
             self._take_answer(name, value)
             return None
         if name in self.offered:
+            # libiscsi repeats its declarations after the security stage: the
+            # same value again changes nothing; a different one is refused.
+            if name in _REDECLARABLE and self.results.get(name) == value:
+                return None
             raise _invalid(f"key {name} offered more than once")
         self.offered.add(name)
         key = session_keys.get(name)

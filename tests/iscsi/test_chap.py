@@ -180,10 +180,6 @@ LIBISCSI_OP_AFTER_CHAP = LEADING + [
     ("DataPDUInOrder", "Yes"), ("DataSequenceInOrder", "Yes")]
 
 
-@pytest.mark.xfail(strict=True, reason="usr/param.py key_negotiator fails a repeated "
-                   "InitiatorName/TargetName/SessionType with 02/0B ('offered more than "
-                   "once'); libiscsi repeats them in its first operational-stage request "
-                   "after CHAP, so every libiscsi CHAP login fails until that is accepted")
 def test_libiscsi_chap_login_sequence_reaches_full_feature_phase():
     s, _, _ = make(MUTUAL)
     i, c = to_challenge(s)

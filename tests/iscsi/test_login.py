@@ -291,11 +291,19 @@ def test_duplicate_key_in_login_fails_with_02_0b():
     assert st_of(r) == (2, 0x0B)
 
 
-def test_key_repeated_in_a_later_login_request_fails_with_02_0b():
+def test_declaration_repeated_with_another_value_in_a_later_request_fails_with_02_0b():
+    s = make_session()
+    s.step(req(OPEN_ISCSI_SEC, csg=0, nsg=1))
+    r = s.step(req([("InitiatorName", INAME + ".other")] + OPEN_ISCSI_OP))
+    assert st_of(r) == (2, 0x0B)
+
+
+def test_declaration_repeated_unchanged_in_a_later_request_is_accepted():
+    # libiscsi sends InitiatorName/TargetName/SessionType again after CHAP.
     s = make_session()
     s.step(req(OPEN_ISCSI_SEC, csg=0, nsg=1))
     r = s.step(req([("InitiatorName", INAME)] + OPEN_ISCSI_OP))
-    assert st_of(r) == (2, 0x0B)
+    assert st_of(r) == (0, 0) and not s.failed
 
 
 def test_garbage_text_fails_with_02_0b():

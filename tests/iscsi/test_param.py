@@ -381,12 +381,18 @@ def test_key_offered_again_in_a_later_request_fails_with_02_0b():
     assert status(e) == (2, 0x0B)
 
 
-def test_declared_key_repeated_fails_too():
+def test_declared_key_repeated_with_another_value_fails_too():
     neg = key_negotiator(tgt=iscsi_tgt_params())
     neg.process([("InitiatorName", "iqn.a")], SEC)
     with pytest.raises(NegotiationError) as e:
-        neg.process([("InitiatorName", "iqn.a")], OP)
+        neg.process([("InitiatorName", "iqn.b")], OP)
     assert status(e) == (2, 0x0B)
+
+
+def test_declared_key_repeated_unchanged_is_accepted_without_answer():
+    neg = key_negotiator(tgt=iscsi_tgt_params())
+    neg.process([("InitiatorName", "iqn.a")], SEC)
+    assert ("InitiatorName", "iqn.a") not in neg.process([("InitiatorName", "iqn.a")], OP)
 
 
 @pytest.mark.parametrize("name", ["X-com.example.Foo", "X#org.example.bar", "FooBar",
