@@ -68,21 +68,29 @@ def getframe(depth: int = 0) -> FrameType | None:
 
 def stack_capture(skip: int = 1, limit: int = 12) -> tuple:
     """Snapshot of the caller's stack, `skip` frames above this call's
-    caller, innermost first, at most `limit` frames. Costs about a
-    microsecond; format it with format_entries() only when reporting."""
+    caller, innermost first, at most `limit` frames, as (code, line) pairs.
+    Costs about a microsecond; format it with format_entries() only when
+    reporting."""
     f = getframe(skip + 1)
     out = []
-    while f is not None and len(out) < limit:
-        co = f.f_code
-        out.append((co.co_filename, f.f_lineno, co.co_name))
+    n = limit
+    while f is not None and n:
+        out.append((f.f_code, f.f_lineno))
         f = f.f_back
+        n -= 1
     return tuple(out)
+
+
+def entry_parts(e: tuple) -> tuple[str, int, str]:
+    """(filename, line, function) of one stack_capture() entry."""
+    co, line = e
+    return co.co_filename, line, co.co_name
 
 
 def format_entries(entries: tuple, indent: str = "  ") -> str:
     """Text of a stack_capture() snapshot, outermost call first, as tracebacks read."""
-    return "".join(f'{indent}File "{fn}", line {ln}, in {name}\n'
-                   for fn, ln, name in reversed(entries))
+    return "".join(f'{indent}File "{co.co_filename}", line {ln}, in {co.co_name}\n'
+                   for co, ln in reversed(entries))
 
 
 def caller_site(skip: int = 1) -> str:

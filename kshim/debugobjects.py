@@ -87,8 +87,11 @@ def debug_check_no_obj_freed(obj: Any, where: str) -> int:
     fix each up. Return how many were found."""
     if not debug_objects:
         return 0
+    reg = _registry
     found = 0
     for v in [obj] + _values(obj):
+        if type(v) not in reg:
+            continue
         hit = _check(v)
         if hit is None:
             continue

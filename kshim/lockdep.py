@@ -91,6 +91,27 @@ def register_lock_file(path: str) -> None:
     _lock_files.add(path)
 
 
+def lock_site_raw() -> tuple:
+    """(code, line) of the first caller outside the lock modules: cheap to
+    take on every acquisition; site_str() formats it for a report."""
+    f = getframe(1)
+    files = _lock_files
+    while f is not None and f.f_code.co_filename in files:
+        f = f.f_back
+    if f is None:
+        return (None, 0)
+    return (f.f_code, f.f_lineno)
+
+
+def site_str(site: "tuple | str") -> str:
+    if isinstance(site, str):
+        return site
+    co, line = site
+    if co is None:
+        return "?"
+    return f"{co.co_filename}:{line} ({co.co_name})"
+
+
 def lock_site() -> str:
     """'file:line (function)' of the first caller outside the lock modules."""
     f = getframe(1)
@@ -119,7 +140,7 @@ class lock_dep:
 
     __slots__ = ("stack", "held_site", "task")
 
-    def __init__(self, stack: tuple, held_site: str, task: str) -> None:
+    def __init__(self, stack: tuple, held_site: tuple, task: str) -> None:
         self.stack = stack
         self.held_site = held_site
         self.task = task
@@ -163,7 +184,7 @@ class lock_class:
 class held_lock:
     __slots__ = ("lock", "cls", "read", "trylock", "acquire_ns", "site")
 
-    def __init__(self, lock: Any, cls: lock_class, read: int, trylock: bool, site: str) -> None:
+    def __init__(self, lock: Any, cls: lock_class, read: int, trylock: bool, site: tuple) -> None:
         self.lock = lock
         self.cls = cls
         self.read = read
@@ -172,7 +193,7 @@ class held_lock:
         self.site = site
 
     def __repr__(self) -> str:
-        return f"{self.cls.fullname} acquired at {self.site}"
+        return f"{self.cls.fullname} acquired at {site_str(self.site)}"
 
 
 def lockdep_init_map(lock: Any, depth: int = 2) -> None:
@@ -242,18 +263,19 @@ def _once(key: Any) -> bool:
 
 
 def lock_acquire(lock: Any, subclass: int = 0, trylock: bool = False, read: int = 0,
-                 softirq_checks: bool = True) -> None:
+                 softirq_checks: bool = True) -> tuple | None:
     """Record that the current context takes `lock` (read: 0 exclusive,
     1 shared, 2 recursive shared); the first caller outside the lock
-    modules is the one to blame."""
+    modules is the one to blame. Return that site (code, line), or None
+    when lockdep is off."""
     if not debug_locks:
-        return
+        return None
     cls = _class_of(lock, subclass)
     if lock.key is _NOVALIDATE:
-        return
+        return None
     t = _cpu.curr
     held = t.held_locks
-    site = lock_site()
+    site = lock_site_raw()
     if held:
         for h in held:
             hc = h.cls
@@ -262,7 +284,8 @@ def lock_acquire(lock: Any, subclass: int = 0, trylock: bool = False, read: int 
                     continue
                 if _once(("recursive", cls)):
                     report_bug("possible recursive locking detected", task=t.comm,
-                               lock=cls.fullname, held_at=h.site, acquiring_at=site,
+                               lock=cls.fullname, held_at=site_str(h.site),
+                               acquiring_at=site_str(site),
                                hint="use the _nested call with a subclass if the nesting "
                                     "is ordered")
                 continue
@@ -282,6 +305,7 @@ def lock_acquire(lock: Any, subclass: int = 0, trylock: bool = False, read: int 
             _mark_usage(cls, bit, t, site)
     cls.acquisitions += 1
     held.append(held_lock(lock, cls, read, trylock, site))
+    return site
 
 
 def lock_release(lock: Any) -> None:
@@ -373,21 +397,21 @@ def _edge_stacks(path: list[lock_class]) -> str:
         d = a.after.get(b)
         if d is None:
             continue
-        parts.append(f"-> {b.fullname} taken while holding {a.fullname} (held since {d.held_site}),"
+        parts.append(f"-> {b.fullname} taken while holding {a.fullname} (held since {site_str(d.held_site)}),"
                      f" task {d.task}, first seen at:\n{format_entries(d.stack, '    ')}")
     return "".join(parts)
 
 
 def _add_dep(prev: lock_class, nxt: lock_class, h: held_lock, t: sched.task_struct,
-             site: str) -> None:
+             site: tuple) -> None:
     stack = stack_capture(3)
     cycle = _path(nxt, prev)
     prev.after[nxt] = nxt.before[prev] = lock_dep(stack, h.site, t.comm)
     if cycle is not None and _once(("cycle", frozenset(cycle))):
         chain = " -> ".join(c.fullname for c in cycle + [nxt])
         report_bug("possible circular locking dependency detected", task=t.comm,
-                   acquiring=nxt.fullname, acquiring_at=site, holding=prev.fullname,
-                   held_since=h.site, chain=chain,
+                   acquiring=nxt.fullname, acquiring_at=site_str(site), holding=prev.fullname,
+                   held_since=site_str(h.site), chain=chain,
                    existing_dependency=_edge_stacks(cycle),
                    this_dependency=format_entries(stack, "    "))
         return
@@ -411,7 +435,7 @@ def _report_safe_unsafe(safe: lock_class, unsafe: lock_class, path: list[lock_cl
                                                  "    "))
 
 
-def _mark_usage(cls: lock_class, bit: int, t: sched.task_struct, site: str) -> None:
+def _mark_usage(cls: lock_class, bit: int, t: sched.task_struct, site: tuple) -> None:
     stack = stack_capture(3)
     cls.usage |= bit
     cls.usage_stack[bit] = stack
@@ -421,7 +445,7 @@ def _mark_usage(cls: lock_class, bit: int, t: sched.task_struct, site: str) -> N
         if _once(("inconsistent", cls)):
             report_bug("inconsistent lock state", task=t.comm, lock=cls.fullname,
                        usage=f"{{{_USAGE_NAMES[old]}}} -> {{{_USAGE_NAMES[bit]}}}",
-                       at=site, callback=sched._softirq_name(),
+                       at=site_str(site), callback=sched._softirq_name(),
                        hint="take it with spin_lock_bh (or _irq) in process context",
                        first_usage_stack=format_entries(cls.usage_stack.get(old, ()), "    "),
                        this_usage_stack=format_entries(stack, "    "))

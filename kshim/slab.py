@@ -49,7 +49,8 @@ from typing import Any, Callable
 import attrs
 
 from kshim import debugobjects, sched
-from kshim.bug import KernelBug, caller_site, format_entries, report_bug, stack_capture
+from kshim.bug import (KernelBug, caller_site, entry_parts, format_entries, report_bug,
+                       stack_capture)
 from kshim.gfp import __GFP_DIRECT_RECLAIM, __GFP_NOWARN, __GFP_ZERO
 
 debug_slab = True
@@ -237,7 +238,7 @@ def _poison_getattribute(self: Any, name: str) -> Any:
     orig = type(self).__mro__[1].__name__
     report_bug("use after free", cache=cache, object=orig, attribute=name,
                freed_at=format_entries(stack[:4], "    ") if stack else "(not recorded)\n")
-    where = f"{stack[0][0]}:{stack[0][1]} ({stack[0][2]})" if stack else "?"
+    where = "%s:%d (%s)" % entry_parts(stack[0]) if stack else "?"
     raise KernelBug(f"use-after-free: {orig}.{name} of an object freed to cache {cache} "
                     f"at {where}")
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from kshim import debugobjects, lockdep, sched
 from kshim.bug import KernelBug, caller_site, report_bug
-from kshim.lockdep import lock_acquire, lock_release, lock_site
+from kshim.lockdep import lock_acquire, lock_release, lock_site, site_str
 from kshim.softirq import _pending, do_softirq
 
 debug_spinlock = True
@@ -44,7 +44,7 @@ class spinlock_t:
         self.owner: sched.task_struct | None = None
         self.key = None                   # lockdep class key (lockdep_set_class)
         self.dep_map = None               # lockdep's cached class
-        self.owner_site = ""
+        self.owner_site: tuple | None = None
         if lockdep.debug_locks and name == "spinlock":
             self.key = f"spinlock@{caller_site(1)}"
 
@@ -80,13 +80,11 @@ def _debug_lock(lock: spinlock_t, subclass: int = 0, trylock: bool = False) -> N
         owner = lock.owner
         report_bug("spinlock recursion" if owner is me else
                    "spinlock held by another task (held across schedule()?)",
-                   lock=lock.name, owner=owner.comm, owner_site=lock.owner_site,
+                   lock=lock.name, owner=owner.comm, owner_site=site_str(lock.owner_site) if lock.owner_site else "?",
                    task=me.comm, at=lock_site())
         raise KernelBug(f"spinlock {lock.name} already held by {owner.comm}")
     lock.owner = me
-    lock_acquire(lock, subclass, trylock, 0)
-    if lockdep.debug_locks:
-        lock.owner_site = lock_site()
+    lock.owner_site = lock_acquire(lock, subclass, trylock, 0)
 
 
 def _debug_unlock(lock: spinlock_t) -> None:

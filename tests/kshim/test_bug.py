@@ -66,6 +66,6 @@ def test_stack_capture_is_innermost_first_and_formats_outermost_first():
     def inner():
         return bug.stack_capture(0, 3)
     st = inner()
-    assert st[0][2] == "inner"
+    assert bug.entry_parts(st[0])[2] == "inner"
     text = bug.format_entries(st)
     assert text.rstrip().endswith("in inner")

@@ -10,8 +10,10 @@ from kshim import bug, engine
 from kshim.gfp import GFP_ATOMIC
 from kshim.scatterlist import sg_copy_from_buffer, sg_copy_to_buffer
 from scst_core.cdbprobe import scst_get_cdb_info
-from scst_core.const import TYPE_DISK
+from scst_core.const import SAM_STAT_RESERVATION_CONFLICT, TYPE_DISK
+from scst_core.lib import scst_set_cmd_error_status
 from scst_core.mem import scst_alloc_space, scst_release_space
+from scst_core.pres import scst_pr_is_cmd_allowed
 from scst_core.scst import SCST_DATA_WRITE, scst_cmd, scst_dev_type, scst_device
 from vdisk.vdisk import scst_vdisk_dev, vdisk_alloc_dev
 
@@ -93,6 +95,9 @@ def run_cmd(dev: scst_device, cdb: bytes | list[int], data_out: bytes = b"",
     if probe != 0:
         return Result(cmd, probe, b"", done)
     dev.handler.parse(cmd)
+    if not cmd.status and sess is not None and not scst_pr_is_cmd_allowed(cmd):
+        # The core's reservation check (scst_core.targ._parse) before exec.
+        scst_set_cmd_error_status(cmd, SAM_STAT_RESERVATION_CONFLICT)
     if cmd.status:
         return Result(cmd, probe, b"", done)
     if cmd.bufflen:
