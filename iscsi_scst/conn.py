@@ -99,8 +99,12 @@ class iscsi_conn:
     cmds_waitQ: wait_queue_head = attrs.field(factory=lambda: wait_queue_head("conn.cmds"))
     next_ttt: int = 0
     login_started: bool = False
+    logged_out: bool = False        # closed by a Logout, not lost
     login_cmd_sn: int = 0
     login_timer: timer_list = attrs.field(factory=timer_list)
+    # NOP-In ping: the TTT of the unanswered ping, if any (rd thread and timer)
+    nop_timer: timer_list = attrs.field(factory=timer_list)
+    nop_ttt: int | None = None
 
     def __attrs_post_init__(self) -> None:
         self.rxmv = memoryview(self.rxbuf)
@@ -175,14 +179,21 @@ def iscsi_conn_close(conn: iscsi_conn) -> None:
     from iscsi_scst.session import iscsi_session_conn_gone
     iscsi_conn_mark_closing(conn)
     del_timer(conn.login_timer)
+    del_timer(conn.nop_timer)
     kernel_sock_shutdown(conn.sock, SHUT_RDWR)
     kthread_stop(conn.wr_task)
     iscsi_conn_abort_cmnds(conn)
     if not wait_event_timeout(conn.cmds_waitQ, lambda: not conn.cmd_hash, _CLOSE_WAIT):
         pr_info(f"iscsi: {len(conn.cmd_hash)} commands of {conn.peer} still busy at close")
     sock_release(conn.sock)
-    if conn.session is not None:
-        iscsi_session_conn_gone(conn.session, conn)
+    sess = conn.session
+    if sess is not None:
+        if not conn.logged_out:
+            # ErrorRecoveryLevel 0: losing a connection ends the session
+            # (RFC 7143 7.1.5); its other connections close too.
+            for other in list(sess.conn_list):
+                iscsi_conn_mark_closing(other)
+        iscsi_session_conn_gone(sess, conn)
     if conn in conn_list:
         conn_list.remove(conn)
     wake_up_all(conns_waitQ)

@@ -8,13 +8,16 @@ Contexts: the rx handlers (iscsi_rx_hdr and the *_done functions) run on
 the connection's rd thread. iscsi_xmit_response and iscsi_rdy_to_xfer are
 SCST callbacks and may run in any context (rd thread, a device's command
 thread, or softirq for an asynchronous completion); they never sleep.
-iscsi_tx_build and iscsi_tx_done run on the wr thread.
+iscsi_tx_build and iscsi_tx_done run on the thread holding conn.tx_busy
+(see nthread.iscsi_tx_flush). The NOP-In timer runs in softirq context.
 
 Differs from iscsi-scst: responses are not separate iscsi_cmnd objects;
-the request's iscsi_cmnd is queued to the write list and the wr thread
-builds its Data-In and SCSI Response PDUs at send time.
-XXX: task management beyond ABORT TASK of a finished task, CmdSN holes
-with data, and MC/S are issue 4.
+the request's iscsi_cmnd is queued to the write list and its Data-In and
+SCSI Response PDUs are built at send time by whichever thread flushes the
+list (the rd thread before it sleeps, or the wr thread). A command that
+arrives ahead of its CmdSN is held, with its unsolicited data in a buffer of
+its own, and handed to SCST when its turn comes (any connection's rd
+thread may release it).
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from typing import Any, Callable
 import attrs
 
 from iscsi_scst import session as session_mod
-from iscsi_scst.conn import RX_DATA, RX_TAIL, iscsi_conn, iscsi_conn_mark_closing
+from iscsi_scst.conn import RX_DATA, RX_INIT_BHS, RX_TAIL, iscsi_conn, iscsi_conn_mark_closing
 from iscsi_scst.digest import digest_data
 from iscsi_scst.hdr import (ISCSI_CMD_ATTR_MASK, common_hdr, ISCSI_CMD_READ, ISCSI_CMD_WRITE,
                             ISCSI_FLG_CONTINUE, ISCSI_FLG_FINAL, ISCSI_FLG_RESID_OVERFLOW,
@@ -50,20 +53,21 @@ from iscsi_scst.hdr import (ISCSI_CMD_ATTR_MASK, common_hdr, ISCSI_CMD_READ, ISC
                             ISCSI_RESPONSE_UNKNOWN_TASK, ProtocolError, login_fields,
                             pack_data_in, pack_data_in_raw, pack_generic_rsp, pack_login_rsp, pack_logout_rsp,
                             pack_r2t, pack_scsi_rsp, sn_le, sn_lt, u32_at, unpack_common,
-                            unpack_data_out, unpack_words)
+                            unpack_data_out)
 from iscsi_scst.nthread import fill_sn, hdigest, iscsi_queue_tx, pad_bytes
 from iscsi_scst import target as target_mod
 from iscsi_scst.target import iscsi_list_targets, iscsi_target_find
 from iscsi_scst.usr.chap import chap_authenticator, chap_credentials
 from iscsi_scst.usr.iscsid import login_req, login_session, text_negotiation
 from iscsi_scst.usr.param import NegotiationError, split_text
-from kshim.list import list_head
+from kshim.list import list_del_init, list_head
 from kshim.printk import pr_err, pr_info, pr_warn
 from kshim.random32 import get_random_bytes
-from kshim.scatterlist import sg_virt
+from kshim.scatterlist import sg_copy_from_buffer, sg_virt
 from kshim.slab import kmem_cache_alloc, kmem_cache_create, kmem_cache_free
 from kshim.gfp import GFP_KERNEL
-from kshim.timer import del_timer
+from kshim.jiffies import HZ, jiffies
+from kshim.timer import del_timer, mod_timer, timer_list
 from scst_core.const import (SAM_STAT_GOOD, SCST_ABORT_TASK, SCST_ABORT_TASK_SET,
                              SCST_CLEAR_ACA, SCST_CLEAR_TASK_SET, SCST_LUN_RESET,
                              SCST_MGMT_STATUS_FN_NOT_SUPPORTED, SCST_MGMT_STATUS_LUN_NOT_EXIST,
@@ -118,6 +122,9 @@ class iscsi_cmnd:
     r2t_sn: int = 0
     outstanding_r2t: int = 0
     r2t_seqs: dict = attrs.field(factory=dict)     # TTT -> [next offset, end, next DataSN]
+    held: bool = False              # waiting for its CmdSN turn (see _cmd_sn_order)
+    release_pending: bool = False   # its turn came while its data was arriving
+    held_buf: bytearray | None = None
     unsol_seq: list = attrs.field(factory=lambda: [0, 0, 0])
     write_list_entry: list_head = attrs.field(default=None)
 
@@ -250,22 +257,54 @@ def _fail_write(cmnd: iscsi_cmnd, sense: tuple[int, int, int]) -> None:
 
 # -- rx: SCSI commands and their data ---------------------------------------
 
-def _advance_cmd_sn(conn: iscsi_conn, b0: int, cmd_sn: int) -> bool:
-    """CmdSN bookkeeping of a non-immediate PDU. False: drop it (outside the
-    window, RFC 7143 4.2.2.1)."""
+def _sn_holdable(conn: iscsi_conn, cmd_sn: int) -> bool:
+    """Is a CmdSN ahead of ExpCmdSN inside the window (and not a duplicate),
+    so that the PDU waits for its turn? Otherwise it is dropped silently, as
+    RFC 7143 4.2.2.1 asks; the drop is logged."""
+    sess = conn.session
+    exp = sess.exp_cmd_sn
+    max_sn = session_mod.iscsi_max_cmd_sn(sess)
+    if sn_lt(exp, cmd_sn) and sn_le(cmd_sn, max_sn) and cmd_sn not in sess.pending_cmnds:
+        return True
+    pr_warn(f"iscsi: {conn.peer}: CmdSN {cmd_sn:#x} outside window [{exp:#x}, {max_sn:#x}]: dropped")
+    return False
+
+
+def _cmd_sn_order(conn: iscsi_conn, b0: int, cmd_sn: int, release: Callable[[], None]) -> bool:
+    """CmdSN bookkeeping of a PDU (RFC 7143 4.2.2.1). True: act on it now.
+    False: it was dropped, or it is held until the PDUs before it arrive,
+    possibly on another connection; `release()` then acts on it, in CmdSN
+    order. Immediate PDUs are never ordered."""
     sess = conn.session
     if b0 & ISCSI_OP_IMMEDIATE:
         return True
-    exp = sess.exp_cmd_sn
-    if cmd_sn == exp:
-        sess.exp_cmd_sn = (exp + 1) & _MASK32
+    if cmd_sn == sess.exp_cmd_sn:
+        sess.exp_cmd_sn = (cmd_sn + 1) & _MASK32
         return True
-    max_sn = session_mod.iscsi_max_cmd_sn(sess)
-    if sn_lt(exp, cmd_sn) and sn_le(cmd_sn, max_sn):
-        raise ProtocolError(f"iscsi: {conn.peer}: CmdSN {cmd_sn:#x} ahead of ExpCmdSN "
-                            f"{exp:#x} on a single-connection session", None)
-    pr_warn(f"iscsi: {conn.peer}: CmdSN {cmd_sn:#x} outside window [{exp:#x}, {max_sn:#x}]: dropped")
+    if _sn_holdable(conn, cmd_sn):
+        sess.pending_cmnds[cmd_sn] = (conn, None, release)
     return False
+
+
+def _release_pending(sess: Any) -> None:
+    """Act on the held PDUs whose turn has come (after an in-order one)."""
+    pend = sess.pending_cmnds
+    while pend:
+        held = pend.pop(sess.exp_cmd_sn, None)
+        if held is None:
+            return
+        sess.exp_cmd_sn = (sess.exp_cmd_sn + 1) & _MASK32
+        held[2]()
+
+
+def _ordered(conn: iscsi_conn, handler: Callable[[iscsi_conn, bytes, bytes], None]) -> None:
+    """Run a non-SCSI PDU's handler in CmdSN order (its BHS and data saved)."""
+    bhs = conn.rx_bhs
+    data = bytes(conn.rx_collect or b"")
+    cmd_sn = u32_at(bhs, 24)
+    if _cmd_sn_order(conn, bhs[0], cmd_sn, lambda: handler(conn, bhs, data)):
+        handler(conn, bhs, data)
+        _release_pending(conn.session)
 
 
 _DIRECTION = (SCST_DATA_NONE, SCST_DATA_WRITE, SCST_DATA_READ, SCST_DATA_BIDI)
@@ -280,11 +319,6 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
         iscsi_send_reject(conn, bytes(buf[off:off + 48]), ISCSI_REASON_PROTOCOL_ERROR)
         _rx_discard(conn, dsl)
         return
-    if cmd_sn == sess.exp_cmd_sn and not b0 & ISCSI_OP_IMMEDIATE:
-        sess.exp_cmd_sn = (cmd_sn + 1) & _MASK32
-    elif not _advance_cmd_sn(conn, b0, cmd_sn):
-        _rx_discard(conn, dsl)
-        return
     cmd_hash = conn.cmd_hash
     if itt in cmd_hash or itt == ISCSI_RESERVED_TAG:
         raise ProtocolError(f"iscsi: {conn.peer}: ITT {itt:#x} already in use", None)
@@ -293,6 +327,16 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
     if dsl and (not write or dsl > edtl or not params.immediate_data):
         raise ProtocolError(f"iscsi: {conn.peer}: ITT {itt:#x}: {dsl} bytes of immediate data "
                             f"not allowed (EDTL {edtl}, write {bool(write)})", None)
+    if b0 & ISCSI_OP_IMMEDIATE:
+        in_order = True
+    elif cmd_sn == sess.exp_cmd_sn:
+        in_order = True
+        sess.exp_cmd_sn = (cmd_sn + 1) & _MASK32
+    elif _sn_holdable(conn, cmd_sn):
+        in_order = False
+    else:
+        _rx_discard(conn, dsl)
+        return
     cmnd = kmem_cache_alloc(iscsi_cmnd_cache, GFP_KERNEL)
     scmd = None if cmnd is None else scst_rx_cmd(sess.scst_sess, lun, cdb, False)
     if scmd is None:
@@ -305,7 +349,6 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
     cmnd.flags = flags
     cmnd.edtl = edtl
     cmnd.scst_cmd = scmd
-    cmd_hash[itt] = cmnd
     if write:
         final = flags & ISCSI_FLG_FINAL
         cmnd.unsol_open = not final
@@ -322,9 +365,46 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
     scmd.tag = itt
     scmd.queue_type = _ATTR[flags & ISCSI_CMD_ATTR_MASK]
     scst_cmd_set_expected(scmd, _DIRECTION[(flags >> 5) & 3], edtl)
+    if not in_order:
+        # Held until its turn; its unsolicited data waits in a buffer of its own.
+        sess.pending_cmnds[cmd_sn] = (conn, cmnd, lambda: _hand_to_scst(cmnd))
+        cmd_hash[itt] = cmnd
+        cmnd.held = True
+        if write and cmnd.r2t_next:
+            cmnd.held_buf = bytearray(cmnd.r2t_next)
+        if dsl:
+            _rx_set(conn, dsl, _scsi_data_done, _data_iov(cmnd, 0, dsl), cmnd)
+        return
+    cmd_hash[itt] = cmnd
     scst_cmd_init_done(scmd, SCST_CONTEXT_DIRECT)
     if dsl:
         _rx_set(conn, dsl, _scsi_data_done, _data_iov(cmnd, 0, dsl), cmnd)
+    if sess.pending_cmnds:
+        _release_pending(sess)
+
+
+def _hand_to_scst(cmnd: iscsi_cmnd) -> None:
+    """A held command's turn has come: give it to SCST, with the data that
+    arrived meanwhile; if a segment of it is still arriving, when that ends."""
+    cmnd.held = False
+    conn = cmnd.conn
+    if conn.rx_cmnd is cmnd and conn.read_state != RX_INIT_BHS:
+        cmnd.release_pending = True
+        return
+    _finish_release(cmnd)
+
+
+def _finish_release(cmnd: iscsi_cmnd) -> None:
+    cmnd.release_pending = False
+    scmd = cmnd.scst_cmd
+    buf = cmnd.held_buf
+    cmnd.held_buf = None
+    scst_cmd_init_done(scmd, SCST_CONTEXT_DIRECT)
+    if buf is not None and cmnd.write_ready and cmnd.data_rcvd:
+        n = min(cmnd.data_rcvd, len(buf), scmd.bufflen)
+        sg_copy_from_buffer(scmd.sg, scmd.sg_cnt, memoryview(buf)[:n])
+    if cmnd.write_ready or cmnd.rsp_deferred:
+        _rx_progress(cmnd)
 
 
 def _data_iov(cmnd: iscsi_cmnd, off: int, n: int) -> list:
@@ -332,6 +412,15 @@ def _data_iov(cmnd: iscsi_cmnd, off: int, n: int) -> list:
     the buffer (or all, before the buffer exists) goes to the discard area."""
     scmd = cmnd.scst_cmd
     out = []
+    held = cmnd.held_buf
+    if held is not None:
+        if off < len(held):
+            k = min(n, len(held) - off)
+            out.append(memoryview(held)[off:off + k])
+            n -= k
+        if n > 0:
+            out += _discard_iov(cmnd.conn, n)
+        return out
     if cmnd.write_ready:
         end = off + n
         limit = scmd.bufflen
@@ -412,6 +501,11 @@ def _data_out_done(conn: iscsi_conn) -> None:
 
 def _rx_progress(cmnd: iscsi_cmnd) -> None:
     """After a data segment of cmnd: answer early replies, start exec."""
+    if cmnd.held:
+        return                      # not SCST's yet: its data waits in held_buf
+    if cmnd.release_pending:
+        _finish_release(cmnd)
+        return
     cmnd.rx_pending = cmnd.unsol_open
     if not cmnd.rx_pending and cmnd.rsp_deferred:
         cmnd.rsp_deferred = False
@@ -487,6 +581,8 @@ def _reset_cmnd(cmnd: iscsi_cmnd) -> None:
     cmnd.rsp_deferred = cmnd.data_done = False
     cmnd.data_rcvd = cmnd.r2t_next = cmnd.r2t_sn = cmnd.outstanding_r2t = 0
     cmnd.r2t_seqs.clear()
+    cmnd.held = cmnd.release_pending = False
+    cmnd.held_buf = None
 
 
 
@@ -497,16 +593,26 @@ def iscsi_conn_abort_cmnds(conn: iscsi_conn) -> None:
         node = conn.write_list.next
         if node is conn.write_list:
             break
-        from kshim.list import list_del_init
         list_del_init(node)
         item = node.owner
         if item.tx_kind == TX_SCSI and item.scst_cmd is not None:
             scst_tgt_cmd_done(item.scst_cmd, SCST_CONTEXT_DIRECT)
+    sess = conn.session
+    if sess is not None:
+        for sn, held in list(sess.pending_cmnds.items()):
+            if held[0] is conn:
+                del sess.pending_cmnds[sn]
     for cmnd in list(conn.cmd_hash.values()):
         scmd = cmnd.scst_cmd
         if scmd is None:
             continue
-        if scmd.state == SCST_CMD_STATE_DATA_WAIT:
+        if cmnd.held or cmnd.release_pending:
+            # Never handed to SCST: it goes through as aborted, reaching no device.
+            cmnd.held = cmnd.release_pending = False
+            cmnd.held_buf = None
+            scmd.aborted = True
+            scst_cmd_init_done(scmd, SCST_CONTEXT_DIRECT)
+        elif scmd.state == SCST_CMD_STATE_DATA_WAIT:
             cmnd.data_done = True
             scst_rx_data(scmd, SCST_RX_STATUS_ERROR_FATAL, SCST_CONTEXT_DIRECT)
         elif cmnd.rsp_deferred:
@@ -664,33 +770,68 @@ def _close_after_send(conn: iscsi_conn) -> None:
     iscsi_conn_mark_closing(conn)
 
 
+def _close_session_after_send(conn: iscsi_conn) -> None:
+    for c in list(conn.session.conn_list):
+        c.logged_out = True
+        iscsi_conn_mark_closing(c)
+
+
 def _nop_out_done(conn: iscsi_conn) -> None:
-    bhs = conn.rx_bhs
-    b0, _flags, _b2, _b3, _ahs, _dsl, lun, itt = unpack_common(bhs)
-    ttt, cmd_sn, _exp = unpack_words(bhs)
-    if not _advance_cmd_sn(conn, b0, cmd_sn):
-        return
+    _ordered(conn, _nop_out)
+
+
+def _nop_out(conn: iscsi_conn, bhs: bytes, data: bytes) -> None:
+    _b0, _flags, _b2, _b3, _ahs, _dsl, lun, itt = unpack_common(bhs)
     if itt == ISCSI_RESERVED_TAG:
-        return          # an answer to our NOP-In, or a ping that wants none
+        # An answer to our NOP-In (or a ping that wants none): the peer lives.
+        if conn.nop_ttt is not None and u32_at(bhs, 20) == conn.nop_ttt:
+            conn.nop_ttt = None
+            _arm_nop_in(conn, conn.session.target.tgt_params.nop_in_interval)
+        return
     rsp = bytearray(48)
-    data = bytes(conn.rx_collect or b"")
     pack_generic_rsp(rsp, ISCSI_OP_NOP_IN, 0x80, 0, 0, len(data), lun, itt, ISCSI_RESERVED_TAG,
                      0, 0, 0)
     _queue_pdu(conn, rsp, data)
 
 
-def _text_done(conn: iscsi_conn) -> None:
-    bhs = conn.rx_bhs
-    b0, flags, _b2, _b3, _ahs, _dsl, lun, itt = unpack_common(bhs)
-    _ttt, cmd_sn, _exp = unpack_words(bhs)
-    if not _advance_cmd_sn(conn, b0, cmd_sn):
+def _arm_nop_in(conn: iscsi_conn, seconds: int) -> None:
+    if seconds > 0 and not conn.closing:
+        mod_timer(conn.nop_timer, jiffies() + seconds * HZ)
+
+
+def _nop_in_timer(timer: timer_list) -> None:
+    """Softirq: ping an idle initiator with a NOP-In; close the connection
+    if the previous ping went unanswered (NopInTimeout)."""
+    conn = timer.data
+    if conn.closing or conn.session is None:
         return
+    params = conn.session.target.tgt_params
+    if conn.nop_ttt is not None:
+        pr_info(f"iscsi: {conn.peer}: no answer to NOP-In within {params.nop_in_timeout} s: "
+                f"closing the connection")
+        iscsi_conn_mark_closing(conn)
+        return
+    conn.next_ttt = (conn.next_ttt + 1) & 0x7FFFFFFF
+    conn.nop_ttt = conn.next_ttt
+    rsp = bytearray(48)
+    pack_generic_rsp(rsp, ISCSI_OP_NOP_IN, 0x80, 0, 0, 0, _ZERO_LUN, ISCSI_RESERVED_TAG,
+                     conn.nop_ttt, 0, 0, 0)
+    _queue_pdu(conn, rsp, sn_mode=SN_PEEK)
+    _arm_nop_in(conn, params.nop_in_timeout)
+
+
+def _text_done(conn: iscsi_conn) -> None:
+    _ordered(conn, _text)
+
+
+def _text(conn: iscsi_conn, bhs: bytes, data: bytes) -> None:
+    _b0, flags, _b2, _b3, _ahs, _dsl, lun, itt = unpack_common(bhs)
     if flags & ISCSI_FLG_CONTINUE:
         iscsi_send_reject(conn, bhs, ISCSI_REASON_UNSUPPORTED_COMMAND)
         return
     sess = conn.session
     try:
-        res = text_negotiation(bytes(conn.rx_collect or b""),
+        res = text_negotiation(data,
                                session_type="Discovery" if sess.discovery else "Normal",
                                target_name=sess.target.name if sess.target else None,
                                list_targets=iscsi_list_targets,
@@ -711,17 +852,20 @@ def _text_done(conn: iscsi_conn) -> None:
 
 
 def _logout_done(conn: iscsi_conn) -> None:
-    bhs = conn.rx_bhs
-    b0, flags, _b2, _b3, _ahs, _dsl, _lun, itt = unpack_common(bhs)
-    _cid, cmd_sn, _exp = unpack_words(bhs)
-    _advance_cmd_sn(conn, b0, cmd_sn)
+    _ordered(conn, _logout)
+
+
+def _logout(conn: iscsi_conn, bhs: bytes, data: bytes) -> None:
+    _b0, flags, _b2, _b3, _ahs, _dsl, _lun, itt = unpack_common(bhs)
     reason = flags & 0x7F
     rsp = bytearray(48)
     params = conn.sess_params
     if reason in (ISCSI_LOGOUT_CLOSE_SESSION, ISCSI_LOGOUT_CLOSE_CONNECTION):
         pack_logout_rsp(rsp, ISCSI_LOGOUT_SUCCESS, itt, 0, 0, 0, params.default_wait_time,
                         params.default_retain_time)
-        _queue_pdu(conn, rsp, on_sent=_close_after_send)
+        conn.logged_out = True
+        _queue_pdu(conn, rsp, on_sent=_close_session_after_send
+                   if reason == ISCSI_LOGOUT_CLOSE_SESSION else _close_after_send)
     else:
         pack_logout_rsp(rsp, ISCSI_LOGOUT_RECOVERY_UNSUPPORTED, itt, 0, 0, 0,
                         params.default_wait_time, params.default_retain_time)
@@ -755,11 +899,12 @@ def _send_tmf_rsp(conn: iscsi_conn, itt: int, response: int,
 
 
 def _tmf_done(conn: iscsi_conn) -> None:
-    bhs = conn.rx_bhs
-    b0, flags, _b2, _b3, _ahs, _dsl, lun, itt = unpack_common(bhs)
-    rtt, cmd_sn, _exp = unpack_words(bhs)
-    if not _advance_cmd_sn(conn, b0, cmd_sn):
-        return
+    _ordered(conn, _tmf)
+
+
+def _tmf(conn: iscsi_conn, bhs: bytes, data: bytes) -> None:
+    _b0, flags, _b2, _b3, _ahs, _dsl, lun, itt = unpack_common(bhs)
+    rtt = u32_at(bhs, 20)
     fn = flags & 0x7F
     scst_fn = _TMF_FN.get(fn)
     if scst_fn is None:
@@ -846,9 +991,31 @@ def _login_rx_done(conn: iscsi_conn) -> None:
         sess = session_mod.iscsi_session_create(None, login.isid, login.new_tsih,
                                                 login.initiator_name, params, req.cmd_sn, 32)
     elif login.tsih:
+        # A connection joins its session (MC/S, RFC 7143 6.3.1).
         sess = login.session
+        old = next((c for c in sess.conn_list if c.cid == login.cid), None)
+        if old is not None:
+            # Connection reinstatement: the old connection with this CID goes.
+            old.logged_out = True
+            iscsi_conn_mark_closing(old)
+        elif len(sess.conn_list) >= sess.sess_params.max_connections:
+            pr_info(f"iscsi: login from {conn.peer}: session {sess.tsih:#x} already has "
+                    f"{len(sess.conn_list)} connections (MaxConnections)")
+            fail = bytearray(48)
+            pack_login_rsp(fail, rsp.csg << 2, rsp.version_max, rsp.version_active, 0, rsp.isid,
+                           0, rsp.itt, 0, 0, 0, 0x02, 0x06)
+            _queue_pdu(conn, fail, b"", on_sent=_close_after_send)
+            return
     else:
         target = login.target
+        for old in [s for s in session_mod.session_list if s.target is target
+                    and s.isid == login.isid and s.initiator_name == login.initiator_name]:
+            # Session reinstatement (RFC 7143 6.3.5): the old session ends,
+            # its tasks are aborted as its connections close.
+            pr_info(f"iscsi: session {old.tsih:#x} of {old.initiator_name} reinstated by "
+                    f"{conn.peer}")
+            for c in list(old.conn_list):
+                iscsi_conn_mark_closing(c)
         sess = session_mod.iscsi_session_create(target, login.isid, login.new_tsih,
                                                 login.initiator_name, params, req.cmd_sn,
                                                 target.tgt_params.queued_cmnds)
@@ -862,6 +1029,10 @@ def _login_rx_done(conn: iscsi_conn) -> None:
     conn.login = None
     del_timer(conn.login_timer)
     _queue_pdu(conn, bhs, rsp.data, on_sent=_enable_digests)
+    if sess.target is not None:
+        conn.nop_timer.function = _nop_in_timer
+        conn.nop_timer.data = conn
+        _arm_nop_in(conn, sess.target.tgt_params.nop_in_interval)
 
 
 iscsi_template = scst_tgt_template(

@@ -7,8 +7,10 @@ Contexts: task context (the rd thread of a connection in login, or one
 closing); takes no sleeping lock itself.
 
 Differs from iscsi-scst: created straight from the login state machine's
-result instead of an ioctl from the usermode daemon.
-XXX: session reinstatement (same ISID, TSIH 0) and MC/S joining are issue 4.
+result instead of an ioctl from the usermode daemon. Reinstatement (same
+ISID and initiator, TSIH 0) and MC/S joins are decided at the end of login
+(iscsi.py, _login_rx_done); at ErrorRecoveryLevel 0 a lost connection ends
+its whole session (conn.py).
 """
 from __future__ import annotations
 

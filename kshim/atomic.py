@@ -238,7 +238,7 @@ def atomic_dec_if_positive(v: atomic_t) -> int:
 # atomic64_* and atomic_long_* are the same operations.
 _g = globals()
 for _name in list(_g):
-    if _name.startswith("atomic_") and callable(_g[_name]):
+    if _name.startswith("atomic_") and type(_g[_name]).__name__ == "function":
         _g["atomic64_" + _name[7:]] = _g[_name]
         _g["atomic_long_" + _name[7:]] = _g[_name]
 del _g, _name

@@ -29,6 +29,8 @@ from __future__ import annotations
 import heapq
 from typing import Any, Callable
 
+import attrs
+
 from kshim import debugobjects, sched
 from kshim.bug import report_bug
 from kshim.jiffies import jiffies, jiffies_to_msecs, msecs_to_jiffies, usecs_to_jiffies
@@ -66,7 +68,8 @@ _seq = 0
 _npending = 0
 _running: timer_list | None = None
 engine_kick: Callable[[int], None] | None = None   # set by the engine: earliest expiry changed
-timer_stats = {"fired": 0, "armed": 0}
+_armed = 0
+_fired = 0
 
 
 def timer_setup(timer: timer_list, function: Callable[[timer_list], None], flags: int = 0) -> None:
@@ -107,11 +110,12 @@ def timer_pending(timer: timer_list) -> bool:
 
 def mod_timer(timer: timer_list, expires: int) -> int:
     """(Re)arm timer for `expires` jiffies. Return 1 if it was pending."""
-    global _seq, _npending
+    global _seq, _npending, _armed
     was = timer._pending
-    if was and timer.expires == expires:
-        return 1
-    if timer.shutdown:
+    if was:
+        if timer.expires == expires:
+            return 1
+    elif timer.shutdown:
         return 0
     _seq += 1
     timer._seq = _seq
@@ -119,7 +123,7 @@ def mod_timer(timer: timer_list, expires: int) -> int:
     if not was:
         _npending += 1
         timer._pending = True
-    timer_stats["armed"] += 1
+    _armed += 1
     h = _heap
     first = not h or expires < h[0][0]
     heapq.heappush(h, (expires, _seq, timer))
@@ -208,7 +212,7 @@ def next_expiry() -> int | None:
 
 def run_timers() -> None:
     """Fire every expired timer in softirq context (engine use)."""
-    global _npending, _running
+    global _npending, _running, _fired
     now = jiffies()
     h = _heap
     while h and h[0][0] <= now:
@@ -217,7 +221,7 @@ def run_timers() -> None:
             continue
         t._pending = False
         _npending -= 1
-        timer_stats["fired"] += 1
+        _fired += 1
         _running = t
         try:
             softirq_run(t.function, t)
@@ -343,3 +347,16 @@ def ndelay(nsecs: int) -> None:
 
 def mdelay(msecs: int) -> None:
     pass
+
+
+@attrs.frozen
+class timer_stats:
+    armed: int
+    fired: int
+    pending: int
+    heap_entries: int
+
+
+def statistics() -> timer_stats:
+    """Timers armed and fired (since the process started), pending now."""
+    return timer_stats(_armed, _fired, _npending, len(_heap))
