@@ -42,6 +42,8 @@ class KernelPanic(KernelBug):
 
 @attrs.frozen
 class bug_report:
+    """One report: title, details (names the culprit), stack."""
+
     title: str
     details: dict
     stack: str
@@ -155,6 +157,7 @@ def report_bug(title: str, **details: object) -> bug_report:
 
 
 def reset_reports() -> None:
+    """Forget the recorded reports (tests)."""
     reports.clear()
 
 

@@ -62,6 +62,7 @@ def set_debug(on: bool, clock_stats: bool | None = None) -> None:
 
 
 def debug_enabled() -> bool:
+    """True when the aids are on (the atomic-sleep check stands for all)."""
     return sched.debug_atomic_sleep
 
 

@@ -30,6 +30,8 @@ from kshim.sched import PF_KTHREAD, TASK_PARKED, task_struct
 
 
 class kthread:
+    """struct kthread: the per-thread record behind task.kthread."""
+
     __slots__ = ("should_stop", "should_park", "exited", "parked", "threadfn", "data",
                  "started", "stopped")
 

@@ -104,6 +104,7 @@ def lock_site_raw() -> tuple:
 
 
 def site_str(site: "tuple | str") -> str:
+    """'file:line (function)' of a lock_site_raw() value."""
     if isinstance(site, str):
         return site
     co, line = site
@@ -147,6 +148,8 @@ class lock_dep:
 
 
 class lock_class:
+    """A lock class: its order edges, usage bits and lock_stat counters."""
+
     __slots__ = ("name", "subclass", "gen", "after", "before", "usage", "usage_stack",
                  "subclasses", "acquisitions", "contentions", "wait_ns", "wait_max",
                  "hold_ns", "hold_max", "sched_holds")
@@ -182,6 +185,8 @@ class lock_class:
 
 
 class held_lock:
+    """One entry of a task's held-lock list."""
+
     __slots__ = ("lock", "cls", "read", "trylock", "acquire_ns", "site")
 
     def __init__(self, lock: Any, cls: lock_class, read: int, trylock: bool, site: tuple) -> None:
@@ -553,6 +558,8 @@ sched.boot_hooks.append(lockdep_reset)
 
 @attrs.frozen
 class lock_class_stats:
+    """One lock class in statistics()."""
+
     name: str
     acquisitions: int
     contentions: int

@@ -171,6 +171,8 @@ def mempool_create_page_pool(min_nr: int, order: int) -> mempool_t | None:
 
 @attrs.frozen
 class mempool_stats:
+    """One pool's counters."""
+
     min_nr: int
     reserve: int
     out: int
@@ -179,5 +181,6 @@ class mempool_stats:
 
 
 def statistics(pool: mempool_t) -> mempool_stats:
+    """Reserve size, elements out, reserve hits and waits of one pool."""
     return mempool_stats(pool.min_nr, len(pool.elements), pool.out, pool.reserve_hits,
                          pool.waits)

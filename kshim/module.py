@@ -439,6 +439,8 @@ def request_module(name: str) -> int:
 
 @attrs.frozen
 class module_stats:
+    """One module in statistics()."""
+
     name: str
     state: int
     refcnt: int
@@ -447,6 +449,7 @@ class module_stats:
 
 
 def statistics() -> list[module_stats]:
+    """Loaded modules with state, reference count, parameters, symbols."""
     return [module_stats(m.name, m.state, m.refcnt, len(m.params), len(m.syms))
             for m in modules.values() if m.state != MODULE_STATE_UNFORMED]
 

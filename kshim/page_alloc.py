@@ -226,6 +226,8 @@ def free_page(addr: memoryview | None) -> None:
 
 @attrs.frozen
 class page_alloc_stats:
+    """Page allocator counters."""
+
     pages_allocated: int
     limit: int
     failures: int
@@ -233,6 +235,7 @@ class page_alloc_stats:
 
 
 def statistics() -> page_alloc_stats:
+    """Pages allocated, the limit, failures, free pages kept per order."""
     return page_alloc_stats(nr_pages_allocated, totalram_pages_limit, alloc_failures,
                             tuple(len(fl) for fl in _free))
 

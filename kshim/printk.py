@@ -171,6 +171,7 @@ def dmesg() -> list[str]:
 
 
 def dmesg_clear() -> None:
+    """Empty the log buffer (dmesg -C)."""
     log_buf.clear()
 
 

@@ -20,30 +20,37 @@ from kshim import lockdep, module, page_alloc, sched, slab, softirq, workqueue
 
 
 def proc_slabinfo() -> str:
+    """/proc/slabinfo."""
     return slab.slabinfo()
 
 
 def proc_lock_stat() -> str:
+    """/proc/lock_stat."""
     return lockdep.lock_stat()
 
 
 def proc_softirqs() -> str:
+    """/proc/softirqs."""
     return softirq.softirqs()
 
 
 def proc_top() -> str:
+    """top(1) for kthreads."""
     return sched.top()
 
 
 def proc_workqueues() -> str:
+    """Workqueue counters."""
     return workqueue.workqueues()
 
 
 def proc_modules() -> str:
+    """/proc/modules (lsmod)."""
     return module.lsmod()
 
 
 def proc_page_owner() -> str:
+    """/sys/kernel/debug/page_owner."""
     return page_alloc.page_owner()
 
 

@@ -206,6 +206,8 @@ sched.boot_hooks.append(_boot)
 
 @attrs.frozen
 class rcu_stats:
+    """RCU counters since boot."""
+
     queued: int
     invoked: int
     pending: int
@@ -213,4 +215,5 @@ class rcu_stats:
 
 
 def statistics() -> rcu_stats:
+    """Callbacks queued, invoked and pending, grace periods seen."""
     return rcu_stats(_stats["queued"], _stats["invoked"], len(_cbs), _stats["grace_periods"])

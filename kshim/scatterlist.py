@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from kshim.err import EINVAL
-from kshim.page_alloc import PAGE_SIZE, __free_pages, alloc_pages, get_order, page
+from kshim.page_alloc import PAGE_SIZE, __free_pages, alloc_pages, page
 
 
 class scatterlist:

@@ -271,6 +271,7 @@ def cant_sleep() -> None:
 
 
 def alloc_task(comm: str) -> task_struct:
+    """A new task_struct with the next pid, in all_tasks (not started)."""
     global _next_pid
     t = task_struct(comm, _next_pid)
     _next_pid += 1
@@ -602,6 +603,8 @@ def _run_task_debug(c: cpu_state, t: task_struct) -> None:
 
 @attrs.frozen
 class task_stats:
+    """One task in statistics()."""
+
     comm: str
     pid: int
     state: str

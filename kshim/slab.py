@@ -51,7 +51,7 @@ import attrs
 from kshim import debugobjects, sched
 from kshim.bug import (KernelBug, caller_site, entry_parts, format_entries, report_bug,
                        stack_capture)
-from kshim.gfp import __GFP_DIRECT_RECLAIM, __GFP_NOWARN, __GFP_ZERO
+from kshim.gfp import __GFP_DIRECT_RECLAIM, __GFP_NOWARN
 
 debug_slab = True
 SLAB_HWCACHE_ALIGN = 0x2000
@@ -104,6 +104,8 @@ _poisoned_types: set[type] = set()
 
 @attrs.frozen
 class slab_stats:
+    """One cache in statistics() (/proc/slabinfo columns)."""
+
     name: str
     active_objs: int
     allocs: int
@@ -134,6 +136,7 @@ def KMEM_CACHE(cls: type, flags: int = 0) -> kmem_cache:
 
 
 def find_cache(name: str) -> kmem_cache | None:
+    """The first cache of that name, or None."""
     for c in slab_caches:
         if c.name == name:
             return c
@@ -526,6 +529,7 @@ vfree = kfree
 # -- statistics ----------------------------------------------------------------------
 
 def statistics() -> list[slab_stats]:
+    """Per cache: active objects, allocations, frees, failures, high water."""
     return [slab_stats(c.name, c.active, c.allocs, c.frees, c.failures, c.high_water,
                        len(c.free)) for c in slab_caches]
 

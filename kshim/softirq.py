@@ -294,6 +294,8 @@ def tasklet_unlock_wait(t: tasklet_struct) -> None:
 
 @attrs.frozen
 class softirq_kind_stats:
+    """One softirq kind in statistics()."""
+
     kind: str
     runs: int
     total_ns: int

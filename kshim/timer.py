@@ -242,6 +242,7 @@ sched.boot_hooks.append(_timers_boot)
 
 
 def debug_timer_free(timer: timer_list) -> None:
+    """Report (and delete) a pending timer about to be freed."""
     if timer._pending:
         report_bug("ODEBUG: free active (active state 0) object type: timer_list hint: "
                    f"{timer.name}", object_type="timer_list", hint=timer.name)
@@ -351,6 +352,8 @@ def mdelay(msecs: int) -> None:
 
 @attrs.frozen
 class timer_stats:
+    """Timer counters for statistics()."""
+
     armed: int
     fired: int
     pending: int

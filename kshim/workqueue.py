@@ -429,6 +429,8 @@ def flush_scheduled_work() -> None:
 
 @attrs.frozen
 class workqueue_stats:
+    """One workqueue in statistics()."""
+
     name: str
     workers: int
     max_active: int
@@ -439,6 +441,7 @@ class workqueue_stats:
 
 
 def statistics() -> list[workqueue_stats]:
+    """Per workqueue: workers, queued and running items, totals."""
     return [workqueue_stats(wq.name, len(wq.workers), wq.max_active, len(wq.worklist),
                             wq.nr_running, wq.queued, wq.executed) for wq in _workqueues]
 

@@ -7,7 +7,6 @@ from conftest import report, titles
 from kshim import bug, host, hung_task, sched
 from kshim.hung_task import check_hung_uninterruptible_tasks, set_hung_task_timeout
 from kshim.kthread import kthread_run
-from kshim.sched import SIGKILL, allow_signal, send_sig
 from kshim.timer import msleep
 from kshim.wait import (wait_event, wait_event_idle, wait_event_interruptible,
                         wait_event_killable, wait_queue_head)

@@ -1,6 +1,6 @@
 from kshim import bug, sched
 from kshim.completion import complete, completion, wait_for_completion
-from kshim.kthread import kthread_run, kthread_should_stop, kthread_stop
+from kshim.kthread import kthread_run, kthread_stop
 from kshim.jiffies import jiffies, msecs_to_jiffies
 from kshim.timer import msleep, mod_timer, timer_list
 from kshim.wait import wait_event, wait_queue_head, wake_up
