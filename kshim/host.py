@@ -88,6 +88,10 @@ def console_write(text: str) -> None:
         pass
 
 
+# Frame access for the debugging aids' call-site capture (cheaper than inspect).
+getframe = sys._getframe
+
+
 def getpid() -> int:
     return os.getpid()
 

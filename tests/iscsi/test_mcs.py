@@ -43,6 +43,7 @@ from initiator import (
     LOGOUT_CLOSE_SESSION,
     Initiator,
     LoginError,
+    Rejected,
     ScsiResult,
     sn_lt,
 )
@@ -357,34 +358,63 @@ def test_ordered_commands_across_connections_run_in_cmdsn_order(mcs_server) -> N
     mcs_server.assert_healthy()
 
 
-def test_held_write_keeps_its_unsolicited_data_until_the_gap_is_filled(mcs_server) -> None:
-    """With InitialR2T=No, a WRITE with CmdSN n+1 and its unsolicited
-    Data-Out arrive on B before n (a READ of other blocks) on A. Nothing is
-    answered on B until n arrives; then the WRITE completes from the data
-    it was sent first (no R2T), and a READ sees that data."""
+def test_joined_connection_follows_the_sessions_leading_only_keys(mcs_server) -> None:
+    """LO keys (InitialR2T, FirstBurstLength, ...) are negotiated once, on the
+    leading connection, and hold on every connection of the session (RFC
+    7143 6.2, 13): with InitialR2T=No agreed at the leading login, an
+    in-order WRITE on a joined connection may send its first burst as
+    unsolicited Data-Out, and the target takes it without an R2T."""
     s = _Session(mcs_server, extra_keys={"InitialR2T": "No"})
     try:
         assert s.lead.negotiated.get("InitialR2T") == "No", s.lead.negotiated
         b = s.new_conn(1)
+        assert b.params.get("InitialR2T") == "No"
+        n = 32 * 1024
+        data = _pattern(0x1A2B0000, n)
+        try:
+            res = b.wait(s.write(b, 15000, data, immediate=False))
+        except Rejected as e:
+            pytest.fail(f"unsolicited Data-Out on a joined connection of an InitialR2T=No "
+                        f"session was rejected (reason {e.reason:#04x})\n{_explain(mcs_server)}")
+        assert res.ok, res
+        assert res.r2ts == 0 and res.data_out_pdus >= 1, res
+        res = s.lead.wait(s.read(s.lead, 15000, n))
+        assert res.ok and res.data == data
+    finally:
+        s.close()
+    mcs_server.assert_healthy()
+
+
+def test_held_write_keeps_its_unsolicited_data_until_the_gap_is_filled(mcs_server) -> None:
+    """With InitialR2T=No, a WRITE with CmdSN n+1 and its unsolicited
+    Data-Out arrive on the leading connection A before n (a READ of other
+    blocks) on B. Nothing is answered on A until n arrives; then the WRITE
+    completes from the data it was sent first (no R2T), and a READ sees it.
+    (The held WRITE is on the leading connection so that this test does not
+    depend on a joined connection's LO keys, which the test above covers.)"""
+    s = _Session(mcs_server, extra_keys={"InitialR2T": "No"})
+    try:
+        assert s.lead.negotiated.get("InitialR2T") == "No", s.lead.negotiated
         a = s.lead
+        b = s.new_conn(1)
         lba, n = 12000, 32 * 1024
         other = _pattern(0x0B0B0000, 4096)
         new = _pattern(0x0E0E0000, n)
         assert a.wait(s.write(a, 11000, other)).ok
         sn = s.cmd_sn
         # immediate=False: the 32 KiB travel as unsolicited Data-Out PDUs.
-        itt_b = s.write(b, lba, new, cmd_sn=(sn + 1) & 0xFFFFFFFF, immediate=False)
-        early = _early_pdu(b, QUIET)
+        itt_a = s.write(a, lba, new, cmd_sn=(sn + 1) & 0xFFFFFFFF, immediate=False)
+        early = _early_pdu(a, QUIET)
         assert early is None, f"held WRITE (CmdSN n+1) answered before CmdSN n: {early}"
-        itt_a = s.read(a, 11000, 4096, cmd_sn=sn)
+        itt_b = s.read(b, 11000, 4096, cmd_sn=sn)
         s.cmd_sn = (sn + 2) & 0xFFFFFFFF
-        res_a = a.wait(itt_a)
         res_b = b.wait(itt_b)
-        assert res_a.ok and res_a.data == other, res_a
-        assert res_b.ok, res_b
-        assert res_b.data_out_pdus >= 1 and res_b.r2ts == 0, \
-            f"held write: {res_b.data_out_pdus} unsolicited Data-Out, {res_b.r2ts} R2T"
-        res = a.wait(s.read(a, lba, n))
+        res_a = a.wait(itt_a)
+        assert res_b.ok and res_b.data == other, res_b
+        assert res_a.ok, res_a
+        assert res_a.data_out_pdus >= 1 and res_a.r2ts == 0, \
+            f"held write: {res_a.data_out_pdus} unsolicited Data-Out, {res_a.r2ts} R2T"
+        res = b.wait(s.read(b, lba, n))
         assert res.ok and res.data == new, "the held WRITE's unsolicited data was lost"
     finally:
         s.close()

@@ -199,10 +199,8 @@ def test_drop_mid_write_and_relogin_leak_no_commands(srv) -> None:
 
 
 def test_second_login_with_same_isid_replaces_the_live_session(srv) -> None:
-    baseline = slab_active(srv.ctl)
     first = _login(srv)
     _start_write_waiting_for_r2t(first, 100, 256 * 1024)
-    assert first.sock is not None
     # The first connection stays open: the target must close it itself.
     second = _login(srv)
     try:
@@ -212,6 +210,23 @@ def test_second_login_with_same_isid_replaces_the_live_session(srv) -> None:
         names = wait_until(lambda: (lambda n: n if len(n) == 1 else None)(
             session_names(srv.ctl, srv.iqn)))
         assert names and len(names) == 1, session_names(srv.ctl, srv.iqn)
+        assert second.logout() == 0
+    finally:
+        second.close()
+        first.close()
+    srv.assert_healthy()
+
+
+def test_reinstated_session_leaks_no_commands(srv) -> None:
+    baseline = slab_active(srv.ctl)
+    first = _login(srv)
+    _start_write_waiting_for_r2t(first, 100, 256 * 1024)
+    first.submit(_cdb10(0x28, 0, 128), read_len=128 * BS)
+    second = _login(srv)
+    try:
+        assert first.expect_closed(SETTLE), \
+            "the first session's connection is still open after a reinstating login"
+        _works(second, 5000)
         assert second.logout() == 0
     finally:
         second.close()
