@@ -106,18 +106,11 @@ def _pool_call(fn: Callable[..., int], *args: Any) -> int:
     return job.result
 
 
-def _total(iov: list) -> int:
-    n = 0
-    for b in iov:
-        n += len(b)
-    return n
-
-
 def vfs_readv(f: file, iov: list, pos: int) -> int:
     """Read into the buffers at pos: bytes read (short only at end of file)
     or -errno."""
     might_sleep()
-    want = _total(iov)
+    want = host.iov_len(iov)
     got = 0
     if f.nowait_read:
         n = host.file_preadv_nowait(f.fd, iov, pos)
@@ -126,7 +119,7 @@ def vfs_readv(f: file, iov: list, pos: int) -> int:
             return n
         if n > 0:
             got = n
-            iov = host._advance(iov, n)
+            iov = host.iov_advance(iov, n)
         elif n == -EOPNOTSUPP:
             f.nowait_read = False
         elif n != -EAGAIN:
@@ -143,7 +136,7 @@ def vfs_readv_nowait(f: file, iov: list, pos: int) -> int:
     (all, or fewer at end of file) or -EAGAIN; never sleeps, any context."""
     if not f.nowait_read:
         return -EAGAIN
-    want = _total(iov)
+    want = host.iov_len(iov)
     n = host.file_preadv_nowait(f.fd, iov, pos)
     if n == want or (n >= 0 and pos + n >= f.f_inode.i_size):
         stats["read_nowait_hits"] += 1

@@ -160,7 +160,7 @@ def file_preadv(fd: int, iov: list, pos: int) -> int:
                 break
             total += n
             if total < want:
-                iov = _advance(iov, n)
+                iov = iov_advance(iov, n)
         return total
     except OSError as e:
         return _neg(e)
@@ -184,13 +184,22 @@ def file_pwritev(fd: int, iov: list, pos: int) -> int:
                 return -_errno.EIO if total == 0 else total
             total += n
             if total < want:
-                iov = _advance(iov, n)
+                iov = iov_advance(iov, n)
         return total
     except OSError as e:
         return _neg(e)
 
 
-def _advance(iov: list, n: int) -> list:
+def iov_len(iov: list) -> int:
+    """Total length of a list of buffers."""
+    n = 0
+    for b in iov:
+        n += len(b)
+    return n
+
+
+def iov_advance(iov: list, n: int) -> list:
+    """The buffers left after the first n bytes (a new list; views, no copies)."""
     out = []
     for b in iov:
         if n >= len(b):

@@ -190,24 +190,6 @@ def kernel_connect(sock_: socket, addr: tuple, flags: int = 0) -> int:
     return ret
 
 
-def _total(vec: list) -> int:
-    n = 0
-    for b in vec:
-        n += len(b)
-    return n
-
-
-def _advance(vec: list, n: int) -> list:
-    out = []
-    for b in vec:
-        if n >= len(b):
-            n -= len(b)
-            continue
-        out.append(memoryview(b)[n:] if n else b)
-        n = 0
-    return out
-
-
 def kernel_sendmsg(sock_: socket, vec: list, flags: int = 0) -> int:
     """Send the kvecs. With MSG_DONTWAIT return bytes sent (possibly short;
     sk_write_space follows when there is room again) or -EAGAIN; otherwise
@@ -217,7 +199,7 @@ def kernel_sendmsg(sock_: socket, vec: list, flags: int = 0) -> int:
         return -ENOTCONN
     n = host.sock_sendmsg(sk.host, vec, flags)
     if n >= 0:
-        if n < _total(vec):
+        if n < host.iov_len(vec):
             engine.sock_arm_tx(sk)
             if not (flags & MSG_DONTWAIT or sock_.f_flags & O_NONBLOCK):
                 return _send_rest(sock_, vec, flags, n)
@@ -234,13 +216,13 @@ def kernel_sendmsg(sock_: socket, vec: list, flags: int = 0) -> int:
 
 def _send_rest(sock_: socket, vec: list, flags: int, sent: int) -> int:
     sk = sock_.sk
-    want = _total(vec)
+    want = host.iov_len(vec)
     while sent < want:
         if wait_event_interruptible(sk.sk_wq, lambda: not sk.tx_armed or sk.host is None) < 0:
             return sent or -ERESTARTSYS
         if sk.host is None:
             return sent or -ENOTCONN
-        n = host.sock_sendmsg(sk.host, _advance(vec, sent), flags)
+        n = host.sock_sendmsg(sk.host, host.iov_advance(vec, sent), flags)
         if n == -EAGAIN:
             engine.sock_arm_tx(sk)
             continue

@@ -21,6 +21,15 @@ After each generator, a fresh login + TEST UNIT READY works and the log
 holds no Traceback, BUG:, Oops or WARNING:; the fixture's teardown adds a
 clean exit on SIGTERM.
 
+A fourth generator attacks LUN masking (SCST access groups): an initiator
+in a group whose only LUN is 0 sends READ CAPACITY(16) with random 8-byte
+LUN fields (peripheral, flat, extended and second-level encodings of the
+default group's LUNs, and random bytes). Each must fail or reach the
+group's own device (told apart by capacity); REPORT LUNS lists only the
+group's LUN. EXTENDED COPY is not implemented, so a copy cannot name a LUN
+outside the group either: it and RECEIVE COPY RESULTS get INVALID COMMAND
+OPERATION CODE and INQUIRY does not claim 3PC.
+
 Bounds: max_examples 150 per generator, each wait WAIT seconds, and a time
 budget per generator (examples past it are skipped unless one has already
 failed, so shrinking can finish). Failing examples are reported by
@@ -41,6 +50,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from initiator import (
+    SAM_STAT_GOOD,
     OP_LOGIN_RSP,
     OP_NOP_IN,
     OP_REJECT,
@@ -56,6 +66,8 @@ from initiator import (
     pack_login_req,
     pack_nop_out,
     pad4,
+    parse_read_capacity16,
+    parse_report_luns,
 )
 
 WAIT = 5.0                 # seconds an input may take to be answered or closed
@@ -356,3 +368,146 @@ def test_target_serves_after_the_fuzz_run(fuzz_srv) -> None:
     text = fuzz_srv.stderr_text()
     for bad in ("Traceback", "BUG:", "Oops", "WARNING:", "Kernel panic"):
         assert bad not in text, f"{bad} in uscstd log:\n{text[-6000:]}"
+
+
+# --- LUN masking -------------------------------------------------------------------
+
+ACG_IQN = "iqn.2026-11.org.uscst:acg"
+FENCED = "iqn.2026-11.org.uscst:fenced-host1"
+OPEN = "iqn.2026-11.org.uscst:open-host"
+SIZES = {"pub0": 16 << 20, "pub1": 32 << 20, "grp0": 48 << 20}
+ACG_CONFIG = f"""HANDLER vdisk_nullio {{
+\tDEVICE pub0 {{
+\t\tsize 16M
+\t}}
+\tDEVICE pub1 {{
+\t\tsize 32M
+\t}}
+\tDEVICE grp0 {{
+\t\tsize 48M
+\t}}
+}}
+TARGET_DRIVER iscsi {{
+\tenabled 1
+\tTARGET {ACG_IQN} {{
+\t\tLUN 0 pub0
+\t\tLUN 1 pub1
+\t\tGROUP fenced {{
+\t\t\tLUN 0 grp0
+\t\t\tINITIATOR iqn.2026-11.org.uscst:fenced-*
+\t\t}}
+\t\tenabled 1
+\t}}
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def acg_srv(tmp_path_factory) -> Iterator:
+    cf = _root_conftest()
+    tmp = tmp_path_factory.mktemp("acg")
+    cfg = tmp / "acg.conf"
+    cfg.write_text(ACG_CONFIG)
+    srv = cf.start_uscstd(tmp / "srv", "--config", str(cfg), "--data-dir", str(tmp / "data"),
+                          disk=None, size=None, iqn=ACG_IQN)
+    try:
+        yield srv
+    finally:
+        try:
+            cf.finish_uscstd(srv)
+        finally:
+            srv.kill()
+
+
+def _acg_login(srv, name: str) -> Initiator:
+    ini = Initiator(host=srv.host, port=srv.port, timeout=10.0, initiator_name=name)
+    ini.connect()
+    ini.login(ACG_IQN)
+    return ini
+
+
+def _capacity(res) -> int | None:
+    if res.status != SAM_STAT_GOOD or len(res.data) < 12:
+        return None
+    last, bs = parse_read_capacity16(res.data)
+    return (last + 1) * bs
+
+
+def test_report_luns_lists_only_the_groups_luns(acg_srv) -> None:
+    fenced = _acg_login(acg_srv, FENCED)
+    other = _acg_login(acg_srv, OPEN)
+    try:
+        r = fenced.report_luns()
+        assert r.ok and parse_report_luns(r.data) == [0], parse_report_luns(r.data)
+        r = other.report_luns()
+        assert r.ok and parse_report_luns(r.data) == [0, 1], parse_report_luns(r.data)
+        rc16 = struct.pack(">BBQIBB", 0x9E, 0x10, 0, 32, 0, 0)
+        assert _capacity(fenced.scsi(rc16, 0, read_len=32)) == SIZES["grp0"]
+        assert _capacity(other.scsi(rc16, 0, read_len=32)) == SIZES["pub0"]
+        assert _capacity(other.scsi(rc16, 1, read_len=32)) == SIZES["pub1"]
+    finally:
+        fenced.close()
+        other.close()
+    acg_srv.assert_healthy()
+
+
+def _lun_encodings(n: int) -> list[bytes]:
+    """Ways an initiator might spell LUN n (SAM-5 4.7)."""
+    return [bytes([0, n & 0xFF, 0, 0, 0, 0, 0, 0]),               # peripheral
+            bytes([0x40 | (n >> 8) & 0x3F, n & 0xFF, 0, 0, 0, 0, 0, 0]),   # flat
+            bytes([0x01, n & 0xFF, 0, 0, 0, 0, 0, 0]),            # peripheral, bus 1
+            bytes([0, 0, 0, n & 0xFF, 0, 0, 0, 0]),               # second level
+            bytes([0x40, n & 0xFF, 0x40, 0, 0, 0, 0, 0]),         # flat, then more levels
+            bytes([0xD2, 0, 0, 0, 0, 0, 0, n & 0xFF]),            # extended flat space
+            bytes([0x80 | (n >> 8) & 0x3F, n & 0xFF, 0, 0, 0, 0, 0, 0])]   # logical unit
+
+
+lun_fields = st.one_of(st.sampled_from([e for n in (0, 1, 2, 256, 257) for e in _lun_encodings(n)]),
+                       st.binary(min_size=8, max_size=8))
+
+
+def test_raw_lun_fields_never_reach_a_lun_outside_the_group(acg_srv) -> None:
+    budget = _Budget(BUDGET / 2)
+    state: dict[str, Initiator] = {}
+    rc16 = struct.pack(">BBQIBB", 0x9E, 0x10, 0, 32, 0, 0)
+
+    @FUZZ_SETTINGS
+    @given(lun=lun_fields)
+    def run(lun):
+        def body():
+            ini = state.get("ini")
+            if ini is None or ini.sock is None:
+                ini = state["ini"] = _acg_login(acg_srv, FENCED)
+            try:
+                res = ini.scsi(rc16, lun=lun, read_len=32)
+            except ConnectionClosed:
+                ini.close()         # a LUN field may legitimately end the connection
+                return
+            cap = _capacity(res)
+            assert cap in (None, SIZES["grp0"]), \
+                f"LUN field {lun.hex()} from a fenced initiator reached a {cap}-byte LUN " \
+                f"outside its group"
+        _run_example(budget, acg_srv, body)
+
+    try:
+        run()
+    finally:
+        if "ini" in state:
+            state["ini"].close()
+    assert budget.ran >= 20, f"only {budget.ran} examples ran within the budget"
+    acg_srv.assert_healthy()
+
+
+def test_extended_copy_is_not_implemented_so_it_cannot_cross_groups(acg_srv) -> None:
+    ini = _acg_login(acg_srv, FENCED)
+    try:
+        assert not ini.inquiry().data[5] & 0x08, "INQUIRY claims third-party copy (3PC)"
+        xcopy = bytes([0x83, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20, 0, 0])
+        res = ini.scsi(xcopy, data_out=bytes(32))
+        assert res.sense_key == 0x05 and res.asc_ascq == (0x20, 0x00), res
+        rcr = bytes([0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20, 0, 0])
+        res = ini.scsi(rcr, read_len=32)
+        assert res.sense_key == 0x05 and res.asc_ascq == (0x20, 0x00), res
+    finally:
+        ini.close()
+    acg_srv.assert_healthy()

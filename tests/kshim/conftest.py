@@ -1,53 +1,10 @@
-"""Run kernel-style test bodies on the real engine, with every debugging aid on."""
+"""Fixtures for the kshim tests: every debugging aid on."""
 from __future__ import annotations
-
-import signal
-from typing import Any, Callable
 
 import pytest
 
-from kshim import bug, debug, engine, printk
-
-
-RUN_LIMIT_S = 60        # a test body that blocks forever fails instead of hanging the run
-
-
-class KernelHung(Exception):
-    pass
-
-
-def _alarm(signum: int, frame: Any) -> None:
-    raise KernelHung(f"kernel test body still running after {RUN_LIMIT_S} s")
-
-
-def run_kernel(body: Callable[[], Any]) -> Any:
-    """Boot the engine, run body() in a kthread, stop, return body's result."""
-    box: list[Any] = []
-
-    def init() -> int:
-        box.append(body())
-        engine.request_shutdown()
-        return 0
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(RUN_LIMIT_S)
-    try:
-        engine.run(init, handle_signals=False)
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-    return box[0] if box else None
-
-
-def titles() -> list[str]:
-    """Titles of the reports recorded so far."""
-    return [r.title for r in bug.reports]
-
-
-def report(title_part: str) -> bug.bug_report:
-    """The one report whose title contains title_part (fails otherwise)."""
-    found = bug.find_reports(title_part)
-    assert len(found) == 1, f"want one report {title_part!r}, got {titles()}"
-    return found[0]
+from kshim import bug, debug, printk
+from kshim_support import run_kernel
 
 
 @pytest.fixture

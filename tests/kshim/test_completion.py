@@ -1,7 +1,7 @@
 """kshim.completion: one-shot and counted completions."""
 from __future__ import annotations
 
-from conftest import report, titles
+from kshim_support import report, titles
 
 from kshim import sched
 from kshim.completion import (complete, complete_all, completion, completion_done,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import attrs
-from conftest import report, titles
+from kshim_support import report, titles
 
 from kshim import sched
 from kshim.completion import complete_all, completion, wait_for_completion

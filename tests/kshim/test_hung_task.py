@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import report, titles
+from kshim_support import report, titles
 
 from kshim import bug, host, hung_task, sched
 from kshim.hung_task import check_hung_uninterruptible_tasks, set_hung_task_timeout

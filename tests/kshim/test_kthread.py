@@ -1,7 +1,7 @@
 """kshim.kthread: creation, start on wake-up, stop, park, and oops isolation."""
 from __future__ import annotations
 
-from conftest import report
+from kshim_support import report
 
 from kshim import sched
 from kshim.bug import BUG_ON

@@ -1,7 +1,7 @@
 """kshim.lockdep: lock order, context and recursion checks, caught before any deadlock."""
 from __future__ import annotations
 
-from conftest import report, titles
+from kshim_support import report, titles
 
 from kshim import lockdep, sched
 from kshim.completion import complete, completion, wait_for_completion

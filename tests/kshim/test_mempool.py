@@ -1,7 +1,7 @@
 """kshim.mempool: a reserve that keeps allocations going when the allocator fails."""
 from __future__ import annotations
 
-from conftest import report, titles
+from kshim_support import report, titles
 
 from kshim import sched
 from kshim.gfp import GFP_ATOMIC, GFP_KERNEL

@@ -1,7 +1,7 @@
 """kshim.mutex: mutexes, semaphores and rw_semaphores really block, FIFO."""
 from __future__ import annotations
 
-from conftest import report, titles
+from kshim_support import report, titles
 
 from kshim import sched
 from kshim.err import EINTR, ETIME

@@ -1,7 +1,7 @@
 """kshim.page_alloc: pages as memoryviews, reuse, limits, page debugging."""
 from __future__ import annotations
 
-from conftest import report, titles
+from kshim_support import report, titles
 
 from kshim import page_alloc
 from kshim.gfp import GFP_KERNEL, __GFP_ZERO

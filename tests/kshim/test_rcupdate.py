@@ -1,7 +1,7 @@
 """kshim.rcupdate: read-side sections, publishing, call_rcu after a grace period."""
 from __future__ import annotations
 
-from conftest import report, titles
+from kshim_support import report, titles
 
 from kshim import rcupdate, sched
 from kshim.rcupdate import (call_rcu, rcu_assign_pointer, rcu_barrier, rcu_dereference,

@@ -1,7 +1,7 @@
 """kshim.sched: contexts, schedule(), signals, statistics and the boot."""
 from __future__ import annotations
 
-from conftest import report, run_kernel, titles
+from kshim_support import report, run_kernel, titles
 
 from kshim import sched
 from kshim.kthread import kthread_run, kthread_stop

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import attrs
 import pytest
-from conftest import report, titles
+from kshim_support import report, titles
 
 from kshim import slab
 from kshim.bug import KernelBug

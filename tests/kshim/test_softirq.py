@@ -1,7 +1,7 @@
 """kshim.softirq: softirq context, bottom-half disabling, tasklets, oopses, statistics."""
 from __future__ import annotations
 
-from conftest import report, titles
+from kshim_support import report, titles
 
 from kshim import sched, softirq
 from kshim.softirq import (local_bh_disable, local_bh_enable, local_irq_restore,

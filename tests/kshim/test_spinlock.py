@@ -1,7 +1,7 @@
 """kshim.spinlock: spinlocks and rwlocks as preempt-count markers with owner checks."""
 from __future__ import annotations
 
-from conftest import report, titles
+from kshim_support import report, titles
 
 from kshim import bug, sched
 from kshim.bug import KernelBug

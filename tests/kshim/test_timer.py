@@ -1,7 +1,7 @@
 """kshim.timer: timers in softirq context, schedule_timeout, msleep, lifetime checks."""
 from __future__ import annotations
 
-from conftest import report, titles
+from kshim_support import report, titles
 
 from kshim import sched
 from kshim.completion import complete, completion, wait_for_completion

@@ -1,7 +1,7 @@
 """kshim.wait: wait queues, the wait_event family and wake-ups."""
 from __future__ import annotations
 
-from conftest import report, titles
+from kshim_support import report, titles
 
 from kshim import sched
 from kshim.err import ERESTARTSYS

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import report, titles
+from kshim_support import report, titles
 
 from kshim import sched
 from kshim.jiffies import ktime_get, ktime_ms_delta

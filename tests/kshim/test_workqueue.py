@@ -1,7 +1,7 @@
 """kshim.workqueue: work items on worker kthreads, delayed work, flush, cancel."""
 from __future__ import annotations
 
-from conftest import report, titles
+from kshim_support import report, titles
 
 from kshim import sched, workqueue
 from kshim.completion import complete, completion, wait_for_completion

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TARGET, Daemon, base_config  # type: ignore[import-not-found]
+from mgmt_support import TARGET, Daemon, base_config  # type: ignore[import-not-found]
 from initiator import Initiator, parse_report_luns
 
 LUNS = f"targets/iscsi/{TARGET}/luns"
