@@ -1019,6 +1019,14 @@ def _login_rx_done(conn: iscsi_conn) -> None:
         sess = session_mod.iscsi_session_create(target, login.isid, login.new_tsih,
                                                 login.initiator_name, params, req.cmd_sn,
                                                 target.tgt_params.queued_cmnds)
+    if login.tsih and login.session_type != "Discovery":
+        # Session-wide keys come from the leading login; a joining connection
+        # negotiates only its own (digests, MaxRecvDataSegmentLength).
+        params = attrs.evolve(sess.sess_params,
+                              max_recv_data_length=params.max_recv_data_length,
+                              max_xmit_data_length=params.max_xmit_data_length,
+                              header_digest=params.header_digest,
+                              data_digest=params.data_digest)
     conn.session = sess
     conn.cid = login.cid
     sess.conn_list.append(conn)
@@ -1028,6 +1036,11 @@ def _login_rx_done(conn: iscsi_conn) -> None:
     conn.ddigest_rx = params.data_digest
     conn.login = None
     del_timer(conn.login_timer)
+    pr_info(f"iscsi: {conn.peer} (CID {conn.cid}) logged in to session {sess.tsih:#x} "
+            f"{'discovery' if sess.target is None else sess.target.name}: HeaderDigest "
+            f"{'CRC32C' if params.header_digest else 'None'}, DataDigest "
+            f"{'CRC32C' if params.data_digest else 'None'}, MaxRecvDataSegmentLength "
+            f"{params.max_recv_data_length}/{params.max_xmit_data_length}")
     _queue_pdu(conn, bhs, rsp.data, on_sent=_enable_digests)
     if sess.target is not None:
         conn.nop_timer.function = _nop_in_timer

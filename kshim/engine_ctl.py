@@ -35,6 +35,7 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from kshim import engine, printk
+from kshim.proc import proc_files, proc_read
 from kshim.err import errname
 from kshim.kobject import kobject
 from kshim.sysfs import (kobj_attribute, sysfs_link, sysfs_listdir, sysfs_lookup, sysfs_read,
@@ -189,6 +190,14 @@ async def _dispatch(req: dict, extra_ops: dict[str, OpFn]) -> dict:
         return await engine.call_in_task(lambda: op_readlink(path))
     if op == "tree":
         return await engine.call_in_task(lambda: op_tree(path, bool(req.get("values", True))))
+    if op == "proc":
+        # The /proc-like statistics views (slabinfo, lock_stat, top, ...).
+        name = req.get("name")
+        text = await engine.call_in_task(lambda: proc_read(name)) if isinstance(name, str) else None
+        if text is None:
+            return {"ok": False, "error": f"no /proc view {name!r}; views: {sorted(proc_files)}",
+                    "errno": _errno.ENOENT}
+        return {"ok": True, "value": text}
     fn = extra_ops.get(op) if isinstance(op, str) else None
     if fn is not None:
         return await fn(req)

@@ -173,6 +173,11 @@ class scst_device:
     # protected by scst_mutex
     dev_tgt_dev_list: list = attrs.field(factory=list)
     dev_lock: spinlock_t = attrs.field(factory=lambda: spinlock_t("dev_lock"))
+    # task ordering (SAM-5 8.6; scst_targ.c's SN handling), one task set
+    # for all I_T nexuses (TST=0): touched on the command path, one CPU
+    sn_next: int = 0                # arrival number of the next command
+    ordered_pending: int = 0        # ORDERED commands not yet finished
+    deferred_cmds: list = attrs.field(factory=list)   # held back at exec, in order
     # statistics
     cmd_count: int = 0
 
@@ -278,6 +283,7 @@ class scst_cmd:
     cmd_list_entry: list_head = attrs.field(default=None)
     sess_cmd_list_entry: list_head = attrs.field(default=None)
     mcmd: Any = None                # the task management function aborting it
+    sn: int = 0                     # arrival order on its device
     completed: bool = False
     exec_sync: bool = False         # the handler's exec() is still on the stack
     finished: bool = False

@@ -44,6 +44,8 @@ with sessions (-EBUSY) instead of closing them.
 """
 from __future__ import annotations
 
+import re
+
 from typing import Any, Callable
 
 import attrs
@@ -154,11 +156,20 @@ def _bool_arg(text: str) -> int:
     return -1
 
 
+_SECRET_RE = re.compile(r"((?:Incoming|Outgoing)User\s+\S+\s+)\S+")
+
+
+def scst_redact_secrets(text: str) -> str:
+    """text with the secret of every 'IncomingUser/OutgoingUser name secret'
+    replaced by ****: for logs and error messages."""
+    return _SECRET_RE.sub(r"\1****", text)
+
+
 def _mgmt_done(ret: int, cmd: str) -> int:
     global last_sysfs_mgmt_res
     last_sysfs_mgmt_res = ret
     if ret < 0:
-        pr_err(f"scst: '{cmd}' failed: {errname(ret)}")
+        pr_err(f"scst: '{scst_redact_secrets(cmd)}' failed: {errname(ret)}")
     return ret
 
 

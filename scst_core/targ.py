@@ -16,12 +16,15 @@ the caller's context until it reaches a state that must sleep (the exec of
 a dev handler that may sleep), where it is queued to the device's command
 threads; a completion arriving in softirq context continues the same way.
 
+Task attributes: SIMPLE, ORDERED and HEAD OF QUEUE are honoured at the
+exec state over one task set per device (TST=0); ACA runs as SIMPLE.
+
 Differs from SCST: no per-session/per-CPU thread pools, only the
 per-device pool; a dev handler may offer exec_nowait(), a non-sleeping
 attempt (a page-cache hit) run in the submitting context before the command
-is handed to the device's threads, as io_uring tries IOCB_NOWAIT first; task attributes are all handled as SIMPLE (no ORDERED
-serialisation yet); no reservations yet. Unit attentions live in
-scst_core.ua and are reported here, in scst_cmd_init_done.
+is handed to the device's threads, as io_uring tries IOCB_NOWAIT first.
+Unit attentions live in scst_core.ua and are reported here, in
+scst_cmd_init_done; reservations (scst_core.pres) are checked in PARSE.
 """
 from __future__ import annotations
 
@@ -35,7 +38,8 @@ from kshim.slab import kmem_cache_alloc, kmem_cache_create, kmem_cache_free
 from kshim.spinlock import spin_lock_bh, spin_unlock_bh
 from kshim.wait import wait_event_interruptible_exclusive, wake_up
 from scst_core import cdbprobe
-from scst_core.const import (SAM_STAT_RESERVATION_CONFLICT, INQUIRY, REPORT_LUNS, REQUEST_SENSE, SCST_ABORT_ALL_TASKS_SESS,
+from scst_core.const import (SAM_STAT_RESERVATION_CONFLICT, INQUIRY, SCST_CMD_QUEUE_HEAD_OF_QUEUE,
+                             SCST_CMD_QUEUE_ORDERED, REPORT_LUNS, REQUEST_SENSE, SCST_ABORT_ALL_TASKS_SESS,
                              SCST_ABORT_TASK, SCST_ABORT_TASK_SET, SCST_CLEAR_ACA,
                              SCST_CLEAR_TASK_SET, SCST_LUN_RESET, SCST_MGMT_STATUS_FN_NOT_SUPPORTED,
                              SCST_MGMT_STATUS_LUN_NOT_EXIST, SCST_MGMT_STATUS_TASK_NOT_EXIST,
@@ -59,7 +63,7 @@ from scst_core.scst import (SCST_CMD_STATE_DEFAULT, SCST_CMD_STATE_DEV_DONE,
                             SCST_DATA_NONE, SCST_DATA_READ, SCST_DATA_WRITE,
                             SCST_RX_STATUS_SUCCESS, SCST_RX_STATUS_ERROR_SENSE_SET,
                             SCST_TGT_RES_SUCCESS, SCST_WRITE_MEDIUM, scst_cmd, scst_mgmt_cmd,
-                            scst_cmd_threads, scst_session)
+                            scst_cmd_threads, scst_device, scst_session)
 
 # The longest transfer one command may ask for (the peer's number is
 # checked against it before anything is allocated).
@@ -130,7 +134,11 @@ def scst_cmd_init_done(cmd: scst_cmd, pref_context: int) -> None:
     cmd.state = SCST_CMD_STATE_PARSE
     if tgt_dev is not None:
         cmd.tgt_dev = tgt_dev
-        cmd.dev = tgt_dev.dev
+        dev = cmd.dev = tgt_dev.dev
+        cmd.sn = dev.sn_next
+        dev.sn_next += 1
+        if cmd.queue_type == SCST_CMD_QUEUE_ORDERED:
+            dev.ordered_pending += 1
         if tgt_dev.UA_list and scst_check_ua(cmd):
             cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
     elif cmd.cdb[0] not in _LUNLESS_OPS:
@@ -282,6 +290,9 @@ def _exec(cmd: scst_cmd) -> int:
         # Aborted before it ran: nothing reaches the device.
         cmd.state = SCST_CMD_STATE_XMIT_RESP
         return _RES_CONT_NEXT
+    if (dev.ordered_pending or dev.deferred_cmds) and _must_wait(cmd):
+        dev.deferred_cmds.append(cmd)
+        return _RES_CONT_DONE
     handler = dev.handler
     run = handler.exec
     if not handler.exec_atomic and _threads_of_current() is not dev.cmd_threads:
@@ -320,6 +331,42 @@ def _dev_done(cmd: scst_cmd) -> int:
     return _RES_CONT_NEXT
 
 
+def _older_unfinished(dev: scst_device, sn: int, ordered_only: bool) -> bool:
+    """Is a command that arrived on dev before `sn` (an ORDERED one, if
+    ordered_only) still unfinished? Scans the task set: only runs while an
+    ORDERED command is about."""
+    for td in dev.dev_tgt_dev_list:
+        for c in list_for_each_entry(td.sess.sess_cmd_list):
+            if c.dev is dev and c.sn < sn and (
+                    not ordered_only or c.queue_type == SCST_CMD_QUEUE_ORDERED):
+                return True
+    return False
+
+
+def _must_wait(cmd: scst_cmd) -> bool:
+    """SAM-5 8.6: an ORDERED command runs after every older command has
+    finished, a SIMPLE one after every older ORDERED one; HEAD OF QUEUE
+    runs at once. Commands held back keep their arrival order."""
+    qt = cmd.queue_type
+    if qt == SCST_CMD_QUEUE_HEAD_OF_QUEUE:
+        return False
+    dev = cmd.dev
+    if any(c.sn < cmd.sn for c in dev.deferred_cmds):
+        return True
+    return _older_unfinished(dev, cmd.sn, qt != SCST_CMD_QUEUE_ORDERED)
+
+
+def _restart_deferred(dev: scst_device) -> None:
+    """A command of dev finished: run the held-back ones now allowed."""
+    waiting = dev.deferred_cmds
+    dev.deferred_cmds = []
+    for c in waiting:
+        if dev.deferred_cmds or _must_wait(c):
+            dev.deferred_cmds.append(c)
+        else:
+            scst_process_active_cmd(c)
+
+
 def _finish_cmd(cmd: scst_cmd) -> None:
     tgtt = cmd.tgtt
     if tgtt.on_free_cmd is not None:
@@ -327,6 +374,12 @@ def _finish_cmd(cmd: scst_cmd) -> None:
     if cmd.data_buf_alloced:
         scst_release_space(cmd)
     list_del_init(cmd.sess_cmd_list_entry)
+    dev = cmd.dev
+    if dev is not None:
+        if cmd.queue_type == SCST_CMD_QUEUE_ORDERED and cmd.tgt_dev is not None:
+            dev.ordered_pending -= 1
+        if dev.deferred_cmds:
+            _restart_deferred(dev)
     if cmd.mcmd is not None:
         _mcmd_cmd_freed(cmd.mcmd)
         cmd.mcmd = None

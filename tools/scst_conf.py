@@ -51,6 +51,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from scst_core.sysfs import scst_redact_secrets
+
 SCST_ROOT = "/kernel/scst_tgt"
 KEY_MARK = "[key]"
 MAX_LUN = 16383
@@ -812,12 +814,12 @@ def plan(cfg: Config, running: Config, schema: dict, force: bool = False) -> lis
                 for v in a.values:
                     if v not in have:
                         acts.append(Action(f"{dp}/mgmt", f"add_attribute {a.name} {v}",
-                                           f"add {drv.name} {a.name} {v}"))
+                                           scst_redact_secrets(f"add {drv.name} {a.name} {v}")))
                 if force:
                     for v in have:
                         if v not in a.values:
                             last.append(Action(f"{dp}/mgmt", f"del_attribute {a.name} {v}",
-                                               f"del {drv.name} {a.name} {v}"))
+                                               scst_redact_secrets(f"del {drv.name} {a.name} {v}")))
             elif _norm(a.name, a.values[0]) != _norm(a.name, rd.shown.get(a.name, "")):
                 (last if a.name == "enabled" and _norm(a.name, a.values[0]) == "1" else acts).append(
                     Action(f"{dp}/{a.name}", a.values[0], f"set {drv.name} {a.name} {a.values[0]}"))
@@ -876,13 +878,13 @@ def _plan_target(cfg: Config, dname: str, ds: dict, tgt: Target, rt: Target | No
             for v in a.values:
                 if v not in have:
                     acts.append(Action(f"{dp}/mgmt", f"add_target_attribute {tgt.name} {a.name} {v}",
-                                       f"add {tgt.name} {a.name} {v}"))
+                                       scst_redact_secrets(f"add {tgt.name} {a.name} {v}")))
             if force:
                 for v in have:
                     if v not in a.values:
                         last.append(Action(f"{dp}/mgmt",
                                            f"del_target_attribute {tgt.name} {a.name} {v}",
-                                           f"del {tgt.name} {a.name} {v}"))
+                                           scst_redact_secrets(f"del {tgt.name} {a.name} {v}")))
             continue
         want = _norm(a.name, a.values[0])
         if want == _norm(a.name, rt.shown.get(a.name, "")):

@@ -268,6 +268,7 @@ _ISCSI_TGT_KEYS = {
     "MaxBurstLength": ("max_burst_length", (512, (1 << 24) - 1)),
     "FirstBurstLength": ("first_burst_length", (512, (1 << 24) - 1)),
     "MaxOutstandingR2T": ("max_outstanding_r2t", (1, 65535)),
+    "MaxConnections": ("max_connections", (1, 8)),
     "HeaderDigest": ("header_digest", "digest"), "DataDigest": ("data_digest", "digest"),
     "QueuedCommands": ("queued_cmnds", (1, 2048)), "RspTimeout": ("rsp_timeout", (1, 65535)),
     "NopInInterval": ("nop_in_interval", (0, 65535)), "NopInTimeout": ("nop_in_timeout", (1, 65535)),

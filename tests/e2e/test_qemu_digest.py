@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import socket
-import struct
 import subprocess
 import threading
 from pathlib import Path
@@ -183,7 +182,8 @@ def _check_capture(to_tgt: bytes, from_tgt: bytes) -> int:
     return checked
 
 
-def test_qemu_img_with_header_digest_crc32c_moves_64mib_bit_identical(uscstd, tmp_path: Path) -> None:
+def test_qemu_img_with_header_digest_crc32c_moves_64mib_bit_identical(uscstd,
+                                                                      tmp_path: Path) -> None:
     exe = _qemu_img()
     srv = uscstd("--log-level", "info", size="64M")
     relay = _Relay(srv.host, srv.port)

@@ -1,4 +1,5 @@
-"""Property-based fuzzing of the iSCSI target with hypothesis.
+"""Property-based fuzzing of the iSCSI target (hypothesis), and the hostile-input
+regressions docs/security.md lists.
 
 Three generators feed one uscstd (module fixture, nullio LUN, its state
 directory in a temporary directory):
@@ -30,6 +31,18 @@ group's LUN. EXTENDED COPY is not implemented, so a copy cannot name a LUN
 outside the group either: it and RECEIVE COPY RESULTS get INVALID COMMAND
 OPERATION CODE and INQUIRY does not claim 3PC.
 
+Two fixed regressions sit beside them: a Login Request promising 16 MiB
+of text is dropped at once without the target reading it, and numeric
+keys whose values only fit after 32-bit truncation are refused, never
+taken as their truncated value.
+
+Secrets: a configuration that gives IncomingUser and OutgoingUser the same
+secret is refused at start without the secret appearing in uscstd's output
+(which ends up in the journal), and CHAP logins (right and wrong secret,
+one-way and mutual, through libiscsi's iscsi-inq) leave no secret in the
+log even at --log-level debug. The control socket, even with its mode
+opened up, serves only root and the daemon's user (SO_PEERCRED).
+
 Bounds: max_examples 150 per generator, each wait WAIT seconds, and a time
 budget per generator (examples past it are skipped unless one has already
 failed, so shrinking can finish). Failing examples are reported by
@@ -38,9 +51,13 @@ hypothesis with the blob to reproduce them (print_blob).
 from __future__ import annotations
 
 import importlib.util
+import os
 import random
+import shutil
+import subprocess
 import struct
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -50,17 +67,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from initiator import (
-    SAM_STAT_GOOD,
     OP_LOGIN_RSP,
     OP_NOP_IN,
     OP_REJECT,
-    RESERVED_TAG,
+    SAM_STAT_GOOD,
     STAGE_FULL_FEATURE,
     STAGE_OPERATIONAL,
     STAGE_SECURITY,
     ConnectionClosed,
     DigestError,
     Initiator,
+    LoginError,
     build_pdu,
     encode_keys,
     pack_login_req,
@@ -363,6 +380,50 @@ def test_random_pdus_after_login_are_answered_or_closed(fuzz_srv) -> None:
     _assert_serves(fuzz_srv)
 
 
+def test_login_request_promising_16mib_of_text_is_dropped_without_reading_it(fuzz_srv) -> None:
+    ini = _connect(fuzz_srv)
+    try:
+        bhs = pack_login_req(isid=ini.isid, itt=1, cmd_sn=1, exp_stat_sn=0,
+                             csg=STAGE_OPERATIONAL, nsg=STAGE_FULL_FEATURE, transit=True,
+                             dsl=(1 << 24) - 1)
+        t0 = time.monotonic()
+        if _send(ini, bhs + b"InitiatorName=iqn.2026-11.org.uscst:x\0"):
+            outcome = _pre_login_outcome(ini, "a Login Request with DataSegmentLength 16 MiB - 1")
+            assert outcome != "login-rsp" or ini.expect_closed(WAIT)
+        assert time.monotonic() - t0 < WAIT
+    finally:
+        ini.close()
+    _assert_serves(fuzz_srv)
+
+
+@pytest.mark.parametrize("key", ["MaxRecvDataSegmentLength", "FirstBurstLength",
+                                 "MaxBurstLength", "MaxOutstandingR2T"])
+def test_numeric_key_that_fits_only_after_32_bit_truncation_is_refused(fuzz_srv, key) -> None:
+    value = str((1 << 32) + 512)        # 512 after truncation to 32 bits
+    ini = _connect(fuzz_srv)
+    try:
+        try:
+            got = ini.login(fuzz_srv.iqn, keys={key: value})
+        except (LoginError, ConnectionClosed) as e:   # a refused login is a fine answer too
+            assert not isinstance(e, LoginError) or e.status_class == 0x02, str(e)
+            return
+        answer = got.get(key)
+        if key == "MaxRecvDataSegmentLength":
+            # Declarative (the target answers nothing): what it took shows
+            # in how it splits a 64 KiB read; 512-byte Data-Ins mean truncation.
+            res = ini.read10(0, 128)
+            assert res.ok, res
+            assert res.data_in_pdus < (128 * 512) // 512, \
+                f"{key}={value} was taken as 512: {res.data_in_pdus} Data-In PDUs for 64 KiB"
+        else:
+            assert answer == "Reject" or (answer is not None and answer.isdigit()
+                                          and int(answer) != 512), \
+                f"{key}={value} answered {answer!r}: the value was truncated"
+    finally:
+        ini.close()
+    fuzz_srv.assert_healthy()
+
+
 def test_target_serves_after_the_fuzz_run(fuzz_srv) -> None:
     _assert_serves(fuzz_srv)
     text = fuzz_srv.stderr_text()
@@ -511,3 +572,116 @@ def test_extended_copy_is_not_implemented_so_it_cannot_cross_groups(acg_srv) -> 
     finally:
         ini.close()
     acg_srv.assert_healthy()
+
+
+# --- secrets -----------------------------------------------------------------------
+
+SECRET_IN, SECRET_OUT, SECRET_WRONG = "joe-secret-0123", "target-secret-89", "wrong-secret-77"
+
+
+def _chap_config(in_secret: str, out_secret: str) -> str:
+    return f"""HANDLER vdisk_nullio {{
+\tDEVICE null0 {{
+\t\tsize 16M
+\t}}
+}}
+TARGET_DRIVER iscsi {{
+\tenabled 1
+\tTARGET {ACG_IQN} {{
+\t\tIncomingUser "joe {in_secret}"
+\t\tOutgoingUser "tgt {out_secret}"
+\t\tLUN 0 null0
+\t\tenabled 1
+\t}}
+}}
+"""
+
+
+def test_one_secret_for_both_directions_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    cf = _root_conftest()
+    cfg = tmp_path / "same.conf"
+    cfg.write_text(_chap_config(SECRET_IN, SECRET_IN))
+    port = cf.free_port()
+    p = subprocess.run([sys.executable, "-m", "tools.uscstd", "--portal", f"127.0.0.1:{port}",
+                        "--config", str(cfg), "--data-dir", str(tmp_path / "data"),
+                        "--control", str(tmp_path / "c.sock")],
+                       cwd=cf.REPO_ROOT, capture_output=True, text=True, timeout=30,
+                       stdin=subprocess.DEVNULL)
+    out = p.stdout + p.stderr
+    assert p.returncode == 1, f"uscstd accepted one secret for both directions:\n{out[-3000:]}"
+    assert "OutgoingUser" in out, out[-3000:]
+    assert SECRET_IN not in out, \
+        f"uscstd's refusal prints the CHAP secret:\n{out[-3000:]}"
+
+
+def test_chap_logins_leave_no_secret_in_the_debug_log(uscstd, tmp_path: Path) -> None:
+    exe = shutil.which("iscsi-inq")
+    if exe is None:
+        pytest.skip("iscsi-inq (libiscsi-bin) is not installed")
+    cfg = tmp_path / "chap.conf"
+    cfg.write_text(_chap_config(SECRET_IN, SECRET_OUT))
+    srv = uscstd("--config", str(cfg), "--data-dir", str(tmp_path / "data"),
+                 "--log-level", "debug", disk=None, size=None, iqn=ACG_IQN)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LIBISCSI_CHAP")}
+    mutual = {**base, "LIBISCSI_CHAP_TARGET_USERNAME": "tgt",
+              "LIBISCSI_CHAP_TARGET_PASSWORD": SECRET_OUT}
+    runs = [(SECRET_IN, base, 0), (SECRET_WRONG, base, None), (SECRET_IN, mutual, 0)]
+    for secret, env, want in runs:
+        url = f"iscsi://joe%{secret}@{srv.portal}/{ACG_IQN}/0"
+        p = subprocess.run([exe, url], capture_output=True, text=True, errors="replace",
+                           timeout=30, env=env, stdin=subprocess.DEVNULL)
+        if want is not None:
+            assert p.returncode == want, p.stdout + p.stderr
+        else:
+            assert p.returncode != 0, "a wrong CHAP secret logged in"
+    log = srv.stderr_text() + srv.stdout_text()
+    assert "login from" in log, "no login line at --log-level debug:\n" + log[-2000:]
+    for secret in (SECRET_IN, SECRET_OUT, SECRET_WRONG):
+        assert secret not in log, f"a CHAP secret is in uscstd's log:\n{log[-3000:]}"
+    srv.assert_healthy()
+
+
+_PEER_PROBE = """
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(5)
+try:
+    s.connect(sys.argv[1])
+    s.sendall(json.dumps({"op": "ping"}).encode() + b"\\n")
+    line = s.makefile("rb").readline()
+except OSError as e:
+    print("ERROR", e.errno)
+else:
+    print("ANSWER" if line else "CLOSED")
+"""
+
+
+def test_control_socket_serves_no_other_user_even_with_its_mode_opened(uscstd) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a client as another user")
+    sys_python = "/usr/bin/python3"
+    if not os.access(sys_python, os.X_OK):
+        pytest.skip("no /usr/bin/python3 for the unprivileged client")
+    with tempfile.TemporaryDirectory(prefix="uscst-") as d:
+        os.chmod(d, 0o711)
+        sock = f"{d}/ctl.sock"
+        srv = uscstd("--control", sock)
+        deadline = time.monotonic() + 10
+        # Bounded: polls until the socket exists or 10 s pass.
+        while not os.path.exists(sock) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert os.path.exists(sock), srv.stdout_text()
+        os.chmod(sock, 0o666)          # what a careless admin might do
+
+        def as_nobody() -> None:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+        p = subprocess.run([sys_python, "-c", _PEER_PROBE, sock], capture_output=True,
+                           text=True, timeout=30, preexec_fn=as_nobody, cwd="/")
+        assert p.stdout.strip() in ("CLOSED", "ERROR 104"), \
+            f"uid 65534 reached the control socket: {p.stdout!r} {p.stderr[-500:]!r}"
+        p = subprocess.run([sys_python, "-c", _PEER_PROBE, sock], capture_output=True,
+                           text=True, timeout=30, cwd="/")
+        assert p.stdout.strip() == "ANSWER", (p.stdout, p.stderr[-500:])
+        srv.assert_healthy()

@@ -127,6 +127,7 @@ class _Session:
         self.lead.login(IQN, keys={"MaxConnections": max_connections, **(extra_keys or {})})
         self.tsih = self.lead.tsih
         self.conns: dict[int, Initiator] = {0: self.lead}
+        self.made: list[Initiator] = [self.lead]     # every socket, for close()
         self.cmd_sn = self.lead.cmd_sn
 
     def _sync(self, ini: Initiator) -> None:
@@ -144,6 +145,7 @@ class _Session:
                         isid=self.lead.isid, cid=cid,
                         initiator_name=self.lead.initiator_name)
         ini.connect()
+        self.made.append(ini)
         ini.tsih = self.tsih
         ini.cmd_sn = self.cmd_sn          # the login's CmdSN: the session's next one
         ini._next_itt = (cid << 24) | 1   # disjoint ITT ranges per connection
@@ -186,7 +188,7 @@ class _Session:
         return rsp
 
     def close(self) -> None:
-        for ini in self.conns.values():
+        for ini in self.made:
             ini.close()
 
 

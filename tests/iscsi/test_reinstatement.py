@@ -10,6 +10,9 @@ RFC 7143 behaviour checked here:
   - ErrorRecoveryLevel 0 (7.1.5): a connection dropped in the middle of a
     WRITE ends the session, and a new login with the same ISID and TSIH 0
     gets a working session.
+  - 11.14 / 11.5: a Logout, or ABORT TASK and LOGICAL UNIT RESET, while a
+    WRITE waits for its data and a READ is in flight end those tasks
+    without leaking them (teardown races).
 
 "Nothing leaks" is read from the emulated kernel's slab counters: the
 active objects of the scst_cmd and iscsi_cmnd caches return to what they
@@ -31,7 +34,15 @@ from typing import Iterator
 
 import pytest
 
-from initiator import OP_R2T, Initiator
+from initiator import (
+    LOGOUT_CLOSE_SESSION,
+    OP_R2T,
+    TMF_ABORT_TASK,
+    TMF_LUN_RESET,
+    TMF_RSP_COMPLETE,
+    Initiator,
+    TaskAborted,
+)
 
 BS = 512
 TIMEOUT = 10.0
@@ -248,4 +259,47 @@ def test_same_isid_from_another_initiator_name_is_a_separate_session(srv) -> Non
     finally:
         a.close()
         b.close()
+    srv.assert_healthy()
+
+
+def test_logout_with_a_write_waiting_for_data_and_a_read_in_flight_leaks_nothing(srv) -> None:
+    baseline = slab_active(srv.ctl)
+    ini = _login(srv)
+    try:
+        _start_write_waiting_for_r2t(ini, 100, 256 * 1024)
+        ini.submit(_cdb10(0x28, 0, 256), read_len=256 * BS)
+        # Logout (close the session) with both tasks outstanding; Data-In for
+        # the READ that arrives first is taken by the initiator meanwhile.
+        assert ini.logout(LOGOUT_CLOSE_SESSION) == 0
+    finally:
+        ini.close()
+    assert wait_until(lambda: not session_names(srv.ctl, srv.iqn)), \
+        f"sessions left after logout: {session_names(srv.ctl, srv.iqn)}"
+    _assert_back_to(srv.ctl, baseline, "after a logout with I/O in flight")
+    srv.assert_healthy()
+
+
+def test_abort_task_and_lun_reset_with_io_in_flight_leak_nothing(srv) -> None:
+    baseline = slab_active(srv.ctl)
+    ini = _login(srv)
+    try:
+        w = _start_write_waiting_for_r2t(ini, 100, 256 * 1024)
+        assert ini.task_mgmt(TMF_ABORT_TASK, ref_itt=w) == TMF_RSP_COMPLETE
+        with pytest.raises(TaskAborted):
+            ini.wait(w)
+        w2 = _start_write_waiting_for_r2t(ini, 600, 256 * 1024)
+        ini.submit(_cdb10(0x28, 0, 256), read_len=256 * BS)
+        assert ini.task_mgmt(TMF_LUN_RESET) == TMF_RSP_COMPLETE
+        with pytest.raises(TaskAborted):
+            ini.wait(w2)
+        # The session still works after the reset (a unit attention first).
+        res = ini.test_unit_ready()
+        if not res.ok and res.sense_key == 6:
+            res = ini.test_unit_ready()
+        assert res.ok, res
+        assert ini.logout() == 0
+    finally:
+        ini.close()
+    assert wait_until(lambda: not session_names(srv.ctl, srv.iqn))
+    _assert_back_to(srv.ctl, baseline, "after ABORT TASK and LUN RESET with I/O in flight")
     srv.assert_healthy()
