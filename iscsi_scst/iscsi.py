@@ -42,7 +42,8 @@ from iscsi_scst.hdr import (ISCSI_CMD_ATTR_MASK, common_hdr, ISCSI_CMD_READ, ISC
                             ISCSI_LOGOUT_CLOSE_SESSION, ISCSI_LOGOUT_RECOVERY_UNSUPPORTED,
                             ISCSI_LOGOUT_SUCCESS, ISCSI_OP_IMMEDIATE, ISCSI_OP_LOGIN_CMD,
                             ISCSI_OP_LOGOUT_CMD, ISCSI_OP_NOP_IN, ISCSI_OP_NOP_OUT,
-                            ISCSI_OP_SCSI_DATA_IN,
+                            ISCSI_OP_SCSI_DATA_IN, ISCSI_OP_ASYNC_MSG,
+                            ISCSI_ASYNC_LOGOUT_REQUEST,
                             ISCSI_OP_REJECT, ISCSI_OP_SCSI_CMD, ISCSI_OP_SCSI_DATA_OUT,
                             ISCSI_OP_SCSI_TASK_MGT_MSG, ISCSI_OP_SCSI_TASK_MGT_RSP,
                             ISCSI_OP_SNACK_CMD, ISCSI_OP_TEXT_CMD, ISCSI_OP_TEXT_RSP,
@@ -1006,6 +1007,14 @@ def _login_rx_done(conn: iscsi_conn) -> None:
                            0, rsp.itt, 0, 0, 0, 0x02, 0x06)
             _queue_pdu(conn, fail, b"", on_sent=_close_after_send)
             return
+    elif len(session_mod.session_list) >= session_mod.iscsi_max_sessions:
+        pr_info(f"iscsi: login from {conn.peer} refused: {session_mod.iscsi_max_sessions} "
+                f"sessions exist (iscsi_max_sessions)")
+        fail = bytearray(48)
+        pack_login_rsp(fail, rsp.csg << 2, rsp.version_max, rsp.version_active, 0, rsp.isid,
+                       0, rsp.itt, 0, 0, 0, 0x03, 0x02)
+        _queue_pdu(conn, fail, b"", on_sent=_close_after_send)
+        return
     else:
         target = login.target
         for old in [s for s in session_mod.session_list if s.target is target
@@ -1063,11 +1072,33 @@ def iscsi_init() -> int:
     return scst_register_target_template(iscsi_template)
 
 
+# Seconds a planned shutdown gives initiators to log out when asked.
+iscsi_logout_grace = 2
+
+
+def iscsi_request_logout(conn: iscsi_conn, wait_s: int) -> None:
+    """Ask the initiator to log out within wait_s seconds: Async Message,
+    AsyncEvent 1 (RFC 7143 11.9.1), Parameter3 the time allowed."""
+    bhs = bytearray(48)
+    # Parameter3 (bytes 42-43) is the low half of the word at byte 40.
+    pack_generic_rsp(bhs, ISCSI_OP_ASYNC_MSG, 0x80, 0, 0, 0, _ZERO_LUN, ISCSI_RESERVED_TAG,
+                     0, 0, 0, 0, ISCSI_ASYNC_LOGOUT_REQUEST << 24, wait_s & 0xFFFF, 0)
+    _queue_pdu(conn, bhs)
+
+
 def iscsi_exit() -> None:
-    from iscsi_scst.conn import iscsi_close_all_conns
+    from iscsi_scst.conn import conn_list, conns_waitQ, iscsi_close_all_conns
     from iscsi_scst.target import iscsi_del_portal, portal_list
-    from kshim.jiffies import HZ
+    from kshim.wait import wait_event_timeout
     for portal in list(portal_list):
         iscsi_del_portal(portal)
+    # A planned shutdown: ask logged-in initiators to log out first.
+    asked = [c for c in conn_list if c.session is not None and c.session.target is not None
+             and not c.closing]
+    for conn in asked:
+        iscsi_request_logout(conn, iscsi_logout_grace)
+    if asked:
+        wait_event_timeout(conns_waitQ, lambda: not any(c in conn_list for c in asked),
+                           iscsi_logout_grace * HZ)
     iscsi_close_all_conns(10 * HZ)
     scst_unregister_target_template(iscsi_template)

@@ -5,8 +5,8 @@ Twin of iscsi-scst/kernel/nthread.c.
 
 Contexts: iscsi_rd_thread and iscsi_wr_thread are kthreads, one each per
 connection. Everything here that touches conn.rx_* runs on the rd thread
-only; everything that touches conn.stat_sn and the tx digests runs on the
-wr thread only.
+only; conn.stat_sn, the tx digests and conn.tx_* belong to whichever thread
+holds conn.tx_busy (iscsi_tx_flush).
 
 Receive: the rd thread reads as much as the socket has into a 256 KiB
 receive buffer, parses every complete BHS in it and copies data segments
@@ -14,9 +14,12 @@ straight into the command's pages; a large data segment that is not yet in
 the buffer is received directly into the pages. It drains until -EAGAIN,
 then sleeps until sk_data_ready.
 
-Send: the wr thread takes every queued response at once, builds the
+Send: before it sleeps, the rd thread flushes the responses it queued
+itself (one sendmsg per batch); the wr thread sends what other contexts
+queue (device threads, softirq completions, timers) and whatever did not
+fit the socket. Either takes every queued response at once, builds the
 iovecs (BHS, data as memoryviews of the command's pages, padding, digests)
-and sends them with one sendmsg; StatSN is assigned here, in send order.
+and sends them with one sendmsg; StatSN is assigned then, in send order.
 
 Differs from iscsi-scst: per-connection threads instead of shared pools;
 no zero-copy sendpage (sendmsg of memoryviews copies once into the socket,

@@ -48,6 +48,8 @@ class iscsi_session:
 
 _next_tsih = 0
 session_list: list[iscsi_session] = []
+# Sessions (normal and discovery) at most at once; more are refused 03/02.
+iscsi_max_sessions = 256
 
 
 def iscsi_alloc_tsih() -> int:

@@ -495,7 +495,11 @@ def _threads_of_current() -> scst_cmd_threads | None:
 
 
 def _queue_to_threads(cmd: scst_cmd) -> None:
-    ct = cmd.dev.cmd_threads if cmd.dev is not None else scst_main_cmd_threads
+    if cmd.dev is None:
+        # Core-local commands (REPORT LUNS, no-LUN INQUIRY) never sleep.
+        scst_process_active_cmd(cmd)
+        return
+    ct = cmd.dev.cmd_threads
     lst = ct.active_cmd_list
     spin_lock_bh(ct.cmd_list_lock)
     was_empty = list_empty(lst)
@@ -539,5 +543,3 @@ def scst_add_threads(ct: scst_cmd_threads, num: int) -> int:
         ct.threads.append(t)
     return 0
 
-
-scst_main_cmd_threads = scst_cmd_threads("scstd")
