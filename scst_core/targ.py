@@ -295,7 +295,7 @@ def _exec(cmd: scst_cmd) -> int:
         return _RES_CONT_DONE
     handler = dev.handler
     run = handler.exec
-    if not handler.exec_atomic and _threads_of_current() is not dev.cmd_threads:
+    if not handler.exec_atomic and not _on_threads_of(dev):
         # Not on the device's threads: only a non-sleeping attempt may run here.
         run = handler.exec_nowait
         if run is None:
@@ -489,9 +489,10 @@ _state_fns = _state_table()
 
 # -- per-device command threads ---------------------------------------------
 
-def _threads_of_current() -> scst_cmd_threads | None:
+def _on_threads_of(dev: scst_device) -> bool:
+    """Is the current task one of dev's command threads?"""
     kt = sched.current().kthread
-    return kt.data if kt is not None and isinstance(kt.data, scst_cmd_threads) else None
+    return kt is not None and kt.data is dev.cmd_threads
 
 
 def _queue_to_threads(cmd: scst_cmd) -> None:
