@@ -462,7 +462,12 @@ def register_iscsi_sysfs() -> None:
         del_attribute=lambda n, v: del_attr(None, n, v),
         add_target_attribute=lambda t, n, v: add_attr(t.tgt_name, n, v),
         del_target_attribute=lambda t, n, v: del_attr(t.tgt_name, n, v)))
+    from iscsi_scst import conn as iscsi_conn_mod, session as iscsi_session_mod
     module_param_named("iscsi_scst", "iscsi_max_conns", iscsi_target_mod, "iscsi_max_conns", int)
+    module_param_named("iscsi_scst", "iscsi_max_sessions", iscsi_session_mod,
+                       "iscsi_max_sessions", int)
+    module_param_named("iscsi_scst", "iscsi_login_timeout", iscsi_conn_mod,
+                       "iscsi_login_timeout", int)
 
 
 def mgmt_init() -> int:
