@@ -22,7 +22,6 @@ format_entries() turns one into text only when a report needs it.
 """
 from __future__ import annotations
 
-import inspect
 import traceback
 from types import FrameType
 
@@ -57,28 +56,14 @@ _once: set = set()
 stack_entries = tuple
 
 
-# XXX(issue 3): kshim modules may not import sys, so frames come through
-# inspect.currentframe() (about 200 ns more per call). If kshim/host.py
-# offers getframe (sys._getframe), it is used instead.
-_host_getframe = getattr(host, "getframe", None)
-_currentframe = inspect.currentframe
-
-
 def getframe(depth: int = 0) -> FrameType | None:
     """The frame `depth` levels above the caller (0: the caller's own), as
     sys._getframe(depth) would give the caller. Frame introspection for the
-    debugging aids."""
-    if _host_getframe is not None:
-        try:
-            return _host_getframe(depth + 1)
-        except ValueError:
-            return None
-    f = _currentframe()
-    f = f.f_back if f is not None else None
-    while depth > 0 and f is not None:
-        f = f.f_back
-        depth -= 1
-    return f
+    debugging aids; kshim reaches sys only through kshim.host."""
+    try:
+        return host.getframe(depth + 1)
+    except ValueError:
+        return None
 
 
 def stack_capture(skip: int = 1, limit: int = 12) -> tuple:

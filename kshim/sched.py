@@ -45,9 +45,9 @@ from kshim import host
 from kshim.bug import KernelBug, frame_stack, report_bug
 from kshim.printk import KERN_EMERG, printk
 
-# XXX: the counters are not module globals any more (cpu.preempt_count): a
-# STORE_ATTR on a slotted object is about 25 ns cheaper than on a module,
-# which is most of a spin_lock (measured with tools/kbench, issue 3).
+# The context counters live on one slotted object (cpu.preempt_count, ...),
+# not as module globals: a STORE_ATTR on a slotted object is about 25 ns
+# cheaper than on a module, which is most of a spin_lock (tools/kbench).
 
 TASK_RUNNING = 0x0000
 TASK_INTERRUPTIBLE = 0x0001
