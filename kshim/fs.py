@@ -136,7 +136,7 @@ def vfs_readv_nowait(f: file, iov: list, pos: int) -> int:
     (all, or fewer at end of file) or -EAGAIN; never sleeps, any context."""
     if not f.nowait_read:
         return -EAGAIN
-    want = host.iov_len(iov)
+    want = len(iov[0]) if len(iov) == 1 else host.iov_len(iov)
     n = host.file_preadv_nowait(f.fd, iov, pos)
     if n == want or (n >= 0 and pos + n >= f.f_inode.i_size):
         stats["read_nowait_hits"] += 1

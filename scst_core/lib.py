@@ -96,8 +96,13 @@ def scst_cmd_iov(cmd: scst_cmd) -> list[memoryview]:
     """Buffers covering exactly cmd.data_len bytes (the data the device
     reads or writes), for vfs_readv/vfs_writev."""
     left = cmd.data_len
+    sg = cmd.sg
+    if len(sg) == 1:
+        s = sg[0]
+        if s.length >= left:        # the common case: one buffer holds it all
+            return [s.page.mv[s.offset:s.offset + left]]
     out = []
-    for s in cmd.sg:
+    for s in sg:
         v = sg_virt(s)
         if len(v) >= left:
             out.append(v[:left])

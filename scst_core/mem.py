@@ -13,7 +13,8 @@ as the sgv pool's per-size caches do.
 from __future__ import annotations
 
 from kshim.err import ENOMEM
-from kshim.page_alloc import MAX_ORDER, PAGE_SHIFT, __free_pages, alloc_pages, get_order
+from kshim.page_alloc import (MAX_ORDER, PAGE_SHIFT, PAGE_SIZE, __free_pages, alloc_pages,
+                              get_order)
 from kshim.scatterlist import scatterlist
 from scst_core.scst import scst_cmd
 
@@ -25,7 +26,7 @@ def scst_alloc_space(cmd: scst_cmd, size: int, gfp: int) -> int:
     """Give cmd a buffer of `size` bytes in cmd.sg; 0 or -ENOMEM."""
     if size <= _CHUNK:
         # The common case: one entry, reusing the command's own sg vector.
-        p = alloc_pages(gfp, get_order(size))
+        p = alloc_pages(gfp, 0 if size <= PAGE_SIZE else get_order(size))
         if p is None:
             return -ENOMEM
         sg = cmd.sg_one

@@ -144,7 +144,10 @@ def scst_cmd_init_done(cmd: scst_cmd, pref_context: int) -> None:
     elif cmd.cdb[0] not in _LUNLESS_OPS:
         scst_set_cmd_error(cmd, scst_sense_lun_not_supported)
         cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
-    scst_process_redirect_cmd(cmd, pref_context)
+    if pref_context == SCST_CONTEXT_THREAD:
+        _queue_to_threads(cmd)
+    else:
+        scst_process_active_cmd(cmd)
 
 
 def scst_process_redirect_cmd(cmd: scst_cmd, context: int) -> None:
@@ -265,7 +268,9 @@ def _parse(cmd: scst_cmd) -> int:
 
 def _prepare_space(cmd: scst_cmd) -> int:
     if cmd.data_direction != SCST_DATA_NONE and cmd.bufflen:
-        gfp = GFP_ATOMIC if sched.in_atomic() else GFP_KERNEL
+        c = sched.cpu
+        gfp = (GFP_ATOMIC if c.preempt_count or c.softirq_serving or c.bh_disable_count
+               or c.irqs_off else GFP_KERNEL)
         if scst_alloc_space(cmd, cmd.bufflen, gfp) != 0:
             pr_err(f"scst: no memory for a {cmd.bufflen}-byte buffer (tag {cmd.tag:#x})")
             scst_set_cmd_error(cmd, scst_sense_hardw_error)

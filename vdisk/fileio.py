@@ -25,7 +25,7 @@ from kshim.fs import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, O_CREAT, O_DIRE
 from kshim.printk import pr_err, pr_info
 from scst_core.const import (scst_sense_read_error, scst_sense_space_allocation_failed,
                              scst_sense_write_error)
-from scst_core.lib import scst_cmd_iov, scst_set_cmd_error, scst_set_resp_data_len
+from scst_core.lib import scst_cmd_iov, scst_set_cmd_error
 from scst_core.scst import scst_cmd, scst_device
 from vdisk.vdisk import (scst_vdisk_dev, vdisk_attach_common, vdisk_cmd_done,
                          vdisk_detach_common, vdisk_do_exec, vdisk_io_ops, vdisk_make_devtype)
@@ -215,7 +215,7 @@ def fileio_exec_nowait(cmd: scst_cmd) -> bool:
     if length:
         if vfs_readv_nowait(virt_dev.file, scst_cmd_iov(cmd), cmd.lba << virt_dev.block_shift) != length:
             return False
-        scst_set_resp_data_len(cmd, length)
+        cmd.resp_data_len = length          # a READ's data_len never exceeds its bufflen
     vdisk_cmd_done(cmd)
     return True
 
