@@ -149,15 +149,19 @@ def file_preadv_nowait(fd: int, iov: list, pos: int) -> int:
         return _neg(e)
 
 
-def file_preadv(fd: int, iov: list, pos: int) -> int:
-    """Blocking read: for pool threads only."""
+def _all_iov(op: Callable[[int, list, int], int], fd: int, iov: list, pos: int,
+             eof_ok: bool) -> int:
+    """Repeat a blocking preadv/pwritev until every byte is done: bytes done,
+    fewer at end of file for reads, or -errno."""
     try:
         total = 0
-        want = sum(len(b) for b in iov)
+        want = iov_len(iov)
         while total < want:
-            n = os.preadv(fd, iov, pos + total)
+            n = op(fd, iov, pos + total)
             if n <= 0:
-                break
+                if eof_ok or total:
+                    break
+                return -_errno.EIO
             total += n
             if total < want:
                 iov = iov_advance(iov, n)
@@ -166,28 +170,14 @@ def file_preadv(fd: int, iov: list, pos: int) -> int:
         return _neg(e)
 
 
-def file_pwritev_nowait(fd: int, iov: list, pos: int) -> int:
-    try:
-        return os.pwritev(fd, iov, pos, RWF_NOWAIT)
-    except OSError as e:
-        return _neg(e)
+def file_preadv(fd: int, iov: list, pos: int) -> int:
+    """Blocking read: for pool threads only."""
+    return _all_iov(os.preadv, fd, iov, pos, True)
 
 
 def file_pwritev(fd: int, iov: list, pos: int) -> int:
     """Blocking write: for pool threads only."""
-    try:
-        total = 0
-        want = sum(len(b) for b in iov)
-        while total < want:
-            n = os.pwritev(fd, iov, pos + total)
-            if n <= 0:
-                return -_errno.EIO if total == 0 else total
-            total += n
-            if total < want:
-                iov = iov_advance(iov, n)
-        return total
-    except OSError as e:
-        return _neg(e)
+    return _all_iov(os.pwritev, fd, iov, pos, False)
 
 
 def iov_len(iov: list) -> int:
