@@ -21,6 +21,7 @@ thread may release it).
 """
 from __future__ import annotations
 
+import fnmatch
 import struct
 from typing import Any, Callable
 
@@ -77,7 +78,7 @@ from scst_core.const import (SAM_STAT_GOOD, SCST_ABORT_TASK, SCST_ABORT_TASK_SET
                              scst_sense_data_phase_error, SCST_CMD_QUEUE_ACA, SCST_CMD_QUEUE_HEAD_OF_QUEUE,
                              SCST_CMD_QUEUE_ORDERED, SCST_CMD_QUEUE_SIMPLE,
                              SCST_CMD_QUEUE_UNTAGGED, scst_sense_data_digest_error)
-from scst_core.lib import scst_set_cmd_error
+from scst_core.lib import scst_pack_lun, scst_set_cmd_error
 from scst_core.main import scst_register_target_template, scst_unregister_target_template
 from scst_core.scst import (SCST_CMD_STATE_DATA_WAIT,
                             SCST_CONTEXT_DIRECT, SCST_CONTEXT_SAME, SCST_DATA_BIDI,
@@ -966,6 +967,13 @@ def _enable_digests(conn: iscsi_conn) -> None:
     conn.ddigest_tx = conn.sess_params.data_digest
 
 
+def _portal_allowed(conn: iscsi_conn, target: Any) -> bool:
+    """May this connection's portal reach the target (allowed_portal)?
+    Refused logins get 02/02, authorization failure (RFC 7143 11.13.5)."""
+    pats = target.allowed_portals
+    return not pats or any(fnmatch.fnmatchcase(conn.portal.host, p) for p in pats)
+
+
 def _login_rx_done(conn: iscsi_conn) -> None:
     login = conn.login
     req = login_req(**login_fields(conn.rx_bhs), data=bytes(conn.rx_collect or b""))
@@ -1015,6 +1023,14 @@ def _login_rx_done(conn: iscsi_conn) -> None:
                        0, rsp.itt, 0, 0, 0, 0x03, 0x02)
         _queue_pdu(conn, fail, b"", on_sent=_close_after_send)
         return
+    elif not _portal_allowed(conn, login.target):
+        pr_info(f"iscsi: login from {conn.peer} to {login.target.name} refused: portal "
+                f"{conn.portal.host} is not in its allowed_portal list")
+        fail = bytearray(48)
+        pack_login_rsp(fail, rsp.csg << 2, rsp.version_max, rsp.version_active, 0, rsp.isid,
+                       0, rsp.itt, 0, 0, 0, 0x02, 0x02)
+        _queue_pdu(conn, fail, b"", on_sent=_close_after_send)
+        return
     else:
         target = login.target
         for old in [s for s in session_mod.session_list if s.target is target
@@ -1057,6 +1073,21 @@ def _login_rx_done(conn: iscsi_conn) -> None:
         _arm_nop_in(conn, sess.target.tgt_params.nop_in_interval)
 
 
+def iscsi_report_aen(tgt_dev: Any, sense: bytes) -> None:
+    """SCST's asynchronous event: an Async Message, AsyncEvent 0 (SCSI
+    event), with the sense data, on one connection of the session
+    (RFC 7143 11.9.1); any context."""
+    sess = tgt_dev.sess.tgt_priv
+    conn = next((c for c in sess.conn_list if not c.closing), None)
+    if conn is None:
+        return
+    bhs = bytearray(48)
+    data = len(sense).to_bytes(2, "big") + sense
+    pack_generic_rsp(bhs, ISCSI_OP_ASYNC_MSG, 0x80, 0, 0, len(data), scst_pack_lun(tgt_dev.lun),
+                     ISCSI_RESERVED_TAG, 0, 0, 0, 0, 0, 0, 0)
+    _queue_pdu(conn, bhs, data)
+
+
 iscsi_template = scst_tgt_template(
     name="iscsi",
     sg_tablesize=0,
@@ -1065,6 +1096,7 @@ iscsi_template = scst_tgt_template(
     on_free_cmd=iscsi_on_free_cmd,
     on_abort_cmd=iscsi_on_abort_cmd,
     task_mgmt_fn_done=iscsi_task_mgmt_fn_done,
+    report_aen=iscsi_report_aen,
 )
 
 

@@ -42,6 +42,9 @@ class iscsi_target:
     enabled: bool = True
     # CHAP users for this target (IncomingUser/OutgoingUser); None: no CHAP
     chap: Any = None
+    # allowed_portal patterns (shell wildcards on the portal's address);
+    # empty: every portal may reach the target
+    allowed_portals: tuple = ()
 
 
 @attrs.define(slots=True, eq=False)

@@ -112,6 +112,9 @@ class scst_tgt_template:
     # A command waiting for its data (RDY_TO_XFER) is aborted: stop the transfer.
     on_abort_cmd: Callable[["scst_cmd"], None] | None = None
     task_mgmt_fn_done: Callable[["scst_mgmt_cmd"], None] | None = None
+    # Asynchronous event notification: a new unit attention's sense data for
+    # one I_T_L nexus, sent to the initiator now (iSCSI: an Async Message).
+    report_aen: Callable[["scst_tgt_dev", bytes], None] | None = None
     release: Callable[["scst_tgt"], int] | None = None
     get_initiator_port_transport_id: Callable[["scst_tgt", "scst_session | None"], bytes] | None = None
     tgt_list: list = attrs.field(factory=list)

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kshim.spinlock import spin_lock_bh, spin_unlock_bh
-from scst_core.const import (INQUIRY, REPORT_LUNS, REQUEST_SENSE,
+from scst_core.const import (INQUIRY, REPORT_LUNS, REQUEST_SENSE, SCST_SENSE_BUFFERSIZE,
                              scst_sense_capacity_data_changed_UA,
                              scst_sense_reported_luns_data_changed_UA)
 from scst_core.lib import scst_build_sense, scst_set_cmd_error
@@ -49,10 +49,17 @@ def scst_queue_ua(tgt_dev: "scst_tgt_dev", sense: tuple[int, int, int]) -> None:
     lock = tgt_dev.dev.dev_lock
     spin_lock_bh(lock)
     lst = tgt_dev.UA_list
-    if sense not in lst and len(lst) < SCST_MAX_UA:
+    new = sense not in lst and len(lst) < SCST_MAX_UA
+    if new:
         lst.append(sense)
         ua_stats["queued"] += 1
     spin_unlock_bh(lock)
+    report_aen = tgt_dev.sess.tgt.tgtt.report_aen
+    if new and report_aen is not None:
+        # Tell the initiator now too; the UA stays for its next command.
+        buf = bytearray(SCST_SENSE_BUFFERSIZE)
+        n = scst_build_sense(buf, tgt_dev.dev.d_sense, *sense)
+        report_aen(tgt_dev, bytes(buf[:n]))
 
 
 def scst_queue_ua_sess(sess: "scst_session", sense: tuple[int, int, int]) -> None:

@@ -397,7 +397,14 @@ def register_iscsi_sysfs() -> None:
             if ret != 0:
                 vals.remove(value)
             return ret
+        if name == "allowed_portal":
+            apply_allowed_portals(key)
         return 0
+
+    def apply_allowed_portals(key) -> None:
+        t = next((x for x in target_list if x.name == key), None)
+        if t is not None:
+            t.allowed_portals = tuple(iscsi_attr_values.get(key, {}).get("allowed_portal", []))
 
     def apply_chap(key) -> int:
         """Make the CHAP users of a target (key: its name) or of discovery
@@ -433,6 +440,8 @@ def register_iscsi_sysfs() -> None:
         vals.remove(value)
         if name in ("IncomingUser", "OutgoingUser"):
             return apply_chap(key)
+        if name == "allowed_portal":
+            apply_allowed_portals(key)
         return 0
 
     def drv_enabled_store(kobj, a, buf):

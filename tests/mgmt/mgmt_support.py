@@ -62,9 +62,9 @@ TARGET_DRIVER iscsi {{
 
 class Daemon:
     def __init__(self, tmp: Path, config_text: str | None = None, extra: list[str] | None = None,
-                 env: dict | None = None):
+                 env: dict | None = None, port: int | None = None):
         self.tmp = tmp
-        self.port = free_port()
+        self.port = port or free_port()
         self.config = tmp / "scst.conf"
         self.config.write_text(config_text if config_text is not None
                                else base_config(tmp, self.port))

@@ -68,6 +68,19 @@ def test_add_lun_raises_reported_luns_data_changed_ua(daemon: Daemon) -> None:
         assert report_luns(ini) == [0, 1, 2]
 
 
+def test_add_lun_also_sends_an_async_message_with_the_unit_attention(daemon: Daemon) -> None:
+    """SCST's report_aen: the iSCSI driver sends AsyncEvent 0 (SCSI event)
+    carrying the new unit attention's sense (RFC 7143 11.9.1)."""
+    with login(daemon) as ini:
+        assert ini.test_unit_ready(0).ok
+        daemon.admin("add-lun", TARGET, "2", "null2")
+        ini.nop_out(b"sync")                       # the Async Messages come first
+        events = [p for p in ini.async_msgs if p.async_event == 0]
+        assert events, "no SCSI Async Message after the LUN inventory changed"
+        sense = events[0].data[2:]
+        assert sense[2] & 0x0F == 0x06 and (sense[12], sense[13]) == (0x3F, 0x0E)
+
+
 def test_fuse_mount_takes_lun_add_by_echo_into_mgmt(tmp_path: Path) -> None:
     if not os.path.exists("/dev/fuse"):
         pytest.skip("/dev/fuse is missing: FUSE mount cannot be tested here")
