@@ -50,7 +50,6 @@ hypothesis with the blob to reproduce them (print_blob).
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import shutil
@@ -63,6 +62,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+import uscstd_support
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -99,23 +100,9 @@ FUZZ_SETTINGS = settings(max_examples=MAX_EXAMPLES, deadline=None, database=None
                                                 HealthCheck.data_too_large])
 
 
-def _root_conftest():
-    """tests/conftest.py as a module (start/finish helpers for a module
-    fixture; pytest's own copy is not importable by name)."""
-    name = "uscst_root_conftest"
-    mod = sys.modules.get(name)
-    if mod is None:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).resolve().parents[1] / "conftest.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def fuzz_srv(tmp_path_factory) -> Iterator:
-    cf = _root_conftest()
+    cf = uscstd_support
     tmp = tmp_path_factory.mktemp("fuzz")
     srv = cf.start_uscstd(tmp / "srv", "--nullio", "--data-dir", str(tmp / "data"),
                           disk=None, size="64M")
@@ -465,7 +452,7 @@ TARGET_DRIVER iscsi {{
 
 @pytest.fixture(scope="module")
 def acg_srv(tmp_path_factory) -> Iterator:
-    cf = _root_conftest()
+    cf = uscstd_support
     tmp = tmp_path_factory.mktemp("acg")
     cfg = tmp / "acg.conf"
     cfg.write_text(ACG_CONFIG)
@@ -598,7 +585,7 @@ TARGET_DRIVER iscsi {{
 
 
 def test_one_secret_for_both_directions_is_refused_without_echoing_it(tmp_path: Path) -> None:
-    cf = _root_conftest()
+    cf = uscstd_support
     cfg = tmp_path / "same.conf"
     cfg.write_text(_chap_config(SECRET_IN, SECRET_IN))
     port = cf.free_port()

@@ -27,15 +27,15 @@ Every wait is bounded by the initiators' timeouts.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import select
 import struct
-import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+import uscstd_support
 
 from initiator import (
     ATTR_ORDERED,
@@ -59,20 +59,6 @@ LO_KEYS = ("MaxConnections", "InitialR2T", "ImmediateData", "MaxBurstLength",
            "DefaultTime2Retain")
 
 
-def _root_conftest():
-    """tests/conftest.py as a module (its start/finish helpers serve the
-    module-scoped server; pytest's own copy is not importable by name)."""
-    name = "uscst_root_conftest"
-    mod = sys.modules.get(name)
-    if mod is None:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).resolve().parents[1] / "conftest.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return mod
-
-
 def _config(tmp: Path) -> str:
     return f"""HANDLER vdisk_fileio {{
 \tDEVICE disk0 {{
@@ -94,7 +80,7 @@ TARGET_DRIVER iscsi {{
 @pytest.fixture(scope="module")
 def mcs_server(tmp_path_factory) -> Iterator:
     """One uscstd for the module: target IQN with MaxConnections 8."""
-    cf = _root_conftest()
+    cf = uscstd_support
     tmp = tmp_path_factory.mktemp("mcs")
     cfg = tmp / "mcs.conf"
     cfg.write_text(_config(tmp))
