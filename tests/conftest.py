@@ -19,7 +19,9 @@ The server object carries url, host, port, portal, target_url, iqn,
 proc, log (its stderr file), out (its stdout file), argv, and
 assert_healthy() / stop(sig) / stderr_text(); uscstd.check(srv) is the
 teardown check itself. Test files need not import this module (two
-conftest.py files share the module name in prepend mode).
+conftest.py files share the module name in prepend mode); a test that needs
+a server for a whole module imports tests/uscstd_support.py, where the
+start/stop/check helpers live.
 """
 from __future__ import annotations
 
