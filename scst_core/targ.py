@@ -461,13 +461,13 @@ def scst_rx_mgmt_fn(sess: scst_session, fn: int, lun: bytes | None, tag: int,
     for cmd in victims:
         _abort_cmd(cmd, mcmd)
     if mcmd.status == 0 and fn in (SCST_LUN_RESET, SCST_TARGET_RESET):
-        # The other I_T nexuses learn of the reset (SAM-5 6.3, 7.10).
+        # Every I_T nexus learns of the reset, the one that asked included
+        # (SAM-5 6.3.3 c), 6.6 c)).
         tgt_devs = (tgt_dev.dev.dev_tgt_dev_list if fn == SCST_LUN_RESET else
                     [td for s in sess.tgt.sess_list for td in s.sess_tgt_dev_list.values()])
         for td in list(tgt_devs):
-            if td.sess is not sess:
-                scst_queue_ua(td, scst_sense_lun_reset_UA if fn == SCST_LUN_RESET
-                              else scst_sense_reset_UA)
+            scst_queue_ua(td, scst_sense_lun_reset_UA if fn == SCST_LUN_RESET
+                          else scst_sense_reset_UA)
         for dev in {td.dev for td in tgt_devs}:
             scst_pr_dev_reset(dev)      # releases RESERVE(6), clears PREVENT
     _mcmd_cmd_freed(mcmd)

@@ -947,6 +947,9 @@ vdisk_exec_table: dict[int, Callable[[scst_cmd, scst_vdisk_dev], None]] = {
 # the SBC-3 commands of vdisk.sbc
 from vdisk.sbc import vdisk_sbc_exec_table  # noqa: E402  (sbc imports this module)
 vdisk_exec_table.update(vdisk_sbc_exec_table())
+# EXTENDED COPY and RECEIVE COPY RESULTS of vdisk.xcopy
+from vdisk.xcopy import vdisk_xcopy_exec_table  # noqa: E402  (xcopy imports this module)
+vdisk_exec_table.update(vdisk_xcopy_exec_table())
 # what vdisk_cdrom dispatches: no writes, no SBC-only commands (MMC-6 4.1)
 vdisk_cdrom_exec_table: dict[int, Callable[[scst_cmd, scst_vdisk_dev], None]] = {
     op: fn for op, fn in vdisk_exec_table.items()
