@@ -90,8 +90,8 @@ _u(0xAE, -1, (0x12,) + _FF4 + _FF4 + (0, 0))                          # WRITE AN
 _u(0xAF, -1, (0x16,) + _FF4 + _FF4 + (0, 0))                          # VERIFY(12)
 _u(0xB7, -1, (0x1F, 0, 0, 0, 0) + _FF4 + (0, 0))                      # READ DEFECT DATA(12)
 
-# Opcodes that take a service action in byte 1 (bits 4:0)
-_SA_LISTED = frozenset((0x48, 0x83, 0x84, 0x9E, 0xA3, 0xA4))  # SAs listed one by one
+# Opcodes whose service actions (byte 1, bits 4:0) are reported one by one
+_SA_LISTED = frozenset((0x48, 0x83, 0x84, 0x9E, 0xA3, 0xA4))
 
 NOMINAL_TIMEOUT_S = 30
 LONG_TIMEOUT_S = 3600
