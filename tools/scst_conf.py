@@ -57,7 +57,7 @@ SCST_ROOT = "/kernel/scst_tgt"
 KEY_MARK = "[key]"
 MAX_LUN = 16383
 
-_BOOL_ATTRS = frozenset(("enabled", "read_only", "nv_cache", "write_through", "o_direct",
+_BOOL_ATTRS = frozenset(("enabled", "read_only", "nv_cache", "write_through", "o_direct", "o_dsync",
                          "removable", "rotational", "thin_provisioned"))
 _YESNO_ATTRS = frozenset(("InitialR2T", "ImmediateData"))
 _INT_ATTRS = frozenset(("blocksize", "rel_tgt_id", "MaxRecvDataSegmentLength",

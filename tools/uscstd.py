@@ -154,7 +154,8 @@ def resolve(args: argparse.Namespace) -> dict:
 # task context (sysfs callbacks) and touches only kernel-side objects.
 
 _VDISK_BOOL = {"read_only": "rd_only", "nv_cache": "nv_cache", "write_through": "wt_flag",
-               "o_direct": "o_direct", "removable": "removable", "rotational": "rotational",
+               "o_direct": "o_direct", "o_dsync": "o_dsync", "removable": "removable",
+               "rotational": "rotational",
                "thin_provisioned": "thin_provisioned"}
 _VDISK_STR_LIVE = ("t10_dev_id", "usn", "t10_vend_id", "vend_specific_id", "prod_id",
                    "prod_rev_lvl")

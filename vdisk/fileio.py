@@ -150,7 +150,7 @@ def fileio_attach(dev: scst_device) -> int:
     is missing) and publish the geometry. 0 or -errno."""
     virt_dev: scst_vdisk_dev = dev.dh_priv
     flags = (O_RDONLY if virt_dev.rd_only else O_RDWR) | O_LARGEFILE
-    if virt_dev.wt_flag and not virt_dev.rd_only:
+    if virt_dev.o_dsync and not virt_dev.rd_only:
         flags |= O_DSYNC
     if virt_dev.o_direct:
         flags |= O_DIRECT

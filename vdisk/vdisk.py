@@ -51,7 +51,8 @@ from scst_core.const import (ASSOCIATION_LU, CODE_SET_ASCII, CODE_SET_BINARY, CO
                              scst_sense_medium_removal_prevented, scst_sense_miscompare_error,
                              scst_sense_no_medium, scst_sense_no_sense,
                              scst_sense_parameter_list_length_invalid,
-                             scst_sense_saving_params_unsup, scst_sense_write_protected)
+                             scst_sense_mode_params_changed_UA, scst_sense_saving_params_unsup,
+                             scst_sense_write_protected)
 from scst_core.lib import (scst_build_sense, scst_get_buf_full, scst_set_cmd_error,
                            scst_set_invalid_field_in_cdb,
                            scst_set_invalid_field_in_parm_list, scst_set_resp_data_len)
@@ -61,6 +62,7 @@ from scst_core.pres import (scst_dev_reset_hooks, scst_pr_clear_dev, scst_pr_exe
 from scst_core.scst import (SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME, SCST_EXEC_COMPLETED,
                             SCST_WRITE_MEDIUM, scst_cmd, scst_dev_type, scst_device,
                             scst_tgt_dev)
+from scst_core.ua import scst_queue_ua
 
 # Design notes:
 # - parse() does every check that needs no I/O (write protection, PI
@@ -69,14 +71,13 @@ from scst_core.scst import (SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME, SCST_EXEC
 # - exec() dispatches on the opcode through vdisk_exec_table; a backend
 #   supplies the data path as a vdisk_io_ops record, so one table serves
 #   fileio and nullio.
-# - Caching semantics follow SCST: write_through=0 and nv_cache=0 by
-#   default, so the caching page reports WCE=1, FUA writes and SYNCHRONIZE
-#   CACHE flush the file; write_through=1 opens the file O_DSYNC (WCE=0);
+# - Caching: write_through=1 is the default (SCST's is 0): WCE=0, and a
+#   write's GOOD status waits for the flush of what it wrote (SBC-3 4.15),
+#   so an acknowledged block survives a crash of the daemon or the host.
+#   write_through=0 (or MODE SELECT WCE=1) is write-back: only FUA writes
+#   and SYNCHRONIZE CACHE flush. o_dsync=1 opens the file O_DSYNC, so each
+#   write is stable when the write call returns, whatever WCE says.
 #   nv_cache=1 makes flushes no-ops (the cache is declared non-volatile).
-# XXX: mode parameter changes should raise MODE PARAMETERS CHANGED unit
-#   attentions on the other I_T nexuses; that needs the core's UA API.
-# XXX: PREVENT ALLOW state is per device, not per I_T nexus, and is not
-#   cleared on nexus loss or reset yet.
 
 VDISK_VENDOR = "USCST"
 VDISK_PROD_REV_LVL = "0100"
@@ -150,7 +151,8 @@ class scst_vdisk_dev:
     # mode parameters and medium state: changed only by MODE SELECT,
     # START STOP UNIT and PREVENT ALLOW, which the core serializes
     # (SCST_STRICTLY_SERIALIZED) or which touch one bool: no lock.
-    wt_flag: bool = False               # write_through; WCE = not wt_flag
+    wt_flag: bool = True                # write_through; WCE = not wt_flag
+    o_dsync: bool = False               # open the file O_DSYNC (parameter)
     dsync_open: bool = False            # file opened with O_DSYNC
     media_present: bool = True
     prevent_medium_removal: bool = False
@@ -548,9 +550,7 @@ def _page_caching(virt_dev: scst_vdisk_dev, pc: int) -> bytearray:
     p[0], p[1] = MODE_PAGE_CACHING, 18
     if pc == MODE_SENSE_PC_CHANGEABLE:
         p[2] = 0x04                     # WCE
-    elif pc == MODE_SENSE_PC_DEFAULT:
-        p[2] = 0x04
-    elif not virt_dev.wt_flag:
+    elif pc == MODE_SENSE_PC_CURRENT and not virt_dev.wt_flag:
         p[2] = 0x04
     return p
 
@@ -697,7 +697,8 @@ def _mode_select_check(cmd: scst_cmd, virt_dev: scst_vdisk_dev, data: memoryview
         if code == MODE_PAGE_CONTROL and (new[3] >> 4) > 1:
             scst_set_invalid_field_in_parm_list(cmd, off + 3, 7)
             return None
-        changes.append((code, new))
+        if new[2:] != bytes(cur[2:]):
+            changes.append((code, new))
         off += 2 + plen
     return changes
 
@@ -734,6 +735,12 @@ def vdisk_exec_mode_select(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
         return
     for code, new in changes:
         _mode_select_apply(virt_dev, code, new)
+    if changes:
+        # The device's mode pages are shared: the other I_T nexuses learn
+        # of the change (SPC-4 6.11).
+        for tgt_dev in list(cmd.dev.dev_tgt_dev_list):
+            if tgt_dev is not cmd.tgt_dev:
+                scst_queue_ua(tgt_dev, scst_sense_mode_params_changed_UA)
 
 
 # ---------------------------------------------------------------- data commands
@@ -1010,7 +1017,7 @@ if _vdisk_on_reset not in scst_dev_reset_hooks:
 _SIZE_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 vdisk_add_device_parameters = ("filename", "size", "size_mb", "blocksize", "read_only",
-                               "nv_cache", "write_through", "o_direct", "removable",
+                               "nv_cache", "write_through", "o_direct", "o_dsync", "removable",
                                "rotational", "thin_provisioned", "t10_dev_id", "t10_vend_id",
                                "vend_specific_id", "usn", "prod_id", "prod_rev_lvl",
                                "scsi_device_name")
@@ -1044,7 +1051,8 @@ def _parse_bool(s: str) -> int:
 
 
 _BOOL_PARAMS = {"read_only": "rd_only", "nv_cache": "nv_cache", "write_through": "wt_flag",
-                "o_direct": "o_direct", "removable": "removable", "rotational": "rotational",
+                "o_direct": "o_direct", "o_dsync": "o_dsync", "removable": "removable",
+                "rotational": "rotational",
                 "thin_provisioned": "thin_provisioned"}
 _STR_PARAMS = {"t10_dev_id": 16 + 8, "t10_vend_id": 8, "vend_specific_id": 128, "usn": 252,
                "prod_id": 16, "prod_rev_lvl": 4, "scsi_device_name": 251}

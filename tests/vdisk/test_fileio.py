@@ -44,13 +44,13 @@ def test_write_then_read_back_hits_the_file_at_the_right_offset(kernel, tmp_path
     assert disk[:10 * 512] == bytes(10 * 512)
 
 
-def test_fua_write_and_synchronize_cache_flush_unless_nv_cache(kernel, tmp_path):
+def test_write_back_flushes_only_fua_writes_and_synchronize_cache_unless_nv_cache(kernel, tmp_path):
     path = tmp_path / "d.img"
     path.write_bytes(bytes(64 << 10))
 
     def body():
         out = {}
-        dev = make_dev(fileio_devtype, "f1", {"filename": str(path)})
+        dev = make_dev(fileio_devtype, "f1", {"filename": str(path), "write_through": "0"})
         base = fs.stats["fsync"]
         run_cmd(dev, rw10(0x2A, 0, 1), bytes(512))
         out["plain"] = fs.stats["fsync"] - base
@@ -69,17 +69,36 @@ def test_fua_write_and_synchronize_cache_flush_unless_nv_cache(kernel, tmp_path)
     assert kernel(body) == {"plain": 0, "fua": 1, "sync": 2, "nv": 0}
 
 
-def test_write_through_opens_dsync_and_reports_wce_off(kernel, tmp_path):
+def test_write_through_is_the_default_each_write_flushes_and_wce_is_off(kernel, tmp_path):
     path = tmp_path / "wt.img"
     path.write_bytes(bytes(64 << 10))
 
     def body():
-        dev = make_dev(fileio_devtype, "wt", {"filename": str(path), "write_through": "1"})
+        dev = make_dev(fileio_devtype, "wt", {"filename": str(path)})
         ms = run_cmd(dev, [0x1A, 0x08, 0x08, 0, 255, 0]).data
+        base = fs.stats["fsync"]
+        w = run_cmd(dev, rw10(0x2A, 3, 2), pattern(1024, 4))
+        flushes = fs.stats["fsync"] - base
         flags = dev.dh_priv.file.f_flags
         dev.handler.detach(dev)
-        return ms[4 + 2] & 0x04, bool(flags & fs.O_DSYNC)
-    assert kernel(body) == (0, True)
+        return w.status, ms[4 + 2] & 0x04, flushes, bool(flags & fs.O_DSYNC)
+    assert kernel(body) == (GOOD, 0, 1, False)
+    assert path.read_bytes()[3 * 512:5 * 512] == pattern(1024, 4)
+
+
+def test_o_dsync_opens_the_file_o_dsync_and_needs_no_flush(kernel, tmp_path):
+    path = tmp_path / "ds.img"
+    path.write_bytes(bytes(64 << 10))
+
+    def body():
+        dev = make_dev(fileio_devtype, "ds", {"filename": str(path), "o_dsync": "1"})
+        base = fs.stats["fsync"]
+        w = run_cmd(dev, rw10(0x2A, 0, 1), bytes(512))
+        flushes = fs.stats["fsync"] - base
+        flags = dev.dh_priv.file.f_flags
+        dev.handler.detach(dev)
+        return w.status, flushes, bool(flags & fs.O_DSYNC)
+    assert kernel(body) == (GOOD, 0, True)
 
 
 def test_missing_file_with_size_is_created_sparse(kernel, tmp_path):

@@ -336,9 +336,9 @@ def test_mode_sense6_all_pages_has_header_block_descriptor_and_pages_in_order(de
     assert off == len(d) and codes == [0x01, 0x08, 0x0A, 0x1C]
 
 
-def test_mode_sense6_caching_page_reports_write_cache_enabled_by_default(dev):
+def test_mode_sense6_caching_page_reports_write_cache_disabled_by_default(dev):
     page = find_page(mode_sense6(dev, 0x08, dbd=1).data, 4, 0, 0x08)
-    assert page is not None and page[1] == 0x12 and page[2] & 0x04
+    assert page is not None and page[1] == 0x12 and not page[2] & 0x04
 
 
 def test_mode_sense_control_page_is_the_same_alone_and_in_all_pages(dev):
@@ -383,15 +383,16 @@ def _current_page(dev, code):
     return bytearray(find_page(mode_sense6(dev, code, dbd=1).data, 4, 0, code))
 
 
-def test_mode_select_clears_wce_and_turns_write_through_on(dev):
+def test_mode_select_sets_wce_for_write_back_and_clears_it_for_write_through(dev):
     page = _current_page(dev, 0x08)
-    page[2] &= ~0x04
-    assert mode_select6(dev, bytes(4) + bytes(page)).status == GOOD
-    assert dev.dh_priv.wt_flag is True
-    assert not _current_page(dev, 0x08)[2] & 0x04
+    assert not page[2] & 0x04 and dev.dh_priv.wt_flag is True      # the default
     page[2] |= 0x04
     assert mode_select6(dev, bytes(4) + bytes(page)).status == GOOD
     assert dev.dh_priv.wt_flag is False
+    assert _current_page(dev, 0x08)[2] & 0x04
+    page[2] &= ~0x04
+    assert mode_select6(dev, bytes(4) + bytes(page)).status == GOOD
+    assert dev.dh_priv.wt_flag is True
 
 
 def test_mode_select_changing_unchangeable_field_is_invalid_field_in_parameter_list(dev):
@@ -400,16 +401,16 @@ def test_mode_select_changing_unchangeable_field_is_invalid_field_in_parameter_l
     r = mode_select6(dev, bytes(4) + bytes(page))
     assert r.key_asc_ascq == INVALID_FIELD_PARM
     assert r.field_pointer == (False, 4 + 2, 0)
-    assert dev.dh_priv.wt_flag is False
+    assert dev.dh_priv.wt_flag is True
 
 
 def test_mode_select_is_all_or_nothing_across_pages(dev):
     cache = _current_page(dev, 0x08)
-    cache[2] &= ~0x04
+    cache[2] |= 0x04
     ctl = _current_page(dev, 0x0A)
     ctl[8] = 0                                                          # busy timeout: fixed
     r = mode_select6(dev, bytes(4) + bytes(cache) + bytes(ctl))
-    assert r.key_asc_ascq == INVALID_FIELD_PARM and dev.dh_priv.wt_flag is False
+    assert r.key_asc_ascq == INVALID_FIELD_PARM and dev.dh_priv.wt_flag is True
 
 
 def test_mode_select_save_pages_and_bad_page_length_are_rejected(dev):
