@@ -251,7 +251,7 @@ scst_scsi_op_table: tuple[scst_sdbops, ...] = (
     _op(0x3C, "READ BUFFER", _R, SCST_SMALL_TIMEOUT, _len, ln=(6, 3)),
     _op(0x41, "WRITE SAME(10)", _W, _BLOCK_WRITE, get_cdb_info_write_same, lba=(2, 4), ln=(7, 2)),
     _op(0x42, "UNMAP", _W, SCST_WRITE_MEDIUM, _len, ln=(7, 2)),
-    # MMC-6 commands (vdisk_cdrom answers them; disks reject them in exec)
+    # MMC-6 commands (vcdrom answers them; disks reject them in exec)
     _op(0x43, "READ TOC/PMA/ATIP", _R, SCST_SMALL_TIMEOUT | SCST_WRITE_EXCL_ALLOWED, _len,
         ln=(7, 2)),
     _op(0x46, "GET CONFIGURATION", _R, SCST_SMALL_TIMEOUT | SCST_IMPLICIT_HQ | _ALL_ALLOWED, _len,

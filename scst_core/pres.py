@@ -22,7 +22,10 @@ supported (REPORT CAPABILITIES says so). PREEMPT AND ABORT preempts but
 does not abort the preempted nexuses' tasks. The APTPL state lives in two
 alternating files <scst_pr_dir>/<device>.pr0/.pr1, each ending in a
 SHA-256 of its content; the newer valid one wins at attach, so a crash in
-the middle of a write leaves the previous state (no rename needed).
+the middle of a write leaves the previous state (no rename needed). A
+damaged slot is reported in the kernel log and skipped; with none valid
+the device starts without registrations. The state is written and
+fsynced inside the PR OUT's exec, before the command completes.
 
 Hooks the core needs (scst_core.targ, owned by its maintainer):
 - before a command reaches the dev handler's exec (or its parse):
@@ -354,6 +357,9 @@ def scst_pr_exec_out(cmd: "scst_cmd") -> None:
     nexus = scst_cmd_nexus(cmd)
     reg = _find_reg(prd, nexus)
     changed = False
+    # A REGISTER with APTPL=0 turns persistence off: the file must then be
+    # rewritten (empty) too, or the last APTPL state would come back.
+    was_aptpl = prd.pr_aptpl
     if sa in (PR_REGISTER, PR_REGISTER_AND_IGNORE):
         if reg is None:
             if sa == PR_REGISTER and res_key != 0:
@@ -416,7 +422,7 @@ def scst_pr_exec_out(cmd: "scst_cmd") -> None:
                 return
             prd.pr_generation = (prd.pr_generation + 1) & 0xFFFFFFFF
             changed = True
-    if changed and (prd.pr_aptpl or aptpl):
+    if changed and (prd.pr_aptpl or was_aptpl):
         scst_pr_sync_device_file(prd)
 
 
@@ -484,6 +490,8 @@ def _pr_file_parse(text: str) -> dict | None:
             st["regs"].append((int(f[1], 16), int(f[2]), bytes.fromhex(f[3])))
         elif f[0] == "res":
             st["res"] = (int(f[1]), int(f[2]), int(f[3]))
+            if st["res"][0] not in _VALID_TYPES or st["res"][1] != 0:
+                return None
     return st if "file_gen" in st else None
 
 
@@ -522,32 +530,57 @@ def scst_pr_sync_device_file(prd: scst_pr_dev) -> int:
         mutex_unlock(prd.pr_mutex)
 
 
-def _pr_read_slot(prd: scst_pr_dev, slot: int) -> dict | None:
-    from kshim.err import IS_ERR
+def _pr_read_slot(prd: scst_pr_dev, slot: int) -> dict | None | int:
+    """The state in one slot file; None if there is no such file; -EIO
+    (after a kernel log message naming the file) if it is torn, truncated
+    or not ours. Sleeps."""
+    from kshim.err import EIO, ENOENT, IS_ERR
     from kshim.fs import O_RDONLY, file_inode, filp_close, filp_open, i_size_read, vfs_readv
-    f = filp_open(_pr_path(prd, slot), O_RDONLY)
+    from kshim.printk import pr_err
+    path = _pr_path(prd, slot)
+    f = filp_open(path, O_RDONLY)
     if IS_ERR(f):
+        if f != -ENOENT:
+            pr_err(f"scst: {prd.name}: cannot open APTPL state file {path}: {f}")
+            return -EIO
         return None
     size = min(i_size_read(file_inode(f)), 1 << 20)
     buf = bytearray(size)
-    n = vfs_readv(f, [memoryview(buf)], 0)
+    n = vfs_readv(f, [memoryview(buf)], 0) if size else 0
     filp_close(f)
-    if n != size:
-        return None
-    try:
-        return _pr_file_parse(buf.decode())
-    except (UnicodeDecodeError, ValueError, IndexError):
-        return None
+    st = None
+    if n == size:
+        try:
+            st = _pr_file_parse(buf.decode())
+        except (UnicodeDecodeError, ValueError, IndexError):
+            st = None
+    if st is None:
+        pr_err(f"scst: {prd.name}: APTPL state file {path} is corrupt or truncated "
+               f"({size} bytes), ignored")
+        return -EIO
+    return st
 
 
 def scst_pr_load_device_file(prd: scst_pr_dev) -> None:
+    """Restore the newer valid slot. A damaged slot is reported and
+    skipped; with no valid slot left the device starts without
+    registrations. Sleeps."""
+    from kshim.printk import pr_err, pr_info
     best = None
+    damaged = False
     for slot in (0, 1):
         st = _pr_read_slot(prd, slot)
-        if st is not None and (best is None or st["file_gen"] > best["file_gen"]):
+        if isinstance(st, int):
+            damaged = True
+        elif st is not None and (best is None or st["file_gen"] > best["file_gen"]):
             best = st
     if best is None:
+        if damaged:
+            pr_err(f"scst: {prd.name}: no valid APTPL state file in {scst_pr_dir}: "
+                   f"{prd.name} starts without persistent reservations")
         return
+    # Go on writing after the newest generation, so the slot to be written
+    # next is never the one just restored.
     prd.file_gen = best["file_gen"]
     prd.pr_generation = best.get("generation", 0)
     prd.registrants = [scst_dev_registrant(tid, rel, key) for key, rel, tid in best["regs"]]
@@ -556,6 +589,10 @@ def scst_pr_load_device_file(prd: scst_pr_dev) -> None:
         t, scope, holder = best["res"]
         prd.pr_is_set, prd.pr_type, prd.pr_scope = True, t, scope
         prd.pr_holder = prd.registrants[holder] if 0 <= holder < len(prd.registrants) else None
+    if prd.registrants:
+        pr_info(f"scst: {prd.name}: restored {len(prd.registrants)} APTPL registration(s), "
+                f"generation {prd.pr_generation}"
+                + (f", reservation type {prd.pr_type}" if prd.pr_is_set else ""))
 
 
 # ---------------------------------------------------------------- life cycle

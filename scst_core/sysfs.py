@@ -16,6 +16,10 @@ Layout:
       sessions/<initiator>/{initiator_name,commands,active_commands,reads,
           writes,read_bytes,write_bytes,read_io_count_kb,write_io_count_kb,
           luns -> the group's luns}
+  scst_tgt/device_groups/{mgmt,<dg>/}          (ALUA, scst_core.tg)
+      <dg>/devices/{mgmt,<device> -> devices/<device>}
+      <dg>/target_groups/{mgmt,<tg>/{group_id,state,preferred,mgmt,
+          <target>/rel_tgt_id}}
 
 mgmt commands (one per write, as SCST):
   handlers/<h>/mgmt:   add_device NAME [k=v;...] | del_device NAME
@@ -27,6 +31,10 @@ mgmt commands (one per write, as SCST):
   .../ini_groups/mgmt: create NAME | del NAME
   .../initiators/mgmt: add NAME | del NAME | move NAME GROUP | clear
   devices/<d>/resync_size: write 1 (if the handler supports it)
+  device_groups/mgmt:  create NAME | del NAME
+  <dg>/devices/mgmt:   add DEVICE | del DEVICE
+  <dg>/target_groups/mgmt: create NAME | del NAME
+  <dg>/target_groups/<tg>/mgmt: add TARGET | del TARGET
 
 Contexts: every show() and store() here runs in task context (it takes
 scst_mutex inside the core calls); kshim.sysfs's callers guarantee that.
@@ -57,6 +65,7 @@ from kshim.sysfs import (S_IRUGO, S_IWUSR, __ATTR, __ATTR_RO, __ATTR_RW, kernel_
                          kobj_attribute, module_param_named, sysfs_create_file,
                          sysfs_create_link, sysfs_link)
 from scst_core import main as scst_main
+from scst_core import tg as scst_tg
 from scst_core.scst import scst_acg, scst_device, scst_session, scst_tgt, scst_tgt_template
 from scst_core.ua import scst_capacity_data_changed, scst_report_luns_changed
 
@@ -275,7 +284,10 @@ def _handler_mgmt(kobj: kobject, words: list[str], line: str) -> int:
         if dev.dev_tgt_dev_list or _device_exported(dev):
             pr_err(f"scst: device {words[1]} is still exported as a LUN; delete its LUNs first")
             return -EBUSY
-        return devt.del_device(words[1])
+        ret = devt.del_device(words[1])
+        if ret == 0:
+            scst_tg.scst_dg_dev_remove_by_dev(dev)     # as scst_unregister_device
+        return ret
     pr_err(f"scst: {devt.name}: unknown mgmt command '{line}'")
     return -EINVAL
 
@@ -842,6 +854,184 @@ def _targets_refresh(kobj: kobject) -> None:
                    driver_ktype)
 
 
+# ---- device groups (ALUA; the objects live in scst_core.tg)
+
+def _dg_mgmt(kobj: kobject, words: list[str], line: str) -> int:
+    verb = words[0]
+    if verb == "create" and len(words) == 2:
+        return scst_tg.scst_dg_add(words[1])
+    if verb == "del" and len(words) == 2:
+        return scst_tg.scst_dg_remove(words[1])
+    pr_err(f"scst: unknown device_groups mgmt command '{line}'")
+    return -EINVAL
+
+
+DG_USAGE = ("Usage: echo \"create group_name\" >mgmt\n"
+            "       echo \"del group_name\" >mgmt\n")
+
+
+def _dg_devices_mgmt(kobj: kobject, words: list[str], line: str) -> int:
+    dg = kobj.private
+    verb = words[0]
+    if verb == "add" and len(words) == 2:
+        return scst_tg.scst_dg_dev_add(dg, words[1])
+    if verb == "del" and len(words) == 2:
+        return scst_tg.scst_dg_dev_remove_by_name(dg, words[1])
+    pr_err(f"scst: unknown device group devices mgmt command '{line}'")
+    return -EINVAL
+
+
+DG_DEVICES_USAGE = ("Usage: echo \"add device\" >mgmt\n"
+                    "       echo \"del device\" >mgmt\n")
+
+
+def _dg_devices_refresh(kobj: kobject) -> None:
+    links = {}
+    for dev in list(kobj.private.dev_list):
+        dk = _dev_kobj(dev)
+        if dk is not None:
+            links[dev.virt_name] = dk
+    _sync_links(kobj, links)
+
+
+dg_devices_ktype = kobj_type(refresh=_dg_devices_refresh)
+
+
+def _tg_tgt_rel_tgt_id_show(kobj: kobject, a: kobj_attribute) -> str:
+    t = kobj.private
+    local = scst_tg._find_tgt(t.name)
+    if local is not None:
+        return f"{local.rel_tgt_id}\n"
+    return scst_attr_show_key(t.rel_tgt_id, t.rel_tgt_id != 0)
+
+
+def _tg_tgt_rel_tgt_id_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
+    t = kobj.private
+    v = buf.strip()
+    if not v.isdigit():
+        pr_err(f"scst: {t.name}: rel_tgt_id must be 0..65535, not '{v}'")
+        return -EINVAL
+    ret = scst_tg.scst_tg_tgt_set_rel_tgt_id(t, int(v))
+    return len(buf) if ret == 0 else ret
+
+
+tg_tgt_ktype = kobj_type()
+
+
+def _make_tg_tgt(parent: kobject, name: str, t: Any) -> kobject | None:
+    k = kobject_create_and_add(name, parent, tg_tgt_ktype, t)
+    if k is not None:
+        sysfs_create_file(k, __ATTR_RW("rel_tgt_id", _tg_tgt_rel_tgt_id_show,
+                                       _tg_tgt_rel_tgt_id_store))
+    return k
+
+
+def _tg_mgmt(kobj: kobject, words: list[str], line: str) -> int:
+    tg = kobj.private
+    verb = words[0]
+    if verb == "add" and len(words) == 2:
+        return scst_tg.scst_tg_tgt_add(tg, words[1])
+    if verb == "del" and len(words) == 2:
+        return scst_tg.scst_tg_tgt_remove_by_name(tg, words[1])
+    pr_err(f"scst: unknown target group mgmt command '{line}'")
+    return -EINVAL
+
+
+TG_USAGE = ("Usage: echo \"add target_name\" >mgmt\n"
+            "       echo \"del target_name\" >mgmt\n")
+
+
+def _tg_group_id_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
+    v = buf.strip()
+    if not v.isdigit():
+        pr_err(f"scst: group_id must be a number 1..65535, not '{v}'")
+        return -EINVAL
+    ret = scst_tg.scst_tg_set_group_id(kobj.private, int(v))
+    return len(buf) if ret == 0 else ret
+
+
+def _tg_state_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
+    state = scst_tg.scst_alua_name_to_state(buf)
+    if state == scst_tg.SCST_TG_STATE_UNDEFINED:
+        pr_err(f"scst: unknown ALUA state '{buf.strip()}' "
+               f"(known: {', '.join(scst_tg.scst_alua_state_names())})")
+        return -EINVAL
+    ret = scst_tg.scst_tg_set_state(kobj.private, state)
+    return len(buf) if ret == 0 else ret
+
+
+def _tg_preferred_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
+    b = _bool_arg(buf)
+    if b < 0:
+        pr_err(f"scst: preferred takes 0 or 1, not '{buf.strip()}'")
+        return -EINVAL
+    scst_tg.scst_tg_set_preferred(kobj.private, bool(b))
+    return len(buf)
+
+
+def _tg_refresh(kobj: kobject) -> None:
+    tg = kobj.private
+    _sync_children(kobj, list(tg.tgt_list), lambda t: t.name, _make_tg_tgt, tg_tgt_ktype)
+
+
+tg_ktype = kobj_type(refresh=_tg_refresh)
+
+
+def _make_tg(parent: kobject, name: str, tg: Any) -> kobject | None:
+    k = kobject_create_and_add(name, parent, tg_ktype, tg)
+    if k is None:
+        return None
+    sysfs_create_file(k, __ATTR_RW("group_id", lambda kk, a: scst_attr_show_key(
+        tg.group_id, tg.group_id != 0), _tg_group_id_store))
+    sysfs_create_file(k, __ATTR_RW("state", lambda kk, a: scst_attr_show_key(
+        scst_tg.scst_alua_state_name(tg.state),
+        tg.state != scst_tg.SCST_TG_STATE_OPTIMIZED), _tg_state_store))
+    sysfs_create_file(k, __ATTR_RW("preferred", lambda kk, a: scst_attr_show_key(
+        int(tg.preferred), tg.preferred), _tg_preferred_store))
+    sysfs_create_file(k, _mgmt_attr(_tg_mgmt, TG_USAGE))
+    return k
+
+
+def _tgs_mgmt(kobj: kobject, words: list[str], line: str) -> int:
+    dg = kobj.private
+    verb = words[0]
+    if verb == "create" and len(words) == 2:
+        return scst_tg.scst_tg_add(dg, words[1])
+    if verb == "del" and len(words) == 2:
+        return scst_tg.scst_tg_remove_by_name(dg, words[1])
+    pr_err(f"scst: unknown target_groups mgmt command '{line}'")
+    return -EINVAL
+
+
+TGS_USAGE = ("Usage: echo \"create group_name\" >mgmt\n"
+             "       echo \"del group_name\" >mgmt\n")
+
+
+def _tgs_refresh(kobj: kobject) -> None:
+    dg = kobj.private
+    _sync_children(kobj, list(dg.tg_list), lambda t: t.name, _make_tg, tg_ktype)
+
+
+tgs_ktype = kobj_type(refresh=_tgs_refresh)
+dg_ktype = kobj_type()
+
+
+def _make_dg(parent: kobject, name: str, dg: Any) -> kobject | None:
+    k = kobject_create_and_add(name, parent, dg_ktype, dg)
+    if k is None:
+        return None
+    dk = kobject_create_and_add("devices", k, dg_devices_ktype, dg)
+    sysfs_create_file(dk, _mgmt_attr(_dg_devices_mgmt, DG_DEVICES_USAGE))
+    tk = kobject_create_and_add("target_groups", k, tgs_ktype, dg)
+    sysfs_create_file(tk, _mgmt_attr(_tgs_mgmt, TGS_USAGE))
+    return k
+
+
+def _dgs_refresh(kobj: kobject) -> None:
+    _sync_children(kobj, list(scst_tg.scst_dev_group_list), lambda d: d.name, _make_dg,
+                   dg_ktype)
+
+
 # -- init / exit --------------------------------------------------------------
 
 def _setup_id_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
@@ -870,6 +1060,8 @@ def scst_sysfs_init() -> int:
     scst_handlers_kobj = kobject_create_and_add("handlers", root, kobj_type(refresh=_handlers_refresh))
     scst_devices_kobj = kobject_create_and_add("devices", root, kobj_type(refresh=_devices_refresh))
     scst_targets_kobj = kobject_create_and_add("targets", root, kobj_type(refresh=_targets_refresh))
+    dgk = kobject_create_and_add("device_groups", root, kobj_type(refresh=_dgs_refresh))
+    sysfs_create_file(dgk, _mgmt_attr(_dg_mgmt, DG_USAGE))
     module_param_named("scst", "scst_max_bufflen", _targ_module(), "SCST_MAX_BUFFLEN", int)
     return 0
 

@@ -24,7 +24,8 @@ per-device pool; a dev handler may offer exec_nowait(), a non-sleeping
 attempt (a page-cache hit) run in the submitting context before the command
 is handed to the device's threads, as io_uring tries IOCB_NOWAIT first.
 Unit attentions live in scst_core.ua and are reported here, in
-scst_cmd_init_done; reservations (scst_core.pres) are checked in PARSE.
+scst_cmd_init_done, followed by the ALUA access-state filter of
+scst_core.tg; reservations (scst_core.pres) are checked in PARSE.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from kshim.slab import kmem_cache_alloc, kmem_cache_create, kmem_cache_free
 from kshim.spinlock import spin_lock_bh, spin_unlock_bh
 from kshim.wait import wait_event_interruptible_exclusive, wake_up
 from scst_core import cdbprobe
+from scst_core import tg as scst_tg
 from scst_core.const import (SAM_STAT_RESERVATION_CONFLICT, INQUIRY, SCST_CMD_QUEUE_HEAD_OF_QUEUE,
                              SCST_CMD_QUEUE_ORDERED, REPORT_LUNS, REQUEST_SENSE, SCST_ABORT_ALL_TASKS_SESS,
                              SCST_ABORT_TASK, SCST_ABORT_TASK_SET, SCST_CLEAR_ACA,
@@ -77,6 +79,8 @@ _lun_cache: dict[bytes, int] = {}
 
 # Commands answered for any LUN, mapped or not (SPC-4 4.6.4, 6.33).
 _LUNLESS_OPS = frozenset((REPORT_LUNS, INQUIRY, REQUEST_SENSE))
+# WRITE(6/10/12/16) and WRITE AND VERIFY(10/12/16): Data-Out is the data
+_PLAIN_WRITE_OPS = frozenset((0x0A, 0x2A, 0xAA, 0x8A, 0x2E, 0xAE, 0x8E))
 
 _RES_CONT_NEXT = 0     # state changed: go on
 _RES_CONT_DONE = 1     # someone else continues the command later
@@ -141,6 +145,8 @@ def scst_cmd_init_done(cmd: scst_cmd, pref_context: int) -> None:
             dev.ordered_pending += 1
         if tgt_dev.UA_list and scst_check_ua(cmd):
             cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
+        elif scst_tg.scst_alua_filters and scst_tg.scst_tg_check_alua(cmd):
+            cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP     # ALUA state (scst_core.tg)
     elif cmd.cdb[0] not in _LUNLESS_OPS:
         scst_set_cmd_error(cmd, scst_sense_lun_not_supported)
         cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
@@ -250,9 +256,13 @@ def _parse(cmd: scst_cmd) -> int:
         # An initiator that announces no Data-Out sends nothing to write.
         edtl = cmd.expected_transfer_len if cmd.expected_data_direction & SCST_DATA_WRITE else 0
         if edtl < cmd.bufflen:
-            # It sends less than the CDB says: write only what arrives, if
-            # it is whole blocks (the driver reports the overflow residual).
-            if cmd.dev is not None and edtl & (cmd.dev.block_size - 1):
+            # It sends less than the CDB says: write only what arrives (the
+            # driver reports the overflow residual). A WRITE may end inside
+            # a block, as SCST allows (the rest of the block keeps its old
+            # data); commands whose Data-Out is a parameter list or pattern
+            # need whole blocks.
+            if (cmd.dev is not None and edtl & (cmd.dev.block_size - 1)
+                    and cmd.cdb[0] not in _PLAIN_WRITE_OPS):
                 scst_set_cmd_error(cmd, scst_sense_invalid_field_in_iu)
                 cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
                 return _RES_CONT_NEXT

@@ -26,7 +26,18 @@ file syntax:
             enabled 1
         }
     }
-    DEVICE_GROUP dg { ... }        (ALUA: parsed and kept, not acted on yet)
+    DEVICE_GROUP dg {               (ALUA, scst_core.tg)
+        DEVICE disk0
+        TARGET_GROUP local {
+            group_id 1
+            state active            (nonoptimized standby unavailable offline
+            preferred 1              transitioning)
+            TARGET iqn.2026-11.org.uscst:t1
+            TARGET iqn.2026-11.org.peer:t2 {
+                rel_tgt_id 5        (a port another system serves)
+            }
+        }
+    }
 
 Where it runs: inside uscstd, in task context (engine.call_in_task), so a
 whole apply runs as one kthread between two looks at the tree; it talks
@@ -52,6 +63,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from scst_core.sysfs import scst_redact_secrets
+from scst_core.tg import (SCST_TG_STATE_UNDEFINED, scst_alua_name_to_state,
+                          scst_alua_state_name, scst_alua_state_names)
 
 SCST_ROOT = "/kernel/scst_tgt"
 KEY_MARK = "[key]"
@@ -60,8 +73,8 @@ MAX_LUN = 16383
 _BOOL_ATTRS = frozenset(("enabled", "read_only", "nv_cache", "write_through", "o_direct", "o_dsync",
                          "removable", "rotational", "thin_provisioned"))
 _YESNO_ATTRS = frozenset(("InitialR2T", "ImmediateData"))
-_INT_ATTRS = frozenset(("blocksize", "rel_tgt_id", "MaxRecvDataSegmentLength",
-                        "MaxXmitDataSegmentLength", "MaxBurstLength", "FirstBurstLength",
+_INT_ATTRS = frozenset(("blocksize", "physical_blocksize", "rel_tgt_id",
+                        "MaxRecvDataSegmentLength", "MaxXmitDataSegmentLength", "MaxBurstLength", "FirstBurstLength",
                         "MaxOutstandingR2T", "QueuedCommands", "RspTimeout", "NopInInterval",
                         "NopInTimeout", "size_mb"))
 _DIGEST_ATTRS = frozenset(("HeaderDigest", "DataDigest"))
@@ -225,6 +238,7 @@ class Lun:
     device: str
     read_only: bool = False
     ro_given: bool = False
+    dev_ro: bool = False           # running: read-only because its device is
     pos: tuple[int, int] = (0, 0)
     dev_pos: tuple[int, int] = (0, 0)
 
@@ -257,12 +271,41 @@ class Driver:
 
 
 @dataclass
+class TgTarget:
+    name: str
+    rel_tgt_id: int = 0                 # given for a target another system serves
+    pos: tuple[int, int] = (0, 0)
+    rel_pos: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class TargetGroup:
+    name: str
+    attrs: dict[str, Attr] = field(default_factory=dict)     # group_id, state, preferred
+    targets: dict[str, TgTarget] = field(default_factory=dict)
+    pos: tuple[int, int] = (0, 0)
+    shown: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DeviceGroup:
+    name: str
+    devices: dict[str, tuple[int, int]] = field(default_factory=dict)   # name -> position
+    tgroups: dict[str, TargetGroup] = field(default_factory=dict)
+    pos: tuple[int, int] = (0, 0)
+
+
+@dataclass
 class Config:
     filename: str = "<config>"
     devices: dict[str, Device] = field(default_factory=dict)
     handlers: dict[str, tuple[int, int]] = field(default_factory=dict)  # named HANDLER blocks
     drivers: dict[str, Driver] = field(default_factory=dict)
-    alua: list[Stmt] = field(default_factory=list)     # DEVICE_GROUP blocks, kept verbatim
+    dgroups: dict[str, DeviceGroup] = field(default_factory=dict)      # DEVICE_GROUP blocks
+
+    @property
+    def alua(self) -> list[DeviceGroup]:
+        return list(self.dgroups.values())
 
 
 def _attr_value(words: list[Word]) -> str:
@@ -368,11 +411,14 @@ def parse(text: str, filename: str = "<config>") -> Config:
                 else:
                     _add_attr(drv.attrs, t, fn, ("IncomingUser", "OutgoingUser", "portal"))
         elif kw == "DEVICE_GROUP":
-            _need_name(st, fn, "the ALUA device group name")
+            gname = _need_name(st, fn, "the ALUA device group name")
             if st.body is None:
                 raise ConfigError(fn, w.line, w.col, "expected '{' after DEVICE_GROUP name")
-            _check_alua(st, fn)
-            cfg.alua.append(st)
+            if gname in cfg.dgroups:
+                p = cfg.dgroups[gname].pos
+                raise ConfigError(fn, w.line, w.col, f"device group {gname} defined twice "
+                                  f"(first at line {p[0]}, column {p[1]})")
+            cfg.dgroups[gname] = _parse_dgroup(st, gname, fn)
         else:
             raise ConfigError(fn, w.line, w.col,
                               f"expected HANDLER, TARGET_DRIVER or DEVICE_GROUP, found '{kw}'")
@@ -422,24 +468,84 @@ def _parse_target(t: Stmt, tname: str, fn: str) -> Target:
 _ALUA_TG_ATTRS = ("group_id", "state", "preferred")
 
 
-def _check_alua(st: Stmt, fn: str) -> None:
+def _check_tg_value(name: str, w: Word, fn: str) -> str:
+    """Validate and normalise a TARGET_GROUP attribute value."""
+    v = w.text.strip()
+    if name == "group_id":
+        if not v.isdigit() or not 1 <= int(v) <= 0xFFFF:
+            raise ConfigError(fn, w.line, w.col, f"expected a group_id 1..65535, found '{v}'")
+        return str(int(v))
+    if name == "state":
+        state = scst_alua_name_to_state(v)
+        if state == SCST_TG_STATE_UNDEFINED:
+            raise ConfigError(fn, w.line, w.col, f"expected an ALUA state "
+                              f"({', '.join(scst_alua_state_names())}), found '{v}'")
+        return scst_alua_state_name(state) or v
+    lv = v.lower()                               # preferred: a boolean
+    if lv in ("1", "y", "yes", "on", "true"):
+        return "1"
+    if lv in ("0", "n", "no", "off", "false"):
+        return "0"
+    raise ConfigError(fn, w.line, w.col, f"expected 0 or 1 for {name}, found '{v}'")
+
+
+def _parse_dgroup(st: Stmt, gname: str, fn: str) -> DeviceGroup:
+    dw = st.words[0]
+    dg = DeviceGroup(gname, pos=(dw.line, dw.col))
     for s in st.body or []:
         w = s.words[0]
-        if w.text == "DEVICE" and len(s.words) == 2 and s.body is None:
-            continue
-        if w.text == "TARGET_GROUP" and len(s.words) == 2 and s.body is not None:
-            for x in s.body:
-                xw = x.words[0]
-                if xw.text == "TARGET" and len(x.words) == 2:
-                    continue
-                if xw.text in _ALUA_TG_ATTRS and len(x.words) == 2 and x.body is None:
-                    continue
-                raise ConfigError(fn, xw.line, xw.col, f"expected TARGET or one of "
-                                  f"{', '.join(_ALUA_TG_ATTRS)} in TARGET_GROUP, found '{xw.text}'")
-            continue
-        raise ConfigError(fn, w.line, w.col,
-                          f"expected 'DEVICE <name>' or 'TARGET_GROUP <name> {{' in DEVICE_GROUP, "
-                          f"found '{w.text}'")
+        if w.text == "DEVICE" and s.body is None:
+            name = _need_name(s, fn, "a device name")
+            if name in dg.devices:
+                p = dg.devices[name]
+                raise ConfigError(fn, w.line, w.col, f"device {name} given twice in DEVICE_GROUP "
+                                  f"{gname} (first at line {p[0]}, column {p[1]})")
+            dg.devices[name] = (s.words[1].line, s.words[1].col)
+        elif w.text == "TARGET_GROUP" and s.body is not None:
+            tname = _need_name(s, fn, "the target group name")
+            if tname in dg.tgroups:
+                raise ConfigError(fn, w.line, w.col,
+                                  f"target group {tname} defined twice in DEVICE_GROUP {gname}")
+            dg.tgroups[tname] = _parse_tgroup(s, tname, fn)
+        else:
+            raise ConfigError(fn, w.line, w.col,
+                              f"expected 'DEVICE <name>' or 'TARGET_GROUP <name> {{' in "
+                              f"DEVICE_GROUP {gname}, found '{w.text}'")
+    return dg
+
+
+def _parse_tgroup(s: Stmt, tname: str, fn: str) -> TargetGroup:
+    w0 = s.words[0]
+    tg = TargetGroup(tname, pos=(w0.line, w0.col))
+    for x in s.body or []:
+        xw = x.words[0]
+        if xw.text == "TARGET":
+            name = _need_name(x, fn, "a target name")
+            if name in tg.targets:
+                raise ConfigError(fn, xw.line, xw.col, f"target {name} given twice in "
+                                  f"TARGET_GROUP {tname}")
+            t = TgTarget(name, pos=(xw.line, xw.col))
+            for y in x.body or []:
+                yw = y.words[0]
+                if y.body is not None or yw.text != "rel_tgt_id" or len(y.words) != 2:
+                    raise ConfigError(fn, yw.line, yw.col, f"expected 'rel_tgt_id <number>' in "
+                                      f"TARGET {name}, found '{yw.text}'")
+                v = y.words[1]
+                if not v.text.isdigit() or int(v.text) > 0xFFFF:
+                    raise ConfigError(fn, v.line, v.col,
+                                      f"expected a rel_tgt_id 0..65535, found '{v.text}'")
+                t.rel_tgt_id, t.rel_pos = int(v.text), (yw.line, yw.col)
+            tg.targets[name] = t
+        elif xw.text in _ALUA_TG_ATTRS and x.body is None:
+            if len(x.words) != 2:
+                raise ConfigError(fn, xw.line, xw.col, f"expected '{xw.text} <value>'")
+            _add_attr(tg.attrs, x, fn, ())
+            tg.attrs[xw.text].values = [_check_tg_value(xw.text, x.words[1], fn)]
+        else:
+            raise ConfigError(fn, xw.line, xw.col, f"expected TARGET or one of "
+                              f"{', '.join(_ALUA_TG_ATTRS)} in TARGET_GROUP {tname}, "
+                              f"found '{xw.text}'")
+    return tg
 
 
 # -- values -------------------------------------------------------------------
@@ -557,6 +663,36 @@ def validate(cfg: Config, schema: dict, running: "Config | None" = None, force: 
                 if lun.device not in devices:
                     raise _err(cfg, lun.dev_pos, f"LUN {lun.lun} names device '{lun.device}', "
                                f"which is neither in this file nor running")
+    _validate_dgroups(cfg, devices)
+
+
+def _validate_dgroups(cfg: Config, devices: set[str]) -> None:
+    """ALUA references: devices exist and sit in one group; group_ids and
+    targets are unique within a device group."""
+    owner: dict[str, str] = {}
+    for dg in cfg.dgroups.values():
+        for d, pos in dg.devices.items():
+            if d not in devices:
+                raise _err(cfg, pos, f"DEVICE_GROUP {dg.name} names device '{d}', "
+                           f"which is neither in this file nor running")
+            if d in owner:
+                raise _err(cfg, pos, f"device {d} is in DEVICE_GROUPs {owner[d]} and {dg.name}; "
+                           f"it may be in one only")
+            owner[d] = dg.name
+        ids: dict[str, str] = {}
+        tgts: dict[str, str] = {}
+        for tg in dg.tgroups.values():
+            gid = tg.attrs.get("group_id")
+            if gid is not None:
+                if gid.values[0] in ids:
+                    raise _err(cfg, gid.pos, f"group_id {gid.values[0]} of TARGET_GROUP {tg.name} "
+                               f"is used by TARGET_GROUP {ids[gid.values[0]]} too")
+                ids[gid.values[0]] = tg.name
+            for t in tg.targets.values():
+                if t.name in tgts:
+                    raise _err(cfg, t.pos, f"target {t.name} is in TARGET_GROUPs {tgts[t.name]} "
+                               f"and {tg.name} of DEVICE_GROUP {dg.name}; it may be in one only")
+                tgts[t.name] = tg.name
 
 
 # -- the running configuration, read from the tree ------------------------------
@@ -610,12 +746,48 @@ def _read_luns(tree: Tree, path: str) -> dict[int, Lun]:
             continue
         link = tree.readlink(f"{path}/{name}/device")
         dev = link.rsplit("/", 1)[-1] if isinstance(link, str) else "?"
-        ro, _ = _split_key(tree.read(f"{path}/{name}/read_only"))
-        luns[int(name)] = Lun(int(name), dev, read_only=ro[:1] == ["1"])
+        # The LUN's own flag carries the key mark; without it a 1 comes
+        # from a read-only device.
+        ro, key = _split_key(tree.read(f"{path}/{name}/read_only"))
+        on = ro[:1] == ["1"]
+        luns[int(name)] = Lun(int(name), dev, read_only=on and key, dev_ro=on and not key)
     return luns
 
 
-def read_running(tree: Tree, alua: "list[Stmt] | None" = None) -> Config:
+def _read_dgroups(tree: Tree) -> dict[str, DeviceGroup]:
+    out: dict[str, DeviceGroup] = {}
+    base = f"{SCST_ROOT}/device_groups"
+    ents = tree.listdir(base)
+    for gname, kind in ([] if isinstance(ents, int) else ents):
+        if kind != "dir":
+            continue
+        dg = DeviceGroup(gname)
+        devs = tree.listdir(f"{base}/{gname}/devices")
+        for dname, dkind in ([] if isinstance(devs, int) else devs):
+            if dkind == "link":
+                dg.devices[dname] = (0, 0)
+        tp = f"{base}/{gname}/target_groups"
+        tgs = tree.listdir(tp)
+        for tname, tkind in ([] if isinstance(tgs, int) else tgs):
+            if tkind != "dir":
+                continue
+            attrs, shown = _read_attrs(tree, f"{tp}/{tname}")
+            tg = TargetGroup(tname, attrs, shown=shown)
+            tents = tree.listdir(f"{tp}/{tname}")
+            for xname, xkind in ([] if isinstance(tents, int) else tents):
+                if xkind != "dir":
+                    continue
+                rel, key = _split_key(tree.read(f"{tp}/{tname}/{xname}/rel_tgt_id"))
+                tg.targets[xname] = TgTarget(xname, int(rel[0]) if key and rel
+                                             and rel[0].isdigit() else 0)
+            dg.tgroups[tname] = tg
+        out[gname] = dg
+    return out
+
+
+def read_running(tree: Tree, alua: "list | None" = None) -> Config:
+    """The running configuration, read from the tree. alua is accepted
+    for older callers and ignored: device groups are read from the tree."""
     cfg = Config(filename="<running>")
     R = SCST_ROOT
     hents = tree.listdir(f"{R}/handlers")
@@ -652,7 +824,7 @@ def read_running(tree: Tree, alua: "list[Stmt] | None" = None) -> Config:
                 tgt.groups[gname] = g
             drv.targets[tname] = tgt
         cfg.drivers[dname] = drv
-    cfg.alua = list(alua or [])
+    cfg.dgroups = _read_dgroups(tree)
     return cfg
 
 
@@ -683,14 +855,24 @@ def _lun_lines(luns: dict[int, Lun], indent: str) -> list[str]:
     return out
 
 
-def _stmt_lines(st: Stmt, indent: str) -> list[str]:
-    head = indent + " ".join(_q(w.text) if w.quoted or not w.text else w.text for w in st.words)
-    if st.body is None:
-        return [head]
-    out = [head + " {"]
-    for s in st.body:
-        out += _stmt_lines(s, indent + "\t")
-    return out + [indent + "}"]
+def _dgroup_lines(dg: DeviceGroup) -> list[str]:
+    """One DEVICE_GROUP block in scstadmin's layout."""
+    out = [f"DEVICE_GROUP {_q(dg.name)} {{"]
+    out += [f"\tDEVICE {_q(d)}" for d in sorted(dg.devices)]
+    for tn in sorted(dg.tgroups):
+        tg = dg.tgroups[tn]
+        out += ["", f"\tTARGET_GROUP {_q(tn)} {{"]
+        out += _attr_lines(tg.attrs, "\t\t")
+        if tg.attrs and tg.targets:
+            out.append("")
+        for name in sorted(tg.targets):
+            t = tg.targets[name]
+            if t.rel_tgt_id:
+                out += [f"\t\tTARGET {_q(name)} {{", f"\t\t\trel_tgt_id {t.rel_tgt_id}", "\t\t}"]
+            else:
+                out.append(f"\t\tTARGET {_q(name)}")
+        out.append("\t}")
+    return out + ["}"]
 
 
 def write(cfg: Config, header: str = "# Automatically generated by uscst.") -> str:
@@ -729,8 +911,8 @@ def write(cfg: Config, header: str = "# Automatically generated by uscst.") -> s
                 out.append("\t\t}")
             out.append("\t}")
         out += ["}", ""]
-    for st in cfg.alua:
-        out += _stmt_lines(st, "") + [""]
+    for gn in sorted(cfg.dgroups):
+        out += _dgroup_lines(cfg.dgroups[gn]) + [""]
     return "\n".join(out).rstrip("\n") + "\n"
 
 
@@ -830,6 +1012,7 @@ def plan(cfg: Config, running: Config, schema: dict, force: bool = False) -> lis
             for tname in rd.targets:
                 if tname not in drv.targets:
                     last.append(Action(f"{dp}/mgmt", f"del_target {tname}", f"del target {tname}"))
+    _plan_dgroups(cfg, running, recreated, force, acts, last)
     if force:
         wanted = set(cfg.devices)
         for name, r in running.devices.items():
@@ -851,7 +1034,7 @@ def _plan_luns(cfg: Config, path: str, label: str, want: dict[int, Lun], have: d
         if r is None:
             acts.append(Action(f"{path}/mgmt", f"add {lun.device} {n}{ro}",
                                f"add LUN {n} ({lun.device}) to {label}"))
-        elif r.device != lun.device or r.read_only != lun.read_only:
+        elif r.device != lun.device or (r.read_only or r.dev_ro) != (lun.read_only or r.dev_ro):
             acts.append(Action(f"{path}/mgmt", f"replace {lun.device} {n}{ro}",
                                f"replace LUN {n} of {label} with {lun.device}"))
     if force:
@@ -929,6 +1112,92 @@ def _plan_target(cfg: Config, dname: str, ds: dict, tgt: Target, rt: Target | No
                                    f"del group {gname} of {tgt.name}"))
 
 
+_DG = "/device_groups"
+_TG_DEFAULTS = {"group_id": "0", "state": "active", "preferred": "0"}   # a new target group
+
+
+def _plan_dgroups(cfg: Config, running: Config, recreated: set[str], force: bool,
+                  acts: list[Action], last: list[Action]) -> None:
+    """ALUA: device groups after the devices and targets they name exist;
+    removals (force) before devices are deleted."""
+    # where each device and target is now, to move rather than fail
+    dev_in = {d: g.name for g in running.dgroups.values() for d in g.devices
+              if d not in recreated}
+    for dg in cfg.dgroups.values():
+        rdg = running.dgroups.get(dg.name)
+        gp = f"{_DG}/{dg.name}"
+        if rdg is None:
+            acts.append(Action(f"{_DG}/mgmt", f"create {dg.name}", f"create device group {dg.name}"))
+            rdg = DeviceGroup(dg.name)
+        for d in dg.devices:
+            cur = dev_in.get(d)
+            if cur == dg.name:
+                continue
+            if cur is not None:
+                acts.append(Action(f"{_DG}/{cur}/devices/mgmt", f"del {d}",
+                                   f"move device {d} out of device group {cur}"))
+            acts.append(Action(f"{gp}/devices/mgmt", f"add {d}",
+                               f"add device {d} to device group {dg.name}"))
+        tgt_in = {t: g.name for g in rdg.tgroups.values() for t in g.targets}
+        for tg in dg.tgroups.values():
+            rtg = rdg.tgroups.get(tg.name)
+            tp = f"{gp}/target_groups/{tg.name}"
+            if rtg is None:
+                acts.append(Action(f"{gp}/target_groups/mgmt", f"create {tg.name}",
+                                   f"create target group {dg.name}/{tg.name}"))
+                rtg = TargetGroup(tg.name, shown=dict(_TG_DEFAULTS))
+            for t in tg.targets.values():
+                cur = tgt_in.get(t.name)
+                if cur != tg.name:
+                    if cur is not None:
+                        acts.append(Action(f"{gp}/target_groups/{cur}/mgmt", f"del {t.name}",
+                                           f"move target {t.name} out of {dg.name}/{cur}"))
+                    acts.append(Action(f"{tp}/mgmt", f"add {t.name}",
+                                       f"add target {t.name} to {dg.name}/{tg.name}"))
+                    have = 0
+                else:
+                    have = rtg.targets[t.name].rel_tgt_id
+                if t.rel_tgt_id != have:
+                    acts.append(Action(f"{tp}/{t.name}/rel_tgt_id", str(t.rel_tgt_id),
+                                       f"set {dg.name}/{tg.name}/{t.name} rel_tgt_id "
+                                       f"{t.rel_tgt_id}"))
+            for a in tg.attrs.values():
+                have = rtg.shown.get(a.name)
+                if have is None:        # not read from a tree: keyed value or default
+                    ra = rtg.attrs.get(a.name)
+                    have = ra.values[0] if ra is not None else _TG_DEFAULTS[a.name]
+                if _norm_tg(a.name, a.values[0]) != _norm_tg(a.name, have):
+                    acts.append(Action(f"{tp}/{a.name}", a.values[0],
+                                       f"set {dg.name}/{tg.name} {a.name} {a.values[0]}"))
+            if force:
+                for name in rtg.targets:
+                    if name not in tg.targets and not any(
+                            name in x.targets for x in dg.tgroups.values()):
+                        last.append(Action(f"{tp}/mgmt", f"del {name}",
+                                           f"del target {name} from {dg.name}/{tg.name}"))
+        if force:
+            for d in rdg.devices:
+                if d not in dg.devices and d not in recreated and not any(
+                        d in x.devices for x in cfg.dgroups.values()):
+                    last.append(Action(f"{gp}/devices/mgmt", f"del {d}",
+                                       f"del device {d} from device group {dg.name}"))
+            for tn in rdg.tgroups:
+                if tn not in dg.tgroups:
+                    last.append(Action(f"{gp}/target_groups/mgmt", f"del {tn}",
+                                       f"del target group {dg.name}/{tn}"))
+    if force:
+        for gname in running.dgroups:
+            if gname not in cfg.dgroups:
+                last.append(Action(f"{_DG}/mgmt", f"del {gname}", f"del device group {gname}"))
+
+
+def _norm_tg(name: str, value: str) -> str:
+    try:
+        return _check_tg_value(name, Word(value, 0, 0), "")
+    except ConfigError:
+        return value.strip()
+
+
 # -- applying ---------------------------------------------------------------------
 
 @dataclass
@@ -940,19 +1209,16 @@ class ApplyResult:
 
 
 def apply(text: str, filename: str, tree: Tree, schema: dict, *, force: bool = False,
-          dry_run: bool = False, alua_state: "list | None" = None,
+          dry_run: bool = False,
           errmsg: Callable[[int], str] | None = None) -> ApplyResult:
     """Parse, validate, plan and (unless dry_run) apply text. ConfigError
-    propagates before anything is changed. alua_state is the daemon's list
-    of kept DEVICE_GROUP statements; it is replaced by the file's."""
+    propagates before anything is changed. DEVICE_GROUP blocks are applied
+    through device_groups/ like the rest."""
     cfg = parse(text, filename)
-    running = read_running(tree, alua_state)
+    running = read_running(tree)
     actions = plan(cfg, running, schema, force)
-    alua_changed = alua_state is not None and (
-        _alua_text(cfg.alua) != _alua_text(alua_state))
-    changes = len(actions) + (1 if alua_changed else 0)
-    descr = [a.what for a in actions] + (["keep ALUA DEVICE_GROUP blocks (not acted on)"]
-                                        if alua_changed else [])
+    changes = len(actions)
+    descr = [a.what for a in actions]
     if dry_run:
         return ApplyResult(changes, descr, 0)
     for i, a in enumerate(actions):
@@ -960,14 +1226,9 @@ def apply(text: str, filename: str, tree: Tree, schema: dict, *, force: bool = F
         if isinstance(ret, int) and ret < 0:
             why = errmsg(ret) if errmsg is not None else str(ret)
             return ApplyResult(changes, descr, i, f"{a.what}: {why}")
-    if alua_state is not None:
-        alua_state[:] = cfg.alua
     return ApplyResult(changes, descr, len(actions))
 
 
-def _alua_text(stmts: list[Stmt]) -> str:
-    return "\n".join(line for st in stmts for line in _stmt_lines(st, ""))
-
-
-def write_running(tree: Tree, alua_state: "list | None" = None) -> str:
-    return write(read_running(tree, alua_state))
+def write_running(tree: Tree) -> str:
+    """scst.conf text of the running configuration."""
+    return write(read_running(tree))

@@ -181,7 +181,7 @@ def register_vdisk_sysfs() -> None:
     from kshim.sysfs import __ATTR_RO, __ATTR_RW
     from scst_core.sysfs import (scst_attr_show_key, scst_devt_sysfs, scst_register_devt_sysfs)
     from scst_core.ua import scst_capacity_data_changed
-    from vdisk.vdisk import vdisk_parse_size
+    from vdisk.vdisk import VDISK_SANITIZE_RATE, VDISK_SANITIZE_RATE_MAX, vdisk_parse_size
 
     def vd(kobj):
         return kobj.private.dh_priv
@@ -206,6 +206,20 @@ def register_vdisk_sysfs() -> None:
         setattr(vd(kobj), a.name, text)
         return len(buf)
 
+    def show_sanitize_rate(kobj, a):
+        v = vd(kobj)
+        return scst_attr_show_key(v.sanitize_rate, v.sanitize_rate != VDISK_SANITIZE_RATE)
+
+    def store_sanitize_rate(kobj, a, buf):
+        text = buf.strip()
+        rate = int(text) if text.isdigit() else 0
+        if not 1 <= rate <= VDISK_SANITIZE_RATE_MAX:
+            pr_err(f"vdisk: {kobj.name}: sanitize_rate '{text}' must be 1..{VDISK_SANITIZE_RATE_MAX} "
+                   f"(MiB/s)")
+            return -EINVAL
+        vd(kobj).sanitize_rate = rate       # paces the next sanitize operation
+        return len(buf)
+
     def show_filename(kobj, a):
         v = vd(kobj)
         return scst_attr_show_key(v.filename, not v.nullio)
@@ -213,6 +227,10 @@ def register_vdisk_sysfs() -> None:
     def show_blocksize(kobj, a):
         v = vd(kobj)
         return scst_attr_show_key(v.block_size, v.block_size != 512)
+
+    def show_physical_blocksize(kobj, a):
+        v = vd(kobj)
+        return scst_attr_show_key(v.block_size << v.lbppbe, v.lbppbe != 0)
 
     def show_size(kobj, a):
         v = vd(kobj)
@@ -249,16 +267,20 @@ def register_vdisk_sysfs() -> None:
         v.nblocks = n >> v.block_shift
         return 1
 
-    common = [__ATTR_RO("blocksize", show_blocksize), __ATTR_RO("size_mb", show_size_mb)]
+    common = [__ATTR_RO("blocksize", show_blocksize),
+              __ATTR_RO("physical_blocksize", show_physical_blocksize),
+              __ATTR_RO("size_mb", show_size_mb)]
     common += [__ATTR_RO(n, show_bool) for n in _VDISK_BOOL]
     common += [__ATTR_RW(n, show_str, store_str) for n in _VDISK_STR_LIVE]
+    common += [__ATTR_RW("sanitize_rate", show_sanitize_rate, store_sanitize_rate)]
     fileio = tuple(common + [__ATTR_RO("filename", show_filename), __ATTR_RO("size", show_size)])
     nullio = tuple(common + [__ATTR_RW("size", show_size, store_size)])
     scst_register_devt_sysfs("vdisk_fileio", scst_devt_sysfs(
-        dev_attrs=fileio, dev_live_attrs=_VDISK_STR_LIVE, dev_create_only_attrs=("size", "size_mb"),
+        dev_attrs=fileio, dev_live_attrs=_VDISK_STR_LIVE + ("sanitize_rate",),
+        dev_create_only_attrs=("size", "size_mb"),
         resync_size=resync_size))
     scst_register_devt_sysfs("vdisk_nullio", scst_devt_sysfs(
-        dev_attrs=nullio, dev_live_attrs=_VDISK_STR_LIVE + ("size",)))
+        dev_attrs=nullio, dev_live_attrs=_VDISK_STR_LIVE + ("size", "sanitize_rate")))
 
 
 # iSCSI negotiation keys a target carries: name -> (iscsi_tgt_params field, kind)
@@ -518,7 +540,6 @@ def serve(cfg: dict) -> int:
     printk.set_console_loglevel(cfg["log_level"])
     set_debug(cfg["debug"])
     failure: list[str] = []
-    alua_state: list = []          # DEVICE_GROUP blocks of the applied config, kept
 
     def apply_text(text: str, filename: str, force: bool = False, dry_run: bool = False) -> dict:
         """Apply a config in task context; a control-socket style reply."""
@@ -531,7 +552,7 @@ def serve(cfg: dict) -> int:
             return detail or errname(ret)
         try:
             r = scst_conf.apply(text, filename, engine_ctl.SysfsTree(), scst_sysfs_schema(),
-                                force=force, dry_run=dry_run, alua_state=alua_state, errmsg=why)
+                                force=force, dry_run=dry_run, errmsg=why)
         except scst_conf.ConfigError as e:
             return {"ok": False, "error": str(e), "errno": EINVAL, "changes": 0, "applied": 0,
                     "actions": []}
@@ -666,7 +687,7 @@ def serve(cfg: dict) -> int:
 
     async def op_config_write(req: dict) -> dict:
         text = await engine.call_in_task(
-            lambda: scst_conf.write_running(engine_ctl.SysfsTree(), alua_state))
+            lambda: scst_conf.write_running(engine_ctl.SysfsTree()))
         return {"ok": True, "text": text}
 
     async def op_reload(req: dict) -> dict:

@@ -1,4 +1,4 @@
-"""The vdisk_cdrom dev handler: a CD/DVD-ROM drive (MMC-6 device type 5)
+"""The vcdrom dev handler: a CD/DVD-ROM drive (MMC-6 device type 5)
 backed by an ISO image file, with a removable medium.
 
 Twin of the cdrom half of scst/src/dev_handlers/scst_vdisk.c
@@ -14,16 +14,26 @@ audio, no multisession. GET CONFIGURATION reports the Profile List and
 Core features only. An empty drive (no filename, or after an eject)
 answers medium commands NOT READY, MEDIUM NOT PRESENT; a new image is
 loaded with vcdrom_change(), which queues NOT READY TO READY CHANGE,
-MEDIUM MAY HAVE CHANGED on every nexus.
+MEDIUM MAY HAVE CHANGED on every nexus (SCST reports it once per device,
+to whichever nexus asks first). An eject queues nothing: the next medium
+command gets NOT READY, MEDIUM NOT PRESENT, as in SCST.
+
+Management: the device's filename attribute is writable, as in SCST's
+vcdrom: a path loads that image, an empty value ejects (-EBUSY while a
+nexus prevents medium removal). The attribute record is registered with
+scst_core.sysfs when this module is imported (vdisk_init imports it).
 """
 from __future__ import annotations
 
 from kshim.err import IS_ERR
 from kshim.fs import O_LARGEFILE, O_RDONLY, file, file_inode, filp_close, filp_open, i_size_read
+from kshim.kobject import kobject
 from kshim.printk import pr_err, pr_info
+from kshim.sysfs import __ATTR_RO, __ATTR_RW, kobj_attribute
 from scst_core.const import TYPE_ROM, scst_sense_medium_changed_UA, scst_sense_medium_removal_prevented
 from scst_core.lib import scst_set_invalid_field_in_cdb
 from scst_core.scst import scst_cmd, scst_device
+from scst_core.sysfs import scst_attr_show_key, scst_devt_sysfs, scst_register_devt_sysfs
 from vdisk.fileio import fileio_exec_nowait, fileio_io_ops
 from vdisk.vdisk import (scst_vdisk_dev, vdisk_attach_common, vdisk_copy_resp,
                          vdisk_cdrom_exec_table, vdisk_detach_common, vdisk_do_exec,
@@ -45,7 +55,7 @@ def _open_image(virt_dev: scst_vdisk_dev) -> int:
         return 0
     f = filp_open(virt_dev.filename, O_RDONLY | O_LARGEFILE)
     if IS_ERR(f):
-        pr_err(f"vdisk_cdrom: {virt_dev.name}: cannot open {virt_dev.filename}: {f}")
+        pr_err(f"vcdrom: {virt_dev.name}: cannot open {virt_dev.filename}: {f}")
         return f
     virt_dev.file = f
     virt_dev.file_size = i_size_read(file_inode(f))
@@ -94,10 +104,10 @@ def vcdrom_change(virt_dev: scst_vdisk_dev, filename: str) -> int:
         return ret
     virt_dev.nblocks = virt_dev.file_size >> virt_dev.block_shift
     dev = virt_dev.dev
-    if dev is not None:
+    if dev is not None and virt_dev.media_present:
         for tgt_dev in list(dev.dev_tgt_dev_list):
             scst_queue_ua(tgt_dev, scst_sense_medium_changed_UA)
-    pr_info(f"vdisk_cdrom: {virt_dev.name}: medium {'ejected' if not filename else filename}")
+    pr_info(f"vcdrom: {virt_dev.name}: medium {'ejected' if not filename else filename}")
     return 0
 
 
@@ -203,10 +213,47 @@ vdisk_cdrom_exec_table.update({
 })
 
 
+# ---------------------------------------------------------------- management
+
+def vcdrom_filename_show(kobj: kobject, a: kobj_attribute) -> str:
+    virt_dev: scst_vdisk_dev = kobj.private.dh_priv
+    return scst_attr_show_key(virt_dev.filename, bool(virt_dev.filename))
+
+
+def vcdrom_filename_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
+    """Load the image named in buf, or eject with an empty buf. Task
+    context. len(buf), -EBUSY while removal is prevented, or the open's
+    -errno."""
+    from kshim.err import EBUSY
+    virt_dev: scst_vdisk_dev = kobj.private.dh_priv
+    fn = buf.strip()
+    if fn == virt_dev.filename and virt_dev.media_present == bool(fn):
+        return len(buf)
+    ret = vcdrom_change(virt_dev, fn)
+    if ret == -EBUSY:
+        pr_err(f"vcdrom: {virt_dev.name}: medium removal is prevented, "
+               f"cannot {'load ' + fn if fn else 'eject'}")
+    return ret if ret < 0 else len(buf)
+
+
+def _show_blocksize(kobj: kobject, a: kobj_attribute) -> str:
+    return scst_attr_show_key(kobj.private.dh_priv.block_size, False)
+
+
+def _show_size_mb(kobj: kobject, a: kobj_attribute) -> str:
+    return f"{kobj.private.dh_priv.file_size >> 20}\n"
+
+
+scst_register_devt_sysfs("vcdrom", scst_devt_sysfs(
+    dev_attrs=(__ATTR_RW("filename", vcdrom_filename_show, vcdrom_filename_store),
+               __ATTR_RO("blocksize", _show_blocksize), __ATTR_RO("size_mb", _show_size_mb)),
+    dev_live_attrs=("filename",)))
+
+
 def cdrom_exec(cmd: scst_cmd) -> int:
     return vdisk_do_exec(cmd)
 
 
-cdrom_devtype = vdisk_make_devtype("vdisk_cdrom", cdrom_exec, cdrom_attach, cdrom_detach,
+cdrom_devtype = vdisk_make_devtype("vcdrom", cdrom_exec, cdrom_attach, cdrom_detach,
                                    exec_atomic=False, exec_nowait=fileio_exec_nowait,
                                    dev_type=TYPE_ROM)

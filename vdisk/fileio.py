@@ -211,6 +211,8 @@ def fileio_exec_nowait(cmd: scst_cmd) -> bool:
     if op not in _READ_OPS or cmd.status or (op != 0x08 and cmd.cdb[1] & 0x08):
         return False
     virt_dev: scst_vdisk_dev = cmd.dev.dh_priv
+    if virt_dev.sanitize_state:
+        return False                        # vdisk_do_exec answers it (SBC-3 4.11)
     length = cmd.data_len
     if length:
         if vfs_readv_nowait(virt_dev.file, scst_cmd_iov(cmd), cmd.lba << virt_dev.block_shift) != length:

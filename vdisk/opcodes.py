@@ -69,6 +69,10 @@ _u(0x57, -1, (0, 0, 0, 0, 0, 0, 0, 0, 0))                             # RELEASE(
 _u(0x5A, -1, (0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0))              # MODE SENSE(10)
 _u(0x5E, -1, (0x1F, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0))                    # PERSISTENT RESERVE IN
 _u(0x5F, -1, (0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0))           # PERSISTENT RESERVE OUT
+_u(0x83, 0x00, (0x1F,) + (0,) * 8 + _FF4 + (0, 0), True)              # EXTENDED COPY(LID1)
+for _sa in (0x00, 0x04):                                              # RECEIVE COPY RESULTS:
+    _u(0x84, _sa, (0x1F, 0xFF) + (0,) * 7 + _FF4 + (0, 0))            # COPY STATUS, FAILED SEGMENT
+_u(0x84, 0x03, (0x1F,) + (0,) * 8 + _FF4 + (0, 0))                    # RECEIVE COPY RESULTS: OP. PARAMS
 _u(0x88, -1, (0x18,) + _FF8 + _FF4 + (0, 0))                          # READ(16)
 _u(0x89, -1, (0x18,) + _FF8 + (0, 0, 0, 0xFF, 0, 0))                  # COMPARE AND WRITE
 _u(0x8A, -1, (0x18,) + _FF8 + _FF4 + (0, 0))                          # WRITE(16)
@@ -82,8 +86,10 @@ _u(0x9C, -1, (0x18,) + _FF8 + (0, 0, 0xFF, 0xFF, 0, 0))               # WRITE AT
 _u(0x9E, 0x10, (0x1F,) + (0,) * 8 + _FF4 + (0, 0))                    # READ CAPACITY(16)
 _u(0x9E, 0x12, (0x1F,) + _FF8 + _FF4 + (0, 0))                        # GET LBA STATUS
 _u(0xA0, -1, (0, 0xFF, 0, 0, 0) + _FF4 + (0, 0))                      # REPORT LUNS
+_u(0xA3, 0x0A, (0xFF, 0, 0, 0, 0) + _FF4 + (0, 0))                    # REPORT TARGET PORT GROUPS
 _u(0xA3, 0x0C, (0x1F, 0x87, 0xFF, 0xFF, 0xFF) + _FF4 + (0, 0))        # REPORT SUPPORTED OPCODES
 _u(0xA3, 0x0D, (0x1F, 0x80, 0, 0, 0) + _FF4 + (0, 0))                 # REPORT SUPPORTED TMFS
+_u(0xA4, 0x0A, (0x1F, 0, 0, 0, 0) + _FF4 + (0, 0))                    # SET TARGET PORT GROUPS
 _u(0xA8, -1, (0x18,) + _FF4 + _FF4 + (0, 0))                          # READ(12)
 _u(0xAA, -1, (0x18,) + _FF4 + _FF4 + (0, 0))                          # WRITE(12)
 _u(0xAE, -1, (0x12,) + _FF4 + _FF4 + (0, 0))                          # WRITE AND VERIFY(12)

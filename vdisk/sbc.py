@@ -10,25 +10,69 @@ split out of vdisk.py per STYLE.md; the common checks live in vdisk.py.
 Contexts: exec functions run where vdisk exec runs: a device kthread for
 vdisk_fileio (they sleep in vfs calls and, for COMPARE AND WRITE and
 ORWRITE, on the device's caw_mutex), any context for vdisk_nullio (its
-io_ops never sleep, and the mutex is then never contended).
+io_ops never sleep, and the mutex is then never contended). A sanitize
+operation runs in a kthread of its own (vdisk_sanitize/<device>);
+vdisk_sanitize_check and vdisk_sanitize_sense run wherever exec runs;
+vdisk_sanitize_stop sleeps (task context: device detach).
 
-Differs from SCST: WRITE SAME and SANITIZE run synchronously in the
-command's thread (SCST splits large WRITE SAMEs into sub-commands);
-SANITIZE IMMED is accepted but the command completes only when the erase
-is done. COMPARE AND WRITE and ORWRITE are atomic against each other and
-against WRITE ATOMIC, not against plain WRITEs (which do not take the
-device mutex, to keep the data path lock-free).
+SANITIZE (SBC-3 4.11, 5.30) runs in the background. vdisk_exec_sanitize
+checks the CDB and parameter list, puts the device in the sanitize state
+and starts the kthread, which erases the medium. IMMED=1 completes GOOD at
+once; IMMED=0 completes when the operation ends, from the kthread. Aborting
+that command (ABORT TASK, a reset, nexus loss) ends the command within one
+step of the erase, never the operation, which goes on through resets and
+logouts (4.11.1). While it runs, vdisk_do_exec terminates every command but
+INQUIRY and REQUEST SENSE (REPORT LUNS is answered by the core) with NOT
+READY, LOGICAL UNIT NOT READY, SANITIZE IN PROGRESS and the progress
+indication in the sense-key specific field (4.11.2); fileio's
+exec_nowait declines READs then, so they meet the same gate; REQUEST SENSE
+returns that sense with GOOD status. An operation that fails leaves the
+failure mode (4.11.4): every command but those and SANITIZE gets MEDIUM
+ERROR, SANITIZE COMMAND FAILED until a sanitize succeeds or, if the failed
+one had AUSE=1, EXIT FAILURE MODE ends it.
+
+Pacing: OVERWRITE (and BLOCK ERASE where zeros must be written) writes in
+steps of at most 1 MiB at sanitize_rate MiB/s, a device attribute settable
+in scst.conf and the management tree, default 10 (VDISK_SANITIZE_RATE). A
+real medium is overwritten in minutes to hours; our file would be done in
+milliseconds while the erase kept the one CPU and the I/O pool busy, and
+nobody could watch the operation run. At 10 MiB/s a 64 MiB LUN takes 6.4
+s: longer than the ~4.5 s after which libiscsi's SCSI.Sanitize.Reset
+checks that the operation is still running (a 3 s sleep, five task
+management functions, a reconnect after 1 s), yet short enough that its
+Overwrite test (three overwrites) stays near 20 s. Deallocating (BLOCK and
+CRYPTO ERASE on a thin device) moves no data and is not paced.
+
+Differs from SCST: WRITE SAME runs synchronously in the command's thread
+(SCST splits large WRITE SAMEs into sub-commands). COMPARE AND WRITE and
+ORWRITE are atomic against each other and against WRITE ATOMIC, not
+against plain WRITEs (which do not take the device mutex, to keep the data
+path lock-free). Differs from SBC-3: the sanitize state lives in memory, so
+an operation does not survive the device: removing it stops the kthread
+(kthread_stop) and a re-created device starts outside the sanitize state.
+Errors parse() finds (LBA out of range, write protection) come before
+SANITIZE IN PROGRESS, and commands already executing when a sanitize
+starts finish unhindered.
 """
 from __future__ import annotations
 
+from kshim.err import EINTR, IS_ERR
+from kshim.jiffies import HZ, jiffies
+from kshim.kthread import kthread_run, kthread_should_stop, kthread_stop
 from kshim.mutex import mutex_lock, mutex_unlock
-from scst_core.const import (SAM_STAT_CONDITION_MET, scst_sense_block_out_range_error, scst_sense_miscompare_error,
+from kshim.printk import pr_err, pr_info
+from kshim.sched import cond_resched
+from kshim.timer import schedule_timeout_interruptible
+from scst_core.const import (MEDIUM_ERROR, NOT_READY, SAM_STAT_CONDITION_MET,
+                             scst_sense_block_out_range_error, scst_sense_miscompare_error,
                              scst_sense_parameter_list_length_invalid)
-from scst_core.lib import (scst_get_buf_full, scst_set_cmd_error, scst_set_invalid_field_in_cdb,
-                           scst_set_invalid_field_in_parm_list)
+from scst_core.lib import (scst_build_sense, scst_get_buf_full, scst_set_cmd_error,
+                           scst_set_invalid_field_in_cdb, scst_set_invalid_field_in_parm_list)
 from scst_core.scst import scst_cmd
-from vdisk.vdisk import (VDISK_MAX_CAW_BLOCKS, VDISK_MAX_WRITE_SAME_BYTES, scst_vdisk_dev,
-                         vdisk_copy_resp, vdisk_need_sync, vdisk_set_sense_info)
+from vdisk.vdisk import (VDISK_EXEC_ASYNC, VDISK_MAX_CAW_BLOCKS, VDISK_MAX_WRITE_SAME_BYTES,
+                         VDISK_SANITIZE_FAILED, VDISK_SANITIZE_IN_PROGRESS, VDISK_SANITIZE_NONE,
+                         scst_vdisk_dev, vdisk_cmd_done, vdisk_copy_resp, vdisk_need_sync,
+                         vdisk_set_sense_info)
 
 # Design notes:
 # - Commands whose Data-Out is not the data written (WRITE SAME sends one
@@ -235,21 +279,6 @@ def vdisk_exec_read_defect_data(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None
 
 # ---------------------------------------------------------------- FORMAT UNIT / SANITIZE
 
-def _erase_medium(cmd: scst_cmd, virt_dev: scst_vdisk_dev, block: bytes | None) -> int:
-    """Overwrite the whole medium with `block` repeated, or deallocate it
-    (block None) where the backend can, writing zeros where it cannot."""
-    length = virt_dev.nblocks << virt_dev.block_shift
-    ops = virt_dev.io_ops
-    if block is None:
-        if virt_dev.thin_provisioned:
-            return ops.unmap(virt_dev, cmd, 0, length)
-        block = bytes(virt_dev.block_size)
-    ret = _write_pattern(cmd, virt_dev, 0, length, block)
-    if ret == 0 and not virt_dev.nv_cache:
-        ret = ops.sync(virt_dev, cmd, 0, 0)
-    return ret
-
-
 def vdisk_exec_format_unit(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
     """FORMAT UNIT (SBC-3 5.3): no protection information, no defect lists
     beyond the empty one; the medium is left as it is (a virtual disk has
@@ -284,59 +313,234 @@ SANITIZE_BLOCK_ERASE = 0x02
 SANITIZE_CRYPTO_ERASE = 0x03
 SANITIZE_EXIT_FAILURE_MODE = 0x1F
 
+# SBC-3 4.11.2: the commands a logical unit still processes while a
+# sanitize operation runs (REPORT LUNS never reaches a dev handler: the
+# core answers it); after a failed one, SANITIZE too (4.11.4).
+_SANITIZE_ALLOWED_OPS = frozenset((0x03, 0x12))     # REQUEST SENSE, INQUIRY
+_sense_sanitize_in_progress = (NOT_READY, 0x04, 0x1B)   # LOGICAL UNIT NOT READY, SANITIZE IN PROGRESS
+_sense_sanitize_failed = (MEDIUM_ERROR, 0x31, 0x03)     # SANITIZE COMMAND FAILED
+# Bytes deallocated per step of a BLOCK/CRYPTO ERASE on a thin device
+# (holes cost no data transfer: not paced, only cut into steps so the
+# kthread looks at kthread_should_stop and aborted commands between them).
+_UNMAP_STEP = 64 << 20
+# A paced step lasts at most HZ / _STEPS_PER_SEC jiffies: how late an
+# aborted SANITIZE IMMED=0 or a kthread_stop is noticed.
+_STEPS_PER_SEC = 10
 
-def vdisk_exec_sanitize(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
+
+def vdisk_sense_set_progress(sense: bytearray, n: int, progress: int) -> int:
+    """Put a progress indication (SPC-4 4.5.2.4.4: SKSV=1, 0..65535) in the
+    sense-key specific field of the fixed or descriptor format sense in
+    sense[:n] (as scst_build_sense made it); return its new length."""
+    sks = bytes((0x80, (progress >> 8) & 0xFF, progress & 0xFF))
+    if sense[0] & 0x7F in (0x72, 0x73):
+        sense[8:16] = bytes((0x02, 0x06, 0, 0)) + sks + b"\x00"
+        sense[7] = 8
+        return 16
+    sense[15:18] = sks
+    return n
+
+
+def vdisk_sanitize_sense(buf: bytearray, desc: bool, virt_dev: scst_vdisk_dev) -> int:
+    """The sense REQUEST SENSE returns in the sanitize state: IN PROGRESS
+    with the progress indication, or SANITIZE COMMAND FAILED. Its length."""
+    if virt_dev.sanitize_state == VDISK_SANITIZE_IN_PROGRESS:
+        n = scst_build_sense(buf, desc, *_sense_sanitize_in_progress)
+        return vdisk_sense_set_progress(buf, n, virt_dev.sanitize_progress)
+    return scst_build_sense(buf, desc, *_sense_sanitize_failed)
+
+
+def vdisk_sanitize_check(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> bool:
+    """vdisk_do_exec's gate while virt_dev.sanitize_state is set: True if
+    the command is terminated (its sense set), False if it runs."""
+    op = cmd.cdb[0]
+    if op in _SANITIZE_ALLOWED_OPS:
+        return False
+    if virt_dev.sanitize_state == VDISK_SANITIZE_IN_PROGRESS:
+        scst_set_cmd_error(cmd, _sense_sanitize_in_progress)
+        cmd.sense_valid_len = vdisk_sense_set_progress(cmd.sense, cmd.sense_valid_len,
+                                                       virt_dev.sanitize_progress)
+        return True
+    if op == 0x48:
+        return False                    # a new SANITIZE may end the failure mode
+    scst_set_cmd_error(cmd, _sense_sanitize_failed)
+    return True
+
+
+def _sanitize_reap_aborted(virt_dev: scst_vdisk_dev) -> None:
+    """An aborted SANITIZE IMMED=0 (ABORT TASK, a reset, nexus loss) ends
+    now; the operation goes on (SBC-3 4.11.1)."""
+    cmd = virt_dev.sanitize_cmd
+    if cmd is not None and cmd.aborted:
+        virt_dev.sanitize_cmd = None
+        vdisk_cmd_done(cmd)
+
+
+def _sanitize_medium(virt_dev: scst_vdisk_dev, block: bytes | None) -> int:
+    """Overwrite the whole medium with `block` repeated, or deallocate it
+    (block None) where the backend can, writing zeros where it cannot.
+    Writes are paced at virt_dev.sanitize_rate. 0, -EINTR if
+    kthread_stop() asked us to stop, or the backend's nonzero error.
+    Bounded: medium size / step iterations."""
+    length = virt_dev.nblocks << virt_dev.block_shift
+    ops = virt_dev.io_ops
+    bs = virt_dev.block_size
+    # The io_ops report errors as sense on a command: this one absorbs it
+    # (the operation has no command of its own once IMMED=1 returned).
+    sink = scst_cmd(sess=None, tgt=None, tgtt=None, cdb=bytes(16))
+    sink.dev = virt_dev.dev
+    if block is None and not virt_dev.thin_provisioned:
+        block = bytes(bs)
+    if block is None:
+        rate, step, chunk = 0, _UNMAP_STEP, b""
+    else:
+        rate = virt_dev.sanitize_rate << 20
+        step = min(_CHUNK, max(bs, (rate // _STEPS_PER_SEC) // bs * bs))
+        chunk = block * (step // bs)
+    start = jiffies()
+    done = 0
+    ret = 0
+    while done < length:
+        if kthread_should_stop():
+            return -EINTR
+        n = min(step, length - done)
+        if block is None:
+            ret = ops.unmap(virt_dev, sink, done, n)
+        else:
+            ret = ops.write_buf(virt_dev, sink, done, memoryview(chunk)[:n])
+        if ret != 0:
+            return ret
+        done += n
+        virt_dev.sanitize_progress = min(done * 65536 // length, 65535)
+        _sanitize_reap_aborted(virt_dev)
+        delay = start + done * HZ // rate - jiffies() if rate else 0
+        if delay > 0:
+            schedule_timeout_interruptible(delay)
+        else:
+            cond_resched()
+    if not virt_dev.nv_cache:
+        ret = ops.sync(virt_dev, sink, 0, 0)
+    return ret
+
+
+def vdisk_sanitize_thread(data: tuple) -> int:
+    """The sanitize operation's kthread: erase, leave the sanitize state
+    (or enter the failure mode), end a waiting SANITIZE IMMED=0."""
+    virt_dev, block = data
+    ret = _sanitize_medium(virt_dev, block)
+    cmd = virt_dev.sanitize_cmd
+    virt_dev.sanitize_cmd = None
+    if ret == 0:
+        virt_dev.sanitize_state = VDISK_SANITIZE_NONE
+        pr_info(f"vdisk: {virt_dev.name}: sanitize done")
+    else:
+        # SBC-3 4.11.4: commands fail with SANITIZE COMMAND FAILED until a
+        # sanitize succeeds (or EXIT FAILURE MODE, if AUSE was set).
+        virt_dev.sanitize_state = VDISK_SANITIZE_FAILED
+        pr_err(f"vdisk: {virt_dev.name}: sanitize "
+               f"{'stopped' if ret == -EINTR else 'failed'} at "
+               f"{virt_dev.sanitize_progress * 100 // 65536}%: {ret}")
+    virt_dev.sanitize_thread = None
+    # Nothing below sleeps: vdisk_sanitize_stop() never sees us half-gone.
+    if cmd is not None:
+        if ret != 0:
+            scst_set_cmd_error(cmd, _sense_sanitize_failed)
+        vdisk_cmd_done(cmd)
+    return ret
+
+
+def vdisk_sanitize_stop(virt_dev: scst_vdisk_dev) -> None:
+    """Device removal: stop a running sanitize operation and wait for its
+    kthread to exit (the medium is left in the failure mode). Task
+    context."""
+    t = virt_dev.sanitize_thread
+    if t is not None:
+        kthread_stop(t)
+
+
+def _sanitize_start(cmd: scst_cmd, virt_dev: scst_vdisk_dev, block: bytes | None) -> int | None:
+    """Start the operation in its own kthread. IMMED=1: the command
+    completes now, GOOD; IMMED=0: the kthread completes it at the end
+    (VDISK_EXEC_ASYNC), or early if it is aborted."""
+    cdb = cmd.cdb
+    immed = bool(cdb[1] & 0x80)
+    virt_dev.sanitize_state = VDISK_SANITIZE_IN_PROGRESS
+    virt_dev.sanitize_progress = 0
+    virt_dev.sanitize_ause = bool(cdb[1] & 0x20)
+    virt_dev.sanitize_cmd = None if immed else cmd
+    t = kthread_run(vdisk_sanitize_thread, (virt_dev, block), "vdisk_sanitize/%s", virt_dev.name)
+    if IS_ERR(t):
+        virt_dev.sanitize_cmd = None
+        virt_dev.sanitize_state = VDISK_SANITIZE_FAILED
+        scst_set_cmd_error(cmd, _sense_sanitize_failed)
+        return None
+    virt_dev.sanitize_thread = t
+    pr_info(f"vdisk: {virt_dev.name}: sanitize (service action {cdb[1] & 0x1F:#x}) started, "
+            f"{virt_dev.nblocks << virt_dev.block_shift} bytes at {virt_dev.sanitize_rate} MiB/s"
+            f"{'' if block is None else ' (paced)'}")
+    return None if immed else VDISK_EXEC_ASYNC
+
+
+def vdisk_exec_sanitize(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> int | None:
     """SANITIZE (SBC-3 5.30): OVERWRITE writes the given pattern over the
     whole medium, BLOCK ERASE deallocates it (zeros where it cannot),
     CRYPTOGRAPHIC ERASE is the same as BLOCK ERASE for us (no media
-    encryption key to change), EXIT FAILURE MODE succeeds (no sanitize
-    ever fails into that mode). Parameter list rules: only OVERWRITE has
-    one; its length must be INITIALIZATION PATTERN LENGTH + 4 and the
-    pattern 1..block size bytes."""
+    encryption key to change); each runs in the background (SBC-3 4.11).
+    EXIT FAILURE MODE leaves the failure mode of a sanitize that failed
+    with AUSE=1, is refused after one with AUSE=0, and is a no-op
+    otherwise. Parameter list rules: only OVERWRITE has one; its length
+    must be INITIALIZATION PATTERN LENGTH + 4 and the pattern 1..block
+    size bytes."""
     cdb = cmd.cdb
     sa = cdb[1] & 0x1F
     plen = int.from_bytes(cdb[7:9], "big")
     if cdb[1] & 0x40:                   # reserved
         scst_set_invalid_field_in_cdb(cmd, 1, 6)
-        return
+        return None
     for i in range(2, 7):               # reserved bytes
         if cdb[i]:
             scst_set_invalid_field_in_cdb(cmd, i)
-            return
+            return None
     if sa == SANITIZE_OVERWRITE:
         if plen < 5 or plen > virt_dev.block_size + 4:
             scst_set_invalid_field_in_cdb(cmd, 7)
-            return
+            return None
         data = scst_get_buf_full(cmd)
         count = data[0] & 0x1F
         if data[0] & 0x60:              # INVERT / TEST: not supported
             scst_set_invalid_field_in_parm_list(cmd, 0, 7 if data[0] & 0x80 else 6)
-            return
+            return None
         if count == 0:
             scst_set_invalid_field_in_parm_list(cmd, 0, 4)
-            return
+            return None
         pat_len = int.from_bytes(data[2:4], "big")
         if pat_len == 0 or pat_len > virt_dev.block_size:
             scst_set_invalid_field_in_parm_list(cmd, 2)
-            return
+            return None
         if pat_len + 4 != plen:
             scst_set_cmd_error(cmd, scst_sense_parameter_list_length_invalid)
-            return
+            return None
         pattern = bytes(data[4:4 + pat_len])
         bs = virt_dev.block_size
-        block = (pattern * (bs // pat_len + 1))[:bs]
-        _erase_medium(cmd, virt_dev, block)
-    elif sa in (SANITIZE_BLOCK_ERASE, SANITIZE_CRYPTO_ERASE):
+        return _sanitize_start(cmd, virt_dev, (pattern * (bs // pat_len + 1))[:bs])
+    if sa in (SANITIZE_BLOCK_ERASE, SANITIZE_CRYPTO_ERASE):
         if plen:
             scst_set_invalid_field_in_cdb(cmd, 7)
-            return
-        _erase_medium(cmd, virt_dev, None)
-    elif sa == SANITIZE_EXIT_FAILURE_MODE:
+            return None
+        return _sanitize_start(cmd, virt_dev, None)
+    if sa == SANITIZE_EXIT_FAILURE_MODE:
         if plen:
             scst_set_invalid_field_in_cdb(cmd, 7)
-            return
-    else:
-        scst_set_invalid_field_in_cdb(cmd, 1, 4)
+        elif virt_dev.sanitize_state == VDISK_SANITIZE_FAILED:
+            if virt_dev.sanitize_ause:
+                virt_dev.sanitize_state = VDISK_SANITIZE_NONE
+                pr_info(f"vdisk: {virt_dev.name}: sanitize failure mode left")
+            else:
+                # AUSE=0: only a sanitize that succeeds ends the failure mode.
+                scst_set_invalid_field_in_cdb(cmd, 1, 4)
+        return None
+    scst_set_invalid_field_in_cdb(cmd, 1, 4)
+    return None
 
 
 def vdisk_sbc_exec_table() -> dict:

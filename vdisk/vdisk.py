@@ -20,9 +20,9 @@ Differs from SCST: backends plug in through a vdisk_io_ops record instead
 of per-handler function tables; only the commands listed above plus
 READ/WRITE/VERIFY/WRITE AND VERIFY/SYNCHRONIZE CACHE/UNMAP/GET LBA STATUS
 are implemented, anything else is answered INVALID COMMAND OPERATION CODE.
-Mode parameters are not saveable. Relative target port and target port
-group designators of VPD page 0x83 come from the core through
-vdisk_port_designators_hook (unset: none are reported).
+Mode parameters are not saveable. The target port designators of VPD
+page 0x83, INQUIRY's TPGS field and REPORT/SET TARGET PORT GROUPS come
+from the core's ALUA code (scst_core.tg), as SCST's scst_tg.c provides them.
 """
 from __future__ import annotations
 
@@ -62,6 +62,8 @@ from scst_core.pres import (scst_dev_reset_hooks, scst_pr_clear_dev, scst_pr_exe
 from scst_core.scst import (SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME, SCST_EXEC_COMPLETED,
                             SCST_WRITE_MEDIUM, scst_cmd, scst_dev_type, scst_device,
                             scst_tgt_dev)
+from scst_core.tg import (scst_tg_exec_report_tpgs, scst_tg_port_designators,
+                          scst_tg_set_group_info, scst_tg_tpgs)
 from scst_core.ua import scst_queue_ua
 
 # Design notes:
@@ -89,6 +91,17 @@ VDISK_MAX_CAW_BLOCKS = 255                   # block limits MAXIMUM COMPARE AND 
 VDISK_MAX_WRITE_SAME_BYTES = 64 << 20        # block limits MAXIMUM WRITE SAME LENGTH
 VDISK_MAX_ATOMIC_BYTES = 1 << 20             # block limits MAXIMUM ATOMIC TRANSFER LENGTH
 VDISK_MAX_PREFETCH_BYTES = 64 << 20
+# SANITIZE (vdisk.sbc): default pace of the erase in MiB/s (the sanitize_rate
+# device attribute); vdisk.sbc's docstring says why 10.
+VDISK_SANITIZE_RATE = 10
+VDISK_SANITIZE_RATE_MAX = 1 << 20
+# scst_vdisk_dev.sanitize_state (SBC-3 4.11)
+VDISK_SANITIZE_NONE = 0
+VDISK_SANITIZE_IN_PROGRESS = 1
+VDISK_SANITIZE_FAILED = 2
+# An exec function returns this when it will complete the command itself
+# later (vdisk_cmd_done from another context); otherwise it returns None.
+VDISK_EXEC_ASYNC = 1
 
 # INQUIRY/VPD field positions used in field pointers
 _EVPD_BYTE = 1
@@ -125,11 +138,13 @@ class scst_vdisk_dev:
     nullio: bool = False
     block_size: int = 512
     block_shift: int = 9
+    # log2(logical blocks per physical block): physical_blocksize parameter
+    lbppbe: int = 0
     rd_only: bool = False
     nv_cache: bool = False
     o_direct: bool = False
     removable: bool = False
-    cdrom: bool = False                 # vdisk_cdrom: MMC device, read-only, removable
+    cdrom: bool = False                 # vcdrom: MMC device, read-only, removable
     rotational: bool = True
     thin_provisioned: bool = False
     thin_provisioned_set: bool = False  # given as a parameter (else the backend decides)
@@ -161,14 +176,19 @@ class scst_vdisk_dev:
     prevent_set: list = attrs.field(factory=list)
     # serializes COMPARE AND WRITE, ORWRITE and WRITE ATOMIC (sleeps)
     caw_mutex: mutex = attrs.field(factory=lambda: mutex("caw_mutex"))
+    # SANITIZE (vdisk.sbc, SBC-3 4.11). sanitize_rate: set at creation or
+    # through the management tree. The rest is written by
+    # vdisk_exec_sanitize (exec context) and by the device's sanitize
+    # kthread; one CPU, no preemption, and neither sleeps between the writes
+    # that belong together: no lock.
+    sanitize_rate: int = VDISK_SANITIZE_RATE    # MiB/s the erase is paced at
+    sanitize_state: int = VDISK_SANITIZE_NONE   # the exec gate tests only this
+    sanitize_progress: int = 0                  # 0..65535 of the running operation
+    sanitize_ause: bool = False                 # AUSE of the operation that failed
+    sanitize_thread: object = None              # task_struct of the running operation
+    sanitize_cmd: scst_cmd | None = None        # SANITIZE IMMED=0 waiting for the end
 
 
-# The core fills this in to report relative target port and target port
-# group designators (VPD 0x83): called with the command, returns the
-# designator bytes to append.
-vdisk_port_designators_hook: Callable[[scst_cmd], bytes] | None = None
-# The core fills this in for INQUIRY's TPGS field (0: ALUA not supported).
-vdisk_tpgs_hook: Callable[[scst_cmd], int] | None = None
 # The core fills this in to hand REQUEST SENSE a pending sense (bytes,
 # fixed format) of the I_T nexus, or None.
 vdisk_pending_sense_hook: Callable[[scst_cmd], bytes | None] | None = None
@@ -300,8 +320,9 @@ def vdisk_inquiry_std(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> bytes:
     buf[2] = 0x06                       # SPC-4
     buf[3] = 0x10 | 0x02                # HISUP, response data format 2
     buf[4] = len(buf) - 5
-    tpgs = vdisk_tpgs_hook(cmd) if vdisk_tpgs_hook is not None else 0
-    buf[5] = (tpgs & 3) << 4
+    buf[5] = (scst_tg_tpgs(cmd.dev) & 3) << 4    # ALUA support (scst_core.tg)
+    if not virt_dev.cdrom:
+        buf[5] |= 0x08                  # 3PC: EXTENDED COPY (vdisk.xcopy)
     buf[7] = 0x02                       # CMDQUE
     buf[8:16] = _ascii_field(virt_dev.t10_vend_id, 8)
     buf[16:32] = _ascii_field(virt_dev.prod_id, 16)
@@ -328,8 +349,7 @@ def vdisk_device_identification(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> byte
         name = virt_dev.scsi_device_name.encode("utf-8")[:251] + b"\x00"
         name = name.ljust((len(name) + 3) & ~3, b"\x00")
         out += _designator(CODE_SET_UTF8, ASSOCIATION_LU | DESIGNATOR_TYPE_SCSI_NAME_STRING, name)
-    if vdisk_port_designators_hook is not None:
-        out += vdisk_port_designators_hook(cmd)
+    out += scst_tg_port_designators(cmd)       # the port the command came through
     return bytes(out)
 
 
@@ -337,9 +357,10 @@ def _supported_vpd_pages(virt_dev: scst_vdisk_dev) -> bytes:
     if virt_dev.cdrom:
         return bytes((VPD_SUPPORTED_PAGES, VPD_UNIT_SERIAL_NUMBER, VPD_DEVICE_IDENTIFICATION,
                       VPD_EXTENDED_INQUIRY))
+    from vdisk.xcopy import VPD_THIRD_PARTY_COPY
     return bytes((VPD_SUPPORTED_PAGES, VPD_UNIT_SERIAL_NUMBER, VPD_DEVICE_IDENTIFICATION,
-                  VPD_EXTENDED_INQUIRY, VPD_BLOCK_LIMITS, VPD_BLOCK_DEVICE_CHARACTERISTICS,
-                  VPD_LOGICAL_BLOCK_PROVISIONING))
+                  VPD_EXTENDED_INQUIRY, VPD_THIRD_PARTY_COPY, VPD_BLOCK_LIMITS,
+                  VPD_BLOCK_DEVICE_CHARACTERISTICS, VPD_LOGICAL_BLOCK_PROVISIONING))
 
 
 def vdisk_extended_inquiry(virt_dev: scst_vdisk_dev) -> bytes:
@@ -410,6 +431,9 @@ def _vpd_page(page: int, cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> bytes | Non
         body = vdisk_block_characteristics(virt_dev)[4:]
     elif page == VPD_LOGICAL_BLOCK_PROVISIONING:
         body = vdisk_lbp(virt_dev)[4:]
+    elif page == 0x8F and not virt_dev.cdrom:   # Third-party Copy (vdisk.xcopy)
+        from vdisk.xcopy import vdisk_third_party_copy_vpd
+        body = vdisk_third_party_copy_vpd(virt_dev)
     else:
         return None
     return bytes((cmd.dev.type & 0x1F, page)) + len(body).to_bytes(2, "big") + body
@@ -437,8 +461,13 @@ def vdisk_exec_inquiry(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
 
 def vdisk_exec_request_sense(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
     desc = bool(cmd.cdb[1] & 0x01)
-    pending = vdisk_pending_sense_hook(cmd) if vdisk_pending_sense_hook is not None else None
     buf = bytearray(96)
+    if virt_dev.sanitize_state:
+        # SBC-3 4.11.2: the sanitize state, with its progress indication.
+        from vdisk.sbc import vdisk_sanitize_sense
+        vdisk_copy_resp(cmd, buf[:vdisk_sanitize_sense(buf, desc, virt_dev)])
+        return
+    pending = vdisk_pending_sense_hook(cmd) if vdisk_pending_sense_hook is not None else None
     if pending:
         key, asc, ascq = pending[2] & 0x0F, pending[12], pending[13]
         n = scst_build_sense(buf, desc, key, asc, ascq)
@@ -513,10 +542,7 @@ def vdisk_exec_read_capacity16(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
     buf = bytearray(32)
     buf[0:8] = max(virt_dev.nblocks - 1, 0).to_bytes(8, "big")
     buf[8:12] = virt_dev.block_size.to_bytes(4, "big")
-    lbppbe = 0                          # physical block: the host's 4 KiB page
-    while (virt_dev.block_size << (lbppbe + 1)) <= 4096:
-        lbppbe += 1
-    buf[13] = lbppbe
+    buf[13] = virt_dev.lbppbe
     if virt_dev.thin_provisioned:
         buf[14] = 0x80 | 0x40           # LBPME, LBPRZ
     vdisk_copy_resp(cmd, buf)
@@ -869,6 +895,17 @@ def vdisk_exec_maintenance_in(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
             vdisk_copy_resp(cmd, data)
     elif sa == 0x0D:
         vdisk_copy_resp(cmd, vdisk_report_supported_tm_fns(cmd))
+    elif sa == 0x0A:
+        data = scst_tg_exec_report_tpgs(cmd)      # REPORT TARGET PORT GROUPS
+        if data is not None:
+            vdisk_copy_resp(cmd, data)
+    else:
+        scst_set_cmd_error(cmd, scst_sense_invalid_opcode)
+
+
+def vdisk_exec_maintenance_out(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
+    if cmd.cdb[1] & 0x1F == 0x0A:
+        scst_tg_set_group_info(cmd)               # SET TARGET PORT GROUPS
     else:
         scst_set_cmd_error(cmd, scst_sense_invalid_opcode)
 
@@ -950,6 +987,7 @@ vdisk_exec_table: dict[int, Callable[[scst_cmd, scst_vdisk_dev], None]] = {
     0x5E: _exec_pr_in,
     0x5F: _exec_pr_out,
     0xA3: vdisk_exec_maintenance_in,
+    0xA4: vdisk_exec_maintenance_out,
 }
 # the SBC-3 commands of vdisk.sbc
 from vdisk.sbc import vdisk_sbc_exec_table  # noqa: E402  (sbc imports this module)
@@ -957,7 +995,7 @@ vdisk_exec_table.update(vdisk_sbc_exec_table())
 # EXTENDED COPY and RECEIVE COPY RESULTS of vdisk.xcopy
 from vdisk.xcopy import vdisk_xcopy_exec_table  # noqa: E402  (xcopy imports this module)
 vdisk_exec_table.update(vdisk_xcopy_exec_table())
-# what vdisk_cdrom dispatches: no writes, no SBC-only commands (MMC-6 4.1)
+# what vcdrom dispatches: no writes, no SBC-only commands (MMC-6 4.1)
 vdisk_cdrom_exec_table: dict[int, Callable[[scst_cmd, scst_vdisk_dev], None]] = {
     op: fn for op, fn in vdisk_exec_table.items()
     if op in (0x00, 0x03, 0x12, 0x15, 0x1A, 0x1B, 0x1E, 0x25, 0x28, 0x2F, 0x35, 0x55, 0x5A,
@@ -965,13 +1003,21 @@ vdisk_cdrom_exec_table: dict[int, Callable[[scst_cmd, scst_vdisk_dev], None]] = 
 
 
 def vdisk_do_exec(cmd: scst_cmd) -> int:
-    """Run the command to completion and report it done to the core."""
+    """Run the command and report it done to the core, now or, when its
+    function returns VDISK_EXEC_ASYNC (SANITIZE with IMMED=0), later from
+    the context that finishes it. While a sanitize operation runs or has
+    failed, vdisk.sbc decides which commands still run (SBC-3 4.11)."""
     virt_dev = _virt_dev(cmd)
     fn = (vdisk_cdrom_exec_table if virt_dev.cdrom else vdisk_exec_table).get(cmd.cdb[0])
     if fn is None:
         scst_set_cmd_error(cmd, scst_sense_invalid_opcode)
     elif not cmd.status:
-        fn(cmd, virt_dev)
+        if virt_dev.sanitize_state:
+            from vdisk.sbc import vdisk_sanitize_check
+            if vdisk_sanitize_check(cmd, virt_dev):
+                return vdisk_cmd_done(cmd)
+        if fn(cmd, virt_dev) == VDISK_EXEC_ASYNC:
+            return SCST_EXEC_COMPLETED
     return vdisk_cmd_done(cmd)
 
 
@@ -988,6 +1034,8 @@ def vdisk_attach_common(dev: scst_device, virt_dev: scst_vdisk_dev) -> None:
 
 
 def vdisk_detach_common(dev: scst_device, virt_dev: scst_vdisk_dev) -> None:
+    from vdisk.sbc import vdisk_sanitize_stop
+    vdisk_sanitize_stop(virt_dev)       # before the backend closes the file
     scst_pr_clear_dev(dev)
     virt_dev.pr_dev = None
     virt_dev.prevent_set.clear()
@@ -1018,9 +1066,10 @@ _SIZE_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 vdisk_add_device_parameters = ("filename", "size", "size_mb", "blocksize", "read_only",
                                "nv_cache", "write_through", "o_direct", "o_dsync", "removable",
-                               "rotational", "thin_provisioned", "t10_dev_id", "t10_vend_id",
+                               "rotational", "thin_provisioned", "physical_blocksize",
+                               "t10_dev_id", "t10_vend_id",
                                "vend_specific_id", "usn", "prod_id", "prod_rev_lvl",
-                               "scsi_device_name")
+                               "scsi_device_name", "sanitize_rate")
 
 # handler name -> its scst_dev_type (filled by vdisk_init)
 vdisk_devtypes: dict[str, scst_dev_type] = {}
@@ -1065,6 +1114,7 @@ def vdisk_alloc_dev(handler_name: str, dev_name: str,
     offending parameter."""
     virt_dev = scst_vdisk_dev(name=dev_name, nullio=handler_name == "vdisk_nullio")
     size = -1
+    pbs_param = 0
     for key, val in params.items():
         if key not in vdisk_add_device_parameters:
             pr_err(f"vdisk: {handler_name}: unknown parameter '{key}' for device {dev_name}")
@@ -1084,6 +1134,20 @@ def vdisk_alloc_dev(handler_name: str, dev_name: str,
                 return -EINVAL
             virt_dev.block_size = bs
             virt_dev.block_shift = bs.bit_length() - 1
+        elif key == "physical_blocksize":
+            pbs = int(val) if val.strip().isdigit() else 0
+            if pbs < 512 or pbs > 65536 or pbs & (pbs - 1):
+                pr_err(f"vdisk: {handler_name}: bad physical_blocksize '{val}' for device "
+                       f"{dev_name} (a power of two, 512..65536)")
+                return -EINVAL
+            pbs_param = pbs
+        elif key == "sanitize_rate":
+            rate = int(val) if val.strip().isdigit() else 0
+            if not 1 <= rate <= VDISK_SANITIZE_RATE_MAX:
+                pr_err(f"vdisk: {handler_name}: bad sanitize_rate '{val}' for device {dev_name} "
+                       f"(MiB/s, 1..{VDISK_SANITIZE_RATE_MAX})")
+                return -EINVAL
+            virt_dev.sanitize_rate = rate
         elif key in _BOOL_PARAMS:
             b = _parse_bool(val)
             if b < 0:
@@ -1099,7 +1163,7 @@ def vdisk_alloc_dev(handler_name: str, dev_name: str,
                        f"or not ASCII (at most {limit} bytes)")
                 return -EINVAL
             setattr(virt_dev, key, val)
-    if handler_name == "vdisk_cdrom":
+    if handler_name == "vcdrom":
         # MMC: read-only removable medium of 2048-byte blocks; no filename
         # means an empty drive.
         virt_dev.cdrom = virt_dev.removable = virt_dev.rd_only = True
@@ -1108,6 +1172,12 @@ def vdisk_alloc_dev(handler_name: str, dev_name: str,
     elif not virt_dev.nullio and not virt_dev.filename:
         pr_err(f"vdisk: {handler_name}: device {dev_name} needs a filename parameter")
         return -EINVAL
+    if pbs_param:
+        if pbs_param < virt_dev.block_size:
+            pr_err(f"vdisk: {handler_name}: physical_blocksize {pbs_param} of device {dev_name} "
+                   f"is smaller than its blocksize {virt_dev.block_size}")
+            return -EINVAL
+        virt_dev.lbppbe = (pbs_param // virt_dev.block_size).bit_length() - 1
     if virt_dev.nullio and size < 0:
         size = 1 << 40
     if not virt_dev.usn:
@@ -1162,7 +1232,7 @@ def vdisk_del_device(dev_name: str) -> int:
 
 
 def vdisk_init() -> int:
-    """Register vdisk_fileio, vdisk_nullio and vdisk_cdrom with the core."""
+    """Register vdisk_fileio, vdisk_nullio and vcdrom with the core."""
     from scst_core.main import scst_register_virtual_dev_driver, scst_unregister_virtual_dev_driver
     from vdisk.cdrom import cdrom_devtype
     from vdisk.fileio import fileio_devtype

@@ -27,9 +27,8 @@ in a group whose only LUN is 0 sends READ CAPACITY(16) with random 8-byte
 LUN fields (peripheral, flat, extended and second-level encodings of the
 default group's LUNs, and random bytes). Each must fail or reach the
 group's own device (told apart by capacity); REPORT LUNS lists only the
-group's LUN. EXTENDED COPY is not implemented, so a copy cannot name a LUN
-outside the group either: it and RECEIVE COPY RESULTS get INVALID COMMAND
-OPERATION CODE and INQUIRY does not claim 3PC.
+group's LUN. (EXTENDED COPY naming another group's LUN is refused in
+tests/vdisk/test_xcopy.py.)
 
 Two fixed regressions sit beside them: a Login Request promising 16 MiB
 of text is dropped at once without the target reading it, and numeric
@@ -543,21 +542,6 @@ def test_raw_lun_fields_never_reach_a_lun_outside_the_group(acg_srv) -> None:
         if "ini" in state:
             state["ini"].close()
     assert budget.ran >= 20, f"only {budget.ran} examples ran within the budget"
-    acg_srv.assert_healthy()
-
-
-def test_extended_copy_is_not_implemented_so_it_cannot_cross_groups(acg_srv) -> None:
-    ini = _acg_login(acg_srv, FENCED)
-    try:
-        assert not ini.inquiry().data[5] & 0x08, "INQUIRY claims third-party copy (3PC)"
-        xcopy = bytes([0x83, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20, 0, 0])
-        res = ini.scsi(xcopy, data_out=bytes(32))
-        assert res.sense_key == 0x05 and res.asc_ascq == (0x20, 0x00), res
-        rcr = bytes([0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20, 0, 0])
-        res = ini.scsi(rcr, read_len=32)
-        assert res.sense_key == 0x05 and res.asc_ascq == (0x20, 0x00), res
-    finally:
-        ini.close()
     acg_srv.assert_healthy()
 
 

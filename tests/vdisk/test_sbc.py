@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+from kshim.timer import msleep
 from tests.vdisk.conftest import make_dev, run_cmd
 from vdisk.fileio import fileio_devtype
 from vdisk.nullio import nullio_devtype
@@ -112,10 +113,16 @@ def test_sanitize_overwrite_fills_the_medium_with_the_pattern(kernel, tmp_path):
         dev = make_dev(fileio_devtype, "san0", {"filename": str(path)})
         plist = bytes((0x01, 0, 0, 2)) + b"\xDE\xAD"
         s = run_cmd(dev, [0x48, 0x01, 0, 0, 0, 0, 0, 0, len(plist), 0], plist)
+        # IMMED=0: the sanitize kthread completes the command at the end
+        # (32 KiB at the default 10 MiB/s: ~3 ms). Bounded: 2 s.
+        for _ in range(200):
+            if s.done:
+                break
+            msleep(10)
         reserved = run_cmd(dev, [0x48, 0x02, 0, 3, 0, 0, 0, 0, 0, 0])
         dev.handler.detach(dev)
-        return s.status, reserved.key_asc_ascq
-    assert kernel(body) == (GOOD, INVALID_FIELD_CDB)
+        return bool(s.done), s.cmd.status, reserved.key_asc_ascq
+    assert kernel(body) == (True, GOOD, INVALID_FIELD_CDB)
     assert path.read_bytes() == b"\xDE\xAD" * (16 << 10)
 
 
@@ -145,7 +152,7 @@ def test_report_supported_opcodes_lists_what_exec_dispatches_with_timeouts():
         ops.add((d[0], int.from_bytes(d[2:4], "big") if d[5] & 0x01 else -1))
         off += 20
     assert {(0x28, -1), (0x89, -1), (0x93, -1), (0x9E, 0x10), (0x48, 0x02), (0x5E, -1)} <= ops
-    assert (0x43, -1) not in ops            # READ TOC is for vdisk_cdrom only
+    assert (0x43, -1) not in ops            # READ TOC is for vcdrom only
     one = _rsoc(dev, 1, op=0x2A)
     assert one.data[1] & 0x07 == 3 and one.data[4] == 0x2A and one.data[5] == 0x18
     assert _rsoc(dev, 1, op=0x9E).key_asc_ascq == INVALID_FIELD_CDB

@@ -129,11 +129,18 @@ def test_device_identification_has_t10_vendor_and_naa_designators(dev):
     assert naa == make_dev(nullio_devtype, "null0", {"size": "1M"}).dh_priv.naa_id
 
 
-def test_device_identification_appends_port_designators_from_hook(dev, monkeypatch):
-    monkeypatch.setattr(vd, "vdisk_port_designators_hook",
-                        lambda cmd: bytes((0x61, 0x94, 0, 4, 0, 0, 0, 1)))
-    d = inquiry(dev, 1, 0x83).data
-    assert d.endswith(bytes((0x61, 0x94, 0, 4, 0, 0, 0, 1)))
+def test_device_identification_appends_the_ports_designators_from_the_core(dev):
+    """scst_core.tg supplies the relative target port and the port's SCSI
+    name string (iSCSI: PIV=1, protocol 5, association 01b)."""
+    from scst_core.scst import scst_session, scst_tgt, scst_tgt_template
+    tgt = scst_tgt(scst_tgt_template("iscsi"), "iqn.2026-11.org.uscst:p", rel_tgt_id=3)
+    sess = scst_session(tgt, "iqn.i")
+    d = run_cmd(dev, [0x12, 1, 0x83, 0, 255, 0], sess=sess).data
+    assert bytes((0x51, 0x94, 0, 4, 0, 0, 0, 3)) in d            # relative target port 3
+    name = b"iqn.2026-11.org.uscst:p,t,0x0001\x00"
+    name += bytes(-len(name) % 4)
+    assert d.endswith(bytes((0x53, 0x98, 0, len(name))) + name)
+    assert bytes((0x51, 0x95)) not in d                          # in no device group
 
 
 def test_block_limits_page_is_sbc3_length_and_reports_no_unmap_when_thick(dev):
@@ -152,6 +159,19 @@ def test_thin_device_reports_lbpu_unmap_limits_and_lbpme():
     assert 0 < int.from_bytes(bl[24:28], "big") <= 1 << 20
     rc = run_cmd(dev, [0x9E, 0x10] + [0] * 8 + [0, 0, 0, 32, 0, 0])
     assert rc.data[14] & 0x80
+
+
+@pytest.mark.parametrize("params, lbppbe", [({}, 0), ({"physical_blocksize": "4096"}, 3),
+                                            ({"blocksize": "4096", "physical_blocksize": "8192"}, 1)])
+def test_read_capacity16_reports_logical_blocks_per_physical_block(params, lbppbe):
+    dev = make_dev(nullio_devtype, "pb", {"size": "1M", **params})
+    rc = run_cmd(dev, [0x9E, 0x10] + [0] * 8 + [0, 0, 0, 32, 0, 0])
+    assert rc.data[13] & 0x0F == lbppbe
+
+
+def test_standard_inquiry_claims_third_party_copy_and_vpd_lists_its_page(dev):
+    assert inquiry(dev).data[5] & 0x08                                  # 3PC
+    assert 0x8F in inquiry(dev, 1, 0x00).data[4:]
 
 
 def test_block_characteristics_reports_non_rotating_when_asked():
@@ -462,7 +482,9 @@ def test_unknown_add_device_parameter_is_einval_with_a_line_naming_it():
 
 
 @pytest.mark.parametrize("params", [{"size": "12Q"}, {"size": "1M", "blocksize": "1000"},
-                                    {"size": "1M", "read_only": "maybe"}, {"size": "1M", "prod_id": "x" * 17}])
+                                    {"size": "1M", "read_only": "maybe"}, {"size": "1M", "prod_id": "x" * 17},
+                                    {"size": "1M", "physical_blocksize": "3000"},
+                                    {"size": "1M", "blocksize": "4096", "physical_blocksize": "512"}])
 def test_bad_add_device_values_are_einval(params):
     assert vd.vdisk_alloc_dev("vdisk_nullio", "x", params) == -EINVAL
 
