@@ -161,7 +161,8 @@ def _spawn_uscstd(workdir: Path, extra: tuple[str, ...], host: str, port: int,
     n = len(list(workdir.glob("uscstd-*.err")))
     log = workdir / f"uscstd-{n}.err"
     out = workdir / f"uscstd-{n}.out"
-    with open(log, "wb") as ferr, open(out, "wb") as fout:
+    # O_APPEND: a test may append to the log while uscstd writes to it.
+    with open(log, "ab") as ferr, open(out, "ab") as fout:
         proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
                                 stdout=fout, stderr=ferr,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
