@@ -1,18 +1,23 @@
 """Files: filp_open, vfs_readv/vfs_writev, fsync, fallocate, llseek.
 
-Twin of fs/open.c, fs/read_write.c, fs/sync.c and fs/open.c's
-vfs_fallocate, with include/linux/fs.h.
+Twin of fs/open.c, fs/read_write.c, fs/sync.c, fs/stat.c (vfs_getattr)
+and fs/open.c's vfs_fallocate, with include/linux/fs.h and stat.h.
 
 Contexts: filp_open, filp_close, vfs_readv, vfs_writev, vfs_fsync and
-vfs_fallocate may sleep: task context only. vfs_readv_nowait never sleeps. vfs_submit (asynchronous
-I/O, as a kiocb with ki_complete) from any context; its completion runs in
-softirq context. i_size_read from any context.
+vfs_fallocate may sleep: task context only. vfs_readv_nowait never sleeps,
+nor does vfs_getattr (one statx on the open file, inline). vfs_submit
+(asynchronous I/O, as a kiocb with ki_complete) from any context; its
+completion runs in softirq context. i_size_read from any context.
 
 Differs from the kernel: the page cache is the host's. A read first tries
 preadv(RWF_NOWAIT) inline, which succeeds when the host's page cache holds
 the data; otherwise, and for every write, fsync and fallocate, the call goes
 to the engine's worker pool and the task sleeps on a completion until it
 returns (the host thread never blocks). Errors are negative errno values.
+A file opened O_DIRECT is O_DIRECT on the host: its buffers, offsets and
+lengths must meet the alignment vfs_getattr(STATX_DIOALIGN) reports, which
+page_alloc's pages do not (kshim.dmapool's blocks do). vfs_getattr takes
+the open file (the kernel's takes a path) and answers only STATX_DIOALIGN.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ FALLOC_FL_ZERO_RANGE = host.FALLOC_FL_ZERO_RANGE
 SEEK_SET = host.SEEK_SET
 SEEK_DATA = host.SEEK_DATA
 SEEK_HOLE = host.SEEK_HOLE
+STATX_DIOALIGN = host.STATX_DIOALIGN
 
 stats = {"read_nowait_hits": 0, "read_pool": 0, "write_pool": 0, "fsync": 0}
 
@@ -79,6 +85,28 @@ def filp_close(f: file) -> int:
         return -EBADF
     fd, f.fd = f.fd, -1
     return host.file_close(fd)
+
+
+class kstat:
+    """What vfs_getattr fills in: only the STATX_DIOALIGN fields."""
+    __slots__ = ("result_mask", "dio_mem_align", "dio_offset_align")
+
+    def __init__(self) -> None:
+        self.result_mask = 0
+        self.dio_mem_align = 0          # buffer address alignment for O_DIRECT
+        self.dio_offset_align = 0       # file offset and length alignment; 0: no O_DIRECT
+
+
+def vfs_getattr(f: file, stat: kstat, request_mask: int) -> int:
+    """Fill stat for the open file: 0 or -errno. Only STATX_DIOALIGN is
+    answered; stat.result_mask lacks it when the host kernel does not say
+    (before Linux 6.1)."""
+    r = host.file_dio_align(f.fd)
+    if isinstance(r, int):
+        return r
+    stat.result_mask = r[0] & request_mask & STATX_DIOALIGN
+    stat.dio_mem_align, stat.dio_offset_align = (r[1], r[2]) if stat.result_mask else (0, 0)
+    return 0
 
 
 def file_inode(f: file) -> inode:

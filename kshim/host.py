@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import errno as _errno
+import mmap
 import os
 import queue
 import socket
@@ -64,6 +65,14 @@ FALLOC_FL_ZERO_RANGE = 0x10
 SEEK_SET = os.SEEK_SET
 SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
+STATX_DIOALIGN = 0x2000
+_AT_EMPTY_PATH = 0x1000
+# struct statx (include/uapi/linux/stat.h): size, and where stx_mask,
+# stx_dio_mem_align and stx_dio_offset_align sit
+_STATX_SIZE = 256
+_STX_MASK = 0
+_STX_DIO_MEM_ALIGN = 0x98
+_STX_DIO_OFFSET_ALIGN = 0x9C
 
 
 def _neg(e: OSError) -> int:
@@ -221,12 +230,17 @@ def file_fallocate(fd: int, mode: int, offset: int, length: int) -> int:
 _libc: Any = None
 
 
-def _fallocate_raw(fd: int, mode: int, offset: int, length: int) -> int:
+def _libc_get() -> Any:
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-    if _libc.fallocate(fd, mode, offset, length) != 0:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+        _libc = lib
+    return _libc
+
+
+def _fallocate_raw(fd: int, mode: int, offset: int, length: int) -> int:
+    if _libc_get().fallocate(fd, mode, offset, length) != 0:
         return -ctypes.get_errno()
     return 0
 
@@ -236,6 +250,47 @@ def file_lseek(fd: int, offset: int, whence: int) -> int:
         return os.lseek(fd, offset, whence)
     except OSError as e:
         return _neg(e)
+
+
+def file_dio_align(fd: int) -> "tuple[int, int, int] | int":
+    """statx(STATX_DIOALIGN) of an open file: (result mask, dio_mem_align,
+    dio_offset_align), the alignments are 0 when the mask lacks
+    STATX_DIOALIGN (kernels before 6.1, or no direct I/O); or -errno."""
+    statx = getattr(_libc_get(), "statx", None)
+    if statx is None:
+        return -_errno.ENOSYS
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    if statx(fd, b"", _AT_EMPTY_PATH, STATX_DIOALIGN, buf) != 0:
+        return -ctypes.get_errno()
+    raw = buf.raw
+    mask = int.from_bytes(raw[_STX_MASK:_STX_MASK + 4], "little")
+    if not mask & STATX_DIOALIGN:
+        return mask, 0, 0
+    return (mask, int.from_bytes(raw[_STX_DIO_MEM_ALIGN:_STX_DIO_MEM_ALIGN + 4], "little"),
+            int.from_bytes(raw[_STX_DIO_OFFSET_ALIGN:_STX_DIO_OFFSET_ALIGN + 4], "little"))
+
+
+# -- aligned memory ---------------------------------------------------------
+
+def alloc_aligned(size: int) -> "memoryview | int":
+    """size bytes of zeroed anonymous memory at an address aligned to the
+    host page (an mmap), as a writable memoryview; or -ENOMEM."""
+    try:
+        return memoryview(mmap.mmap(-1, size))
+    except (OSError, ValueError, OverflowError):
+        return -_errno.ENOMEM
+
+
+def free_aligned(mv: memoryview) -> int:
+    """Give memory from alloc_aligned back to the host: 0, or -EBUSY while
+    another view of it is alive (it goes when that view does)."""
+    m = mv.obj
+    try:
+        mv.release()
+        m.close()
+    except BufferError:
+        return -_errno.EBUSY
+    return 0
 
 
 # -- sockets ----------------------------------------------------------------
@@ -354,6 +409,10 @@ class worker_pool:
                 job.result = job.fn(*job.args)
             except OSError as e:
                 job.result = _neg(e)
+            # Hold no buffer past the call (this thread keeps `job` until
+            # the next one): kshim.dmapool unmaps memory only when no view
+            # of it is left.
+            job.args = ()
             self._post(job)
 
     def stop(self) -> None:

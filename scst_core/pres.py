@@ -17,9 +17,15 @@ half of it. scst_pr_init_dev/scst_pr_clear_dev from task context
 Differs from SCST: an I_T nexus is identified by its TransportID (the
 target driver's get_initiator_port_transport_id, or the initiator name
 with the iSCSI ISID) plus the relative target port id, instead of a
-pointer to the tgt_dev; REGISTER AND MOVE, SPEC_I_PT and ALL_TG_PT are not
-supported (REPORT CAPABILITIES says so). PREEMPT AND ABORT preempts but
-does not abort the preempted nexuses' tasks. The APTPL state lives in two
+pointer to the tgt_dev, so a registration may name a nexus that is not
+logged in (REGISTER AND MOVE to an initiator port by name and ISID, or
+APTPL state restored at start) and applies once it logs in. REGISTER AND
+MOVE takes iSCSI TransportIDs only; one of format 00b (a name without an
+ISID) must match exactly one initiator port the device server knows at
+that target port. SPEC_I_PT and ALL_TG_PT are not supported (REPORT
+CAPABILITIES says so: SIP_C=0, ATP_C=0). PREEMPT AND ABORT aborts the
+preempted nexuses' tasks through the core (scst_pr_abort_all, with TAS)
+and completes without waiting for them to end. The APTPL state lives in two
 alternating files <scst_pr_dir>/<device>.pr0/.pr1, each ending in a
 SHA-256 of its content; the newer valid one wins at attach, so a crash in
 the middle of a write leaves the previous state (no rename needed). A
@@ -83,6 +89,9 @@ PR_REGISTER_AND_MOVE = 0x07
 scst_sense_reservations_preempted_UA = (UNIT_ATTENTION, 0x2A, 0x03)
 scst_sense_reservations_released_UA = (UNIT_ATTENTION, 0x2A, 0x04)
 scst_sense_registrations_preempted_UA = (UNIT_ATTENTION, 0x2A, 0x05)
+
+# PROTOCOL IDENTIFIER of an iSCSI TransportID (SPC-4 7.6.1 table 444)
+SCSI_TRANSPORTID_PROTOCOLID_ISCSI = 0x5
 
 _PR_FILE_MAGIC = "uscst-pr 1"
 
@@ -331,7 +340,7 @@ def scst_pr_exec_out(cmd: "scst_cmd") -> None:
         scst_set_invalid_field_in_cdb(cmd, 1, 4)
         return
     if sa == PR_REGISTER_AND_MOVE:
-        scst_set_invalid_field_in_cdb(cmd, 1, 4)
+        scst_pr_register_and_move(cmd, prd, plen)
         return
     if plen != 24:
         scst_set_cmd_error(cmd, scst_sense_parameter_list_length_invalid)
@@ -418,10 +427,17 @@ def scst_pr_exec_out(cmd: "scst_cmd") -> None:
             prd.pr_generation = (prd.pr_generation + 1) & 0xFFFFFFFF
             changed = True
         else:                           # PREEMPT, PREEMPT AND ABORT
+            before = [(r.transport_id, r.rel_tgt_id) for r in prd.registrants]
             if not _pr_preempt(cmd, prd, reg, nexus, sa_key, scope, ptype):
                 return
             prd.pr_generation = (prd.pr_generation + 1) & 0xFFFFFFFF
             changed = True
+            if sa == PR_PREEMPT_AND_ABORT:
+                # The preempted nexuses' commands are aborted (SPC-4
+                # 5.12.11.2.4); the core imports this module, hence here.
+                from scst_core.targ import scst_pr_abort_all
+                kept = {(r.transport_id, r.rel_tgt_id) for r in prd.registrants}
+                scst_pr_abort_all(cmd, [nx for nx in before if nx not in kept])
     if changed and (prd.pr_aptpl or was_aptpl):
         scst_pr_sync_device_file(prd)
 
@@ -456,6 +472,150 @@ def _pr_preempt(cmd: "scst_cmd", prd: scst_pr_dev, reg: scst_dev_registrant,
             prd.registrants.remove(r)
     _ua_registrants(cmd, prd, scst_sense_registrations_preempted_UA, nexus, victims)
     return True
+
+
+# ---------------------------------------------------------------- REGISTER AND MOVE
+
+def scst_iscsi_parse_transport_id(tid: bytes) -> tuple[str, bytes | None] | int:
+    """Decode an iSCSI TransportID (SPC-4 7.6.4.6) of exactly
+    4 + ADDITIONAL LENGTH bytes: (initiator name, ISID) for format 01b
+    (initiator port), (initiator name, None) for format 00b (initiator
+    device). A malformed one gives the offset in tid of the field at fault
+    (>= 0)."""
+    if tid[0] & 0x0F != SCSI_TRANSPORTID_PROTOCOLID_ISCSI or tid[0] & 0xB0:
+        return 0
+    addl = int.from_bytes(tid[2:4], "big")
+    if addl < 20 or addl % 4 or 4 + addl != len(tid):
+        return 2
+    # The name (00b) or the ISID (01b) ends at the first NUL.
+    text = bytes(tid[4:]).split(b"\x00", 1)[0]
+    isid = None
+    if tid[0] & 0x40:
+        sep = text.lower().find(b",i,0x")
+        if sep < 0:
+            return 4
+        isid_hex = text[sep + 5:]
+        if len(isid_hex) != 12 or not all(c in b"0123456789abcdefABCDEF" for c in isid_hex):
+            return 4 + sep + 5
+        isid = bytes.fromhex(isid_hex.decode("ascii"))
+        text = text[:sep]
+    try:
+        name = text.decode("utf-8")
+    except UnicodeDecodeError:
+        return 4
+    return (name, isid) if name else 4
+
+
+def _pr_tgt_port_exists(cmd: "scst_cmd", rel_tgt_id: int) -> bool:
+    """Is rel_tgt_id a target port of ours through which cmd's device is
+    reachable: the command's own, or a registered target mapping the
+    device in one of its groups?"""
+    from scst_core import main as scst_main
+    if cmd.sess.tgt.rel_tgt_id == rel_tgt_id:
+        return True
+    for tgtt in scst_main.scst_template_list:
+        for tgt in tgtt.tgt_list:
+            if tgt.rel_tgt_id != rel_tgt_id:
+                continue
+            for acg in [tgt.default_acg] + tgt.tgt_acg_list:
+                if acg is not None and any(d.dev is cmd.dev for d in acg.acg_dev_list.values()):
+                    return True
+    return False
+
+
+def _pr_dest_port(cmd: "scst_cmd", prd: scst_pr_dev, rel_tgt_id: int, name: str,
+                  isid: bytes | None) -> bytes | None:
+    """The TransportID of the initiator port a REGISTER AND MOVE names at
+    rel_tgt_id. iSCSI names compare without regard to case (RFC 3722
+    folds them to lower case, the form a port not known yet is kept in).
+    With an ISID (format 01b) the port is that one, known or not; with a
+    name alone (00b) it must be the only port of that name the device
+    server knows there (a registrant or a logged-in nexus), else None."""
+    known = [r.transport_id for r in prd.registrants if r.rel_tgt_id == rel_tgt_id]
+    for tgt_dev in cmd.dev.dev_tgt_dev_list:
+        tid, rel = scst_sess_nexus(tgt_dev.sess)
+        if rel == rel_tgt_id and tid not in known:
+            known.append(tid)
+    matches = []
+    for tid in known:
+        port = scst_iscsi_parse_transport_id(tid)
+        if not isinstance(port, int) and port[0].lower() == name.lower() \
+                and (isid is None or port[1] == isid):
+            matches.append(tid)
+    if isid is not None:
+        return matches[0] if matches else scst_iscsi_transport_id(name.lower(), isid)
+    return matches[0] if len(matches) == 1 else None
+
+
+def scst_pr_register_and_move(cmd: "scst_cmd", prd: scst_pr_dev, plen: int) -> None:
+    """PERSISTENT RESERVE OUT, REGISTER AND MOVE (SPC-4 5.13.8, parameter
+    list 6.16.4): the holder registers another I_T nexus with the service
+    action key and hands it the reservation, same scope and type. The
+    destination need not be logged in: its registration applies when that
+    initiator port logs in at that target port."""
+    if plen < 24:
+        scst_set_cmd_error(cmd, scst_sense_parameter_list_length_invalid)
+        return
+    data = scst_get_buf_full(cmd)
+    n = min(plen, len(data))
+    if n < 24:
+        scst_set_cmd_error(cmd, scst_sense_parameter_list_length_invalid)
+        return
+    res_key = int.from_bytes(data[0:8], "big")
+    sa_key = int.from_bytes(data[8:16], "big")
+    unreg = bool(data[17] & 0x02)
+    aptpl = bool(data[17] & 0x01)
+    rel_tgt_id = int.from_bytes(data[18:20], "big")
+    tid_len = int.from_bytes(data[20:24], "big")
+    nexus = scst_cmd_nexus(cmd)
+    reg = _find_reg(prd, nexus)
+    if reg is None or res_key != reg.key:
+        scst_set_cmd_error_status(cmd, SAM_STAT_RESERVATION_CONFLICT)
+        return
+    if not prd.pr_is_set:
+        scst_set_invalid_field_in_cdb(cmd, 1, 4)
+        return
+    if prd.pr_type in _ALL_REG_TYPES or prd.pr_holder is not reg:
+        scst_set_cmd_error_status(cmd, SAM_STAT_RESERVATION_CONFLICT)
+        return
+    if sa_key == 0:
+        scst_set_invalid_field_in_parm_list(cmd, 8)
+        return
+    if aptpl and scst_pr_dir is None:
+        scst_set_invalid_field_in_parm_list(cmd, 17, 0)
+        return
+    if tid_len < 24 or tid_len % 4:
+        scst_set_invalid_field_in_parm_list(cmd, 20)
+        return
+    if 24 + tid_len > n or 28 + int.from_bytes(data[26:28], "big") > 24 + tid_len:
+        # The TransportID does not fit the parameter list, or is truncated.
+        scst_set_cmd_error(cmd, scst_sense_parameter_list_length_invalid)
+        return
+    port = scst_iscsi_parse_transport_id(bytes(data[24:24 + tid_len]))
+    if isinstance(port, int):
+        scst_set_invalid_field_in_parm_list(cmd, 24 + port)
+        return
+    if not _pr_tgt_port_exists(cmd, rel_tgt_id):
+        scst_set_invalid_field_in_parm_list(cmd, 18)
+        return
+    dest_tid = _pr_dest_port(cmd, prd, rel_tgt_id, *port)
+    if dest_tid is None or dest_tid == nexus[0]:
+        scst_set_invalid_field_in_parm_list(cmd, 24)
+        return
+    was_aptpl = prd.pr_aptpl
+    dest = _find_reg(prd, (dest_tid, rel_tgt_id))
+    if dest is None:
+        dest = scst_dev_registrant(dest_tid, rel_tgt_id, sa_key)
+        prd.registrants.append(dest)
+    else:
+        dest.key = sa_key
+    prd.pr_holder = dest
+    if unreg:
+        _unregister(cmd, prd, reg)
+    prd.pr_aptpl = aptpl
+    prd.pr_generation = (prd.pr_generation + 1) & 0xFFFFFFFF
+    if prd.pr_aptpl or was_aptpl:
+        scst_pr_sync_device_file(prd)
 
 
 # ---------------------------------------------------------------- APTPL file

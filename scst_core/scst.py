@@ -96,6 +96,13 @@ SCST_DESCRIPTOR_SENSE = 0x10000
 SCST_MAX_CDB_SIZE = 32
 SCST_DEFAULT_DEV_THREADS = 8
 
+# Control mode page (SPC-4 7.5.8) task set type and queue error management
+SCST_TST_0_SINGLE_TASK_SET = 0          # one task set for every I_T nexus
+SCST_TST_1_SEP_TASK_SETS = 1            # a task set per I_T nexus
+SCST_QERR_0_ALL_RESUME = 0              # a CHECK CONDITION leaves other tasks alone
+SCST_QERR_1_ABORT_ALL = 1               # ... aborts every other task in the task set
+SCST_QERR_3_ABORT_THIS_NEXUS_ONLY = 3   # ... aborts the other tasks of its I_T nexus
+
 
 @attrs.define(slots=True, eq=False)
 class scst_tgt_template:
@@ -167,8 +174,9 @@ class scst_device:
     block_size: int = 512
     rd_only: bool = False
     # SPC-4 device-wide mode parameters the core acts on
-    tst: int = 0
+    tst: int = SCST_TST_0_SINGLE_TASK_SET
     queue_alg: int = 1
+    qerr: int = SCST_QERR_0_ALL_RESUME
     swp: bool = False
     tas: bool = False
     d_sense: bool = False
@@ -176,11 +184,13 @@ class scst_device:
     # protected by scst_mutex
     dev_tgt_dev_list: list = attrs.field(factory=list)
     dev_lock: spinlock_t = attrs.field(factory=lambda: spinlock_t("dev_lock"))
-    # task ordering (SAM-5 8.6; scst_targ.c's SN handling), one task set
-    # for all I_T nexuses (TST=0): touched on the command path, one CPU
+    # task ordering (SAM-5 8.6; scst_targ.c's SN handling) over the
+    # device's commands, within each nexus if tst says separate task sets:
+    # touched on the command path, one CPU
     sn_next: int = 0                # arrival number of the next command
     ordered_pending: int = 0        # ORDERED commands not yet finished
     deferred_cmds: list = attrs.field(factory=list)   # held back at exec, in order
+    dev_cmd_count: int = 0          # commands in the task set(s), INIT done to freed
     # statistics
     cmd_count: int = 0
 
@@ -291,6 +301,9 @@ class scst_cmd:
     exec_sync: bool = False         # the handler's exec() is still on the stack
     finished: bool = False
     aborted: bool = False
+    # aborted by another I_T nexus with TAS=1: answered with TASK ABORTED
+    # (valid only while aborted is set)
+    device_tas: bool = False
     data_buf_alloced: bool = False
     atomic: bool = False
 

@@ -16,8 +16,22 @@ the caller's context until it reaches a state that must sleep (the exec of
 a dev handler that may sleep), where it is queued to the device's command
 threads; a completion arriving in softirq context continues the same way.
 
-Task attributes: SIMPLE, ORDERED and HEAD OF QUEUE are honoured at the
-exec state over one task set per device (TST=0); ACA runs as SIMPLE.
+Task set management (SAM-5 5.3, 5.6, 8.6; SPC-4 7.5.8 control mode page):
+- SIMPLE, ORDERED and HEAD OF QUEUE are honoured at the exec state; ACA
+  runs as SIMPLE. The task set is the device's (TST=000b) or, with
+  TST=001b, each I_T nexus's own: ordering, CLEAR TASK SET and QErr then
+  stay within the nexus.
+- TASK SET FULL / BUSY: a device holds at most SCST_MAX_DEV_COMMANDS
+  commands (from scst_cmd_init_done to their free); one more gets TASK
+  SET FULL if its I_T nexus has other commands there, BUSY if not.
+- Aborts (task management, QErr, PREEMPT AND ABORT) by the command's own
+  nexus are silent. By another nexus's action: with TAS=1 the command is
+  answered with TASK ABORTED; with TAS=0 silently, and, except for
+  resets (which raise their own UA), a COMMANDS CLEARED BY ANOTHER
+  INITIATOR unit attention goes to its nexus.
+- QErr (when a command ends with CHECK CONDITION): 00b nothing else
+  happens; 01b the other commands of the task set are aborted; 11b those
+  of the same I_T nexus only.
 
 Differs from SCST: no per-session/per-CPU thread pools, only the
 per-device pool; a dev handler may offer exec_nowait(), a non-sleeping
@@ -40,7 +54,9 @@ from kshim.spinlock import spin_lock_bh, spin_unlock_bh
 from kshim.wait import wait_event_interruptible_exclusive, wake_up
 from scst_core import cdbprobe
 from scst_core import tg as scst_tg
-from scst_core.const import (SAM_STAT_RESERVATION_CONFLICT, INQUIRY, SCST_CMD_QUEUE_HEAD_OF_QUEUE,
+from scst_core.const import (SAM_STAT_BUSY, SAM_STAT_CHECK_CONDITION,
+                             SAM_STAT_RESERVATION_CONFLICT, SAM_STAT_TASK_ABORTED,
+                             SAM_STAT_TASK_SET_FULL, INQUIRY, SCST_CMD_QUEUE_HEAD_OF_QUEUE,
                              SCST_CMD_QUEUE_ORDERED, REPORT_LUNS, REQUEST_SENSE, SCST_ABORT_ALL_TASKS_SESS,
                              SCST_ABORT_TASK, SCST_ABORT_TASK_SET, SCST_CLEAR_ACA,
                              SCST_CLEAR_TASK_SET, SCST_LUN_RESET, SCST_MGMT_STATUS_FN_NOT_SUPPORTED,
@@ -48,12 +64,12 @@ from scst_core.const import (SAM_STAT_RESERVATION_CONFLICT, INQUIRY, SCST_CMD_QU
                              SCST_NEXUS_LOSS_SESS, SCST_TARGET_RESET, SAM_STAT_GOOD, scst_sense_hardw_error,
                              scst_sense_invalid_field_in_cdb, scst_sense_invalid_opcode,
                              scst_sense_invalid_field_in_iu, scst_sense_lun_not_supported,
-                             scst_sense_data_protect, scst_sense_lun_reset_UA,
-                             scst_sense_reset_UA)
+                             scst_sense_cleared_by_another_ini_UA, scst_sense_data_protect,
+                             scst_sense_lun_reset_UA, scst_sense_reset_UA)
 from scst_core.lib import scst_set_cmd_error, scst_set_cmd_error_status, scst_unpack_lun
 from scst_core.local_cmd import scst_local_exec
 from scst_core.mem import scst_alloc_space, scst_release_space
-from scst_core.pres import scst_pr_dev_reset, scst_pr_is_cmd_allowed
+from scst_core.pres import scst_pr_dev_reset, scst_pr_is_cmd_allowed, scst_sess_nexus
 from scst_core.ua import scst_check_ua, scst_queue_ua
 from scst_core.scst import (SCST_CMD_STATE_DEFAULT, SCST_CMD_STATE_DEV_DONE,
                             SCST_CMD_STATE_FINISHED, SCST_CMD_STATE_INIT,
@@ -64,12 +80,17 @@ from scst_core.scst import (SCST_CMD_STATE_DEFAULT, SCST_CMD_STATE_DEV_DONE,
                             SCST_CMD_STATE_DATA_WAIT, SCST_CONTEXT_THREAD,
                             SCST_DATA_NONE, SCST_DATA_READ, SCST_DATA_WRITE,
                             SCST_RX_STATUS_SUCCESS, SCST_RX_STATUS_ERROR_SENSE_SET,
-                            SCST_TGT_RES_SUCCESS, SCST_WRITE_MEDIUM, scst_cmd, scst_mgmt_cmd,
+                            SCST_QERR_1_ABORT_ALL, SCST_TGT_RES_SUCCESS, SCST_TST_1_SEP_TASK_SETS,
+                            SCST_WRITE_MEDIUM, scst_cmd, scst_mgmt_cmd,
                             scst_cmd_threads, scst_device, scst_session)
 
 # The longest transfer one command may ask for (the peer's number is
 # checked against it before anything is allocated).
 SCST_MAX_BUFFLEN = 64 << 20
+
+# Commands one device holds before it answers TASK SET FULL or BUSY: eight
+# sessions at the iSCSI driver's default window (QueuedCommands 32).
+SCST_MAX_DEV_COMMANDS = 256
 
 scst_cmd_cachep = kmem_cache_create("scst_cmd", scst_cmd,
                                     ctor=lambda: scst_cmd(None, None, None, b""))
@@ -143,7 +164,11 @@ def scst_cmd_init_done(cmd: scst_cmd, pref_context: int) -> None:
         dev.sn_next += 1
         if cmd.queue_type == SCST_CMD_QUEUE_ORDERED:
             dev.ordered_pending += 1
-        if tgt_dev.UA_list and scst_check_ua(cmd):
+        dev.dev_cmd_count += 1
+        if dev.dev_cmd_count > SCST_MAX_DEV_COMMANDS:
+            scst_set_busy(cmd)
+            cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
+        elif tgt_dev.UA_list and scst_check_ua(cmd):
             cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
         elif scst_tg.scst_alua_filters and scst_tg.scst_tg_check_alua(cmd):
             cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP     # ALUA state (scst_core.tg)
@@ -207,11 +232,23 @@ def _rdy_to_xfer(cmd: scst_cmd) -> int:
 
 
 def _pre_xmit_resp(cmd: scst_cmd) -> int:
+    dev = cmd.dev
+    if (cmd.status == SAM_STAT_CHECK_CONDITION and dev is not None and dev.qerr
+            and not cmd.aborted):
+        _qerr_abort(cmd)
     cmd.state = SCST_CMD_STATE_XMIT_RESP
     return _RES_CONT_NEXT
 
 
 def _xmit_response(cmd: scst_cmd) -> int:
+    if cmd.aborted and cmd.device_tas:
+        # Aborted by another I_T nexus with TAS=1 (SAM-5 5.6): answered,
+        # with TASK ABORTED and nothing else; the driver sends it as it
+        # sends any response.
+        cmd.aborted = False
+        cmd.status = SAM_STAT_TASK_ABORTED
+        cmd.sense_valid_len = 0
+        cmd.resp_data_len = 0
     cmd.state = SCST_CMD_STATE_XMIT_WAIT
     if cmd.tgtt.xmit_response(cmd) != SCST_TGT_RES_SUCCESS:
         pr_err(f"scst: xmit_response failed for cmd tag {cmd.tag:#x}: freeing it")
@@ -342,15 +379,21 @@ def _dev_done(cmd: scst_cmd) -> int:
         elif cmd.data_direction & SCST_DATA_WRITE:
             sess.writes += 1
             sess.write_bytes += cmd.write_len
+    elif (cmd.status == SAM_STAT_CHECK_CONDITION and dev is not None and dev.qerr
+            and not cmd.aborted):
+        _qerr_abort(cmd)
     cmd.state = SCST_CMD_STATE_XMIT_RESP
     return _RES_CONT_NEXT
 
 
-def _older_unfinished(dev: scst_device, sn: int, ordered_only: bool) -> bool:
-    """Is a command that arrived on dev before `sn` (an ORDERED one, if
-    ordered_only) still unfinished? Scans the task set: only runs while an
-    ORDERED command is about."""
-    for td in dev.dev_tgt_dev_list:
+def _older_unfinished(cmd: scst_cmd, ordered_only: bool) -> bool:
+    """Is a command of cmd's task set that arrived before it (an ORDERED
+    one, if ordered_only) still unfinished? Scans the task set: only runs
+    while an ORDERED command is about."""
+    dev = cmd.dev
+    sn = cmd.sn
+    tgt_devs = (cmd.tgt_dev,) if dev.tst == SCST_TST_1_SEP_TASK_SETS else dev.dev_tgt_dev_list
+    for td in tgt_devs:
         for c in list_for_each_entry(td.sess.sess_cmd_list):
             if c.dev is dev and c.sn < sn and (
                     not ordered_only or c.queue_type == SCST_CMD_QUEUE_ORDERED):
@@ -359,16 +402,21 @@ def _older_unfinished(dev: scst_device, sn: int, ordered_only: bool) -> bool:
 
 
 def _must_wait(cmd: scst_cmd) -> bool:
-    """SAM-5 8.6: an ORDERED command runs after every older command has
-    finished, a SIMPLE one after every older ORDERED one; HEAD OF QUEUE
-    runs at once. Commands held back keep their arrival order."""
+    """SAM-5 8.6: an ORDERED command runs after every older command of its
+    task set has finished, a SIMPLE one after every older ORDERED one; HEAD
+    OF QUEUE runs at once. Commands held back keep their arrival order
+    within their task set."""
     qt = cmd.queue_type
     if qt == SCST_CMD_QUEUE_HEAD_OF_QUEUE:
         return False
     dev = cmd.dev
-    if any(c.sn < cmd.sn for c in dev.deferred_cmds):
+    if dev.tst == SCST_TST_1_SEP_TASK_SETS:
+        td = cmd.tgt_dev
+        if any(c.sn < cmd.sn and c.tgt_dev is td for c in dev.deferred_cmds):
+            return True
+    elif any(c.sn < cmd.sn for c in dev.deferred_cmds):
         return True
-    return _older_unfinished(dev, cmd.sn, qt != SCST_CMD_QUEUE_ORDERED)
+    return _older_unfinished(cmd, qt != SCST_CMD_QUEUE_ORDERED)
 
 
 def _restart_deferred(dev: scst_device) -> None:
@@ -376,7 +424,7 @@ def _restart_deferred(dev: scst_device) -> None:
     waiting = dev.deferred_cmds
     dev.deferred_cmds = []
     for c in waiting:
-        if dev.deferred_cmds or _must_wait(c):
+        if _must_wait(c):
             dev.deferred_cmds.append(c)
         else:
             scst_process_active_cmd(c)
@@ -391,6 +439,7 @@ def _finish_cmd(cmd: scst_cmd) -> None:
     list_del_init(cmd.sess_cmd_list_entry)
     dev = cmd.dev
     if dev is not None:
+        dev.dev_cmd_count -= 1
         if cmd.queue_type == SCST_CMD_QUEUE_ORDERED and cmd.tgt_dev is not None:
             dev.ordered_pending -= 1
         if dev.deferred_cmds:
@@ -413,14 +462,86 @@ def _cmds_of(sess: scst_session, lun: int | None) -> list[scst_cmd]:
             if lun is None or c.lun == lun]
 
 
-def _abort_cmd(cmd: scst_cmd, mcmd: scst_mgmt_cmd) -> None:
-    if cmd.aborted or cmd.state >= SCST_CMD_STATE_XMIT_WAIT and cmd.state != SCST_CMD_STATE_DATA_WAIT:
-        return      # already being answered or freed: too late to abort
+def _cmds_of_dev(dev: scst_device) -> list[scst_cmd]:
+    """Every command of every I_T nexus on dev (its one task set, TST=000b,
+    or all of its per-nexus task sets)."""
+    return [c for td in list(dev.dev_tgt_dev_list) for c in _cmds_of(td.sess, td.lun)]
+
+
+def scst_set_busy(cmd: scst_cmd) -> None:
+    """The task set is full (SAM-5 5.3): TASK SET FULL if cmd's I_T nexus
+    has other commands in it, BUSY if it has none."""
+    tgt_dev = cmd.tgt_dev
+    for c in list_for_each_entry(cmd.sess.sess_cmd_list):
+        if c is not cmd and c.tgt_dev is tgt_dev:
+            scst_set_cmd_error_status(cmd, SAM_STAT_TASK_SET_FULL)
+            return
+    scst_set_cmd_error_status(cmd, SAM_STAT_BUSY)
+
+
+def _abort_cmd(cmd: scst_cmd, mcmd: scst_mgmt_cmd | None, issuer: scst_session,
+               ua: bool) -> bool:
+    """Mark cmd aborted by an action of issuer's I_T nexus; False if it is
+    too late (being answered or freed) or already done. On behalf of
+    another nexus, TAS=1 makes it answer TASK ABORTED; with TAS=0 and ua,
+    its nexus gets COMMANDS CLEARED BY ANOTHER INITIATOR (SAM-5 5.6)."""
+    if (cmd.aborted or cmd.state >= SCST_CMD_STATE_XMIT_WAIT
+            and cmd.state != SCST_CMD_STATE_DATA_WAIT):
+        return False
     cmd.aborted = True
-    cmd.mcmd = mcmd
-    mcmd.cmd_wait_count += 1
-    if cmd.state == SCST_CMD_STATE_DATA_WAIT and cmd.tgtt.on_abort_cmd is not None:
-        cmd.tgtt.on_abort_cmd(cmd)
+    cmd.device_tas = False
+    if cmd.sess is not issuer:
+        # A command the driver still holds back has no tgt_dev yet.
+        tgt_dev = cmd.tgt_dev or cmd.sess.sess_tgt_dev_list.get(cmd.lun)
+        if tgt_dev is not None:
+            if tgt_dev.dev.tas:
+                cmd.device_tas = True
+            elif ua:
+                scst_queue_ua(tgt_dev, scst_sense_cleared_by_another_ini_UA)
+    if mcmd is not None:
+        cmd.mcmd = mcmd
+        mcmd.cmd_wait_count += 1
+    return True
+
+
+def _abort_cmds(victims: list[scst_cmd], mcmd: scst_mgmt_cmd | None, issuer: scst_session,
+                ua: bool) -> None:
+    """Abort victims: mark them all first, then stop the ones waiting for
+    data and let the held-back ones go (reaching no device), so nothing
+    started here runs a victim not yet marked."""
+    aborted = [c for c in victims if _abort_cmd(c, mcmd, issuer, ua)]
+    data_wait = [c for c in aborted if c.state == SCST_CMD_STATE_DATA_WAIT]
+    released = []
+    for dev in dict.fromkeys(c.dev for c in aborted if c.dev is not None):
+        if dev.deferred_cmds:
+            released += [c for c in dev.deferred_cmds if c.aborted]
+            dev.deferred_cmds = [c for c in dev.deferred_cmds if not c.aborted]
+    for cmd in data_wait:
+        if cmd.tgtt.on_abort_cmd is not None:
+            cmd.tgtt.on_abort_cmd(cmd)
+    for cmd in released:
+        scst_process_active_cmd(cmd)
+
+
+def _qerr_abort(cmd: scst_cmd) -> None:
+    """cmd ends with CHECK CONDITION and QErr is 01b or 11b (SPC-4 7.5.8):
+    abort the other commands of its task set, or of its I_T nexus only."""
+    dev = cmd.dev
+    if dev.qerr == SCST_QERR_1_ABORT_ALL and dev.tst != SCST_TST_1_SEP_TASK_SETS:
+        victims = _cmds_of_dev(dev)
+    else:
+        victims = _cmds_of(cmd.sess, cmd.lun)
+    _abort_cmds([c for c in victims if c is not cmd], None, cmd.sess, True)
+
+
+def scst_pr_abort_all(cmd: scst_cmd, nexuses: list[tuple[bytes, int]]) -> None:
+    """PREEMPT AND ABORT (SPC-4 5.12.11.2.4): abort every command of the
+    preempted I_T nexuses on cmd's device, cmd excepted. Called from the
+    PR OUT exec (scst_core.pres); the aborted commands end asynchronously."""
+    dev = cmd.dev
+    victims = [c for td in list(dev.dev_tgt_dev_list) if scst_sess_nexus(td.sess) in nexuses
+               for c in _cmds_of(td.sess, td.lun) if c is not cmd]
+    _abort_cmds(victims, None, cmd.sess, True)
 
 
 def _mcmd_cmd_freed(mcmd: scst_mgmt_cmd) -> None:
@@ -454,12 +575,11 @@ def scst_rx_mgmt_fn(sess: scst_session, fn: int, lun: bytes | None, tag: int,
         if tgt_dev is None:
             mcmd.status = SCST_MGMT_STATUS_LUN_NOT_EXIST
             victims = []
-        elif fn == SCST_ABORT_TASK_SET:
+        elif fn == SCST_ABORT_TASK_SET or (fn == SCST_CLEAR_TASK_SET and
+                                           tgt_dev.dev.tst == SCST_TST_1_SEP_TASK_SETS):
             victims = _cmds_of(sess, mcmd.lun)
         else:
-            # The task set is shared by every I_T nexus (TST=0).
-            victims = [c for td in list(tgt_dev.dev.dev_tgt_dev_list)
-                       for c in _cmds_of(td.sess, td.lun)]
+            victims = _cmds_of_dev(tgt_dev.dev)
     elif fn in (SCST_TARGET_RESET, SCST_NEXUS_LOSS_SESS, SCST_ABORT_ALL_TASKS_SESS):
         sessions = sess.tgt.sess_list if fn == SCST_TARGET_RESET else [sess]
         victims = [c for s in list(sessions) for c in _cmds_of(s, None)]
@@ -468,8 +588,9 @@ def scst_rx_mgmt_fn(sess: scst_session, fn: int, lun: bytes | None, tag: int,
     else:
         mcmd.status = SCST_MGMT_STATUS_FN_NOT_SUPPORTED
         victims = []
-    for cmd in victims:
-        _abort_cmd(cmd, mcmd)
+    # With TAS=0 a CLEAR TASK SET tells the other nexuses it aborted
+    # commands of; a reset raises its own unit attention instead (below).
+    _abort_cmds(victims, mcmd, sess, fn == SCST_CLEAR_TASK_SET)
     if mcmd.status == 0 and fn in (SCST_LUN_RESET, SCST_TARGET_RESET):
         # Every I_T nexus learns of the reset, the one that asked included
         # (SAM-5 6.3.3 c), 6.6 c)).

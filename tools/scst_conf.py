@@ -625,8 +625,8 @@ def validate(cfg: Config, schema: dict, running: "Config | None" = None, force: 
                 raise _err(cfg, a.pos, f"unknown attribute '{a.name}' for DEVICE {dev.name} of "
                            f"HANDLER {dev.handler} (expected one of: {_known(params)})")
             _check_value(a.name, a.values[0], cfg.filename, a)
-        if dev.handler == "vdisk_fileio" and "filename" not in dev.attrs:
-            raise _err(cfg, dev.pos, f"DEVICE {dev.name} of HANDLER vdisk_fileio needs a "
+        if dev.handler in ("vdisk_fileio", "vdisk_blockio") and "filename" not in dev.attrs:
+            raise _err(cfg, dev.pos, f"DEVICE {dev.name} of HANDLER {dev.handler} needs a "
                        f"'filename' attribute")
     devices = set(cfg.devices)
     if running is not None and not force:

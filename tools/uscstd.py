@@ -279,6 +279,12 @@ def register_vdisk_sysfs() -> None:
         dev_attrs=fileio, dev_live_attrs=_VDISK_STR_LIVE + ("sanitize_rate",),
         dev_create_only_attrs=("size", "size_mb"),
         resync_size=resync_size))
+    # vdisk_blockio: fileio's attributes but o_direct (always direct)
+    blockio = tuple(a for a in fileio if a.name != "o_direct")
+    scst_register_devt_sysfs("vdisk_blockio", scst_devt_sysfs(
+        dev_attrs=blockio, dev_live_attrs=_VDISK_STR_LIVE + ("sanitize_rate",),
+        dev_create_only_attrs=("size", "size_mb"),
+        resync_size=resync_size))
     scst_register_devt_sysfs("vdisk_nullio", scst_devt_sysfs(
         dev_attrs=nullio, dev_live_attrs=_VDISK_STR_LIVE + ("size", "sanitize_rate")))
 

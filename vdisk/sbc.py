@@ -126,12 +126,13 @@ def vdisk_exec_write_same(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
         scst_set_cmd_error(cmd, scst_sense_block_out_range_error)
         return
     if nblocks == 0:
-        # WSNZ=0: zero blocks means "to the end of the medium".
+        # WSNZ=0: zero blocks means "to the end of the medium", within the
+        # MAXIMUM WRITE SAME LENGTH like any other count (SBC-4 5.50).
         if lba >= virt_dev.nblocks:
             scst_set_cmd_error(cmd, scst_sense_block_out_range_error)
             return
         nblocks = virt_dev.nblocks - lba
-    elif (nblocks << shift) > VDISK_MAX_WRITE_SAME_BYTES:
+    if (nblocks << shift) > VDISK_MAX_WRITE_SAME_BYTES:
         scst_set_invalid_field_in_cdb(cmd, 10 if sixteen else 7)
         return
     if unmap and not virt_dev.thin_provisioned:

@@ -8,12 +8,12 @@ management entry points vdisk_add_device / vdisk_del_device and the module
 init vdisk_init / vdisk_exit.
 
 Twin of scst/src/dev_handlers/scst_vdisk.c, split per STYLE.md: this file
-holds what scst_vdisk.c shares between its handlers; fileio.py and
-nullio.py hold the fileio and nullio halves.
+holds what scst_vdisk.c shares between its handlers; fileio.py,
+blockio.py, nullio.py and cdrom.py hold the handlers' own parts.
 
 Contexts: parse() from any context (never sleeps). exec() runs where the
-core runs it: a device kthread for vdisk_fileio (it sleeps in vfs calls),
-any context for vdisk_nullio (exec_atomic). vdisk_add_device,
+core runs it: a device kthread for vdisk_fileio, vdisk_blockio and vcdrom
+(they sleep in vfs calls), any context for vdisk_nullio (exec_atomic). vdisk_add_device,
 vdisk_del_device, vdisk_init and vdisk_exit sleep: task context.
 
 Differs from SCST: backends plug in through a vdisk_io_ops record instead
@@ -367,7 +367,7 @@ def vdisk_extended_inquiry(virt_dev: scst_vdisk_dev) -> bytes:
     """Extended INQUIRY Data VPD page (SPC-4 7.8.7), header included."""
     buf = bytearray(64)
     buf[3] = 0x3C
-    buf[5] = 0x01                       # SIMPSUP (every task runs as SIMPLE)
+    buf[5] = 0x07                       # HEADSUP, ORDSUP, SIMPSUP (scst_core.targ)
     buf[6] = 0x00 if virt_dev.nv_cache else 0x01    # V_SUP: a volatile cache exists
     buf[7] = 0x01                       # LUICLR: UAs are cleared per I_T_L nexus
     return bytes(buf)
@@ -586,8 +586,8 @@ def _page_control(virt_dev: scst_vdisk_dev, pc: int) -> bytearray:
     p = bytearray(12)
     p[0], p[1] = MODE_PAGE_CONTROL, 10
     if pc == MODE_SENSE_PC_CHANGEABLE:
-        p[2] = 0x04                     # D_SENSE
-        p[3] = 0x10                     # QUEUE ALGORITHM MODIFIER (0 or 1)
+        p[2] = 0x20 | 0x04              # TST (000b or 001b), D_SENSE
+        p[3] = 0x10 | 0x06              # QUEUE ALGORITHM MODIFIER (0 or 1), QERR (not 10b)
         p[4] = 0x08                     # SWP
         p[5] = 0x40                     # TAS
         return p
@@ -596,7 +596,7 @@ def _page_control(virt_dev: scst_vdisk_dev, pc: int) -> bytearray:
         p[3] = 0x10
     else:
         p[2] = (dev.tst & 7) << 5 | (0x04 if dev.d_sense else 0) | 0x02
-        p[3] = (dev.queue_alg & 0x0F) << 4
+        p[3] = (dev.queue_alg & 0x0F) << 4 | (dev.qerr & 3) << 1
         p[4] = 0x08 if dev.swp else 0
         p[5] = 0x40 if dev.tas else 0
     p[8:10] = b"\xff\xff"               # BUSY TIMEOUT PERIOD: unlimited
@@ -723,6 +723,9 @@ def _mode_select_check(cmd: scst_cmd, virt_dev: scst_vdisk_dev, data: memoryview
         if code == MODE_PAGE_CONTROL and (new[3] >> 4) > 1:
             scst_set_invalid_field_in_parm_list(cmd, off + 3, 7)
             return None
+        if code == MODE_PAGE_CONTROL and (new[3] >> 1) & 3 == 2:      # QERR 10b: reserved
+            scst_set_invalid_field_in_parm_list(cmd, off + 3, 2)
+            return None
         if new[2:] != bytes(cur[2:]):
             changes.append((code, new))
         off += 2 + plen
@@ -739,7 +742,9 @@ def _mode_select_apply(virt_dev: scst_vdisk_dev, code: int, new: bytes) -> None:
         virt_dev.wt_flag = wt
     elif code == MODE_PAGE_CONTROL:
         dev.d_sense = bool(new[2] & 0x04)
+        dev.tst = new[2] >> 5
         dev.queue_alg = new[3] >> 4
+        dev.qerr = (new[3] >> 1) & 3
         dev.swp = bool(new[4] & 0x08)
         dev.tas = bool(new[5] & 0x40)
 
@@ -1232,13 +1237,14 @@ def vdisk_del_device(dev_name: str) -> int:
 
 
 def vdisk_init() -> int:
-    """Register vdisk_fileio, vdisk_nullio and vcdrom with the core."""
+    """Register vdisk_fileio, vdisk_blockio, vdisk_nullio and vcdrom with the core."""
     from scst_core.main import scst_register_virtual_dev_driver, scst_unregister_virtual_dev_driver
+    from vdisk.blockio import blockio_devtype
     from vdisk.cdrom import cdrom_devtype
     from vdisk.fileio import fileio_devtype
     from vdisk.nullio import nullio_devtype
     done = []
-    for devt in (fileio_devtype, nullio_devtype, cdrom_devtype):
+    for devt in (fileio_devtype, blockio_devtype, nullio_devtype, cdrom_devtype):
         ret = scst_register_virtual_dev_driver(devt)
         if ret != 0:
             pr_err(f"vdisk: registering {devt.name} failed: {ret}")

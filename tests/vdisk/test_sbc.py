@@ -70,6 +70,17 @@ def test_write_same_zero_blocks_writes_to_the_end_of_the_medium(kernel, tmp_path
     assert disk[120 * BS:] == b"\x5A" * (8 * BS) and disk[:120 * BS] == bytes(120 * BS)
 
 
+def test_write_same_zero_blocks_past_the_maximum_write_same_length_is_invalid_field(kernel):
+    def body():
+        dev = make_dev(nullio_devtype, "ws2", {"size": "128M"})
+        nblocks = (128 << 20) // BS
+        whole = run_cmd(dev, ws(0x93, 0, 0), bytes(BS))
+        tail = run_cmd(dev, ws(0x93, nblocks // 2, 0), bytes(BS))
+        dev.handler.detach(dev)
+        return whole.key_asc_ascq, tail.status
+    assert kernel(body) == (INVALID_FIELD_CDB, GOOD)
+
+
 def test_compare_and_write_writes_on_match_and_reports_miscompare_offset(kernel, tmp_path):
     path = tmp_path / "d.img"
     path.write_bytes(bytes(64 << 10))
