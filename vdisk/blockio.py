@@ -31,7 +31,7 @@ add_device parameters are fileio's but o_direct (always direct here).
 from __future__ import annotations
 
 from kshim.dmapool import dma_pool, dma_pool_alloc, dma_pool_create, dma_pool_destroy, dma_pool_free
-from kshim.err import EINVAL, ENOMEM, ENOSPC, EOPNOTSUPP, IS_ERR
+from kshim.err import EINVAL, ENOMEM, ENOSPC, IS_ERR
 from kshim.fs import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, O_CREAT, O_DIRECT, O_DSYNC,
                       O_LARGEFILE, O_RDONLY, O_RDWR, STATX_DIOALIGN, file, file_inode, filp_close,
                       filp_open, i_size_read, kstat, vfs_fallocate, vfs_fsync_range, vfs_getattr,
@@ -43,7 +43,7 @@ from scst_core.const import (scst_sense_hardw_error, scst_sense_read_error,
                              scst_sense_space_allocation_failed, scst_sense_write_error)
 from scst_core.lib import scst_cmd_iov, scst_set_cmd_error
 from scst_core.scst import scst_cmd, scst_device
-from vdisk.fileio import fileio_lba_status
+from vdisk.fileio import fileio_lba_status, fileio_unmap
 from vdisk.vdisk import (scst_vdisk_dev, vdisk_add_device_parameters, vdisk_attach_common,
                          vdisk_detach_common, vdisk_do_exec, vdisk_io_ops, vdisk_make_devtype)
 
@@ -214,26 +214,8 @@ def blockio_sync(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length: int)
     return ret
 
 
-def blockio_unmap(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length: int) -> int:
-    ret = vfs_fallocate(virt_dev.file, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, pos, length)
-    if ret == -EOPNOTSUPP:
-        # LBPRZ promises zeros: write them (bounded: length / 1 MiB writes).
-        done = 0
-        while done < length:
-            n = min(len(_ZEROS), length - done)
-            ret = blockio_write_buf(virt_dev, cmd, pos + done, memoryview(_ZEROS)[:n])
-            if ret != 0:
-                return ret
-            done += n
-        return 0
-    if ret < 0:
-        pr_err(f"vdisk_blockio: {virt_dev.name}: discarding {length} bytes at {pos} failed: {ret}")
-        scst_set_cmd_error(cmd, scst_sense_write_error)
-    return ret
-
-
 blockio_io_ops = vdisk_io_ops(read=blockio_read, write=blockio_write, read_into=blockio_read_into,
-                              sync=blockio_sync, unmap=blockio_unmap, lba_status=fileio_lba_status,
+                              sync=blockio_sync, unmap=fileio_unmap, lba_status=fileio_lba_status,
                               write_buf=blockio_write_buf)
 
 

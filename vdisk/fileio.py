@@ -105,19 +105,21 @@ _ZEROS = bytes(1 << 20)
 
 
 def fileio_unmap(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length: int) -> int:
+    """Punch a hole (vdisk_fileio and vdisk_blockio)."""
     ret = vfs_fallocate(virt_dev.file, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, pos, length)
     if ret == -EOPNOTSUPP:
         # LBPRZ promises zeros: write them (bounded: length / 1 MiB writes).
         done = 0
         while done < length:
             n = min(len(_ZEROS), length - done)
-            ret = fileio_write_buf(virt_dev, cmd, pos + done, memoryview(_ZEROS)[:n])
+            ret = virt_dev.io_ops.write_buf(virt_dev, cmd, pos + done, memoryview(_ZEROS)[:n])
             if ret != 0:
                 return ret
             done += n
         return 0
     if ret < 0:
-        pr_err(f"vdisk_fileio: {virt_dev.name}: punching {length} bytes at {pos} failed: {ret}")
+        pr_err(f"{virt_dev.dev.handler.name}: {virt_dev.name}: punching {length} bytes at {pos} "
+               f"failed: {ret}")
         scst_set_cmd_error(cmd, scst_sense_write_error)
     return ret
 
