@@ -32,10 +32,8 @@ from __future__ import annotations
 
 from kshim.dmapool import dma_pool, dma_pool_alloc, dma_pool_create, dma_pool_destroy, dma_pool_free
 from kshim.err import EINVAL, ENOMEM, ENOSPC, IS_ERR
-from kshim.fs import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, O_CREAT, O_DIRECT, O_DSYNC,
-                      O_LARGEFILE, O_RDONLY, O_RDWR, STATX_DIOALIGN, file, file_inode, filp_close,
-                      filp_open, i_size_read, kstat, vfs_fallocate, vfs_fsync_range, vfs_getattr,
-                      vfs_readv, vfs_truncate, vfs_writev)
+from kshim.fs import (O_DIRECT, STATX_DIOALIGN, file, filp_close, kstat, vfs_fsync_range,
+                      vfs_getattr, vfs_readv, vfs_writev)
 from kshim.gfp import GFP_KERNEL
 from kshim.page_alloc import PAGE_SIZE
 from kshim.printk import pr_err, pr_info
@@ -43,9 +41,10 @@ from scst_core.const import (scst_sense_hardw_error, scst_sense_read_error,
                              scst_sense_space_allocation_failed, scst_sense_write_error)
 from scst_core.lib import scst_cmd_iov, scst_set_cmd_error
 from scst_core.scst import scst_cmd, scst_device
-from vdisk.fileio import fileio_lba_status, fileio_unmap
-from vdisk.vdisk import (scst_vdisk_dev, vdisk_add_device_parameters, vdisk_attach_common,
-                         vdisk_detach_common, vdisk_do_exec, vdisk_io_ops, vdisk_make_devtype)
+from vdisk.fileio import (fileio_lba_status, fileio_open_backing, fileio_publish_backing,
+                          fileio_unmap)
+from vdisk.vdisk import (scst_vdisk_dev, vdisk_add_device_parameters, vdisk_detach_common,
+                         vdisk_do_exec, vdisk_io_ops, vdisk_make_devtype)
 
 # Design notes:
 # - One bounce pool for every blockio device, as the kernel's bio_set
@@ -241,35 +240,13 @@ def _blockio_check_align(virt_dev: scst_vdisk_dev, f: file) -> int:
     return 0
 
 
-def _blockio_open(virt_dev: scst_vdisk_dev) -> "file | int":
-    flags = (O_RDONLY if virt_dev.rd_only else O_RDWR) | O_LARGEFILE | O_DIRECT
-    if virt_dev.o_dsync and not virt_dev.rd_only:
-        flags |= O_DSYNC
-    want_size = virt_dev.file_size
-    f = filp_open(virt_dev.filename, flags)
-    if IS_ERR(f) and want_size > 0 and not virt_dev.rd_only:
-        f = filp_open(virt_dev.filename, flags | O_CREAT, 0o600)
-        if not IS_ERR(f):
-            ret = vfs_truncate(f, want_size)
-            if ret < 0:
-                pr_err(f"vdisk_blockio: {virt_dev.name}: cannot size {virt_dev.filename} to "
-                       f"{want_size} bytes: {ret}")
-                filp_close(f)
-                return ret
-            pr_info(f"vdisk_blockio: {virt_dev.name}: created sparse {virt_dev.filename} of "
-                    f"{want_size} bytes")
-    if IS_ERR(f):
-        pr_err(f"vdisk_blockio: {virt_dev.name}: cannot open {virt_dev.filename} O_DIRECT: {f}")
-    return f
-
-
 def blockio_attach(dev: scst_device) -> int:
     """Open the file or device O_DIRECT (creating a missing file sparse if a
     size was given), check its direct I/O alignment and publish the
     geometry. 0 or -errno."""
     global blockio_bounce_pool, blockio_nr_devs
     virt_dev: scst_vdisk_dev = dev.dh_priv
-    f = _blockio_open(virt_dev)
+    f = fileio_open_backing(dev, O_DIRECT)
     if IS_ERR(f):
         return f
     ret = _blockio_check_align(virt_dev, f)
@@ -282,20 +259,8 @@ def blockio_attach(dev: scst_device) -> int:
         if blockio_bounce_pool is None:
             filp_close(f)
             return -ENOMEM
-    size = i_size_read(file_inode(f))
-    if virt_dev.file_size > 0 and virt_dev.file_size != size:
-        pr_info(f"vdisk_blockio: {virt_dev.name}: {virt_dev.filename} has {size} bytes; "
-                f"using that, not the requested {virt_dev.file_size}")
-    if not virt_dev.thin_provisioned_set and not virt_dev.rd_only:
-        # As for fileio: thin provisioning when the file can punch holes.
-        virt_dev.thin_provisioned = vfs_fallocate(
-            f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, max(size, 0), 4096) == 0
     blockio_nr_devs += 1
-    virt_dev.file = f
-    virt_dev.dsync_open = bool(f.f_flags & O_DSYNC)
-    virt_dev.file_size = size
-    virt_dev.io_ops = blockio_io_ops
-    vdisk_attach_common(dev, virt_dev)
+    fileio_publish_backing(dev, f, blockio_io_ops)
     return 0
 
 

@@ -147,15 +147,16 @@ fileio_io_ops = vdisk_io_ops(read=fileio_read, write=fileio_write, read_into=fil
                              write_buf=fileio_write_buf)
 
 
-def fileio_attach(dev: scst_device) -> int:
-    """Open the backing file (creating it sparse if a size was given and it
-    is missing) and publish the geometry. 0 or -errno."""
+def fileio_open_backing(dev: scst_device, extra_flags: int) -> "file | int":
+    """Open the device's backing file or block device with extra_flags (and
+    O_DSYNC if asked), creating a missing file sparse when a size was given.
+    The file, or -errno after a log line naming the handler and device.
+    Shared by vdisk_fileio and vdisk_blockio."""
     virt_dev: scst_vdisk_dev = dev.dh_priv
-    flags = (O_RDONLY if virt_dev.rd_only else O_RDWR) | O_LARGEFILE
+    who = f"{dev.handler.name}: {virt_dev.name}"
+    flags = (O_RDONLY if virt_dev.rd_only else O_RDWR) | O_LARGEFILE | extra_flags
     if virt_dev.o_dsync and not virt_dev.rd_only:
         flags |= O_DSYNC
-    if virt_dev.o_direct:
-        flags |= O_DIRECT
     want_size = virt_dev.file_size
     f = filp_open(virt_dev.filename, flags)
     if IS_ERR(f) and want_size > 0 and not virt_dev.rd_only:
@@ -163,29 +164,44 @@ def fileio_attach(dev: scst_device) -> int:
         if not IS_ERR(f):
             ret = vfs_truncate(f, want_size)
             if ret < 0:
-                pr_err(f"vdisk_fileio: {virt_dev.name}: cannot size {virt_dev.filename} to "
-                       f"{want_size} bytes: {ret}")
+                pr_err(f"{who}: cannot size {virt_dev.filename} to {want_size} bytes: {ret}")
                 filp_close(f)
                 return ret
-            pr_info(f"vdisk_fileio: {virt_dev.name}: created sparse {virt_dev.filename} of "
-                    f"{want_size} bytes")
+            pr_info(f"{who}: created sparse {virt_dev.filename} of {want_size} bytes")
     if IS_ERR(f):
-        pr_err(f"vdisk_fileio: {virt_dev.name}: cannot open {virt_dev.filename}: {f}")
-        return f
+        direct = " O_DIRECT" if flags & O_DIRECT else ""
+        pr_err(f"{who}: cannot open {virt_dev.filename}{direct}: {f}")
+    return f
+
+
+def fileio_publish_backing(dev: scst_device, f: file, io_ops: vdisk_io_ops) -> None:
+    """The opened backing store becomes the device's: its size (what the
+    file has, whatever size was asked), thin provisioning when not set
+    explicitly, the data path, the geometry."""
+    virt_dev: scst_vdisk_dev = dev.dh_priv
     size = i_size_read(file_inode(f))
-    if want_size > 0 and want_size != size:
-        pr_info(f"vdisk_fileio: {virt_dev.name}: {virt_dev.filename} has {size} bytes; "
-                f"using that, not the requested {want_size}")
+    if virt_dev.file_size > 0 and virt_dev.file_size != size:
+        pr_info(f"{dev.handler.name}: {virt_dev.name}: {virt_dev.filename} has {size} bytes; "
+                f"using that, not the requested {virt_dev.file_size}")
     if not virt_dev.thin_provisioned_set and not virt_dev.rd_only:
         # As SCST does: thin provisioning when the file can punch holes
         # (a punch past the end of the file changes nothing).
         virt_dev.thin_provisioned = vfs_fallocate(
             f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, max(size, 0), 4096) == 0
     virt_dev.file = f
-    virt_dev.dsync_open = bool(flags & O_DSYNC)
+    virt_dev.dsync_open = bool(f.f_flags & O_DSYNC)
     virt_dev.file_size = size
-    virt_dev.io_ops = fileio_io_ops
+    virt_dev.io_ops = io_ops
     vdisk_attach_common(dev, virt_dev)
+
+
+def fileio_attach(dev: scst_device) -> int:
+    """Open the backing file (creating it sparse if a size was given and it
+    is missing) and publish the geometry. 0 or -errno."""
+    f = fileio_open_backing(dev, O_DIRECT if dev.dh_priv.o_direct else 0)
+    if IS_ERR(f):
+        return f
+    fileio_publish_backing(dev, f, fileio_io_ops)
     return 0
 
 
