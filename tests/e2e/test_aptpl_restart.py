@@ -23,15 +23,14 @@ from pathlib import Path
 import pytest
 
 from initiator import Initiator
+from pr_support import (READ_FULL_STATUS, REGISTER, REPORT_CAPABILITIES, RESERVE, login, prin,
+                        prout, read_keys, read_reservation, write1)
 from uscstd_support import UscstdServer
 
 GOOD = 0x00
 CHECK_CONDITION = 0x02
 RESERVATION_CONFLICT = 0x18
 
-# PERSISTENT RESERVE IN / OUT service actions (SPC-4 6.15, 6.16)
-READ_KEYS, READ_RESERVATION, REPORT_CAPABILITIES, READ_FULL_STATUS = 0, 1, 2, 3
-REGISTER, RESERVE, RELEASE = 0, 1, 2
 WRITE_EXCLUSIVE_REGISTRANTS_ONLY = 0x5
 
 INI_A = ("iqn.1994-05.org.uscst.test:aptpl-a", bytes.fromhex("023d000000a1"))
@@ -46,48 +45,6 @@ def start(uscstd, data: Path) -> UscstdServer:
     """uscstd serving data/disk.img; its APTPL state goes to data/pr."""
     data.mkdir(exist_ok=True)
     return uscstd(disk=data / "disk.img", size="16M")
-
-
-def login(srv: UscstdServer, who: tuple[str, bytes]) -> Initiator:
-    ini = Initiator(port=srv.port, initiator_name=who[0], isid=who[1])
-    ini.login(srv.iqn)
-    # The first commands of a new nexus may report unit attentions
-    # (power on, reset); consume them. Bounded: 5 tries.
-    for _ in range(5):
-        r = ini.test_unit_ready()
-        if r.ok:
-            return ini
-        assert r.status == CHECK_CONDITION and r.sense_key == 0x6, r
-    raise AssertionError("TEST UNIT READY never became GOOD")
-
-
-def prout(ini: Initiator, sa: int, res_key: int, sa_key: int, ptype: int = 0,
-          aptpl: bool = False):
-    cdb = struct.pack(">BBBxxIB", 0x5F, sa, ptype, 24, 0)
-    data = struct.pack(">QQ4xB3x", res_key, sa_key, 0x01 if aptpl else 0)
-    return ini.scsi(cdb, data_out=data)
-
-
-def prin(ini: Initiator, sa: int, alloc: int = 1024) -> bytes:
-    cdb = struct.pack(">BBxxxxxHB", 0x5E, sa, alloc, 0)
-    return ini.scsi(cdb, read_len=alloc).check().data
-
-
-def read_keys(ini: Initiator) -> tuple[int, list[int]]:
-    d = prin(ini, READ_KEYS)
-    gen, n = struct.unpack_from(">II", d)
-    return gen, [struct.unpack_from(">Q", d, 8 + i)[0] for i in range(0, n, 8)]
-
-
-def read_reservation(ini: Initiator) -> tuple[int, tuple[int, int, int] | None]:
-    """(generation, (key, scope, type) or None)."""
-    d = prin(ini, READ_RESERVATION)
-    gen, n = struct.unpack_from(">II", d)
-    if n == 0:
-        return gen, None
-    assert n == 16, d.hex()
-    key = struct.unpack_from(">Q", d, 8)[0]
-    return gen, (key, d[21] >> 4, d[21] & 0x0F)
 
 
 def read_full_status(ini: Initiator) -> tuple[int, list[dict]]:
@@ -108,10 +65,6 @@ def read_full_status(ini: Initiator) -> tuple[int, list[dict]]:
 def tid_name(tid: bytes) -> str:
     """The iSCSI name and ISID of a TransportID (SPC-4 7.6.4.6)."""
     return tid[4:].rstrip(b"\x00").decode()
-
-
-def write1(ini: Initiator, lba: int = 8) -> int:
-    return ini.write10(lba, bytes([lba & 0xFF]) * 512).status
 
 
 def register_and_reserve(srv: UscstdServer, kill: bool = False) -> int:

@@ -16,6 +16,8 @@ import struct
 import pytest
 
 from initiator import Initiator
+from pr_support import (READ_FULL_STATUS, REGISTER, REGISTER_AND_MOVE, RESERVE, login, prin,
+                        prout, read_keys, read_reservation, write1)
 from uscstd_support import UscstdServer
 
 GOOD = 0x00
@@ -26,9 +28,6 @@ INVALID_FIELD_IN_CDB = (0x24, 0x00)
 INVALID_FIELD_IN_PARAMETER_LIST = (0x26, 0x00)
 PARAMETER_LIST_LENGTH_ERROR = (0x1A, 0x00)
 
-# PERSISTENT RESERVE IN / OUT service actions (SPC-4 6.15, 6.16)
-READ_KEYS, READ_RESERVATION, READ_FULL_STATUS = 0, 1, 3
-REGISTER, RESERVE, REGISTER_AND_MOVE = 0, 1, 7
 WRITE_EXCLUSIVE, EXCLUSIVE_ACCESS_ALL_REGISTRANTS = 0x1, 0x8
 
 INI_A = ("iqn.1994-05.org.uscst.test:move-a", bytes.fromhex("023d000000a1"))
@@ -39,19 +38,6 @@ KEY_A, KEY_B, KEY_C = 0xA1A1A1A1A1A1A1A1, 0x00000000000000B2, 0xC3
 
 # ---------------------------------------------------------------- helpers
 
-def login(srv: UscstdServer, who: tuple[str, bytes]) -> Initiator:
-    ini = Initiator(port=srv.port, initiator_name=who[0], isid=who[1])
-    ini.login(srv.iqn)
-    # A new nexus may first report unit attentions (power on); consume
-    # them. Bounded: 5 tries.
-    for _ in range(5):
-        r = ini.test_unit_ready()
-        if r.ok:
-            return ini
-        assert r.status == CHECK_CONDITION and r.sense_key == 0x6, r
-    raise AssertionError("TEST UNIT READY never became GOOD")
-
-
 def iscsi_tid(name: str, isid: bytes | None = None) -> bytes:
     """SPC-4 7.6.4.6: format 01b "name,i,0x<ISID hex>" with an ISID (the
     ISID in upper-case hex, as some initiators send it), format 00b the
@@ -59,11 +45,6 @@ def iscsi_tid(name: str, isid: bytes | None = None) -> bytes:
     text = (name if isid is None else f"{name},i,0x{isid.hex().upper()}").encode() + b"\x00"
     text = text.ljust(max(20, (len(text) + 3) // 4 * 4), b"\x00")
     return bytes(((0x40 if isid is not None else 0) | 0x05, 0)) + struct.pack(">H", len(text)) + text
-
-
-def prout(ini: Initiator, sa: int, res_key: int, sa_key: int, ptype: int = 0):
-    cdb = struct.pack(">BBBxxIB", 0x5F, sa, ptype, 24, 0)
-    return ini.scsi(cdb, data_out=struct.pack(">QQ8x", res_key, sa_key))
 
 
 def register_and_move(ini: Initiator, res_key: int, sa_key: int, tid: bytes, rel_tgt_id: int,
@@ -75,27 +56,6 @@ def register_and_move(ini: Initiator, res_key: int, sa_key: int, tid: bytes, rel
     plen = len(data) if plen is None else plen
     cdb = struct.pack(">BBBxxIB", 0x5F, REGISTER_AND_MOVE, 0, plen, 0)
     return ini.scsi(cdb, data_out=data[:plen])
-
-
-def prin(ini: Initiator, sa: int, alloc: int = 1024) -> bytes:
-    cdb = struct.pack(">BBxxxxxHB", 0x5E, sa, alloc, 0)
-    return ini.scsi(cdb, read_len=alloc).check().data
-
-
-def read_keys(ini: Initiator) -> tuple[int, list[int]]:
-    d = prin(ini, READ_KEYS)
-    gen, n = struct.unpack_from(">II", d)
-    return gen, [struct.unpack_from(">Q", d, 8 + i)[0] for i in range(0, n, 8)]
-
-
-def read_reservation(ini: Initiator) -> tuple[int, tuple[int, int, int] | None]:
-    """(generation, (key, scope, type) or None)."""
-    d = prin(ini, READ_RESERVATION)
-    gen, n = struct.unpack_from(">II", d)
-    if n == 0:
-        return gen, None
-    key = struct.unpack_from(">Q", d, 8)[0]
-    return gen, (key, d[21] >> 4, d[21] & 0x0F)
 
 
 def read_full_status(ini: Initiator) -> tuple[int, dict[str, dict]]:
@@ -122,10 +82,6 @@ def field_pointer(sense: bytes) -> tuple[bool, int]:
     """(in CDB, byte) from fixed-format sense's sense-key specific bytes."""
     assert sense[0] & 0x7F == 0x70 and sense[15] & 0x80, sense.hex()
     return bool(sense[15] & 0x40), struct.unpack_from(">H", sense, 16)[0]
-
-
-def write1(ini: Initiator, lba: int = 8) -> int:
-    return ini.write10(lba, bytes([lba & 0xFF]) * 512).status
 
 
 def a_reserves(srv: UscstdServer, ptype: int = WRITE_EXCLUSIVE) -> tuple[Initiator, Initiator, int]:
