@@ -32,8 +32,8 @@ from __future__ import annotations
 
 from kshim.dmapool import dma_pool, dma_pool_alloc, dma_pool_create, dma_pool_destroy, dma_pool_free
 from kshim.err import EINVAL, ENOMEM, ENOSPC, IS_ERR
-from kshim.fs import (O_DIRECT, STATX_DIOALIGN, file, filp_close, kstat, vfs_fsync_range,
-                      vfs_getattr, vfs_readv, vfs_writev)
+from kshim.fs import (O_DIRECT, STATX_DIOALIGN, file, filp_close, kstat, vfs_getattr,
+                      vfs_readv, vfs_writev)
 from kshim.gfp import GFP_KERNEL
 from kshim.page_alloc import PAGE_SIZE
 from kshim.printk import pr_err, pr_info
@@ -42,7 +42,7 @@ from scst_core.const import (scst_sense_hardw_error, scst_sense_read_error,
 from scst_core.lib import scst_cmd_iov, scst_set_cmd_error
 from scst_core.scst import scst_cmd, scst_device
 from vdisk.fileio import (fileio_lba_status, fileio_open_backing, fileio_publish_backing,
-                          fileio_unmap)
+                          fileio_sync, fileio_unmap)
 from vdisk.vdisk import (scst_vdisk_dev, vdisk_add_device_parameters, vdisk_detach_common,
                          vdisk_do_exec, vdisk_io_ops, vdisk_make_devtype)
 
@@ -203,18 +203,8 @@ def blockio_write_buf(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int,
     return blockio_write_iov(virt_dev, cmd, pos, len(buf), [memoryview(buf)])
 
 
-def blockio_sync(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length: int) -> int:
-    """vdisk_blockio_flush: the device's cache, not only the page cache."""
-    end = pos + length - 1 if length else (1 << 63) - 1
-    ret = vfs_fsync_range(virt_dev.file, pos, end, True)
-    if ret < 0:
-        pr_err(f"vdisk_blockio: {virt_dev.name}: flush failed: {ret}")
-        scst_set_cmd_error(cmd, scst_sense_write_error)
-    return ret
-
-
 blockio_io_ops = vdisk_io_ops(read=blockio_read, write=blockio_write, read_into=blockio_read_into,
-                              sync=blockio_sync, unmap=fileio_unmap, lba_status=fileio_lba_status,
+                              sync=fileio_sync, unmap=fileio_unmap, lba_status=fileio_lba_status,
                               write_buf=blockio_write_buf)
 
 

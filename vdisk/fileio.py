@@ -80,10 +80,12 @@ def fileio_read_into(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, buf: byt
 
 
 def fileio_sync(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length: int) -> int:
+    """Flush the range to stable storage: the host's fdatasync, which also
+    flushes the device's cache (vdisk_fileio and vdisk_blockio)."""
     end = pos + length - 1 if length else (1 << 63) - 1
     ret = vfs_fsync_range(virt_dev.file, pos, end, True)
     if ret < 0:
-        pr_err(f"vdisk_fileio: {virt_dev.name}: fsync failed: {ret}")
+        pr_err(f"{virt_dev.dev.handler.name}: {virt_dev.name}: fsync failed: {ret}")
         scst_set_cmd_error(cmd, scst_sense_write_error)
     return ret
 
