@@ -76,7 +76,11 @@ _YESNO_ATTRS = frozenset(("InitialR2T", "ImmediateData"))
 _INT_ATTRS = frozenset(("blocksize", "physical_blocksize", "rel_tgt_id",
                         "MaxRecvDataSegmentLength", "MaxXmitDataSegmentLength", "MaxBurstLength", "FirstBurstLength",
                         "MaxOutstandingR2T", "QueuedCommands", "RspTimeout", "NopInInterval",
-                        "NopInTimeout", "size_mb"))
+                        "NopInTimeout", "size_mb", "sanitize_rate"))
+# What the vdisk handlers accept, checked here so that the error names the line
+_INT_RANGES = {"blocksize": (512, 4096), "physical_blocksize": (512, 65536),
+               "sanitize_rate": (1, 1 << 20)}
+_POW2_ATTRS = frozenset(("blocksize", "physical_blocksize"))
 _DIGEST_ATTRS = frozenset(("HeaderDigest", "DataDigest"))
 _SIZE_ATTRS = frozenset(("size",))
 
@@ -579,7 +583,13 @@ def _check_value(name: str, value: str, fn: str, where: Word | Attr) -> str:
     if name in _INT_ATTRS:
         if not v.isdigit():
             raise ConfigError(fn, line, col, f"expected a number for {name}, found '{value}'")
-        return str(int(v))
+        n = int(v)
+        lo, hi = _INT_RANGES.get(name, (0, n))
+        if not lo <= n <= hi or name in _POW2_ATTRS and n & (n - 1):
+            what = "a power of two" if name in _POW2_ATTRS else "a number"
+            raise ConfigError(fn, line, col,
+                              f"expected {what} from {lo} to {hi} for {name}, found '{value}'")
+        return str(n)
     if name in _DIGEST_ATTRS:
         parts = [p.strip() for p in v.split(",")]
         if not parts or any(p not in ("None", "CRC32C") for p in parts):

@@ -116,6 +116,23 @@ def test_unknown_names_and_bad_values_are_refused_by_validate() -> None:
         "x.conf:2:2: DEVICE a of HANDLER vdisk_fileio needs a 'filename' attribute")
 
 
+@pytest.mark.parametrize("attr,message", [
+    ("blocksize 8192", "expected a power of two from 512 to 4096 for blocksize, found '8192'"),
+    ("blocksize 768", "expected a power of two from 512 to 4096 for blocksize, found '768'"),
+    ("physical_blocksize 3000",
+     "expected a power of two from 512 to 65536 for physical_blocksize, found '3000'"),
+    ("sanitize_rate 0", "expected a number from 1 to 1048576 for sanitize_rate, found '0'"),
+    ("sanitize_rate -1", "expected a number for sanitize_rate, found '-1'"),
+])
+def test_device_values_out_of_the_handlers_range_are_refused_at_their_line(attr: str,
+                                                                           message: str) -> None:
+    schema = {**SCHEMA, "handlers": {"vdisk_nullio": {
+        "params": ["size", "blocksize", "physical_blocksize", "sanitize_rate"], "live": [],
+        "create_only": []}}}
+    text = f"HANDLER vdisk_nullio {{\n DEVICE a {{\n  {attr}\n }}\n}}\n"
+    assert err(text, schema) == f"x.conf:3:3: {message}"
+
+
 def test_plan_of_identical_configs_is_empty_and_of_a_new_lun_is_one_add() -> None:
     cfg = parse(GOOD)
     running = parse(GOOD)
