@@ -671,7 +671,9 @@ def iscsi_tx_build(conn: iscsi_conn, item: Any, iov: list) -> None:
     bufflen = scmd.bufflen
     if bufflen > edtl:
         rflags = ISCSI_FLG_RESID_OVERFLOW
-        resid = bufflen - edtl
+        # A CDB may ask for more than 4 GiB (and be refused): the field
+        # has 32 bits (RFC 7143 11.4.5).
+        resid = min(bufflen - edtl, _MASK32)
     else:
         sent = total if read else bufflen
         if sent < edtl:

@@ -24,6 +24,7 @@ import pytest
 
 import uscstd_support
 from initiator import Initiator, ScsiResult
+from scsi_support import naa_designator, xcopy_b2b, xcopy_cdb, xcopy_cscd, xcopy_plist
 
 IQN = "iqn.2026-11.org.uscst:xcopy"
 FENCED = "iqn.2026-11.org.uscst:fenced-xc1"
@@ -100,43 +101,8 @@ def _login(srv, name: str = OPEN) -> Initiator:
     return ini
 
 
-def _naa(ini: Initiator, lun: int) -> bytes:
-    """The LU's NAA designator from VPD page 0x83."""
-    d = ini.inquiry(lun, evpd=True, page=0x83).check().data
-    off = 4
-    while off + 4 <= len(d):                 # bounded by the page length
-        n = d[off + 3]
-        if d[off + 1] & 0x3F == 0x03:        # association LU, type NAA
-            return bytes(d[off + 4:off + 4 + n])
-        off += 4 + n
-    raise AssertionError(f"no NAA designator in {d.hex()}")
-
-
-def _cscd(naa: bytes, bs: int = BS) -> bytes:
-    """Identification descriptor CSCD (SPC-4 6.4.5.6) naming an LU by NAA."""
-    d = bytearray(32)
-    d[0] = 0xE4
-    d[4] = 0x01                              # code set binary
-    d[5] = 0x03                              # association LU, designator type NAA
-    d[7] = len(naa)
-    d[8:8 + len(naa)] = naa
-    d[29:32] = bs.to_bytes(3, "big")
-    return bytes(d)
-
-
-def _b2b(src: int, dst: int, nblocks: int, src_lba: int, dst_lba: int) -> bytes:
-    """Block device to block device segment descriptor (SPC-4 6.4.6.5)."""
-    return struct.pack(">BBHHHHHQQ", 0x02, 0, 0x18, src, dst, 0, nblocks, src_lba, dst_lba)
-
-
-def _plist(cscds: list[bytes], segs: list[bytes], lid: int = 0, usage: int = 3) -> bytes:
-    c, s = b"".join(cscds), b"".join(segs)
-    return struct.pack(">BBHIII", lid, usage << 3, len(c), 0, len(s), 0) + c + s
-
-
 def _xcopy(ini: Initiator, plist: bytes, lun: int = LUN_SRC) -> ScsiResult:
-    cdb = struct.pack(">BB8sIBB", 0x83, 0x00, bytes(8), len(plist), 0, 0)
-    return ini.scsi(cdb, lun, data_out=plist)
+    return ini.scsi(xcopy_cdb(len(plist)), lun, data_out=plist)
 
 
 def _rcr(ini: Initiator, sa: int, lid: int = 0, lun: int = LUN_SRC) -> ScsiResult:
@@ -156,9 +122,9 @@ def test_copy_between_two_luns_moves_exactly_the_named_blocks(xc_srv) -> None:
     ini = _login(xc_srv)
     try:
         before = _file(xc_srv, "dst0")
-        src, dst = _naa(ini, LUN_SRC), _naa(ini, LUN_DST)
+        src, dst = naa_designator(ini, LUN_SRC), naa_designator(ini, LUN_DST)
         # 3000 blocks: two full 1 MiB chunks and a short tail.
-        res = _xcopy(ini, _plist([_cscd(src), _cscd(dst)], [_b2b(0, 1, 3000, 8, 100)]))
+        res = _xcopy(ini, xcopy_plist([xcopy_cscd(src), xcopy_cscd(dst)], [xcopy_b2b(0, 1, 3000, 8, 100)]))
         assert res.ok, res
         srcf, dstf = _file(xc_srv, "src0"), _file(xc_srv, "dst0")
         assert dstf[100 * BS:3100 * BS] == srcf[8 * BS:3008 * BS]
@@ -174,12 +140,12 @@ def test_copy_between_two_luns_moves_exactly_the_named_blocks(xc_srv) -> None:
 def test_overlapping_copy_within_one_lun_behaves_like_memmove(xc_srv) -> None:
     ini = _login(xc_srv)
     try:
-        naa = _naa(ini, LUN_DST)
+        naa = naa_designator(ini, LUN_DST)
         pattern = random.Random(7).randbytes(2100 * BS)
         ini.write10(4000, pattern[:1050 * BS], lun=LUN_DST).check()
         ini.write10(5050, pattern[1050 * BS:], lun=LUN_DST).check()
         # destination 1000 blocks above the source, 2100 blocks long
-        res = _xcopy(ini, _plist([_cscd(naa)], [_b2b(0, 0, 2100, 4000, 5000)]), lun=LUN_DST)
+        res = _xcopy(ini, xcopy_plist([xcopy_cscd(naa)], [xcopy_b2b(0, 0, 2100, 4000, 5000)]), lun=LUN_DST)
         assert res.ok, res
         dstf = _file(xc_srv, "dst0")
         assert dstf[5000 * BS:7100 * BS] == pattern
@@ -193,21 +159,21 @@ def test_copy_naming_a_lun_of_another_group_is_refused_and_copies_nothing(xc_srv
     fenced = _login(xc_srv, FENCED)
     other = _login(xc_srv)
     try:
-        grp = _naa(fenced, 0)
-        src, dst = _naa(other, LUN_SRC), _naa(other, LUN_DST)
+        grp = naa_designator(fenced, 0)
+        src, dst = naa_designator(other, LUN_SRC), naa_designator(other, LUN_DST)
         assert grp not in (src, dst)
         grp_before, dst_before = _file(xc_srv, "grp0"), _file(xc_srv, "dst0")
         # fenced session: a LUN it cannot see as the source
-        res = _xcopy(fenced, _plist([_cscd(src), _cscd(grp)], [_b2b(0, 1, 64, 0, 0)]), lun=0)
+        res = _xcopy(fenced, xcopy_plist([xcopy_cscd(src), xcopy_cscd(grp)], [xcopy_b2b(0, 1, 64, 0, 0)]), lun=0)
         assert _key_asc(res) == (CHECK, COPY_ABORTED, UNREACHABLE), res
         # the open session: the fenced group's LUN as the destination
-        res = _xcopy(other, _plist([_cscd(src), _cscd(grp)], [_b2b(0, 1, 64, 0, 0)]))
+        res = _xcopy(other, xcopy_plist([xcopy_cscd(src), xcopy_cscd(grp)], [xcopy_b2b(0, 1, 64, 0, 0)]))
         assert _key_asc(res) == (CHECK, COPY_ABORTED, UNREACHABLE), res
         # ... and as the source
-        res = _xcopy(other, _plist([_cscd(grp), _cscd(dst)], [_b2b(0, 1, 64, 0, 200)]))
+        res = _xcopy(other, xcopy_plist([xcopy_cscd(grp), xcopy_cscd(dst)], [xcopy_b2b(0, 1, 64, 0, 200)]))
         assert _key_asc(res) == (CHECK, COPY_ABORTED, UNREACHABLE), res
         # the same copy inside the fenced group is fine, so the refusal was the group
-        res = _xcopy(fenced, _plist([_cscd(grp)], [_b2b(0, 0, 0, 0, 0)]), lun=0)
+        res = _xcopy(fenced, xcopy_plist([xcopy_cscd(grp)], [xcopy_b2b(0, 0, 0, 0, 0)]), lun=0)
         assert res.ok, res
         assert _file(xc_srv, "grp0") == grp_before
         assert _file(xc_srv, "dst0") == dst_before
@@ -222,14 +188,14 @@ def test_copy_naming_a_lun_of_another_group_is_refused_and_copies_nothing(xc_srv
 def test_read_only_destination_and_source_past_the_end_are_refused(xc_srv) -> None:
     ini = _login(xc_srv)
     try:
-        src, ro, dst = _naa(ini, LUN_SRC), _naa(ini, LUN_RO), _naa(ini, LUN_DST)
+        src, ro, dst = naa_designator(ini, LUN_SRC), naa_designator(ini, LUN_RO), naa_designator(ini, LUN_DST)
         ro_before, dst_before = _file(xc_srv, "ro0"), _file(xc_srv, "dst0")
-        res = _xcopy(ini, _plist([_cscd(src), _cscd(ro)], [_b2b(0, 1, 8, 0, 0)]))
+        res = _xcopy(ini, xcopy_plist([xcopy_cscd(src), xcopy_cscd(ro)], [xcopy_b2b(0, 1, 8, 0, 0)]))
         assert _key_asc(res) == (CHECK, 0x07, (0x27, 0x00)), res
         last = DEV_BYTES // BS
         # segment 1 reads 2 blocks from the last LBA: nothing moves, not even segment 0
-        res = _xcopy(ini, _plist([_cscd(src), _cscd(dst)],
-                                 [_b2b(0, 1, 8, 0, 300), _b2b(0, 1, 2, last - 1, 400)],
+        res = _xcopy(ini, xcopy_plist([xcopy_cscd(src), xcopy_cscd(dst)],
+                                 [xcopy_b2b(0, 1, 8, 0, 300), xcopy_b2b(0, 1, 2, last - 1, 400)],
                                  lid=9, usage=0))
         assert _key_asc(res) == (CHECK, COPY_ABORTED, (0x00, 0x00)), res
         s = res.sense
@@ -270,12 +236,12 @@ def test_operating_parameters_agree_with_vpd_and_are_enforced(xc_srv) -> None:
         cmds = found[0x0001]
         assert cmds[1:1 + cmds[0]] == bytes((0x83, 1, 0x00, 0x84, 3, 0x00, 0x03, 0x04))
         # one CSCD over the maximum, then one segment over it
-        naa = _naa(ini, LUN_SRC)
-        res = _xcopy(ini, _plist([_cscd(naa)] * (max_cscd + 1), [_b2b(0, 0, 0, 0, 0)]))
+        naa = naa_designator(ini, LUN_SRC)
+        res = _xcopy(ini, xcopy_plist([xcopy_cscd(naa)] * (max_cscd + 1), [xcopy_b2b(0, 0, 0, 0, 0)]))
         assert _key_asc(res) == (CHECK, 0x05, (0x26, 0x06)), res
-        res = _xcopy(ini, _plist([_cscd(naa)], [_b2b(0, 0, 0, 0, 0)] * (max_seg + 1)))
+        res = _xcopy(ini, xcopy_plist([xcopy_cscd(naa)], [xcopy_b2b(0, 0, 0, 0, 0)] * (max_seg + 1)))
         assert _key_asc(res) == (CHECK, 0x05, (0x26, 0x08)), res
-        res = _xcopy(ini, _plist([_cscd(naa)] * max_cscd, [_b2b(0, 0, 0, 0, 0)] * max_seg))
+        res = _xcopy(ini, xcopy_plist([xcopy_cscd(naa)] * max_cscd, [xcopy_b2b(0, 0, 0, 0, 0)] * max_seg))
         assert res.ok, res
     finally:
         ini.close()
@@ -287,8 +253,8 @@ def test_copy_status_reports_a_held_copy_once(xc_srv) -> None:
     try:
         res = _rcr(ini, 0x00, lid=33)
         assert _key_asc(res) == (CHECK, 0x05, (0x24, 0x00)), res
-        src, dst = _naa(ini, LUN_SRC), _naa(ini, LUN_DST)
-        plist = _plist([_cscd(src), _cscd(dst)], [_b2b(0, 1, 16, 0, 7000)], lid=33, usage=0)
+        src, dst = naa_designator(ini, LUN_SRC), naa_designator(ini, LUN_DST)
+        plist = xcopy_plist([xcopy_cscd(src), xcopy_cscd(dst)], [xcopy_b2b(0, 1, 16, 0, 7000)], lid=33, usage=0)
         assert _xcopy(ini, plist).ok
         cs = _rcr(ini, 0x00, lid=33).check().data
         assert cs[:4] == (8).to_bytes(4, "big")
