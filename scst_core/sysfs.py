@@ -856,33 +856,33 @@ def _targets_refresh(kobj: kobject) -> None:
 
 # ---- device groups (ALUA; the objects live in scst_core.tg)
 
-def _dg_mgmt(kobj: kobject, words: list[str], line: str) -> int:
-    verb = words[0]
-    if verb == "create" and len(words) == 2:
-        return scst_tg.scst_dg_add(words[1])
-    if verb == "del" and len(words) == 2:
-        return scst_tg.scst_dg_remove(words[1])
-    pr_err(f"scst: unknown device_groups mgmt command '{line}'")
-    return -EINVAL
+def _add_del_mgmt(what: str, add_verb: str, noun: str, add: Callable[[Any, str], int],
+                  remove: Callable[[Any, str], int]) -> tuple[Callable, str]:
+    """The mgmt handler of a device_groups/ directory taking "<add_verb>
+    NAME" and "del NAME" (add/remove get kobj.private and NAME), and its
+    usage text."""
+    def mgmt(kobj: kobject, words: list[str], line: str) -> int:
+        if len(words) == 2 and words[0] == add_verb:
+            return add(kobj.private, words[1])
+        if len(words) == 2 and words[0] == "del":
+            return remove(kobj.private, words[1])
+        pr_err(f"scst: unknown {what} mgmt command '{line}'")
+        return -EINVAL
+    usage = (f"Usage: echo \"{add_verb} {noun}\" >mgmt\n"
+             f"       echo \"del {noun}\" >mgmt\n")
+    return mgmt, usage
 
 
-DG_USAGE = ("Usage: echo \"create group_name\" >mgmt\n"
-            "       echo \"del group_name\" >mgmt\n")
-
-
-def _dg_devices_mgmt(kobj: kobject, words: list[str], line: str) -> int:
-    dg = kobj.private
-    verb = words[0]
-    if verb == "add" and len(words) == 2:
-        return scst_tg.scst_dg_dev_add(dg, words[1])
-    if verb == "del" and len(words) == 2:
-        return scst_tg.scst_dg_dev_remove_by_name(dg, words[1])
-    pr_err(f"scst: unknown device group devices mgmt command '{line}'")
-    return -EINVAL
-
-
-DG_DEVICES_USAGE = ("Usage: echo \"add device\" >mgmt\n"
-                    "       echo \"del device\" >mgmt\n")
+_dg_mgmt, DG_USAGE = _add_del_mgmt("device_groups", "create", "group_name",
+                                   lambda _, n: scst_tg.scst_dg_add(n),
+                                   lambda _, n: scst_tg.scst_dg_remove(n))
+_dg_devices_mgmt, DG_DEVICES_USAGE = _add_del_mgmt(
+    "device group devices", "add", "device", scst_tg.scst_dg_dev_add,
+    scst_tg.scst_dg_dev_remove_by_name)
+_tg_mgmt, TG_USAGE = _add_del_mgmt("target group", "add", "target_name", scst_tg.scst_tg_tgt_add,
+                                   scst_tg.scst_tg_tgt_remove_by_name)
+_tgs_mgmt, TGS_USAGE = _add_del_mgmt("target_groups", "create", "group_name", scst_tg.scst_tg_add,
+                                     scst_tg.scst_tg_remove_by_name)
 
 
 def _dg_devices_refresh(kobj: kobject) -> None:
@@ -924,21 +924,6 @@ def _make_tg_tgt(parent: kobject, name: str, t: Any) -> kobject | None:
         sysfs_create_file(k, __ATTR_RW("rel_tgt_id", _tg_tgt_rel_tgt_id_show,
                                        _tg_tgt_rel_tgt_id_store))
     return k
-
-
-def _tg_mgmt(kobj: kobject, words: list[str], line: str) -> int:
-    tg = kobj.private
-    verb = words[0]
-    if verb == "add" and len(words) == 2:
-        return scst_tg.scst_tg_tgt_add(tg, words[1])
-    if verb == "del" and len(words) == 2:
-        return scst_tg.scst_tg_tgt_remove_by_name(tg, words[1])
-    pr_err(f"scst: unknown target group mgmt command '{line}'")
-    return -EINVAL
-
-
-TG_USAGE = ("Usage: echo \"add target_name\" >mgmt\n"
-            "       echo \"del target_name\" >mgmt\n")
 
 
 def _tg_group_id_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
@@ -990,21 +975,6 @@ def _make_tg(parent: kobject, name: str, tg: Any) -> kobject | None:
         int(tg.preferred), tg.preferred), _tg_preferred_store))
     sysfs_create_file(k, _mgmt_attr(_tg_mgmt, TG_USAGE))
     return k
-
-
-def _tgs_mgmt(kobj: kobject, words: list[str], line: str) -> int:
-    dg = kobj.private
-    verb = words[0]
-    if verb == "create" and len(words) == 2:
-        return scst_tg.scst_tg_add(dg, words[1])
-    if verb == "del" and len(words) == 2:
-        return scst_tg.scst_tg_remove_by_name(dg, words[1])
-    pr_err(f"scst: unknown target_groups mgmt command '{line}'")
-    return -EINVAL
-
-
-TGS_USAGE = ("Usage: echo \"create group_name\" >mgmt\n"
-             "       echo \"del group_name\" >mgmt\n")
 
 
 def _tgs_refresh(kobj: kobject) -> None:
