@@ -65,10 +65,14 @@ blockio_nr_devs = 0                 # attached devices (protected by scst_mutex)
 _ZEROS = bytes(BLOCKIO_BOUNCE_SIZE)
 
 
-def _copy_to_iov(iov: list, skip: int, src: memoryview) -> None:
-    """Copy src into the buffers of iov, starting `skip` bytes into them."""
-    if skip == 0 and len(iov[0]) >= len(src):
-        iov[0][:len(src)] = src
+def _iov_copy(iov: list, skip: int, mem: memoryview, into_iov: bool) -> None:
+    """Copy mem into the buffers of iov (into_iov), or fill mem from them,
+    starting `skip` bytes into iov."""
+    if skip == 0 and len(iov[0]) >= len(mem):
+        if into_iov:
+            iov[0][:len(mem)] = mem
+        else:
+            mem[:] = iov[0][:len(mem)]
         return
     done = 0
     for v in iov:                   # bounded: len(iov)
@@ -76,30 +80,14 @@ def _copy_to_iov(iov: list, skip: int, src: memoryview) -> None:
         if skip >= n:
             skip -= n
             continue
-        k = min(n - skip, len(src) - done)
-        v[skip:skip + k] = src[done:done + k]
+        k = min(n - skip, len(mem) - done)
+        if into_iov:
+            v[skip:skip + k] = mem[done:done + k]
+        else:
+            mem[done:done + k] = v[skip:skip + k]
         done += k
         skip = 0
-        if done == len(src):
-            return
-
-
-def _copy_from_iov(iov: list, skip: int, dst: memoryview) -> None:
-    """Fill dst from the buffers of iov, starting `skip` bytes into them."""
-    if skip == 0 and len(iov[0]) >= len(dst):
-        dst[:] = iov[0][:len(dst)]
-        return
-    done = 0
-    for v in iov:                   # bounded: len(iov)
-        n = len(v)
-        if skip >= n:
-            skip -= n
-            continue
-        k = min(n - skip, len(dst) - done)
-        dst[done:done + k] = v[skip:skip + k]
-        done += k
-        skip = 0
-        if done == len(dst):
+        if done == len(mem):
             return
 
 
@@ -134,7 +122,7 @@ def blockio_read_iov(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length: 
             if got < n:
                 # The file shrank under us: past its end reads as zeros.
                 bounce[got:n] = _ZEROS[:n - got]
-            _copy_to_iov(iov, done, bounce[:n])
+            _iov_copy(iov, done, bounce[:n], True)
             done += n
         return 0
     finally:
@@ -176,7 +164,7 @@ def blockio_write_iov(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length:
                     return got
                 if got < bs:
                     bounce[whole - bs + got:whole] = _ZEROS[:bs - got]
-            _copy_from_iov(iov, done, bounce[:n])
+            _iov_copy(iov, done, bounce[:n], False)
             w = vfs_writev(f, [bounce[:whole]], pos + done)
             if w != whole:
                 return _write_error(virt_dev, cmd, pos + done, whole, w)
