@@ -7,7 +7,11 @@ nop-timeout; a control socket for live changes.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
+import pytest
+
+import uscstd_support
 from tools.sim.scenarios import TargetSpec
 from tools.sim.tcp import UscstadminControl
 
@@ -29,6 +33,7 @@ TARGET_DRIVER iscsi {{
 \tenabled 1
 \tTARGET {IQN} {{
 \t\tMaxConnections 8
+\t\tInitialR2T No
 \t\tNopInInterval 1
 \t\tNopInTimeout 1
 \t\tLUN 0 disk0
@@ -39,9 +44,9 @@ TARGET_DRIVER iscsi {{
 """
 
 
-def start(factory, tmp: Path):
-    """Start the uscstd (with the `uscstd` fixture's factory); return
-    (server, TargetSpec)."""
+def start(factory, tmp: Path) -> tuple[uscstd_support.UscstdServer, TargetSpec]:
+    """Start the uscstd (factory: the `uscstd` fixture's, or
+    uscstd_support.UscstdFactory); return (server, TargetSpec)."""
     cfg = tmp / "sim.conf"
     cfg.write_text(config(tmp))
     sock = tmp / "ctl.sock"
@@ -50,3 +55,18 @@ def start(factory, tmp: Path):
                       nop_in_interval=1.0, nop_in_timeout=1.0,
                       control=UscstadminControl(str(sock), IQN, "churn1"))
     return srv, spec
+
+
+@pytest.fixture(scope="module")
+def sim_server(tmp_path_factory) -> Iterator[tuple[uscstd_support.UscstdServer, TargetSpec]]:
+    """One such uscstd for a test module; checked healthy at the end."""
+    tmp = tmp_path_factory.mktemp("simtcp")
+    factory = uscstd_support.UscstdFactory(tmp)
+    srv, spec = start(factory, tmp)
+    try:
+        yield srv, spec
+    finally:
+        try:
+            uscstd_support.finish_uscstd(srv)
+        finally:
+            srv.kill()

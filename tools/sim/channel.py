@@ -112,6 +112,8 @@ class Channel:
         raise ChannelError("login did not finish")
 
     def submit(self, cdb: bytes, **kw: object) -> Command:
+        if self.eof:
+            raise ChannelError("connection closed")
         cmd = self.conn.submit(cdb, **kw)    # type: ignore[arg-type]
         self.flush()
         return cmd

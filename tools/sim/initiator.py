@@ -308,6 +308,7 @@ class InitiatorConnection:
         self.closed = False
         self.exp_stat_sn = 0
         self.target_mrdsl = int(RFC_DEFAULTS["MaxRecvDataSegmentLength"])
+        self.our_mrdsl = OUR_MRDSL
         self.header_digest = False
         self.data_digest = False
         self.tasks: dict[int, Command] = {}       # sent, not finished
@@ -349,6 +350,7 @@ class InitiatorConnection:
         if sess.tsih == 0:
             oper.update(sess.offer)
         oper.update(keys or {})
+        self.our_mrdsl = int(oper["MaxRecvDataSegmentLength"])
         self._pending_oper = oper
         self._login_stage = STAGE_SECURITY
         self._login_request({**ident, "AuthMethod": "None"}, STAGE_OPERATIONAL)
@@ -551,9 +553,10 @@ class InitiatorConnection:
         total = hdr_end + hd + dsl + pad4(dsl) + dd
         if len(rx) < total:
             return None
-        if dsl > OUR_MRDSL:
+        limit = self.our_mrdsl if self.full_feature else LOGIN_MRDSL
+        if dsl > limit:
             raise ProtocolViolation(f"PDU data segment {dsl} over our "
-                                    f"MaxRecvDataSegmentLength {OUR_MRDSL}")
+                                    f"MaxRecvDataSegmentLength {limit}")
         raw = bytes(rx[:total])
         del rx[:total]
         if hd and raw[hdr_end:hdr_end + 4] != digest_bytes(raw[:hdr_end]):

@@ -16,11 +16,11 @@ the world to its end on the calling thread.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from tools.sim.channel import ChannelError
 from tools.sim.initiator import ProtocolViolation
-from tools.sim.invariants import Invariants, InvariantViolation, check_teardown
+from tools.sim.invariants import Invariants, InvariantViolation
 from tools.sim.scenarios import SCENARIOS, Context, TargetSpec
 
 MAX_VIRTUAL_S = 3600.0
@@ -63,9 +63,13 @@ def verdict_of(exc: BaseException) -> str:
 
 
 def drive(name: str, world: Any, target: TargetSpec, seed: int, *,
-          max_virtual_s: float = MAX_VIRTUAL_S) -> Outcome:
+          max_virtual_s: float = MAX_VIRTUAL_S,
+          teardown: Callable[[], list[str]] | None = None) -> Outcome:
     """Run scenario name on world against target; never raises for a
-    failing run (the verdict says it), only for an unknown scenario."""
+    failing run (the verdict says it), only for an unknown scenario.
+    teardown, called after a run that kept every invariant, stops the
+    target and returns what it left behind (leaks, lockdep and
+    debugobjects reports): any line is a "teardown" violation."""
     scenario = SCENARIOS.get(name)
     if scenario is None:
         raise KeyError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
@@ -76,10 +80,10 @@ def drive(name: str, world: Any, target: TargetSpec, seed: int, *,
         scenario(ctx)
         world.run(max_virtual_s=max_virtual_s)
         inv.finish()
-        reports = check_teardown(world)
+        reports = teardown() if teardown is not None else []
         if reports:
-            raise InvariantViolation(reports[0] + (f" (+{len(reports) - 1} more)"
-                                                   if len(reports) > 1 else ""))
+            more = f" (+{len(reports) - 1} more)" if len(reports) > 1 else ""
+            raise InvariantViolation(f"teardown: {reports[0]}{more}")
     except Exception as e:      # every way a run can end becomes its verdict
         out.verdict = verdict_of(e)
     out.events = world.events

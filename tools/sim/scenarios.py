@@ -192,6 +192,7 @@ def batches(ctx: Context, total: int) -> list[tuple[int, int]]:
 # --- Scenarios ----------------------------------------------------------------------
 
 def login_io(ctx: Context, commands: int = 1000) -> None:
+    """Login, ~1,000 mixed READ/WRITE with R2T and immediate data at QD 1-32, logout."""
     def actor() -> None:
         sess = new_session(ctx, keys=random_session_keys(ctx))
         ch = open_channel(ctx, sess)
@@ -206,6 +207,7 @@ def login_io(ctx: Context, commands: int = 1000) -> None:
 
 
 def mcs_reinstate(ctx: Context, commands: int = 200) -> None:
+    """MC/S session, a connection dropped mid-I/O, session reinstatement."""
     rng = ctx.rng
     t = ctx.target
     nconn = min(rng.randint(2, 4), t.max_connections)
@@ -273,6 +275,7 @@ def mcs_reinstate(ctx: Context, commands: int = 200) -> None:
 
 
 def tmf_storm(ctx: Context, commands: int = 600) -> None:
+    """ABORT TASK and LUN RESET racing with I/O at queue depth up to 32."""
     rng = ctx.rng
 
     def actor() -> None:
@@ -311,13 +314,14 @@ def tmf_storm(ctx: Context, commands: int = 600) -> None:
 
 
 def config_churn(ctx: Context, commands: int = 400) -> None:
+    """A LUN unmapped and mapped again live while I/O runs to it and LUN 0."""
     rng = ctx.rng
     t = ctx.target
     control = t.control
     if control is None:
         raise ValueError("config-churn needs a target with live configuration control")
     lun = t.churn_lun
-    running = {"io": True}
+    running = {"io": True, "started": False}
 
     def io_actor() -> None:
         sess = new_session(ctx)
@@ -326,6 +330,7 @@ def config_churn(ctx: Context, commands: int = 400) -> None:
         clear_unit_attentions(ch, lun)
         read_baseline(ctx, ch, (0, lun))
         works = [random_io(ctx, lun=rng.choice([0, lun])) for _ in range(commands)]
+        running["started"] = True
         for i in range(0, len(works), 50):
             for c in ch.run(works[i:i + 50], rng.randint(1, 16)):
                 cc = c.status == SAM_STAT_CHECK_CONDITION
@@ -341,6 +346,11 @@ def config_churn(ctx: Context, commands: int = 400) -> None:
         ch.logout()
 
     def churn_actor() -> None:
+        # The baseline is read before the churn begins (bounded wait).
+        for _ in range(10_000):
+            if running["started"]:
+                break
+            ctx.world.sleep(0.01)
         for _ in range(1000):
             if not running["io"]:
                 break
@@ -356,6 +366,7 @@ def config_churn(ctx: Context, commands: int = 400) -> None:
 
 
 def nop_timeout(ctx: Context) -> None:
+    """An initiator goes silent; the target drops it at its NopInTimeout."""
     t = ctx.target
     if t.nop_in_interval <= 0:
         raise ValueError("nop-timeout needs a target that sends NOP-Ins (NopInInterval > 0)")
