@@ -38,6 +38,7 @@ class SimTarget:
     iqn: str
     disk: bytearray
     blocksize: int
+    tgt_params: dict[str, int] = field(default_factory=dict)
     failure: list[str] = field(default_factory=list)
 
 
@@ -57,6 +58,8 @@ def _target_init(t: SimTarget, path: str) -> int:
     if isinstance(tgt, int):
         t.failure.append(f"cannot add target {t.iqn}: {errname(tgt)}")
         return tgt
+    for key, value in t.tgt_params.items():
+        setattr(tgt.tgt_params, key, value)
     ret = scst_acg_add_lun(tgt.scst_tgt.default_acg, scst_find_device("disk0"), 0, False)
     if ret != 0:
         t.failure.append(f"cannot map LUN 0: {errname(ret)}")
@@ -81,11 +84,14 @@ def _target_exit() -> None:
 
 def boot_target(sim: Simulation, *, size: int = 16 << 20, blocksize: int = 512,
                 iqn: str = DEFAULT_IQN, addr: tuple[str, int] = DEFAULT_ADDR,
-                disk_path: str = DEFAULT_DISK) -> SimTarget:
+                disk_path: str = DEFAULT_DISK,
+                tgt_params: dict[str, int] | None = None) -> SimTarget:
     """Boot kshim on sim with the default target; raise RuntimeError naming
-    what failed. The disk is sim.disks[disk_path] (zeroed, size bytes)."""
+    what failed. The disk is sim.disks[disk_path] (zeroed, size bytes);
+    tgt_params sets target parameters by field name (iscsi_tgt_params:
+    nop_in_interval=1, ...)."""
     disk = sim.disks.setdefault(disk_path, bytearray(size))
-    t = SimTarget(sim, addr, iqn, disk, blocksize)
+    t = SimTarget(sim, addr, iqn, disk, blocksize, dict(tgt_params or {}))
     ret = sim.boot(lambda: _target_init(t, disk_path))
     if ret != 0:
         raise RuntimeError(f"seed {sim.seed}: target boot failed: "
