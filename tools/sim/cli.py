@@ -23,7 +23,6 @@ A bad command line gets one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import multiprocessing
 import random
 import sys
@@ -35,6 +34,7 @@ from tools.sim.scenarios import SCENARIOS, TargetSpec
 from tools.sim.tcp import TcpWorld
 
 SEED_MAX = (1 << 64) - 1
+BATCH = 50                  # most seeds one explore worker process runs
 DESCRIPTIONS = {name: (fn.__doc__ or "").strip().split("\n")[0] for name, fn in SCENARIOS.items()}
 
 
@@ -125,31 +125,43 @@ def run_tcp(scenario: str, seed: int, addr: tuple[str, int], iqn: str) -> Outcom
 
 
 def _explore_batch(scenario: str, seeds: list[int]) -> list[Outcome]:
-    return [run_seed(scenario, s) for s in seeds]
+    """Run seeds in order, stopping after the first failure: a failed run
+    may leave kernel state behind, so the rest go to a fresh process."""
+    outs = []
+    for s in seeds:
+        out = run_seed(scenario, s)
+        outs.append(out)
+        if not out.ok:
+            break
+    return outs
 
 
 def explore(scenario: str, seeds: list[int], jobs: int) -> tuple[list[Outcome], float]:
-    """Run every seed; return the outcomes (in seed order) and the seconds taken."""
+    """Run every seed in J worker processes; return the outcomes (in seed
+    order) and the seconds taken."""
     t0 = time.monotonic()
-    if jobs == 1:
-        outs = []
-        for s in seeds:
-            out = run_seed(scenario, s)
-            _report(out)
-            outs.append(out)
-        return outs, time.monotonic() - t0
-    chunks = [seeds[i::jobs] for i in range(jobs)]
-    outs = []
-    # fork: workers start at once with the parent's imports; each runs its
-    # seeds one after another on fresh Simulations.
+    outs: list[Outcome] = []
+    size = max(1, min(BATCH, -(-len(seeds) // (jobs * 4))))
+    # fork, one batch per process: workers start at once with the parent's
+    # imports (the parent never boots kshim), and a batch cut short by a
+    # failure leaves its kernel state with its process.
     ctx = multiprocessing.get_context("fork")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        futures = [pool.submit(_explore_batch, scenario, c) for c in chunks if c]
-        for f in concurrent.futures.as_completed(futures):
-            for out in f.result():
+    with ctx.Pool(processes=jobs, maxtasksperchild=1) as pool:
+        pending = [(pool.apply_async(_explore_batch, (scenario, seeds[i:i + size])),
+                    seeds[i:i + size]) for i in range(0, len(seeds), size)]
+        # Each pass retires the first batch; a cut-short batch resubmits
+        # only the seeds it did not run, so every seed runs once.
+        while pending:
+            res, todo = pending.pop(0)
+            got = res.get()
+            for out in got:
                 _report(out)
-                outs.append(out)
-    outs.sort(key=lambda o: seeds.index(o.seed))
+            outs.extend(got)
+            if len(got) < len(todo):
+                rest = todo[len(got):]
+                pending.append((pool.apply_async(_explore_batch, (scenario, rest)), rest))
+    order = {s: i for i, s in enumerate(seeds)}
+    outs.sort(key=lambda o: order[o.seed])
     return outs, time.monotonic() - t0
 
 

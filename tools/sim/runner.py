@@ -64,13 +64,15 @@ def verdict_of(exc: BaseException) -> str:
 
 def drive(name: str, world: Any, target: TargetSpec, seed: int, *,
           max_virtual_s: float = MAX_VIRTUAL_S,
-          teardown: Callable[[], list[str]] | None = None) -> Outcome:
-    """Run scenario name on world against target; never raises for a
-    failing run (the verdict says it), only for an unknown scenario.
+          teardown: Callable[[], list[str]] | None = None,
+          body: Callable[[Context], None] | None = None) -> Outcome:
+    """Run scenario name (or body, a scenario function of a test, named
+    name) on world against target; never raises for a failing run (the
+    verdict says it), only for an unknown scenario.
     teardown, called after a run that kept every invariant, stops the
     target and returns what it left behind (leaks, lockdep and
     debugobjects reports): any line is a "teardown" violation."""
-    scenario = SCENARIOS.get(name)
+    scenario = body or SCENARIOS.get(name)
     if scenario is None:
         raise KeyError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
     inv = Invariants(target.block_size)
