@@ -23,7 +23,8 @@ from iscsi_scst.target import iscsi_add_portal, iscsi_target_add, iscsi_target_d
 from kshim.engine_sim import Simulation
 from kshim.err import errname
 from scst_core.main import scst_acg_add_lun, scst_find_device
-from vdisk.vdisk import vdisk_add_device, vdisk_del_device, vdisk_exit, vdisk_init
+from vdisk.vdisk import (vdisk_add_device, vdisk_del_device, vdisk_dev_list, vdisk_exit,
+                         vdisk_init)
 
 DEFAULT_ADDR = ("10.0.0.1", 3260)
 DEFAULT_IQN = "iqn.2026-01.org.uscst.sim:disk0"
@@ -78,7 +79,8 @@ def _target_exit() -> None:
     # in this process starts clean (a daemon never boots twice).
     for tgt in list(target_list):
         iscsi_target_del(tgt)
-    vdisk_del_device("disk0")
+    for name in list(vdisk_dev_list):
+        vdisk_del_device(name)
     vdisk_exit()
 
 
