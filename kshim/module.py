@@ -57,7 +57,7 @@ from typing import Any, Callable
 import attrs
 
 from kshim.bug import getframe, report_bug
-from kshim.err import EBUSY, EEXIST, EFAULT, EINVAL, ENOENT, EPERM
+from kshim.err import EBUSY, EEXIST, EFAULT, EINVAL, ENOENT, EPERM, errname
 from kshim.kobject import kobject, kobject_create_and_add, kobject_del
 from kshim.printk import pr_err, pr_info, pr_warn
 from kshim.sysfs import __ATTR, kobj_attribute, module_kobj, sysfs_create_file
@@ -415,8 +415,8 @@ def module_refcount(m: module) -> int:
 
 
 def module_holders(m: module) -> str:
-    """'holder, holder x2, ...' for messages."""
-    return ", ".join(h if n == 1 else f"{h} x{n}" for h, n in m.holders.items())
+    """'holder, holder, ...' for messages (each named once, as lsmod does)."""
+    return ", ".join(m.holders)
 
 
 def module_is_live(m: module) -> bool:
@@ -497,14 +497,22 @@ def _drop_symbols(m: module) -> None:
     m.syms.clear()
 
 
+def module_oops(title: str, e: BaseException, **details: object) -> None:
+    """Report an exception that escaped a module's code (an init, exit or
+    a callback the core called) as an oops: title, details (the module's
+    name first), the error and where it was raised. Call it from the
+    except clause that caught e."""
+    report_bug(title, **details, error=f"{type(e).__name__}: {e}",
+               trace=traceback.format_exc())
+
+
 def _call_oopsable(m: module, what: str, fn: Callable[[], Any]) -> Any:
     """fn(); an exception escaping it is an oops naming the module (and
     -EFAULT), since the kthread that loads modules must survive it."""
     try:
         return fn()
     except Exception as e:          # an oops in a module's init/exit names the module
-        report_bug(f"oops in {what} of module {m.name}", module=m.name,
-                   error=f"{type(e).__name__}: {e}", trace=traceback.format_exc())
+        module_oops(f"oops in {what} of module {m.name}", e, module=m.name)
         return -EFAULT
 
 
@@ -542,7 +550,7 @@ def load_module(name: str, args: str = "") -> int:
         m.state = MODULE_STATE_UNFORMED
         m.unloaded = True
         _drop_symbols(m)
-        pr_err(f"{m.name}: module init failed: {ret}")
+        pr_err(f"{m.name}: module init failed: {errname(ret)}")
         return ret
     m.state = MODULE_STATE_LIVE
     del modules[m.name]            # lsmod lists in load order
@@ -618,7 +626,7 @@ def statistics() -> list[module_stats]:
     """Loaded modules (last loaded first, as lsmod lists them) with state,
     reference count, parameters, symbols, size and holders."""
     return [module_stats(m.name, m.state, m.refcnt, len(m.params), len(m.syms), m.size,
-                         tuple(h if n == 1 else f"{h} x{n}" for h, n in m.holders.items()))
+                         tuple(m.holders))
             for m in reversed(list(modules.values())) if m.state != MODULE_STATE_UNFORMED]
 
 

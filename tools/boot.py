@@ -192,8 +192,9 @@ def _logged(fn: Callable[[], int]) -> dict:
     if ret == 0:
         return {"ok": True}
     msgs = engine_ctl._log_since(mark)
+    why = msgs[-1] if msgs else ""
     return {"ok": False, "errno": -ret, "code": errname(ret), "log": msgs,
-            "error": f"{errname(ret)}: {msgs[-1]}" if msgs else errname(ret)}
+            "error": why if errname(ret) in why else f"{errname(ret)}: {why}".rstrip(": ")}
 
 
 def insmod(name: str, args: str = "") -> dict:
@@ -202,8 +203,6 @@ def insmod(name: str, args: str = "") -> dict:
         ret = module.load_module(name, args)
         if ret == -EEXIST:
             pr_err(f"insmod: {name}: module is already loaded")
-        elif ret < 0:
-            pr_err(f"insmod: {name}: init failed: {errname(ret)}")
         return ret
     return _logged(load)
 

@@ -9,6 +9,9 @@
 2. Inside kshim only the engine modules (host.py, engine.py, engine_*.py)
    import host modules, like LKL's host-ops table.
 
+The kernel-layer rule itself lives in tools/modcheck.py, so `uscstadmin
+insmod --check` applies the same rule to a developer's outside module.
+
 check_layers(root) is a plain function over a source tree, so the tests can
 point it at a temporary copy with a deliberately bad module and prove it
 reports it (a checker that cannot fail proves nothing).
@@ -20,21 +23,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools.modcheck import KERNEL_LAYERS, kernel_import_problem
+from tools.modcheck import imports as _imports
+
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
-KERNEL_LAYERS = ("scst_core", "iscsi_scst", "vdisk")
-# What the kernel layers may import besides kshim and each other.
-PURE_STDLIB = frozenset({
-    "__future__", "typing", "enum", "struct", "attrs", "hashlib", "fnmatch",
-    "collections", "functools", "itertools", "math", "re", "dataclasses",
-    "string", "abc", "bisect", "heapq", "binascii", "base64", "hmac",
-})
-# Named explicitly so the report says why (all are outside PURE_STDLIB anyway).
-HOST_MODULES = frozenset({
-    "threading", "socket", "select", "selectors", "trio", "asyncio", "greenlet",
-    "os", "time", "subprocess", "multiprocessing", "ctypes", "cffi", "signal",
-    "io", "shutil", "pathlib", "random", "secrets",
-})
 # Host modules kshim keeps to its engine modules.
 KSHIM_HOST_MODULES = frozenset({
     "trio", "socket", "os", "threading", "time", "signal", "ctypes", "select",
@@ -53,30 +46,6 @@ class Violation:
         return f"{self.path}:{self.line}: imports {self.module}: {self.why}"
 
 
-def _imports(tree: ast.AST) -> list[tuple[int, str, bool]]:
-    """(line, top-level module, dynamic) for every import in tree;
-    relative imports give '.' (same package)."""
-    out: list[tuple[int, str, bool]] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                out.append((node.lineno, alias.name.split(".")[0], False))
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                out.append((node.lineno, ".", False))
-            else:
-                out.append((node.lineno, (node.module or "").split(".")[0], False))
-        elif isinstance(node, ast.Call):
-            f = node.func
-            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
-            if name in ("__import__", "import_module"):
-                arg = node.args[0] if node.args else None
-                mod = arg.value.split(".")[0] if isinstance(arg, ast.Constant) and \
-                    isinstance(arg.value, str) else "<dynamic>"
-                out.append((node.lineno, mod, True))
-    return out
-
-
 def _py_files(d: Path) -> list[Path]:
     return sorted(p for p in d.rglob("*.py") if "__pycache__" not in p.parts)
 
@@ -93,7 +62,6 @@ def check_layers(root: Path) -> list[Violation]:
     violation of its own."""
     root = Path(root)
     found: list[Violation] = []
-    allowed_kernel = {"kshim", ".", *KERNEL_LAYERS} | PURE_STDLIB
     for layer in KERNEL_LAYERS:
         d = root / layer
         if not d.is_dir():
@@ -106,14 +74,9 @@ def check_layers(root: Path) -> list[Violation]:
                 found.append(Violation(rel, e.lineno or 0, "?", f"does not parse: {e.msg}"))
                 continue
             for line, mod, dynamic in _imports(tree):
-                if dynamic:
-                    found.append(Violation(rel, line, mod, "dynamic import in kernel code"))
-                elif mod in HOST_MODULES:
-                    found.append(Violation(rel, line, mod,
-                                           "host module in kernel code (go through kshim)"))
-                elif mod not in allowed_kernel:
-                    found.append(Violation(rel, line, mod,
-                                           "not kshim, a kernel layer, or allowed pure stdlib"))
+                why = kernel_import_problem(mod, dynamic)
+                if why is not None:
+                    found.append(Violation(rel, line, mod, why))
     kd = root / "kshim"
     if kd.is_dir():
         for path in _py_files(kd):
