@@ -323,14 +323,21 @@ def _report_ready(cfg: BootConfig) -> None:
 def target_init(cfg: BootConfig) -> int:
     """Load scst, scst_vdisk, iscsi_scst and cfg.modules in that order, then
     apply cfg.config_text (or build the default target) and add the
-    portals. 0, or the first -errno with its reason in `failures`.
-    Task context."""
+    portals. 0, or the first -errno with its reason in `failures`; on an
+    error what was loaded is unloaded again (the engine runs no exit after a
+    failed init). Task context."""
     failures.clear()
     if cfg.pr_dir is not None:
         scst_pr.scst_pr_dir = cfg.pr_dir
     ret = _load_modules(cfg)
+    if ret == 0:
+        ret = _configure(cfg)
     if ret != 0:
-        return ret
+        target_exit()
+    return ret
+
+
+def _configure(cfg: BootConfig) -> int:
     if cfg.config_text is not None:
         filename = cfg.config_filename or "<config>"
         r = apply_config(cfg.config_text, filename)

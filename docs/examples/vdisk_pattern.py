@@ -12,10 +12,11 @@ repeated to fill the block; `seed` is a device attribute
 
 What it shows:
 - module_init/module_exit, a module parameter (dev_size_mb: the size of
-  the devices add_device creates unless it is given size_mb=),
+  the devices add_device creates unless it is given blocks=),
 - an scst_dev_type with parse, exec and dev_done,
 - a slab cache (one pattern_cmd per command, from parse to dev_done),
-- a sysfs attribute (seed) through the core's device attribute table.
+- sysfs attributes (seed, writable; blocks) through the core's device
+  attribute table, marked "[key]" so write-config saves them.
 
 Contexts: parse and exec run in any context (exec_atomic: they never
 sleep); dev_done where the core finishes the command. add_device,
@@ -34,7 +35,7 @@ from kshim.printk import pr_err, pr_info
 from kshim.scatterlist import sg_copy_from_buffer
 from kshim.slab import kmem_cache, kmem_cache_alloc, kmem_cache_create, kmem_cache_destroy, \
     kmem_cache_free
-from kshim.sysfs import __ATTR_RW, kobj_attribute
+from kshim.sysfs import __ATTR_RO, __ATTR_RW, kobj_attribute
 from scst_core.const import (SAM_STAT_BUSY, TYPE_DISK, scst_sense_block_out_range_error,
                              scst_sense_invalid_opcode)
 from scst_core.lib import (scst_cmd_iov, scst_set_cmd_error, scst_set_cmd_error_status,
@@ -43,14 +44,15 @@ from scst_core.main import (scst_register_virtual_dev_driver, scst_register_virt
                             scst_unregister_virtual_dev_driver, scst_unregister_virtual_device)
 from scst_core.scst import (SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME, SCST_EXEC_COMPLETED,
                             scst_cmd, scst_dev_type, scst_device)
-from scst_core.sysfs import scst_devt_sysfs, scst_register_devt_sysfs, scst_unregister_devt_sysfs
+from scst_core.sysfs import (scst_attr_show_key, scst_devt_sysfs, scst_register_devt_sysfs,
+                             scst_unregister_devt_sysfs)
 
 MODULE_LICENSE("GPL")
 MODULE_DESCRIPTION("SCSI disk serving a generated pattern (the uscst tutorial's example)")
 
 dev_size_mb = 64
 module_param("dev_size_mb", "int", 0o644)
-MODULE_PARM_DESC("dev_size_mb", "size of a new device in MiB, unless add_device says size_mb=")
+MODULE_PARM_DESC("dev_size_mb", "size of a new device in MiB, unless add_device says blocks=")
 
 BLOCK_SIZE = 512
 READ_6, READ_10, READ_12, READ_16 = 0x08, 0x28, 0xA8, 0x88
@@ -215,19 +217,19 @@ def pattern_attach(dev: scst_device) -> int:
 
 
 def pattern_add_device(name: str, params: dict[str, str]) -> int:
-    """handlers/vdisk_pattern/mgmt: add_device NAME [size_mb=N; seed=N]."""
+    """handlers/vdisk_pattern/mgmt: add_device NAME [blocks=N; seed=N]."""
     if name in pattern_devs:
         return -EEXIST
     try:
-        size_mb = int(params.get("size_mb", dev_size_mb))
+        nblocks = int(params.get("blocks", str((dev_size_mb << 20) // BLOCK_SIZE)), 0)
         seed = int(params.get("seed", "0"), 0)
     except ValueError:
-        pr_err(f"vdisk_pattern: bad size_mb or seed for {name}")
+        pr_err(f"vdisk_pattern: bad blocks or seed for {name}")
         return -EINVAL
-    if size_mb < 1 or not 0 <= seed < 1 << 64:
-        pr_err(f"vdisk_pattern: size_mb must be >= 1 and seed 0..2^64-1 for {name}")
+    if nblocks < 1 or not 0 <= seed < 1 << 64:
+        pr_err(f"vdisk_pattern: blocks must be >= 1 and seed 0..2^64-1 for {name}")
         return -EINVAL
-    pdev = pattern_dev(name, (size_mb << 20) // BLOCK_SIZE, seed)
+    pdev = pattern_dev(name, nblocks, seed)
     dev = scst_register_virtual_device(pattern_devtype, name, pdev)
     if IS_ERR(dev):
         return dev
@@ -247,7 +249,12 @@ def pattern_del_device(name: str) -> int:
 
 
 def seed_show(kobj: kobject, a: kobj_attribute) -> str:
-    return f"{kobj.private.dh_priv.seed:#x}\n"
+    seed = kobj.private.dh_priv.seed
+    return scst_attr_show_key(seed, seed != 0)      # "[key]": write-config saves it
+
+
+def blocks_show(kobj: kobject, a: kobj_attribute) -> str:
+    return scst_attr_show_key(kobj.private.dh_priv.nblocks, True)
 
 
 def seed_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
@@ -265,7 +272,7 @@ pattern_devtype = scst_dev_type(
     name="vdisk_pattern", type=TYPE_DISK, parse=pattern_parse, exec=pattern_exec,
     dev_done=pattern_dev_done, attach=pattern_attach, exec_atomic=True,
     add_device=pattern_add_device, del_device=pattern_del_device,
-    add_device_parameters=("size_mb", "seed"))
+    add_device_parameters=("blocks", "seed"))
 
 
 @module_init
@@ -283,7 +290,8 @@ def pattern_init() -> int:
         kmem_cache_destroy(pattern_cmd_cache)
         return ret
     scst_register_devt_sysfs("vdisk_pattern", scst_devt_sysfs(
-        dev_attrs=(__ATTR_RW("seed", seed_show, seed_store),), dev_live_attrs=("seed",)))
+        dev_attrs=(__ATTR_RW("seed", seed_show, seed_store), __ATTR_RO("blocks", blocks_show)),
+        dev_live_attrs=("seed",), dev_create_only_attrs=("blocks",)))
     pr_info(f"vdisk_pattern: loaded, {dev_size_mb} MiB devices by default")
     return 0
 

@@ -126,7 +126,7 @@ def test_the_tutorial_steps_load_serve_refuse_unload_and_reload_an_edit(target,
     assert lsmod(target)["vdisk_pattern"] == (0, "")
     ok(target, "open-dev", "pat0", "--handler", "vdisk_pattern", "-p", "seed=0x1234")
     ok(target, "add-lun", target.iqn, "1", "pat0")
-    assert ok(target, "get", "devices/pat0/seed").strip() == "0x1234"
+    assert ok(target, "get", "devices/pat0/seed").strip() == "4660"
     # 3. initiators see it
     inq = subprocess.run(["iscsi-inq", lun_url(target, 1)], capture_output=True, text=True,
                          timeout=30)
@@ -256,3 +256,39 @@ def test_insmod_check_reports_host_imports_and_passes_clean_modules(tmp_path: Pa
     r = subprocess.run([sys.executable, "-m", "tools.uscstadmin", "insmod", "--check",
                         str(EXAMPLE)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_reloaded_module_gets_its_devices_and_luns_back_from_the_config(tmp_path: Path) -> None:
+    from mgmt_support import Daemon, free_port
+    port = free_port()
+    conf = f"""HANDLER vdisk_pattern {{
+\tDEVICE pat0 {{
+\t\tblocks 16384
+\t\tseed 5
+\t}}
+}}
+TARGET_DRIVER iscsi {{
+\tenabled 1
+\tportal 127.0.0.1:{port}
+\tTARGET iqn.2026-11.org.uscst:cf {{
+\t\tLUN 0 pat0
+\t\tenabled 1
+\t}}
+}}
+"""
+    d = Daemon(tmp_path, conf, extra=["--module", str(EXAMPLE), "--debug"], port=port)
+    try:
+        assert d.wait_for("uscstd: control socket"), d.output()
+        assert "uscstd: module vdisk_pattern loaded" in d.output()
+        written = d.admin("write-config").stdout
+        assert "\t\tblocks 16384\n\t\tseed 5\n" in written, written
+        assert d.admin("config", str(d.config)).stdout.strip() == "0 changes applied"
+        d.admin("rem-lun", "iqn.2026-11.org.uscst:cf", "0")
+        d.admin("rmmod", "vdisk_pattern")
+        d.admin("insmod", str(EXAMPLE))
+        assert d.admin("reload").stdout.strip() == "2 changes applied"
+        assert "LUN 0 of iqn.2026-11.org.uscst:cf" in d.admin("lsmod").stdout
+        assert d.admin("get", "devices/pat0/seed").stdout.strip() == "5"
+    finally:
+        assert d.stop() == 0, d.output()
+    assert "BUG" not in d.output() and "Traceback" not in d.output(), d.output()
