@@ -427,6 +427,15 @@ def find_module(name: str) -> module | None:
     return modules.get(name)
 
 
+def find_module_of(pyname: str) -> module | None:
+    """The module a Python module (or a file of a module's package) belongs to."""
+    m = _by_pymod.get(pyname)
+    if m is None:
+        m = next((pm for prefix, pm in _by_pymod.items() if pyname.startswith(prefix + ".")),
+                 None)
+    return m
+
+
 # -- loading ------------------------------------------------------------------------------
 
 def _lookup(name: str) -> module | None:

@@ -159,7 +159,7 @@ def module_import(target: str) -> str:
         except Exception as e:      # an unknown name or a broken module: report it
             raise ModuleLoadError(f"{target}: cannot import {pyname}: {type(e).__name__}: {e}",
                                   -ENOENT)
-        m = module.find_module(target) or module._by_pymod.get(pyname)
+        m = module.find_module(target) or module.find_module_of(pyname)
         if m is None:
             raise ModuleLoadError(f"{target}: {pyname} declares no module", -ENOEXEC)
     if not m.size:
