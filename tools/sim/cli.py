@@ -34,6 +34,7 @@ from tools.sim.scenarios import SCENARIOS, TargetSpec
 from tools.sim.tcp import TcpWorld
 
 SEED_MAX = (1 << 64) - 1
+LEVELS = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
 BATCH = 50                  # most seeds one explore worker process runs
 DESCRIPTIONS = {name: (fn.__doc__ or "").strip().split("\n")[0] for name, fn in SCENARIOS.items()}
 
@@ -104,15 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes (default 1)")
     e.add_argument("--random", action="store_true",
                    help="K random 64-bit seeds instead of 1..K")
+    for sp in (r, e):
+        sp.add_argument("--log-level", choices=LEVELS, default="warning",
+                        help="kernel messages up to this level reach stderr (default warning)")
     return p
 
 
-def run_seed(scenario: str, seed: int, trace: str | None = None) -> Outcome:
+def run_seed(scenario: str, seed: int, trace: str | None = None,
+             log_level: str = "warning") -> Outcome:
     """One seed under the sim engine (in this process)."""
     # Imported here: the sim engine loads kshim, which list, --portal runs
     # and the parent of explore's workers do not need.
     from tools.sim import simrun
-    return simrun.run_sim(scenario, seed, trace_path=trace)
+    return simrun.run_sim(scenario, seed, trace_path=trace, log_level=log_level)
 
 
 def run_tcp(scenario: str, seed: int, addr: tuple[str, int], iqn: str) -> Outcome:
@@ -124,19 +129,20 @@ def run_tcp(scenario: str, seed: int, addr: tuple[str, int], iqn: str) -> Outcom
         world.shutdown()
 
 
-def _explore_batch(scenario: str, seeds: list[int]) -> list[Outcome]:
+def _explore_batch(scenario: str, seeds: list[int], log_level: str) -> list[Outcome]:
     """Run seeds in order, stopping after the first failure: a failed run
     may leave kernel state behind, so the rest go to a fresh process."""
     outs = []
     for s in seeds:
-        out = run_seed(scenario, s)
+        out = run_seed(scenario, s, log_level=log_level)
         outs.append(out)
         if not out.ok:
             break
     return outs
 
 
-def explore(scenario: str, seeds: list[int], jobs: int) -> tuple[list[Outcome], float]:
+def explore(scenario: str, seeds: list[int], jobs: int,
+            log_level: str = "warning") -> tuple[list[Outcome], float]:
     """Run every seed in J worker processes; return the outcomes (in seed
     order) and the seconds taken."""
     t0 = time.monotonic()
@@ -147,7 +153,7 @@ def explore(scenario: str, seeds: list[int], jobs: int) -> tuple[list[Outcome], 
     # failure leaves its kernel state with its process.
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(processes=jobs, maxtasksperchild=1) as pool:
-        pending = [(pool.apply_async(_explore_batch, (scenario, seeds[i:i + size])),
+        pending = [(pool.apply_async(_explore_batch, (scenario, seeds[i:i + size], log_level)),
                     seeds[i:i + size]) for i in range(0, len(seeds), size)]
         # Each pass retires the first batch; a cut-short batch resubmits
         # only the seeds it did not run, so every seed runs once.
@@ -159,7 +165,7 @@ def explore(scenario: str, seeds: list[int], jobs: int) -> tuple[list[Outcome], 
             outs.extend(got)
             if len(got) < len(todo):
                 rest = todo[len(got):]
-                pending.append((pool.apply_async(_explore_batch, (scenario, rest)), rest))
+                pending.append((pool.apply_async(_explore_batch, (scenario, rest, log_level)), rest))
     order = {s: i for i, s in enumerate(seeds)}
     outs.sort(key=lambda o: order[o.seed])
     return outs, time.monotonic() - t0
@@ -187,15 +193,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
             out = run_tcp(args.scenario, args.seed, args.portal, args.iqn)
         else:
-            out = run_seed(args.scenario, args.seed, args.trace)
+            out = run_seed(args.scenario, args.seed, args.trace, args.log_level)
         for k, v in sorted(out.stats.items()):
             print(f"{k}={v}")
+        for line in out.details:
+            print(f"teardown: {line}")
         print(out.line(), flush=True)
         return 0 if out.ok else 1
     rng = random.SystemRandom()
     seeds = ([rng.randrange(SEED_MAX + 1) for _ in range(args.seeds)] if args.random
              else list(range(1, args.seeds + 1)))
-    outs, took = explore(args.scenario, seeds, args.jobs)
+    outs, took = explore(args.scenario, seeds, args.jobs, args.log_level)
     failed = sum(not o.ok for o in outs)
     print(f"explored {len(outs)} seeds: {failed} failed, {len(outs) / max(took, 1e-9):.1f} seeds/s")
     return 0 if failed == 0 else 1
