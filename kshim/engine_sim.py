@@ -109,6 +109,7 @@ class Simulation:
         self._saved_ops: host.host_operations | None = None
         self._baseline_tasks: set[int] = set()
         self._baseline_timers: set[int] = set()
+        self._baseline_slab: dict[int, int] = {}
         self.net = sim_net(self)
         self.files = sim_files(self)
         self.disks = self.files.disks
@@ -347,6 +348,7 @@ class Simulation:
         self._run_task_to_end(workqueue.workqueue_init, "kworker-init")
         self._baseline_tasks = set(sched.all_tasks)
         self._baseline_timers = {id(x) for x in pending_timers()}
+        self._baseline_slab = {id(c): c.active for c in slab.slab_caches}
         return self._run_task_to_end(init, "insmod")
 
     def shutdown(self, exit_fn: Callable[[], object] | None) -> None:
@@ -386,14 +388,16 @@ def pending_timers() -> list[timer.timer_list]:
 
 
 def teardown_problems(sim: Simulation) -> list[str]:
-    """After shutdown(): what was left behind. Slab objects still allocated
-    in a live cache, kthreads alive that boot did not start, timers pending
-    that boot did not arm, work items queued or running, and every report
-    the debugging aids (lockdep, debugobjects, might_sleep, oops) made."""
+    """After shutdown(): what this run left behind. More slab objects
+    allocated in a live cache than at boot, kthreads alive that boot did not
+    start, timers pending that boot did not arm, work items queued or
+    running, and every report the debugging aids (lockdep, debugobjects,
+    might_sleep, oops) made (reset bug.reports before the run)."""
     out: list[str] = []
     for c in slab.slab_caches:
-        if c.active:
-            out.append(f"slab: {c.active} object(s) of cache {c.name} still allocated")
+        extra = c.active - sim._baseline_slab.get(id(c), 0)
+        if extra > 0:
+            out.append(f"slab: {extra} object(s) of cache {c.name} still allocated")
     for pid, t in sorted(sched.all_tasks.items()):
         if pid not in sim._baseline_tasks:
             out.append(f"kthread: {t.comm}/{pid} still alive ({sched.task_state_to_char(t)})")

@@ -71,8 +71,11 @@ class sim_sock:
         return bool(self.rx) or self.rx_eof or self.reset or bool(self.backlog)
 
     def writable(self) -> bool:
-        return self.reset or self.inflight < self.window or (self.peer is not None
-                                                             and self.peer.closed)
+        """Worth a sk_write_space: a quarter of the window is free (no
+        silly-window trickle of one-byte sends, as TCP's receiver-side
+        window update rule avoids), or the connection is gone."""
+        return (self.reset or self.window - self.inflight >= self.window // 4
+                or (self.peer is not None and self.peer.closed))
 
 
 class SimPeer:

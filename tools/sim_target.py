@@ -23,7 +23,8 @@ from iscsi_scst.target import iscsi_add_portal, iscsi_target_add, iscsi_target_d
 from kshim.engine_sim import Simulation
 from kshim.err import errname
 from scst_core.main import scst_acg_add_lun, scst_find_device
-from vdisk.vdisk import vdisk_add_device, vdisk_del_device, vdisk_exit, vdisk_init
+from vdisk.vdisk import (vdisk_add_device, vdisk_del_device, vdisk_dev_list, vdisk_exit,
+                         vdisk_init)
 
 DEFAULT_ADDR = ("10.0.0.1", 3260)
 DEFAULT_IQN = "iqn.2026-01.org.uscst.sim:disk0"
@@ -38,6 +39,7 @@ class SimTarget:
     iqn: str
     disk: bytearray
     blocksize: int
+    tgt_params: dict[str, int] = field(default_factory=dict)
     failure: list[str] = field(default_factory=list)
 
 
@@ -57,6 +59,8 @@ def _target_init(t: SimTarget, path: str) -> int:
     if isinstance(tgt, int):
         t.failure.append(f"cannot add target {t.iqn}: {errname(tgt)}")
         return tgt
+    for key, value in t.tgt_params.items():
+        setattr(tgt.tgt_params, key, value)
     ret = scst_acg_add_lun(tgt.scst_tgt.default_acg, scst_find_device("disk0"), 0, False)
     if ret != 0:
         t.failure.append(f"cannot map LUN 0: {errname(ret)}")
@@ -75,17 +79,21 @@ def _target_exit() -> None:
     # in this process starts clean (a daemon never boots twice).
     for tgt in list(target_list):
         iscsi_target_del(tgt)
-    vdisk_del_device("disk0")
+    for name in list(vdisk_dev_list):
+        vdisk_del_device(name)
     vdisk_exit()
 
 
 def boot_target(sim: Simulation, *, size: int = 16 << 20, blocksize: int = 512,
                 iqn: str = DEFAULT_IQN, addr: tuple[str, int] = DEFAULT_ADDR,
-                disk_path: str = DEFAULT_DISK) -> SimTarget:
+                disk_path: str = DEFAULT_DISK,
+                tgt_params: dict[str, int] | None = None) -> SimTarget:
     """Boot kshim on sim with the default target; raise RuntimeError naming
-    what failed. The disk is sim.disks[disk_path] (zeroed, size bytes)."""
+    what failed. The disk is sim.disks[disk_path] (zeroed, size bytes);
+    tgt_params sets target parameters by field name (iscsi_tgt_params:
+    nop_in_interval=1, ...)."""
     disk = sim.disks.setdefault(disk_path, bytearray(size))
-    t = SimTarget(sim, addr, iqn, disk, blocksize)
+    t = SimTarget(sim, addr, iqn, disk, blocksize, dict(tgt_params or {}))
     ret = sim.boot(lambda: _target_init(t, disk_path))
     if ret != 0:
         raise RuntimeError(f"seed {sim.seed}: target boot failed: "
