@@ -66,8 +66,7 @@ def test_same_seed_replays_the_same_trace_and_another_seed_differs_seed_7(sim_ta
 
 @pytest.mark.sim_seed(11)
 def test_a_test_written_scenario_body_runs_under_the_fixture_seed_11(sim_target):
-    seen: list[bytes] = []
-
+    """Its actor reports back through ctx.count (the run is in a child process)."""
     def body(ctx: Context) -> None:
         def actor() -> None:
             sess = InitiatorSession(ctx.target.iqn, isid=bytes([0x80, 1, 1, 1, 1, 1]),
@@ -79,11 +78,11 @@ def test_a_test_written_scenario_body_runs_under_the_fixture_seed_11(sim_target)
             ch.wait([w])
             r = ch.submit(cdb_rw(False, 5, 1, False), read_len=512)
             ch.wait([r])
-            seen.append(bytes(r.data))
+            ctx.count("matched", int(bytes(r.data) == b"\x5a" * 512))
             ch.logout()
         ctx.world.spawn(actor, "test-actor")
-    sim_target.run("write-read", body)
-    assert seen == [b"\x5a" * 512]
+    out = sim_target.run("write-read", body)
+    assert out.stats["matched"] == 1
 
 
 def test_cli_run_prints_the_same_last_line_for_the_same_seed_and_writes_the_trace(tmp_path):
@@ -110,3 +109,12 @@ def test_cli_explore_reports_every_seed_and_the_rate():
     assert p.returncode == 0, p.stdout + p.stderr
     assert re.fullmatch(r"explored 4 seeds: 0 failed, \d+\.\d seeds/s",
                         p.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.sim_seed(3)
+@pytest.mark.xfail(strict=True, reason="known target bug found by explore: after session "
+                   "reinstatement of an MC/S session whose connections the target closed, the "
+                   "old session keeps one scst_cmd/iscsi_cmnd and is never freed (iscsird stays "
+                   "in D; teardown reports the leak). Remove the mark when fixed.")
+def test_mcs_reinstate_seed_3_frees_the_old_session_and_its_commands(sim_target):
+    sim_target.run("mcs-reinstate")

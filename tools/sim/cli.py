@@ -29,6 +29,7 @@ import sys
 import time
 from typing import NoReturn, Sequence
 
+from tools.sim import simrun
 from tools.sim.runner import Outcome, drive
 from tools.sim.scenarios import SCENARIOS, TargetSpec
 from tools.sim.tcp import TcpWorld
@@ -114,9 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
 def run_seed(scenario: str, seed: int, trace: str | None = None,
              log_level: str = "warning") -> Outcome:
     """One seed under the sim engine (in this process)."""
-    # Imported here: the sim engine loads kshim, which list, --portal runs
-    # and the parent of explore's workers do not need.
-    from tools.sim import simrun
     return simrun.run_sim(scenario, seed, trace_path=trace, log_level=log_level)
 
 
@@ -149,8 +147,8 @@ def explore(scenario: str, seeds: list[int], jobs: int,
     outs: list[Outcome] = []
     size = max(1, min(BATCH, -(-len(seeds) // (jobs * 4))))
     # fork, one batch per process: workers start at once with the parent's
-    # imports (the parent never boots kshim), and a batch cut short by a
-    # failure leaves its kernel state with its process.
+    # imports (the parent imports kshim but never boots it), and a batch
+    # cut short by a failure leaves its kernel state with its process.
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(processes=jobs, maxtasksperchild=1) as pool:
         pending = [(pool.apply_async(_explore_batch, (scenario, seeds[i:i + size], log_level)),
