@@ -50,7 +50,6 @@ from tools.sim.pdu import (
     OP_TASK_MGMT_RSP,
     OP_TEXT_RSP,
     RESERVED_TAG,
-    SAM_STAT_GOOD,
     Pdu,
     sn_add,
     sn_lt,

@@ -136,8 +136,8 @@ def read_baseline(ctx: Context, ch: Channel, luns: tuple[int, ...] = (0,)) -> No
             ctx.inv.baseline(lun, lba, bytes(cmd.data))
 
 
-def random_io(ctx: Context, lun: int = 0, *, lo: int = 0, hi: int | None = None,
-              ) -> Callable[[Channel], Command]:
+def random_io(ctx: Context, lun: int = 0, *, lo: int = 0,
+              hi: int | None = None) -> Callable[[Channel], Command]:
     """One random READ/WRITE command (as a submit function): mostly small,
     one in eight up to 256 blocks (R2T and multi-PDU Data-In), 10 or 16
     byte CDBs, immediate data or not."""
@@ -214,7 +214,7 @@ def mcs_reinstate(ctx: Context, commands: int = 200) -> None:
     isid = bytes([0x80]) + rng.randbytes(5)
     victim = rng.randrange(nconn)
     drop_after = rng.randint(1, commands // 2)
-    state = {"logged_in": 0, "ended": 0}
+    state = {"ended": 0}
 
     def conn_actor(sess: InitiatorSession, cid: int, lead: Channel | None) -> None:
         if lead is None:
@@ -223,13 +223,11 @@ def mcs_reinstate(ctx: Context, commands: int = 200) -> None:
             ch.login(keys)
             clear_unit_attentions(ch)
             read_baseline(ctx, ch)
-            state["logged_in"] += 1
             for c in range(1, nconn):
                 ctx.world.spawn(lambda c=c: conn_actor(sess, c, ch), f"mcs-cid{c}")
         else:
             ch = Channel(sess.connection(cid), ctx.world.connect(t.addr))
             ch.login()
-            state["logged_in"] += 1
         works = [random_io(ctx) for _ in range(commands)]
         try:
             if cid == victim:
