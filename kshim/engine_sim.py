@@ -63,6 +63,9 @@ SIM_EPOCH_NS = 1_767_225_600 * 1_000_000_000
 NS = 1_000_000_000
 
 
+_booted: "Simulation | None" = None      # one machine per process at a time
+
+
 class SimStall(Exception):
     """Nothing can progress while actors (or a boot) still wait, or the
     virtual-time limit of run() was reached."""
@@ -158,14 +161,6 @@ class Simulation:
         softirq.do_softirq()
         sched.run_queue()
 
-    def note(self, what: str) -> None:
-        """Append a line to the trace without an event (actors' landmarks)."""
-        line = f"{self._now} . {what}"
-        self._hash.update(line.encode())
-        self._hash.update(b"\n")
-        if self._trace:
-            self._lines.append(line)
-
     def trace_hash(self) -> str:
         return self._hash.hexdigest()
 
@@ -231,10 +226,6 @@ class Simulation:
             a.done = True
             self._live_actors -= 1
 
-    def current_actor(self) -> _actor | None:
-        """The actor running now, or None (the driving greenlet)."""
-        return self._current
-
     def block(self) -> None:
         """Suspend the current actor until wake() (actors only)."""
         if self._current is None or greenlet.getcurrent() is not self._current.gr:
@@ -277,6 +268,12 @@ class Simulation:
         """An outside host's TCP connection to a listening kernel socket;
         ConnectionRefusedError when nothing listens at addr."""
         return self.net.connect(addr)
+
+    def add_real_file(self, path: str) -> None:
+        """Let the simulated machine open path on the host (a real file
+        instead of an in-memory disk; its I/O still completes in virtual
+        time)."""
+        self.files.add_real_file(path)
 
     # -- timers ---------------------------------------------------------------------
 
@@ -336,10 +333,15 @@ class Simulation:
     def boot(self, init: Callable[[], int]) -> int:
         """Boot kshim on this engine and run init() in a kthread to its end
         (under virtual time); return its result. SimStall if it never ends."""
+        global _booted
         if self._booted:
             raise RuntimeError("Simulation.boot() twice")
         if greenlet.getcurrent() is not self._loop_gr:
             raise RuntimeError("Simulation.boot() from the greenlet that made the simulation")
+        if _booted is not None:
+            raise RuntimeError(f"seed {self.seed}: a Simulation (seed {_booted.seed}) is "
+                               f"already booted in this process; shut it down first")
+        _booted = self
         self._saved_ops = host.current_ops()
         host.set_ops(self._ops())
         sched.sched_init()
@@ -354,6 +356,7 @@ class Simulation:
     def shutdown(self, exit_fn: Callable[[], object] | None) -> None:
         """Run exit_fn in a kthread (if given), stop the engine, release
         every actor, socket and event, and give the host-ops table back."""
+        global _booted
         if not self._booted:
             return
         try:
@@ -374,6 +377,7 @@ class Simulation:
             if self._saved_ops is not None:
                 host.set_ops(self._saved_ops, rebase=False)
             self._booted = False
+            _booted = None
 
 
 def _noop(_: Any) -> None:

@@ -9,7 +9,7 @@ import pytest
 from kshim import bug, host
 from kshim.completion import complete, completion, wait_for_completion
 from kshim.engine_sim import SimPeer, SimStall, Simulation, check_determinism, teardown_problems
-from kshim.err import ECONNRESET, ENOTCONN
+from kshim.err import ECONNRESET, ENOENT, ENOTCONN
 from kshim.fs import O_CREAT, O_RDWR, filp_close, filp_open, vfs_readv, vfs_writev
 from kshim.jiffies import jiffies, ktime_get_ns
 from kshim.kthread import kthread_run, kthread_should_stop, kthread_stop
@@ -236,6 +236,37 @@ def test_sim_file_io_on_an_in_memory_disk_round_trips_in_virtual_time():
     assert sim.disks["/sim/new"] == b"\0\0\0z"
     assert sim.now_ns > 0                   # the pool calls took virtual time
     assert filp_open_outside_sim_is_real()
+
+
+def test_sim_reads_a_real_file_registered_with_add_real_file(tmp_path):
+    path = tmp_path / "real.img"
+    path.write_bytes(b"0123456789" * 100)
+    sim = Simulation(6)
+    sim.add_real_file(str(path))
+
+    def init() -> Any:
+        f = filp_open(str(path), O_RDWR)
+        if isinstance(f, int):
+            return f
+        buf = bytearray(10)
+        n = vfs_readv(f, [memoryview(buf)], 990)
+        filp_close(f)
+        return n, bytes(buf)
+    assert sim.boot(init) == (10, b"0123456789")
+    sim.shutdown(None)
+    unregistered = Simulation(6)
+    assert unregistered.boot(lambda: filp_open(str(path), O_RDWR)) == -ENOENT
+    unregistered.shutdown(None)
+
+
+def test_a_second_simulation_cannot_boot_while_one_runs():
+    a, b = Simulation(1), Simulation(2)
+    a.boot(lambda: 0)
+    with pytest.raises(RuntimeError, match="already booted"):
+        b.boot(lambda: 0)
+    a.shutdown(None)
+    assert b.boot(lambda: 7) == 7
+    b.shutdown(None)
 
 
 def filp_open_outside_sim_is_real() -> bool:
