@@ -112,9 +112,10 @@ def test_cli_explore_reports_every_seed_and_the_rate():
 
 
 @pytest.mark.sim_seed(3)
-@pytest.mark.xfail(strict=True, reason="known target bug found by explore: after session "
-                   "reinstatement of an MC/S session whose connections the target closed, the "
-                   "old session keeps one scst_cmd/iscsi_cmnd and is never freed (iscsird stays "
-                   "in D; teardown reports the leak). Remove the mark when fixed.")
+@pytest.mark.xfail(strict=True, reason="known target bug found by explore: a READ's response "
+                   "is in the connection's partly sent tx batch (conn.tx_items) when the "
+                   "reinstatement closes the connection; iscsi_conn_abort_cmnds finishes only "
+                   "write_list items, so the command stays in XMIT_WAIT, iscsird waits in D and "
+                   "the old session is never freed. Remove the mark when fixed.")
 def test_mcs_reinstate_seed_3_frees_the_old_session_and_its_commands(sim_target):
     sim_target.run("mcs-reinstate")

@@ -119,7 +119,10 @@ def run_seed(scenario: str, seed: int, trace: str | None = None,
 
 
 def run_tcp(scenario: str, seed: int, addr: tuple[str, int], iqn: str) -> Outcome:
-    spec = TargetSpec(addr=addr, iqn=iqn, fresh=False)
+    """One seed against a running uscstd: its disk is not new, and its
+    NOP-In timing is the target default (30 s and 30 s)."""
+    spec = TargetSpec(addr=addr, iqn=iqn, fresh=False, nop_in_interval=30.0,
+                      nop_in_timeout=30.0)
     world = TcpWorld(seed)
     try:
         return drive(scenario, world, spec, seed, max_virtual_s=600.0)
@@ -188,6 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.portal is not None:
             if args.trace:
                 print("uscst-sim: --trace needs the sim engine, not --portal", file=sys.stderr)
+                return 2
+            if args.scenario == "config-churn":
+                print("uscst-sim: config-churn changes the configuration in-process: "
+                      "not with --portal", file=sys.stderr)
                 return 2
             out = run_tcp(args.scenario, args.seed, args.portal, args.iqn)
         else:
