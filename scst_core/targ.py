@@ -320,7 +320,7 @@ def _prepare_space(cmd: scst_cmd) -> int:
                or c.irqs_off else GFP_KERNEL)
         if scst_alloc_space(cmd, cmd.bufflen, gfp) != 0:
             pr_err(f"scst: no memory for a {cmd.bufflen}-byte buffer (tag {cmd.tag:#x})")
-            scst_set_cmd_error(cmd, scst_sense_hardw_error)
+            scst_set_busy(cmd)            # as SCST: the initiator retries later
             cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
             return _RES_CONT_NEXT
     if cmd.data_direction & SCST_DATA_WRITE and cmd.write_len:

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", metavar="PATH",
                    help="control socket for uscstadmin (default $XDG_RUNTIME_DIR/uscst.sock, "
                         "/run/uscst.sock as root)")
+    p.add_argument("--fault", action="append", metavar="POINT:ATTR=VALUE,...",
+                   help="inject faults from the first call (docs/fault-injection.md); "
+                        "repeatable; $USCST_FAULTS adds more")
     p.add_argument("--version", action="version", version="uscstd 0.1.0")
     return p
 
@@ -137,13 +140,19 @@ def resolve(args: argparse.Namespace) -> dict:
         if not os.path.exists(disk) and not os.path.isdir(parent):
             raise UsageError(f"directory of --disk {disk} does not exist")
     from kshim.engine_ctl import default_control_path
+    from kshim.fault_inject import apply_fault_specs, split_env_specs
+    faults = split_env_specs(os.environ.get("USCST_FAULTS", "")) + (args.fault or [])
+    try:
+        apply_fault_specs(faults, dry_run=True)
+    except ValueError as e:
+        raise UsageError(f"--fault: {e}")
     # Persistent reservations with APTPL live beside the data.
     state_dir = (args.data_dir or (os.path.dirname(disk) if disk else None)
                  or default_data_dir())
     return dict(iqn=args.iqn, size=size, portals=portals, disk=disk, nullio=args.nullio,
                 pr_dir=os.path.join(os.path.abspath(state_dir), "pr"),
                 blocksize=args.blocksize, log_level=args.log_level, debug=args.debug,
-                config=config, config_text=config_text, fuse=args.fuse,
+                config=config, config_text=config_text, fuse=args.fuse, faults=faults,
                 control=os.path.abspath(args.control) if args.control else default_control_path())
 
 
@@ -545,6 +554,9 @@ def serve(cfg: dict) -> int:
 
     printk.set_console_loglevel(cfg["log_level"])
     set_debug(cfg["debug"])
+    from kshim.fault_inject import apply_fault_specs, debugfs_init
+    debugfs_init()
+    apply_fault_specs(cfg["faults"])
     failure: list[str] = []
 
     def apply_text(text: str, filename: str, force: bool = False, dry_run: bool = False) -> dict:

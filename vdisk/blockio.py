@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from kshim.dmapool import dma_pool, dma_pool_alloc, dma_pool_create, dma_pool_destroy, dma_pool_free
 from kshim.err import EINVAL, ENOMEM, ENOSPC, IS_ERR
+from kshim.fault_inject import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
 from kshim.fs import (O_DIRECT, STATX_DIOALIGN, file, filp_close, kstat, vfs_getattr,
                       vfs_readv, vfs_writev)
 from kshim.gfp import GFP_KERNEL
@@ -218,6 +219,7 @@ def _blockio_check_align(virt_dev: scst_vdisk_dev, f: file) -> int:
     return 0
 
 
+@ALLOW_ERROR_INJECTION(EI_ETYPE_ERRNO)
 def blockio_attach(dev: scst_device) -> int:
     """Open the file or device O_DIRECT (creating a missing file sparse if a
     size was given), check its direct I/O alignment and publish the
