@@ -256,7 +256,7 @@ def _fail_stacktrace(attr: fault_attr) -> bool:
     """The kernel's fail_stacktrace: no frame in the reject range, and (if
     a require range is set) some frame in it, within stacktrace-depth."""
     found = not (attr.require_start or attr.require_end)
-    f = getframe(3)
+    f = getframe(2)            # should_fail's caller, upwards
     depth = attr.stacktrace_depth
     while f is not None and depth > 0:
         mod, fn = _frame_names(f)

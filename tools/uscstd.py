@@ -141,6 +141,7 @@ def resolve(args: argparse.Namespace) -> dict:
             raise UsageError(f"directory of --disk {disk} does not exist")
     from kshim.engine_ctl import default_control_path
     from kshim.fault_inject import apply_fault_specs, split_env_specs
+    import iscsi_scst.iscsi, vdisk.blockio, vdisk.fileio  # noqa: F401 (their injectable functions)
     faults = split_env_specs(os.environ.get("USCST_FAULTS", "")) + (args.fault or [])
     try:
         apply_fault_specs(faults, dry_run=True)
