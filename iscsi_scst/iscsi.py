@@ -69,6 +69,7 @@ from kshim.random32 import get_random_bytes
 from kshim.scatterlist import sg_copy_from_buffer, sg_virt
 from kshim.slab import kmem_cache_alloc, kmem_cache_create, kmem_cache_free
 from kshim.err import IS_ERR
+from kshim.fault_inject import DECLARE_FAULT_ATTR, should_fail
 from kshim.gfp import GFP_KERNEL, __GFP_NOFAIL
 from kshim.jiffies import HZ, jiffies
 from kshim.timer import del_timer, mod_timer, timer_list
@@ -194,6 +195,9 @@ def iscsi_rx_hdr(conn: iscsi_conn, buf: bytearray, off: int) -> None:
     b0, flags, _b2, _b3, lens, lun, itt = common_hdr.unpack_from(buf, off)
     dsl = lens & 0xFFFFFF
     op = b0 & ISCSI_OPCODE_MASK
+    if fail_iscsi_pdu.armed and iscsi_pdu_fault(op):
+        raise ProtocolError(f"iscsi: {conn.peer}: fault injection (fail_iscsi_pdu): dropping the "
+                            f"connection at a PDU of opcode {op:#x}, ITT {itt:#x}", None)
     if dsl > conn.max_recv_data_length:
         raise ProtocolError(f"iscsi: {conn.peer}: data segment of {dsl} bytes exceeds "
                             f"MaxRecvDataSegmentLength {conn.max_recv_data_length} "
@@ -224,6 +228,24 @@ def iscsi_rx_hdr(conn: iscsi_conn, buf: bytearray, off: int) -> None:
     else:
         iscsi_send_reject(conn, bhs, ISCSI_REASON_UNSUPPORTED_COMMAND)
         _rx_discard(conn, dsl)
+
+
+_PDU_NAMES = {"SCSI-Command": ISCSI_OP_SCSI_CMD, "Data-Out": ISCSI_OP_SCSI_DATA_OUT,
+              "NOP-Out": ISCSI_OP_NOP_OUT, "Text": ISCSI_OP_TEXT_CMD,
+              "Task-Management": ISCSI_OP_SCSI_TASK_MGT_MSG, "Logout": ISCSI_OP_LOGOUT_CMD,
+              "Login": ISCSI_OP_LOGIN_CMD}
+# The connection drops when an eligible PDU's header arrives ("drop the
+# connection after the 2nd Data-Out": opcode=Data-Out,interval=3,times=1).
+fail_iscsi_pdu = DECLARE_FAULT_ATTR("fail_iscsi_pdu", {
+    "opcode": (str, "Data-Out", tuple(_PDU_NAMES) + ("ANY",))})
+
+
+def iscsi_pdu_fault(op: int) -> bool:
+    """Should the connection drop at this PDU (fail_iscsi_pdu)?"""
+    name = fail_iscsi_pdu.params["opcode"]
+    if name != "ANY" and _PDU_NAMES[name] != op:
+        return False
+    return should_fail(fail_iscsi_pdu, 1)
 
 
 def iscsi_protocol_error(conn: iscsi_conn, e: ProtocolError) -> bool:

@@ -170,6 +170,19 @@ fault_points: dict[str, fault_attr] = {a.name: a for a in (
     fail_timer, fail_wakeup, fail_trylock, fail_softirq)}
 
 
+def DECLARE_FAULT_ATTR(name: str, knobs: dict[str, tuple]) -> fault_attr:
+    """A point a subsystem declares for itself (the kernel's
+    DECLARE_FAULT_ATTR plus fault_create_debugfs_attr): its knobs are
+    name -> (type, default, choices or None); its debugfs directory appears
+    with the others (at once if debugfs is already up)."""
+    POINTS[name] = knobs
+    a = fault_points[name] = _new_point(name)
+    root = kernel_kobj.entries.get("debug")
+    if root is not None and "fault-inject" in root.entries:
+        _point_dir(root, name)
+    return a
+
+
 # -- per task: make-it-fail and fail-nth ---------------------------------------
 
 @attrs.define(slots=True, eq=False)
@@ -678,7 +691,8 @@ def fault_attr_set(point: str, name: str, value: str) -> None:
         setattr(attr, name.replace("-", "_"), v)
         if name == "seed":
             prandom_seed_state(attr.rnd, v)
-            attr.count = 0
+        if name in ("seed", "interval"):
+            attr.count = 0              # the interval counts from now
         _rearm()
         return
     if point == "fail_function" and name == "inject":
@@ -958,6 +972,20 @@ def _fei_refresh(kobj: kobject) -> None:
             kobject_put(kobj.entries[name])
 
 
+def _point_dir(root: kobject, point: str) -> None:
+    rw = S_IRUGO | S_IWUSR
+    d = kobject_create_and_add(point, root,
+                               kobj_type(refresh=_fei_refresh) if point == "fail_function"
+                               else None)
+    if d is None:
+        return
+    for name in list(_COMMON) + list(POINTS[point]):
+        sysfs_create_file(d, __ATTR(name, rw, _show, _store, private=name))
+    if point == "fail_function":
+        sysfs_create_file(d, __ATTR("inject", rw, _show_fei_inject, _store_fei_inject))
+        sysfs_create_file(d, __ATTR("injectable", S_IRUGO, _show_fei_list, None))
+
+
 def debugfs_init() -> kobject | None:
     """Create /sys/kernel/debug/<point>/... and debug/fault-inject/ (once)."""
     root = kernel_kobj.entries.get("debug")
@@ -967,16 +995,7 @@ def debugfs_init() -> kobject | None:
         return root
     rw = S_IRUGO | S_IWUSR
     for point in fault_points:
-        d = kobject_create_and_add(point, root,
-                                   kobj_type(refresh=_fei_refresh) if point == "fail_function"
-                                   else None)
-        if d is None:
-            continue
-        for name in list(_COMMON) + list(POINTS[point]):
-            sysfs_create_file(d, __ATTR(name, rw, _show, _store, private=name))
-        if point == "fail_function":
-            sysfs_create_file(d, __ATTR("inject", rw, _show_fei_inject, _store_fei_inject))
-            sysfs_create_file(d, __ATTR("injectable", S_IRUGO, _show_fei_list, None))
+        _point_dir(root, point)
     ctl = kobject_create_and_add("fault-inject", root)
     if ctl is not None:
         sysfs_create_file(ctl, __ATTR("make-it-fail", rw, _show_make_it_fail,
