@@ -623,7 +623,8 @@ def _default_retval(etype: str) -> Any:
 def ALLOW_ERROR_INJECTION(etype: str) -> Callable[[F], F]:
     """Mark a kernel-layer function injectable: once named in
     debug/fail_function/inject, a call may return `retval` instead of
-    running (the kernel overrides the function's return the same way)."""
+    running (the kernel overrides the function's return the same way).
+    Enumerate mode walks every injectable function, listed or not."""
     def mark(fn: F) -> F:
         ent = error_injection_list[fn.__name__] = fei_attr(fn.__name__, etype,
                                                            _default_retval(etype))
@@ -631,7 +632,8 @@ def ALLOW_ERROR_INJECTION(etype: str) -> Callable[[F], F]:
 
         @functools.wraps(fn)
         def injectable(*args: Any, **kwargs: Any) -> Any:
-            if fail_function.armed and ent.inject and should_fail(fail_function, 1, label):
+            if fail_function.armed and (ent.inject or _state.enum_mode != "off") \
+                    and should_fail(fail_function, 1, label):
                 return ent.retval
             return fn(*args, **kwargs)
         return injectable  # type: ignore[return-value]

@@ -269,7 +269,7 @@ def _sites(t: Target) -> list[tuple[int, str]]:
 def enumerate_cmd(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="uscst-campaign-") as d:
         t = Target(Path(d), ["failslab:verbose=1", "fail_page_alloc:verbose=1"])
-        t.write("debug/fault-inject/enumerate", "record")
+        t.write("debug/fault-inject/enumerate", " ".join(["record", *args.points]))
         base = scenario(t.port)
         t.write("debug/fault-inject/enumerate", "off")
         if "logout" not in base:
@@ -297,6 +297,7 @@ def enumerate_cmd(args: argparse.Namespace) -> int:
     good = [r for r in reached if r[4]]
     print("## Fault campaign 6.2: enumerate mode over login + WRITE (R2T) + READ + "
           "ABORT TASK + logout\n")
+    print(f"- points: {' '.join(args.points) or 'the default set (failures, not delays)'}")
     print(f"- fault-free scenario: {base}")
     print(f"- sites known: {total_sites}; tried: {len(rows)}; reached and failed once: "
           f"{len(reached)}; ended well: {len(good)} of {len(reached)}; server exit on "
@@ -324,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--log-dir", help="keep iscsi-test-cu.log and uscstd.err here")
     e = sub.add_parser("enumerate", help="6.2: fail every reached site once")
     e.add_argument("--max-sites", type=int, default=400)
+    e.add_argument("--points", nargs="*", default=[],
+                   help="points to walk (default: every point whose fault is a failure)")
     e.add_argument("--time-limit", type=float, default=900.0, help="seconds for all runs")
     args = p.parse_args(argv)
     try:
