@@ -204,3 +204,57 @@ def test_socket_reset_frees_every_command_and_a_new_login_works_seed_16007(
     assert again.read10(0, 8).ok
     again.logout()
     again.close()
+
+
+@pytest.mark.parametrize("seed, faults", [
+    (16008, ("fail_sock_recv:error=short,probability=30,times=-1",
+             "fail_sock_send:error=short,probability=30,times=-1",
+             "fail_file_read:error=delay,delay-ms=5,probability=20,times=-1",
+             "fail_wakeup:probability=20,times=-1")),
+    (16009, ("fail_sock_recv:error=EAGAIN,probability=30,times=-1",
+             "fail_sock_send:error=delay,delay-ms=5,probability=20,times=-1",
+             "fail_queue_work:delay-ms=5,probability=20,times=-1",
+             "fail_timer:error=late,delay-ms=5,probability=20,times=-1",
+             "fail_softirq:delay-ms=2,probability=10,times=-1")),
+])
+def test_short_transfers_delays_and_spurious_wakeups_cause_no_failure(
+        uscstd, tmp_path: Path, seed: int, faults: tuple[str, ...]) -> None:
+    srv, ctl = _start(uscstd, tmp_path, *(f"{f},seed={seed},verbose=0" for f in faults))
+    ini = _login(srv)
+    try:
+        for i in range(12):
+            data = bytes([i]) * (128 * BS)
+            assert ini.write10(i * 128, data).ok, i
+            r = ini.read10(i * 128, 128)
+            assert r.ok and r.data == data, i
+    finally:
+        ini.logout()
+        ini.close()
+    points = [f.split(":")[0] for f in faults]
+    injected = {p: int(ctl.read(f"debug/{p}/injected")) for p in points}
+    assert all(injected[p] > 0 for p in points[:2]), injected
+    wait_commands_freed(ctl)
+
+
+def _admin(srv_sock: str, *args: str) -> "subprocess.CompletedProcess[str]":
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "tools.uscstadmin", "--socket", srv_sock,
+                           *args], capture_output=True, text=True, timeout=30)
+
+
+def test_uscstadmin_reads_and_writes_the_debugfs_points(uscstd, tmp_path: Path) -> None:
+    _srv, _ctl = _start(uscstd, tmp_path)
+    sock = str(tmp_path / "ctl.sock")
+    r = _admin(sock, "get", "debug/failslab")
+    assert r.returncode == 0 and re.search(r"^probability\s+0$", r.stdout, re.M), r.stdout
+    assert _admin(sock, "set", "debug/fail_page_alloc/min-order", "3").returncode == 0
+    assert _admin(sock, "get", "debug/fail_page_alloc/min-order").stdout.strip() == "3"
+    bad = _admin(sock, "set", "debug/failslab/probability", "250")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr
+    assert _admin(sock, "get", "debug/failslab/probability").stdout.strip() == "0"
+    assert "iscsi_session_create" in _admin(sock, "get",
+                                            "debug/fail_function/injectable").stdout
+    assert _admin(sock, "set", "debug/fail_function/inject", "iscsi_session_create").returncode == 0
+    assert _admin(sock, "get", "debug/fail_function/iscsi_session_create/retval"
+                  ).stdout.strip() == "-12"
