@@ -44,7 +44,7 @@ def _zero_tail(iov: list, skip: int) -> None:
         skip = 0
 
 
-_MAX_PIECES = 64       # short counts one request may be continued after
+MAX_PIECES = 64       # short counts one request may be continued after
 
 
 def _iov_skip(iov: list, n: int) -> list:
@@ -66,7 +66,7 @@ def _rw_all(write: bool, virt_dev: scst_vdisk_dev, iov: list, pos: int,
     (bytes done, 0 or -errno). A read stops early only at end of file."""
     f = virt_dev.file
     done = 0
-    for _ in range(_MAX_PIECES):
+    for _ in range(MAX_PIECES):
         rest = iov if not done else _iov_skip(iov, done)
         n = vfs_writev(f, rest, pos + done) if write else vfs_readv(f, rest, pos + done)
         if n < 0:

@@ -107,6 +107,39 @@ def test_read_across_an_eio_range_gets_03_11_00_naming_its_first_bad_lba_seed_16
     wait_commands_freed(ctl)
 
 
+def test_blockio_read_across_an_eio_range_names_its_first_bad_lba_seed_16010(
+        uscstd, tmp_path: Path) -> None:
+    iqn = "iqn.2026-11.org.uscst:blockio"
+    conf = tmp_path / "blockio.conf"
+    conf.write_text(f"""HANDLER vdisk_blockio {{
+\tDEVICE disk0 {{
+\t\tfilename {tmp_path / "bio.img"}
+\t\tsize 16M
+\t}}
+}}
+TARGET_DRIVER iscsi {{
+\tenabled 1
+\tTARGET {iqn} {{
+\t\tLUN 0 disk0
+\t\tenabled 1
+\t}}
+}}
+""")
+    sock = str(tmp_path / "ctl.sock")
+    srv = uscstd("--config", str(conf), "--control", sock, "--fault",
+                 f"fail_file_read:start={100 * BS},end={108 * BS},probability=100,times=-1,"
+                 "seed=16010,verbose=0", disk=None, size=None, iqn=iqn)
+    ini = _login(srv)
+    try:
+        r = ini.read10(96, 8)
+        assert r.status == SAM_STAT_CHECK_CONDITION, r
+        assert_medium_error(r.sense, 0x11, 100)
+        assert ini.read10(0, 8).ok
+    finally:
+        ini.logout()
+        ini.close()
+
+
 def test_write_across_an_eio_range_gets_03_0c_00_naming_its_first_bad_lba_seed_16002(
         uscstd, tmp_path: Path) -> None:
     srv, ctl = _start(uscstd, tmp_path, f"fail_file_write:start={203 * BS},end={204 * BS},"
