@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import weakref
 from typing import Any, Callable, TypeVar
 
 import attrs
@@ -65,7 +64,8 @@ from kshim.gfp import __GFP_DIRECT_RECLAIM, __GFP_NOFAIL
 from kshim.jiffies import HZ, jiffies, msecs_to_jiffies
 from kshim.kobject import kobj_type, kobject, kobject_create_and_add, kobject_put
 from kshim.printk import KERN_WARNING, printk
-from kshim.random32 import get_random_u64, prandom_seed_state, prandom_u32_max, rnd_state
+from kshim.random32 import (get_random_u64, prandom_seed_state, prandom_u32_state,
+                            reciprocal_scale, rnd_state)
 from kshim.sysfs import S_IRUGO, S_IWUSR, __ATTR, kernel_kobj, kobj_attribute, sysfs_create_file
 
 # XXX: #16 socket "reset after N bytes" is `space`: the call that crosses the
@@ -197,10 +197,10 @@ class _enum_site:
 @attrs.define(slots=True, eq=False)
 class _fault_state:
     """Task and enumerate state, all touched on the one CPU: no lock."""
-    make_it_fail: "weakref.WeakSet[sched.task_struct]" = attrs.field(factory=weakref.WeakSet)
+    # tasks leave both when they exit (_forget, a task exit hook)
+    make_it_fail: set = attrs.field(factory=set)
     make_it_fail_comms: list = attrs.field(factory=list)     # fnmatch patterns
-    fail_nth: "weakref.WeakKeyDictionary[sched.task_struct, int]" = attrs.field(
-        factory=weakref.WeakKeyDictionary)
+    fail_nth: dict = attrs.field(factory=dict)    # task -> countdown
     enum_mode: str = "off"                # off | record | target
     enum_points: tuple = ENUMERATE_POINTS
     enum_sites: dict = attrs.field(factory=dict)   # key -> _enum_site
@@ -219,9 +219,22 @@ def _rearm() -> None:
                    or (_state.enum_mode != "off" and a.name in _state.enum_points))
 
 
+def _forget(task: sched.task_struct) -> None:
+    """A task exits: it leaves make-it-fail and fail-nth."""
+    _state.make_it_fail.discard(task)
+    if _state.fail_nth.pop(task, None) is not None:
+        _rearm()
+
+
+def _track(task: sched.task_struct) -> None:
+    if _forget not in task.exit_hooks:
+        task.exit_hooks.append(_forget)
+
+
 def set_make_it_fail(task: sched.task_struct, on: bool) -> None:
     """/proc/PID/make-it-fail: mark a task for the points with task-filter."""
     if on:
+        _track(task)
         _state.make_it_fail.add(task)
     else:
         _state.make_it_fail.discard(task)
@@ -231,6 +244,7 @@ def set_fail_nth(task: sched.task_struct, nth: int) -> None:
     """/proc/PID/task/TID/fail-nth: the task's nth call (1-based) of any
     point fails; 0 cancels."""
     if nth > 0:
+        _track(task)
         _state.fail_nth[task] = nth
     else:
         _state.fail_nth.pop(task, None)
@@ -247,7 +261,7 @@ def _task_marked(t: sched.task_struct) -> bool:
         return True
     comm = t.comm
     if any(fnmatch.fnmatchcase(comm, p) for p in _state.make_it_fail_comms):
-        _state.make_it_fail.add(t)
+        set_make_it_fail(t, True)
         return True
     return False
 
@@ -361,7 +375,7 @@ def should_fail(attr: fault_attr, size: int, label: str = "") -> bool:
         attr.count += 1
         if attr.count % attr.interval:
             return False
-    if attr.probability <= prandom_u32_max(attr.rnd, 100):
+    if attr.probability <= reciprocal_scale(prandom_u32_state(attr.rnd), 100):
         return False
     if (attr.require_start or attr.require_end or attr.reject_start or attr.reject_end) \
             and not _fail_stacktrace(attr):
@@ -778,9 +792,9 @@ def fault_reset() -> None:
         prandom_seed_state(fresh.rnd, fresh.seed)
         for f in attrs.fields(fault_attr):
             setattr(a, f.name, getattr(fresh, f.name))
-    _state.make_it_fail = weakref.WeakSet()
+    _state.make_it_fail = set()
     _state.make_it_fail_comms.clear()
-    _state.fail_nth = weakref.WeakKeyDictionary()
+    _state.fail_nth = {}
     enumerate_stop()
     for ent in error_injection_list.values():
         ent.inject = False

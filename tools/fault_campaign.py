@@ -66,10 +66,14 @@ class Target:
         self.proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=open(self.err, "wb"))
         deadline = time.monotonic() + 30
-        while not os.path.exists(self.ctl_path):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"uscstd did not start:\n{self.err.read_text()[-2000:]}")
-            time.sleep(0.1)
+        while True:                 # until the control socket answers
+            try:
+                Ctl(self.ctl_path).call("ping")
+                break
+            except Failed:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"uscstd did not start:\n{self.err.read_text()[-2000:]}")
+                time.sleep(0.1)
         self.url = f"iscsi://127.0.0.1:{self.port}/{IQN}/0"
 
     def alive(self) -> bool:

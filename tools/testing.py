@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from tools.uscstadmin import Ctl
+from tools.uscstadmin import Ctl, Failed
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_IQN = "iqn.2026-11.org.uscst:testing"
@@ -160,12 +160,16 @@ class UscstTarget:
             self.proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + START_TIMEOUT
-        while not os.path.exists(self.control):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"uscstd did not start: {self.log_text()[-2000:]}")
-            time.sleep(0.05)
-        return self
+        while True:                 # until the control socket answers
+            try:
+                Ctl(self.control).call("ping")
+                return self
+            except Failed:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    log = self.log_text()[-2000:]
+                    self.stop()
+                    raise RuntimeError(f"uscstd did not start: {log}") from None
+                time.sleep(0.05)
 
     def stop(self) -> None:
         """SIGTERM; raise RuntimeError if it did not exit 0 or logged a bug."""

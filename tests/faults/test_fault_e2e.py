@@ -30,7 +30,7 @@ def _start(uscstd, tmp_path: Path, *faults: str):
         extra += ["--fault", f]
     srv = uscstd(*extra)
     deadline = time.monotonic() + 10.0
-    while not Path(sock).exists():      # the control socket comes up after "ready at"
+    while "uscstd: control socket" not in srv.stdout_text():   # it comes up after "ready at"
         assert time.monotonic() < deadline and srv.proc.poll() is None, srv.stderr_text()
         time.sleep(0.05)
     return srv, Ctl(sock)
