@@ -28,7 +28,8 @@ from typing import Any, Callable
 import attrs
 
 from iscsi_scst import session as session_mod
-from iscsi_scst.conn import RX_DATA, RX_INIT_BHS, RX_TAIL, iscsi_conn, iscsi_conn_mark_closing
+from iscsi_scst.conn import (RX_DATA, RX_INIT_BHS, RX_TAIL, iscsi_conn, iscsi_conn_mark_closing,
+                             iscsi_dummy_buf)
 from iscsi_scst.digest import digest_data
 from iscsi_scst.hdr import (ISCSI_CMD_ATTR_MASK, common_hdr, ISCSI_CMD_READ, ISCSI_CMD_WRITE,
                             ISCSI_FLG_CONTINUE, ISCSI_FLG_FINAL, ISCSI_FLG_RESID_OVERFLOW,
@@ -172,7 +173,7 @@ def _rx_set(conn: iscsi_conn, dsl: int, done: Callable[[iscsi_conn], None] | Non
 
 
 def _discard_iov(conn: iscsi_conn, n: int) -> list:
-    d = memoryview(conn.discard)
+    d = iscsi_dummy_buf
     out = []
     while n > 0:
         k = n if n < len(d) else len(d)
@@ -585,6 +586,7 @@ def _reset_cmnd(cmnd: iscsi_cmnd) -> None:
     cmnd.r2t_seqs.clear()
     cmnd.held = cmnd.release_pending = False
     cmnd.held_buf = None
+    cmnd.conn = None          # a kept free object must not pin its last connection
 
 
 
@@ -807,7 +809,7 @@ def _nop_in_timer(timer: timer_list) -> None:
     """Softirq: ping an idle initiator with a NOP-In; close the connection
     if the previous ping went unanswered (NopInTimeout)."""
     conn = timer.data
-    if conn.closing or conn.session is None:
+    if conn is None or conn.closing or conn.session is None:
         return
     params = conn.session.target.tgt_params
     if conn.nop_ttt is not None:

@@ -666,7 +666,7 @@ def serve(cfg: dict) -> int:
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             return {"ok": False, "error": f"cannot read {path}: {e}", "errno": EINVAL}
-        return await engine.call_in_task(lambda: apply_text(text, path, force))
+        return await engine_ctl.ctl_call(f"reload {path}", lambda: apply_text(text, path, force))
 
     reload_send, reload_recv = trio.open_memory_channel(4)
 
@@ -689,19 +689,20 @@ def serve(cfg: dict) -> int:
         if not isinstance(text, str) or not isinstance(filename, str):
             return {"ok": False, "error": "config_apply needs text and filename", "errno": EINVAL}
         force, dry = bool(req.get("force")), bool(req.get("dry_run"))
-        return await engine.call_in_task(lambda: apply_text(text, filename, force, dry))
+        return await engine_ctl.ctl_call("config_apply",
+                                         lambda: apply_text(text, filename, force, dry))
 
     async def op_config_write(req: dict) -> dict:
-        text = await engine.call_in_task(
-            lambda: scst_conf.write_running(engine_ctl.SysfsTree()))
-        return {"ok": True, "text": text}
+        return await engine_ctl.ctl_call("config_write", lambda: {
+            "ok": True, "text": scst_conf.write_running(engine_ctl.SysfsTree())})
 
     async def op_reload(req: dict) -> dict:
         return await reload(bool(req.get("force")))
 
     async def op_schema(req: dict) -> dict:
         from scst_core.sysfs import scst_sysfs_schema
-        return {"ok": True, "schema": await engine.call_in_task(scst_sysfs_schema)}
+        return await engine_ctl.ctl_call("schema", lambda: {"ok": True,
+                                                            "schema": scst_sysfs_schema()})
 
     ops = {"config_apply": op_config_apply, "config_write": op_config_write,
            "reload": op_reload, "schema": op_schema}
