@@ -230,6 +230,8 @@ def iscsi_conn_close(conn: iscsi_conn) -> None:
     # as iscsi-scst restores sk_user_data: refcounting then frees it.
     conn.sock.sk.sk_user_data = None
     conn.login_timer.data = conn.nop_timer.data = None
+    # and from its threads (their kthread data points back at conn)
+    conn.rd_task = conn.wr_task = None
     sess = conn.session
     if sess is not None:
         if not conn.logged_out:

@@ -754,8 +754,14 @@ def iscsi_tx_done(conn: iscsi_conn, item: Any, ret: int) -> None:
     """item's PDUs went out (ret 0) or could not (ret < 0)."""
     if item.tx_kind == TX_SCSI:
         scst_tgt_cmd_done(item.scst_cmd, SCST_CONTEXT_SAME)
-    elif ret == 0 and item.on_sent is not None:
+        return
+    if ret == 0 and item.on_sent is not None:
         item.on_sent(conn)
+    # The PDU is done (the kernel would kfree it here): an unlinked
+    # list_head points at itself, so its owner pointer would keep the PDU
+    # in a cycle only a full GC frees.
+    item.write_list_entry.owner = None
+    item.write_list_entry = None
 
 
 # -- other PDUs -------------------------------------------------------------
