@@ -601,6 +601,15 @@ def iscsi_conn_abort_cmnds(conn: iscsi_conn) -> None:
         item = node.owner
         if item.tx_kind == TX_SCSI and item.scst_cmd is not None:
             scst_tgt_cmd_done(item.scst_cmd, SCST_CONTEXT_DIRECT)
+    # Responses already built into a send that never completed (the socket
+    # failed under it) are finished too, or their commands would leak.
+    items = conn.tx_items
+    conn.tx_items = []
+    conn.tx_iov.clear()
+    conn.tx_len = 0
+    for item in items:
+        if item.tx_kind == TX_SCSI and item.scst_cmd is not None:
+            scst_tgt_cmd_done(item.scst_cmd, SCST_CONTEXT_DIRECT)
     sess = conn.session
     if sess is not None:
         for sn, held in list(sess.pending_cmnds.items()):

@@ -24,9 +24,10 @@ step not leaving the session in STATE_DROP, a response not in the
 transition table's next states, a text round trip that changes the keys).
 A hang is an input slower than --timeout (libFuzzer's -timeout).
 
-Usage (atheris, libFuzzer flags after --):
+Usage (atheris; libFuzzer flags and more corpus directories after --):
   python -m tools.fuzz_iscsi --runs 1000000 --max-seconds 1800 \\
-      --corpus tests/fuzz/corpus
+      --corpus /tmp/fuzz-corpus tests/fuzz/corpus
+  python -m tools.fuzz_iscsi --corpus tests/fuzz/corpus -- -merge=1 /tmp/fuzz-corpus
   python -m tools.fuzz_iscsi --replay tests/fuzz/corpus   (no atheris needed)
 
 The corpus in tests/fuzz/corpus (kept small with libFuzzer's -merge) is
@@ -349,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replay", nargs="+", default=None, help="replay these files/dirs and exit")
     p.add_argument("--write-seeds", metavar="DIR", help="write the hand-written seeds and exit")
     p.add_argument("libfuzzer", nargs="*", help="extra libFuzzer flags (after --)")
-    a = p.parse_args(argv)
+    # libFuzzer re-runs this command for -merge with flags of its own: pass them on.
+    a, extra = p.parse_known_args(argv)
+    a.libfuzzer += extra
     if a.write_seeds:
         os.makedirs(a.write_seeds, exist_ok=True)
         for name, data in seeds().items():
@@ -365,13 +368,15 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("fuzz_iscsi: atheris is not installed (pip install atheris)", file=sys.stderr)
         return 2
-    flags = [sys.argv[0], f"-runs={a.runs}", f"-max_total_time={a.max_seconds}",
+    flags = [f"{sys.executable} -m tools.fuzz_iscsi", f"-runs={a.runs}", f"-max_total_time={a.max_seconds}",
              f"-timeout={a.timeout}", f"-seed={a.seed}", "-print_final_stats=1",
-             f"-artifact_prefix={a.artifacts.rstrip('/')}/", *a.libfuzzer]
+             f"-artifact_prefix={a.artifacts.rstrip('/')}/",
+             *[x for x in a.libfuzzer if x.startswith("-")]]
     os.makedirs(a.artifacts, exist_ok=True)
-    if a.corpus:
+    if a.corpus:                          # the first directory is the one written to
         os.makedirs(a.corpus, exist_ok=True)
         flags.append(a.corpus)
+    flags += [x for x in a.libfuzzer if not x.startswith("-")]
     atheris.instrument_all()
     atheris.Setup(flags, one_input)
     atheris.Fuzz()
