@@ -230,15 +230,15 @@ def _bug_reply(what: str, e: BaseException) -> dict:
             "errno": _errno.EIO}
 
 
-async def ctl_call(what: str, fn: Callable[[], dict]) -> dict:
-    """engine.call_in_task(fn), with an exception inside the kthread turned
-    into an error reply there (so the kthread exits normally)."""
+async def ctl_call(what: str, fn: Callable[[], dict], name: str = "kworker/ctl") -> dict:
+    """engine.call_in_task(fn, name), with an exception inside the kthread
+    turned into an error reply there (so the kthread exits normally)."""
     def guarded() -> dict:
         try:
             return fn()
         except Exception as e:     # a handler bug must not end the kthread with an Oops
             return _bug_reply(what, e)
-    rsp = await engine.call_in_task(guarded)
+    rsp = await engine.call_in_task(guarded, name)
     return rsp if isinstance(rsp, dict) else {"ok": False, "error": f"{what}: no reply",
                                               "errno": _errno.EIO}
 

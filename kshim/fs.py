@@ -14,6 +14,9 @@ preadv(RWF_NOWAIT) inline, which succeeds when the host's page cache holds
 the data; otherwise, and for every write, fsync and fallocate, the call goes
 to the engine's worker pool and the task sleeps on a completion until it
 returns (the host thread never blocks). Errors are negative errno values.
+Every host call goes through the host-ops table (kshim.host.ops): under the
+sim engine the "host" is an in-memory disk or a real file whose pool calls
+complete in virtual time, in a seeded order.
 A file opened O_DIRECT is O_DIRECT on the host: its buffers, offsets and
 lengths must meet the alignment vfs_getattr(STATX_DIOALIGN) reports, which
 page_alloc's pages do not (kshim.dmapool's blocks do). vfs_getattr takes
@@ -23,9 +26,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from kshim import engine, host
+from kshim import host
 from kshim.completion import complete, completion, wait_for_completion
 from kshim.err import EAGAIN, EBADF, EOPNOTSUPP
+from kshim.fault_inject import (fail_file_fallocate, fail_file_fsync, fail_file_read,
+                                fail_file_write, file_fault, file_rw_fault)
+from kshim.host import io_job, ops
 from kshim.sched import might_sleep
 
 O_RDONLY = host.O_RDONLY
@@ -64,18 +70,18 @@ class file:
         self.f_flags = flags
         self.f_path = path
         self.f_inode = inode(size)
-        self.nowait_read = bool(host.RWF_NOWAIT) and not flags & O_DIRECT
+        self.nowait_read = ops.rwf_nowait and not flags & O_DIRECT
 
 
 def filp_open(path: str, flags: int, mode: int = 0o600) -> "file | int":
     """Open path; return the file or -errno."""
     might_sleep()
-    fd = _pool_call(host.file_open, path, flags, mode)
+    fd = _pool_call(ops.file_open, path, flags, mode)
     if fd < 0:
         return fd
-    size = host.file_size(fd)
+    size = ops.file_size(fd)
     if size < 0:
-        host.file_close(fd)
+        ops.file_close(fd)
         return size
     return file(fd, flags, path, size)
 
@@ -84,7 +90,7 @@ def filp_close(f: file) -> int:
     if f.fd < 0:
         return -EBADF
     fd, f.fd = f.fd, -1
-    return host.file_close(fd)
+    return ops.file_close(fd)
 
 
 class kstat:
@@ -101,7 +107,7 @@ def vfs_getattr(f: file, stat: kstat, request_mask: int) -> int:
     """Fill stat for the open file: 0 or -errno. Only STATX_DIOALIGN is
     answered; stat.result_mask lacks it when the host kernel does not say
     (before Linux 6.1)."""
-    r = host.file_dio_align(f.fd)
+    r = ops.file_dio_align(f.fd)
     if isinstance(r, int):
         return r
     stat.result_mask = r[0] & request_mask & STATX_DIOALIGN
@@ -121,15 +127,15 @@ def i_size_write(ino: inode, size: int) -> None:
     ino.i_size = size
 
 
-def _io_complete(job: engine.io_job) -> None:
+def _io_complete(job: io_job) -> None:
     complete(job.private)
 
 
 def _pool_call(fn: Callable[..., int], *args: Any) -> int:
     """Run a blocking host call on the pool; sleep until it is done."""
     done = completion("vfs io")
-    job = engine.io_job(fn, args, _io_complete, done)
-    engine.io_submit(job)
+    job = io_job(fn, args, _io_complete, done)
+    ops.io_submit(job)
     wait_for_completion(done)
     return job.result
 
@@ -138,10 +144,13 @@ def vfs_readv(f: file, iov: list, pos: int) -> int:
     """Read into the buffers at pos: bytes read (short only at end of file)
     or -errno."""
     might_sleep()
+    if fail_file_read.armed and (r := file_rw_fault(fail_file_read, f, iov, pos,
+                                                    vfs_readv)) is not None:
+        return r
     want = host.iov_len(iov)
     got = 0
     if f.nowait_read:
-        n = host.file_preadv_nowait(f.fd, iov, pos)
+        n = ops.file_preadv_nowait(f.fd, iov, pos)
         if n == want or (n >= 0 and pos + n >= f.f_inode.i_size):
             stats["read_nowait_hits"] += 1
             return n
@@ -153,7 +162,7 @@ def vfs_readv(f: file, iov: list, pos: int) -> int:
         elif n != -EAGAIN:
             return n
     stats["read_pool"] += 1
-    n = _pool_call(host.file_preadv, f.fd, iov, pos + got)
+    n = _pool_call(ops.file_preadv, f.fd, iov, pos + got)
     if n < 0:
         return got or n
     return got + n
@@ -162,10 +171,10 @@ def vfs_readv(f: file, iov: list, pos: int) -> int:
 def vfs_readv_nowait(f: file, iov: list, pos: int) -> int:
     """Read only if the page cache holds all of it (IOCB_NOWAIT): bytes read
     (all, or fewer at end of file) or -EAGAIN; never sleeps, any context."""
-    if not f.nowait_read:
+    if not f.nowait_read or fail_file_read.armed:     # a fault is decided by vfs_readv
         return -EAGAIN
     want = len(iov[0]) if len(iov) == 1 else host.iov_len(iov)
-    n = host.file_preadv_nowait(f.fd, iov, pos)
+    n = ops.file_preadv_nowait(f.fd, iov, pos)
     if n == want or (n >= 0 and pos + n >= f.f_inode.i_size):
         stats["read_nowait_hits"] += 1
         return n
@@ -175,8 +184,11 @@ def vfs_readv_nowait(f: file, iov: list, pos: int) -> int:
 def vfs_writev(f: file, iov: list, pos: int) -> int:
     """Write the buffers at pos: bytes written or -errno."""
     might_sleep()
+    if fail_file_write.armed and (r := file_rw_fault(fail_file_write, f, iov, pos,
+                                                     vfs_writev)) is not None:
+        return r
     stats["write_pool"] += 1
-    n = _pool_call(host.file_pwritev, f.fd, iov, pos)
+    n = _pool_call(ops.file_pwritev, f.fd, iov, pos)
     if n > 0 and pos + n > f.f_inode.i_size:
         f.f_inode.i_size = pos + n
     return n
@@ -184,8 +196,10 @@ def vfs_writev(f: file, iov: list, pos: int) -> int:
 
 def vfs_fsync_range(f: file, start: int, end: int, datasync: bool) -> int:
     might_sleep()
+    if fail_file_fsync.armed and (r := file_fault(fail_file_fsync, f)) is not None:
+        return r
     stats["fsync"] += 1
-    return _pool_call(host.file_fsync, f.fd, datasync)
+    return _pool_call(ops.file_fsync, f.fd, datasync)
 
 
 def vfs_fsync(f: file, datasync: bool) -> int:
@@ -194,7 +208,9 @@ def vfs_fsync(f: file, datasync: bool) -> int:
 
 def vfs_fallocate(f: file, mode: int, offset: int, length: int) -> int:
     might_sleep()
-    ret = _pool_call(host.file_fallocate, f.fd, mode, offset, length)
+    if fail_file_fallocate.armed and (r := file_fault(fail_file_fallocate, f, mode)) is not None:
+        return r
+    ret = _pool_call(ops.file_fallocate, f.fd, mode, offset, length)
     if ret == 0 and not mode & FALLOC_FL_KEEP_SIZE and offset + length > f.f_inode.i_size:
         f.f_inode.i_size = offset + length
     return ret
@@ -202,7 +218,7 @@ def vfs_fallocate(f: file, mode: int, offset: int, length: int) -> int:
 
 def vfs_truncate(f: file, size: int) -> int:
     might_sleep()
-    ret = _pool_call(host.file_truncate, f.fd, size)
+    ret = _pool_call(ops.file_truncate, f.fd, size)
     if ret == 0:
         f.f_inode.i_size = size
     return ret
@@ -210,12 +226,12 @@ def vfs_truncate(f: file, size: int) -> int:
 
 def vfs_llseek(f: file, offset: int, whence: int) -> int:
     """SEEK_SET/SEEK_DATA/SEEK_HOLE; -ENXIO past the last data."""
-    return host.file_lseek(f.fd, offset, whence)
+    return ops.file_lseek(f.fd, offset, whence)
 
 
 def vfs_getsize(f: file) -> int:
     """Re-read the size from the host (after the file changed underneath)."""
-    size = host.file_size(f.fd)
+    size = ops.file_size(f.fd)
     if size >= 0:
         f.f_inode.i_size = size
     return size
