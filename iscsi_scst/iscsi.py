@@ -31,7 +31,8 @@ import attrs
 from iscsi_scst import conn as conn_mod
 from iscsi_scst import session as session_mod
 from iscsi_scst.config import iscsi_sysfs_exit, iscsi_sysfs_init
-from iscsi_scst.conn import RX_DATA, RX_INIT_BHS, RX_TAIL, iscsi_conn, iscsi_conn_mark_closing
+from iscsi_scst.conn import (RX_DATA, RX_INIT_BHS, RX_TAIL, iscsi_conn, iscsi_conn_mark_closing,
+                             iscsi_dummy_buf)
 from iscsi_scst.digest import digest_data
 from iscsi_scst.hdr import (ISCSI_CMD_ATTR_MASK, common_hdr, ISCSI_CMD_READ, ISCSI_CMD_WRITE,
                             ISCSI_FLG_CONTINUE, ISCSI_FLG_FINAL, ISCSI_FLG_RESID_OVERFLOW,
@@ -179,7 +180,7 @@ def _rx_set(conn: iscsi_conn, dsl: int, done: Callable[[iscsi_conn], None] | Non
 
 
 def _discard_iov(conn: iscsi_conn, n: int) -> list:
-    d = memoryview(conn.discard)
+    d = iscsi_dummy_buf
     out = []
     while n > 0:
         k = n if n < len(d) else len(d)
@@ -631,6 +632,7 @@ def _reset_cmnd(cmnd: iscsi_cmnd) -> None:
     cmnd.r2t_seqs.clear()
     cmnd.held = cmnd.release_pending = False
     cmnd.held_buf = None
+    cmnd.conn = None          # a kept free object must not pin its last connection
 
 
 
@@ -643,6 +645,15 @@ def iscsi_conn_abort_cmnds(conn: iscsi_conn) -> None:
             break
         list_del_init(node)
         item = node.owner
+        if item.tx_kind == TX_SCSI and item.scst_cmd is not None:
+            scst_tgt_cmd_done(item.scst_cmd, SCST_CONTEXT_DIRECT)
+    # Responses already built into a send that never completed (the socket
+    # failed under it) are finished too, or their commands would leak.
+    items = conn.tx_items
+    conn.tx_items = []
+    conn.tx_iov.clear()
+    conn.tx_len = 0
+    for item in items:
         if item.tx_kind == TX_SCSI and item.scst_cmd is not None:
             scst_tgt_cmd_done(item.scst_cmd, SCST_CONTEXT_DIRECT)
     sess = conn.session
@@ -798,8 +809,14 @@ def iscsi_tx_done(conn: iscsi_conn, item: Any, ret: int) -> None:
     """item's PDUs went out (ret 0) or could not (ret < 0)."""
     if item.tx_kind == TX_SCSI:
         scst_tgt_cmd_done(item.scst_cmd, SCST_CONTEXT_SAME)
-    elif ret == 0 and item.on_sent is not None:
+        return
+    if ret == 0 and item.on_sent is not None:
         item.on_sent(conn)
+    # The PDU is done (the kernel would kfree it here): an unlinked
+    # list_head points at itself, so its owner pointer would keep the PDU
+    # in a cycle only a full GC frees.
+    item.write_list_entry.owner = None
+    item.write_list_entry = None
 
 
 # -- other PDUs -------------------------------------------------------------
@@ -853,7 +870,7 @@ def _nop_in_timer(timer: timer_list) -> None:
     """Softirq: ping an idle initiator with a NOP-In; close the connection
     if the previous ping went unanswered (NopInTimeout)."""
     conn = timer.data
-    if conn.closing or conn.session is None:
+    if conn is None or conn.closing or conn.session is None:
         return
     params = conn.session.target.tgt_params
     if conn.nop_ttt is not None:

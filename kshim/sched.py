@@ -304,6 +304,12 @@ def _task_body(t: task_struct, fn: Callable[[], Any]) -> None:
     t.flags |= PF_EXITING
     for hook in t.exit_hooks:
         hook(t)
+    # What the kernel keeps on the task's stack dies with it: the reusable
+    # wait entry and schedule_timeout timer point back at t, and such a
+    # cycle would keep t (and what its kthread served) until a full GC.
+    if t.timeout_timer is not None:
+        t.timeout_timer.data = None
+    t.wait_entry = t.timeout_timer = None
     if t.held_locks and debug_atomic_sleep:
         report_bug("lock held when returning to user space / at task exit",
                    task=t.comm, locks=_held_lock_names(t))

@@ -210,7 +210,8 @@ def serve(cfg: dict) -> int:
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             return {"ok": False, "error": f"cannot read {path}: {e}", "errno": EINVAL}
-        return await engine.call_in_task(lambda: boot.apply_config(text, path, force))
+        return await engine_ctl.ctl_call(f"reload {path}",
+                                         lambda: boot.apply_config(text, path, force))
 
     reload_send, reload_recv = trio.open_memory_channel(4)
 
@@ -233,18 +234,19 @@ def serve(cfg: dict) -> int:
         if not isinstance(text, str) or not isinstance(filename, str):
             return {"ok": False, "error": "config_apply needs text and filename", "errno": EINVAL}
         force, dry = bool(req.get("force")), bool(req.get("dry_run"))
-        return await engine.call_in_task(lambda: boot.apply_config(text, filename, force, dry))
+        return await engine_ctl.ctl_call("config_apply",
+                                         lambda: boot.apply_config(text, filename, force, dry))
 
     async def op_config_write(req: dict) -> dict:
-        text = await engine.call_in_task(
-            lambda: scst_conf.write_running(engine_ctl.SysfsTree()))
-        return {"ok": True, "text": text}
+        return await engine_ctl.ctl_call("config_write", lambda: {
+            "ok": True, "text": scst_conf.write_running(engine_ctl.SysfsTree())})
 
     async def op_reload(req: dict) -> dict:
         return await reload(bool(req.get("force")))
 
     async def op_schema(req: dict) -> dict:
-        return {"ok": True, "schema": await engine.call_in_task(scst_sysfs_schema)}
+        return await engine_ctl.ctl_call("schema", lambda: {"ok": True,
+                                                            "schema": scst_sysfs_schema()})
 
     async def op_insmod(req: dict) -> dict:
         target, params = req.get("module"), req.get("params", [])
@@ -256,17 +258,19 @@ def serve(cfg: dict) -> int:
             name = boot.module_import(target)      # a host action: on the engine side
         except boot.ModuleLoadError as e:
             return {"ok": False, "error": str(e), "errno": -e.errno, "code": errname(e.errno)}
-        r = await engine.call_in_task(lambda: boot.insmod(name, " ".join(params)), "insmod")
+        r = await engine_ctl.ctl_call(f"insmod {name}",
+                                      lambda: boot.insmod(name, " ".join(params)), "insmod")
         return {**r, "name": name}
 
     async def op_rmmod(req: dict) -> dict:
         name = req.get("module")
         if not isinstance(name, str):
             return {"ok": False, "error": "rmmod needs a module name", "errno": EINVAL}
-        return await engine.call_in_task(lambda: boot.rmmod(name), "rmmod")
+        return await engine_ctl.ctl_call(f"rmmod {name}", lambda: boot.rmmod(name), "rmmod")
 
     async def op_lsmod(req: dict) -> dict:
-        return {"ok": True, "modules": await engine.call_in_task(boot.lsmod_rows)}
+        return await engine_ctl.ctl_call("lsmod", lambda: {"ok": True,
+                                                           "modules": boot.lsmod_rows()})
 
     ops = {"config_apply": op_config_apply, "config_write": op_config_write,
            "reload": op_reload, "schema": op_schema,
