@@ -102,6 +102,17 @@ def test_cli_run_prints_the_same_last_line_for_the_same_seed_and_writes_the_trac
     assert f"trace={m.group(2)}" not in run(4)
 
 
+def test_cli_check_determinism_runs_the_seed_twice_and_compares_seed_5():
+    p = subprocess.run([sys.executable, "-m", "tools.sim", "run", "config-churn", "--seed", "5",
+                        "--check-determinism"], cwd=REPO_ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    m = re.search(r"determinism: first trace=(\w+) events=(\d+), second trace=(\w+) "
+                  r"events=(\d+)", p.stdout)
+    assert m and m.group(1) == m.group(3) and m.group(2) == m.group(4), p.stdout
+    assert p.stdout.strip().splitlines()[-1].endswith("verdict=ok")
+
+
 def test_cli_explore_reports_every_seed_and_the_rate():
     p = subprocess.run([sys.executable, "-m", "tools.sim", "explore", "nop-timeout", "--seeds",
                         "4", "--jobs", "2"], cwd=REPO_ROOT, capture_output=True, text=True,

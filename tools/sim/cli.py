@@ -1,12 +1,13 @@
 """uscst-sim: run, replay and explore sim scenarios from one seed.
 
     uscst-sim list
-    uscst-sim run SCENARIO --seed N [--trace FILE]
+    uscst-sim run SCENARIO --seed N [--trace FILE] [--check-determinism]
     uscst-sim run SCENARIO --seed N --portal HOST:PORT [--iqn IQN]
     uscst-sim explore SCENARIO --seeds K [--jobs J] [--random]
 
 `run` boots the target in-process under the sim engine, runs the scenario
-with the invariant checkers on, and ends with one line
+with the invariant checkers on (with --check-determinism twice, failing
+unless both runs give the same trace), and ends with one line
 `seed=N events=E virtual_s=T trace=HEX16 verdict=ok` (or
 `verdict=FAIL: <invariant>: detail`); exit 0 only when ok. --trace writes
 the run's event log, one event a line. With --portal the same scenario
@@ -99,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drive a running uscstd over TCP instead of the sim engine")
     r.add_argument("--iqn", default="iqn.2026-11.org.uscst:default",
                    help="target name with --portal (default: uscstd's default target)")
+    r.add_argument("--check-determinism", action="store_true",
+                   help="run the seed twice; FAIL unless both runs give the same trace")
     e = sub.add_parser("explore", help="run many seeds")
     e.add_argument("scenario", type=_scenario)
     e.add_argument("--seeds", type=_positive, required=True, metavar="K")
@@ -189,8 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "run":
         if args.portal is not None:
-            if args.trace:
-                print("uscst-sim: --trace needs the sim engine, not --portal", file=sys.stderr)
+            if args.trace or args.check_determinism:
+                print("uscst-sim: --trace and --check-determinism need the sim engine, "
+                      "not --portal", file=sys.stderr)
                 return 2
             if args.scenario == "config-churn":
                 print("uscst-sim: config-churn changes the configuration in-process: "
@@ -199,6 +203,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = run_tcp(args.scenario, args.seed, args.portal, args.iqn)
         else:
             out = run_seed(args.scenario, args.seed, args.trace, args.log_level)
+            if args.check_determinism:
+                again = run_seed(args.scenario, args.seed, None, args.log_level)
+                print(f"determinism: first trace={out.trace} events={out.events}, "
+                      f"second trace={again.trace} events={again.events}")
+                if (again.trace, again.events, again.verdict) != (out.trace, out.events,
+                                                                   out.verdict):
+                    out.verdict = (f"FAIL: determinism: seed {args.seed} gave traces "
+                                   f"{out.trace} and {again.trace}")
         for k, v in sorted(out.stats.items()):
             print(f"{k}={v}")
         for line in out.details:
