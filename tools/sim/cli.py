@@ -3,7 +3,7 @@
     uscst-sim list
     uscst-sim run SCENARIO --seed N [--trace FILE] [--check-determinism]
     uscst-sim run SCENARIO --seed N --portal HOST:PORT [--iqn IQN]
-    uscst-sim explore SCENARIO --seeds K [--jobs J] [--random]
+    uscst-sim explore SCENARIO --seeds K [--jobs J] [--random] [--seed-timeout S]
 
 `run` boots the target in-process under the sim engine, runs the scenario
 with the invariant checkers on (with --check-determinism twice, failing
@@ -26,17 +26,21 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import random
+import signal
 import sys
 import time
+from types import FrameType
 from typing import NoReturn, Sequence
 
 from tools.sim import simrun
-from tools.sim.runner import Outcome, drive
+from tools.sim.runner import Outcome, SeedTimeout, drive
 from tools.sim.scenarios import SCENARIOS, TargetSpec
 from tools.sim.tcp import TcpWorld
 
 SEED_MAX = (1 << 64) - 1
 LEVELS = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
+SEED_TIMEOUT_S = 600
+RETRY_ALARM_S = 5
 BATCH = 50                  # most seeds one explore worker process runs
 DESCRIPTIONS = {name: (fn.__doc__ or "").strip().split("\n")[0] for name, fn in SCENARIOS.items()}
 
@@ -109,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes (default 1)")
     e.add_argument("--random", action="store_true",
                    help="K random 64-bit seeds instead of 1..K")
+    e.add_argument("--seed-timeout", type=_positive, default=SEED_TIMEOUT_S, metavar="S",
+                   help=f"wall seconds one seed may take before it fails as a stall "
+                        f"(default {SEED_TIMEOUT_S})")
     for sp in (r, e):
         sp.add_argument("--log-level", choices=LEVELS, default="warning",
                         help="kernel messages up to this level reach stderr (default warning)")
@@ -133,20 +140,37 @@ def run_tcp(scenario: str, seed: int, addr: tuple[str, int], iqn: str) -> Outcom
         world.shutdown()
 
 
-def _explore_batch(scenario: str, seeds: list[int], log_level: str) -> list[Outcome]:
-    """Run seeds in order, stopping after the first failure: a failed run
-    may leave kernel state behind, so the rest go to a fresh process."""
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    # Again in a few seconds: stopping a livelocked target may hang too.
+    signal.alarm(RETRY_ALARM_S)
+    raise SeedTimeout("no verdict within the --seed-timeout")
+
+
+def _explore_batch(scenario: str, seeds: list[int], log_level: str,
+                   seed_timeout: int) -> list[Outcome]:
+    """Run seeds in order (in a worker process), stopping after the first
+    failure: a failed run may leave kernel state behind, so the rest go to
+    a fresh process. A seed that takes over seed_timeout wall seconds (a
+    livelock: virtual time stops, so the engine's own limit never comes)
+    fails as a stall."""
     outs = []
+    signal.signal(signal.SIGALRM, _on_alarm)
     for s in seeds:
-        out = run_seed(scenario, s, log_level=log_level)
+        signal.alarm(seed_timeout)
+        try:
+            out = run_seed(scenario, s, log_level=log_level)
+        except SeedTimeout as e:
+            out = Outcome(scenario, s, verdict=f"FAIL: stall: SeedTimeout: {e} ({seed_timeout} s)")
+        finally:
+            signal.alarm(0)
         outs.append(out)
         if not out.ok:
             break
     return outs
 
 
-def explore(scenario: str, seeds: list[int], jobs: int,
-            log_level: str = "warning") -> tuple[list[Outcome], float]:
+def explore(scenario: str, seeds: list[int], jobs: int, log_level: str = "warning",
+            seed_timeout: int = SEED_TIMEOUT_S) -> tuple[list[Outcome], float]:
     """Run every seed in J worker processes; return the outcomes (in seed
     order) and the seconds taken."""
     t0 = time.monotonic()
@@ -157,7 +181,8 @@ def explore(scenario: str, seeds: list[int], jobs: int,
     # cut short by a failure leaves its kernel state with its process.
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(processes=jobs, maxtasksperchild=1) as pool:
-        pending = [(pool.apply_async(_explore_batch, (scenario, seeds[i:i + size], log_level)),
+        pending = [(pool.apply_async(_explore_batch, (scenario, seeds[i:i + size], log_level,
+                                                    seed_timeout)),
                     seeds[i:i + size]) for i in range(0, len(seeds), size)]
         # Each pass retires the first batch; a cut-short batch resubmits
         # only the seeds it did not run, so every seed runs once.
@@ -169,7 +194,8 @@ def explore(scenario: str, seeds: list[int], jobs: int,
             outs.extend(got)
             if len(got) < len(todo):
                 rest = todo[len(got):]
-                pending.append((pool.apply_async(_explore_batch, (scenario, rest, log_level)), rest))
+                pending.append((pool.apply_async(_explore_batch, (scenario, rest, log_level,
+                                                                    seed_timeout)), rest))
     order = {s: i for i, s in enumerate(seeds)}
     outs.sort(key=lambda o: order[o.seed])
     return outs, time.monotonic() - t0
@@ -220,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rng = random.SystemRandom()
     seeds = ([rng.randrange(SEED_MAX + 1) for _ in range(args.seeds)] if args.random
              else list(range(1, args.seeds + 1)))
-    outs, took = explore(args.scenario, seeds, args.jobs, args.log_level)
+    outs, took = explore(args.scenario, seeds, args.jobs, args.log_level, args.seed_timeout)
     failed = sum(not o.ok for o in outs)
     print(f"explored {len(outs)} seeds: {failed} failed, {len(outs) / max(took, 1e-9):.1f} seeds/s")
     return 0 if failed == 0 else 1
