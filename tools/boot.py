@@ -117,6 +117,9 @@ def _import_file(path: Path) -> str:
     if not stem.isidentifier():
         raise ModuleLoadError(f"{path}: module file name must be a Python identifier", -EINVAL)
     old = module.find_module(stem)
+    if old is not None and not old.pymod.startswith(EXT_PACKAGE + "."):
+        raise ModuleLoadError(f"{path}: {stem} is the name of a module of the target itself",
+                              -EEXIST)
     if old is not None and old.state != module.MODULE_STATE_UNFORMED:
         return stem                    # live: load_module will say -EEXIST
     if old is not None:
