@@ -22,6 +22,7 @@ thread may release it).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import struct
 from typing import Any, Callable
 
@@ -71,10 +72,12 @@ from kshim.printk import pr_err, pr_info, pr_warn
 from kshim.random32 import get_random_bytes
 from kshim.scatterlist import sg_copy_from_buffer, sg_virt
 from kshim.slab import kmem_cache_alloc, kmem_cache_create, kmem_cache_free
-from kshim.gfp import GFP_KERNEL
+from kshim.err import IS_ERR
+from kshim.fault_inject import DECLARE_FAULT_ATTR, should_fail
+from kshim.gfp import GFP_KERNEL, __GFP_NOFAIL
 from kshim.jiffies import HZ, jiffies
 from kshim.timer import del_timer, mod_timer, timer_list
-from scst_core.const import (SAM_STAT_GOOD, SCST_ABORT_TASK, SCST_ABORT_TASK_SET,
+from scst_core.const import (SAM_STAT_BUSY, SAM_STAT_GOOD, SCST_ABORT_TASK, SCST_ABORT_TASK_SET,
                              SCST_CLEAR_ACA, SCST_CLEAR_TASK_SET, SCST_LUN_RESET,
                              SCST_MGMT_STATUS_FN_NOT_SUPPORTED, SCST_MGMT_STATUS_LUN_NOT_EXIST,
                              SCST_MGMT_STATUS_SUCCESS, SCST_MGMT_STATUS_TASK_NOT_EXIST,
@@ -196,6 +199,9 @@ def iscsi_rx_hdr(conn: iscsi_conn, buf: bytearray, off: int) -> None:
     b0, flags, _b2, _b3, lens, lun, itt = common_hdr.unpack_from(buf, off)
     dsl = lens & 0xFFFFFF
     op = b0 & ISCSI_OPCODE_MASK
+    if fail_iscsi_pdu.armed and iscsi_pdu_fault(op):
+        raise ProtocolError(f"iscsi: {conn.peer}: fault injection (fail_iscsi_pdu): dropping the "
+                            f"connection at a PDU of opcode {op:#x}, ITT {itt:#x}", None)
     if dsl > conn.max_recv_data_length:
         raise ProtocolError(f"iscsi: {conn.peer}: data segment of {dsl} bytes exceeds "
                             f"MaxRecvDataSegmentLength {conn.max_recv_data_length} "
@@ -226,6 +232,24 @@ def iscsi_rx_hdr(conn: iscsi_conn, buf: bytearray, off: int) -> None:
     else:
         iscsi_send_reject(conn, bhs, ISCSI_REASON_UNSUPPORTED_COMMAND)
         _rx_discard(conn, dsl)
+
+
+_PDU_NAMES = {"SCSI-Command": ISCSI_OP_SCSI_CMD, "Data-Out": ISCSI_OP_SCSI_DATA_OUT,
+              "NOP-Out": ISCSI_OP_NOP_OUT, "Text": ISCSI_OP_TEXT_CMD,
+              "Task-Management": ISCSI_OP_SCSI_TASK_MGT_MSG, "Logout": ISCSI_OP_LOGOUT_CMD,
+              "Login": ISCSI_OP_LOGIN_CMD}
+# The connection drops when an eligible PDU's header arrives ("drop the
+# connection after the 2nd Data-Out": opcode=Data-Out,interval=3,times=1).
+fail_iscsi_pdu = DECLARE_FAULT_ATTR("fail_iscsi_pdu", {
+    "opcode": (str, "Data-Out", tuple(_PDU_NAMES) + ("ANY",))})
+
+
+def iscsi_pdu_fault(op: int) -> bool:
+    """Should the connection drop at this PDU (fail_iscsi_pdu)?"""
+    name = fail_iscsi_pdu.params["opcode"]
+    if name != "ANY" and _PDU_NAMES[name] != op:
+        return False
+    return should_fail(fail_iscsi_pdu, 1)
 
 
 def iscsi_protocol_error(conn: iscsi_conn, e: ProtocolError) -> bool:
@@ -343,12 +367,21 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
     else:
         _rx_discard(conn, dsl)
         return
-    cmnd = kmem_cache_alloc(iscsi_cmnd_cache, GFP_KERNEL)
-    scmd = None if cmnd is None else scst_rx_cmd(sess.scst_sess, lun, cdb, False)
+    # As iscsi-scst's cmnd_alloc, the PDU's own object never fails: the
+    # answer to an allocation failure below needs it gone cleanly.
+    cmnd = kmem_cache_alloc(iscsi_cmnd_cache, GFP_KERNEL | __GFP_NOFAIL)
+    scmd = scst_rx_cmd(sess.scst_sess, lun, cdb, False)
     if scmd is None:
-        if cmnd is not None:
-            kmem_cache_free(iscsi_cmnd_cache, cmnd)
-        raise ProtocolError(f"iscsi: {conn.peer}: out of memory for ITT {itt:#x}", None)
+        kmem_cache_free(iscsi_cmnd_cache, cmnd)
+        pr_warn(f"iscsi: {conn.peer}: no memory for ITT {itt:#x}: answering BUSY")
+        if in_order:
+            _send_busy(conn, itt, edtl)
+        else:
+            sess.pending_cmnds[cmd_sn] = (conn, None, functools.partial(_send_busy, conn, itt, edtl))
+        _rx_discard(conn, dsl)
+        if in_order and sess.pending_cmnds:
+            _release_pending(sess)
+        return
     cmnd.conn = conn
     cmnd.itt = itt
     cmnd.lun = lun
@@ -387,6 +420,15 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
         _rx_set(conn, dsl, _scsi_data_done, _data_iov(cmnd, 0, dsl), cmnd)
     if sess.pending_cmnds:
         _release_pending(sess)
+
+
+def _send_busy(conn: iscsi_conn, itt: int, edtl: int) -> None:
+    """SCSI Response BUSY for a command SCST could not take (iscsi-scst's
+    answer when scst_rx_cmd fails); its data, if any, is discarded."""
+    rsp = bytearray(48)
+    pack_scsi_rsp(rsp, ISCSI_FLG_RESID_UNDERFLOW if edtl else 0, 0, SAM_STAT_BUSY, 0, itt,
+                  0, 0, 0, 0, 0, edtl)
+    _queue_pdu(conn, rsp)
 
 
 def _hand_to_scst(cmnd: iscsi_cmnd) -> None:
@@ -1050,6 +1092,13 @@ def _login_rx_done(conn: iscsi_conn) -> None:
         sess = session_mod.iscsi_session_create(target, login.isid, login.new_tsih,
                                                 login.initiator_name, params, req.cmd_sn,
                                                 target.tgt_params.queued_cmnds)
+    if IS_ERR(sess):
+        pr_info(f"iscsi: login from {conn.peer} failed: no memory for a session ({sess})")
+        fail = bytearray(48)
+        pack_login_rsp(fail, rsp.csg << 2, rsp.version_max, rsp.version_active, 0, rsp.isid,
+                       0, rsp.itt, 0, 0, 0, 0x03, 0x02)
+        _queue_pdu(conn, fail, b"", on_sent=_close_after_send)
+        return
     if login.tsih and login.session_type != "Discovery":
         # Session-wide keys come from the leading login; a joining connection
         # negotiates only its own (digests, MaxRecvDataSegmentLength).

@@ -35,6 +35,7 @@ import attrs
 
 from kshim import sched
 from kshim.bug import report_bug
+from kshim.fault_inject import fail_softirq, softirq_fault
 from kshim.host import ops
 
 debug_softirq = True
@@ -115,6 +116,8 @@ def _softirq_run_debug(fn: Callable[[Any], None], arg: Any) -> None:
 
 def raise_softirq(fn: Callable[[Any], None], arg: Any = None) -> None:
     """Queue fn(arg) to run in softirq context at the next chance."""
+    if fail_softirq.armed and softirq_fault(fn, arg):
+        return
     _pending.append((fn, arg))
 
 

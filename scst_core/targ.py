@@ -71,6 +71,7 @@ from scst_core.const import (SAM_STAT_BUSY, SAM_STAT_CHECK_CONDITION,
                              scst_sense_invalid_field_in_iu, scst_sense_lun_not_supported,
                              scst_sense_cleared_by_another_ini_UA, scst_sense_data_protect,
                              scst_sense_lun_reset_UA, scst_sense_reset_UA)
+from scst_core.fault import fail_scsi_cmd, scst_cmd_fault
 from scst_core.lib import scst_set_cmd_error, scst_set_cmd_error_status, scst_unpack_lun
 from scst_core.local_cmd import scst_local_exec
 from scst_core.mem import scst_alloc_space, scst_release_space
@@ -146,7 +147,7 @@ def scst_rx_cmd(sess: scst_session, lun: bytes, cdb: bytes, atomic: bool) -> scs
     cmd.sense_valid_len = 0
     cmd.dh_priv = None
     cmd.scst_cmd_done = None
-    cmd.completed = cmd.exec_sync = cmd.finished = cmd.aborted = False
+    cmd.completed = cmd.exec_sync = cmd.finished = cmd.aborted = cmd.fault_checked = False
     cmd.mcmd = None
     sess.cmd_count += 1
     list_add_tail(cmd.sess_cmd_list_entry, sess.sess_cmd_list)
@@ -344,7 +345,7 @@ def _prepare_space(cmd: scst_cmd) -> int:
                or c.irqs_off else GFP_KERNEL)
         if scst_alloc_space(cmd, cmd.bufflen, gfp) != 0:
             pr_err(f"scst: no memory for a {cmd.bufflen}-byte buffer (tag {cmd.tag:#x})")
-            scst_set_cmd_error(cmd, scst_sense_hardw_error)
+            scst_set_busy(cmd)            # as SCST: the initiator retries later
             cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
             return _RES_CONT_NEXT
     if cmd.data_direction & SCST_DATA_WRITE and cmd.write_len:
@@ -365,6 +366,9 @@ def _exec(cmd: scst_cmd) -> int:
     if cmd.aborted:
         # Aborted before it ran: nothing reaches the device.
         cmd.state = SCST_CMD_STATE_XMIT_RESP
+        return _RES_CONT_NEXT
+    if fail_scsi_cmd.armed and not cmd.fault_checked and scst_cmd_fault(cmd):
+        cmd.state = SCST_CMD_STATE_DEV_DONE
         return _RES_CONT_NEXT
     if (dev.ordered_pending or dev.deferred_cmds) and _must_wait(cmd):
         dev.deferred_cmds.append(cmd)

@@ -108,6 +108,8 @@ def _abs(rel: str) -> str:
     rel = rel.strip("/")
     if rel.startswith("kernel/") or rel.startswith("module/") or rel in ("kernel", "module"):
         return "/" + rel
+    if rel.startswith("debug/") or rel == "debug":      # debugfs: /sys/kernel/debug
+        return "/kernel/" + rel
     if rel.startswith("sys/"):
         return "/" + rel[4:]
     return f"{ROOT}/{rel}" if rel else ROOT

@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 import trio
 
 from iscsi_scst.config import ISCSI_NAME_RE, iscsi_parse_portal
-from kshim import engine, engine_ctl
+from kshim import engine, engine_ctl, fault_inject
 from kshim.err import EINVAL, errname
 from scst_core.sysfs import scst_sysfs_schema
 from tools import boot, scst_conf
@@ -103,6 +103,9 @@ OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--control",), dict(metavar="PATH",
                           help="control socket for uscstadmin (default $XDG_RUNTIME_DIR/uscst.sock, "
                                "/run/uscst.sock as root)")),
+    (("--fault",), dict(action="append", metavar="POINT:ATTR=VALUE,...",
+                        help="inject faults from the first call (docs/fault-injection.md); "
+                             "repeatable; $USCST_FAULTS adds more")),
     (("--version",), dict(action="version", version="uscstd 0.1.0")),
 ]
 
@@ -167,6 +170,12 @@ def resolve(args: argparse.Namespace) -> dict:
         parent = os.path.dirname(disk)
         if not os.path.exists(disk) and not os.path.isdir(parent):
             raise UsageError(f"directory of --disk {disk} does not exist")
+    import vdisk.blockio, vdisk.fileio  # noqa: E401,F401 (their injectable functions)
+    faults = fault_inject.split_env_specs(os.environ.get("USCST_FAULTS", "")) + (args.fault or [])
+    try:
+        fault_inject.apply_fault_specs(faults, dry_run=True)
+    except ValueError as e:
+        raise UsageError(f"--fault: {e}")
     # Persistent reservations with APTPL live beside the data.
     state_dir = (args.data_dir or (os.path.dirname(disk) if disk else None)
                  or default_data_dir())
@@ -174,6 +183,7 @@ def resolve(args: argparse.Namespace) -> dict:
                 pr_dir=os.path.join(os.path.abspath(state_dir), "pr"),
                 blocksize=args.blocksize, log_level=args.log_level, debug=args.debug,
                 config=config, config_text=config_text, fuse=args.fuse, modules=modules,
+                faults=faults,
                 control=os.path.abspath(args.control) if args.control else engine_ctl.default_control_path())
 
 
@@ -278,6 +288,8 @@ def serve(cfg: dict) -> int:
             cfg["fuse"], on_error=warn,
             on_ready=lambda: say(f"management tree mounted at {cfg['fuse']}")))
     engine.reload_hook = reload_hook
+    fault_inject.debugfs_init()
+    fault_inject.apply_fault_specs(cfg["faults"])      # before the first call
     ret = boot.run(bcfg, "trio", services=services)
     engine.reload_hook = None
     if boot.failures:

@@ -66,6 +66,15 @@ def _is_engine_module(path: Path, kshim_dir: Path) -> bool:
                                     or rel.name.startswith(ENGINE_MODULE_PREFIXES))
 
 
+def _parse(path: Path, rel: str, found: list[Violation]) -> ast.AST | None:
+    """The file's tree, or None after recording that it does not parse."""
+    try:
+        return ast.parse(path.read_text(), filename=rel)
+    except SyntaxError as e:
+        found.append(Violation(rel, e.lineno or 0, "?", f"does not parse: {e.msg}"))
+        return None
+
+
 def check_layers(root: Path) -> list[Violation]:
     """Every boundary violation under root (a checkout or a copy of one).
     Layers missing under root are skipped; a file that does not parse is a
@@ -78,10 +87,8 @@ def check_layers(root: Path) -> list[Violation]:
             continue
         for path in _py_files(d):
             rel = str(path.relative_to(root))
-            try:
-                tree = ast.parse(path.read_text(), filename=rel)
-            except SyntaxError as e:
-                found.append(Violation(rel, e.lineno or 0, "?", f"does not parse: {e.msg}"))
+            tree = _parse(path, rel, found)
+            if tree is None:
                 continue
             for line, mod, dynamic in _imports(tree):
                 why = kernel_import_problem(mod, dynamic)
@@ -99,10 +106,8 @@ def _check_kshim(root: Path, kd: Path) -> list[Violation]:
     for path in _py_files(kd):
         rel = str(path.relative_to(root))
         engine = _is_engine_module(path, kd)
-        try:
-            tree = ast.parse(path.read_text(), filename=rel)
-        except SyntaxError as e:
-            found.append(Violation(rel, e.lineno or 0, "?", f"does not parse: {e.msg}"))
+        tree = _parse(path, rel, found)
+        if tree is None:
             continue
         for line, mod, dynamic in _imports(tree):
             if engine:
