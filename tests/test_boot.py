@@ -117,3 +117,28 @@ def test_the_sim_engine_boots_the_same_modules_in_the_same_order_seeds_7_7_8() -
         assert run["lsmod"] == ["iscsi_scst", "scst_vdisk", "scst"]
         assert run["left"] == []
     assert runs[0]["trace"] == runs[1]["trace"]          # same seed, same boot, byte for byte
+
+
+def _pattern_sim(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "docs.examples.pattern_sim", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_tutorial_module_under_the_sim_engine_seed_7_replays_and_a_planted_bug_is_caught(
+        tmp_path: Path) -> None:
+    a, b = _pattern_sim("--seed", "7"), _pattern_sim("--seed", "7")
+    assert a.returncode == 0, a.stdout + a.stderr[-3000:]
+    last = a.stdout.splitlines()[-1]
+    assert last.startswith("seed=7 ") and last.endswith(" verdict=ok") and "read=2048 bad=0" in last
+    assert b.stdout.splitlines()[-1] == last
+    src = (REPO / "docs" / "examples" / "vdisk_pattern.py").read_text()
+    old = "            lba += 1\n    scst_set_resp_data_len("
+    assert old in src
+    (tmp_path / "vdisk_pattern.py").write_text(src.replace(
+        old, "            lba += 1\n    kmem_cache_free(pattern_cmd_cache, pc)\n"
+             "    scst_set_resp_data_len("))
+    bad = _pattern_sim("--seed", "7", "--module", str(tmp_path / "vdisk_pattern.py"))
+    assert bad.returncode == 1
+    assert "verdict=FAIL: 32 commands failed" in bad.stdout
+    assert "BUG: use after free (cache=vdisk_pattern_cmd object=pattern_cmd attribute=nblocks)" \
+        in bad.stderr
