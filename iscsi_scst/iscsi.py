@@ -1203,8 +1203,10 @@ def iscsi_request_logout(conn: iscsi_conn, wait_s: int) -> None:
 
 
 def iscsi_exit() -> None:
+    """Module exit: close the portals, ask initiators to log out, close
+    what is left, remove every target (task context)."""
     from iscsi_scst.conn import conn_list, conns_waitQ, iscsi_close_all_conns
-    from iscsi_scst.target import iscsi_del_portal, portal_list
+    from iscsi_scst.target import iscsi_del_portal, iscsi_target_del, portal_list, target_list
     from kshim.wait import wait_event_timeout
     for portal in list(portal_list):
         iscsi_del_portal(portal)
@@ -1217,6 +1219,8 @@ def iscsi_exit() -> None:
         wait_event_timeout(conns_waitQ, lambda: not any(c in conn_list for c in asked),
                            iscsi_logout_grace * HZ)
     iscsi_close_all_conns(10 * HZ)
+    for tgt in list(target_list):
+        iscsi_target_del(tgt)
     iscsi_sysfs_exit(iscsi_template)
     scst_unregister_target_template(iscsi_template)
 
