@@ -37,6 +37,10 @@ Differs from the kernel:
 - points the kernel lacks: fail_mempool, fail_sock_recv, fail_sock_send,
   fail_file_{read,write,fsync,fallocate}, fail_queue_work, fail_timer,
   fail_wakeup, fail_trylock, fail_softirq, each with the knobs in POINTS;
+  subsystems declare their own with DECLARE_FAULT_ATTR (scst_core's
+  fail_scsi_cmd, iscsi_scst's fail_iscsi_pdu);
+- seeds: a point whose seed the user did not set draws a new one at each
+  boot (a sched boot hook) through the engine's randomness;
 - make-it-fail and fail-nth live in debug/fault-inject/ (written as
   "PID-or-COMM VALUE"), not in /proc/PID; a COMM may be a pattern, which
   also marks kthreads started later;
