@@ -29,11 +29,13 @@ import sys
 import time
 from typing import NoReturn, Sequence
 
+from tools.sim import simrun
 from tools.sim.runner import Outcome, drive
 from tools.sim.scenarios import SCENARIOS, TargetSpec
 from tools.sim.tcp import TcpWorld
 
 SEED_MAX = (1 << 64) - 1
+LEVELS = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
 BATCH = 50                  # most seeds one explore worker process runs
 DESCRIPTIONS = {name: (fn.__doc__ or "").strip().split("\n")[0] for name, fn in SCENARIOS.items()}
 
@@ -104,19 +106,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes (default 1)")
     e.add_argument("--random", action="store_true",
                    help="K random 64-bit seeds instead of 1..K")
+    for sp in (r, e):
+        sp.add_argument("--log-level", choices=LEVELS, default="warning",
+                        help="kernel messages up to this level reach stderr (default warning)")
     return p
 
 
-def run_seed(scenario: str, seed: int, trace: str | None = None) -> Outcome:
+def run_seed(scenario: str, seed: int, trace: str | None = None,
+             log_level: str = "warning") -> Outcome:
     """One seed under the sim engine (in this process)."""
-    # Imported here: the sim engine loads kshim, which list, --portal runs
-    # and the parent of explore's workers do not need.
-    from tools.sim import simrun
-    return simrun.run_sim(scenario, seed, trace_path=trace)
+    return simrun.run_sim(scenario, seed, trace_path=trace, log_level=log_level)
 
 
 def run_tcp(scenario: str, seed: int, addr: tuple[str, int], iqn: str) -> Outcome:
-    spec = TargetSpec(addr=addr, iqn=iqn, fresh=False)
+    """One seed against a running uscstd: its disk is not new, and its
+    NOP-In timing is the target default (30 s and 30 s)."""
+    spec = TargetSpec(addr=addr, iqn=iqn, fresh=False, nop_in_interval=30.0,
+                      nop_in_timeout=30.0)
     world = TcpWorld(seed)
     try:
         return drive(scenario, world, spec, seed, max_virtual_s=600.0)
@@ -124,30 +130,31 @@ def run_tcp(scenario: str, seed: int, addr: tuple[str, int], iqn: str) -> Outcom
         world.shutdown()
 
 
-def _explore_batch(scenario: str, seeds: list[int]) -> list[Outcome]:
+def _explore_batch(scenario: str, seeds: list[int], log_level: str) -> list[Outcome]:
     """Run seeds in order, stopping after the first failure: a failed run
     may leave kernel state behind, so the rest go to a fresh process."""
     outs = []
     for s in seeds:
-        out = run_seed(scenario, s)
+        out = run_seed(scenario, s, log_level=log_level)
         outs.append(out)
         if not out.ok:
             break
     return outs
 
 
-def explore(scenario: str, seeds: list[int], jobs: int) -> tuple[list[Outcome], float]:
+def explore(scenario: str, seeds: list[int], jobs: int,
+            log_level: str = "warning") -> tuple[list[Outcome], float]:
     """Run every seed in J worker processes; return the outcomes (in seed
     order) and the seconds taken."""
     t0 = time.monotonic()
     outs: list[Outcome] = []
     size = max(1, min(BATCH, -(-len(seeds) // (jobs * 4))))
     # fork, one batch per process: workers start at once with the parent's
-    # imports (the parent never boots kshim), and a batch cut short by a
-    # failure leaves its kernel state with its process.
+    # imports (the parent imports kshim but never boots it), and a batch
+    # cut short by a failure leaves its kernel state with its process.
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(processes=jobs, maxtasksperchild=1) as pool:
-        pending = [(pool.apply_async(_explore_batch, (scenario, seeds[i:i + size])),
+        pending = [(pool.apply_async(_explore_batch, (scenario, seeds[i:i + size], log_level)),
                     seeds[i:i + size]) for i in range(0, len(seeds), size)]
         # Each pass retires the first batch; a cut-short batch resubmits
         # only the seeds it did not run, so every seed runs once.
@@ -159,7 +166,7 @@ def explore(scenario: str, seeds: list[int], jobs: int) -> tuple[list[Outcome], 
             outs.extend(got)
             if len(got) < len(todo):
                 rest = todo[len(got):]
-                pending.append((pool.apply_async(_explore_batch, (scenario, rest)), rest))
+                pending.append((pool.apply_async(_explore_batch, (scenario, rest, log_level)), rest))
     order = {s: i for i, s in enumerate(seeds)}
     outs.sort(key=lambda o: order[o.seed])
     return outs, time.monotonic() - t0
@@ -185,17 +192,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.trace:
                 print("uscst-sim: --trace needs the sim engine, not --portal", file=sys.stderr)
                 return 2
+            if args.scenario == "config-churn":
+                print("uscst-sim: config-churn changes the configuration in-process: "
+                      "not with --portal", file=sys.stderr)
+                return 2
             out = run_tcp(args.scenario, args.seed, args.portal, args.iqn)
         else:
-            out = run_seed(args.scenario, args.seed, args.trace)
+            out = run_seed(args.scenario, args.seed, args.trace, args.log_level)
         for k, v in sorted(out.stats.items()):
             print(f"{k}={v}")
+        for line in out.details:
+            print(f"teardown: {line}")
         print(out.line(), flush=True)
         return 0 if out.ok else 1
     rng = random.SystemRandom()
     seeds = ([rng.randrange(SEED_MAX + 1) for _ in range(args.seeds)] if args.random
              else list(range(1, args.seeds + 1)))
-    outs, took = explore(args.scenario, seeds, args.jobs)
+    outs, took = explore(args.scenario, seeds, args.jobs, args.log_level)
     failed = sum(not o.ok for o in outs)
     print(f"explored {len(outs)} seeds: {failed} failed, {len(outs) / max(took, 1e-9):.1f} seeds/s")
     return 0 if failed == 0 else 1

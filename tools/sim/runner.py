@@ -35,6 +35,7 @@ class Outcome:
     trace: str = "-"
     verdict: str = "ok"
     stats: dict[str, int] = field(default_factory=dict)
+    details: list[str] = field(default_factory=list)    # every teardown report
 
     @property
     def ok(self) -> bool:
@@ -83,6 +84,7 @@ def drive(name: str, world: Any, target: TargetSpec, seed: int, *,
         world.run(max_virtual_s=max_virtual_s)
         inv.finish()
         reports = teardown() if teardown is not None else []
+        out.details = reports
         if reports:
             more = f" (+{len(reports) - 1} more)" if len(reports) > 1 else ""
             raise InvariantViolation(f"teardown: {reports[0]}{more}")
