@@ -46,6 +46,7 @@ from iscsi_scst.hdr import (ISCSI_CMD_ATTR_MASK, common_hdr, ISCSI_CMD_READ, ISC
                             ISCSI_OP_SCSI_DATA_IN, ISCSI_OP_ASYNC_MSG,
                             ISCSI_ASYNC_LOGOUT_REQUEST,
                             ISCSI_OP_REJECT, ISCSI_OP_SCSI_CMD, ISCSI_OP_SCSI_DATA_OUT,
+                            ISCSI_OP_SCSI_RSP,
                             ISCSI_OP_SCSI_TASK_MGT_MSG, ISCSI_OP_SCSI_TASK_MGT_RSP,
                             ISCSI_OP_SNACK_CMD, ISCSI_OP_TEXT_CMD, ISCSI_OP_TEXT_RSP,
                             ISCSI_OPCODE_MASK, ISCSI_REASON_DATA_DIGEST_ERROR,
@@ -70,6 +71,8 @@ from kshim.slab import kmem_cache_alloc, kmem_cache_create, kmem_cache_free
 from kshim.gfp import GFP_KERNEL
 from kshim.jiffies import HZ, jiffies
 from kshim.timer import del_timer, mod_timer, timer_list
+from kshim import tracepoint
+from kshim.tracepoint import TRACE_EVENT
 from scst_core.const import (SAM_STAT_GOOD, SCST_ABORT_TASK, SCST_ABORT_TASK_SET,
                              SCST_CLEAR_ACA, SCST_CLEAR_TASK_SET, SCST_LUN_RESET,
                              SCST_MGMT_STATUS_FN_NOT_SUPPORTED, SCST_MGMT_STATUS_LUN_NOT_EXIST,
@@ -78,7 +81,7 @@ from scst_core.const import (SAM_STAT_GOOD, SCST_ABORT_TASK, SCST_ABORT_TASK_SET
                              scst_sense_data_phase_error, SCST_CMD_QUEUE_ACA, SCST_CMD_QUEUE_HEAD_OF_QUEUE,
                              SCST_CMD_QUEUE_ORDERED, SCST_CMD_QUEUE_SIMPLE,
                              SCST_CMD_QUEUE_UNTAGGED, scst_sense_data_digest_error)
-from scst_core.lib import scst_pack_lun, scst_set_cmd_error
+from scst_core.lib import scst_pack_lun, scst_set_cmd_error, scst_unpack_lun
 from scst_core.main import scst_register_target_template, scst_unregister_target_template
 from scst_core.scst import (SCST_CMD_STATE_DATA_WAIT,
                             SCST_CONTEXT_DIRECT, SCST_CONTEXT_SAME, SCST_DATA_BIDI,
@@ -151,6 +154,18 @@ class iscsi_tx_pdu:
 iscsi_cmnd_cache = kmem_cache_create("iscsi_cmnd", iscsi_cmnd,
                                      ctor=lambda: iscsi_cmnd(None, 0, _ZERO_LUN, 0, 0))
 
+# Tracepoints (iscsi-scst has TRACE_D_READ/D_WRITE printk levels instead).
+# sess is the initiator's name ("" before login completes); opcode is the
+# iSCSI opcode; a received PDU is a span covering its header's handling
+# (the SCSI command's first states run inside it, on the rd thread).
+trace_iscsi_pdu_rx = TRACE_EVENT("iscsi_pdu_rx", (
+    "sess", "cid", "opcode", "flags", "itt", "lun", "sn", "ttt", "offset", "dsl"), span=True)
+trace_iscsi_pdu_tx = TRACE_EVENT("iscsi_pdu_tx", ("sess", "cid", "opcode", "itt", "stat_sn", "dlen"))
+trace_iscsi_r2t = TRACE_EVENT("iscsi_r2t", ("sess", "itt", "ttt", "offset", "len", "outstanding"))
+trace_iscsi_login = TRACE_EVENT("iscsi_login", (
+    "peer", "initiator", "csg", "nsg", "transit", "status", "keys", "rsp_keys"))
+_SN_FIELD = struct.Struct(">I")
+
 
 # -- rx: header dispatch ----------------------------------------------------
 
@@ -222,6 +237,53 @@ def iscsi_rx_hdr(conn: iscsi_conn, buf: bytearray, off: int) -> None:
     else:
         iscsi_send_reject(conn, bhs, ISCSI_REASON_UNSUPPORTED_COMMAND)
         _rx_discard(conn, dsl)
+
+
+def iscsi_rx_hdr_traced(conn: iscsi_conn, buf: bytearray, off: int) -> None:
+    """iscsi_rx_hdr inside an iscsi_pdu_rx span (nthread calls this one
+    while the event is enabled)."""
+    b0, flags, _b2, _b3, lens, lun, itt = common_hdr.unpack_from(buf, off)
+    op = b0 & ISCSI_OPCODE_MASK
+    sess = conn.session
+    if op == ISCSI_OP_SCSI_DATA_OUT:
+        sn = _SN_FIELD.unpack_from(buf, off + 36)[0]            # DataSN
+    else:
+        sn = _SN_FIELD.unpack_from(buf, off + 24)[0]            # CmdSN
+    who = ("" if sess is None else sess.initiator_name, conn.cid, op, flags, itt,
+           scst_unpack_lun(lun) if op in (ISCSI_OP_SCSI_CMD, ISCSI_OP_SCSI_DATA_OUT,
+                                          ISCSI_OP_SCSI_TASK_MGT_MSG) else 0,
+           sn, _SN_FIELD.unpack_from(buf, off + 20)[0], _SN_FIELD.unpack_from(buf, off + 40)[0],
+           lens & 0xFFFFFF)
+    t0 = tracepoint.now()
+    try:
+        iscsi_rx_hdr(conn, buf, off)
+    finally:
+        trace_iscsi_pdu_rx.span_end(t0, *who)
+
+
+def _login_keys(data: bytes) -> str:
+    """A login PDU's keys for the trace, CHAP values left out."""
+    keys = []
+    for kv in data.decode("utf-8", "replace").split("\0"):
+        if kv:
+            k, _, v = kv.partition("=")
+            keys.append(f"{k}=<hidden>" if k.startswith("CHAP_") and k != "CHAP_A" else kv)
+    return " ".join(keys)[:1024]
+
+
+def _trace_pdu_tx(conn: iscsi_conn, item: Any) -> None:
+    sess = conn.session
+    name = "" if sess is None else sess.initiator_name
+    if item.tx_kind == TX_PDU:
+        bhs = item.bhs
+        trace_iscsi_pdu_tx(name, conn.cid, bhs[0] & ISCSI_OPCODE_MASK, u32_at(bhs, 16),
+                           conn.stat_sn, len(item.data))
+        return
+    scmd = item.scst_cmd
+    data = (min(scmd.resp_data_len, item.edtl)
+            if item.flags & ISCSI_CMD_READ and scmd.data_direction & SCST_DATA_READ else 0)
+    trace_iscsi_pdu_tx(name, conn.cid, ISCSI_OP_SCSI_DATA_IN if data else ISCSI_OP_SCSI_RSP,
+                       item.itt, conn.stat_sn, data)
 
 
 def iscsi_protocol_error(conn: iscsi_conn, e: ProtocolError) -> bool:
@@ -533,6 +595,9 @@ def _send_r2ts(cmnd: iscsi_cmnd) -> None:
         cmnd.r2t_sn += 1
         cmnd.r2t_next += n
         cmnd.outstanding_r2t += 1
+        if trace_iscsi_r2t.enabled:
+            trace_iscsi_r2t(conn.session.initiator_name, cmnd.itt, ttt, cmnd.r2t_next - n, n,
+                            cmnd.outstanding_r2t)
         iscsi_queue_tx(conn, iscsi_tx_pdu(bhs, sn_mode=SN_PEEK).write_list_entry)
 
 
@@ -639,6 +704,8 @@ def _add_pdu(conn: iscsi_conn, iov: list, bhs: bytearray, data: Any, dlen: int) 
 
 def iscsi_tx_build(conn: iscsi_conn, item: Any, iov: list) -> None:
     """Append item's PDUs to iov, assigning StatSN in send order (wr side)."""
+    if trace_iscsi_pdu_tx.enabled:
+        _trace_pdu_tx(conn, item)
     sess = conn.session
     if sess is None:
         exp = max_sn = conn.login_cmd_sn
@@ -984,6 +1051,10 @@ def _login_rx_done(conn: iscsi_conn) -> None:
         conn.stat_sn = req.exp_stat_sn
     conn.login_cmd_sn = req.cmd_sn
     rsp = login.step(req)
+    if trace_iscsi_login.enabled:
+        trace_iscsi_login(conn.peer, login.initiator_name or "", req.csg, req.nsg, req.transit,
+                          f"{rsp.status_class:02x}{rsp.status_detail:02x}",
+                          _login_keys(req.data), _login_keys(rsp.data))
     flags = ((0x80 if rsp.transit else 0) | (0x40 if rsp.cont else 0)
              | (rsp.csg << 2) | rsp.nsg)
     bhs = bytearray(48)

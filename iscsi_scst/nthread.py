@@ -104,7 +104,7 @@ def _advance_iov(iov: list, n: int) -> None:
 def iscsi_rx(conn: iscsi_conn) -> int:
     """Receive and process PDUs until the socket is empty (-EAGAIN), the
     peer closes (0) or the socket fails (-errno). Raises ProtocolError."""
-    from iscsi_scst.iscsi import iscsi_rx_hdr
+    from iscsi_scst.iscsi import iscsi_rx_hdr, iscsi_rx_hdr_traced, trace_iscsi_pdu_rx
     mv = conn.rxmv
     while not conn.closing:
         state = conn.read_state
@@ -119,7 +119,10 @@ def iscsi_rx(conn: iscsi_conn) -> int:
                                                               mv[s + hlen:s + dlen]):
                         raise ProtocolError(f"header digest error from {conn.peer}", None)
                     conn.rx_start = s + dlen
-                    iscsi_rx_hdr(conn, conn.rxbuf, s)
+                    if trace_iscsi_pdu_rx.enabled:
+                        iscsi_rx_hdr_traced(conn, conn.rxbuf, s)
+                    else:
+                        iscsi_rx_hdr(conn, conn.rxbuf, s)
                     continue
         elif state == RX_DATA:
             if avail:

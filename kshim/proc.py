@@ -3,7 +3,8 @@
 Twin of the /proc files fs/proc/ and the subsystems serve: /proc/slabinfo
 (mm/slab_common.c), /proc/lock_stat (kernel/locking/lockdep_proc.c),
 /proc/softirqs, the per-task lines of top (from /proc/<pid>/stat), and
-/sys/kernel/debug/page_owner.
+/sys/kernel/debug/page_owner, and the trace ring as text (kshim.trace's
+/sys/kernel/tracing/trace, whose files importing this module creates).
 
 Contexts: any; the functions only read counters.
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from kshim import lockdep, module, page_alloc, sched, slab, softirq, workqueue
+from kshim import lockdep, module, page_alloc, sched, slab, softirq, trace, workqueue
 
 
 def proc_slabinfo() -> str:
@@ -62,6 +63,7 @@ proc_files: dict[str, Callable[[], str]] = {
     "workqueues": proc_workqueues,
     "modules": proc_modules,
     "page_owner": proc_page_owner,
+    "trace": trace.trace_text,
 }
 
 

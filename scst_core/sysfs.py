@@ -65,6 +65,7 @@ from kshim.sysfs import (S_IRUGO, S_IWUSR, __ATTR, __ATTR_RO, __ATTR_RW, kernel_
                          kobj_attribute, module_param_named, sysfs_create_file,
                          sysfs_create_link, sysfs_link)
 from scst_core import main as scst_main
+from scst_core.debug import scst_debug_sysfs_init
 from scst_core import tg as scst_tg
 from scst_core.scst import scst_acg, scst_device, scst_session, scst_tgt, scst_tgt_template
 from scst_core.ua import scst_capacity_data_changed, scst_report_luns_changed
@@ -1033,6 +1034,7 @@ def scst_sysfs_init() -> int:
     dgk = kobject_create_and_add("device_groups", root, kobj_type(refresh=_dgs_refresh))
     sysfs_create_file(dgk, _mgmt_attr(_dg_mgmt, DG_USAGE))
     module_param_named("scst", "scst_max_bufflen", _targ_module(), "SCST_MAX_BUFFLEN", int)
+    scst_debug_sysfs_init(root)
     return 0
 
 

@@ -35,6 +35,8 @@ Examples:
   uscstadmin config /etc/uscst/scst.conf --dry-run
   uscstadmin write-config /etc/uscst/scst.conf
   uscstadmin stats --json
+  uscstadmin trace start --events 'scst_*,iscsi_*'
+  uscstadmin trace dump -o run.json     (open in ui.perfetto.dev or chrome://tracing)
 """
 
 
@@ -593,6 +595,68 @@ def reload_cmd(o: Obj) -> None:
     """Re-apply the daemon's own --config file (as SIGHUP does)."""
     rsp = o.ctl.call("reload")
     o.done(f"{rsp['changes']} changes applied", {"changes": rsp["changes"]})
+
+
+# -- tracing (kshim.tracepoint's recorder, through /sys/kernel/tracing) ----------
+
+TRACING = "/kernel/tracing"
+
+
+@cli.group("trace")
+def trace_group() -> None:
+    """Record tracepoints in uscstd's ring and export them (Perfetto JSON)."""
+
+
+@trace_group.command("start")
+@click.option("--events", default="*", show_default=True,
+              help="comma-separated event names or prefixes ending in '*'")
+@click.option("--filter", "filter_", default="", help="e.g. 'sess=iqn... lun=0 op=0x28'")
+@click.option("--buffer-kb", type=click.IntRange(1, 1 << 20), help="ring size in KiB")
+@pass_obj
+def trace_start(o: Obj, events: str, filter_: str, buffer_kb: int | None) -> None:
+    """Clear the ring, select events and a filter, and start recording."""
+    c = o.ctl
+    c.call("write", path=f"{TRACING}/tracing_on", value="0")
+    if buffer_kb is not None:
+        c.call("write", path=f"{TRACING}/buffer_size_kb", value=str(buffer_kb))
+    c.call("write", path=f"{TRACING}/set_event", value=" ".join(events.split(",")))
+    c.call("write", path=f"{TRACING}/filter", value=filter_)
+    c.call("write", path=f"{TRACING}/trace", value="")
+    c.call("write", path=f"{TRACING}/tracing_on", value="1")
+    o.done("tracing on")
+
+
+@trace_group.command("stop")
+@pass_obj
+def trace_stop(o: Obj) -> None:
+    """Stop recording (the ring keeps what it has)."""
+    o.ctl.call("write", path=f"{TRACING}/tracing_on", value="0")
+    stat = o.ctl.call("read", path=f"{TRACING}/trace_stat")["value"]
+    o.done("tracing off; " + ", ".join(stat.split("\n")).strip(", "))
+
+
+@trace_group.command("dump")
+@click.option("-o", "--output", "out", default="-", help="file to write (default stdout)")
+@click.option("--format", "fmt", type=click.Choice(["perfetto", "raw", "text"]),
+              default="perfetto", show_default=True)
+@pass_obj
+def trace_dump(o: Obj, out: str, fmt: str) -> None:
+    """Write the ring: Perfetto/Chrome trace-event JSON, the raw records, or text."""
+    from tools import trace_export     # the exporter is needed by this command only
+    if fmt == "text":
+        text = o.ctl.call("read", path=f"{TRACING}/trace")["value"]
+    else:
+        raw = o.ctl.call("read", path=f"{TRACING}/trace_raw")["value"]
+        text = raw if fmt == "raw" else json.dumps(trace_export.to_perfetto(json.loads(raw)))
+    if out == "-":
+        click.echo(text, nl=False)
+        return
+    try:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise Failed(f"cannot write {out}: {e.strerror}")
+    o.done(f"trace written to {out}")
 
 
 def main(argv: list[str] | None = None) -> int:
