@@ -524,9 +524,13 @@ def tree_cmd(o: Obj, path: str) -> None:
 
 
 @cli.command("stats")
+@click.option("--latency", is_flag=True, help="per-stage command latency (measure_latency)")
 @pass_obj
-def stats_cmd(o: Obj) -> None:
+def stats_cmd(o: Obj, latency: bool) -> None:
     """Per-session and per-device I/O statistics."""
+    if latency:
+        latency_stats(o)
+        return
     info = collect(o.ctl.tree())
     sess = [{"target": t["name"], **s} for t in info["targets"] for s in t["sessions"]]
     devs = [{"device": d["name"], "commands": int(d["attrs"].get("commands", "0") or 0)}
@@ -543,6 +547,33 @@ def stats_cmd(o: Obj) -> None:
     click.echo("Device           Commands")
     for d in devs:
         click.echo(f"{d['device']:<16} {d['commands']}")
+
+
+def parse_latency_raw(text: str) -> list[dict]:
+    """The lines of scst_tgt/latency_raw as dicts (times in ns)."""
+    out = []
+    for line in text.splitlines():
+        p = line.split()
+        if len(p) < 7:
+            continue
+        hist = {int(b): int(n) for b, n in (x.split(":") for x in p[7].split(","))} \
+            if len(p) > 7 else {}
+        out.append({"session": p[0], "lun": None if p[1] == "-" else int(p[1]), "stage": p[2],
+                    "count": int(p[3]), "sum_ns": int(p[4]), "min_ns": int(p[5]),
+                    "max_ns": int(p[6]), "hist_log2_ns": hist})
+    return out
+
+
+def latency_stats(o: Obj) -> None:
+    """stats --latency: SCST's measure_latency figures (turned on if off)."""
+    if o.ctl.read("measure_latency").strip() != "1":
+        o.ctl.write("measure_latency", "1")
+        if not o.as_json:
+            click.echo("measure_latency was off: turned on now; run I/O and ask again")
+    if o.as_json:
+        click.echo(json.dumps({"latency": parse_latency_raw(o.ctl.read("latency_raw"))}))
+    else:
+        click.echo(o.ctl.read("latency"), nl=False)
 
 
 @cli.command("config")
