@@ -690,6 +690,33 @@ def trace_dump(o: Obj, out: str, fmt: str) -> None:
     o.done(f"trace written to {out}")
 
 
+@trace_group.command("html")
+@click.argument("trace_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", "out", required=True, help="the HTML file to write")
+@click.option("--itt", help="the command to draw, by ITT (default: the richest command)")
+@click.option("--login", type=click.IntRange(0), help="draw the N-th login instead (0 = first)")
+def trace_html_cmd(trace_file: str, out: str, itt: str | None, login: int | None) -> None:
+    """Draw a dumped trace (Perfetto JSON) as a self-contained HTML page:
+    a timeline of kthreads and softirqs and a command's sequence diagram."""
+    from tools import trace_html    # needed by this command only
+    try:
+        itt_n = int(itt, 0) if itt is not None else None
+    except ValueError:
+        raise Failed(f"--itt {itt!r} is not a number (e.g. 0x1a)", 2)
+    try:
+        with open(trace_file, encoding="utf-8") as f:
+            doc = json.load(f)
+        page = trace_html.render_html(doc, itt_n, login)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise Failed(f"{trace_file}: not a trace from `uscstadmin trace dump`: {e}")
+    try:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(page)
+    except OSError as e:
+        raise Failed(f"cannot write {out}: {e.strerror}")
+    click.echo(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="uscstadmin", standalone_mode=False)

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from png_support import count_color, hex_rgb, read_png, runs_in_row
 from tools.trace_export import SCST_STATE_ORDER, check_trace, command_states
+from tools.trace_html import COLORS
 
 REPO = Path(__file__).resolve().parents[2]
 needs = pytest.mark.skipif(not (shutil.which("iscsi-perf") and shutil.which("qemu-img")
@@ -132,3 +134,63 @@ def test_trace_checker_catches_a_crossing_slice_and_a_broken_flow(traced_run):
     step = next(e for e in doc["traceEvents"] if e["ph"] == "t")
     step["ts"] += 0.0005
     assert any("binds to no slice" in p for p in check_trace(doc))
+
+
+needs_chromium = pytest.mark.skipif(not shutil.which("chromium"), reason="chromium needed")
+
+
+def _screenshot(page: Path, png: Path, height: int) -> tuple[int, int, list[bytes]]:
+    r = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                        "--hide-scrollbars", f"--screenshot={png}",
+                        f"--window-size=1280,{height}", page.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    assert png.exists(), f"chromium wrote no screenshot: {r.stderr[-2000:]}"
+    return read_png(png.read_bytes())
+
+
+@needs
+@needs_chromium
+def test_html_page_renders_the_timeline_and_the_lanes(traced_run, tmp_path):
+    trace_file = tmp_path / "run.json"
+    trace_file.write_text(json.dumps(traced_run["doc"]))
+    page = tmp_path / "run.html"
+    r = subprocess.run([sys.executable, "-m", "tools.uscstadmin", "trace", "html",
+                        str(trace_file), "-o", str(page)], cwd=REPO, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    text = page.read_text()
+    # Self-contained: no script, no fetched resource; the only URL is SVG's namespace.
+    assert "<script" not in text and "src=" not in text and "href=" not in text
+    assert {u for u in text.split('"') if u.startswith("http")} == {"http://www.w3.org/2000/svg"}
+    assert "RDY_TO_XFER" in text and "R2T TTT" in text      # the richest command: a large WRITE
+    width, height, rows = _screenshot(page, tmp_path / "shot.png", 1600)
+    assert (width, height) == (1280, 1600)
+    white = hex_rgb("#ffffff")
+    ink = sum(1 for row in rows for k in range(0, len(row), 3)
+              if (row[k], row[k + 1], row[k + 2]) != white)
+    assert ink > width * height // 20, "the page is (nearly) blank"
+    # The timeline (upper part): SCST state slices and a handler's exec.
+    assert count_color(rows, hex_rgb(COLORS["scst_cmd_state"]), 0, 500) > 200
+    assert count_color(rows, hex_rgb(COLORS["scst_handler_exec"]), 0, 500) > 200
+    # The sequence diagram: a row crosses six lane headers (wide boxes).
+    lane = hex_rgb("#2f4f6f")
+    assert max(runs_in_row(row, lane, min_len=100) for row in rows) == 6
+
+
+@needs_chromium
+def test_screenshot_checks_fail_on_a_page_without_a_trace(tmp_path):
+    from tools.trace_html import render_html
+    page = tmp_path / "empty.html"
+    page.write_text(render_html({"traceEvents": []}))
+    _w, _h, rows = _screenshot(page, tmp_path / "empty.png", 1600)
+    assert count_color(rows, hex_rgb(COLORS["scst_cmd_state"]), 0, 500) < 200
+    assert count_color(rows, hex_rgb(COLORS["scst_handler_exec"]), 0, 500) < 200
+
+
+@needs
+def test_html_page_draws_a_login(traced_run, tmp_path):
+    from tools.trace_html import render_html
+    page = render_html(traced_run["doc"], login=0)
+    assert "Sequence: Login #0" in page
+    assert "Login Response" in page and "HeaderDigest" in page
+    assert "Login" in render_html(traced_run["doc"], login=99)     # none such: an empty diagram
