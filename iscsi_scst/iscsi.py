@@ -261,6 +261,46 @@ def iscsi_rx_hdr_traced(conn: iscsi_conn, buf: bytearray, off: int) -> None:
         trace_iscsi_pdu_rx.span_end(t0, *who)
 
 
+# RFC 7143 11.13.5 login status (class, detail) -> the reason a metric names
+LOGIN_FAILURE_REASONS = {
+    (0x02, 0x00): "initiator_error", (0x02, 0x01): "authentication_failure",
+    (0x02, 0x02): "authorization_failure", (0x02, 0x03): "target_not_found",
+    (0x02, 0x04): "target_removed", (0x02, 0x05): "unsupported_version",
+    (0x02, 0x06): "too_many_connections", (0x02, 0x07): "missing_parameter",
+    (0x02, 0x08): "cant_include_in_session", (0x02, 0x09): "session_type_not_supported",
+    (0x02, 0x0A): "session_does_not_exist", (0x02, 0x0B): "invalid_during_login",
+    (0x03, 0x00): "target_error", (0x03, 0x01): "service_unavailable",
+    (0x03, 0x02): "out_of_resources",
+}
+# (target name or "", "success" | "failure", reason) -> logins; the rd
+# threads' login path only, on the one CPU
+login_stats: dict[tuple[str, str, str], int] = {}
+
+
+def _count_login(login: login_session | None, status_class: int, status_detail: int) -> None:
+    target = login.target.name if login is not None and login.target is not None else ""
+    if status_class == 0:
+        key = (target, "success", "")
+    else:
+        key = (target, "failure", LOGIN_FAILURE_REASONS.get(
+            (status_class, status_detail), f"status_{status_class:02x}{status_detail:02x}"))
+    login_stats[key] = login_stats.get(key, 0) + 1
+
+
+def iscsi_metrics() -> list[tuple[str, str, str, list]]:
+    """The iSCSI driver's counter families (see scst_core.stats for the
+    shape): logins by target, result and reason; per session, the commands
+    that used the last CmdSN of the window (the initiator then waits)."""
+    logins = [({"target": t or "-", "result": r, "reason": why or "-"}, n)
+              for (t, r, why), n in sorted(login_stats.items())]
+    stalls = [({"target": s.target.name, "session": s.initiator_name, "tsih": str(s.tsih)},
+               s.cmdsn_window_full) for s in session_mod.session_list if s.target is not None]
+    return [("uscst_iscsi_logins", "counter", "logins, by target, result and failure reason",
+             logins),
+            ("uscst_iscsi_cmdsn_window_stalls", "counter", "commands that used the last CmdSN "
+             "the target allowed (MaxCmdSN): the initiator stalls until a response", stalls)]
+
+
 def _login_keys(data: bytes) -> str:
     """A login PDU's keys for the trace, CHAP values left out."""
     keys = []
@@ -396,6 +436,8 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
     elif cmd_sn == sess.exp_cmd_sn:
         in_order = True
         sess.exp_cmd_sn = (cmd_sn + 1) & _MASK32
+        if cmd_sn == sess.max_cmd_sn:
+            sess.cmdsn_window_full += 1      # the initiator waits for a response now
     elif _sn_holdable(conn, cmd_sn):
         in_order = False
     else:
@@ -711,7 +753,7 @@ def iscsi_tx_build(conn: iscsi_conn, item: Any, iov: list) -> None:
         exp = max_sn = conn.login_cmd_sn
     else:
         exp = sess.exp_cmd_sn
-        max_sn = (exp + sess.max_queued_cmnds - 1) & _MASK32
+        max_sn = sess.max_cmd_sn = (exp + sess.max_queued_cmnds - 1) & _MASK32
     if item.tx_kind == TX_PDU:
         bhs = item.bhs
         if item.sn_mode == SN_NEXT:
@@ -1063,6 +1105,7 @@ def _login_rx_done(conn: iscsi_conn) -> None:
     if rsp.status_class or login.failed:
         pr_info(f"iscsi: login from {conn.peer} failed: status "
                 f"{rsp.status_class:#04x}/{rsp.status_detail:#04x} {login.error or ''}")
+        _count_login(login, rsp.status_class or 0x02, rsp.status_detail)
         _queue_pdu(conn, bhs, rsp.data, on_sent=_close_after_send)
         return
     if not login.done:
@@ -1086,6 +1129,7 @@ def _login_rx_done(conn: iscsi_conn) -> None:
             fail = bytearray(48)
             pack_login_rsp(fail, rsp.csg << 2, rsp.version_max, rsp.version_active, 0, rsp.isid,
                            0, rsp.itt, 0, 0, 0, 0x02, 0x06)
+            _count_login(login, 0x02, 0x06)
             _queue_pdu(conn, fail, b"", on_sent=_close_after_send)
             return
     elif len(session_mod.session_list) >= session_mod.iscsi_max_sessions:
@@ -1094,6 +1138,7 @@ def _login_rx_done(conn: iscsi_conn) -> None:
         fail = bytearray(48)
         pack_login_rsp(fail, rsp.csg << 2, rsp.version_max, rsp.version_active, 0, rsp.isid,
                        0, rsp.itt, 0, 0, 0, 0x03, 0x02)
+        _count_login(login, 0x03, 0x02)
         _queue_pdu(conn, fail, b"", on_sent=_close_after_send)
         return
     elif not _portal_allowed(conn, login.target):
@@ -1102,6 +1147,7 @@ def _login_rx_done(conn: iscsi_conn) -> None:
         fail = bytearray(48)
         pack_login_rsp(fail, rsp.csg << 2, rsp.version_max, rsp.version_active, 0, rsp.isid,
                        0, rsp.itt, 0, 0, 0, 0x02, 0x02)
+        _count_login(login, 0x02, 0x02)
         _queue_pdu(conn, fail, b"", on_sent=_close_after_send)
         return
     else:
@@ -1139,6 +1185,7 @@ def _login_rx_done(conn: iscsi_conn) -> None:
             f"{'CRC32C' if params.header_digest else 'None'}, DataDigest "
             f"{'CRC32C' if params.data_digest else 'None'}, MaxRecvDataSegmentLength "
             f"{params.max_recv_data_length}/{params.max_xmit_data_length}")
+    _count_login(login, 0, 0)
     _queue_pdu(conn, bhs, rsp.data, on_sent=_enable_digests)
     if sess.target is not None:
         conn.nop_timer.function = _nop_in_timer

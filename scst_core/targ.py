@@ -292,6 +292,18 @@ def _pre_xmit_resp(cmd: scst_cmd) -> int:
     return _RES_CONT_NEXT
 
 
+def _count_error(cmd: scst_cmd) -> None:
+    """Count a response that is not GOOD by its sense key (-1: no sense,
+    e.g. BUSY or RESERVATION CONFLICT) for the metrics endpoint."""
+    key = -1
+    if cmd.sense_valid_len >= 3:
+        sense = cmd.sense
+        key = (sense[1] if sense[0] & 0x7F >= 0x72 else sense[2]) & 0x0F
+    errs = cmd.sess.sense_errors
+    k = (cmd.lun, cmd.status, key)
+    errs[k] = errs.get(k, 0) + 1
+
+
 def _xmit_response(cmd: scst_cmd) -> int:
     if cmd.aborted and cmd.device_tas:
         # Aborted by another I_T nexus with TAS=1 (SAM-5 5.6): answered,
@@ -301,6 +313,8 @@ def _xmit_response(cmd: scst_cmd) -> int:
         cmd.status = SAM_STAT_TASK_ABORTED
         cmd.sense_valid_len = 0
         cmd.resp_data_len = 0
+    if cmd.status:
+        _count_error(cmd)
     cmd.state = SCST_CMD_STATE_XMIT_WAIT
     if cmd.tgtt.xmit_response(cmd) != SCST_TGT_RES_SUCCESS:
         pr_err(f"scst: xmit_response failed for cmd tag {cmd.tag:#x}: freeing it")
@@ -431,12 +445,19 @@ def _dev_done(cmd: scst_cmd) -> int:
         dev.handler.dev_done(cmd)
     if cmd.status == SAM_STAT_GOOD:
         sess = cmd.sess
+        td = cmd.tgt_dev
         if cmd.data_direction == SCST_DATA_READ:
             sess.reads += 1
             sess.read_bytes += cmd.resp_data_len
+            if td is not None:
+                td.reads += 1
+                td.read_bytes += cmd.resp_data_len
         elif cmd.data_direction & SCST_DATA_WRITE:
             sess.writes += 1
             sess.write_bytes += cmd.write_len
+            if td is not None:
+                td.writes += 1
+                td.write_bytes += cmd.write_len
     elif (cmd.status == SAM_STAT_CHECK_CONDITION and dev is not None and dev.qerr
             and not cmd.aborted):
         _qerr_abort(cmd)
@@ -650,6 +671,7 @@ def scst_rx_mgmt_fn(sess: scst_session, fn: int, lun: bytes | None, tag: int,
         victims = []
     # With TAS=0 a CLEAR TASK SET tells the other nexuses it aborted
     # commands of; a reset raises its own unit attention instead (below).
+    sess.tmf_count[fn] = sess.tmf_count.get(fn, 0) + 1
     if trace_scst_tmf.enabled:
         trace_scst_tmf(sess.initiator_name, mcmd.lun, fn, tag, len(victims))
     _abort_cmds(victims, mcmd, sess, fn == SCST_CLEAR_TASK_SET)

@@ -18,7 +18,7 @@ import argparse
 import os
 import re
 import sys
-from typing import NoReturn
+from typing import Any, Callable, NoReturn
 
 DEFAULT_IQN = "iqn.2026-11.org.uscst:default"
 DEFAULT_PORTAL = "127.0.0.1:3260"
@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", metavar="PATH",
                    help="control socket for uscstadmin (default $XDG_RUNTIME_DIR/uscst.sock, "
                         "/run/uscst.sock as root)")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (PORT alone: "
+                        "127.0.0.1:PORT)")
     p.add_argument("--version", action="version", version="uscstd 0.1.0")
     return p
 
@@ -144,7 +147,9 @@ def resolve(args: argparse.Namespace) -> dict:
                 pr_dir=os.path.join(os.path.abspath(state_dir), "pr"),
                 blocksize=args.blocksize, log_level=args.log_level, debug=args.debug,
                 config=config, config_text=config_text, fuse=args.fuse,
-                control=os.path.abspath(args.control) if args.control else default_control_path())
+                control=os.path.abspath(args.control) if args.control else default_control_path(),
+                metrics=parse_portal(args.metrics if ":" in (args.metrics or ":")
+                                     else f"127.0.0.1:{args.metrics}") if args.metrics else None)
 
 
 # -- driver management glue -------------------------------------------------
@@ -721,6 +726,8 @@ def serve(cfg: dict) -> int:
         services.append(engine_ctl.fuse_service(
             cfg["fuse"], on_error=warn,
             on_ready=lambda: print(f"uscstd: management tree mounted at {cfg['fuse']}", flush=True)))
+    if cfg["metrics"]:
+        services.append(_metrics_service(cfg["metrics"], warn))
     engine.reload_hook = reload_hook
 
     ret = engine.run(init, exit_fn, services=services)
@@ -733,6 +740,17 @@ def serve(cfg: dict) -> int:
         return 1
     print("uscstd: stopped", flush=True)
     return 0
+
+
+def _metrics_service(where: tuple[str, int], warn: Callable[[str], None]) -> Any:
+    """--metrics: the Prometheus endpoint over the SCST core's and the iSCSI
+    driver's counters (an engine service, like the control socket)."""
+    from iscsi_scst.iscsi import iscsi_metrics     # here: the option is rarely given
+    from kshim.engine_metrics import metrics_service
+    from scst_core.stats import scst_metrics
+    return metrics_service(where[0], where[1], [scst_metrics, iscsi_metrics], on_error=warn,
+                           on_ready=lambda a: print(f"uscstd: metrics at http://{a}/metrics",
+                                                    flush=True))
 
 
 def main(argv: list[str] | None = None) -> int:
