@@ -717,6 +717,24 @@ def trace_html_cmd(trace_file: str, out: str, itt: str | None, login: int | None
     click.echo(f"wrote {out}")
 
 
+@cli.command("top")
+@click.option("--once", is_flag=True, help="print one plain snapshot and exit")
+@click.option("--interval", type=click.FloatRange(0.1, 60), default=1.0, show_default=True,
+              help="seconds between reads")
+@click.option("--max-seconds", type=click.FloatRange(0), default=0,
+              help="leave the live view after this long (0: only on q)")
+@pass_obj
+def top_cmd(o: Obj, once: bool, interval: float, max_seconds: float) -> None:
+    """Live view: kthreads, softirqs, workqueues, slabs, locks, and per
+    session/LUN IOPS, MB/s, latency and outstanding commands (keys: s sort,
+    d drill into a session, a all, q quit)."""
+    from tools import top    # rich and the parser load for this command only
+    if once:
+        click.echo(top.render_once(o.ctl, interval), nl=False)
+    else:
+        top.run_live(o.ctl, interval, max_seconds)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="uscstadmin", standalone_mode=False)

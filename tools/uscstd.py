@@ -728,6 +728,7 @@ def serve(cfg: dict) -> int:
             on_ready=lambda: print(f"uscstd: management tree mounted at {cfg['fuse']}", flush=True)))
     if cfg["metrics"]:
         services.append(_metrics_service(cfg["metrics"], warn))
+    _proc_metrics()
     engine.reload_hook = reload_hook
 
     ret = engine.run(init, exit_fn, services=services)
@@ -742,10 +743,21 @@ def serve(cfg: dict) -> int:
     return 0
 
 
+def _proc_metrics() -> None:
+    """The same counters as text for the control socket's `proc metrics`
+    (uscstadmin top reads them there, --metrics or not)."""
+    from iscsi_scst.iscsi import iscsi_metrics     # the metrics glue is all here
+    from kshim.engine_metrics import format_metrics
+    from kshim.proc import proc_create, remove_proc_entry
+    from scst_core.stats import scst_metrics
+    remove_proc_entry("metrics")
+    proc_create("metrics", lambda: format_metrics(scst_metrics() + iscsi_metrics()).decode())
+
+
 def _metrics_service(where: tuple[str, int], warn: Callable[[str], None]) -> Any:
     """--metrics: the Prometheus endpoint over the SCST core's and the iSCSI
     driver's counters (an engine service, like the control socket)."""
-    from iscsi_scst.iscsi import iscsi_metrics     # here: the option is rarely given
+    from iscsi_scst.iscsi import iscsi_metrics     # the metrics glue is all here
     from kshim.engine_metrics import metrics_service
     from scst_core.stats import scst_metrics
     return metrics_service(where[0], where[1], [scst_metrics, iscsi_metrics], on_error=warn,
