@@ -7,10 +7,9 @@ loop, the empty loop's time subtracted):
               call site pays in production
   on (ring)   the same with the recorder attached: record into the ring
   on (span)   a span: tracepoint.now() before, span_end() after
-and the number of tracepoint sites one 4K READ and one WRITE pass (counted
-by a probe on every event while libiscsi-like traffic runs is the e2e
-test's business; here the count is given: --sites, default 10), giving the
-off cost per command.
+and, given the number of tracepoint sites one command passes (--sites,
+default 16: a 4K READ's, counted in the code path from PDU to response),
+the off cost per command.
 
 Usage: python -m tools.trace_cost [--n N] [--repeat R] [--sites K]
 """
@@ -61,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="trace_cost", description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--repeat", type=int, default=7)
-    p.add_argument("--sites", type=int, default=10,
+    p.add_argument("--sites", type=int, default=16,
                    help="tracepoint sites a command passes (for the per-command line)")
     a = p.parse_args(argv)
     if not (1000 <= a.n <= 50_000_000 and 1 <= a.repeat <= 50 and 0 < a.sites < 1000):
