@@ -14,6 +14,9 @@ preadv(RWF_NOWAIT) inline, which succeeds when the host's page cache holds
 the data; otherwise, and for every write, fsync and fallocate, the call goes
 to the engine's worker pool and the task sleeps on a completion until it
 returns (the host thread never blocks). Errors are negative errno values.
+Every host call goes through the host-ops table (kshim.host.ops): under the
+sim engine the "host" is an in-memory disk or a real file whose pool calls
+complete in virtual time, in a seeded order.
 A file opened O_DIRECT is O_DIRECT on the host: its buffers, offsets and
 lengths must meet the alignment vfs_getattr(STATX_DIOALIGN) reports, which
 page_alloc's pages do not (kshim.dmapool's blocks do). vfs_getattr takes
@@ -27,9 +30,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from kshim import engine, host
+from kshim import host
 from kshim.completion import complete, completion, wait_for_completion
 from kshim.err import EAGAIN, EBADF, EOPNOTSUPP
+from kshim.host import io_job, ops
 from kshim.sched import might_sleep
 from kshim.tracepoint import TRACE_EVENT
 
@@ -69,18 +73,18 @@ class file:
         self.f_flags = flags
         self.f_path = path
         self.f_inode = inode(size)
-        self.nowait_read = bool(host.RWF_NOWAIT) and not flags & O_DIRECT
+        self.nowait_read = ops.rwf_nowait and not flags & O_DIRECT
 
 
 def filp_open(path: str, flags: int, mode: int = 0o600) -> "file | int":
     """Open path; return the file or -errno."""
     might_sleep()
-    fd = _pool_call(host.file_open, path, flags, mode)
+    fd = _pool_call(ops.file_open, path, flags, mode)
     if fd < 0:
         return fd
-    size = host.file_size(fd)
+    size = ops.file_size(fd)
     if size < 0:
-        host.file_close(fd)
+        ops.file_close(fd)
         return size
     return file(fd, flags, path, size)
 
@@ -89,7 +93,7 @@ def filp_close(f: file) -> int:
     if f.fd < 0:
         return -EBADF
     fd, f.fd = f.fd, -1
-    return host.file_close(fd)
+    return ops.file_close(fd)
 
 
 class kstat:
@@ -106,7 +110,7 @@ def vfs_getattr(f: file, stat: kstat, request_mask: int) -> int:
     """Fill stat for the open file: 0 or -errno. Only STATX_DIOALIGN is
     answered; stat.result_mask lacks it when the host kernel does not say
     (before Linux 6.1)."""
-    r = host.file_dio_align(f.fd)
+    r = ops.file_dio_align(f.fd)
     if isinstance(r, int):
         return r
     stat.result_mask = r[0] & request_mask & STATX_DIOALIGN
@@ -132,11 +136,11 @@ trace_block_rq_issue = TRACE_EVENT("block_rq_issue", ("op", "fd", "pos", "len"))
 trace_block_rq_complete = TRACE_EVENT("block_rq_complete", ("op", "fd", "pos", "result"))
 
 
-def _io_complete(job: engine.io_job) -> None:
+def _io_complete(job: io_job) -> None:
     complete(job.private)
 
 
-def _io_complete_traced(job: engine.io_job) -> None:
+def _io_complete_traced(job: io_job) -> None:
     done, op, fd, pos = job.private
     if trace_block_rq_complete.enabled:
         trace_block_rq_complete(op, fd, pos, job.result)
@@ -152,10 +156,10 @@ def _pool_call(fn: Callable[..., int], *args: Any) -> int:
         pos = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
         n = host.iov_len(args[1]) if len(args) > 1 and isinstance(args[1], list) else 0
         trace_block_rq_issue(fn.__name__, fd, pos, n)
-        job = engine.io_job(fn, args, _io_complete_traced, (done, fn.__name__, fd, pos))
+        job = io_job(fn, args, _io_complete_traced, (done, fn.__name__, fd, pos))
     else:
-        job = engine.io_job(fn, args, _io_complete, done)
-    engine.io_submit(job)
+        job = io_job(fn, args, _io_complete, done)
+    ops.io_submit(job)
     wait_for_completion(done)
     return job.result
 
@@ -167,7 +171,7 @@ def vfs_readv(f: file, iov: list, pos: int) -> int:
     want = host.iov_len(iov)
     got = 0
     if f.nowait_read:
-        n = host.file_preadv_nowait(f.fd, iov, pos)
+        n = ops.file_preadv_nowait(f.fd, iov, pos)
         if n == want or (n >= 0 and pos + n >= f.f_inode.i_size):
             stats["read_nowait_hits"] += 1
             return n
@@ -179,7 +183,7 @@ def vfs_readv(f: file, iov: list, pos: int) -> int:
         elif n != -EAGAIN:
             return n
     stats["read_pool"] += 1
-    n = _pool_call(host.file_preadv, f.fd, iov, pos + got)
+    n = _pool_call(ops.file_preadv, f.fd, iov, pos + got)
     if n < 0:
         return got or n
     return got + n
@@ -191,7 +195,7 @@ def vfs_readv_nowait(f: file, iov: list, pos: int) -> int:
     if not f.nowait_read:
         return -EAGAIN
     want = len(iov[0]) if len(iov) == 1 else host.iov_len(iov)
-    n = host.file_preadv_nowait(f.fd, iov, pos)
+    n = ops.file_preadv_nowait(f.fd, iov, pos)
     if trace_block_rq_complete.enabled:
         # Served (or refused) inline from the page cache: no issue event.
         trace_block_rq_complete("preadv_nowait", f.fd, pos, n)
@@ -205,7 +209,7 @@ def vfs_writev(f: file, iov: list, pos: int) -> int:
     """Write the buffers at pos: bytes written or -errno."""
     might_sleep()
     stats["write_pool"] += 1
-    n = _pool_call(host.file_pwritev, f.fd, iov, pos)
+    n = _pool_call(ops.file_pwritev, f.fd, iov, pos)
     if n > 0 and pos + n > f.f_inode.i_size:
         f.f_inode.i_size = pos + n
     return n
@@ -214,7 +218,7 @@ def vfs_writev(f: file, iov: list, pos: int) -> int:
 def vfs_fsync_range(f: file, start: int, end: int, datasync: bool) -> int:
     might_sleep()
     stats["fsync"] += 1
-    return _pool_call(host.file_fsync, f.fd, datasync)
+    return _pool_call(ops.file_fsync, f.fd, datasync)
 
 
 def vfs_fsync(f: file, datasync: bool) -> int:
@@ -223,7 +227,7 @@ def vfs_fsync(f: file, datasync: bool) -> int:
 
 def vfs_fallocate(f: file, mode: int, offset: int, length: int) -> int:
     might_sleep()
-    ret = _pool_call(host.file_fallocate, f.fd, mode, offset, length)
+    ret = _pool_call(ops.file_fallocate, f.fd, mode, offset, length)
     if ret == 0 and not mode & FALLOC_FL_KEEP_SIZE and offset + length > f.f_inode.i_size:
         f.f_inode.i_size = offset + length
     return ret
@@ -231,7 +235,7 @@ def vfs_fallocate(f: file, mode: int, offset: int, length: int) -> int:
 
 def vfs_truncate(f: file, size: int) -> int:
     might_sleep()
-    ret = _pool_call(host.file_truncate, f.fd, size)
+    ret = _pool_call(ops.file_truncate, f.fd, size)
     if ret == 0:
         f.f_inode.i_size = size
     return ret
@@ -239,12 +243,12 @@ def vfs_truncate(f: file, size: int) -> int:
 
 def vfs_llseek(f: file, offset: int, whence: int) -> int:
     """SEEK_SET/SEEK_DATA/SEEK_HOLE; -ENXIO past the last data."""
-    return host.file_lseek(f.fd, offset, whence)
+    return ops.file_lseek(f.fd, offset, whence)
 
 
 def vfs_getsize(f: file) -> int:
     """Re-read the size from the host (after the file changed underneath)."""
-    size = host.file_size(f.fd)
+    size = ops.file_size(f.fd)
     if size >= 0:
         f.f_inode.i_size = size
     return size

@@ -24,8 +24,9 @@ from typing import Callable
 
 import attrs
 
-from kshim import host, lockdep, module, page_alloc, sched, slab, softirq, trace, workqueue
+from kshim import lockdep, module, page_alloc, sched, slab, softirq, trace, workqueue
 from kshim.err import EEXIST
+from kshim.host import ops
 
 
 def proc_slabinfo() -> str:
@@ -69,7 +70,7 @@ def proc_kstats() -> str:
     classes, and the host's monotonic clock in ns (to turn counts into rates)."""
     def rows(items: list) -> list[dict]:
         return [attrs.asdict(x) for x in items]
-    return json.dumps({"now_ns": host.monotonic_ns(), "tasks": rows(sched.statistics()),
+    return json.dumps({"now_ns": ops.monotonic_ns(), "tasks": rows(sched.statistics()),
                        "softirqs": rows(softirq.statistics()), "slabs": rows(slab.statistics()),
                        "workqueues": rows(workqueue.statistics()),
                        "locks": rows(lockdep.statistics())})

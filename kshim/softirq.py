@@ -35,8 +35,9 @@ from typing import Any, Callable
 
 import attrs
 
-from kshim import host, sched, tracepoint
+from kshim import sched, tracepoint
 from kshim.bug import report_bug
+from kshim.host import ops
 from kshim.tracepoint import TRACE_EVENT
 
 debug_softirq = True
@@ -88,7 +89,7 @@ def _softirq_run_debug(fn: Callable[[Any], None], arg: Any) -> None:
     c.softirq_serving += 1
     prev_fn = c.softirq_fn
     c.softirq_fn = fn
-    clock = host.thread_time_ns if sched.sched_clock_stats else host.monotonic_ns
+    clock = ops.thread_time_ns if sched.sched_clock_stats else ops.monotonic_ns
     traced = trace_softirq.enabled
     ts = tracepoint.now() if traced else 0
     t0 = clock()
