@@ -73,7 +73,7 @@ def _step_name(e: dict) -> str:
         op = ISCSI_OPCODES.get(e["opcode"], hex(e["opcode"]))
         return f"{'rx' if ev == 'iscsi_pdu_rx' else 'tx'} {op}"
     if ev == "iscsi_r2t":
-        return "tx R2T"
+        return "R2T queued"
     if ev == "softirq":
         return e["name"]
     if ev == "sched_stat_runtime":

@@ -20,6 +20,10 @@ from typing import Any
 
 from tools.trace_export import CPU_TID, SOFTIRQ_TID
 
+# scst_const.h SCST_ABORT_TASK ... (the fn of scst_tmf events)
+TMF_NAMES = {0: "ABORT TASK", 1: "ABORT TASK SET", 2: "CLEAR ACA", 3: "CLEAR TASK SET",
+             4: "LUN RESET", 5: "TARGET RESET", 6: "NEXUS LOSS SESS",
+             7: "ABORT ALL TASKS SESS", 8: "NEXUS LOSS", 9: "ABORT ALL TASKS"}
 LANES = ("Initiator", "iSCSI rd thread", "iSCSI wr thread", "SCST core", "dev handler", "disk")
 INI, RD, WR, CORE, HANDLER, DISK = range(len(LANES))
 MAX_RECTS = 20000
@@ -62,10 +66,29 @@ class Trace:
         solicited data, if the trace has one)."""
         if itt is not None:
             found = [fl for fl in self.flows.values() if fl[0]["args"].get("itt") == itt]
-            return found[-1] if found else []
+            return self._with_tmfs(found[-1]) if found else []
         if not self.flows:
             return []
-        return max(self.flows.values(), key=lambda fl: (len({x["name"] for x in fl}), -fl[0]["ts"]))
+        return self._with_tmfs(max(self.flows.values(),
+                                   key=lambda fl: (len({x["name"] for x in fl}), -fl[0]["ts"])))
+
+    def _with_tmfs(self, steps: list[dict]) -> list[dict]:
+        """steps plus the task management that overlapped them: TMF PDUs,
+        scst_tmf/scst_tmf_done and unit attentions queued meanwhile."""
+        t0, t1 = steps[0]["ts"], steps[-1]["ts"] + steps[-1].get("dur", 0)
+        # A TMF received meanwhile: follow it to its response.
+        tmf_rx = [x for x in self.slices if t0 <= x["ts"] <= t1
+                  and x["args"].get("event") == "iscsi_pdu_rx" and x["args"].get("opcode") == 0x02]
+        if tmf_rx:
+            rsp = [x["ts"] for x in self.slices if x["ts"] >= tmf_rx[0]["ts"]
+                   and x["args"].get("event") == "iscsi_pdu_tx" and x["args"].get("opcode") == 0x22]
+            t1 = max(t1, min(rsp, default=t1))
+        extra = [x for x in self.slices if t0 <= x["ts"] <= t1
+                 and x["args"].get("event") in ("iscsi_pdu_rx", "iscsi_pdu_tx")
+                 and x["args"].get("opcode") in (0x02, 0x22)]
+        extra += [i for i in self.instants if t0 <= i["ts"] <= t1
+                  and i["name"] in ("scst_tmf", "scst_tmf_done", "scst_ua")]
+        return sorted(steps + extra, key=lambda x: x["ts"])
 
     def login(self, n: int) -> list[dict]:
         """The PDUs and key exchanges of the n-th login (0-based) in the trace."""
@@ -175,7 +198,7 @@ def _arrow(tr: Trace, x: dict) -> tuple[int, int, str] | None:
     if ev == "scst_cmd_init_done":
         return RD, CORE, "scst_cmd_init_done"
     if ev == "scst_rx_data":
-        return RD, CORE, "scst_rx_data"
+        return RD, CORE, f"scst_rx_data, status {a.get('status')}"
     if ev == "scst_cmd_state":
         return CORE, CORE, f"state {x['name']} ({x['dur']:.1f} us)"
     if ev == "scst_handler_exec":
@@ -188,6 +211,13 @@ def _arrow(tr: Trace, x: dict) -> tuple[int, int, str] | None:
         return HANDLER, CORE, "scst_exec_done"
     if ev == "scst_tgt_cmd_done":
         return _lane_of_thread(thread), CORE, "scst_tgt_cmd_done"
+    if ev == "scst_tmf":
+        fn = TMF_NAMES.get(a.get("fn"), a.get("fn"))
+        return RD, CORE, f"scst_rx_mgmt_fn {fn}: {a.get('aborted')} task(s) to abort"
+    if ev == "scst_tmf_done":
+        return CORE, RD, f"task_mgmt_fn_done, status {a.get('status')}"
+    if ev == "scst_ua":
+        return CORE, CORE, f"unit attention {a.get('what')} ({a.get('sense')}) LUN {a.get('lun')}"
     if ev == "iscsi_login":
         return RD, RD, (f"login CSG {a.get('csg')} -> NSG {a.get('nsg')}"
                         f"{' T' if a.get('transit') else ''}, status {a.get('status')}")
