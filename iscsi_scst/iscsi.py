@@ -18,6 +18,11 @@ list (the rd thread before it sleeps, or the wr thread). A command that
 arrives ahead of its CmdSN is held, with its unsolicited data in a buffer of
 its own, and handed to SCST when its turn comes (any connection's rd
 thread may release it).
+
+Observability: tracepoints iscsi_pdu_rx (a span around a header's handling,
+called by nthread while enabled), iscsi_pdu_tx, iscsi_r2t and iscsi_login;
+login_stats and each session's cmdsn_window_full count for iscsi_metrics()
+(the Prometheus endpoint).
 """
 from __future__ import annotations
 

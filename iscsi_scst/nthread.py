@@ -21,6 +21,9 @@ fit the socket. Either takes every queued response at once, builds the
 iovecs (BHS, data as memoryviews of the command's pages, padding, digests)
 and sends them with one sendmsg; StatSN is assigned then, in send order.
 
+Tracepoint: while iscsi_pdu_rx is enabled the rd thread calls
+iscsi_rx_hdr_traced (iscsi.py), which wraps the header's handling in a span.
+
 Differs from iscsi-scst: per-connection threads instead of shared pools;
 no zero-copy sendpage (sendmsg of memoryviews copies once into the socket,
 as kernel_sendmsg would).

@@ -84,6 +84,23 @@ def _response(status: str, body: bytes, ctype: str = "text/plain; charset=utf-8"
 stats = {"scrapes": 0, "errors": 0, "clients": 0}
 
 
+async def _scrape(collectors: list[Collect]) -> bytes:
+    """The /metrics response. A collector that oopses (its kthread reported
+    it and returned nothing) or a malformed family gives a 500, never a dead
+    service."""
+    fams = await engine.call_in_task(lambda: _gather(collectors))
+    if fams is None:
+        stats["errors"] += 1
+        return _response("500 Internal Server Error", b"collecting failed: see the log\n")
+    try:
+        body = format_metrics(fams)
+    except (ValueError, TypeError, KeyError) as e:
+        stats["errors"] += 1
+        return _response("500 Internal Server Error", f"formatting failed: {e}\n".encode())
+    stats["scrapes"] += 1
+    return _response("200 OK", body, CONTENT_TYPE)
+
+
 async def _client(stream: trio.SocketStream, collectors: list[Collect]) -> None:
     if stats["clients"] >= MAX_CLIENTS:
         await stream.aclose()
@@ -103,9 +120,7 @@ async def _client(stream: trio.SocketStream, collectors: list[Collect]) -> None:
         elif parts[0] != b"GET":
             rsp = _response("405 Method Not Allowed", b"only GET\n")
         elif parts[1].split(b"?")[0] == b"/metrics":
-            fams = await engine.call_in_task(lambda: _gather(collectors))
-            rsp = _response("200 OK", format_metrics(fams), CONTENT_TYPE)
-            stats["scrapes"] += 1
+            rsp = await _scrape(collectors)
         elif parts[1] == b"/":
             rsp = _response("200 OK", b"uscstd metrics: GET /metrics\n")
         else:

@@ -60,8 +60,9 @@ USAGE = ("Usage:\n"
          "       echo \"add|del TOKEN\" >trace_level\n"
          "\nwhere TOKEN is one of [" + ", ".join(TRACE_TOKENS) + "]\n")
 
-# the mask last applied (guarded by running in sysfs store only)
-trace_flag = TRACE_DEFAULT_MASK
+# the mask last applied (guarded by running in sysfs store only); nothing is
+# selected at boot, so it starts empty rather than at SCST's default
+trace_flag = 0
 
 
 def scst_trace_events(mask: int) -> list[str]:

@@ -36,6 +36,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from tools.uscstadmin import Failed
+
 SPARK = " ▁▂▃▄▅▆▇█"
 HISTORY = 40
 SORTS = ("cpu", "wakeups", "switches", "name")
@@ -64,7 +66,7 @@ def read_snapshot(ctl: Any) -> Snapshot:
     kstats = json.loads(ctl.call("proc", name="kstats")["value"])
     try:
         metrics = ctl.call("proc", name="metrics")["value"]
-    except Exception:            # an older uscstd without the view: kthreads only
+    except Failed:               # a uscstd without the view: kthreads only
         metrics = ""
     return Snapshot(kstats, metrics, time.monotonic())
 

@@ -10,7 +10,9 @@ config FILE`) re-applies the file live, as a difference.
 Management: the SCST sysfs tree lives in the emulated kernel; it is served
 on a Unix control socket (--control, mode 0600; uscstadmin talks to it) and,
 with --fuse MOUNTPOINT, as a FUSE file system. When started by systemd
-(Type=notify) it sends READY=1 once serving.
+(Type=notify) it sends READY=1 once serving. With --metrics HOST:PORT it
+serves Prometheus metrics (docs/observe.md); `uscstadmin top` reads the same
+counters over the control socket.
 """
 from __future__ import annotations
 

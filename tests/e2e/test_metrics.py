@@ -104,3 +104,35 @@ def test_bad_metrics_address_is_a_usage_error(tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "99999" in r.stderr
+
+
+def test_metrics_count_errors_by_sense_key_tmfs_and_failed_logins(uscstd):
+    from initiator import TMF_LUN_RESET, Initiator, LoginError
+    port = free_port()
+    srv = uscstd("--metrics", str(port))
+    _wait_listening(srv, port)
+    bad = Initiator(host=srv.host, port=srv.port, timeout=20)
+    bad.connect()
+    with pytest.raises(LoginError):
+        bad.login("iqn.2026-11.org.uscst:no-such-target")
+    bad.close()
+    ini = Initiator(host=srv.host, port=srv.port, timeout=20)
+    ini.connect()
+    ini.login(srv.iqn)
+    try:
+        res = ini.read10(0, 1, lun=9)                  # no LUN 9: ILLEGAL REQUEST
+        assert not res.ok and res.sense_key == 5
+        ini.task_mgmt(TMF_LUN_RESET)
+        s = _samples(_scrape(port)[1])
+    finally:
+        ini.logout()
+        ini.close()
+    errs = [x for x in s["uscst_errors_total"] if x.labels["lun"] == "9"]
+    assert [(x.labels["sense_key"], x.labels["status"], x.value) for x in errs] == \
+        [("0x5", "0x02", 1.0)]
+    tmfs = {x.labels["function"]: x.value for x in s["uscst_tmf_total"]}
+    assert tmfs == {"lun_reset": 1.0}
+    logins = {(x.labels["result"], x.labels["reason"]): x.value
+              for x in s["uscst_iscsi_logins_total"]}
+    assert logins[("failure", "target_not_found")] == 1.0
+    assert logins[("success", "-")] == 1.0

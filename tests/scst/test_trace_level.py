@@ -54,5 +54,5 @@ def test_trace_level_file_selects_events_and_shows_tokens():
         assert "scsi | data_received" in sysfs_read("/scst_tl_test/trace_level")
     finally:
         tracepoint.set_event(None)
-        debug.trace_flag = TRACE_DEFAULT_MASK
+        debug.trace_flag = 0
         kobject_del(root)
