@@ -20,6 +20,7 @@ import attrs
 
 from iscsi_scst.usr.iscsid import login_session
 from iscsi_scst.usr.param import iscsi_sess_params
+from kshim.fault_inject import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
 from kshim.jiffies import HZ, jiffies
 from kshim.kthread import kthread_run, kthread_stop
 from kshim.list import list_head
@@ -152,7 +153,9 @@ def _login_timeout(timer: timer_list) -> None:
         iscsi_conn_mark_closing(conn)
 
 
-def iscsi_conn_alloc(sock: socket, portal: "iscsi_portal") -> iscsi_conn:
+@ALLOW_ERROR_INJECTION(EI_ETYPE_ERRNO)
+def iscsi_conn_alloc(sock: socket, portal: "iscsi_portal") -> "iscsi_conn | int":
+    """A connection in login phase with its rd and wr threads, or -ENOMEM."""
     from iscsi_scst.nthread import iscsi_rd_thread, iscsi_wr_thread
     from iscsi_scst.iscsi import iscsi_new_login
     peer = kernel_getpeername(sock)

@@ -27,12 +27,15 @@ login_stats and each session's cmdsn_window_full count for iscsi_metrics()
 from __future__ import annotations
 
 import fnmatch
+import functools
 import struct
 from typing import Any, Callable
 
 import attrs
 
+from iscsi_scst import conn as conn_mod
 from iscsi_scst import session as session_mod
+from iscsi_scst.config import iscsi_sysfs_exit, iscsi_sysfs_init
 from iscsi_scst.conn import RX_DATA, RX_INIT_BHS, RX_TAIL, iscsi_conn, iscsi_conn_mark_closing
 from iscsi_scst.digest import digest_data
 from iscsi_scst.hdr import (ISCSI_CMD_ATTR_MASK, common_hdr, ISCSI_CMD_READ, ISCSI_CMD_WRITE,
@@ -69,16 +72,20 @@ from iscsi_scst.usr.chap import chap_authenticator, chap_credentials
 from iscsi_scst.usr.iscsid import login_req, login_session, text_negotiation
 from iscsi_scst.usr.param import NegotiationError, split_text
 from kshim.list import list_del_init, list_head
+from kshim.module import (MODULE_DESCRIPTION, MODULE_LICENSE, THIS_MODULE, module_exit,
+                          module_init, module_param_named)
 from kshim.printk import pr_err, pr_info, pr_warn
 from kshim.random32 import get_random_bytes
 from kshim.scatterlist import sg_copy_from_buffer, sg_virt
 from kshim.slab import kmem_cache_alloc, kmem_cache_create, kmem_cache_free
-from kshim.gfp import GFP_KERNEL
+from kshim.err import IS_ERR
+from kshim.fault_inject import DECLARE_FAULT_ATTR, should_fail
+from kshim.gfp import GFP_KERNEL, __GFP_NOFAIL
 from kshim.jiffies import HZ, jiffies
 from kshim.timer import del_timer, mod_timer, timer_list
 from kshim import tracepoint
 from kshim.tracepoint import TRACE_EVENT
-from scst_core.const import (SAM_STAT_GOOD, SCST_ABORT_TASK, SCST_ABORT_TASK_SET,
+from scst_core.const import (SAM_STAT_BUSY, SAM_STAT_GOOD, SCST_ABORT_TASK, SCST_ABORT_TASK_SET,
                              SCST_CLEAR_ACA, SCST_CLEAR_TASK_SET, SCST_LUN_RESET,
                              SCST_MGMT_STATUS_FN_NOT_SUPPORTED, SCST_MGMT_STATUS_LUN_NOT_EXIST,
                              SCST_MGMT_STATUS_SUCCESS, SCST_MGMT_STATUS_TASK_NOT_EXIST,
@@ -212,6 +219,9 @@ def iscsi_rx_hdr(conn: iscsi_conn, buf: bytearray, off: int) -> None:
     b0, flags, _b2, _b3, lens, lun, itt = common_hdr.unpack_from(buf, off)
     dsl = lens & 0xFFFFFF
     op = b0 & ISCSI_OPCODE_MASK
+    if fail_iscsi_pdu.armed and iscsi_pdu_fault(op):
+        raise ProtocolError(f"iscsi: {conn.peer}: fault injection (fail_iscsi_pdu): dropping the "
+                            f"connection at a PDU of opcode {op:#x}, ITT {itt:#x}", None)
     if dsl > conn.max_recv_data_length:
         raise ProtocolError(f"iscsi: {conn.peer}: data segment of {dsl} bytes exceeds "
                             f"MaxRecvDataSegmentLength {conn.max_recv_data_length} "
@@ -242,6 +252,24 @@ def iscsi_rx_hdr(conn: iscsi_conn, buf: bytearray, off: int) -> None:
     else:
         iscsi_send_reject(conn, bhs, ISCSI_REASON_UNSUPPORTED_COMMAND)
         _rx_discard(conn, dsl)
+
+
+_PDU_NAMES = {"SCSI-Command": ISCSI_OP_SCSI_CMD, "Data-Out": ISCSI_OP_SCSI_DATA_OUT,
+              "NOP-Out": ISCSI_OP_NOP_OUT, "Text": ISCSI_OP_TEXT_CMD,
+              "Task-Management": ISCSI_OP_SCSI_TASK_MGT_MSG, "Logout": ISCSI_OP_LOGOUT_CMD,
+              "Login": ISCSI_OP_LOGIN_CMD}
+# The connection drops when an eligible PDU's header arrives ("drop the
+# connection after the 2nd Data-Out": opcode=Data-Out,interval=3,times=1).
+fail_iscsi_pdu = DECLARE_FAULT_ATTR("fail_iscsi_pdu", {
+    "opcode": (str, "Data-Out", tuple(_PDU_NAMES) + ("ANY",))})
+
+
+def iscsi_pdu_fault(op: int) -> bool:
+    """Should the connection drop at this PDU (fail_iscsi_pdu)?"""
+    name = fail_iscsi_pdu.params["opcode"]
+    if name != "ANY" and _PDU_NAMES[name] != op:
+        return False
+    return should_fail(fail_iscsi_pdu, 1)
 
 
 def iscsi_rx_hdr_traced(conn: iscsi_conn, buf: bytearray, off: int) -> None:
@@ -448,12 +476,21 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
     else:
         _rx_discard(conn, dsl)
         return
-    cmnd = kmem_cache_alloc(iscsi_cmnd_cache, GFP_KERNEL)
-    scmd = None if cmnd is None else scst_rx_cmd(sess.scst_sess, lun, cdb, False)
+    # As iscsi-scst's cmnd_alloc, the PDU's own object never fails: the
+    # answer to an allocation failure below needs it gone cleanly.
+    cmnd = kmem_cache_alloc(iscsi_cmnd_cache, GFP_KERNEL | __GFP_NOFAIL)
+    scmd = scst_rx_cmd(sess.scst_sess, lun, cdb, False)
     if scmd is None:
-        if cmnd is not None:
-            kmem_cache_free(iscsi_cmnd_cache, cmnd)
-        raise ProtocolError(f"iscsi: {conn.peer}: out of memory for ITT {itt:#x}", None)
+        kmem_cache_free(iscsi_cmnd_cache, cmnd)
+        pr_warn(f"iscsi: {conn.peer}: no memory for ITT {itt:#x}: answering BUSY")
+        if in_order:
+            _send_busy(conn, itt, edtl)
+        else:
+            sess.pending_cmnds[cmd_sn] = (conn, None, functools.partial(_send_busy, conn, itt, edtl))
+        _rx_discard(conn, dsl)
+        if in_order and sess.pending_cmnds:
+            _release_pending(sess)
+        return
     cmnd.conn = conn
     cmnd.itt = itt
     cmnd.lun = lun
@@ -492,6 +529,15 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
         _rx_set(conn, dsl, _scsi_data_done, _data_iov(cmnd, 0, dsl), cmnd)
     if sess.pending_cmnds:
         _release_pending(sess)
+
+
+def _send_busy(conn: iscsi_conn, itt: int, edtl: int) -> None:
+    """SCSI Response BUSY for a command SCST could not take (iscsi-scst's
+    answer when scst_rx_cmd fails); its data, if any, is discarded."""
+    rsp = bytearray(48)
+    pack_scsi_rsp(rsp, ISCSI_FLG_RESID_UNDERFLOW if edtl else 0, 0, SAM_STAT_BUSY, 0, itt,
+                  0, 0, 0, 0, 0, edtl)
+    _queue_pdu(conn, rsp)
 
 
 def _hand_to_scst(cmnd: iscsi_cmnd) -> None:
@@ -1168,6 +1214,13 @@ def _login_rx_done(conn: iscsi_conn) -> None:
         sess = session_mod.iscsi_session_create(target, login.isid, login.new_tsih,
                                                 login.initiator_name, params, req.cmd_sn,
                                                 target.tgt_params.queued_cmnds)
+    if IS_ERR(sess):
+        pr_info(f"iscsi: login from {conn.peer} failed: no memory for a session ({sess})")
+        fail = bytearray(48)
+        pack_login_rsp(fail, rsp.csg << 2, rsp.version_max, rsp.version_active, 0, rsp.isid,
+                       0, rsp.itt, 0, 0, 0, 0x03, 0x02)
+        _queue_pdu(conn, fail, b"", on_sent=_close_after_send)
+        return
     if login.tsih and login.session_type != "Discovery":
         # Session-wide keys come from the leading login; a joining connection
         # negotiates only its own (digests, MaxRecvDataSegmentLength).
@@ -1225,8 +1278,20 @@ iscsi_template = scst_tgt_template(
 )
 
 
+MODULE_LICENSE("GPL")
+MODULE_DESCRIPTION("SCST iSCSI Target")
+module_param_named("iscsi_max_conns", "iscsi_max_conns", "int", 0o644, ns=target_mod)
+module_param_named("iscsi_max_sessions", "iscsi_max_sessions", "int", 0o644, ns=session_mod)
+module_param_named("iscsi_login_timeout", "iscsi_login_timeout", "int", 0o644, ns=conn_mod)
+
+
 def iscsi_init() -> int:
-    return scst_register_target_template(iscsi_template)
+    """Register the target driver and its management attributes (module init)."""
+    iscsi_template.owner = THIS_MODULE()
+    ret = scst_register_target_template(iscsi_template)
+    if ret == 0:
+        iscsi_sysfs_init(iscsi_template)
+    return ret
 
 
 # Seconds a planned shutdown gives initiators to log out when asked.
@@ -1258,4 +1323,9 @@ def iscsi_exit() -> None:
         wait_event_timeout(conns_waitQ, lambda: not any(c in conn_list for c in asked),
                            iscsi_logout_grace * HZ)
     iscsi_close_all_conns(10 * HZ)
+    iscsi_sysfs_exit(iscsi_template)
     scst_unregister_target_template(iscsi_template)
+
+
+module_init(iscsi_init)
+module_exit(iscsi_exit)

@@ -19,7 +19,7 @@ import attrs
 
 from iscsi_scst.usr.iscsid import target_portal
 from iscsi_scst.usr.param import iscsi_tgt_params
-from kshim.err import EAGAIN, EEXIST, EINVAL, ENOENT
+from kshim.err import EAGAIN, EEXIST, EINVAL, ENOENT, IS_ERR
 from kshim.kthread import kthread_run, kthread_should_stop, kthread_stop
 from kshim.net import (AF_INET, AF_INET6, SOCK_STREAM, kernel_accept, kernel_bind,
                        kernel_listen, sock_create_kern, sock_release, socket)
@@ -29,6 +29,9 @@ from scst_core.main import scst_register_target, scst_unregister_target
 
 # Connections accepted at most at once, logged in or not (a flood guard).
 iscsi_max_conns = 1024
+# The driver's switch (targets/iscsi/enabled): while False no target is
+# found for a login or listed by SendTargets; running sessions go on.
+iscsi_enabled = True
 
 
 @attrs.define(slots=True, eq=False)
@@ -66,6 +69,8 @@ _next_tid = 0
 
 
 def iscsi_target_find(name: str) -> iscsi_target | None:
+    if not iscsi_enabled:
+        return None
     return next((t for t in target_list if t.name == name and t.enabled), None)
 
 
@@ -93,7 +98,7 @@ def iscsi_list_targets() -> list[tuple[str, list[target_portal]]]:
     """(name, portals) of every enabled target, for SendTargets."""
     portals = [target_portal(p.host, p.port, 1) for p in portal_list]
     return [(t.name, [target_portal(p.address, p.port, t.portal_group_tag) for p in portals])
-            for t in target_list if t.enabled]
+            for t in target_list if t.enabled and iscsi_enabled]
 
 
 def _portal_data_ready(sk: Any) -> None:
@@ -117,7 +122,9 @@ def _accept_thread(portal: iscsi_portal) -> int:
             pr_warn(f"iscsi: {iscsi_max_conns} connections open: refusing a new one")
             sock_release(new)
             continue
-        iscsi_conn_alloc(new, portal)
+        if IS_ERR(iscsi_conn_alloc(new, portal)):
+            pr_warn(f"iscsi: no memory for a connection on {portal.host}:{portal.port}")
+            sock_release(new)
     return 0
 
 

@@ -33,6 +33,8 @@ from typing import Any, Callable
 from kshim import host
 from kshim.completion import complete, completion, wait_for_completion
 from kshim.err import EAGAIN, EBADF, EOPNOTSUPP
+from kshim.fault_inject import (fail_file_fallocate, fail_file_fsync, fail_file_read,
+                                fail_file_write, file_fault, file_rw_fault)
 from kshim.host import io_job, ops
 from kshim.sched import might_sleep
 from kshim.tracepoint import TRACE_EVENT
@@ -168,6 +170,9 @@ def vfs_readv(f: file, iov: list, pos: int) -> int:
     """Read into the buffers at pos: bytes read (short only at end of file)
     or -errno."""
     might_sleep()
+    if fail_file_read.armed and (r := file_rw_fault(fail_file_read, f, iov, pos,
+                                                    vfs_readv)) is not None:
+        return r
     want = host.iov_len(iov)
     got = 0
     if f.nowait_read:
@@ -192,7 +197,7 @@ def vfs_readv(f: file, iov: list, pos: int) -> int:
 def vfs_readv_nowait(f: file, iov: list, pos: int) -> int:
     """Read only if the page cache holds all of it (IOCB_NOWAIT): bytes read
     (all, or fewer at end of file) or -EAGAIN; never sleeps, any context."""
-    if not f.nowait_read:
+    if not f.nowait_read or fail_file_read.armed:     # a fault is decided by vfs_readv
         return -EAGAIN
     want = len(iov[0]) if len(iov) == 1 else host.iov_len(iov)
     n = ops.file_preadv_nowait(f.fd, iov, pos)
@@ -208,6 +213,9 @@ def vfs_readv_nowait(f: file, iov: list, pos: int) -> int:
 def vfs_writev(f: file, iov: list, pos: int) -> int:
     """Write the buffers at pos: bytes written or -errno."""
     might_sleep()
+    if fail_file_write.armed and (r := file_rw_fault(fail_file_write, f, iov, pos,
+                                                     vfs_writev)) is not None:
+        return r
     stats["write_pool"] += 1
     n = _pool_call(ops.file_pwritev, f.fd, iov, pos)
     if n > 0 and pos + n > f.f_inode.i_size:
@@ -217,6 +225,8 @@ def vfs_writev(f: file, iov: list, pos: int) -> int:
 
 def vfs_fsync_range(f: file, start: int, end: int, datasync: bool) -> int:
     might_sleep()
+    if fail_file_fsync.armed and (r := file_fault(fail_file_fsync, f)) is not None:
+        return r
     stats["fsync"] += 1
     return _pool_call(ops.file_fsync, f.fd, datasync)
 
@@ -227,6 +237,8 @@ def vfs_fsync(f: file, datasync: bool) -> int:
 
 def vfs_fallocate(f: file, mode: int, offset: int, length: int) -> int:
     might_sleep()
+    if fail_file_fallocate.armed and (r := file_fault(fail_file_fallocate, f, mode)) is not None:
+        return r
     ret = _pool_call(ops.file_fallocate, f.fd, mode, offset, length)
     if ret == 0 and not mode & FALLOC_FL_KEEP_SIZE and offset + length > f.f_inode.i_size:
         f.f_inode.i_size = offset + length

@@ -52,6 +52,7 @@ import attrs
 from kshim import debugobjects, sched
 from kshim.bug import (KernelBug, caller_site, entry_parts, format_entries, report_bug,
                        stack_capture)
+from kshim.fault_inject import failslab, should_failslab
 from kshim.gfp import __GFP_DIRECT_RECLAIM, __GFP_NOWARN
 from kshim.tracepoint import TRACE_EVENT
 
@@ -67,7 +68,6 @@ POISON_FREE = 0x6B
 POISON_END = 0xA5
 KMALLOC_MAX_SIZE = 1 << 22        # 4 MiB, as with 4K pages and MAX_ORDER 10
 
-fault_hook: Callable[["kmem_cache", int], bool] | None = None   # kshim.fault_inject
 _FREE_KEEP = 1024        # freed objects a cache keeps for reuse, like a slab's free list
 _ALLOC_STACK_DEPTH = 8
 _might_sleep = sched.__dict__["__might_sleep"]
@@ -153,7 +153,7 @@ def kmem_cache_alloc(c: kmem_cache, gfp: int) -> Any:
     """An object, or None when the allocation fails."""
     if debug_slab and gfp & __GFP_DIRECT_RECLAIM:
         _might_sleep()
-    if (fault_hook is not None and fault_hook(c, gfp)) or (c.limit and c.active >= c.limit):
+    if (failslab.armed and should_failslab(c, gfp)) or (c.limit and c.active >= c.limit):
         c.failures += 1
         return None
     free = c.free
@@ -178,7 +178,7 @@ def kmem_cache_zalloc(c: kmem_cache, gfp: int) -> Any:
     """A freshly constructed object (the ctor's state is our "zeroed")."""
     if debug_slab and gfp & __GFP_DIRECT_RECLAIM:
         _might_sleep()
-    if (fault_hook is not None and fault_hook(c, gfp)) or (c.limit and c.active >= c.limit):
+    if (failslab.armed and should_failslab(c, gfp)) or (c.limit and c.active >= c.limit):
         c.failures += 1
         return None
     obj = c.ctor()
@@ -388,7 +388,7 @@ def kmalloc(size: int, gfp: int) -> bytearray | None:
     c = _kmalloc_cache
     if debug_slab and gfp & __GFP_DIRECT_RECLAIM:
         _might_sleep()
-    if (fault_hook is not None and fault_hook(c, gfp)) or size > KMALLOC_MAX_SIZE:
+    if (failslab.armed and should_failslab(c, gfp)) or size > KMALLOC_MAX_SIZE:
         c.failures += 1
         if size > KMALLOC_MAX_SIZE and not gfp & __GFP_NOWARN:
             from kshim.bug import WARN_ON_ONCE
@@ -428,7 +428,7 @@ def kvmalloc(size: int, gfp: int) -> bytearray | None:
         c = _kmalloc_cache
         if debug_slab and gfp & __GFP_DIRECT_RECLAIM:
             _might_sleep()
-        if fault_hook is not None and fault_hook(c, gfp):
+        if failslab.armed and should_failslab(c, gfp):
             c.failures += 1
             return None
         buf = bytearray(size)
@@ -460,7 +460,7 @@ def kstrdup(s: str | None, gfp: int) -> str | None:
     """A copy of s (None if s is None or the allocation fails)."""
     if s is None:
         return None
-    if fault_hook is not None and fault_hook(_kmalloc_cache, gfp):
+    if failslab.armed and should_failslab(_kmalloc_cache, gfp):
         _kmalloc_cache.failures += 1
         return None
     return str(s)

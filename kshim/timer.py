@@ -33,6 +33,7 @@ import attrs
 
 from kshim import debugobjects, sched
 from kshim.bug import report_bug
+from kshim.fault_inject import fail_timer, timer_fault
 from kshim.host import ops
 from kshim.jiffies import jiffies, jiffies_to_msecs, msecs_to_jiffies, usecs_to_jiffies
 from kshim.sched import (MAX_SCHEDULE_TIMEOUT, TASK_IDLE, TASK_INTERRUPTIBLE, TASK_KILLABLE,
@@ -111,6 +112,8 @@ def timer_pending(timer: timer_list) -> bool:
 def mod_timer(timer: timer_list, expires: int) -> int:
     """(Re)arm timer for `expires` jiffies. Return 1 if it was pending."""
     global _seq, _npending, _armed
+    if fail_timer.armed:
+        expires = timer_fault(expires)
     was = timer._pending
     if was:
         if timer.expires == expires:

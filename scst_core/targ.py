@@ -40,6 +40,10 @@ is handed to the device's threads, as io_uring tries IOCB_NOWAIT first.
 Unit attentions live in scst_core.ua and are reported here, in
 scst_cmd_init_done, followed by the ALUA access-state filter of
 scst_core.tg; reservations (scst_core.pres) are checked in PARSE.
+A dev handler's parse, exec or dev_done that raises is an oops naming its
+module and context (scst_dev_handler_oops) and fails only that command
+(HARDWARE ERROR), where a kernel oops would kill the thread running it: a
+module under development must not take the other LUNs down.
 
 Tracepoints (kshim.tracepoint): scst_cmd_init_done, one scst_cmd_state span
 per state a command runs through, scst_handler_exec around the dev
@@ -53,6 +57,7 @@ from kshim.gfp import GFP_ATOMIC, GFP_KERNEL
 from kshim.kthread import kthread_run, kthread_should_stop
 from kshim.list import (list_add_tail, list_del_init, list_empty, list_first_entry,
                         list_for_each_entry)
+from kshim.module import module_oops
 from kshim.printk import pr_err
 from kshim.slab import kmem_cache_alloc, kmem_cache_create, kmem_cache_free
 from kshim.spinlock import spin_lock_bh, spin_unlock_bh
@@ -72,6 +77,7 @@ from scst_core.const import (SAM_STAT_BUSY, SAM_STAT_CHECK_CONDITION,
                              scst_sense_invalid_field_in_iu, scst_sense_lun_not_supported,
                              scst_sense_cleared_by_another_ini_UA, scst_sense_data_protect,
                              scst_sense_lun_reset_UA, scst_sense_reset_UA)
+from scst_core.fault import fail_scsi_cmd, scst_cmd_fault
 from scst_core.lib import scst_set_cmd_error, scst_set_cmd_error_status, scst_unpack_lun
 from scst_core.local_cmd import scst_local_exec
 from scst_core.mem import scst_alloc_space, scst_release_space
@@ -161,7 +167,7 @@ def scst_rx_cmd(sess: scst_session, lun: bytes, cdb: bytes, atomic: bool) -> scs
     cmd.sense_valid_len = 0
     cmd.dh_priv = None
     cmd.scst_cmd_done = None
-    cmd.completed = cmd.exec_sync = cmd.finished = cmd.aborted = False
+    cmd.completed = cmd.exec_sync = cmd.finished = cmd.aborted = cmd.fault_checked = False
     cmd.mcmd = None
     sess.cmd_count += 1
     list_add_tail(cmd.sess_cmd_list_entry, sess.sess_cmd_list)
@@ -323,6 +329,22 @@ def _xmit_response(cmd: scst_cmd) -> int:
     return _RES_CONT_DONE
 
 
+def scst_dev_handler_oops(cmd: scst_cmd, callback: str, e: Exception) -> None:
+    """A dev handler callback raised: report an oops naming the handler's
+    module and the kthread or softirq it ran in, and answer the command
+    with HARDWARE ERROR so the initiator and every other LUN go on."""
+    handler = cmd.dev.handler
+    owner = handler.owner.name if handler.owner is not None else "(built in)"
+    softirq = sched._softirq_name()
+    where = f"softirq {softirq}" if softirq else f"kthread {sched.cpu.curr.comm}"
+    module_oops(f"oops in {callback} of dev handler {handler.name} (module {owner})", e,
+                module=owner, handler=handler.name, context=where, tag=hex(cmd.tag))
+    scst_set_cmd_error(cmd, scst_sense_hardw_error)
+    cmd.completed = True
+    if cmd.state == SCST_CMD_STATE_EXEC_WAIT:
+        cmd.state = SCST_CMD_STATE_DEV_DONE
+
+
 def _finished(cmd: scst_cmd) -> int:
     _finish_cmd(cmd)
     return _RES_CONT_DONE
@@ -341,7 +363,10 @@ def _parse(cmd: scst_cmd) -> int:
     elif r == 0 and cmd.dev is not None and cmd.cdb[0] != REPORT_LUNS:
         parse = cmd.dev.handler.parse
         if parse is not None:
-            parse(cmd)
+            try:
+                parse(cmd)
+            except Exception as e:      # a dev handler's oops fails this command only
+                scst_dev_handler_oops(cmd, "parse", e)
         if not cmd.status and not scst_pr_is_cmd_allowed(cmd):
             scst_set_cmd_error_status(cmd, SAM_STAT_RESERVATION_CONFLICT)
     if cmd.status:
@@ -386,7 +411,7 @@ def _prepare_space(cmd: scst_cmd) -> int:
                or c.irqs_off else GFP_KERNEL)
         if scst_alloc_space(cmd, cmd.bufflen, gfp) != 0:
             pr_err(f"scst: no memory for a {cmd.bufflen}-byte buffer (tag {cmd.tag:#x})")
-            scst_set_cmd_error(cmd, scst_sense_hardw_error)
+            scst_set_busy(cmd)            # as SCST: the initiator retries later
             cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
             return _RES_CONT_NEXT
     if cmd.data_direction & SCST_DATA_WRITE and cmd.write_len:
@@ -408,6 +433,9 @@ def _exec(cmd: scst_cmd) -> int:
         # Aborted before it ran: nothing reaches the device.
         cmd.state = SCST_CMD_STATE_XMIT_RESP
         return _RES_CONT_NEXT
+    if fail_scsi_cmd.armed and not cmd.fault_checked and scst_cmd_fault(cmd):
+        cmd.state = SCST_CMD_STATE_DEV_DONE
+        return _RES_CONT_NEXT
     if (dev.ordered_pending or dev.deferred_cmds) and _must_wait(cmd):
         dev.deferred_cmds.append(cmd)
         return _RES_CONT_DONE
@@ -422,13 +450,17 @@ def _exec(cmd: scst_cmd) -> int:
     cmd.scst_cmd_done = scst_cmd_done_local
     cmd.completed = False
     cmd.exec_sync = True
-    if trace_scst_handler_exec.enabled:
+    traced = trace_scst_handler_exec.enabled
+    if traced:
         who = (cmd.sess.initiator_name, cmd.lun, cmd.tag, cmd.cdb[0], handler.name)
         t0 = tracepoint.now()
+    try:
         done = run(cmd)
+    except Exception as e:              # a dev handler's oops fails this command only
+        scst_dev_handler_oops(cmd, "exec", e)
+        done = True
+    if traced:
         trace_scst_handler_exec.span_end(t0, *who)
-    else:
-        done = run(cmd)
     cmd.exec_sync = False
     if run is handler.exec_nowait and not done:
         cmd.state = SCST_CMD_STATE_REAL_EXEC
@@ -442,7 +474,10 @@ def _exec(cmd: scst_cmd) -> int:
 def _dev_done(cmd: scst_cmd) -> int:
     dev = cmd.dev
     if dev is not None and dev.handler.dev_done is not None:
-        dev.handler.dev_done(cmd)
+        try:
+            dev.handler.dev_done(cmd)
+        except Exception as e:          # a dev handler's oops fails this command only
+            scst_dev_handler_oops(cmd, "dev_done", e)
     if cmd.status == SAM_STAT_GOOD:
         sess = cmd.sess
         td = cmd.tgt_dev

@@ -309,7 +309,8 @@ def generate(out: Path) -> dict[str, str]:
         f"{i + 1}. [{title}]({name}.md)\n" for i, (name, title, _s, _p) in enumerate(PAGES)) + (
         "\nEvery figure is drawn from a trace of a real run by tools/gen_guide.py; "
         "tests/test_guide.py regenerates them and checks the pages still say what "
-        "the code does.\n")
+        "the code does.\n\nTo write a module of your own: "
+        "[writing a module](writing-a-module.md).\n")
     (out / "README.md").write_text(index)
     return pages
 
