@@ -14,8 +14,12 @@ init/exit.
 Differs from iscsi-scst: there is no iscsi-scstd to hand the values to, so
 IncomingUser/OutgoingUser become the target's chap_credentials directly,
 and `portal` adds or removes a kernel listening socket (iscsi_scst.target).
-Multi-valued attributes are one file with one value per line (as
-scst_core.sysfs does for every driver). The driver's `enabled` switch
+Multi-valued attributes are one file per value (IncomingUser,
+IncomingUser1, ...), made by scst_core.sysfs from iscsi_multi_values. The
+driver's `portal` (uscst-only: it lists the listening sockets) is one
+read-only file without [key], and add_attribute/del_attribute take it
+without advertising it, so scstadmin neither writes it back nor clears it;
+the last portal cannot be deleted. The driver's `enabled` switch
 gates new logins and SendTargets (iscsi_scst.target.iscsi_enabled);
 sessions already logged in keep running, as they do in iscsi-scst.
 """
@@ -27,17 +31,22 @@ from typing import Any
 from iscsi_scst import target as target_mod
 from iscsi_scst.target import (iscsi_add_portal, iscsi_del_portal, iscsi_target_add,
                                iscsi_target_del, portal_list, target_list)
+from iscsi_scst.conn import conns_waitQ, iscsi_conn_mark_closing
 from iscsi_scst.usr.chap import chap_credentials_from_attrs
 from iscsi_scst.usr.param import iscsi_tgt_params
-from kshim.err import EEXIST, EINVAL, ENOENT
+from kshim.err import EBUSY, EEXIST, EINVAL, ENOENT
+from kshim.jiffies import HZ
 from kshim.kobject import kobject
 from kshim.printk import pr_err
-from kshim.sysfs import __ATTR_RO, __ATTR_RW, kobj_attribute
-from scst_core.scst import scst_tgt, scst_tgt_template
+from kshim.sysfs import S_IRUGO, S_IRUSR, S_IWUSR, __ATTR_RO, __ATTR_RW, kobj_attribute
+from kshim.wait import wait_event_timeout
+from scst_core.scst import scst_session, scst_tgt, scst_tgt_template
 from scst_core.sysfs import (scst_attr_show_key, scst_register_tgtt_sysfs, scst_tgtt_sysfs,
                              scst_unregister_tgtt_sysfs)
 
-ISCSI_NAME_RE = re.compile(r"^(iqn\.\d{4}-\d{2}\.[^\s]+|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32})$")
+# iscsi-scst takes any name of printable characters without blanks (SCST.pm's
+# own tests name a target `tgt1`); RFC 3720's 223-byte limit still holds.
+ISCSI_NAME_RE = re.compile(r"^[!-~]{1,223}$")
 _PORTAL_V6_RE = re.compile(r"^\[([0-9A-Fa-f:.]+)\]:(\d+)$")
 _PORTAL_V4_RE = re.compile(r"^([^:\[\]]+):(\d+)$")
 ISCSI_VERSION_STRING = "0.1.0-uscst"
@@ -56,8 +65,10 @@ iscsi_tgt_keys: dict[str, tuple[str, Any]] = {
     "QueuedCommands": ("queued_cmnds", (1, 2048)), "RspTimeout": ("rsp_timeout", (1, 65535)),
     "NopInInterval": ("nop_in_interval", (0, 65535)), "NopInTimeout": ("nop_in_timeout", (1, 65535)),
 }
-_TGTT_MULTI = ("IncomingUser", "OutgoingUser", "portal")
+_TGTT_MULTI = ("IncomingUser", "OutgoingUser")
 _TGT_MULTI = ("IncomingUser", "OutgoingUser", "allowed_portal")
+# How long del_target waits for the target's sessions to close
+_DEL_TARGET_WAIT = 30 * HZ
 _iscsi_tgt_defaults = iscsi_tgt_params()
 
 # Values of the multi-valued attributes: the driver's under None, a
@@ -90,8 +101,8 @@ def _find_target(name: str) -> Any:
 def iscsi_add_target(tgtt: scst_tgt_template, name: str, params: dict) -> int:
     """add_target NAME: a new target, disabled (SCST creates targets
     disabled; they are enabled once configured)."""
-    if not ISCSI_NAME_RE.match(name):
-        pr_err(f"iscsi: bad target name '{name}' (expected iqn.YYYY-MM.domain:name)")
+    if not ISCSI_NAME_RE.match(name) or "/" in name:
+        pr_err(f"iscsi: bad target name '{name}' (printable, no blanks or '/', at most 223 bytes)")
         return -EINVAL
     t = iscsi_target_add(tgtt, name)
     if isinstance(t, int):
@@ -103,10 +114,29 @@ def iscsi_add_target(tgtt: scst_tgt_template, name: str, params: dict) -> int:
     return 0
 
 
+def iscsi_close_session(sess: scst_session) -> int:
+    """Close every connection of sess (force_close, del_target); its
+    connections' threads then free it. Any context."""
+    isess = sess.tgt_priv
+    for conn in list(isess.conn_list):
+        iscsi_conn_mark_closing(conn)
+    return 0
+
+
 def iscsi_del_target(name: str) -> int:
+    """del_target NAME: close its sessions (as iscsi-scst does), wait for
+    them to go, then remove it. 0, -ENOENT, or -EBUSY if a session outlived
+    the wait. Task context (sleeps)."""
     t = _find_target(name)
     if t is None:
         return -ENOENT
+    stgt = t.scst_tgt
+    t.enabled = False                  # no new logins while the old ones end
+    for sess in list(stgt.sess_list):
+        iscsi_close_session(sess)
+    if not wait_event_timeout(conns_waitQ, lambda: not stgt.sess_list, _DEL_TARGET_WAIT):
+        pr_err(f"iscsi: target {name}: {len(stgt.sess_list)} sessions did not close")
+        return -EBUSY
     iscsi_target_del(t)
     iscsi_attr_values.pop(name, None)
     return 0
@@ -173,20 +203,18 @@ def _portal_text(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _multi_show(key: str | None, name: str) -> str:
-    if name == "portal" and key is None:
-        vals = [_portal_text(p.host, p.port) for p in portal_list]
-    else:
-        vals = iscsi_attr_values.get(key, {}).get(name, [])
-    return "".join(f"{v}\n" for v in vals) + ("[key]\n" if vals else "")
+def iscsi_portal_show(kobj: kobject, a: kobj_attribute) -> str:
+    return "".join(f"{_portal_text(p.host, p.port)}\n" for p in portal_list)
 
 
-def iscsi_tgtt_multi_show(kobj: kobject, a: kobj_attribute) -> str:
-    return _multi_show(None, a.name)
-
-
-def iscsi_tgt_multi_show(kobj: kobject, a: kobj_attribute) -> str:
-    return _multi_show(kobj.private.tgt_name, a.name)
+def iscsi_multi_values(tgt: scst_tgt | None) -> dict[str, tuple[int, list[str]]]:
+    """The driver's (tgt None) or a target's CHAP users and allowed
+    portals with their file modes: accounts 0600 (they hold secrets),
+    portals 0644, as iscsi-scst."""
+    vals = iscsi_attr_values.get(tgt.tgt_name if tgt is not None else None, {})
+    return {n: (S_IRUSR | S_IWUSR if n.endswith("User") else S_IRUGO | S_IWUSR,
+                list(vals.get(n, [])))
+            for n in (_TGT_MULTI if tgt is not None else _TGTT_MULTI)}
 
 
 def _apply_allowed_portals(key: str | None) -> None:
@@ -228,14 +256,16 @@ def iscsi_add_attr(key: str | None, name: str, value: str) -> int:
         if isinstance(hp, str):
             pr_err(f"iscsi: {hp}")
             return -EINVAL
+        if any((p.host, p.port) == hp for p in portal_list):
+            return 0                   # already listening: a re-applied config changes nothing
         p = iscsi_add_portal(*hp)
         return p if isinstance(p, int) else 0
     vals = iscsi_attr_values.setdefault(key, {}).setdefault(name, [])
-    if name == "OutgoingUser" and vals:
+    if name == "OutgoingUser" and vals and value not in vals:
         pr_err(f"iscsi: only one OutgoingUser; delete '{vals[0]}' first")
         return -EEXIST
     if value in vals:
-        return -EEXIST
+        return 0                       # re-adding a value changes nothing, as iscsi-scst
     vals.append(value)
     if name in ("IncomingUser", "OutgoingUser"):
         ret = _apply_chap(key)
@@ -254,7 +284,12 @@ def iscsi_del_attr(key: str | None, name: str, value: str) -> int:
         if isinstance(hp, str):
             return -EINVAL
         p = next((p for p in portal_list if (p.host, p.port) == hp), None)
-        return iscsi_del_portal(p) if p is not None else -ENOENT
+        if p is None:
+            return -ENOENT
+        if len(portal_list) == 1:
+            pr_err(f"iscsi: {value} is the last portal; add another before deleting it")
+            return -EBUSY
+        return iscsi_del_portal(p)
     vals = iscsi_attr_values.get(key, {}).get(name, [])
     if value not in vals:
         pr_err(f"iscsi: {name} '{value}' not set")
@@ -270,7 +305,7 @@ def iscsi_del_attr(key: str | None, name: str, value: str) -> int:
 # -- the driver's own attributes -----------------------------------------------------
 
 def iscsi_enabled_show(kobj: kobject, a: kobj_attribute) -> str:
-    return scst_attr_show_key(int(target_mod.iscsi_enabled), True)
+    return f"{int(target_mod.iscsi_enabled)}\n"
 
 
 def iscsi_enabled_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
@@ -286,16 +321,17 @@ def iscsi_sysfs_init(tgtt: scst_tgt_template) -> None:
     tree (module init, task context)."""
     tgt_attrs = [__ATTR_RW(n, iscsi_key_show, iscsi_key_store) for n in iscsi_tgt_keys]
     tgt_attrs += [__ATTR_RO("tid", lambda k, a: f"{_itgt(k.private).tid}\n")]
-    tgt_attrs += [__ATTR_RO(n, iscsi_tgt_multi_show) for n in _TGT_MULTI]
     tgtt_attrs = [__ATTR_RW("enabled", iscsi_enabled_show, iscsi_enabled_store),
-                  __ATTR_RO("version", lambda k, a: f"{ISCSI_VERSION_STRING}\n")]
-    tgtt_attrs += [__ATTR_RO(n, iscsi_tgtt_multi_show) for n in _TGTT_MULTI]
+                  __ATTR_RO("version", lambda k, a: f"{ISCSI_VERSION_STRING}\n"),
+                  __ATTR_RO("portal", iscsi_portal_show)]
     scst_register_tgtt_sysfs(tgtt.name, scst_tgtt_sysfs(
         add_target=lambda name, params: iscsi_add_target(tgtt, name, params),
         del_target=iscsi_del_target, enable_target=iscsi_enable_target,
         is_target_enabled=iscsi_is_target_enabled,
         tgtt_attrs=tuple(tgtt_attrs), tgt_attrs=tuple(tgt_attrs),
         tgtt_optional_attributes=_TGTT_MULTI, tgt_optional_attributes=_TGT_MULTI,
+        tgtt_hidden_attributes=("portal",), multi_values=iscsi_multi_values,
+        close_session=iscsi_close_session,
         add_attribute=lambda n, v: iscsi_add_attr(None, n, v),
         del_attribute=lambda n, v: iscsi_del_attr(None, n, v),
         add_target_attribute=lambda t, n, v: iscsi_add_attr(t.tgt_name, n, v),

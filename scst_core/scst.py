@@ -218,6 +218,11 @@ class scst_acg:
     acg_dev_list: dict = attrs.field(factory=dict)        # lun -> scst_acg_dev
     acn_list: list = attrs.field(factory=list)            # initiator name patterns
     acg_sess_list: list = attrs.field(factory=list)
+    # the group's sysfs attributes (SCST's acg fields); protected by scst_mutex
+    addr_method: str = "PERIPHERAL"
+    acg_io_grouping_type: str = "auto"
+    acg_cpu_mask: int = 1                                 # one emulated CPU
+    acg_black_hole_type: int = 0
 
 
 @attrs.define(slots=True, eq=False)

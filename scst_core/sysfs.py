@@ -6,16 +6,18 @@ Twin of scst/src/scst_sysfs.c (layout, mgmt command syntax and the
 "[key]" marking of attributes that belong in scst.conf).
 
 Layout:
-  scst_tgt/{version,setup_id,last_sysfs_mgmt_res,suspend}
+  scst_tgt/{version,setup_id,last_sysfs_mgmt_res,threads,max_tasklet_cmd,
+            trace_level,measure_latency}
   scst_tgt/handlers/<handler>/{type,mgmt,<device> -> devices/<device>}
   scst_tgt/devices/<device>/{handler ->,type,commands,exported/,<handler attrs>}
   scst_tgt/targets/<driver>/{mgmt,<driver attrs>}
   scst_tgt/targets/<driver>/<target>/{enabled,rel_tgt_id,<target attrs>}
       luns/{mgmt,<lun>/{device ->,read_only}}
-      ini_groups/{mgmt,<group>/{luns/...,initiators/{mgmt,<name>}}}
+      ini_groups/{mgmt,<group>/{addr_method,io_grouping_type,cpu_mask,
+          black_hole,luns/...,initiators/{mgmt,<name>}}}
       sessions/<initiator>/{initiator_name,commands,active_commands,reads,
           writes,read_bytes,write_bytes,read_io_count_kb,write_io_count_kb,
-          luns -> the group's luns}
+          force_close,luns -> the group's luns}
   scst_tgt/device_groups/{mgmt,<dg>/}          (ALUA, scst_core.tg)
       <dg>/devices/{mgmt,<device> -> devices/<device>}
       <dg>/target_groups/{mgmt,<tg>/{group_id,state,preferred,mgmt,
@@ -31,9 +33,9 @@ mgmt commands (one per write, as SCST):
   .../ini_groups/mgmt: create NAME | del NAME
   .../initiators/mgmt: add NAME | del NAME | move NAME GROUP | clear
   devices/<d>/resync_size: write 1 (if the handler supports it)
-  device_groups/mgmt:  create NAME | del NAME
+  device_groups/mgmt:  add NAME | del NAME  (create NAME: uscst's older add)
   <dg>/devices/mgmt:   add DEVICE | del DEVICE
-  <dg>/target_groups/mgmt: create NAME | del NAME
+  <dg>/target_groups/mgmt: add NAME | del NAME  (create NAME as well)
   <dg>/target_groups/<tg>/mgmt: add TARGET | del TARGET
 
 Contexts: every show() and store() here runs in task context (it takes
@@ -44,11 +46,13 @@ refresh callbacks instead of being created by the core at registration
 (scst_core.main has no sysfs calls yet), so a session appears in the tree
 when the tree is next read. Handler- and driver-specific attributes come
 from records registered here (scst_devt_sysfs, scst_tgtt_sysfs) rather than
-fields of scst_dev_type/scst_tgt_template. Multi-valued attributes
-(IncomingUser) are one file listing every value, one per line, instead of
-IncomingUser, IncomingUser1, ... files. Moving an initiator between groups
-affects its next session, not a running one. del_target refuses a target
-with sessions (-EBUSY) instead of closing them.
+fields of scst_dev_type/scst_tgt_template. Multi-valued attributes are
+one file per value (IncomingUser, IncomingUser1, ...) as in SCST, made
+from the driver's multi_values on each refresh. Moving an initiator
+between groups affects its next session, not a running one. The root's
+threads and max_tasklet_cmd, and a group's addr_method, io_grouping_type,
+cpu_mask and black_hole are kept and shown but change nothing (one CPU,
+no tasklets). docs/config.md tabulates every difference scstadmin sees.
 """
 from __future__ import annotations
 
@@ -112,6 +116,15 @@ class scst_tgtt_sysfs:
     del_attribute: Callable[[str, str], int] | None = None
     add_target_attribute: Callable[[scst_tgt, str, str], int] | None = None
     del_target_attribute: Callable[[scst_tgt, str, str], int] | None = None
+    # driver attributes add_attribute accepts without advertising them
+    # (uscst-only: iSCSI's `portal`), so scstadmin's clear leaves them alone
+    tgtt_hidden_attributes: tuple[str, ...] = ()
+    # The values of the multi-valued attributes as {name: (mode, [values])}:
+    # the core shows them as files NAME, NAME1, ... (SCST's
+    # IncomingUser, IncomingUser1); None for the driver's own.
+    multi_values: Callable[[scst_tgt | None], dict[str, tuple[int, list[str]]]] | None = None
+    # close a session (sessions/<initiator>/force_close): 0 or -errno
+    close_session: Callable[[scst_session], int] | None = None
 
 
 devt_sysfs: dict[str, scst_devt_sysfs] = {}
@@ -138,6 +151,10 @@ def scst_unregister_tgtt_sysfs(tgtt_name: str) -> None:
 
 last_sysfs_mgmt_res = 0
 setup_id = 0
+# Root attributes SCST has and uscst keeps only as values: one emulated CPU
+# runs every thread, and there are no tasklets (SCST's defaults shown).
+_ROOT_DEFAULTS = {"threads": 1, "max_tasklet_cmd": 10}
+scst_root_values: dict[str, int] = dict(_ROOT_DEFAULTS)
 
 
 def scst_attr_show_key(value: Any, key: bool) -> str:
@@ -221,6 +238,61 @@ def _rest_after(line: str, nwords: int) -> str:
             i += 1
         rest = rest[i:]
     return rest.strip()
+
+
+# -- multi-valued attributes: one file per value ------------------------------
+
+def _multi_file_name(name: str, i: int) -> str:
+    return name if i == 0 else f"{name}{i}"
+
+
+def _multi_show(kobj: kobject, a: kobj_attribute) -> str:
+    return scst_attr_show_key(a.private[1], True)
+
+
+def _multi_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
+    """Writing a value file replaces that value (SCST hands the new value
+    to the driver in place of the old one)."""
+    name, old = a.private
+    tgt = kobj.private if isinstance(kobj.private, scst_tgt) else None
+    ops = tgtt_sysfs.get((tgt.tgtt if tgt is not None else kobj.private).name)
+    new = buf.strip()
+    if ops is None or new == old:
+        return len(buf)
+    if tgt is None:
+        dele, add = ops.del_attribute, ops.add_attribute
+        ret = dele(name, old) if dele else -ENOSYS
+        if ret == 0 and add is not None:
+            ret = add(name, new)
+            if ret != 0:
+                add(name, old)
+    else:
+        tdele, tadd = ops.del_target_attribute, ops.add_target_attribute
+        ret = tdele(tgt, name, old) if tdele else -ENOSYS
+        if ret == 0 and tadd is not None:
+            ret = tadd(tgt, name, new)
+            if ret != 0:
+                tadd(tgt, name, old)
+    return len(buf) if ret == 0 else ret
+
+
+def _sync_multi_files(kobj: kobject, ops: scst_tgtt_sysfs | None, tgt: scst_tgt | None) -> None:
+    """Make kobj's NAME, NAME1, ... files mirror the driver's values: one
+    file per value, none when a name has no value."""
+    if ops is None or ops.multi_values is None:
+        return
+    want: dict[str, tuple[int, str, str]] = {}
+    for name, (mode, values) in ops.multi_values(tgt).items():
+        for i, v in enumerate(values):
+            want[_multi_file_name(name, i)] = (mode, name, v)
+    for fname, e in list(kobj.entries.items()):
+        if isinstance(e, kobj_attribute) and e.show is _multi_show:
+            w = want.get(fname)
+            if w is None or e.private != (w[1], w[2]) or e.mode != w[0]:
+                del kobj.entries[fname]
+    for fname, (mode, name, v) in want.items():
+        if fname not in kobj.entries:
+            sysfs_create_file(kobj, __ATTR(fname, mode, _multi_show, _multi_store, (name, v)))
 
 
 # -- dynamic directories ------------------------------------------------------
@@ -596,11 +668,53 @@ def _initiators_refresh(kobj: kobject) -> None:
 initiators_ktype = kobj_type(refresh=_initiators_refresh)
 group_ktype = kobj_type()
 
+# An initiator group's attributes (SCST's scst_acg_* sysfs attributes):
+# name -> (acg field, default, parser of a written value: the value or None).
+_ADDR_METHODS = ("PERIPHERAL", "FLAT", "LUN")
+_IO_GROUPING = ("auto", "this_group_only", "never")
+
+
+def _parse_cpu_mask(t: str) -> int | None:
+    try:
+        v = int(t, 16)
+    except ValueError:
+        return None
+    return v if v & 1 else None           # the mask must keep the one CPU we have
+
+
+_ACG_ATTRS: dict[str, tuple[str, Any, Callable[[str], Any]]] = {
+    "addr_method": ("addr_method", "PERIPHERAL",
+                    lambda t: t.upper() if t.upper() in _ADDR_METHODS else None),
+    "io_grouping_type": ("acg_io_grouping_type", "auto",
+                         lambda t: t if t in _IO_GROUPING or t.isdigit() else None),
+    "cpu_mask": ("acg_cpu_mask", 1, _parse_cpu_mask),
+    "black_hole": ("acg_black_hole_type", 0,
+                   lambda t: int(t) if t in ("0", "1", "2", "3", "4") else None),
+}
+
+
+def _acg_attr_show(kobj: kobject, a: kobj_attribute) -> str:
+    field, default, _ = _ACG_ATTRS[a.name]
+    v = getattr(kobj.private, field)
+    return scst_attr_show_key(f"{v:x}" if a.name == "cpu_mask" else v, v != default)
+
+
+def _acg_attr_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
+    field, _, parse = _ACG_ATTRS[a.name]
+    v = parse(buf.strip())
+    if v is None:
+        pr_err(f"scst: {kobj.private.acg_name}: bad {a.name} value '{buf.strip()}'")
+        return -EINVAL
+    setattr(kobj.private, field, v)
+    return len(buf)
+
 
 def _make_group(parent: kobject, name: str, acg: scst_acg) -> kobject | None:
     k = kobject_create_and_add(name, parent, group_ktype, acg)
     if k is None:
         return None
+    for aname in _ACG_ATTRS:
+        sysfs_create_file(k, __ATTR_RW(aname, _acg_attr_show, _acg_attr_store))
     _make_luns_dir(k, acg)
     ik = kobject_create_and_add("initiators", k, initiators_ktype, acg)
     sysfs_create_file(ik, _mgmt_attr(_initiators_mgmt, INITIATORS_USAGE))
@@ -662,7 +776,18 @@ def _make_session(parent: kobject, name: str, sess: scst_session) -> kobject | N
     sysfs_create_file(k, __ATTR_RO("write_io_count_kb", lambda kk, a: f"{sess.write_bytes >> 10}\n"))
     sysfs_create_file(k, __ATTR_RO("acg", lambda kk, a: f"{sess.acg.acg_name if sess.acg else ''}\n"))
     sysfs_create_file(k, scst_sess_latency_attr(sess))
+    sysfs_create_file(k, __ATTR("force_close", S_IWUSR, None, _sess_force_close_store))
     return k
+
+
+def _sess_force_close_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
+    """Any write closes the session (SCST's force_close)."""
+    sess: scst_session = kobj.private
+    ops = tgtt_sysfs.get(sess.tgt.tgtt.name)
+    if ops is None or ops.close_session is None:
+        return -ENOSYS
+    ret = ops.close_session(sess)
+    return len(buf) if ret == 0 else ret
 
 
 def _session_refresh(kobj: kobject) -> None:
@@ -742,15 +867,20 @@ def _rel_tgt_id_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
     return len(buf)
 
 
-target_ktype = kobj_type()
+def _target_refresh(kobj: kobject) -> None:
+    tgt: scst_tgt = kobj.private
+    _sync_multi_files(kobj, tgtt_sysfs.get(tgt.tgtt.name), tgt)
+
+
+target_ktype = kobj_type(refresh=_target_refresh)
 
 
 def _make_target(parent: kobject, name: str, tgt: scst_tgt) -> kobject | None:
     k = kobject_create_and_add(name, parent, target_ktype, tgt)
     if k is None:
         return None
-    sysfs_create_file(k, __ATTR_RW("enabled", lambda kk, a: scst_attr_show_key(
-        int(_tgt_enabled(tgt)), True), _tgt_enabled_store))
+    sysfs_create_file(k, __ATTR_RW("enabled", lambda kk, a: f"{int(_tgt_enabled(tgt))}\n",
+                                   _tgt_enabled_store))
     sysfs_create_file(k, __ATTR_RW("rel_tgt_id", lambda kk, a: scst_attr_show_key(
         tgt.rel_tgt_id, True), _rel_tgt_id_store))
     ops = tgtt_sysfs.get(tgt.tgtt.name)
@@ -799,12 +929,10 @@ def _driver_mgmt(kobj: kobject, words: list[str], line: str) -> int:
         if tgt is None:
             pr_err(f"scst: {tgtt.name}: no target {words[1]}")
             return -ENOENT
-        if tgt.sess_list:
-            pr_err(f"scst: target {words[1]} has sessions; disable it and wait for them to end")
-            return -EBUSY
+        # the driver closes the target's sessions first, as SCST's do
         return ops.del_target(words[1])
     if verb in ("add_attribute", "del_attribute") and len(words) >= 3:
-        if words[1] not in ops.tgtt_optional_attributes:
+        if words[1] not in ops.tgtt_optional_attributes + ops.tgtt_hidden_attributes:
             pr_err(f"scst: {tgtt.name}: unknown attribute '{words[1]}' "
                    f"(known: {', '.join(ops.tgtt_optional_attributes) or 'none'})")
             return -EINVAL
@@ -841,6 +969,7 @@ def _driver_usage(tgtt: scst_tgt_template) -> str:
 
 def _driver_refresh(kobj: kobject) -> None:
     tgtt: scst_tgt_template = kobj.private
+    _sync_multi_files(kobj, tgtt_sysfs.get(tgtt.name), None)
     _sync_children(kobj, list(tgtt.tgt_list), lambda t: t.tgt_name, _make_target, target_ktype)
 
 
@@ -873,7 +1002,9 @@ def _add_del_mgmt(what: str, add_verb: str, noun: str, add: Callable[[Any, str],
     NAME" and "del NAME" (add/remove get kobj.private and NAME), and its
     usage text."""
     def mgmt(kobj: kobject, words: list[str], line: str) -> int:
-        if len(words) == 2 and words[0] == add_verb:
+        # "create" is uscst's older spelling of a group's "add"; kept working
+        if len(words) == 2 and (words[0] == add_verb or (add_verb == "add" and words[0] == "create"
+                                                         and noun == "group_name")):
             return add(kobj.private, words[1])
         if len(words) == 2 and words[0] == "del":
             return remove(kobj.private, words[1])
@@ -884,7 +1015,7 @@ def _add_del_mgmt(what: str, add_verb: str, noun: str, add: Callable[[Any, str],
     return mgmt, usage
 
 
-_dg_mgmt, DG_USAGE = _add_del_mgmt("device_groups", "create", "group_name",
+_dg_mgmt, DG_USAGE = _add_del_mgmt("device_groups", "add", "group_name",
                                    lambda _, n: scst_tg.scst_dg_add(n),
                                    lambda _, n: scst_tg.scst_dg_remove(n))
 _dg_devices_mgmt, DG_DEVICES_USAGE = _add_del_mgmt(
@@ -892,7 +1023,7 @@ _dg_devices_mgmt, DG_DEVICES_USAGE = _add_del_mgmt(
     scst_tg.scst_dg_dev_remove_by_name)
 _tg_mgmt, TG_USAGE = _add_del_mgmt("target group", "add", "target_name", scst_tg.scst_tg_tgt_add,
                                    scst_tg.scst_tg_tgt_remove_by_name)
-_tgs_mgmt, TGS_USAGE = _add_del_mgmt("target_groups", "create", "group_name", scst_tg.scst_tg_add,
+_tgs_mgmt, TGS_USAGE = _add_del_mgmt("target_groups", "add", "group_name", scst_tg.scst_tg_add,
                                      scst_tg.scst_tg_remove_by_name)
 
 
@@ -1024,6 +1155,20 @@ def _setup_id_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
     return len(buf)
 
 
+def _root_value_show(kobj: kobject, a: kobj_attribute) -> str:
+    v = scst_root_values[a.name]
+    return scst_attr_show_key(v, v != _ROOT_DEFAULTS[a.name])
+
+
+def _root_value_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
+    t = buf.strip()
+    if not t.isdigit() or int(t) < 1:
+        pr_err(f"scst: {a.name} takes a number, not '{t}'")
+        return -EINVAL
+    scst_root_values[a.name] = int(t)
+    return len(buf)
+
+
 def scst_sysfs_init() -> int:
     """Create /sys/kernel/scst_tgt. 0 or -EEXIST/-ENOMEM. Task context."""
     global scst_tgt_kobj, scst_handlers_kobj, scst_devices_kobj, scst_targets_kobj
@@ -1038,6 +1183,8 @@ def scst_sysfs_init() -> int:
                                       lambda k, a: f"{last_sysfs_mgmt_res}\n"))
     sysfs_create_file(root, __ATTR_RW("setup_id", lambda k, a: scst_attr_show_key(
         hex(setup_id), setup_id != 0), _setup_id_store))
+    for name in scst_root_values:
+        sysfs_create_file(root, __ATTR_RW(name, _root_value_show, _root_value_store))
     scst_handlers_kobj = kobject_create_and_add("handlers", root, kobj_type(refresh=_handlers_refresh))
     scst_devices_kobj = kobject_create_and_add("devices", root, kobj_type(refresh=_devices_refresh))
     scst_targets_kobj = kobject_create_and_add("targets", root, kobj_type(refresh=_targets_refresh))
@@ -1072,7 +1219,7 @@ def scst_sysfs_schema() -> dict:
         drivers[tgtt.name] = {
             "attrs": [a.name for a in ops.tgtt_attrs if a.store is not None
                       and a.name not in ops.tgtt_optional_attributes],
-            "multi": list(ops.tgtt_optional_attributes),
+            "multi": list(ops.tgtt_optional_attributes + ops.tgtt_hidden_attributes),
             "target_params": list(ops.add_target_parameters),
             "target_attrs": ["enabled", "rel_tgt_id"] + [
                 a.name for a in ops.tgt_attrs if a.store is not None

@@ -59,6 +59,7 @@ cannot be opened) stops there and reports which changes were made.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -752,9 +753,14 @@ _DEV_SKIP = frozenset(("type", "commands", "threads_num", "size_mb", "resync_siz
 _TGT_SKIP = frozenset(("tid",))
 
 
+# A multi-valued attribute is one file per value: NAME, NAME1, NAME2, ...
+_MULTI_FILE_RE = re.compile(r"^(IncomingUser|OutgoingUser|allowed_portal)(\d*)$")
+
+
 def _read_attrs(tree: Tree, path: str, skip: Iterable[str] = ()) -> tuple[dict[str, Attr], dict[str, str]]:
     attrs: dict[str, Attr] = {}
     shown: dict[str, str] = {}
+    multi: dict[str, list[tuple[int, str]]] = {}
     ents = tree.listdir(path)
     for name, kind in ([] if isinstance(ents, int) else ents):
         if kind != "file" or name == "mgmt" or name in skip:
@@ -763,10 +769,27 @@ def _read_attrs(tree: Tree, path: str, skip: Iterable[str] = ()) -> tuple[dict[s
         if isinstance(text, int):
             continue
         values, key = _split_key(text)
+        m = _MULTI_FILE_RE.match(name)
+        if m is not None:
+            if key and values:
+                multi.setdefault(m.group(1), []).append((int(m.group(2) or 0), values[0]))
+            continue
         shown[name] = "\n".join(values)
         if key and values:
             attrs[name] = Attr(name, values)
+    for name, vals in multi.items():
+        attrs[name] = Attr(name, [v for _, v in sorted(vals)])
+        shown[name] = "\n".join(attrs[name].values)
     return attrs, shown
+
+
+def _add_unkeyed(attrs: dict[str, Attr], shown: dict[str, str], names: Iterable[str]) -> None:
+    """Take the named attributes into attrs although the tree shows them
+    without [key]: `enabled` (SCST prints it bare, scst.conf still says it)
+    and the iSCSI driver's uscst-only `portal` list."""
+    for name in names:
+        if name in shown and name not in attrs and shown[name]:
+            attrs[name] = Attr(name, shown[name].split("\n"))
 
 
 def _read_luns(tree: Tree, path: str) -> dict[int, Lun]:
@@ -837,12 +860,14 @@ def read_running(tree: Tree, alua: "list | None" = None) -> Config:
             continue
         dp = f"{R}/targets/{dname}"
         attrs, shown = _read_attrs(tree, dp)
+        _add_unkeyed(attrs, shown, ("enabled", "portal"))
         drv = Driver(dname, attrs, shown=shown)
         for tname, tkind in tree.listdir(dp):
             if tkind != "dir":
                 continue
             tp = f"{dp}/{tname}"
             tattrs, tshown = _read_attrs(tree, tp, _TGT_SKIP)
+            _add_unkeyed(tattrs, tshown, ("enabled",))
             tgt = Target(tname, tattrs, _read_luns(tree, f"{tp}/luns"), shown=tshown)
             gents = tree.listdir(f"{tp}/ini_groups")
             for gname, gkind in ([] if isinstance(gents, int) else gents):
@@ -1158,7 +1183,7 @@ def _plan_dgroups(cfg: Config, running: Config, recreated: set[str], force: bool
         rdg = running.dgroups.get(dg.name)
         gp = f"{_DG}/{dg.name}"
         if rdg is None:
-            acts.append(Action(f"{_DG}/mgmt", f"create {dg.name}", f"create device group {dg.name}"))
+            acts.append(Action(f"{_DG}/mgmt", f"add {dg.name}", f"create device group {dg.name}"))
             rdg = DeviceGroup(dg.name)
         for d in dg.devices:
             cur = dev_in.get(d)
@@ -1174,7 +1199,7 @@ def _plan_dgroups(cfg: Config, running: Config, recreated: set[str], force: bool
             rtg = rdg.tgroups.get(tg.name)
             tp = f"{gp}/target_groups/{tg.name}"
             if rtg is None:
-                acts.append(Action(f"{gp}/target_groups/mgmt", f"create {tg.name}",
+                acts.append(Action(f"{gp}/target_groups/mgmt", f"add {tg.name}",
                                    f"create target group {dg.name}/{tg.name}"))
                 rtg = TargetGroup(tg.name, shown=dict(_TG_DEFAULTS))
             for t in tg.targets.values():

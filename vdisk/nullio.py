@@ -16,7 +16,8 @@ from __future__ import annotations
 from scst_core.lib import scst_cmd_iov
 from scst_core.scst import scst_cmd, scst_device
 from vdisk.vdisk import (scst_vdisk_dev, vdisk_attach_common, vdisk_detach_common,
-                         vdisk_do_exec, vdisk_io_ops, vdisk_make_devtype)
+                         vdisk_add_device_parameters, vdisk_do_exec, vdisk_io_ops,
+                         vdisk_make_devtype, vdisk_nullio_only_parameters)
 
 _ZEROS = bytes(1 << 20)
 
@@ -76,3 +77,9 @@ def nullio_exec(cmd: scst_cmd) -> int:
 
 nullio_devtype = vdisk_make_devtype("vdisk_nullio", nullio_exec, nullio_attach, nullio_detach,
                                     exec_atomic=True)
+# nullio's own create parameters (SCST's per-handler list): no backing
+# file, so none of the file and cache options
+nullio_devtype.add_device_parameters = tuple(
+    p for p in vdisk_add_device_parameters
+    if p not in ("filename", "nv_cache", "write_through", "o_direct", "o_dsync")
+) + vdisk_nullio_only_parameters

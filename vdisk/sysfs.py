@@ -59,8 +59,17 @@ def vdisk_default(dev: scst_device) -> scst_vdisk_dev:
 
 def vdev_sysfs_bool_show(kobj: kobject, a: kobj_attribute) -> str:
     field = VDISK_BOOL_ATTRS[a.name]
-    val = getattr(_vd(kobj), field)
+    v = _vd(kobj)
+    val = getattr(v, field)
+    if a.name == "thin_provisioned":
+        # [key] only when given as a parameter, as SCST; a detected value is not
+        return scst_attr_show_key(int(val), v.thin_provisioned_set and not v.cdrom)
     return scst_attr_show_key(int(val), val != getattr(vdisk_default(kobj.private), field))
+
+
+def vdev_sysfs_dummy_show(kobj: kobject, a: kobj_attribute) -> str:
+    d = _vd(kobj).dummy
+    return scst_attr_show_key(int(d), d)
 
 
 def vdev_sysfs_str_show(kobj: kobject, a: kobj_attribute) -> str:
@@ -162,7 +171,8 @@ def vdisk_sysfs_init() -> None:
                          vdev_sysfs_sanitize_rate_store)]
     fileio = tuple(common + [__ATTR_RO("filename", vdev_sysfs_filename_show),
                              __ATTR_RO("size", vdev_sysfs_size_show)])
-    nullio = tuple(common + [__ATTR_RW("size", vdev_sysfs_size_show, vdev_sysfs_size_store)])
+    nullio = tuple(common + [__ATTR_RW("size", vdev_sysfs_size_show, vdev_sysfs_size_store),
+                             __ATTR_RO("dummy", vdev_sysfs_dummy_show)])
     live = (*VDISK_STR_LIVE_ATTRS, "sanitize_rate")
     scst_register_devt_sysfs("vdisk_fileio", scst_devt_sysfs(
         dev_attrs=fileio, dev_live_attrs=live, dev_create_only_attrs=("size", "size_mb"),

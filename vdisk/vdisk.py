@@ -150,6 +150,9 @@ class scst_vdisk_dev:
     rotational: bool = True
     thin_provisioned: bool = False
     thin_provisioned_set: bool = False  # given as a parameter (else the backend decides)
+    # nullio's `dummy` parameter (SCST: a placeholder device); uscst keeps
+    # and shows it, a nullio device already being data-free
+    dummy: bool = False
     t10_vend_id: str = VDISK_VENDOR
     vend_specific_id: str = ""
     prod_id: str = ""
@@ -1077,6 +1080,8 @@ vdisk_add_device_parameters = ("filename", "size", "size_mb", "blocksize", "read
                                "t10_dev_id", "t10_vend_id",
                                "vend_specific_id", "usn", "prod_id", "prod_rev_lvl",
                                "scsi_device_name", "sanitize_rate")
+# parameters only vdisk_nullio takes
+vdisk_nullio_only_parameters = ("dummy",)
 
 # handler name -> its scst_dev_type (filled by vdisk_init)
 vdisk_devtypes: dict[str, scst_dev_type] = {}
@@ -1109,7 +1114,7 @@ def _parse_bool(s: str) -> int:
 _BOOL_PARAMS = {"read_only": "rd_only", "nv_cache": "nv_cache", "write_through": "wt_flag",
                 "o_direct": "o_direct", "o_dsync": "o_dsync", "removable": "removable",
                 "rotational": "rotational",
-                "thin_provisioned": "thin_provisioned"}
+                "thin_provisioned": "thin_provisioned", "dummy": "dummy"}
 _STR_PARAMS = {"t10_dev_id": 16 + 8, "t10_vend_id": 8, "vend_specific_id": 128, "usn": 252,
                "prod_id": 16, "prod_rev_lvl": 4, "scsi_device_name": 251}
 
@@ -1123,7 +1128,8 @@ def vdisk_alloc_dev(handler_name: str, dev_name: str,
     size = -1
     pbs_param = 0
     for key, val in params.items():
-        if key not in vdisk_add_device_parameters:
+        if key not in vdisk_add_device_parameters and not (
+                virt_dev.nullio and key in vdisk_nullio_only_parameters):
             pr_err(f"vdisk: {handler_name}: unknown parameter '{key}' for device {dev_name}")
             return -EINVAL
         if key == "filename":

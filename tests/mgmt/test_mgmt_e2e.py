@@ -194,9 +194,9 @@ def test_live_attribute_change_and_read_only_attribute_refusal(daemon: Daemon) -
     r = daemon.admin("set", "devices/disk0/filename", "/etc/passwd", check=False)
     assert r.returncode == 1 and r.stderr.startswith("uscstadmin: ")
     bad = daemon.tmp / "ro.conf"
-    bad.write_text(daemon.config.read_text().replace("\t\tsize 2G\n", "\t\tsize 2G\n\t\tnv_cache 1\n"))
+    bad.write_text(daemon.config.read_text().replace("\t\tsize 2G\n", "\t\tsize 2G\n\t\trotational 0\n"))
     r = daemon.admin("config", str(bad), check=False)
-    assert r.returncode == 1 and ":14:3: attribute 'nv_cache' of device null2 cannot change" in r.stderr
+    assert r.returncode == 1 and ":14:3: attribute 'rotational' of device null2 cannot change" in r.stderr
 
 
 def test_statistics_count_session_io(daemon: Daemon) -> None:
