@@ -163,7 +163,8 @@ def collect(tree: dict) -> dict:
                                "initiators": inits})
             sessions = []
             for s in _dirs(_child(t, "sessions")):
-                st = {c["name"]: _val(c) for c in s.get("children", []) if c["kind"] == "file"}
+                st = {c["name"]: _val(c) for c in s.get("children", [])
+                      if c["kind"] == "file" and c.get("value") is not None}   # not force_close
                 sessions.append({"name": s["name"], **{k: (int(v) if v.isdigit() else v)
                                                        for k, v in st.items()}})
             targets.append({"driver": drv["name"], "name": t["name"],
@@ -315,7 +316,7 @@ def add_target(o: Obj, name: str, driver: str) -> None:
 @click.option("--driver", default="iscsi", show_default=True)
 @pass_obj
 def rem_target(o: Obj, name: str, driver: str) -> None:
-    """Remove a target that has no sessions."""
+    """Remove a target, closing its sessions first (as SCST does)."""
     _mgmt(o, f"targets/{driver}/mgmt", f"del_target {name}", f"target {name} removed")
 
 
