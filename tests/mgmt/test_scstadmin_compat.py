@@ -204,6 +204,16 @@ def test_initiator_groups_have_scst_attributes_with_scst_defaults(fuse) -> None:
     assert rd(fuse, f"{g}/addr_method") == "FLAT\n[key]\n"
     with pytest.raises(OSError):
         echo(fuse, f"{g}/black_hole", "9")
+    # a changed group attribute is saved in its GROUP block and applies back
+    out = fuse.tmp / "written.conf"
+    fuse.admin("write-config", str(out))
+    first = out.read_text()
+    assert "\t\tGROUP special {\n\t\t\taddr_method FLAT\n" in first
+    echo(fuse, f"{g}/addr_method", "PERIPHERAL")
+    r = json.loads(fuse.admin("--json", "config", str(out)).stdout)
+    assert r["actions"] == [f"set {TARGET}/special addr_method FLAT"]
+    assert rd(fuse, f"{g}/addr_method") == "FLAT\n[key]\n"
+    assert json.loads(fuse.admin("--json", "config", str(out)).stdout)["changes"] == 0
 
 
 def test_detected_thin_provisioning_has_no_key_and_handlers_list_their_own_parameters(fuse) -> None:
