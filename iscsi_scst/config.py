@@ -182,7 +182,7 @@ def _parse_key(name: str, kind: Any, text: str) -> Any:
             return None
         return vals
     lo, hi = kind
-    if not text.isdigit() or not lo <= int(text) <= hi:
+    if not text.isdecimal() or not lo <= int(text) <= hi:
         pr_err(f"iscsi: {name} must be a number in {lo}..{hi}, not '{text}'")
         return None
     return int(text)

@@ -489,7 +489,7 @@ def _devices_refresh(kobj: kobject) -> None:
 
 def _lun_add(acg: scst_acg, words: list[str], line: str, replace: bool) -> int:
     verb = words[0]
-    if len(words) < 3 or not words[2].isdigit():
+    if len(words) < 3 or not words[2].isdecimal():
         pr_err(f"scst: usage: {verb} DEVICE LUN [read_only=1]")
         return -EINVAL
     dev = scst_main.scst_find_device(words[1])
@@ -529,7 +529,7 @@ def _luns_mgmt(kobj: kobject, words: list[str], line: str) -> int:
     verb = words[0]
     if verb in ("add", "replace"):
         return _lun_add(acg, words, line, verb == "replace")
-    if verb == "del" and len(words) == 2 and words[1].isdigit():
+    if verb == "del" and len(words) == 2 and words[1].isdecimal():
         ret = scst_main.scst_acg_del_lun(acg, int(words[1]))
         if ret == -ENOENT:
             pr_err(f"scst: no LUN {words[1]} in group {acg.acg_name}")
@@ -686,7 +686,7 @@ _ACG_ATTRS: dict[str, tuple[str, Any, Callable[[str], Any]]] = {
     "addr_method": ("addr_method", "PERIPHERAL",
                     lambda t: t.upper() if t.upper() in _ADDR_METHODS else None),
     "io_grouping_type": ("acg_io_grouping_type", "auto",
-                         lambda t: t if t in _IO_GROUPING or t.isdigit() else None),
+                         lambda t: t if t in _IO_GROUPING or t.isdecimal() else None),
     "cpu_mask": ("acg_cpu_mask", 1, _parse_cpu_mask),
     "black_hole": ("acg_black_hole_type", 0,
                    lambda t: int(t) if t in ("0", "1", "2", "3", "4") else None),
@@ -852,7 +852,7 @@ def _tgt_enabled_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
 def _rel_tgt_id_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
     tgt: scst_tgt = kobj.private
     t = buf.strip()
-    if not t.isdigit() or not 1 <= int(t) <= 0xFFFF:
+    if not t.isdecimal() or not 1 <= int(t) <= 0xFFFF:
         pr_err(f"scst: {tgt.tgt_name}: rel_tgt_id must be 1..65535, not '{t}'")
         return -EINVAL
     n = int(t)
@@ -1050,7 +1050,7 @@ def _tg_tgt_rel_tgt_id_show(kobj: kobject, a: kobj_attribute) -> str:
 def _tg_tgt_rel_tgt_id_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
     t = kobj.private
     v = buf.strip()
-    if not v.isdigit():
+    if not v.isdecimal():
         pr_err(f"scst: {t.name}: rel_tgt_id must be 0..65535, not '{v}'")
         return -EINVAL
     ret = scst_tg.scst_tg_tgt_set_rel_tgt_id(t, int(v))
@@ -1070,7 +1070,7 @@ def _make_tg_tgt(parent: kobject, name: str, t: Any) -> kobject | None:
 
 def _tg_group_id_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
     v = buf.strip()
-    if not v.isdigit():
+    if not v.isdecimal():
         pr_err(f"scst: group_id must be a number 1..65535, not '{v}'")
         return -EINVAL
     ret = scst_tg.scst_tg_set_group_id(kobj.private, int(v))
@@ -1162,7 +1162,7 @@ def _root_value_show(kobj: kobject, a: kobj_attribute) -> str:
 
 def _root_value_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
     t = buf.strip()
-    if not t.isdigit() or int(t) < 1:
+    if not t.isdecimal() or int(t) < 1:
         pr_err(f"scst: {a.name} takes a number, not '{t}'")
         return -EINVAL
     scst_root_values[a.name] = int(t)

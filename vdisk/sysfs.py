@@ -94,7 +94,7 @@ def vdev_sysfs_sanitize_rate_show(kobj: kobject, a: kobj_attribute) -> str:
 
 def vdev_sysfs_sanitize_rate_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
     text = buf.strip()
-    rate = int(text) if text.isdigit() else 0
+    rate = int(text) if text.isdecimal() else 0
     if not 1 <= rate <= VDISK_SANITIZE_RATE_MAX:
         pr_err(f"vdisk: {kobj.name}: sanitize_rate '{text}' must be 1..{VDISK_SANITIZE_RATE_MAX} "
                f"(MiB/s)")

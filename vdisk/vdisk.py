@@ -1097,7 +1097,7 @@ def vdisk_parse_size(s: str) -> int:
         s = s[:-1]
     suffix = s[-1:] if s[-1:] in _SIZE_SUFFIX and s[-1:] else ""
     num = s[:-1] if suffix else s
-    if not num.isdigit():
+    if not num.isdecimal():
         return -1
     return int(num) * _SIZE_SUFFIX[suffix]
 
@@ -1140,7 +1140,7 @@ def vdisk_alloc_dev(handler_name: str, dev_name: str,
                 pr_err(f"vdisk: {handler_name}: bad {key} '{val}' for device {dev_name}")
                 return -EINVAL
         elif key == "blocksize":
-            bs = int(val) if val.strip().isdigit() else 0
+            bs = int(val) if val.strip().isdecimal() else 0
             if bs not in (512, 1024, 2048, 4096):
                 pr_err(f"vdisk: {handler_name}: bad blocksize '{val}' for device {dev_name} "
                        f"(512, 1024, 2048 or 4096)")
@@ -1148,14 +1148,14 @@ def vdisk_alloc_dev(handler_name: str, dev_name: str,
             virt_dev.block_size = bs
             virt_dev.block_shift = bs.bit_length() - 1
         elif key == "physical_blocksize":
-            pbs = int(val) if val.strip().isdigit() else 0
+            pbs = int(val) if val.strip().isdecimal() else 0
             if pbs < 512 or pbs > 65536 or pbs & (pbs - 1):
                 pr_err(f"vdisk: {handler_name}: bad physical_blocksize '{val}' for device "
                        f"{dev_name} (a power of two, 512..65536)")
                 return -EINVAL
             pbs_param = pbs
         elif key == "sanitize_rate":
-            rate = int(val) if val.strip().isdigit() else 0
+            rate = int(val) if val.strip().isdecimal() else 0
             if not 1 <= rate <= VDISK_SANITIZE_RATE_MAX:
                 pr_err(f"vdisk: {handler_name}: bad sanitize_rate '{val}' for device {dev_name} "
                        f"(MiB/s, 1..{VDISK_SANITIZE_RATE_MAX})")

@@ -43,7 +43,9 @@ class Surface:
 def _writable(node: dict, path: str, out: list[str]) -> None:
     for c in node.get("children", []):
         p = f"{path}/{c['name']}"
-        if c["kind"] == "file" and c["mode"] & 0o222:
+        # force_close closes the session on any write, by design (SCST's):
+        # it would end the session this module checks survives
+        if c["kind"] == "file" and c["mode"] & 0o222 and c["name"] != "force_close":
             out.append(p)
         elif c["kind"] == "dir":
             _writable(c, p, out)
