@@ -130,6 +130,11 @@ def test_chap_accounts_and_allowed_portals_are_one_file_per_value(fuse) -> None:
     echo(fuse, f"{DRV}/mgmt", f"del_target_attribute {CHAP_TGT} IncomingUser joe secretsecret1")
     assert rd(fuse, f"{t}/IncomingUser") == "ann secretsecret2\n[key]\n"
     assert not (fuse.mnt / t / "IncomingUser1").exists()
+    echo(fuse, f"{t}/IncomingUser", "bob secretsecret5")          # writing replaces that value
+    assert rd(fuse, f"{t}/IncomingUser") == "bob secretsecret5\n[key]\n"
+    with pytest.raises(OSError):
+        echo(fuse, f"{t}/IncomingUser", "nosecret")                 # refused, value kept
+    assert rd(fuse, f"{t}/IncomingUser") == "bob secretsecret5\n[key]\n"
     echo(fuse, f"{DRV}/mgmt", "add_attribute IncomingUser disc secretsecret4")
     assert rd(fuse, f"{DRV}/IncomingUser") == "disc secretsecret4\n[key]\n"
 
