@@ -5,10 +5,12 @@ boots the target under the sim engine, drives a named scenario (or the
 test's own scenario body, a function of a tools.sim.scenarios.Context
 that spawns actors using the sim initiator) with the invariant checkers
 on, stops the target, checks teardown, and fails the test with the
-verdict unless it is ok. Each run happens in a forked child process, so
-the kernel state a failed run leaves behind (a leaked session, a stuck
-kthread) dies with it and cannot fail the next test; a body reports
-back through ctx.count(), which arrives as Outcome.stats.
+verdict unless it is ok. Each run happens in a child process, so the
+kernel state a failed run leaves behind (a leaked session, a stuck
+kthread) dies with it and cannot fail the next test: a fresh interpreter
+for a listed scenario (so earlier tests' kshim state cannot change the
+run, and USCST_SEED replays it exactly), a fork for a test's own body
+(which reports back through ctx.count(), arriving as Outcome.stats).
 
 The seed is the test's `@pytest.mark.sim_seed(N)` (1 without one), or
 USCST_SEED=N from the environment, which replays any seed. A failing test
@@ -46,7 +48,11 @@ class SimTargetRun:
             trace_path: str | None = None, expect_ok: bool = True) -> Outcome:
         """Run scenario (a listed name, or body under that name) at this
         test's seed; fail the test unless the verdict is ok (expect_ok)."""
-        ctx = multiprocessing.get_context("fork")
+        # A listed scenario runs in a fresh interpreter (spawn), so the kernel
+        # state earlier tests left in this process cannot change its run: the
+        # seed replays the same anywhere. A test's own body cannot be sent
+        # to a fresh interpreter: it runs in a fork of this process.
+        ctx = multiprocessing.get_context("fork" if body is not None else "spawn")
         rx, tx = ctx.Pipe(duplex=False)
         child = ctx.Process(target=_run_child, args=(tx, scenario, self.seed, trace_path, body),
                             name=f"uscst-sim-{scenario}")
