@@ -124,12 +124,12 @@ def test_cli_explore_reports_every_seed_and_the_rate():
 
 
 @pytest.mark.sim_seed(3)
-@pytest.mark.xfail(strict=True, reason="known target bug found by explore: a READ's response "
-                   "is in the connection's partly sent tx batch (conn.tx_items) when the "
-                   "reinstatement closes the connection; iscsi_conn_abort_cmnds finishes only "
-                   "write_list items, so the command stays in XMIT_WAIT, iscsird waits in D and "
-                   "the old session is never freed. Remove the mark when fixed.")
 def test_mcs_reinstate_seed_3_frees_the_old_session_and_its_commands(sim_target):
+    """Regression seed found by explore: a READ's response sat in the
+    connection's partly sent tx batch (conn.tx_items) when the reinstatement
+    closed the connection; iscsi_conn_abort_cmnds finished only write_list
+    items, so the command stayed in XMIT_WAIT and the old session was never
+    freed. Fails with that part of iscsi_conn_abort_cmnds removed."""
     sim_target.run("mcs-reinstate")
 
 
