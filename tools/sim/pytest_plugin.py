@@ -45,9 +45,12 @@ class SimTargetRun:
         self.outcomes: list[Outcome] = []
 
     def run(self, scenario: str, body: Callable[[Context], None] | None = None, *,
-            trace_path: str | None = None, expect_ok: bool = True) -> Outcome:
+            trace_path: str | None = None, expect_ok: bool = True,
+            timeout_s: float = CHILD_TIMEOUT_S) -> Outcome:
         """Run scenario (a listed name, or body under that name) at this
-        test's seed; fail the test unless the verdict is ok (expect_ok)."""
+        test's seed; fail the test unless the verdict is ok (expect_ok).
+        A run without a verdict after timeout_s wall seconds (a livelock)
+        is killed and fails as a stall."""
         # A listed scenario runs in a fresh interpreter (spawn), so the kernel
         # state earlier tests left in this process cannot change its run: the
         # seed replays the same anywhere. A test's own body cannot be sent
@@ -59,7 +62,7 @@ class SimTargetRun:
         child.start()
         tx.close()
         try:
-            out = rx.recv() if rx.poll(CHILD_TIMEOUT_S) else None
+            out = rx.recv() if rx.poll(timeout_s) else None
         except EOFError:
             out = None
         child.join(5)
@@ -67,8 +70,9 @@ class SimTargetRun:
             child.kill()
             child.join()
         if out is None:
-            out = Outcome(scenario, self.seed, verdict=f"FAIL: crash: the run's process ended "
-                          f"with status {child.exitcode} without a verdict")
+            out = Outcome(scenario, self.seed, verdict=f"FAIL: stall: no verdict within "
+                          f"{timeout_s:g} s (the run's process ended with status "
+                          f"{child.exitcode})")
         self.outcomes.append(out)
         if expect_ok and not out.ok:
             pytest.fail(f"{out.line()}\n{self.replay_text()}", pytrace=False)
