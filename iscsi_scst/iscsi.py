@@ -1138,7 +1138,7 @@ def iscsi_request_logout(conn: iscsi_conn, wait_s: int) -> None:
 
 def iscsi_exit() -> None:
     from iscsi_scst.conn import conn_list, conns_waitQ, iscsi_close_all_conns
-    from iscsi_scst.target import iscsi_del_portal, portal_list
+    from iscsi_scst.target import iscsi_del_portal, portal_list, target_list
     from kshim.wait import wait_event_timeout
     for portal in list(portal_list):
         iscsi_del_portal(portal)
@@ -1153,6 +1153,9 @@ def iscsi_exit() -> None:
     iscsi_close_all_conns(10 * HZ)
     iscsi_sysfs_exit(iscsi_template)
     scst_unregister_target_template(iscsi_template)
+    # The template took its SCST targets with it; forget ours too, so a
+    # reload (or a second boot in one process) can add them again.
+    target_list.clear()
 
 
 module_init(iscsi_init)
