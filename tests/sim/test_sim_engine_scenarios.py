@@ -111,11 +111,11 @@ def test_cli_explore_reports_every_seed_and_the_rate():
                         p.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.sim_seed(3)
+@pytest.mark.sim_seed(5)       # seed 3 until the boot moved to tools/boot (traces changed)
 @pytest.mark.xfail(strict=True, reason="known target bug found by explore: a READ's response "
                    "is in the connection's partly sent tx batch (conn.tx_items) when the "
                    "reinstatement closes the connection; iscsi_conn_abort_cmnds finishes only "
                    "write_list items, so the command stays in XMIT_WAIT, iscsird waits in D and "
                    "the old session is never freed. Remove the mark when fixed.")
-def test_mcs_reinstate_seed_3_frees_the_old_session_and_its_commands(sim_target):
+def test_mcs_reinstate_seed_5_frees_the_old_session_and_its_commands(sim_target):
     sim_target.run("mcs-reinstate")
