@@ -56,7 +56,7 @@ from kshim.engine_sim_fs import sim_files
 from kshim.engine_sim_net import SimPeer, sim_net
 from kshim.kthread import kthread_run
 
-__all__ = ["SimPeer", "SimStall", "Simulation", "check_determinism", "run", "teardown_problems"]
+__all__ = ["SimPeer", "SimStall", "Simulation", "check_determinism", "teardown_problems"]
 
 # 2026-01-01T00:00:00Z: the wall clock at virtual time 0 (ktime_get_real)
 SIM_EPOCH_NS = 1_767_225_600 * 1_000_000_000
@@ -131,6 +131,12 @@ class Simulation:
 
     def _clock_s(self) -> float:
         return self._now / NS
+
+    def _cpu_busy(self, ns: int) -> None:
+        """udelay/mdelay: the CPU spins, so virtual time passes with no event
+        run meanwhile (the soft-lockup detector sees it)."""
+        if ns > 0:
+            self._now += ns
 
     def _wall_ns(self) -> int:
         return SIM_EPOCH_NS + self._now
@@ -311,6 +317,7 @@ class Simulation:
         t.monotonic = self._clock_s
         t.time_ns = self._wall_ns
         t.thread_time_ns = self._clock_ns
+        t.cpu_busy_ns = self._cpu_busy
         t.random_bytes = self.rng.randbytes
         t.prandom_u32 = lambda: self.rng.getrandbits(32)
         t.timer_kick = self._timer_kick
@@ -391,25 +398,6 @@ class Simulation:
 
 def _noop(_: Any) -> None:
     return None
-
-
-def run(init: Callable[[], Any], exit_fn: Callable[[], Any] | None = None, *, seed: int = 0,
-        handle_signals: bool = False, services: list | None = None) -> Any:
-    """The engine interface tools/boot.py's run() uses (as engine_trio.run):
-    boot a Simulation(seed), run init() in a kthread, then exit_fn() unless
-    init failed, and return init's result. Nothing outside drives the
-    machine, so there is nothing to serve in between; scenarios use
-    Simulation directly. The sim has no host signals or services."""
-    if services:
-        raise ValueError("the sim engine runs no host services")
-    sim = Simulation(seed)
-    result: Any = None
-    try:
-        result = sim.boot(init)
-    finally:
-        failed = result is None or (isinstance(result, int) and result < 0)
-        sim.shutdown(None if failed else exit_fn)
-    return result
 
 
 # -- checks the CLI and the fixtures call -----------------------------------------

@@ -78,7 +78,9 @@ def test_sim_target_run_replays_by_seed_seed_7_and_8():
 def test_boot_run_on_the_sim_engine_loads_and_unloads_the_default_target_seed_0():
     bug.reset_reports()
     cfg = BootConfig(iqn=DEFAULT_IQN, nullio=True, size=1 << 20, portals=[DEFAULT_ADDR])
-    assert boot.run(cfg, engine="sim") == 0
-    assert boot.failures == [] and bug.reports == []
-    bad = BootConfig(iqn=DEFAULT_IQN, disk="/sim/missing-dir/x", size=0, portals=[DEFAULT_ADDR])
-    assert boot.run(bad, engine="sim") < 0 and boot.failures
+    sim = Simulation(0)
+    assert boot.run(cfg, engine="sim", sim=sim) == 0
+    assert boot.failures == [] and bug.reports == [] and teardown_problems(sim) == []
+    bad = BootConfig(iqn=DEFAULT_IQN, disk="/sim/missing-dir/x", disk_exists=True, size=0,
+                     portals=[DEFAULT_ADDR])
+    assert boot.run(bad, engine="sim", sim=Simulation(0)) < 0 and boot.failures

@@ -55,8 +55,8 @@ def boot_target(sim: Simulation, *, size: int = 16 << 20, blocksize: int = 512,
     nop_in_interval=1, ...)."""
     disk = sim.disks.setdefault(disk_path, bytearray(size))
     t = SimTarget(sim, addr, iqn, disk, blocksize, dict(tgt_params or {}))
-    cfg = BootConfig(iqn=iqn, portals=[addr], disk=disk_path, size=len(disk),
-                     blocksize=blocksize)
+    cfg = BootConfig(iqn=iqn, portals=[addr], disk=disk_path, disk_exists=True,
+                     size=len(disk), blocksize=blocksize)
     ret = sim.boot(lambda: _target_init(t, cfg))
     if ret != 0:
         sim.shutdown(None)          # target_init unloaded what it loaded
