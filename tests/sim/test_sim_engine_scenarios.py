@@ -124,17 +124,20 @@ def test_cli_explore_reports_every_seed_and_the_rate():
 
 
 @pytest.mark.sim_seed(3)
-@pytest.mark.xfail(strict=True, reason="sim engine livelock (kshim/engine_sim_net.py): the "
-                   "initiator closed its end while the target's send window was full; "
-                   "writable() says yes for a closed peer but sock_sendmsg answers -EAGAIN, so "
-                   "the wr thread and write-space events spin at one virtual instant. In a "
-                   "fresh interpreter this seed reaches it. Remove the mark when fixed.")
 def test_mcs_reinstate_seed_3_frees_the_old_session_and_its_commands(sim_target):
     """Regression seed found by explore: a READ's response sat in the
     connection's partly sent tx batch (conn.tx_items) when the reinstatement
     closed the connection; iscsi_conn_abort_cmnds finished only write_list
     items, so the command stayed in XMIT_WAIT and the old session was never
     freed. Fails with that part of iscsi_conn_abort_cmnds removed."""
+    sim_target.run("mcs-reinstate", timeout_s=60)
+
+
+@pytest.mark.sim_seed(5)
+def test_mcs_reinstate_seed_5_ends_when_the_initiator_closes_on_a_full_send_window(sim_target):
+    """Regression seed for the engine: the initiator closed its end while
+    the target's send window was full; sim_net said writable yet answered
+    -EAGAIN, and the wr thread spun at one virtual instant forever."""
     sim_target.run("mcs-reinstate", timeout_s=60)
 
 
