@@ -139,8 +139,9 @@ def _check_module_arg(text: str) -> str:
 
 
 def resolve(args: argparse.Namespace) -> dict:
-    if not ISCSI_NAME_RE.match(args.iqn):
-        raise UsageError(f"invalid target name {args.iqn!r} (expected iqn.YYYY-MM.domain:name)")
+    if not ISCSI_NAME_RE.match(args.iqn) or "/" in args.iqn:
+        raise UsageError(f"invalid target name {args.iqn!r} (printable, no blanks or '/', "
+                         f"at most 223 bytes; e.g. iqn.YYYY-MM.domain:name)")
     size = parse_size(args.size)
     portals = [parse_portal(p) for p in (args.portal or [DEFAULT_PORTAL])]
     modules = [_check_module_arg(m) for m in (args.module or [])]
