@@ -157,6 +157,8 @@ def random_io(ctx: Context, lun: int = 0, *, lo: int = 0,
         cdb = cdb_rw(write, lba, blocks, sixteen)
         if write:
             return ch.submit(cdb, lun=lun, data_out=data, use_immediate=use_imm)
+        if blocks * t.block_size > ch.conn.our_mrdsl:
+            ctx.count("multi-pdu-reads")
         return ch.submit(cdb, lun=lun, read_len=blocks * t.block_size)
     return submit
 
@@ -175,7 +177,10 @@ def random_session_keys(ctx: Context) -> dict[str, str]:
     return {"InitialR2T": rng.choice(["Yes", "No"]),
             "ImmediateData": rng.choice(["Yes", "No"]),
             "FirstBurstLength": str(rng.choice([8192, 16384, 65536])),
-            "MaxBurstLength": str(rng.choice([65536, 262144]))}
+            "MaxBurstLength": str(rng.choice([65536, 262144])),
+            # below the largest READ (128 KiB), so the target's multi-PDU
+            # Data-In path runs too, not only its one-PDU fast path
+            "MaxRecvDataSegmentLength": str(rng.choice([8192, 65536, 262144]))}
 
 
 def batches(ctx: Context, total: int) -> list[tuple[int, int]]:
