@@ -10,7 +10,8 @@ bodies cannot tell which.
 
   login-io       one session; ~1,000 READ/WRITE 10/16 at queue depths 1-32,
                  small and large, with and without immediate data (writes
-                 over FirstBurstLength take R2Ts), then logout.
+                 over FirstBurstLength take R2Ts; reads over the offered
+                 MaxRecvDataSegmentLength take several Data-In), then logout.
   mcs-reinstate  one session of 2-4 connections (MC/S) running I/O on each;
                  one connection is dropped mid-I/O; then a new session with
                  the same ISID reinstates it (RFC 7143 6.3.5), verifies the
