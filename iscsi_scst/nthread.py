@@ -22,6 +22,9 @@ fit the socket. Either takes every queued response at once, builds the
 iovecs (BHS, data as memoryviews of the command's pages, padding, digests)
 and sends them with one sendmsg; StatSN is assigned then, in send order.
 
+Tracepoint: while iscsi_pdu_rx is enabled the rd thread calls
+iscsi_rx_hdr_traced (iscsi.py), which wraps the header's handling in a span.
+
 Differs from iscsi-scst: per-connection threads instead of shared pools;
 no zero-copy sendpage (sendmsg of memoryviews copies once into the socket,
 as kernel_sendmsg would).
@@ -106,7 +109,7 @@ def _advance_iov(iov: list, n: int) -> None:
 def iscsi_rx(conn: iscsi_conn) -> int:
     """Receive and process PDUs until the socket is empty (-EAGAIN), the
     peer closes (0) or the socket fails (-errno). Raises ProtocolError."""
-    from iscsi_scst.iscsi import iscsi_rx_hdr
+    from iscsi_scst.iscsi import iscsi_rx_hdr, iscsi_rx_hdr_traced, trace_iscsi_pdu_rx
     ret = iscsi_conn_rxbuf_get(conn)
     if ret < 0:
         return ret
@@ -124,7 +127,10 @@ def iscsi_rx(conn: iscsi_conn) -> int:
                                                               mv[s + hlen:s + dlen]):
                         raise ProtocolError(f"header digest error from {conn.peer}", None)
                     conn.rx_start = s + dlen
-                    iscsi_rx_hdr(conn, conn.rxbuf, s)
+                    if trace_iscsi_pdu_rx.enabled:
+                        iscsi_rx_hdr_traced(conn, conn.rxbuf, s)
+                    else:
+                        iscsi_rx_hdr(conn, conn.rxbuf, s)
                     continue
         elif state == RX_DATA:
             if avail:

@@ -44,6 +44,8 @@ class iscsi_session:
     exp_cmd_sn: int = 0
     max_queued_cmnds: int = 32
     pending_cmnds: dict = attrs.field(factory=dict)    # CmdSN -> held header
+    max_cmd_sn: int = -1             # the MaxCmdSN last sent
+    cmdsn_window_full: int = 0       # commands that used the window's last CmdSN
     # touched only with the target's session list
     conn_list: list = attrs.field(factory=list)
 

@@ -37,6 +37,10 @@ Differs from the kernel:
 - points the kernel lacks: fail_mempool, fail_sock_recv, fail_sock_send,
   fail_file_{read,write,fsync,fallocate}, fail_queue_work, fail_timer,
   fail_wakeup, fail_trylock, fail_softirq, each with the knobs in POINTS;
+  subsystems declare their own with DECLARE_FAULT_ATTR (scst_core's
+  fail_scsi_cmd, iscsi_scst's fail_iscsi_pdu);
+- seeds: a point whose seed the user did not set draws a new one at each
+  boot (a sched boot hook) through the engine's randomness;
 - make-it-fail and fail-nth live in debug/fault-inject/ (written as
   "PID-or-COMM VALUE"), not in /proc/PID; a COMM may be a pattern, which
   also marks kthreads started later;
@@ -97,6 +101,7 @@ class fault_attr:
     reject_end: str = ""
     stacktrace_depth: int = 32
     seed: int = 0
+    seed_fixed: bool = False        # seed written by the user: kept across boots
     params: dict = attrs.field(factory=dict)    # the point's own knobs (POINTS)
     # counters, one CPU: no lock
     count: int = 0                  # eligible calls seen (interval)
@@ -168,6 +173,23 @@ fault_points: dict[str, fault_attr] = {a.name: a for a in (
     failslab, fail_page_alloc, fail_mempool, fail_function, fail_sock_recv, fail_sock_send,
     fail_file_read, fail_file_write, fail_file_fsync, fail_file_fallocate, fail_queue_work,
     fail_timer, fail_wakeup, fail_trylock, fail_softirq)}
+
+
+def _boot() -> None:
+    """A boot (sched_init): points whose seed the user did not set draw a
+    new one through the engine's randomness, so under the sim engine they
+    follow the run's seed; tasks of the earlier boot are forgotten."""
+    for a in fault_points.values():
+        if not a.seed_fixed:
+            a.seed = get_random_u64() & 0xFFFFFFFFFFFF
+            prandom_seed_state(a.rnd, a.seed)
+        a.count = 0
+    _state.make_it_fail = set()
+    _state.fail_nth = {}
+    _rearm()
+
+
+sched.boot_hooks.append(_boot)
 
 
 def DECLARE_FAULT_ATTR(name: str, knobs: dict[str, tuple]) -> fault_attr:
@@ -707,6 +729,7 @@ def fault_attr_set(point: str, name: str, value: str) -> None:
         setattr(attr, name.replace("-", "_"), v)
         if name == "seed":
             prandom_seed_state(attr.rnd, v)
+            attr.seed_fixed = True
         if name in ("seed", "interval"):
             attr.count = 0              # the interval counts from now
         _rearm()
@@ -771,7 +794,7 @@ def apply_fault_specs(specs: list[str], dry_run: bool = False) -> None:
             p = fault_points[n]
             for f in ("probability", "interval", "times", "space", "verbose", "task_filter",
                       "require_start", "require_end", "reject_start", "reject_end",
-                      "stacktrace_depth", "seed", "params"):
+                      "stacktrace_depth", "seed", "seed_fixed", "params"):
                 setattr(p, f, getattr(a, f))
             prandom_seed_state(p.rnd, p.seed)
         _rearm()

@@ -21,6 +21,10 @@ A file opened O_DIRECT is O_DIRECT on the host: its buffers, offsets and
 lengths must meet the alignment vfs_getattr(STATX_DIOALIGN) reports, which
 page_alloc's pages do not (kshim.dmapool's blocks do). vfs_getattr takes
 the open file (the kernel's takes a path) and answers only STATX_DIOALIGN.
+
+Tracepoints: block_rq_issue when a call goes to the worker pool,
+block_rq_complete when it comes back (softirq) or when an inline
+page-cache read is answered.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from kshim.fault_inject import (fail_file_fallocate, fail_file_fsync, fail_file_
                                 fail_file_write, file_fault, file_rw_fault)
 from kshim.host import io_job, ops
 from kshim.sched import might_sleep
+from kshim.tracepoint import TRACE_EVENT
 
 O_RDONLY = host.O_RDONLY
 O_WRONLY = host.O_WRONLY
@@ -127,14 +132,35 @@ def i_size_write(ino: inode, size: int) -> None:
     ino.i_size = size
 
 
+# include/trace/events/block.h's request issue and completion, for the
+# host calls that stand in for the disk (op is the host call's name)
+trace_block_rq_issue = TRACE_EVENT("block_rq_issue", ("op", "fd", "pos", "len"))
+trace_block_rq_complete = TRACE_EVENT("block_rq_complete", ("op", "fd", "pos", "result"))
+
+
 def _io_complete(job: io_job) -> None:
     complete(job.private)
+
+
+def _io_complete_traced(job: io_job) -> None:
+    done, op, fd, pos = job.private
+    if trace_block_rq_complete.enabled:
+        trace_block_rq_complete(op, fd, pos, job.result)
+    complete(done)
 
 
 def _pool_call(fn: Callable[..., int], *args: Any) -> int:
     """Run a blocking host call on the pool; sleep until it is done."""
     done = completion("vfs io")
-    job = io_job(fn, args, _io_complete, done)
+    if trace_block_rq_issue.enabled:
+        # The engine drops job.args once run: the completion keeps its fields.
+        fd = args[0] if args and isinstance(args[0], int) else -1
+        pos = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
+        n = host.iov_len(args[1]) if len(args) > 1 and isinstance(args[1], list) else 0
+        trace_block_rq_issue(fn.__name__, fd, pos, n)
+        job = io_job(fn, args, _io_complete_traced, (done, fn.__name__, fd, pos))
+    else:
+        job = io_job(fn, args, _io_complete, done)
     ops.io_submit(job)
     wait_for_completion(done)
     return job.result
@@ -175,6 +201,9 @@ def vfs_readv_nowait(f: file, iov: list, pos: int) -> int:
         return -EAGAIN
     want = len(iov[0]) if len(iov) == 1 else host.iov_len(iov)
     n = ops.file_preadv_nowait(f.fd, iov, pos)
+    if trace_block_rq_complete.enabled:
+        # Served (or refused) inline from the page cache: no issue event.
+        trace_block_rq_complete("preadv_nowait", f.fd, pos, n)
     if n == want or (n >= 0 and pos + n >= f.f_inode.i_size):
         stats["read_nowait_hits"] += 1
         return n

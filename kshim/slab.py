@@ -41,6 +41,7 @@ Debug aids (slub_debug, on when `debug_slab` is True):
 Switching the aids on while objects are live: those objects are untracked,
 and their frees are accepted. Switching off unpoisons every free list.
 statistics() and slabinfo() give /proc/slabinfo-like counters either way.
+Tracepoints: kmem_cache_alloc and kmem_cache_free (cache name, objects live).
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ from kshim.bug import (KernelBug, caller_site, entry_parts, format_entries, repo
                        stack_capture)
 from kshim.fault_inject import failslab, should_failslab
 from kshim.gfp import __GFP_DIRECT_RECLAIM, __GFP_NOWARN
+from kshim.tracepoint import TRACE_EVENT
 
 debug_slab = True
 SLAB_HWCACHE_ALIGN = 0x2000
@@ -69,6 +71,10 @@ KMALLOC_MAX_SIZE = 1 << 22        # 4 MiB, as with 4K pages and MAX_ORDER 10
 _FREE_KEEP = 1024        # freed objects a cache keeps for reuse, like a slab's free list
 _ALLOC_STACK_DEPTH = 8
 _might_sleep = sched.__dict__["__might_sleep"]
+
+# include/trace/events/kmem.h (the cache's name instead of the call site)
+trace_kmem_cache_alloc = TRACE_EVENT("kmem_cache_alloc", ("cache", "active"))
+trace_kmem_cache_free = TRACE_EVENT("kmem_cache_free", ("cache", "active"))
 
 
 class kmem_cache:
@@ -160,6 +166,8 @@ def kmem_cache_alloc(c: kmem_cache, gfp: int) -> Any:
     c.allocs += 1
     if c.active > c.high_water:
         c.high_water = c.active
+    if trace_kmem_cache_alloc.enabled:
+        trace_kmem_cache_alloc(c.name, c.active)
     return obj
 
 
@@ -189,6 +197,8 @@ def kmem_cache_free(c: kmem_cache, obj: Any) -> None:
             return
     c.active -= 1
     c.frees += 1
+    if trace_kmem_cache_free.enabled:
+        trace_kmem_cache_free(c.name, c.active)
     if len(c.free) < _FREE_KEEP or debug_slab:
         c.free.append(obj)
 

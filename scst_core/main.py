@@ -240,8 +240,13 @@ def scst_sess_free_final(sess: scst_session) -> None:
         acg.acg_sess_list.remove(sess)
     for lun in list(sess.sess_tgt_dev_list):
         _free_tgt_dev(sess, lun)
-    if sess in sess.tgt.sess_list:
-        sess.tgt.sess_list.remove(sess)
+    tgt = sess.tgt
+    if sess in tgt.sess_list:
+        tgt.sess_list.remove(sess)
+        tgt.closed_reads += sess.reads
+        tgt.closed_writes += sess.writes
+        tgt.closed_read_bytes += sess.read_bytes
+        tgt.closed_write_bytes += sess.write_bytes
     if sess.unreg_done_fn is not None:
         sess.unreg_done_fn(sess)
 

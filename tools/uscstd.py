@@ -12,6 +12,8 @@ Management: the SCST sysfs tree lives in the emulated kernel; it is served
 on a Unix control socket (--control, mode 0600; uscstadmin talks to it,
 including insmod/rmmod/lsmod) and, with --fuse MOUNTPOINT, as a FUSE file
 system. When started by systemd (Type=notify) it sends READY=1 once serving.
+With --metrics HOST:PORT it serves Prometheus metrics (docs/observe.md);
+`uscstadmin top` reads the same counters over the control socket.
 
 The command line is the OPTIONS table: one row per option, so a new one is
 one row (and, if it needs checking, a line in resolve()).
@@ -22,7 +24,7 @@ import argparse
 import os
 import re
 import sys
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 import trio
 
@@ -106,6 +108,9 @@ OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--fault",), dict(action="append", metavar="POINT:ATTR=VALUE,...",
                         help="inject faults from the first call (docs/fault-injection.md); "
                              "repeatable; $USCST_FAULTS adds more")),
+    (("--metrics",), dict(metavar="HOST:PORT",
+                          help="serve Prometheus metrics at http://HOST:PORT/metrics "
+                               "(PORT alone: 127.0.0.1:PORT)")),
     (("--version",), dict(action="version", version="uscstd 0.1.0")),
 ]
 
@@ -184,7 +189,9 @@ def resolve(args: argparse.Namespace) -> dict:
                 blocksize=args.blocksize, log_level=args.log_level, debug=args.debug,
                 config=config, config_text=config_text, fuse=args.fuse, modules=modules,
                 faults=faults,
-                control=os.path.abspath(args.control) if args.control else engine_ctl.default_control_path())
+                control=os.path.abspath(args.control) if args.control else engine_ctl.default_control_path(),
+                metrics=parse_portal(args.metrics if ":" in (args.metrics or ":")
+                                     else f"127.0.0.1:{args.metrics}") if args.metrics else None)
 
 
 def serve(cfg: dict) -> int:
@@ -291,6 +298,9 @@ def serve(cfg: dict) -> int:
         services.append(engine_ctl.fuse_service(
             cfg["fuse"], on_error=warn,
             on_ready=lambda: say(f"management tree mounted at {cfg['fuse']}")))
+    if cfg["metrics"]:
+        services.append(_metrics_service(cfg["metrics"], warn))
+    _proc_metrics()
     engine.reload_hook = reload_hook
     fault_inject.debugfs_init()
     fault_inject.apply_fault_specs(cfg["faults"])      # before the first call
@@ -304,6 +314,28 @@ def serve(cfg: dict) -> int:
         return 1
     print("uscstd: stopped", flush=True)
     return 0
+
+
+def _proc_metrics() -> None:
+    """The same counters as text for the control socket's `proc metrics`
+    (uscstadmin top reads them there, --metrics or not)."""
+    from iscsi_scst.iscsi import iscsi_metrics     # the metrics glue is all here
+    from kshim.engine_metrics import format_metrics
+    from kshim.proc import proc_create, remove_proc_entry
+    from scst_core.stats import scst_metrics
+    remove_proc_entry("metrics")
+    proc_create("metrics", lambda: format_metrics(scst_metrics() + iscsi_metrics()).decode())
+
+
+def _metrics_service(where: tuple[str, int], warn: Callable[[str], None]) -> Any:
+    """--metrics: the Prometheus endpoint over the SCST core's and the iSCSI
+    driver's counters (an engine service, like the control socket)."""
+    from iscsi_scst.iscsi import iscsi_metrics     # the metrics glue is all here
+    from kshim.engine_metrics import metrics_service
+    from scst_core.stats import scst_metrics
+    return metrics_service(where[0], where[1], [scst_metrics, iscsi_metrics], on_error=warn,
+                           on_ready=lambda a: print(f"uscstd: metrics at http://{a}/metrics",
+                                                    flush=True))
 
 
 def main(argv: list[str] | None = None) -> int:

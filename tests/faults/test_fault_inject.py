@@ -143,3 +143,30 @@ def test_dry_run_checks_without_applying() -> None:
 def test_env_specs_split_on_semicolons_and_spaces() -> None:
     assert fi.split_env_specs("failslab:probability=2 ;fail_sock_recv:times=-1") == [
         "failslab:probability=2", "fail_sock_recv:times=-1"]
+
+
+def test_debugfs_files_read_and_write_the_points() -> None:
+    from kshim.err import EINVAL as _EINVAL
+    from kshim.sysfs import sysfs_listdir, sysfs_read, sysfs_write
+    fi.debugfs_init()
+    names = {n for n, _ in sysfs_listdir("/kernel/debug")}
+    assert {"failslab", "fail_page_alloc", "fail_sock_recv", "fail_file_read",
+            "fail_function", "fault-inject"} <= names
+    assert sysfs_write("/kernel/debug/failslab/probability", "7\n") == 2
+    assert fi.failslab.probability == 7 and fi.failslab.armed
+    assert sysfs_read("/kernel/debug/failslab/probability") == "7\n"
+    assert sysfs_write("/kernel/debug/failslab/probability", "700") == -_EINVAL
+    assert sysfs_write("/kernel/debug/failslab/task-filter", "Y") == 1
+    assert sysfs_read("/kernel/debug/failslab/task-filter") == "Y\n"
+    assert sysfs_write("/kernel/debug/fault-inject/enumerate", "record") == 6
+    assert sysfs_read("/kernel/debug/fault-inject/enumerate") == "record\n"
+    assert sysfs_write("/kernel/debug/fault-inject/enumerate", "nonsense") == -_EINVAL
+
+
+def test_fail_nth_and_make_it_fail_leave_with_their_task() -> None:
+    me = sched.current()
+    fi.set_fail_nth(me, 5)
+    fi.set_make_it_fail(me, True)
+    fi._forget(me)                  # what the task's exit hook does
+    assert fi.get_fail_nth(me) == 0 and not fi.failslab.armed
+    assert me not in fi._state.make_it_fail

@@ -48,4 +48,4 @@ def test_run_with_portal_drives_a_running_uscstd_and_ends_with_the_verdict_line(
 
 def test_run_with_portal_and_trace_is_refused():
     p = sim("run", "login-io", "--seed", "7", "--portal", "127.0.0.1:1", "--trace", "/tmp/x")
-    assert p.returncode == 2 and "needs the sim engine" in p.stderr
+    assert p.returncode == 2 and "need the sim engine" in p.stderr

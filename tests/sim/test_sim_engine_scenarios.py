@@ -9,6 +9,7 @@ itself runs the same way; the uscst-sim CLI prints the replayable line.
 """
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -102,6 +103,17 @@ def test_cli_run_prints_the_same_last_line_for_the_same_seed_and_writes_the_trac
     assert f"trace={m.group(2)}" not in run(4)
 
 
+def test_cli_check_determinism_runs_the_seed_twice_and_compares_seed_5():
+    p = subprocess.run([sys.executable, "-m", "tools.sim", "run", "config-churn", "--seed", "5",
+                        "--check-determinism"], cwd=REPO_ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    m = re.search(r"determinism: first trace=(\w+) events=(\d+), second trace=(\w+) "
+                  r"events=(\d+)", p.stdout)
+    assert m and m.group(1) == m.group(3) and m.group(2) == m.group(4), p.stdout
+    assert p.stdout.strip().splitlines()[-1].endswith("verdict=ok")
+
+
 def test_cli_explore_reports_every_seed_and_the_rate():
     p = subprocess.run([sys.executable, "-m", "tools.sim", "explore", "nop-timeout", "--seeds",
                         "4", "--jobs", "2"], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -112,10 +124,38 @@ def test_cli_explore_reports_every_seed_and_the_rate():
 
 
 @pytest.mark.sim_seed(3)
-@pytest.mark.xfail(strict=True, reason="known target bug found by explore: a READ's response "
-                   "is in the connection's partly sent tx batch (conn.tx_items) when the "
-                   "reinstatement closes the connection; iscsi_conn_abort_cmnds finishes only "
-                   "write_list items, so the command stays in XMIT_WAIT, iscsird waits in D and "
-                   "the old session is never freed. Remove the mark when fixed.")
 def test_mcs_reinstate_seed_3_frees_the_old_session_and_its_commands(sim_target):
+    """Regression seed found by explore: a READ's response sat in the
+    connection's partly sent tx batch (conn.tx_items) when the reinstatement
+    closed the connection; iscsi_conn_abort_cmnds finished only write_list
+    items, so the command stayed in XMIT_WAIT and the old session was never
+    freed. Fails with that part of iscsi_conn_abort_cmnds removed."""
     sim_target.run("mcs-reinstate")
+
+
+HANGING = '''
+import sys
+from tools.sim import cli, scenarios
+
+def hang(ctx):
+    def actor():
+        while True:                # virtual time never moves: a livelock
+            ctx.world.sleep(0)
+    ctx.world.spawn(actor, "hang")
+
+scenarios.SCENARIOS["hang"] = hang
+outs, _ = cli.explore("hang", [1, 2], 1, seed_timeout=2)
+print([o.verdict for o in outs])
+'''
+
+
+def test_explore_fails_a_livelocked_seed_as_a_stall_after_its_seed_timeout():
+    """A planted scenario whose actor keeps virtual time from advancing:
+    the engine's virtual-time limit never comes, the wall-clock one does,
+    and the next seed still runs (in a fresh process)."""
+    p = subprocess.run([sys.executable, "-c", HANGING], cwd=REPO_ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    verdicts = ast.literal_eval(p.stdout.strip().splitlines()[-1])
+    assert len(verdicts) == 2
+    assert all(v.startswith("FAIL: stall: SeedTimeout") for v in verdicts), verdicts

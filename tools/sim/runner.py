@@ -26,6 +26,11 @@ from tools.sim.scenarios import SCENARIOS, Context, TargetSpec
 MAX_VIRTUAL_S = 3600.0
 
 
+class SeedTimeout(Exception):
+    """A run took longer than its wall-clock limit (a livelock that keeps
+    virtual time from advancing; raised from a SIGALRM handler)."""
+
+
 @dataclass
 class Outcome:
     scenario: str
@@ -59,7 +64,8 @@ def verdict_of(exc: BaseException) -> str:
         return f"FAIL: {one_line(str(exc))}"
     kind = {ChannelError: "connection", ProtocolViolation: "protocol"}.get(type(exc))
     if kind is None:
-        kind = "stall" if type(exc).__name__ == "SimStall" else "crash"
+        kind = "stall" if isinstance(exc, SeedTimeout) or type(exc).__name__ == "SimStall" \
+            else "crash"
     return f"FAIL: {kind}: {type(exc).__name__}: {one_line(str(exc))}"
 
 

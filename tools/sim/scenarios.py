@@ -216,15 +216,15 @@ def mcs_reinstate(ctx: Context, commands: int = 200) -> None:
     drop_after = rng.randint(1, commands // 2)
     state = {"ended": 0}
 
-    def conn_actor(sess: InitiatorSession, cid: int, lead: Channel | None) -> None:
-        if lead is None:
+    def conn_actor(sess: InitiatorSession, cid: int) -> None:
+        if cid == 0:
             keys = {"MaxConnections": str(t.max_connections)}
             ch = Channel(sess.connection(cid), ctx.world.connect(t.addr))
             ch.login(keys)
             clear_unit_attentions(ch)
             read_baseline(ctx, ch)
             for c in range(1, nconn):
-                ctx.world.spawn(lambda c=c: conn_actor(sess, c, ch), f"mcs-cid{c}")
+                ctx.world.spawn(lambda c=c: conn_actor(sess, c), f"mcs-cid{c}")
         else:
             ch = Channel(sess.connection(cid), ctx.world.connect(t.addr))
             ch.login()
@@ -268,7 +268,7 @@ def mcs_reinstate(ctx: Context, commands: int = 200) -> None:
         ch.logout()
 
     lead_sess = new_session(ctx, isid=isid)
-    ctx.world.spawn(lambda: conn_actor(lead_sess, 0, None), "mcs-cid0")
+    ctx.world.spawn(lambda: conn_actor(lead_sess, 0), "mcs-cid0")
     ctx.world.spawn(reinstater, "mcs-reinstate")
 
 
