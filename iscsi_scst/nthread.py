@@ -33,6 +33,7 @@ from iscsi_scst.conn import (RX_DATA, RX_INIT_BHS, RX_TAIL, RXBUF_SIZE, iscsi_co
                              iscsi_conn_close, iscsi_conn_mark_closing)
 from iscsi_scst.digest import digest_header, digest_matches
 from iscsi_scst.hdr import BHS_SIZE, ProtocolError
+from iscsi_scst.nagle import iscsi_nagle_idle, iscsi_nagle_rx_check
 from kshim.crc32c import crc32c_iov, crc32c_value
 from kshim.err import EAGAIN
 from kshim.list import (list_add_tail, list_del_init, list_empty, list_head, list_splice_init,
@@ -119,6 +120,10 @@ def iscsi_rx(conn: iscsi_conn) -> int:
                                                               mv[s + hlen:s + dlen]):
                         raise ProtocolError(f"header digest error from {conn.peer}", None)
                     conn.rx_start = s + dlen
+                    ng = conn.nagle
+                    ng.busy += 1
+                    if ng.busy == ng.enter_at:
+                        iscsi_nagle_rx_check(conn)
                     iscsi_rx_hdr(conn, conn.rxbuf, s)
                     continue
         elif state == RX_DATA:
@@ -196,6 +201,7 @@ def iscsi_rd_thread(conn: iscsi_conn) -> int:
                 # Send this batch's responses now instead of waking the wr thread.
                 if iscsi_tx_flush(conn, False) == -EAGAIN and conn.tx_iov:
                     wake_up(conn.wr_waitQ)
+            iscsi_nagle_idle(conn)
             wait_event_interruptible(conn.rd_waitQ, lambda: conn.rd_ready or conn.closing)
             continue
         if ret < 0:

@@ -49,6 +49,7 @@ SO_SNDBUF = socket.SO_SNDBUF
 SO_RCVBUF = socket.SO_RCVBUF
 SO_KEEPALIVE = socket.SO_KEEPALIVE
 TCP_NODELAY = socket.TCP_NODELAY
+TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
 TCP_CORK = getattr(socket, "TCP_CORK", 3)
 MSG_DONTWAIT = socket.MSG_DONTWAIT
 MSG_MORE = getattr(socket, "MSG_MORE", 0x8000)

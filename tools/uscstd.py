@@ -322,6 +322,7 @@ def register_iscsi_sysfs() -> None:
     from iscsi_scst.iscsi import iscsi_template
     from iscsi_scst.target import (iscsi_add_portal, iscsi_del_portal, iscsi_target_add,
                                    iscsi_target_del, portal_list, target_list)
+    from iscsi_scst.nagle import iscsi_nagle_sess_attrs, iscsi_nagle_tgt_attrs
     from iscsi_scst.usr.chap import chap_credentials_from_attrs
     from iscsi_scst.usr.param import iscsi_tgt_params
     from kshim.err import EEXIST, EINVAL, ENOENT
@@ -483,6 +484,7 @@ def register_iscsi_sysfs() -> None:
     tgt_owner = lambda kobj: kobj.private.tgt_name   # noqa: E731
     tgt_attrs = [__ATTR_RW(n, key_show, key_store) for n in _ISCSI_TGT_KEYS]
     tgt_attrs += [__ATTR_RO("tid", lambda k, a: f"{itgt(k.private).tid}\n")]
+    tgt_attrs += iscsi_nagle_tgt_attrs()
     tgt_attrs += [__ATTR_RO(n, multi_show(tgt_owner))
                   for n in ("IncomingUser", "OutgoingUser", "allowed_portal")]
     tgtt_attrs = [__ATTR_RW("enabled", lambda k, a: scst_attr_show_key(
@@ -494,6 +496,7 @@ def register_iscsi_sysfs() -> None:
         add_target=add_target, del_target=del_target, enable_target=enable_target,
         is_target_enabled=lambda tgt: itgt(tgt).enabled,
         tgtt_attrs=tuple(tgtt_attrs), tgt_attrs=tuple(tgt_attrs),
+        sess_attrs=iscsi_nagle_sess_attrs(),
         tgtt_optional_attributes=("IncomingUser", "OutgoingUser", "portal"),
         tgt_optional_attributes=("IncomingUser", "OutgoingUser", "allowed_portal"),
         add_attribute=lambda n, v: add_attr(None, n, v),
