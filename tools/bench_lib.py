@@ -657,7 +657,8 @@ class UscstdServer(Server):
 
 
 def uscstd_config(iqn: str, backing: Path) -> str:
-    """scst.conf for the bench: USCST_LUNS on one backing file."""
+    """scst.conf for the bench: USCST_LUNS on one backing file; a command
+    window of 128 as tgtd's (QD 64 and 128 rows need it)."""
     return f"""HANDLER vdisk_fileio {{
 \tDEVICE wb {{
 \t\tfilename {backing}
@@ -678,6 +679,7 @@ TARGET_DRIVER iscsi {{
 \tenabled 1
 \tTARGET {iqn} {{
 \t\tenabled 1
+\t\tQueuedCommands 128
 \t\tLUN {USCST_LUNS['wb']} wb
 \t\tLUN {USCST_LUNS['wt']} wt
 \t\tLUN {USCST_LUNS['bio']} bio
