@@ -27,7 +27,7 @@ from types import FrameType
 
 import attrs
 
-from kshim import host
+from kshim.host import ops
 from kshim.printk import KERN_EMERG, KERN_ERR, KERN_WARNING, printk
 
 
@@ -61,7 +61,7 @@ def getframe(depth: int = 0) -> FrameType | None:
     sys._getframe(depth) would give the caller. Frame introspection for the
     debugging aids; kshim reaches sys only through kshim.host."""
     try:
-        return host.getframe(depth + 1)
+        return ops.getframe(depth + 1)
     except ValueError:
         return None
 

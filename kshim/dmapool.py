@@ -9,7 +9,7 @@ the host without blocking, so no GFP flag makes them sleep.
 Differs from the kernel: the "device" is the host kernel's direct I/O
 (O_DIRECT files), which wants buffers at host addresses aligned to the
 backing store's block size. page_alloc's pages are bytearrays at whatever
-address malloc chose; a block here is memory from kshim.host.alloc_aligned
+address malloc chose; a block here is memory from kshim.host.ops.alloc_aligned
 (an anonymous mmap), aligned to the host page. Each block is its own host
 allocation of the block size rounded up to PAGE_SIZE (the kernel carves
 small blocks out of shared pages), so `align` may be at most PAGE_SIZE and
@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import attrs
 
-from kshim import host, page_alloc
+from kshim import page_alloc
 from kshim.bug import format_entries, report_bug, stack_capture
+from kshim.host import ops
 from kshim.page_alloc import PAGE_ALIGN, PAGE_SHIFT, PAGE_SIZE
 
 
@@ -78,7 +79,7 @@ def dma_pool_alloc(pool: dma_pool, gfp: int) -> memoryview | None:
         if page_alloc.nr_pages_allocated + pages > page_alloc.totalram_pages_limit:
             pool.nr_failures += 1
             return None
-        mem = host.alloc_aligned(pool.size)
+        mem = ops.alloc_aligned(pool.size)
         if isinstance(mem, int):
             pool.nr_failures += 1
             return None
@@ -100,7 +101,7 @@ def dma_pool_free(pool: dma_pool, vaddr: memoryview) -> None:
 
 
 def _release(pool: dma_pool, vaddr: memoryview) -> None:
-    if host.free_aligned(vaddr) != 0:
+    if ops.free_aligned(vaddr) != 0:
         report_bug(f"dma_pool_destroy {pool.name}: a block is still mapped by another view",
                    size=pool.size)
     page_alloc.nr_pages_allocated -= pool.allocation >> PAGE_SHIFT

@@ -13,8 +13,11 @@ ki_complete runs later in softirq context. i_size_read from any context.
 Differs from the kernel: the page cache is the host's. A read first tries
 preadv(RWF_NOWAIT) inline, which succeeds when the host's page cache holds
 the data; otherwise, and for every write, fsync and fallocate, the call goes
-to the engine (io_uring, or its worker pool) and the task sleeps on a
-completion until it returns (the host thread never blocks). Errors are negative errno values.
+to the engine (the trio engine's io_uring, or its worker pool) and the task
+sleeps on a completion until it returns (the host thread never blocks).
+Errors are negative errno values. Every host call goes through the host-ops table (kshim.host.ops): under the
+sim engine the "host" is an in-memory disk or a real file whose pool calls
+complete in virtual time, in a seeded order.
 A file opened O_DIRECT is O_DIRECT on the host: its buffers, offsets and
 lengths must meet the alignment vfs_getattr(STATX_DIOALIGN) reports, which
 page_alloc's pages do not (kshim.dmapool's blocks do). vfs_getattr takes
@@ -24,9 +27,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from kshim import engine, host
+from kshim import host
 from kshim.completion import complete, completion, wait_for_completion
 from kshim.err import EAGAIN, EBADF, EOPNOTSUPP
+from kshim.host import io_job, ops
 from kshim.sched import might_sleep
 
 O_RDONLY = host.O_RDONLY
@@ -72,7 +76,7 @@ class file:
         self.f_flags = flags
         self.f_path = path
         self.f_inode = inode(size)
-        self.nowait_read = bool(host.RWF_NOWAIT) and not flags & O_DIRECT
+        self.nowait_read = ops.rwf_nowait and not flags & O_DIRECT
         # IOCB_DSYNC writes share flushes (as jbd2 batches commits): one
         # fdatasync runs at a time; writes finished meanwhile wait together
         # for the next one. Touched only on the CPU thread, in softirq.
@@ -83,12 +87,12 @@ class file:
 def filp_open(path: str, flags: int, mode: int = 0o600) -> "file | int":
     """Open path; return the file or -errno."""
     might_sleep()
-    fd = _pool_call(host.file_open, path, flags, mode)
+    fd = _pool_call(ops.file_open, path, flags, mode)
     if fd < 0:
         return fd
-    size = host.file_size(fd)
+    size = ops.file_size(fd)
     if size < 0:
-        host.file_close(fd)
+        ops.file_close(fd)
         return size
     return file(fd, flags, path, size)
 
@@ -97,7 +101,7 @@ def filp_close(f: file) -> int:
     if f.fd < 0:
         return -EBADF
     fd, f.fd = f.fd, -1
-    return host.file_close(fd)
+    return ops.file_close(fd)
 
 
 class kstat:
@@ -114,7 +118,7 @@ def vfs_getattr(f: file, stat: kstat, request_mask: int) -> int:
     """Fill stat for the open file: 0 or -errno. Only STATX_DIOALIGN is
     answered; stat.result_mask lacks it when the host kernel does not say
     (before Linux 6.1)."""
-    r = host.file_dio_align(f.fd)
+    r = ops.file_dio_align(f.fd)
     if isinstance(r, int):
         return r
     stat.result_mask = r[0] & request_mask & STATX_DIOALIGN
@@ -134,15 +138,15 @@ def i_size_write(ino: inode, size: int) -> None:
     ino.i_size = size
 
 
-def _io_complete(job: engine.io_job) -> None:
+def _io_complete(job: io_job) -> None:
     complete(job.private)
 
 
 def _pool_call(fn: Callable[..., int], *args: Any) -> int:
     """Run a blocking host call on the pool; sleep until it is done."""
     done = completion("vfs io")
-    job = engine.io_job(fn, args, _io_complete, done)
-    engine.io_submit(job)
+    job = io_job(fn, args, _io_complete, done)
+    ops.io_submit(job)
     wait_for_completion(done)
     return job.result
 
@@ -163,12 +167,12 @@ class kiocb:
         self.ki_res = 0                 # bytes written, kept while a flush runs
 
 
-def _iocb_read_done(job: engine.io_job) -> None:
+def _iocb_read_done(job: io_job) -> None:
     iocb: kiocb = job.private
     iocb.ki_complete(iocb, job.result)
 
 
-def _iocb_write_done(job: engine.io_job) -> None:
+def _iocb_write_done(job: io_job) -> None:
     iocb: kiocb = job.private
     n = job.result
     f = iocb.ki_filp
@@ -189,11 +193,11 @@ def _group_flush_start(f: file) -> None:
     f.flush_busy = True
     stats["fsync"] += 1
     stats["group_flushes"] += 1
-    engine.io_submit(engine.io_job(host.file_fsync, (f.fd, True), _group_flush_done,
+    ops.io_submit(io_job(ops.file_fsync, (f.fd, True), _group_flush_done,
                                    (f, batch)))
 
 
-def _group_flush_done(job: engine.io_job) -> None:
+def _group_flush_done(job: io_job) -> None:
     f, batch = job.private
     f.flush_busy = False
     if f.flush_next:
@@ -207,7 +211,7 @@ def vfs_iocb_iter_read(f: file, iocb: kiocb, iov: list) -> int:
     """Start reading into the buffers at iocb.ki_pos: -EIOCBQUEUED (the
     buffers belong to the I/O until ki_complete runs). Never sleeps."""
     stats["aio_reads"] += 1
-    engine.io_submit(engine.io_job(host.file_preadv, (f.fd, iov, iocb.ki_pos), _iocb_read_done,
+    ops.io_submit(io_job(ops.file_preadv, (f.fd, iov, iocb.ki_pos), _iocb_read_done,
                                    iocb))
     return -EIOCBQUEUED
 
@@ -218,7 +222,7 @@ def vfs_iocb_iter_write(f: file, iocb: kiocb, iov: list) -> int:
     write finished (shared with the file's other DSYNC writes, as
     generic_write_sync after a journalled commit). Never sleeps."""
     stats["aio_writes"] += 1
-    engine.io_submit(engine.io_job(host.file_pwritev, (f.fd, iov, iocb.ki_pos),
+    ops.io_submit(io_job(ops.file_pwritev, (f.fd, iov, iocb.ki_pos),
                                    _iocb_write_done, iocb))
     return -EIOCBQUEUED
 
@@ -230,7 +234,7 @@ def vfs_readv(f: file, iov: list, pos: int) -> int:
     want = host.iov_len(iov)
     got = 0
     if f.nowait_read:
-        n = host.file_preadv_nowait(f.fd, iov, pos)
+        n = ops.file_preadv_nowait(f.fd, iov, pos)
         if n == want or (n >= 0 and pos + n >= f.f_inode.i_size):
             stats["read_nowait_hits"] += 1
             return n
@@ -242,7 +246,7 @@ def vfs_readv(f: file, iov: list, pos: int) -> int:
         elif n != -EAGAIN:
             return n
     stats["read_pool"] += 1
-    n = _pool_call(host.file_preadv, f.fd, iov, pos + got)
+    n = _pool_call(ops.file_preadv, f.fd, iov, pos + got)
     if n < 0:
         return got or n
     return got + n
@@ -254,7 +258,7 @@ def vfs_readv_nowait(f: file, iov: list, pos: int) -> int:
     if not f.nowait_read:
         return -EAGAIN
     want = len(iov[0]) if len(iov) == 1 else host.iov_len(iov)
-    n = host.file_preadv_nowait(f.fd, iov, pos)
+    n = ops.file_preadv_nowait(f.fd, iov, pos)
     if n == want or (n >= 0 and pos + n >= f.f_inode.i_size):
         stats["read_nowait_hits"] += 1
         return n
@@ -265,7 +269,7 @@ def vfs_writev(f: file, iov: list, pos: int) -> int:
     """Write the buffers at pos: bytes written or -errno."""
     might_sleep()
     stats["write_pool"] += 1
-    n = _pool_call(host.file_pwritev, f.fd, iov, pos)
+    n = _pool_call(ops.file_pwritev, f.fd, iov, pos)
     if n > 0 and pos + n > f.f_inode.i_size:
         f.f_inode.i_size = pos + n
     return n
@@ -274,7 +278,7 @@ def vfs_writev(f: file, iov: list, pos: int) -> int:
 def vfs_fsync_range(f: file, start: int, end: int, datasync: bool) -> int:
     might_sleep()
     stats["fsync"] += 1
-    return _pool_call(host.file_fsync, f.fd, datasync)
+    return _pool_call(ops.file_fsync, f.fd, datasync)
 
 
 def vfs_fsync(f: file, datasync: bool) -> int:
@@ -283,7 +287,7 @@ def vfs_fsync(f: file, datasync: bool) -> int:
 
 def vfs_fallocate(f: file, mode: int, offset: int, length: int) -> int:
     might_sleep()
-    ret = _pool_call(host.file_fallocate, f.fd, mode, offset, length)
+    ret = _pool_call(ops.file_fallocate, f.fd, mode, offset, length)
     if ret == 0 and not mode & FALLOC_FL_KEEP_SIZE and offset + length > f.f_inode.i_size:
         f.f_inode.i_size = offset + length
     return ret
@@ -291,7 +295,7 @@ def vfs_fallocate(f: file, mode: int, offset: int, length: int) -> int:
 
 def vfs_truncate(f: file, size: int) -> int:
     might_sleep()
-    ret = _pool_call(host.file_truncate, f.fd, size)
+    ret = _pool_call(ops.file_truncate, f.fd, size)
     if ret == 0:
         f.f_inode.i_size = size
     return ret
@@ -299,12 +303,12 @@ def vfs_truncate(f: file, size: int) -> int:
 
 def vfs_llseek(f: file, offset: int, whence: int) -> int:
     """SEEK_SET/SEEK_DATA/SEEK_HOLE; -ENXIO past the last data."""
-    return host.file_lseek(f.fd, offset, whence)
+    return ops.file_lseek(f.fd, offset, whence)
 
 
 def vfs_getsize(f: file) -> int:
     """Re-read the size from the host (after the file changed underneath)."""
-    size = host.file_size(f.fd)
+    size = ops.file_size(f.fd)
     if size >= 0:
         f.f_inode.i_size = size
     return size

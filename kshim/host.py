@@ -1,194 +1,236 @@
-"""Host operations: the only place, with kshim.engine, that touches the host OS.
+"""The host-operations table: everything below the emulated kernel, in one place.
 
-Twin of nothing in the kernel: this is the "hardware" below the emulated
-kernel, like LKL's host-ops table. Every call here is a thin, non-blocking
-system call that returns a value or a negative errno and never raises for an
-expected outcome; blocking work is handed to the worker pool.
+Twin of nothing in the kernel; the shape is LKL's `struct lkl_host_operations`
+(tools/lkl/include/lkl_host.h): one typed table of what the kernel needs
+from whatever it runs on, filled by the engine at boot. kshim modules reach
+the host ONLY through `ops`; no kshim module outside the engine modules
+imports a host module (tests/boundary/test_layers.py enforces it).
 
-Contexts: called by kshim modules from any context; none of these calls
-sleeps (the worker pool runs on host threads and reports back through
-kshim.engine).
+The table (host_operations, one instance `ops` for the life of the process):
 
-Differs: nothing to differ from; this is the boundary itself.
+- clock: monotonic_ns, monotonic, time_ns, thread_time_ns
+- console and debugging: console_write, getframe, getpid
+- randomness: random_bytes (get_random_bytes), prandom_u32 (prandom_u32)
+- aligned memory: alloc_aligned, free_aligned
+- files: file_open, file_close, file_size, file_truncate, file_preadv_nowait,
+  file_preadv, file_pwritev, file_fsync, file_fallocate, file_lseek,
+  file_dio_align, rwf_nowait; the I/O pool: io_submit(io_job)
+- sockets: sock_new, sock_bind, sock_listen, sock_accept, sock_connect,
+  sock_setsockopt, sock_getsockopt, sock_name, sock_error, sock_shutdown,
+  sock_recv_into, sock_recvmsg_into, sock_sendmsg; readiness arming:
+  sock_attach, sock_arm_rx, sock_arm_tx, sock_detach (also closes)
+- timers: timer_kick(expires) (the earliest kshim.timer expiry moved earlier)
+- signals and life cycle: request_shutdown
+
+Filled by: kshim.engine_posix at import (the real host, so that code running
+before any boot, printk included, has a clock and a console), then by each
+engine at boot: kshim.engine_trio (real host + trio readiness) or
+kshim.engine_sim (virtual clock, in-memory sockets and disks, one seeded
+PRNG). set_ops() copies a whole table into `ops` and resets the clock bases
+(on_clock_base hooks: jiffies, printk), so time restarts at 0 at each boot.
+
+Contexts: every operation is callable from any context on the CPU thread and
+none sleeps; blocking file work goes through io_submit, whose completion
+runs in softirq context. Operations return a value or a negative errno and
+never raise for an expected host outcome.
+
+Hot path: kshim modules bind `ops` once at import (`from kshim.host import
+ops`); a call is then one global and one slot lookup, as the plain module
+function it replaced. The object never changes; set_ops() refills it.
+
+Constants: the Linux ABI values of the flags kshim passes down (open flags,
+socket options, MSG_*). Both engines interpret them; engine_posix checks at
+import that the host agrees.
 """
 from __future__ import annotations
 
-import ctypes
-import errno as _errno
-import mmap
-import os
-import queue
-import socket
-import sys
-import threading
-import time
 from typing import Any, Callable
 
-RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+# -- Linux ABI constants -------------------------------------------------------
 
-O_RDONLY = os.O_RDONLY
-O_WRONLY = os.O_WRONLY
-O_RDWR = os.O_RDWR
-O_CREAT = os.O_CREAT
-O_EXCL = os.O_EXCL
-O_TRUNC = os.O_TRUNC
-O_DSYNC = os.O_DSYNC
-O_SYNC = os.O_SYNC
-O_DIRECT = getattr(os, "O_DIRECT", 0)
-O_LARGEFILE = getattr(os, "O_LARGEFILE", 0)
-O_CLOEXEC = os.O_CLOEXEC
+O_RDONLY = 0o0
+O_WRONLY = 0o1
+O_RDWR = 0o2
+O_CREAT = 0o100
+O_EXCL = 0o200
+O_TRUNC = 0o1000
+O_DSYNC = 0o10000
+O_DIRECT = 0o40000
+O_LARGEFILE = 0o100000
+O_CLOEXEC = 0o2000000
+O_SYNC = 0o4010000
 
-AF_INET = socket.AF_INET
-AF_INET6 = socket.AF_INET6
-AF_UNIX = socket.AF_UNIX
-SOCK_STREAM = socket.SOCK_STREAM
-IPPROTO_TCP = socket.IPPROTO_TCP
-SOL_SOCKET = socket.SOL_SOCKET
-SO_REUSEADDR = socket.SO_REUSEADDR
-SO_SNDBUF = socket.SO_SNDBUF
-SO_RCVBUF = socket.SO_RCVBUF
-SO_KEEPALIVE = socket.SO_KEEPALIVE
-TCP_NODELAY = socket.TCP_NODELAY
-TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
-TCP_CORK = getattr(socket, "TCP_CORK", 3)
-MSG_DONTWAIT = socket.MSG_DONTWAIT
-MSG_MORE = getattr(socket, "MSG_MORE", 0x8000)
-MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0x4000)
-MSG_PEEK = socket.MSG_PEEK
-MSG_WAITALL = socket.MSG_WAITALL
-SHUT_RD = socket.SHUT_RD
-SHUT_WR = socket.SHUT_WR
-SHUT_RDWR = socket.SHUT_RDWR
+AF_UNIX = 1
+AF_INET = 2
+AF_INET6 = 10
+SOCK_STREAM = 1
+IPPROTO_TCP = 6
+SOL_SOCKET = 1
+SO_REUSEADDR = 2
+SO_ERROR = 4
+SO_SNDBUF = 7
+SO_RCVBUF = 8
+SO_KEEPALIVE = 9
+TCP_NODELAY = 1
+TCP_CORK = 3
+TCP_QUICKACK = 12
+MSG_PEEK = 0x2
+MSG_DONTWAIT = 0x40
+MSG_WAITALL = 0x100
+MSG_NOSIGNAL = 0x4000
+MSG_MORE = 0x8000
+SHUT_RD = 0
+SHUT_WR = 1
+SHUT_RDWR = 2
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
-SEEK_SET = os.SEEK_SET
-SEEK_DATA = getattr(os, "SEEK_DATA", 3)
-SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
+SEEK_SET = 0
+SEEK_CUR = 1
+SEEK_END = 2
+SEEK_DATA = 3
+SEEK_HOLE = 4
 STATX_DIOALIGN = 0x2000
-_AT_EMPTY_PATH = 0x1000
-# struct statx (include/uapi/linux/stat.h): size, and where stx_mask,
-# stx_dio_mem_align and stx_dio_offset_align sit
-_STATX_SIZE = 256
-_STX_MASK = 0
-_STX_DIO_MEM_ALIGN = 0x98
-_STX_DIO_OFFSET_ALIGN = 0x9C
 
 
-def _neg(e: OSError) -> int:
-    return -(e.errno or _errno.EIO)
+# -- the table ------------------------------------------------------------------
+
+class io_job:
+    """One blocking host call for the I/O pool: fn(*args) runs off the CPU
+    (a host thread, or later in virtual time under the sim), .result gets its
+    return value, then complete(job) runs in softirq context, like a bio's
+    end_io. private is the submitter's (a completion, a kiocb)."""
+
+    __slots__ = ("fn", "args", "result", "complete", "private")
+
+    def __init__(self, fn: Callable[..., int], args: tuple, complete: Callable[["io_job"], None],
+                 private: Any = None) -> None:
+        self.fn = fn
+        self.args = args
+        self.result = 0
+        self.complete = complete
+        self.private = private
 
 
-# -- clock ------------------------------------------------------------------
+class host_operations:
+    """The typed host-ops table. A socket handle (`hs`) and a file descriptor
+    are opaque to kshim: only the engine that made them looks inside. `sk`
+    arguments are kshim.net.sock objects; an engine keeps its own per-socket
+    state in sk.engine_priv and flips sk.rx_armed/sk.tx_armed off when it
+    delivers sk_data_ready/sk_write_space."""
 
-monotonic = time.monotonic
-monotonic_ns = time.monotonic_ns
-time_ns = time.time_ns
-thread_time_ns = time.thread_time_ns
+    __slots__ = (
+        "monotonic_ns", "monotonic", "time_ns", "thread_time_ns",
+        "console_write", "getframe", "getpid",
+        "random_bytes", "prandom_u32",
+        "alloc_aligned", "free_aligned",
+        "file_open", "file_close", "file_size", "file_truncate", "file_preadv_nowait",
+        "file_preadv", "file_pwritev", "file_fsync", "file_fallocate", "file_lseek",
+        "file_dio_align", "rwf_nowait", "io_submit",
+        "sock_new", "sock_bind", "sock_listen", "sock_accept", "sock_connect",
+        "sock_setsockopt", "sock_getsockopt", "sock_name", "sock_error", "sock_shutdown",
+        "sock_recv_into", "sock_recvmsg_into", "sock_sendmsg",
+        "sock_attach", "sock_arm_rx", "sock_arm_tx", "sock_detach",
+        "timer_kick", "request_shutdown",
+    )
 
-
-# -- console ----------------------------------------------------------------
-
-def console_write(text: str) -> None:
-    try:
-        sys.stderr.write(text)
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
-
-
-# Frame access for the debugging aids' call-site capture (cheaper than inspect).
-getframe = sys._getframe
-
-
-def getpid() -> int:
-    return os.getpid()
-
-
-def random_bytes(n: int) -> bytes:
-    """n bytes from the host's CSPRNG."""
-    return os.urandom(n)
-
-
-# -- files ------------------------------------------------------------------
-
-def file_open(path: str, flags: int, mode: int) -> int:
-    """Return an fd or -errno."""
-    try:
-        return os.open(path, flags | O_CLOEXEC, mode)
-    except OSError as e:
-        return _neg(e)
-
-
-def file_close(fd: int) -> int:
-    try:
-        os.close(fd)
-        return 0
-    except OSError as e:
-        return _neg(e)
-
-
-def file_size(fd: int) -> int:
-    try:
-        st = os.fstat(fd)
-    except OSError as e:
-        return _neg(e)
-    if st.st_size == 0 and not os.path.isfile(f"/proc/self/fd/{fd}"):
-        # A block device: its size comes from seeking to the end.
-        try:
-            return os.lseek(fd, 0, os.SEEK_END)
-        except OSError as e:
-            return _neg(e)
-    return st.st_size
-
-
-def file_truncate(fd: int, size: int) -> int:
-    try:
-        os.ftruncate(fd, size)
-        return 0
-    except OSError as e:
-        return _neg(e)
-
-
-def file_preadv_nowait(fd: int, iov: list, pos: int) -> int:
-    """Read only what the page cache holds; -EAGAIN if it would block."""
-    try:
-        return os.preadv(fd, iov, pos, RWF_NOWAIT)
-    except OSError as e:
-        return _neg(e)
-
-
-def _all_iov(op: Callable[[int, list, int], int], fd: int, iov: list, pos: int,
-             eof_ok: bool) -> int:
-    """Repeat a blocking preadv/pwritev until every byte is done: bytes done,
-    fewer at end of file for reads, or -errno."""
-    try:
-        total = 0
-        want = iov_len(iov)
-        while total < want:
-            n = op(fd, iov, pos + total)
-            if n <= 0:
-                if eof_ok or total:
-                    break
-                return -_errno.EIO
-            total += n
-            if total < want:
-                iov = iov_advance(iov, n)
-        return total
-    except OSError as e:
-        return _neg(e)
+    # clock: ns/seconds of a monotonic clock, wall ns since the epoch, CPU ns
+    monotonic_ns: Callable[[], int]
+    monotonic: Callable[[], float]
+    time_ns: Callable[[], int]
+    thread_time_ns: Callable[[], int]
+    # console and debugging aids
+    console_write: Callable[[str], None]
+    getframe: Callable[[int], Any]             # sys._getframe(depth) or None
+    getpid: Callable[[], int]
+    # randomness: crypto-grade bytes; a fast pseudo-random u32 (seeded under the sim)
+    random_bytes: Callable[[int], bytes]
+    prandom_u32: Callable[[], int]
+    # aligned memory: a zeroed, page-aligned writable memoryview or -ENOMEM;
+    # free: 0, or -EBUSY while another view of it lives
+    alloc_aligned: Callable[[int], "memoryview | int"]
+    free_aligned: Callable[[memoryview], int]
+    # files: fds and -errno; preadv/pwritev/fsync/fallocate/open may block,
+    # so kshim runs them through io_submit; the rest never block
+    file_open: Callable[[str, int, int], int]
+    file_close: Callable[[int], int]
+    file_size: Callable[[int], int]
+    file_truncate: Callable[[int, int], int]
+    file_preadv_nowait: Callable[[int, list, int], int]
+    file_preadv: Callable[[int, list, int], int]
+    file_pwritev: Callable[[int, list, int], int]
+    file_fsync: Callable[[int, bool], int]
+    file_fallocate: Callable[[int, int, int, int], int]
+    file_lseek: Callable[[int, int, int], int]
+    file_dio_align: Callable[[int], "tuple[int, int, int] | int"]
+    rwf_nowait: bool                           # file_preadv_nowait can succeed at all
+    io_submit: Callable[[io_job], None]
+    # sockets: non-blocking; bytes or -errno (-EAGAIN when it would block)
+    sock_new: Callable[[int, int, int], Any]
+    sock_bind: Callable[[Any, tuple], int]
+    sock_listen: Callable[[Any, int], int]
+    sock_accept: Callable[[Any], "tuple[Any, tuple] | int"]
+    sock_connect: Callable[[Any, tuple], int]
+    sock_setsockopt: Callable[[Any, int, int, int], int]
+    sock_getsockopt: Callable[[Any, int, int], int]
+    sock_name: Callable[[Any, bool], "tuple | int"]
+    sock_error: Callable[[Any], int]
+    sock_shutdown: Callable[[Any, int], int]
+    sock_recv_into: Callable[[Any, Any, int], int]
+    sock_recvmsg_into: Callable[[Any, list, int], int]
+    sock_sendmsg: Callable[[Any, list, int], int]
+    # readiness: attach starts watching sk (rx armed); arm_* asks for one
+    # sk_data_ready / sk_write_space; detach stops watching and closes sk.host
+    sock_attach: Callable[[Any], None]
+    sock_arm_rx: Callable[[Any], None]
+    sock_arm_tx: Callable[[Any], None]
+    sock_detach: Callable[[Any], None]
+    # timers: the earliest pending expiry (jiffies) became earlier
+    timer_kick: Callable[[int], None]
+    # signals and life cycle: begin an orderly stop (any context)
+    request_shutdown: Callable[[], None]
 
 
-def file_preadv(fd: int, iov: list, pos: int) -> int:
-    """Blocking read: for pool threads only."""
-    return _all_iov(os.preadv, fd, iov, pos, True)
+def missing_ops(table: host_operations) -> list[str]:
+    """Names of the operations table leaves unset."""
+    return [n for n in host_operations.__slots__ if not hasattr(table, n)]
 
 
-def file_pwritev(fd: int, iov: list, pos: int) -> int:
-    """Blocking write: for pool threads only."""
-    return _all_iov(os.pwritev, fd, iov, pos, False)
+ops = host_operations()
+_clock_base_hooks: list[Callable[[], None]] = []
 
+
+def on_clock_base(hook: Callable[[], None]) -> None:
+    """Call hook() whenever the table is (re)filled: clock users take their
+    time base there (jiffies and printk count from boot)."""
+    _clock_base_hooks.append(hook)
+
+
+def set_ops(table: host_operations, *, rebase: bool = True) -> None:
+    """Fill `ops` from a complete table (engines, at boot and at stop), then,
+    if rebase, reset the clock bases. Raise ValueError naming what the table
+    lacks."""
+    missing = missing_ops(table)
+    if missing:
+        raise ValueError(f"host_operations table lacks: {', '.join(missing)}")
+    for name in host_operations.__slots__:
+        setattr(ops, name, getattr(table, name))
+    if rebase:
+        for hook in _clock_base_hooks:
+            hook()
+
+
+def current_ops() -> host_operations:
+    """A copy of the table now in `ops` (to restore it later)."""
+    t = host_operations()
+    for name in host_operations.__slots__:
+        if hasattr(ops, name):
+            setattr(t, name, getattr(ops, name))
+    return t
+
+
+# -- buffer-list helpers (pure; shared by engines and kshim) ---------------------
 
 def iov_len(iov: list) -> int:
     """Total length of a list of buffers."""
@@ -208,239 +250,3 @@ def iov_advance(iov: list, n: int) -> list:
         out.append(memoryview(b)[n:] if n else b)
         n = 0
     return out
-
-
-def file_fsync(fd: int, datasync: bool) -> int:
-    try:
-        (os.fdatasync if datasync else os.fsync)(fd)
-        return 0
-    except OSError as e:
-        return _neg(e)
-
-
-def file_fallocate(fd: int, mode: int, offset: int, length: int) -> int:
-    try:
-        if mode == 0:
-            os.posix_fallocate(fd, offset, length)
-            return 0
-        return _fallocate_raw(fd, mode, offset, length)
-    except OSError as e:
-        return _neg(e)
-
-
-_libc: Any = None
-
-
-def _libc_get() -> Any:
-    global _libc
-    if _libc is None:
-        lib = ctypes.CDLL(None, use_errno=True)
-        lib.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-        _libc = lib
-    return _libc
-
-
-def _fallocate_raw(fd: int, mode: int, offset: int, length: int) -> int:
-    if _libc_get().fallocate(fd, mode, offset, length) != 0:
-        return -ctypes.get_errno()
-    return 0
-
-
-def file_lseek(fd: int, offset: int, whence: int) -> int:
-    try:
-        return os.lseek(fd, offset, whence)
-    except OSError as e:
-        return _neg(e)
-
-
-def file_dio_align(fd: int) -> "tuple[int, int, int] | int":
-    """statx(STATX_DIOALIGN) of an open file: (result mask, dio_mem_align,
-    dio_offset_align), the alignments are 0 when the mask lacks
-    STATX_DIOALIGN (kernels before 6.1, or no direct I/O); or -errno."""
-    statx = getattr(_libc_get(), "statx", None)
-    if statx is None:
-        return -_errno.ENOSYS
-    buf = ctypes.create_string_buffer(_STATX_SIZE)
-    if statx(fd, b"", _AT_EMPTY_PATH, STATX_DIOALIGN, buf) != 0:
-        return -ctypes.get_errno()
-    raw = buf.raw
-    mask = int.from_bytes(raw[_STX_MASK:_STX_MASK + 4], "little")
-    if not mask & STATX_DIOALIGN:
-        return mask, 0, 0
-    return (mask, int.from_bytes(raw[_STX_DIO_MEM_ALIGN:_STX_DIO_MEM_ALIGN + 4], "little"),
-            int.from_bytes(raw[_STX_DIO_OFFSET_ALIGN:_STX_DIO_OFFSET_ALIGN + 4], "little"))
-
-
-# -- aligned memory ---------------------------------------------------------
-
-def alloc_aligned(size: int) -> "memoryview | int":
-    """size bytes of zeroed anonymous memory at an address aligned to the
-    host page (an mmap), as a writable memoryview; or -ENOMEM."""
-    try:
-        return memoryview(mmap.mmap(-1, size))
-    except (OSError, ValueError, OverflowError):
-        return -_errno.ENOMEM
-
-
-def free_aligned(mv: memoryview) -> int:
-    """Give memory from alloc_aligned back to the host: 0, or -EBUSY while
-    another view of it is alive (it goes when that view does)."""
-    m = mv.obj
-    try:
-        mv.release()
-        m.close()
-    except BufferError:
-        return -_errno.EBUSY
-    return 0
-
-
-# -- sockets ----------------------------------------------------------------
-
-def sock_new(family: int, type_: int, proto: int) -> "socket.socket | int":
-    try:
-        s = socket.socket(family, type_, proto)
-    except OSError as e:
-        return _neg(e)
-    s.setblocking(False)
-    return s
-
-
-def sock_bind(s: socket.socket, addr: tuple) -> int:
-    try:
-        s.bind(addr)
-        return 0
-    except OSError as e:
-        return _neg(e)
-
-
-def sock_listen(s: socket.socket, backlog: int) -> int:
-    try:
-        s.listen(backlog)
-        return 0
-    except OSError as e:
-        return _neg(e)
-
-
-def sock_accept(s: socket.socket) -> "tuple[socket.socket, tuple] | int":
-    try:
-        ns, addr = s.accept()
-    except OSError as e:
-        return _neg(e)
-    ns.setblocking(False)
-    return ns, addr
-
-
-def sock_connect(s: socket.socket, addr: tuple) -> int:
-    err = s.connect_ex(addr)
-    return -err if err else 0
-
-
-def sock_setsockopt(s: socket.socket, level: int, opt: int, val: int) -> int:
-    try:
-        s.setsockopt(level, opt, val)
-        return 0
-    except OSError as e:
-        return _neg(e)
-
-
-def sock_getsockopt(s: socket.socket, level: int, opt: int) -> int:
-    try:
-        return s.getsockopt(level, opt)
-    except OSError as e:
-        return _neg(e)
-
-
-def sock_name(s: socket.socket, peer: bool) -> "tuple | int":
-    try:
-        return s.getpeername() if peer else s.getsockname()
-    except OSError as e:
-        return _neg(e)
-
-
-def sock_error(s: socket.socket) -> int:
-    return -s.getsockopt(SOL_SOCKET, socket.SO_ERROR)
-
-
-def sock_shutdown(s: socket.socket, how: int) -> int:
-    try:
-        s.shutdown(how)
-        return 0
-    except OSError as e:
-        return _neg(e)
-
-
-def sock_close(s: socket.socket) -> None:
-    try:
-        s.close()
-    except OSError:
-        pass
-
-
-def sock_fileno(s: socket.socket) -> int:
-    return s.fileno()
-
-
-# -- worker pool ------------------------------------------------------------
-
-class worker_pool:
-    """A few host threads that run blocking calls and report through `post`.
-
-    `post(job)` is called on the worker thread with the finished job; the
-    engine passes a function that hands it to the event loop.
-    """
-
-    def __init__(self, nthreads: int, post: Callable[[Any], None]) -> None:
-        self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._post = post
-        self._threads = [threading.Thread(target=self._run, name=f"kshim-io/{i}", daemon=True)
-                         for i in range(nthreads)]
-        for t in self._threads:
-            t.start()
-
-    def submit(self, job: Any) -> None:
-        """job has .fn, .args; .result is set before it is posted back."""
-        self._q.put(job)
-
-    def _run(self) -> None:
-        while True:
-            job = self._q.get()
-            if job is None:
-                return
-            try:
-                job.result = job.fn(*job.args)
-            except OSError as e:
-                job.result = _neg(e)
-            # Hold no buffer past the call (this thread keeps `job` until
-            # the next one): kshim.dmapool unmaps memory only when no view
-            # of it is left.
-            job.args = ()
-            self._post(job)
-
-    def stop(self) -> None:
-        for _ in self._threads:
-            self._q.put(None)
-        for t in self._threads:
-            t.join(timeout=5)
-
-
-def sock_recv_into(s: socket.socket, buf: "memoryview | bytearray", flags: int) -> int:
-    """Bytes received, 0 at end of stream, or -errno (-EAGAIN when empty)."""
-    try:
-        return s.recv_into(buf, 0, flags)
-    except OSError as e:
-        return _neg(e)
-
-
-def sock_recvmsg_into(s: socket.socket, bufs: list, flags: int) -> int:
-    try:
-        return s.recvmsg_into(bufs, 0, flags)[0]
-    except OSError as e:
-        return _neg(e)
-
-
-def sock_sendmsg(s: socket.socket, bufs: list, flags: int) -> int:
-    """Bytes sent (maybe fewer than offered) or -errno (-EAGAIN when full)."""
-    try:
-        return s.sendmsg(bufs, (), flags | MSG_DONTWAIT | MSG_NOSIGNAL)
-    except OSError as e:
-        return _neg(e)

@@ -20,8 +20,9 @@ Debug aids: this is one (hung_task_enabled, flipped by kshim.debug).
 """
 from __future__ import annotations
 
-from kshim import host, sched
+from kshim import sched
 from kshim.bug import frame_stack, report_bug
+from kshim.host import ops
 from kshim.jiffies import jiffies, msecs_to_jiffies
 from kshim.sched import TASK_NOLOAD, TASK_UNINTERRUPTIBLE, TASK_WAKEKILL
 from kshim.timer import del_timer, mod_timer, timer_list
@@ -37,12 +38,12 @@ checks = 0
 
 def check_hung_uninterruptible_tasks(timeout: float | None = None,
                                      now: float | None = None) -> list[sched.task_struct]:
-    """One pass of the detector; return the tasks reported now. `now` (host
-    monotonic seconds) may be given to check as if that time had come."""
+    """One pass of the detector; return the tasks reported now. `now` (ops.monotonic()
+    seconds) may be given to check as if that time had come."""
     global _warnings_left, checks
     checks += 1
     timeout = sysctl_hung_task_timeout_secs if timeout is None else timeout
-    now = host.monotonic() if now is None else now
+    now = ops.monotonic() if now is None else now
     found = []
     for t in list(sched.all_tasks.values()):
         st = t.state

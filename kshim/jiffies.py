@@ -6,8 +6,9 @@ and the getters of kernel/time/timekeeping.c.
 Contexts: any.
 
 Differs from the kernel: jiffies is a function, jiffies(), since Python has
-no variable that changes by itself; it is derived from the host's monotonic
-clock, so it never needs a tick. HZ is 1000. Python integers do not wrap,
+no variable that changes by itself; it is derived from the host-ops clock
+(kshim.host.ops: the host's monotonic clock under the trio engine, virtual
+time under the sim), counted from boot, so it never needs a tick. HZ is 1000. Python integers do not wrap,
 but time_after() and friends keep the kernel's shape for readers. ktime_t is
 a plain int of nanoseconds (as the kernel's s64); the boot-time clock is the
 monotonic one (nothing suspends).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import attrs
 
 from kshim import host
+from kshim.host import ops
 
 HZ = 1000
 USER_HZ = 100
@@ -27,12 +29,21 @@ NSEC_PER_MSEC = 1_000_000
 NSEC_PER_USEC = 1000
 USEC_PER_MSEC = 1000
 MAX_JIFFY_OFFSET = ((1 << 63) - 1) // 2 - 1
-_boot_ns = host.monotonic_ns()
 _NS_PER_JIFFY = NSEC_PER_SEC // HZ
+_boot_ns = 0          # ops.monotonic_ns() at boot: jiffies and ktime count from it
+
+
+def _clock_base() -> None:
+    global _boot_ns
+    _boot_ns = ops.monotonic_ns()
+
+
+host.on_clock_base(_clock_base)
+_clock_base()
 
 
 def jiffies() -> int:
-    return (host.monotonic_ns() - _boot_ns) // _NS_PER_JIFFY
+    return (ops.monotonic_ns() - _boot_ns) // _NS_PER_JIFFY
 
 
 def get_jiffies_64() -> int:
@@ -133,7 +144,7 @@ def round_jiffies_up(j: int) -> int:
 
 
 def jiffies_to_host_seconds(j: int) -> float:
-    """The host monotonic time at which jiffies() reaches j (engine use)."""
+    """The ops.monotonic() time at which jiffies() reaches j (engine use)."""
     return (_boot_ns + j * _NS_PER_JIFFY) / NSEC_PER_SEC
 
 
@@ -141,11 +152,11 @@ def jiffies_to_host_seconds(j: int) -> float:
 
 def ktime_get() -> int:
     """Monotonic nanoseconds since boot."""
-    return host.monotonic_ns() - _boot_ns
+    return ops.monotonic_ns() - _boot_ns
 
 
 def ktime_get_ns() -> int:
-    return host.monotonic_ns() - _boot_ns
+    return ops.monotonic_ns() - _boot_ns
 
 
 ktime_get_boottime = ktime_get
@@ -158,7 +169,7 @@ sched_clock = ktime_get_ns
 
 def ktime_get_real() -> int:
     """Wall-clock nanoseconds since the epoch."""
-    return host.time_ns()
+    return ops.time_ns()
 
 
 ktime_get_real_ns = ktime_get_real
@@ -169,7 +180,7 @@ def ktime_get_seconds() -> int:
 
 
 def ktime_get_real_seconds() -> int:
-    return host.time_ns() // NSEC_PER_SEC
+    return ops.time_ns() // NSEC_PER_SEC
 
 
 @attrs.frozen
@@ -191,7 +202,7 @@ def ktime_get_ts64() -> timespec64:
 
 
 def ktime_get_real_ts64() -> timespec64:
-    return ns_to_timespec64(host.time_ns())
+    return ns_to_timespec64(ops.time_ns())
 
 
 def ktime_set(secs: int, nsecs: int) -> int:

@@ -49,8 +49,9 @@ from typing import Any
 
 import attrs
 
-from kshim import host, sched
+from kshim import sched
 from kshim.bug import caller_site, format_entries, getframe, report_bug, stack_capture
+from kshim.host import ops
 
 debug_locks = True       # flipped by kshim.debug
 
@@ -194,7 +195,7 @@ class held_lock:
         self.cls = cls
         self.read = read
         self.trylock = trylock
-        self.acquire_ns = host.monotonic_ns()
+        self.acquire_ns = ops.monotonic_ns()
         self.site = site
 
     def __repr__(self) -> str:
@@ -320,7 +321,7 @@ def lock_release(lock: Any) -> None:
         h = held[i]
         if h.lock is lock:
             del held[i]
-            dt = host.monotonic_ns() - h.acquire_ns
+            dt = ops.monotonic_ns() - h.acquire_ns
             cls = h.cls
             cls.hold_ns += dt
             if dt > cls.hold_max:

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 from collections import deque
 
-from kshim import debugobjects, host, lockdep, sched
+from kshim import debugobjects, lockdep, sched
 from kshim.bug import KernelBug, report_bug
 from kshim.err import EINTR, ETIME
+from kshim.host import ops
 from kshim.lockdep import lock_acquire, lock_acquired, lock_contended, lock_release, lock_site
 from kshim.sched import (MAX_SCHEDULE_TIMEOUT, TASK_INTERRUPTIBLE, TASK_KILLABLE,
                          TASK_UNINTERRUPTIBLE, might_sleep, signal_pending_state)
@@ -89,7 +90,7 @@ def _mutex_slowpath(m: mutex, state: int, subclass: int) -> int:
     m.contended += 1
     if debug_mutexes:
         lock_contended(m)
-        t0 = host.monotonic_ns()
+        t0 = ops.monotonic_ns()
     m.waiters.append(me)
     while m.owner is not me:
         if signal_pending_state(state, me):
@@ -100,7 +101,7 @@ def _mutex_slowpath(m: mutex, state: int, subclass: int) -> int:
         me.state = state
         sched.schedule()
     if debug_mutexes:
-        lock_acquired(m, host.monotonic_ns() - t0)
+        lock_acquired(m, ops.monotonic_ns() - t0)
     return 0
 
 
@@ -304,7 +305,7 @@ def _rwsem_wait(sem: rw_semaphore, writer: bool, state: int) -> int:
     sem.waiters.append(w)
     if debug_mutexes:
         lock_contended(sem)
-        t0 = host.monotonic_ns()
+        t0 = ops.monotonic_ns()
     while not w[2]:
         if signal_pending_state(state, me):
             sem.waiters.remove(w)
@@ -313,7 +314,7 @@ def _rwsem_wait(sem: rw_semaphore, writer: bool, state: int) -> int:
         me.state = state
         sched.schedule()
     if debug_mutexes:
-        lock_acquired(sem, host.monotonic_ns() - t0)
+        lock_acquired(sem, ops.monotonic_ns() - t0)
     return 0
 
 

@@ -12,15 +12,18 @@ Differs from the kernel: the TCP stack is the host's. A sockaddr is a
 Python address tuple: (host, port) for AF_INET, (host, port, flowinfo,
 scope_id) or (host, port) for AF_INET6. kvecs are lists of buffers
 (memoryview, bytearray or bytes). sk_data_ready fires when data arrives after
-a receive found the socket empty (see kshim.engine); sk_state_change fires
-when a receive or send finds the peer gone.
+a receive found the socket empty (see kshim.engine_trio); sk_state_change fires
+when a receive or send finds the peer gone. Every host call goes through the
+host-ops table (kshim.host.ops), so the same code runs on real sockets
+(engine_trio) and on the simulation's in-memory ones (engine_sim).
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from kshim import engine, host
+from kshim import host
 from kshim.err import EAGAIN, EINPROGRESS, EINVAL, ENOTCONN, ERESTARTSYS
+from kshim.host import ops
 from kshim.softirq import raise_softirq
 from kshim.spinlock import rwlock_t
 from kshim.wait import wait_event_interruptible, wait_queue_head, wake_up_interruptible_all
@@ -78,11 +81,11 @@ class sock:
 
     __slots__ = ("host", "sk_family", "sk_state", "sk_err", "sk_user_data",
                  "sk_callback_lock", "sk_data_ready", "sk_write_space", "sk_state_change",
-                 "sk_wq", "sk_socket", "rx_armed", "tx_armed", "rx_lot", "tx_lot",
-                 "engine_cs", "sk_sndbuf", "sk_rcvbuf")
+                 "sk_wq", "sk_socket", "rx_armed", "tx_armed", "engine_priv",
+                 "sk_sndbuf", "sk_rcvbuf")
 
     def __init__(self, hs: Any, family: int) -> None:
-        self.host = hs
+        self.host = hs                      # the engine's socket handle: opaque
         self.sk_family = family
         self.sk_state = TCP_CLOSE
         self.sk_err = 0
@@ -93,11 +96,11 @@ class sock:
         self.sk_state_change: Callable[[sock], None] = sock_def_wakeup
         self.sk_wq = wait_queue_head("sk_wq")
         self.sk_socket: socket | None = None
+        # readiness wanted: set by the net code through ops.sock_arm_*,
+        # cleared by the engine when it delivers the callback
         self.rx_armed = False
         self.tx_armed = False
-        self.rx_lot: Any = None
-        self.tx_lot: Any = None
-        self.engine_cs: Any = None
+        self.engine_priv: Any = None        # the engine's own per-socket state: opaque
         self.sk_sndbuf = 0
         self.sk_rcvbuf = 0
 
@@ -116,7 +119,7 @@ class socket:
 
 
 def sock_create_kern(family: int, type_: int, protocol: int = 0) -> "socket | int":
-    hs = host.sock_new(family, type_, protocol)
+    hs = ops.sock_new(family, type_, protocol)
     if isinstance(hs, int):
         return hs
     return socket(sock(hs, family), type_)
@@ -135,16 +138,16 @@ def _state_change(sk: sock) -> None:
 def kernel_bind(sock_: socket, addr: tuple) -> int:
     if sock_.sk.host is None:
         return -EINVAL
-    host.sock_setsockopt(sock_.sk.host, SOL_SOCKET, SO_REUSEADDR, 1)
-    return host.sock_bind(sock_.sk.host, addr)
+    ops.sock_setsockopt(sock_.sk.host, SOL_SOCKET, SO_REUSEADDR, 1)
+    return ops.sock_bind(sock_.sk.host, addr)
 
 
 def kernel_listen(sock_: socket, backlog: int) -> int:
     sk = sock_.sk
-    ret = host.sock_listen(sk.host, backlog)
+    ret = ops.sock_listen(sk.host, backlog)
     if ret == 0:
         sk.sk_state = TCP_LISTEN
-        engine.sock_attach(sk)
+        ops.sock_attach(sk)
     return ret
 
 
@@ -155,12 +158,12 @@ def kernel_accept(sock_: socket, flags: int = O_NONBLOCK) -> "socket | int":
     while True:
         if sk.host is None:
             return -EINVAL
-        r = host.sock_accept(sk.host)
+        r = ops.sock_accept(sk.host)
         if not isinstance(r, int):
             break
         if r != -EAGAIN:
             return r
-        engine.sock_arm_rx(sk)
+        ops.sock_arm_rx(sk)
         if flags & O_NONBLOCK:
             return r
         if wait_event_interruptible(sk.sk_wq, lambda: not sk.rx_armed or sk.host is None) < 0:
@@ -169,25 +172,25 @@ def kernel_accept(sock_: socket, flags: int = O_NONBLOCK) -> "socket | int":
     new = socket(sock(hs, sk.sk_family), sock_.type)
     new.state = SS_CONNECTED
     new.sk.sk_state = TCP_ESTABLISHED
-    engine.sock_attach(new.sk)
+    ops.sock_attach(new.sk)
     return new
 
 
 def kernel_connect(sock_: socket, addr: tuple, flags: int = 0) -> int:
     sk = sock_.sk
-    ret = host.sock_connect(sk.host, addr)
+    ret = ops.sock_connect(sk.host, addr)
     if ret == -EINPROGRESS or ret == -EAGAIN:
-        engine.sock_attach(sk)
-        engine.sock_arm_tx(sk)
+        ops.sock_attach(sk)
+        ops.sock_arm_tx(sk)
         if flags & O_NONBLOCK:
             return -EINPROGRESS
         if wait_event_interruptible(sk.sk_wq, lambda: not sk.tx_armed) < 0:
             return -ERESTARTSYS
-        ret = host.sock_error(sk.host)
+        ret = ops.sock_error(sk.host)
     if ret == 0:
         sock_.state = SS_CONNECTED
         sk.sk_state = TCP_ESTABLISHED
-        engine.sock_attach(sk)
+        ops.sock_attach(sk)
     return ret
 
 
@@ -198,15 +201,15 @@ def kernel_sendmsg(sock_: socket, vec: list, flags: int = 0) -> int:
     sk = sock_.sk
     if sk.host is None:
         return -ENOTCONN
-    n = host.sock_sendmsg(sk.host, vec, flags)
+    n = ops.sock_sendmsg(sk.host, vec, flags)
     if n >= 0:
         if n < host.iov_len(vec):
-            engine.sock_arm_tx(sk)
+            ops.sock_arm_tx(sk)
             if not (flags & MSG_DONTWAIT or sock_.f_flags & O_NONBLOCK):
                 return _send_rest(sock_, vec, flags, n)
         return n
     if n == -EAGAIN:
-        engine.sock_arm_tx(sk)
+        ops.sock_arm_tx(sk)
         if not (flags & MSG_DONTWAIT or sock_.f_flags & O_NONBLOCK):
             return _send_rest(sock_, vec, flags, 0)
         return n
@@ -223,9 +226,9 @@ def _send_rest(sock_: socket, vec: list, flags: int, sent: int) -> int:
             return sent or -ERESTARTSYS
         if sk.host is None:
             return sent or -ENOTCONN
-        n = host.sock_sendmsg(sk.host, host.iov_advance(vec, sent), flags)
+        n = ops.sock_sendmsg(sk.host, host.iov_advance(vec, sent), flags)
         if n == -EAGAIN:
-            engine.sock_arm_tx(sk)
+            ops.sock_arm_tx(sk)
             continue
         if n < 0:
             sk.sk_err = -n
@@ -233,7 +236,7 @@ def _send_rest(sock_: socket, vec: list, flags: int, sent: int) -> int:
             return sent or n
         sent += n
         if sent < want:
-            engine.sock_arm_tx(sk)
+            ops.sock_arm_tx(sk)
     return sent
 
 
@@ -246,9 +249,9 @@ def kernel_recvmsg(sock_: socket, vec: list, size: int, flags: int = 0) -> int:
         if sk.host is None:
             return -ENOTCONN
         if len(vec) == 1:
-            n = host.sock_recv_into(sk.host, vec[0], flags & ~MSG_DONTWAIT)
+            n = ops.sock_recv_into(sk.host, vec[0], flags & ~MSG_DONTWAIT)
         else:
-            n = host.sock_recvmsg_into(sk.host, vec, flags & ~MSG_DONTWAIT)
+            n = ops.sock_recvmsg_into(sk.host, vec, flags & ~MSG_DONTWAIT)
         if n > 0:
             return n
         if n == 0:
@@ -259,7 +262,7 @@ def kernel_recvmsg(sock_: socket, vec: list, size: int, flags: int = 0) -> int:
             sk.sk_err = -n
             _set_state(sk, TCP_CLOSE)
             return n
-        engine.sock_arm_rx(sk)
+        ops.sock_arm_rx(sk)
         if flags & MSG_DONTWAIT or sock_.f_flags & O_NONBLOCK:
             return n
         if wait_event_interruptible(sk.sk_wq, lambda: not sk.rx_armed or sk.host is None) < 0:
@@ -267,42 +270,42 @@ def kernel_recvmsg(sock_: socket, vec: list, size: int, flags: int = 0) -> int:
 
 
 def kernel_setsockopt(sock_: socket, level: int, optname: int, val: int) -> int:
-    return host.sock_setsockopt(sock_.sk.host, level, optname, val)
+    return ops.sock_setsockopt(sock_.sk.host, level, optname, val)
 
 
 def kernel_getsockopt(sock_: socket, level: int, optname: int) -> int:
-    return host.sock_getsockopt(sock_.sk.host, level, optname)
+    return ops.sock_getsockopt(sock_.sk.host, level, optname)
 
 
 def tcp_sock_set_nodelay(sk: sock) -> None:
-    host.sock_setsockopt(sk.host, SOL_TCP, TCP_NODELAY, 1)
+    ops.sock_setsockopt(sk.host, SOL_TCP, TCP_NODELAY, 1)
 
 
 def tcp_sock_set_cork(sk: sock, on: bool) -> None:
-    host.sock_setsockopt(sk.host, SOL_TCP, TCP_CORK, 1 if on else 0)
+    ops.sock_setsockopt(sk.host, SOL_TCP, TCP_CORK, 1 if on else 0)
 
 
 def kernel_getpeername(sock_: socket) -> "tuple | int":
     if sock_.sk.host is None:
         return -ENOTCONN
-    return host.sock_name(sock_.sk.host, True)
+    return ops.sock_name(sock_.sk.host, True)
 
 
 def kernel_getsockname(sock_: socket) -> "tuple | int":
     if sock_.sk.host is None:
         return -ENOTCONN
-    return host.sock_name(sock_.sk.host, False)
+    return ops.sock_name(sock_.sk.host, False)
 
 
 def kernel_sock_shutdown(sock_: socket, how: int) -> int:
     if sock_.sk.host is None:
         return -ENOTCONN
     sock_.state = SS_DISCONNECTING
-    return host.sock_shutdown(sock_.sk.host, how)
+    return ops.sock_shutdown(sock_.sk.host, how)
 
 
 def sock_release(sock_: socket) -> None:
     sk = sock_.sk
     sk.sk_state = TCP_CLOSE
-    engine.sock_detach(sk)
+    ops.sock_detach(sk)
     wake_up_interruptible_all(sk.sk_wq)

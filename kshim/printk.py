@@ -21,6 +21,7 @@ from collections import deque
 from typing import Any
 
 from kshim import host
+from kshim.host import ops
 
 KERN_SOH = "\x01"
 KERN_EMERG = KERN_SOH + "0"
@@ -40,7 +41,16 @@ LEVEL_NAMES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "de
 # Messages below console_loglevel reach the console (as in the kernel).
 console_loglevel = 7
 log_buf: deque[tuple[float, int, str]] = deque(maxlen=4096)
-_boot = host.monotonic()
+_boot = 0.0             # ops.monotonic() at boot: timestamps count from it
+
+
+def _clock_base() -> None:
+    global _boot
+    _boot = ops.monotonic()
+
+
+host.on_clock_base(_clock_base)
+_clock_base()
 _once_sites: set = set()
 
 
@@ -63,12 +73,12 @@ def printk(msg: str) -> None:
             t, lvl, prev = log_buf[-1]
             log_buf[-1] = (t, lvl, prev + msg)
             if lvl < console_loglevel:
-                host.console_write(msg)
+                ops.console_write(msg)
             return
-    t = host.monotonic() - _boot
+    t = ops.monotonic() - _boot
     log_buf.append((t, level, msg))
     if level < console_loglevel:
-        host.console_write(f"[{t:12.6f}] {msg}\n")
+        ops.console_write(f"[{t:12.6f}] {msg}\n")
 
 
 def vprintk(level: str, msg: str) -> None:

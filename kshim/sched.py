@@ -41,8 +41,8 @@ from typing import Any, Callable
 import attrs
 import greenlet
 
-from kshim import host
 from kshim.bug import KernelBug, frame_stack, report_bug
+from kshim.host import ops
 from kshim.printk import KERN_EMERG, printk
 
 # The context counters live on one slotted object (cpu.preempt_count, ...),
@@ -112,7 +112,7 @@ class task_struct:
         self.cpu_ns = 0                   # host thread time (sched_clock_stats)
         self.run_ns = 0                   # wall time on the CPU (debug_sched)
         self.sleep_start = 0.0            # host time it last went to sleep (debug_sched)
-        self.start_time = host.monotonic()
+        self.start_time = ops.monotonic()
         self.last_switch_count = 0        # kshim.hung_task bookkeeping
         self.last_switch_time = 0.0
         self.hung_reported = -1
@@ -354,7 +354,7 @@ def _schedule_debug(prev: task_struct) -> None:
     if prev.held_locks and lockdep_schedule_hook is not None:
         lockdep_schedule_hook(prev)
     if debug_sched and prev.state != TASK_RUNNING:
-        prev.sleep_start = host.monotonic()
+        prev.sleep_start = ops.monotonic()
 
 
 def schedule() -> None:
@@ -392,13 +392,13 @@ def schedule_preempt_disabled() -> None:
 def touch_softlockup_watchdog() -> None:
     """Tell the soft-lockup check the current run is making progress."""
     if debug_sched:
-        cpu.run_start = host.monotonic_ns()
+        cpu.run_start = ops.monotonic_ns()
 
 
 def cond_resched() -> int:
     """Yield if anything else is runnable; return 1 if we did."""
     if debug_sched:
-        cpu.run_start = host.monotonic_ns()
+        cpu.run_start = ops.monotonic_ns()
     if _runqueue:
         cpu.curr.state = TASK_RUNNING
         schedule()
@@ -581,10 +581,10 @@ def run_queue() -> None:
 
 def _run_task_debug(c: cpu_state, t: task_struct) -> None:
     """Switch to t, timing the run: run time, CPU time, soft-lockup check."""
-    mono = host.monotonic_ns
+    mono = ops.monotonic_ns
     t0 = c.run_start = mono()
     if sched_clock_stats:
-        clock = host.thread_time_ns
+        clock = ops.thread_time_ns
         ct0 = clock()
         t.gr.switch()
         t.cpu_ns += clock() - ct0
@@ -623,7 +623,7 @@ def statistics() -> list[task_stats]:
 
 def top() -> str:
     """A `top`-like table of the live tasks, busiest first."""
-    now = host.monotonic()
+    now = ops.monotonic()
     rows = sorted(all_tasks.values(), key=lambda t: (t.cpu_ns or t.run_ns), reverse=True)
     lines = [f"{'PID':>6} {'COMM':<22} S {'CPU ms':>9} {'RUN ms':>9} {'SWITCH':>9} "
              f"{'YIELD':>7} {'WAKEUPS':>9} {'SLEEPING s':>10}"]

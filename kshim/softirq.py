@@ -33,8 +33,9 @@ from typing import Any, Callable
 
 import attrs
 
-from kshim import host, sched
+from kshim import sched
 from kshim.bug import report_bug
+from kshim.host import ops
 
 debug_softirq = True
 _pending: deque[tuple[Callable[[Any], None], Any]] = deque()
@@ -82,7 +83,7 @@ def _softirq_run_debug(fn: Callable[[Any], None], arg: Any) -> None:
     c.softirq_serving += 1
     prev_fn = c.softirq_fn
     c.softirq_fn = fn
-    clock = host.thread_time_ns if sched.sched_clock_stats else host.monotonic_ns
+    clock = ops.thread_time_ns if sched.sched_clock_stats else ops.monotonic_ns
     t0 = clock()
     try:
         fn(arg)

@@ -9,7 +9,7 @@ schedule_timeout and msleep from a task only.
 
 Differs from the kernel: pending timers sit in a heap ordered by expiry
 instead of a wheel; the engine is told the earliest expiry and calls
-run_timers() when it passes. Removal is lazy (stale heap entries are skipped),
+run_timers() when it passes (ops.timer_kick, kshim.host). Removal is lazy (stale heap entries are skipped),
 so del_timer and mod_timer stay O(log n). With one CPU a callback is never
 running while a task calls del_timer_sync, so that call only deletes.
 from_timer(timer) returns timer.data, the owner the caller stored there
@@ -33,6 +33,7 @@ import attrs
 
 from kshim import debugobjects, sched
 from kshim.bug import report_bug
+from kshim.host import ops
 from kshim.jiffies import jiffies, jiffies_to_msecs, msecs_to_jiffies, usecs_to_jiffies
 from kshim.sched import (MAX_SCHEDULE_TIMEOUT, TASK_IDLE, TASK_INTERRUPTIBLE, TASK_KILLABLE,
                          TASK_RUNNING, TASK_UNINTERRUPTIBLE)
@@ -67,7 +68,6 @@ _heap: list[tuple[int, int, timer_list]] = []
 _seq = 0
 _npending = 0
 _running: timer_list | None = None
-engine_kick: Callable[[int], None] | None = None   # set by the engine: earliest expiry changed
 _armed = 0
 _fired = 0
 
@@ -129,8 +129,8 @@ def mod_timer(timer: timer_list, expires: int) -> int:
     heapq.heappush(h, (expires, _seq, timer))
     if len(h) > 64 and len(h) > 4 * _npending:
         _compact()
-    if first and engine_kick is not None:
-        engine_kick(expires)
+    if first:
+        ops.timer_kick(expires)
     return 1 if was else 0
 
 

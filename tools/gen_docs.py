@@ -467,9 +467,7 @@ def record_traces() -> dict[str, str]:
         except Exception as e:       # reported below, the target still stops
             failure.append(f"{type(e).__name__}: {e}")
         finally:
-            token = engine._token
-            if token is not None:
-                token.run_sync_soon(engine.request_shutdown)
+            engine.request_shutdown_threadsafe()
 
     set_debug(True)
     th = threading.Thread(target=client, name="gen_docs-initiator", daemon=True)

@@ -27,7 +27,7 @@ def test_a_kthread_blocked_past_the_limit_is_reported_with_its_stack(kernel):
         wq = wait_queue_head("t.hung")
         t = kthread_run(stuck_forever_in_io, wq, "stuck")
         sched.yield_()
-        now = host.monotonic()
+        now = host.ops.monotonic()
         first = check_hung_uninterruptible_tasks(10.0, now)          # notes its switch count
         early = check_hung_uninterruptible_tasks(10.0, now + 5)      # not yet
         late = check_hung_uninterruptible_tasks(10.0, now + 11)
@@ -49,7 +49,7 @@ def test_interruptible_idle_and_killable_sleepers_are_not_hung(kernel):
               kthread_run(lambda _: wait_event_idle(wq, lambda: False), None, "idle"),
               kthread_run(lambda _: wait_event_killable(wq, lambda: False), None, "killable")]
         sched.yield_()
-        now = host.monotonic()
+        now = host.ops.monotonic()
         check_hung_uninterruptible_tasks(1.0, now)
         found = check_hung_uninterruptible_tasks(1.0, now + 100)
         for t in ts:
@@ -64,7 +64,7 @@ def test_a_task_that_keeps_running_is_not_hung(kernel):
         wq = wait_queue_head("t.busy")
         t = kthread_run(stuck_forever_in_io, wq, "sleeper")
         sched.yield_()
-        now = host.monotonic()
+        now = host.ops.monotonic()
         check_hung_uninterruptible_tasks(1.0, now)
         sched.wake_up_process(t)        # it runs (and sleeps again): a new switch
         sched.yield_()

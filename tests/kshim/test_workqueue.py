@@ -181,7 +181,7 @@ def test_idle_workers_are_not_hung_tasks(kernel):
     def body():
         wq = alloc_workqueue("t_idle", 0, 2)
         sched.yield_()
-        now = host.monotonic()
+        now = host.ops.monotonic()
         check_hung_uninterruptible_tasks(1.0, now)
         found = check_hung_uninterruptible_tasks(1.0, now + 1000)
         destroy_workqueue(wq)
