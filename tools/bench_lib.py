@@ -904,6 +904,27 @@ def render_table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def render_nagle(rows: list[dict[str, object]]) -> str:
+    """uscst's 512 B sweep as ratios to Nagle off, per QD (same run): the
+    Adaptive Nagle goal is >= 1.3x at its best QD and >= 0.97x at every
+    QD <= 16. '' when the sweep did not run."""
+    by = {str(r["workload"]): r.get("uscst_iops") for r in rows}
+    lines = []
+    for qd in NAGLE_QDS:
+        off = by.get(f"randread512-qd{qd}-nagle-off")
+        if not isinstance(off, float) or not off:
+            continue
+        cells = []
+        for m in ("adaptive", "on"):
+            v = by.get(f"randread512-qd{qd}-nagle-{m}")
+            cells.append(f"{v / off:.2f}x" if isinstance(v, float) else "-")
+        lines.append(f"{qd:>4} | {off:>9,.0f} | {cells[0]:>13} | {cells[1]:>7}")
+    if not lines:
+        return ""
+    return "\n".join(["512B random read, uscst Nagle modes against off (same run)",
+                      "  QD | off IOPS  | adaptive/off  | on/off", *lines])
+
+
 # --------------------------------------------------------------------------
 # CLI
 
@@ -926,7 +947,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", choices=("tgtd", "uscstd"),
                    help="run one server only")
     p.add_argument("--workloads", metavar="LIST",
-                   help="comma-separated subset of: " + ", ".join(w.name for w in WORKLOADS))
+                   help="comma-separated subset (default: all, about 40 min for a full "
+                        "run) of: " + ", ".join(w.name for w in WORKLOADS))
     p.add_argument("--json", metavar="FILE", help="also save raw results as JSON")
     p.add_argument("--tgtd-port", type=int, default=3261)
     p.add_argument("--tgtd-control-port", type=int, default=None,
@@ -1119,6 +1141,10 @@ def bench(args: argparse.Namespace) -> int:
     print(f"medians over {args.rounds} round(s), {args.seconds} s per run; "
           "CPU = server utime+stime per 100k I/Os; ratio in parentheses: per-round range")
     print(render_table(rows))
+    nagle = render_nagle(rows)
+    if nagle:
+        print()
+        print(nagle)
     if args.json:
         doc = {
             "machine": info,
