@@ -27,7 +27,9 @@ from typing import Any, Callable
 
 import attrs
 
+from iscsi_scst import conn as conn_mod
 from iscsi_scst import session as session_mod
+from iscsi_scst.config import iscsi_sysfs_exit, iscsi_sysfs_init
 from iscsi_scst.conn import RX_DATA, RX_INIT_BHS, RX_TAIL, iscsi_conn, iscsi_conn_mark_closing
 from iscsi_scst.digest import digest_data
 from iscsi_scst.hdr import (ISCSI_CMD_ATTR_MASK, common_hdr, ISCSI_CMD_READ, ISCSI_CMD_WRITE,
@@ -63,6 +65,8 @@ from iscsi_scst.usr.chap import chap_authenticator, chap_credentials
 from iscsi_scst.usr.iscsid import login_req, login_session, text_negotiation
 from iscsi_scst.usr.param import NegotiationError, split_text
 from kshim.list import list_del_init, list_head
+from kshim.module import (MODULE_DESCRIPTION, MODULE_LICENSE, THIS_MODULE, module_exit,
+                          module_init, module_param_named)
 from kshim.printk import pr_err, pr_info, pr_warn
 from kshim.random32 import get_random_bytes
 from kshim.scatterlist import sg_copy_from_buffer, sg_virt
@@ -1102,8 +1106,20 @@ iscsi_template = scst_tgt_template(
 )
 
 
+MODULE_LICENSE("GPL")
+MODULE_DESCRIPTION("SCST iSCSI Target")
+module_param_named("iscsi_max_conns", "iscsi_max_conns", "int", 0o644, ns=target_mod)
+module_param_named("iscsi_max_sessions", "iscsi_max_sessions", "int", 0o644, ns=session_mod)
+module_param_named("iscsi_login_timeout", "iscsi_login_timeout", "int", 0o644, ns=conn_mod)
+
+
 def iscsi_init() -> int:
-    return scst_register_target_template(iscsi_template)
+    """Register the target driver and its management attributes (module init)."""
+    iscsi_template.owner = THIS_MODULE()
+    ret = scst_register_target_template(iscsi_template)
+    if ret == 0:
+        iscsi_sysfs_init(iscsi_template)
+    return ret
 
 
 # Seconds a planned shutdown gives initiators to log out when asked.
@@ -1135,4 +1151,9 @@ def iscsi_exit() -> None:
         wait_event_timeout(conns_waitQ, lambda: not any(c in conn_list for c in asked),
                            iscsi_logout_grace * HZ)
     iscsi_close_all_conns(10 * HZ)
+    iscsi_sysfs_exit(iscsi_template)
     scst_unregister_target_template(iscsi_template)
+
+
+module_init(iscsi_init)
+module_exit(iscsi_exit)

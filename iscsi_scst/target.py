@@ -29,6 +29,9 @@ from scst_core.main import scst_register_target, scst_unregister_target
 
 # Connections accepted at most at once, logged in or not (a flood guard).
 iscsi_max_conns = 1024
+# The driver's switch (targets/iscsi/enabled): while False no target is
+# found for a login or listed by SendTargets; running sessions go on.
+iscsi_enabled = True
 
 
 @attrs.define(slots=True, eq=False)
@@ -68,6 +71,8 @@ _next_tid = 0
 
 
 def iscsi_target_find(name: str) -> iscsi_target | None:
+    if not iscsi_enabled:
+        return None
     return next((t for t in target_list if t.name == name and t.enabled), None)
 
 
@@ -95,7 +100,7 @@ def iscsi_list_targets() -> list[tuple[str, list[target_portal]]]:
     """(name, portals) of every enabled target, for SendTargets."""
     portals = [target_portal(p.host, p.port, 1) for p in portal_list]
     return [(t.name, [target_portal(p.address, p.port, t.portal_group_tag) for p in portals])
-            for t in target_list if t.enabled]
+            for t in target_list if t.enabled and iscsi_enabled]
 
 
 def _portal_data_ready(sk: Any) -> None:

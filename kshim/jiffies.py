@@ -148,6 +148,11 @@ def jiffies_to_host_seconds(j: int) -> float:
     return (_boot_ns + j * _NS_PER_JIFFY) / NSEC_PER_SEC
 
 
+def jiffies_to_clock_ns(j: int) -> int:
+    """The ops.monotonic_ns() time at which jiffies() reaches j (engine use)."""
+    return _boot_ns + j * _NS_PER_JIFFY
+
+
 # -- ktime -----------------------------------------------------------------------
 
 def ktime_get() -> int:

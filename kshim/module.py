@@ -26,21 +26,41 @@ from_sysfs=True refuses a parameter without a write bit, as sysfs would.
 EXPORT_SYMBOL(fn) registers fn under its name; symbol_get takes a module
 reference. A Python import cannot be undone: delete_module runs the exit
 function and forgets the module, and a later load_module runs init again.
+A module loaded from a file by the host side can be dropped with
+free_module() once unloaded, so an edited copy of the file registers afresh.
+A package whose __init__ calls MODULE_NAME() is one module with all its
+submodules (scst_core is `scst`, vdisk `scst_vdisk`, iscsi_scst
+`iscsi_scst`), as the kernel links several .c files into one .ko;
+module_param_named(..., ns=) then names the submodule holding a variable.
+A live module's parameters appear as /sys/module/<name>/parameters/*
+(writable where perm allows), beside refcnt and initstate.
+Reference holders have names (try_module_get_by, ref_module), so a refused
+rmmod can say who holds the module; the kernel only lists modules in
+`holders/`. try_module_get succeeds unless the module is going away (as the
+kernel's module_is_live), so code used without load_module (unit tests)
+still counts its references. delete_module(name, O_TRUNC) forces an unload
+of a busy module (CONFIG_MODULE_FORCE_UNLOAD), which the target's shutdown
+uses: each exit function tears down its own objects.
 
 Debug aids: delete_module of a module in use is refused (-EBUSY) and names
-the count; module_put below zero is reported; loading a module whose symbol
+the holders; module_put below zero is reported; loading a module whose symbol
 is already exported by another is refused with -EEXIST, as the kernel does.
-statistics() and lsmod() list modules with their reference counts.
+An init or exit function that raises is an oops naming the module; a failed
+init leaves nothing behind (parameters, symbols, sysfs). statistics() and
+lsmod() list modules with their size, reference counts and holders.
 """
 from __future__ import annotations
 
+import traceback
 from typing import Any, Callable
 
 import attrs
 
 from kshim.bug import getframe, report_bug
-from kshim.err import EBUSY, EEXIST, EINVAL, ENOENT, EPERM
+from kshim.err import EBUSY, EEXIST, EFAULT, EINVAL, ENOENT, EPERM, errname
+from kshim.kobject import kobject, kobject_create_and_add, kobject_del
 from kshim.printk import pr_err, pr_info, pr_warn
+from kshim.sysfs import __ATTR, kobj_attribute, module_kobj, sysfs_create_file
 
 MODULE_STATE_LIVE = 0
 MODULE_STATE_COMING = 1
@@ -54,6 +74,10 @@ S_IWGRP = 0o020
 S_IROTH = 0o004
 S_IRUGO = S_IRUSR | S_IRGRP | S_IROTH
 S_IWUGO = S_IWUSR | S_IWGRP | 0o002
+
+# delete_module flags (include/uapi/asm-generic/fcntl.h)
+O_NONBLOCK = 0o4000
+O_TRUNC = 0o1000
 
 
 @attrs.define(slots=True, eq=False)
@@ -77,6 +101,11 @@ class module:
     params: dict[str, kernel_param] = attrs.field(factory=dict)
     syms: list[str] = attrs.field(factory=list)
     info: dict[str, str] = attrs.field(factory=dict)
+    # who holds refcnt: holder name -> references ("?" for unnamed ones)
+    holders: dict[str, int] = attrs.field(factory=dict)
+    size: int = 0                 # source lines, set by whoever loaded it
+    mkobj: kobject | None = None  # /sys/module/<name> while live
+    unloaded: bool = False        # delete_module ran (the kernel would have freed it)
 
 
 modules: dict[str, module] = {}           # kernel name -> module
@@ -115,12 +144,17 @@ def THIS_MODULE() -> module:
 
 
 def MODULE_NAME(name: str) -> None:
-    """Name the calling Python module's kernel module (default: its last dotted part)."""
+    """Name the calling Python module's kernel module (default: its last
+    dotted part). Called from a package's __init__, it makes the package
+    and every submodule one kernel module."""
     g = _caller_globals()
     g["__kshim_module_name__"] = name
     m = _by_pymod.get(g["__name__"])
-    if m is not None and m.name != name:
-        modules.pop(m.name, None)
+    if m is None:
+        _module_for(g)
+    elif m.name != name:
+        if modules.get(m.name) is m:
+            del modules[m.name]
         m.name = name
         modules[name] = m
 
@@ -172,17 +206,19 @@ _INT_RANGES = {"byte": (0, 255), "short": (-(1 << 15), (1 << 15) - 1), "ushort":
 PARAM_TYPES = tuple(_INT_RANGES) + ("bool", "invbool", "charp")
 
 
-def module_param_named(name: str, var: str, type: str, perm: int) -> None:
-    """Parameter `name` stored in the caller's global `var`."""
+def module_param_named(name: str, var: str, type: str, perm: int, ns: Any = None) -> None:
+    """Parameter `name` stored in the global `var` of the caller or, for a
+    variable another file of the same module owns, of the Python module ns."""
     if type not in PARAM_TYPES:
         raise ValueError(f"module_param: unknown type {type!r}")
     if perm & 0o002:
         raise ValueError(f"module_param {name}: world-writable permissions {perm:o}")
     g = _caller_globals()
     m = _module_for(g)
-    if var not in g:
-        raise ValueError(f"module_param {name}: no global {var!r} in {g['__name__']}")
-    m.params[name] = kernel_param(name, type, perm, g, var)
+    holder = vars(ns) if ns is not None else g
+    if var not in holder:
+        raise ValueError(f"module_param {name}: no global {var!r} in {holder['__name__']}")
+    m.params[name] = kernel_param(name, type, perm, holder, var)
 
 
 def module_param(name: str, type: str, perm: int) -> None:
@@ -325,40 +361,79 @@ def symbol_put(name: str) -> None:
 
 # -- reference counts -----------------------------------------------------------------
 
-def try_module_get(m: module | None) -> bool:
-    """Take a reference unless the module is going away; True if taken."""
+def try_module_get_by(m: module | None, holder: str) -> bool:
+    """Take a reference for `holder` unless the module is going away; True if taken."""
     if m is None:
         return True
-    if m.state != MODULE_STATE_LIVE:
+    if m.state == MODULE_STATE_GOING or m.unloaded:
         return False
     m.refcnt += 1
+    m.holders[holder] = m.holders.get(holder, 0) + 1
     return True
+
+
+def module_put_by(m: module | None, holder: str) -> None:
+    """Drop a reference try_module_get_by(m, holder) took."""
+    if m is None:
+        return
+    n = m.holders.get(holder, 0)
+    if m.refcnt <= 0 or n <= 0:
+        report_bug("module_put() below zero", module=m.name, holder=holder)
+        return
+    m.refcnt -= 1
+    if n == 1:
+        del m.holders[holder]
+    else:
+        m.holders[holder] = n - 1
+
+
+def try_module_get(m: module | None) -> bool:
+    """Take an unnamed reference unless the module is going away; True if taken."""
+    return try_module_get_by(m, "?")
 
 
 def __module_get(m: module | None) -> None:
     if m is not None:
         m.refcnt += 1
+        m.holders["?"] = m.holders.get("?", 0) + 1
 
 
 def module_put(m: module | None) -> None:
-    if m is None:
-        return
-    if m.refcnt <= 0:
-        report_bug("module_put() below zero", module=m.name)
-        return
-    m.refcnt -= 1
+    module_put_by(m, "?")
+
+
+def ref_module(a: module | None, b: module | None) -> int:
+    """Module a uses module b: b cannot be unloaded before a. 0 or -ENOENT
+    (b is going away). Undone by module_put_by(b, a.name)."""
+    if a is None or b is None or a is b:
+        return 0
+    return 0 if try_module_get_by(b, a.name) else -ENOENT
 
 
 def module_refcount(m: module) -> int:
     return m.refcnt
 
 
+def module_holders(m: module) -> str:
+    """'holder, holder, ...' for messages (each named once, as lsmod does)."""
+    return ", ".join(m.holders)
+
+
 def module_is_live(m: module) -> bool:
-    return m.state == MODULE_STATE_LIVE
+    return m.state != MODULE_STATE_GOING and not m.unloaded
 
 
 def find_module(name: str) -> module | None:
     return modules.get(name)
+
+
+def find_module_of(pyname: str) -> module | None:
+    """The module a Python module (or a file of a module's package) belongs to."""
+    m = _by_pymod.get(pyname)
+    if m is None:
+        m = next((pm for prefix, pm in _by_pymod.items() if pyname.startswith(prefix + ".")),
+                 None)
+    return m
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -371,11 +446,92 @@ def _lookup(name: str) -> module | None:
     return _by_pymod.get(pyname)
 
 
+def _param_show(k: kobject, a: kobj_attribute) -> "str | int":
+    v = param_get(k.parent.name if k.parent else "", a.name, from_sysfs=True)
+    return v if isinstance(v, int) else v + "\n"
+
+
+def _param_store(k: kobject, a: kobj_attribute, buf: str) -> int:
+    modname = k.parent.name if k.parent else ""
+    ret = param_set(modname, a.name, buf.strip(), from_sysfs=True)
+    if ret == -EINVAL:
+        pr_err(f"{modname}: '{buf.strip()}' invalid for parameter '{a.name}'")
+    return ret if ret else len(buf)
+
+
+def _initstate_show(k: kobject, a: kobj_attribute) -> str:
+    m = modules.get(k.name)
+    names = {MODULE_STATE_LIVE: "live", MODULE_STATE_COMING: "coming",
+             MODULE_STATE_GOING: "going"}
+    return f"{names.get(m.state, 'unformed') if m else 'unformed'}\n"
+
+
+def _refcnt_show(k: kobject, a: kobj_attribute) -> str:
+    m = modules.get(k.name)
+    return f"{m.refcnt if m else 0}\n"
+
+
+def _mod_sysfs_setup(m: module) -> None:
+    """/sys/module/<name>/{initstate,refcnt,parameters/*} (kernel/module/sysfs.c)."""
+    old = module_kobj.entries.get(m.name)
+    if isinstance(old, kobject):
+        kobject_del(old)
+    mk = kobject_create_and_add(m.name, module_kobj)
+    if mk is None:
+        pr_warn(f"{m.name}: no /sys/module entry (bad name)")
+        return
+    m.mkobj = mk
+    sysfs_create_file(mk, __ATTR("initstate", 0o444, _initstate_show, None))
+    sysfs_create_file(mk, __ATTR("refcnt", 0o444, _refcnt_show, None))
+    if m.params:
+        pk = kobject_create_and_add("parameters", mk)
+        for p in m.params.values():
+            # the kernel shows a perm-0 parameter nowhere
+            if pk is not None and p.perm & 0o777:
+                sysfs_create_file(pk, __ATTR(p.name, p.perm & 0o664, _param_show,
+                                             _param_store if p.perm & S_IWUGO else None))
+
+
+def _mod_sysfs_teardown(m: module) -> None:
+    if m.mkobj is not None:
+        kobject_del(m.mkobj)
+        m.mkobj = None
+
+
+def _drop_symbols(m: module) -> None:
+    for sym in m.syms:
+        ent = _symbols.get(sym)
+        if ent is not None and ent[1] is m:
+            del _symbols[sym]
+    m.syms.clear()
+
+
+def module_oops(title: str, e: BaseException, **details: object) -> None:
+    """Report an exception that escaped a module's code (an init, exit or
+    a callback the core called) as an oops: title, details (the module's
+    name first), the error and where it was raised. Call it from the
+    except clause that caught e."""
+    report_bug(title, **details, error=f"{type(e).__name__}: {e}",
+               trace=traceback.format_exc())
+
+
+def _call_oopsable(m: module, what: str, fn: Callable[[], Any]) -> Any:
+    """fn(); an exception escaping it is an oops naming the module (and
+    -EFAULT), since the kthread that loads modules must survive it."""
+    try:
+        return fn()
+    except Exception as e:          # an oops in a module's init/exit names the module
+        module_oops(f"oops in {what} of module {m.name}", e, module=m.name)
+        return -EFAULT
+
+
 def load_module(name: str, args: str = "") -> int:
     """Load a module already imported (by kernel name, alias or Python name):
     apply args to its parameters, run its init function. If it is not
     imported yet, ask usermode_modprobe to import it. 0, -EEXIST if already
-    live, -ENOENT if unknown, or the init function's error."""
+    live, -ENOENT if unknown, or the init function's error (an init that
+    raises: -EFAULT). A failed init leaves the module unloaded: no sysfs
+    entry, no symbols, no references."""
     m = _lookup(name)
     if m is None and usermode_modprobe is not None:
         ret = usermode_modprobe(module_aliases.get(name, name))
@@ -385,7 +541,7 @@ def load_module(name: str, args: str = "") -> int:
     if m is None:
         pr_err(f"load_module: unknown module {name}")
         return -ENOENT
-    if m.state == MODULE_STATE_LIVE:
+    if m.state in (MODULE_STATE_LIVE, MODULE_STATE_COMING):
         return -EEXIST
     if m.info.get("duplicate_symbols"):
         pr_err(f"{m.name}: exports duplicate symbols {m.info['duplicate_symbols']}")
@@ -395,35 +551,60 @@ def load_module(name: str, args: str = "") -> int:
         if ret:
             return ret
     m.state = MODULE_STATE_COMING
-    ret = m.init() if m.init is not None else 0
+    m.unloaded = False
+    ret = _call_oopsable(m, "init", m.init) if m.init is not None else 0
+    if not isinstance(ret, int):
+        ret = 0
     if ret:
         m.state = MODULE_STATE_UNFORMED
-        pr_warn(f"{m.name}: module init failed: {ret}")
+        m.unloaded = True
+        _drop_symbols(m)
+        pr_err(f"{m.name}: module init failed: {errname(ret)}")
         return ret
     m.state = MODULE_STATE_LIVE
+    del modules[m.name]            # lsmod lists in load order
+    modules[m.name] = m
+    _mod_sysfs_setup(m)
     pr_info(f"{m.name}: loaded")
     return 0
 
 
-def delete_module(name: str) -> int:
+def delete_module(name: str, flags: int = 0) -> int:
     """Run the exit function of an unused module and forget its symbols.
-    0, -ENOENT, or -EBUSY while references are held."""
+    0, -ENOENT, or -EBUSY while references are held (the holders are
+    logged). flags O_TRUNC forces the unload of a busy module."""
     m = _lookup(name)
     if m is None or m.state != MODULE_STATE_LIVE:
         return -ENOENT
-    if m.refcnt:
-        pr_warn(f"{m.name}: module is in use (refcount {m.refcnt})")
+    if m.refcnt and not flags & O_TRUNC:
+        pr_err(f"{m.name}: module is in use by {module_holders(m)} (refcount {m.refcnt})")
         return -EBUSY
     m.state = MODULE_STATE_GOING
     if m.exit is not None:
-        m.exit()
-    for sym in m.syms:
-        ent = _symbols.get(sym)
-        if ent is not None and ent[1] is m:
-            del _symbols[sym]
-    m.syms.clear()
+        _call_oopsable(m, "exit", m.exit)
+    _drop_symbols(m)
+    _mod_sysfs_teardown(m)
+    if m.refcnt:
+        pr_warn(f"{m.name}: forced unload, still held by {module_holders(m)}")
     m.state = MODULE_STATE_UNFORMED
+    m.unloaded = True
     pr_info(f"{m.name}: unloaded")
+    return 0
+
+
+def free_module(name: str) -> int:
+    """Forget an unloaded module record entirely (the host side does this
+    before importing an edited copy of a module file). 0, -ENOENT, -EBUSY."""
+    m = _lookup(name)
+    if m is None:
+        return -ENOENT
+    if m.state != MODULE_STATE_UNFORMED or m.refcnt:
+        return -EBUSY
+    if modules.get(m.name) is m:
+        del modules[m.name]
+    _by_pymod.pop(m.pymod, None)
+    for alias in [a for a, py in module_aliases.items() if py == m.pymod]:
+        del module_aliases[alias]
     return 0
 
 
@@ -446,18 +627,23 @@ class module_stats:
     refcnt: int
     params: int
     symbols: int
+    size: int = 0
+    holders: tuple[str, ...] = ()
 
 
 def statistics() -> list[module_stats]:
-    """Loaded modules with state, reference count, parameters, symbols."""
-    return [module_stats(m.name, m.state, m.refcnt, len(m.params), len(m.syms))
-            for m in modules.values() if m.state != MODULE_STATE_UNFORMED]
+    """Loaded modules (last loaded first, as lsmod lists them) with state,
+    reference count, parameters, symbols, size and holders."""
+    return [module_stats(m.name, m.state, m.refcnt, len(m.params), len(m.syms), m.size,
+                         tuple(m.holders))
+            for m in reversed(list(modules.values())) if m.state != MODULE_STATE_UNFORMED]
 
 
 def lsmod() -> str:
-    lines = [f"{'Module':<24} {'Used by':>7}  State"]
-    names = {MODULE_STATE_LIVE: "Live", MODULE_STATE_COMING: "Loading",
-             MODULE_STATE_GOING: "Unloading"}
+    """The table lsmod prints: Module, Size, Used by (count and holders)."""
+    lines = [f"{'Module':<24} {'Size':>7}  Used by"]
     for s in statistics():
-        lines.append(f"{s.name:<24} {s.refcnt:>7}  {names.get(s.state, '?')}")
+        state = {MODULE_STATE_COMING: " [loading]", MODULE_STATE_GOING: " [unloading]"}
+        lines.append(f"{s.name:<24} {s.size:>7}  {s.refcnt} {','.join(s.holders)}".rstrip()
+                     + state.get(s.state, ""))
     return "\n".join(lines) + "\n"

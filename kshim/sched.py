@@ -13,8 +13,10 @@ one sleeps again. sched_init() is the engine's "boot".
 
 Differs from the kernel: there is no preemption and no other CPU, so a task
 runs until it calls schedule() (directly or through wait_event, mutex_lock,
-wait_for_completion, msleep, cond_resched). The run queue is FIFO; nice
-values are recorded but do not change the order. Code running on the engine
+wait_for_completion, msleep, cond_resched). The run queue is FIFO under
+the trio engine; under the sim engine `pick_next` makes a seeded choice
+among the runnable tasks at each switch. Nice values are recorded but do
+not change the order. Code running on the engine
 (softirq callbacks) has the idle task as current(), as the kernel's softirq
 would have whatever task it interrupted. The CPU's context counters live in
 one slotted object, `cpu` (what the kernel keeps per CPU and in
@@ -160,6 +162,9 @@ softirq_hook: Callable[[], None] | None = None   # set by kshim.softirq: run pen
 softirq_pending: Any = None                      # kshim.softirq's pending deque
 lockdep_schedule_hook: Callable[[task_struct], None] | None = None   # kshim.lockdep
 boot_hooks: list[Callable[[], None]] = []   # per-boot resets, run by sched_init()
+# The sim engine's choice point: given n runnable tasks, the index of the
+# next to run (seeded); None keeps the run queue FIFO (the trio engine).
+pick_next: Callable[[int], int] | None = None
 
 
 def current() -> task_struct:
@@ -564,7 +569,10 @@ def run_queue() -> None:
         raise KernelBug("run_queue() called from a task")
     rq = _runqueue
     pend = softirq_pending
+    pick = pick_next
     while rq:
+        if pick is not None and len(rq) > 1:
+            rq.rotate(-pick(len(rq)))
         t = rq.popleft()
         t.on_rq = False
         if t.state != TASK_RUNNING:

@@ -7,28 +7,61 @@ Contexts: registration calls take scst_mutex, so task context only
 (module init, management). scst_register_session and
 scst_unregister_session are called by target drivers from task context.
 
+Also the module's init and exit (init_scst/exit_scst) and its parameters
+(scst_threads, scst_max_bufflen).
+
+Module references: a dev handler's or target driver's module uses `scst`
+(ref_module at registration); a target holds its driver's module and a
+LUN its device handler's module, so rmmod of either is refused (-EBUSY,
+naming "target NAME" or "LUN n of TARGET") while they exist.
+
 Differs from SCST: session registration is synchronous; unregistration
 finishes (and calls the driver's unreg_done_fn) when the session's last
-command is freed, without a management thread.
+command is freed, without a management thread. A device handler with
+threads_num 0 gets scst_threads threads per device (there is no shared
+pool). Unregistering a dev handler (its module going away) first removes
+the LUNs of its devices, as unregistering a target removes its LUNs.
 """
 from __future__ import annotations
 
 import fnmatch
 from typing import Any, Callable
 
-from kshim.err import EBUSY, EEXIST, EINVAL, ENOENT
+from kshim.err import EBUSY, EEXIST, EINVAL, ENODEV, ENOENT
 from kshim.kthread import kthread_stop
+from kshim.module import (MODULE_DESCRIPTION, MODULE_LICENSE, THIS_MODULE, module_exit,
+                          module_init, module_param, module_param_named, module_put_by,
+                          ref_module, try_module_get_by)
 from kshim.mutex import mutex_lock, mutex_unlock
 from kshim.printk import pr_err, pr_info
-from scst_core.scst import (scst_acg, scst_acg_dev, scst_cmd_threads, scst_dev_type,
+from scst_core import targ as scst_targ
+from scst_core.scst import (SCST_DEFAULT_DEV_THREADS, scst_acg, scst_acg_dev, scst_cmd_threads,
+                            scst_dev_type,
                             scst_device, scst_mutex, scst_session, scst_tgt,
                             scst_tgt_dev, scst_tgt_template)
 from scst_core.targ import scst_add_threads
+
+MODULE_LICENSE("GPL")
+MODULE_DESCRIPTION("SCSI target core")
+
+# Threads per device of a handler that leaves threads_num at 0 (SCST: the
+# global command threads; read at device registration).
+scst_threads = SCST_DEFAULT_DEV_THREADS
+module_param("scst_threads", "int", 0o444)
+module_param_named("scst_max_bufflen", "SCST_MAX_BUFFLEN", "int", 0o644, ns=scst_targ)
 
 scst_template_list: list[scst_tgt_template] = []
 scst_dev_type_list: list[scst_dev_type] = []
 scst_dev_list: list[scst_device] = []
 _next_dev_id = 0
+_this_module = THIS_MODULE()
+
+
+def _lun_holder(acg: scst_acg, lun: int) -> str:
+    tgt = acg.tgt
+    name = tgt.tgt_name if tgt is not None else "?"
+    return f"LUN {lun} of {name}" + ("" if tgt is None or acg is tgt.default_acg
+                                     else f"/{acg.acg_name}")
 
 
 # -- target drivers and targets ---------------------------------------------
@@ -39,6 +72,8 @@ def scst_register_target_template(tgtt: scst_tgt_template) -> int:
         if any(t.name == tgtt.name for t in scst_template_list):
             pr_err(f"scst: target driver {tgtt.name} already registered")
             return -EEXIST
+        if ref_module(tgtt.owner, _this_module):
+            return -ENODEV
         scst_template_list.append(tgtt)
     finally:
         mutex_unlock(scst_mutex)
@@ -52,6 +87,8 @@ def scst_unregister_target_template(tgtt: scst_tgt_template) -> None:
     mutex_lock(scst_mutex)
     if tgtt in scst_template_list:
         scst_template_list.remove(tgtt)
+        if tgtt.owner is not None:
+            module_put_by(_this_module, tgtt.owner.name)
     mutex_unlock(scst_mutex)
 
 
@@ -60,6 +97,8 @@ def scst_register_target(tgtt: scst_tgt_template, target_name: str) -> scst_tgt 
     try:
         if any(t.tgt_name == target_name for t in tgtt.tgt_list):
             return -EEXIST
+        if not try_module_get_by(tgtt.owner, f"target {target_name}"):
+            return -ENODEV
         tgt = scst_tgt(tgtt, target_name)
         tgt.rel_tgt_id = len(tgtt.tgt_list) + 1
         tgt.default_acg = scst_acg(tgt, "default")
@@ -73,9 +112,14 @@ def scst_register_target(tgtt: scst_tgt_template, target_name: str) -> scst_tgt 
 def scst_unregister_target(tgt: scst_tgt) -> None:
     if tgt.tgtt.release is not None:
         tgt.tgtt.release(tgt)
+    for acg in (tgt.default_acg, *tgt.tgt_acg_list):
+        if acg is not None:
+            for lun in list(acg.acg_dev_list):
+                scst_acg_del_lun(acg, lun)
     mutex_lock(scst_mutex)
     if tgt in tgt.tgtt.tgt_list:
         tgt.tgtt.tgt_list.remove(tgt)
+        module_put_by(tgt.tgtt.owner, f"target {tgt.tgt_name}")
     mutex_unlock(scst_mutex)
 
 
@@ -106,6 +150,9 @@ def scst_acg_add_lun(acg: scst_acg, dev: scst_device, lun: int, read_only: bool)
             return -EEXIST
         if not 0 <= lun < 16384:
             return -EINVAL
+        if not try_module_get_by(dev.handler.owner, _lun_holder(acg, lun)):
+            pr_err(f"scst: handler {dev.handler.name} of {dev.virt_name} is going away")
+            return -ENODEV
         acg_dev = scst_acg_dev(dev, lun, acg, read_only or dev.rd_only)
         acg.acg_dev_list[lun] = acg_dev
         for sess in acg.acg_sess_list:
@@ -123,6 +170,7 @@ def scst_acg_del_lun(acg: scst_acg, lun: int) -> int:
             return -ENOENT
         for sess in acg.acg_sess_list:
             _free_tgt_dev(sess, lun)
+        module_put_by(acg_dev.dev.handler.owner, _lun_holder(acg, lun))
     finally:
         mutex_unlock(scst_mutex)
     return 0
@@ -203,6 +251,8 @@ def scst_register_virtual_dev_driver(devt: scst_dev_type) -> int:
     try:
         if any(d.name == devt.name for d in scst_dev_type_list):
             return -EEXIST
+        if ref_module(devt.owner, _this_module):
+            return -ENODEV
         scst_dev_type_list.append(devt)
     finally:
         mutex_unlock(scst_mutex)
@@ -212,11 +262,23 @@ def scst_register_virtual_dev_driver(devt: scst_dev_type) -> int:
 
 def scst_unregister_virtual_dev_driver(devt: scst_dev_type) -> None:
     for dev in list(devt.dev_list):
+        scst_del_dev_luns(dev)
         scst_unregister_virtual_device(dev)
     mutex_lock(scst_mutex)
     if devt in scst_dev_type_list:
         scst_dev_type_list.remove(devt)
+        if devt.owner is not None:
+            module_put_by(_this_module, devt.owner.name)
     mutex_unlock(scst_mutex)
+
+
+def scst_del_dev_luns(dev: scst_device) -> None:
+    """Unmap dev from every group of every target (task context)."""
+    for tgtt in scst_template_list:
+        for tgt in tgtt.tgt_list:
+            for acg in (tgt.default_acg, *tgt.tgt_acg_list):
+                for lun in [n for n, d in acg.acg_dev_list.items() if d.dev is dev]:
+                    scst_acg_del_lun(acg, lun)
 
 
 def scst_find_dev_type(name: str) -> scst_dev_type | None:
@@ -244,7 +306,7 @@ def scst_register_virtual_device(devt: scst_dev_type, dev_name: str,
     dev.virt_id = _next_dev_id
     dev.cmd_threads = scst_cmd_threads(f"{dev_name[:10]}_")
     if not devt.exec_atomic:
-        scst_add_threads(dev.cmd_threads, devt.threads_num)
+        scst_add_threads(dev.cmd_threads, devt.threads_num or scst_threads)
     mutex_lock(scst_mutex)
     scst_dev_list.append(dev)
     devt.dev_list.append(dev)
@@ -268,3 +330,28 @@ def scst_unregister_virtual_device(dev: scst_device) -> int:
     if dev.handler.detach is not None:
         dev.handler.detach(dev)
     return 0
+
+
+# -- module init / exit ---------------------------------------------------------
+
+def init_scst() -> int:
+    """Create the management tree (module init, task context)."""
+    # scst_core.sysfs imports this file's lists: the cycle scst_main.c and
+    # scst_sysfs.c have too, broken at call time.
+    from scst_core.sysfs import scst_sysfs_init
+    if scst_threads < 1:
+        pr_err(f"scst: scst_threads {scst_threads} must be at least 1")
+        return -EINVAL
+    ret = scst_sysfs_init()
+    if ret == 0:
+        pr_info(f"scst: core loaded, {scst_threads} threads per device by default")
+    return ret
+
+
+def exit_scst() -> None:
+    from scst_core.sysfs import scst_sysfs_exit     # the cycle init_scst names
+    scst_sysfs_exit()
+
+
+module_init(init_scst)
+module_exit(exit_scst)

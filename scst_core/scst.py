@@ -18,6 +18,7 @@ from typing import Any, Callable
 import attrs
 
 from kshim.list import list_head
+from kshim.module import module
 from kshim.mutex import mutex
 from kshim.spinlock import spinlock_t
 from kshim.wait import wait_queue_head
@@ -124,6 +125,8 @@ class scst_tgt_template:
     report_aen: Callable[["scst_tgt_dev", bytes], None] | None = None
     release: Callable[["scst_tgt"], int] | None = None
     get_initiator_port_transport_id: Callable[["scst_tgt", "scst_session | None"], bytes] | None = None
+    # the module implementing the driver: each target holds a reference
+    owner: module | None = None
     tgt_list: list = attrs.field(factory=list)
 
 
@@ -139,6 +142,7 @@ class scst_dev_type:
     detach: Callable[["scst_device"], None] | None = None
     attach_tgt: Callable[["scst_tgt_dev"], int] | None = None
     detach_tgt: Callable[["scst_tgt_dev"], None] | None = None
+    # threads per device; 0: scst_core.main's scst_threads module parameter
     threads_num: int = SCST_DEFAULT_DEV_THREADS
     # uscst: exec() never sleeps, so the core may call it in any context.
     exec_atomic: bool = False
@@ -149,6 +153,8 @@ class scst_dev_type:
     add_device: Callable[[str, dict], int] | None = None
     del_device: Callable[[str], int] | None = None
     add_device_parameters: tuple[str, ...] = ()
+    # the module implementing the handler: each LUN of its devices holds a reference
+    owner: module | None = None
     dev_list: list = attrs.field(factory=list)
 
 

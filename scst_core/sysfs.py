@@ -62,7 +62,7 @@ from kshim.err import EBUSY, EEXIST, EINVAL, ENODEV, ENOENT, ENOSYS, errname
 from kshim.kobject import kobj_type, kobject, kobject_create_and_add, kobject_del
 from kshim.printk import pr_err, pr_info
 from kshim.sysfs import (S_IRUGO, S_IWUSR, __ATTR, __ATTR_RO, __ATTR_RW, kernel_kobj,
-                         kobj_attribute, module_param_named, sysfs_create_file,
+                         kobj_attribute, sysfs_create_file,
                          sysfs_create_link, sysfs_link)
 from scst_core import main as scst_main
 from scst_core import tg as scst_tg
@@ -123,6 +123,14 @@ def scst_register_devt_sysfs(devt_name: str, ops: scst_devt_sysfs) -> None:
 
 def scst_register_tgtt_sysfs(tgtt_name: str, ops: scst_tgtt_sysfs) -> None:
     tgtt_sysfs[tgtt_name] = ops
+
+
+def scst_unregister_devt_sysfs(devt_name: str) -> None:
+    devt_sysfs.pop(devt_name, None)
+
+
+def scst_unregister_tgtt_sysfs(tgtt_name: str) -> None:
+    tgtt_sysfs.pop(tgtt_name, None)
 
 
 # -- helpers ------------------------------------------------------------------
@@ -1036,13 +1044,7 @@ def scst_sysfs_init() -> int:
     scst_targets_kobj = kobject_create_and_add("targets", root, kobj_type(refresh=_targets_refresh))
     dgk = kobject_create_and_add("device_groups", root, kobj_type(refresh=_dgs_refresh))
     sysfs_create_file(dgk, _mgmt_attr(_dg_mgmt, DG_USAGE))
-    module_param_named("scst", "scst_max_bufflen", _targ_module(), "SCST_MAX_BUFFLEN", int)
     return 0
-
-
-def _targ_module() -> Any:
-    from scst_core import targ
-    return targ
 
 
 def scst_sysfs_exit() -> None:

@@ -40,6 +40,10 @@ is handed to the device's threads, as io_uring tries IOCB_NOWAIT first.
 Unit attentions live in scst_core.ua and are reported here, in
 scst_cmd_init_done, followed by the ALUA access-state filter of
 scst_core.tg; reservations (scst_core.pres) are checked in PARSE.
+A dev handler's parse, exec or dev_done that raises is an oops naming its
+module and context (scst_dev_handler_oops) and fails only that command
+(HARDWARE ERROR), where a kernel oops would kill the thread running it: a
+module under development must not take the other LUNs down.
 """
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ from kshim.gfp import GFP_ATOMIC, GFP_KERNEL
 from kshim.kthread import kthread_run, kthread_should_stop
 from kshim.list import (list_add_tail, list_del_init, list_empty, list_first_entry,
                         list_for_each_entry)
+from kshim.module import module_oops
 from kshim.printk import pr_err
 from kshim.slab import kmem_cache_alloc, kmem_cache_create, kmem_cache_free
 from kshim.spinlock import spin_lock_bh, spin_unlock_bh
@@ -257,6 +262,22 @@ def _xmit_response(cmd: scst_cmd) -> int:
     return _RES_CONT_DONE
 
 
+def scst_dev_handler_oops(cmd: scst_cmd, callback: str, e: Exception) -> None:
+    """A dev handler callback raised: report an oops naming the handler's
+    module and the kthread or softirq it ran in, and answer the command
+    with HARDWARE ERROR so the initiator and every other LUN go on."""
+    handler = cmd.dev.handler
+    owner = handler.owner.name if handler.owner is not None else "(built in)"
+    softirq = sched._softirq_name()
+    where = f"softirq {softirq}" if softirq else f"kthread {sched.cpu.curr.comm}"
+    module_oops(f"oops in {callback} of dev handler {handler.name} (module {owner})", e,
+                module=owner, handler=handler.name, context=where, tag=hex(cmd.tag))
+    scst_set_cmd_error(cmd, scst_sense_hardw_error)
+    cmd.completed = True
+    if cmd.state == SCST_CMD_STATE_EXEC_WAIT:
+        cmd.state = SCST_CMD_STATE_DEV_DONE
+
+
 def _finished(cmd: scst_cmd) -> int:
     _finish_cmd(cmd)
     return _RES_CONT_DONE
@@ -275,7 +296,10 @@ def _parse(cmd: scst_cmd) -> int:
     elif r == 0 and cmd.dev is not None and cmd.cdb[0] != REPORT_LUNS:
         parse = cmd.dev.handler.parse
         if parse is not None:
-            parse(cmd)
+            try:
+                parse(cmd)
+            except Exception as e:      # a dev handler's oops fails this command only
+                scst_dev_handler_oops(cmd, "parse", e)
         if not cmd.status and not scst_pr_is_cmd_allowed(cmd):
             scst_set_cmd_error_status(cmd, SAM_STAT_RESERVATION_CONFLICT)
     if cmd.status:
@@ -356,7 +380,11 @@ def _exec(cmd: scst_cmd) -> int:
     cmd.scst_cmd_done = scst_cmd_done_local
     cmd.completed = False
     cmd.exec_sync = True
-    done = run(cmd)
+    try:
+        done = run(cmd)
+    except Exception as e:              # a dev handler's oops fails this command only
+        scst_dev_handler_oops(cmd, "exec", e)
+        done = True
     cmd.exec_sync = False
     if run is handler.exec_nowait and not done:
         cmd.state = SCST_CMD_STATE_REAL_EXEC
@@ -370,7 +398,10 @@ def _exec(cmd: scst_cmd) -> int:
 def _dev_done(cmd: scst_cmd) -> int:
     dev = cmd.dev
     if dev is not None and dev.handler.dev_done is not None:
-        dev.handler.dev_done(cmd)
+        try:
+            dev.handler.dev_done(cmd)
+        except Exception as e:          # a dev handler's oops fails this command only
+            scst_dev_handler_oops(cmd, "dev_done", e)
     if cmd.status == SAM_STAT_GOOD:
         sess = cmd.sess
         if cmd.data_direction == SCST_DATA_READ:

@@ -15,6 +15,9 @@ Fixtures:
                  WARNING: (a WARN_ON), Kernel panic).
   uscstd_server  one default server (64 MiB file LUN) for a test that just
                  needs a target.
+  sim_target     (tools/sim/pytest_plugin.py) the target booted in-process
+                 under the sim engine, driven by the sim initiator at the
+                 test's seed (@pytest.mark.sim_seed(N); USCST_SEED=N replays).
 The server object carries url, host, port, portal, target_url, iqn,
 proc, log (its stderr file), out (its stdout file), argv, and
 assert_healthy() / stop(sig) / stderr_text(); uscstd.check(srv) is the
@@ -31,6 +34,10 @@ from typing import Iterator
 import pytest
 
 from uscstd_support import UscstdFactory, UscstdServer, finish_uscstd
+
+# sim_target (boot the target under the sim engine, replay a seed with
+# USCST_SEED=N): tools/sim/pytest_plugin.py.
+pytest_plugins = ("tools.sim.pytest_plugin",)
 
 
 @pytest.fixture

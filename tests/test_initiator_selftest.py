@@ -415,11 +415,13 @@ def test_raw_send_and_recv_pdu_roundtrip_a_well_formed_read(tgtd: Tgtd) -> None:
     assert ini.logout() == 0
 
 
-def test_recv_pdu_on_idle_session_times_out_within_bound(tgtd: Tgtd) -> None:
+def test_recv_pdu_on_idle_session_times_out_not_early_and_loses_nothing(tgtd: Tgtd) -> None:
+    # Only the lower bound is checked: a timeout cannot end early, while how
+    # late it ends depends on the machine's load (no upper wall-clock bound).
     ini = _normal_session(tgtd)
     t0 = time.monotonic()
     with pytest.raises(TimeoutError):
         ini.recv_pdu(0.3)
-    assert 0.25 <= time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 >= 0.25
     assert ini.nop_out().opcode == OP_NOP_IN          # nothing half-read was lost
     assert ini.logout() == 0

@@ -15,9 +15,12 @@ import json
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
+
+from tools.modcheck import check_module_file
 
 ROOT = "/kernel/scst_tgt"
 EXIT_FAILED = 1
@@ -35,6 +38,10 @@ Examples:
   uscstadmin config /etc/uscst/scst.conf --dry-run
   uscstadmin write-config /etc/uscst/scst.conf
   uscstadmin stats --json
+  uscstadmin lsmod
+  uscstadmin insmod --check docs/examples/vdisk_pattern.py
+  uscstadmin insmod docs/examples/vdisk_pattern.py pattern_size=64M
+  uscstadmin rmmod vdisk_pattern
 """
 
 
@@ -593,6 +600,63 @@ def reload_cmd(o: Obj) -> None:
     """Re-apply the daemon's own --config file (as SIGHUP does)."""
     rsp = o.ctl.call("reload")
     o.done(f"{rsp['changes']} changes applied", {"changes": rsp["changes"]})
+
+
+@cli.command("insmod")
+@click.argument("module")
+@click.argument("params", nargs=-1)
+@click.option("--check", is_flag=True, help="only check that MODULE (a .py file) imports nothing "
+              "of the host: kshim, the kernel layers and pure stdlib only (no daemon needed)")
+@pass_obj
+def insmod_cmd(o: Obj, module: str, params: tuple[str, ...], check: bool) -> None:
+    """Load a kernel-style module into the running target: MODULE is a .py
+    file or a module name, PARAMS are its module parameters (NAME=VALUE).
+    Loading an edited file again after rmmod picks up the edit."""
+    for p in params:
+        if "=" not in p:
+            raise click.BadParameter(f"expected NAME=VALUE, got {p!r}", param_hint="PARAMS")
+    if module.endswith(".py") or os.sep in module:
+        module = os.path.abspath(module)
+        if not os.path.isfile(module):
+            raise Failed(f"insmod: {module}: no such file")
+    if check:
+        if not module.endswith(".py"):
+            raise click.BadParameter("--check takes a .py file", param_hint="MODULE")
+        problems = check_module_file(Path(module))
+        for line in problems:
+            click.echo(line)
+        if problems:
+            raise Failed(f"{module}: {len(problems)} import(s) cross the kernel boundary")
+        o.done(f"{module}: imports only kshim, the kernel layers and pure stdlib")
+        return
+    rsp = o.ctl.call("insmod", module=module, params=list(params))
+    o.done(f"module {rsp['name']} loaded", {"name": rsp["name"]})
+
+
+@cli.command("rmmod")
+@click.argument("name")
+@pass_obj
+def rmmod_cmd(o: Obj, name: str) -> None:
+    """Unload a module nobody uses (refused with -EBUSY, naming the holders,
+    while its devices have LUNs or its targets exist)."""
+    o.ctl.call("rmmod", module=name)
+    o.done(f"module {name} removed")
+
+
+@cli.command("lsmod")
+@pass_obj
+def lsmod_cmd(o: Obj) -> None:
+    """List the loaded modules, last loaded first: size (source lines),
+    reference count and who holds them."""
+    mods = o.ctl.call("lsmod")["modules"]
+    if o.as_json:
+        click.echo(json.dumps(mods))
+        return
+    click.echo(f"{'Module':<24} {'Size':>7}  Used by")
+    for m in mods:
+        state = "" if m["state"] == "live" else f" [{m['state']}]"
+        click.echo(f"{m['name']:<24} {m['size']:>7}  {m['refcount']} {','.join(m['users'])}"
+                   .rstrip() + state)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ SENSE/SELECT, REQUEST SENSE, TEST UNIT READY, START STOP UNIT, PREVENT
 ALLOW MEDIUM REMOVAL), plus the range and flag checks of the data commands
 whose I/O the backends do (vdisk.fileio, vdisk.nullio). Also the
 management entry points vdisk_add_device / vdisk_del_device and the module
-init vdisk_init / vdisk_exit.
+init vdisk_init / vdisk_exit with the module parameter num_threads.
 
 Twin of scst/src/dev_handlers/scst_vdisk.c, split per STYLE.md: this file
 holds what scst_vdisk.c shares between its handlers; fileio.py,
@@ -32,6 +32,8 @@ from typing import Callable
 import attrs
 
 from kshim.err import EEXIST, EINVAL, ENODEV, ENOENT, IS_ERR
+from kshim.module import (MODULE_DESCRIPTION, MODULE_LICENSE, MODULE_PARM_DESC, THIS_MODULE,
+                          module_exit, module_init, module_param)
 from kshim.mutex import mutex
 from kshim.printk import pr_err, pr_info
 from kshim.scatterlist import sg_copy_from_buffer
@@ -1236,15 +1238,34 @@ def vdisk_del_device(dev_name: str) -> int:
     return ret
 
 
+MODULE_LICENSE("GPL")
+MODULE_DESCRIPTION("SCSI disk (type 0) and CDROM (type 5) dev handlers")
+# Threads per device of the handlers that sleep in exec (fileio, blockio,
+# vcdrom); read when a device is created.
+num_threads = 8
+module_param("num_threads", "int", 0o444)
+MODULE_PARM_DESC("num_threads", "vdisk threads count")
+
+
 def vdisk_init() -> int:
-    """Register vdisk_fileio, vdisk_blockio, vdisk_nullio and vcdrom with the core."""
+    """Register vdisk_fileio, vdisk_blockio, vdisk_nullio and vcdrom with
+    the core, and their attributes with the management tree."""
+    # These import this file (they are scst_vdisk.c's other parts): a cycle
+    # C does not have, broken at call time.
     from scst_core.main import scst_register_virtual_dev_driver, scst_unregister_virtual_dev_driver
     from vdisk.blockio import blockio_devtype
     from vdisk.cdrom import cdrom_devtype
     from vdisk.fileio import fileio_devtype
     from vdisk.nullio import nullio_devtype
+    from vdisk.sysfs import vdisk_sysfs_init
+    if not 1 <= num_threads <= 128:
+        pr_err(f"vdisk: num_threads {num_threads} must be in 1..128")
+        return -EINVAL
     done = []
     for devt in (fileio_devtype, blockio_devtype, nullio_devtype, cdrom_devtype):
+        devt.owner = THIS_MODULE()
+        if not devt.exec_atomic:
+            devt.threads_num = num_threads
         ret = scst_register_virtual_dev_driver(devt)
         if ret != 0:
             pr_err(f"vdisk: registering {devt.name} failed: {ret}")
@@ -1254,11 +1275,14 @@ def vdisk_init() -> int:
             return ret
         vdisk_devtypes[devt.name] = devt
         done.append(devt)
+    vdisk_sysfs_init()
     return 0
 
 
 def vdisk_exit() -> None:
-    from scst_core.main import scst_unregister_virtual_dev_driver
+    from scst_core.main import scst_unregister_virtual_dev_driver   # the cycle vdisk_init names
+    from vdisk.sysfs import vdisk_sysfs_exit
+    vdisk_sysfs_exit()
     for name in list(vdisk_devtypes)[::-1]:
         devt = vdisk_devtypes.pop(name)
         scst_unregister_virtual_dev_driver(devt)
@@ -1279,3 +1303,6 @@ def vdisk_make_devtype(name: str, exec_fn: Callable[[scst_cmd], int],
         del_device=vdisk_del_device,
         add_device_parameters=vdisk_add_device_parameters)
 
+
+module_init(vdisk_init)
+module_exit(vdisk_exit)

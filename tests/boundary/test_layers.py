@@ -14,6 +14,9 @@
    KSHIM_EXTRA only, so a new module importing random or subprocess is
    reported. trio and pyfuse3 stay in the trio engine's modules.
 
+The kernel-layer rule itself lives in tools/modcheck.py, so `uscstadmin
+insmod --check` applies the same rule to a developer's outside module.
+
 check_layers(root) is a plain function over a source tree, so the tests can
 point it at a temporary copy with a deliberately bad module and prove it
 reports it (a checker that cannot fail proves nothing).
@@ -25,21 +28,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools.modcheck import KERNEL_LAYERS, PURE_STDLIB, kernel_import_problem
+from tools.modcheck import imports as _imports
+
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
-KERNEL_LAYERS = ("scst_core", "iscsi_scst", "vdisk")
-# What the kernel layers may import besides kshim and each other.
-PURE_STDLIB = frozenset({
-    "__future__", "typing", "enum", "struct", "attrs", "hashlib", "fnmatch",
-    "collections", "functools", "itertools", "math", "re", "dataclasses",
-    "string", "abc", "bisect", "heapq", "binascii", "base64", "hmac",
-})
-# Named explicitly so the report says why (all are outside PURE_STDLIB anyway).
-HOST_MODULES = frozenset({
-    "threading", "socket", "select", "selectors", "trio", "asyncio", "greenlet",
-    "os", "time", "subprocess", "multiprocessing", "ctypes", "cffi", "signal",
-    "io", "shutil", "pathlib", "random", "secrets",
-})
 # kshim modules that may touch the host: they fill kshim.host.ops.
 ENGINE_MODULES = frozenset({"engine_posix.py", "engine_trio.py", "engine_ctl.py",
                             "engine_uring.py", "engine_sim.py"})
@@ -63,30 +56,6 @@ class Violation:
         return f"{self.path}:{self.line}: imports {self.module}: {self.why}"
 
 
-def _imports(tree: ast.AST) -> list[tuple[int, str, bool]]:
-    """(line, top-level module, dynamic) for every import in tree;
-    relative imports give '.' (same package)."""
-    out: list[tuple[int, str, bool]] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                out.append((node.lineno, alias.name.split(".")[0], False))
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                out.append((node.lineno, ".", False))
-            else:
-                out.append((node.lineno, (node.module or "").split(".")[0], False))
-        elif isinstance(node, ast.Call):
-            f = node.func
-            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
-            if name in ("__import__", "import_module"):
-                arg = node.args[0] if node.args else None
-                mod = arg.value.split(".")[0] if isinstance(arg, ast.Constant) and \
-                    isinstance(arg.value, str) else "<dynamic>"
-                out.append((node.lineno, mod, True))
-    return out
-
-
 def _py_files(d: Path) -> list[Path]:
     return sorted(p for p in d.rglob("*.py") if "__pycache__" not in p.parts)
 
@@ -97,33 +66,34 @@ def _is_engine_module(path: Path, kshim_dir: Path) -> bool:
                                     or rel.name.startswith(ENGINE_MODULE_PREFIXES))
 
 
+def _parse(path: Path, rel: str, found: list[Violation]) -> ast.AST | None:
+    """The file's tree, or None after recording that it does not parse."""
+    try:
+        return ast.parse(path.read_text(), filename=rel)
+    except SyntaxError as e:
+        found.append(Violation(rel, e.lineno or 0, "?", f"does not parse: {e.msg}"))
+        return None
+
+
 def check_layers(root: Path) -> list[Violation]:
     """Every boundary violation under root (a checkout or a copy of one).
     Layers missing under root are skipped; a file that does not parse is a
     violation of its own."""
     root = Path(root)
     found: list[Violation] = []
-    allowed_kernel = {"kshim", ".", *KERNEL_LAYERS} | PURE_STDLIB
     for layer in KERNEL_LAYERS:
         d = root / layer
         if not d.is_dir():
             continue
         for path in _py_files(d):
             rel = str(path.relative_to(root))
-            try:
-                tree = ast.parse(path.read_text(), filename=rel)
-            except SyntaxError as e:
-                found.append(Violation(rel, e.lineno or 0, "?", f"does not parse: {e.msg}"))
+            tree = _parse(path, rel, found)
+            if tree is None:
                 continue
             for line, mod, dynamic in _imports(tree):
-                if dynamic:
-                    found.append(Violation(rel, line, mod, "dynamic import in kernel code"))
-                elif mod in HOST_MODULES:
-                    found.append(Violation(rel, line, mod,
-                                           "host module in kernel code (go through kshim)"))
-                elif mod not in allowed_kernel:
-                    found.append(Violation(rel, line, mod,
-                                           "not kshim, a kernel layer, or allowed pure stdlib"))
+                why = kernel_import_problem(mod, dynamic)
+                if why is not None:
+                    found.append(Violation(rel, line, mod, why))
     kd = root / "kshim"
     if kd.is_dir():
         found += _check_kshim(root, kd)
@@ -136,10 +106,8 @@ def _check_kshim(root: Path, kd: Path) -> list[Violation]:
     for path in _py_files(kd):
         rel = str(path.relative_to(root))
         engine = _is_engine_module(path, kd)
-        try:
-            tree = ast.parse(path.read_text(), filename=rel)
-        except SyntaxError as e:
-            found.append(Violation(rel, e.lineno or 0, "?", f"does not parse: {e.msg}"))
+        tree = _parse(path, rel, found)
+        if tree is None:
             continue
         for line, mod, dynamic in _imports(tree):
             if engine:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from kshim import bug, debug, printk
-from kshim_support import run_kernel
+from kshim_support import run_kernel, run_sim_kernel
 
 
 @pytest.fixture
@@ -19,3 +19,11 @@ def kernel():
     bug.reset_reports()
     printk.console_loglevel = level
     debug.set_debug(True)
+
+
+@pytest.fixture
+def sim_kernel(kernel):
+    """As kernel, but on the sim engine: time is virtual (a sleep costs no
+    wall time and lasts exactly as long as asked, plus timer slack below a
+    jiffy), every choice comes from seed 1, or USCST_SEED=N."""
+    yield run_sim_kernel

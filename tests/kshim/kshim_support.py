@@ -1,12 +1,15 @@
-"""Helpers for the kshim tests: run a body on the real engine, read the reports.
+"""Helpers for the kshim tests: run a body on the trio engine or on the sim
+engine (virtual time), read the reports.
 
 A module of its own (not conftest) so test files import it by a unique name."""
 from __future__ import annotations
 
+import os
 import signal
 from typing import Any, Callable
 
 from kshim import bug, debug, engine, printk
+from kshim.engine_sim import Simulation
 
 
 RUN_LIMIT_S = 60        # a test body that blocks forever fails instead of hanging the run
@@ -36,6 +39,20 @@ def run_kernel(body: Callable[[], Any]) -> Any:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
     return box[0] if box else None
+
+
+SIM_SEED = int(os.environ.get("USCST_SEED", "1"))    # USCST_SEED=N replays another seed
+
+
+def run_sim_kernel(body: Callable[[], Any], seed: int = SIM_SEED) -> Any:
+    """Boot the sim engine, run body() in a kthread under virtual time, stop,
+    return body's result. A body that never ends raises SimStall (after an
+    hour of virtual time at most), never hangs."""
+    sim = Simulation(seed)
+    try:
+        return sim.boot(body)
+    finally:
+        sim.shutdown(None)
 
 
 def titles() -> list[str]:

@@ -137,3 +137,67 @@ def test_module_param_refuses_world_writable_and_unknown_types():
         exec("from kshim.module import module_param\nmodule_param('x', 'float', 0o644)", g)
     module.modules.pop("t_kmod_inline", None)
     module._by_pymod.pop("t_kmod_inline", None)
+
+
+def test_named_holders_refuse_rmmod_naming_them_and_o_trunc_forces_it(fake_module):
+    name = fake_module("t_kmod_e", "t-alias-e", "t_double_e")
+    assert load_module(name) == 0
+    m = find_module(name)
+    user = module.module(name="t_user", pymod="t_user")
+    assert module.try_module_get_by(m, "LUN 3 of iqn.x") and module.ref_module(user, m) == 0
+    assert module.module_holders(m) == "LUN 3 of iqn.x, t_user" and m.refcnt == 2
+    printk.set_console_loglevel(3)
+    mark = len(printk.log_buf)
+    assert delete_module(name) == -EBUSY
+    assert any("t_kmod_e: module is in use by LUN 3 of iqn.x, t_user (refcount 2)" in e[2]
+               for e in list(printk.log_buf)[mark:])
+    module.module_put_by(m, "LUN 3 of iqn.x")
+    assert module.module_holders(m) == "t_user"
+    assert delete_module(name, module.O_TRUNC) == 0          # forced, as a shutdown does
+    assert sys.modules[name].log[-1] == "exit"
+    assert not module.try_module_get_by(m, "late")           # unloaded: no new references
+
+
+def test_a_live_module_publishes_its_parameters_in_sys_module(fake_module):
+    from kshim.sysfs import sysfs_listdir, sysfs_read, sysfs_write
+    name = fake_module("t_kmod_f", "t-alias-f", "t_double_f")
+    assert sysfs_read(f"/module/{name}/parameters/max_sessions") < 0   # not loaded yet
+    assert load_module(name, "max_sessions=5") == 0
+    assert [n for n, _ in sysfs_listdir(f"/module/{name}/parameters")] == ["max_sessions",
+                                                                           "verbose"]
+    assert sysfs_read(f"/module/{name}/parameters/max_sessions") == "5\n"
+    assert sysfs_write(f"/module/{name}/parameters/max_sessions", "9") > 0
+    assert sys.modules[name].max_sessions == 9
+    assert sysfs_write(f"/module/{name}/parameters/verbose", "1") < 0   # 0444
+    assert sysfs_read(f"/module/{name}/initstate") == "live\n"
+    assert delete_module(name) == 0
+    assert sysfs_read(f"/module/{name}/initstate") < 0
+
+
+def test_an_init_that_fails_or_raises_leaves_nothing_and_names_the_module(fake_module):
+    name = fake_module("t_kmod_g", "t-alias-g", "t_double_g")
+    importlib.import_module(name)                          # registers; init not run yet
+    module.find_module(name).init = lambda: -ENOENT
+    assert load_module(name) == -ENOENT
+    assert find_symbol("t_double_g") is None and name not in module.lsmod()
+
+    def boom() -> int:
+        raise ZeroDivisionError("division by zero")
+    module.find_module(name).init = boom
+    assert load_module(name) == -module.EFAULT
+    rep = bug.reports[-1]
+    assert rep.title == f"oops in init of module {name}" and "ZeroDivisionError" in \
+        rep.details["error"]
+    assert find_module(name).state == module.MODULE_STATE_UNFORMED
+
+
+def test_free_module_forgets_an_unloaded_module_so_an_edit_registers_afresh(fake_module):
+    name = fake_module("t_kmod_h", "t-alias-h", "t_double_h")
+    assert load_module(name) == 0
+    assert module.free_module(name) == -EBUSY                 # live
+    assert delete_module(name) == 0
+    assert module.free_module(name) == 0
+    assert find_module(name) is None
+    del sys.modules[name]
+    importlib.import_module(name)                          # the edited file, re-imported
+    assert find_module(name) is not None and load_module(name) == 0

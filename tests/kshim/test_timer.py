@@ -1,4 +1,7 @@
-"""kshim.timer: timers in softirq context, schedule_timeout, msleep, lifetime checks."""
+"""kshim.timer: timers in softirq context, schedule_timeout, msleep, lifetime checks.
+
+On the sim engine (virtual time): sleeps are exact, so the tests check
+exact durations, not wall-clock windows."""
 from __future__ import annotations
 
 from kshim_support import report, titles
@@ -14,7 +17,7 @@ from kshim.timer import (add_timer, del_timer, del_timer_sync, from_timer, mod_t
                          timer_shutdown)
 
 
-def test_mod_timer_reports_whether_the_timer_was_pending(kernel):
+def test_mod_timer_reports_whether_the_timer_was_pending(sim_kernel):
     def body():
         t = timer_list(lambda _: None)
         far = jiffies() + 100_000
@@ -23,10 +26,10 @@ def test_mod_timer_reports_whether_the_timer_was_pending(kernel):
         pending = timer_pending(t)
         deleted = del_timer(t)
         return first, again, pending, deleted, del_timer(t), timer_pending(t)
-    assert kernel(body) == (0, 1, True, 1, 0, False)
+    assert sim_kernel(body) == (0, 1, True, 1, 0, False)
 
 
-def test_timers_fire_in_expiry_order_in_softirq_context(kernel):
+def test_timers_fire_in_expiry_order_in_softirq_context(sim_kernel):
     log = []
 
     def body():
@@ -42,11 +45,11 @@ def test_timers_fire_in_expiry_order_in_softirq_context(kernel):
             setup_timer(t, fn, name)
             mod_timer(t, now + delay)
         wait_for_completion(done)
-    kernel(body)
+    sim_kernel(body)
     assert log == [("first", True), ("middle", True), ("last", True)]
 
 
-def test_a_deleted_timer_does_not_fire_and_timer_reduce_only_moves_earlier(kernel):
+def test_a_deleted_timer_does_not_fire_and_timer_reduce_only_moves_earlier(sim_kernel):
     log = []
 
     def body():
@@ -59,11 +62,11 @@ def test_a_deleted_timer_does_not_fire_and_timer_reduce_only_moves_earlier(kerne
         timer_reduce(t, jiffies() + 2)
         timer_reduce(t, jiffies() + 50_000)       # later: ignored
         wait_for_completion(done)
-    kernel(body)
+    sim_kernel(body)
     assert log == ["reduced fired"]
 
 
-def test_sleeping_in_a_timer_callback_is_reported_naming_it(kernel):
+def test_sleeping_in_a_timer_callback_is_reported_naming_it(sim_kernel):
     def body():
         done = completion()
 
@@ -72,25 +75,25 @@ def test_sleeping_in_a_timer_callback_is_reported_naming_it(kernel):
             msleep(1)
         mod_timer(timer_list(naughty_timer), jiffies() + 1)
         wait_for_completion(done)
-    kernel(body)
+    sim_kernel(body)
     rep = report("sleeping function called from invalid context")
     assert rep.details["callback"].endswith("naughty_timer") and rep.details["in_softirq"] == 1
     assert "schedule() called outside a task" in report("oops in softirq").details["error"]
 
 
-def test_timer_setup_or_add_timer_on_a_pending_timer_is_reported(kernel):
+def test_timer_setup_or_add_timer_on_a_pending_timer_is_reported(sim_kernel):
     def body():
         t = timer_list(lambda _: None)
         mod_timer(t, jiffies() + 100_000)
         timer_setup(t, lambda _: None)
         add_timer(t)
         del_timer(t)
-    kernel(body)
+    sim_kernel(body)
     assert report("ODEBUG: init active").details["object_type"] == "timer_list"
     assert report("add_timer() on a pending timer")
 
 
-def test_del_timer_sync_from_the_timers_own_callback_is_reported(kernel):
+def test_del_timer_sync_from_the_timers_own_callback_is_reported(sim_kernel):
     def body():
         done = completion()
 
@@ -99,20 +102,20 @@ def test_del_timer_sync_from_the_timers_own_callback_is_reported(kernel):
             complete(done)
         mod_timer(timer_list(self_killer), jiffies() + 1)
         wait_for_completion(done)
-    kernel(body)
+    sim_kernel(body)
     assert report("del_timer_sync() from the timer's own callback")
 
 
-def test_timer_shutdown_makes_later_arming_a_no_op(kernel):
+def test_timer_shutdown_makes_later_arming_a_no_op(sim_kernel):
     def body():
         t = timer_list(lambda _: None)
         mod_timer(t, jiffies() + 100_000)
         timer_shutdown(t)
         return mod_timer(t, jiffies() + 10), timer_pending(t)
-    assert kernel(body) == (0, False)
+    assert sim_kernel(body) == (0, False)
 
 
-def test_schedule_timeout_and_msleep_sleep_at_least_that_long(kernel):
+def test_schedule_timeout_and_msleep_sleep_at_least_that_long(sim_kernel):
     def body():
         t0 = jiffies()
         left = schedule_timeout_uninterruptible(3)
@@ -120,38 +123,43 @@ def test_schedule_timeout_and_msleep_sleep_at_least_that_long(kernel):
         msleep(5)
         t2 = jiffies()
         return left, t1 - t0, t2 - t1
-    left, slept, msleept = kernel(body)
-    assert left == 0 and slept >= 3 and msleept >= msecs_to_jiffies(5)
+    left, slept, msleept = sim_kernel(body)
+    assert left == 0 and slept == 3                         # not one jiffy early or late
+    assert msecs_to_jiffies(5) <= msleept <= msecs_to_jiffies(5) + 1
 
 
-def test_msleep_interruptible_returns_the_time_left_on_a_signal(kernel):
+def test_msleep_interruptible_returns_the_time_left_on_a_signal(sim_kernel):
     log = []
+    started = []
 
     def sleeper(_):
         allow_signal(SIGINT)
+        started.append(jiffies())
         log.append(msleep_interruptible(60_000))
 
     def body():
         t = kthread_run(sleeper, None, "sleeper")
-        sched.yield_()
+        while not started:                  # until the sleeper sleeps (any order of picks)
+            sched.yield_()
+        msleep(1500)
         send_sig(SIGINT, t)
         kthread_stop(t)
-    kernel(body)
-    assert 59_000 < log[0] <= 60_001
+    sim_kernel(body)
+    assert log[0] in (58_500, 58_501)       # virtual time: exactly 1.5 s of the 60 s passed
     assert titles() == []
 
 
-def test_a_timer_left_pending_is_forgotten_at_the_next_boot(kernel):
+def test_a_timer_left_pending_is_forgotten_at_the_next_boot(sim_kernel):
     fired = []
 
     def arm():
         t = timer_list(lambda _: fired.append(1))
         mod_timer(t, jiffies() + 100)       # well after this boot shuts down
         return t
-    t = kernel(arm)
+    t = sim_kernel(arm)
 
     def wait_a_bit():
         msleep(150)                         # past its expiry, on the next boot
         return timer_pending(t)
-    assert kernel(wait_a_bit) is False
+    assert sim_kernel(wait_a_bit) is False
     assert fired == []

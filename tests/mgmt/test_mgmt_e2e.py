@@ -244,3 +244,20 @@ def test_sd_notify_ready_when_started_by_systemd(tmp_path: Path) -> None:
 def test_unit_file_runs_uscstd_as_notify_service() -> None:
     unit = (Path(__file__).parents[2] / "tools" / "uscstd.service").read_text()
     assert "Type=notify" in unit and "--config" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit
+
+
+def test_driver_enabled_switch_refuses_new_logins_and_keeps_running_sessions(
+        daemon: Daemon) -> None:
+    from initiator import LoginError
+    with login(daemon) as running:
+        daemon.admin("set", "targets/iscsi/enabled", "0")
+        assert daemon.admin("get", "targets/iscsi/enabled").stdout.strip() == "0"
+        with Initiator(port=daemon.port, initiator_name="iqn.1993-08.org.debian:01:late") as late:
+            late.connect()
+            with pytest.raises(LoginError) as e:
+                late.login(TARGET)
+        assert e.value.status_class == 0x02            # initiator error: target not found
+        assert report_luns(running) == [0, 1]         # the session logged in before goes on
+        daemon.admin("set", "targets/iscsi/enabled", "1")
+    with login(daemon, "iqn.1993-08.org.debian:01:late") as ini:
+        assert report_luns(ini) == [0, 1]

@@ -1,0 +1,185 @@
+"""Drive a sans-IO InitiatorConnection over a blocking peer, from an actor.
+
+A Channel couples tools/sim/initiator.py's protocol object with a peer
+that has send(bytes), recv(n) (blocking the calling actor, b"" at EOF,
+ConnectionResetError on a reset) and close(): the sim engine's SimPeer
+or tools/sim/tcp.py's TcpPeer. It gives a scenario blocking verbs (login,
+run a batch of commands at a queue depth, ping, task management, logout)
+while the protocol object stays free of I/O.
+
+Where it may be called from: an actor (a greenlet the world runs); it
+blocks in peer.recv. Every loop ends after MAX_ROUNDS receives, so a
+silent target ends the actor with ChannelError rather than a hang (the
+world's own time bound stops a peer that never answers at all).
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Protocol
+
+from tools.sim.initiator import (
+    Command,
+    CommandAborted,
+    CommandComplete,
+    Event,
+    InitiatorConnection,
+    LoginComplete,
+    LoginFailed,
+    LogoutComplete,
+    PingComplete,
+    TaskManagementComplete,
+)
+from tools.sim.pdu import LOGOUT_CLOSE_SESSION, RESERVED_TAG
+
+MAX_ROUNDS = 1_000_000          # receives one wait may take before giving up
+
+
+class Peer(Protocol):
+    def send(self, data: bytes) -> None: ...
+
+    def recv(self, n: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class ChannelError(Exception):
+    """The target ended the connection or refused what we asked."""
+
+
+class Channel:
+    """One connection's protocol object and its peer."""
+
+    def __init__(self, conn: InitiatorConnection, peer: Peer) -> None:
+        self.conn = conn
+        self.peer = peer
+        self.events: list[Event] = []      # every event, in order (for scenarios)
+        self.eof = False
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and not self.eof:
+            try:
+                self.peer.send(data)
+            except (ConnectionResetError, BrokenPipeError) as e:
+                self._lost(f"send failed: {e}")
+
+    def pump(self) -> list[Event]:
+        """Send what is queued, receive once, return the new events."""
+        self.flush()
+        if self.eof:
+            raise ChannelError("connection closed")
+        try:
+            chunk = self.peer.recv(1 << 16)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            self._lost("target closed the connection")
+            raise ChannelError("target closed the connection")
+        events = self.conn.receive_data(chunk)
+        self.events.extend(events)
+        self.flush()
+        return events
+
+    def _lost(self, why: str) -> None:
+        self.eof = True
+        self.conn.connection_lost(why)
+
+    def wait_for(self, done: Callable[[], bool]) -> None:
+        for _ in range(MAX_ROUNDS):
+            if done():
+                return
+            self.pump()
+        raise ChannelError("no progress after MAX_ROUNDS receives")
+
+    def wait_closed(self) -> None:
+        """Receive (answering what the protocol answers) until EOF."""
+        try:
+            self.wait_for(lambda: False)
+        except ChannelError:
+            if not self.eof:
+                raise
+
+    # -- verbs --
+
+    def login(self, keys: dict[str, str] | None = None) -> LoginComplete:
+        self.conn.start_login(keys)
+        for _ in range(MAX_ROUNDS):
+            for ev in self.pump():
+                if isinstance(ev, LoginComplete):
+                    return ev
+                if isinstance(ev, LoginFailed):
+                    raise ChannelError(f"login failed: class 0x{ev.status_class:02x} "
+                                       f"detail 0x{ev.status_detail:02x}")
+        raise ChannelError("login did not finish")
+
+    def submit(self, cdb: bytes, **kw: object) -> Command:
+        if self.eof:
+            raise ChannelError("connection closed")
+        cmd = self.conn.submit(cdb, **kw)    # type: ignore[arg-type]
+        self.flush()
+        return cmd
+
+    def wait(self, cmds: Iterable[Command]) -> None:
+        pending = list(cmds)
+        self.wait_for(lambda: all(c.finished for c in pending))
+
+    def run(self, make: Iterable[Callable[["Channel"], Command]], depth: int) -> list[Command]:
+        """Issue commands from make (each a function submitting one),
+        keeping at most depth outstanding; return them all when finished."""
+        out: list[Command] = []
+        live: list[Command] = []
+        it = iter(make)
+        exhausted = False
+        for _ in range(MAX_ROUNDS):
+            live = [c for c in live if not c.finished]
+            while not exhausted and len(live) < depth:
+                nxt = next(it, None)
+                if nxt is None:
+                    exhausted = True
+                    break
+                cmd = nxt(self)
+                out.append(cmd)
+                live.append(cmd)
+            if exhausted and not live:
+                return out
+            self.pump()
+        raise ChannelError("commands did not finish")
+
+    def ping(self) -> None:
+        itt = self.conn.nop_out()
+        self.wait_for(lambda: any(isinstance(e, PingComplete) and e.itt == itt
+                                  for e in self.events))
+
+    def task_mgmt(self, function: int, *, ref_itt: int = RESERVED_TAG, lun: int = 0) -> int:
+        itt = self.conn.task_mgmt(function, ref_itt=ref_itt, lun=lun)
+        self.flush()
+        found: list[int] = []
+
+        def done() -> bool:
+            for e in self.events:
+                if isinstance(e, TaskManagementComplete) and e.itt == itt:
+                    found.append(e.response)
+                    return True
+            return False
+        self.wait_for(done)
+        return found[0]
+
+    def logout(self, reason: int = LOGOUT_CLOSE_SESSION) -> int:
+        self.conn.logout(reason)
+        found: list[int] = []
+
+        def done() -> bool:
+            for e in self.events:
+                if isinstance(e, LogoutComplete):
+                    found.append(e.response)
+                    return True
+            return False
+        self.wait_for(done)
+        self.wait_closed()
+        self.peer.close()
+        return found[0]
+
+    def aborted(self) -> list[Command]:
+        return [e.command for e in self.events if isinstance(e, CommandAborted)]
+
+    def completed(self) -> list[Command]:
+        return [e.command for e in self.events if isinstance(e, CommandComplete)]
