@@ -1,7 +1,7 @@
 """io_uring for the engine's file I/O: liburing bound with cffi.
 
 Twin of nothing in the kernel: this is the host side of kshim's block I/O,
-like the seed's AIO service. The trio engine (kshim/engine.py) routes the
+like the seed's AIO service. The trio engine (kshim/engine_trio.py) routes the
 pool jobs that are plain reads, writes and fsyncs here when the ring could
 be set up, and keeps its worker pool for everything else and as the
 fallback when io_uring is refused.
