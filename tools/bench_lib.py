@@ -406,6 +406,7 @@ class Server:
         self.iqn = ""
         self.lun = 0
         self.block_size = 512
+        self.nagle_changed = False      # a row left nagle_mode other than off
 
     @property
     def url(self) -> str:
@@ -780,11 +781,14 @@ def run_perf(server: Server, wl: Workload, seconds: int, rnd: int,
     except BenchError as e:
         rec.error = str(e)
         return rec
-    if wl.nagle:
-        err = server.set_nagle(wl.nagle)
+    # A Nagle row leaves its mode set: put "off" back before any other row.
+    mode = wl.nagle or ("off" if server.nagle_changed else "")
+    if mode:
+        err = server.set_nagle(mode)
         if err:
             rec.error = err
             return rec
+        server.nagle_changed = mode != "off"
     rec.loadavg_before = loadavg()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu0 = proc_tree_cpu_ticks(server.pid)
