@@ -49,7 +49,8 @@ NAGLE_ADAPTIVE = 2
 NAGLE_MODES = ("off", "on", "adaptive")
 NAGLE_FOLLOW_TARGET = -1
 
-# Thresholds (the seed's defaults): module parameters of iscsi_scst.
+# Thresholds (the seed's defaults): module parameters of iscsi_scst
+# (/sys/module/iscsi_scst/parameters/nagle_{T,M,Q}), read at each idle.
 nagle_T = 96
 nagle_M = 40
 nagle_Q = 0
@@ -114,9 +115,9 @@ def iscsi_nagle_idle(conn: "iscsi_conn") -> None:
         ng.pdus_nagle += b - ng.entered
         ng.entered = 0
     mode = _effective_mode(conn)
+    ng.enter_at = nagle_T if mode == NAGLE_ADAPTIVE else -1
     if mode != ng.applied:
         ng.applied = mode
-        ng.enter_at = nagle_T if mode == NAGLE_ADAPTIVE else -1
         _nodelay(conn, mode != NAGLE_ON)
     elif mode == NAGLE_ADAPTIVE and not ng.nodelay:
         hi = nagle_T + nagle_M

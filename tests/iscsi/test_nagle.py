@@ -46,6 +46,9 @@ def test_uscstadmin_switches_nagle_on_a_live_connection_and_its_statistics_follo
     tgt = f"targets/iscsi/{srv.iqn}"
     sess = f"{tgt}/sessions/{INITIATOR}"
     assert _admin(sock, "get", f"{tgt}/nagle_mode").stdout.strip() == "off"
+    thresholds = [_admin(sock, "get", f"module/iscsi_scst/parameters/nagle_{x}").stdout.strip()
+                  for x in "TMQ"]
+    assert thresholds == ["96", "40", "0"]
     perf = subprocess.Popen(["iscsi-perf", "-i", INITIATOR, "-m", "16", "-b", "1", "-t", "300",
                              "-r", srv.url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
