@@ -651,15 +651,26 @@ class UscstdServer(Server):
         self._spawn(cmd, cwd=REPO_ROOT)
 
 
-    def set_nagle(self, mode: str) -> str:
+    def _set(self, attr: str, value: str) -> str:
         r = run_tool([sys.executable, "-m", "tools.uscstadmin", "--socket", str(self.control),
-                      "set", f"targets/iscsi/{self.iqn}/nagle_mode", mode], TOOL_TIMEOUT)
-        return "" if r.returncode == 0 else f"nagle_mode {mode}: {r.stdout.strip()[-200:]}"
+                      "set", f"targets/iscsi/{self.iqn}/{attr}", value], TOOL_TIMEOUT)
+        return "" if r.returncode == 0 else f"{attr} {value}: {r.stdout.strip()[-200:]}"
+
+    def set_nagle(self, mode: str) -> str:
+        return self._set("nagle_mode", mode)
+
+    def wait_ready(self, deadline_s: float) -> None:
+        super().wait_ready(deadline_s)
+        # A command window of 128, as tgtd's: a session's queue depth is
+        # capped by it, and the QD 64 and 128 rows need it. (Set live: the
+        # scst.conf loader does not apply target attributes at start.)
+        err = self._set("QueuedCommands", "128")
+        if err:
+            raise BenchError(f"uscstd: {err}")
 
 
 def uscstd_config(iqn: str, backing: Path) -> str:
-    """scst.conf for the bench: USCST_LUNS on one backing file; a command
-    window of 128 as tgtd's (QD 64 and 128 rows need it)."""
+    """scst.conf for the bench: USCST_LUNS on one backing file."""
     return f"""HANDLER vdisk_fileio {{
 \tDEVICE wb {{
 \t\tfilename {backing}
@@ -680,7 +691,6 @@ TARGET_DRIVER iscsi {{
 \tenabled 1
 \tTARGET {iqn} {{
 \t\tenabled 1
-\t\tQueuedCommands 128
 \t\tLUN {USCST_LUNS['wb']} wb
 \t\tLUN {USCST_LUNS['wt']} wt
 \t\tLUN {USCST_LUNS['bio']} bio
