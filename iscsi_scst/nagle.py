@@ -39,6 +39,7 @@ from kshim.kobject import kobject
 from kshim.net import SOL_TCP, TCP_NODELAY, TCP_QUICKACK, kernel_setsockopt
 from kshim.printk import pr_err
 from kshim.sysfs import __ATTR_RO, __ATTR_RW, kobj_attribute
+from scst_core.sysfs import scst_attr_show_key
 
 if TYPE_CHECKING:
     from iscsi_scst.conn import iscsi_conn
@@ -157,7 +158,8 @@ def iscsi_nagle_show(conn: "iscsi_conn") -> str:
 # each connection's statistics (iscsi_nagle_show), blank-line separated.
 
 def _tgt_mode_show(kobj: kobject, _a: kobj_attribute) -> str:
-    return NAGLE_MODES[kobj.private.tgt_priv.nagle_mode] + "\n"
+    mode = kobj.private.tgt_priv.nagle_mode
+    return scst_attr_show_key(NAGLE_MODES[mode], mode != NAGLE_OFF)   # [key]: write-config keeps it
 
 
 def _tgt_mode_store(kobj: kobject, _a: kobj_attribute, buf: str) -> int:

@@ -662,8 +662,8 @@ class UscstdServer(Server):
     def wait_ready(self, deadline_s: float) -> None:
         super().wait_ready(deadline_s)
         # A command window of 128, as tgtd's: a session's queue depth is
-        # capped by it, and the QD 64 and 128 rows need it. (Set live: the
-        # scst.conf loader does not apply target attributes at start.)
+        # capped by it, and the QD 64 and 128 rows need it. Set live, so a
+        # --uscstd of any version with the attribute gets it.
         err = self._set("QueuedCommands", "128")
         if err:
             raise BenchError(f"uscstd: {err}")

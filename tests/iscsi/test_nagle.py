@@ -94,3 +94,17 @@ def test_bad_nagle_modes_are_refused_with_a_clear_error(uscstd, tmp_path):
     assert "Traceback" not in r.stdout + r.stderr
     assert _admin(sock, "get", f"targets/iscsi/{srv.iqn}/nagle_mode").stdout.strip() == "off"
     srv.assert_healthy()
+
+
+def test_a_target_nagle_mode_other_than_off_is_written_back_by_write_config(uscstd, tmp_path):
+    sock = tmp_path / "ctl.sock"
+    srv: UscstdServer = uscstd("--control", str(sock))
+    out = tmp_path / "out.conf"
+    assert _admin(sock, "write-config", str(out)).returncode == 0
+    def attr_lines() -> list[str]:
+        return [ln.strip() for ln in out.read_text().splitlines()
+                if ln.strip().startswith("nagle_mode")]
+    assert attr_lines() == []                                   # off: the default
+    assert _admin(sock, "set", f"targets/iscsi/{srv.iqn}/nagle_mode", "adaptive").returncode == 0
+    assert _admin(sock, "write-config", str(out)).returncode == 0
+    assert attr_lines() == ["nagle_mode adaptive"]
