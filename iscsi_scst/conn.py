@@ -9,6 +9,13 @@ run in softirq context and only set flags and wake the connection's
 threads. iscsi_conn_close runs on the connection's rd thread once it has
 left its receive loop; it sleeps.
 
+Receive buffers: the rd thread's 256 KiB receive buffer comes from the
+iscsi_rxbuf kmem cache when there is something to read and goes back to it
+when the socket is drained and the buffer empty (iscsi_conn_rxbuf_get/put),
+so an idle connection pins no buffer; data to be thrown away lands in one
+shared dummy buffer, as iscsi-scst's dummy page (its contents are never
+read, and one CPU means no two receives overlap).
+
 Differs from iscsi-scst: each connection has its own rd and wr kthreads
 (iscsi-scst shares pools of them); the login runs on the rd thread.
 """
@@ -21,12 +28,16 @@ import attrs
 from iscsi_scst.nagle import iscsi_nagle
 from iscsi_scst.usr.iscsid import login_session
 from iscsi_scst.usr.param import iscsi_sess_params
+from kshim.fault_inject import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
 from kshim.jiffies import HZ, jiffies
 from kshim.kthread import kthread_run, kthread_stop
 from kshim.list import list_head
+from kshim.err import ENOMEM
+from kshim.gfp import GFP_KERNEL
 from kshim.net import (SHUT_RDWR, TCP_ESTABLISHED, kernel_getpeername, kernel_sock_shutdown,
                        sock_release, socket, tcp_sock_set_nodelay)
 from kshim.printk import pr_info
+from kshim.slab import kmem_cache_alloc, kmem_cache_create, kmem_cache_free
 from kshim.spinlock import spinlock_t
 from kshim.timer import del_timer, mod_timer, timer_list
 from kshim.wait import wait_event_timeout, wait_queue_head, wake_up, wake_up_all
@@ -36,6 +47,10 @@ if TYPE_CHECKING:
     from iscsi_scst.target import iscsi_portal
 
 RXBUF_SIZE = 256 * 1024
+DISCARD_SIZE = 65536
+iscsi_rxbuf_cache = kmem_cache_create("iscsi_rxbuf", RXBUF_SIZE)
+# Where discarded data segments are received (never read back).
+iscsi_dummy_buf = memoryview(bytearray(DISCARD_SIZE))
 # A login that has not reached full feature phase by then is dropped.
 iscsi_login_timeout = 30
 # Connections waiting for their last commands to come back on close.
@@ -81,8 +96,8 @@ class iscsi_conn:
     hdigest_rx: bool = False
     ddigest_rx: bool = False
     max_recv_data_length: int = 8192
-    rxbuf: bytearray = attrs.field(factory=lambda: bytearray(RXBUF_SIZE))
-    rxmv: memoryview = attrs.field(default=None)
+    rxbuf: bytearray | None = None          # from iscsi_rxbuf_cache while in use
+    rxmv: memoryview | None = None
     rx_start: int = 0
     rx_end: int = 0
     read_state: int = RX_INIT_BHS
@@ -94,7 +109,6 @@ class iscsi_conn:
     rx_collect: bytearray | None = None
     rx_done: Any = None
     rx_cmnd: Any = None
-    discard: bytearray = attrs.field(factory=lambda: bytearray(65536))
     # commands of this connection by ITT (rd thread adds; freeing removes)
     cmd_hash: dict = attrs.field(factory=dict)
     cmds_waitQ: wait_queue_head = attrs.field(factory=lambda: wait_queue_head("conn.cmds"))
@@ -109,8 +123,29 @@ class iscsi_conn:
     # Adaptive Nagle (iscsi_scst/nagle.py): the rd thread's
     nagle: iscsi_nagle = attrs.field(factory=iscsi_nagle)
 
-    def __attrs_post_init__(self) -> None:
-        self.rxmv = memoryview(self.rxbuf)
+
+def iscsi_conn_rxbuf_get(conn: iscsi_conn) -> int:
+    """Give conn a receive buffer if it has none (rd thread): 0 or -ENOMEM."""
+    if conn.rxbuf is None:
+        buf = kmem_cache_alloc(iscsi_rxbuf_cache, GFP_KERNEL)
+        if buf is None:
+            return -ENOMEM
+        conn.rxbuf = buf
+        conn.rxmv = memoryview(buf)
+        conn.rx_start = conn.rx_end = 0
+    return 0
+
+
+def iscsi_conn_rxbuf_put(conn: iscsi_conn) -> None:
+    """Return conn's receive buffer to the cache if it holds no unread bytes
+    (rd thread, before it sleeps, and at close with force)."""
+    buf = conn.rxbuf
+    if buf is None or conn.rx_start != conn.rx_end:
+        return
+    conn.rxmv.release()
+    conn.rxbuf = conn.rxmv = None
+    conn.rx_start = conn.rx_end = 0
+    kmem_cache_free(iscsi_rxbuf_cache, buf)
 
 
 conn_list: list[iscsi_conn] = []
@@ -123,19 +158,23 @@ def iscsi_conn_count() -> int:
 
 def iscsi_data_ready(sk: Any) -> None:
     conn = sk.sk_user_data
+    if conn is None:
+        return
     conn.rd_ready = True
     wake_up(conn.rd_waitQ)
 
 
 def iscsi_write_space(sk: Any) -> None:
     conn = sk.sk_user_data
+    if conn is None:
+        return
     conn.wr_space = True
     wake_up(conn.wr_waitQ)
 
 
 def iscsi_state_change(sk: Any) -> None:
     conn = sk.sk_user_data
-    if sk.sk_state != TCP_ESTABLISHED:
+    if conn is not None and sk.sk_state != TCP_ESTABLISHED:
         iscsi_conn_mark_closing(conn)
 
 
@@ -150,12 +189,14 @@ def iscsi_conn_mark_closing(conn: iscsi_conn) -> None:
 
 def _login_timeout(timer: timer_list) -> None:
     conn = timer.data
-    if conn.session is None:
+    if conn is not None and conn.session is None:
         pr_info(f"iscsi: login from {conn.peer} timed out")
         iscsi_conn_mark_closing(conn)
 
 
-def iscsi_conn_alloc(sock: socket, portal: "iscsi_portal") -> iscsi_conn:
+@ALLOW_ERROR_INJECTION(EI_ETYPE_ERRNO)
+def iscsi_conn_alloc(sock: socket, portal: "iscsi_portal") -> "iscsi_conn | int":
+    """A connection in login phase with its rd and wr threads, or -ENOMEM."""
     from iscsi_scst.nthread import iscsi_rd_thread, iscsi_wr_thread
     from iscsi_scst.iscsi import iscsi_new_login
     peer = kernel_getpeername(sock)
@@ -189,6 +230,17 @@ def iscsi_conn_close(conn: iscsi_conn) -> None:
     if not wait_event_timeout(conn.cmds_waitQ, lambda: not conn.cmd_hash, _CLOSE_WAIT):
         pr_info(f"iscsi: {len(conn.cmd_hash)} commands of {conn.peer} still busy at close")
     sock_release(conn.sock)
+    conn.rx_start = conn.rx_end      # what is left unread is lost with the socket
+    iscsi_conn_rxbuf_put(conn)
+    # Unhook conn from what outlives it (the socket, stale timer entries),
+    # as iscsi-scst restores sk_user_data: refcounting then frees it.
+    conn.sock.sk.sk_user_data = None
+    # XXX: issue 16: Linux's sock_release orphans the sk (sock_orphan); kshim.net's does
+    # not yet, and the sk <-> socket cycle kept ~2 KB per connection until a full GC.
+    conn.sock.sk.sk_socket = None
+    conn.login_timer.data = conn.nop_timer.data = None
+    # and from its threads (their kthread data points back at conn)
+    conn.rd_task = conn.wr_task = None
     sess = conn.session
     if sess is not None:
         if not conn.logged_out:

@@ -18,10 +18,16 @@ list (the rd thread before it sleeps, or the wr thread). A command that
 arrives ahead of its CmdSN is held, with its unsolicited data in a buffer of
 its own, and handed to SCST when its turn comes (any connection's rd
 thread may release it).
+
+Observability: tracepoints iscsi_pdu_rx (a span around a header's handling,
+called by nthread while enabled), iscsi_pdu_tx, iscsi_r2t and iscsi_login;
+login_stats and each session's cmdsn_window_full count for iscsi_metrics()
+(the Prometheus endpoint).
 """
 from __future__ import annotations
 
 import fnmatch
+import functools
 import struct
 from typing import Any, Callable
 
@@ -31,7 +37,8 @@ from iscsi_scst import conn as conn_mod
 from iscsi_scst import nagle as nagle_mod
 from iscsi_scst import session as session_mod
 from iscsi_scst.config import iscsi_sysfs_exit, iscsi_sysfs_init
-from iscsi_scst.conn import RX_DATA, RX_INIT_BHS, RX_TAIL, iscsi_conn, iscsi_conn_mark_closing
+from iscsi_scst.conn import (RX_DATA, RX_INIT_BHS, RX_TAIL, iscsi_conn, iscsi_conn_mark_closing,
+                             iscsi_dummy_buf)
 from iscsi_scst.digest import digest_data
 from iscsi_scst.hdr import (ISCSI_CMD_ATTR_MASK, common_hdr, ISCSI_CMD_READ, ISCSI_CMD_WRITE,
                             ISCSI_FLG_CONTINUE, ISCSI_FLG_FINAL, ISCSI_FLG_RESID_OVERFLOW,
@@ -49,6 +56,7 @@ from iscsi_scst.hdr import (ISCSI_CMD_ATTR_MASK, common_hdr, ISCSI_CMD_READ, ISC
                             ISCSI_OP_SCSI_DATA_IN, ISCSI_OP_ASYNC_MSG,
                             ISCSI_ASYNC_LOGOUT_REQUEST,
                             ISCSI_OP_REJECT, ISCSI_OP_SCSI_CMD, ISCSI_OP_SCSI_DATA_OUT,
+                            ISCSI_OP_SCSI_RSP,
                             ISCSI_OP_SCSI_TASK_MGT_MSG, ISCSI_OP_SCSI_TASK_MGT_RSP,
                             ISCSI_OP_SNACK_CMD, ISCSI_OP_TEXT_CMD, ISCSI_OP_TEXT_RSP,
                             ISCSI_OPCODE_MASK, ISCSI_REASON_DATA_DIGEST_ERROR,
@@ -72,10 +80,14 @@ from kshim.printk import pr_err, pr_info, pr_warn
 from kshim.random32 import get_random_bytes
 from kshim.scatterlist import sg_copy_from_buffer, sg_virt
 from kshim.slab import kmem_cache_alloc, kmem_cache_create, kmem_cache_free
-from kshim.gfp import GFP_KERNEL
+from kshim.err import IS_ERR
+from kshim.fault_inject import DECLARE_FAULT_ATTR, should_fail
+from kshim.gfp import GFP_KERNEL, __GFP_NOFAIL
 from kshim.jiffies import HZ, jiffies
 from kshim.timer import del_timer, mod_timer, timer_list
-from scst_core.const import (SAM_STAT_GOOD, SCST_ABORT_TASK, SCST_ABORT_TASK_SET,
+from kshim import tracepoint
+from kshim.tracepoint import TRACE_EVENT
+from scst_core.const import (SAM_STAT_BUSY, SAM_STAT_GOOD, SCST_ABORT_TASK, SCST_ABORT_TASK_SET,
                              SCST_CLEAR_ACA, SCST_CLEAR_TASK_SET, SCST_LUN_RESET,
                              SCST_MGMT_STATUS_FN_NOT_SUPPORTED, SCST_MGMT_STATUS_LUN_NOT_EXIST,
                              SCST_MGMT_STATUS_SUCCESS, SCST_MGMT_STATUS_TASK_NOT_EXIST,
@@ -83,7 +95,7 @@ from scst_core.const import (SAM_STAT_GOOD, SCST_ABORT_TASK, SCST_ABORT_TASK_SET
                              scst_sense_data_phase_error, SCST_CMD_QUEUE_ACA, SCST_CMD_QUEUE_HEAD_OF_QUEUE,
                              SCST_CMD_QUEUE_ORDERED, SCST_CMD_QUEUE_SIMPLE,
                              SCST_CMD_QUEUE_UNTAGGED, scst_sense_data_digest_error)
-from scst_core.lib import scst_pack_lun, scst_set_cmd_error
+from scst_core.lib import scst_pack_lun, scst_set_cmd_error, scst_unpack_lun
 from scst_core.main import scst_register_target_template, scst_unregister_target_template
 from scst_core.scst import (SCST_CMD_STATE_DATA_WAIT,
                             SCST_CONTEXT_DIRECT, SCST_CONTEXT_SAME, SCST_DATA_BIDI,
@@ -156,6 +168,18 @@ class iscsi_tx_pdu:
 iscsi_cmnd_cache = kmem_cache_create("iscsi_cmnd", iscsi_cmnd,
                                      ctor=lambda: iscsi_cmnd(None, 0, _ZERO_LUN, 0, 0))
 
+# Tracepoints (iscsi-scst has TRACE_D_READ/D_WRITE printk levels instead).
+# sess is the initiator's name ("" before login completes); opcode is the
+# iSCSI opcode; a received PDU is a span covering its header's handling
+# (the SCSI command's first states run inside it, on the rd thread).
+trace_iscsi_pdu_rx = TRACE_EVENT("iscsi_pdu_rx", (
+    "sess", "cid", "opcode", "flags", "itt", "lun", "sn", "ttt", "offset", "dsl"), span=True)
+trace_iscsi_pdu_tx = TRACE_EVENT("iscsi_pdu_tx", ("sess", "cid", "opcode", "itt", "stat_sn", "dlen"))
+trace_iscsi_r2t = TRACE_EVENT("iscsi_r2t", ("sess", "itt", "ttt", "offset", "len", "outstanding"))
+trace_iscsi_login = TRACE_EVENT("iscsi_login", (
+    "peer", "initiator", "csg", "nsg", "transit", "status", "keys", "rsp_keys"))
+_SN_FIELD = struct.Struct(">I")
+
 
 # -- rx: header dispatch ----------------------------------------------------
 
@@ -177,7 +201,7 @@ def _rx_set(conn: iscsi_conn, dsl: int, done: Callable[[iscsi_conn], None] | Non
 
 
 def _discard_iov(conn: iscsi_conn, n: int) -> list:
-    d = memoryview(conn.discard)
+    d = iscsi_dummy_buf
     out = []
     while n > 0:
         k = n if n < len(d) else len(d)
@@ -197,6 +221,9 @@ def iscsi_rx_hdr(conn: iscsi_conn, buf: bytearray, off: int) -> None:
     b0, flags, _b2, _b3, lens, lun, itt = common_hdr.unpack_from(buf, off)
     dsl = lens & 0xFFFFFF
     op = b0 & ISCSI_OPCODE_MASK
+    if fail_iscsi_pdu.armed and iscsi_pdu_fault(op):
+        raise ProtocolError(f"iscsi: {conn.peer}: fault injection (fail_iscsi_pdu): dropping the "
+                            f"connection at a PDU of opcode {op:#x}, ITT {itt:#x}", None)
     if dsl > conn.max_recv_data_length:
         raise ProtocolError(f"iscsi: {conn.peer}: data segment of {dsl} bytes exceeds "
                             f"MaxRecvDataSegmentLength {conn.max_recv_data_length} "
@@ -227,6 +254,111 @@ def iscsi_rx_hdr(conn: iscsi_conn, buf: bytearray, off: int) -> None:
     else:
         iscsi_send_reject(conn, bhs, ISCSI_REASON_UNSUPPORTED_COMMAND)
         _rx_discard(conn, dsl)
+
+
+_PDU_NAMES = {"SCSI-Command": ISCSI_OP_SCSI_CMD, "Data-Out": ISCSI_OP_SCSI_DATA_OUT,
+              "NOP-Out": ISCSI_OP_NOP_OUT, "Text": ISCSI_OP_TEXT_CMD,
+              "Task-Management": ISCSI_OP_SCSI_TASK_MGT_MSG, "Logout": ISCSI_OP_LOGOUT_CMD,
+              "Login": ISCSI_OP_LOGIN_CMD}
+# The connection drops when an eligible PDU's header arrives ("drop the
+# connection after the 2nd Data-Out": opcode=Data-Out,interval=3,times=1).
+fail_iscsi_pdu = DECLARE_FAULT_ATTR("fail_iscsi_pdu", {
+    "opcode": (str, "Data-Out", tuple(_PDU_NAMES) + ("ANY",))})
+
+
+def iscsi_pdu_fault(op: int) -> bool:
+    """Should the connection drop at this PDU (fail_iscsi_pdu)?"""
+    name = fail_iscsi_pdu.params["opcode"]
+    if name != "ANY" and _PDU_NAMES[name] != op:
+        return False
+    return should_fail(fail_iscsi_pdu, 1)
+
+
+def iscsi_rx_hdr_traced(conn: iscsi_conn, buf: bytearray, off: int) -> None:
+    """iscsi_rx_hdr inside an iscsi_pdu_rx span (nthread calls this one
+    while the event is enabled)."""
+    b0, flags, _b2, _b3, lens, lun, itt = common_hdr.unpack_from(buf, off)
+    op = b0 & ISCSI_OPCODE_MASK
+    sess = conn.session
+    if op == ISCSI_OP_SCSI_DATA_OUT:
+        sn = _SN_FIELD.unpack_from(buf, off + 36)[0]            # DataSN
+    else:
+        sn = _SN_FIELD.unpack_from(buf, off + 24)[0]            # CmdSN
+    who = ("" if sess is None else sess.initiator_name, conn.cid, op, flags, itt,
+           scst_unpack_lun(lun) if op in (ISCSI_OP_SCSI_CMD, ISCSI_OP_SCSI_DATA_OUT,
+                                          ISCSI_OP_SCSI_TASK_MGT_MSG) else 0,
+           sn, _SN_FIELD.unpack_from(buf, off + 20)[0], _SN_FIELD.unpack_from(buf, off + 40)[0],
+           lens & 0xFFFFFF)
+    t0 = tracepoint.now()
+    try:
+        iscsi_rx_hdr(conn, buf, off)
+    finally:
+        trace_iscsi_pdu_rx.span_end(t0, *who)
+
+
+# RFC 7143 11.13.5 login status (class, detail) -> the reason a metric names
+LOGIN_FAILURE_REASONS = {
+    (0x02, 0x00): "initiator_error", (0x02, 0x01): "authentication_failure",
+    (0x02, 0x02): "authorization_failure", (0x02, 0x03): "target_not_found",
+    (0x02, 0x04): "target_removed", (0x02, 0x05): "unsupported_version",
+    (0x02, 0x06): "too_many_connections", (0x02, 0x07): "missing_parameter",
+    (0x02, 0x08): "cant_include_in_session", (0x02, 0x09): "session_type_not_supported",
+    (0x02, 0x0A): "session_does_not_exist", (0x02, 0x0B): "invalid_during_login",
+    (0x03, 0x00): "target_error", (0x03, 0x01): "service_unavailable",
+    (0x03, 0x02): "out_of_resources",
+}
+# (target name or "", "success" | "failure", reason) -> logins; the rd
+# threads' login path only, on the one CPU
+login_stats: dict[tuple[str, str, str], int] = {}
+
+
+def _count_login(login: login_session | None, status_class: int, status_detail: int) -> None:
+    target = login.target.name if login is not None and login.target is not None else ""
+    if status_class == 0:
+        key = (target, "success", "")
+    else:
+        key = (target, "failure", LOGIN_FAILURE_REASONS.get(
+            (status_class, status_detail), f"status_{status_class:02x}{status_detail:02x}"))
+    login_stats[key] = login_stats.get(key, 0) + 1
+
+
+def iscsi_metrics() -> list[tuple[str, str, str, list]]:
+    """The iSCSI driver's counter families (see scst_core.stats for the
+    shape): logins by target, result and reason; per session, the commands
+    that used the last CmdSN of the window (the initiator then waits)."""
+    logins = [({"target": t or "-", "result": r, "reason": why or "-"}, n)
+              for (t, r, why), n in sorted(login_stats.items())]
+    stalls = [({"target": s.target.name, "session": s.initiator_name, "tsih": str(s.tsih)},
+               s.cmdsn_window_full) for s in session_mod.session_list if s.target is not None]
+    return [("uscst_iscsi_logins", "counter", "logins, by target, result and failure reason",
+             logins),
+            ("uscst_iscsi_cmdsn_window_stalls", "counter", "commands that used the last CmdSN "
+             "the target allowed (MaxCmdSN): the initiator stalls until a response", stalls)]
+
+
+def _login_keys(data: bytes) -> str:
+    """A login PDU's keys for the trace, CHAP values left out."""
+    keys = []
+    for kv in data.decode("utf-8", "replace").split("\0"):
+        if kv:
+            k, _, v = kv.partition("=")
+            keys.append(f"{k}=<hidden>" if k.startswith("CHAP_") and k != "CHAP_A" else kv)
+    return " ".join(keys)[:1024]
+
+
+def _trace_pdu_tx(conn: iscsi_conn, item: Any) -> None:
+    sess = conn.session
+    name = "" if sess is None else sess.initiator_name
+    if item.tx_kind == TX_PDU:
+        bhs = item.bhs
+        trace_iscsi_pdu_tx(name, conn.cid, bhs[0] & ISCSI_OPCODE_MASK, u32_at(bhs, 16),
+                           conn.stat_sn, len(item.data))
+        return
+    scmd = item.scst_cmd
+    data = (min(scmd.resp_data_len, item.edtl)
+            if item.flags & ISCSI_CMD_READ and scmd.data_direction & SCST_DATA_READ else 0)
+    trace_iscsi_pdu_tx(name, conn.cid, ISCSI_OP_SCSI_DATA_IN if data else ISCSI_OP_SCSI_RSP,
+                       item.itt, conn.stat_sn, data)
 
 
 def iscsi_protocol_error(conn: iscsi_conn, e: ProtocolError) -> bool:
@@ -339,17 +471,28 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
     elif cmd_sn == sess.exp_cmd_sn:
         in_order = True
         sess.exp_cmd_sn = (cmd_sn + 1) & _MASK32
+        if cmd_sn == sess.max_cmd_sn:
+            sess.cmdsn_window_full += 1      # the initiator waits for a response now
     elif _sn_holdable(conn, cmd_sn):
         in_order = False
     else:
         _rx_discard(conn, dsl)
         return
-    cmnd = kmem_cache_alloc(iscsi_cmnd_cache, GFP_KERNEL)
-    scmd = None if cmnd is None else scst_rx_cmd(sess.scst_sess, lun, cdb, False)
+    # As iscsi-scst's cmnd_alloc, the PDU's own object never fails: the
+    # answer to an allocation failure below needs it gone cleanly.
+    cmnd = kmem_cache_alloc(iscsi_cmnd_cache, GFP_KERNEL | __GFP_NOFAIL)
+    scmd = scst_rx_cmd(sess.scst_sess, lun, cdb, False)
     if scmd is None:
-        if cmnd is not None:
-            kmem_cache_free(iscsi_cmnd_cache, cmnd)
-        raise ProtocolError(f"iscsi: {conn.peer}: out of memory for ITT {itt:#x}", None)
+        kmem_cache_free(iscsi_cmnd_cache, cmnd)
+        pr_warn(f"iscsi: {conn.peer}: no memory for ITT {itt:#x}: answering BUSY")
+        if in_order:
+            _send_busy(conn, itt, edtl)
+        else:
+            sess.pending_cmnds[cmd_sn] = (conn, None, functools.partial(_send_busy, conn, itt, edtl))
+        _rx_discard(conn, dsl)
+        if in_order and sess.pending_cmnds:
+            _release_pending(sess)
+        return
     cmnd.conn = conn
     cmnd.itt = itt
     cmnd.lun = lun
@@ -388,6 +531,15 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
         _rx_set(conn, dsl, _scsi_data_done, _data_iov(cmnd, 0, dsl), cmnd)
     if sess.pending_cmnds:
         _release_pending(sess)
+
+
+def _send_busy(conn: iscsi_conn, itt: int, edtl: int) -> None:
+    """SCSI Response BUSY for a command SCST could not take (iscsi-scst's
+    answer when scst_rx_cmd fails); its data, if any, is discarded."""
+    rsp = bytearray(48)
+    pack_scsi_rsp(rsp, ISCSI_FLG_RESID_UNDERFLOW if edtl else 0, 0, SAM_STAT_BUSY, 0, itt,
+                  0, 0, 0, 0, 0, edtl)
+    _queue_pdu(conn, rsp)
 
 
 def _hand_to_scst(cmnd: iscsi_cmnd) -> None:
@@ -538,6 +690,9 @@ def _send_r2ts(cmnd: iscsi_cmnd) -> None:
         cmnd.r2t_sn += 1
         cmnd.r2t_next += n
         cmnd.outstanding_r2t += 1
+        if trace_iscsi_r2t.enabled:
+            trace_iscsi_r2t(conn.session.initiator_name, cmnd.itt, ttt, cmnd.r2t_next - n, n,
+                            cmnd.outstanding_r2t)
         iscsi_queue_tx(conn, iscsi_tx_pdu(bhs, sn_mode=SN_PEEK).write_list_entry)
 
 
@@ -590,6 +745,7 @@ def _reset_cmnd(cmnd: iscsi_cmnd) -> None:
     cmnd.r2t_seqs.clear()
     cmnd.held = cmnd.release_pending = False
     cmnd.held_buf = None
+    cmnd.conn = None          # a kept free object must not pin its last connection
 
 
 
@@ -602,6 +758,15 @@ def iscsi_conn_abort_cmnds(conn: iscsi_conn) -> None:
             break
         list_del_init(node)
         item = node.owner
+        if item.tx_kind == TX_SCSI and item.scst_cmd is not None:
+            scst_tgt_cmd_done(item.scst_cmd, SCST_CONTEXT_DIRECT)
+    # Responses already built into a send that never completed (the socket
+    # failed under it) are finished too, or their commands would leak.
+    items = conn.tx_items
+    conn.tx_items = []
+    conn.tx_iov.clear()
+    conn.tx_len = 0
+    for item in items:
         if item.tx_kind == TX_SCSI and item.scst_cmd is not None:
             scst_tgt_cmd_done(item.scst_cmd, SCST_CONTEXT_DIRECT)
     sess = conn.session
@@ -644,12 +809,14 @@ def _add_pdu(conn: iscsi_conn, iov: list, bhs: bytearray, data: Any, dlen: int) 
 
 def iscsi_tx_build(conn: iscsi_conn, item: Any, iov: list) -> None:
     """Append item's PDUs to iov, assigning StatSN in send order (wr side)."""
+    if trace_iscsi_pdu_tx.enabled:
+        _trace_pdu_tx(conn, item)
     sess = conn.session
     if sess is None:
         exp = max_sn = conn.login_cmd_sn
     else:
         exp = sess.exp_cmd_sn
-        max_sn = (exp + sess.max_queued_cmnds - 1) & _MASK32
+        max_sn = sess.max_cmd_sn = (exp + sess.max_queued_cmnds - 1) & _MASK32
     if item.tx_kind == TX_PDU:
         bhs = item.bhs
         if item.sn_mode == SN_NEXT:
@@ -757,8 +924,14 @@ def iscsi_tx_done(conn: iscsi_conn, item: Any, ret: int) -> None:
     """item's PDUs went out (ret 0) or could not (ret < 0)."""
     if item.tx_kind == TX_SCSI:
         scst_tgt_cmd_done(item.scst_cmd, SCST_CONTEXT_SAME)
-    elif ret == 0 and item.on_sent is not None:
+        return
+    if ret == 0 and item.on_sent is not None:
         item.on_sent(conn)
+    # The PDU is done (the kernel would kfree it here): an unlinked
+    # list_head points at itself, so its owner pointer would keep the PDU
+    # in a cycle only a full GC frees.
+    item.write_list_entry.owner = None
+    item.write_list_entry = None
 
 
 # -- other PDUs -------------------------------------------------------------
@@ -812,7 +985,7 @@ def _nop_in_timer(timer: timer_list) -> None:
     """Softirq: ping an idle initiator with a NOP-In; close the connection
     if the previous ping went unanswered (NopInTimeout)."""
     conn = timer.data
-    if conn.closing or conn.session is None:
+    if conn is None or conn.closing or conn.session is None:
         return
     params = conn.session.target.tgt_params
     if conn.nop_ttt is not None:
@@ -989,6 +1162,10 @@ def _login_rx_done(conn: iscsi_conn) -> None:
         conn.stat_sn = req.exp_stat_sn
     conn.login_cmd_sn = req.cmd_sn
     rsp = login.step(req)
+    if trace_iscsi_login.enabled:
+        trace_iscsi_login(conn.peer, login.initiator_name or "", req.csg, req.nsg, req.transit,
+                          f"{rsp.status_class:02x}{rsp.status_detail:02x}",
+                          _login_keys(req.data), _login_keys(rsp.data))
     flags = ((0x80 if rsp.transit else 0) | (0x40 if rsp.cont else 0)
              | (rsp.csg << 2) | rsp.nsg)
     bhs = bytearray(48)
@@ -997,6 +1174,7 @@ def _login_rx_done(conn: iscsi_conn) -> None:
     if rsp.status_class or login.failed:
         pr_info(f"iscsi: login from {conn.peer} failed: status "
                 f"{rsp.status_class:#04x}/{rsp.status_detail:#04x} {login.error or ''}")
+        _count_login(login, rsp.status_class or 0x02, rsp.status_detail)
         _queue_pdu(conn, bhs, rsp.data, on_sent=_close_after_send)
         return
     if not login.done:
@@ -1020,6 +1198,7 @@ def _login_rx_done(conn: iscsi_conn) -> None:
             fail = bytearray(48)
             pack_login_rsp(fail, rsp.csg << 2, rsp.version_max, rsp.version_active, 0, rsp.isid,
                            0, rsp.itt, 0, 0, 0, 0x02, 0x06)
+            _count_login(login, 0x02, 0x06)
             _queue_pdu(conn, fail, b"", on_sent=_close_after_send)
             return
     elif len(session_mod.session_list) >= session_mod.iscsi_max_sessions:
@@ -1028,6 +1207,7 @@ def _login_rx_done(conn: iscsi_conn) -> None:
         fail = bytearray(48)
         pack_login_rsp(fail, rsp.csg << 2, rsp.version_max, rsp.version_active, 0, rsp.isid,
                        0, rsp.itt, 0, 0, 0, 0x03, 0x02)
+        _count_login(login, 0x03, 0x02)
         _queue_pdu(conn, fail, b"", on_sent=_close_after_send)
         return
     elif not _portal_allowed(conn, login.target):
@@ -1036,6 +1216,7 @@ def _login_rx_done(conn: iscsi_conn) -> None:
         fail = bytearray(48)
         pack_login_rsp(fail, rsp.csg << 2, rsp.version_max, rsp.version_active, 0, rsp.isid,
                        0, rsp.itt, 0, 0, 0, 0x02, 0x02)
+        _count_login(login, 0x02, 0x02)
         _queue_pdu(conn, fail, b"", on_sent=_close_after_send)
         return
     else:
@@ -1051,6 +1232,13 @@ def _login_rx_done(conn: iscsi_conn) -> None:
         sess = session_mod.iscsi_session_create(target, login.isid, login.new_tsih,
                                                 login.initiator_name, params, req.cmd_sn,
                                                 target.tgt_params.queued_cmnds)
+    if IS_ERR(sess):
+        pr_info(f"iscsi: login from {conn.peer} failed: no memory for a session ({sess})")
+        fail = bytearray(48)
+        pack_login_rsp(fail, rsp.csg << 2, rsp.version_max, rsp.version_active, 0, rsp.isid,
+                       0, rsp.itt, 0, 0, 0, 0x03, 0x02)
+        _queue_pdu(conn, fail, b"", on_sent=_close_after_send)
+        return
     if login.tsih and login.session_type != "Discovery":
         # Session-wide keys come from the leading login; a joining connection
         # negotiates only its own (digests, MaxRecvDataSegmentLength).
@@ -1073,6 +1261,7 @@ def _login_rx_done(conn: iscsi_conn) -> None:
             f"{'CRC32C' if params.header_digest else 'None'}, DataDigest "
             f"{'CRC32C' if params.data_digest else 'None'}, MaxRecvDataSegmentLength "
             f"{params.max_recv_data_length}/{params.max_xmit_data_length}")
+    _count_login(login, 0, 0)
     _queue_pdu(conn, bhs, rsp.data, on_sent=_enable_digests)
     if sess.target is not None:
         conn.nop_timer.function = _nop_in_timer
@@ -1141,8 +1330,10 @@ def iscsi_request_logout(conn: iscsi_conn, wait_s: int) -> None:
 
 
 def iscsi_exit() -> None:
+    """Module exit: close the portals, ask initiators to log out, close
+    what is left, remove every target (task context)."""
     from iscsi_scst.conn import conn_list, conns_waitQ, iscsi_close_all_conns
-    from iscsi_scst.target import iscsi_del_portal, portal_list
+    from iscsi_scst.target import iscsi_del_portal, iscsi_target_del, portal_list, target_list
     from kshim.wait import wait_event_timeout
     for portal in list(portal_list):
         iscsi_del_portal(portal)
@@ -1155,6 +1346,8 @@ def iscsi_exit() -> None:
         wait_event_timeout(conns_waitQ, lambda: not any(c in conn_list for c in asked),
                            iscsi_logout_grace * HZ)
     iscsi_close_all_conns(10 * HZ)
+    for tgt in list(target_list):
+        iscsi_target_del(tgt)
     iscsi_sysfs_exit(iscsi_template)
     scst_unregister_target_template(iscsi_template)
 

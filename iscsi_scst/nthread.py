@@ -9,7 +9,8 @@ only; conn.stat_sn, the tx digests and conn.tx_* belong to whichever thread
 holds conn.tx_busy (iscsi_tx_flush).
 
 Receive: the rd thread reads as much as the socket has into a 256 KiB
-receive buffer, parses every complete BHS in it and copies data segments
+receive buffer (taken from iscsi_rxbuf_cache, given back before it sleeps
+with the buffer empty), parses every complete BHS in it and copies data segments
 straight into the command's pages; a large data segment that is not yet in
 the buffer is received directly into the pages. It drains until -EAGAIN,
 then sleeps until sk_data_ready.
@@ -21,6 +22,9 @@ fit the socket. Either takes every queued response at once, builds the
 iovecs (BHS, data as memoryviews of the command's pages, padding, digests)
 and sends them with one sendmsg; StatSN is assigned then, in send order.
 
+Tracepoint: while iscsi_pdu_rx is enabled the rd thread calls
+iscsi_rx_hdr_traced (iscsi.py), which wraps the header's handling in a span.
+
 Differs from iscsi-scst: per-connection threads instead of shared pools;
 no zero-copy sendpage (sendmsg of memoryviews copies once into the socket,
 as kernel_sendmsg would).
@@ -30,7 +34,8 @@ from __future__ import annotations
 import struct
 
 from iscsi_scst.conn import (RX_DATA, RX_INIT_BHS, RX_TAIL, RXBUF_SIZE, iscsi_conn,
-                             iscsi_conn_close, iscsi_conn_mark_closing)
+                             iscsi_conn_close, iscsi_conn_mark_closing, iscsi_conn_rxbuf_get,
+                             iscsi_conn_rxbuf_put)
 from iscsi_scst.digest import digest_header, digest_matches
 from iscsi_scst.hdr import BHS_SIZE, ProtocolError
 from iscsi_scst.nagle import iscsi_nagle_idle, iscsi_nagle_rx_check
@@ -105,7 +110,10 @@ def _advance_iov(iov: list, n: int) -> None:
 def iscsi_rx(conn: iscsi_conn) -> int:
     """Receive and process PDUs until the socket is empty (-EAGAIN), the
     peer closes (0) or the socket fails (-errno). Raises ProtocolError."""
-    from iscsi_scst.iscsi import iscsi_rx_hdr
+    from iscsi_scst.iscsi import iscsi_rx_hdr, iscsi_rx_hdr_traced, trace_iscsi_pdu_rx
+    ret = iscsi_conn_rxbuf_get(conn)
+    if ret < 0:
+        return ret
     mv = conn.rxmv
     while not conn.closing:
         state = conn.read_state
@@ -124,7 +132,10 @@ def iscsi_rx(conn: iscsi_conn) -> int:
                     ng.busy += 1
                     if ng.busy == ng.enter_at:
                         iscsi_nagle_rx_check(conn)
-                    iscsi_rx_hdr(conn, conn.rxbuf, s)
+                    if trace_iscsi_pdu_rx.enabled:
+                        iscsi_rx_hdr_traced(conn, conn.rxbuf, s)
+                    else:
+                        iscsi_rx_hdr(conn, conn.rxbuf, s)
                     continue
         elif state == RX_DATA:
             if avail:
@@ -202,6 +213,7 @@ def iscsi_rd_thread(conn: iscsi_conn) -> int:
                 if iscsi_tx_flush(conn, False) == -EAGAIN and conn.tx_iov:
                     wake_up(conn.wr_waitQ)
             iscsi_nagle_idle(conn)
+            iscsi_conn_rxbuf_put(conn)        # an idle connection pins no buffer
             wait_event_interruptible(conn.rd_waitQ, lambda: conn.rd_ready or conn.closing)
             continue
         if ret < 0:

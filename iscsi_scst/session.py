@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from iscsi_scst.usr.param import iscsi_sess_params
+from kshim.err import ENOMEM
+from kshim.fault_inject import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
 from kshim.printk import pr_info
 from kshim.spinlock import spinlock_t
 from scst_core.main import scst_register_session, scst_unregister_session
@@ -42,6 +44,8 @@ class iscsi_session:
     exp_cmd_sn: int = 0
     max_queued_cmnds: int = 32
     pending_cmnds: dict = attrs.field(factory=dict)    # CmdSN -> held header
+    max_cmd_sn: int = -1             # the MaxCmdSN last sent
+    cmdsn_window_full: int = 0       # commands that used the window's last CmdSN
     # touched only with the target's session list
     conn_list: list = attrs.field(factory=list)
 
@@ -58,13 +62,17 @@ def iscsi_alloc_tsih() -> int:
     return _next_tsih
 
 
+@ALLOW_ERROR_INJECTION(EI_ETYPE_ERRNO)
 def iscsi_session_create(target: "iscsi_target | None", isid: bytes, tsih: int,
                          initiator_name: str, params: iscsi_sess_params, exp_cmd_sn: int,
-                         queued_cmnds: int) -> iscsi_session:
+                         queued_cmnds: int) -> "iscsi_session | int":
+    """A new session (with its SCST session for a normal one), or -ENOMEM."""
     sess = iscsi_session(target, isid, tsih, initiator_name, params, discovery=target is None,
                          exp_cmd_sn=exp_cmd_sn, max_queued_cmnds=queued_cmnds)
     if target is not None:
         sess.scst_sess = scst_register_session(target.scst_tgt, False, initiator_name, sess)
+        if sess.scst_sess is None:
+            return -ENOMEM
     session_list.append(sess)
     pr_info(f"iscsi: session {tsih:#x} of {initiator_name} "
             f"{'discovery' if target is None else 'to ' + target.name} created")

@@ -19,7 +19,7 @@ import attrs
 
 from iscsi_scst.usr.iscsid import target_portal
 from iscsi_scst.usr.param import iscsi_tgt_params
-from kshim.err import EAGAIN, EEXIST, EINVAL, ENOENT
+from kshim.err import EAGAIN, EEXIST, EINVAL, ENOENT, IS_ERR
 from kshim.kthread import kthread_run, kthread_should_stop, kthread_stop
 from kshim.net import (AF_INET, AF_INET6, SOCK_STREAM, kernel_accept, kernel_bind,
                        kernel_listen, sock_create_kern, sock_release, socket)
@@ -124,7 +124,9 @@ def _accept_thread(portal: iscsi_portal) -> int:
             pr_warn(f"iscsi: {iscsi_max_conns} connections open: refusing a new one")
             sock_release(new)
             continue
-        iscsi_conn_alloc(new, portal)
+        if IS_ERR(iscsi_conn_alloc(new, portal)):
+            pr_warn(f"iscsi: no memory for a connection on {portal.host}:{portal.port}")
+            sock_release(new)
     return 0
 
 

@@ -8,7 +8,11 @@ the "hardware" and may touch the host (sockets, os, trio, pyfuse3).
 - control_service(path, extra_ops): a Unix stream socket (mode 0600, peer
   must be root or our own uid) speaking one JSON object per line each way.
   Generic ops: ping, read, write, ls, readlink, tree; the daemon adds more
-  (config_apply, config_write) through extra_ops.
+  (config_apply, config_write) through extra_ops. It cannot take the data
+  path down: a request line longer than MAX_REQUEST or nested deeper than
+  MAX_DEPTH is refused before it is decoded, an exception from any handler
+  becomes an error reply and one "control: ... raised" log line, and the
+  service restarts itself (at most MAX_RESTARTS times) if it ever fails.
 - fuse_service(mountpoint): pyfuse3 on the engine's trio loop; files are
   sysfs attributes (direct I/O, no caching), directories kobjects, links
   sysfs links; unmounted when the service is cancelled.
@@ -27,9 +31,12 @@ from __future__ import annotations
 import errno as _errno
 import json
 import os
+import re
 import socket
 import stat
 import struct
+import traceback
+from itertools import accumulate
 from typing import Any, Awaitable, Callable
 
 import trio
@@ -42,12 +49,15 @@ from kshim.sysfs import (kobj_attribute, sysfs_link, sysfs_listdir, sysfs_lookup
                          sysfs_readlink, sysfs_write)
 
 MAX_REQUEST = 4 << 20          # bytes in one request line (a config file fits)
+MAX_DEPTH = 32                 # nesting of arrays/objects (requests use 1 or 2)
+MAX_RESTARTS = 100             # times the control service restarts after a failure
 MAX_CLIENTS = 16
 IDLE_TIMEOUT = 300.0           # seconds a client may stay silent
 MAX_REQUESTS_PER_CONN = 100000
 TREE_MAX_NODES = 100000
 
-stats = {"requests": 0, "errors": 0, "clients": 0, "fuse_ops": 0}
+stats = {"requests": 0, "errors": 0, "clients": 0, "fuse_ops": 0, "handler_bugs": 0,
+         "restarts": 0}
 
 
 def default_control_path() -> str:
@@ -148,6 +158,14 @@ def op_tree(path: str, values: bool = True) -> dict:
     return {"ok": True, "tree": node(path.rstrip("/"), e, path.rstrip("/").rsplit("/", 1)[-1], 0)}
 
 
+def op_proc(name: str | None) -> dict:
+    text = proc_read(name) if name is not None else None
+    if text is None:
+        return {"ok": False, "error": f"no /proc view {name!r}; views: {sorted(proc_files)}",
+                "errno": _errno.ENOENT}
+    return {"ok": True, "value": text}
+
+
 class SysfsTree:
     """tools.scst_conf's Tree accessor on the live sysfs (task context)."""
 
@@ -169,6 +187,61 @@ class SysfsTree:
 
 OpFn = Callable[[dict], Awaitable[dict]]
 
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
+_BRACKET_DELTA = [0] * 256
+_BRACKET_DELTA[ord("[")] = _BRACKET_DELTA[ord("{")] = 1
+_BRACKET_DELTA[ord("]")] = _BRACKET_DELTA[ord("}")] = -1
+
+
+def json_depth(line: bytes) -> int:
+    """The deepest nesting of arrays and objects in line, found without
+    decoding it (json.loads recurses once per level). Brackets inside
+    strings do not count; in a malformed line the result may be too high,
+    which only refuses a line json.loads would refuse as well."""
+    brackets = _JSON_STRING.sub(b"", line).translate(None, _NOT_BRACKET)
+    return max(accumulate(map(_BRACKET_DELTA.__getitem__, brackets)), default=0)
+
+
+def decode_request(line: bytes) -> "dict | str":
+    """The request object of one line, or why it is refused."""
+    if len(line) > MAX_REQUEST:
+        return f"request longer than {MAX_REQUEST} bytes"
+    if json_depth(line) > MAX_DEPTH:
+        return f"request nested deeper than {MAX_DEPTH} levels"
+    try:
+        req = json.loads(line)
+    except (ValueError, RecursionError) as e:
+        return str(e)
+    if not isinstance(req, dict):
+        return "request must be a JSON object"
+    return req
+
+
+def _bug_reply(what: str, e: BaseException) -> dict:
+    """A handler raised: log one line naming it and where, reply an error."""
+    stats["handler_bugs"] += 1
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    frame = traceback.extract_tb(e.__traceback__)[-1:] or [None]
+    where = f" at {frame[0].filename}:{frame[0].lineno}" if frame[0] is not None else ""
+    printk.pr_err(f"control: {what} raised {type(e).__name__}{where}: {e}")
+    return {"ok": False, "error": f"internal error in {what}: {type(e).__name__}: {e}",
+            "errno": _errno.EIO}
+
+
+async def ctl_call(what: str, fn: Callable[[], dict], name: str = "kworker/ctl") -> dict:
+    """engine.call_in_task(fn, name), with an exception inside the kthread
+    turned into an error reply there (so the kthread exits normally)."""
+    def guarded() -> dict:
+        try:
+            return fn()
+        except Exception as e:     # a handler bug must not end the kthread with an Oops
+            return _bug_reply(what, e)
+    rsp = await engine.call_in_task(guarded, name)
+    return rsp if isinstance(rsp, dict) else {"ok": False, "error": f"{what}: no reply",
+                                              "errno": _errno.EIO}
+
 
 async def _dispatch(req: dict, extra_ops: dict[str, OpFn]) -> dict:
     op = req.get("op")
@@ -178,26 +251,24 @@ async def _dispatch(req: dict, extra_ops: dict[str, OpFn]) -> dict:
     if op == "ping":
         return {"ok": True, "pid": os.getpid()}
     if op == "read":
-        return await engine.call_in_task(lambda: op_read(path))
+        return await ctl_call(f"read {path}", lambda: op_read(path))
     if op == "write":
         value = req.get("value", "")
         if not isinstance(value, str):
             return {"ok": False, "error": "value must be a string", "errno": _errno.EINVAL}
-        return await engine.call_in_task(lambda: op_write(path, value))
+        return await ctl_call(f"write {path}", lambda: op_write(path, value))
     if op == "ls":
-        return await engine.call_in_task(lambda: op_ls(path))
+        return await ctl_call(f"ls {path}", lambda: op_ls(path))
     if op == "readlink":
-        return await engine.call_in_task(lambda: op_readlink(path))
+        return await ctl_call(f"readlink {path}", lambda: op_readlink(path))
     if op == "tree":
-        return await engine.call_in_task(lambda: op_tree(path, bool(req.get("values", True))))
+        return await ctl_call(f"tree {path}", lambda: op_tree(path, bool(req.get("values", True))))
     if op == "proc":
         # The /proc-like statistics views (slabinfo, lock_stat, top, ...).
         name = req.get("name")
-        text = await engine.call_in_task(lambda: proc_read(name)) if isinstance(name, str) else None
-        if text is None:
-            return {"ok": False, "error": f"no /proc view {name!r}; views: {sorted(proc_files)}",
-                    "errno": _errno.ENOENT}
-        return {"ok": True, "value": text}
+        if isinstance(name, str):
+            return await ctl_call(f"proc {name}", lambda: op_proc(name))
+        return op_proc(None)
     fn = extra_ops.get(op) if isinstance(op, str) else None
     if fn is not None:
         return await fn(req)
@@ -221,34 +292,44 @@ async def _client(stream: trio.SocketStream, extra_ops: dict[str, OpFn]) -> None
     buf = bytearray()
     try:
         for _ in range(MAX_REQUESTS_PER_CONN):
-            while b"\n" not in buf:
+            while (nl := buf.find(b"\n")) < 0:
                 if len(buf) > MAX_REQUEST:
-                    await stream.send_all(b'{"ok": false, "error": "request too long"}\n')
+                    await _reply(stream, {"ok": False, "errno": _errno.E2BIG,
+                                          "error": f"request longer than {MAX_REQUEST} bytes"})
                     return
                 with trio.move_on_after(IDLE_TIMEOUT) as cs:
                     chunk = await stream.receive_some(65536)
                 if cs.cancelled_caught or not chunk:
                     return
                 buf += chunk
-            line, _, rest = bytes(buf).partition(b"\n")
-            buf = bytearray(rest)
+            line = bytes(buf[:nl])
+            del buf[:nl + 1]
             stats["requests"] += 1
-            try:
-                req = json.loads(line)
-                if not isinstance(req, dict):
-                    raise ValueError("request must be a JSON object")
-                rsp = await _dispatch(req, extra_ops)
-            except ValueError as e:
-                rsp = {"ok": False, "error": f"bad request: {e}", "errno": _errno.EINVAL}
-            if not rsp.get("ok"):
-                stats["errors"] += 1
-            await stream.send_all(json.dumps(rsp).encode() + b"\n")
+            req = decode_request(line)
+            if isinstance(req, str):
+                rsp = {"ok": False, "error": f"bad request: {req}", "errno": _errno.EINVAL}
+            else:
+                try:
+                    rsp = await _dispatch(req, extra_ops)
+                except Exception as e:    # one bad request must not end the service
+                    rsp = _bug_reply(f"op {str(req.get('op'))[:40]!r}", e)
+            await _reply(stream, rsp)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
+    except Exception as e:                # ditto, for a failure outside the handlers
+        _bug_reply("control client", e)
     finally:
         stats["clients"] -= 1
         with trio.CancelScope(shield=True):
             await stream.aclose()
+
+
+async def _reply(stream: trio.SocketStream, rsp: Any) -> None:
+    if not isinstance(rsp, dict):
+        rsp = {"ok": False, "error": "internal error: handler gave no reply", "errno": _errno.EIO}
+    if not rsp.get("ok"):
+        stats["errors"] += 1
+    await stream.send_all(json.dumps(rsp).encode() + b"\n")
 
 
 def _prepare_socket_path(path: str) -> str | None:
@@ -279,35 +360,49 @@ def control_service(path: str, extra_ops: dict[str, OpFn] | None = None,
     """An engine service serving the control socket at path."""
     ops = extra_ops or {}
 
-    async def service() -> None:
+    async def listen() -> trio.SocketListener | None:
         why = _prepare_socket_path(path)
         if why is not None:
             if on_error is not None:
                 on_error(why)
-            return
+            return None
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
             await sock.bind(path)
         except OSError as e:
-            os.umask(old)
             sock.close()
             if on_error is not None:
                 on_error(f"cannot bind control socket {path}: {e.strerror}")
-            return
-        os.umask(old)
+            return None
+        finally:
+            os.umask(old)
         os.chmod(path, 0o600)
         sock.listen(16)
-        listener = trio.SocketListener(sock)
-        if on_ready is not None:
-            on_ready()
-        try:
-            await trio.serve_listeners(lambda s: _client(s, ops), [listener])
-        finally:
+        return trio.SocketListener(sock)
+
+    async def service() -> None:
+        for attempt in range(MAX_RESTARTS + 1):
+            listener = await listen()
+            if listener is None:
+                return
+            if attempt == 0 and on_ready is not None:
+                on_ready()
             try:
-                os.unlink(path)
-            except OSError:
-                pass
+                await trio.serve_listeners(lambda s: _client(s, ops), [listener])
+            except Exception as e:        # keep serving: the data path must not notice
+                _bug_reply("control service", e)
+                stats["restarts"] += 1
+            finally:
+                with trio.CancelScope(shield=True):
+                    await listener.aclose()
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            await trio.sleep(0.1)         # bounds the restart rate
+        printk.pr_err(f"control: the service failed {MAX_RESTARTS + 1} times; "
+                      f"no control socket any more")
     return service
 
 

@@ -398,6 +398,10 @@ def _nothing(*_args: Any) -> None:
     return None
 
 
+def cpu_busy_ns(ns: int) -> None:
+    """A busy wait on the one CPU could not see anything change: return."""
+
+
 def posix_ops() -> host_operations:
     """A full table of the real host's operations. Readiness, the I/O pool
     and request_shutdown are placeholders that an engine replaces at boot."""
@@ -406,6 +410,7 @@ def posix_ops() -> host_operations:
     t.monotonic = time.monotonic
     t.time_ns = time.time_ns
     t.thread_time_ns = time.thread_time_ns
+    t.cpu_busy_ns = cpu_busy_ns
     t.console_write = console_write
     t.getframe = sys._getframe        # call-site capture, cheaper than inspect
     t.getpid = os.getpid

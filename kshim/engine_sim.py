@@ -129,6 +129,12 @@ class Simulation:
     def _clock_s(self) -> float:
         return self._now / NS
 
+    def _cpu_busy(self, ns: int) -> None:
+        """udelay/mdelay: the CPU spins, so virtual time passes with no event
+        run meanwhile (the soft-lockup detector sees it)."""
+        if ns > 0:
+            self._now += ns
+
     def _wall_ns(self) -> int:
         return SIM_EPOCH_NS + self._now
 
@@ -302,6 +308,7 @@ class Simulation:
         t.monotonic = self._clock_s
         t.time_ns = self._wall_ns
         t.thread_time_ns = self._clock_ns
+        t.cpu_busy_ns = self._cpu_busy
         t.random_bytes = self.rng.randbytes
         t.prandom_u32 = lambda: self.rng.getrandbits(32)
         t.timer_kick = self._timer_kick

@@ -22,6 +22,10 @@ A file opened O_DIRECT is O_DIRECT on the host: its buffers, offsets and
 lengths must meet the alignment vfs_getattr(STATX_DIOALIGN) reports, which
 page_alloc's pages do not (kshim.dmapool's blocks do). vfs_getattr takes
 the open file (the kernel's takes a path) and answers only STATX_DIOALIGN.
+
+Tracepoints: block_rq_issue when a call goes to the worker pool,
+block_rq_complete when it comes back (softirq) or when an inline
+page-cache read is answered.
 """
 from __future__ import annotations
 
@@ -30,8 +34,11 @@ from typing import Any, Callable
 from kshim import host
 from kshim.completion import complete, completion, wait_for_completion
 from kshim.err import EAGAIN, EBADF, EOPNOTSUPP
+from kshim.fault_inject import (fail_file_fallocate, fail_file_fsync, fail_file_read,
+                                fail_file_write, file_fault, file_rw_fault)
 from kshim.host import io_job, ops
 from kshim.sched import might_sleep
+from kshim.tracepoint import TRACE_EVENT
 
 O_RDONLY = host.O_RDONLY
 O_WRONLY = host.O_WRONLY
@@ -138,14 +145,35 @@ def i_size_write(ino: inode, size: int) -> None:
     ino.i_size = size
 
 
+# include/trace/events/block.h's request issue and completion, for the
+# host calls that stand in for the disk (op is the host call's name)
+trace_block_rq_issue = TRACE_EVENT("block_rq_issue", ("op", "fd", "pos", "len"))
+trace_block_rq_complete = TRACE_EVENT("block_rq_complete", ("op", "fd", "pos", "result"))
+
+
 def _io_complete(job: io_job) -> None:
     complete(job.private)
+
+
+def _io_complete_traced(job: io_job) -> None:
+    done, op, fd, pos = job.private
+    if trace_block_rq_complete.enabled:
+        trace_block_rq_complete(op, fd, pos, job.result)
+    complete(done)
 
 
 def _pool_call(fn: Callable[..., int], *args: Any) -> int:
     """Run a blocking host call on the pool; sleep until it is done."""
     done = completion("vfs io")
-    job = io_job(fn, args, _io_complete, done)
+    if trace_block_rq_issue.enabled:
+        # The engine drops job.args once run: the completion keeps its fields.
+        fd = args[0] if args and isinstance(args[0], int) else -1
+        pos = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
+        n = host.iov_len(args[1]) if len(args) > 1 and isinstance(args[1], list) else 0
+        trace_block_rq_issue(fn.__name__, fd, pos, n)
+        job = io_job(fn, args, _io_complete_traced, (done, fn.__name__, fd, pos))
+    else:
+        job = io_job(fn, args, _io_complete, done)
     ops.io_submit(job)
     wait_for_completion(done)
     return job.result
@@ -167,14 +195,26 @@ class kiocb:
         self.ki_res = 0                 # bytes written, kept while a flush runs
 
 
+def _iocb_submit(fn: Callable[..., int], f: file, iov: list, iocb: kiocb,
+                 done: Callable[[io_job], None]) -> None:
+    if trace_block_rq_issue.enabled:
+        trace_block_rq_issue(fn.__name__, f.fd, iocb.ki_pos, host.iov_len(iov))
+    ops.io_submit(io_job(fn, (f.fd, iov, iocb.ki_pos), done, iocb))
+
+
 def _iocb_read_done(job: io_job) -> None:
     iocb: kiocb = job.private
+    if trace_block_rq_complete.enabled:
+        trace_block_rq_complete(ops.file_preadv.__name__, iocb.ki_filp.fd, iocb.ki_pos,
+                                job.result)
     iocb.ki_complete(iocb, job.result)
 
 
 def _iocb_write_done(job: io_job) -> None:
     iocb: kiocb = job.private
     n = job.result
+    if trace_block_rq_complete.enabled:
+        trace_block_rq_complete(ops.file_pwritev.__name__, iocb.ki_filp.fd, iocb.ki_pos, n)
     f = iocb.ki_filp
     if n > 0 and iocb.ki_pos + n > f.f_inode.i_size:
         f.f_inode.i_size = iocb.ki_pos + n
@@ -193,12 +233,15 @@ def _group_flush_start(f: file) -> None:
     f.flush_busy = True
     stats["fsync"] += 1
     stats["group_flushes"] += 1
-    ops.io_submit(io_job(ops.file_fsync, (f.fd, True), _group_flush_done,
-                                   (f, batch)))
+    if trace_block_rq_issue.enabled:
+        trace_block_rq_issue(ops.file_fsync.__name__, f.fd, 0, 0)
+    ops.io_submit(io_job(ops.file_fsync, (f.fd, True), _group_flush_done, (f, batch)))
 
 
 def _group_flush_done(job: io_job) -> None:
     f, batch = job.private
+    if trace_block_rq_complete.enabled:
+        trace_block_rq_complete(ops.file_fsync.__name__, f.fd, 0, job.result)
     f.flush_busy = False
     if f.flush_next:
         _group_flush_start(f)
@@ -209,10 +252,13 @@ def _group_flush_done(job: io_job) -> None:
 
 def vfs_iocb_iter_read(f: file, iocb: kiocb, iov: list) -> int:
     """Start reading into the buffers at iocb.ki_pos: -EIOCBQUEUED (the
-    buffers belong to the I/O until ki_complete runs). Never sleeps."""
+    buffers belong to the I/O until ki_complete runs), or -EAGAIN while
+    read faults are armed (the caller takes vfs_readv, where the fault is
+    decided). Never sleeps."""
+    if fail_file_read.armed:
+        return -EAGAIN
     stats["aio_reads"] += 1
-    ops.io_submit(io_job(ops.file_preadv, (f.fd, iov, iocb.ki_pos), _iocb_read_done,
-                                   iocb))
+    _iocb_submit(ops.file_preadv, f, iov, iocb, _iocb_read_done)
     return -EIOCBQUEUED
 
 
@@ -220,10 +266,13 @@ def vfs_iocb_iter_write(f: file, iocb: kiocb, iov: list) -> int:
     """Start writing the buffers at iocb.ki_pos: -EIOCBQUEUED. With
     IOCB_DSYNC, ki_complete waits for an fdatasync that started after the
     write finished (shared with the file's other DSYNC writes, as
-    generic_write_sync after a journalled commit). Never sleeps."""
+    generic_write_sync after a journalled commit). -EAGAIN while write (or,
+    for DSYNC, fsync) faults are armed: the caller takes vfs_writev and
+    vfs_fsync_range, where the fault is decided. Never sleeps."""
+    if fail_file_write.armed or (iocb.ki_flags & IOCB_DSYNC and fail_file_fsync.armed):
+        return -EAGAIN
     stats["aio_writes"] += 1
-    ops.io_submit(io_job(ops.file_pwritev, (f.fd, iov, iocb.ki_pos),
-                                   _iocb_write_done, iocb))
+    _iocb_submit(ops.file_pwritev, f, iov, iocb, _iocb_write_done)
     return -EIOCBQUEUED
 
 
@@ -231,6 +280,9 @@ def vfs_readv(f: file, iov: list, pos: int) -> int:
     """Read into the buffers at pos: bytes read (short only at end of file)
     or -errno."""
     might_sleep()
+    if fail_file_read.armed and (r := file_rw_fault(fail_file_read, f, iov, pos,
+                                                    vfs_readv)) is not None:
+        return r
     want = host.iov_len(iov)
     got = 0
     if f.nowait_read:
@@ -255,10 +307,13 @@ def vfs_readv(f: file, iov: list, pos: int) -> int:
 def vfs_readv_nowait(f: file, iov: list, pos: int) -> int:
     """Read only if the page cache holds all of it (IOCB_NOWAIT): bytes read
     (all, or fewer at end of file) or -EAGAIN; never sleeps, any context."""
-    if not f.nowait_read:
+    if not f.nowait_read or fail_file_read.armed:     # a fault is decided by vfs_readv
         return -EAGAIN
     want = len(iov[0]) if len(iov) == 1 else host.iov_len(iov)
     n = ops.file_preadv_nowait(f.fd, iov, pos)
+    if trace_block_rq_complete.enabled:
+        # Served (or refused) inline from the page cache: no issue event.
+        trace_block_rq_complete("preadv_nowait", f.fd, pos, n)
     if n == want or (n >= 0 and pos + n >= f.f_inode.i_size):
         stats["read_nowait_hits"] += 1
         return n
@@ -268,6 +323,9 @@ def vfs_readv_nowait(f: file, iov: list, pos: int) -> int:
 def vfs_writev(f: file, iov: list, pos: int) -> int:
     """Write the buffers at pos: bytes written or -errno."""
     might_sleep()
+    if fail_file_write.armed and (r := file_rw_fault(fail_file_write, f, iov, pos,
+                                                     vfs_writev)) is not None:
+        return r
     stats["write_pool"] += 1
     n = _pool_call(ops.file_pwritev, f.fd, iov, pos)
     if n > 0 and pos + n > f.f_inode.i_size:
@@ -277,6 +335,8 @@ def vfs_writev(f: file, iov: list, pos: int) -> int:
 
 def vfs_fsync_range(f: file, start: int, end: int, datasync: bool) -> int:
     might_sleep()
+    if fail_file_fsync.armed and (r := file_fault(fail_file_fsync, f)) is not None:
+        return r
     stats["fsync"] += 1
     return _pool_call(ops.file_fsync, f.fd, datasync)
 
@@ -287,6 +347,8 @@ def vfs_fsync(f: file, datasync: bool) -> int:
 
 def vfs_fallocate(f: file, mode: int, offset: int, length: int) -> int:
     might_sleep()
+    if fail_file_fallocate.armed and (r := file_fault(fail_file_fallocate, f, mode)) is not None:
+        return r
     ret = _pool_call(ops.file_fallocate, f.fd, mode, offset, length)
     if ret == 0 and not mode & FALLOC_FL_KEEP_SIZE and offset + length > f.f_inode.i_size:
         f.f_inode.i_size = offset + length

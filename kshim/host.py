@@ -8,7 +8,7 @@ imports a host module (tests/boundary/test_layers.py enforces it).
 
 The table (host_operations, one instance `ops` for the life of the process):
 
-- clock: monotonic_ns, monotonic, time_ns, thread_time_ns
+- clock: monotonic_ns, monotonic, time_ns, thread_time_ns, cpu_busy_ns
 - console and debugging: console_write, getframe, getpid
 - randomness: random_bytes (get_random_bytes), prandom_u32 (prandom_u32)
 - aligned memory: alloc_aligned, free_aligned
@@ -121,7 +121,7 @@ class host_operations:
     delivers sk_data_ready/sk_write_space."""
 
     __slots__ = (
-        "monotonic_ns", "monotonic", "time_ns", "thread_time_ns",
+        "monotonic_ns", "monotonic", "time_ns", "thread_time_ns", "cpu_busy_ns",
         "console_write", "getframe", "getpid",
         "random_bytes", "prandom_u32",
         "alloc_aligned", "free_aligned",
@@ -140,6 +140,9 @@ class host_operations:
     monotonic: Callable[[], float]
     time_ns: Callable[[], int]
     thread_time_ns: Callable[[], int]
+    # the CPU spins for ns (udelay/mdelay): the real host returns at once,
+    # the sim's clock moves on by ns
+    cpu_busy_ns: Callable[[int], None]
     # console and debugging aids
     console_write: Callable[[str], None]
     getframe: Callable[[int], Any]             # sys._getframe(depth) or None

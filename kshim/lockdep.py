@@ -40,7 +40,8 @@ before lockdep was switched on are unknown to it; releasing them is ignored.
 
 Debug aids: this is one. lock_stat() prints /proc/lock_stat-like text:
 acquisitions, contentions, wait and hold times, and how often a lock was
-held across schedule().
+held across schedule(). Tracepoints lock_contended, lock_acquired (with the
+wait) and lock_release (with the hold time) fire where lock_stat counts.
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ import attrs
 from kshim import sched
 from kshim.bug import caller_site, format_entries, getframe, report_bug, stack_capture
 from kshim.host import ops
+from kshim.tracepoint import TRACE_EVENT
 
 debug_locks = True       # flipped by kshim.debug
 
@@ -123,6 +125,12 @@ def lock_site() -> str:
     if f is None:
         return "?"
     return f"{f.f_code.co_filename}:{f.f_lineno} ({f.f_code.co_name})"
+
+
+# include/trace/events/lock.h, with lock_stat's times (only while lockdep is on)
+trace_lock_contended = TRACE_EVENT("lock_contended", ("lock",))
+trace_lock_acquired = TRACE_EVENT("lock_acquired", ("lock", "wait_ns"))
+trace_lock_release = TRACE_EVENT("lock_release", ("lock", "hold_ns"))
 
 
 class lock_class_key:
@@ -326,6 +334,8 @@ def lock_release(lock: Any) -> None:
             cls.hold_ns += dt
             if dt > cls.hold_max:
                 cls.hold_max = dt
+            if trace_lock_release.enabled:
+                trace_lock_release(cls.fullname, dt)
             return
     # Taken before lockdep was on, or released by another task: the lock
     # modules report owner errors themselves.
@@ -337,6 +347,8 @@ def lock_contended(lock: Any) -> None:
         cls = lock.dep_map
         if cls is not None and cls.gen == _gen:
             cls.contentions += 1
+            if trace_lock_contended.enabled:
+                trace_lock_contended(cls.fullname)
 
 
 def lock_acquired(lock: Any, wait_ns: int) -> None:
@@ -347,6 +359,8 @@ def lock_acquired(lock: Any, wait_ns: int) -> None:
             cls.wait_ns += wait_ns
             if wait_ns > cls.wait_max:
                 cls.wait_max = wait_ns
+            if trace_lock_acquired.enabled:
+                trace_lock_acquired(cls.fullname, wait_ns)
 
 
 def _schedule_hook(t: sched.task_struct) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import attrs
 
 from kshim.bug import report_bug
+from kshim.fault_inject import fail_mempool, should_fail_mempool
 from kshim.gfp import (__GFP_DIRECT_RECLAIM, __GFP_IO, __GFP_NOWARN, __GFP_NORETRY,
                        __GFP_ZERO)
 from kshim.page_alloc import __free_pages, alloc_pages
@@ -92,6 +93,12 @@ def mempool_alloc(pool: mempool_t, gfp: int) -> Any:
         might_sleep()
     gfp_try = (gfp & ~(__GFP_DIRECT_RECLAIM | __GFP_IO | __GFP_ZERO)) | __GFP_NORETRY | __GFP_NOWARN
     while True:
+        if fail_mempool.armed and should_fail_mempool(pool, gfp):
+            if not can_sleep:
+                return None
+            pool.waits += 1
+            wait_event(pool.wait, lambda: bool(pool.elements))
+            continue
         e = pool.alloc(gfp_try, pool.pool_data)
         if e is not None:
             pool.out += 1

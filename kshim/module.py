@@ -600,6 +600,7 @@ def free_module(name: str) -> int:
         return -ENOENT
     if m.state != MODULE_STATE_UNFORMED or m.refcnt:
         return -EBUSY
+    _drop_symbols(m)                # a failed import may have exported some
     if modules.get(m.name) is m:
         del modules[m.name]
     _by_pymod.pop(m.pymod, None)

@@ -26,6 +26,7 @@ from collections import deque
 
 from kshim import debugobjects, lockdep, sched
 from kshim.bug import KernelBug, report_bug
+from kshim.fault_inject import fail_trylock, trylock_fault
 from kshim.err import EINTR, ETIME
 from kshim.host import ops
 from kshim.lockdep import lock_acquire, lock_acquired, lock_contended, lock_release, lock_site
@@ -135,7 +136,7 @@ mutex_lock_io = mutex_lock
 
 def mutex_trylock(m: mutex) -> bool:
     """Take m if free; True if taken. Never sleeps."""
-    if m.owner is not None:
+    if m.owner is not None or (fail_trylock.armed and trylock_fault()):
         return False
     m.owner = _cpu.curr
     if debug_mutexes:

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from kshim import host
 from kshim.err import EAGAIN, EINPROGRESS, EINVAL, ENOTCONN, ERESTARTSYS
+from kshim.fault_inject import fail_sock_recv, fail_sock_send, sock_fault
 from kshim.host import ops
 from kshim.softirq import raise_softirq
 from kshim.spinlock import rwlock_t
@@ -198,6 +199,9 @@ def kernel_sendmsg(sock_: socket, vec: list, flags: int = 0) -> int:
     """Send the kvecs. With MSG_DONTWAIT return bytes sent (possibly short;
     sk_write_space follows when there is room again) or -EAGAIN; otherwise
     sleep until all is sent. -EPIPE/-ECONNRESET when the peer is gone."""
+    if fail_sock_send.armed and (r := sock_fault(fail_sock_send, sock_, vec, flags,
+                                                 kernel_sendmsg, flags)) is not None:
+        return r
     sk = sock_.sk
     if sk.host is None:
         return -ENOTCONN
@@ -244,6 +248,9 @@ def kernel_recvmsg(sock_: socket, vec: list, size: int, flags: int = 0) -> int:
     """Receive into the kvecs: bytes received, 0 when the peer closed, -EAGAIN
     when nothing is there (MSG_DONTWAIT), or -errno. Without MSG_DONTWAIT,
     sleep until something arrives."""
+    if fail_sock_recv.armed and (r := sock_fault(fail_sock_recv, sock_, vec, flags,
+                                                 kernel_recvmsg, size, flags)) is not None:
+        return r
     sk = sock_.sk
     while True:
         if sk.host is None:

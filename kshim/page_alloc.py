@@ -24,12 +24,11 @@ allocation stack (page_owner()).
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import attrs
 
 from kshim import sched
 from kshim.bug import format_entries, report_bug, stack_capture
+from kshim.fault_inject import fail_page_alloc, should_fail_alloc_page
 from kshim.gfp import __GFP_DIRECT_RECLAIM, __GFP_ZERO
 
 PAGE_SHIFT = 12
@@ -42,7 +41,6 @@ debug_pagealloc = True
 totalram_pages_limit = (4 << 30) >> PAGE_SHIFT    # 4 GiB by default
 nr_pages_allocated = 0
 alloc_failures = 0
-fault_hook: Callable[[int, int], bool] | None = None   # kshim.fault_inject
 _might_sleep = sched.__dict__["__might_sleep"]
 
 
@@ -87,7 +85,7 @@ def alloc_pages(gfp: int, order: int) -> page | None:
     global nr_pages_allocated, alloc_failures
     if debug_pagealloc and gfp & __GFP_DIRECT_RECLAIM:
         _might_sleep()
-    if order > MAX_ORDER or (fault_hook is not None and fault_hook(order, gfp)) \
+    if order > MAX_ORDER or (fail_page_alloc.armed and should_fail_alloc_page(gfp, order)) \
             or nr_pages_allocated + (1 << order) > totalram_pages_limit:
         alloc_failures += 1
         return None

@@ -3,9 +3,14 @@
 Twin of the /proc files fs/proc/ and the subsystems serve: /proc/slabinfo
 (mm/slab_common.c), /proc/lock_stat (kernel/locking/lockdep_proc.c),
 /proc/softirqs, the per-task lines of top (from /proc/<pid>/stat), and
-/sys/kernel/debug/page_owner.
+/sys/kernel/debug/page_owner, and the trace ring as text (kshim.trace's
+/sys/kernel/tracing/trace, whose files importing this module creates).
 
 Contexts: any; the functions only read counters.
+
+kstats is all of the subsystems' statistics() records as JSON, for
+uscstadmin top; proc_create() lets the layers above add views (uscstd adds
+"metrics", the Prometheus text of kshim.engine_metrics).
 
 Differs from the kernel: these are functions returning strings (no
 filesystem); proc_read(name) serves them by name for the control socket and
@@ -14,9 +19,14 @@ page_owner, task run times) are empty while it is off.
 """
 from __future__ import annotations
 
+import json
 from typing import Callable
 
-from kshim import lockdep, module, page_alloc, sched, slab, softirq, workqueue
+import attrs
+
+from kshim import lockdep, module, page_alloc, sched, slab, softirq, trace, workqueue
+from kshim.err import EEXIST
+from kshim.host import ops
 
 
 def proc_slabinfo() -> str:
@@ -54,6 +64,18 @@ def proc_page_owner() -> str:
     return page_alloc.page_owner()
 
 
+def proc_kstats() -> str:
+    """The statistics of kshim's subsystems as one JSON object, for tools
+    (uscstadmin top): tasks, softirq kinds, slab caches, workqueues, lock
+    classes, and the host's monotonic clock in ns (to turn counts into rates)."""
+    def rows(items: list) -> list[dict]:
+        return [attrs.asdict(x) for x in items]
+    return json.dumps({"now_ns": ops.monotonic_ns(), "tasks": rows(sched.statistics()),
+                       "softirqs": rows(softirq.statistics()), "slabs": rows(slab.statistics()),
+                       "workqueues": rows(workqueue.statistics()),
+                       "locks": rows(lockdep.statistics())})
+
+
 proc_files: dict[str, Callable[[], str]] = {
     "slabinfo": proc_slabinfo,
     "lock_stat": proc_lock_stat,
@@ -62,7 +84,22 @@ proc_files: dict[str, Callable[[], str]] = {
     "workqueues": proc_workqueues,
     "modules": proc_modules,
     "page_owner": proc_page_owner,
+    "trace": trace.trace_text,
+    "kstats": proc_kstats,
 }
+
+
+def proc_create(name: str, show: Callable[[], str]) -> int:
+    """Add a view (fs/proc/generic.c proc_create, with a show function as
+    its seq_file): 0, or -EEXIST if the name is taken."""
+    if name in proc_files:
+        return -EEXIST
+    proc_files[name] = show
+    return 0
+
+
+def remove_proc_entry(name: str) -> None:
+    proc_files.pop(name, None)
 
 
 def proc_read(name: str) -> str | None:

@@ -34,6 +34,9 @@ longer than softlockup_thresh_ns without scheduling (cond_resched() counts
 as a touch) is reported as a soft lockup, naming it and where it stopped.
 Per-task counters (switches, wakeups, run time; CPU time with
 sched_clock_stats) feed statistics(), top() and kshim.hung_task.
+Tracepoints: sched_wakeup, and sched_stat_runtime as one span per run of a
+task (the kernel's sched_switch in and out); a traced run takes the timed
+path, so the untimed fast path pays one slot test per switch.
 """
 from __future__ import annotations
 
@@ -43,9 +46,11 @@ from typing import Any, Callable
 import attrs
 import greenlet
 
+from kshim import tracepoint
 from kshim.bug import KernelBug, frame_stack, report_bug
 from kshim.host import ops
 from kshim.printk import KERN_EMERG, printk
+from kshim.tracepoint import TRACE_EVENT
 
 # The context counters live on one slotted object (cpu.preempt_count, ...),
 # not as module globals: a STORE_ATTR on a slotted object is about 25 ns
@@ -152,6 +157,12 @@ class cpu_state:
 idle_task = task_struct("swapper/0", 0)
 idle_task.state = TASK_RUNNING
 cpu = cpu_state(idle_task)
+tracepoint.cpu = cpu
+
+# include/trace/events/sched.h; a run (switch in to switch out) is one span
+trace_sched_wakeup = TRACE_EVENT("sched_wakeup", ("pid", "comm"))
+trace_sched_stat_runtime = TRACE_EVENT("sched_stat_runtime", ("pid", "comm", "prev_state"),
+                                       span=True)
 
 _runqueue: deque[task_struct] = deque()
 _sched_gr: greenlet.greenlet | None = None
@@ -304,6 +315,12 @@ def _task_body(t: task_struct, fn: Callable[[], Any]) -> None:
     t.flags |= PF_EXITING
     for hook in t.exit_hooks:
         hook(t)
+    # What the kernel keeps on the task's stack dies with it: the reusable
+    # wait entry and schedule_timeout timer point back at t, and such a
+    # cycle would keep t (and what its kthread served) until a full GC.
+    if t.timeout_timer is not None:
+        t.timeout_timer.data = None
+    t.wait_entry = t.timeout_timer = None
     if t.held_locks and debug_atomic_sleep:
         report_bug("lock held when returning to user space / at task exit",
                    task=t.comm, locks=_held_lock_names(t))
@@ -329,6 +346,8 @@ def wake_up_process(t: task_struct) -> bool:
         return False
     t.state = TASK_RUNNING
     t.wakeups += 1
+    if trace_sched_wakeup.enabled:
+        trace_sched_wakeup(t.pid, t.comm)
     if not t.on_rq:
         t.on_rq = True
         _runqueue.append(t)
@@ -578,8 +597,8 @@ def run_queue() -> None:
         if t.state != TASK_RUNNING:
             continue
         c.curr = t
-        if debug_sched or sched_clock_stats:     # tested per switch: switchable at run time
-            _run_task_debug(c, t)
+        if debug_sched or sched_clock_stats or trace_sched_stat_runtime.enabled:
+            _run_task_debug(c, t)           # tested per switch: switchable at run time
         else:
             t.gr.switch()
         c.curr = idle_task
@@ -590,6 +609,8 @@ def run_queue() -> None:
 def _run_task_debug(c: cpu_state, t: task_struct) -> None:
     """Switch to t, timing the run: run time, CPU time, soft-lockup check."""
     mono = ops.monotonic_ns
+    traced = trace_sched_stat_runtime.enabled
+    ts = tracepoint.now() if traced else 0
     t0 = c.run_start = mono()
     if sched_clock_stats:
         clock = ops.thread_time_ns
@@ -600,6 +621,8 @@ def _run_task_debug(c: cpu_state, t: task_struct) -> None:
         t.gr.switch()
     t1 = mono()
     t.run_ns += t1 - t0
+    if traced:
+        trace_sched_stat_runtime.span_end(ts, t.pid, t.comm, task_state_to_char(t))
     ran = t1 - c.run_start
     if ran > softlockup_thresh_ns and debug_sched:
         report_bug(f"soft lockup - CPU#0 stuck for {ran / 1e9:.1f}s! [{t.comm}:{t.pid}]",

@@ -41,6 +41,7 @@ Debug aids (slub_debug, on when `debug_slab` is True):
 Switching the aids on while objects are live: those objects are untracked,
 and their frees are accepted. Switching off unpoisons every free list.
 statistics() and slabinfo() give /proc/slabinfo-like counters either way.
+Tracepoints: kmem_cache_alloc and kmem_cache_free (cache name, objects live).
 """
 from __future__ import annotations
 
@@ -51,7 +52,9 @@ import attrs
 from kshim import debugobjects, sched
 from kshim.bug import (KernelBug, caller_site, entry_parts, format_entries, report_bug,
                        stack_capture)
+from kshim.fault_inject import failslab, should_failslab
 from kshim.gfp import __GFP_DIRECT_RECLAIM, __GFP_NOWARN
+from kshim.tracepoint import TRACE_EVENT
 
 debug_slab = True
 SLAB_HWCACHE_ALIGN = 0x2000
@@ -65,10 +68,13 @@ POISON_FREE = 0x6B
 POISON_END = 0xA5
 KMALLOC_MAX_SIZE = 1 << 22        # 4 MiB, as with 4K pages and MAX_ORDER 10
 
-fault_hook: Callable[["kmem_cache", int], bool] | None = None   # kshim.fault_inject
 _FREE_KEEP = 1024        # freed objects a cache keeps for reuse, like a slab's free list
 _ALLOC_STACK_DEPTH = 8
 _might_sleep = sched.__dict__["__might_sleep"]
+
+# include/trace/events/kmem.h (the cache's name instead of the call site)
+trace_kmem_cache_alloc = TRACE_EVENT("kmem_cache_alloc", ("cache", "active"))
+trace_kmem_cache_free = TRACE_EVENT("kmem_cache_free", ("cache", "active"))
 
 
 class kmem_cache:
@@ -147,7 +153,7 @@ def kmem_cache_alloc(c: kmem_cache, gfp: int) -> Any:
     """An object, or None when the allocation fails."""
     if debug_slab and gfp & __GFP_DIRECT_RECLAIM:
         _might_sleep()
-    if (fault_hook is not None and fault_hook(c, gfp)) or (c.limit and c.active >= c.limit):
+    if (failslab.armed and should_failslab(c, gfp)) or (c.limit and c.active >= c.limit):
         c.failures += 1
         return None
     free = c.free
@@ -160,6 +166,8 @@ def kmem_cache_alloc(c: kmem_cache, gfp: int) -> Any:
     c.allocs += 1
     if c.active > c.high_water:
         c.high_water = c.active
+    if trace_kmem_cache_alloc.enabled:
+        trace_kmem_cache_alloc(c.name, c.active)
     return obj
 
 
@@ -170,7 +178,7 @@ def kmem_cache_zalloc(c: kmem_cache, gfp: int) -> Any:
     """A freshly constructed object (the ctor's state is our "zeroed")."""
     if debug_slab and gfp & __GFP_DIRECT_RECLAIM:
         _might_sleep()
-    if (fault_hook is not None and fault_hook(c, gfp)) or (c.limit and c.active >= c.limit):
+    if (failslab.armed and should_failslab(c, gfp)) or (c.limit and c.active >= c.limit):
         c.failures += 1
         return None
     obj = c.ctor()
@@ -189,6 +197,8 @@ def kmem_cache_free(c: kmem_cache, obj: Any) -> None:
             return
     c.active -= 1
     c.frees += 1
+    if trace_kmem_cache_free.enabled:
+        trace_kmem_cache_free(c.name, c.active)
     if len(c.free) < _FREE_KEEP or debug_slab:
         c.free.append(obj)
 
@@ -378,7 +388,7 @@ def kmalloc(size: int, gfp: int) -> bytearray | None:
     c = _kmalloc_cache
     if debug_slab and gfp & __GFP_DIRECT_RECLAIM:
         _might_sleep()
-    if (fault_hook is not None and fault_hook(c, gfp)) or size > KMALLOC_MAX_SIZE:
+    if (failslab.armed and should_failslab(c, gfp)) or size > KMALLOC_MAX_SIZE:
         c.failures += 1
         if size > KMALLOC_MAX_SIZE and not gfp & __GFP_NOWARN:
             from kshim.bug import WARN_ON_ONCE
@@ -418,7 +428,7 @@ def kvmalloc(size: int, gfp: int) -> bytearray | None:
         c = _kmalloc_cache
         if debug_slab and gfp & __GFP_DIRECT_RECLAIM:
             _might_sleep()
-        if fault_hook is not None and fault_hook(c, gfp):
+        if failslab.armed and should_failslab(c, gfp):
             c.failures += 1
             return None
         buf = bytearray(size)
@@ -450,7 +460,7 @@ def kstrdup(s: str | None, gfp: int) -> str | None:
     """A copy of s (None if s is None or the allocation fails)."""
     if s is None:
         return None
-    if fault_hook is not None and fault_hook(_kmalloc_cache, gfp):
+    if failslab.armed and should_failslab(_kmalloc_cache, gfp):
         _kmalloc_cache.failures += 1
         return None
     return str(s)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from kshim import debugobjects, lockdep, sched
 from kshim.bug import KernelBug, caller_site, report_bug
+from kshim.fault_inject import fail_trylock, trylock_fault
 from kshim.lockdep import lock_acquire, lock_release, lock_site, site_str
 from kshim.softirq import _pending, do_softirq
 
@@ -132,7 +133,7 @@ def spin_lock_bh_nested(lock: spinlock_t, subclass: int) -> None:
 def spin_trylock(lock: spinlock_t) -> bool:
     """Take the lock if free; True if taken. (Never fails with debug off:
     without owner tracking a free lock is the only kind there is.)"""
-    if lock.owner is not None:
+    if lock.owner is not None or (fail_trylock.armed and trylock_fault()):
         return False
     _cpu.preempt_count += 1
     if debug_spinlock:

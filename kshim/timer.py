@@ -13,8 +13,10 @@ run_timers() when it passes (ops.timer_kick, kshim.host). Removal is lazy (stale
 so del_timer and mod_timer stay O(log n). With one CPU a callback is never
 running while a task calls del_timer_sync, so that call only deletes.
 from_timer(timer) returns timer.data, the owner the caller stored there
-(Python has no container_of). udelay/ndelay/mdelay return at once: a busy
-wait on one CPU could not see anything change. schedule_timeout reuses one
+(Python has no container_of). udelay/ndelay/mdelay spin through
+ops.cpu_busy_ns: on the real host they return at once (a busy wait on one
+CPU could not see anything change); under the sim engine virtual time moves
+on by the delay, as a spinning CPU's would. schedule_timeout reuses one
 timer per task (the kernel puts one on the stack). The boot (kshim.sched)
 drops every pending timer of an earlier engine run.
 
@@ -33,6 +35,7 @@ import attrs
 
 from kshim import debugobjects, sched
 from kshim.bug import report_bug
+from kshim.fault_inject import fail_timer, timer_fault
 from kshim.host import ops
 from kshim.jiffies import jiffies, jiffies_to_msecs, msecs_to_jiffies, usecs_to_jiffies
 from kshim.sched import (MAX_SCHEDULE_TIMEOUT, TASK_IDLE, TASK_INTERRUPTIBLE, TASK_KILLABLE,
@@ -111,6 +114,8 @@ def timer_pending(timer: timer_list) -> bool:
 def mod_timer(timer: timer_list, expires: int) -> int:
     """(Re)arm timer for `expires` jiffies. Return 1 if it was pending."""
     global _seq, _npending, _armed
+    if fail_timer.armed:
+        expires = timer_fault(expires)
     was = timer._pending
     if was:
         if timer.expires == expires:
@@ -339,15 +344,16 @@ def fsleep(usecs: int) -> None:
 
 
 def udelay(usecs: int) -> None:
-    """A busy wait in the kernel; here it returns at once (see module doc)."""
+    """A busy wait (see the module doc)."""
+    ops.cpu_busy_ns(usecs * 1000)
 
 
 def ndelay(nsecs: int) -> None:
-    pass
+    ops.cpu_busy_ns(nsecs)
 
 
 def mdelay(msecs: int) -> None:
-    pass
+    ops.cpu_busy_ns(msecs * 1_000_000)
 
 
 @attrs.frozen

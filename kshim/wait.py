@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from kshim import sched
 from kshim.err import ERESTARTSYS
+from kshim.fault_inject import fail_wakeup, wakeup_fault
 from kshim.sched import (MAX_SCHEDULE_TIMEOUT, TASK_IDLE, TASK_INTERRUPTIBLE, TASK_KILLABLE,
                          TASK_NORMAL, TASK_RUNNING, TASK_UNINTERRUPTIBLE, TASK_WAKEKILL)
 from kshim.spinlock import spin_lock, spin_lock_irq, spin_unlock, spin_unlock_irq, spinlock_t
@@ -348,6 +349,8 @@ def ___wait_event(wq: wait_queue_head, condition: Callable[[], bool], state: int
             if state & _SIGNAL_STATES and me.sigpending and sched.signal_pending_state(state, me):
                 ret = -ERESTARTSYS
                 break
+            if fail_wakeup.armed:
+                wakeup_fault(me)
             if unlock is not None:
                 unlock()
             if timeout == MAX_SCHEDULE_TIMEOUT:

@@ -34,6 +34,7 @@ import attrs
 
 from kshim import debugobjects, sched
 from kshim.bug import report_bug
+from kshim.fault_inject import fail_queue_work, work_fault
 from kshim.jiffies import jiffies
 from kshim.kthread import kthread_run, kthread_should_stop, kthread_stop
 from kshim.printk import KERN_WARNING, printk
@@ -235,6 +236,8 @@ def queue_work(wq: workqueue_struct, work: work_struct) -> bool:
     """Queue work unless already pending; return True if queued."""
     if work.pending:
         return False
+    if fail_queue_work.armed and work_fault(wq, work, queue_work):
+        return True
     if work.func is None:
         report_bug("queue_work() of a work item without a function", wq=wq.name)
         return False

@@ -28,6 +28,7 @@ import fnmatch
 from typing import Any, Callable
 
 from kshim.err import EBUSY, EEXIST, EINVAL, ENODEV, ENOENT
+from kshim.fault_inject import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO, EI_ETYPE_NULL
 from kshim.kthread import kthread_stop
 from kshim.module import (MODULE_DESCRIPTION, MODULE_LICENSE, THIS_MODULE, module_exit,
                           module_init, module_param, module_param_named, module_put_by,
@@ -199,10 +200,11 @@ def _free_tgt_dev(sess: scst_session, lun: int) -> None:
 
 # -- sessions ---------------------------------------------------------------
 
+@ALLOW_ERROR_INJECTION(EI_ETYPE_NULL)
 def scst_register_session(tgt: scst_tgt, atomic: bool, initiator_name: str, tgt_priv: Any,
                           result_fn_data: Any = None,
                           result_fn: Callable[[scst_session, Any, int], None] | None = None
-                          ) -> scst_session:
+                          ) -> scst_session | None:
     sess = scst_session(tgt, initiator_name, tgt_priv)
     mutex_lock(scst_mutex)
     try:
@@ -238,8 +240,13 @@ def scst_sess_free_final(sess: scst_session) -> None:
         acg.acg_sess_list.remove(sess)
     for lun in list(sess.sess_tgt_dev_list):
         _free_tgt_dev(sess, lun)
-    if sess in sess.tgt.sess_list:
-        sess.tgt.sess_list.remove(sess)
+    tgt = sess.tgt
+    if sess in tgt.sess_list:
+        tgt.sess_list.remove(sess)
+        tgt.closed_reads += sess.reads
+        tgt.closed_writes += sess.writes
+        tgt.closed_read_bytes += sess.read_bytes
+        tgt.closed_write_bytes += sess.write_bytes
     if sess.unreg_done_fn is not None:
         sess.unreg_done_fn(sess)
 
@@ -289,6 +296,7 @@ def scst_find_device(name: str) -> scst_device | None:
     return next((d for d in scst_dev_list if d.virt_name == name), None)
 
 
+@ALLOW_ERROR_INJECTION(EI_ETYPE_ERRNO)
 def scst_register_virtual_device(devt: scst_dev_type, dev_name: str,
                                  dh_priv: Any = None) -> scst_device | int:
     """Create the device, attach the handler, start its command threads."""

@@ -230,6 +230,11 @@ class scst_tgt:
     default_acg: scst_acg | None = None
     tgt_acg_list: list = attrs.field(factory=list)
     sess_list: list = attrs.field(factory=list)
+    # I/O of its ended sessions (scst_sess_free_final adds each one's in)
+    closed_reads: int = 0
+    closed_writes: int = 0
+    closed_read_bytes: int = 0
+    closed_write_bytes: int = 0
 
 
 @attrs.define(slots=True, eq=False)
@@ -244,6 +249,12 @@ class scst_tgt_dev:
     # protected by dev.dev_lock
     tgt_dev_cmd_count: int = 0
     UA_list: list = attrs.field(factory=list)
+    # I/O counters of this I_T_L nexus (the metrics endpoint): changed only
+    # in the command's DEV_DONE state, on the one CPU
+    reads: int = 0
+    writes: int = 0
+    read_bytes: int = 0
+    write_bytes: int = 0
 
 
 @attrs.define(slots=True, eq=False)
@@ -263,6 +274,10 @@ class scst_session:
     writes: int = 0
     read_bytes: int = 0
     write_bytes: int = 0
+    # error and task-management counters (the metrics endpoint), touched on
+    # the response and TMF paths only: (lun, status, sense key) -> n, TMF fn -> n
+    sense_errors: dict = attrs.field(factory=dict)
+    tmf_count: dict = attrs.field(factory=dict)
 
 
 @attrs.define(slots=True, eq=False)
@@ -305,6 +320,7 @@ class scst_cmd:
     sn: int = 0                     # arrival order on its device
     completed: bool = False
     exec_sync: bool = False         # the handler's exec() is still on the stack
+    fault_checked: bool = False     # fail_scsi_cmd has looked at it (once per command)
     finished: bool = False
     aborted: bool = False
     # aborted by another I_T nexus with TAS=1: answered with TASK ABORTED

@@ -65,6 +65,8 @@ from kshim.sysfs import (S_IRUGO, S_IWUSR, __ATTR, __ATTR_RO, __ATTR_RW, kernel_
                          kobj_attribute, sysfs_create_file,
                          sysfs_create_link, sysfs_link)
 from scst_core import main as scst_main
+from scst_core.debug import scst_debug_sysfs_init
+from scst_core.latency import scst_latency_sysfs_init, scst_sess_latency_attr
 from scst_core import tg as scst_tg
 from scst_core.scst import scst_acg, scst_device, scst_session, scst_tgt, scst_tgt_template
 from scst_core.ua import scst_capacity_data_changed, scst_report_luns_changed
@@ -660,6 +662,7 @@ def _make_session(parent: kobject, name: str, sess: scst_session) -> kobject | N
     sysfs_create_file(k, __ATTR_RO("read_io_count_kb", lambda kk, a: f"{sess.read_bytes >> 10}\n"))
     sysfs_create_file(k, __ATTR_RO("write_io_count_kb", lambda kk, a: f"{sess.write_bytes >> 10}\n"))
     sysfs_create_file(k, __ATTR_RO("acg", lambda kk, a: f"{sess.acg.acg_name if sess.acg else ''}\n"))
+    sysfs_create_file(k, scst_sess_latency_attr(sess))
     ops = tgtt_sysfs.get(sess.tgt.tgtt.name)
     for a in ops.sess_attrs if ops is not None else ():
         sysfs_create_file(k, a)
@@ -1044,6 +1047,8 @@ def scst_sysfs_init() -> int:
     scst_targets_kobj = kobject_create_and_add("targets", root, kobj_type(refresh=_targets_refresh))
     dgk = kobject_create_and_add("device_groups", root, kobj_type(refresh=_dgs_refresh))
     sysfs_create_file(dgk, _mgmt_attr(_dg_mgmt, DG_USAGE))
+    scst_debug_sysfs_init(root)
+    scst_latency_sysfs_init(root)
     return 0
 
 

@@ -44,10 +44,15 @@ A dev handler's parse, exec or dev_done that raises is an oops naming its
 module and context (scst_dev_handler_oops) and fails only that command
 (HARDWARE ERROR), where a kernel oops would kill the thread running it: a
 module under development must not take the other LUNs down.
+
+Tracepoints (kshim.tracepoint): scst_cmd_init_done, one scst_cmd_state span
+per state a command runs through, scst_handler_exec around the dev
+handler's exec, scst_exec_done, scst_rx_data, scst_tgt_cmd_done, scst_tmf
+and scst_tmf_done. With tracing off each costs one slot test.
 """
 from __future__ import annotations
 
-from kshim import sched
+from kshim import sched, tracepoint
 from kshim.gfp import GFP_ATOMIC, GFP_KERNEL
 from kshim.kthread import kthread_run, kthread_should_stop
 from kshim.list import (list_add_tail, list_del_init, list_empty, list_first_entry,
@@ -56,6 +61,7 @@ from kshim.module import module_oops
 from kshim.printk import pr_err
 from kshim.slab import kmem_cache_alloc, kmem_cache_create, kmem_cache_free
 from kshim.spinlock import spin_lock_bh, spin_unlock_bh
+from kshim.tracepoint import TRACE_EVENT
 from kshim.wait import wait_event_interruptible_exclusive, wake_up
 from scst_core import cdbprobe
 from scst_core import tg as scst_tg
@@ -71,6 +77,7 @@ from scst_core.const import (SAM_STAT_BUSY, SAM_STAT_CHECK_CONDITION,
                              scst_sense_invalid_field_in_iu, scst_sense_lun_not_supported,
                              scst_sense_cleared_by_another_ini_UA, scst_sense_data_protect,
                              scst_sense_lun_reset_UA, scst_sense_reset_UA)
+from scst_core.fault import fail_scsi_cmd, scst_cmd_fault
 from scst_core.lib import scst_set_cmd_error, scst_set_cmd_error_status, scst_unpack_lun
 from scst_core.local_cmd import scst_local_exec
 from scst_core.mem import scst_alloc_space, scst_release_space
@@ -82,7 +89,7 @@ from scst_core.scst import (SCST_CMD_STATE_DEFAULT, SCST_CMD_STATE_DEV_DONE,
                             SCST_CMD_STATE_PREPARE_SPACE, SCST_CMD_STATE_RDY_TO_XFER,
                             SCST_CMD_STATE_REAL_EXEC, SCST_CMD_STATE_EXEC_WAIT,
                             SCST_CMD_STATE_XMIT_RESP, SCST_CMD_STATE_XMIT_WAIT,
-                            SCST_CMD_STATE_DATA_WAIT, SCST_CONTEXT_THREAD,
+                            SCST_CMD_STATE_DATA_WAIT, SCST_CMD_STATE_NAMES, SCST_CONTEXT_THREAD,
                             SCST_DATA_NONE, SCST_DATA_READ, SCST_DATA_WRITE,
                             SCST_RX_STATUS_SUCCESS, SCST_RX_STATUS_ERROR_SENSE_SET,
                             SCST_QERR_1_ABORT_ALL, SCST_TGT_RES_SUCCESS, SCST_TST_1_SEP_TASK_SETS,
@@ -107,6 +114,20 @@ _lun_cache: dict[bytes, int] = {}
 _LUNLESS_OPS = frozenset((REPORT_LUNS, INQUIRY, REQUEST_SENSE))
 # WRITE(6/10/12/16) and WRITE AND VERIFY(10/12/16): Data-Out is the data
 _PLAIN_WRITE_OPS = frozenset((0x0A, 0x2A, 0xAA, 0x8A, 0x2E, 0xAE, 0x8E))
+
+# Tracepoints of a command's life (SCST has TRACE_SCSI/TRACE_MGMT printk
+# levels instead; scst_core.debug maps its trace_level tokens onto these).
+# Every command event names its I_T_L nexus and task: sess (the
+# initiator's name), lun, tag (the ITT), op (the CDB's opcode).
+_CMD = ("sess", "lun", "tag", "op")
+trace_scst_cmd_init_done = TRACE_EVENT("scst_cmd_init_done", _CMD + ("edtl",))
+trace_scst_cmd_state = TRACE_EVENT("scst_cmd_state", _CMD + ("state",), span=True)
+trace_scst_handler_exec = TRACE_EVENT("scst_handler_exec", _CMD + ("handler",), span=True)
+trace_scst_exec_done = TRACE_EVENT("scst_exec_done", _CMD + ("status",))
+trace_scst_rx_data = TRACE_EVENT("scst_rx_data", _CMD + ("status",))
+trace_scst_tgt_cmd_done = TRACE_EVENT("scst_tgt_cmd_done", _CMD + ("status", "resp_len"))
+trace_scst_tmf = TRACE_EVENT("scst_tmf", ("sess", "lun", "fn", "tag", "aborted"))
+trace_scst_tmf_done = TRACE_EVENT("scst_tmf_done", ("sess", "lun", "fn", "tag", "status"))
 
 _RES_CONT_NEXT = 0     # state changed: go on
 _RES_CONT_DONE = 1     # someone else continues the command later
@@ -146,7 +167,7 @@ def scst_rx_cmd(sess: scst_session, lun: bytes, cdb: bytes, atomic: bool) -> scs
     cmd.sense_valid_len = 0
     cmd.dh_priv = None
     cmd.scst_cmd_done = None
-    cmd.completed = cmd.exec_sync = cmd.finished = cmd.aborted = False
+    cmd.completed = cmd.exec_sync = cmd.finished = cmd.aborted = cmd.fault_checked = False
     cmd.mcmd = None
     sess.cmd_count += 1
     list_add_tail(cmd.sess_cmd_list_entry, sess.sess_cmd_list)
@@ -160,6 +181,9 @@ def scst_cmd_set_expected(cmd: scst_cmd, data_direction: int, bufflen: int) -> N
 
 def scst_cmd_init_done(cmd: scst_cmd, pref_context: int) -> None:
     """The driver has filled the command in: start processing it."""
+    if trace_scst_cmd_init_done.enabled:
+        trace_scst_cmd_init_done(cmd.sess.initiator_name, cmd.lun, cmd.tag, cmd.cdb[0],
+                                 cmd.expected_transfer_len)
     tgt_dev = cmd.sess.sess_tgt_dev_list.get(cmd.lun)
     cmd.state = SCST_CMD_STATE_PARSE
     if tgt_dev is not None:
@@ -195,6 +219,8 @@ def scst_process_redirect_cmd(cmd: scst_cmd, context: int) -> None:
 
 def scst_rx_data(cmd: scst_cmd, status: int, pref_context: int) -> None:
     """The driver has received (or failed to receive) the WRITE data."""
+    if trace_scst_rx_data.enabled:
+        trace_scst_rx_data(cmd.sess.initiator_name, cmd.lun, cmd.tag, cmd.cdb[0], status)
     if status == SCST_RX_STATUS_SUCCESS:
         cmd.state = SCST_CMD_STATE_REAL_EXEC
     else:
@@ -206,6 +232,9 @@ def scst_rx_data(cmd: scst_cmd, status: int, pref_context: int) -> None:
 
 def scst_tgt_cmd_done(cmd: scst_cmd, pref_context: int) -> None:
     """The driver has sent the response: finish and free the command."""
+    if trace_scst_tgt_cmd_done.enabled:
+        trace_scst_tgt_cmd_done(cmd.sess.initiator_name, cmd.lun, cmd.tag, cmd.cdb[0],
+                                cmd.status, cmd.resp_data_len)
     cmd.state = SCST_CMD_STATE_FINISHED
     _finish_cmd(cmd)
 
@@ -214,6 +243,8 @@ def scst_cmd_done_local(cmd: scst_cmd, next_state: int, pref_context: int) -> No
     """The dev handler's exec is complete (cmd.scst_cmd_done points here)."""
     cmd.state = SCST_CMD_STATE_DEV_DONE if next_state == SCST_CMD_STATE_DEFAULT else next_state
     cmd.completed = True
+    if trace_scst_exec_done.enabled:
+        trace_scst_exec_done(cmd.sess.initiator_name, cmd.lun, cmd.tag, cmd.cdb[0], cmd.status)
     if not cmd.exec_sync:
         # Asynchronous completion (e.g. from softirq): continue from here.
         scst_process_active_cmd(cmd)
@@ -221,9 +252,31 @@ def scst_cmd_done_local(cmd: scst_cmd, next_state: int, pref_context: int) -> No
 
 def scst_process_active_cmd(cmd: scst_cmd) -> None:
     """Run cmd through its states until it waits for someone else."""
+    if trace_scst_cmd_state.enabled:
+        _process_active_cmd_traced(cmd)
+        return
     fns = _state_fns
     while True:
         res = fns[cmd.state](cmd)
+        if res != _RES_CONT_NEXT:
+            if res == _RES_NEED_THREAD:
+                _queue_to_threads(cmd)
+            return
+
+
+def _process_active_cmd_traced(cmd: scst_cmd) -> None:
+    """scst_process_active_cmd with one scst_cmd_state span per state run.
+    The fields are taken before the state runs: FINISHED frees the command."""
+    fns = _state_fns
+    ev = trace_scst_cmd_state
+    names = SCST_CMD_STATE_NAMES
+    while True:
+        st = cmd.state
+        who = (cmd.sess.initiator_name, cmd.lun, cmd.tag, cmd.cdb[0], names.get(st, str(st)))
+        t0 = tracepoint.now()
+        res = fns[st](cmd)
+        if ev.enabled:
+            ev.span_end(t0, *who)
         if res != _RES_CONT_NEXT:
             if res == _RES_NEED_THREAD:
                 _queue_to_threads(cmd)
@@ -245,6 +298,18 @@ def _pre_xmit_resp(cmd: scst_cmd) -> int:
     return _RES_CONT_NEXT
 
 
+def _count_error(cmd: scst_cmd) -> None:
+    """Count a response that is not GOOD by its sense key (-1: no sense,
+    e.g. BUSY or RESERVATION CONFLICT) for the metrics endpoint."""
+    key = -1
+    if cmd.sense_valid_len >= 3:
+        sense = cmd.sense
+        key = (sense[1] if sense[0] & 0x7F >= 0x72 else sense[2]) & 0x0F
+    errs = cmd.sess.sense_errors
+    k = (cmd.lun, cmd.status, key)
+    errs[k] = errs.get(k, 0) + 1
+
+
 def _xmit_response(cmd: scst_cmd) -> int:
     if cmd.aborted and cmd.device_tas:
         # Aborted by another I_T nexus with TAS=1 (SAM-5 5.6): answered,
@@ -254,6 +319,8 @@ def _xmit_response(cmd: scst_cmd) -> int:
         cmd.status = SAM_STAT_TASK_ABORTED
         cmd.sense_valid_len = 0
         cmd.resp_data_len = 0
+    if cmd.status:
+        _count_error(cmd)
     cmd.state = SCST_CMD_STATE_XMIT_WAIT
     if cmd.tgtt.xmit_response(cmd) != SCST_TGT_RES_SUCCESS:
         pr_err(f"scst: xmit_response failed for cmd tag {cmd.tag:#x}: freeing it")
@@ -344,7 +411,7 @@ def _prepare_space(cmd: scst_cmd) -> int:
                or c.irqs_off else GFP_KERNEL)
         if scst_alloc_space(cmd, cmd.bufflen, gfp) != 0:
             pr_err(f"scst: no memory for a {cmd.bufflen}-byte buffer (tag {cmd.tag:#x})")
-            scst_set_cmd_error(cmd, scst_sense_hardw_error)
+            scst_set_busy(cmd)            # as SCST: the initiator retries later
             cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
             return _RES_CONT_NEXT
     if cmd.data_direction & SCST_DATA_WRITE and cmd.write_len:
@@ -366,6 +433,9 @@ def _exec(cmd: scst_cmd) -> int:
         # Aborted before it ran: nothing reaches the device.
         cmd.state = SCST_CMD_STATE_XMIT_RESP
         return _RES_CONT_NEXT
+    if fail_scsi_cmd.armed and not cmd.fault_checked and scst_cmd_fault(cmd):
+        cmd.state = SCST_CMD_STATE_DEV_DONE
+        return _RES_CONT_NEXT
     if (dev.ordered_pending or dev.deferred_cmds) and _must_wait(cmd):
         dev.deferred_cmds.append(cmd)
         return _RES_CONT_DONE
@@ -380,11 +450,17 @@ def _exec(cmd: scst_cmd) -> int:
     cmd.scst_cmd_done = scst_cmd_done_local
     cmd.completed = False
     cmd.exec_sync = True
+    traced = trace_scst_handler_exec.enabled
+    if traced:
+        who = (cmd.sess.initiator_name, cmd.lun, cmd.tag, cmd.cdb[0], handler.name)
+        t0 = tracepoint.now()
     try:
         done = run(cmd)
     except Exception as e:              # a dev handler's oops fails this command only
         scst_dev_handler_oops(cmd, "exec", e)
         done = True
+    if traced:
+        trace_scst_handler_exec.span_end(t0, *who)
     cmd.exec_sync = False
     if run is handler.exec_nowait and not done:
         cmd.state = SCST_CMD_STATE_REAL_EXEC
@@ -404,12 +480,19 @@ def _dev_done(cmd: scst_cmd) -> int:
             scst_dev_handler_oops(cmd, "dev_done", e)
     if cmd.status == SAM_STAT_GOOD:
         sess = cmd.sess
+        td = cmd.tgt_dev
         if cmd.data_direction == SCST_DATA_READ:
             sess.reads += 1
             sess.read_bytes += cmd.resp_data_len
+            if td is not None:
+                td.reads += 1
+                td.read_bytes += cmd.resp_data_len
         elif cmd.data_direction & SCST_DATA_WRITE:
             sess.writes += 1
             sess.write_bytes += cmd.write_len
+            if td is not None:
+                td.writes += 1
+                td.write_bytes += cmd.write_len
     elif (cmd.status == SAM_STAT_CHECK_CONDITION and dev is not None and dev.qerr
             and not cmd.aborted):
         _qerr_abort(cmd)
@@ -583,6 +666,8 @@ def _mcmd_cmd_freed(mcmd: scst_mgmt_cmd) -> None:
 
 def _mcmd_done(mcmd: scst_mgmt_cmd) -> None:
     mcmd.done = True
+    if trace_scst_tmf_done.enabled:
+        trace_scst_tmf_done(mcmd.sess.initiator_name, mcmd.lun, mcmd.fn, mcmd.tag, mcmd.status)
     fn = mcmd.sess.tgt.tgtt.task_mgmt_fn_done
     if fn is not None:
         fn(mcmd)
@@ -621,6 +706,9 @@ def scst_rx_mgmt_fn(sess: scst_session, fn: int, lun: bytes | None, tag: int,
         victims = []
     # With TAS=0 a CLEAR TASK SET tells the other nexuses it aborted
     # commands of; a reset raises its own unit attention instead (below).
+    sess.tmf_count[fn] = sess.tmf_count.get(fn, 0) + 1
+    if trace_scst_tmf.enabled:
+        trace_scst_tmf(sess.initiator_name, mcmd.lun, fn, tag, len(victims))
     _abort_cmds(victims, mcmd, sess, fn == SCST_CLEAR_TASK_SET)
     if mcmd.status == 0 and fn in (SCST_LUN_RESET, SCST_TARGET_RESET):
         # Every I_T nexus learns of the reset, the one that asked included

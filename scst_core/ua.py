@@ -21,12 +21,15 @@ Differs from SCST: a UA is its (key, asc, ascq) triple only, built into
 sense at report time in the device's sense format; no per-UA flags (global
 UA, "UA already reported") and no SCST_MAX_UA overflow UA: a nexus keeps
 at most SCST_MAX_UA entries and drops a duplicate.
+
+Tracepoint: scst_ua when a UA is queued, reported or cleared.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from kshim.spinlock import spin_lock_bh, spin_unlock_bh
+from kshim.tracepoint import TRACE_EVENT
 from scst_core.const import (INQUIRY, REPORT_LUNS, REQUEST_SENSE, SCST_SENSE_BUFFERSIZE,
                              scst_sense_capacity_data_changed_UA,
                              scst_sense_reported_luns_data_changed_UA)
@@ -43,6 +46,14 @@ _UA_TRANSPARENT_OPS = frozenset((INQUIRY, REPORT_LUNS, REQUEST_SENSE))
 
 ua_stats = {"queued": 0, "reported": 0, "cleared": 0}
 
+# what: queued, reported or cleared; sense is "key/asc/ascq" in hex
+trace_scst_ua = TRACE_EVENT("scst_ua", ("sess", "lun", "what", "sense"))
+
+
+def _trace_ua(tgt_dev: "scst_tgt_dev", what: str, sense: tuple[int, int, int]) -> None:
+    trace_scst_ua(tgt_dev.sess.initiator_name, tgt_dev.lun, what,
+                  "{:x}/{:02x}/{:02x}".format(*sense))
+
 
 def scst_queue_ua(tgt_dev: "scst_tgt_dev", sense: tuple[int, int, int]) -> None:
     """Establish a unit attention with this sense on one I_T_L nexus."""
@@ -54,6 +65,8 @@ def scst_queue_ua(tgt_dev: "scst_tgt_dev", sense: tuple[int, int, int]) -> None:
         lst.append(sense)
         ua_stats["queued"] += 1
     spin_unlock_bh(lock)
+    if new and trace_scst_ua.enabled:
+        _trace_ua(tgt_dev, "queued", sense)
     report_aen = tgt_dev.sess.tgt.tgtt.report_aen
     if new and report_aen is not None:
         # Tell the initiator now too; the UA stays for its next command.
@@ -87,6 +100,8 @@ def scst_clear_ua(tgt_dev: "scst_tgt_dev", sense: tuple[int, int, int]) -> bool:
         if sense in tgt_dev.UA_list:
             tgt_dev.UA_list.remove(sense)
             ua_stats["cleared"] += 1
+            if trace_scst_ua.enabled:
+                _trace_ua(tgt_dev, "cleared", sense)
             return True
         return False
     finally:
@@ -120,6 +135,8 @@ def scst_check_ua(cmd: "scst_cmd") -> bool:
         return False
     scst_set_cmd_error(cmd, sense)
     ua_stats["reported"] += 1
+    if trace_scst_ua.enabled:
+        _trace_ua(tgt_dev, "reported", sense)
     return True
 
 

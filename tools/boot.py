@@ -34,6 +34,7 @@ import scst_core.pres as scst_pr
 from iscsi_scst.iscsi import iscsi_template
 from iscsi_scst.target import iscsi_add_portal, iscsi_target_add, portal_list, target_list
 from kshim import engine_ctl, module, printk
+from kshim.engine import run as engine_trio_run
 from kshim.debug import set_debug
 from kshim.err import EEXIST, EINVAL, ENOENT, errname
 from kshim.printk import pr_err
@@ -69,6 +70,9 @@ class BootConfig:
     config_text: str | None = None
     config_filename: str | None = None
     pr_dir: str | None = None
+    # the disk is there already (its size is kept); None: run() looks at
+    # the host's file (the sim engine's caller says so for its in-memory disk)
+    disk_exists: bool | None = None
     # extra modules loaded after the target's own: "PATH_OR_NAME[:p=v,...]"
     modules: list[str] = attrs.field(factory=list)
     # parameters of the target's own modules: name -> "p=v p2=v2"
@@ -117,6 +121,9 @@ def _import_file(path: Path) -> str:
     if not stem.isidentifier():
         raise ModuleLoadError(f"{path}: module file name must be a Python identifier", -EINVAL)
     old = module.find_module(stem)
+    if old is not None and not old.pymod.startswith(EXT_PACKAGE + "."):
+        raise ModuleLoadError(f"{path}: {stem} is the name of a module of the target itself",
+                              -EEXIST)
     if old is not None and old.state != module.MODULE_STATE_UNFORMED:
         return stem                    # live: load_module will say -EEXIST
     if old is not None:
@@ -292,7 +299,7 @@ def _default_target(cfg: BootConfig) -> int:
         handler = "vdisk_nullio"
     else:
         params = {"filename": cfg.disk or "", "blocksize": str(cfg.blocksize)}
-        if not cfg.disk or not os.path.exists(cfg.disk):
+        if not cfg.disk_exists:
             params["size"] = str(cfg.size)
         handler = "vdisk_fileio"
     ret = vdisk_add_device(handler, "disk0", params)
@@ -370,21 +377,34 @@ def target_exit() -> None:
             module.delete_module(s.name, module.O_TRUNC)
 
 
-def _engine_module(engine: str) -> Any:
-    """The engine's Python module (each has run(init, exit_fn, **kw))."""
-    names = {"trio": "kshim.engine", "sim": "kshim.engine_sim"}
-    if engine not in names:
-        raise ValueError(f"unknown engine {engine!r} (one of {', '.join(names)})")
-    return importlib.import_module(names[engine])
+def _run_sim(cfg: BootConfig, sim: Any, drive: Callable[[Any], None] | None = None) -> int:
+    """Boot on a kshim.engine_sim.Simulation, run drive(sim) (the
+    scenario: it advances virtual time itself), unload, stop the sim."""
+    ret = sim.boot(lambda: target_init(cfg))
+    try:
+        if ret == 0 and drive is not None:
+            drive(sim)
+    finally:
+        sim.shutdown(target_exit if ret == 0 else None)
+    return ret
 
 
 def run(cfg: BootConfig, engine: str = "trio", **kw: Any) -> int:
     """Boot on the chosen engine, serve until shutdown, unload; return
-    target_init's result (0 or -errno; see `failures`). kw go to the
-    engine's run (services, handle_signals, ...)."""
-    eng = _engine_module(engine)
+    target_init's result (0 or -errno; see `failures`).
+    engine "trio": kw go to kshim.engine.run (services, handle_signals);
+    it serves until SIGTERM/SIGINT or engine.request_shutdown().
+    engine "sim": kw are sim (a kshim.engine_sim.Simulation, made by the
+    caller with its seed) and drive (a function of the sim run between
+    boot and shutdown)."""
     printk.set_console_loglevel(cfg.log_level)
     set_debug(cfg.debug)
+    if cfg.disk is not None and cfg.disk_exists is None:
+        cfg = attrs.evolve(cfg, disk_exists=os.path.exists(cfg.disk))
+    if engine == "sim":
+        return _run_sim(cfg, **kw)
+    if engine != "trio":
+        raise ValueError(f"unknown engine {engine!r} (trio or sim)")
     if cfg.pr_dir is not None:
         try:
             os.makedirs(cfg.pr_dir, mode=0o700, exist_ok=True)
@@ -392,5 +412,5 @@ def run(cfg: BootConfig, engine: str = "trio", **kw: Any) -> int:
             cfg.warn(f"persistent reservations will not survive a restart: cannot create "
                      f"{cfg.pr_dir}: {e.strerror}")
             cfg = attrs.evolve(cfg, pr_dir=None)
-    ret = eng.run(lambda: target_init(cfg), target_exit, **kw)
+    ret = engine_trio_run(lambda: target_init(cfg), target_exit, **kw)
     return ret if isinstance(ret, int) else -EINVAL

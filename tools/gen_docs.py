@@ -129,6 +129,13 @@ def returned_results(fn: Callable) -> list[str]:
     return _ordered_unique(found)
 
 
+def _is_tracing(f: ast.expr) -> bool:
+    """A call of a tracepoint (trace_x(...), trace_x.span_end(...)) or of
+    kshim.tracepoint (tracepoint.now())."""
+    base = f.value if isinstance(f, ast.Attribute) else f
+    return isinstance(base, ast.Name) and (base.id.startswith("trace_") or base.id == "tracepoint")
+
+
 def called(fn: Callable) -> list[str]:
     """Functions fn calls and callbacks it reaches, in source order:
     `f` for a plain call, `mod.f` for a module's function, `handler.x` /
@@ -140,6 +147,8 @@ def called(fn: Callable) -> list[str]:
               for t in n.targets if isinstance(t, ast.Name)}
     found = []
     for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and _is_tracing(node.func):
+            continue             # tracepoints are not steps of the state machine
         if isinstance(node, ast.Attribute) and node.attr in _CALLBACKS:
             base = ast.unparse(node.value)
             for owner in ("handler", "tgtt"):

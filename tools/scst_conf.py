@@ -130,7 +130,9 @@ def _tokenize(text: str, fn: str) -> list[tuple[str, Any]]:
             line += 1
             i += 1
             line_start = i
-        elif c in " \t\r":
+        elif c.isspace():
+            # Every separator str.isspace() knows (\v, \f, \x1c-\x1f, NBSP...),
+            # as the word scan below stops at them too.
             i += 1
         elif c == "#":
             while i < n and text[i] != "\n":
@@ -162,60 +164,79 @@ def _tokenize(text: str, fn: str) -> list[tuple[str, Any]]:
     return toks
 
 
+# Blocks nest at most TARGET_DRIVER > TARGET > GROUP > LUN (4 levels); deeper
+# nesting is an error, reported at the opening '{' that crosses the limit.
+MAX_BLOCK_DEPTH = 8
+
+
+@dataclass
+class _Open:
+    """A block being read: where it opened, what it is called, its statements."""
+    opener: Word | None
+    owner: str
+    owner_at: tuple[int, int]
+    out: list[Stmt]
+    words: list[Word]
+
+
 def parse_statements(text: str, filename: str = "<config>") -> list[Stmt]:
-    """The file as nested statements; raises ConfigError on bad syntax."""
+    """The file as nested statements; raises ConfigError on bad syntax.
+
+    Iterative, with an explicit stack of open blocks, so no file can reach
+    Python's recursion limit; nesting deeper than MAX_BLOCK_DEPTH is an error
+    naming the '{' that crosses it."""
     toks = _tokenize(text, filename)
     pos = 0
-
-    def block(opener: Word | None, owner: str, owner_at: tuple[int, int] = (0, 0)) -> list[Stmt]:
-        nonlocal pos
-        owner_name = owner.removesuffix(" block")
-        out: list[Stmt] = []
-        while True:
+    stack = [_Open(None, "", (0, 0), [], [])]
+    while True:
+        cur = stack[-1]
+        kind, w = toks[pos]
+        if kind == "nl":
+            pos += 1
+            continue
+        if kind == "eof":
+            if cur.opener is not None:
+                raise ConfigError(filename, w.line, w.col,
+                                  f"expected '}}' to close {cur.owner} opened at line "
+                                  f"{cur.opener.line}, column {cur.opener.col}; found end of file")
+            return cur.out
+        if kind == "}":
+            if cur.opener is None:
+                raise ConfigError(filename, w.line, w.col, "unexpected '}' with no open block")
+            pos += 1
+            stack.pop()
+            stack[-1].out.append(Stmt(cur.words, cur.out))
             kind, w = toks[pos]
+            if kind not in ("nl", "eof", "}"):
+                raise ConfigError(filename, w.line, w.col,
+                                  f"expected end of line after '}}', found '{w.text}'")
+            continue
+        if kind == "{":
+            raise ConfigError(filename, w.line, w.col,
+                              "expected a keyword or attribute name before '{'")
+        if cur.opener is not None and w.text in _TOP_LEVEL:
+            raise ConfigError(filename, w.line, w.col,
+                              f"{w.text} inside {cur.owner.removesuffix(' block')} (opened at "
+                              f"line {cur.owner_at[0]}, column {cur.owner_at[1]}): expected "
+                              f"'}}' to close it first")
+        words: list[Word] = []
+        while toks[pos][0] == "word":
+            words.append(toks[pos][1])
+            pos += 1
+        kind, w = toks[pos]
+        if kind == "{":
+            if len(stack) > MAX_BLOCK_DEPTH:
+                raise ConfigError(filename, w.line, w.col,
+                                  f"blocks nested more than {MAX_BLOCK_DEPTH} deep")
+            pos += 1
+            stack.append(_Open(w, " ".join(x.text for x in words[:2]) + " block",
+                               (words[0].line, words[0].col), [], words))
+        else:
+            cur.out.append(Stmt(words))
             if kind == "nl":
                 pos += 1
-                continue
-            if kind == "eof":
-                if opener is not None:
-                    raise ConfigError(filename, w.line, w.col,
-                                      f"expected '}}' to close {owner} opened at line "
-                                      f"{opener.line}, column {opener.col}; found end of file")
-                return out
-            if kind == "}":
-                if opener is None:
-                    raise ConfigError(filename, w.line, w.col, "unexpected '}' with no open block")
-                pos += 1
-                return out
-            if kind == "{":
-                raise ConfigError(filename, w.line, w.col,
-                                  "expected a keyword or attribute name before '{'")
-            if opener is not None and w.text in _TOP_LEVEL:
-                raise ConfigError(filename, w.line, w.col,
-                                  f"{w.text} inside {owner_name} (opened at line {owner_at[0]}, "
-                                  f"column {owner_at[1]}): expected '}}' to close it first")
-            words: list[Word] = []
-            while toks[pos][0] == "word":
-                words.append(toks[pos][1])
-                pos += 1
-            kind, w = toks[pos]
-            if kind == "{":
-                pos += 1
-                body = block(w, " ".join(x.text for x in words[:2]) + " block",
-                             (words[0].line, words[0].col) if words else (w.line, w.col))
-                out.append(Stmt(words, body))
-                kind, w = toks[pos]
-                if kind not in ("nl", "eof", "}"):
-                    raise ConfigError(filename, w.line, w.col,
-                                      f"expected end of line after '}}', found '{w.text}'")
-            else:
-                out.append(Stmt(words))
-                if kind == "nl":
-                    pos += 1
-                elif kind not in ("eof", "}"):
-                    raise ConfigError(filename, w.line, w.col, f"unexpected '{w.text}'")
-
-    return block(None, "")
+            elif kind not in ("eof", "}"):
+                raise ConfigError(filename, w.line, w.col, f"unexpected '{w.text}'")
 
 
 # -- the model ------------------------------------------------------------------

@@ -38,6 +38,8 @@ Examples:
   uscstadmin config /etc/uscst/scst.conf --dry-run
   uscstadmin write-config /etc/uscst/scst.conf
   uscstadmin stats --json
+  uscstadmin trace start --events 'scst_*,iscsi_*'
+  uscstadmin trace dump -o run.json     (open in ui.perfetto.dev or chrome://tracing)
   uscstadmin lsmod
   uscstadmin insmod --check docs/examples/vdisk_pattern.py
   uscstadmin insmod docs/examples/vdisk_pattern.py pattern_size=64M
@@ -108,6 +110,8 @@ def _abs(rel: str) -> str:
     rel = rel.strip("/")
     if rel.startswith("kernel/") or rel.startswith("module/") or rel in ("kernel", "module"):
         return "/" + rel
+    if rel.startswith("debug/") or rel == "debug":      # debugfs: /sys/kernel/debug
+        return "/kernel/" + rel
     if rel.startswith("sys/"):
         return "/" + rel[4:]
     return f"{ROOT}/{rel}" if rel else ROOT
@@ -529,9 +533,13 @@ def tree_cmd(o: Obj, path: str) -> None:
 
 
 @cli.command("stats")
+@click.option("--latency", is_flag=True, help="per-stage command latency (measure_latency)")
 @pass_obj
-def stats_cmd(o: Obj) -> None:
+def stats_cmd(o: Obj, latency: bool) -> None:
     """Per-session and per-device I/O statistics."""
+    if latency:
+        latency_stats(o)
+        return
     info = collect(o.ctl.tree())
     sess = [{"target": t["name"], **s} for t in info["targets"] for s in t["sessions"]]
     devs = [{"device": d["name"], "commands": int(d["attrs"].get("commands", "0") or 0)}
@@ -548,6 +556,33 @@ def stats_cmd(o: Obj) -> None:
     click.echo("Device           Commands")
     for d in devs:
         click.echo(f"{d['device']:<16} {d['commands']}")
+
+
+def parse_latency_raw(text: str) -> list[dict]:
+    """The lines of scst_tgt/latency_raw as dicts (times in ns)."""
+    out = []
+    for line in text.splitlines():
+        p = line.split()
+        if len(p) < 7:
+            continue
+        hist = {int(b): int(n) for b, n in (x.split(":") for x in p[7].split(","))} \
+            if len(p) > 7 else {}
+        out.append({"session": p[0], "lun": None if p[1] == "-" else int(p[1]), "stage": p[2],
+                    "count": int(p[3]), "sum_ns": int(p[4]), "min_ns": int(p[5]),
+                    "max_ns": int(p[6]), "hist_log2_ns": hist})
+    return out
+
+
+def latency_stats(o: Obj) -> None:
+    """stats --latency: SCST's measure_latency figures (turned on if off)."""
+    if o.ctl.read("measure_latency").strip() != "1":
+        o.ctl.write("measure_latency", "1")
+        if not o.as_json:
+            click.echo("measure_latency was off: turned on now; run I/O and ask again")
+    if o.as_json:
+        click.echo(json.dumps({"latency": parse_latency_raw(o.ctl.read("latency_raw"))}))
+    else:
+        click.echo(o.ctl.read("latency"), nl=False)
 
 
 @cli.command("config")
@@ -602,6 +637,111 @@ def reload_cmd(o: Obj) -> None:
     o.done(f"{rsp['changes']} changes applied", {"changes": rsp["changes"]})
 
 
+# -- tracing (kshim.tracepoint's recorder, through /sys/kernel/tracing) ----------
+
+TRACING = "/kernel/tracing"
+
+
+@cli.group("trace")
+def trace_group() -> None:
+    """Record tracepoints in uscstd's ring and export them (Perfetto JSON)."""
+
+
+@trace_group.command("start")
+@click.option("--events", default="*", show_default=True,
+              help="comma-separated event names or prefixes ending in '*'")
+@click.option("--filter", "filter_", default="", help="e.g. 'sess=iqn... lun=0 op=0x28'")
+@click.option("--buffer-kb", type=click.IntRange(1, 1 << 20), help="ring size in KiB")
+@pass_obj
+def trace_start(o: Obj, events: str, filter_: str, buffer_kb: int | None) -> None:
+    """Clear the ring, select events and a filter, and start recording."""
+    c = o.ctl
+    c.call("write", path=f"{TRACING}/tracing_on", value="0")
+    if buffer_kb is not None:
+        c.call("write", path=f"{TRACING}/buffer_size_kb", value=str(buffer_kb))
+    c.call("write", path=f"{TRACING}/set_event", value=" ".join(events.split(",")))
+    c.call("write", path=f"{TRACING}/filter", value=filter_)
+    c.call("write", path=f"{TRACING}/trace", value="")
+    c.call("write", path=f"{TRACING}/tracing_on", value="1")
+    o.done("tracing on")
+
+
+@trace_group.command("stop")
+@pass_obj
+def trace_stop(o: Obj) -> None:
+    """Stop recording (the ring keeps what it has)."""
+    o.ctl.call("write", path=f"{TRACING}/tracing_on", value="0")
+    stat = o.ctl.call("read", path=f"{TRACING}/trace_stat")["value"]
+    o.done("tracing off; " + ", ".join(stat.split("\n")).strip(", "))
+
+
+@trace_group.command("dump")
+@click.option("-o", "--output", "out", default="-", help="file to write (default stdout)")
+@click.option("--format", "fmt", type=click.Choice(["perfetto", "raw", "text"]),
+              default="perfetto", show_default=True)
+@pass_obj
+def trace_dump(o: Obj, out: str, fmt: str) -> None:
+    """Write the ring: Perfetto/Chrome trace-event JSON, the raw records, or text."""
+    from tools import trace_export     # the exporter is needed by this command only
+    if fmt == "text":
+        text = o.ctl.call("read", path=f"{TRACING}/trace")["value"]
+    else:
+        raw = o.ctl.call("read", path=f"{TRACING}/trace_raw")["value"]
+        text = raw if fmt == "raw" else json.dumps(trace_export.to_perfetto(json.loads(raw)))
+    if out == "-":
+        click.echo(text, nl=False)
+        return
+    try:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise Failed(f"cannot write {out}: {e.strerror}")
+    o.done(f"trace written to {out}")
+
+
+@trace_group.command("html")
+@click.argument("trace_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", "out", required=True, help="the HTML file to write")
+@click.option("--itt", help="the command to draw, by ITT (default: the richest command)")
+@click.option("--login", type=click.IntRange(0), help="draw the N-th login instead (0 = first)")
+def trace_html_cmd(trace_file: str, out: str, itt: str | None, login: int | None) -> None:
+    """Draw a dumped trace (Perfetto JSON) as a self-contained HTML page:
+    a timeline of kthreads and softirqs and a command's sequence diagram."""
+    from tools import trace_html    # needed by this command only
+    try:
+        itt_n = int(itt, 0) if itt is not None else None
+    except ValueError:
+        raise Failed(f"--itt {itt!r} is not a number (e.g. 0x1a)", 2)
+    try:
+        with open(trace_file, encoding="utf-8") as f:
+            doc = json.load(f)
+        page = trace_html.render_html(doc, itt_n, login)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise Failed(f"{trace_file}: not a trace from `uscstadmin trace dump`: {e}")
+    try:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(page)
+    except OSError as e:
+        raise Failed(f"cannot write {out}: {e.strerror}")
+    click.echo(f"wrote {out}")
+
+
+@cli.command("top")
+@click.option("--once", is_flag=True, help="print one plain snapshot and exit")
+@click.option("--interval", type=click.FloatRange(0.1, 60), default=1.0, show_default=True,
+              help="seconds between reads")
+@click.option("--max-seconds", type=click.FloatRange(0), default=0,
+              help="leave the live view after this long (0: only on q)")
+@pass_obj
+def top_cmd(o: Obj, once: bool, interval: float, max_seconds: float) -> None:
+    """Live view: kthreads, softirqs, workqueues, slabs, locks, and per
+    session/LUN IOPS, MB/s, latency and outstanding commands (keys: s sort,
+    d drill into a session, a all, q quit)."""
+    from tools import top    # rich and the parser load for this command only
+    if once:
+        click.echo(top.render_once(o.ctl, interval), nl=False)
+    else:
+        top.run_live(o.ctl, interval, max_seconds)
 @cli.command("insmod")
 @click.argument("module")
 @click.argument("params", nargs=-1)

@@ -12,6 +12,8 @@ Management: the SCST sysfs tree lives in the emulated kernel; it is served
 on a Unix control socket (--control, mode 0600; uscstadmin talks to it,
 including insmod/rmmod/lsmod) and, with --fuse MOUNTPOINT, as a FUSE file
 system. When started by systemd (Type=notify) it sends READY=1 once serving.
+With --metrics HOST:PORT it serves Prometheus metrics (docs/observe.md);
+`uscstadmin top` reads the same counters over the control socket.
 
 The command line is the OPTIONS table: one row per option, so a new one is
 one row (and, if it needs checking, a line in resolve()).
@@ -22,12 +24,12 @@ import argparse
 import os
 import re
 import sys
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 import trio
 
 from iscsi_scst.config import ISCSI_NAME_RE, iscsi_parse_portal
-from kshim import engine, engine_ctl
+from kshim import engine, engine_ctl, fault_inject
 from kshim.err import EINVAL, errname
 from scst_core.sysfs import scst_sysfs_schema
 from tools import boot, scst_conf
@@ -103,6 +105,12 @@ OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--control",), dict(metavar="PATH",
                           help="control socket for uscstadmin (default $XDG_RUNTIME_DIR/uscst.sock, "
                                "/run/uscst.sock as root)")),
+    (("--fault",), dict(action="append", metavar="POINT:ATTR=VALUE,...",
+                        help="inject faults from the first call (docs/fault-injection.md); "
+                             "repeatable; $USCST_FAULTS adds more")),
+    (("--metrics",), dict(metavar="HOST:PORT",
+                          help="serve Prometheus metrics at http://HOST:PORT/metrics "
+                               "(PORT alone: 127.0.0.1:PORT)")),
     (("--version",), dict(action="version", version="uscstd 0.1.0")),
 ]
 
@@ -167,6 +175,12 @@ def resolve(args: argparse.Namespace) -> dict:
         parent = os.path.dirname(disk)
         if not os.path.exists(disk) and not os.path.isdir(parent):
             raise UsageError(f"directory of --disk {disk} does not exist")
+    import vdisk.blockio, vdisk.fileio  # noqa: E401,F401 (their injectable functions)
+    faults = fault_inject.split_env_specs(os.environ.get("USCST_FAULTS", "")) + (args.fault or [])
+    try:
+        fault_inject.apply_fault_specs(faults, dry_run=True)
+    except ValueError as e:
+        raise UsageError(f"--fault: {e}")
     # Persistent reservations with APTPL live beside the data.
     state_dir = (args.data_dir or (os.path.dirname(disk) if disk else None)
                  or default_data_dir())
@@ -174,7 +188,10 @@ def resolve(args: argparse.Namespace) -> dict:
                 pr_dir=os.path.join(os.path.abspath(state_dir), "pr"),
                 blocksize=args.blocksize, log_level=args.log_level, debug=args.debug,
                 config=config, config_text=config_text, fuse=args.fuse, modules=modules,
-                control=os.path.abspath(args.control) if args.control else engine_ctl.default_control_path())
+                faults=faults,
+                control=os.path.abspath(args.control) if args.control else engine_ctl.default_control_path(),
+                metrics=parse_portal(args.metrics if ":" in (args.metrics or ":")
+                                     else f"127.0.0.1:{args.metrics}") if args.metrics else None)
 
 
 def serve(cfg: dict) -> int:
@@ -200,7 +217,8 @@ def serve(cfg: dict) -> int:
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             return {"ok": False, "error": f"cannot read {path}: {e}", "errno": EINVAL}
-        return await engine.call_in_task(lambda: boot.apply_config(text, path, force))
+        return await engine_ctl.ctl_call(f"reload {path}",
+                                         lambda: boot.apply_config(text, path, force))
 
     reload_send, reload_recv = trio.open_memory_channel(4)
 
@@ -223,18 +241,19 @@ def serve(cfg: dict) -> int:
         if not isinstance(text, str) or not isinstance(filename, str):
             return {"ok": False, "error": "config_apply needs text and filename", "errno": EINVAL}
         force, dry = bool(req.get("force")), bool(req.get("dry_run"))
-        return await engine.call_in_task(lambda: boot.apply_config(text, filename, force, dry))
+        return await engine_ctl.ctl_call("config_apply",
+                                         lambda: boot.apply_config(text, filename, force, dry))
 
     async def op_config_write(req: dict) -> dict:
-        text = await engine.call_in_task(
-            lambda: scst_conf.write_running(engine_ctl.SysfsTree()))
-        return {"ok": True, "text": text}
+        return await engine_ctl.ctl_call("config_write", lambda: {
+            "ok": True, "text": scst_conf.write_running(engine_ctl.SysfsTree())})
 
     async def op_reload(req: dict) -> dict:
         return await reload(bool(req.get("force")))
 
     async def op_schema(req: dict) -> dict:
-        return {"ok": True, "schema": await engine.call_in_task(scst_sysfs_schema)}
+        return await engine_ctl.ctl_call("schema", lambda: {"ok": True,
+                                                            "schema": scst_sysfs_schema()})
 
     async def op_insmod(req: dict) -> dict:
         target, params = req.get("module"), req.get("params", [])
@@ -246,17 +265,19 @@ def serve(cfg: dict) -> int:
             name = boot.module_import(target)      # a host action: on the engine side
         except boot.ModuleLoadError as e:
             return {"ok": False, "error": str(e), "errno": -e.errno, "code": errname(e.errno)}
-        r = await engine.call_in_task(lambda: boot.insmod(name, " ".join(params)), "insmod")
+        r = await engine_ctl.ctl_call(f"insmod {name}",
+                                      lambda: boot.insmod(name, " ".join(params)), "insmod")
         return {**r, "name": name}
 
     async def op_rmmod(req: dict) -> dict:
         name = req.get("module")
         if not isinstance(name, str):
             return {"ok": False, "error": "rmmod needs a module name", "errno": EINVAL}
-        return await engine.call_in_task(lambda: boot.rmmod(name), "rmmod")
+        return await engine_ctl.ctl_call(f"rmmod {name}", lambda: boot.rmmod(name), "rmmod")
 
     async def op_lsmod(req: dict) -> dict:
-        return {"ok": True, "modules": await engine.call_in_task(boot.lsmod_rows)}
+        return await engine_ctl.ctl_call("lsmod", lambda: {"ok": True,
+                                                           "modules": boot.lsmod_rows()})
 
     ops = {"config_apply": op_config_apply, "config_write": op_config_write,
            "reload": op_reload, "schema": op_schema,
@@ -277,7 +298,12 @@ def serve(cfg: dict) -> int:
         services.append(engine_ctl.fuse_service(
             cfg["fuse"], on_error=warn,
             on_ready=lambda: say(f"management tree mounted at {cfg['fuse']}")))
+    if cfg["metrics"]:
+        services.append(_metrics_service(cfg["metrics"], warn))
+    _proc_metrics()
     engine.reload_hook = reload_hook
+    fault_inject.debugfs_init()
+    fault_inject.apply_fault_specs(cfg["faults"])      # before the first call
     ret = boot.run(bcfg, "trio", services=services)
     engine.reload_hook = None
     if boot.failures:
@@ -288,6 +314,28 @@ def serve(cfg: dict) -> int:
         return 1
     print("uscstd: stopped", flush=True)
     return 0
+
+
+def _proc_metrics() -> None:
+    """The same counters as text for the control socket's `proc metrics`
+    (uscstadmin top reads them there, --metrics or not)."""
+    from iscsi_scst.iscsi import iscsi_metrics     # the metrics glue is all here
+    from kshim.engine_metrics import format_metrics
+    from kshim.proc import proc_create, remove_proc_entry
+    from scst_core.stats import scst_metrics
+    remove_proc_entry("metrics")
+    proc_create("metrics", lambda: format_metrics(scst_metrics() + iscsi_metrics()).decode())
+
+
+def _metrics_service(where: tuple[str, int], warn: Callable[[str], None]) -> Any:
+    """--metrics: the Prometheus endpoint over the SCST core's and the iSCSI
+    driver's counters (an engine service, like the control socket)."""
+    from iscsi_scst.iscsi import iscsi_metrics     # the metrics glue is all here
+    from kshim.engine_metrics import metrics_service
+    from scst_core.stats import scst_metrics
+    return metrics_service(where[0], where[1], [scst_metrics, iscsi_metrics], on_error=warn,
+                           on_ready=lambda a: print(f"uscstd: metrics at http://{a}/metrics",
+                                                    flush=True))
 
 
 def main(argv: list[str] | None = None) -> int:

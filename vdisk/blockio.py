@@ -34,10 +34,11 @@ add_device parameters are fileio's but o_direct (always direct here).
 from __future__ import annotations
 
 from kshim.dmapool import dma_pool, dma_pool_alloc, dma_pool_create, dma_pool_destroy, dma_pool_free
-from kshim.err import EINVAL, ENOMEM, ENOSPC, IS_ERR
-from kshim.fs import (IOCB_DSYNC, O_DIRECT, STATX_DIOALIGN, file, filp_close, kiocb, kstat,
-                      vfs_getattr, vfs_iocb_iter_read, vfs_iocb_iter_write, vfs_readv,
-                      vfs_writev)
+from kshim.err import EINVAL, EIO, ENOMEM, ENOSPC, IS_ERR
+from kshim.fault_inject import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
+from kshim.fs import (EIOCBQUEUED, IOCB_DSYNC, O_DIRECT, STATX_DIOALIGN, file, file_inode,
+                      filp_close, i_size_read, kiocb, kstat, vfs_getattr, vfs_iocb_iter_read,
+                      vfs_iocb_iter_write, vfs_readv, vfs_writev)
 from kshim.gfp import GFP_ATOMIC, GFP_KERNEL
 from kshim.page_alloc import PAGE_SIZE
 from kshim.printk import pr_err, pr_info
@@ -45,11 +46,11 @@ from scst_core.const import (scst_sense_hardw_error, scst_sense_read_error,
                              scst_sense_space_allocation_failed, scst_sense_write_error)
 from scst_core.lib import scst_cmd_iov, scst_set_cmd_error
 from scst_core.scst import scst_cmd, scst_device
-from vdisk.fileio import (fileio_lba_status, fileio_open_backing, fileio_publish_backing,
-                          fileio_sync, fileio_unmap)
+from vdisk.fileio import (MAX_PIECES, fileio_lba_status, fileio_open_backing,
+                          fileio_publish_backing, fileio_sync, fileio_unmap)
 from vdisk.vdisk import (scst_vdisk_dev, vdisk_add_device_parameters, vdisk_cmd_done,
                          vdisk_detach_common, vdisk_do_exec, vdisk_io_ops, vdisk_make_devtype,
-                         vdisk_need_sync)
+                         vdisk_need_sync, vdisk_set_sense_info)
 
 # Design notes:
 # - One bounce pool for every blockio device, as the kernel's bio_set
@@ -118,12 +119,13 @@ def blockio_read_iov(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length: 
         while done < length:        # bounded: length / BLOCKIO_BOUNCE_SIZE pieces
             n = min(BLOCKIO_BOUNCE_SIZE, length - done)
             whole = (n + mask) & ~mask
-            got = vfs_readv(f, [bounce[:whole]], pos + done)
-            if got < 0:
+            got, err = _read_piece(f, bounce, whole, pos + done)
+            if err < 0:
                 pr_err(f"vdisk_blockio: {virt_dev.name}: read of {whole} bytes at {pos + done} "
-                       f"failed: {got}")
+                       f"failed at {pos + done + got}: {err}")
                 scst_set_cmd_error(cmd, scst_sense_read_error)
-                return got
+                vdisk_set_sense_info(cmd, (pos + done + got) >> virt_dev.block_shift)
+                return err
             if got < n:
                 # The file shrank under us: past its end reads as zeros.
                 bounce[got:n] = _ZEROS[:n - got]
@@ -134,12 +136,28 @@ def blockio_read_iov(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length: 
         dma_pool_free(blockio_bounce_pool, bounce)
 
 
+def _read_piece(f: file, bounce: memoryview, whole: int, pos: int) -> tuple[int, int]:
+    """Read whole bytes into bounce at pos, going on after a short count
+    inside the file (a read that stops at a bad block returns what came
+    before it first): (bytes read, 0 or -errno); short only at end of file."""
+    got = 0
+    for _ in range(MAX_PIECES):
+        n = vfs_readv(f, [bounce[got:whole]], pos + got)
+        if n < 0:
+            return got, n
+        got += n
+        if got >= whole or n == 0 or pos + got >= i_size_read(file_inode(f)):
+            return got, 0
+    return got, -EIO
+
+
 def _write_error(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length: int, n: int) -> int:
     pr_err(f"vdisk_blockio: {virt_dev.name}: write of {length} bytes at {pos} failed: {n}")
     if n == -ENOSPC and virt_dev.thin_provisioned:
         scst_set_cmd_error(cmd, scst_sense_space_allocation_failed)
     else:
         scst_set_cmd_error(cmd, scst_sense_write_error)
+        vdisk_set_sense_info(cmd, (pos + max(n, 0)) >> virt_dev.block_shift)
     return n if n < 0 else -ENOSPC
 
 
@@ -223,6 +241,7 @@ def _blockio_check_align(virt_dev: scst_vdisk_dev, f: file) -> int:
     return 0
 
 
+@ALLOW_ERROR_INJECTION(EI_ETYPE_ERRNO)
 def blockio_attach(dev: scst_device) -> int:
     """Open the file or device O_DIRECT (creating a missing file sparse if a
     size was given), check its direct I/O alignment and publish the
@@ -313,11 +332,14 @@ def blockio_exec_nowait(cmd: scst_cmd) -> bool:
         _iov_copy(scst_cmd_iov(cmd), 0, bounce[:length], False)
         fua = op != 0x0A and bool(cmd.cdb[1] & 0x08)
         flags = IOCB_DSYNC if vdisk_need_sync(cmd, virt_dev, fua) else 0
-        vfs_iocb_iter_write(f, kiocb(f, pos, _blockio_end_io, (cmd, bounce, True), flags),
-                            [bounce[:length]])
+        ret = vfs_iocb_iter_write(f, kiocb(f, pos, _blockio_end_io, (cmd, bounce, True), flags),
+                                  [bounce[:length]])
     else:
-        vfs_iocb_iter_read(f, kiocb(f, pos, _blockio_end_io, (cmd, bounce, False)),
-                           [bounce[:length]])
+        ret = vfs_iocb_iter_read(f, kiocb(f, pos, _blockio_end_io, (cmd, bounce, False)),
+                                 [bounce[:length]])
+    if ret != -EIOCBQUEUED:                 # a fault is armed: the threads' path decides it
+        dma_pool_free(blockio_bounce_pool, bounce)
+        return False
     return True
 
 

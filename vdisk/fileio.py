@@ -18,10 +18,11 @@ missing is created sparse when a size was given.
 """
 from __future__ import annotations
 
-from kshim.err import EOPNOTSUPP, ENOSPC, ENXIO, IS_ERR
-from kshim.fs import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, O_CREAT, O_DIRECT, O_DSYNC,
-                      O_LARGEFILE, O_RDONLY, O_RDWR, SEEK_DATA, SEEK_HOLE, file, filp_close,
-                      IOCB_DSYNC, filp_open, file_inode, i_size_read, kiocb, vfs_fallocate,
+from kshim.err import EIO, EOPNOTSUPP, ENOSPC, ENXIO, IS_ERR
+from kshim.fault_inject import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
+from kshim.fs import (EIOCBQUEUED, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, IOCB_DSYNC,
+                      O_CREAT, O_DIRECT, O_DSYNC, O_LARGEFILE, O_RDONLY, O_RDWR, SEEK_DATA,
+                      SEEK_HOLE, file, filp_close, filp_open, file_inode, i_size_read, kiocb, vfs_fallocate,
                       vfs_fsync_range, vfs_iocb_iter_write, vfs_llseek, vfs_readv,
                       vfs_readv_nowait, vfs_truncate, vfs_writev)
 from kshim.printk import pr_err, pr_info
@@ -31,7 +32,7 @@ from scst_core.lib import scst_cmd_iov, scst_set_cmd_error
 from scst_core.scst import scst_cmd, scst_device
 from vdisk.vdisk import (scst_vdisk_dev, vdisk_attach_common, vdisk_cmd_done,
                          vdisk_detach_common, vdisk_do_exec, vdisk_io_ops, vdisk_make_devtype,
-                         vdisk_need_sync)
+                         vdisk_need_sync, vdisk_set_sense_info)
 
 
 def _zero_tail(iov: list, skip: int) -> None:
@@ -45,38 +46,87 @@ def _zero_tail(iov: list, skip: int) -> None:
         skip = 0
 
 
+MAX_PIECES = 64       # short counts one request may be continued after
+
+
+def _iov_skip(iov: list, n: int) -> list:
+    """The buffers past the first n bytes."""
+    out = []
+    for v in iov:
+        if n >= len(v):
+            n -= len(v)
+            continue
+        out.append(memoryview(v)[n:])
+        n = 0
+    return out
+
+
+def _rw_all(write: bool, virt_dev: scst_vdisk_dev, iov: list, pos: int,
+            length: int) -> tuple[int, int]:
+    """Read or write all of it, going on after short counts (a read or
+    write that stops at a bad block returns what came before it first):
+    (bytes done, 0 or -errno). A read stops early only at end of file."""
+    f = virt_dev.file
+    done = 0
+    for _ in range(MAX_PIECES):
+        rest = iov if not done else _iov_skip(iov, done)
+        n = vfs_writev(f, rest, pos + done) if write else vfs_readv(f, rest, pos + done)
+        if n < 0:
+            return done, n
+        done += n
+        if done >= length:
+            return done, 0
+        if n == 0:
+            return done, -ENOSPC if write else 0
+        if not write and pos + done >= i_size_read(file_inode(f)):
+            return done, 0
+    return done, -EIO
+
+
+def _medium_error(virt_dev: scst_vdisk_dev, cmd: scst_cmd, sense: tuple, pos: int) -> None:
+    """MEDIUM ERROR naming the first failing block in the INFORMATION field."""
+    scst_set_cmd_error(cmd, sense)
+    vdisk_set_sense_info(cmd, pos >> virt_dev.block_shift)
+
+
 def fileio_read(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length: int) -> int:
     iov = scst_cmd_iov(cmd)
-    n = vfs_readv(virt_dev.file, iov, pos)
-    if n < 0:
-        pr_err(f"vdisk_fileio: {virt_dev.name}: read of {length} bytes at {pos} failed: {n}")
-        scst_set_cmd_error(cmd, scst_sense_read_error)
-        return n
+    n, err = _rw_all(False, virt_dev, iov, pos, length)
+    if err < 0:
+        pr_err(f"vdisk_fileio: {virt_dev.name}: read of {length} bytes at {pos} failed at "
+               f"{pos + n}: {err}")
+        _medium_error(virt_dev, cmd, scst_sense_read_error, pos + n)
+        return err
     if n < length:
         # The file shrank under us or is shorter than the device: read zeros.
         _zero_tail(iov, n)
     return 0
 
 
+def _write_failed(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length: int, n: int,
+                  err: int) -> int:
+    pr_err(f"vdisk_fileio: {virt_dev.name}: write of {length} bytes at {pos} failed at "
+           f"{pos + n}: {err}")
+    if err == -ENOSPC and virt_dev.thin_provisioned:
+        scst_set_cmd_error(cmd, scst_sense_space_allocation_failed)
+    else:
+        _medium_error(virt_dev, cmd, scst_sense_write_error, pos + n)
+    return err
+
+
 def fileio_write(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length: int) -> int:
-    iov = scst_cmd_iov(cmd)
-    n = vfs_writev(virt_dev.file, iov, pos)
-    if n != length:
-        pr_err(f"vdisk_fileio: {virt_dev.name}: write of {length} bytes at {pos} failed: {n}")
-        if n == -ENOSPC and virt_dev.thin_provisioned:
-            scst_set_cmd_error(cmd, scst_sense_space_allocation_failed)
-        else:
-            scst_set_cmd_error(cmd, scst_sense_write_error)
-        return n if n < 0 else -ENOSPC
+    n, err = _rw_all(True, virt_dev, scst_cmd_iov(cmd), pos, length)
+    if err < 0:
+        return _write_failed(virt_dev, cmd, pos, length, n, err)
     return 0
 
 
 def fileio_read_into(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, buf: bytearray) -> int:
-    n = vfs_readv(virt_dev.file, [memoryview(buf)], pos)
-    if n < 0:
-        pr_err(f"vdisk_fileio: {virt_dev.name}: verify read at {pos} failed: {n}")
-        scst_set_cmd_error(cmd, scst_sense_read_error)
-        return n
+    n, err = _rw_all(False, virt_dev, [memoryview(buf)], pos, len(buf))
+    if err < 0:
+        pr_err(f"vdisk_fileio: {virt_dev.name}: verify read at {pos} failed at {pos + n}: {err}")
+        _medium_error(virt_dev, cmd, scst_sense_read_error, pos + n)
+        return err
     if n < len(buf):
         buf[n:] = bytes(len(buf) - n)
     return 0
@@ -84,25 +134,23 @@ def fileio_read_into(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, buf: byt
 
 def fileio_sync(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length: int) -> int:
     """Flush the range to stable storage: the host's fdatasync, which also
-    flushes the device's cache (vdisk_fileio and vdisk_blockio)."""
+    flushes the device's cache (vdisk_fileio and vdisk_blockio). A failure
+    fails this command (the WRITE or SYNCHRONIZE CACHE it covers) and names
+    the range's first block; the host reports an fsync error once, so a
+    later command does not see it again."""
     end = pos + length - 1 if length else (1 << 63) - 1
     ret = vfs_fsync_range(virt_dev.file, pos, end, True)
     if ret < 0:
         pr_err(f"{virt_dev.dev.handler.name}: {virt_dev.name}: fsync failed: {ret}")
-        scst_set_cmd_error(cmd, scst_sense_write_error)
+        _medium_error(virt_dev, cmd, scst_sense_write_error, pos)
     return ret
 
 
 def fileio_write_buf(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int,
                      buf: "bytes | memoryview") -> int:
-    n = vfs_writev(virt_dev.file, [memoryview(buf)], pos)
-    if n != len(buf):
-        pr_err(f"vdisk_fileio: {virt_dev.name}: write of {len(buf)} bytes at {pos} failed: {n}")
-        if n == -ENOSPC and virt_dev.thin_provisioned:
-            scst_set_cmd_error(cmd, scst_sense_space_allocation_failed)
-        else:
-            scst_set_cmd_error(cmd, scst_sense_write_error)
-        return n if n < 0 else -ENOSPC
+    n, err = _rw_all(True, virt_dev, [memoryview(buf)], pos, len(buf))
+    if err < 0:
+        return _write_failed(virt_dev, cmd, pos, len(buf), n, err)
     return 0
 
 
@@ -200,6 +248,7 @@ def fileio_publish_backing(dev: scst_device, f: file, io_ops: vdisk_io_ops) -> N
     vdisk_attach_common(dev, virt_dev)
 
 
+@ALLOW_ERROR_INJECTION(EI_ETYPE_ERRNO)
 def fileio_attach(dev: scst_device) -> int:
     """Open the backing file (creating it sparse if a size was given and it
     is missing) and publish the geometry. 0 or -errno."""
@@ -254,9 +303,8 @@ def fileio_write_nowait(cmd: scst_cmd) -> bool:
     fua = op != 0x0A and bool(cmd.cdb[1] & 0x08)
     flags = IOCB_DSYNC if vdisk_need_sync(cmd, virt_dev, fua) else 0
     pos = cmd.lba << virt_dev.block_shift
-    vfs_iocb_iter_write(virt_dev.file, kiocb(virt_dev.file, pos, _fileio_write_done, cmd, flags),
-                        scst_cmd_iov(cmd))
-    return True
+    return vfs_iocb_iter_write(virt_dev.file, kiocb(virt_dev.file, pos, _fileio_write_done, cmd,
+                                                    flags), scst_cmd_iov(cmd)) == -EIOCBQUEUED
 
 
 def fileio_exec_nowait(cmd: scst_cmd) -> bool:

@@ -1285,8 +1285,10 @@ def vdisk_exit() -> None:
     vdisk_sysfs_exit()
     for name in list(vdisk_devtypes)[::-1]:
         devt = vdisk_devtypes.pop(name)
+        # Named before unregistering: a detached device forgets its scst_device.
+        gone = [n for n, v in vdisk_dev_list.items() if v.dev is not None and v.dev.handler is devt]
         scst_unregister_virtual_dev_driver(devt)
-        for dn in [n for n, v in vdisk_dev_list.items() if v.dev is not None and v.dev.handler is devt]:
+        for dn in gone:
             del vdisk_dev_list[dn]
 
 

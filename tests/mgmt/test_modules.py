@@ -292,3 +292,23 @@ TARGET_DRIVER iscsi {{
     finally:
         assert d.stop() == 0, d.output()
     assert "BUG" not in d.output() and "Traceback" not in d.output(), d.output()
+
+
+def test_insmod_of_a_broken_file_or_a_target_module_name_is_refused_in_one_line(
+        target, tmp_path: Path) -> None:
+    broken = tmp_path / "vdisk_broken.py"
+    broken.write_text("from kshim.module import module_init\ndef (:\n")
+    r = admin(target, "insmod", str(broken))
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"uscstadmin: {broken}: cannot import: SyntaxError: ")
+    assert len(r.stderr.splitlines()) == 1
+    clash = tmp_path / "scst_vdisk.py"
+    clash.write_text(EXAMPLE.read_text())
+    r = admin(target, "insmod", str(clash))
+    assert r.returncode == 1
+    assert r.stderr.strip() == (f"uscstadmin: {clash}: scst_vdisk is the name of a module of "
+                                f"the target itself")
+    r = admin(target, "insmod", "no_such_module_anywhere")
+    assert r.returncode == 1 and "cannot import no_such_module_anywhere" in r.stderr
+    assert list(lsmod(target)) == ["iscsi_scst", "scst_vdisk", "scst"]
+    target.assert_healthy()

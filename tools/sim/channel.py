@@ -8,9 +8,10 @@ run a batch of commands at a queue depth, ping, task management, logout)
 while the protocol object stays free of I/O.
 
 Where it may be called from: an actor (a greenlet the world runs); it
-blocks in peer.recv. Every loop ends after MAX_ROUNDS receives, so a
-silent target ends the actor with ChannelError rather than a hang (the
-world's own time bound stops a peer that never answers at all).
+blocks in peer.recv. A target that keeps sending without completing
+anything (MAX_IDLE_RECEIVES receives in a row) ends the actor with
+ChannelError; one that sends nothing is stopped by the world's own time
+bound (SimStall).
 """
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ from tools.sim.initiator import (
 )
 from tools.sim.pdu import LOGOUT_CLOSE_SESSION, RESERVED_TAG
 
-MAX_ROUNDS = 1_000_000          # receives one wait may take before giving up
+# Receives in a row that complete nothing before a wait gives up (a PDU
+# may come a byte at a time: 256 KiB of Data-In is 262,192 receives).
+MAX_IDLE_RECEIVES = 1_000_000
 
 
 class Peer(Protocol):
@@ -53,6 +56,7 @@ class Channel:
         self.peer = peer
         self.events: list[Event] = []      # every event, in order (for scenarios)
         self.eof = False
+        self._idle = 0                     # receives in a row that completed nothing
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -77,6 +81,12 @@ class Channel:
         events = self.conn.receive_data(chunk)
         self.events.extend(events)
         self.flush()
+        if events:
+            self._idle = 0
+        else:
+            self._idle += 1
+            if self._idle > MAX_IDLE_RECEIVES:
+                raise ChannelError(f"{MAX_IDLE_RECEIVES} receives completed nothing")
         return events
 
     def _lost(self, why: str) -> None:
@@ -84,11 +94,10 @@ class Channel:
         self.conn.connection_lost(why)
 
     def wait_for(self, done: Callable[[], bool]) -> None:
-        for _ in range(MAX_ROUNDS):
-            if done():
-                return
+        # Bounded: pump() raises after MAX_IDLE_RECEIVES idle receives, and
+        # each event it returns is one of finitely many replies due.
+        while not done():
             self.pump()
-        raise ChannelError("no progress after MAX_ROUNDS receives")
 
     def wait_closed(self) -> None:
         """Receive (answering what the protocol answers) until EOF."""
@@ -102,14 +111,14 @@ class Channel:
 
     def login(self, keys: dict[str, str] | None = None) -> LoginComplete:
         self.conn.start_login(keys)
-        for _ in range(MAX_ROUNDS):
+        # Bounded as wait_for.
+        while True:
             for ev in self.pump():
                 if isinstance(ev, LoginComplete):
                     return ev
                 if isinstance(ev, LoginFailed):
                     raise ChannelError(f"login failed: class 0x{ev.status_class:02x} "
                                        f"detail 0x{ev.status_detail:02x}")
-        raise ChannelError("login did not finish")
 
     def submit(self, cdb: bytes, **kw: object) -> Command:
         if self.eof:
@@ -129,7 +138,8 @@ class Channel:
         live: list[Command] = []
         it = iter(make)
         exhausted = False
-        for _ in range(MAX_ROUNDS):
+        # Bounded as wait_for; make is finite.
+        while True:
             live = [c for c in live if not c.finished]
             while not exhausted and len(live) < depth:
                 nxt = next(it, None)
@@ -142,7 +152,6 @@ class Channel:
             if exhausted and not live:
                 return out
             self.pump()
-        raise ChannelError("commands did not finish")
 
     def ping(self) -> None:
         itt = self.conn.nop_out()

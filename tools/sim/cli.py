@@ -1,12 +1,13 @@
 """uscst-sim: run, replay and explore sim scenarios from one seed.
 
     uscst-sim list
-    uscst-sim run SCENARIO --seed N [--trace FILE]
+    uscst-sim run SCENARIO --seed N [--trace FILE] [--check-determinism]
     uscst-sim run SCENARIO --seed N --portal HOST:PORT [--iqn IQN]
-    uscst-sim explore SCENARIO --seeds K [--jobs J] [--random]
+    uscst-sim explore SCENARIO --seeds K [--jobs J] [--random] [--seed-timeout S]
 
 `run` boots the target in-process under the sim engine, runs the scenario
-with the invariant checkers on, and ends with one line
+with the invariant checkers on (with --check-determinism twice, failing
+unless both runs give the same trace), and ends with one line
 `seed=N events=E virtual_s=T trace=HEX16 verdict=ok` (or
 `verdict=FAIL: <invariant>: detail`); exit 0 only when ok. --trace writes
 the run's event log, one event a line. With --portal the same scenario
@@ -25,15 +26,21 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import random
+import signal
 import sys
 import time
+from types import FrameType
 from typing import NoReturn, Sequence
 
-from tools.sim.runner import Outcome, drive
+from tools.sim import simrun
+from tools.sim.runner import Outcome, SeedTimeout, drive
 from tools.sim.scenarios import SCENARIOS, TargetSpec
 from tools.sim.tcp import TcpWorld
 
 SEED_MAX = (1 << 64) - 1
+LEVELS = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
+SEED_TIMEOUT_S = 600
+RETRY_ALARM_S = 5
 BATCH = 50                  # most seeds one explore worker process runs
 DESCRIPTIONS = {name: (fn.__doc__ or "").strip().split("\n")[0] for name, fn in SCENARIOS.items()}
 
@@ -97,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drive a running uscstd over TCP instead of the sim engine")
     r.add_argument("--iqn", default="iqn.2026-11.org.uscst:default",
                    help="target name with --portal (default: uscstd's default target)")
+    r.add_argument("--check-determinism", action="store_true",
+                   help="run the seed twice; FAIL unless both runs give the same trace")
     e = sub.add_parser("explore", help="run many seeds")
     e.add_argument("scenario", type=_scenario)
     e.add_argument("--seeds", type=_positive, required=True, metavar="K")
@@ -104,19 +113,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes (default 1)")
     e.add_argument("--random", action="store_true",
                    help="K random 64-bit seeds instead of 1..K")
+    e.add_argument("--seed-timeout", type=_positive, default=SEED_TIMEOUT_S, metavar="S",
+                   help=f"wall seconds one seed may take before it fails as a stall "
+                        f"(default {SEED_TIMEOUT_S})")
+    for sp in (r, e):
+        sp.add_argument("--log-level", choices=LEVELS, default="warning",
+                        help="kernel messages up to this level reach stderr (default warning)")
     return p
 
 
-def run_seed(scenario: str, seed: int, trace: str | None = None) -> Outcome:
+def run_seed(scenario: str, seed: int, trace: str | None = None,
+             log_level: str = "warning") -> Outcome:
     """One seed under the sim engine (in this process)."""
-    # Imported here: the sim engine loads kshim, which list, --portal runs
-    # and the parent of explore's workers do not need.
-    from tools.sim import simrun
-    return simrun.run_sim(scenario, seed, trace_path=trace)
+    return simrun.run_sim(scenario, seed, trace_path=trace, log_level=log_level)
 
 
 def run_tcp(scenario: str, seed: int, addr: tuple[str, int], iqn: str) -> Outcome:
-    spec = TargetSpec(addr=addr, iqn=iqn, fresh=False)
+    """One seed against a running uscstd: its disk is not new, and its
+    NOP-In timing is the target default (30 s and 30 s)."""
+    spec = TargetSpec(addr=addr, iqn=iqn, fresh=False, nop_in_interval=30.0,
+                      nop_in_timeout=30.0)
     world = TcpWorld(seed)
     try:
         return drive(scenario, world, spec, seed, max_virtual_s=600.0)
@@ -124,30 +140,49 @@ def run_tcp(scenario: str, seed: int, addr: tuple[str, int], iqn: str) -> Outcom
         world.shutdown()
 
 
-def _explore_batch(scenario: str, seeds: list[int]) -> list[Outcome]:
-    """Run seeds in order, stopping after the first failure: a failed run
-    may leave kernel state behind, so the rest go to a fresh process."""
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    # Again in a few seconds: stopping a livelocked target may hang too.
+    signal.alarm(RETRY_ALARM_S)
+    raise SeedTimeout("no verdict within the --seed-timeout")
+
+
+def _explore_batch(scenario: str, seeds: list[int], log_level: str,
+                   seed_timeout: int) -> list[Outcome]:
+    """Run seeds in order (in a worker process), stopping after the first
+    failure: a failed run may leave kernel state behind, so the rest go to
+    a fresh process. A seed that takes over seed_timeout wall seconds (a
+    livelock: virtual time stops, so the engine's own limit never comes)
+    fails as a stall."""
     outs = []
+    signal.signal(signal.SIGALRM, _on_alarm)
     for s in seeds:
-        out = run_seed(scenario, s)
+        signal.alarm(seed_timeout)
+        try:
+            out = run_seed(scenario, s, log_level=log_level)
+        except SeedTimeout as e:
+            out = Outcome(scenario, s, verdict=f"FAIL: stall: SeedTimeout: {e} ({seed_timeout} s)")
+        finally:
+            signal.alarm(0)
         outs.append(out)
         if not out.ok:
             break
     return outs
 
 
-def explore(scenario: str, seeds: list[int], jobs: int) -> tuple[list[Outcome], float]:
+def explore(scenario: str, seeds: list[int], jobs: int, log_level: str = "warning",
+            seed_timeout: int = SEED_TIMEOUT_S) -> tuple[list[Outcome], float]:
     """Run every seed in J worker processes; return the outcomes (in seed
     order) and the seconds taken."""
     t0 = time.monotonic()
     outs: list[Outcome] = []
     size = max(1, min(BATCH, -(-len(seeds) // (jobs * 4))))
     # fork, one batch per process: workers start at once with the parent's
-    # imports (the parent never boots kshim), and a batch cut short by a
-    # failure leaves its kernel state with its process.
+    # imports (the parent imports kshim but never boots it), and a batch
+    # cut short by a failure leaves its kernel state with its process.
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(processes=jobs, maxtasksperchild=1) as pool:
-        pending = [(pool.apply_async(_explore_batch, (scenario, seeds[i:i + size])),
+        pending = [(pool.apply_async(_explore_batch, (scenario, seeds[i:i + size], log_level,
+                                                    seed_timeout)),
                     seeds[i:i + size]) for i in range(0, len(seeds), size)]
         # Each pass retires the first batch; a cut-short batch resubmits
         # only the seeds it did not run, so every seed runs once.
@@ -159,7 +194,8 @@ def explore(scenario: str, seeds: list[int], jobs: int) -> tuple[list[Outcome], 
             outs.extend(got)
             if len(got) < len(todo):
                 rest = todo[len(got):]
-                pending.append((pool.apply_async(_explore_batch, (scenario, rest)), rest))
+                pending.append((pool.apply_async(_explore_batch, (scenario, rest, log_level,
+                                                                    seed_timeout)), rest))
     order = {s: i for i, s in enumerate(seeds)}
     outs.sort(key=lambda o: order[o.seed])
     return outs, time.monotonic() - t0
@@ -182,20 +218,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "run":
         if args.portal is not None:
-            if args.trace:
-                print("uscst-sim: --trace needs the sim engine, not --portal", file=sys.stderr)
+            if args.trace or args.check_determinism:
+                print("uscst-sim: --trace and --check-determinism need the sim engine, "
+                      "not --portal", file=sys.stderr)
+                return 2
+            if args.scenario == "config-churn":
+                print("uscst-sim: config-churn changes the configuration in-process: "
+                      "not with --portal", file=sys.stderr)
                 return 2
             out = run_tcp(args.scenario, args.seed, args.portal, args.iqn)
         else:
-            out = run_seed(args.scenario, args.seed, args.trace)
+            out = run_seed(args.scenario, args.seed, args.trace, args.log_level)
+            if args.check_determinism:
+                again = run_seed(args.scenario, args.seed, None, args.log_level)
+                print(f"determinism: first trace={out.trace} events={out.events}, "
+                      f"second trace={again.trace} events={again.events}")
+                if (again.trace, again.events, again.verdict) != (out.trace, out.events,
+                                                                   out.verdict):
+                    out.verdict = (f"FAIL: determinism: seed {args.seed} gave traces "
+                                   f"{out.trace} and {again.trace}")
         for k, v in sorted(out.stats.items()):
             print(f"{k}={v}")
+        for line in out.details:
+            print(f"teardown: {line}")
         print(out.line(), flush=True)
         return 0 if out.ok else 1
     rng = random.SystemRandom()
     seeds = ([rng.randrange(SEED_MAX + 1) for _ in range(args.seeds)] if args.random
              else list(range(1, args.seeds + 1)))
-    outs, took = explore(args.scenario, seeds, args.jobs)
+    outs, took = explore(args.scenario, seeds, args.jobs, args.log_level, args.seed_timeout)
     failed = sum(not o.ok for o in outs)
     print(f"explored {len(outs)} seeds: {failed} failed, {len(outs) / max(took, 1e-9):.1f} seeds/s")
     return 0 if failed == 0 else 1

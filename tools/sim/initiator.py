@@ -47,8 +47,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from tools.sim.pdu import (
+    ATTR_SIMPLE,
     BHS_SIZE,
     DATAIN_FLAG_STATUS,
+    LOGOUT_CLOSE_SESSION,
     OP_ASYNC_MSG,
     OP_DATA_IN,
     OP_LOGIN_RSP,
@@ -72,8 +74,6 @@ from tools.sim.pdu import (
     TMF_RSP_COMPLETE,
     TMF_TARGET_COLD_RESET,
     TMF_TARGET_WARM_RESET,
-    ATTR_SIMPLE,
-    LOGOUT_CLOSE_SESSION,
     Pdu,
     build_pdu,
     decode_keys,

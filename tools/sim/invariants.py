@@ -50,7 +50,6 @@ from tools.sim.pdu import (
     OP_TASK_MGMT_RSP,
     OP_TEXT_RSP,
     RESERVED_TAG,
-    SAM_STAT_GOOD,
     Pdu,
     sn_add,
     sn_lt,
@@ -114,17 +113,27 @@ class ShadowDisk:
 
     def candidates(self, lba: int, read_issued: int, read_done: int) -> list[bytes]:
         hist = self.writes.get(lba, [])
-        # GOOD writes that ended before the read began.
-        before = [w for w in hist if w.good and w.ended is not None and w.ended < read_issued]
-        out: list[bytes] = [] if before else [bytes(self.block_size)]
+        # The newest issue time of a GOOD write that ended before the read
+        # began: any write that ended before it was overwritten.
+        last = -1
+        for g in hist:
+            if g.good and g.ended is not None and g.ended < read_issued and g.issued > last:
+                last = g.issued
+        out: list[bytes] = [] if last >= 0 else [bytes(self.block_size)]
         for w in hist:
-            if w.issued > read_done:
-                continue
-            superseded = any(g.issued > (w.ended if w.ended is not None else read_done)
-                             for g in before)
-            if not superseded:
+            if w.issued <= read_done and (w.ended if w.ended is not None else read_done) >= last:
                 out.append(w.data)
         return out
+
+    def prune(self, lba: int, horizon: int) -> None:
+        """Forget writes no read issued at or after horizon can see."""
+        hist = self.writes.get(lba)
+        if not hist:
+            return
+        last = max((g.issued for g in hist if g.good and g.ended is not None
+                    and g.ended < horizon), default=-1)
+        if last >= 0:
+            hist[:] = [w for w in hist if w.ended is None or w.ended >= last]
 
 
 class Invariants:
@@ -208,12 +217,19 @@ class Invariants:
     def command_done(self, conn: InitiatorConnection, cmd: Command) -> None:
         p = self._answer(conn, cmd, "response")
         end = self._tick()
-        for _, _, w in self._writes.pop(id(cmd), []):
+        recs = self._writes.pop(id(cmd), [])
+        for _, _, w in recs:
             w.ended = end
             w.good = cmd.good
         if p.rw is not None and not p.rw[0] and cmd.good \
                 and (id(conn.session), cmd.itt) not in self.unchecked:
             self._check_read(cmd, p, end)
+        if recs and cmd.good:
+            # Reads still in flight were issued at or after the oldest one.
+            horizon = min((q.issued for q in self._pending.values()
+                           if q.rw is not None and not q.rw[0]), default=self.clock)
+            for disk, lba, _ in recs:
+                disk.prune(lba, horizon)
 
     def command_aborted(self, conn: InitiatorConnection, cmd: Command) -> None:
         self._answer(conn, cmd, "abort")

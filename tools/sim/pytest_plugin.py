@@ -1,11 +1,14 @@
 """pytest plugin: the `sim_target` fixture, seeds and replay on failure.
 
 A test asks for `sim_target` and gets a SimTargetRun for its seed: run()
-boots the target in-process under the sim engine, drives a named
-scenario (or the test's own scenario body, a function of a
-tools.sim.scenarios.Context that spawns actors using the sim initiator)
-with the invariant checkers on, stops the target, checks teardown, and
-fails the test with the verdict unless it is ok.
+boots the target under the sim engine, drives a named scenario (or the
+test's own scenario body, a function of a tools.sim.scenarios.Context
+that spawns actors using the sim initiator) with the invariant checkers
+on, stops the target, checks teardown, and fails the test with the
+verdict unless it is ok. Each run happens in a forked child process, so
+the kernel state a failed run leaves behind (a leaked session, a stuck
+kthread) dies with it and cannot fail the next test; a body reports
+back through ctx.count(), which arrives as Outcome.stats.
 
 The seed is the test's `@pytest.mark.sim_seed(N)` (1 without one), or
 USCST_SEED=N from the environment, which replays any seed. A failing test
@@ -18,6 +21,7 @@ called from: pytest, on its main thread.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 from typing import Callable, Generator, Iterator
 
@@ -27,6 +31,7 @@ from tools.sim.runner import Outcome
 from tools.sim.scenarios import SCENARIOS, Context
 
 SEED_ENV = "USCST_SEED"
+CHILD_TIMEOUT_S = 600.0     # wall seconds one run may take
 
 
 class SimTargetRun:
@@ -41,10 +46,23 @@ class SimTargetRun:
             trace_path: str | None = None, expect_ok: bool = True) -> Outcome:
         """Run scenario (a listed name, or body under that name) at this
         test's seed; fail the test unless the verdict is ok (expect_ok)."""
-        # Imported here: the sim engine loads kshim, which tests that do not
-        # use this fixture (and pytest's own start-up) need not import.
-        from tools.sim.simrun import run_sim
-        out = run_sim(scenario, self.seed, trace_path=trace_path, body=body)
+        ctx = multiprocessing.get_context("fork")
+        rx, tx = ctx.Pipe(duplex=False)
+        child = ctx.Process(target=_run_child, args=(tx, scenario, self.seed, trace_path, body),
+                            name=f"uscst-sim-{scenario}")
+        child.start()
+        tx.close()
+        try:
+            out = rx.recv() if rx.poll(CHILD_TIMEOUT_S) else None
+        except EOFError:
+            out = None
+        child.join(5)
+        if child.is_alive():
+            child.kill()
+            child.join()
+        if out is None:
+            out = Outcome(scenario, self.seed, verdict=f"FAIL: crash: the run's process ended "
+                          f"with status {child.exitcode} without a verdict")
         self.outcomes.append(out)
         if expect_ok and not out.ok:
             pytest.fail(f"{out.line()}\n{self.replay_text()}", pytrace=False)
@@ -55,6 +73,16 @@ class SimTargetRun:
         lines += [f"replay: {o.replay_command()}" for o in self.outcomes
                   if not o.ok and o.scenario in SCENARIOS]
         return "\n".join(lines)
+
+
+def _run_child(tx: "multiprocessing.connection.Connection", scenario: str, seed: int,
+               trace_path: str | None, body: Callable[[Context], None] | None) -> None:
+    """In the forked child: one run, its Outcome sent back."""
+    # Imported here: the sim engine loads kshim, which pytest's own start-up
+    # and the tests that do not use this fixture need not import.
+    from tools.sim.simrun import run_sim
+    tx.send(run_sim(scenario, seed, trace_path=trace_path, body=body))
+    tx.close()
 
 
 def pytest_configure(config: pytest.Config) -> None:

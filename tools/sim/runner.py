@@ -26,6 +26,11 @@ from tools.sim.scenarios import SCENARIOS, Context, TargetSpec
 MAX_VIRTUAL_S = 3600.0
 
 
+class SeedTimeout(Exception):
+    """A run took longer than its wall-clock limit (a livelock that keeps
+    virtual time from advancing; raised from a SIGALRM handler)."""
+
+
 @dataclass
 class Outcome:
     scenario: str
@@ -35,6 +40,7 @@ class Outcome:
     trace: str = "-"
     verdict: str = "ok"
     stats: dict[str, int] = field(default_factory=dict)
+    details: list[str] = field(default_factory=list)    # every teardown report
 
     @property
     def ok(self) -> bool:
@@ -58,7 +64,8 @@ def verdict_of(exc: BaseException) -> str:
         return f"FAIL: {one_line(str(exc))}"
     kind = {ChannelError: "connection", ProtocolViolation: "protocol"}.get(type(exc))
     if kind is None:
-        kind = "stall" if type(exc).__name__ == "SimStall" else "crash"
+        kind = "stall" if isinstance(exc, SeedTimeout) or type(exc).__name__ == "SimStall" \
+            else "crash"
     return f"FAIL: {kind}: {type(exc).__name__}: {one_line(str(exc))}"
 
 
@@ -83,6 +90,7 @@ def drive(name: str, world: Any, target: TargetSpec, seed: int, *,
         world.run(max_virtual_s=max_virtual_s)
         inv.finish()
         reports = teardown() if teardown is not None else []
+        out.details = reports
         if reports:
             more = f" (+{len(reports) - 1} more)" if len(reports) > 1 else ""
             raise InvariantViolation(f"teardown: {reports[0]}{more}")

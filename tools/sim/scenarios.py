@@ -136,8 +136,8 @@ def read_baseline(ctx: Context, ch: Channel, luns: tuple[int, ...] = (0,)) -> No
             ctx.inv.baseline(lun, lba, bytes(cmd.data))
 
 
-def random_io(ctx: Context, lun: int = 0, *, lo: int = 0, hi: int | None = None,
-              ) -> Callable[[Channel], Command]:
+def random_io(ctx: Context, lun: int = 0, *, lo: int = 0,
+              hi: int | None = None) -> Callable[[Channel], Command]:
     """One random READ/WRITE command (as a submit function): mostly small,
     one in eight up to 256 blocks (R2T and multi-PDU Data-In), 10 or 16
     byte CDBs, immediate data or not."""
@@ -214,22 +214,20 @@ def mcs_reinstate(ctx: Context, commands: int = 200) -> None:
     isid = bytes([0x80]) + rng.randbytes(5)
     victim = rng.randrange(nconn)
     drop_after = rng.randint(1, commands // 2)
-    state = {"logged_in": 0, "ended": 0}
+    state = {"ended": 0}
 
-    def conn_actor(sess: InitiatorSession, cid: int, lead: Channel | None) -> None:
-        if lead is None:
+    def conn_actor(sess: InitiatorSession, cid: int) -> None:
+        if cid == 0:
             keys = {"MaxConnections": str(t.max_connections)}
             ch = Channel(sess.connection(cid), ctx.world.connect(t.addr))
             ch.login(keys)
             clear_unit_attentions(ch)
             read_baseline(ctx, ch)
-            state["logged_in"] += 1
             for c in range(1, nconn):
-                ctx.world.spawn(lambda c=c: conn_actor(sess, c, ch), f"mcs-cid{c}")
+                ctx.world.spawn(lambda c=c: conn_actor(sess, c), f"mcs-cid{c}")
         else:
             ch = Channel(sess.connection(cid), ctx.world.connect(t.addr))
             ch.login()
-            state["logged_in"] += 1
         works = [random_io(ctx) for _ in range(commands)]
         try:
             if cid == victim:
@@ -270,7 +268,7 @@ def mcs_reinstate(ctx: Context, commands: int = 200) -> None:
         ch.logout()
 
     lead_sess = new_session(ctx, isid=isid)
-    ctx.world.spawn(lambda: conn_actor(lead_sess, 0, None), "mcs-cid0")
+    ctx.world.spawn(lambda: conn_actor(lead_sess, 0), "mcs-cid0")
     ctx.world.spawn(reinstater, "mcs-reinstate")
 
 
@@ -286,8 +284,9 @@ def tmf_storm(ctx: Context, commands: int = 600) -> None:
         works = [random_io(ctx) for _ in range(commands)]
         live: list[Command] = []
         depth = rng.randint(4, 32)
-        # Bounded: each round submits, or aborts, or receives at least once.
-        for _ in range(commands * 50):
+        # Bounded: each round receives once, and Channel.pump gives up on a
+        # target that keeps completing nothing.
+        while True:
             live = [c for c in live if not c.finished]
             while works and len(live) < depth:
                 live.append(works.pop()(ch))
@@ -302,8 +301,6 @@ def tmf_storm(ctx: Context, commands: int = 600) -> None:
                 ch.conn.task_mgmt(TMF_LUN_RESET, lun=0)
                 ctx.count("lun-reset")
             ch.pump()
-        else:
-            raise InvariantViolation("answered-once: tmf-storm commands never finished")
         for c in ch.completed():
             if c.status not in (SAM_STAT_GOOD, SAM_STAT_CHECK_CONDITION) or c.response:
                 raise InvariantViolation(f"command-status: tmf-storm ITT 0x{c.itt:08x} status "

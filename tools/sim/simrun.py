@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from iscsi_scst.target import target_list
+from kshim import bug, printk
 from kshim.engine_sim import Simulation, teardown_problems
 from kshim.kthread import kthread_run
 from scst_core.main import scst_acg_add_lun, scst_acg_del_lun, scst_find_device
 from tools.sim.runner import MAX_VIRTUAL_S, Outcome, drive
 from tools.sim.scenarios import Context, TargetSpec
 from tools.sim_target import SimTarget, boot_target, stop_target
-from vdisk.vdisk import vdisk_add_device
+from vdisk.vdisk import vdisk_add_device, vdisk_del_device
 
 CHURN_DEVICE = "churn1"
 CHURN_DISK = "/sim/churn1"
@@ -39,17 +40,24 @@ def kcall(sim: Simulation, fn: Callable[[], int], name: str) -> int:
     """Run fn() in a new kthread and block the calling actor until it
     returns; its result (0 or a negative errno)."""
     box: list[int] = []
+    done: list[bool] = []
     waiter: list[Any] = []
 
     def body(_: Any) -> int:
-        box.append(fn())
-        for a in waiter:
-            sim.wake(a, f"{name} done")
+        try:
+            box.append(fn())
+        finally:
+            # Even when fn() oopses (the engine reports it), the actor goes on.
+            done.append(True)
+            for a in waiter:
+                sim.wake(a, f"{name} done")
         return 0
     kthread_run(body, None, name)
     # An event, so the engine runs the run queue that now holds the kthread.
     sim.schedule(0, lambda _: None, None, f"kcall {name}")
-    sim.wait_for(lambda: bool(box), waiter.append)
+    sim.wait_for(lambda: bool(done), waiter.append)
+    if not box:
+        raise RuntimeError(f"{name}: the kernel call oopsed")
     return box[0]
 
 
@@ -71,7 +79,7 @@ class SimControl:
             raise RuntimeError(f"mapping LUN {lun} failed: {ret}")
 
     def unmap_lun(self, lun: int) -> None:
-        ret = kcall(self.sim, lambda: scst_acg_del_lun(self._acg(), lun, False), "sim-unmap-lun")
+        ret = kcall(self.sim, lambda: scst_acg_del_lun(self._acg(), lun), "sim-unmap-lun")
         if ret != 0:
             raise RuntimeError(f"unmapping LUN {lun} failed: {ret}")
 
@@ -99,11 +107,36 @@ def _stop_after_failure(sim: Simulation) -> None:
         sim.shutdown(None)
 
 
+def _unprepare(target: SimTarget) -> int:
+    """Kernel side (a kthread): undo _prepare, so stop_target leaves
+    nothing and the next boot in this process starts clean."""
+    tgt = next(t for t in target_list if t.name == target.iqn)
+    acg = tgt.scst_tgt.default_acg
+    if CHURN_LUN in acg.acg_dev_list:
+        ret = scst_acg_del_lun(acg, CHURN_LUN)
+        if ret != 0:
+            return ret
+    return vdisk_del_device(CHURN_DEVICE)
+
+
+def _kernel_step(sim: Simulation, fn: Callable[[], int], name: str) -> None:
+    """Run fn in a kthread to its end from the driving greenlet."""
+    got: list[int] = []
+    sim.spawn(lambda: got.append(kcall(sim, fn, name)), name)
+    sim.run(max_virtual_s=60.0)
+    if got != [0]:
+        raise RuntimeError(f"{name} failed: {got}")
+
+
 def run_sim(scenario: str, seed: int, *, trace_path: str | None = None,
             max_virtual_s: float = MAX_VIRTUAL_S,
-            body: Callable[[Context], None] | None = None) -> Outcome:
+            body: Callable[[Context], None] | None = None,
+            log_level: str = "warning") -> Outcome:
     """One seed of scenario (or of body, named scenario) under the sim
-    engine; see the module docstring."""
+    engine; see the module docstring. Kernel messages up to log_level
+    reach stderr."""
+    printk.set_console_loglevel(log_level)
+    bug.reset_reports()          # reports of an earlier run in this process are not ours
     sim = Simulation(seed, trace=trace_path is not None)
     sim.disks[CHURN_DISK] = bytearray(4 << 20)
     stopped = [False]
@@ -117,15 +150,11 @@ def run_sim(scenario: str, seed: int, *, trace_path: str | None = None,
                           max_connections=MAX_CONNECTIONS, nop_in_interval=30.0,
                           nop_in_timeout=30.0, virtual_time=True,
                           control=SimControl(sim, target), churn_lun=CHURN_LUN)
-        setup: list[int] = []
-        sim.spawn(lambda: setup.append(kcall(sim, lambda: _prepare(sim, target), "sim-setup")),
-                  "setup")
-        sim.run(max_virtual_s=60.0)
-        if setup != [0]:
-            raise RuntimeError(f"sim target setup failed: {setup}")
+        _kernel_step(sim, lambda: _prepare(sim, target), "sim-setup")
 
         def teardown() -> list[str]:
             stopped[0] = True
+            _kernel_step(sim, lambda: _unprepare(target), "sim-unsetup")
             stop_target(sim)
             return teardown_problems(sim)
         out = drive(scenario, sim, spec, seed, max_virtual_s=max_virtual_s,

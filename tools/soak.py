@@ -1,0 +1,252 @@
+"""soak: watch uscstd's memory (RSS from /proc) over many sessions.
+
+The campaign script of issue 16 section 5 / 6.5. It starts its own uscstd
+(nullio LUN, a free loopback port, its own control socket) and runs one of:
+
+  login      N back-to-back logins and logouts, one session at a time
+             (libiscsi's iscsi-inq: login, INQUIRY, logout);
+  discovery  N discovery sessions (iscsi-ls: SendTargets, logout);
+  idle       K sessions logged in at once and left idle (a minimal login
+             written here), RSS measured while they are held.
+
+It samples VmRSS of the daemon every --every cycles and prints one line per
+sample, then a summary: RSS at start, after the warm-up (--warmup cycles,
+by default a tenth of the run: the young GC generation and the buffer
+caches fill), the highest and the last sample after it, the growth after
+warm-up in percent, and the RSS slope in bytes per cycle over the first and
+second half of the samples after warm-up (a leak shows as equal slopes; a
+flat RSS as a second slope near zero). --json prints the summary as JSON.
+
+Bounded: every cycle has a timeout, the whole run has --max-seconds.
+Where it may run: on the host, as a tool (it is not kernel code). It needs
+libiscsi-bin for login and discovery.
+
+Usage:
+  python -m tools.soak login --cycles 10000
+  python -m tools.soak discovery --cycles 1000
+  python -m tools.soak idle --sessions 64
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+IQN = "iqn.2026-11.org.uscst:soak"
+INITIATOR = "iqn.2026-11.org.uscst:soak-initiator"
+CYCLE_TIMEOUT = 30.0
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of pid in KiB (from /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Target:
+    """A uscstd started for the soak (stopped with SIGTERM at the end)."""
+
+    def __init__(self, repo: Path, workdir: Path, debug: bool) -> None:
+        self.port = free_port()
+        self.log = workdir / "uscstd.log"
+        argv = [sys.executable, "-m", "tools.uscstd", "--nullio", "--size", "64M",
+                "--iqn", IQN, "--portal", f"127.0.0.1:{self.port}",
+                "--control", str(workdir / "ctl.sock"), "--data-dir", str(workdir)]
+        if debug:
+            argv.append("--debug")
+        with open(self.log, "wb") as f:
+            self.proc = subprocess.Popen(argv, cwd=repo, stdin=subprocess.DEVNULL, stdout=f,
+                                         stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        # Bounded by the deadline; polls the log every 50 ms.
+        while "ready at" not in self.log.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"uscstd did not start:\n{self.log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        self.url = f"iscsi://127.0.0.1:{self.port}/{IQN}/0"
+
+    def rss(self) -> int:
+        return rss_kib(self.proc.pid)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def _run(argv: list[str]) -> bool:
+    try:
+        return subprocess.run(argv, capture_output=True, timeout=CYCLE_TIMEOUT).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def login_pdu(isid: int, cmd_sn: int, target: str) -> bytes:
+    """One Login Request going straight to full feature phase (CSG 1, NSG 3,
+    T set; RFC 7143 11.12) with the keys uscstd needs."""
+    keys = (f"InitiatorName={INITIATOR}\0TargetName={target}\0SessionType=Normal\0"
+            "HeaderDigest=None\0DataDigest=None\0").encode()
+    bhs = bytearray(48)
+    bhs[0] = 0x43                                  # Login Request, immediate
+    bhs[1] = 0x80 | (1 << 2) | 3                   # T, CSG=1, NSG=3
+    bhs[5:8] = len(keys).to_bytes(3, "big")
+    bhs[8:14] = (0x80 << 40 | isid).to_bytes(6, "big")
+    struct.pack_into(">IHHII", bhs, 16, 0, 0, 0, cmd_sn, 0)
+    return bytes(bhs) + keys + bytes(-len(keys) % 4)
+
+
+def open_idle_session(port: int, isid: int) -> socket.socket:
+    """Log one session in and return its socket (left open, idle)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=CYCLE_TIMEOUT)
+    s.sendall(login_pdu(isid, 0, IQN))
+    bhs = b""
+    while len(bhs) < 48:
+        chunk = s.recv(48 - len(bhs))
+        if not chunk:
+            raise RuntimeError("target closed the connection during login")
+        bhs += chunk
+    if bhs[0] & 0x3F != 0x23 or bhs[36] != 0:
+        raise RuntimeError(f"login refused: opcode {bhs[0]:#x} status {bhs[36]}/{bhs[37]}")
+    dsl = int.from_bytes(bhs[5:8], "big")
+    left = dsl + (-dsl % 4)
+    while left > 0:                     # the response's keys (not needed)
+        chunk = s.recv(left)
+        if not chunk:
+            raise RuntimeError("target closed the connection during login")
+        left -= len(chunk)
+    return s
+
+
+def slope(points: list[tuple[int, int]]) -> float:
+    """Least-squares slope of (cycle, KiB) points, in bytes per cycle."""
+    if len(points) < 2:
+        return 0.0
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    den = sum((x - mx) ** 2 for x, _ in points)
+    return 1024 * sum((x - mx) * (y - my) for x, y in points) / den if den else 0.0
+
+
+def summarize(samples: list[tuple[int, int]], warmup: int) -> dict:
+    after = [p for p in samples if p[0] >= warmup]
+    base = after[0][1] if after else samples[0][1]
+    half = len(after) // 2
+    peak = max(y for _, y in after) if after else base
+    return {"samples": len(samples), "rss_start_kib": samples[0][1], "warmup_cycles": warmup,
+            "rss_after_warmup_kib": base, "rss_peak_after_warmup_kib": peak,
+            "rss_end_kib": samples[-1][1],
+            "growth_after_warmup_pct": round(100.0 * (peak - base) / base, 2),
+            "slope_first_half_bytes_per_cycle": round(slope(after[:half + 1]), 1),
+            "slope_second_half_bytes_per_cycle": round(slope(after[half:]), 1)}
+
+
+def soak_cycles(tgt: Target, mode: str, cycles: int, every: int, deadline: float,
+                quiet: bool) -> tuple[list[tuple[int, int]], int]:
+    argv = (["iscsi-inq", tgt.url] if mode == "login"
+            else ["iscsi-ls", f"iscsi://127.0.0.1:{tgt.port}"])
+    samples = [(0, tgt.rss())]
+    failures = 0
+    for i in range(1, cycles + 1):
+        if time.monotonic() > deadline:
+            print(f"soak: time limit reached after {i - 1} cycles", file=sys.stderr)
+            break
+        if not _run(argv):
+            failures += 1
+        if i % every == 0 or i == cycles:
+            samples.append((i, tgt.rss()))
+            if not quiet:
+                print(f"cycle {i} rss_kib {samples[-1][1]}", flush=True)
+    return samples, failures
+
+
+def soak_idle(tgt: Target, sessions: int, quiet: bool) -> dict:
+    before = tgt.rss()
+    socks = []
+    try:
+        for i in range(sessions):
+            socks.append(open_idle_session(tgt.port, i + 1))
+        time.sleep(1.0)                 # let every rd thread settle into its sleep
+        held = tgt.rss()
+        if not quiet:
+            print(f"{sessions} sessions logged in: rss_kib {held}", flush=True)
+    finally:
+        for s in socks:
+            s.close()
+    return {"sessions": sessions, "rss_before_kib": before, "rss_with_sessions_kib": held,
+            "per_session_kib": round((held - before) / max(sessions, 1), 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="soak", description=__doc__.split("\n\n")[0])
+    p.add_argument("mode", choices=("login", "discovery", "idle"))
+    p.add_argument("--cycles", type=int, default=1000)
+    p.add_argument("--sessions", type=int, default=64)
+    p.add_argument("--every", type=int, default=0, help="sample RSS every N cycles")
+    p.add_argument("--warmup", type=int, default=-1, help="cycles before the baseline sample")
+    p.add_argument("--max-seconds", type=float, default=3600.0)
+    p.add_argument("--debug", action="store_true", help="run uscstd --debug")
+    p.add_argument("--repo", default=str(REPO), help="tree whose tools.uscstd to run")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    if a.mode != "idle" and shutil.which("iscsi-inq") is None:
+        print("soak: iscsi-inq/iscsi-ls not found (install libiscsi-bin)", file=sys.stderr)
+        return 2
+    if a.cycles < 2 or a.sessions < 1:
+        print("soak: --cycles must be >= 2 and --sessions >= 1", file=sys.stderr)
+        return 2
+    every = a.every or max(1, a.cycles // 50)
+    warmup = a.warmup if a.warmup >= 0 else a.cycles // 10
+    with tempfile.TemporaryDirectory(prefix="uscst-soak-") as d:
+        tgt = Target(Path(a.repo), Path(d), a.debug)
+        try:
+            t0 = time.monotonic()
+            if a.mode == "idle":
+                out = soak_idle(tgt, a.sessions, a.json)
+            else:
+                samples, failures = soak_cycles(tgt, a.mode, a.cycles, every,
+                                                t0 + a.max_seconds, a.json)
+                out = {"mode": a.mode, "cycles": samples[-1][0], "failures": failures,
+                       **summarize(samples, warmup)}
+            out["seconds"] = round(time.monotonic() - t0, 1)
+            out["alive"] = tgt.proc.poll() is None
+            log = tgt.log.read_text(errors="replace")
+            out["bug_lines"] = len(re.findall(r"Traceback|BUG:|Oops|WARNING:", log))
+        finally:
+            out_rc = tgt.stop()
+        out["exit_status"] = out_rc
+    if a.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k}: {v}")
+    return 0 if out["alive"] and out["bug_lines"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
