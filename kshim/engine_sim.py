@@ -61,6 +61,8 @@ __all__ = ["SimPeer", "SimStall", "Simulation", "check_determinism", "teardown_p
 # 2026-01-01T00:00:00Z: the wall clock at virtual time 0 (ktime_get_real)
 SIM_EPOCH_NS = 1_767_225_600 * 1_000_000_000
 NS = 1_000_000_000
+# So many events in a row at one virtual instant means nothing progresses.
+LIVELOCK_EVENTS = 1_000_000
 
 
 _booted: "Simulation | None" = None      # one machine per process at a time
@@ -98,6 +100,7 @@ class Simulation:
         self.page_cache_hit = 0.8
         self.shutdown_requested = False
         self._now = 0
+        self._same_time = 0             # events in a row at the same virtual time
         self._heap: list[tuple[int, int, int, Callable[[Any], None], Any, str]] = []
         self._seq = 0
         self._trace = trace
@@ -157,6 +160,12 @@ class Simulation:
         t, _key, _seq, fn, arg, what = heapq.heappop(self._heap)
         if t > self._now:
             self._now = t
+            self._same_time = 0
+        else:
+            self._same_time += 1
+            if self._same_time > LIVELOCK_EVENTS:
+                raise SimStall(f"seed {self.seed}: livelock: {LIVELOCK_EVENTS} events at "
+                               f"{self._now / NS:.6f}s without time passing (last: {what})")
         self.events += 1
         line = f"{t} {what}"
         self._hash.update(line.encode())

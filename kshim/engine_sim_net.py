@@ -73,9 +73,9 @@ class sim_sock:
     def writable(self) -> bool:
         """Worth a sk_write_space: a quarter of the window is free (no
         silly-window trickle of one-byte sends, as TCP's receiver-side
-        window update rule avoids), or the connection is gone."""
-        return (self.reset or self.window - self.inflight >= self.window // 4
-                or (self.peer is not None and self.peer.closed))
+        window update rule avoids), or the connection was reset. (A closed
+        peer drops what arrives, which frees the window.)"""
+        return self.reset or self.window - self.inflight >= self.window // 4
 
 
 class SimPeer:
@@ -167,7 +167,7 @@ class SimPeer:
             self.closed = True
             return
         self.closed = True
-        self._rx.clear()
+        self._drop_rx()
         t = max(self._last_to_kernel + 1, self._sim.now_ns + self._sim.net.latency())
         self._last_to_kernel = t
         self._sim.schedule_at(t, self._ks_fin, None, f"fin c{self.cid} >k")
@@ -187,8 +187,14 @@ class SimPeer:
             return
         self._reset = True
         self.closed = True
-        self._rx.clear()
+        self._drop_rx()
         self._sim.schedule(self._sim.net.latency(), self._ks_rst, None, f"rst c{self.cid} >k")
+
+    def _drop_rx(self) -> None:
+        """Discard what arrived unread; it no longer holds the window."""
+        self._ks.inflight -= len(self._rx)
+        self._rx.clear()
+        self._sim.net.kick_tx(self._ks)
 
     def _ks_rst(self, _: Any) -> None:
         ks = self._ks

@@ -39,8 +39,9 @@ Differs from the kernel:
   fail_wakeup, fail_trylock, fail_softirq, each with the knobs in POINTS;
   subsystems declare their own with DECLARE_FAULT_ATTR (scst_core's
   fail_scsi_cmd, iscsi_scst's fail_iscsi_pdu);
-- seeds: a point whose seed the user did not set draws a new one at each
-  boot (a sched boot hook) through the engine's randomness;
+- seeds: a point whose seed the user did not set draws a new one through
+  the engine's randomness when first armed after each boot (a sched boot
+  hook), so a run with no fault armed draws nothing;
 - make-it-fail and fail-nth live in debug/fault-inject/ (written as
   "PID-or-COMM VALUE"), not in /proc/PID; a COMM may be a pattern, which
   also marks kthreads started later;
@@ -102,6 +103,7 @@ class fault_attr:
     stacktrace_depth: int = 32
     seed: int = 0
     seed_fixed: bool = False        # seed written by the user: kept across boots
+    seed_pending: bool = False      # draw a seed when the point is next armed
     params: dict = attrs.field(factory=dict)    # the point's own knobs (POINTS)
     # counters, one CPU: no lock
     count: int = 0                  # eligible calls seen (interval)
@@ -177,12 +179,11 @@ fault_points: dict[str, fault_attr] = {a.name: a for a in (
 
 def _boot() -> None:
     """A boot (sched_init): points whose seed the user did not set draw a
-    new one through the engine's randomness, so under the sim engine they
-    follow the run's seed; tasks of the earlier boot are forgotten."""
+    new one through the engine's randomness when they are next armed, so
+    under the sim engine they follow the run's seed (and a run with no
+    fault armed draws nothing); tasks of the earlier boot are forgotten."""
     for a in fault_points.values():
-        if not a.seed_fixed:
-            a.seed = get_random_u64() & 0xFFFFFFFFFFFF
-            prandom_seed_state(a.rnd, a.seed)
+        a.seed_pending = not a.seed_fixed
         a.count = 0
     _state.make_it_fail = set()
     _state.fail_nth = {}
@@ -239,6 +240,10 @@ def _rearm() -> None:
     for a in fault_points.values():
         a.armed = (nth or (a.probability > 0 and a.times != 0)
                    or (_state.enum_mode != "off" and a.name in _state.enum_points))
+        if a.armed and a.seed_pending:
+            a.seed_pending = False
+            a.seed = get_random_u64() & 0xFFFFFFFFFFFF
+            prandom_seed_state(a.rnd, a.seed)
 
 
 def _forget(task: sched.task_struct) -> None:
@@ -730,6 +735,7 @@ def fault_attr_set(point: str, name: str, value: str) -> None:
         if name == "seed":
             prandom_seed_state(attr.rnd, v)
             attr.seed_fixed = True
+            attr.seed_pending = False
         if name in ("seed", "interval"):
             attr.count = 0              # the interval counts from now
         _rearm()
@@ -794,7 +800,7 @@ def apply_fault_specs(specs: list[str], dry_run: bool = False) -> None:
             p = fault_points[n]
             for f in ("probability", "interval", "times", "space", "verbose", "task_filter",
                       "require_start", "require_end", "reject_start", "reject_end",
-                      "stacktrace_depth", "seed", "seed_fixed", "params"):
+                      "stacktrace_depth", "seed", "seed_fixed", "seed_pending", "params"):
                 setattr(p, f, getattr(a, f))
             prandom_seed_state(p.rnd, p.seed)
         _rearm()

@@ -6,7 +6,9 @@ from initiator import Pdu, build_pdu, encode_keys, pack_login_req, pack_scsi_cmd
 
 from kshim import bug
 from kshim.engine_sim import SimPeer, Simulation, teardown_problems
-from tools.sim_target import SimTarget, boot_target, stop_target
+from tools import boot
+from tools.boot import BootConfig
+from tools.sim_target import DEFAULT_ADDR, DEFAULT_IQN, SimTarget, boot_target, stop_target
 
 ISID = b"\x80\x12\x34\x56\x78\x9a"
 
@@ -71,3 +73,14 @@ def test_sim_target_run_replays_by_seed_seed_7_and_8():
     b, _ = _run(7)
     c, _ = _run(8)
     assert a.trace_hash() == b.trace_hash() != c.trace_hash()
+
+
+def test_boot_run_on_the_sim_engine_loads_and_unloads_the_default_target_seed_0():
+    bug.reset_reports()
+    cfg = BootConfig(iqn=DEFAULT_IQN, nullio=True, size=1 << 20, portals=[DEFAULT_ADDR])
+    sim = Simulation(0)
+    assert boot.run(cfg, engine="sim", sim=sim) == 0
+    assert boot.failures == [] and bug.reports == [] and teardown_problems(sim) == []
+    bad = BootConfig(iqn=DEFAULT_IQN, disk="/sim/missing-dir/x", disk_exists=True, size=0,
+                     portals=[DEFAULT_ADDR])
+    assert boot.run(bad, engine="sim", sim=Simulation(0)) < 0 and boot.failures

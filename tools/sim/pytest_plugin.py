@@ -5,10 +5,12 @@ boots the target under the sim engine, drives a named scenario (or the
 test's own scenario body, a function of a tools.sim.scenarios.Context
 that spawns actors using the sim initiator) with the invariant checkers
 on, stops the target, checks teardown, and fails the test with the
-verdict unless it is ok. Each run happens in a forked child process, so
-the kernel state a failed run leaves behind (a leaked session, a stuck
-kthread) dies with it and cannot fail the next test; a body reports
-back through ctx.count(), which arrives as Outcome.stats.
+verdict unless it is ok. Each run happens in a child process, so the
+kernel state a failed run leaves behind (a leaked session, a stuck
+kthread) dies with it and cannot fail the next test: a fresh interpreter
+for a listed scenario (so earlier tests' kshim state cannot change the
+run, and USCST_SEED replays it exactly), a fork for a test's own body
+(which reports back through ctx.count(), arriving as Outcome.stats).
 
 The seed is the test's `@pytest.mark.sim_seed(N)` (1 without one), or
 USCST_SEED=N from the environment, which replays any seed. A failing test
@@ -43,17 +45,24 @@ class SimTargetRun:
         self.outcomes: list[Outcome] = []
 
     def run(self, scenario: str, body: Callable[[Context], None] | None = None, *,
-            trace_path: str | None = None, expect_ok: bool = True) -> Outcome:
+            trace_path: str | None = None, expect_ok: bool = True,
+            timeout_s: float = CHILD_TIMEOUT_S) -> Outcome:
         """Run scenario (a listed name, or body under that name) at this
-        test's seed; fail the test unless the verdict is ok (expect_ok)."""
-        ctx = multiprocessing.get_context("fork")
+        test's seed; fail the test unless the verdict is ok (expect_ok).
+        A run without a verdict after timeout_s wall seconds (a livelock)
+        is killed and fails as a stall."""
+        # A listed scenario runs in a fresh interpreter (spawn), so the kernel
+        # state earlier tests left in this process cannot change its run: the
+        # seed replays the same anywhere. A test's own body cannot be sent
+        # to a fresh interpreter: it runs in a fork of this process.
+        ctx = multiprocessing.get_context("fork" if body is not None else "spawn")
         rx, tx = ctx.Pipe(duplex=False)
         child = ctx.Process(target=_run_child, args=(tx, scenario, self.seed, trace_path, body),
                             name=f"uscst-sim-{scenario}")
         child.start()
         tx.close()
         try:
-            out = rx.recv() if rx.poll(CHILD_TIMEOUT_S) else None
+            out = rx.recv() if rx.poll(timeout_s) else None
         except EOFError:
             out = None
         child.join(5)
@@ -61,8 +70,9 @@ class SimTargetRun:
             child.kill()
             child.join()
         if out is None:
-            out = Outcome(scenario, self.seed, verdict=f"FAIL: crash: the run's process ended "
-                          f"with status {child.exitcode} without a verdict")
+            out = Outcome(scenario, self.seed, verdict=f"FAIL: stall: no verdict within "
+                          f"{timeout_s:g} s (the run's process ended with status "
+                          f"{child.exitcode})")
         self.outcomes.append(out)
         if expect_ok and not out.ok:
             pytest.fail(f"{out.line()}\n{self.replay_text()}", pytrace=False)
