@@ -110,6 +110,7 @@ class scst_tgtt_sysfs:
     is_target_enabled: Callable[[scst_tgt], bool] | None = None
     tgtt_attrs: tuple = ()
     tgt_attrs: tuple = ()
+    sess_attrs: tuple = ()               # created in each session's directory
     tgtt_optional_attributes: tuple[str, ...] = ()
     tgt_optional_attributes: tuple[str, ...] = ()
     add_attribute: Callable[[str, str], int] | None = None
@@ -777,6 +778,9 @@ def _make_session(parent: kobject, name: str, sess: scst_session) -> kobject | N
     sysfs_create_file(k, __ATTR_RO("acg", lambda kk, a: f"{sess.acg.acg_name if sess.acg else ''}\n"))
     sysfs_create_file(k, scst_sess_latency_attr(sess))
     sysfs_create_file(k, __ATTR("force_close", S_IWUSR, None, _sess_force_close_store))
+    ops = tgtt_sysfs.get(sess.tgt.tgtt.name)
+    for a in ops.sess_attrs if ops is not None else ():
+        sysfs_create_file(k, a)
     return k
 
 
