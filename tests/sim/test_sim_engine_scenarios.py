@@ -133,7 +133,7 @@ def test_mcs_reinstate_seed_3_frees_the_old_session_and_its_commands(sim_target)
     closed the connection; iscsi_conn_abort_cmnds finished only write_list
     items, so the command stayed in XMIT_WAIT and the old session was never
     freed. Fails with that part of iscsi_conn_abort_cmnds removed."""
-    sim_target.run("mcs-reinstate", timeout_s=60)
+    sim_target.run("mcs-reinstate", timeout_s=300)
 
 
 @pytest.mark.sim_seed(5)
@@ -141,7 +141,7 @@ def test_mcs_reinstate_seed_5_ends_when_the_initiator_closes_on_a_full_send_wind
     """Regression seed for the engine: the initiator closed its end while
     the target's send window was full; sim_net said writable yet answered
     -EAGAIN, and the wr thread spun at one virtual instant forever."""
-    sim_target.run("mcs-reinstate", timeout_s=60)
+    sim_target.run("mcs-reinstate", timeout_s=300)
 
 
 HANGING = '''
