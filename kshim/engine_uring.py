@@ -42,6 +42,8 @@ import tempfile
 from collections import deque
 from typing import Any
 
+from kshim.host import iov_advance, iov_len
+
 URING_ENTRIES = 256          # SQ size; the CQ is twice that
 URING_FILE_MAX = 256         # outstanding operations per file
 URING_FILE_REFILL = 32       # a file's backlog refills below this
@@ -341,10 +343,10 @@ class uring:
             self._put_file(o.fd)
             if o.op != OP_FSYNC and r > 0:
                 o.done += r
-                want = _iov_len(o.iov)
+                want = iov_len(o.iov)
                 if r < want:
                     # Short: repeat for the rest (a read that got 0 is at EOF).
-                    o.iov = _iov_advance(o.iov, r)
+                    o.iov = iov_advance(o.iov, r)
                     st["resubmits"] += 1
                     self._issue(o)
                     continue
@@ -385,20 +387,3 @@ class uring:
                 f"{st['high_water']}\nbacklogged {st['backlogged']}\n"
                 f"resubmits {st['resubmits']}\n")
 
-
-def _iov_len(iov: list) -> int:
-    n = 0
-    for b in iov:
-        n += len(b)
-    return n
-
-
-def _iov_advance(iov: list, n: int) -> list:
-    out = []
-    for b in iov:
-        if n >= len(b):
-            n -= len(b)
-            continue
-        out.append(memoryview(b)[n:] if n else b)
-        n = 0
-    return out
