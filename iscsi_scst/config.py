@@ -25,6 +25,7 @@ import re
 from typing import Any
 
 from iscsi_scst import target as target_mod
+from iscsi_scst.nagle import iscsi_nagle_sess_attrs, iscsi_nagle_tgt_attrs
 from iscsi_scst.target import (iscsi_add_portal, iscsi_del_portal, iscsi_target_add,
                                iscsi_target_del, portal_list, target_list)
 from iscsi_scst.usr.chap import chap_credentials_from_attrs
@@ -287,6 +288,7 @@ def iscsi_sysfs_init(tgtt: scst_tgt_template) -> None:
     tgt_attrs = [__ATTR_RW(n, iscsi_key_show, iscsi_key_store) for n in iscsi_tgt_keys]
     tgt_attrs += [__ATTR_RO("tid", lambda k, a: f"{_itgt(k.private).tid}\n")]
     tgt_attrs += [__ATTR_RO(n, iscsi_tgt_multi_show) for n in _TGT_MULTI]
+    tgt_attrs += iscsi_nagle_tgt_attrs()
     tgtt_attrs = [__ATTR_RW("enabled", iscsi_enabled_show, iscsi_enabled_store),
                   __ATTR_RO("version", lambda k, a: f"{ISCSI_VERSION_STRING}\n")]
     tgtt_attrs += [__ATTR_RO(n, iscsi_tgtt_multi_show) for n in _TGTT_MULTI]
@@ -295,6 +297,7 @@ def iscsi_sysfs_init(tgtt: scst_tgt_template) -> None:
         del_target=iscsi_del_target, enable_target=iscsi_enable_target,
         is_target_enabled=iscsi_is_target_enabled,
         tgtt_attrs=tuple(tgtt_attrs), tgt_attrs=tuple(tgt_attrs),
+        sess_attrs=iscsi_nagle_sess_attrs(),
         tgtt_optional_attributes=_TGTT_MULTI, tgt_optional_attributes=_TGT_MULTI,
         add_attribute=lambda n, v: iscsi_add_attr(None, n, v),
         del_attribute=lambda n, v: iscsi_del_attr(None, n, v),

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from iscsi_scst.nagle import iscsi_nagle
 from iscsi_scst.usr.iscsid import login_session
 from iscsi_scst.usr.param import iscsi_sess_params
 from kshim.fault_inject import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
@@ -119,6 +120,8 @@ class iscsi_conn:
     # NOP-In ping: the TTT of the unanswered ping, if any (rd thread and timer)
     nop_timer: timer_list = attrs.field(factory=timer_list)
     nop_ttt: int | None = None
+    # Adaptive Nagle (iscsi_scst/nagle.py): the rd thread's
+    nagle: iscsi_nagle = attrs.field(factory=iscsi_nagle)
 
 
 def iscsi_conn_rxbuf_get(conn: iscsi_conn) -> int:

@@ -34,6 +34,7 @@ from typing import Any, Callable
 import attrs
 
 from iscsi_scst import conn as conn_mod
+from iscsi_scst import nagle as nagle_mod
 from iscsi_scst import session as session_mod
 from iscsi_scst.config import iscsi_sysfs_exit, iscsi_sysfs_init
 from iscsi_scst.conn import (RX_DATA, RX_INIT_BHS, RX_TAIL, iscsi_conn, iscsi_conn_mark_closing,
@@ -1300,6 +1301,9 @@ MODULE_DESCRIPTION("SCST iSCSI Target")
 module_param_named("iscsi_max_conns", "iscsi_max_conns", "int", 0o644, ns=target_mod)
 module_param_named("iscsi_max_sessions", "iscsi_max_sessions", "int", 0o644, ns=session_mod)
 module_param_named("iscsi_login_timeout", "iscsi_login_timeout", "int", 0o644, ns=conn_mod)
+module_param_named("nagle_T", "nagle_T", "int", 0o644, ns=nagle_mod)
+module_param_named("nagle_M", "nagle_M", "int", 0o644, ns=nagle_mod)
+module_param_named("nagle_Q", "nagle_Q", "int", 0o644, ns=nagle_mod)
 
 
 def iscsi_init() -> int:

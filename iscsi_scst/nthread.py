@@ -38,6 +38,7 @@ from iscsi_scst.conn import (RX_DATA, RX_INIT_BHS, RX_TAIL, RXBUF_SIZE, iscsi_co
                              iscsi_conn_rxbuf_put)
 from iscsi_scst.digest import digest_header, digest_matches
 from iscsi_scst.hdr import BHS_SIZE, ProtocolError
+from iscsi_scst.nagle import iscsi_nagle_idle, iscsi_nagle_rx_check
 from kshim.crc32c import crc32c_iov, crc32c_value
 from kshim.err import EAGAIN
 from kshim.list import (list_add_tail, list_del_init, list_empty, list_head, list_splice_init,
@@ -127,6 +128,10 @@ def iscsi_rx(conn: iscsi_conn) -> int:
                                                               mv[s + hlen:s + dlen]):
                         raise ProtocolError(f"header digest error from {conn.peer}", None)
                     conn.rx_start = s + dlen
+                    ng = conn.nagle
+                    ng.busy += 1
+                    if ng.busy == ng.enter_at:
+                        iscsi_nagle_rx_check(conn)
                     if trace_iscsi_pdu_rx.enabled:
                         iscsi_rx_hdr_traced(conn, conn.rxbuf, s)
                     else:
@@ -207,6 +212,7 @@ def iscsi_rd_thread(conn: iscsi_conn) -> int:
                 # Send this batch's responses now instead of waking the wr thread.
                 if iscsi_tx_flush(conn, False) == -EAGAIN and conn.tx_iov:
                     wake_up(conn.wr_waitQ)
+            iscsi_nagle_idle(conn)
             iscsi_conn_rxbuf_put(conn)        # an idle connection pins no buffer
             wait_event_interruptible(conn.rd_waitQ, lambda: conn.rd_ready or conn.closing)
             continue

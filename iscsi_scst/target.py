@@ -48,6 +48,8 @@ class iscsi_target:
     # allowed_portal patterns (shell wildcards on the portal's address);
     # empty: every portal may reach the target
     allowed_portals: tuple = ()
+    # transmit Nagle mode of connections that set none (iscsi_scst/nagle.py)
+    nagle_mode: int = 0
 
 
 @attrs.define(slots=True, eq=False)

@@ -225,8 +225,10 @@ def _bug_reply(what: str, e: BaseException) -> dict:
         e = e.exceptions[0]
     frame = traceback.extract_tb(e.__traceback__)[-1:] or [None]
     where = f" at {frame[0].filename}:{frame[0].lineno}" if frame[0] is not None else ""
-    printk.pr_err(f"control: {what} raised {type(e).__name__}{where}: {e}")
-    return {"ok": False, "error": f"internal error in {what}: {type(e).__name__}: {e}",
+    # One log line whatever the request held: escape it, and bound it.
+    what, msg = repr(what)[1:-1][:200], repr(str(e))[1:-1][:400]
+    printk.pr_err(f"control: {what} raised {type(e).__name__}{where}: {msg}")
+    return {"ok": False, "error": f"internal error in {what}: {type(e).__name__}: {msg}",
             "errno": _errno.EIO}
 
 

@@ -11,9 +11,13 @@ on ONE host thread (../docs/architecture.md, "one CPU").
   writability and sk_write_space after a send came back short.
 - Timers: one task sleeps until kshim.timer's earliest expiry and runs
   run_timers() in softirq context.
-- Blocking file I/O: a small pool of host threads; a finished job comes back
-  through the trio token and its completion runs in softirq context, like a
-  bio's end_io.
+- Blocking file I/O: reads, writes and fsyncs go to io_uring
+  (kshim/engine_uring.py), submitted once per pass and reaped through an
+  eventfd; everything else, and all of it when io_uring is refused (chosen
+  at start and logged), to a small pool of host threads whose finished jobs
+  come back through the trio token. Either way the completion runs in
+  softirq context, like a bio's end_io. /sys/kernel/io/stats shows which,
+  with the ring's statistics (docs/decisions/0028).
 - After every event: pending softirqs, then sched.run_queue() until every
   kthread sleeps again.
 - SIGINT/SIGTERM start an orderly shutdown; SIGHUP calls the registered
@@ -42,15 +46,19 @@ from typing import Any, Callable
 
 import trio
 
-from kshim import engine_posix, host, jiffies, sched, softirq, timer
+from kshim import engine_posix, engine_uring, host, jiffies, printk, sched, softirq, timer
 from kshim.host import io_job
+from kshim.kobject import kobject_create_and_add
 from kshim.kthread import kthread_run
+from kshim.sysfs import __ATTR_RO, kernel_kobj, sysfs_create_file
 from kshim.workqueue import workqueue_init
 
 io_threads = 4
 _token: trio.lowlevel.TrioToken | None = None
 _nursery: trio.Nursery | None = None
 _pool: engine_posix.worker_pool | None = None
+_ring: engine_uring.uring | None = None
+io_backend = ""               # what file I/O runs on, and why (set at start)
 _timer_cs: trio.CancelScope | None = None
 _shutdown: trio.Event | None = None
 running = False
@@ -62,12 +70,17 @@ def _deliver(fn: Callable[[Any], None], arg: Any) -> None:
     softirq.softirq_run(fn, arg)
     softirq.do_softirq()
     sched.run_queue()
+    if _ring is not None and _ring.queued:
+        _ring.flush()
 
 
 def run_cpu() -> None:
-    """Run pending softirqs and the run queue (after a non-softirq event)."""
+    """Run pending softirqs and the run queue (after a non-softirq event),
+    then submit the pass's file I/O."""
     softirq.do_softirq()
     sched.run_queue()
+    if _ring is not None and _ring.queued:
+        _ring.flush()
 
 
 # -- sockets ----------------------------------------------------------------
@@ -211,9 +224,54 @@ def _io_done(job: io_job) -> None:
 
 
 def io_submit(job: io_job) -> None:
+    ring = _ring
+    if ring is not None:
+        op = _URING_OPS.get(job.fn)
+        if op is not None:
+            a = job.args
+            if op == engine_uring.OP_FSYNC:
+                ring.submit(job, op, a[0], [], 0, 1 if a[1] else 0)
+            else:
+                ring.submit(job, op, a[0], a[1], a[2])
+            return
     if _pool is None:
         raise RuntimeError("trio engine not running")
     _pool.submit(job)
+
+
+_URING_OPS = {engine_posix.file_preadv: engine_uring.OP_READ,
+              engine_posix.file_pwritev: engine_uring.OP_WRITE,
+              engine_posix.file_fsync: engine_uring.OP_FSYNC}
+
+
+async def _uring_task(ring: engine_uring.uring) -> None:
+    """Deliver the ring's completions: at most URING_REAP_MAX per pass, each
+    job's completion in softirq context, then the CPU runs."""
+    while True:
+        await trio.lowlevel.wait_readable(ring.efd)
+        ring.eventfd_clear()
+        for _ in range(1 << 20):          # bounded; ends when the CQ is empty
+            done = ring.reap()
+            for job in done:
+                stats["io_done"] += 1
+                softirq.softirq_run(job.complete, job)
+            run_cpu()
+            if len(done) < engine_uring.URING_REAP_MAX:
+                break
+            await trio.lowlevel.checkpoint()     # let the sockets have a turn
+
+
+def io_stats() -> str:
+    """The file I/O backend and its statistics, for the live tree."""
+    text = f"backend {io_backend}\n"
+    return text + (_ring.show_stats() if _ring is not None else "")
+
+
+def _io_sysfs_init() -> None:
+    """/sys/kernel/io/stats: io_stats() in the live tree."""
+    k = kernel_kobj.entries.get("io") or kobject_create_and_add("io", kernel_kobj)
+    if "stats" not in k.entries:
+        sysfs_create_file(k, __ATTR_RO("stats", lambda _k, _a: io_stats()))
 
 
 # -- life cycle -------------------------------------------------------------
@@ -287,21 +345,31 @@ def trio_ops() -> host.host_operations:
 async def _main(init: Callable[[], Any], exit_fn: Callable[[], Any] | None,
                 handle_signals: bool, services: list,
                 on_reload: Callable[[], None] | None) -> Any:
-    global _token, _nursery, _pool, _shutdown, running
+    global _token, _nursery, _pool, _ring, _shutdown, running, io_backend
     host.set_ops(trio_ops())
     sched.sched_init()
     _token = trio.lowlevel.current_trio_token()
     _shutdown = trio.Event()
     _pool = engine_posix.worker_pool(io_threads,
                                      lambda job: _token.run_sync_soon(_io_done, job))
+    ring = engine_uring.uring.open()
+    if isinstance(ring, str):
+        io_backend = f"worker_pool threads={io_threads} (io_uring: {ring})"
+    else:
+        _ring = ring
+        io_backend = f"io_uring entries={engine_uring.URING_ENTRIES}"
+    printk.pr_info(f"kshim: file I/O on {io_backend}")
     running = True
     try:
         async with trio.open_nursery() as nursery:
             _nursery = nursery
             nursery.start_soon(_timer_task)
+            if _ring is not None:
+                nursery.start_soon(_uring_task, _ring)
             if handle_signals:
                 nursery.start_soon(_signal_task, on_reload)
             await _run_task_to_end(workqueue_init, "kworker-init")
+            await _run_task_to_end(_io_sysfs_init, "kworker-init")
             result = await _run_task_to_end(init, "insmod")
             if isinstance(result, int) and result < 0:
                 request_shutdown()
@@ -317,6 +385,9 @@ async def _main(init: Callable[[], Any], exit_fn: Callable[[], Any] | None,
         running = False
         _pool.stop()
         _pool = None
+        if _ring is not None:
+            _ring.close()
+            _ring = None
         _nursery = None
         _token = None
         host.set_ops(engine_posix.posix_ops(), rebase=False)

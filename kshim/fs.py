@@ -5,16 +5,17 @@ and fs/open.c's vfs_fallocate, with include/linux/fs.h and stat.h.
 
 Contexts: filp_open, filp_close, vfs_readv, vfs_writev, vfs_fsync and
 vfs_fallocate may sleep: task context only. vfs_readv_nowait never sleeps,
-nor does vfs_getattr (one statx on the open file, inline). vfs_submit
-(asynchronous I/O, as a kiocb with ki_complete) from any context; its
-completion runs in softirq context. i_size_read from any context.
+nor does vfs_getattr (one statx on the open file, inline).
+vfs_iocb_iter_read/vfs_iocb_iter_write (asynchronous I/O on a kiocb) never
+sleep and may be called from any context; they return -EIOCBQUEUED and
+ki_complete runs later in softirq context. i_size_read from any context.
 
 Differs from the kernel: the page cache is the host's. A read first tries
 preadv(RWF_NOWAIT) inline, which succeeds when the host's page cache holds
 the data; otherwise, and for every write, fsync and fallocate, the call goes
-to the engine's worker pool and the task sleeps on a completion until it
-returns (the host thread never blocks). Errors are negative errno values.
-Every host call goes through the host-ops table (kshim.host.ops): under the
+to the engine (the trio engine's io_uring, or its worker pool) and the task
+sleeps on a completion until it returns (the host thread never blocks).
+Errors are negative errno values. Every host call goes through the host-ops table (kshim.host.ops): under the
 sim engine the "host" is an in-memory disk or a real file whose pool calls
 complete in virtual time, in a seeded order.
 A file opened O_DIRECT is O_DIRECT on the host: its buffers, offsets and
@@ -57,7 +58,13 @@ SEEK_DATA = host.SEEK_DATA
 SEEK_HOLE = host.SEEK_HOLE
 STATX_DIOALIGN = host.STATX_DIOALIGN
 
-stats = {"read_nowait_hits": 0, "read_pool": 0, "write_pool": 0, "fsync": 0}
+EIOCBQUEUED = 529              # include/linux/errno.h: the I/O completes later
+
+# kiocb.ki_flags
+IOCB_DSYNC = 1 << 4            # this write reaches stable storage before it completes
+
+stats = {"read_nowait_hits": 0, "read_pool": 0, "write_pool": 0, "fsync": 0, "aio_reads": 0,
+         "aio_writes": 0, "group_flushes": 0}
 
 
 class inode:
@@ -68,7 +75,8 @@ class inode:
 
 
 class file:
-    __slots__ = ("fd", "f_flags", "f_path", "f_inode", "nowait_read")
+    __slots__ = ("fd", "f_flags", "f_path", "f_inode", "nowait_read", "flush_busy",
+                 "flush_next")
 
     def __init__(self, fd: int, flags: int, path: str, size: int) -> None:
         self.fd = fd
@@ -76,6 +84,11 @@ class file:
         self.f_path = path
         self.f_inode = inode(size)
         self.nowait_read = ops.rwf_nowait and not flags & O_DIRECT
+        # IOCB_DSYNC writes share flushes (as jbd2 batches commits): one
+        # fdatasync runs at a time; writes finished meanwhile wait together
+        # for the next one. Touched only on the CPU thread, in softirq.
+        self.flush_busy = False
+        self.flush_next: list[kiocb] = []
 
 
 def filp_open(path: str, flags: int, mode: int = 0o600) -> "file | int":
@@ -164,6 +177,103 @@ def _pool_call(fn: Callable[..., int], *args: Any) -> int:
     ops.io_submit(job)
     wait_for_completion(done)
     return job.result
+
+
+class kiocb:
+    """One asynchronous read or write (include/linux/fs.h): ki_complete(iocb,
+    res) runs in softirq context with bytes done or -errno."""
+
+    __slots__ = ("ki_filp", "ki_pos", "ki_flags", "ki_complete", "private", "ki_res")
+
+    def __init__(self, f: file, pos: int, complete: Callable[["kiocb", int], None],
+                 private: Any = None, flags: int = 0) -> None:
+        self.ki_filp = f
+        self.ki_pos = pos
+        self.ki_flags = flags
+        self.ki_complete = complete
+        self.private = private
+        self.ki_res = 0                 # bytes written, kept while a flush runs
+
+
+def _iocb_submit(fn: Callable[..., int], f: file, iov: list, iocb: kiocb,
+                 done: Callable[[io_job], None]) -> None:
+    if trace_block_rq_issue.enabled:
+        trace_block_rq_issue(fn.__name__, f.fd, iocb.ki_pos, host.iov_len(iov))
+    ops.io_submit(io_job(fn, (f.fd, iov, iocb.ki_pos), done, iocb))
+
+
+def _iocb_read_done(job: io_job) -> None:
+    iocb: kiocb = job.private
+    if trace_block_rq_complete.enabled:
+        trace_block_rq_complete(ops.file_preadv.__name__, iocb.ki_filp.fd, iocb.ki_pos,
+                                job.result)
+    iocb.ki_complete(iocb, job.result)
+
+
+def _iocb_write_done(job: io_job) -> None:
+    iocb: kiocb = job.private
+    n = job.result
+    if trace_block_rq_complete.enabled:
+        trace_block_rq_complete(ops.file_pwritev.__name__, iocb.ki_filp.fd, iocb.ki_pos, n)
+    f = iocb.ki_filp
+    if n > 0 and iocb.ki_pos + n > f.f_inode.i_size:
+        f.f_inode.i_size = iocb.ki_pos + n
+    if n <= 0 or not iocb.ki_flags & IOCB_DSYNC:
+        iocb.ki_complete(iocb, n)
+        return
+    iocb.ki_res = n
+    f.flush_next.append(iocb)
+    if not f.flush_busy:
+        _group_flush_start(f)
+
+
+def _group_flush_start(f: file) -> None:
+    """fdatasync for every DSYNC write that finished before now."""
+    batch, f.flush_next = f.flush_next, []
+    f.flush_busy = True
+    stats["fsync"] += 1
+    stats["group_flushes"] += 1
+    if trace_block_rq_issue.enabled:
+        trace_block_rq_issue(ops.file_fsync.__name__, f.fd, 0, 0)
+    ops.io_submit(io_job(ops.file_fsync, (f.fd, True), _group_flush_done, (f, batch)))
+
+
+def _group_flush_done(job: io_job) -> None:
+    f, batch = job.private
+    if trace_block_rq_complete.enabled:
+        trace_block_rq_complete(ops.file_fsync.__name__, f.fd, 0, job.result)
+    f.flush_busy = False
+    if f.flush_next:
+        _group_flush_start(f)
+    ret = job.result
+    for iocb in batch:
+        iocb.ki_complete(iocb, iocb.ki_res if ret == 0 else ret)
+
+
+def vfs_iocb_iter_read(f: file, iocb: kiocb, iov: list) -> int:
+    """Start reading into the buffers at iocb.ki_pos: -EIOCBQUEUED (the
+    buffers belong to the I/O until ki_complete runs), or -EAGAIN while
+    read faults are armed (the caller takes vfs_readv, where the fault is
+    decided). Never sleeps."""
+    if fail_file_read.armed:
+        return -EAGAIN
+    stats["aio_reads"] += 1
+    _iocb_submit(ops.file_preadv, f, iov, iocb, _iocb_read_done)
+    return -EIOCBQUEUED
+
+
+def vfs_iocb_iter_write(f: file, iocb: kiocb, iov: list) -> int:
+    """Start writing the buffers at iocb.ki_pos: -EIOCBQUEUED. With
+    IOCB_DSYNC, ki_complete waits for an fdatasync that started after the
+    write finished (shared with the file's other DSYNC writes, as
+    generic_write_sync after a journalled commit). -EAGAIN while write (or,
+    for DSYNC, fsync) faults are armed: the caller takes vfs_writev and
+    vfs_fsync_range, where the fault is decided. Never sleeps."""
+    if fail_file_write.armed or (iocb.ki_flags & IOCB_DSYNC and fail_file_fsync.armed):
+        return -EAGAIN
+    stats["aio_writes"] += 1
+    _iocb_submit(ops.file_pwritev, f, iov, iocb, _iocb_write_done)
+    return -EIOCBQUEUED
 
 
 def vfs_readv(f: file, iov: list, pos: int) -> int:

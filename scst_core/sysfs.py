@@ -106,6 +106,7 @@ class scst_tgtt_sysfs:
     is_target_enabled: Callable[[scst_tgt], bool] | None = None
     tgtt_attrs: tuple = ()
     tgt_attrs: tuple = ()
+    sess_attrs: tuple = ()               # created in each session's directory
     tgtt_optional_attributes: tuple[str, ...] = ()
     tgt_optional_attributes: tuple[str, ...] = ()
     add_attribute: Callable[[str, str], int] | None = None
@@ -662,6 +663,9 @@ def _make_session(parent: kobject, name: str, sess: scst_session) -> kobject | N
     sysfs_create_file(k, __ATTR_RO("write_io_count_kb", lambda kk, a: f"{sess.write_bytes >> 10}\n"))
     sysfs_create_file(k, __ATTR_RO("acg", lambda kk, a: f"{sess.acg.acg_name if sess.acg else ''}\n"))
     sysfs_create_file(k, scst_sess_latency_attr(sess))
+    ops = tgtt_sysfs.get(sess.tgt.tgtt.name)
+    for a in ops.sess_attrs if ops is not None else ():
+        sysfs_create_file(k, a)
     return k
 
 

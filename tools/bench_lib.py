@@ -88,12 +88,50 @@ class Workload:
     io_bytes: int
     queue_depth: int
     random: bool
+    write: bool = False        # qemu-img bench -w instead of iscsi-perf
+    lun: str = "wb"            # which LUN pair (LUN_VARIANTS)
+    sessions: int = 1          # initiators at once; results are summed
+    nagle: str = ""            # uscst's nagle_mode for this row ("" leaves it)
+    idle: bool = False         # log in `sessions` idle sessions, report RSS
 
+
+# LUN pairs compared in a row: uscst's LUN against tgtd's, same backing file.
+# wb: uscst write-back fileio (write_through 0) / tgtd's default rdwr
+#     (write-back); the read rows use it too (no flush on reads).
+# wt: uscst write-through fileio (the default) / tgtd rdwr with bsoflags=sync.
+# bio: uscst vdisk_blockio (O_DIRECT) / tgtd's aio backing store (O_DIRECT).
+LUN_VARIANTS = ("wb", "wt", "bio")
+USCST_LUNS = {"wb": 0, "wt": 1, "bio": 2}
+TGTD_LUNS = {"wb": 1, "wt": 2, "bio": 3}
+
+# qemu-img bench writes go forward by this stride (it wraps at the end of the
+# image): a prime number of 4 KiB blocks scatters the 4K writes over the file
+# (qemu-img bench has no random mode). Sequential rows use the I/O size.
+SCATTER_STRIDE = 7919 * 4096
+NAGLE_QDS = (1, 2, 4, 8, 16, 32, 64, 128)
+NAGLE_MODES = ("off", "adaptive", "on")
 
 WORKLOADS: tuple[Workload, ...] = (
     Workload("randread4k-qd32", "4K random read QD32", 4096, 32, True),
     Workload("randread4k-qd1", "4K random read QD1", 4096, 1, True),
     Workload("seqread128k-qd32", "128K seq read QD32", 128 * 1024, 32, False),
+    Workload("write4k-qd32-wb", "4K scattered write QD32 write-back", 4096, 32, True, True),
+    Workload("write4k-qd32-wt", "4K scattered write QD32 write-through/sync", 4096, 32, True,
+             True, "wt"),
+    Workload("seqwrite128k-qd32-wb", "128K seq write QD32 write-back", 128 * 1024, 32, False,
+             True),
+    Workload("seqwrite128k-qd32-wt", "128K seq write QD32 write-through/sync", 128 * 1024, 32,
+             False, True, "wt"),
+    Workload("blockio-randread4k-qd32", "4K random read QD32 blockio/aio", 4096, 32, True,
+             lun="bio"),
+    Workload("blockio-write4k-qd32", "4K scattered write QD32 blockio/aio", 4096, 32, True,
+             True, "bio"),
+    Workload("sessions8-randread4k-qd16", "8 sessions x 4K random read QD16", 4096, 16, True,
+             sessions=8),
+    Workload("idle64", "64 idle sessions (RSS)", 512, 1, False, sessions=64, idle=True),
+    *(Workload(f"randread512-qd{qd}-nagle-{m}", f"512B random read QD{qd} Nagle {m}", 512, qd,
+               True, nagle=m)
+      for qd in NAGLE_QDS for m in NAGLE_MODES),
 )
 
 
@@ -118,6 +156,7 @@ class RunRecord:
     wall_s: float = 0.0            # iscsi-perf wall time, login included
     server_cpu_s: float = 0.0
     cpu_s_per_100k: float = 0.0
+    rss_mib: float = 0.0           # server's resident set after the run
     client_cpu_s: float = 0.0      # iscsi-perf's own user+sys time
     loadavg_before: str = ""
     perf_cmd: list[str] = field(default_factory=list)
@@ -273,6 +312,18 @@ def machine_info() -> dict[str, object]:
     }
 
 
+def proc_rss_mib(pid: int) -> float:
+    """VmRSS of pid in MiB (0.0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
 def loadavg() -> str:
     try:
         with open("/proc/loadavg") as f:
@@ -355,10 +406,21 @@ class Server:
         self.iqn = ""
         self.lun = 0
         self.block_size = 512
+        self.nagle_changed = False      # a row left nagle_mode other than off
 
     @property
     def url(self) -> str:
         return f"iscsi://{HOST}:{self.port}/{self.iqn}/{self.lun}"
+
+    luns: dict[str, int] = {}
+
+    def url_for(self, variant: str) -> str:
+        """The URL of the LUN this server serves for a LUN_VARIANTS entry."""
+        return f"iscsi://{HOST}:{self.port}/{self.iqn}/{self.luns.get(variant, self.lun)}"
+
+    def set_nagle(self, mode: str) -> str:
+        """Switch the transmit path's Nagle mode; '' or an error text."""
+        return ""
 
     @property
     def pid(self) -> int:
@@ -455,6 +517,7 @@ class TgtdServer(Server):
     has the controller at LUN 0 and our file at LUN 1."""
 
     label = "tgtd"
+    luns = TGTD_LUNS
 
     def __init__(self, name: str, port: int, workdir: Path, control_port: int,
                  iqn: str) -> None:
@@ -504,7 +567,13 @@ class TgtdServer(Server):
             ("--lld", "iscsi", "--mode", "target", "--op", "new", "--tid", "1",
              "--targetname", self.iqn),
             ("--lld", "iscsi", "--mode", "logicalunit", "--op", "new", "--tid", "1",
-             "--lun", str(self.lun), "--backing-store", str(backing)),
+             "--lun", str(TGTD_LUNS["wb"]), "--backing-store", str(backing)),
+            ("--lld", "iscsi", "--mode", "logicalunit", "--op", "new", "--tid", "1",
+             "--lun", str(TGTD_LUNS["wt"]), "--backing-store", str(backing),
+             "--bsoflags", "sync"),
+            ("--lld", "iscsi", "--mode", "logicalunit", "--op", "new", "--tid", "1",
+             "--lun", str(TGTD_LUNS["bio"]), "--backing-store", str(backing),
+             "--bstype", "aio"),
             ("--lld", "iscsi", "--mode", "target", "--op", "bind", "--tid", "1",
              "--initiator-address", "ALL"),
         ]
@@ -553,7 +622,11 @@ class TgtdServer(Server):
 
 
 class UscstdServer(Server):
+    """uscstd serving one target from a generated scst.conf: the LUNs of
+    USCST_LUNS, all on the same backing file."""
+
     label = "uscst"
+    luns = USCST_LUNS
 
     def __init__(self, name: str, port: int, workdir: Path, cmd: list[str],
                  iqn: str, log_level: str, extra: list[str]) -> None:
@@ -567,12 +640,63 @@ class UscstdServer(Server):
     def start(self, backing: Path, size: int) -> None:
         data_dir = self.workdir / "uscstd-data"
         data_dir.mkdir(exist_ok=True)
-        cmd = [*self.base_cmd, "--portal", f"{HOST}:{self.port}", "--disk", str(backing),
-               "--size", format_size(size), "--iqn", self.iqn, "--data-dir", str(data_dir)]
+        conf = self.workdir / "uscstd.conf"
+        conf.write_text(uscstd_config(self.iqn, backing))
+        self.control = self.workdir / "uscstd.sock"
+        cmd = [*self.base_cmd, "--portal", f"{HOST}:{self.port}", "--config", str(conf),
+               "--control", str(self.control), "--data-dir", str(data_dir)]
         if self.log_level:
             cmd += ["--log-level", self.log_level]
         cmd += self.extra
         self._spawn(cmd, cwd=REPO_ROOT)
+
+
+    def _set(self, attr: str, value: str) -> str:
+        r = run_tool([sys.executable, "-m", "tools.uscstadmin", "--socket", str(self.control),
+                      "set", f"targets/iscsi/{self.iqn}/{attr}", value], TOOL_TIMEOUT)
+        return "" if r.returncode == 0 else f"{attr} {value}: {r.stdout.strip()[-200:]}"
+
+    def set_nagle(self, mode: str) -> str:
+        return self._set("nagle_mode", mode)
+
+    def wait_ready(self, deadline_s: float) -> None:
+        super().wait_ready(deadline_s)
+        # A command window of 128, as tgtd's: a session's queue depth is
+        # capped by it, and the QD 64 and 128 rows need it. Set live, so a
+        # --uscstd of any version with the attribute gets it.
+        err = self._set("QueuedCommands", "128")
+        if err:
+            raise BenchError(f"uscstd: {err}")
+
+
+def uscstd_config(iqn: str, backing: Path) -> str:
+    """scst.conf for the bench: USCST_LUNS on one backing file."""
+    return f"""HANDLER vdisk_fileio {{
+\tDEVICE wb {{
+\t\tfilename {backing}
+\t\twrite_through 0
+\t}}
+\tDEVICE wt {{
+\t\tfilename {backing}
+\t\twrite_through 1
+\t}}
+}}
+HANDLER vdisk_blockio {{
+\tDEVICE bio {{
+\t\tfilename {backing}
+\t\twrite_through 0
+\t}}
+}}
+TARGET_DRIVER iscsi {{
+\tenabled 1
+\tTARGET {iqn} {{
+\t\tenabled 1
+\t\tLUN {USCST_LUNS['wb']} wb
+\t\tLUN {USCST_LUNS['wt']} wt
+\t\tLUN {USCST_LUNS['bio']} bio
+\t}}
+}}
+"""
 
 
 def default_uscstd_cmd() -> list[str]:
@@ -589,70 +713,145 @@ def default_uscstd_cmd() -> list[str]:
 # --------------------------------------------------------------------------
 # One measured run
 
-def run_perf(server: Server, wl: Workload, seconds: int, rnd: int) -> RunRecord:
+def _communicate_all(procs: list[subprocess.Popen[bytes]], timeout: float) -> tuple[list[str], bool]:
+    """Collect the output of every process within timeout (then SIGINT, then
+    SIGKILL); (texts, timed_out). No process outlives this call."""
+    outs: list[str] = []
+    timed_out = False
+    t_end = time.monotonic() + timeout
+    try:
+        for proc in procs:
+            try:
+                out, _ = proc.communicate(timeout=max(0.1, t_end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                proc.send_signal(signal.SIGINT)        # iscsi-perf drains and prints
+                try:
+                    out, _ = proc.communicate(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    out, _ = proc.communicate(timeout=5)
+            outs.append(out.decode("utf-8", "replace"))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:                # interrupted: no orphan initiator
+                proc.kill()
+                proc.wait(timeout=5)
+    return outs, timed_out
+
+
+def _spawn_clients(cmds: list[list[str]]) -> list[subprocess.Popen[bytes]]:
+    return [subprocess.Popen(c, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT) for c in cmds]
+
+
+_QEMU_DONE_RE = re.compile(r"Run completed in ([0-9.]+) seconds")
+
+
+def qemu_write_cmd(url: str, wl: Workload, count: int) -> list[str]:
+    step = SCATTER_STRIDE if wl.random else wl.io_bytes
+    return ["qemu-img", "bench", "-f", "raw", "-t", "none", "-w", "-d", str(wl.queue_depth),
+            "-c", str(count), "-s", str(wl.io_bytes), "-S", str(step), url]
+
+
+def write_count(wl: Workload, iops_guess: float, seconds: int) -> int:
+    """How many writes make a run of about `seconds` (qemu-img bench counts
+    requests, not time)."""
+    return max(200, min(int(iops_guess * seconds), 5_000_000))
+
+
+def run_perf(server: Server, wl: Workload, seconds: int, rnd: int,
+             guess: dict[tuple[str, str], float] | None = None) -> RunRecord:
+    """One measured run of wl against server: iscsi-perf (reads, one
+    process per session), qemu-img bench -w (writes) or idle sessions."""
     rec = RunRecord(round=rnd, workload=wl.name, server=server.label, ok=False,
                     seconds=seconds)
     if wl.io_bytes % server.block_size:
         rec.error = f"block size {server.block_size} does not divide {wl.io_bytes}"
         return rec
+    url = server.url_for(wl.lun)
     blocks = wl.io_bytes // server.block_size
-    cmd = ["iscsi-perf", "-i", INITIATOR_IQN, "-m", str(wl.queue_depth),
-           "-b", str(blocks), "-t", str(seconds)]
-    if wl.random:
-        cmd.append("-r")
-    cmd.append(server.url)
+    key = (server.label, wl.name)
+    count = 0
+    if wl.idle:
+        # qemu-io logs in and sleeps: a logged-in session with nothing to do
+        cmd = ["qemu-io", "-f", "raw", "-c", f"sleep {seconds * 1000}", url]
+    elif wl.write:
+        count = write_count(wl, (guess or {}).get(key, 2000.0), seconds)
+        cmd = qemu_write_cmd(url, wl, count)
+    else:
+        cmd = ["iscsi-perf", "-i", INITIATOR_IQN, "-m", str(wl.queue_depth),
+               "-b", str(blocks), "-t", str(seconds)]
+        if wl.random:
+            cmd.append("-r")
+        cmd.append(url)
     rec.perf_cmd = cmd
     try:
         server.check_alive()
     except BenchError as e:
         rec.error = str(e)
         return rec
+    # A Nagle row leaves its mode set: put "off" back before any other row.
+    mode = wl.nagle or ("off" if server.nagle_changed else "")
+    if mode:
+        err = server.set_nagle(mode)
+        if err:
+            rec.error = err
+            return rec
+        server.nagle_changed = mode != "off"
     rec.loadavg_before = loadavg()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu0 = proc_tree_cpu_ticks(server.pid)
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    timed_out = False
-    try:
-        out, _ = proc.communicate(timeout=seconds + PERF_GRACE)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        proc.send_signal(signal.SIGINT)        # iscsi-perf drains and prints
-        try:
-            out, _ = proc.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate(timeout=5)
-    finally:
-        if proc.poll() is None:                # interrupted: no orphan initiator
-            proc.kill()
-            proc.wait(timeout=5)
+    procs = _spawn_clients([cmd] * wl.sessions)
+    if wl.idle:
+        time.sleep(min(seconds, 5) / 2)
+        rec.rss_mib = proc_rss_mib(server.pid)
+    texts, timed_out = _communicate_all(procs, seconds * (4 if wl.write else 1) + PERF_GRACE)
     rec.wall_s = time.monotonic() - t0
     cpu1 = proc_tree_cpu_ticks(server.pid)
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     rec.client_cpu_s = round((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime), 3)
-    text = out.decode("utf-8", "replace")
-    if timed_out:
-        rec.error = f"iscsi-perf did not finish within {seconds + PERF_GRACE:.0f} s"
-        return rec
-    if proc.returncode != 0:
-        tail = " | ".join(ln.strip() for ln in re.split(r"[\r\n]+", text) if ln.strip())
-        rec.error = f"iscsi-perf exit {proc.returncode}: {tail[-300:]}"
-        return rec
-    try:
-        res = parse_perf_output(text)
-    except ValueError as e:
-        rec.error = str(e)
-        return rec
-    if res.io_bytes is not None and res.io_bytes != wl.io_bytes:
-        rec.error = f"iscsi-perf used {res.io_bytes}-byte I/Os, wanted {wl.io_bytes}"
-        return rec
-    rec.ok = True
-    rec.iops = float(res.iops)
-    rec.mib_s = round(res.iops * wl.io_bytes / MiB, 2)
     rec.server_cpu_s = round((cpu1 - cpu0) / CLK_TCK, 3)
-    ios = res.iops * seconds
+    if not wl.idle:
+        rec.rss_mib = proc_rss_mib(server.pid)
+    if timed_out:
+        rec.error = f"the initiator did not finish within {rec.wall_s:.0f} s"
+        return rec
+    for proc, text in zip(procs, texts):
+        if proc.returncode != 0:
+            tail = " | ".join(ln.strip() for ln in re.split(r"[\r\n]+", text) if ln.strip())
+            rec.error = f"{cmd[0]} exit {proc.returncode}: {tail[-300:]}"
+            return rec
+    if wl.idle:
+        rec.ok = True
+        return rec
+    total_iops = 0.0
+    busy_s = float(seconds)
+    for text in texts:
+        if wl.write:
+            m = _QEMU_DONE_RE.search(text)
+            if not m or float(m.group(1)) <= 0:
+                rec.error = f"no 'Run completed' in qemu-img output: {text[-200:]!r}"
+                return rec
+            busy_s = float(m.group(1))
+            total_iops += count / busy_s
+            continue
+        try:
+            res = parse_perf_output(text)
+        except ValueError as e:
+            rec.error = str(e)
+            return rec
+        if res.io_bytes is not None and res.io_bytes != wl.io_bytes:
+            rec.error = f"iscsi-perf used {res.io_bytes}-byte I/Os, wanted {wl.io_bytes}"
+            return rec
+        total_iops += res.iops
+    rec.ok = True
+    rec.iops = round(total_iops, 1)
+    if guess is not None:
+        guess[key] = total_iops
+    rec.mib_s = round(total_iops * wl.io_bytes / MiB, 2)
+    ios = total_iops * busy_s
     rec.cpu_s_per_100k = round(rec.server_cpu_s / ios * 1e5, 4) if ios else 0.0
     return rec
 
@@ -675,6 +874,10 @@ def summarize(records: list[RunRecord], workloads: Sequence[Workload]) -> list[d
             row[f"{label}_iops"] = _median([r.iops for r in ok])
             row[f"{label}_mib_s"] = _median([r.mib_s for r in ok])
             row[f"{label}_cpu_s_per_100k"] = _median([r.cpu_s_per_100k for r in ok])
+            row[f"{label}_rss_mib"] = _median([r.rss_mib for r in ok])
+            if wl.idle:
+                row[f"{label}_iops"] = row[f"{label}_mib_s"] = None
+                row[f"{label}_cpu_s_per_100k"] = None
             for r in ok:
                 per_round.setdefault(r.round, {})[label] = r.iops
         t, u = row["tgtd_iops"], row["uscst_iops"]
@@ -692,7 +895,8 @@ def _fmt(v: object, spec: str) -> str:
 
 def render_table(rows: list[dict[str, object]]) -> str:
     head = ["workload", "tgtd IOPS", "uscst IOPS", "tgtd MiB/s", "uscst MiB/s",
-            "tgtd CPU s/100k", "uscst CPU s/100k", "uscst/tgtd IOPS"]
+            "tgtd CPU s/100k", "uscst CPU s/100k", "tgtd RSS MiB", "uscst RSS MiB",
+            "uscst/tgtd IOPS"]
     body = []
     for r in rows:
         ratio = _fmt(r["ratio_iops"], ".2f")
@@ -704,13 +908,35 @@ def render_table(rows: list[dict[str, object]]) -> str:
         body.append([str(r["title"]), _fmt(r["tgtd_iops"], ",.0f"), _fmt(r["uscst_iops"], ",.0f"),
                      _fmt(r["tgtd_mib_s"], ".1f"), _fmt(r["uscst_mib_s"], ".1f"),
                      _fmt(r["tgtd_cpu_s_per_100k"], ".2f"),
-                     _fmt(r["uscst_cpu_s_per_100k"], ".2f"), ratio])
+                     _fmt(r["uscst_cpu_s_per_100k"], ".2f"), _fmt(r["tgtd_rss_mib"], ".0f"),
+                     _fmt(r["uscst_rss_mib"], ".0f"), ratio])
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
     lines = [" | ".join(c.ljust(w) if i == 0 else c.rjust(w)
                         for i, (c, w) in enumerate(zip(row, widths)))
              for row in [head, *body]]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def render_nagle(rows: list[dict[str, object]]) -> str:
+    """uscst's 512 B sweep as ratios to Nagle off, per QD (same run): the
+    Adaptive Nagle goal is >= 1.3x at its best QD and >= 0.97x at every
+    QD <= 16. '' when the sweep did not run."""
+    by = {str(r["workload"]): r.get("uscst_iops") for r in rows}
+    lines = []
+    for qd in NAGLE_QDS:
+        off = by.get(f"randread512-qd{qd}-nagle-off")
+        if not isinstance(off, float) or not off:
+            continue
+        cells = []
+        for m in ("adaptive", "on"):
+            v = by.get(f"randread512-qd{qd}-nagle-{m}")
+            cells.append(f"{v / off:.2f}x" if isinstance(v, float) else "-")
+        lines.append(f"{qd:>4} | {off:>9,.0f} | {cells[0]:>13} | {cells[1]:>7}")
+    if not lines:
+        return ""
+    return "\n".join(["512B random read, uscst Nagle modes against off (same run)",
+                      "  QD | off IOPS  | adaptive/off  | on/off", *lines])
 
 
 # --------------------------------------------------------------------------
@@ -735,7 +961,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", choices=("tgtd", "uscstd"),
                    help="run one server only")
     p.add_argument("--workloads", metavar="LIST",
-                   help="comma-separated subset of: " + ", ".join(w.name for w in WORKLOADS))
+                   help="comma-separated subset (default: all, about 40 min for a full "
+                        "run) of: " + ", ".join(w.name for w in WORKLOADS))
     p.add_argument("--json", metavar="FILE", help="also save raw results as JSON")
     p.add_argument("--tgtd-port", type=int, default=3261)
     p.add_argument("--tgtd-control-port", type=int, default=None,
@@ -782,7 +1009,8 @@ def resolve_args(args: argparse.Namespace) -> None:
 
 
 def check_tools(need_tgtd: bool) -> None:
-    for tool, pkg in (("iscsi-perf", "libiscsi-bin"), ("iscsi-readcapacity16", "libiscsi-bin")):
+    for tool, pkg in (("iscsi-perf", "libiscsi-bin"), ("iscsi-readcapacity16", "libiscsi-bin"),
+                      ("qemu-img", "qemu-utils"), ("qemu-io", "qemu-utils")):
         if not shutil.which(tool):
             raise BenchError(f"{tool} not found on PATH (Debian package {pkg})")
     if need_tgtd:
@@ -885,17 +1113,23 @@ def bench(args: argparse.Namespace) -> int:
               f"{len(servers)} server(s), {args.seconds} s each")
         by_label = {s.label: s for s in servers}
         order = [l for l in ("tgtd", "uscst") if l in by_label]
+        guess: dict[tuple[str, str], float] = {}
         for rnd in range(1, args.rounds + 1):
             for wl in args.workload_list:
                 seq = order if rnd % 2 == 1 else order[::-1]
                 for label in seq:
-                    rec = run_perf(by_label[label], wl, args.seconds, rnd)
+                    if wl.write and (label, wl.name) not in guess:
+                        # qemu-img bench counts requests: a short unrecorded
+                        # run learns the rate that makes a run of --seconds
+                        run_perf(by_label[label], wl, 1, 0, guess)
+                    rec = run_perf(by_label[label], wl, args.seconds, rnd, guess)
                     records.append(rec)
                     if rec.ok:
                         print(f"  round {rnd} {wl.title:<20} {label:<5} "
                               f"{rec.iops:>9,.0f} IOPS {rec.mib_s:>8.1f} MiB/s  "
                               f"server CPU {rec.server_cpu_s:.2f} s "
-                              f"({rec.cpu_s_per_100k:.2f} s/100k)", flush=True)
+                              f"({rec.cpu_s_per_100k:.2f} s/100k) RSS {rec.rss_mib:.0f} MiB",
+                              flush=True)
                     else:
                         print(f"  round {rnd} {wl.title:<20} {label:<5} FAILED: "
                               f"{rec.error}", flush=True)
@@ -921,6 +1155,10 @@ def bench(args: argparse.Namespace) -> int:
     print(f"medians over {args.rounds} round(s), {args.seconds} s per run; "
           "CPU = server utime+stime per 100k I/Os; ratio in parentheses: per-round range")
     print(render_table(rows))
+    nagle = render_nagle(rows)
+    if nagle:
+        print()
+        print(nagle)
     if args.json:
         doc = {
             "machine": info,

@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import struct
 import sys
 import time
 from pathlib import Path

@@ -7,8 +7,11 @@ its bio end_io, vdisk_blockio_flush).
 
 Contexts: attach and detach from task context (they open and close the
 file, under the core's scst_mutex). exec() from a device kthread only:
-every data command sleeps in a vfs call. There is no exec_nowait(): with
-no page cache in the way there is nothing to serve without sleeping.
+every data command sleeps in a vfs call. exec_nowait() from any context:
+a plain READ or WRITE of whole blocks that fits one bounce block starts
+there as one asynchronous direct I/O and completes from softirq context
+(SCST's blockio submits bios and completes in their end_io the same way);
+anything else declines to the device's threads.
 
 Differs from SCST: SCST builds bios straight on the command's pages; here
 the file is opened O_DIRECT on the host and each transfer goes through a
@@ -33,9 +36,10 @@ from __future__ import annotations
 from kshim.dmapool import dma_pool, dma_pool_alloc, dma_pool_create, dma_pool_destroy, dma_pool_free
 from kshim.err import EINVAL, EIO, ENOMEM, ENOSPC, IS_ERR
 from kshim.fault_inject import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
-from kshim.fs import (O_DIRECT, STATX_DIOALIGN, file, file_inode, filp_close, i_size_read,
-                      kstat, vfs_getattr, vfs_readv, vfs_writev)
-from kshim.gfp import GFP_KERNEL
+from kshim.fs import (EIOCBQUEUED, IOCB_DSYNC, O_DIRECT, STATX_DIOALIGN, file, file_inode,
+                      filp_close, i_size_read, kiocb, kstat, vfs_getattr, vfs_iocb_iter_read,
+                      vfs_iocb_iter_write, vfs_readv, vfs_writev)
+from kshim.gfp import GFP_ATOMIC, GFP_KERNEL
 from kshim.page_alloc import PAGE_SIZE
 from kshim.printk import pr_err, pr_info
 from scst_core.const import (scst_sense_hardw_error, scst_sense_read_error,
@@ -44,8 +48,9 @@ from scst_core.lib import scst_cmd_iov, scst_set_cmd_error
 from scst_core.scst import scst_cmd, scst_device
 from vdisk.fileio import (MAX_PIECES, fileio_lba_status, fileio_open_backing,
                           fileio_publish_backing, fileio_sync, fileio_unmap)
-from vdisk.vdisk import (scst_vdisk_dev, vdisk_add_device_parameters, vdisk_detach_common,
-                         vdisk_do_exec, vdisk_io_ops, vdisk_make_devtype, vdisk_set_sense_info)
+from vdisk.vdisk import (scst_vdisk_dev, vdisk_add_device_parameters, vdisk_cmd_done,
+                         vdisk_detach_common, vdisk_do_exec, vdisk_io_ops, vdisk_make_devtype,
+                         vdisk_need_sync, vdisk_set_sense_info)
 
 # Design notes:
 # - One bounce pool for every blockio device, as the kernel's bio_set
@@ -280,7 +285,66 @@ def blockio_exec(cmd: scst_cmd) -> int:
     return vdisk_do_exec(cmd)
 
 
+_READ_OPS = frozenset((0x08, 0x28, 0xA8, 0x88))
+_WRITE_OPS = frozenset((0x0A, 0x2A, 0xAA, 0x8A))
+
+
+def _blockio_end_io(iocb: kiocb, n: int) -> None:
+    """End of an asynchronous direct READ or WRITE (softirq context)."""
+    cmd, bounce, write = iocb.private
+    virt_dev: scst_vdisk_dev = cmd.dev.dh_priv
+    length = cmd.data_len
+    if n < 0 or (write and n != length):
+        pr_err(f"vdisk_blockio: {virt_dev.name}: {'write' if write else 'read'} of {length} "
+               f"bytes at {iocb.ki_pos} failed: {n}")
+        if write and n == -ENOSPC and virt_dev.thin_provisioned:
+            scst_set_cmd_error(cmd, scst_sense_space_allocation_failed)
+        else:
+            scst_set_cmd_error(cmd, scst_sense_write_error if write else scst_sense_read_error)
+    elif not write:
+        if n < length:
+            bounce[n:length] = _ZEROS[:length - n]      # the file shrank: zeros past its end
+        _iov_copy(scst_cmd_iov(cmd), 0, bounce[:length], True)
+        cmd.resp_data_len = length
+    dma_pool_free(blockio_bounce_pool, bounce)
+    vdisk_cmd_done(cmd)
+
+
+def blockio_exec_nowait(cmd: scst_cmd) -> bool:
+    """Start a plain READ or WRITE (6/10/12/16) of whole blocks, at most one
+    bounce block long, without sleeping; decline anything else."""
+    op = cmd.cdb[0]
+    write = op in _WRITE_OPS
+    if not write and op not in _READ_OPS:
+        return False
+    virt_dev: scst_vdisk_dev = cmd.dev.dh_priv
+    length = cmd.data_len
+    if (cmd.status or virt_dev.sanitize_state or not length or length > BLOCKIO_BOUNCE_SIZE
+            or length & (virt_dev.block_size - 1)
+            or (write and cmd.write_len != length)):
+        return False
+    bounce = dma_pool_alloc(blockio_bounce_pool, GFP_ATOMIC)
+    if bounce is None:
+        return False                        # the threads' path waits for memory
+    f = virt_dev.file
+    pos = cmd.lba << virt_dev.block_shift
+    if write:
+        _iov_copy(scst_cmd_iov(cmd), 0, bounce[:length], False)
+        fua = op != 0x0A and bool(cmd.cdb[1] & 0x08)
+        flags = IOCB_DSYNC if vdisk_need_sync(cmd, virt_dev, fua) else 0
+        ret = vfs_iocb_iter_write(f, kiocb(f, pos, _blockio_end_io, (cmd, bounce, True), flags),
+                                  [bounce[:length]])
+    else:
+        ret = vfs_iocb_iter_read(f, kiocb(f, pos, _blockio_end_io, (cmd, bounce, False)),
+                                 [bounce[:length]])
+    if ret != -EIOCBQUEUED:                 # a fault is armed: the threads' path decides it
+        dma_pool_free(blockio_bounce_pool, bounce)
+        return False
+    return True
+
+
 blockio_devtype = vdisk_make_devtype("vdisk_blockio", blockio_exec, blockio_attach,
-                                     blockio_detach, exec_atomic=False)
+                                     blockio_detach, exec_atomic=False,
+                                     exec_nowait=blockio_exec_nowait)
 blockio_devtype.add_device_parameters = tuple(p for p in vdisk_add_device_parameters
                                               if p != "o_direct")

@@ -7,7 +7,9 @@ through the file, vdisk_fsync).
 Contexts: attach and detach from task context (they open and close the
 file). exec() from a device kthread only: every data command sleeps in a
 vfs call. exec_nowait() from any context: it serves READs from the page
-cache without sleeping, or declines.
+cache without sleeping, starts plain WRITEs asynchronously (completed from
+softirq context, as a bio's end_io completes SCST's blockio commands), or
+declines.
 
 Differs from SCST: I/O goes through kshim.fs's vfs_readv/vfs_writev into
 the command's own buffers (no iovec page mapping); fsync_range flushes the
@@ -18,11 +20,11 @@ from __future__ import annotations
 
 from kshim.err import EIO, EOPNOTSUPP, ENOSPC, ENXIO, IS_ERR
 from kshim.fault_inject import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
-from kshim.fs import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, O_CREAT, O_DIRECT, O_DSYNC,
-                      O_LARGEFILE, O_RDONLY, O_RDWR, SEEK_DATA, SEEK_HOLE, file, filp_close,
-                      filp_open, file_inode, i_size_read, vfs_fallocate, vfs_fsync_range,
-                      vfs_llseek, vfs_readv, vfs_readv_nowait, vfs_truncate,
-                      vfs_writev)
+from kshim.fs import (EIOCBQUEUED, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, IOCB_DSYNC,
+                      O_CREAT, O_DIRECT, O_DSYNC, O_LARGEFILE, O_RDONLY, O_RDWR, SEEK_DATA,
+                      SEEK_HOLE, file, filp_close, filp_open, file_inode, i_size_read, kiocb, vfs_fallocate,
+                      vfs_fsync_range, vfs_iocb_iter_write, vfs_llseek, vfs_readv,
+                      vfs_readv_nowait, vfs_truncate, vfs_writev)
 from kshim.printk import pr_err, pr_info
 from scst_core.const import (scst_sense_read_error, scst_sense_space_allocation_failed,
                              scst_sense_write_error)
@@ -30,7 +32,7 @@ from scst_core.lib import scst_cmd_iov, scst_set_cmd_error
 from scst_core.scst import scst_cmd, scst_device
 from vdisk.vdisk import (scst_vdisk_dev, vdisk_attach_common, vdisk_cmd_done,
                          vdisk_detach_common, vdisk_do_exec, vdisk_io_ops, vdisk_make_devtype,
-                         vdisk_set_sense_info)
+                         vdisk_need_sync, vdisk_set_sense_info)
 
 
 def _zero_tail(iov: list, skip: int) -> None:
@@ -272,12 +274,46 @@ def fileio_exec(cmd: scst_cmd) -> int:
 
 
 _READ_OPS = frozenset((0x08, 0x28, 0xA8, 0x88))
+_WRITE_OPS = frozenset((0x0A, 0x2A, 0xAA, 0x8A))
+
+
+def _fileio_write_done(iocb: kiocb, n: int) -> None:
+    """End of an asynchronous WRITE (softirq context)."""
+    cmd: scst_cmd = iocb.private
+    if n != cmd.data_len:
+        virt_dev: scst_vdisk_dev = cmd.dev.dh_priv
+        pr_err(f"{virt_dev.dev.handler.name}: {virt_dev.name}: write of {cmd.data_len} bytes at "
+               f"{iocb.ki_pos} failed: {n}")
+        if n == -ENOSPC and virt_dev.thin_provisioned:
+            scst_set_cmd_error(cmd, scst_sense_space_allocation_failed)
+        else:
+            scst_set_cmd_error(cmd, scst_sense_write_error)
+    vdisk_cmd_done(cmd)
+
+
+def fileio_write_nowait(cmd: scst_cmd) -> bool:
+    """Start a plain WRITE (6/10/12/16) without sleeping: one asynchronous
+    write, durable (IOCB_DSYNC) when the device is write-through or the
+    command has FUA, which flushes what vdisk_exec_write's fsync would.
+    Declines when the command needs the device's threads."""
+    op = cmd.cdb[0]
+    virt_dev: scst_vdisk_dev = cmd.dev.dh_priv
+    if cmd.status or virt_dev.sanitize_state or not cmd.data_len:
+        return False
+    fua = op != 0x0A and bool(cmd.cdb[1] & 0x08)
+    flags = IOCB_DSYNC if vdisk_need_sync(cmd, virt_dev, fua) else 0
+    pos = cmd.lba << virt_dev.block_shift
+    return vfs_iocb_iter_write(virt_dev.file, kiocb(virt_dev.file, pos, _fileio_write_done, cmd,
+                                                    flags), scst_cmd_iov(cmd)) == -EIOCBQUEUED
 
 
 def fileio_exec_nowait(cmd: scst_cmd) -> bool:
     """A READ whose data the page cache holds completes here, in the
-    submitting context; anything else goes to the device's threads."""
+    submitting context; a plain WRITE starts here and completes from
+    softirq; anything else goes to the device's threads."""
     op = cmd.cdb[0]
+    if op in _WRITE_OPS:
+        return fileio_write_nowait(cmd)
     if op not in _READ_OPS or cmd.status or (op != 0x08 and cmd.cdb[1] & 0x08):
         return False
     virt_dev: scst_vdisk_dev = cmd.dev.dh_priv

@@ -60,15 +60,17 @@ def test_metrics_counter_rises_during_iscsi_perf_and_parses(uscstd, tmp_path):
     perf = subprocess.Popen(["iscsi-perf", "-t", "20", "-m", "4", srv.url],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        seen = []
+        seen = []                                  # from the first scrape with I/O counted
         for _ in range(200):                       # bounded: about 20 s at most
             code, text = _scrape(port)
             assert code == 200
-            seen.append(_lun_reads(text))
-            if len(seen) >= 3 and seen[-1] > seen[0] > 0:
+            reads = _lun_reads(text)
+            if reads > 0:
+                seen.append(reads)
+            if len(seen) >= 3 and seen[-1] > seen[0]:
                 break
             time.sleep(0.1)
-        assert seen[-1] > seen[0] > 0, seen
+        assert len(seen) >= 2 and seen[-1] > seen[0] > 0, seen
     finally:
         perf.kill()
         perf.wait(10)

@@ -28,6 +28,9 @@ def test_login_io_seed_7_keeps_every_invariant_under_the_sim(sim_target):
     out = sim_target.run("login-io")
     assert out.stats["reads"] + out.stats["writes"] == 1000
     assert re.fullmatch(r"[0-9a-f]{16}", out.trace)
+    # a small MaxRecvDataSegmentLength: READs answered by several Data-In
+    # PDUs, the path where a command freed early shows (docs/simulation.md)
+    assert out.stats["multi-pdu-reads"] > 0
 
 
 @pytest.mark.sim_seed(4)

@@ -140,8 +140,12 @@ def run_tcp(scenario: str, seed: int, addr: tuple[str, int], iqn: str) -> Outcom
         world.shutdown()
 
 
+_alarms: list[int] = []       # SIGALRMs during the current seed (explore workers)
+
+
 def _on_alarm(signum: int, frame: FrameType | None) -> None:
     # Again in a few seconds: stopping a livelocked target may hang too.
+    _alarms.append(signum)
     signal.alarm(RETRY_ALARM_S)
     raise SeedTimeout("no verdict within the --seed-timeout")
 
@@ -155,14 +159,19 @@ def _explore_batch(scenario: str, seeds: list[int], log_level: str,
     fails as a stall."""
     outs = []
     signal.signal(signal.SIGALRM, _on_alarm)
+    stall = f"FAIL: stall: SeedTimeout: no verdict within {seed_timeout} s"
     for s in seeds:
+        _alarms.clear()
         signal.alarm(seed_timeout)
         try:
             out = run_seed(scenario, s, log_level=log_level)
-        except SeedTimeout as e:
-            out = Outcome(scenario, s, verdict=f"FAIL: stall: SeedTimeout: {e} ({seed_timeout} s)")
+        except SeedTimeout:
+            out = Outcome(scenario, s, verdict=stall)
         finally:
             signal.alarm(0)
+        if _alarms:
+            # Raised inside a kthread the timeout shows as an oops: it is a stall.
+            out.verdict = stall
         outs.append(out)
         if not out.ok:
             break

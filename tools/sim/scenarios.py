@@ -10,7 +10,8 @@ bodies cannot tell which.
 
   login-io       one session; ~1,000 READ/WRITE 10/16 at queue depths 1-32,
                  small and large, with and without immediate data (writes
-                 over FirstBurstLength take R2Ts), then logout.
+                 over FirstBurstLength take R2Ts; reads over the offered
+                 MaxRecvDataSegmentLength take several Data-In), then logout.
   mcs-reinstate  one session of 2-4 connections (MC/S) running I/O on each;
                  one connection is dropped mid-I/O; then a new session with
                  the same ISID reinstates it (RFC 7143 6.3.5), verifies the
@@ -157,6 +158,8 @@ def random_io(ctx: Context, lun: int = 0, *, lo: int = 0,
         cdb = cdb_rw(write, lba, blocks, sixteen)
         if write:
             return ch.submit(cdb, lun=lun, data_out=data, use_immediate=use_imm)
+        if blocks * t.block_size > ch.conn.our_mrdsl:
+            ctx.count("multi-pdu-reads")
         return ch.submit(cdb, lun=lun, read_len=blocks * t.block_size)
     return submit
 
@@ -175,7 +178,10 @@ def random_session_keys(ctx: Context) -> dict[str, str]:
     return {"InitialR2T": rng.choice(["Yes", "No"]),
             "ImmediateData": rng.choice(["Yes", "No"]),
             "FirstBurstLength": str(rng.choice([8192, 16384, 65536])),
-            "MaxBurstLength": str(rng.choice([65536, 262144]))}
+            "MaxBurstLength": str(rng.choice([65536, 262144])),
+            # below the largest READ (128 KiB), so the target's multi-PDU
+            # Data-In path runs too, not only its one-PDU fast path
+            "MaxRecvDataSegmentLength": str(rng.choice([8192, 65536, 262144]))}
 
 
 def batches(ctx: Context, total: int) -> list[tuple[int, int]]:

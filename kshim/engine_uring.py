@@ -1,0 +1,404 @@
+"""io_uring for the engine's file I/O: liburing bound with cffi.
+
+Twin of nothing in the kernel: this is the host side of kshim's block I/O,
+like the seed's AIO service. The trio engine (kshim/engine_trio.py) routes the
+pool jobs that are plain reads, writes and fsyncs here when the ring could
+be set up, and keeps its worker pool for everything else and as the
+fallback when io_uring is refused.
+
+- Submission: submit() writes one SQE per job (IORING_OP_READ/WRITE for one
+  buffer, READV/WRITEV for several, FSYNC); flush() makes one io_uring_enter
+  for every SQE queued since the last one. The engine calls flush() once per
+  pass, after the run queue drained: the submissions of a pass are batched.
+- Completion: the ring signals an eventfd the engine's trio task waits on;
+  reap() takes at most URING_REAP_MAX completions per pass. A short transfer
+  is resubmitted for the rest (as host._all_iov repeats a blocking call);
+  a finished job gets job.result (bytes or -errno) and goes back to the
+  engine, which runs job.complete in softirq context like a bio's end_io.
+- Limits (the seed's): at most URING_FILE_MAX operations outstanding per
+  file; more wait in that file's backlog, refilled when the file's count
+  drops below URING_FILE_REFILL.
+- Statistics: stats, and show_stats() for the live tree.
+
+Contexts: the engine's host thread only (the CPU thread); nothing sleeps.
+
+Why cffi API mode (decision 0028): liburing's io_uring_get_sqe, the prep
+helpers and io_uring_cq_advance are static inline in liburing.h, so a
+dlopen()ed liburing.so cannot call them. The small C part below is compiled
+once per source/Python version into a cache directory (first use, ~2 s) and
+imported from there afterwards. No compiler, no liburing headers, a kernel
+without io_uring (ENOSYS), or USCST_IO_URING=0 in the environment: open()
+says why, and the engine keeps its worker pool.
+"""
+from __future__ import annotations
+
+import errno as _errno
+import hashlib
+import importlib.machinery
+import importlib.util
+import os
+import sys
+import tempfile
+from collections import deque
+from typing import Any
+
+URING_ENTRIES = 256          # SQ size; the CQ is twice that
+URING_FILE_MAX = 256         # outstanding operations per file
+URING_FILE_REFILL = 32       # a file's backlog refills below this
+URING_REAP_MAX = 64          # completions per engine pass
+
+OP_READ = 0
+OP_WRITE = 1
+OP_FSYNC = 2
+
+_CDEF = """
+struct io_uring { ...; };
+struct iovec { void *iov_base; size_t iov_len; };
+int io_uring_queue_init(unsigned entries, struct io_uring *ring, unsigned flags);
+void io_uring_queue_exit(struct io_uring *ring);
+int io_uring_submit(struct io_uring *ring);
+int io_uring_register_eventfd(struct io_uring *ring, int fd);
+int uscst_prep(struct io_uring *ring, int op, int fd, void *buf, unsigned len,
+               unsigned long long off, int rw_flags, unsigned long long data);
+int uscst_prepv(struct io_uring *ring, int op, int fd, void *iov, unsigned nr,
+                unsigned long long off, int rw_flags, unsigned long long data);
+unsigned uscst_reap(struct io_uring *ring, unsigned long long *data, int *res, unsigned max);
+unsigned uscst_sq_ready(struct io_uring *ring);
+"""
+
+# Our own glue: one call per SQE and one per batch of CQEs, so Python pays
+# one cffi crossing where liburing's inline API would need several.
+_CSRC = r"""
+#include <errno.h>
+#include <liburing.h>
+
+int uscst_prep(struct io_uring *ring, int op, int fd, void *buf, unsigned len,
+               unsigned long long off, int rw_flags, unsigned long long data)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (!sqe)
+        return -EBUSY;
+    if (op == 0)
+        io_uring_prep_read(sqe, fd, buf, len, off);
+    else if (op == 1)
+        io_uring_prep_write(sqe, fd, buf, len, off);
+    else
+        io_uring_prep_fsync(sqe, fd, rw_flags);
+    if (op != 2)
+        sqe->rw_flags = rw_flags;
+    sqe->user_data = data;
+    return 0;
+}
+
+int uscst_prepv(struct io_uring *ring, int op, int fd, void *iov, unsigned nr,
+                unsigned long long off, int rw_flags, unsigned long long data)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (!sqe)
+        return -EBUSY;
+    if (op == 0)
+        io_uring_prep_readv(sqe, fd, (const struct iovec *)iov, nr, off);
+    else
+        io_uring_prep_writev(sqe, fd, (const struct iovec *)iov, nr, off);
+    sqe->rw_flags = rw_flags;
+    sqe->user_data = data;
+    return 0;
+}
+
+unsigned uscst_reap(struct io_uring *ring, unsigned long long *data, int *res, unsigned max)
+{
+    struct io_uring_cqe *cqe;
+    unsigned head, n = 0;
+
+    io_uring_for_each_cqe(ring, head, cqe) {
+        if (n == max)
+            break;
+        data[n] = cqe->user_data;
+        res[n] = cqe->res;
+        n++;
+    }
+    io_uring_cq_advance(ring, n);
+    return n;
+}
+
+unsigned uscst_sq_ready(struct io_uring *ring)
+{
+    return io_uring_sq_ready(ring);
+}
+"""
+
+_lib_cache: "tuple[Any, Any] | None" = None
+
+
+def _cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "uscst")
+
+
+def _load_lib() -> "tuple[Any, Any] | str":
+    """(ffi, lib) of the compiled glue, building it into the cache on first
+    use; or why not, as one line."""
+    global _lib_cache
+    if _lib_cache is not None:
+        return _lib_cache
+    try:
+        import cffi            # function-local: only the io_uring path needs it
+    except ImportError as e:
+        return f"cffi is not installed ({e})"
+    tag = hashlib.sha256((_CDEF + _CSRC + sys.version + cffi.__version__).encode()).hexdigest()
+    modname = f"_uscst_uring_{tag[:16]}"
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    cache = _cache_dir()
+    path = os.path.join(cache, modname + suffix)
+    if not os.path.exists(path):
+        ffi = cffi.FFI()
+        ffi.cdef(_CDEF)
+        ffi.set_source(modname, _CSRC, libraries=["uring"])
+        try:
+            os.makedirs(cache, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                # the compiler's chatter goes to our stderr: keep it quiet
+                built = _quiet(lambda: ffi.compile(tmpdir=tmp))
+                os.replace(built, path)         # atomic against a concurrent build
+        except Exception as e:                  # compiler, headers, library, disk
+            return f"cannot build the liburing glue in {cache}: {str(e).splitlines()[0][:200]}"
+    try:
+        spec = importlib.util.spec_from_file_location(modname, path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    except Exception as e:
+        return f"cannot load {path}: {e}"
+    _lib_cache = (mod.ffi, mod.lib)
+    return _lib_cache
+
+
+def _quiet(fn: Any) -> Any:
+    """Run fn with fds 1 and 2 sent to /dev/null (the C compiler writes there)."""
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        return fn()
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
+
+
+class _op:
+    """One job in flight on the ring (or waiting in its file's backlog)."""
+
+    __slots__ = ("job", "op", "fd", "iov", "pos", "flags", "done", "keep")
+
+    def __init__(self, job: Any, op: int, fd: int, iov: list, pos: int, flags: int) -> None:
+        self.job = job
+        self.op = op
+        self.fd = fd
+        self.iov = iov            # buffers still to transfer
+        self.pos = pos
+        self.flags = flags        # rw_flags, or the fsync flags
+        self.done = 0             # bytes transferred so far
+        self.keep: list = []      # cffi views pinning the buffers until completion
+
+
+class uring:
+    """The process's ring: open() it, submit() jobs, flush() once per pass,
+    reap() after the eventfd fires."""
+
+    def __init__(self, ffi: Any, lib: Any, ring: Any, efd: int) -> None:
+        self.ffi = ffi
+        self.lib = lib
+        self.ring = ring
+        self.efd = efd
+        self.queued = 0                        # SQEs written since the last flush
+        self.ops: dict[int, _op] = {}          # user_data -> op in flight
+        self.next_id = 1
+        self.per_file: dict[int, int] = {}     # fd -> ops in flight
+        self.backlog: dict[int, deque] = {}    # fd -> ops over URING_FILE_MAX
+        self._data = ffi.new("unsigned long long[]", URING_REAP_MAX)
+        self._res = ffi.new("int[]", URING_REAP_MAX)
+        self.stats = {"submits": 0, "ops_submitted": 0, "completions": 0, "reap_passes": 0,
+                      "max_per_pass": 0, "high_water": 0, "backlogged": 0, "resubmits": 0}
+
+    @classmethod
+    def open(cls) -> "uring | str":
+        """A ready ring, or a one-line reason why io_uring cannot be used."""
+        if os.environ.get("USCST_IO_URING", "1") in ("0", "off", "no"):
+            return "refused by USCST_IO_URING=0"
+        lib = _load_lib()
+        if isinstance(lib, str):
+            return lib
+        ffi, clib = lib
+        ring = ffi.new("struct io_uring *")
+        ret = clib.io_uring_queue_init(URING_ENTRIES, ring, 0)
+        if ret < 0:
+            return f"io_uring_queue_init: {os.strerror(-ret)} ({_errno.errorcode.get(-ret, ret)})"
+        try:
+            efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        except OSError as e:
+            clib.io_uring_queue_exit(ring)
+            return f"eventfd: {e.strerror}"
+        ret = clib.io_uring_register_eventfd(ring, efd)
+        if ret < 0:
+            clib.io_uring_queue_exit(ring)
+            os.close(efd)
+            return f"io_uring_register_eventfd: {os.strerror(-ret)}"
+        return cls(ffi, clib, ring, efd)
+
+    def close(self) -> None:
+        self.lib.io_uring_queue_exit(self.ring)
+        os.close(self.efd)
+        for o in self.ops.values():
+            self._unpin(o)
+        self.ops.clear()
+
+    # -- submission -----------------------------------------------------
+
+    def submit(self, job: Any, op: int, fd: int, iov: list, pos: int, flags: int = 0) -> None:
+        """Queue job for the next flush(): a read or write of the buffers in
+        iov at pos, or an fsync (flags 1: data only)."""
+        o = _op(job, op, fd, iov, pos, flags)
+        n = self.per_file.get(fd, 0)
+        if n >= URING_FILE_MAX:
+            self.stats["backlogged"] += 1
+            self.backlog.setdefault(fd, deque()).append(o)
+            return
+        self._issue(o)
+
+    def _issue(self, o: _op) -> None:
+        ffi = self.ffi
+        key = self.next_id
+        self.next_id = key + 1
+        if o.op == OP_FSYNC:
+            ret = self.lib.uscst_prep(self.ring, OP_FSYNC, o.fd, ffi.NULL, 0, 0, o.flags, key)
+        elif len(o.iov) == 1:
+            b = ffi.from_buffer(o.iov[0], require_writable=o.op == OP_READ)
+            o.keep.append(b)
+            ret = self.lib.uscst_prep(self.ring, o.op, o.fd, b, len(b), o.pos + o.done,
+                                      o.flags, key)
+        else:
+            vec = ffi.new("struct iovec[]", len(o.iov))
+            o.keep.append(vec)
+            for i, buf in enumerate(o.iov):
+                b = ffi.from_buffer(buf, require_writable=o.op == OP_READ)
+                o.keep.append(b)
+                vec[i].iov_base = b
+                vec[i].iov_len = len(b)
+            ret = self.lib.uscst_prepv(self.ring, o.op, o.fd, vec, len(o.iov), o.pos + o.done,
+                                       o.flags, key)
+        if ret == -_errno.EBUSY:        # SQ full: submit what is there, then retry once
+            self.flush()
+            self._unpin(o)
+            self._issue(o)
+            return
+        self.ops[key] = o
+        self.queued += 1
+        n = self.per_file.get(o.fd, 0) + 1
+        self.per_file[o.fd] = n
+        if len(self.ops) > self.stats["high_water"]:
+            self.stats["high_water"] = len(self.ops)
+
+    def flush(self) -> None:
+        """One io_uring_enter for every SQE queued since the last flush."""
+        if not self.queued:
+            return
+        ret = self.lib.io_uring_submit(self.ring)
+        self.stats["submits"] += 1
+        if ret > 0:
+            self.stats["ops_submitted"] += ret
+            self.queued = self.lib.uscst_sq_ready(self.ring)
+        # ret < 0 (EAGAIN, EBUSY: the kernel is short of resources): the
+        # SQEs stay queued and the next pass submits them again.
+
+    # -- completion -----------------------------------------------------
+
+    def eventfd_clear(self) -> None:
+        try:
+            os.eventfd_read(self.efd)
+        except BlockingIOError:
+            pass
+
+    def reap(self) -> list:
+        """Up to URING_REAP_MAX finished jobs, each with .result set. Short
+        transfers are resubmitted for the rest, not returned."""
+        n = self.lib.uscst_reap(self.ring, self._data, self._res, URING_REAP_MAX)
+        if not n:
+            return []
+        st = self.stats
+        st["reap_passes"] += 1
+        st["completions"] += n
+        if n > st["max_per_pass"]:
+            st["max_per_pass"] = n
+        out = []
+        data, res = self._data, self._res
+        for i in range(n):
+            o = self.ops.pop(data[i])
+            r = res[i]
+            self._unpin(o)
+            self._put_file(o.fd)
+            if o.op != OP_FSYNC and r > 0:
+                o.done += r
+                want = _iov_len(o.iov)
+                if r < want:
+                    # Short: repeat for the rest (a read that got 0 is at EOF).
+                    o.iov = _iov_advance(o.iov, r)
+                    st["resubmits"] += 1
+                    self._issue(o)
+                    continue
+                r = o.done
+            elif o.op != OP_FSYNC and r == 0:
+                r = o.done if (o.done or o.op == OP_READ) else -_errno.EIO
+            elif r < 0 and o.done:
+                r = o.done
+            o.job.result = r
+            o.job.args = ()
+            out.append(o.job)
+        return out
+
+    def _put_file(self, fd: int) -> None:
+        left = self.per_file[fd] - 1
+        self.per_file[fd] = left
+        q = self.backlog.get(fd)
+        if q and left < URING_FILE_REFILL:
+            while q and self.per_file[fd] < URING_FILE_MAX:   # bounded: URING_FILE_MAX
+                self._issue(q.popleft())
+        elif left == 0 and not q:
+            del self.per_file[fd]
+            self.backlog.pop(fd, None)
+
+    def _unpin(self, o: _op) -> None:
+        for b in o.keep:
+            self.ffi.release(b)
+        o.keep = []
+
+    def show_stats(self) -> str:
+        st = self.stats
+        per_submit = st["ops_submitted"] / st["submits"] if st["submits"] else 0.0
+        per_pass = st["completions"] / st["reap_passes"] if st["reap_passes"] else 0.0
+        return (f"submits {st['submits']}\nops_submitted {st['ops_submitted']}\n"
+                f"ops_per_submit {per_submit:.2f}\ncompletions {st['completions']}\n"
+                f"completions_per_pass {per_pass:.2f}\nmax_completions_per_pass "
+                f"{st['max_per_pass']}\nin_flight {len(self.ops)}\nhigh_water "
+                f"{st['high_water']}\nbacklogged {st['backlogged']}\n"
+                f"resubmits {st['resubmits']}\n")
+
+
+def _iov_len(iov: list) -> int:
+    n = 0
+    for b in iov:
+        n += len(b)
+    return n
+
+
+def _iov_advance(iov: list, n: int) -> list:
+    out = []
+    for b in iov:
+        if n >= len(b):
+            n -= len(b)
+            continue
+        out.append(memoryview(b)[n:] if n else b)
+        n = 0
+    return out
