@@ -70,6 +70,7 @@ KMALLOC_MAX_SIZE = 1 << 22        # 4 MiB, as with 4K pages and MAX_ORDER 10
 
 _FREE_KEEP = 1024        # freed objects a cache keeps for reuse, like a slab's free list
 _ALLOC_STACK_DEPTH = 8
+_POISON_PATTERNS_MAX = 64   # distinct bytearray sizes whose poison pattern is kept
 _might_sleep = sched.__dict__["__might_sleep"]
 
 # include/trace/events/kmem.h (the cache's name instead of the call site)
@@ -106,6 +107,7 @@ slab_caches: list[kmem_cache] = []
 _freed: dict[int, tuple[str, tuple]] = {}
 _poison_classes: dict[type, type | None] = {}
 _poisoned_types: set[type] = set()
+_poison_patterns: dict[int, bytes] = {}     # n -> a freed bytearray's n bytes
 
 
 @attrs.frozen
@@ -282,12 +284,23 @@ def _poisoned_class(cls: type) -> type | None:
     return p
 
 
+def _poison_pattern(n: int) -> bytes:
+    """POISON_FREE * (n - 1) + POISON_END, made once per size: the sim frees
+    and reuses the same 256 KiB receive buffers thousands of times."""
+    pat = _poison_patterns.get(n)
+    if pat is None:
+        pat = bytes((POISON_FREE,)) * (n - 1) + bytes((POISON_END,))
+        if len(_poison_patterns) < _POISON_PATTERNS_MAX:
+            _poison_patterns[n] = pat
+    return pat
+
+
 def _poison(c: kmem_cache, obj: Any, stack: tuple) -> None:
     cls = type(obj)
     if cls is bytearray:
         n = len(obj)
         if n:
-            obj[:] = bytes((POISON_FREE,)) * (n - 1) + bytes((POISON_END,))
+            obj[:] = _poison_pattern(n)
         _freed[id(obj)] = (c.name, stack)
         return
     p = _poisoned_class(cls)
@@ -313,7 +326,7 @@ def _debug_take(c: kmem_cache, obj: Any) -> Any:
     info = _freed.get(id(obj))
     if type(obj) is bytearray and len(obj) and info is not None:
         n = len(obj)
-        want = bytes((POISON_FREE,)) * (n - 1) + bytes((POISON_END,))
+        want = _poison_pattern(n)
         if obj != want:
             first = next((i for i in range(n) if obj[i] != want[i]), n)
             report_bug("Poison overwritten", cache=c.name, offset=first,

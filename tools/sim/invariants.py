@@ -82,7 +82,7 @@ def decode_rw(cdb: bytes) -> tuple[bool, int, int] | None:
     return op in WRITE_OPS, lba, blocks
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Write:
     data: bytes
     issued: int                      # logical clock ticks
@@ -128,12 +128,17 @@ class ShadowDisk:
     def prune(self, lba: int, horizon: int) -> None:
         """Forget writes no read issued at or after horizon can see."""
         hist = self.writes.get(lba)
-        if not hist:
-            return
+        if hist is None or len(hist) < 2:
+            return                       # a lone write is always still visible
         last = max((g.issued for g in hist if g.good and g.ended is not None
                     and g.ended < horizon), default=-1)
         if last >= 0:
             hist[:] = [w for w in hist if w.ended is None or w.ended >= last]
+
+
+def _where(conn: InitiatorConnection, pdu: Pdu) -> str:
+    """A PDU named in a violation (built only when one is reported)."""
+    return f"CID {conn.cid} {pdu.name} ITT 0x{pdu.itt:08x}"
 
 
 class Invariants:
@@ -280,17 +285,16 @@ class Invariants:
         op = pdu.opcode
         status = op in STATUS_OPS or (op == OP_DATA_IN and pdu.flags & DATAIN_FLAG_STATUS) \
             or (op == OP_NOP_IN and pdu.itt != RESERVED_TAG)
-        where = f"CID {conn.cid} {pdu.name} ITT 0x{pdu.itt:08x}"
         if status:
             if st.stat_sn is not None and pdu.stat_sn != sn_add(st.stat_sn, 1) \
                     and op != OP_LOGIN_RSP:
-                self.fail("sn-monotonic", f"{where}: StatSN {pdu.stat_sn} after "
+                self.fail("sn-monotonic", f"{_where(conn, pdu)}: StatSN {pdu.stat_sn} after "
                           f"{st.stat_sn}")
             st.stat_sn = pdu.stat_sn
             st.carried = sn_add(pdu.stat_sn, 1)
         elif op in (OP_R2T, OP_NOP_IN):
             if st.carried is not None and sn_lt(pdu.stat_sn, st.carried):
-                self.fail("sn-monotonic", f"{where}: StatSN {pdu.stat_sn} went back "
+                self.fail("sn-monotonic", f"{_where(conn, pdu)}: StatSN {pdu.stat_sn} went back "
                           f"from {st.carried}")
         if op == OP_DATA_IN and not pdu.flags & DATAIN_FLAG_STATUS:
             return
@@ -298,9 +302,9 @@ class Invariants:
         if sn_lt(mx, sn_add(exp, -1)):
             return
         if st.exp_cmd_sn is not None and sn_lt(exp, st.exp_cmd_sn):
-            self.fail("sn-monotonic", f"{where}: ExpCmdSN {exp} after {st.exp_cmd_sn}")
+            self.fail("sn-monotonic", f"{_where(conn, pdu)}: ExpCmdSN {exp} after {st.exp_cmd_sn}")
         if st.max_cmd_sn is not None and sn_lt(mx, st.max_cmd_sn):
-            self.fail("sn-monotonic", f"{where}: MaxCmdSN {mx} after {st.max_cmd_sn}")
+            self.fail("sn-monotonic", f"{_where(conn, pdu)}: MaxCmdSN {mx} after {st.max_cmd_sn}")
         st.exp_cmd_sn, st.max_cmd_sn = exp, mx
 
     # -- end of run --
