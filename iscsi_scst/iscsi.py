@@ -813,7 +813,17 @@ def iscsi_tx_build(conn: iscsi_conn, item: Any, iov: list) -> None:
         _trace_pdu_tx(conn, item)
     sess = conn.session
     if sess is None:
-        exp = max_sn = conn.login_cmd_sn
+        # Login. A connection joining a session reports the session's
+        # window: its ExpCmdSN may trail the login's CmdSN while commands
+        # are still in flight on the other connections, and echoing the
+        # CmdSN would acknowledge them. A new session's starts at the CmdSN.
+        login = conn.login
+        joined = login.session if login is not None else None
+        if joined is None:
+            exp = max_sn = conn.login_cmd_sn
+        else:
+            exp = joined.exp_cmd_sn
+            max_sn = joined.max_cmd_sn
     else:
         exp = sess.exp_cmd_sn
         max_sn = sess.max_cmd_sn = (exp + sess.max_queued_cmnds - 1) & _MASK32

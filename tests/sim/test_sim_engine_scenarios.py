@@ -170,3 +170,12 @@ def test_explore_fails_a_livelocked_seed_as_a_stall_after_its_seed_timeout():
     verdicts = ast.literal_eval(p.stdout.strip().splitlines()[-1])
     assert len(verdicts) == 2
     assert all(v.startswith("FAIL: stall: SeedTimeout") for v in verdicts), verdicts
+
+
+@pytest.mark.sim_seed(77)
+def test_mcs_reinstate_seed_77_login_responses_of_a_joining_connection_keep_expcmdsn(sim_target):
+    """Regression seed found by explore: the login responses of a connection
+    joining a session echoed the login's CmdSN as ExpCmdSN (16) while the
+    session still expected 9 (commands in flight on the other connection),
+    so ExpCmdSN went back at the final response (sn-monotonic)."""
+    sim_target.run("mcs-reinstate", timeout_s=300)
