@@ -39,6 +39,7 @@ from kshim import sched, tracepoint
 from kshim.bug import report_bug
 from kshim.fault_inject import fail_softirq, softirq_fault
 from kshim.host import ops
+from kshim.module import find_module_of
 from kshim.tracepoint import TRACE_EVENT
 
 debug_softirq = True
@@ -76,8 +77,13 @@ def softirq_run(fn: Callable[[Any], None], arg: Any) -> None:
 def _softirq_oops(fn: Callable, e: BaseException, pc: int, bh: int, irqs: int) -> None:
     import traceback
     c = _cpu
-    report_bug("oops in softirq", callback=_kind(fn), error=f"{type(e).__name__}: {e}",
-               trace=traceback.format_exc())
+    # Name the loadable module the callback belongs to, as the kernel's
+    # oops prints "Modules linked in" and the faulting symbol's [module].
+    mod = find_module_of(getattr(fn, "__module__", None) or "")
+    where = f" (module {mod.name})" if mod is not None else ""
+    report_bug(f"oops in softirq{where}", callback=_kind(fn),
+               module=mod.name if mod is not None else None,
+               error=f"{type(e).__name__}: {e}", trace=traceback.format_exc())
     # The handler died mid-way: put the CPU's context back as it found it.
     c.preempt_count = pc
     c.bh_disable_count = bh

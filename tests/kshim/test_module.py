@@ -6,11 +6,12 @@ import sys
 
 import pytest
 
-from kshim import bug, module, printk
+from kshim import bug, module, printk, sched
 from kshim.err import EBUSY, EEXIST, EINVAL, ENOENT, EPERM
 from kshim.module import (delete_module, find_module, find_symbol, load_module, module_put,
                           param_get, param_set, request_module, symbol_get, symbol_put,
                           try_module_get)
+from kshim.softirq import raise_softirq
 
 MOD_SRC = '''
 from kshim.module import (EXPORT_SYMBOL, MODULE_ALIAS, MODULE_LICENSE, MODULE_PARM_DESC,
@@ -201,3 +202,21 @@ def test_free_module_forgets_an_unloaded_module_so_an_edit_registers_afresh(fake
     del sys.modules[name]
     importlib.import_module(name)                          # the edited file, re-imported
     assert find_module(name) is not None and load_module(name) == 0
+
+
+def test_an_oops_in_a_modules_softirq_callback_names_the_module(fake_module, kernel):
+    name = fake_module("t_kmod_oops", "t-oops", "t_oops_sym")
+    assert load_module(name) == 0
+    mod = sys.modules[name]
+
+    def broken(_):
+        raise ValueError("bad state")
+    broken.__module__ = mod.__name__          # as if defined in the module's file
+
+    def body():
+        raise_softirq(broken)
+        sched.yield_()
+    kernel(body)
+    rep = bug.find_reports("oops in softirq")
+    assert len(rep) == 1 and rep[0].details["module"] == name, [r.title for r in bug.reports]
+    assert f"(module {name})" in rep[0].title
