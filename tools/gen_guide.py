@@ -222,11 +222,14 @@ the first 64 KiB ride in the SCSI Command PDU as immediate data; the rest
 the target solicits. RDY_TO_XFER calls the driver's rdy_to_xfer, which
 sends an R2T per burst (MaxOutstandingR2T at a time); each Data-Out
 sequence lands straight in the command's pages. When the last byte is in,
-`scst_rx_data` moves the command to REAL_EXEC. A write may sleep, so
-exec_nowait declines and the command moves to the device's thread
-(disk0_N), whose exec hands the pwritev (and the fsync of write-through)
-to the host's worker pool: block_rq_issue, then block_rq_complete in
-softirq context wakes the thread.
+`scst_rx_data` moves the command to REAL_EXEC, and exec runs right there
+on the rd thread: a plain WRITE never sleeps, it starts an asynchronous
+pwritev on a kiocb (block_rq_issue; io_uring, or the host's worker pool
+where io_uring is refused) and returns. The completion comes back in
+softirq context (block_rq_complete); with write-through it joins the next
+shared fdatasync of the file (not traced yet), and the command finishes
+in softirq: scst_exec_done, DEV_DONE, XMIT_RESP, then the wr thread sends
+the response. No device thread is involved.
 """),
     ("05-abort-task", "An ABORT TASK racing a WRITE", sc_abort, """\
 The WRITE is in DATA_WAIT: its R2T went out, its data never comes. The
