@@ -227,7 +227,8 @@ on the rd thread: a plain WRITE never sleeps, it starts an asynchronous
 pwritev on a kiocb (block_rq_issue; io_uring, or the host's worker pool
 where io_uring is refused) and returns. The completion comes back in
 softirq context (block_rq_complete); with write-through it joins the next
-shared fdatasync of the file (not traced yet), and the command finishes
+shared fdatasync of the file (in the timeline; it belongs to no single
+command, so the sequence leaves it out), and the command finishes
 in softirq: scst_exec_done, DEV_DONE, XMIT_RESP, then the wr thread sends
 the response. No device thread is involved.
 """),
