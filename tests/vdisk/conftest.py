@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import pytest
 
-from kshim import bug, engine
+from kshim import bug, engine, module
 from kshim.gfp import GFP_ATOMIC
 from kshim.scatterlist import sg_copy_from_buffer, sg_copy_to_buffer
 from scst_core.cdbprobe import scst_get_cdb_info
@@ -19,12 +19,23 @@ from vdisk.vdisk import scst_vdisk_dev, vdisk_alloc_dev
 
 
 def run_kernel(body: Callable[[], Any]) -> Any:
-    """Boot the engine, run body() in a kthread, stop, return body's result."""
+    """Boot the engine, run body() in a kthread, stop, return body's result.
+    The SCST core is there as a built-in would be: never loaded in this
+    process, or loaded for the test (and unloaded after) when an earlier
+    boot of the whole target unloaded it (tools/boot, the sim tests)."""
     box: list[Any] = []
 
     def init() -> int:
-        box.append(body())
-        engine.request_shutdown()
+        core = module.find_module("scst")
+        reload = core is not None and core.unloaded
+        if reload:
+            assert module.load_module("scst") == 0
+        try:
+            box.append(body())
+        finally:
+            if reload:
+                module.delete_module("scst", module.O_TRUNC)
+            engine.request_shutdown()
         return 0
     engine.run(init, handle_signals=False)
     return box[0] if box else None
