@@ -23,6 +23,15 @@ STOP_TIMEOUT = 15.0         # seconds for SIGTERM to end the process
 UNHEALTHY_RE = re.compile(r"Traceback|BUG:|Oops|WARNING:|Kernel panic")
 
 
+def uscstadmin_ok(sock: "Path | str", *args: str) -> str:
+    """Run uscstadmin against the control socket sock; its stdout, after
+    asserting it succeeded (the message names the arguments and stderr)."""
+    r = subprocess.run([sys.executable, "-m", "tools.uscstadmin", "--socket", str(sock), *args],
+                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, f"uscstadmin {args}: {r.stderr}"
+    return r.stdout
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now (the kernel picks it)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

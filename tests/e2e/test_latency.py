@@ -6,21 +6,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from uscstd_support import uscstadmin_ok
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not (shutil.which("qemu-img") and shutil.which("qemu-io")),
                                 reason="qemu-utils needed")
-
-
-def _admin(sock: Path, *args: str) -> str:
-    r = subprocess.run([sys.executable, "-m", "tools.uscstadmin", "--socket", str(sock), *args],
-                       cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, f"uscstadmin {args}: {r.stderr}"
-    return r.stdout
 
 
 def _run(*argv: str) -> None:
@@ -31,12 +22,12 @@ def _run(*argv: str) -> None:
 def test_measure_latency_keeps_per_stage_figures_per_session_and_lun(uscstd, tmp_path):
     sock = tmp_path / "ctl.sock"
     srv = uscstd("--control", str(sock))
-    assert "turned on" in _admin(sock, "stats", "--latency")
+    assert "turned on" in uscstadmin_ok(sock, "stats", "--latency")
     src = tmp_path / "src.img"
     src.write_bytes(os.urandom(1 << 20))
     _run("qemu-img", "convert", "-n", "-O", "raw", str(src), srv.url)     # R2T writes
     _run("qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 4k", "-c", "read -P 0x5a 0 4k", srv.url)
-    figs = json.loads(_admin(sock, "--json", "stats", "--latency"))["latency"]
+    figs = json.loads(uscstadmin_ok(sock, "--json", "stats", "--latency"))["latency"]
     by = {(f["session"], f["lun"], f["stage"]): f for f in figs}
     sessions = {f["session"] for f in figs}
     assert sessions == {"iqn.2008-11.org.linux-kvm"}     # QEMU's initiator name
@@ -50,10 +41,10 @@ def test_measure_latency_keeps_per_stage_figures_per_session_and_lun(uscstd, tmp
     assert any(s == "rdy_to_xfer" for _x, _l, s in by)         # a WRITE waited for data
     for stage in ("parse", "alloc_buf", "pre_exec", "exec", "dev_done", "xmit"):
         assert any(k[2] == stage for k in by), stage
-    text = _admin(sock, "stats", "--latency")
+    text = uscstadmin_ok(sock, "stats", "--latency")
     assert "rdy_to_xfer" in text and "LUN 0" in text
     # Off: the figures stay as they were.
-    _admin(sock, "set", "measure_latency", "0")
-    before = _admin(sock, "get", "latency_raw")
+    uscstadmin_ok(sock, "set", "measure_latency", "0")
+    before = uscstadmin_ok(sock, "get", "latency_raw")
     _run("qemu-io", "-f", "raw", "-c", "read 0 4k", srv.url)
-    assert _admin(sock, "get", "latency_raw") == before
+    assert uscstadmin_ok(sock, "get", "latency_raw") == before

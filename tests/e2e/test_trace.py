@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from uscstd_support import uscstadmin_ok
 
 from png_support import count_color, hex_rgb, read_png, runs_in_row
 from tools.trace_export import SCST_STATE_ORDER, check_trace, command_states
@@ -21,13 +22,6 @@ from tools.trace_html import COLORS
 REPO = Path(__file__).resolve().parents[2]
 needs = pytest.mark.skipif(not (shutil.which("qemu-img") and shutil.which("qemu-io")),
                            reason="qemu-utils (with libiscsi) needed")
-
-
-def _admin(sock: Path, *args: str) -> str:
-    r = subprocess.run([sys.executable, "-m", "tools.uscstadmin", "--socket", str(sock), *args],
-                       cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, f"uscstadmin {args}: {r.stderr}"
-    return r.stdout
 
 
 def _run(*argv: str) -> None:
@@ -43,7 +37,7 @@ def traced_run(tmp_path_factory) -> dict:
     sock = tmp / "ctl.sock"
     srv = start_uscstd(tmp / "srv", "--control", str(sock))
     try:
-        _admin(sock, "trace", "start", "--events", "scst_*,iscsi_*,block_*,softirq,sched_*",
+        uscstadmin_ok(sock, "trace", "start", "--events", "scst_*,iscsi_*,block_*,softirq,sched_*",
                "--buffer-kb", "65536")
         url = srv.url
         src = tmp / "src.img"
@@ -55,10 +49,10 @@ def traced_run(tmp_path_factory) -> dict:
         # 150 4 KiB READs: a bounded count, so the ring never overflows
         reads = [a for k in range(150) for a in ("-c", f"read {k * 8192} 4k")]
         _run("qemu-io", "-f", "raw", *reads, url)
-        _admin(sock, "trace", "stop")
+        uscstadmin_ok(sock, "trace", "stop")
         out = tmp / "run.json"
-        _admin(sock, "trace", "dump", "-o", str(out))
-        raw = json.loads(_admin(sock, "trace", "dump", "--format", "raw"))
+        uscstadmin_ok(sock, "trace", "dump", "-o", str(out))
+        raw = json.loads(uscstadmin_ok(sock, "trace", "dump", "--format", "raw"))
         srv.assert_healthy()
     finally:
         finish_uscstd(srv)
