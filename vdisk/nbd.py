@@ -57,11 +57,12 @@ import attrs
 from kshim.err import EINVAL, ENOSPC, ENOTCONN, ESHUTDOWN
 from kshim.jiffies import HZ
 from kshim.net import AF_UNIX
-from kshim.printk import pr_err, pr_info
-from scst_core.const import (NOT_READY, scst_sense_read_error,
+from kshim.printk import pr_err, pr_info, pr_warn_once
+from scst_core.const import (NOT_READY, scst_sense_invalid_opcode, scst_sense_read_error,
                              scst_sense_space_allocation_failed, scst_sense_write_error)
 from scst_core.lib import scst_cmd_iov, scst_set_cmd_error
 from scst_core.scst import scst_cmd, scst_device
+from scst_core.tg import scst_tg_dev_peer_ports
 from vdisk.nbd_client import (NBD_RECONNECT_TIMEOUT, nbd_cmd, nbd_dev_start, nbd_dev_stop,
                               nbd_device, nbd_family_of, nbd_iov_slice, nbd_queue, nbd_submit)
 from vdisk.nbd_proto import (NBD_CMD_FLAG_FUA, NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_WRITE,
@@ -77,6 +78,7 @@ NBD_RECONNECT_TIMEOUT_MAX = 3600     # seconds
 sense_lu_not_ready = (NOT_READY, 0x04, 0x00)    # LOGICAL UNIT NOT READY, CAUSE NOT REPORTABLE
 
 _READ_OPS = frozenset((0x08, 0x28, 0xA8, 0x88))
+_RESERVATION_OPS = frozenset((0x5F, 0x16, 0x56))     # PR OUT, RESERVE(6), RESERVE(10)
 _WRITE_OPS = frozenset((0x0A, 0x2A, 0xAA, 0x8A))
 
 
@@ -321,9 +323,28 @@ def nbd_exec_nowait(cmd: scst_cmd) -> bool:
     return True
 
 
+def nbd_refuse_shared_reservation(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> bool:
+    """PERSISTENT RESERVE OUT, RESERVE(6) and RESERVE(10) on a device
+    whose device group names another node's ports: refused with INVALID
+    COMMAND OPERATION CODE, since reservations live in this process only
+    and the other node would not enforce them (docs/scale-out.md). True if
+    refused."""
+    if cmd.cdb[0] not in _RESERVATION_OPS:
+        return False
+    peers = scst_tg_dev_peer_ports(cmd.dev)
+    if not peers:
+        return False
+    pr_warn_once(f"vdisk_nbd: {virt_dev.name}: reservations refused: the device is shared with "
+                 f"{', '.join(peers)}, which would not enforce them")
+    scst_set_cmd_error(cmd, scst_sense_invalid_opcode)
+    return True
+
+
 def nbd_exec(cmd: scst_cmd) -> int:
     virt_dev: scst_vdisk_dev = cmd.dev.dh_priv
     op = cmd.cdb[0]
+    if not cmd.status and nbd_refuse_shared_reservation(cmd, virt_dev):
+        return vdisk_cmd_done(cmd)
     if not cmd.status and not virt_dev.sanitize_state:
         if op == 0x00 and _nbd(virt_dev).dead:      # TEST UNIT READY
             scst_set_cmd_error(cmd, sense_lu_not_ready)
