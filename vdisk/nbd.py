@@ -45,6 +45,11 @@ second node, docs/scale-out.md), and a single-path initiator gets an error
 now instead of a hang. TEST UNIT READY says the same while the server is
 unreachable.
 
+Shared with another node (docs/scale-out.md): when the device's ALUA
+device group names a target port this process does not serve, PERSISTENT
+RESERVE OUT and RESERVE(6/10) are refused with INVALID COMMAND OPERATION
+CODE, since the other node would not enforce a reservation made here.
+
 Differs from SCST's handlers: no GET LBA STATUS data (every block reads
 as mapped, see above), no resync_size (the export's size is read at connect), and
 the device cannot run under the sim engine (it has no outgoing
@@ -233,18 +238,25 @@ nbd_io_ops = vdisk_io_ops(read=nbd_read, write=nbd_write, read_into=nbd_read_int
                           sync=nbd_sync, unmap=nbd_unmap, write_buf=nbd_write_buf)
 
 
-def nbd_exec_write(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
-    """A plain WRITE (6/10/12/16): with FUA on the request when it must be
-    stable and the server offers FUA, otherwise write then flush."""
-    nbd = _nbd(virt_dev)
-    pos = cmd.lba << virt_dev.block_shift
+def _write_mode(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> tuple[int, bool]:
+    """(NBD request flags, flush after) for a plain WRITE (6/10/12/16): FUA
+    on the request when it must be stable and the server offers FUA,
+    otherwise a FLUSH after it when the server has one."""
+    info = _nbd(virt_dev).info
     fua = cmd.cdb[0] != 0x0A and bool(cmd.cdb[1] & 0x08)
-    need_sync = vdisk_need_sync(cmd, virt_dev, fua)
-    server_fua = bool(nbd.info.flags & NBD_FLAG_SEND_FUA)
-    flags = NBD_CMD_FLAG_FUA if need_sync and server_fua else 0
-    if _rw(virt_dev, cmd, NBD_CMD_WRITE, flags, pos, cmd.data_len, scst_cmd_iov(cmd)) != 0:
-        return
-    if need_sync and not server_fua:
+    if not vdisk_need_sync(cmd, virt_dev, fua):
+        return 0, False
+    if info.flags & NBD_FLAG_SEND_FUA:
+        return NBD_CMD_FLAG_FUA, False
+    return 0, bool(info.flags & NBD_FLAG_SEND_FLUSH)
+
+
+def nbd_exec_write(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
+    """A plain WRITE on the device's threads (see _write_mode)."""
+    pos = cmd.lba << virt_dev.block_shift
+    flags, then_flush = _write_mode(cmd, virt_dev)
+    if _rw(virt_dev, cmd, NBD_CMD_WRITE, flags, pos, cmd.data_len, scst_cmd_iov(cmd)) == 0 \
+            and then_flush:
         nbd_sync(virt_dev, cmd, pos, cmd.data_len)
 
 
@@ -300,15 +312,7 @@ def nbd_exec_nowait(cmd: scst_cmd) -> bool:
         return False
     nbd = _nbd(virt_dev)
     pos = cmd.lba << virt_dev.block_shift
-    flags = 0
-    then_flush = False
-    if write:
-        fua = op != 0x0A and bool(cmd.cdb[1] & 0x08)
-        if vdisk_need_sync(cmd, virt_dev, fua):
-            if nbd.info.flags & NBD_FLAG_SEND_FUA:
-                flags = NBD_CMD_FLAG_FUA
-            else:
-                then_flush = bool(nbd.info.flags & NBD_FLAG_SEND_FLUSH)
+    flags, then_flush = _write_mode(cmd, virt_dev) if write else (0, False)
     cmds = _chunks(nbd, virt_dev, NBD_CMD_WRITE if write else NBD_CMD_READ, flags, pos,
                    cmd.data_len, scst_cmd_iov(cmd))
     io = nbd_io(cmd=cmd, virt_dev=virt_dev, cmds=cmds, pending=len(cmds), then_flush=then_flush)

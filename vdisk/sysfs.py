@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from kshim.err import EINVAL
 from kshim.fs import vfs_getsize
+from kshim.jiffies import HZ
 from kshim.kobject import kobject
 from kshim.printk import pr_err
 from kshim.sysfs import __ATTR_RO, __ATTR_RW, kobj_attribute
@@ -25,6 +26,7 @@ from scst_core.scst import scst_device
 from scst_core.sysfs import (scst_attr_show_key, scst_devt_sysfs, scst_register_devt_sysfs,
                              scst_unregister_devt_sysfs)
 from scst_core.ua import scst_capacity_data_changed
+from vdisk.nbd_client import NBD_RECONNECT_TIMEOUT
 from vdisk.vdisk import (VDISK_SANITIZE_RATE, VDISK_SANITIZE_RATE_MAX, scst_vdisk_dev,
                          vdisk_alloc_dev, vdisk_parse_size)
 
@@ -110,10 +112,12 @@ def vdev_sysfs_filename_show(kobj: kobject, a: kobj_attribute) -> str:
 
 
 def vdev_sysfs_nbd_param_show(kobj: kobject, a: kobj_attribute) -> str:
-    """vdisk_nbd's uri and reconnect_timeout, as given at creation."""
-    v = _vd(kobj)
-    val = v.backend_params.get(a.name)
-    return scst_attr_show_key(val, True) if val is not None else "\n"
+    """vdisk_nbd's uri and reconnect_timeout: as given at creation ([key]),
+    else the default."""
+    val = _vd(kobj).backend_params.get(a.name)
+    if val is not None:
+        return scst_attr_show_key(val, True)
+    return f"{NBD_RECONNECT_TIMEOUT // HZ}\n" if a.name == "reconnect_timeout" else "\n"
 
 
 def vdev_sysfs_nbd_state_show(kobj: kobject, a: kobj_attribute) -> str:

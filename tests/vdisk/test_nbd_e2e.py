@@ -155,6 +155,47 @@ def test_server_read_and_write_errors_become_medium_errors_naming_the_lba(
     srv.assert_healthy()
 
 
+def _logged(log: Path, pattern: str) -> list[str]:
+    """Lines of nbdkit's log filter output matching pattern, once the line
+    for the last request is there (bounded wait: nbdkit writes after
+    replying)."""
+    deadline = time.monotonic() + 10.0
+    # Bounded by the deadline; polls every 20 ms.
+    while time.monotonic() < deadline:
+        text = log.read_text() if log.exists() else ""
+        if "...Flush" in text:
+            break
+        time.sleep(0.02)
+    return [ln for ln in text.splitlines() if re.search(pattern, ln)]
+
+
+def test_fua_write_back_and_synchronize_cache_reach_the_server_as_fua_and_flush(
+        uscstd, nbd_server, tmp_path: Path) -> None:
+    """On a write-back LUN a plain WRITE goes out without FUA, a WRITE with
+    FUA=1 with NBD_CMD_FLAG_FUA, SYNCHRONIZE CACHE as NBD_CMD_FLUSH
+    (nbdkit's log filter records each request); a write-through LUN's
+    plain WRITE carries FUA."""
+    log = tmp_path / "nbdkit-requests.log"
+    nbd = nbd_server("nbdkit", "--filter=log", "memory", "16M", f"logfile={log}")
+    srv = _start(uscstd, tmp_path, nbd.uri, "write_through 0")
+    with _login(srv) as ini:
+        assert ini.scsi(_write10(10, 1), data_out=b"a" * 512).ok
+        assert ini.scsi(_write10(20, 1, fua=True), data_out=b"b" * 512).ok
+        assert ini.scsi(struct.pack(">BBIBHB", 0x35, 0, 0, 0, 0, 0)).ok
+    writes = _logged(log, r" Write id=\d+ offset=")
+    assert [re.search(r"offset=(\S+) .*fua=(\d)", w).groups() for w in writes] == \
+        [("0x1400", "0"), ("0x2800", "1")]
+    assert len(_logged(log, r" Flush id=\d+")) == 1
+    srv.assert_healthy()
+    wt = _start(uscstd, tmp_path, nbd.uri, name="wt")
+    with _login(wt) as ini:
+        assert ini.scsi(_write10(30, 1), data_out=b"c" * 512).ok
+        assert ini.scsi(struct.pack(">BBIBHB", 0x35, 0, 0, 0, 0, 0)).ok
+    assert any("offset=0x3c00" in w and "fua=1" in w
+               for w in _logged(log, r" Write id=\d+ offset="))
+    wt.assert_healthy()
+
+
 def _block(lba: int, gen: int) -> bytes:
     return struct.pack(">QQ", lba, gen) * 32
 
@@ -264,6 +305,7 @@ def test_open_dev_over_the_control_socket_on_a_qemu_nbd_unix_socket(
     uscstadmin_ok(ctl, "add-lun", srv.iqn, "1", "q0")
     assert "connected" in uscstadmin_ok(ctl, "get", "devices/q0/nbd_state")
     assert uri in uscstadmin_ok(ctl, "get", "devices/q0/uri")
+    assert uscstadmin_ok(ctl, "get", "devices/q0/reconnect_timeout").strip() == "30"
     with Initiator(port=srv.port) as ini:
         ini.connect()
         ini.login(srv.iqn)
