@@ -79,7 +79,7 @@ from vdisk.vdisk import (scst_vdisk_dev, vdisk_add_device_parameters, vdisk_atta
                          vdisk_set_sense_info)
 
 NBD_DEFAULT_PORT = 10809
-NBD_RECONNECT_TIMEOUT_MAX = 3600     # seconds
+NBD_RECONNECT_TIMEOUT_MAX = 100      # seconds: below the hung-task timeout (120 s) the waiters would meet
 sense_lu_not_ready = (NOT_READY, 0x04, 0x00)    # LOGICAL UNIT NOT READY, CAUSE NOT REPORTABLE
 
 _READ_OPS = frozenset((0x08, 0x28, 0xA8, 0x88))

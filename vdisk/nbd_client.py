@@ -41,6 +41,7 @@ import attrs
 from kshim.completion import complete, completion, wait_for_completion
 from kshim.err import (EAGAIN, ECONNRESET, EINPROGRESS, EINVAL, EIO, ENOMEM, ENOSPC, ENOTCONN,
                        EOPNOTSUPP, EOVERFLOW, EPERM, EPROTO, ESHUTDOWN, ETIMEDOUT)
+from kshim.host import iov_advance
 from kshim.jiffies import HZ, jiffies, time_after_eq
 from kshim.kthread import kthread_run, kthread_should_stop, kthread_stop
 from kshim.mutex import mutex, mutex_lock, mutex_unlock
@@ -154,22 +155,10 @@ def nbd_state_change(sk: sock) -> None:
 
 # -- byte transport (the connection thread and tx_lock holders) --------------------
 
-def _iov_skip(iov: list, n: int) -> list:
-    """The buffers past the first n bytes (views, no copies)."""
-    out = []
-    for v in iov:
-        if n >= len(v):
-            n -= len(v)
-            continue
-        out.append(memoryview(v)[n:])
-        n = 0
-    return out
-
-
 def nbd_iov_slice(iov: list, start: int, length: int) -> list:
     """Views of bytes [start, start+length) of a buffer list."""
     out = []
-    for v in _iov_skip(iov, start):
+    for v in iov_advance(iov, start):
         if length <= 0:
             break
         mv = memoryview(v)
@@ -187,7 +176,7 @@ def _recv_full(nbd: nbd_device, sk_sock: socket, iov: list, timeout: int) -> int
     got = 0
     while got < want:
         nbd.rx_ready = False
-        rest = _iov_skip(iov, got) if got else iov
+        rest = iov_advance(iov, got) if got else iov
         n = kernel_recvmsg(sk_sock, rest, want - got, MSG_DONTWAIT)
         if n > 0:
             got += n

@@ -210,10 +210,10 @@ def test_killing_and_restarting_the_nbd_server_mid_write_loses_no_acknowledged_b
     with open(disk, "wb") as f:
         f.truncate(16 << 20)
     nbd = nbd_server("nbdkit", "--filter=delay", "file", str(disk), "wdelay=500ms")
-    srv = _start(uscstd, tmp_path, nbd.uri, "reconnect_timeout 120")
+    srv = _start(uscstd, tmp_path, nbd.uri, "reconnect_timeout 100")
     acked: dict[int, bytes] = {}
     with _login(srv) as ini:
-        ini.timeout = 120.0
+        ini.timeout = 100.0
         for rnd in range(4):
             itts = {}
             for i in range(8):
@@ -229,7 +229,7 @@ def test_killing_and_restarting_the_nbd_server_mid_write_loses_no_acknowledged_b
                     assert ini.test_unit_ready().ok    # within reconnect_timeout: not failed
                 nbd.start()
             for itt, (lba, data) in itts.items():
-                r = ini.wait(itt, timeout=120.0)
+                r = ini.wait(itt, timeout=100.0)
                 assert r.ok, f"WRITE at {lba} failed: {r.sense.hex()}"
                 acked[lba] = data
     on_disk = disk.read_bytes()
@@ -255,6 +255,8 @@ def test_server_gone_past_reconnect_timeout_gives_not_ready_until_it_is_back(
         assert (r.status, r.sense_key, r.asc_ascq) == (CHECK_CONDITION, NOT_READY, (0x04, 0))
         r = ini.test_unit_ready()
         assert (r.status, r.sense_key, r.asc_ascq) == (CHECK_CONDITION, NOT_READY, (0x04, 0))
+        assert uscstadmin_ok(tmp_path / "nbd.sock", "get",
+                             "devices/nd0/nbd_state").startswith("unreachable")
         nbd.start()
         deadline = time.monotonic() + RECOVER_TIMEOUT_S
         # Bounded by the deadline; the reconnect backoff is at most 5 s.
@@ -301,6 +303,11 @@ def test_open_dev_over_the_control_socket_on_a_qemu_nbd_unix_socket(
                         "uri=nbd+unix:///ex"], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert "nbd+unix:// needs exactly one ?socket=PATH" in srv.stderr_text()
+    r = subprocess.run([*_admin(ctl), "open-dev", "bad", "-H", "vdisk_nbd", "-p", f"uri={uri}",
+                        "-p", "reconnect_timeout=1000"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode != 0
+    assert "bad reconnect_timeout '1000' (seconds, 1..100)" in srv.stderr_text()
     uscstadmin_ok(ctl, "open-dev", "q0", "-H", "vdisk_nbd", "-p", f"uri={uri}")
     uscstadmin_ok(ctl, "add-lun", srv.iqn, "1", "q0")
     assert "connected" in uscstadmin_ok(ctl, "get", "devices/q0/nbd_state")
