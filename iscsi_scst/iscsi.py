@@ -83,7 +83,7 @@ from kshim.slab import kmem_cache_alloc, kmem_cache_create, kmem_cache_free
 from kshim.err import IS_ERR
 from kshim.fault_inject import DECLARE_FAULT_ATTR, should_fail
 from kshim.gfp import GFP_KERNEL, __GFP_NOFAIL
-from kshim.jiffies import HZ, jiffies
+from kshim.jiffies import HZ, jiffies, time_before
 from kshim.timer import del_timer, mod_timer, timer_list
 from kshim import tracepoint
 from kshim.tracepoint import TRACE_EVENT
@@ -988,7 +988,8 @@ def _nop_out(conn: iscsi_conn, bhs: bytes, data: bytes) -> None:
 
 def _arm_nop_in(conn: iscsi_conn, seconds: int) -> None:
     if seconds > 0 and not conn.closing:
-        mod_timer(conn.nop_timer, jiffies() + seconds * HZ)
+        conn.nop_deadline = jiffies() + seconds * HZ
+        mod_timer(conn.nop_timer, conn.nop_deadline)
 
 
 def _nop_in_timer(timer: timer_list) -> None:
@@ -996,6 +997,10 @@ def _nop_in_timer(timer: timer_list) -> None:
     if the previous ping went unanswered (NopInTimeout)."""
     conn = timer.data
     if conn is None or conn.closing or conn.session is None:
+        return
+    if time_before(jiffies(), conn.nop_deadline):
+        # Fired early (only an injected fault does that): wait the rest.
+        mod_timer(timer, conn.nop_deadline)
         return
     params = conn.session.target.tgt_params
     if conn.nop_ttt is not None:
