@@ -561,6 +561,53 @@ def file_rw_fault(attr: fault_attr, f: Any, iov: list, pos: int,
     return -_ERRNOS[err]
 
 
+def file_aio_fault(attr: fault_attr, f: Any, iov: list, pos: int,
+                   submit: Callable[[list], None], fail: Callable[[int], None]) -> bool:
+    """The fault of an asynchronous read or write (vfs_iocb_iter_read or
+    vfs_iocb_iter_write), decided at submission; never sleeps, any context.
+    False: go on. True: the fault took the I/O over, and it still ends in
+    ki_complete (softirq), as the caller expects: `submit(iov)` ran with
+    the bytes before the range or half of them (a short count), or runs
+    delay-ms later (delay); or `fail(-errno)` runs from a timer (an error
+    where the I/O starts)."""
+    if not _file_match(attr, f):
+        return False
+    p = attr.params
+    want = sum(len(v) for v in iov)
+    start, end = p["start"], p["end"]
+    if end < 0:
+        end = 1 << 63
+    if pos + want <= start or pos >= end or not should_fail(attr, want):
+        return False
+    err = p["error"]
+    if err == "delay":
+        _later(p["delay-ms"], submit, iov)
+        return True
+    if start > pos or err == "short":
+        n = start - pos if start > pos else max(1, want // 2)
+        if n >= want:
+            return False
+        submit(_cut(iov, n))
+        return True
+    _later(0, fail, -_ERRNOS[err])
+    return True
+
+
+def file_flush_fault(f: Any, flush: Callable[[Any], None], fail: Callable[[int], None]) -> bool:
+    """The fault of the fdatasync that DSYNC asynchronous writes share
+    (kshim.fs's group flush), decided when it starts; never sleeps. False:
+    go on. True: `fail(-errno)` runs from a timer (every write of the group
+    fails), or `flush(None)` runs delay-ms later."""
+    if not _file_match(fail_file_fsync, f) or not should_fail(fail_file_fsync, 1):
+        return False
+    p = fail_file_fsync.params
+    if p["error"] == "delay":
+        _later(p["delay-ms"], flush, None)
+    else:
+        _later(0, fail, -_ERRNOS[p["error"]])
+    return True
+
+
 def file_fault(attr: fault_attr, f: Any, mode: int = 0) -> int | None:
     """The fault vfs_fsync_range or vfs_fallocate is to show: -errno, or None."""
     if not _file_match(attr, f):

@@ -287,7 +287,8 @@ def _fileio_write_done(iocb: kiocb, n: int) -> None:
         if n == -ENOSPC and virt_dev.thin_provisioned:
             scst_set_cmd_error(cmd, scst_sense_space_allocation_failed)
         else:
-            scst_set_cmd_error(cmd, scst_sense_write_error)
+            # A short count stopped at the first block it did not write.
+            _medium_error(virt_dev, cmd, scst_sense_write_error, iocb.ki_pos + max(n, 0))
     vdisk_cmd_done(cmd)
 
 
