@@ -73,13 +73,11 @@ from kshim.random32 import (get_random_u64, prandom_seed_state, prandom_u32_stat
                             reciprocal_scale, rnd_state)
 from kshim.sysfs import S_IRUGO, S_IWUSR, __ATTR, kernel_kobj, kobj_attribute, sysfs_create_file
 
-# XXX: #16 socket "reset after N bytes" is `space`: the call that crosses the
-# budget fails whole, rather than after exactly N bytes of it.
-
 _KSHIM_DIR = __file__.rpartition("/")[0] + "/"
 _RATELIMIT_BURST = 10
 _RATELIMIT_JIFFIES = 5 * HZ
 ENUMERATE_MAX_SITES = 4096           # sites one enumeration records, at most
+_RESETS = ("ECONNRESET", "EPIPE", "ETIMEDOUT")   # socket errors that end the connection
 _ERRNOS = {"EIO": EIO, "ENOSPC": ENOSPC, "EDQUOT": EDQUOT, "ECONNRESET": ECONNRESET,
            "EPIPE": EPIPE, "ETIMEDOUT": ETIMEDOUT, "EAGAIN": EAGAIN, "ENOMEM": ENOMEM,
            "EINVAL": EINVAL}
@@ -477,10 +475,12 @@ def sock_fault(attr: fault_attr, sock_: Any, vec: list, flags: int,
     transfer; args are its arguments after vec."""
     from kshim.net import MSG_DONTWAIT, O_NONBLOCK  # net imports this module for its hooks
     want = sum(len(v) for v in vec)
+    err = attr.params["error"]
+    if attr.space and err in _RESETS and not (_state.fail_nth or _state.enum_mode != "off"):
+        return _sock_reset_after(attr, sock_, vec, want, primitive, args)
     if not should_fail(attr, want):
         return None
     sk = sock_.sk
-    err = attr.params["error"]
     nonblock = bool(flags & MSG_DONTWAIT or sock_.f_flags & O_NONBLOCK)
     recv = attr is fail_sock_recv
     ready = sk.sk_data_ready if recv else sk.sk_write_space
@@ -505,6 +505,25 @@ def sock_fault(attr: fault_attr, sock_: Any, vec: list, flags: int,
         _later(attr.params["delay-ms"] if err == "delay" else 0, ready, sk)
         return -EAGAIN
     return _sock_reset(sk, _ERRNOS[err])
+
+
+def _sock_reset_after(attr: fault_attr, sock_: Any, vec: list, want: int,
+                      primitive: Callable[..., int], args: tuple) -> int:
+    """A reset after `space` bytes: count the bytes really moved; the call
+    that reaches the budget moves exactly the rest of it (a short transfer
+    if it asked for more) and, if the point's rules then say fail, resets
+    the socket after it: the call returns its count, the next one the
+    error (kshim.net's sock_error)."""
+    attr.armed = False
+    try:
+        n = primitive(sock_, _cut(vec, attr.space) if want > attr.space else vec, *args)
+    finally:
+        _rearm()
+    if n > 0:
+        attr.space -= n
+        if attr.space == 0 and should_fail(attr, 0):
+            sock_.sk.sk_err = _ERRNOS[attr.params["error"]]
+    return n
 
 
 def _cut(vec: list, n: int) -> list:
