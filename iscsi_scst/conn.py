@@ -28,7 +28,7 @@ import attrs
 from iscsi_scst.nagle import iscsi_nagle
 from iscsi_scst.usr.iscsid import login_session
 from iscsi_scst.usr.param import iscsi_sess_params
-from kshim.fault_inject import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
+from kshim.fail_function import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
 from kshim.jiffies import HZ, jiffies, time_before
 from kshim.kthread import kthread_run, kthread_stop
 from kshim.list import list_head

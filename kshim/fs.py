@@ -23,7 +23,7 @@ lengths must meet the alignment vfs_getattr(STATX_DIOALIGN) reports, which
 page_alloc's pages do not (kshim.dmapool's blocks do). vfs_getattr takes
 the open file (the kernel's takes a path) and answers only STATX_DIOALIGN.
 
-Fault points (kshim.fault_inject): fail_file_read, fail_file_write,
+Fault points (kshim.fault_file): fail_file_read, fail_file_write,
 fail_file_fsync and fail_file_fallocate at the top of each call; on the
 asynchronous path they are decided at submission (and at the shared
 flush's start) and still end in ki_complete, never by falling back to the
@@ -40,9 +40,9 @@ from typing import Any, Callable
 from kshim import host
 from kshim.completion import complete, completion, wait_for_completion
 from kshim.err import EAGAIN, EBADF, EOPNOTSUPP
-from kshim.fault_inject import (fail_file_fallocate, fail_file_fsync, fail_file_read,
-                                fail_file_write, file_aio_fault, file_fault, file_flush_fault,
-                                file_rw_fault)
+from kshim.fault_file import (fail_file_fallocate, fail_file_fsync, fail_file_read,
+                               fail_file_write, file_aio_fault, file_fault, file_flush_fault,
+                               file_rw_fault)
 from kshim.host import io_job, ops
 from kshim.sched import might_sleep
 from kshim.tracepoint import TRACE_EVENT

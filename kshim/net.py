@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from kshim import host
 from kshim.err import EAGAIN, EINPROGRESS, EINVAL, ENOTCONN, ERESTARTSYS
-from kshim.fault_inject import fail_sock_recv, fail_sock_send, sock_fault
+from kshim.fault_sock import fail_sock_recv, fail_sock_send, sock_fault
 from kshim.host import ops
 from kshim.softirq import raise_softirq
 from kshim.spinlock import rwlock_t

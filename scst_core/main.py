@@ -28,7 +28,7 @@ import fnmatch
 from typing import Any, Callable
 
 from kshim.err import EBUSY, EEXIST, EINVAL, ENODEV, ENOENT
-from kshim.fault_inject import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO, EI_ETYPE_NULL
+from kshim.fail_function import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO, EI_ETYPE_NULL
 from kshim.kthread import kthread_stop
 from kshim.module import (MODULE_DESCRIPTION, MODULE_LICENSE, THIS_MODULE, module_exit,
                           module_init, module_param, module_param_named, module_put_by,

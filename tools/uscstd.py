@@ -29,7 +29,7 @@ from typing import Any, Callable, NoReturn
 import trio
 
 from iscsi_scst.config import ISCSI_NAME_RE, iscsi_parse_portal
-from kshim import engine, engine_ctl, fault_inject
+from kshim import engine, engine_ctl, fault_inject, fault_inject_debugfs
 from kshim.err import EINVAL, errname
 from scst_core.sysfs import scst_sysfs_schema
 from tools import boot, scst_conf
@@ -303,7 +303,7 @@ def serve(cfg: dict) -> int:
         services.append(_metrics_service(cfg["metrics"], warn))
     _proc_metrics()
     engine.reload_hook = reload_hook
-    fault_inject.debugfs_init()
+    fault_inject_debugfs.debugfs_init()
     fault_inject.apply_fault_specs(cfg["faults"])      # before the first call
     ret = boot.run(bcfg, "trio", services=services)
     engine.reload_hook = None

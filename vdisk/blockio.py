@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from kshim.dmapool import dma_pool, dma_pool_alloc, dma_pool_create, dma_pool_destroy, dma_pool_free
 from kshim.err import EINVAL, EIO, ENOMEM, ENOSPC, IS_ERR
-from kshim.fault_inject import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
+from kshim.fail_function import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
 from kshim.fs import (EIOCBQUEUED, IOCB_DSYNC, O_DIRECT, STATX_DIOALIGN, file, file_inode,
                       filp_close, i_size_read, kiocb, kstat, vfs_getattr, vfs_iocb_iter_read,
                       vfs_iocb_iter_write, vfs_readv, vfs_writev)

@@ -25,6 +25,8 @@ from test_fault_e2e import (BS, SAM_STAT_CHECK_CONDITION, _login, _start, assert
 from kshim import fault_inject as fi
 from kshim import fs
 from kshim.engine_sim import Simulation
+from kshim.err import EIO
+from kshim.fault_file import fail_file_fsync
 from kshim.fs import IOCB_DSYNC, O_RDWR, filp_close, filp_open, kiocb, vfs_iocb_iter_write
 from kshim.timer import msleep
 
@@ -119,6 +121,6 @@ def test_failed_group_fdatasync_fails_every_write_of_its_group_seed_16013(clean_
     assert len(got) == WRITES, got
     failed_group = [n for n, g in got if g == 2]
     assert len(failed_group) >= 2, f"seed 16013 should put several writes in flush 2: {got}"
-    assert all(n == -fi.EIO for n in failed_group), got
+    assert all(n == -EIO for n in failed_group), got
     assert all(n == BS for n, g in got if g != 2), got
-    assert fi.fail_file_fsync.injected == 1
+    assert fail_file_fsync.injected == 1

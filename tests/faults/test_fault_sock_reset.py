@@ -13,6 +13,7 @@ import pytest
 
 from kshim import fault_inject as fi
 from kshim.err import ECONNRESET
+from kshim.fault_sock import fail_sock_recv, fail_sock_send
 from kshim.net import (AF_INET, SOCK_STREAM, kernel_accept, kernel_bind, kernel_getsockname,
                        kernel_listen, kernel_recvmsg, kernel_sendmsg, sock_create_kern,
                        sock_release)
@@ -82,7 +83,7 @@ def test_recv_reset_after_30_bytes_receives_exactly_30_then_econnreset_seed_1601
                             "seed=16014,verbose=0", act)
     assert calls[-1] == -ECONNRESET, calls
     assert sum(calls[:-1]) == 30, calls
-    assert fi.fail_sock_recv.injected == 1
+    assert fail_sock_recv.injected == 1
 
 
 def test_send_reset_after_40_bytes_delivers_exactly_40_then_econnreset_seed_16015() -> None:
@@ -103,4 +104,4 @@ def test_send_reset_after_40_bytes_delivers_exactly_40_then_econnreset_seed_1601
         act)
     assert (first, second) == (40, -ECONNRESET)
     assert peer_got == b"k" * 40
-    assert fi.fail_sock_send.injected == 1
+    assert fail_sock_send.injected == 1
