@@ -31,7 +31,7 @@ from iscsi_scst.usr.param import iscsi_sess_params
 from kshim.fail_function import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
 from kshim.jiffies import HZ, jiffies, time_before
 from kshim.kthread import kthread_run, kthread_stop
-from kshim.list import list_head
+from kshim.list import list_head, list_head_release
 from kshim.err import ENOMEM
 from kshim.gfp import GFP_KERNEL
 from kshim.net import (SHUT_RDWR, TCP_ESTABLISHED, kernel_getpeername, kernel_sock_shutdown,
@@ -257,6 +257,11 @@ def iscsi_conn_close(conn: iscsi_conn) -> None:
             for other in list(sess.conn_list):
                 iscsi_conn_mark_closing(other)
         iscsi_session_conn_gone(sess, conn)
+    if not conn.cmd_hash:
+        # No command is left to queue a response: the transmit list heads
+        # die with conn (empty heads point at themselves: only a GC frees them).
+        list_head_release(conn.write_list)
+        list_head_release(conn.tx_batch)
     if conn in conn_list:
         conn_list.remove(conn)
     wake_up_all(conns_waitQ)

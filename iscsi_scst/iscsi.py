@@ -73,7 +73,7 @@ from iscsi_scst.target import iscsi_list_targets, iscsi_target_find
 from iscsi_scst.usr.chap import chap_authenticator, chap_credentials
 from iscsi_scst.usr.iscsid import login_req, login_session, text_negotiation
 from iscsi_scst.usr.param import NegotiationError, split_text
-from kshim.list import list_del_init, list_head
+from kshim.list import list_del_init, list_head, list_head_release
 from kshim.module import (MODULE_DESCRIPTION, MODULE_LICENSE, THIS_MODULE, module_exit,
                           module_init, module_param_named)
 from kshim.printk import pr_err, pr_info, pr_warn
@@ -937,10 +937,9 @@ def iscsi_tx_done(conn: iscsi_conn, item: Any, ret: int) -> None:
         return
     if ret == 0 and item.on_sent is not None:
         item.on_sent(conn)
-    # The PDU is done (the kernel would kfree it here): an unlinked
-    # list_head points at itself, so its owner pointer would keep the PDU
-    # in a cycle only a full GC frees.
-    item.write_list_entry.owner = None
+    # The PDU is done (the kernel would kfree it here): its unlinked
+    # list_head points at itself and at the PDU, cycles only a GC frees.
+    list_head_release(item.write_list_entry)
     item.write_list_entry = None
 
 

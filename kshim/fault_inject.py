@@ -68,6 +68,7 @@ from kshim.random32 import (get_random_u64, prandom_seed_state, prandom_u32_stat
                             reciprocal_scale, rnd_state)
 
 _KSHIM_DIR = __file__.rpartition("/")[0] + "/"
+_TREE_DIR = _KSHIM_DIR[:-1].rpartition("/")[0] + "/"      # the tree kshim is part of
 _RATELIMIT_BURST = 10
 _RATELIMIT_JIFFIES = 5 * HZ
 ENUMERATE_MAX_SITES = 4096           # sites one enumeration records, at most
@@ -324,10 +325,18 @@ def _fail_stacktrace(attr: fault_attr) -> bool:
 
 
 def _caller_site() -> str:
-    """'module:line function' of the first caller outside kshim."""
-    f = getframe(3)
-    while f is not None and f.f_code.co_filename.startswith(_KSHIM_DIR):
+    """'module:line function' of the first caller in this tree outside
+    kshim. A call the engine made (an I/O completion in softirq) has none:
+    then the caller of the point's helper, inside kshim, names it."""
+    helper = getframe(3)            # the point's helper (should_failslab, ...)
+    f = helper
+    while f is not None:
+        path = f.f_code.co_filename
+        if path.startswith(_TREE_DIR) and not path.startswith(_KSHIM_DIR):
+            break
         f = f.f_back
+    if f is None:
+        f = helper.f_back if helper is not None and helper.f_back is not None else helper
     if f is None:
         return "?"
     mod, fn = _frame_names(f)
