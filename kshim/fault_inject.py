@@ -69,6 +69,7 @@ from kshim.random32 import (get_random_u64, prandom_seed_state, prandom_u32_stat
 
 _KSHIM_DIR = __file__.rpartition("/")[0] + "/"
 _TREE_DIR = _KSHIM_DIR[:-1].rpartition("/")[0] + "/"      # the tree kshim is part of
+_TOOLS_DIR = _TREE_DIR + "tools/"     # host tools: they run the engine, they call no point
 _RATELIMIT_BURST = 10
 _RATELIMIT_JIFFIES = 5 * HZ
 ENUMERATE_MAX_SITES = 4096           # sites one enumeration records, at most
@@ -325,17 +326,16 @@ def _fail_stacktrace(attr: fault_attr) -> bool:
 
 
 def _caller_site() -> str:
-    """'module:line function' of the first caller in this tree outside
-    kshim. A call the engine made (an I/O completion in softirq) has none:
-    then the caller of the point's helper, inside kshim, names it."""
+    """'module:line function' of the first caller outside kshim. A call the
+    engine made (an I/O completion in softirq) has none but the host tool
+    that runs the engine (tools/): then the caller of the point's helper,
+    inside kshim, names it."""
     helper = getframe(3)            # the point's helper (should_failslab, ...)
     f = helper
-    while f is not None:
-        path = f.f_code.co_filename
-        if path.startswith(_TREE_DIR) and not path.startswith(_KSHIM_DIR):
-            break
+    while f is not None and f.f_code.co_filename.startswith(_KSHIM_DIR):
         f = f.f_back
-    if f is None:
+    if f is None or not f.f_code.co_filename.startswith(_TREE_DIR) \
+            or f.f_code.co_filename.startswith(_TOOLS_DIR):
         f = helper.f_back if helper is not None and helper.f_back is not None else helper
     if f is None:
         return "?"
