@@ -28,10 +28,13 @@ from kshim import host
 from kshim.err import EAGAIN, EINPROGRESS, EINVAL, ENOTCONN, ERESTARTSYS
 from kshim.fault_sock import fail_sock_recv, fail_sock_send, sock_fault
 from kshim.host import ops
+from kshim.sched import MAX_SCHEDULE_TIMEOUT
 from kshim.softirq import raise_softirq
 from kshim.spinlock import rwlock_t
-from kshim.wait import wait_event_interruptible, wait_queue_head, wake_up_interruptible_all
+from kshim.wait import (wait_event_interruptible, wait_event_interruptible_timeout,
+                        wait_queue_head, wake_up_interruptible_all)
 
+AF_UNIX = host.AF_UNIX
 AF_INET = host.AF_INET
 AF_INET6 = host.AF_INET6
 SOCK_STREAM = host.SOCK_STREAM
@@ -86,7 +89,7 @@ class sock:
     __slots__ = ("host", "sk_family", "sk_state", "sk_err", "sk_user_data",
                  "sk_callback_lock", "sk_data_ready", "sk_write_space", "sk_state_change",
                  "sk_wq", "sk_socket", "rx_armed", "tx_armed", "engine_priv",
-                 "sk_sndbuf", "sk_rcvbuf")
+                 "sk_sndbuf", "sk_rcvbuf", "sk_sndtimeo")
 
     def __init__(self, hs: Any, family: int) -> None:
         self.host = hs                      # the engine's socket handle: opaque
@@ -107,6 +110,8 @@ class sock:
         self.engine_priv: Any = None        # the engine's own per-socket state: opaque
         self.sk_sndbuf = 0
         self.sk_rcvbuf = 0
+        # jiffies a blocking connect waits (SO_SNDTIMEO; kernel users set it directly)
+        self.sk_sndtimeo = MAX_SCHEDULE_TIMEOUT
 
 
 class socket:
@@ -195,15 +200,24 @@ def kernel_accept(sock_: socket, flags: int = O_NONBLOCK) -> "socket | int":
 
 
 def kernel_connect(sock_: socket, addr: tuple, flags: int = 0) -> int:
+    """Connect to addr (a (host, port) tuple, or a path for AF_UNIX): 0, or
+    -EINPROGRESS with O_NONBLOCK or when sk_sndtimeo jiffies pass first (as
+    inet_stream_connect), -ERESTARTSYS, or the connect's -errno
+    (-ECONNREFUSED, -ENOENT...)."""
     sk = sock_.sk
+    if sk.host is None:
+        return -EINVAL
     ret = ops.sock_connect(sk.host, addr)
     if ret == -EINPROGRESS or ret == -EAGAIN:
         ops.sock_attach(sk)
         ops.sock_arm_tx(sk)
         if flags & O_NONBLOCK:
             return -EINPROGRESS
-        if wait_event_interruptible(sk.sk_wq, lambda: not sk.tx_armed) < 0:
+        r = wait_event_interruptible_timeout(sk.sk_wq, lambda: not sk.tx_armed, sk.sk_sndtimeo)
+        if r < 0:
             return -ERESTARTSYS
+        if r == 0:
+            return -EINPROGRESS
         ret = ops.sock_error(sk.host)
     if ret == 0:
         sock_.state = SS_CONNECTED
