@@ -16,6 +16,9 @@ a receive found the socket empty (see kshim.engine_trio); sk_state_change fires
 when a receive or send finds the peer gone. Every host call goes through the
 host-ops table (kshim.host.ops), so the same code runs on real sockets
 (engine_trio) and on the simulation's in-memory ones (engine_sim).
+A pending sk_err (a fault's "reset after N bytes") is what the next
+kernel_sendmsg or kernel_recvmsg returns (sock_error), as tcp_sendmsg and
+tcp_recvmsg do; the socket is then closed.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from typing import Any, Callable
 
 from kshim import host
 from kshim.err import EAGAIN, EINPROGRESS, EINVAL, ENOTCONN, ERESTARTSYS
-from kshim.fault_inject import fail_sock_recv, fail_sock_send, sock_fault
+from kshim.fault_sock import fail_sock_recv, fail_sock_send, sock_fault
 from kshim.host import ops
 from kshim.sched import MAX_SCHEDULE_TIMEOUT
 from kshim.softirq import raise_softirq
@@ -137,6 +140,20 @@ def _set_state(sk: sock, state: int) -> None:
         raise_softirq(_state_change, sk)
 
 
+def sock_error(sk: sock) -> int:
+    """include/net/sock.h: the socket's pending error as -errno, cleared
+    (0 if none)."""
+    err, sk.sk_err = sk.sk_err, 0
+    return -err
+
+
+def _sock_error_close(sk: sock) -> int:
+    """A call on a socket with a pending error (a reset a fault left after
+    the bytes it let through): the error, and the socket is closed."""
+    _set_state(sk, TCP_CLOSE)
+    return sock_error(sk)
+
+
 def _state_change(sk: sock) -> None:
     sk.sk_state_change(sk)
 
@@ -217,6 +234,8 @@ def kernel_sendmsg(sock_: socket, vec: list, flags: int = 0) -> int:
                                                  kernel_sendmsg, flags)) is not None:
         return r
     sk = sock_.sk
+    if sk.sk_err:
+        return _sock_error_close(sk)
     if sk.host is None:
         return -ENOTCONN
     n = ops.sock_sendmsg(sk.host, vec, flags)
@@ -266,6 +285,8 @@ def kernel_recvmsg(sock_: socket, vec: list, size: int, flags: int = 0) -> int:
                                                  kernel_recvmsg, size, flags)) is not None:
         return r
     sk = sock_.sk
+    if sk.sk_err:
+        return _sock_error_close(sk)
     while True:
         if sk.host is None:
             return -ENOTCONN
