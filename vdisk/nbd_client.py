@@ -125,7 +125,9 @@ class nbd_device:
     # written by the connection thread only; read by anyone (one CPU)
     connected: bool = False
     dead: bool = False               # down longer than reconnect_timeout: fail at once
-    down_since: int = 0              # jiffies when the connection was lost
+    down_since: int = 0              # jiffies when the outage began
+    # this connection completed a request, or had none to resend
+    progress: bool = True
     reconnects: int = 0
     stopping: bool = False
     task: object = None              # the connection thread's task_struct
@@ -422,6 +424,7 @@ def _finish(nbd: nbd_device, cmd: nbd_cmd, error: int) -> None:
     spin_lock_bh(nbd.queue_lock)
     nbd.inflight.pop(cmd.cookie, None)
     spin_unlock_bh(nbd.queue_lock)
+    nbd.progress = True
     _end(cmd, error)
 
 
@@ -548,18 +551,22 @@ def _requeue_all(nbd: nbd_device) -> None:
 
 
 def _lose_connection(nbd: nbd_device, why: int) -> None:
+    """Close the broken connection. An outage starts now unless the
+    connection made no progress (it only resent requests and broke again):
+    then the outage that led to it goes on, so a server that accepts
+    connections but breaks each one still reaches reconnect_timeout."""
     mutex_lock(nbd.tx_lock)
     s, nbd.sock = nbd.sock, None
     nbd.connected = False
     mutex_unlock(nbd.tx_lock)
     if s is not None:
         sock_release(s)
-    nbd.down_since = jiffies()
-    if not nbd.stopping:
-        pending = len(nbd.inflight)
-        pr_warn(f"vdisk_nbd: {nbd.name}: connection to {nbd_describe(nbd)} lost ({why}); "
-                f"reconnecting, {pending} request(s) wait up to "
-                f"{nbd.reconnect_timeout // HZ} s")
+    if nbd.progress:
+        nbd.down_since = jiffies()
+        if not nbd.stopping:
+            pr_warn(f"vdisk_nbd: {nbd.name}: connection to {nbd_describe(nbd)} lost ({why}); "
+                    f"reconnecting, {len(nbd.inflight)} request(s) wait up to "
+                    f"{nbd.reconnect_timeout // HZ} s")
 
 
 def _reconnect(nbd: nbd_device) -> int:
@@ -579,6 +586,7 @@ def _reconnect(nbd: nbd_device) -> int:
     nbd.sock = s
     nbd.info = info              # this connection's replies and flags
     nbd.connected = True
+    nbd.progress = not nbd.inflight      # until a reply completes a request
     mutex_unlock(nbd.tx_lock)
     _requeue_all(nbd)
     return 0
@@ -589,36 +597,43 @@ def _backoff(nbd: nbd_device, delay: int) -> None:
                                      delay)
 
 
+def _check_dead(nbd: nbd_device) -> None:
+    """Down (or only failing) for reconnect_timeout: fail what waits, and
+    new requests until a connection makes progress again."""
+    if not nbd.dead and time_after_eq(jiffies(), nbd.down_since + nbd.reconnect_timeout):
+        nbd.dead = True
+        pr_err(f"vdisk_nbd: {nbd.name}: {nbd_describe(nbd)} unreachable for "
+               f"{nbd.reconnect_timeout // HZ} s (or breaking each connection); failing "
+               f"{len(nbd.inflight)} request(s) and new ones until it is back")
+        _fail_all(nbd, -ENOTCONN)
+
+
 def nbd_conn_thread(nbd: nbd_device) -> int:
-    """The connection thread: read replies; on a break, reconnect with
-    doubling backoff, failing what waits once the link has been down for
-    reconnect_timeout, until the device stops."""
+    """The connection thread: read replies; on a break, reconnect (at once
+    after a connection that made progress, else with doubling backoff),
+    failing what waits once the outage has lasted reconnect_timeout,
+    until the device stops."""
     delay = NBD_BACKOFF_MIN
     failures = 0
     while not (nbd.stopping or kthread_should_stop()):
         if nbd.connected:
-            s = nbd.sock
-            ret = _read_replies(nbd, s)
+            ret = _read_replies(nbd, nbd.sock)
             _lose_connection(nbd, ret)
-            delay = NBD_BACKOFF_MIN
-            failures = 0
-            continue
-        ret = _reconnect(nbd)
-        if ret == 0:
-            nbd.reconnects += 1
-            nbd.dead = False
-            pr_info(f"vdisk_nbd: {nbd.name}: reconnected to {nbd_describe(nbd)}")
-            continue
-        failures += 1
-        if failures == 1:
-            pr_warn(f"vdisk_nbd: {nbd.name}: reconnect to {nbd_describe(nbd)} failed: {ret}; "
-                    f"retrying")
-        if not nbd.dead and time_after_eq(jiffies(), nbd.down_since + nbd.reconnect_timeout):
-            nbd.dead = True
-            pr_err(f"vdisk_nbd: {nbd.name}: {nbd_describe(nbd)} unreachable for "
-                   f"{nbd.reconnect_timeout // HZ} s; failing {len(nbd.inflight)} request(s) "
-                   f"and new ones until it is back")
-            _fail_all(nbd, -ENOTCONN)
+            if nbd.progress:
+                delay, failures = NBD_BACKOFF_MIN, 0
+                continue
+        else:
+            ret = _reconnect(nbd)
+            if ret == 0:
+                nbd.reconnects += 1
+                nbd.dead = False
+                pr_info(f"vdisk_nbd: {nbd.name}: reconnected to {nbd_describe(nbd)}")
+                continue
+            failures += 1
+            if failures == 1:
+                pr_warn(f"vdisk_nbd: {nbd.name}: reconnect to {nbd_describe(nbd)} failed: "
+                        f"{ret}; retrying")
+        _check_dead(nbd)
         _backoff(nbd, delay)
         delay = min(delay * 2, NBD_BACKOFF_MAX)
     return 0

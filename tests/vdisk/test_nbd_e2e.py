@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -364,3 +366,105 @@ def test_open_dev_over_the_control_socket_on_a_qemu_nbd_unix_socket(
 
 def _admin(ctl: Path) -> list[str]:
     return [sys.executable, "-m", "tools.uscstadmin", "--socket", str(ctl)]
+
+
+class _BadServer:
+    """A real TCP NBD peer on loopback that misbehaves on purpose: either
+    not an NBD server at all, or a correct fixed-newstyle handshake (no
+    structured replies, a 1 MiB export) followed by a reply with a bad
+    magic to every request. One connection at a time, on a thread."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.sock.close()
+
+    def _serve(self) -> None:
+        # Bounded by close(): each accept waits 0.2 s at most.
+        while not self.stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            with c:
+                c.settimeout(5)
+                try:
+                    self._one(c)
+                except OSError:
+                    pass
+
+    @staticmethod
+    def _recv(c: socket.socket, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:               # bounded: the 5 s socket timeout
+            got = c.recv(n - len(buf))
+            if not got:
+                raise OSError("peer closed")
+            buf += got
+        return buf
+
+    def _one(self, c: socket.socket) -> None:
+        if self.mode == "not-nbd":
+            c.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            return
+        c.sendall(b"NBDMAGICIHAVEOPT\x00\x03")
+        self._recv(c, 4)
+        for _ in range(8):                # options: a handful at most
+            _, opt, length = struct.unpack(">QII", self._recv(c, 16))
+            self._recv(c, length)
+            if opt != 7:                  # anything but NBD_OPT_GO: unsupported
+                c.sendall(struct.pack(">QIII", 0x3E889045565A9, opt, (1 << 31) | 1, 0))
+                continue
+            c.sendall(struct.pack(">QIIIHQH", 0x3E889045565A9, 7, 3, 12, 0, 1 << 20, 0x0001)
+                      + struct.pack(">QIII", 0x3E889045565A9, 7, 1, 0))
+            break
+        while not self.stop.is_set():     # bounded: close() or the 5 s timeout
+            self._recv(c, 28)
+            c.sendall(b"\xde\xad\xbe\xef" + bytes(12))
+
+
+def test_a_server_that_is_not_nbd_or_breaks_the_protocol_fails_cleanly(
+        uscstd, tmp_path: Path) -> None:
+    """Bad input from the server: a device is not created on something that
+    is not an NBD server (the log says so); a reply with a bad magic drops
+    the connection and reconnects, and after reconnect_timeout the command
+    gets NOT READY: no traceback, no hang, the daemon stays healthy."""
+    ctl = tmp_path / "ctl.sock"
+    srv = uscstd("--nullio", "--control", str(ctl), disk=None, size="1M")
+    bad = _BadServer("not-nbd")
+    try:
+        r = subprocess.run([*_admin(ctl), "open-dev", "x", "-H", "vdisk_nbd", "-p",
+                            f"uri=nbd://127.0.0.1:{bad.port}/"], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode != 0
+        assert "handshake failed: not an NBD server" in srv.stderr_text()
+    finally:
+        bad.close()
+    liar = _BadServer("bad-replies")
+    try:
+        uscstadmin_ok(ctl, "open-dev", "liar", "-H", "vdisk_nbd", "-p",
+                      f"uri=nbd://127.0.0.1:{liar.port}/", "-p", "reconnect_timeout=2")
+        uscstadmin_ok(ctl, "add-lun", srv.iqn, "1", "liar")
+        with Initiator(port=srv.port) as ini:
+            ini.connect()
+            ini.login(srv.iqn)
+            r = ini.read10(0, 1, lun=1)
+            assert (r.status, r.sense_key, r.asc_ascq) == (CHECK_CONDITION, NOT_READY, (0x04, 0))
+        assert "bad reply magic 0xdeadbeef; reconnecting" in srv.stderr_text()
+        assert liar.connections >= 2
+        uscstadmin_ok(ctl, "rem-lun", srv.iqn, "1")
+        uscstadmin_ok(ctl, "close-dev", "liar")
+    finally:
+        liar.close()
+    srv.assert_healthy()
