@@ -87,10 +87,12 @@ def _values(obj: Any) -> list[Any] | tuple:
                 out.append(object.__getattribute__(obj, name))
             except AttributeError:
                 pass
-    try:
-        d = object.__getattribute__(obj, "__dict__")
-    except (AttributeError, TypeError):
-        d = None
+    d = None
+    if type(obj).__dictoffset__:        # else slots only: no failed lookup to pay for
+        try:
+            d = object.__getattribute__(obj, "__dict__")
+        except (AttributeError, TypeError):
+            d = None
     if d:
         out = [*out, *d.values()]
     return out
