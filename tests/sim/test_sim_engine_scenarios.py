@@ -18,8 +18,10 @@ import pytest
 
 from uscstd_support import REPO_ROOT
 
+from tools.sim import cli
 from tools.sim.channel import Channel
 from tools.sim.initiator import InitiatorSession
+from tools.sim.runner import Outcome
 from tools.sim.scenarios import Context, cdb_rw, clear_unit_attentions
 
 
@@ -124,6 +126,24 @@ def test_cli_explore_reports_every_seed_and_the_rate():
     assert p.returncode == 0, p.stdout + p.stderr
     assert re.fullmatch(r"explored 4 seeds: 0 failed, \d+\.\d seeds/s",
                         p.stdout.strip().splitlines()[-1])
+
+
+def test_cli_explore_check_determinism_runs_every_seed_twice_and_passes_seeds_1_to_3():
+    p = subprocess.run([sys.executable, "-m", "tools.sim", "explore", "nop-timeout", "--seeds",
+                        "3", "--check-determinism"], cwd=REPO_ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert re.fullmatch(r"explored 3 seeds: 0 failed, \d+\.\d seeds/s",
+                        p.stdout.strip().splitlines()[-1])
+
+
+def test_replay_check_fails_a_seed_whose_second_run_differs_seed_9():
+    first = Outcome("login-io", 9, events=10, trace="00000000000000aa")
+    cli.replay_check(first, Outcome("login-io", 9, events=10, trace="00000000000000aa"))
+    assert first.ok
+    cli.replay_check(first, Outcome("login-io", 9, events=11, trace="00000000000000bb"))
+    assert first.verdict == ("FAIL: determinism: seed 9 gave traces 00000000000000aa "
+                             "(10 events) and 00000000000000bb (11 events)")
 
 
 @pytest.mark.sim_seed(3)
