@@ -1198,6 +1198,17 @@ def _login_rx_done(conn: iscsi_conn) -> None:
         # A connection joins its session (MC/S, RFC 7143 6.3.1).
         sess = login.session
         old = next((c for c in sess.conn_list if c.cid == login.cid), None)
+        if sess not in session_mod.session_list:
+            # The session ended (its last connection went) after this
+            # login found it: "session does not exist" (RFC 7143 11.13.5).
+            pr_info(f"iscsi: login from {conn.peer}: session {sess.tsih:#x} ended during "
+                    f"the login")
+            fail = bytearray(48)
+            pack_login_rsp(fail, rsp.csg << 2, rsp.version_max, rsp.version_active, 0, rsp.isid,
+                           0, rsp.itt, 0, 0, 0, 0x02, 0x0A)
+            _count_login(login, 0x02, 0x0A)
+            _queue_pdu(conn, fail, b"", on_sent=_close_after_send)
+            return
         if old is not None:
             # Connection reinstatement: the old connection with this CID goes.
             old.logged_out = True

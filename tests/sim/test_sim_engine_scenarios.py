@@ -202,3 +202,15 @@ def test_mcs_reinstate_seed_77_login_responses_of_a_joining_connection_keep_expc
     session still expected 9 (commands in flight on the other connection),
     so ExpCmdSN went back at the final response (sn-monotonic)."""
     sim_target.run("mcs-reinstate", timeout_s=300)
+
+
+@pytest.mark.sim_seed(331)
+def test_mcs_reinstate_seed_331_a_join_to_a_session_that_ended_meanwhile_is_refused(sim_target):
+    """Regression seed found by explore: CID 1's login had found session
+    0x1; before its last login PDU, CID 0 was reset and the session ended
+    (ERL 0) with its other connections. The login still joined the freed
+    session, whose SCST session was gone, and the first SCSI command
+    oopsed the rd thread (scst_rx_cmd on None) and the run stalled. The
+    join is now refused with 02/0A, "session does not exist"."""
+    out = sim_target.run("mcs-reinstate", timeout_s=300)
+    assert out.stats.get("join-refused") == 1
