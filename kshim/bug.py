@@ -17,8 +17,9 @@ clean run sees them. `panic_on_report` turns reports into KernelBug at the
 call site, as panic_on_warn would.
 
 Debug aids: stack_capture() takes a cheap snapshot of the caller's frames
-(filename, line, function) for the aids to keep with an object;
-format_entries() turns one into text only when a report needs it.
+(code object and bytecode offset each; filename, line and function once
+formatted) for the aids to keep with an object; format_entries() turns one
+into text, and looks the lines up, only when a report needs it.
 """
 from __future__ import annotations
 

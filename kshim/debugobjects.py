@@ -63,9 +63,10 @@ def _slot_getter(cls: type) -> Callable[[Any], tuple] | None:
         return _getters[cls]
     names = _fields(cls)
     g: Callable[[Any], tuple] | None = None
-    # Not for a class that reads its attributes its own way, nor one too
-    # small to matter.
-    if cls.__getattribute__ is object.__getattribute__ and len(names) >= 2:
+    # Not for a class that reads its attributes its own way (an unset slot
+    # must raise, not reach a __getattr__), nor one too small to matter.
+    if cls.__getattribute__ is object.__getattribute__ and not hasattr(cls, "__getattr__") \
+            and len(names) >= 2:
         g = attrgetter(*names)
     _getters[cls] = g
     return g
