@@ -82,13 +82,18 @@ class iscsi_conn:
     # protected by write_list_lock
     write_list_lock: spinlock_t = attrs.field(factory=lambda: spinlock_t("conn.write_list_lock"))
     write_list: list_head = attrs.field(factory=list_head)
+    # The rd thread's own responses (their write_list_entry nodes), kept
+    # like an llist: the rd thread appends without a lock, and whoever
+    # sends or queues from another context takes the whole list at once
+    # (one CPU, and the rd thread never sleeps between the two). What is
+    # on write_list was queued before everything here.
+    rd_write_list: list = attrs.field(factory=list)
     # the sender's state: whoever holds tx_busy (the wr thread, or the rd
     # thread flushing before it sleeps) owns these
     tx_busy: bool = False
     tx_iov: list = attrs.field(factory=list)
     tx_len: int = 0
     tx_items: list = attrs.field(factory=list)
-    tx_batch: list_head = attrs.field(factory=list_head)
     stat_sn: int = 0
     hdigest_tx: bool = False
     ddigest_tx: bool = False

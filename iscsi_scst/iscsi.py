@@ -67,7 +67,7 @@ from iscsi_scst.hdr import (ISCSI_CMD_ATTR_MASK, common_hdr, ISCSI_CMD_READ, ISC
                             pack_data_in, pack_data_in_raw, pack_generic_rsp, pack_login_rsp, pack_logout_rsp,
                             pack_r2t, pack_scsi_rsp, sn_le, sn_lt, u32_at, unpack_common,
                             unpack_data_out)
-from iscsi_scst.nthread import fill_sn, hdigest, iscsi_queue_tx, pad_bytes
+from iscsi_scst.nthread import fill_sn, hdigest, iscsi_queue_tx, iscsi_rd_tx_requeue, pad_bytes
 from iscsi_scst import target as target_mod
 from iscsi_scst.target import iscsi_list_targets, iscsi_target_find
 from iscsi_scst.usr.chap import chap_authenticator, chap_credentials
@@ -146,6 +146,9 @@ class iscsi_cmnd:
     held_buf: bytearray | None = None
     unsol_seq: list = attrs.field(factory=lambda: [0, 0, 0])
     write_list_entry: list_head = attrs.field(default=None)
+    # the one-PDU response's header, built by the sender (tx_busy holder):
+    # made once with the cached object, so a response allocates no header
+    rsp_bhs: bytearray = attrs.field(factory=lambda: bytearray(48))
 
     def __attrs_post_init__(self) -> None:
         self.write_list_entry = list_head(self)
@@ -752,6 +755,7 @@ def _reset_cmnd(cmnd: iscsi_cmnd) -> None:
 
 def iscsi_conn_abort_cmnds(conn: iscsi_conn) -> None:
     """The connection is closing: finish every command it still owns."""
+    iscsi_rd_tx_requeue(conn)
     while True:
         node = conn.write_list.next
         if node is conn.write_list:
@@ -873,7 +877,7 @@ def iscsi_tx_build(conn: iscsi_conn, item: Any, iov: list) -> None:
         plain = not (conn.hdigest_tx or conn.ddigest_tx)
         if total <= mrdsl and collapse and plain and total & 3 == 0 and base is not None:
             # The common case: all data and the status in one Data-In PDU.
-            bhs = bytearray(48)
+            bhs = item.rsp_bhs
             pack_data_in_raw(bhs, 0, ISCSI_OP_SCSI_DATA_IN,
                           ISCSI_FLG_FINAL | ISCSI_FLG_STATUS | rflags, 0, status, total, lun,
                           itt, ISCSI_RESERVED_TAG, stat_sn, exp, max_sn, 0, 0, resid)
