@@ -737,11 +737,7 @@ def iscsi_on_free_cmd(scmd: scst_cmd) -> None:
             from kshim.wait import wake_up
             wake_up(conn.cmds_waitQ)
     cmnd.scst_cmd = None
-    _reset_cmnd(cmnd)
-    kmem_cache_free(iscsi_cmnd_cache, cmnd)
-
-
-def _reset_cmnd(cmnd: iscsi_cmnd) -> None:
+    # A kept free object starts its next command clean.
     cmnd.write_ready = cmnd.unsol_open = cmnd.rx_pending = False
     cmnd.rsp_deferred = cmnd.data_done = False
     cmnd.data_rcvd = cmnd.r2t_next = cmnd.r2t_sn = cmnd.outstanding_r2t = 0
@@ -749,6 +745,7 @@ def _reset_cmnd(cmnd: iscsi_cmnd) -> None:
     cmnd.held = cmnd.release_pending = False
     cmnd.held_buf = None
     cmnd.conn = None          # a kept free object must not pin its last connection
+    kmem_cache_free(iscsi_cmnd_cache, cmnd)
 
 
 
