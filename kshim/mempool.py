@@ -22,7 +22,7 @@ from typing import Any, Callable
 import attrs
 
 from kshim.bug import report_bug
-from kshim.fault_inject import fail_mempool, should_fail_mempool
+from kshim.fail_mempool import fail_mempool, should_fail_mempool
 from kshim.gfp import (__GFP_DIRECT_RECLAIM, __GFP_IO, __GFP_NOWARN, __GFP_NORETRY,
                        __GFP_ZERO)
 from kshim.page_alloc import __free_pages, alloc_pages
