@@ -236,9 +236,12 @@ def _block(lba: int, gen: int) -> bytes:
 def test_killing_and_restarting_the_nbd_server_mid_write_loses_no_acknowledged_block(
         uscstd, nbd_server, tmp_path: Path) -> None:
     """nbdkit's file plugin keeps the data; its delay filter holds each
-    write 0.5 s, so the writes in flight when it is killed are unanswered
-    and must be resent to the restarted server. Every WRITE that got GOOD
-    must be in the file afterwards."""
+    write 0.5 s, so writes that reached it when it is killed are unanswered
+    and must be resent to the restarted server, and writes that arrive at
+    the target while it is down wait and are sent after the reconnect
+    (which of the two a round's writes meet depends on when they reach the
+    target; both are logged). Every WRITE that got GOOD must be in the file
+    afterwards."""
     disk = tmp_path / "nbd-backing.img"
     with open(disk, "wb") as f:
         f.truncate(16 << 20)
@@ -254,7 +257,7 @@ def test_killing_and_restarting_the_nbd_server_mid_write_loses_no_acknowledged_b
                 data = _block(lba, rnd) * 8
                 itts[ini.submit(_write10(lba, 8), data_out=data)] = (lba, data)
             if rnd == 1:
-                nbd.kill()          # the round's writes are held by the delay filter
+                nbd.kill()          # the round's writes in flight or not yet sent
                 nbd.start()
             if rnd == 2:
                 nbd.kill()          # and again, this time with nothing listening for a while
