@@ -40,7 +40,7 @@ from kshim.err import EEXIST, EINVAL, ENOENT, errname
 from kshim.printk import pr_err
 from scst_core.main import scst_acg_add_lun, scst_find_device
 from scst_core.sysfs import scst_sysfs_schema
-from tools import scst_conf
+from . import scst_conf
 from vdisk.vdisk import vdisk_add_device
 
 DEFAULT_PORTAL = ("127.0.0.1", 3260)

@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from tools.modcheck import check_module_file
+from .modcheck import check_module_file
 
 ROOT = "/kernel/scst_tgt"
 EXIT_FAILED = 1
@@ -683,7 +683,7 @@ def trace_stop(o: Obj) -> None:
 @pass_obj
 def trace_dump(o: Obj, out: str, fmt: str) -> None:
     """Write the ring: Perfetto/Chrome trace-event JSON, the raw records, or text."""
-    from tools import trace_export     # the exporter is needed by this command only
+    from . import trace_export     # the exporter is needed by this command only
     if fmt == "text":
         text = o.ctl.call("read", path=f"{TRACING}/trace")["value"]
     else:
@@ -708,7 +708,7 @@ def trace_dump(o: Obj, out: str, fmt: str) -> None:
 def trace_html_cmd(trace_file: str, out: str, itt: str | None, login: int | None) -> None:
     """Draw a dumped trace (Perfetto JSON) as a self-contained HTML page:
     a timeline of kthreads and softirqs and a command's sequence diagram."""
-    from tools import trace_html    # needed by this command only
+    from . import trace_html    # needed by this command only
     try:
         itt_n = int(itt, 0) if itt is not None else None
     except ValueError:
@@ -738,7 +738,7 @@ def top_cmd(o: Obj, once: bool, interval: float, max_seconds: float) -> None:
     """Live view: kthreads, softirqs, workqueues, slabs, locks, and per
     session/LUN IOPS, MB/s, latency and outstanding commands (keys: s sort,
     d drill into a session, a all, q quit)."""
-    from tools import top    # rich and the parser load for this command only
+    from . import top    # rich and the parser load for this command only
     if once:
         click.echo(top.render_once(o.ctl, interval), nl=False)
     else:

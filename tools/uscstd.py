@@ -32,7 +32,7 @@ from iscsi_scst.config import ISCSI_NAME_RE, iscsi_parse_portal
 from kshim import engine, engine_ctl, fault_inject
 from kshim.err import EINVAL, errname
 from scst_core.sysfs import scst_sysfs_schema
-from tools import boot, scst_conf
+from . import boot, scst_conf
 
 DEFAULT_IQN = "iqn.2026-11.org.uscst:default"
 DEFAULT_PORTAL = "127.0.0.1:3260"
