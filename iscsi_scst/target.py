@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from iscsi_scst.conn import iscsi_conn_alloc, iscsi_conn_count
 from iscsi_scst.usr.iscsid import target_portal
 from iscsi_scst.usr.param import iscsi_tgt_params
 from kshim.err import EAGAIN, EEXIST, EINVAL, ENOENT, IS_ERR
@@ -110,7 +111,6 @@ def _portal_data_ready(sk: Any) -> None:
 
 
 def _accept_thread(portal: iscsi_portal) -> int:
-    from iscsi_scst.conn import iscsi_conn_alloc, iscsi_conn_count
     while not kthread_should_stop():
         new = kernel_accept(portal.sock)
         if new == -EAGAIN:

@@ -424,7 +424,7 @@ def fuse_unavailable() -> str | None:
 
 
 def _make_fs(base: str) -> Any:
-    import pyfuse3
+    import pyfuse3  # optional dependency (the fuse extra); only a mount needs it
     FUSEError = pyfuse3.FUSEError
     uid, gid = os.getuid(), os.getgid()
 
@@ -580,7 +580,7 @@ def fuse_service(mountpoint: str, base: str = "/kernel/scst_tgt",
             if on_error is not None:
                 on_error(f"FUSE not available: {why}")
             return
-        import pyfuse3
+        import pyfuse3  # optional dependency (the fuse extra); only a mount needs it
         fs = _make_fs(base)
         opts = set(pyfuse3.default_options)
         opts.add("fsname=uscst")

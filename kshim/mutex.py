@@ -32,6 +32,7 @@ from kshim.host import ops
 from kshim.lockdep import lock_acquire, lock_acquired, lock_contended, lock_release, lock_site
 from kshim.sched import (MAX_SCHEDULE_TIMEOUT, TASK_INTERRUPTIBLE, TASK_KILLABLE,
                          TASK_UNINTERRUPTIBLE, might_sleep, signal_pending_state)
+from kshim.timer import schedule_timeout
 
 debug_mutexes = True
 _cpu = sched.cpu
@@ -221,7 +222,6 @@ def _down_common(sem: semaphore, state: int, timeout: int) -> int:
     if sem.count > 0:
         sem.count -= 1
         return 0
-    from kshim.timer import schedule_timeout
     me = _cpu.curr
     w = [me, False]
     sem.waiters.append(w)

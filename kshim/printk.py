@@ -22,6 +22,7 @@ from typing import Any
 
 from kshim import host
 from kshim.host import ops
+from kshim.jiffies import jiffies
 
 KERN_SOH = "\x01"
 KERN_EMERG = KERN_SOH + "0"
@@ -217,7 +218,6 @@ def __ratelimit(rs: ratelimit_state, name: str = "") -> bool:
     one suppressed."""
     if not rs.interval:
         return True
-    from kshim.jiffies import jiffies
     now = jiffies()
     if not rs.begin:
         rs.begin = now

@@ -51,6 +51,7 @@ from kshim.bug import KernelBug, frame_stack, report_bug
 from kshim.host import ops
 from kshim.printk import KERN_EMERG, printk
 from kshim.tracepoint import TRACE_EVENT
+import traceback
 
 # The context counters live on one slotted object (cpu.preempt_count, ...),
 # not as module globals: a STORE_ATTR on a slotted object is about 25 ns
@@ -329,7 +330,6 @@ def _task_body(t: task_struct, fn: Callable[[], Any]) -> None:
 
 
 def _oops(t: task_struct, what: str) -> None:
-    import traceback
     c = cpu
     printk(KERN_EMERG + f"Oops: {what} in task {t.comm}/{t.pid}\n" + traceback.format_exc())
     report_bug("oops", task=t.comm, pid=t.pid, error=what)

@@ -50,8 +50,8 @@ from typing import Any, Callable
 import attrs
 
 from kshim import debugobjects, sched
-from kshim.bug import (KernelBug, caller_site, entry_parts, format_entries, report_bug,
-                       stack_capture)
+from kshim.bug import (KernelBug, WARN_ON_ONCE, caller_site, entry_parts, format_entries,
+                       report_bug, stack_capture)
 from kshim.fault_inject import failslab, should_failslab
 from kshim.gfp import __GFP_DIRECT_RECLAIM, __GFP_NOWARN
 from kshim.tracepoint import TRACE_EVENT
@@ -404,7 +404,6 @@ def kmalloc(size: int, gfp: int) -> bytearray | None:
     if (failslab.armed and should_failslab(c, gfp)) or size > KMALLOC_MAX_SIZE:
         c.failures += 1
         if size > KMALLOC_MAX_SIZE and not gfp & __GFP_NOWARN:
-            from kshim.bug import WARN_ON_ONCE
             WARN_ON_ONCE(True, f"kmalloc of {size} bytes, more than KMALLOC_MAX_SIZE")
         return None
     buf = bytearray(size)

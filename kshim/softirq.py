@@ -41,6 +41,7 @@ from kshim.fault_inject import fail_softirq, softirq_fault
 from kshim.host import ops
 from kshim.module import find_module_of
 from kshim.tracepoint import TRACE_EVENT
+import traceback
 
 debug_softirq = True
 _pending: deque[tuple[Callable[[Any], None], Any]] = deque()
@@ -75,7 +76,6 @@ def softirq_run(fn: Callable[[Any], None], arg: Any) -> None:
 
 
 def _softirq_oops(fn: Callable, e: BaseException, pc: int, bh: int, irqs: int) -> None:
-    import traceback
     c = _cpu
     # Name the loadable module the callback belongs to, as the kernel's
     # oops prints "Modules linked in" and the faulting symbol's [module].

@@ -29,8 +29,12 @@ from typing import Any, Callable, NoReturn
 import trio
 
 from iscsi_scst.config import ISCSI_NAME_RE, iscsi_parse_portal
+from iscsi_scst.iscsi import iscsi_metrics
 from kshim import engine, engine_ctl, fault_inject
+from kshim.engine_metrics import format_metrics, metrics_service
 from kshim.err import EINVAL, errname
+from kshim.proc import proc_create, remove_proc_entry
+from scst_core.stats import scst_metrics
 from scst_core.sysfs import scst_sysfs_schema
 from . import boot, scst_conf
 
@@ -320,10 +324,6 @@ def serve(cfg: dict) -> int:
 def _proc_metrics() -> None:
     """The same counters as text for the control socket's `proc metrics`
     (uscstadmin top reads them there, --metrics or not)."""
-    from iscsi_scst.iscsi import iscsi_metrics     # the metrics glue is all here
-    from kshim.engine_metrics import format_metrics
-    from kshim.proc import proc_create, remove_proc_entry
-    from scst_core.stats import scst_metrics
     remove_proc_entry("metrics")
     proc_create("metrics", lambda: format_metrics(scst_metrics() + iscsi_metrics()).decode())
 
@@ -331,9 +331,6 @@ def _proc_metrics() -> None:
 def _metrics_service(where: tuple[str, int], warn: Callable[[str], None]) -> Any:
     """--metrics: the Prometheus endpoint over the SCST core's and the iSCSI
     driver's counters (an engine service, like the control socket)."""
-    from iscsi_scst.iscsi import iscsi_metrics     # the metrics glue is all here
-    from kshim.engine_metrics import metrics_service
-    from scst_core.stats import scst_metrics
     return metrics_service(where[0], where[1], [scst_metrics, iscsi_metrics], on_error=warn,
                            on_ready=lambda a: print(f"uscstd: metrics at http://{a}/metrics",
                                                     flush=True))

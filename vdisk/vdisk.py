@@ -58,6 +58,8 @@ from scst_core.const import (ASSOCIATION_LU, CODE_SET_ASCII, CODE_SET_BINARY, CO
 from scst_core.lib import (scst_build_sense, scst_get_buf_full, scst_set_cmd_error,
                            scst_set_invalid_field_in_cdb,
                            scst_set_invalid_field_in_parm_list, scst_set_resp_data_len)
+from scst_core.main import (scst_register_virtual_dev_driver, scst_register_virtual_device,
+                            scst_unregister_virtual_dev_driver, scst_unregister_virtual_device)
 from scst_core.pres import (scst_dev_reset_hooks, scst_pr_clear_dev, scst_pr_exec_in,
                             scst_pr_exec_out, scst_pr_init_dev,
                             scst_pr_nexus_gone, scst_release_local, scst_reserve_local)
@@ -67,6 +69,8 @@ from scst_core.scst import (SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME, SCST_EXEC
 from scst_core.tg import (scst_tg_exec_report_tpgs, scst_tg_port_designators,
                           scst_tg_set_group_info, scst_tg_tpgs)
 from scst_core.ua import scst_queue_ua
+from vdisk.opcodes import (vdisk_report_supported_opcodes, vdisk_report_supported_tm_fns,
+                           vdisk_usage_table)
 
 # Design notes:
 # - parse() does every check that needs no I/O (write protection, PI
@@ -362,7 +366,7 @@ def _supported_vpd_pages(virt_dev: scst_vdisk_dev) -> bytes:
     if virt_dev.cdrom:
         return bytes((VPD_SUPPORTED_PAGES, VPD_UNIT_SERIAL_NUMBER, VPD_DEVICE_IDENTIFICATION,
                       VPD_EXTENDED_INQUIRY))
-    from vdisk.xcopy import VPD_THIRD_PARTY_COPY
+    from vdisk.xcopy import VPD_THIRD_PARTY_COPY  # cycle: xcopy imports this module
     return bytes((VPD_SUPPORTED_PAGES, VPD_UNIT_SERIAL_NUMBER, VPD_DEVICE_IDENTIFICATION,
                   VPD_EXTENDED_INQUIRY, VPD_THIRD_PARTY_COPY, VPD_BLOCK_LIMITS,
                   VPD_BLOCK_DEVICE_CHARACTERISTICS, VPD_LOGICAL_BLOCK_PROVISIONING))
@@ -437,7 +441,7 @@ def _vpd_page(page: int, cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> bytes | Non
     elif page == VPD_LOGICAL_BLOCK_PROVISIONING:
         body = vdisk_lbp(virt_dev)[4:]
     elif page == 0x8F and not virt_dev.cdrom:   # Third-party Copy (vdisk.xcopy)
-        from vdisk.xcopy import vdisk_third_party_copy_vpd
+        from vdisk.xcopy import vdisk_third_party_copy_vpd  # cycle: xcopy imports this module
         body = vdisk_third_party_copy_vpd(virt_dev)
     else:
         return None
@@ -469,7 +473,7 @@ def vdisk_exec_request_sense(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
     buf = bytearray(96)
     if virt_dev.sanitize_state:
         # SBC-3 4.11.2: the sanitize state, with its progress indication.
-        from vdisk.sbc import vdisk_sanitize_sense
+        from vdisk.sbc import vdisk_sanitize_sense  # cycle: sbc imports this module
         vdisk_copy_resp(cmd, buf[:vdisk_sanitize_sense(buf, desc, virt_dev)])
         return
     pending = vdisk_pending_sense_hook(cmd) if vdisk_pending_sense_hook is not None else None
@@ -897,7 +901,6 @@ def vdisk_exec_unmap(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
 
 
 def vdisk_exec_maintenance_in(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
-    from vdisk.opcodes import vdisk_report_supported_opcodes, vdisk_report_supported_tm_fns
     sa = cmd.cdb[1] & 0x1F
     if sa == 0x0C:
         data = vdisk_report_supported_opcodes(cmd, vdisk_usage(virt_dev))
@@ -925,7 +928,6 @@ _usage_cache: dict = {}
 
 def vdisk_usage(virt_dev: scst_vdisk_dev) -> dict:
     """The REPORT SUPPORTED OPERATION CODES rows of this device's type."""
-    from vdisk.opcodes import vdisk_usage_table
     key = "cdrom" if virt_dev.cdrom else "disk"
     u = _usage_cache.get(key)
     if u is None:
@@ -1023,7 +1025,7 @@ def vdisk_do_exec(cmd: scst_cmd) -> int:
         scst_set_cmd_error(cmd, scst_sense_invalid_opcode)
     elif not cmd.status:
         if virt_dev.sanitize_state:
-            from vdisk.sbc import vdisk_sanitize_check
+            from vdisk.sbc import vdisk_sanitize_check  # cycle: sbc imports this module
             if vdisk_sanitize_check(cmd, virt_dev):
                 return vdisk_cmd_done(cmd)
         if fn(cmd, virt_dev) == VDISK_EXEC_ASYNC:
@@ -1044,7 +1046,7 @@ def vdisk_attach_common(dev: scst_device, virt_dev: scst_vdisk_dev) -> None:
 
 
 def vdisk_detach_common(dev: scst_device, virt_dev: scst_vdisk_dev) -> None:
-    from vdisk.sbc import vdisk_sanitize_stop
+    from vdisk.sbc import vdisk_sanitize_stop  # cycle: sbc imports this module
     vdisk_sanitize_stop(virt_dev)       # before the backend closes the file
     scst_pr_clear_dev(dev)
     virt_dev.pr_dev = None
@@ -1210,7 +1212,6 @@ def vdisk_add_device(handler_name: str, dev_name: str, params: dict[str, str]) -
     """Create a device of the named vdisk handler (management's add_device).
     0, or -EINVAL (bad parameter), -ENODEV (no such handler), -EEXIST, or
     the attach's -errno. Task context."""
-    from scst_core.main import scst_register_virtual_device
     devt = vdisk_devtypes.get(handler_name)
     if devt is None:
         pr_err(f"vdisk: no handler named {handler_name}")
@@ -1233,7 +1234,6 @@ def vdisk_add_device(handler_name: str, dev_name: str, params: dict[str, str]) -
 
 def vdisk_del_device(dev_name: str) -> int:
     """Remove a vdisk device: 0, -ENOENT, or -EBUSY while it has LUNs."""
-    from scst_core.main import scst_unregister_virtual_device
     virt_dev = vdisk_dev_list.get(dev_name)
     if virt_dev is None or virt_dev.dev is None:
         pr_err(f"vdisk: no device named {dev_name}")
@@ -1258,7 +1258,6 @@ def vdisk_init() -> int:
     the core, and their attributes with the management tree."""
     # These import this file (they are scst_vdisk.c's other parts): a cycle
     # C does not have, broken at call time.
-    from scst_core.main import scst_register_virtual_dev_driver, scst_unregister_virtual_dev_driver
     from vdisk.blockio import blockio_devtype
     from vdisk.cdrom import cdrom_devtype
     from vdisk.fileio import fileio_devtype
@@ -1286,8 +1285,7 @@ def vdisk_init() -> int:
 
 
 def vdisk_exit() -> None:
-    from scst_core.main import scst_unregister_virtual_dev_driver   # the cycle vdisk_init names
-    from vdisk.sysfs import vdisk_sysfs_exit
+    from vdisk.sysfs import vdisk_sysfs_exit  # cycle: sysfs imports this module
     vdisk_sysfs_exit()
     for name in list(vdisk_devtypes)[::-1]:
         devt = vdisk_devtypes.pop(name)
