@@ -28,10 +28,10 @@ import attrs
 from iscsi_scst.nagle import iscsi_nagle
 from iscsi_scst.usr.iscsid import login_session
 from iscsi_scst.usr.param import iscsi_sess_params
-from kshim.fault_inject import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
-from kshim.jiffies import HZ, jiffies
+from kshim.fail_function import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
+from kshim.jiffies import HZ, jiffies, time_before
 from kshim.kthread import kthread_run, kthread_stop
-from kshim.list import list_head
+from kshim.list import list_head, list_head_release
 from kshim.err import ENOMEM
 from kshim.gfp import GFP_KERNEL
 from kshim.net import (SHUT_RDWR, TCP_ESTABLISHED, kernel_getpeername, kernel_sock_shutdown,
@@ -117,9 +117,12 @@ class iscsi_conn:
     logged_out: bool = False        # closed by a Logout, not lost
     login_cmd_sn: int = 0
     login_timer: timer_list = attrs.field(factory=timer_list)
-    # NOP-In ping: the TTT of the unanswered ping, if any (rd thread and timer)
+    login_deadline: int = 0         # jiffies; set once before the timer is armed
+    # NOP-In ping: the TTT of the unanswered ping, if any, and when the
+    # timer is due (jiffies) (rd thread and timer)
     nop_timer: timer_list = attrs.field(factory=timer_list)
     nop_ttt: int | None = None
+    nop_deadline: int = 0
     # Adaptive Nagle (iscsi_scst/nagle.py): the rd thread's
     nagle: iscsi_nagle = attrs.field(factory=iscsi_nagle)
 
@@ -189,6 +192,10 @@ def iscsi_conn_mark_closing(conn: iscsi_conn) -> None:
 
 def _login_timeout(timer: timer_list) -> None:
     conn = timer.data
+    if conn is not None and time_before(jiffies(), conn.login_deadline):
+        # Fired early (only an injected fault does that): wait the rest.
+        mod_timer(timer, conn.login_deadline)
+        return
     if conn is not None and conn.session is None:
         pr_info(f"iscsi: login from {conn.peer} timed out")
         iscsi_conn_mark_closing(conn)
@@ -210,7 +217,8 @@ def iscsi_conn_alloc(sock: socket, portal: "iscsi_portal") -> "iscsi_conn | int"
     tcp_sock_set_nodelay(sk)
     conn.login_timer.function = _login_timeout
     conn.login_timer.data = conn
-    mod_timer(conn.login_timer, jiffies() + iscsi_login_timeout * HZ)
+    conn.login_deadline = jiffies() + iscsi_login_timeout * HZ
+    mod_timer(conn.login_timer, conn.login_deadline)
     conn_list.append(conn)
     conn.wr_task = kthread_run(iscsi_wr_thread, conn, "iscsiwr")
     conn.rd_task = kthread_run(iscsi_rd_thread, conn, "iscsird")
@@ -249,6 +257,11 @@ def iscsi_conn_close(conn: iscsi_conn) -> None:
             for other in list(sess.conn_list):
                 iscsi_conn_mark_closing(other)
         iscsi_session_conn_gone(sess, conn)
+    if not conn.cmd_hash:
+        # No command is left to queue a response: the transmit list heads
+        # die with conn (empty heads point at themselves: only a GC frees them).
+        list_head_release(conn.write_list)
+        list_head_release(conn.tx_batch)
     if conn in conn_list:
         conn_list.remove(conn)
     wake_up_all(conns_waitQ)

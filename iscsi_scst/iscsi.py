@@ -73,7 +73,7 @@ from iscsi_scst.target import iscsi_list_targets, iscsi_target_find
 from iscsi_scst.usr.chap import chap_authenticator, chap_credentials
 from iscsi_scst.usr.iscsid import login_req, login_session, text_negotiation
 from iscsi_scst.usr.param import NegotiationError, split_text
-from kshim.list import list_del_init, list_head
+from kshim.list import list_del_init, list_head, list_head_release
 from kshim.module import (MODULE_DESCRIPTION, MODULE_LICENSE, THIS_MODULE, module_exit,
                           module_init, module_param_named)
 from kshim.printk import pr_err, pr_info, pr_warn
@@ -83,7 +83,7 @@ from kshim.slab import kmem_cache_alloc, kmem_cache_create, kmem_cache_free
 from kshim.err import IS_ERR
 from kshim.fault_inject import DECLARE_FAULT_ATTR, should_fail
 from kshim.gfp import GFP_KERNEL, __GFP_NOFAIL
-from kshim.jiffies import HZ, jiffies
+from kshim.jiffies import HZ, jiffies, time_before
 from kshim.timer import del_timer, mod_timer, timer_list
 from kshim import tracepoint
 from kshim.tracepoint import TRACE_EVENT
@@ -937,10 +937,9 @@ def iscsi_tx_done(conn: iscsi_conn, item: Any, ret: int) -> None:
         return
     if ret == 0 and item.on_sent is not None:
         item.on_sent(conn)
-    # The PDU is done (the kernel would kfree it here): an unlinked
-    # list_head points at itself, so its owner pointer would keep the PDU
-    # in a cycle only a full GC frees.
-    item.write_list_entry.owner = None
+    # The PDU is done (the kernel would kfree it here): its unlinked
+    # list_head points at itself and at the PDU, cycles only a GC frees.
+    list_head_release(item.write_list_entry)
     item.write_list_entry = None
 
 
@@ -988,7 +987,8 @@ def _nop_out(conn: iscsi_conn, bhs: bytes, data: bytes) -> None:
 
 def _arm_nop_in(conn: iscsi_conn, seconds: int) -> None:
     if seconds > 0 and not conn.closing:
-        mod_timer(conn.nop_timer, jiffies() + seconds * HZ)
+        conn.nop_deadline = jiffies() + seconds * HZ
+        mod_timer(conn.nop_timer, conn.nop_deadline)
 
 
 def _nop_in_timer(timer: timer_list) -> None:
@@ -996,6 +996,10 @@ def _nop_in_timer(timer: timer_list) -> None:
     if the previous ping went unanswered (NopInTimeout)."""
     conn = timer.data
     if conn is None or conn.closing or conn.session is None:
+        return
+    if time_before(jiffies(), conn.nop_deadline):
+        # Fired early (only an injected fault does that): wait the rest.
+        mod_timer(timer, conn.nop_deadline)
         return
     params = conn.session.target.tgt_params
     if conn.nop_ttt is not None:

@@ -20,7 +20,7 @@ import attrs
 
 from iscsi_scst.usr.param import iscsi_sess_params
 from kshim.err import ENOMEM
-from kshim.fault_inject import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
+from kshim.fail_function import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
 from kshim.printk import pr_info
 from kshim.spinlock import spinlock_t
 from scst_core.main import scst_register_session, scst_unregister_session

@@ -273,8 +273,12 @@ def sock_accept(s: socket.socket) -> "tuple[socket.socket, tuple] | int":
     return ns, addr
 
 
-def sock_connect(s: socket.socket, addr: tuple) -> int:
-    err = s.connect_ex(addr)
+def sock_connect(s: socket.socket, addr: "tuple | str") -> int:
+    """addr: (host, port), or a path for AF_UNIX."""
+    try:
+        err = s.connect_ex(addr)
+    except OSError as e:           # an address connect_ex cannot even try (a path too long)
+        return _neg(e)
     return -err if err else 0
 
 
@@ -458,7 +462,7 @@ def _check_abi() -> None:
     pairs = {"O_CREAT": os.O_CREAT, "O_EXCL": os.O_EXCL, "O_TRUNC": os.O_TRUNC,
              "O_DSYNC": os.O_DSYNC, "O_SYNC": os.O_SYNC, "O_CLOEXEC": os.O_CLOEXEC,
              "O_DIRECT": getattr(os, "O_DIRECT", host.O_DIRECT),
-             "AF_INET": socket.AF_INET, "AF_INET6": socket.AF_INET6,
+             "AF_UNIX": socket.AF_UNIX, "AF_INET": socket.AF_INET, "AF_INET6": socket.AF_INET6,
              "SOCK_STREAM": socket.SOCK_STREAM, "SOL_SOCKET": socket.SOL_SOCKET,
              "SO_REUSEADDR": socket.SO_REUSEADDR, "SO_SNDBUF": socket.SO_SNDBUF,
              "SO_RCVBUF": socket.SO_RCVBUF, "SO_KEEPALIVE": socket.SO_KEEPALIVE,

@@ -23,6 +23,12 @@ lengths must meet the alignment vfs_getattr(STATX_DIOALIGN) reports, which
 page_alloc's pages do not (kshim.dmapool's blocks do). vfs_getattr takes
 the open file (the kernel's takes a path) and answers only STATX_DIOALIGN.
 
+Fault points (kshim.fault_file): fail_file_read, fail_file_write,
+fail_file_fsync and fail_file_fallocate at the top of each call; on the
+asynchronous path they are decided at submission (and at the shared
+flush's start) and still end in ki_complete, never by falling back to the
+synchronous calls.
+
 Tracepoints: block_rq_issue when a call goes to the worker pool,
 block_rq_complete when it comes back (softirq) or when an inline
 page-cache read is answered.
@@ -34,8 +40,9 @@ from typing import Any, Callable
 from kshim import host
 from kshim.completion import complete, completion, wait_for_completion
 from kshim.err import EAGAIN, EBADF, EOPNOTSUPP
-from kshim.fault_inject import (fail_file_fallocate, fail_file_fsync, fail_file_read,
-                                fail_file_write, file_fault, file_rw_fault)
+from kshim.fault_file import (fail_file_fallocate, fail_file_fsync, fail_file_read,
+                               fail_file_write, file_aio_fault, file_fault, file_flush_fault,
+                               file_rw_fault)
 from kshim.host import io_job, ops
 from kshim.sched import might_sleep
 from kshim.tracepoint import TRACE_EVENT
@@ -231,8 +238,16 @@ def _group_flush_start(f: file) -> None:
     """fdatasync for every DSYNC write that finished before now."""
     batch, f.flush_next = f.flush_next, []
     f.flush_busy = True
-    stats["fsync"] += 1
     stats["group_flushes"] += 1
+    if fail_file_fsync.armed and file_flush_fault(
+            f, lambda _: _group_flush_submit(f, batch),
+            lambda err: _group_flush_end(f, batch, err)):
+        return
+    _group_flush_submit(f, batch)
+
+
+def _group_flush_submit(f: file, batch: list) -> None:
+    stats["fsync"] += 1
     if trace_block_rq_issue.enabled:
         trace_block_rq_issue(ops.file_fsync.__name__, f.fd, 0, 0)
     ops.io_submit(io_job(ops.file_fsync, (f.fd, True), _group_flush_done, (f, batch)))
@@ -242,22 +257,32 @@ def _group_flush_done(job: io_job) -> None:
     f, batch = job.private
     if trace_block_rq_complete.enabled:
         trace_block_rq_complete(ops.file_fsync.__name__, f.fd, 0, job.result)
+    _group_flush_end(f, batch, job.result)
+
+
+def _group_flush_end(f: file, batch: list, ret: int) -> None:
+    """The group's flush returned ret: its writes complete (all of them
+    fail if it failed: none may be acknowledged), then the writes that
+    finished meanwhile get the next flush."""
     f.flush_busy = False
-    if f.flush_next:
-        _group_flush_start(f)
-    ret = job.result
     for iocb in batch:
         iocb.ki_complete(iocb, iocb.ki_res if ret == 0 else ret)
+    if f.flush_next and not f.flush_busy:
+        _group_flush_start(f)
 
 
 def vfs_iocb_iter_read(f: file, iocb: kiocb, iov: list) -> int:
     """Start reading into the buffers at iocb.ki_pos: -EIOCBQUEUED (the
-    buffers belong to the I/O until ki_complete runs), or -EAGAIN while
-    read faults are armed (the caller takes vfs_readv, where the fault is
-    decided). Never sleeps."""
-    if fail_file_read.armed:
-        return -EAGAIN
+    buffers belong to the I/O until ki_complete runs). An armed
+    fail_file_read is decided here (file_aio_fault): ki_complete then gets
+    -errno, or a short count (the bytes before a failing range). Never
+    sleeps."""
     stats["aio_reads"] += 1
+    if fail_file_read.armed and file_aio_fault(
+            fail_file_read, f, iov, iocb.ki_pos,
+            lambda v: _iocb_submit(ops.file_preadv, f, v, iocb, _iocb_read_done),
+            lambda err: iocb.ki_complete(iocb, err)):
+        return -EIOCBQUEUED
     _iocb_submit(ops.file_preadv, f, iov, iocb, _iocb_read_done)
     return -EIOCBQUEUED
 
@@ -266,12 +291,17 @@ def vfs_iocb_iter_write(f: file, iocb: kiocb, iov: list) -> int:
     """Start writing the buffers at iocb.ki_pos: -EIOCBQUEUED. With
     IOCB_DSYNC, ki_complete waits for an fdatasync that started after the
     write finished (shared with the file's other DSYNC writes, as
-    generic_write_sync after a journalled commit). -EAGAIN while write (or,
-    for DSYNC, fsync) faults are armed: the caller takes vfs_writev and
-    vfs_fsync_range, where the fault is decided. Never sleeps."""
-    if fail_file_write.armed or (iocb.ki_flags & IOCB_DSYNC and fail_file_fsync.armed):
-        return -EAGAIN
+    generic_write_sync after a journalled commit); if that fdatasync fails,
+    every write it covered gets its error. Armed fail_file_write and
+    fail_file_fsync are decided here and at the shared flush
+    (file_aio_fault, file_flush_fault): ki_complete then gets -errno or a
+    short count. Never sleeps."""
     stats["aio_writes"] += 1
+    if fail_file_write.armed and file_aio_fault(
+            fail_file_write, f, iov, iocb.ki_pos,
+            lambda v: _iocb_submit(ops.file_pwritev, f, v, iocb, _iocb_write_done),
+            lambda err: iocb.ki_complete(iocb, err)):
+        return -EIOCBQUEUED
     _iocb_submit(ops.file_pwritev, f, iov, iocb, _iocb_write_done)
     return -EIOCBQUEUED
 

@@ -174,7 +174,7 @@ class host_operations:
     sock_bind: Callable[[Any, tuple], int]
     sock_listen: Callable[[Any, int], int]
     sock_accept: Callable[[Any], "tuple[Any, tuple] | int"]
-    sock_connect: Callable[[Any, tuple], int]
+    sock_connect: Callable[[Any, "tuple | str"], int]   # a path for AF_UNIX
     sock_setsockopt: Callable[[Any, int, int, int], int]
     sock_getsockopt: Callable[[Any, int, int], int]
     sock_name: Callable[[Any, bool], "tuple | int"]

@@ -11,6 +11,10 @@ current entry. list_del() "poisons" the node by setting next/prev to None
 (the kernel's LIST_POISON1/2), so a second list_del or a walk from a deleted
 node fails at once with an AttributeError. The _rcu variants are the plain
 ones: on one CPU without preemption a reader never sees a half-made update.
+An empty head (or an unlinked, re-initialised node) points at itself: a
+reference cycle that only the cycle collector frees, which runs rarely
+here (decision 0005). list_head_release() poisons it when its owner is
+being freed, so reference counting frees both at once.
 """
 from __future__ import annotations
 
@@ -67,6 +71,16 @@ def list_del(entry: list_head) -> None:
     entry.next.prev = entry.prev
     entry.prev.next = entry.next
     entry.next = entry.prev = None   # the kernel's LIST_POISON: use after del faults
+
+
+def list_head_release(head: list_head) -> None:
+    """uscst only: the owner of an empty head (or of an unlinked node) is
+    being freed (the kernel would kfree the struct around it): poison it as
+    list_del does, so it no longer points at itself. A head that is not
+    empty is left alone (its entries still point at it)."""
+    if head.next is head:
+        head.next = head.prev = None
+    head.owner = None
 
 
 def list_del_init(entry: list_head) -> None:

@@ -23,7 +23,7 @@ import attrs
 
 from kshim.bug import report_bug
 from kshim.err import ENOMEM
-from kshim.fault_inject import fail_mempool, should_fail_mempool
+from kshim.fail_mempool import fail_mempool, should_fail_mempool
 from kshim.gfp import (GFP_KERNEL, __GFP_DIRECT_RECLAIM, __GFP_IO, __GFP_NORETRY, __GFP_NOWARN,
                        __GFP_ZERO)
 from kshim.page_alloc import __free_pages, alloc_pages

@@ -26,7 +26,7 @@ from collections import deque
 
 from kshim import debugobjects, lockdep, sched
 from kshim.bug import KernelBug, report_bug
-from kshim.fault_inject import fail_trylock, trylock_fault
+from kshim.fault_sched import fail_trylock, trylock_fault
 from kshim.err import EINTR, ETIME
 from kshim.host import ops
 from kshim.lockdep import lock_acquire, lock_acquired, lock_contended, lock_release, lock_site

@@ -16,6 +16,9 @@ a receive found the socket empty (see kshim.engine_trio); sk_state_change fires
 when a receive or send finds the peer gone. Every host call goes through the
 host-ops table (kshim.host.ops), so the same code runs on real sockets
 (engine_trio) and on the simulation's in-memory ones (engine_sim).
+A pending sk_err (a fault's "reset after N bytes") is what the next
+kernel_sendmsg or kernel_recvmsg returns (sock_error), as tcp_sendmsg and
+tcp_recvmsg do; the socket is then closed.
 """
 from __future__ import annotations
 
@@ -23,12 +26,15 @@ from typing import Any, Callable
 
 from kshim import host
 from kshim.err import EAGAIN, EINPROGRESS, EINVAL, ENOTCONN, ERESTARTSYS
-from kshim.fault_inject import fail_sock_recv, fail_sock_send, sock_fault
+from kshim.fault_sock import fail_sock_recv, fail_sock_send, sock_fault
 from kshim.host import ops
+from kshim.sched import MAX_SCHEDULE_TIMEOUT
 from kshim.softirq import raise_softirq
 from kshim.spinlock import rwlock_t
-from kshim.wait import wait_event_interruptible, wait_queue_head, wake_up_interruptible_all
+from kshim.wait import (wait_event_interruptible, wait_event_interruptible_timeout,
+                        wait_queue_head, wake_up_interruptible_all)
 
+AF_UNIX = host.AF_UNIX
 AF_INET = host.AF_INET
 AF_INET6 = host.AF_INET6
 SOCK_STREAM = host.SOCK_STREAM
@@ -83,7 +89,7 @@ class sock:
     __slots__ = ("host", "sk_family", "sk_state", "sk_err", "sk_user_data",
                  "sk_callback_lock", "sk_data_ready", "sk_write_space", "sk_state_change",
                  "sk_wq", "sk_socket", "rx_armed", "tx_armed", "engine_priv",
-                 "sk_sndbuf", "sk_rcvbuf")
+                 "sk_sndbuf", "sk_rcvbuf", "sk_sndtimeo")
 
     def __init__(self, hs: Any, family: int) -> None:
         self.host = hs                      # the engine's socket handle: opaque
@@ -104,6 +110,8 @@ class sock:
         self.engine_priv: Any = None        # the engine's own per-socket state: opaque
         self.sk_sndbuf = 0
         self.sk_rcvbuf = 0
+        # jiffies a blocking connect waits (SO_SNDTIMEO; kernel users set it directly)
+        self.sk_sndtimeo = MAX_SCHEDULE_TIMEOUT
 
 
 class socket:
@@ -130,6 +138,20 @@ def _set_state(sk: sock, state: int) -> None:
     if sk.sk_state != state:
         sk.sk_state = state
         raise_softirq(_state_change, sk)
+
+
+def sock_error(sk: sock) -> int:
+    """include/net/sock.h: the socket's pending error as -errno, cleared
+    (0 if none)."""
+    err, sk.sk_err = sk.sk_err, 0
+    return -err
+
+
+def _sock_error_close(sk: sock) -> int:
+    """A call on a socket with a pending error (a reset a fault left after
+    the bytes it let through): the error, and the socket is closed."""
+    _set_state(sk, TCP_CLOSE)
+    return sock_error(sk)
 
 
 def _state_change(sk: sock) -> None:
@@ -178,15 +200,24 @@ def kernel_accept(sock_: socket, flags: int = O_NONBLOCK) -> "socket | int":
 
 
 def kernel_connect(sock_: socket, addr: tuple, flags: int = 0) -> int:
+    """Connect to addr (a (host, port) tuple, or a path for AF_UNIX): 0, or
+    -EINPROGRESS with O_NONBLOCK or when sk_sndtimeo jiffies pass first (as
+    inet_stream_connect), -ERESTARTSYS, or the connect's -errno
+    (-ECONNREFUSED, -ENOENT...)."""
     sk = sock_.sk
+    if sk.host is None:
+        return -EINVAL
     ret = ops.sock_connect(sk.host, addr)
     if ret == -EINPROGRESS or ret == -EAGAIN:
         ops.sock_attach(sk)
         ops.sock_arm_tx(sk)
         if flags & O_NONBLOCK:
             return -EINPROGRESS
-        if wait_event_interruptible(sk.sk_wq, lambda: not sk.tx_armed) < 0:
+        r = wait_event_interruptible_timeout(sk.sk_wq, lambda: not sk.tx_armed, sk.sk_sndtimeo)
+        if r < 0:
             return -ERESTARTSYS
+        if r == 0:
+            return -EINPROGRESS
         ret = ops.sock_error(sk.host)
     if ret == 0:
         sock_.state = SS_CONNECTED
@@ -203,6 +234,8 @@ def kernel_sendmsg(sock_: socket, vec: list, flags: int = 0) -> int:
                                                  kernel_sendmsg, flags)) is not None:
         return r
     sk = sock_.sk
+    if sk.sk_err:
+        return _sock_error_close(sk)
     if sk.host is None:
         return -ENOTCONN
     n = ops.sock_sendmsg(sk.host, vec, flags)
@@ -252,6 +285,8 @@ def kernel_recvmsg(sock_: socket, vec: list, size: int, flags: int = 0) -> int:
                                                  kernel_recvmsg, size, flags)) is not None:
         return r
     sk = sock_.sk
+    if sk.sk_err:
+        return _sock_error_close(sk)
     while True:
         if sk.host is None:
             return -ENOTCONN

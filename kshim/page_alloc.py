@@ -28,7 +28,7 @@ import attrs
 
 from kshim import sched
 from kshim.bug import format_entries, report_bug, stack_capture
-from kshim.fault_inject import fail_page_alloc, should_fail_alloc_page
+from kshim.fail_page_alloc import fail_page_alloc, should_fail_alloc_page
 from kshim.gfp import __GFP_DIRECT_RECLAIM, __GFP_ZERO
 
 PAGE_SHIFT = 12

@@ -52,7 +52,7 @@ import attrs
 from kshim import debugobjects, sched
 from kshim.bug import (KernelBug, WARN_ON_ONCE, caller_site, entry_parts, format_entries,
                        report_bug, stack_capture)
-from kshim.fault_inject import failslab, should_failslab
+from kshim.failslab import failslab, should_failslab
 from kshim.gfp import __GFP_DIRECT_RECLAIM, __GFP_NOWARN
 from kshim.tracepoint import TRACE_EVENT
 

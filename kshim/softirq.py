@@ -37,7 +37,7 @@ import attrs
 
 from kshim import sched, tracepoint
 from kshim.bug import report_bug
-from kshim.fault_inject import fail_softirq, softirq_fault
+from kshim.fault_sched import fail_softirq, softirq_fault
 from kshim.host import ops
 from kshim.module import find_module_of
 from kshim.tracepoint import TRACE_EVENT

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from kshim import debugobjects, lockdep, sched
 from kshim.bug import KernelBug, caller_site, report_bug
-from kshim.fault_inject import fail_trylock, trylock_fault
+from kshim.fault_sched import fail_trylock, trylock_fault
 from kshim.lockdep import lock_acquire, lock_release, lock_site, site_str
 from kshim.softirq import _pending, do_softirq
 

@@ -35,7 +35,7 @@ import attrs
 
 from kshim import debugobjects, sched
 from kshim.bug import report_bug
-from kshim.fault_inject import fail_timer, timer_fault
+from kshim.fault_sched import fail_timer, timer_fault
 from kshim.host import ops
 from kshim.jiffies import jiffies, jiffies_to_msecs, msecs_to_jiffies, usecs_to_jiffies
 from kshim.sched import (MAX_SCHEDULE_TIMEOUT, TASK_IDLE, TASK_INTERRUPTIBLE, TASK_KILLABLE,

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from kshim import sched
 from kshim.err import ERESTARTSYS
-from kshim.fault_inject import fail_wakeup, wakeup_fault
+from kshim.fault_sched import fail_wakeup, wakeup_fault
 from kshim.sched import (MAX_SCHEDULE_TIMEOUT, TASK_IDLE, TASK_INTERRUPTIBLE, TASK_KILLABLE,
                          TASK_NORMAL, TASK_RUNNING, TASK_UNINTERRUPTIBLE, TASK_WAKEKILL)
 from kshim.spinlock import spin_lock, spin_lock_irq, spin_unlock, spin_unlock_irq, spinlock_t

@@ -34,7 +34,7 @@ import attrs
 
 from kshim import debugobjects, sched
 from kshim.bug import report_bug
-from kshim.fault_inject import fail_queue_work, work_fault
+from kshim.fault_sched import fail_queue_work, work_fault
 from kshim.jiffies import jiffies
 from kshim.kthread import kthread_run, kthread_should_stop, kthread_stop
 from kshim.printk import KERN_WARNING, printk

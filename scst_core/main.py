@@ -28,8 +28,9 @@ import fnmatch
 from typing import Any, Callable
 
 from kshim.err import EBUSY, EEXIST, EINVAL, ENODEV, ENOENT
-from kshim.fault_inject import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO, EI_ETYPE_NULL
+from kshim.fail_function import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO, EI_ETYPE_NULL
 from kshim.kthread import kthread_stop
+from kshim.list import list_head_release
 from kshim.module import (MODULE_DESCRIPTION, MODULE_LICENSE, THIS_MODULE, module_exit,
                           module_init, module_param, module_param_named, module_put_by,
                           ref_module, try_module_get_by)
@@ -247,6 +248,7 @@ def scst_sess_free_final(sess: scst_session) -> None:
         tgt.closed_writes += sess.writes
         tgt.closed_read_bytes += sess.read_bytes
         tgt.closed_write_bytes += sess.write_bytes
+    list_head_release(sess.sess_cmd_list)       # empty now: freed with sess
     if sess.unreg_done_fn is not None:
         sess.unreg_done_fn(sess)
 

@@ -580,6 +580,16 @@ def scst_alua_configured(dev: "scst_device") -> bool:
     return scst_lookup_dg_by_dev(dev) is not None
 
 
+def scst_tg_dev_peer_ports(dev: "scst_device") -> list[str]:
+    """Names of the target ports dev's device group lists that this system
+    does not serve: ports of another node exporting the same logical unit
+    (uscst's addition, for handlers that must know the LU is shared)."""
+    dg = scst_lookup_dg_by_dev(dev)
+    if dg is None:
+        return []
+    return [t.name for tg in dg.tg_list for t in tg.tgt_list if _find_tgt(t.name) is None]
+
+
 def scst_lookup_tg(dev: "scst_device", tgt: "scst_tgt") -> scst_target_group | None:
     dg = scst_lookup_dg_by_dev(dev)
     if dg is None:

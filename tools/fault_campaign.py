@@ -19,25 +19,28 @@ fresh login and TEST UNIT READY work, no command object is live, the log
 has no new report. Sites found only on error paths join the list.
 
 Both print a Markdown summary (the figures docs/reliability.md keeps) and
-exit 1 if a check failed. The scenario uses the project's independent test
-initiator (tests/initiator.py). Loopback only; every wait is bounded.
+exit 1 if a check failed. The scenario drives tools/sim's sans-IO initiator
+(tools/sim/initiator.py, through tools/sim/channel.py's Channel) over a
+blocking loopback socket. Loopback only; every wait is bounded.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))     # the independent test initiator
+from tools.sim.channel import Channel, ChannelError
+from tools.sim.initiator import InitiatorSession, ProtocolViolation
+from tools.sim.pdu import TMF_ABORT_TASK
+from tools.uscstadmin import Ctl, Failed
 
-from initiator import Initiator, InitiatorError  # noqa: E402
-from tools.uscstadmin import Ctl, Failed  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 IQN = "iqn.2026-11.org.uscst:campaign"
 INITIATOR = "iqn.2026-11.org.uscst:campaign-ini"
@@ -45,7 +48,39 @@ BAD_RE = re.compile(r"Traceback|BUG:|Oops|WARNING:|Kernel panic|possible circula
                     r"inconsistent lock state|lockdep")
 STEP_TIMEOUT = 10.0
 CLEANUP_WAIT = 15.0
-ABORT_TASK = 1
+ISID = bytes([0x80, 0x16, 0, 0, 0, 1])
+# how a scenario step can fail: the target closed or refused, the stream
+# broke the protocol, the socket failed or a step outlived STEP_TIMEOUT
+STEP_ERRORS = (ChannelError, ProtocolViolation, OSError)
+
+
+class _SocketPeer:
+    """A blocking loopback socket as a Channel's peer; each receive waits
+    STEP_TIMEOUT at most (TimeoutError, an OSError)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=STEP_TIMEOUT)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv(self, n: int) -> bytes:
+        return self.sock.recv(n)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _channel(port: int) -> Channel:
+    """A new session's leading connection, logged in (ChannelError if refused)."""
+    sess = InitiatorSession(IQN, isid=ISID, initiator_name=INITIATOR)
+    ch = Channel(sess.connection(0), _SocketPeer(port))
+    try:
+        ch.login()
+    except BaseException:
+        ch.peer.close()
+        raise
+    return ch
 
 
 class Target:
@@ -215,27 +250,31 @@ def _classify(e: Exception) -> str:
 def scenario(port: int) -> str:
     """login + WRITE (R2T) + READ + ABORT TASK + logout; how it ended."""
     steps = []
-    ini = Initiator(host="127.0.0.1", port=port, initiator_name=INITIATOR,
-                    timeout=STEP_TIMEOUT)
+    ch: Channel | None = None
     try:
-        ini.connect()
-        ini.login(IQN)
+        ch = _channel(port)
         steps.append("login")
         data = bytes(range(256)) * 2048                         # 512 KiB: R2Ts
-        r = ini.write10(0, data)
-        steps.append("write" if r.ok else f"write status {r.status:#x}")
-        r = ini.read10(0, len(data) // 512)
-        steps.append("read" if r.ok and r.data == data else
-                     f"read status {r.status}" if not r.ok else "read MISMATCH")
-        itt = ini.submit(bytes([0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0]), read_len=4096)
-        ini.task_mgmt(ABORT_TASK, ref_itt=itt)
+        blocks = len(data) // 512
+        w = ch.submit(bytes([0x2A, 0, 0, 0, 0, 0, 0, blocks >> 8, blocks & 0xFF, 0]),
+                      data_out=data)
+        ch.wait([w])
+        steps.append("write" if w.good else f"write status {w.status}")
+        r = ch.submit(bytes([0x28, 0, 0, 0, 0, 0, 0, blocks >> 8, blocks & 0xFF, 0]),
+                      read_len=len(data))
+        ch.wait([r])
+        steps.append("read" if r.good and bytes(r.data) == data else
+                     f"read status {r.status}" if not r.good else "read MISMATCH")
+        a = ch.submit(bytes([0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0]), read_len=4096)
+        ch.task_mgmt(TMF_ABORT_TASK, ref_itt=a.itt)
         steps.append("abort")
-        ini.logout()
+        ch.logout()
         steps.append("logout")
-    except (InitiatorError, OSError, TimeoutError) as e:
+    except STEP_ERRORS as e:
         steps.append(_classify(e))
     finally:
-        ini.close()
+        if ch is not None:
+            ch.peer.close()
     return ", ".join(steps)
 
 
@@ -245,17 +284,23 @@ def _health(t: Target, log_mark: int) -> tuple[bool, str]:
     live = t.wait_commands_freed()
     if any(live.values()):
         return False, f"leaked {live}"
-    ini = Initiator(host="127.0.0.1", port=t.port, initiator_name=INITIATOR, timeout=STEP_TIMEOUT)
+    ch: Channel | None = None
     try:
-        ini.connect()
-        ini.login(IQN)
-        if not ini.test_unit_ready().ok:
+        ch = _channel(t.port)
+        # A new nexus first sees the target's unit attentions: a few tries.
+        for _ in range(4):
+            tur = ch.submit(bytes(6))
+            ch.wait([tur])
+            if tur.good:
+                break
+        else:
             return False, "TEST UNIT READY failed after"
-        ini.logout()
-    except (InitiatorError, OSError, TimeoutError) as e:
+        ch.logout()
+    except STEP_ERRORS as e:
         return False, f"fresh login failed: {_classify(e)}"
     finally:
-        ini.close()
+        if ch is not None:
+            ch.peer.close()
     bad = t.bad_lines()[log_mark:]
     if bad:
         return False, f"log: {bad[0][:100]}"

@@ -667,6 +667,9 @@ def validate(cfg: Config, schema: dict, running: "Config | None" = None, force: 
         if dev.handler in ("vdisk_fileio", "vdisk_blockio") and "filename" not in dev.attrs:
             raise _err(cfg, dev.pos, f"DEVICE {dev.name} of HANDLER {dev.handler} needs a "
                        f"'filename' attribute")
+        if dev.handler == "vdisk_nbd" and "uri" not in dev.attrs:
+            raise _err(cfg, dev.pos, f"DEVICE {dev.name} of HANDLER vdisk_nbd needs a 'uri' "
+                       f"attribute (nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH)")
     devices = set(cfg.devices)
     if running is not None and not force:
         devices |= set(running.devices)

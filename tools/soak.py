@@ -17,6 +17,14 @@ warm-up in percent, and the RSS slope in bytes per cycle over the first and
 second half of the samples after warm-up (a leak shows as equal slopes; a
 flat RSS as a second slope near zero). --json prints the summary as JSON.
 
+--tracemalloc A,B (login and discovery) starts uscstd with
+PYTHONTRACEMALLOC=TRACE_FRAMES, has it dump a tracemalloc snapshot of
+itself after cycle A and after cycle B (the control op tracemalloc_dump)
+and prints where the Python heap grew between them: the TRACE_TOP source
+lines with the largest growth, their bytes and block counts. Tracing
+slows the daemon and adds its own memory: RSS figures of such a run are
+not comparable with an untraced one.
+
 Bounded: every cycle has a timeout, the whole run has --max-seconds.
 Where it may run: on the host, as a tool (it is not kernel code). It needs
 libiscsi-bin for login and discovery.
@@ -25,11 +33,13 @@ Usage:
   python -m tools.soak login --cycles 10000
   python -m tools.soak discovery --cycles 1000
   python -m tools.soak idle --sessions 64
+  python -m tools.soak login --cycles 10000 --tracemalloc 1000,10000
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import socket
@@ -38,12 +48,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
+
+from tools.uscstadmin import Ctl, Failed
 
 REPO = Path(__file__).resolve().parent.parent
 IQN = "iqn.2026-11.org.uscst:soak"
 INITIATOR = "iqn.2026-11.org.uscst:soak-initiator"
 CYCLE_TIMEOUT = 30.0
+TRACE_FRAMES = 8            # frames tracemalloc keeps per allocation
+TRACE_TOP = 15              # source lines the growth report lists
 
 
 def rss_kib(pid: int) -> int:
@@ -64,17 +79,21 @@ def free_port() -> int:
 class Target:
     """A uscstd started for the soak (stopped with SIGTERM at the end)."""
 
-    def __init__(self, repo: Path, workdir: Path, debug: bool) -> None:
+    def __init__(self, repo: Path, workdir: Path, debug: bool, trace: bool = False) -> None:
         self.port = free_port()
         self.log = workdir / "uscstd.log"
+        self.ctl_path = str(workdir / "ctl.sock")
         argv = [sys.executable, "-m", "tools.uscstd", "--nullio", "--size", "64M",
                 "--iqn", IQN, "--portal", f"127.0.0.1:{self.port}",
-                "--control", str(workdir / "ctl.sock"), "--data-dir", str(workdir)]
+                "--control", self.ctl_path, "--data-dir", str(workdir)]
         if debug:
             argv.append("--debug")
+        env = dict(os.environ)
+        if trace:
+            env["PYTHONTRACEMALLOC"] = str(TRACE_FRAMES)
         with open(self.log, "wb") as f:
             self.proc = subprocess.Popen(argv, cwd=repo, stdin=subprocess.DEVNULL, stdout=f,
-                                         stderr=subprocess.STDOUT)
+                                         stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 30
         # Bounded by the deadline; polls the log every 50 ms.
         while "ready at" not in self.log.read_text(errors="replace"):
@@ -86,6 +105,10 @@ class Target:
 
     def rss(self) -> int:
         return rss_kib(self.proc.pid)
+
+    def tracemalloc_dump(self, path: Path) -> dict:
+        """Have the daemon write a tracemalloc snapshot to path."""
+        return Ctl(self.ctl_path).call("tracemalloc_dump", path=str(path))
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -166,7 +189,10 @@ def summarize(samples: list[tuple[int, int]], warmup: int) -> dict:
 
 
 def soak_cycles(tgt: Target, mode: str, cycles: int, every: int, deadline: float,
-                quiet: bool) -> tuple[list[tuple[int, int]], int]:
+                quiet: bool, dumps: dict[int, Path] | None = None
+                ) -> tuple[list[tuple[int, int]], int]:
+    """Run the cycles, sampling RSS every `every`; after cycle N in dumps,
+    the daemon dumps a tracemalloc snapshot to dumps[N]."""
     argv = (["iscsi-inq", tgt.url] if mode == "login"
             else ["iscsi-ls", f"iscsi://127.0.0.1:{tgt.port}"])
     samples = [(0, tgt.rss())]
@@ -181,7 +207,39 @@ def soak_cycles(tgt: Target, mode: str, cycles: int, every: int, deadline: float
             samples.append((i, tgt.rss()))
             if not quiet:
                 print(f"cycle {i} rss_kib {samples[-1][1]}", flush=True)
+        if dumps and i in dumps:
+            r = tgt.tracemalloc_dump(dumps[i])
+            if not quiet:
+                print(f"cycle {i} tracemalloc traced_kib {r['traced'] // 1024} "
+                      f"gc_objects {r['gc_objects']}", flush=True)
     return samples, failures
+
+
+def heap_growth(first: Path, second: Path, top: int = TRACE_TOP) -> list[dict]:
+    """Where the traced heap grew from snapshot first to second: the `top`
+    source lines by growth (bytes, blocks), uscstd's own allocations only."""
+    keep = [tracemalloc.Filter(False, tracemalloc.__file__),
+            tracemalloc.Filter(False, "<frozen importlib._bootstrap*>")]
+    a = tracemalloc.Snapshot.load(str(first)).filter_traces(keep)
+    b = tracemalloc.Snapshot.load(str(second)).filter_traces(keep)
+    out = []
+    for st in b.compare_to(a, "lineno")[:top]:
+        frame = st.traceback[0]
+        out.append({"where": f"{frame.filename.replace(str(REPO) + '/', '')}:{frame.lineno}",
+                    "growth_bytes": st.size_diff, "growth_blocks": st.count_diff,
+                    "bytes": st.size, "blocks": st.count})
+    return out
+
+
+def _parse_dumps(text: str, cycles: int) -> tuple[int, int]:
+    """--tracemalloc A,B -> (A, B), 1 <= A < B <= cycles; ValueError."""
+    parts = text.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"--tracemalloc wants A,B (two cycle numbers), got {text!r}")
+    a, b = int(parts[0]), int(parts[1])
+    if not 1 <= a < b <= cycles:
+        raise ValueError(f"--tracemalloc {text}: need 1 <= A < B <= --cycles ({cycles})")
+    return a, b
 
 
 def soak_idle(tgt: Target, sessions: int, quiet: bool) -> dict:
@@ -212,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--debug", action="store_true", help="run uscstd --debug")
     p.add_argument("--repo", default=str(REPO), help="tree whose tools.uscstd to run")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--tracemalloc", default="", metavar="A,B",
+                   help="dump the daemon's tracemalloc snapshots after cycles A and B "
+                   "and report where the heap grew between them")
     a = p.parse_args(argv)
     if a.mode != "idle" and shutil.which("iscsi-inq") is None:
         print("soak: iscsi-inq/iscsi-ls not found (install libiscsi-bin)", file=sys.stderr)
@@ -219,19 +280,36 @@ def main(argv: list[str] | None = None) -> int:
     if a.cycles < 2 or a.sessions < 1:
         print("soak: --cycles must be >= 2 and --sessions >= 1", file=sys.stderr)
         return 2
+    dump_at: tuple[int, int] | None = None
+    if a.tracemalloc:
+        try:
+            if a.mode == "idle":
+                raise ValueError("--tracemalloc is for the login and discovery modes")
+            dump_at = _parse_dumps(a.tracemalloc, a.cycles)
+        except ValueError as e:
+            print(f"soak: {e}", file=sys.stderr)
+            return 2
     every = a.every or max(1, a.cycles // 50)
     warmup = a.warmup if a.warmup >= 0 else a.cycles // 10
     with tempfile.TemporaryDirectory(prefix="uscst-soak-") as d:
-        tgt = Target(Path(a.repo), Path(d), a.debug)
+        tgt = Target(Path(a.repo), Path(d), a.debug, trace=dump_at is not None)
+        dumps = {n: Path(d) / f"heap-{n}.tracemalloc" for n in dump_at or ()}
         try:
             t0 = time.monotonic()
             if a.mode == "idle":
                 out = soak_idle(tgt, a.sessions, a.json)
             else:
-                samples, failures = soak_cycles(tgt, a.mode, a.cycles, every,
-                                                t0 + a.max_seconds, a.json)
+                try:
+                    samples, failures = soak_cycles(tgt, a.mode, a.cycles, every,
+                                                    t0 + a.max_seconds, a.json, dumps)
+                except Failed as e:
+                    print(f"soak: tracemalloc_dump over the control socket: {e}",
+                          file=sys.stderr)
+                    return 1
                 out = {"mode": a.mode, "cycles": samples[-1][0], "failures": failures,
                        **summarize(samples, warmup)}
+                if dump_at is not None and all(p.exists() for p in dumps.values()):
+                    out["heap_growth"] = heap_growth(dumps[dump_at[0]], dumps[dump_at[1]])
             out["seconds"] = round(time.monotonic() - t0, 1)
             out["alive"] = tgt.proc.poll() is None
             log = tgt.log.read_text(errors="replace")
@@ -243,7 +321,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out))
     else:
         for k, v in out.items():
-            print(f"{k}: {v}")
+            if k != "heap_growth":
+                print(f"{k}: {v}")
+        for g in out.get("heap_growth", []):
+            print(f"heap growth {g['growth_bytes']:+d} B {g['growth_blocks']:+d} blocks "
+                  f"(now {g['bytes']} B in {g['blocks']}) at {g['where']}")
     return 0 if out["alive"] and out["bug_lines"] == 0 else 1
 
 

@@ -14,6 +14,9 @@ including insmod/rmmod/lsmod) and, with --fuse MOUNTPOINT, as a FUSE file
 system. When started by systemd (Type=notify) it sends READY=1 once serving.
 With --metrics HOST:PORT it serves Prometheus metrics (docs/observe.md);
 `uscstadmin top` reads the same counters over the control socket.
+Started with PYTHONTRACEMALLOC=N, its control op tracemalloc_dump writes a
+tracemalloc snapshot of the daemon (tools/soak.py --tracemalloc); the op
+gc_collect runs a full collection and says how much cyclic garbage it found.
 
 The command line is the OPTIONS table: one row per option, so a new one is
 one row (and, if it needs checking, a line in resolve()).
@@ -21,16 +24,18 @@ one row (and, if it needs checking, a line in resolve()).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import re
 import sys
+import tracemalloc
 from typing import Any, Callable, NoReturn
 
 import trio
 
 from iscsi_scst.config import ISCSI_NAME_RE, iscsi_parse_portal
 from iscsi_scst.iscsi import iscsi_metrics
-from kshim import engine, engine_ctl, fault_inject
+from kshim import engine, engine_ctl, fault_inject, fault_inject_debugfs
 from kshim.engine_metrics import format_metrics, metrics_service
 from kshim.err import EINVAL, errname
 from kshim.proc import proc_create, remove_proc_entry
@@ -284,9 +289,34 @@ def serve(cfg: dict) -> int:
         return await engine_ctl.ctl_call("lsmod", lambda: {"ok": True,
                                                            "modules": boot.lsmod_rows()})
 
+    async def op_tracemalloc_dump(req: dict) -> dict:
+        # For memory hunts (tools/soak.py --tracemalloc): uscstd started with
+        # PYTHONTRACEMALLOC=N writes a tracemalloc snapshot of itself to path.
+        path = req.get("path")
+        if not isinstance(path, str) or not path:
+            return {"ok": False, "error": "tracemalloc_dump needs a path", "errno": EINVAL}
+        if not tracemalloc.is_tracing():
+            return {"ok": False, "error": "not tracing: start uscstd with PYTHONTRACEMALLOC=N",
+                    "errno": EINVAL}
+        if req.get("collect"):
+            gc.collect()
+        try:
+            tracemalloc.take_snapshot().dump(path)
+        except OSError as e:
+            return {"ok": False, "error": f"{path}: {e.strerror}", "errno": e.errno}
+        current, peak = tracemalloc.get_traced_memory()
+        return {"ok": True, "traced": current, "peak": peak, "gc_objects": len(gc.get_objects())}
+
+    async def op_gc_collect(req: dict) -> dict:
+        # For memory hunts: what a full collection finds is cyclic garbage
+        # that reference counting could not free (decision 0005 makes
+        # collections rare, so such garbage piles up between them).
+        return {"ok": True, "collected": gc.collect(), "tracked": len(gc.get_objects())}
+
     ops = {"config_apply": op_config_apply, "config_write": op_config_write,
            "reload": op_reload, "schema": op_schema,
-           "insmod": op_insmod, "rmmod": op_rmmod, "lsmod": op_lsmod}
+           "insmod": op_insmod, "rmmod": op_rmmod, "lsmod": op_lsmod,
+           "tracemalloc_dump": op_tracemalloc_dump, "gc_collect": op_gc_collect}
 
     def control_ready() -> None:
         say(f"control socket {cfg['control']}")
@@ -307,7 +337,7 @@ def serve(cfg: dict) -> int:
         services.append(_metrics_service(cfg["metrics"], warn))
     _proc_metrics()
     engine.reload_hook = reload_hook
-    fault_inject.debugfs_init()
+    fault_inject_debugfs.debugfs_init()
     fault_inject.apply_fault_specs(cfg["faults"])      # before the first call
     ret = boot.run(bcfg, "trio", services=services)
     engine.reload_hook = None

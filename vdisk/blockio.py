@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from kshim.dmapool import dma_pool, dma_pool_alloc, dma_pool_create, dma_pool_destroy, dma_pool_free
 from kshim.err import EINVAL, EIO, ENOMEM, ENOSPC, IS_ERR
-from kshim.fault_inject import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
+from kshim.fail_function import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
 from kshim.fs import (EIOCBQUEUED, IOCB_DSYNC, O_DIRECT, STATX_DIOALIGN, file, file_inode,
                       filp_close, i_size_read, kiocb, kstat, vfs_getattr, vfs_iocb_iter_read,
                       vfs_iocb_iter_write, vfs_readv, vfs_writev)
@@ -294,13 +294,17 @@ def _blockio_end_io(iocb: kiocb, n: int) -> None:
     cmd, bounce, write = iocb.private
     virt_dev: scst_vdisk_dev = cmd.dev.dh_priv
     length = cmd.data_len
-    if n < 0 or (write and n != length):
+    # A read short of the file's end stopped at a bad block, as a write
+    # short of its length did.
+    short = n < length and (write or iocb.ki_pos + n < i_size_read(file_inode(iocb.ki_filp)))
+    if n < 0 or short:
         pr_err(f"vdisk_blockio: {virt_dev.name}: {'write' if write else 'read'} of {length} "
                f"bytes at {iocb.ki_pos} failed: {n}")
         if write and n == -ENOSPC and virt_dev.thin_provisioned:
             scst_set_cmd_error(cmd, scst_sense_space_allocation_failed)
         else:
             scst_set_cmd_error(cmd, scst_sense_write_error if write else scst_sense_read_error)
+            vdisk_set_sense_info(cmd, (iocb.ki_pos + max(n, 0)) >> virt_dev.block_shift)
     elif not write:
         if n < length:
             bounce[n:length] = _ZEROS[:length - n]      # the file shrank: zeros past its end
@@ -337,7 +341,7 @@ def blockio_exec_nowait(cmd: scst_cmd) -> bool:
     else:
         ret = vfs_iocb_iter_read(f, kiocb(f, pos, _blockio_end_io, (cmd, bounce, False)),
                                  [bounce[:length]])
-    if ret != -EIOCBQUEUED:                 # a fault is armed: the threads' path decides it
+    if ret != -EIOCBQUEUED:                 # not queued: the threads' path does it
         dma_pool_free(blockio_bounce_pool, bounce)
         return False
     return True

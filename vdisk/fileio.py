@@ -19,7 +19,7 @@ missing is created sparse when a size was given.
 from __future__ import annotations
 
 from kshim.err import EIO, EOPNOTSUPP, ENOSPC, ENXIO, IS_ERR
-from kshim.fault_inject import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
+from kshim.fail_function import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
 from kshim.fs import (EIOCBQUEUED, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, IOCB_DSYNC,
                       O_CREAT, O_DIRECT, O_DSYNC, O_LARGEFILE, O_RDONLY, O_RDWR, SEEK_DATA,
                       SEEK_HOLE, file, filp_close, filp_open, file_inode, i_size_read, kiocb, vfs_fallocate,
@@ -287,7 +287,8 @@ def _fileio_write_done(iocb: kiocb, n: int) -> None:
         if n == -ENOSPC and virt_dev.thin_provisioned:
             scst_set_cmd_error(cmd, scst_sense_space_allocation_failed)
         else:
-            scst_set_cmd_error(cmd, scst_sense_write_error)
+            # A short count stopped at the first block it did not write.
+            _medium_error(virt_dev, cmd, scst_sense_write_error, iocb.ki_pos + max(n, 0))
     vdisk_cmd_done(cmd)
 
 

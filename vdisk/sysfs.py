@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from kshim.err import EINVAL
 from kshim.fs import vfs_getsize
+from kshim.jiffies import HZ
 from kshim.kobject import kobject
 from kshim.printk import pr_err
 from kshim.sysfs import __ATTR_RO, __ATTR_RW, kobj_attribute
@@ -25,6 +26,7 @@ from scst_core.scst import scst_device
 from scst_core.sysfs import (scst_attr_show_key, scst_devt_sysfs, scst_register_devt_sysfs,
                              scst_unregister_devt_sysfs)
 from scst_core.ua import scst_capacity_data_changed
+from vdisk.nbd_client import NBD_RECONNECT_TIMEOUT
 from vdisk.vdisk import (VDISK_SANITIZE_RATE, VDISK_SANITIZE_RATE_MAX, scst_vdisk_dev,
                          vdisk_alloc_dev, vdisk_parse_size)
 
@@ -35,7 +37,7 @@ VDISK_BOOL_ATTRS = {"read_only": "rd_only", "nv_cache": "nv_cache", "write_throu
 # string attributes writable on a running device, with their byte limits
 VDISK_STR_LIVE_ATTRS = {"t10_dev_id": 24, "usn": 252, "t10_vend_id": 8, "vend_specific_id": 128,
                         "prod_id": 16, "prod_rev_lvl": 4}
-VDISK_HANDLERS = ("vdisk_fileio", "vdisk_blockio", "vdisk_nullio")
+VDISK_HANDLERS = ("vdisk_fileio", "vdisk_blockio", "vdisk_nullio", "vdisk_nbd")
 
 # (handler, device name) -> the device those would get with no parameters
 # (task context only: no lock)
@@ -51,7 +53,8 @@ def vdisk_default(dev: scst_device) -> scst_vdisk_dev:
     key = (dev.handler.name, dev.virt_name)
     d = vdisk_defaults.get(key)
     if d is None:
-        params = {} if dev.handler.name == "vdisk_nullio" else {"filename": "-"}
+        params = {"vdisk_nullio": {}, "vdisk_nbd": {"uri": "-"}}.get(dev.handler.name,
+                                                                     {"filename": "-"})
         d = vdisk_alloc_dev(dev.handler.name, dev.virt_name, params)[0]
         vdisk_defaults[key] = d
     return d
@@ -108,6 +111,25 @@ def vdev_sysfs_filename_show(kobj: kobject, a: kobj_attribute) -> str:
     return scst_attr_show_key(v.filename, not v.nullio)
 
 
+def vdev_sysfs_nbd_param_show(kobj: kobject, a: kobj_attribute) -> str:
+    """vdisk_nbd's uri and reconnect_timeout: as given at creation ([key]),
+    else the default."""
+    val = _vd(kobj).backend_params.get(a.name)
+    if val is not None:
+        return scst_attr_show_key(val, True)
+    return f"{NBD_RECONNECT_TIMEOUT // HZ}\n" if a.name == "reconnect_timeout" else "\n"
+
+
+def vdev_sysfs_nbd_state_show(kobj: kobject, a: kobj_attribute) -> str:
+    """vdisk_nbd's link: connected, reconnecting or unreachable (failing
+    commands), and how often it reconnected."""
+    nbd = _vd(kobj).file
+    if nbd is None:
+        return "detached\n"
+    state = "connected" if nbd.connected else "unreachable" if nbd.dead else "reconnecting"
+    return f"{state} reconnects={nbd.reconnects}\n"
+
+
 def vdev_sysfs_blocksize_show(kobj: kobject, a: kobj_attribute) -> str:
     v = _vd(kobj)
     return scst_attr_show_key(v.block_size, v.block_size != 512)
@@ -160,7 +182,7 @@ def vdisk_sysfs_resync_size(dev: scst_device) -> int:
 
 
 def vdisk_sysfs_init() -> None:
-    """Register the fileio, blockio and nullio attribute tables (module init)."""
+    """Register the fileio, blockio, nullio and nbd attribute tables (module init)."""
     common = [__ATTR_RO("blocksize", vdev_sysfs_blocksize_show),
               __ATTR_RO("physical_blocksize", vdev_sysfs_physical_blocksize_show),
               __ATTR_RO("size_mb", vdev_sysfs_size_mb_show)]
@@ -183,6 +205,12 @@ def vdisk_sysfs_init() -> None:
         dev_create_only_attrs=("size", "size_mb"), resync_size=vdisk_sysfs_resync_size))
     scst_register_devt_sysfs("vdisk_nullio", scst_devt_sysfs(
         dev_attrs=nullio, dev_live_attrs=(*live, "size")))
+    # vdisk_nbd: no local file; the export decides the size
+    nbd = tuple(a for a in common if a.name not in ("o_direct", "o_dsync")) + (
+        __ATTR_RO("size", vdev_sysfs_size_show), __ATTR_RO("uri", vdev_sysfs_nbd_param_show),
+        __ATTR_RO("reconnect_timeout", vdev_sysfs_nbd_param_show),
+        __ATTR_RO("nbd_state", vdev_sysfs_nbd_state_show))
+    scst_register_devt_sysfs("vdisk_nbd", scst_devt_sysfs(dev_attrs=nbd, dev_live_attrs=live))
 
 
 def vdisk_sysfs_exit() -> None:

@@ -12,8 +12,8 @@ holds what scst_vdisk.c shares between its handlers; fileio.py,
 blockio.py, nullio.py and cdrom.py hold the handlers' own parts.
 
 Contexts: parse() from any context (never sleeps). exec() runs where the
-core runs it: a device kthread for vdisk_fileio, vdisk_blockio and vcdrom
-(they sleep in vfs calls), any context for vdisk_nullio (exec_atomic). vdisk_add_device,
+core runs it: a device kthread for vdisk_fileio, vdisk_blockio, vcdrom
+(they sleep in vfs calls) and vdisk_nbd (it sleeps until the server answers), any context for vdisk_nullio (exec_atomic). vdisk_add_device,
 vdisk_del_device, vdisk_init and vdisk_exit sleep: task context.
 
 Differs from SCST: backends plug in through a vdisk_io_ops record instead
@@ -165,8 +165,11 @@ class scst_vdisk_dev:
     t10_dev_id: str = ""
     usn: str = ""
     naa_id: bytes = b""
+    # a handler's own add_device parameters (vdisk_nbd's uri...), as given
+    backend_params: dict = attrs.field(factory=dict)
     # set by attach, cleared by detach: touched by task context only
-    file: object = None                 # kshim.fs.file for fileio
+    # kshim.fs.file for fileio, blockio and vcdrom; vdisk.nbd_client.nbd_device for vdisk_nbd
+    file: object = None
     file_size: int = 0                  # bytes the device exposes
     nblocks: int = 0
     dev: scst_device | None = None
@@ -1084,6 +1087,8 @@ vdisk_add_device_parameters = ("filename", "size", "size_mb", "blocksize", "read
                                "scsi_device_name", "sanitize_rate")
 # parameters only vdisk_nullio takes
 vdisk_nullio_only_parameters = ("dummy",)
+# parameters only vdisk_nbd takes (kept in backend_params; vdisk.nbd reads them)
+vdisk_nbd_only_parameters = ("uri", "reconnect_timeout")
 
 # handler name -> its scst_dev_type (filled by vdisk_init)
 vdisk_devtypes: dict[str, scst_dev_type] = {}
@@ -1130,11 +1135,14 @@ def vdisk_alloc_dev(handler_name: str, dev_name: str,
     size = -1
     pbs_param = 0
     for key, val in params.items():
-        if key not in vdisk_add_device_parameters and not (
+        nbd_key = handler_name == "vdisk_nbd" and key in vdisk_nbd_only_parameters
+        if key not in vdisk_add_device_parameters and not nbd_key and not (
                 virt_dev.nullio and key in vdisk_nullio_only_parameters):
             pr_err(f"vdisk: {handler_name}: unknown parameter '{key}' for device {dev_name}")
             return -EINVAL
-        if key == "filename":
+        if nbd_key:
+            virt_dev.backend_params[key] = val
+        elif key == "filename":
             virt_dev.filename = val
         elif key in ("size", "size_mb"):
             size = vdisk_parse_size(val + ("M" if key == "size_mb" else ""))
@@ -1184,6 +1192,11 @@ def vdisk_alloc_dev(handler_name: str, dev_name: str,
         virt_dev.cdrom = virt_dev.removable = virt_dev.rd_only = True
         virt_dev.block_size, virt_dev.block_shift = 2048, 11
         virt_dev.thin_provisioned, virt_dev.thin_provisioned_set = False, True
+    elif handler_name == "vdisk_nbd":
+        if not virt_dev.backend_params.get("uri"):
+            pr_err(f"vdisk: {handler_name}: device {dev_name} needs a uri parameter "
+                   f"(nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH)")
+            return -EINVAL
     elif not virt_dev.nullio and not virt_dev.filename:
         pr_err(f"vdisk: {handler_name}: device {dev_name} needs a filename parameter")
         return -EINVAL
@@ -1247,27 +1260,29 @@ def vdisk_del_device(dev_name: str) -> int:
 MODULE_LICENSE("GPL")
 MODULE_DESCRIPTION("SCSI disk (type 0) and CDROM (type 5) dev handlers")
 # Threads per device of the handlers that sleep in exec (fileio, blockio,
-# vcdrom); read when a device is created.
+# vcdrom, nbd: also the most NBD requests of one device outstanding at
+# once); read when a device is created.
 num_threads = 8
 module_param("num_threads", "int", 0o444)
 MODULE_PARM_DESC("num_threads", "vdisk threads count")
 
 
 def vdisk_init() -> int:
-    """Register vdisk_fileio, vdisk_blockio, vdisk_nullio and vcdrom with
+    """Register vdisk_fileio, vdisk_blockio, vdisk_nullio, vcdrom and vdisk_nbd with
     the core, and their attributes with the management tree."""
     # These import this file (they are scst_vdisk.c's other parts): a cycle
     # C does not have, broken at call time.
     from vdisk.blockio import blockio_devtype
     from vdisk.cdrom import cdrom_devtype
     from vdisk.fileio import fileio_devtype
+    from vdisk.nbd import nbd_devtype
     from vdisk.nullio import nullio_devtype
     from vdisk.sysfs import vdisk_sysfs_init
     if not 1 <= num_threads <= 128:
         pr_err(f"vdisk: num_threads {num_threads} must be in 1..128")
         return -EINVAL
     done = []
-    for devt in (fileio_devtype, blockio_devtype, nullio_devtype, cdrom_devtype):
+    for devt in (fileio_devtype, blockio_devtype, nullio_devtype, cdrom_devtype, nbd_devtype):
         devt.owner = THIS_MODULE()
         if not devt.exec_atomic:
             devt.threads_num = num_threads

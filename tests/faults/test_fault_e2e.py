@@ -15,6 +15,7 @@ import pytest
 
 from initiator import ConnectionClosed, Initiator, LoginError
 from tools.uscstadmin import Ctl
+from uscstd_support import uscstadmin_ok, uscstadmin_run
 
 BS = 512
 MEDIUM_ERROR = 0x03
@@ -269,25 +270,18 @@ def test_short_transfers_delays_and_spurious_wakeups_cause_no_failure(
     wait_commands_freed(ctl)
 
 
-def _admin(srv_sock: str, *args: str) -> "subprocess.CompletedProcess[str]":
-    import subprocess
-    import sys
-    return subprocess.run([sys.executable, "-m", "tools.uscstadmin", "--socket", srv_sock,
-                           *args], capture_output=True, text=True, timeout=30)
-
-
 def test_uscstadmin_reads_and_writes_the_debugfs_points(uscstd, tmp_path: Path) -> None:
     _srv, _ctl = _start(uscstd, tmp_path)
     sock = str(tmp_path / "ctl.sock")
-    r = _admin(sock, "get", "debug/failslab")
-    assert r.returncode == 0 and re.search(r"^probability\s+0$", r.stdout, re.M), r.stdout
-    assert _admin(sock, "set", "debug/fail_page_alloc/min-order", "3").returncode == 0
-    assert _admin(sock, "get", "debug/fail_page_alloc/min-order").stdout.strip() == "3"
-    bad = _admin(sock, "set", "debug/failslab/probability", "250")
+    out = uscstadmin_ok(sock, "get", "debug/failslab")
+    assert re.search(r"^probability\s+0$", out, re.M), out
+    uscstadmin_ok(sock, "set", "debug/fail_page_alloc/min-order", "3")
+    assert uscstadmin_ok(sock, "get", "debug/fail_page_alloc/min-order").strip() == "3"
+    bad = uscstadmin_run(sock, "set", "debug/failslab/probability", "250")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr
-    assert _admin(sock, "get", "debug/failslab/probability").stdout.strip() == "0"
-    assert "iscsi_session_create" in _admin(sock, "get",
-                                            "debug/fail_function/injectable").stdout
-    assert _admin(sock, "set", "debug/fail_function/inject", "iscsi_session_create").returncode == 0
-    assert _admin(sock, "get", "debug/fail_function/iscsi_session_create/retval"
-                  ).stdout.strip() == "-12"
+    assert uscstadmin_ok(sock, "get", "debug/failslab/probability").strip() == "0"
+    assert "iscsi_session_create" in uscstadmin_ok(sock, "get",
+                                                   "debug/fail_function/injectable")
+    uscstadmin_ok(sock, "set", "debug/fail_function/inject", "iscsi_session_create")
+    assert uscstadmin_ok(sock, "get", "debug/fail_function/iscsi_session_create/retval"
+                         ).strip() == "-12"

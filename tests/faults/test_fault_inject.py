@@ -11,6 +11,13 @@ import pytest
 from kshim import fault_inject as fi
 from kshim import sched
 from kshim.err import EINVAL, ENOMEM
+from kshim.fail_function import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
+from kshim.fail_mempool import fail_mempool
+from kshim.failslab import failslab
+from kshim.fault_file import fail_file_read
+from kshim.fault_inject_debugfs import debugfs_init
+from kshim.fault_sched import fail_timer, fail_trylock
+from kshim.fault_sock import fail_sock_recv, fail_sock_send
 
 
 @pytest.fixture(autouse=True)
@@ -25,35 +32,35 @@ def _draws(attr: fi.fault_attr, n: int) -> list[bool]:
 
 
 def test_should_fail_is_off_until_probability_is_set() -> None:
-    assert not fi.failslab.armed
-    assert _draws(fi.failslab, 100) == [False] * 100
+    assert not failslab.armed
+    assert _draws(failslab, 100) == [False] * 100
 
 
 def test_same_seed_fails_the_same_calls_seed_16001() -> None:
     fi.apply_fault_specs(["failslab:probability=30,times=-1,seed=16001,verbose=0"])
-    first = _draws(fi.failslab, 200)
+    first = _draws(failslab, 200)
     fi.fault_attr_set("failslab", "seed", "16001")
-    assert _draws(fi.failslab, 200) == first
+    assert _draws(failslab, 200) == first
     assert 20 < sum(first) < 100, sum(first)       # about 30% of 200
     fi.fault_attr_set("failslab", "seed", "16002")
-    assert _draws(fi.failslab, 200) != first
+    assert _draws(failslab, 200) != first
 
 
 def test_times_bounds_the_failures_and_disarms_the_point() -> None:
     fi.apply_fault_specs(["fail_mempool:probability=100,times=3,verbose=0"])
-    assert _draws(fi.fail_mempool, 10) == [True] * 3 + [False] * 7
-    assert fi.fail_mempool.injected == 3
-    assert not fi.fail_mempool.armed
+    assert _draws(fail_mempool, 10) == [True] * 3 + [False] * 7
+    assert fail_mempool.injected == 3
+    assert not fail_mempool.armed
 
 
 def test_interval_fails_every_nth_eligible_call() -> None:
     fi.apply_fault_specs(["fail_trylock:probability=100,interval=4,times=-1,verbose=0"])
-    assert _draws(fi.fail_trylock, 8) == [False, False, False, True] * 2
+    assert _draws(fail_trylock, 8) == [False, False, False, True] * 2
 
 
 def test_space_lets_a_byte_budget_pass_before_failing() -> None:
     fi.apply_fault_specs(["fail_sock_send:probability=100,space=1000,times=-1,verbose=0"])
-    a = fi.fail_sock_send
+    a = fail_sock_send
     assert [fi.should_fail(a, 400) for _ in range(3)] == [False, False, True]
 
 
@@ -62,19 +69,19 @@ def test_task_filter_fails_only_marked_tasks() -> None:
     me = sched.current()
     # The idle task is not "in task" context for the filter unless marked.
     fi.set_make_it_fail(me, False)
-    assert not fi.should_fail(fi.failslab, 1)
+    assert not fi.should_fail(failslab, 1)
     fi.set_make_it_fail(me, True)
-    assert fi.should_fail(fi.failslab, 1) == sched.in_task()
+    assert fi.should_fail(failslab, 1) == sched.in_task()
 
 
 def _call_from_here() -> bool:
-    return fi.should_fail(fi.failslab, 1)
+    return fi.should_fail(failslab, 1)
 
 
 def test_require_and_reject_take_function_names() -> None:
     fi.apply_fault_specs(["failslab:probability=100,times=-1,verbose=0,"
                           "require-start=_call_from_here"])
-    assert not fi.should_fail(fi.failslab, 1)
+    assert not fi.should_fail(failslab, 1)
     assert _call_from_here()
     fi.fault_attr_set("failslab", "reject-start", "test_require_and_reject_take_function_names")
     assert not _call_from_here()
@@ -83,17 +90,17 @@ def test_require_and_reject_take_function_names() -> None:
 def test_fail_nth_fails_exactly_the_nth_call_of_any_point() -> None:
     me = sched.current()
     fi.set_fail_nth(me, 3)
-    got = [fi.should_fail(fi.failslab, 1), fi.should_fail(fi.fail_file_read, 1),
-           fi.should_fail(fi.fail_sock_recv, 1), fi.should_fail(fi.failslab, 1)]
+    got = [fi.should_fail(failslab, 1), fi.should_fail(fail_file_read, 1),
+           fi.should_fail(fail_sock_recv, 1), fi.should_fail(failslab, 1)]
     assert got == [False, False, True, False]
-    assert fi.fail_sock_recv.injected == 1
-    assert not fi.failslab.armed
+    assert fail_sock_recv.injected == 1
+    assert not failslab.armed
 
 
 def test_enumerate_fails_each_recorded_site_once() -> None:
     def scenario() -> list[bool]:
-        return [fi.should_fail(fi.failslab, 1), fi.should_fail(fi.fail_file_read, 1),
-                fi.should_fail(fi.failslab, 1)]
+        return [fi.should_fail(failslab, 1), fi.should_fail(fail_file_read, 1),
+                fi.should_fail(failslab, 1)]
     fi.enumerate_record()
     assert scenario() == [False, False, False]
     sites = fi.enumerate_sites()
@@ -107,7 +114,7 @@ def test_enumerate_fails_each_recorded_site_once() -> None:
     assert fi.enumerate_target(99) == -EINVAL
 
 
-@fi.ALLOW_ERROR_INJECTION(fi.EI_ETYPE_ERRNO)
+@ALLOW_ERROR_INJECTION(EI_ETYPE_ERRNO)
 def _setup_path() -> int:
     return 0
 
@@ -132,12 +139,12 @@ def test_fail_function_returns_the_chosen_error_only_when_injected() -> None:
 def test_bad_fault_spec_is_one_clear_error_and_changes_nothing(spec: str, why: str) -> None:
     with pytest.raises(ValueError, match=why):
         fi.apply_fault_specs(["fail_timer:probability=5", spec])
-    assert fi.fail_timer.probability == 0          # the good spec was rolled back too
+    assert fail_timer.probability == 0          # the good spec was rolled back too
 
 
 def test_dry_run_checks_without_applying() -> None:
     fi.apply_fault_specs(["failslab:probability=2,times=-1"], dry_run=True)
-    assert fi.failslab.probability == 0 and not fi.failslab.armed
+    assert failslab.probability == 0 and not failslab.armed
 
 
 def test_env_specs_split_on_semicolons_and_spaces() -> None:
@@ -148,12 +155,12 @@ def test_env_specs_split_on_semicolons_and_spaces() -> None:
 def test_debugfs_files_read_and_write_the_points() -> None:
     from kshim.err import EINVAL as _EINVAL
     from kshim.sysfs import sysfs_listdir, sysfs_read, sysfs_write
-    fi.debugfs_init()
+    debugfs_init()
     names = {n for n, _ in sysfs_listdir("/kernel/debug")}
     assert {"failslab", "fail_page_alloc", "fail_sock_recv", "fail_file_read",
             "fail_function", "fault-inject"} <= names
     assert sysfs_write("/kernel/debug/failslab/probability", "7\n") == 2
-    assert fi.failslab.probability == 7 and fi.failslab.armed
+    assert failslab.probability == 7 and failslab.armed
     assert sysfs_read("/kernel/debug/failslab/probability") == "7\n"
     assert sysfs_write("/kernel/debug/failslab/probability", "700") == -_EINVAL
     assert sysfs_write("/kernel/debug/failslab/task-filter", "Y") == 1
@@ -168,5 +175,5 @@ def test_fail_nth_and_make_it_fail_leave_with_their_task() -> None:
     fi.set_fail_nth(me, 5)
     fi.set_make_it_fail(me, True)
     fi._forget(me)                  # what the task's exit hook does
-    assert fi.get_fail_nth(me) == 0 and not fi.failslab.armed
-    assert me not in fi._state.make_it_fail
+    assert fi.get_fail_nth(me) == 0 and not failslab.armed
+    assert me not in fi.fault_state.make_it_fail

@@ -7,6 +7,7 @@ import pytest
 
 from kshim import fault_inject as fi
 from kshim.engine_sim import Simulation
+from kshim.failslab import failslab
 from kshim.gfp import GFP_KERNEL
 from kshim.slab import kfree, kmalloc
 
@@ -31,7 +32,7 @@ def _pattern(sim_seed: int) -> tuple[list[bool], int]:
         return 0
     assert sim.boot(init) == 0
     sim.shutdown(None)
-    return got, fi.failslab.seed
+    return got, failslab.seed
 
 
 def test_same_sim_seed_fails_the_same_allocations_seed_1601() -> None:

@@ -5,7 +5,10 @@ per cycle over the second half of the run, not by time.
 The defect this guards against grew RSS by ~116-330 KB per login/logout
 (per-connection buffers pinned by reference cycles); the bound is 8 KB per
 cycle, and test_slope_criterion_fails_on_linear_growth proves the
-criterion catches linear growth.
+criterion catches linear growth. The garbage check counts what the cycle
+collector finds after N logins: objects that reference counting cannot
+free pile up until a collection, which decision 0005 makes rare (they were
+the +10% RSS of the 10,000-cycle soak).
 """
 from __future__ import annotations
 
@@ -13,11 +16,13 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tools.soak import summarize
+from tools.uscstadmin import Ctl
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_SLOPE = 8192        # bytes per cycle, second half of the run
@@ -50,6 +55,26 @@ def test_64_idle_sessions_pin_no_receive_buffers() -> None:
     # 256 KiB receive buffers held while idle would be > 256 KiB a session.
     assert r["per_session_kib"] < 128, r
     assert r["rss_with_sessions_kib"] < 150 * 1024, r
+
+
+GARBAGE_LOGINS = 40
+
+
+@pytest.mark.skipif(shutil.which("iscsi-inq") is None, reason="libiscsi-bin not installed")
+def test_logins_and_logouts_leave_no_cyclic_garbage(uscstd, tmp_path: Path) -> None:
+    sock = str(tmp_path / "ctl.sock")
+    srv = uscstd("--control", sock)
+    deadline = time.monotonic() + 10.0
+    while "uscstd: control socket" not in srv.stdout_text():
+        assert time.monotonic() < deadline and srv.proc.poll() is None, srv.stderr_text()
+        time.sleep(0.05)
+    Ctl(sock).call("gc_collect")              # what boot and the first calls left
+    for _ in range(GARBAGE_LOGINS):
+        subprocess.run(["iscsi-inq", srv.url], capture_output=True, timeout=30, check=True)
+    got = Ctl(sock).call("gc_collect")
+    # Each login left 5 self-referencing list heads (connection, session,
+    # PDUs) before list_head_release: 200 here.
+    assert got["collected"] < GARBAGE_LOGINS, got
 
 
 def test_slope_criterion_fails_on_linear_growth() -> None:

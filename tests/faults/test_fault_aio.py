@@ -1,0 +1,126 @@
+"""File faults on the asynchronous write path (issue 16; decision 0029).
+
+A plain WRITE goes out as one asynchronous write on a kiocb
+(vfs_iocb_iter_write: io_uring under the trio engine), durable writes
+sharing one fdatasync (the group flush). The file fault points are decided
+there, in kshim.fs, not by falling back to the synchronous path: the
+e2e tests restrict the fault to that path with require-start (a stack
+filter), so with the old fallback nothing would fail and they would.
+
+Two parts: real uscstd over real TCP with io_uring (a WRITE with injected
+EIO gets 03/0C/00 naming its first bad LBA; a failed shared fdatasync
+fails the WRITE it covers and not the next), and the group flush under
+the sim engine, where the grouping follows the seed: every write of the
+flush that failed gets the error, none is acknowledged.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from test_fault_e2e import (BS, SAM_STAT_CHECK_CONDITION, _login, _start, assert_medium_error,
+                            wait_commands_freed)
+
+from kshim import fault_inject as fi
+from kshim import fs
+from kshim.engine_sim import Simulation
+from kshim.err import EIO
+from kshim.fault_file import fail_file_fsync
+from kshim.fs import IOCB_DSYNC, O_RDWR, filp_close, filp_open, kiocb, vfs_iocb_iter_write
+from kshim.timer import msleep
+
+WRITES = 8                  # DSYNC writes in flight at once in the group-flush test
+
+
+def _need_uring(ctl) -> None:
+    backend = ctl.read("kernel/io/stats").splitlines()[0]
+    if "io_uring" not in backend.split()[1]:
+        pytest.skip(f"io_uring refused on this host: {backend}")
+
+
+def test_write_through_io_uring_with_injected_eio_gets_03_0c_00_at_its_first_bad_lba_seed_16011(
+        uscstd, tmp_path: Path) -> None:
+    srv, ctl = _start(uscstd, tmp_path, f"fail_file_write:start={203 * BS},end={204 * BS},"
+                      "probability=100,times=-1,require-start=vfs_iocb_iter_write,"
+                      "seed=16011,verbose=0")
+    _need_uring(ctl)
+    ini = _login(srv)
+    try:
+        r = ini.write10(200, b"\x5a" * (8 * BS))       # LBA 200..207: 203 is bad
+        assert r.status == SAM_STAT_CHECK_CONDITION, r
+        assert_medium_error(r.sense, 0x0C, 203)
+        r = ini.write10(203, b"\x5a" * BS)              # starts at the bad LBA
+        assert_medium_error(r.sense, 0x0C, 203)
+        assert ini.write10(300, b"\x5a" * BS).ok
+        assert ini.read10(300, 1).data == b"\x5a" * BS
+    finally:
+        ini.logout()
+        ini.close()
+    assert int(ctl.read("debug/fail_file_write/injected")) == 2
+    wait_commands_freed(ctl)
+
+
+def test_failed_shared_fdatasync_fails_the_write_it_covers_not_the_next_seed_16012(
+        uscstd, tmp_path: Path) -> None:
+    srv, ctl = _start(uscstd, tmp_path, "fail_file_fsync:probability=100,times=1,"
+                      "require-start=_group_flush_start,seed=16012,verbose=0")
+    _need_uring(ctl)
+    ini = _login(srv)
+    try:
+        r = ini.write10(40, b"\x11" * BS)               # write-through: its flush fails
+        assert r.status == SAM_STAT_CHECK_CONDITION, r
+        assert_medium_error(r.sense, 0x0C, 40)
+        assert ini.write10(41, b"\x22" * BS).ok, "a later WRITE saw the old fsync error"
+    finally:
+        ini.logout()
+        ini.close()
+    assert ctl.read("debug/fail_file_fsync/injected").strip() == "1"
+    wait_commands_freed(ctl)
+
+
+@pytest.fixture
+def clean_points():
+    fi.fault_reset()
+    yield
+    fi.fault_reset()
+
+
+def _group_flush_run(seed: int) -> list[tuple[int, int]]:
+    """WRITES DSYNC writes at once on a sim disk, the second group flush
+    failing: (result, group flush it completed with) per write."""
+    sim = Simulation(seed)
+    sim.disks["/sim/g"] = bytearray(WRITES * BS)
+    got: list[tuple[int, int]] = []
+
+    def done(_iocb: kiocb, n: int) -> None:
+        got.append((n, fs.stats["group_flushes"] - base))
+
+    def init() -> int:
+        f = filp_open("/sim/g", O_RDWR)
+        assert not isinstance(f, int), f
+        for i in range(WRITES):
+            assert vfs_iocb_iter_write(f, kiocb(f, i * BS, done, None, IOCB_DSYNC),
+                                       [bytes([i + 1]) * BS]) == -fs.EIOCBQUEUED
+        for _ in range(1000):           # bounded: each write completes in virtual ms
+            if len(got) == WRITES:
+                break
+            msleep(1)
+        filp_close(f)
+        return 0
+    base = fs.stats["group_flushes"]
+    assert sim.boot(init) == 0
+    sim.shutdown(None)
+    return got
+
+
+def test_failed_group_fdatasync_fails_every_write_of_its_group_seed_16013(clean_points) -> None:
+    fi.apply_fault_specs(["fail_file_fsync:interval=2,probability=100,times=1,seed=16013,"
+                          "verbose=0"])
+    got = _group_flush_run(16013)
+    assert len(got) == WRITES, got
+    failed_group = [n for n, g in got if g == 2]
+    assert len(failed_group) >= 2, f"seed 16013 should put several writes in flush 2: {got}"
+    assert all(n == -EIO for n in failed_group), got
+    assert all(n == BS for n, g in got if g != 2), got
+    assert fail_file_fsync.injected == 1
