@@ -59,9 +59,9 @@ def BIT_WORD(nr: int) -> int:
     return nr // BITS_PER_LONG
 
 
-def GENMASK(h: int, l: int) -> int:
-    """Bits l..h set (inclusive)."""
-    return ((1 << (h - l + 1)) - 1) << l
+def GENMASK(h: int, lo: int) -> int:
+    """Bits lo..h set (inclusive)."""
+    return ((1 << (h - lo + 1)) - 1) << lo
 
 
 GENMASK_ULL = GENMASK

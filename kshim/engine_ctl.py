@@ -383,6 +383,9 @@ def control_service(path: str, extra_ops: dict[str, OpFn] | None = None,
         sock.listen(16)
         return trio.SocketListener(sock)
 
+    async def client(s: trio.SocketStream) -> None:
+        await _client(s, ops)
+
     async def service() -> None:
         for attempt in range(MAX_RESTARTS + 1):
             listener = await listen()
@@ -391,7 +394,7 @@ def control_service(path: str, extra_ops: dict[str, OpFn] | None = None,
             if attempt == 0 and on_ready is not None:
                 on_ready()
             try:
-                await trio.serve_listeners(lambda s: _client(s, ops), [listener])
+                await trio.serve_listeners(client, [listener])
             except Exception as e:        # keep serving: the data path must not notice
                 _bug_reply("control service", e)
                 stats["restarts"] += 1

@@ -85,7 +85,10 @@ def kref_put_lock(k: kref, release: Callable[[kref], None], lock: Any) -> int:
 
 def kref_put_mutex(k: kref, release: Callable[[kref], None], lock: Any) -> int:
     if k.refcount.refs != 1:
-        return kref_put(k, lambda kk: (mutex_lock(lock), release(kk)))
+        def locked_release(kk: kref) -> None:
+            mutex_lock(lock)
+            release(kk)
+        return kref_put(k, locked_release)
     mutex_lock(lock)
     if not refcount_dec_and_test(k.refcount):
         mutex_unlock(lock)

@@ -55,7 +55,7 @@ class mempool_t:
 def mempool_init(pool: mempool_t, min_nr: int, alloc_fn: mempool_alloc_t,
                  free_fn: mempool_free_t, pool_data: Any, gfp: int = 0) -> int:
     """Fill the reserve with min_nr elements; 0, or -ENOMEM (reserve freed)."""
-    pool.__init__(min_nr, alloc_fn, free_fn, pool_data)
+    mempool_t.__init__(pool, min_nr, alloc_fn, free_fn, pool_data)
     for _ in range(min_nr):
         e = alloc_fn(gfp or GFP_KERNEL, pool_data)
         if e is None:

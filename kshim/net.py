@@ -199,7 +199,7 @@ def kernel_accept(sock_: socket, flags: int = O_NONBLOCK) -> "socket | int":
     return new
 
 
-def kernel_connect(sock_: socket, addr: tuple, flags: int = 0) -> int:
+def kernel_connect(sock_: socket, addr: "tuple | str", flags: int = 0) -> int:
     """Connect to addr (a (host, port) tuple, or a path for AF_UNIX): 0, or
     -EINPROGRESS with O_NONBLOCK or when sk_sndtimeo jiffies pass first (as
     inet_stream_connect), -ERESTARTSYS, or the connect's -errno

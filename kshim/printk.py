@@ -210,7 +210,7 @@ def DEFINE_RATELIMIT_STATE(interval: int = DEFAULT_RATELIMIT_INTERVAL,
 
 
 def ratelimit_state_init(rs: ratelimit_state, interval: int, burst: int) -> None:
-    rs.__init__(interval, burst)
+    ratelimit_state.__init__(rs, interval, burst)
 
 
 def __ratelimit(rs: ratelimit_state, name: str = "") -> bool:

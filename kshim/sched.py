@@ -40,6 +40,7 @@ path, so the untimed fast path pays one slot test per switch.
 """
 from __future__ import annotations
 
+import traceback
 from collections import deque
 from typing import Any, Callable
 
@@ -51,7 +52,6 @@ from kshim.bug import KernelBug, frame_stack, report_bug
 from kshim.host import ops
 from kshim.printk import KERN_EMERG, printk
 from kshim.tracepoint import TRACE_EVENT
-import traceback
 
 # The context counters live on one slotted object (cpu.preempt_count, ...),
 # not as module globals: a STORE_ATTR on a slotted object is about 25 ns

@@ -268,19 +268,22 @@ def _poison_repr(self: Any) -> str:
 
 
 def _poisoned_class(cls: type) -> type | None:
-    p = _poison_classes.get(cls, False)
-    if p is False:
-        try:
-            p = type(f"{cls.__name__}<freed>", (cls,), {
-                "__slots__": (), "__getattribute__": _poison_getattribute,
-                "__setattr__": _poison_setattr, "__delattr__": _poison_getattribute,
-                "__repr__": _poison_repr, "__eq__": object.__eq__, "__ne__": object.__ne__,
-                "__hash__": object.__hash__, "__module__": cls.__module__})
-        except TypeError:
-            p = None            # a builtin or final type: cannot be poisoned this way
-        _poison_classes[cls] = p
-        if p is not None:
-            _poisoned_types.add(p)
+    try:
+        return _poison_classes[cls]
+    except KeyError:
+        pass
+    p: type | None
+    try:
+        p = type(f"{cls.__name__}<freed>", (cls,), {
+            "__slots__": (), "__getattribute__": _poison_getattribute,
+            "__setattr__": _poison_setattr, "__delattr__": _poison_getattribute,
+            "__repr__": _poison_repr, "__eq__": object.__eq__, "__ne__": object.__ne__,
+            "__hash__": object.__hash__, "__module__": cls.__module__})
+    except TypeError:
+        p = None            # a builtin or final type: cannot be poisoned this way
+    _poison_classes[cls] = p
+    if p is not None:
+        _poisoned_types.add(p)
     return p
 
 

@@ -30,6 +30,7 @@ timed path.
 """
 from __future__ import annotations
 
+import traceback
 from collections import deque
 from typing import Any, Callable
 
@@ -41,7 +42,6 @@ from kshim.fault_sched import fail_softirq, softirq_fault
 from kshim.host import ops
 from kshim.module import find_module_of
 from kshim.tracepoint import TRACE_EVENT
-import traceback
 
 debug_softirq = True
 _pending: deque[tuple[Callable[[Any], None], Any]] = deque()

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Callable
 
 import attrs
 
-from kshim.err import EIO, ENOENT, IS_ERR
+from kshim.err import EIO, ENOENT
 from kshim.fs import (O_CREAT, O_RDONLY, O_TRUNC, O_WRONLY, file_inode, filp_close, filp_open,
                       i_size_read, vfs_fsync, vfs_readv, vfs_writev)
 from kshim.mutex import mutex, mutex_lock, mutex_unlock
@@ -328,7 +328,7 @@ def _unregister(cmd: "scst_cmd", prd: scst_pr_dev, reg: scst_dev_registrant) -> 
         t = prd.pr_type
         _release_reservation(prd)
         if t in (TYPE_WRITE_EXCLUSIVE_REGONLY, TYPE_EXCLUSIVE_ACCESS_REGONLY):
-            _ua_registrants(cmd, prd, scst_sense_reservations_released_UA, ("", -1))
+            _ua_registrants(cmd, prd, scst_sense_reservations_released_UA, (b"", -1))
 
 
 def scst_pr_exec_out(cmd: "scst_cmd") -> None:
@@ -678,7 +678,7 @@ def scst_pr_sync_device_file(prd: scst_pr_dev) -> int:
             text = _pr_file_text(empty)
         data = text.encode()
         f = filp_open(_pr_path(prd, prd.file_gen & 1), O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        if IS_ERR(f):
+        if isinstance(f, int):
             pr_err(f"scst: cannot write PR state of {prd.name}: {f}")
             return f
         n = vfs_writev(f, [memoryview(data)], 0)
@@ -697,7 +697,7 @@ def _pr_read_slot(prd: scst_pr_dev, slot: int) -> dict | None | int:
     or not ours. Sleeps."""
     path = _pr_path(prd, slot)
     f = filp_open(path, O_RDONLY)
-    if IS_ERR(f):
+    if isinstance(f, int):
         if f != -ENOENT:
             pr_err(f"scst: {prd.name}: cannot open APTPL state file {path}: {f}")
             return -EIO

@@ -497,7 +497,7 @@ def _block_re(name: str) -> re.Pattern[str]:
 def render(text: str, blocks: dict[str, str]) -> str:
     """text with each of `blocks` it marks replaced by the new body."""
     for name, body in blocks.items():
-        text = _block_re(name).sub(lambda m: m.group(1) + body + "\n" + m.group(3), text)
+        text = _block_re(name).sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(3), text)
     return text
 
 

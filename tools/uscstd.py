@@ -163,9 +163,9 @@ def resolve(args: argparse.Namespace) -> dict:
             with open(config, encoding="utf-8") as f:
                 config_text = f.read()
         except OSError as e:
-            raise UsageError(f"cannot read --config {args.config}: {e.strerror}")
+            raise UsageError(f"cannot read --config {args.config}: {e.strerror}") from None
         except UnicodeDecodeError:
-            raise UsageError(f"--config {args.config} is not UTF-8 text")
+            raise UsageError(f"--config {args.config} is not UTF-8 text") from None
     if args.fuse and not os.path.isdir(args.fuse):
         raise UsageError(f"--fuse {args.fuse}: not a directory")
     if args.config:
@@ -178,7 +178,7 @@ def resolve(args: argparse.Namespace) -> dict:
             try:
                 os.makedirs(data_dir, exist_ok=True)
             except OSError as e:
-                raise UsageError(f"cannot create data directory {data_dir}: {e.strerror}")
+                raise UsageError(f"cannot create data directory {data_dir}: {e.strerror}") from None
             disk = os.path.join(data_dir, "disk0.img")
         if os.path.isdir(disk):
             raise UsageError(f"--disk {disk} is a directory")
@@ -190,7 +190,7 @@ def resolve(args: argparse.Namespace) -> dict:
     try:
         fault_inject.apply_fault_specs(faults, dry_run=True)
     except ValueError as e:
-        raise UsageError(f"--fault: {e}")
+        raise UsageError(f"--fault: {e}") from None
     # Persistent reservations with APTPL live beside the data.
     state_dir = (args.data_dir or (os.path.dirname(disk) if disk else None)
                  or default_data_dir())

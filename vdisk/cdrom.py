@@ -25,7 +25,7 @@ scst_core.sysfs when this module is imported (vdisk_init imports it).
 """
 from __future__ import annotations
 
-from kshim.err import EBUSY, IS_ERR
+from kshim.err import EBUSY
 from kshim.fs import O_LARGEFILE, O_RDONLY, file, file_inode, filp_close, filp_open, i_size_read
 from kshim.kobject import kobject
 from kshim.printk import pr_err, pr_info
@@ -55,7 +55,7 @@ def _open_image(virt_dev: scst_vdisk_dev) -> int:
         virt_dev.file, virt_dev.file_size, virt_dev.media_present = None, 0, False
         return 0
     f = filp_open(virt_dev.filename, O_RDONLY | O_LARGEFILE)
-    if IS_ERR(f):
+    if isinstance(f, int):
         pr_err(f"vcdrom: {virt_dev.name}: cannot open {virt_dev.filename}: {f}")
         return f
     virt_dev.file = f

@@ -13,7 +13,8 @@ blockio.py, nullio.py and cdrom.py hold the handlers' own parts.
 
 Contexts: parse() from any context (never sleeps). exec() runs where the
 core runs it: a device kthread for vdisk_fileio, vdisk_blockio, vcdrom
-(they sleep in vfs calls) and vdisk_nbd (it sleeps until the server answers), any context for vdisk_nullio (exec_atomic). vdisk_add_device,
+(they sleep in vfs calls) and vdisk_nbd (it sleeps until the server
+answers), any context for vdisk_nullio (exec_atomic). vdisk_add_device,
 vdisk_del_device, vdisk_init and vdisk_exit sleep: task context.
 
 Differs from SCST: backends plug in through a vdisk_io_ops record instead
@@ -27,15 +28,16 @@ from the core's ALUA code (scst_core.tg), as SCST's scst_tg.c provides them.
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from typing import Any, Callable
 
 import attrs
 
-from kshim.err import EEXIST, EINVAL, ENODEV, ENOENT, IS_ERR
+from kshim.err import EEXIST, EINVAL, ENODEV, ENOENT
 from kshim.module import (MODULE_DESCRIPTION, MODULE_LICENSE, MODULE_PARM_DESC, THIS_MODULE,
                           module_exit, module_init, module_param)
 from kshim.mutex import mutex
 from kshim.printk import pr_err, pr_info
+from kshim.sched import task_struct
 from kshim.scatterlist import sg_copy_from_buffer
 from scst_core.const import (ASSOCIATION_LU, CODE_SET_ASCII, CODE_SET_BINARY, CODE_SET_UTF8,
                              DESIGNATOR_TYPE_NAA, DESIGNATOR_TYPE_SCSI_NAME_STRING,
@@ -60,7 +62,7 @@ from scst_core.lib import (scst_build_sense, scst_get_buf_full, scst_set_cmd_err
                            scst_set_invalid_field_in_parm_list, scst_set_resp_data_len)
 from scst_core.main import (scst_register_virtual_dev_driver, scst_register_virtual_device,
                             scst_unregister_virtual_dev_driver, scst_unregister_virtual_device)
-from scst_core.pres import (scst_dev_reset_hooks, scst_pr_clear_dev, scst_pr_exec_in,
+from scst_core.pres import (scst_dev_reset_hooks, scst_pr_clear_dev, scst_pr_dev, scst_pr_exec_in,
                             scst_pr_exec_out, scst_pr_init_dev,
                             scst_pr_nexus_gone, scst_release_local, scst_reserve_local)
 from scst_core.scst import (SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME, SCST_EXEC_COMPLETED,
@@ -168,13 +170,14 @@ class scst_vdisk_dev:
     # a handler's own add_device parameters (vdisk_nbd's uri...), as given
     backend_params: dict = attrs.field(factory=dict)
     # set by attach, cleared by detach: touched by task context only
-    # kshim.fs.file for fileio, blockio and vcdrom; vdisk.nbd_client.nbd_device for vdisk_nbd
-    file: object = None
+    # the backend's handle, void * to the core: a kshim.fs.file for fileio,
+    # blockio and vcdrom; a vdisk.nbd_client.nbd_device for vdisk_nbd
+    file: Any = None
     file_size: int = 0                  # bytes the device exposes
     nblocks: int = 0
     dev: scst_device | None = None
     io_ops: vdisk_io_ops | None = None
-    pr_dev: object = None               # scst_core.pres.scst_pr_dev, set by attach
+    pr_dev: scst_pr_dev | None = None   # set by attach
     # mode parameters and medium state: changed only by MODE SELECT,
     # START STOP UNIT and PREVENT ALLOW, which the core serializes
     # (SCST_STRICTLY_SERIALIZED) or which touch one bool: no lock.
@@ -197,7 +200,7 @@ class scst_vdisk_dev:
     sanitize_state: int = VDISK_SANITIZE_NONE   # the exec gate tests only this
     sanitize_progress: int = 0                  # 0..65535 of the running operation
     sanitize_ause: bool = False                 # AUSE of the operation that failed
-    sanitize_thread: object = None              # task_struct of the running operation
+    sanitize_thread: task_struct | None = None  # the kthread of the running operation
     sanitize_cmd: scst_cmd | None = None        # SANITIZE IMMED=0 waiting for the end
 
 
@@ -838,6 +841,7 @@ def vdisk_exec_verify(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
         got = bytearray(n)
         if ops.read_into(virt_dev, cmd, pos + done, got) != 0:
             return
+        want: bytes | memoryview
         if bytchk == 1:
             want = expect[done:done + n]
         else:                           # one block compared against each block
@@ -1233,11 +1237,11 @@ def vdisk_add_device(handler_name: str, dev_name: str, params: dict[str, str]) -
         pr_err(f"vdisk: device {dev_name} already exists")
         return -EEXIST
     r = vdisk_alloc_dev(handler_name, dev_name, params)
-    if IS_ERR(r):
+    if isinstance(r, int):
         return r
     virt_dev, _ = r
     dev = scst_register_virtual_device(devt, dev_name, virt_dev)
-    if IS_ERR(dev):
+    if isinstance(dev, int):
         return dev
     vdisk_dev_list[dev_name] = virt_dev
     pr_info(f"vdisk: {handler_name} device {dev_name} added: {virt_dev.nblocks} blocks of "
@@ -1281,7 +1285,7 @@ def vdisk_init() -> int:
     if not 1 <= num_threads <= 128:
         pr_err(f"vdisk: num_threads {num_threads} must be in 1..128")
         return -EINVAL
-    done = []
+    done: list[scst_dev_type] = []
     for devt in (fileio_devtype, blockio_devtype, nullio_devtype, cdrom_devtype, nbd_devtype):
         devt.owner = THIS_MODULE()
         if not devt.exec_atomic:

@@ -94,9 +94,10 @@ def test_rmmod_scst_vdisk_with_a_lun_mapped_is_refused_naming_the_holder(target)
 
 def test_module_parameters_live_under_sys_module_and_obey_permissions(target) -> None:
     assert uscstadmin_ok(target.ctl, "get", "/module/scst_vdisk/parameters/num_threads").strip() == "8"
-    assert uscstadmin_ok(target.ctl, "get", "/module/iscsi_scst/parameters/iscsi_max_sessions").strip() == "256"
-    uscstadmin_ok(target.ctl, "set", "/module/iscsi_scst/parameters/iscsi_max_sessions", "64")
-    assert uscstadmin_ok(target.ctl, "get", "/module/iscsi_scst/parameters/iscsi_max_sessions").strip() == "64"
+    max_sessions = "/module/iscsi_scst/parameters/iscsi_max_sessions"
+    assert uscstadmin_ok(target.ctl, "get", max_sessions).strip() == "256"
+    uscstadmin_ok(target.ctl, "set", max_sessions, "64")
+    assert uscstadmin_ok(target.ctl, "get", max_sessions).strip() == "64"
     r = uscstadmin_run(target.ctl, "set", "/module/scst_vdisk/parameters/num_threads", "2")    # 0444
     assert r.returncode == 1 and "EACCES" in r.stderr
     r = uscstadmin_run(target.ctl, "set", "/module/iscsi_scst/parameters/iscsi_max_sessions", "many")
