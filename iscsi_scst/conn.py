@@ -83,13 +83,18 @@ class iscsi_conn:
     # protected by write_list_lock
     write_list_lock: spinlock_t = attrs.field(factory=lambda: spinlock_t("conn.write_list_lock"))
     write_list: list_head = attrs.field(factory=list_head)
+    # The rd thread's own responses (their write_list_entry nodes), kept
+    # like an llist: the rd thread appends without a lock, and whoever
+    # sends or queues from another context takes the whole list at once
+    # (one CPU, and the rd thread never sleeps between the two). What is
+    # on write_list was queued before everything here.
+    rd_write_list: list = attrs.field(factory=list)
     # the sender's state: whoever holds tx_busy (the wr thread, or the rd
     # thread flushing before it sleeps) owns these
     tx_busy: bool = False
     tx_iov: list = attrs.field(factory=list)
     tx_len: int = 0
     tx_items: list = attrs.field(factory=list)
-    tx_batch: list_head = attrs.field(factory=list_head)
     stat_sn: int = 0
     hdigest_tx: bool = False
     ddigest_tx: bool = False
@@ -258,10 +263,9 @@ def iscsi_conn_close(conn: iscsi_conn) -> None:
                 iscsi_conn_mark_closing(other)
         iscsi_session_conn_gone(sess, conn)
     if not conn.cmd_hash:
-        # No command is left to queue a response: the transmit list heads
-        # die with conn (empty heads point at themselves: only a GC frees them).
+        # No command is left to queue a response: the transmit list head
+        # dies with conn (an empty head points at itself: only a GC frees it).
         list_head_release(conn.write_list)
-        list_head_release(conn.tx_batch)
     if conn in conn_list:
         conn_list.remove(conn)
     wake_up_all(conns_waitQ)

@@ -68,7 +68,7 @@ from iscsi_scst.hdr import (ISCSI_CMD_ATTR_MASK, common_hdr, ISCSI_CMD_READ, ISC
                             pack_data_in, pack_data_in_raw, pack_generic_rsp, pack_login_rsp, pack_logout_rsp,
                             pack_r2t, pack_scsi_rsp, sn_le, sn_lt, u32_at, unpack_common,
                             unpack_data_out)
-from iscsi_scst.nthread import fill_sn, hdigest, iscsi_queue_tx, pad_bytes
+from iscsi_scst.nthread import fill_sn, hdigest, iscsi_queue_tx, iscsi_rd_tx_requeue, pad_bytes
 from iscsi_scst import target as target_mod
 from iscsi_scst.target import (iscsi_del_portal, iscsi_list_targets, iscsi_target,
                                iscsi_target_del, iscsi_target_find, portal_list, target_list)
@@ -148,6 +148,9 @@ class iscsi_cmnd:
     held_buf: bytearray | None = None
     unsol_seq: list = attrs.field(factory=lambda: [0, 0, 0])
     write_list_entry: list_head = attrs.field(default=None)
+    # the one-PDU response's header, built by the sender (tx_busy holder):
+    # made once with the cached object, so a response allocates no header
+    rsp_bhs: bytearray = attrs.field(factory=lambda: bytearray(48))
 
     def __attrs_post_init__(self) -> None:
         self.write_list_entry = list_head(self)
@@ -735,11 +738,7 @@ def iscsi_on_free_cmd(scmd: scst_cmd) -> None:
         if conn.closing and not conn.cmd_hash:
             wake_up(conn.cmds_waitQ)
     cmnd.scst_cmd = None
-    _reset_cmnd(cmnd)
-    kmem_cache_free(iscsi_cmnd_cache, cmnd)
-
-
-def _reset_cmnd(cmnd: iscsi_cmnd) -> None:
+    # A kept free object starts its next command clean.
     cmnd.write_ready = cmnd.unsol_open = cmnd.rx_pending = False
     cmnd.rsp_deferred = cmnd.data_done = False
     cmnd.data_rcvd = cmnd.r2t_next = cmnd.r2t_sn = cmnd.outstanding_r2t = 0
@@ -747,19 +746,23 @@ def _reset_cmnd(cmnd: iscsi_cmnd) -> None:
     cmnd.held = cmnd.release_pending = False
     cmnd.held_buf = None
     cmnd.conn = None          # a kept free object must not pin its last connection
+    kmem_cache_free(iscsi_cmnd_cache, cmnd)
 
 
 
 
 def iscsi_conn_abort_cmnds(conn: iscsi_conn) -> None:
     """The connection is closing: finish every command it still owns."""
+    iscsi_rd_tx_requeue(conn)
     while True:
         node = conn.write_list.next
         if node is conn.write_list:
             break
         list_del_init(node)
         item = node.owner
-        if item.tx_kind == TX_SCSI and item.scst_cmd is not None:
+        if item.tx_kind != TX_SCSI:
+            _tx_pdu_free(item)
+        elif item.scst_cmd is not None:
             scst_tgt_cmd_done(item.scst_cmd, SCST_CONTEXT_DIRECT)
     # Responses already built into a send that never completed (the socket
     # failed under it) are finished too, or their commands would leak.
@@ -768,7 +771,9 @@ def iscsi_conn_abort_cmnds(conn: iscsi_conn) -> None:
     conn.tx_iov.clear()
     conn.tx_len = 0
     for item in items:
-        if item.tx_kind == TX_SCSI and item.scst_cmd is not None:
+        if item.tx_kind != TX_SCSI:
+            _tx_pdu_free(item)
+        elif item.scst_cmd is not None:
             scst_tgt_cmd_done(item.scst_cmd, SCST_CONTEXT_DIRECT)
     sess = conn.session
     if sess is not None:
@@ -874,7 +879,7 @@ def iscsi_tx_build(conn: iscsi_conn, item: Any, iov: list) -> None:
         plain = not (conn.hdigest_tx or conn.ddigest_tx)
         if total <= mrdsl and collapse and plain and total & 3 == 0 and base is not None:
             # The common case: all data and the status in one Data-In PDU.
-            bhs = bytearray(48)
+            bhs = item.rsp_bhs
             pack_data_in_raw(bhs, 0, ISCSI_OP_SCSI_DATA_IN,
                           ISCSI_FLG_FINAL | ISCSI_FLG_STATUS | rflags, 0, status, total, lun,
                           itt, ISCSI_RESERVED_TAG, stat_sn, exp, max_sn, 0, 0, resid)
@@ -938,10 +943,16 @@ def iscsi_tx_done(conn: iscsi_conn, item: Any, ret: int) -> None:
         return
     if ret == 0 and item.on_sent is not None:
         item.on_sent(conn)
-    # The PDU is done (the kernel would kfree it here): its unlinked
-    # list_head points at itself and at the PDU, cycles only a GC frees.
-    list_head_release(item.write_list_entry)
-    item.write_list_entry = None
+    _tx_pdu_free(item)
+
+
+def _tx_pdu_free(pdu: iscsi_tx_pdu) -> None:
+    """The PDU is done (the kernel would kfree it here): its unlinked
+    list_head points at itself and at the PDU, cycles only a GC frees (one
+    per NOP-In, R2T or Reject grew RSS by ~64 bytes until a GC pass, hours
+    apart when idle), so it is released (poisoned as list_del does)."""
+    list_head_release(pdu.write_list_entry)
+    pdu.write_list_entry = None
 
 
 # -- other PDUs -------------------------------------------------------------
@@ -1203,6 +1214,17 @@ def _login_rx_done(conn: iscsi_conn) -> None:
         # A connection joins its session (MC/S, RFC 7143 6.3.1).
         sess = cast(session_mod.iscsi_session, login.session)
         old = next((c for c in sess.conn_list if c.cid == login.cid), None)
+        if sess not in session_mod.session_list:
+            # The session ended (its last connection went) after this
+            # login found it: "session does not exist" (RFC 7143 11.13.5).
+            pr_info(f"iscsi: login from {conn.peer}: session {sess.tsih:#x} ended during "
+                    f"the login")
+            fail = bytearray(48)
+            pack_login_rsp(fail, rsp.csg << 2, rsp.version_max, rsp.version_active, 0, rsp.isid,
+                           0, rsp.itt, 0, 0, 0, 0x02, 0x0A)
+            _count_login(login, 0x02, 0x0A)
+            _queue_pdu(conn, fail, b"", on_sent=_close_after_send)
+            return
         if old is not None:
             # Connection reinstatement: the old connection with this CID goes.
             old.logged_out = True

@@ -12,8 +12,9 @@ Receive: the rd thread reads as much as the socket has into a 256 KiB
 receive buffer (taken from iscsi_rxbuf_cache, given back before it sleeps
 with the buffer empty), parses every complete BHS in it and copies data segments
 straight into the command's pages; a large data segment that is not yet in
-the buffer is received directly into the pages. It drains until -EAGAIN,
-then sleeps until sk_data_ready.
+the buffer is received directly into the pages. It drains until -EAGAIN or
+a receive shorter than asked (kshim.net armed sk_data_ready then), then
+sleeps until sk_data_ready.
 
 Send: before it sleeps, the rd thread flushes the responses it queued
 itself (one sendmsg per batch); the wr thread sends what other contexts
@@ -42,9 +43,8 @@ from iscsi_scst.nagle import iscsi_nagle_idle, iscsi_nagle_rx_check
 from kshim.crc32c import crc32c_iov, crc32c_value
 from kshim.err import EAGAIN
 from kshim.kthread import kthread_should_stop
-from kshim.list import (list_add_tail, list_del_init, list_empty, list_head, list_splice_init,
-                        list_splice_tail_init)
-from kshim.net import MSG_DONTWAIT, kernel_recvmsg, kernel_sendmsg
+from kshim.list import list_add, list_add_tail, list_del_init, list_empty, list_head
+from kshim.net import MSG_DONTWAIT, kernel_recvmsg, kernel_sendmsg, sock_rx_armed
 from kshim.printk import pr_info
 from kshim.sched import current
 from kshim.spinlock import spin_lock_bh, spin_unlock_bh
@@ -117,6 +117,7 @@ def iscsi_rx(conn: iscsi_conn) -> int:
     if ret < 0:
         return ret
     mv = conn.rxmv
+    drained = False           # the last fill was short: the socket is empty
     while not conn.closing:
         state = conn.read_state
         avail = conn.rx_end - conn.rx_start
@@ -178,9 +179,14 @@ def iscsi_rx(conn: iscsi_conn) -> int:
                 if done is not None:
                     done(conn)
                 continue
+        if drained:
+            # Saves the receive that would return -EAGAIN (one syscall and
+            # one exception per wake-up: per command at QD1).
+            return -EAGAIN
         n = _fill(conn)
         if n <= 0:
             return n
+        drained = conn.rx_end < RXBUF_SIZE and sock_rx_armed(conn.sock)
     return 0
 
 
@@ -210,7 +216,7 @@ def iscsi_rd_thread(conn: iscsi_conn) -> int:
                 continue
             break
         if ret == -EAGAIN:
-            if not list_empty(conn.write_list) and not conn.tx_busy:
+            if (conn.rd_write_list or not list_empty(conn.write_list)) and not conn.tx_busy:
                 # Send this batch's responses now instead of waking the wr thread.
                 if iscsi_tx_flush(conn, False) == -EAGAIN and conn.tx_iov:
                     wake_up(conn.wr_waitQ)
@@ -229,13 +235,62 @@ def iscsi_rd_thread(conn: iscsi_conn) -> int:
 
 def iscsi_queue_tx(conn: iscsi_conn, entry: list_head) -> None:
     """Queue a response (its write_list_entry) for sending (any context).
-    The wr thread is woken unless the caller is the connection's rd thread,
-    which flushes the list itself before it sleeps."""
+    The rd thread keeps its own on conn.rd_write_list and flushes them
+    before it sleeps; any other context puts them on write_list (after the
+    rd thread's pending ones, so send order is queue order) and wakes the
+    wr thread."""
+    if current() is conn.rd_task:
+        conn.rd_write_list.append(entry)
+        return
     spin_lock_bh(conn.write_list_lock)
+    if conn.rd_write_list:
+        _rd_list_to_write_list(conn)
     list_add_tail(entry, conn.write_list)
     spin_unlock_bh(conn.write_list_lock)
-    if current() is not conn.rd_task:
-        wake_up(conn.wr_waitQ)
+    wake_up(conn.wr_waitQ)
+
+
+def _rd_list_to_write_list(conn: iscsi_conn) -> None:
+    """Move the rd thread's pending responses to the tail of write_list
+    (write_list_lock held)."""
+    rd = conn.rd_write_list
+    conn.rd_write_list = []
+    wl = conn.write_list
+    for entry in rd:
+        list_add_tail(entry, wl)
+
+
+def iscsi_rd_tx_requeue(conn: iscsi_conn) -> None:
+    """Put the rd thread's pending responses on write_list (any context),
+    e.g. for a closing connection's walk of write_list."""
+    if conn.rd_write_list:
+        spin_lock_bh(conn.write_list_lock)
+        _rd_list_to_write_list(conn)
+        spin_unlock_bh(conn.write_list_lock)
+
+
+def iscsi_tx_take(conn: iscsi_conn) -> list:
+    """Every queued response's entry, in send order: write_list's, then the
+    rd thread's own. The rd thread's alone (the busy case) cost no lock."""
+    rd = conn.rd_write_list
+    wl = conn.write_list
+    if wl.next is wl:
+        if rd:
+            conn.rd_write_list = []
+        return rd
+    out = []
+    spin_lock_bh(conn.write_list_lock)
+    node = wl.next
+    while node is not wl:
+        nxt = node.next
+        list_del_init(node)
+        out.append(node)
+        node = nxt
+    if conn.rd_write_list:
+        out += conn.rd_write_list
+        conn.rd_write_list = []
+    spin_unlock_bh(conn.write_list_lock)
+    return out
 
 
 def iscsi_tx_flush(conn: iscsi_conn, may_sleep: bool) -> int:
@@ -249,26 +304,23 @@ def iscsi_tx_flush(conn: iscsi_conn, may_sleep: bool) -> int:
     try:
         while not conn.closing:
             if not conn.tx_iov:
-                if list_empty(conn.write_list):
+                entries = iscsi_tx_take(conn)
+                if not entries:
                     return 0
-                batch = conn.tx_batch
-                spin_lock_bh(conn.write_list_lock)
-                list_splice_tail_init(conn.write_list, batch)
-                spin_unlock_bh(conn.write_list_lock)
                 iov = conn.tx_iov
                 items = conn.tx_items
-                node = batch.next
-                while node is not batch and len(iov) < _IOV_MAX:
-                    nxt = node.next
-                    list_del_init(node)
-                    item = node.owner
+                n = len(entries)
+                i = 0
+                while i < n and len(iov) < _IOV_MAX:
+                    item = entries[i].owner
                     iscsi_tx_build(conn, item, iov)
                     items.append(item)
-                    node = nxt
-                if node is not batch:
+                    i += 1
+                if i < n:
                     # Over the iovec limit: the rest goes back to the front.
                     spin_lock_bh(conn.write_list_lock)
-                    list_splice_init(batch, conn.write_list)
+                    for entry in reversed(entries[i:]):
+                        list_add(entry, conn.write_list)
                     spin_unlock_bh(conn.write_list_lock)
                 conn.tx_len = sum(map(len, iov))
             conn.wr_space = False
@@ -299,7 +351,8 @@ def iscsi_wr_thread(conn: iscsi_conn) -> int:
     wl = conn.write_list
     while True:
         wait_event_interruptible(conn.wr_waitQ, lambda: not list_empty(wl) or bool(conn.tx_iov)
-                                 or conn.closing or kthread_should_stop())
+                                 or bool(conn.rd_write_list) or conn.closing
+                                 or kthread_should_stop())
         if conn.closing or kthread_should_stop():
             return 0
         ret = iscsi_tx_flush(conn, True)

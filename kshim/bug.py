@@ -17,13 +17,14 @@ clean run sees them. `panic_on_report` turns reports into KernelBug at the
 call site, as panic_on_warn would.
 
 Debug aids: stack_capture() takes a cheap snapshot of the caller's frames
-(filename, line, function) for the aids to keep with an object;
-format_entries() turns one into text only when a report needs it.
+(code object and bytecode offset each; filename, line and function once
+formatted) for the aids to keep with an object; format_entries() turns one
+into text, and looks the lines up, only when a report needs it.
 """
 from __future__ import annotations
 
 import traceback
-from types import FrameType
+from types import CodeType, FrameType
 
 import attrs
 
@@ -68,29 +69,39 @@ def getframe(depth: int = 0) -> FrameType | None:
 
 def stack_capture(skip: int = 1, limit: int = 12) -> tuple:
     """Snapshot of the caller's stack, `skip` frames above this call's
-    caller, innermost first, at most `limit` frames, as (code, line) pairs.
-    Costs about a microsecond; format it with format_entries() only when
-    reporting."""
+    caller, innermost first, at most `limit` frames, as (code, bytecode
+    offset) pairs: the offset costs nothing to read, the line number it
+    stands for is looked up only when a report formats the entry (reading
+    f_lineno scans the code's line table, for every frame). Costs about a
+    microsecond; format it with format_entries() only when reporting."""
     f = getframe(skip + 1)
     out = []
     n = limit
     while f is not None and n:
-        out.append((f.f_code, f.f_lineno))
+        out.append((f.f_code, f.f_lasti))
         f = f.f_back
         n -= 1
     return tuple(out)
 
 
+def _line_of(co: CodeType, lasti: int) -> int:
+    """The source line of bytecode offset lasti in co (what f_lineno says)."""
+    for start, end, line in co.co_lines():
+        if start <= lasti < end and line is not None:
+            return line
+    return co.co_firstlineno
+
+
 def entry_parts(e: tuple) -> tuple[str, int, str]:
     """(filename, line, function) of one stack_capture() entry."""
-    co, line = e
-    return co.co_filename, line, co.co_name
+    co, lasti = e
+    return co.co_filename, _line_of(co, lasti), co.co_name
 
 
 def format_entries(entries: tuple, indent: str = "  ") -> str:
     """Text of a stack_capture() snapshot, outermost call first, as tracebacks read."""
-    return "".join(f'{indent}File "{co.co_filename}", line {ln}, in {co.co_name}\n'
-                   for co, ln in reversed(entries))
+    return "".join(f'{indent}File "{co.co_filename}", line {_line_of(co, lasti)}, '
+                   f'in {co.co_name}\n' for co, lasti in reversed(entries))
 
 
 def caller_site(skip: int = 1) -> str:

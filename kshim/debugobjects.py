@@ -22,6 +22,7 @@ deleted, as the kernel's fixup_free does).
 """
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any, Callable
 
 from kshim.bug import report_bug
@@ -31,6 +32,8 @@ debug_objects = True
 # type -> (type name, active hint or None, fixup or None)
 _registry: dict[type, tuple[str, Callable[[Any], str | None], Callable[[Any], object] | None]] = {}
 _fields_cache: dict[type, tuple[str, ...]] = {}
+# type -> its slot values in one C call (attrgetter), or None: _values() only
+_getters: dict[type, Callable[[Any], tuple] | None] = {}
 
 
 def debug_object_register(cls: type, name: str, active_hint: Callable[[Any], str | None],
@@ -55,19 +58,44 @@ def _fields(cls: type) -> tuple[str, ...]:
     return names
 
 
-def _values(obj: Any) -> list[Any]:
-    out = []
-    for name in _fields(type(obj)):
+def _slot_getter(cls: type) -> Callable[[Any], tuple] | None:
+    if cls in _getters:
+        return _getters[cls]
+    names = _fields(cls)
+    g: Callable[[Any], tuple] | None = None
+    # Not for a class that reads its attributes its own way (an unset slot
+    # must raise, not reach a __getattr__), nor one too small to matter.
+    if cls.__getattribute__ is object.__getattribute__ and not hasattr(cls, "__getattr__") \
+            and len(names) >= 2:
+        g = attrgetter(*names)
+    _getters[cls] = g
+    return g
+
+
+def _values(obj: Any) -> list[Any] | tuple:
+    """The values of obj's fields (slots and __dict__), unset slots skipped."""
+    out: list[Any] | tuple | None = None
+    g = _slot_getter(type(obj))
+    if g is not None:
         try:
-            out.append(object.__getattribute__(obj, name))
-        except AttributeError:
-            pass
-    try:
-        d = object.__getattribute__(obj, "__dict__")
-    except (AttributeError, TypeError):
-        d = None
+            out = g(obj)            # every slot in one C call
+        except AttributeError:      # a slot never set: name by name below
+            out = None
+    if out is None:
+        out = []
+        for name in _fields(type(obj)):
+            try:
+                out.append(object.__getattribute__(obj, name))
+            except AttributeError:
+                pass
+    d = None
+    if type(obj).__dictoffset__:        # else slots only: no failed lookup to pay for
+        try:
+            d = object.__getattribute__(obj, "__dict__")
+        except (AttributeError, TypeError):
+            d = None
     if d:
-        out.extend(d.values())
+        out = [*out, *d.values()]
     return out
 
 
@@ -88,8 +116,11 @@ def debug_check_no_obj_freed(obj: Any, where: str) -> int:
     if not debug_objects:
         return 0
     reg = _registry
+    vals = _values(obj)
+    if type(obj) not in reg and reg.keys().isdisjoint(map(type, vals)):
+        return 0                    # the common case, decided at C speed
     found = 0
-    for v in [obj] + _values(obj):
+    for v in (obj, *vals):
         if type(v) not in reg:
             continue
         hit = _check(v)

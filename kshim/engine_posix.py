@@ -385,10 +385,15 @@ def sock_recvmsg_into(s: socket.socket, bufs: list, flags: int) -> int:
         return _neg(e)
 
 
+# A plain int: or-ing socket's IntFlag members runs enum.__or__ in Python
+# (two calls per send on the data path).
+_SEND_FLAGS = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+
+
 def sock_sendmsg(s: socket.socket, bufs: list, flags: int) -> int:
     """Bytes sent (maybe fewer than offered) or -errno (-EAGAIN when full)."""
     try:
-        return s.sendmsg(bufs, (), flags | socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        return s.sendmsg(bufs, (), flags | _SEND_FLAGS)
     except OSError as e:
         return _neg(e)
 

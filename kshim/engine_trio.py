@@ -88,19 +88,26 @@ def run_cpu() -> None:
 class _sock_priv:
     """The engine's per-socket state, at sk.engine_priv."""
 
-    __slots__ = ("cs", "rx_lot", "tx_lot")
+    __slots__ = ("cs", "rx_lot", "tx_lot", "rx_parked")
 
     def __init__(self) -> None:
         self.cs: trio.CancelScope | None = None
         self.rx_lot = trio.lowlevel.ParkingLot()
         self.tx_lot = trio.lowlevel.ParkingLot()
+        # The rx task waits in rx_lot (not armed), so arming must unpark
+        # it; usually the reader re-arms while the task is still running
+        # its delivery, and the unpark (four trio calls) is skipped.
+        self.rx_parked = False
 
 
-async def _rx_task(sk: Any, lot: trio.lowlevel.ParkingLot) -> None:
+async def _rx_task(sk: Any, priv: _sock_priv) -> None:
     hs = sk.host
+    lot = priv.rx_lot
     while sk.host is not None:
         if not sk.rx_armed:
+            priv.rx_parked = True
             await lot.park()
+            priv.rx_parked = False
             continue
         try:
             await trio.lowlevel.wait_readable(hs)
@@ -134,7 +141,7 @@ async def _sock_tasks(sk: Any, priv: _sock_priv,
         priv.cs = cs
         task_status.started()
         async with trio.open_nursery() as n:
-            n.start_soon(_rx_task, sk, priv.rx_lot)
+            n.start_soon(_rx_task, sk, priv)
             n.start_soon(_tx_task, sk, priv.tx_lot)
 
 
@@ -151,7 +158,7 @@ def sock_arm_rx(sk: Any) -> None:
     if not sk.rx_armed:
         sk.rx_armed = True
         priv = sk.engine_priv
-        if priv is not None:
+        if priv is not None and priv.rx_parked:
             priv.rx_lot.unpark_all()
 
 

@@ -12,7 +12,10 @@ Differs from the kernel: the TCP stack is the host's. A sockaddr is a
 Python address tuple: (host, port) for AF_INET, (host, port, flowinfo,
 scope_id) or (host, port) for AF_INET6. kvecs are lists of buffers
 (memoryview, bytearray or bytes). sk_data_ready fires when data arrives after
-a receive found the socket empty (see kshim.engine_trio); sk_state_change fires
+a receive found the socket empty (see kshim.engine_trio): a receive that
+returned -EAGAIN, or fewer bytes than asked (a TCP receive returns less only
+when its queue ran dry), arms it, and sock_rx_armed() tells a reader that
+may sleep now without receiving again; sk_state_change fires
 when a receive or send finds the peer gone. Every host call goes through the
 host-ops table (kshim.host.ops), so the same code runs on real sockets
 (engine_trio) and on the simulation's in-memory ones (engine_sim).
@@ -295,6 +298,10 @@ def kernel_recvmsg(sock_: socket, vec: list, size: int, flags: int = 0) -> int:
         else:
             n = ops.sock_recvmsg_into(sk.host, vec, flags & ~MSG_DONTWAIT)
         if n > 0:
+            if n < size:
+                # Drained: the next arrival must wake the reader, as every
+                # arrival calls sk_data_ready in the kernel.
+                ops.sock_arm_rx(sk)
             return n
         if n == 0:
             if size:
@@ -309,6 +316,14 @@ def kernel_recvmsg(sock_: socket, vec: list, size: int, flags: int = 0) -> int:
             return n
         if wait_event_interruptible(sk.sk_wq, lambda: not sk.rx_armed or sk.host is None) < 0:
             return -ERESTARTSYS
+
+
+def sock_rx_armed(sock_: socket) -> bool:
+    """Will sk_data_ready fire when data arrives? True after a receive found
+    the socket drained (-EAGAIN, or fewer bytes than asked) until the engine
+    delivers the callback: a reader may then sleep without receiving again
+    (an injected short receive arms nothing, so its reader receives on)."""
+    return sock_.sk.rx_armed
 
 
 def kernel_setsockopt(sock_: socket, level: int, optname: int, val: int) -> int:

@@ -63,6 +63,9 @@ class page:
 _free: list[list[page]] = [[] for _ in range(MAX_ORDER + 1)]
 _free_limit = 256     # pages of each order kept for reuse
 _live: dict[int, page] = {}          # debug: id -> page, for page_owner
+# debug: order -> a freed page's bytes, made once: the fill is one copy and
+# the check one compare, not a new pattern or a byte-by-byte count each time
+_poison_bytes: dict[int, bytes] = {}
 _by_addr: dict[int, page] = {}       # __get_free_pages: id(memoryview) -> page
 
 
@@ -108,10 +111,17 @@ def alloc_pages(gfp: int, order: int) -> page | None:
 
 def _check_poison(p: page) -> None:
     p.poisoned = False
-    if p.buf.count(PAGE_POISON) != len(p.buf):
+    if p.buf != _poison_of(p.order, len(p.buf)):
         first = next(i for i, b in enumerate(p.buf) if b != PAGE_POISON)
         report_bug("page poison overwritten (write after __free_pages)", order=p.order,
                    offset=first, allocated_by=format_entries(p.owner_stack[:4], "    "))
+
+
+def _poison_of(order: int, n: int) -> bytes:
+    pat = _poison_bytes.get(order)
+    if pat is None or len(pat) != n:
+        pat = _poison_bytes[order] = bytes((PAGE_POISON,)) * n
+    return pat
 
 
 def alloc_page(gfp: int) -> page | None:
@@ -132,7 +142,7 @@ def __free_pages(p: page, order: int) -> None:
     if debug_pagealloc:
         _live.pop(id(p), None)
         try:
-            p.mv[:] = bytes((PAGE_POISON,)) * len(p.buf)
+            p.mv[:] = _poison_of(p.order, len(p.buf))
             p.poisoned = True
         except (BufferError, TypeError):
             pass

@@ -64,11 +64,13 @@ class scst_sdbops:
     len_len: int = 0            # 0: no transfer length field
 
 
+_CDB_LEN_BY_GROUP = (6, 10, 10, 0, 16, 12, 0, 0)
+
+
 def scst_get_cdb_len(op: int) -> int:
     """CDB length implied by the group code of opcode op; 0 if variable or
     vendor specific."""
-    group = op >> 5
-    return (6, 10, 10, 0, 16, 12, 0, 0)[group]
+    return _CDB_LEN_BY_GROUP[op >> 5]
 
 
 def _field(cdb: bytes, off: int, n: int) -> int:
@@ -383,10 +385,13 @@ def scst_get_cdb_info(cmd: scst_cmd) -> int:
     cdb = cmd.cdb
     if not cdb:
         return 1
-    sdbops = scst_lookup_op(cdb)
+    op = cdb[0]
+    # scst_lookup_op and scst_get_cdb_len, inline for the plain opcodes
+    # (this runs once per command)
+    sdbops = scst_lookup_op(cdb) if op in SERVICE_ACTION_OPCODES else _plain_ops.get(op)
     if sdbops is None:
         return 1
-    cdb_len = scst_get_cdb_len(cdb[0])
+    cdb_len = _CDB_LEN_BY_GROUP[op >> 5]
     cmd.op_name = sdbops.op_name
     cmd.op_flags = sdbops.flags
     cmd.data_direction = sdbops.direction

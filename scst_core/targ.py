@@ -441,11 +441,13 @@ def _exec(cmd: scst_cmd) -> int:
         return _RES_CONT_DONE
     handler = dev.handler
     run = handler.exec
-    if not handler.exec_atomic and not _on_threads_of(dev):
-        # Not on the device's threads: only a non-sleeping attempt may run here.
-        run = handler.exec_nowait
-        if run is None:
-            return _RES_NEED_THREAD
+    if not handler.exec_atomic:
+        kt = sched.cpu.curr.kthread         # current()'s, without the call
+        if kt is None or kt.data is not dev.cmd_threads:
+            # Not on the device's threads: only a non-sleeping attempt may run here.
+            run = handler.exec_nowait
+            if run is None:
+                return _RES_NEED_THREAD
     cmd.state = SCST_CMD_STATE_EXEC_WAIT
     cmd.scst_cmd_done = scst_cmd_done_local
     cmd.completed = False
@@ -743,12 +745,6 @@ _state_fns = _state_table()
 
 
 # -- per-device command threads ---------------------------------------------
-
-def _on_threads_of(dev: scst_device) -> bool:
-    """Is the current task one of dev's command threads?"""
-    kt = sched.current().kthread
-    return kt is not None and kt.data is dev.cmd_threads
-
 
 def _queue_to_threads(cmd: scst_cmd) -> None:
     if cmd.dev is None:

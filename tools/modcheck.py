@@ -19,7 +19,7 @@ KERNEL_LAYERS = ("scst_core", "iscsi_scst", "vdisk")
 PURE_STDLIB = frozenset({
     "__future__", "typing", "enum", "struct", "attrs", "hashlib", "fnmatch",
     "collections", "functools", "itertools", "math", "re", "dataclasses",
-    "string", "abc", "bisect", "heapq", "binascii", "base64", "hmac",
+    "string", "abc", "bisect", "heapq", "binascii", "base64", "hmac", "operator",
 })
 # Named explicitly so the report says why (all are outside PURE_STDLIB anyway).
 HOST_MODULES = frozenset({

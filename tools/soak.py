@@ -7,7 +7,14 @@ The campaign script of issue 16 section 5 / 6.5. It starts its own uscstd
              (libiscsi's iscsi-inq: login, INQUIRY, logout);
   discovery  N discovery sessions (iscsi-ls: SendTargets, logout);
   idle       K sessions logged in at once and left idle (a minimal login
-             written here), RSS measured while they are held.
+             written here), RSS measured while they are held; with --hold S
+             they stay logged in for S seconds, answering the target's
+             NOP-In pings (--nop-in-interval sets the target's), RSS sampled
+             every --sample-every seconds, and the summary gives the slope in
+             bytes per second over each half after the warm-up (the first
+             tenth) and how many sessions were still up at the end (issue 12:
+             "RSS < 150 MB with 64 logged-in sessions, flat over a 10-minute
+             run" is `idle --sessions 64 --hold 600`).
 
 It samples VmRSS of the daemon every --every cycles and prints one line per
 sample, then a summary: RSS at start, after the warm-up (--warmup cycles,
@@ -33,6 +40,7 @@ Usage:
   python -m tools.soak login --cycles 10000
   python -m tools.soak discovery --cycles 1000
   python -m tools.soak idle --sessions 64
+  python -m tools.soak idle --sessions 64 --hold 600
   python -m tools.soak login --cycles 10000 --tracemalloc 1000,10000
 """
 from __future__ import annotations
@@ -41,6 +49,7 @@ import argparse
 import json
 import os
 import re
+import select
 import shutil
 import socket
 import struct
@@ -106,6 +115,11 @@ class Target:
     def rss(self) -> int:
         return rss_kib(self.proc.pid)
 
+    def set_attr(self, path: str, value: str) -> bool:
+        """Write one attribute of the live tree (uscstadmin set)."""
+        return _run([sys.executable, "-m", "tools.uscstadmin", "--socket", self.ctl_path,
+                     "set", path, value])
+
     def tracemalloc_dump(self, path: Path) -> dict:
         """Have the daemon write a tracemalloc snapshot to path."""
         return Ctl(self.ctl_path).call("tracemalloc_dump", path=str(path))
@@ -164,6 +178,87 @@ def open_idle_session(port: int, isid: int) -> socket.socket:
     return s
 
 
+class held_session:
+    """A logged-in session kept alive: answers the target's NOP-In pings."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+        self.up = True
+        self.answers = 0
+        sock.setblocking(False)
+
+    def on_readable(self) -> None:
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.up = False
+            return
+        self.buf += data
+        while len(self.buf) >= 48:
+            dsl = int.from_bytes(self.buf[5:8], "big")
+            total = 48 + dsl + (-dsl % 4)
+            if len(self.buf) < total:
+                return
+            bhs, self.buf = self.buf[:48], self.buf[total:]
+            if bhs[0] & 0x3F == 0x20 and bhs[20:24] != b"\xff" * 4:
+                self._nop_out(bhs)
+
+    def _nop_out(self, nop_in: bytes) -> None:
+        """The NOP-Out a NOP-In with a TTT asks for (RFC 7143 11.18.3):
+        immediate, ITT 0xffffffff, its LUN and TTT echoed."""
+        stat_sn, exp_cmd_sn = struct.unpack_from(">II", nop_in, 24)
+        bhs = bytearray(48)
+        bhs[0] = 0x40                                  # NOP-Out, immediate
+        bhs[1] = 0x80
+        bhs[8:16] = nop_in[8:16]                       # LUN
+        bhs[16:20] = b"\xff" * 4                       # ITT: a response, not a task
+        bhs[20:24] = nop_in[20:24]                     # TTT
+        struct.pack_into(">II", bhs, 24, exp_cmd_sn, stat_sn)
+        try:
+            self.sock.sendall(bytes(bhs))
+            self.answers += 1
+        except OSError:
+            self.up = False
+
+
+def hold_sessions(tgt: Target, socks: list[socket.socket], seconds: float, every: float,
+                  quiet: bool) -> tuple[list[tuple[int, int]], list[held_session]]:
+    """Keep the sessions up for `seconds`, sampling RSS every `every` s:
+    [(second, KiB)], and the sessions (up, NOP answers)."""
+    held = [held_session(s) for s in socks]
+    by_fd = {h.sock.fileno(): h for h in held}
+    t0 = time.monotonic()
+    samples = [(0, tgt.rss())]
+    next_sample = every
+    # Bounded by `seconds`: every wait ends at the next sample or the end.
+    while True:
+        now = time.monotonic() - t0
+        if now >= seconds:
+            break
+        if now >= next_sample:
+            samples.append((int(round(now)), tgt.rss()))
+            if not quiet:
+                up = sum(h.up for h in held)
+                print(f"second {samples[-1][0]} rss_kib {samples[-1][1]} sessions_up {up}",
+                      flush=True)
+            next_sample += every
+        live = [h.sock for h in held if h.up]
+        wait = max(0.0, min(next_sample, seconds) - now)
+        if not live:
+            time.sleep(wait)
+            continue
+        ready, _, _ = select.select(live, [], [], wait)
+        for s in ready:
+            by_fd[s.fileno()].on_readable()
+    samples.append((int(round(seconds)), tgt.rss()))
+    return samples, held
+
+
 def slope(points: list[tuple[int, int]]) -> float:
     """Least-squares slope of (cycle, KiB) points, in bytes per cycle."""
     if len(points) < 2:
@@ -175,17 +270,18 @@ def slope(points: list[tuple[int, int]]) -> float:
     return 1024 * sum((x - mx) * (y - my) for x, y in points) / den if den else 0.0
 
 
-def summarize(samples: list[tuple[int, int]], warmup: int) -> dict:
+def summarize(samples: list[tuple[int, int]], warmup: int, unit: str = "cycle") -> dict:
+    """RSS summary of (x, KiB) samples, x in cycles (or seconds, unit "second")."""
     after = [p for p in samples if p[0] >= warmup]
     base = after[0][1] if after else samples[0][1]
     half = len(after) // 2
     peak = max(y for _, y in after) if after else base
-    return {"samples": len(samples), "rss_start_kib": samples[0][1], "warmup_cycles": warmup,
+    return {"samples": len(samples), "rss_start_kib": samples[0][1], f"warmup_{unit}s": warmup,
             "rss_after_warmup_kib": base, "rss_peak_after_warmup_kib": peak,
             "rss_end_kib": samples[-1][1],
             "growth_after_warmup_pct": round(100.0 * (peak - base) / base, 2),
-            "slope_first_half_bytes_per_cycle": round(slope(after[:half + 1]), 1),
-            "slope_second_half_bytes_per_cycle": round(slope(after[half:]), 1)}
+            f"slope_first_half_bytes_per_{unit}": round(slope(after[:half + 1]), 1),
+            f"slope_second_half_bytes_per_{unit}": round(slope(after[half:]), 1)}
 
 
 def soak_cycles(tgt: Target, mode: str, cycles: int, every: int, deadline: float,
@@ -242,9 +338,10 @@ def _parse_dumps(text: str, cycles: int) -> tuple[int, int]:
     return a, b
 
 
-def soak_idle(tgt: Target, sessions: int, quiet: bool) -> dict:
+def soak_idle(tgt: Target, sessions: int, hold: float, every: float, quiet: bool) -> dict:
     before = tgt.rss()
     socks = []
+    extra: dict = {}
     try:
         for i in range(sessions):
             socks.append(open_idle_session(tgt.port, i + 1))
@@ -252,11 +349,16 @@ def soak_idle(tgt: Target, sessions: int, quiet: bool) -> dict:
         held = tgt.rss()
         if not quiet:
             print(f"{sessions} sessions logged in: rss_kib {held}", flush=True)
+        if hold > 0:
+            samples, hs = hold_sessions(tgt, socks, hold, every, quiet)
+            extra = {"hold_s": hold, **summarize(samples, int(hold // 10), "second"),
+                     "sessions_up_at_end": sum(h.up for h in hs),
+                     "nop_in_answered": sum(h.answers for h in hs)}
     finally:
         for s in socks:
             s.close()
     return {"sessions": sessions, "rss_before_kib": before, "rss_with_sessions_kib": held,
-            "per_session_kib": round((held - before) / max(sessions, 1), 1)}
+            "per_session_kib": round((held - before) / max(sessions, 1), 1), **extra}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,6 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sessions", type=int, default=64)
     p.add_argument("--every", type=int, default=0, help="sample RSS every N cycles")
     p.add_argument("--warmup", type=int, default=-1, help="cycles before the baseline sample")
+    p.add_argument("--hold", type=float, default=0.0,
+                   help="idle: keep the sessions logged in this many seconds, sampling RSS")
+    p.add_argument("--sample-every", type=float, default=10.0,
+                   help="idle --hold: seconds between RSS samples")
+    p.add_argument("--nop-in-interval", type=int, default=0,
+                   help="idle: the target's NopInInterval and NopInTimeout in seconds "
+                        "(0: its defaults); a session that does not answer is dropped")
     p.add_argument("--max-seconds", type=float, default=3600.0)
     p.add_argument("--debug", action="store_true", help="run uscstd --debug")
     p.add_argument("--repo", default=str(REPO), help="tree whose tools.uscstd to run")
@@ -279,6 +388,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if a.cycles < 2 or a.sessions < 1:
         print("soak: --cycles must be >= 2 and --sessions >= 1", file=sys.stderr)
+        return 2
+    if not 0 <= a.hold <= a.max_seconds or a.sample_every <= 0 or a.nop_in_interval < 0:
+        print("soak: --hold must be within 0..--max-seconds, --sample-every > 0 and "
+              "--nop-in-interval >= 0", file=sys.stderr)
         return 2
     dump_at: tuple[int, int] | None = None
     if a.tracemalloc:
@@ -296,8 +409,13 @@ def main(argv: list[str] | None = None) -> int:
         dumps = {n: Path(d) / f"heap-{n}.tracemalloc" for n in dump_at or ()}
         try:
             t0 = time.monotonic()
+            if a.nop_in_interval and not all(
+                    tgt.set_attr(f"targets/iscsi/{IQN}/{attr}", str(a.nop_in_interval))
+                    for attr in ("NopInInterval", "NopInTimeout")):
+                print("soak: could not set the target's NopInInterval", file=sys.stderr)
+                return 1
             if a.mode == "idle":
-                out = soak_idle(tgt, a.sessions, a.json)
+                out = soak_idle(tgt, a.sessions, a.hold, a.sample_every, a.json)
             else:
                 try:
                     samples, failures = soak_cycles(tgt, a.mode, a.cycles, every,

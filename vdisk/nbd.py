@@ -26,17 +26,18 @@ SYNCHRONIZE CACHE is NBD_CMD_FLUSH (nothing when the server offers no
 flush: its writes are then stable when answered). UNMAP and WRITE SAME
 with UNMAP are NBD_CMD_WRITE_ZEROES, which may punch holes but reads back
 zeros, as the LBPRZ=1 that vdisk reports promises; NBD_CMD_TRIM is not
-used, its blocks read back unspecified data. thin_provisioned is 0 unless
-asked for (and then needs the server's NBD_FLAG_SEND_WRITE_ZEROES): NBD
-without structured replies cannot say which blocks are holes, so GET LBA
-STATUS would call every block mapped, even just after UNMAP or SANITIZE
-BLOCK ERASE (libiscsi's Sanitize.BlockErase fails on that).
+used, its blocks read back unspecified data. GET LBA STATUS is
+NBD_CMD_BLOCK_STATUS in the base:allocation context. thin_provisioned
+defaults to 1 when the server offers both WRITE_ZEROES and that context
+(as fileio detects hole punching); without block status every block would
+read as mapped even just after UNMAP, so it stays 0 unless asked for.
 
 Errors: a server error on a read is MEDIUM ERROR, UNRECOVERED READ ERROR
 (03/11/00), on a write MEDIUM ERROR, WRITE ERROR (03/0C/00), -ENOSPC on a
 thin device SPACE ALLOCATION FAILED (07/27/07); the INFORMATION field
-names the first block of the NBD request that failed (simple replies do
-not say which block inside it). A lost connection holds commands while
+names the failing block when the server says (a structured
+NBD_REPLY_TYPE_ERROR_OFFSET chunk), else the first block of the NBD
+request that failed. A lost connection holds commands while
 vdisk.nbd_client reconnects; after reconnect_timeout they, and new ones
 until the server is back, get NOT READY, LOGICAL UNIT NOT READY, CAUSE
 NOT REPORTABLE (02/04/00): Linux fails such a command rather than
@@ -50,10 +51,9 @@ device group names a target port this process does not serve, PERSISTENT
 RESERVE OUT and RESERVE(6/10) are refused with INVALID COMMAND OPERATION
 CODE, since the other node would not enforce a reservation made here.
 
-Differs from SCST's handlers: no GET LBA STATUS data (every block reads
-as mapped, see above), no resync_size (the export's size is read at connect), and
-the device cannot run under the sim engine (it has no outgoing
-connections).
+Differs from SCST's handlers: no resync_size (the export's size is read
+at connect), and the device cannot run under the sim engine (it has no
+outgoing connections).
 """
 from __future__ import annotations
 
@@ -72,15 +72,17 @@ from scst_core.scst import scst_cmd, scst_device
 from scst_core.tg import scst_tg_dev_peer_ports
 from vdisk.nbd_client import (NBD_RECONNECT_TIMEOUT, nbd_cmd, nbd_dev_start, nbd_dev_stop,
                               nbd_device, nbd_family_of, nbd_iov_slice, nbd_queue, nbd_submit)
-from vdisk.nbd_proto import (NBD_CMD_FLAG_FUA, NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_WRITE,
-                             NBD_CMD_WRITE_ZEROES, NBD_FLAG_READ_ONLY,
-                             NBD_FLAG_SEND_FLUSH, NBD_FLAG_SEND_FUA, NBD_FLAG_SEND_WRITE_ZEROES)
+from vdisk.nbd_proto import (NBD_CMD_BLOCK_STATUS, NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_REQ_ONE,
+                             NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_WRITE, NBD_CMD_WRITE_ZEROES,
+                             NBD_FLAG_READ_ONLY, NBD_FLAG_SEND_FLUSH, NBD_FLAG_SEND_FUA,
+                             NBD_FLAG_SEND_WRITE_ZEROES, NBD_STATE_HOLE)
 from vdisk.vdisk import (scst_vdisk_dev, vdisk_add_device_parameters, vdisk_attach_common,
                          vdisk_cmd_done, vdisk_detach_common, vdisk_do_exec, vdisk_io_ops,
                          vdisk_make_devtype, vdisk_nbd_only_parameters, vdisk_need_sync,
                          vdisk_set_sense_info)
 
 NBD_DEFAULT_PORT = 10809
+NBD_MAX_BLOCK_STATUS_BYTES = 0xFFFFFFFF   # one request's length field
 NBD_RECONNECT_TIMEOUT_MAX = 100      # seconds: below the hung-task timeout (120 s) the waiters would meet
 sense_lu_not_ready = (NOT_READY, 0x04, 0x00)    # LOGICAL UNIT NOT READY, CAUSE NOT REPORTABLE
 
@@ -186,7 +188,8 @@ def _io_failed(virt_dev: scst_vdisk_dev, cmd: scst_cmd, cmds: list[nbd_cmd], ret
         scst_set_cmd_error(cmd, scst_sense_space_allocation_failed)
         return ret
     scst_set_cmd_error(cmd, scst_sense_write_error if write else scst_sense_read_error)
-    vdisk_set_sense_info(cmd, bad.offset >> virt_dev.block_shift)
+    at = bad.err_offset if bad.offset <= bad.err_offset < bad.offset + bad.length else bad.offset
+    vdisk_set_sense_info(cmd, at >> virt_dev.block_shift)
     return ret
 
 
@@ -236,8 +239,27 @@ def nbd_unmap(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length: int) ->
     return _rw(virt_dev, cmd, NBD_CMD_WRITE_ZEROES, 0, pos, length, [])
 
 
+def nbd_lba_status(virt_dev: scst_vdisk_dev, lba: int) -> tuple[bool, int]:
+    """(mapped, blocks) of the extent at lba: NBD_CMD_BLOCK_STATUS with
+    NBD_CMD_FLAG_REQ_ONE in the base:allocation context; every block
+    mapped when the server has no block status or the request fails."""
+    nbd = _nbd(virt_dev)
+    shift = virt_dev.block_shift
+    left = virt_dev.nblocks - lba
+    if nbd.info.alloc_ctx < 0:
+        return True, left
+    length = min(left << shift, NBD_MAX_BLOCK_STATUS_BYTES & ~(virt_dev.block_size - 1))
+    bs = nbd_cmd(type=NBD_CMD_BLOCK_STATUS, flags=NBD_CMD_FLAG_REQ_ONE, offset=lba << shift,
+                 length=length, iov=[])
+    if nbd_submit(nbd, [bs]) < 0 or not bs.extents:
+        return True, left
+    ext_len, flags = bs.extents[0]
+    return not flags & NBD_STATE_HOLE, max(1, ext_len >> shift)
+
+
 nbd_io_ops = vdisk_io_ops(read=nbd_read, write=nbd_write, read_into=nbd_read_into,
-                          sync=nbd_sync, unmap=nbd_unmap, write_buf=nbd_write_buf)
+                          sync=nbd_sync, unmap=nbd_unmap, lba_status=nbd_lba_status,
+                          write_buf=nbd_write_buf)
 
 
 def _write_mode(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> tuple[int, bool]:
@@ -407,6 +429,11 @@ def nbd_attach(dev: scst_device) -> int:
     if info.flags & NBD_FLAG_READ_ONLY and not virt_dev.rd_only:
         pr_info(f"{who}: the server exports {uri} read-only")
         virt_dev.rd_only = True
+    if not virt_dev.thin_provisioned_set and not virt_dev.rd_only:
+        # As fileio detects hole punching: thin when the server can both
+        # make holes that read as zeros and say where they are.
+        virt_dev.thin_provisioned = bool(info.flags & NBD_FLAG_SEND_WRITE_ZEROES) \
+            and info.alloc_ctx >= 0
     if virt_dev.thin_provisioned and not info.flags & NBD_FLAG_SEND_WRITE_ZEROES:
         pr_err(f"{who}: thin_provisioned needs NBD_CMD_WRITE_ZEROES, which the server does "
                f"not offer")

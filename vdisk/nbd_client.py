@@ -26,7 +26,8 @@ queue_rq. Reconnecting is the kernel's job here, not a user-space
 daemon's: the thread retries with doubling backoff
 (NBD_BACKOFF_MIN..NBD_BACKOFF_MAX); requests wait while it does, and fail
 with -ENOTCONN once the connection has been down for reconnect_timeout
-(nbd.c's dead_conn_timeout). Simple replies only, no TLS
+(nbd.c's dead_conn_timeout). Structured replies and block status when
+the server grants them (nbd.c takes simple replies only); no TLS
 (vdisk.nbd_proto says why). No request timeout: a server that accepts a
 request and never answers holds its command until the initiator aborts it
 (and the abort waits for that answer).
@@ -55,11 +56,19 @@ from kshim.spinlock import spin_lock_bh, spin_unlock_bh, spinlock_t
 from kshim.wait import (wait_event_interruptible, wait_event_interruptible_timeout,
                         wait_queue_head, wake_up, wake_up_all)
 from vdisk.nbd_proto import (HELLO_SIZE, NBD_CMD_DISC, NBD_CMD_NAMES, NBD_CMD_READ,
-                             NBD_FLAG_HAS_FLAGS, NBD_REP_ACK, NBD_REP_FLAG_ERROR, NBD_REP_INFO,
+                             NBD_FLAG_HAS_FLAGS, NBD_MAX_CHUNK_META, NBD_META_BASE_ALLOCATION,
+                             NBD_OPT_GO, NBD_OPT_SET_META_CONTEXT, NBD_OPT_STRUCTURED_REPLY,
+                             NBD_REP_ACK, NBD_REP_FLAG_ERROR, NBD_REP_INFO, NBD_REP_META_CONTEXT,
+                             NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS,
+                             NBD_REPLY_TYPE_ERROR_OFFSET, NBD_REPLY_TYPE_NONE,
+                             NBD_REPLY_TYPE_OFFSET_DATA, NBD_REPLY_TYPE_OFFSET_HOLE,
                              OPT_REPLY_HDR_SIZE, REQUEST_SIZE, SIMPLE_REPLY_SIZE,
-                             NBDProtocolError, client_flags, nbd_export_info,
-                             nbd_opt_reply_error, pack_opt_go, pack_request, parse_hello,
-                             parse_info, parse_opt_reply_hdr, parse_simple_reply)
+                             STRUCTURED_REPLY_SIZE, NBDProtocolError, client_flags,
+                             nbd_export_info, nbd_opt_reply_error, pack_opt_go,
+                             pack_opt_set_meta_context, pack_opt_structured_reply, pack_request,
+                             parse_block_status, parse_chunk_error, parse_hello, parse_info,
+                             parse_meta_context, parse_opt_reply_hdr, parse_simple_reply,
+                             parse_structured_reply, reply_is_structured)
 
 NBD_CONNECT_TIMEOUT = 10 * HZ       # one connect or handshake
 NBD_BACKOFF_MIN = HZ // 10          # first retry after a lost connection
@@ -68,6 +77,7 @@ NBD_RECONNECT_TIMEOUT = 30 * HZ     # default: requests fail after the link is d
 NBD_MAX_OPT_REPLIES = 64            # NBD_REP_INFO replies to one NBD_OPT_GO we accept
 
 # the server's errno values (doc/proto.md "Error values") -> ours
+_NBD_EIO = 5
 _NBD_ERRNO = {1: EPERM, 5: EIO, 12: ENOMEM, 22: EINVAL, 28: ENOSPC, 75: EOVERFLOW,
               95: EOPNOTSUPP, 108: ESHUTDOWN}
 
@@ -83,8 +93,11 @@ class nbd_cmd:
     cookie: int = 0
     # under nbd.tx_lock: the connection generation it was last sent on
     sent_gen: int = -1
-    # set by the connection thread before complete(done) or end_io(cmd)
+    # set by the connection thread before complete(done) or end_io(cmd);
+    # reset when the request is sent again
     error: int = 0
+    err_offset: int = -1             # where it failed, when an ERROR_OFFSET chunk said
+    extents: list = attrs.field(factory=list)    # BLOCK_STATUS: [(length, flags)...]
     done: completion = attrs.field(factory=lambda: completion("nbd_cmd.done"))
     # asynchronous requests: called instead of complete(done), in the
     # connection thread (or the stopping task), never in softirq
@@ -205,6 +218,56 @@ def _send_full(sk_sock: socket, vec: list) -> int:
 
 # -- the handshake (doc/proto.md, fixed newstyle + NBD_OPT_GO) ----------------------
 
+def _opt_reply(nbd: nbd_device, s: socket, option: int) -> "tuple[int, bytes] | int":
+    """One option reply: (reply type, payload), or a transport -errno."""
+    hdr = bytearray(OPT_REPLY_HDR_SIZE)
+    ret = _recv_full(nbd, s, [hdr], NBD_CONNECT_TIMEOUT)
+    if ret < 0:
+        return ret
+    rtype, length = parse_opt_reply_hdr(hdr, option)
+    payload = bytearray(length)
+    if length:
+        ret = _recv_full(nbd, s, [payload], NBD_CONNECT_TIMEOUT)
+        if ret < 0:
+            return ret
+    return rtype, bytes(payload)
+
+
+def _negotiate_structured(nbd: nbd_device, s: socket, info: nbd_export_info) -> int:
+    """Ask for structured replies, then for the base:allocation context
+    (NBD_CMD_BLOCK_STATUS). A refusal of either is no failure: info says
+    what was granted. 0 or a transport -errno."""
+    ret = _send_full(s, [pack_opt_structured_reply()])
+    if ret < 0:
+        return ret
+    r = _opt_reply(nbd, s, NBD_OPT_STRUCTURED_REPLY)
+    if isinstance(r, int):
+        return r
+    if not r[0] & NBD_REP_FLAG_ERROR and r[0] != NBD_REP_ACK:
+        raise NBDProtocolError(f"unexpected reply type {r[0]} to NBD_OPT_STRUCTURED_REPLY")
+    info.structured = r[0] == NBD_REP_ACK
+    if not info.structured:
+        return 0
+    ret = _send_full(s, [pack_opt_set_meta_context(nbd.export, NBD_META_BASE_ALLOCATION)])
+    if ret < 0:
+        return ret
+    for _ in range(NBD_MAX_OPT_REPLIES):
+        r = _opt_reply(nbd, s, NBD_OPT_SET_META_CONTEXT)
+        if isinstance(r, int):
+            return r
+        rtype, payload = r
+        if rtype == NBD_REP_META_CONTEXT:
+            ctx, name = parse_meta_context(payload)
+            if name == NBD_META_BASE_ALLOCATION:
+                info.alloc_ctx = ctx
+        elif rtype == NBD_REP_ACK or rtype & NBD_REP_FLAG_ERROR:
+            return 0
+        else:
+            raise NBDProtocolError(f"unexpected reply type {rtype} to NBD_OPT_SET_META_CONTEXT")
+    raise NBDProtocolError(f"more than {NBD_MAX_OPT_REPLIES} replies to "
+                           f"NBD_OPT_SET_META_CONTEXT")
+
+
 def _handshake(nbd: nbd_device, s: socket, info: nbd_export_info) -> int:
     """Negotiate the export on a connected socket, filling info: 0, or
     -EPROTO / -EINVAL (the server refused; logged with its reason), or a
@@ -216,29 +279,27 @@ def _handshake(nbd: nbd_device, s: socket, info: nbd_export_info) -> int:
         return ret
     try:
         sflags = parse_hello(hello)
-        ret = _send_full(s, [client_flags(sflags), pack_opt_go(nbd.export)])
+        ret = _send_full(s, [client_flags(sflags)])
+        if ret == 0:
+            ret = _negotiate_structured(nbd, s, info)
+        if ret == 0:
+            ret = _send_full(s, [pack_opt_go(nbd.export)])
         if ret < 0:
             return ret
-        hdr = bytearray(OPT_REPLY_HDR_SIZE)
         for _ in range(NBD_MAX_OPT_REPLIES):
-            ret = _recv_full(nbd, s, [hdr], NBD_CONNECT_TIMEOUT)
-            if ret < 0:
-                return ret
-            rtype, length = parse_opt_reply_hdr(hdr, 7)
-            payload = bytearray(length)
-            if length:
-                ret = _recv_full(nbd, s, [payload], NBD_CONNECT_TIMEOUT)
-                if ret < 0:
-                    return ret
+            r = _opt_reply(nbd, s, NBD_OPT_GO)
+            if isinstance(r, int):
+                return r
+            rtype, payload = r
             if rtype == NBD_REP_INFO:
-                parse_info(bytes(payload), info)
+                parse_info(payload, info)
             elif rtype == NBD_REP_ACK:
                 if info.size < 0 or not info.flags & NBD_FLAG_HAS_FLAGS:
                     raise NBDProtocolError("NBD_OPT_GO acknowledged without NBD_INFO_EXPORT")
                 return 0
             elif rtype & NBD_REP_FLAG_ERROR:
                 pr_err(f"{who}: server refused export '{nbd.export}': "
-                       f"{nbd_opt_reply_error(rtype, bytes(payload))}")
+                       f"{nbd_opt_reply_error(rtype, payload)}")
                 return -EINVAL
             else:
                 raise NBDProtocolError(f"unexpected option reply type {rtype}")
@@ -287,6 +348,7 @@ def _send_batch(nbd: nbd_device, cmds: list[nbd_cmd]) -> int:
         if c.type != NBD_CMD_READ:
             vec.extend(c.iov)
         c.sent_gen = nbd.gen
+        c.error, c.err_offset, c.extents = 0, -1, []
     ret = _send_full(nbd.sock, vec)
     if ret < 0:
         kernel_sock_shutdown(nbd.sock, SHUT_RDWR)
@@ -373,32 +435,106 @@ def _fail_all(nbd: nbd_device, error: int) -> None:
         _end(c, error)
 
 
+def _server_errno(error: int) -> int:
+    return -_NBD_ERRNO.get(error, EIO)
+
+
+def _log_failure(nbd: nbd_device, cmd: nbd_cmd, error: int, msg: str = "") -> None:
+    pr_err(f"vdisk_nbd: {nbd.name}: {nbd_describe(nbd)}: "
+           f"{NBD_CMD_NAMES.get(cmd.type, cmd.type)} of {cmd.length} bytes at {cmd.offset} "
+           f"failed: server error {error}{': ' + msg if msg else ''}")
+
+
+def _recv_chunk(nbd: nbd_device, s: socket, cmd: nbd_cmd, type_: int, length: int) -> int:
+    """Take one structured reply chunk's payload into cmd: 0 or a transport
+    -errno; raise NBDProtocolError for a chunk the request cannot have."""
+    if type_ in (NBD_REPLY_TYPE_OFFSET_DATA, NBD_REPLY_TYPE_OFFSET_HOLE):
+        if cmd.type != NBD_CMD_READ or length < 8 or \
+                (type_ == NBD_REPLY_TYPE_OFFSET_HOLE and length != 12):
+            raise NBDProtocolError(f"chunk type {type_} of {length} bytes for "
+                                   f"{NBD_CMD_NAMES.get(cmd.type, cmd.type)}")
+        head = bytearray(8 if type_ == NBD_REPLY_TYPE_OFFSET_DATA else 12)
+        ret = _recv_full(nbd, s, [head], MAX_SCHEDULE_TIMEOUT)
+        if ret < 0:
+            return ret
+        start = int.from_bytes(head[:8], "big") - cmd.offset
+        n = length - 8 if type_ == NBD_REPLY_TYPE_OFFSET_DATA else int.from_bytes(head[8:], "big")
+        if start < 0 or n <= 0 or start + n > cmd.length:
+            raise NBDProtocolError(f"chunk for bytes {start}+{n} outside the request's "
+                                   f"{cmd.length}")
+        dst = nbd_iov_slice(cmd.iov, start, n)
+        if type_ == NBD_REPLY_TYPE_OFFSET_DATA:
+            return _recv_full(nbd, s, dst, MAX_SCHEDULE_TIMEOUT)
+        for v in dst:
+            v[:] = bytes(len(v))
+        return 0
+    if type_ == NBD_REPLY_TYPE_NONE:
+        if length:
+            raise NBDProtocolError(f"NBD_REPLY_TYPE_NONE with {length} bytes")
+        return 0
+    if length > NBD_MAX_CHUNK_META:
+        raise NBDProtocolError(f"chunk type {type_} of {length} bytes is too long")
+    payload = bytearray(length)
+    ret = _recv_full(nbd, s, [payload], MAX_SCHEDULE_TIMEOUT)
+    if ret < 0:
+        return ret
+    if type_ == NBD_REPLY_TYPE_BLOCK_STATUS:
+        ctx, extents = parse_block_status(bytes(payload))
+        if ctx == nbd.info.alloc_ctx:
+            cmd.extents = extents
+    elif type_ & 0x8000:
+        error, msg, off = parse_chunk_error(bytes(payload),
+                                            type_ == NBD_REPLY_TYPE_ERROR_OFFSET) \
+            if type_ <= NBD_REPLY_TYPE_ERROR_OFFSET else (_NBD_EIO, f"error chunk type {type_}", -1)
+        _log_failure(nbd, cmd, error, msg + (f" (at {off})" if off >= 0 else ""))
+        if not cmd.error:
+            cmd.error, cmd.err_offset = _server_errno(error), off
+    else:
+        raise NBDProtocolError(f"unknown chunk type {type_}")
+    return 0
+
+
 def _read_replies(nbd: nbd_device, s: socket) -> int:
     """Read replies and complete their requests until the connection breaks
-    (nbd.c: recv_work/nbd_handle_reply): the -errno that ended it."""
+    (nbd.c: recv_work/nbd_handle_reply): the -errno that ended it. A
+    simple reply completes its request; structured chunks add to theirs
+    until the one flagged NBD_REPLY_FLAG_DONE."""
     who = f"vdisk_nbd: {nbd.name}: {nbd_describe(nbd)}"
-    hdr = bytearray(SIMPLE_REPLY_SIZE)
+    hdr = bytearray(STRUCTURED_REPLY_SIZE)
     while True:
-        ret = _recv_full(nbd, s, [hdr], MAX_SCHEDULE_TIMEOUT)
+        ret = _recv_full(nbd, s, [memoryview(hdr)[:SIMPLE_REPLY_SIZE]], MAX_SCHEDULE_TIMEOUT)
         if ret < 0:
             return ret
         try:
-            error, cookie = parse_simple_reply(hdr)
+            structured = reply_is_structured(hdr, nbd.info.structured)
+            if structured:
+                ret = _recv_full(nbd, s, [memoryview(hdr)[SIMPLE_REPLY_SIZE:]],
+                                 MAX_SCHEDULE_TIMEOUT)
+                if ret < 0:
+                    return ret
+                flags, type_, cookie, length = parse_structured_reply(hdr)
+            else:
+                error, cookie = parse_simple_reply(memoryview(hdr)[:SIMPLE_REPLY_SIZE])
+            cmd = nbd.inflight.get(cookie)
+            if cmd is None or cmd.sent_gen != nbd.gen:
+                raise NBDProtocolError(f"reply to unknown cookie {cookie:#x}")
+            if structured:
+                ret = _recv_chunk(nbd, s, cmd, type_, length)
+                if ret < 0:
+                    return ret       # resent whole after the reconnect
+                if flags & NBD_REPLY_FLAG_DONE:
+                    _finish(nbd, cmd, cmd.error)
+                continue
         except NBDProtocolError as e:
             pr_err(f"{who}: {e}; reconnecting")
-            return -EPROTO
-        cmd = nbd.inflight.get(cookie)
-        if cmd is None or cmd.sent_gen != nbd.gen:
-            pr_err(f"{who}: reply to unknown cookie {cookie:#x}; reconnecting")
             return -EPROTO
         if cmd.type == NBD_CMD_READ and error == 0:
             ret = _recv_full(nbd, s, cmd.iov, MAX_SCHEDULE_TIMEOUT)
             if ret < 0:
                 return ret           # resent whole after the reconnect
         if error:
-            pr_err(f"{who}: {NBD_CMD_NAMES.get(cmd.type, cmd.type)} of {cmd.length} bytes "
-                   f"at {cmd.offset} failed: server error {error}")
-        _finish(nbd, cmd, -_NBD_ERRNO.get(error, EIO) if error else 0)
+            _log_failure(nbd, cmd, error)
+        _finish(nbd, cmd, _server_errno(error) if error else 0)
 
 
 def _requeue_all(nbd: nbd_device) -> None:
@@ -441,6 +577,7 @@ def _reconnect(nbd: nbd_device) -> int:
     mutex_lock(nbd.tx_lock)
     nbd.gen += 1
     nbd.sock = s
+    nbd.info = info              # this connection's replies and flags
     nbd.connected = True
     mutex_unlock(nbd.tx_lock)
     _requeue_all(nbd)

@@ -10,12 +10,13 @@ the dev handler (vdisk.nbd_client).
 Contexts: pure functions and constants: no kshim, no state, no socket;
 callable from anywhere.
 
-Differs from the protocol: only what the client side needs. Structured
-replies (NBD_OPT_STRUCTURED_REPLY) are not negotiated, so every reply is a
-simple reply: a failed READ carries no data and its error names the whole
-request, not the failing offset. TLS (NBD_OPT_STARTTLS) is not offered;
-a server that requires it answers NBD_REP_ERR_TLS_REQD, which
-nbd_opt_reply_error names.
+Differs from the protocol: only what the client side needs.
+Structured replies (NBD_OPT_STRUCTURED_REPLY) and the base:allocation
+meta context (NBD_OPT_SET_META_CONTEXT, for NBD_CMD_BLOCK_STATUS) are
+asked for; a server without them gets simple replies and no block
+status. Extended headers (NBD_OPT_EXTENDED_HEADERS) are not. TLS
+(NBD_OPT_STARTTLS) is not offered; a server that requires it answers
+NBD_REP_ERR_TLS_REQD, which nbd_opt_reply_error names.
 """
 from __future__ import annotations
 
@@ -39,8 +40,12 @@ NBD_FLAG_C_NO_ZEROES = 1 << 1
 # options and option replies
 NBD_OPT_ABORT = 2
 NBD_OPT_GO = 7
+NBD_OPT_STRUCTURED_REPLY = 8
+NBD_OPT_SET_META_CONTEXT = 10
 NBD_REP_ACK = 1
 NBD_REP_INFO = 3
+NBD_REP_META_CONTEXT = 4
+NBD_META_BASE_ALLOCATION = "base:allocation"
 NBD_REP_FLAG_ERROR = 1 << 31
 NBD_INFO_EXPORT = 0
 NBD_INFO_BLOCK_SIZE = 3
@@ -74,10 +79,22 @@ NBD_CMD_DISC = 2
 NBD_CMD_FLUSH = 3
 NBD_CMD_TRIM = 4
 NBD_CMD_WRITE_ZEROES = 6
+NBD_CMD_BLOCK_STATUS = 7
 NBD_CMD_NAMES = {NBD_CMD_READ: "READ", NBD_CMD_WRITE: "WRITE", NBD_CMD_DISC: "DISC",
                  NBD_CMD_FLUSH: "FLUSH", NBD_CMD_TRIM: "TRIM",
-                 NBD_CMD_WRITE_ZEROES: "WRITE_ZEROES"}
+                 NBD_CMD_WRITE_ZEROES: "WRITE_ZEROES", NBD_CMD_BLOCK_STATUS: "BLOCK_STATUS"}
 NBD_CMD_FLAG_FUA = 1 << 0
+NBD_CMD_FLAG_REQ_ONE = 1 << 3
+
+# structured reply chunks
+NBD_REPLY_FLAG_DONE = 1 << 0
+NBD_REPLY_TYPE_NONE = 0
+NBD_REPLY_TYPE_OFFSET_DATA = 1
+NBD_REPLY_TYPE_OFFSET_HOLE = 2
+NBD_REPLY_TYPE_BLOCK_STATUS = 5
+NBD_REPLY_TYPE_ERROR = (1 << 15) + 1
+NBD_REPLY_TYPE_ERROR_OFFSET = (1 << 15) + 2
+NBD_STATE_HOLE = 1 << 0                      # base:allocation: unallocated
 
 # the protocol's defaults when the server sends no NBD_INFO_BLOCK_SIZE
 NBD_DEFAULT_MIN_BLOCK = 1
@@ -89,12 +106,15 @@ HELLO_SIZE = 18                              # NBDMAGIC, IHAVEOPT, handshake fla
 OPT_REPLY_HDR_SIZE = 20                      # magic, option, type, length
 REQUEST_SIZE = 28
 SIMPLE_REPLY_SIZE = 16
+STRUCTURED_REPLY_SIZE = 20                   # a simple reply's 16 bytes, then 4 more
+NBD_MAX_CHUNK_META = 4096 + 64               # the longest non-data chunk payload we take
 
 _hello = struct.Struct(">QQH")
 _opt_hdr = struct.Struct(">QII")
 _opt_reply = struct.Struct(">QIII")
 _request = struct.Struct(">IHHQQI")
 _simple_reply = struct.Struct(">IIQ")
+_structured_reply = struct.Struct(">IHHQI")
 
 
 class NBDProtocolError(Exception):
@@ -109,6 +129,8 @@ class nbd_export_info:
     min_block: int = NBD_DEFAULT_MIN_BLOCK
     pref_block: int = NBD_DEFAULT_PREF_BLOCK
     max_payload: int = NBD_DEFAULT_MAX_PAYLOAD
+    structured: bool = False                 # NBD_OPT_STRUCTURED_REPLY acknowledged
+    alloc_ctx: int = -1                      # base:allocation's context id; -1: none
 
 
 def parse_hello(buf: "bytes | bytearray | memoryview") -> int:
@@ -140,6 +162,25 @@ def pack_opt_go(export: str) -> bytes:
     data = len(name).to_bytes(4, "big") + name + (1).to_bytes(2, "big") \
         + NBD_INFO_BLOCK_SIZE.to_bytes(2, "big")
     return _opt_hdr.pack(IHAVEOPT, NBD_OPT_GO, len(data)) + data
+
+
+def pack_opt_structured_reply() -> bytes:
+    return _opt_hdr.pack(IHAVEOPT, NBD_OPT_STRUCTURED_REPLY, 0)
+
+
+def pack_opt_set_meta_context(export: str, query: str) -> bytes:
+    """NBD_OPT_SET_META_CONTEXT for one context of the export."""
+    name, q = export.encode("utf-8"), query.encode("utf-8")
+    data = len(name).to_bytes(4, "big") + name + (1).to_bytes(4, "big") \
+        + len(q).to_bytes(4, "big") + q
+    return _opt_hdr.pack(IHAVEOPT, NBD_OPT_SET_META_CONTEXT, len(data)) + data
+
+
+def parse_meta_context(payload: bytes) -> tuple[int, str]:
+    """(context id, name) of an NBD_REP_META_CONTEXT payload."""
+    if len(payload) < 5:
+        raise NBDProtocolError(f"NBD_REP_META_CONTEXT of {len(payload)} bytes")
+    return int.from_bytes(payload[:4], "big"), payload[4:].decode("utf-8", "replace")
 
 
 def pack_opt_abort() -> bytes:
@@ -194,11 +235,54 @@ def pack_request(buf: bytearray, *, flags: int, type_: int, cookie: int, offset:
     _request.pack_into(buf, 0, NBD_REQUEST_MAGIC, flags, type_, cookie, offset, length)
 
 
+def reply_is_structured(buf: "bytes | bytearray | memoryview", negotiated: bool) -> bool:
+    """Whether the 16 bytes starting a reply begin a structured chunk (4 more
+    header bytes follow) or are a whole simple reply; raise on a bad magic
+    or a structured chunk that was not negotiated."""
+    magic = int.from_bytes(buf[:4], "big")
+    if magic == NBD_SIMPLE_REPLY_MAGIC:
+        return False
+    if magic == NBD_STRUCTURED_REPLY_MAGIC:
+        if not negotiated:
+            raise NBDProtocolError("structured reply, which was not negotiated")
+        return True
+    raise NBDProtocolError(f"bad reply magic {magic:#010x}")
+
+
 def parse_simple_reply(buf: "bytes | bytearray | memoryview") -> tuple[int, int]:
     """(error, cookie) of a 16-byte simple reply."""
     magic, error, cookie = _simple_reply.unpack(buf)
-    if magic == NBD_STRUCTURED_REPLY_MAGIC:
-        raise NBDProtocolError("structured reply, which was not negotiated")
     if magic != NBD_SIMPLE_REPLY_MAGIC:
         raise NBDProtocolError(f"bad reply magic {magic:#010x}")
     return error, cookie
+
+
+def parse_structured_reply(buf: "bytes | bytearray | memoryview") -> tuple[int, int, int, int]:
+    """(flags, type, cookie, payload length) of a 20-byte chunk header."""
+    magic, flags, type_, cookie, length = _structured_reply.unpack(buf)
+    if magic != NBD_STRUCTURED_REPLY_MAGIC:
+        raise NBDProtocolError(f"bad reply magic {magic:#010x}")
+    return flags, type_, cookie, length
+
+
+def parse_chunk_error(payload: bytes, with_offset: bool) -> tuple[int, str, int]:
+    """(error, message, offset or -1) of an NBD_REPLY_TYPE_ERROR(_OFFSET)
+    payload."""
+    if len(payload) < 6:
+        raise NBDProtocolError(f"error chunk of {len(payload)} bytes")
+    error = int.from_bytes(payload[:4], "big")
+    mlen = int.from_bytes(payload[4:6], "big")
+    if len(payload) != 6 + mlen + (8 if with_offset else 0) or error == 0:
+        raise NBDProtocolError(f"malformed error chunk (error {error}, message of {mlen} "
+                               f"bytes, {len(payload)} bytes in all)")
+    msg = payload[6:6 + mlen].decode("utf-8", "replace")
+    off = int.from_bytes(payload[6 + mlen:], "big") if with_offset else -1
+    return error, msg, off
+
+
+def parse_block_status(payload: bytes) -> tuple[int, list[tuple[int, int]]]:
+    """(context id, [(length, status flags)...]) of a BLOCK_STATUS chunk."""
+    if len(payload) < 12 or (len(payload) - 4) % 8:
+        raise NBDProtocolError(f"block status chunk of {len(payload)} bytes")
+    ctx = int.from_bytes(payload[:4], "big")
+    return ctx, [struct.unpack_from(">II", payload, off) for off in range(4, len(payload), 8)]

@@ -297,7 +297,7 @@ _MEDIUM_OPS = _RANGE_OPS | frozenset((0x04, 0x25, 0x34, 0x35, 0x37, 0x41, 0x42, 
 def vdisk_parse(cmd: scst_cmd) -> int:
     """Checks that need no I/O. Sets the sense and leaves cmd.status set on
     failure; always returns SCST_CMD_STATE_DEFAULT."""
-    virt_dev = _virt_dev(cmd)
+    virt_dev: scst_vdisk_dev = cmd.dev.dh_priv
     cdb = cmd.cdb
     op = cdb[0]
     if op in _MEDIUM_OPS and not virt_dev.media_present:
@@ -313,7 +313,10 @@ def vdisk_parse(cmd: scst_cmd) -> int:
         return SCST_CMD_STATE_DEFAULT
     if op in _RANGE_OPS:
         n = cmd.data_len >> virt_dev.block_shift
-        if not vdisk_check_range(cmd, virt_dev, cmd.lba, n):
+        lba = cmd.lba
+        # vdisk_check_range's test first: the call only to set the sense
+        if (lba >= virt_dev.nblocks or lba + n > virt_dev.nblocks) \
+                and not vdisk_check_range(cmd, virt_dev, lba, n):
             return SCST_CMD_STATE_DEFAULT
     if op in _EXACT_DATA_OUT_OPS and cmd.expected_transfer_len != cmd.bufflen:
         # The Data-Out must be exactly what the CDB implies (one block for

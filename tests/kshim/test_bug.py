@@ -1,6 +1,8 @@
 """kshim.bug: BUG_ON, WARN_ON, panic and the report sink."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from kshim import bug, printk
@@ -69,3 +71,13 @@ def test_stack_capture_is_innermost_first_and_formats_outermost_first():
     assert bug.entry_parts(st[0])[2] == "inner"
     text = bug.format_entries(st)
     assert text.rstrip().endswith("in inner")
+
+
+def test_stack_capture_entries_name_the_lines_f_lineno_names():
+    def inner():
+        return bug.stack_capture(0, 2), sys._getframe().f_lineno
+    (st, line), outer_line = inner(), sys._getframe().f_lineno
+    assert bug.entry_parts(st[0])[1:] == (line, "inner")
+    name = "test_stack_capture_entries_name_the_lines_f_lineno_names"
+    assert bug.entry_parts(st[1])[1:] == (outer_line, name)
+    assert f"line {outer_line}, in {name}" in bug.format_entries(st).splitlines()[0]

@@ -86,3 +86,35 @@ def test_freeing_idle_objects_is_quiet(kernel):
         kmem_cache_destroy(c)
     kernel(body)
     assert titles() == []
+
+
+class t_plain:
+    """No slots: fields in __dict__."""
+
+    def __init__(self) -> None:
+        self.name = "plain"
+        self.refs = 1
+        self.timer = timer_list(_on_timer)
+
+
+@attrs.define(slots=True, eq=False)
+class t_sparse:
+    timer: timer_list = attrs.field(factory=lambda: timer_list(_on_timer))
+    name: str = "sparse"
+    peer: object = None
+
+
+def test_an_active_timer_in_a_dict_field_or_beside_an_unset_slot_is_reported(kernel):
+    def body():
+        caches = [KMEM_CACHE(t_plain), KMEM_CACHE(t_sparse)]
+        for c in caches:
+            obj = kmem_cache_alloc(c, GFP_KERNEL)
+            if isinstance(obj, t_sparse):
+                del obj.peer                 # a slot never set (the fast path gives up)
+            mod_timer(obj.timer, jiffies() + 100_000)
+            kmem_cache_free(c, obj)
+            kmem_cache_destroy(c)
+    kernel(body)
+    freed = sorted(r.details["freed_with"] for r in __import__("kshim").bug.reports
+                   if r.title.startswith("ODEBUG: free active"))
+    assert freed == ["t_plain", "t_sparse"]

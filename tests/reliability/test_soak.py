@@ -57,6 +57,18 @@ def test_64_idle_sessions_pin_no_receive_buffers() -> None:
     assert r["rss_with_sessions_kib"] < 150 * 1024, r
 
 
+def test_64_held_sessions_answer_nop_ins_and_all_stay_logged_in() -> None:
+    """The --hold mode behind issue 12's 10-minute RSS check: the target
+    pings every second and drops a session that does not answer within a
+    second, so every session still up at the end answered its pings."""
+    r = _soak("idle", "--sessions", "64", "--hold", "6", "--sample-every", "2",
+              "--nop-in-interval", "1")
+    assert r["alive"] and r["bug_lines"] == 0 and r["exit_status"] == 0
+    assert r["sessions_up_at_end"] == 64 and r["nop_in_answered"] >= 64, r
+    assert r["rss_peak_after_warmup_kib"] < 150 * 1024, r
+    assert "slope_second_half_bytes_per_second" in r, r
+
+
 GARBAGE_LOGINS = 40
 
 

@@ -18,8 +18,10 @@ import pytest
 
 from uscstd_support import REPO_ROOT
 
+from tools.sim import cli
 from tools.sim.channel import Channel
 from tools.sim.initiator import InitiatorSession
+from tools.sim.runner import Outcome
 from tools.sim.scenarios import Context, cdb_rw, clear_unit_attentions
 
 
@@ -126,6 +128,24 @@ def test_cli_explore_reports_every_seed_and_the_rate():
                         p.stdout.strip().splitlines()[-1])
 
 
+def test_cli_explore_check_determinism_runs_every_seed_twice_and_passes_seeds_1_to_3():
+    p = subprocess.run([sys.executable, "-m", "tools.sim", "explore", "nop-timeout", "--seeds",
+                        "3", "--check-determinism"], cwd=REPO_ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert re.fullmatch(r"explored 3 seeds: 0 failed, \d+\.\d seeds/s",
+                        p.stdout.strip().splitlines()[-1])
+
+
+def test_replay_check_fails_a_seed_whose_second_run_differs_seed_9():
+    first = Outcome("login-io", 9, events=10, trace="00000000000000aa")
+    cli.replay_check(first, Outcome("login-io", 9, events=10, trace="00000000000000aa"))
+    assert first.ok
+    cli.replay_check(first, Outcome("login-io", 9, events=11, trace="00000000000000bb"))
+    assert first.verdict == ("FAIL: determinism: seed 9 gave traces 00000000000000aa "
+                             "(10 events) and 00000000000000bb (11 events)")
+
+
 @pytest.mark.sim_seed(3)
 def test_mcs_reinstate_seed_3_frees_the_old_session_and_its_commands(sim_target):
     """Regression seed found by explore: a READ's response sat in the
@@ -182,3 +202,15 @@ def test_mcs_reinstate_seed_77_login_responses_of_a_joining_connection_keep_expc
     session still expected 9 (commands in flight on the other connection),
     so ExpCmdSN went back at the final response (sn-monotonic)."""
     sim_target.run("mcs-reinstate", timeout_s=300)
+
+
+@pytest.mark.sim_seed(331)
+def test_mcs_reinstate_seed_331_a_join_to_a_session_that_ended_meanwhile_is_refused(sim_target):
+    """Regression seed found by explore: CID 1's login had found session
+    0x1; before its last login PDU, CID 0 was reset and the session ended
+    (ERL 0) with its other connections. The login still joined the freed
+    session, whose SCST session was gone, and the first SCSI command
+    oopsed the rd thread (scst_rx_cmd on None) and the run stalled. The
+    join is now refused with 02/0A, "session does not exist"."""
+    out = sim_target.run("mcs-reinstate", timeout_s=300)
+    assert out.stats.get("join-refused") == 1

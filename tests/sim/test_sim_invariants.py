@@ -137,12 +137,12 @@ def test_maxcmdsn_going_back_is_an_sn_monotonic_violation(sim_server):
 def test_shadow_disk_allows_either_of_two_overlapping_writes_but_not_a_superseded_one():
     disk = ShadowDisk(4)
     a, b, c = b"AAAA", b"BBBB", b"CCCC"
-    disk.writes[7] = [_Write(a, issued=1, ended=4, good=True),      # overlaps b
-                      _Write(b, issued=2, ended=3, good=True),
-                      _Write(c, issued=10, ended=None)]            # in flight
+    disk.writes[7] = [(_Write(issued=1, ended=4, good=True), a),      # overlaps b
+                      (_Write(issued=2, ended=3, good=True), b),
+                      (_Write(issued=10, ended=None), c)]            # in flight
     assert sorted(disk.candidates(7, read_issued=5, read_done=6)) == [a, b]
     assert sorted(disk.candidates(7, read_issued=5, read_done=11)) == [a, b, c]
-    disk.writes[7].append(_Write(b"DDDD", issued=5, ended=6, good=True))
+    disk.writes[7].append((_Write(issued=5, ended=6, good=True), b"DDDD"))
     assert disk.candidates(7, read_issued=8, read_done=9) == [b"DDDD"]
     assert disk.candidates(8, read_issued=8, read_done=9) == [bytes(4)]
 
@@ -151,3 +151,18 @@ def test_decode_rw_reads_lba_and_length_of_10_and_16_byte_cdbs():
     assert decode_rw(cdb_rw(True, 0x12345678, 9, False)) == (True, 0x12345678, 9)
     assert decode_rw(cdb_rw(False, 1 << 40, 70000, True)) == (False, 1 << 40, 70000)
     assert decode_rw(bytes(6)) is None
+
+
+def test_shadow_disk_allows_exactly_the_candidates():
+    disk = ShadowDisk(4)
+    a, b, c = b"AAAA", b"BBBB", b"CCCC"
+    disk.writes[7] = [(_Write(issued=1, ended=4, good=True), a),
+                      (_Write(issued=2, ended=3, good=True), b),
+                      (_Write(issued=10, ended=None), c)]
+    disk.writes[8] = [(_Write(issued=3, ended=5, good=False), a)]
+    for lba in (7, 8, 9):
+        for issued, done in ((1, 2), (5, 6), (5, 11), (6, 12)):
+            allowed = disk.candidates(lba, issued, done)
+            for got in (a, b, c, bytes(4)):
+                assert disk.allows(lba, got, issued, done) == (got in allowed), \
+                    (lba, issued, done, got)

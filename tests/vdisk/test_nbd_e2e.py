@@ -4,12 +4,16 @@ uscstd, its blocks on a real NBD server on loopback: Debian's nbdkit
 qemu-nbd (on a unix socket), driven by qemu-img, libiscsi's iscsi-test-cu
 and the project's initiator (tests/initiator.py).
 
-What it checks: a qemu-img round trip through the LUN is bit-identical;
+What it checks, with structured replies (nbdkit's default) and without
+(nbdkit --no-sr) where it matters: a qemu-img round trip through the LUN
+is bit-identical;
 libiscsi's conformance suite passes on the LUN (skips only for what an
 NBD LUN is configured without); a server error becomes MEDIUM ERROR with
 the failing request's first LBA; killing the NBD server mid-write and
 starting it again loses no acknowledged block; a server gone longer than
-reconnect_timeout gives NOT READY (02/04/00) until it is back; the
+reconnect_timeout gives NOT READY (02/04/00) until it is back; UNMAP
+reads back zeros and GET LBA STATUS reports the blocks deallocated; FUA,
+write-back and SYNCHRONIZE CACHE reach the server as FUA and FLUSH; the
 server's block size constraints are honoured or refused with a clear
 log line; a device is created through the management socket on an
 nbd+unix:// URI.
@@ -80,13 +84,11 @@ def test_qemu_img_round_trip_through_an_nbdkit_memory_lun_is_bit_identical(
 
 # Why libiscsi may skip a test on the default NBD LUN: what it is not
 # configured as (removable, read-only, several logical blocks per physical
-# block, thin provisioned, so no UNMAP and no GET LBA STATUS), one URL (no
-# multipath), no -S (no SANITIZE).
+# block), one URL (no multipath), no -S (no SANITIZE).
 _ALLOWED_SKIPS = re.compile(
     r"not removable|Media is not removable|not write-protected|LBPPB < 2"
-    r"|Multipath unavailable|[Ss]anitize|fully provisioned"
-    r"|(GET_?LBA_?STATUS|UNMAP) is not implemented")
-# the families a thin-provisioned NBD LUN (UNMAP as NBD_CMD_WRITE_ZEROES) adds
+    r"|Multipath unavailable|[Ss]anitize")
+# the families that need a thin LUN (UNMAP as NBD_CMD_WRITE_ZEROES)
 THIN_FAMILIES = ("SCSI.Unmap", "SCSI.WriteSame10", "SCSI.WriteSame16", "SCSI.GetLBAStatus")
 
 
@@ -113,11 +115,13 @@ def _cu_problems(out: str, min_tests: int, allowed_skips: re.Pattern) -> list[st
 
 def test_libiscsi_conformance_suite_passes_on_nbd_luns(uscstd, nbd_server,
                                                        tmp_path: Path) -> None:
-    """Every test on a default (fully provisioned) NBD LUN, and the UNMAP,
-    WRITE SAME and GET LBA STATUS families on a thin-provisioned one."""
+    """Every test on a default NBD LUN (thin: nbdkit's memory plugin has
+    WRITE_ZEROES and block status), and the UNMAP, WRITE SAME and GET LBA
+    STATUS families on a LUN made thin by hand on a server without
+    structured replies (nbdkit --no-sr: simple replies, no block status)."""
     exe = need("iscsi-test-cu")
     thick = _start(uscstd, tmp_path, nbd_server("nbdkit", "memory", "16M").uri)
-    thin = _start(uscstd, tmp_path, nbd_server("nbdkit", "memory", "16M").uri,
+    thin = _start(uscstd, tmp_path, nbd_server("nbdkit", "--no-sr", "memory", "16M").uri,
                   "thin_provisioned 1", name="thin")
     problems = _cu_problems(_cu(exe, tmp_path, thick.url, "ALL", "cu-all.log"), 230,
                             _ALLOWED_SKIPS)
@@ -129,10 +133,12 @@ def test_libiscsi_conformance_suite_passes_on_nbd_luns(uscstd, nbd_server,
     thin.assert_healthy()
 
 
+@pytest.mark.parametrize("replies", ["structured", "simple"])
 def test_server_read_and_write_errors_become_medium_errors_naming_the_lba(
-        uscstd, nbd_server, tmp_path: Path) -> None:
+        uscstd, nbd_server, tmp_path: Path, replies: str) -> None:
     rd_trigger, wr_trigger = tmp_path / "fail-reads", tmp_path / "fail-writes"
-    nbd = nbd_server("nbdkit", "--filter=error", "memory", "16M", "error=EIO",
+    sr = ["--no-sr"] if replies == "simple" else []
+    nbd = nbd_server("nbdkit", *sr, "--filter=error", "memory", "16M", "error=EIO",
                      "error-pread-rate=100%", f"error-pread-file={rd_trigger}",
                      "error-pwrite-rate=100%", f"error-pwrite-file={wr_trigger}")
     srv = _start(uscstd, tmp_path, nbd.uri)
@@ -194,6 +200,31 @@ def test_fua_write_back_and_synchronize_cache_reach_the_server_as_fua_and_flush(
     assert any("offset=0x3c00" in w and "fua=1" in w
                for w in _logged(log, r" Write id=\d+ offset="))
     wt.assert_healthy()
+
+
+def _lba_status(ini: Initiator, lba: int) -> tuple[int, int, int]:
+    """(first LBA, blocks, provisioning status) of GET LBA STATUS's first
+    descriptor."""
+    d = ini.scsi(struct.pack(">BBQIBB", 0x9E, 0x12, lba, 32, 0, 0), read_len=32).check().data
+    return int.from_bytes(d[8:16], "big"), int.from_bytes(d[16:20], "big"), d[20] & 0x0F
+
+
+def test_unmapped_blocks_read_as_zeros_and_get_lba_status_reports_them_deallocated(
+        uscstd, nbd_server, tmp_path: Path) -> None:
+    """nbdkit's memory plugin: UNMAP goes out as WRITE_ZEROES, GET LBA
+    STATUS as BLOCK_STATUS in the base:allocation context."""
+    nbd = nbd_server("nbdkit", "memory", "16M")
+    srv = _start(uscstd, tmp_path, nbd.uri)
+    with _login(srv) as ini:
+        assert ini.write10(0, os.urandom(256 << 10)).ok
+        assert _lba_status(ini, 0) == (0, 512, 0)             # mapped
+        # whole 32 KiB pages of nbdkit's sparse array, so it frees them
+        unmap = struct.pack(">HHxxxx", 22, 16) + struct.pack(">QIxxxx", 128, 256)
+        assert ini.scsi(struct.pack(">BBxxxxxHx", 0x42, 0, len(unmap)), data_out=unmap).ok
+        assert ini.read10(128, 256).data == bytes(256 * 512)
+        assert _lba_status(ini, 128) == (128, 256, 1)         # deallocated
+        assert _lba_status(ini, 0) == (0, 128, 0)
+    srv.assert_healthy()
 
 
 def _block(lba: int, gen: int) -> bytes:
@@ -292,7 +323,8 @@ def test_open_dev_over_the_control_socket_on_a_qemu_nbd_unix_socket(
         uscstd, nbd_server, tmp_path: Path) -> None:
     need("qemu-nbd")
     disk = tmp_path / "q.img"
-    disk.write_bytes(bytes(8 << 20))
+    with open(disk, "wb") as f:
+        f.truncate(8 << 20)                 # sparse: holes qemu-nbd reports as such
     sock = tmp_path / "qemu-nbd.sock"
     nbd = nbd_server("qemu-nbd", "--persistent", "--shared=4", "-f", "raw", "-x", "ex",
                      str(disk), unix=sock)
@@ -318,6 +350,13 @@ def test_open_dev_over_the_control_socket_on_a_qemu_nbd_unix_socket(
         ini.login(srv.iqn)
         assert ini.write10(5, b"\x77" * 1024, lun=1).ok
         assert ini.read10(5, 2, lun=1).data == b"\x77" * 1024
+        # qemu-nbd answers a read of never-written blocks with a hole chunk:
+        # they must read as zeros, whatever the recycled buffer held before
+        junk = os.urandom(64 << 10)
+        assert ini.write10(2048, junk, lun=1).ok
+        for _ in range(3):
+            assert ini.read10(2048, 128, lun=1).data == junk
+            assert ini.read10(8192, 128, lun=1).data == bytes(64 << 10)
     assert disk.read_bytes()[5 * 512:7 * 512] == b"\x77" * 1024
     assert nbd.proc is not None
     srv.assert_healthy()

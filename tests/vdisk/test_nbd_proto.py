@@ -1,4 +1,5 @@
-"""vdisk/nbd_proto.py (the NBD wire format) and vdisk/nbd.py's URI parser:
+"""vdisk/nbd_proto.py (the NBD wire format: handshake, requests, simple
+replies, structured reply chunks) and vdisk/nbd.py's URI parser:
 each case against the bytes doc/proto.md gives, and each malformed input
 refused with a reason."""
 from __future__ import annotations
@@ -10,10 +11,13 @@ import pytest
 from kshim.net import AF_INET, AF_INET6, AF_UNIX
 from vdisk.nbd import nbd_parse_uri
 from vdisk.nbd_proto import (NBD_FLAG_FIXED_NEWSTYLE, NBD_FLAG_NO_ZEROES, NBD_INFO_BLOCK_SIZE,
-                             NBD_INFO_EXPORT, NBD_OPT_GO, NBD_REP_FLAG_ERROR,
-                             NBDProtocolError, client_flags, nbd_export_info,
-                             nbd_opt_reply_error, pack_opt_go, pack_request, parse_hello,
-                             parse_info, parse_opt_reply_hdr, parse_simple_reply)
+                             NBD_INFO_EXPORT, NBD_OPT_GO, NBD_OPT_SET_META_CONTEXT,
+                             NBD_REP_FLAG_ERROR, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA,
+                             NBD_STATE_HOLE, NBDProtocolError, client_flags, nbd_export_info,
+                             nbd_opt_reply_error, pack_opt_go, pack_opt_set_meta_context,
+                             pack_request, parse_block_status, parse_chunk_error, parse_hello,
+                             parse_info, parse_meta_context, parse_opt_reply_hdr,
+                             parse_simple_reply, parse_structured_reply, reply_is_structured)
 
 
 def test_parse_hello_returns_the_handshake_flags_of_a_fixed_newstyle_server() -> None:
@@ -88,8 +92,6 @@ def test_request_and_simple_reply_match_the_protocols_layout() -> None:
     assert bytes(buf) == bytes.fromhex("25609513" "0001" "0001" "1122334455667788"
                                        "0000000000001000" "00000200")
     assert parse_simple_reply(bytes.fromhex("67446698" "00000005" "0000000000000007")) == (5, 7)
-    with pytest.raises(NBDProtocolError, match="structured reply"):
-        parse_simple_reply(bytes.fromhex("668e33ef" "00000000" "0000000000000007"))
     with pytest.raises(NBDProtocolError, match="bad reply magic"):
         parse_simple_reply(bytes(16))
 
@@ -119,3 +121,37 @@ def test_nbd_uris_give_family_address_and_export(uri: str, want: tuple) -> None:
 def test_bad_nbd_uris_are_refused_with_a_reason(uri: str, reason: str) -> None:
     r = nbd_parse_uri(uri)
     assert isinstance(r, str) and reason in r
+
+
+def test_structured_chunks_are_told_from_simple_replies_and_parsed() -> None:
+    simple = bytes.fromhex("67446698" "00000000" "0000000000000009")
+    chunk = bytes.fromhex("668e33ef" "0001" "0001" "0000000000000009" "00000208")
+    assert reply_is_structured(simple, True) is False
+    assert reply_is_structured(chunk[:16], True) is True
+    with pytest.raises(NBDProtocolError, match="not negotiated"):
+        reply_is_structured(chunk[:16], False)
+    with pytest.raises(NBDProtocolError, match="bad reply magic"):
+        reply_is_structured(bytes(16), True)
+    assert parse_structured_reply(chunk) == (NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, 9,
+                                             0x208)
+
+
+def test_error_chunks_give_errno_message_and_offset() -> None:
+    plain = struct.pack(">IH", 5, 4) + b"oops"
+    assert parse_chunk_error(plain, False) == (5, "oops", -1)
+    assert parse_chunk_error(plain + (4096).to_bytes(8, "big"), True) == (5, "oops", 4096)
+    with pytest.raises(NBDProtocolError, match="malformed error chunk"):
+        parse_chunk_error(plain, True)                 # the offset is missing
+    with pytest.raises(NBDProtocolError, match="malformed error chunk"):
+        parse_chunk_error(struct.pack(">IH", 0, 0), False)   # error 0 is no error
+
+
+def test_block_status_chunks_and_meta_context_replies_parse() -> None:
+    payload = struct.pack(">III", 7, 65536, NBD_STATE_HOLE)
+    assert parse_block_status(payload) == (7, [(65536, NBD_STATE_HOLE)])
+    with pytest.raises(NBDProtocolError, match="block status chunk"):
+        parse_block_status(payload[:10])
+    assert parse_meta_context(struct.pack(">I", 3) + b"base:allocation") == (3, "base:allocation")
+    b = pack_opt_set_meta_context("ex", "base:allocation")
+    assert struct.unpack(">II", b[8:16]) == (NBD_OPT_SET_META_CONTEXT, 4 + 2 + 4 + 4 + 15)
+    assert b[16:] == b"\x00\x00\x00\x02ex\x00\x00\x00\x01\x00\x00\x00\x0fbase:allocation"

@@ -48,6 +48,16 @@ class ChannelError(Exception):
     """The target ended the connection or refused what we asked."""
 
 
+class LoginRefused(ChannelError):
+    """The target answered the login with a failure status."""
+
+    def __init__(self, status_class: int, status_detail: int) -> None:
+        super().__init__(f"login failed: class 0x{status_class:02x} "
+                         f"detail 0x{status_detail:02x}")
+        self.status_class = status_class
+        self.status_detail = status_detail
+
+
 class Channel:
     """One connection's protocol object and its peer."""
 
@@ -117,8 +127,7 @@ class Channel:
                 if isinstance(ev, LoginComplete):
                     return ev
                 if isinstance(ev, LoginFailed):
-                    raise ChannelError(f"login failed: class 0x{ev.status_class:02x} "
-                                       f"detail 0x{ev.status_detail:02x}")
+                    raise LoginRefused(ev.status_class, ev.status_detail)
 
     def submit(self, cdb: bytes, **kw: object) -> Command:
         if self.eof:

@@ -4,6 +4,7 @@
     uscst-sim run SCENARIO --seed N [--trace FILE] [--check-determinism]
     uscst-sim run SCENARIO --seed N --portal HOST:PORT [--iqn IQN]
     uscst-sim explore SCENARIO --seeds K [--jobs J] [--random] [--seed-timeout S]
+                     [--check-determinism]
 
 `run` boots the target in-process under the sim engine, runs the scenario
 with the invariant checkers on (with --check-determinism twice, failing
@@ -17,7 +18,9 @@ choices are not the seed's; trace=-).
 `explore` runs seeds 1..K (or K random 64-bit seeds with --random) in J
 worker processes, prints each failing seed with the one command that
 replays it, and ends with `explored K seeds: F failed, R seeds/s`; exit 0
-only when none failed.
+only when none failed. With --check-determinism every seed runs twice and
+fails unless both runs give the same trace, event count and verdict (R
+then counts seeds, each run twice).
 
 A bad command line gets one line on stderr and exit status 2.
 """
@@ -116,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed-timeout", type=_positive, default=SEED_TIMEOUT_S, metavar="S",
                    help=f"wall seconds one seed may take before it fails as a stall "
                         f"(default {SEED_TIMEOUT_S})")
+    e.add_argument("--check-determinism", action="store_true",
+                   help="run every seed twice; FAIL unless both runs give the same trace")
     for sp in (r, e):
         sp.add_argument("--log-level", choices=LEVELS, default="warning",
                         help="kernel messages up to this level reach stderr (default warning)")
@@ -126,6 +131,14 @@ def run_seed(scenario: str, seed: int, trace: str | None = None,
              log_level: str = "warning") -> Outcome:
     """One seed under the sim engine (in this process)."""
     return simrun.run_sim(scenario, seed, trace_path=trace, log_level=log_level)
+
+
+def replay_check(out: Outcome, again: Outcome) -> None:
+    """Judge a seed's second run: out's verdict becomes a determinism
+    failure unless again gave the same trace, event count and verdict."""
+    if (again.trace, again.events, again.verdict) != (out.trace, out.events, out.verdict):
+        out.verdict = (f"FAIL: determinism: seed {out.seed} gave traces {out.trace} "
+                       f"({out.events} events) and {again.trace} ({again.events} events)")
 
 
 def run_tcp(scenario: str, seed: int, addr: tuple[str, int], iqn: str) -> Outcome:
@@ -151,12 +164,13 @@ def _on_alarm(signum: int, frame: FrameType | None) -> None:
 
 
 def _explore_batch(scenario: str, seeds: list[int], log_level: str,
-                   seed_timeout: int) -> list[Outcome]:
+                   seed_timeout: int, twice: bool = False) -> list[Outcome]:
     """Run seeds in order (in a worker process), stopping after the first
     failure: a failed run may leave kernel state behind, so the rest go to
     a fresh process. A seed that takes over seed_timeout wall seconds (a
     livelock: virtual time stops, so the engine's own limit never comes)
-    fails as a stall."""
+    fails as a stall. twice: run each seed again and compare (replay_check);
+    the timeout is for both runs."""
     outs = []
     signal.signal(signal.SIGALRM, _on_alarm)
     stall = f"FAIL: stall: SeedTimeout: no verdict within {seed_timeout} s"
@@ -165,6 +179,8 @@ def _explore_batch(scenario: str, seeds: list[int], log_level: str,
         signal.alarm(seed_timeout)
         try:
             out = run_seed(scenario, s, log_level=log_level)
+            if twice:
+                replay_check(out, run_seed(scenario, s, log_level=log_level))
         except SeedTimeout:
             out = Outcome(scenario, s, verdict=stall)
         finally:
@@ -179,7 +195,8 @@ def _explore_batch(scenario: str, seeds: list[int], log_level: str,
 
 
 def explore(scenario: str, seeds: list[int], jobs: int, log_level: str = "warning",
-            seed_timeout: int = SEED_TIMEOUT_S) -> tuple[list[Outcome], float]:
+            seed_timeout: int = SEED_TIMEOUT_S,
+            twice: bool = False) -> tuple[list[Outcome], float]:
     """Run every seed in J worker processes; return the outcomes (in seed
     order) and the seconds taken."""
     t0 = time.monotonic()
@@ -191,7 +208,7 @@ def explore(scenario: str, seeds: list[int], jobs: int, log_level: str = "warnin
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(processes=jobs, maxtasksperchild=1) as pool:
         pending = [(pool.apply_async(_explore_batch, (scenario, seeds[i:i + size], log_level,
-                                                    seed_timeout)),
+                                                    seed_timeout, twice)),
                     seeds[i:i + size]) for i in range(0, len(seeds), size)]
         # Each pass retires the first batch; a cut-short batch resubmits
         # only the seeds it did not run, so every seed runs once.
@@ -204,7 +221,8 @@ def explore(scenario: str, seeds: list[int], jobs: int, log_level: str = "warnin
             if len(got) < len(todo):
                 rest = todo[len(got):]
                 pending.append((pool.apply_async(_explore_batch, (scenario, rest, log_level,
-                                                                    seed_timeout)), rest))
+                                                                    seed_timeout, twice)),
+                                rest))
     order = {s: i for i, s in enumerate(seeds)}
     outs.sort(key=lambda o: order[o.seed])
     return outs, time.monotonic() - t0
@@ -212,7 +230,9 @@ def explore(scenario: str, seeds: list[int], jobs: int, log_level: str = "warnin
 
 def _report(out: Outcome) -> None:
     if not out.ok:
-        print(f"seed={out.seed} {out.verdict}\n  replay: {out.replay_command()}", flush=True)
+        again = " --check-determinism" if out.verdict.startswith("FAIL: determinism") else ""
+        print(f"seed={out.seed} {out.verdict}\n  replay: {out.replay_command()}{again}",
+              flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -242,10 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 again = run_seed(args.scenario, args.seed, None, args.log_level)
                 print(f"determinism: first trace={out.trace} events={out.events}, "
                       f"second trace={again.trace} events={again.events}")
-                if (again.trace, again.events, again.verdict) != (out.trace, out.events,
-                                                                   out.verdict):
-                    out.verdict = (f"FAIL: determinism: seed {args.seed} gave traces "
-                                   f"{out.trace} and {again.trace}")
+                replay_check(out, again)
         for k, v in sorted(out.stats.items()):
             print(f"{k}={v}")
         for line in out.details:
@@ -255,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rng = random.SystemRandom()
     seeds = ([rng.randrange(SEED_MAX + 1) for _ in range(args.seeds)] if args.random
              else list(range(1, args.seeds + 1)))
-    outs, took = explore(args.scenario, seeds, args.jobs, args.log_level, args.seed_timeout)
+    outs, took = explore(args.scenario, seeds, args.jobs, args.log_level, args.seed_timeout,
+                         args.check_determinism)
     failed = sum(not o.ok for o in outs)
     print(f"explored {len(outs)} seeds: {failed} failed, {len(outs) / max(took, 1e-9):.1f} seeds/s")
     return 0 if failed == 0 else 1

@@ -32,7 +32,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from .channel import Channel, ChannelError
+from .channel import Channel, ChannelError, LoginRefused
 from .initiator import Command, InitiatorSession, TargetPing
 from .invariants import Invariants, InvariantViolation
 from .pdu import (
@@ -233,7 +233,18 @@ def mcs_reinstate(ctx: Context, commands: int = 200) -> None:
                 ctx.world.spawn(lambda c=c: conn_actor(sess, c), f"mcs-cid{c}")
         else:
             ch = Channel(sess.connection(cid), ctx.world.connect(t.addr))
-            ch.login()
+            try:
+                ch.login()
+            except LoginRefused as e:
+                # The session ended (a dropped connection ends it at ERL 0)
+                # while this connection was logging in to join it: "session
+                # does not exist" (RFC 7143 11.13.5) is the right answer.
+                if (e.status_class, e.status_detail) != (0x02, 0x0A):
+                    raise
+                ch.peer.close()
+                ctx.count("join-refused")
+                state["ended"] += 1
+                return
         works = [random_io(ctx) for _ in range(commands)]
         try:
             if cid == victim:
