@@ -30,7 +30,7 @@ from typing import Any
 
 from iscsi_scst import target as target_mod
 from iscsi_scst.nagle import iscsi_nagle_sess_attrs, iscsi_nagle_tgt_attrs
-from iscsi_scst.target import (iscsi_add_portal, iscsi_del_portal, iscsi_target_add,
+from iscsi_scst.target import (iscsi_add_portal, iscsi_del_portal, iscsi_target, iscsi_target_add,
                                iscsi_target_del, portal_list, target_list)
 from iscsi_scst.conn import conns_waitQ, iscsi_conn_mark_closing
 from iscsi_scst.usr.chap import chap_credentials_from_attrs
@@ -89,11 +89,11 @@ def iscsi_parse_portal(text: str) -> tuple[str, int] | str:
     return m.group(1), port
 
 
-def _itgt(tgt: scst_tgt) -> Any:
+def _itgt(tgt: scst_tgt) -> iscsi_target:
     return tgt.tgt_priv
 
 
-def _find_target(name: str) -> Any:
+def _find_target(name: str) -> iscsi_target | None:
     return next((x for x in target_list if x.name == name), None)
 
 

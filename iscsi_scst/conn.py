@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from iscsi_scst.nagle import iscsi_nagle
+from iscsi_scst.session import iscsi_session_conn_gone
 from iscsi_scst.usr.iscsid import login_session
 from iscsi_scst.usr.param import iscsi_sess_params
 from kshim.fail_function import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
@@ -209,8 +210,8 @@ def _login_timeout(timer: timer_list) -> None:
 @ALLOW_ERROR_INJECTION(EI_ETYPE_ERRNO)
 def iscsi_conn_alloc(sock: socket, portal: "iscsi_portal") -> "iscsi_conn | int":
     """A connection in login phase with its rd and wr threads, or -ENOMEM."""
-    from iscsi_scst.nthread import iscsi_rd_thread, iscsi_wr_thread
-    from iscsi_scst.iscsi import iscsi_new_login
+    from iscsi_scst.nthread import iscsi_rd_thread, iscsi_wr_thread  # cycle: nthread imports conn
+    from iscsi_scst.iscsi import iscsi_new_login  # cycle: iscsi imports conn
     peer = kernel_getpeername(sock)
     conn = iscsi_conn(sock, portal, peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?")
     conn.login = iscsi_new_login(conn)
@@ -232,8 +233,7 @@ def iscsi_conn_alloc(sock: socket, portal: "iscsi_portal") -> "iscsi_conn | int"
 
 def iscsi_conn_close(conn: iscsi_conn) -> None:
     """Tear conn down (its rd thread, after the receive loop)."""
-    from iscsi_scst.iscsi import iscsi_conn_abort_cmnds
-    from iscsi_scst.session import iscsi_session_conn_gone
+    from iscsi_scst.iscsi import iscsi_conn_abort_cmnds  # cycle: iscsi imports conn
     iscsi_conn_mark_closing(conn)
     del_timer(conn.login_timer)
     del_timer(conn.nop_timer)

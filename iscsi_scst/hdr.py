@@ -138,7 +138,8 @@ _r2t = struct.Struct(">BBBBI8sIIIIIIII")
 _generic_rsp = struct.Struct(">BBBBI8sIIIIIIII")
 
 
-def unpack_common(buf: "memoryview | bytes | bytearray", off: int = 0) -> tuple[int, int, int, int, int, int, bytes, int]:
+def unpack_common(buf: "memoryview | bytes | bytearray",
+                  off: int = 0) -> tuple[int, int, int, int, int, int, bytes, int]:
     """(opcode byte, flags, b2, b3, ahs_len bytes, dsl, lun, itt) of a BHS at off."""
     b0, flags, b2, b3, lens, lun, itt = _common.unpack_from(buf, off)
     return b0, flags, b2, b3, (lens >> 24) * 4, lens & 0xFFFFFF, lun, itt

@@ -29,7 +29,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import struct
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import attrs
 
@@ -37,7 +37,8 @@ from iscsi_scst import conn as conn_mod
 from iscsi_scst import nagle as nagle_mod
 from iscsi_scst import session as session_mod
 from iscsi_scst.config import iscsi_sysfs_exit, iscsi_sysfs_init
-from iscsi_scst.conn import (RX_DATA, RX_INIT_BHS, RX_TAIL, iscsi_conn, iscsi_conn_mark_closing,
+from iscsi_scst.conn import (RX_DATA, RX_INIT_BHS, RX_TAIL, conn_list, conns_waitQ,
+                             iscsi_close_all_conns, iscsi_conn, iscsi_conn_mark_closing,
                              iscsi_dummy_buf)
 from iscsi_scst.digest import digest_data
 from iscsi_scst.hdr import (ISCSI_CMD_ATTR_MASK, common_hdr, ISCSI_CMD_READ, ISCSI_CMD_WRITE,
@@ -69,7 +70,8 @@ from iscsi_scst.hdr import (ISCSI_CMD_ATTR_MASK, common_hdr, ISCSI_CMD_READ, ISC
                             unpack_data_out)
 from iscsi_scst.nthread import fill_sn, hdigest, iscsi_queue_tx, iscsi_rd_tx_requeue, pad_bytes
 from iscsi_scst import target as target_mod
-from iscsi_scst.target import iscsi_list_targets, iscsi_target_find
+from iscsi_scst.target import (iscsi_del_portal, iscsi_list_targets, iscsi_target,
+                               iscsi_target_del, iscsi_target_find, portal_list, target_list)
 from iscsi_scst.usr.chap import chap_authenticator, chap_credentials
 from iscsi_scst.usr.iscsid import login_req, login_session, text_negotiation
 from iscsi_scst.usr.param import NegotiationError, split_text
@@ -80,13 +82,13 @@ from kshim.printk import pr_err, pr_info, pr_warn
 from kshim.random32 import get_random_bytes
 from kshim.scatterlist import sg_copy_from_buffer, sg_virt
 from kshim.slab import kmem_cache_alloc, kmem_cache_create, kmem_cache_free
-from kshim.err import IS_ERR
 from kshim.fault_inject import DECLARE_FAULT_ATTR, should_fail
 from kshim.gfp import GFP_KERNEL, __GFP_NOFAIL
 from kshim.jiffies import HZ, jiffies, time_before
 from kshim.timer import del_timer, mod_timer, timer_list
 from kshim import tracepoint
 from kshim.tracepoint import TRACE_EVENT
+from kshim.wait import wait_event_timeout, wake_up
 from scst_core.const import (SAM_STAT_BUSY, SAM_STAT_GOOD, SCST_ABORT_TASK, SCST_ABORT_TASK_SET,
                              SCST_CLEAR_ACA, SCST_CLEAR_TASK_SET, SCST_LUN_RESET,
                              SCST_MGMT_STATUS_FN_NOT_SUPPORTED, SCST_MGMT_STATUS_LUN_NOT_EXIST,
@@ -734,7 +736,6 @@ def iscsi_on_free_cmd(scmd: scst_cmd) -> None:
     if conn.cmd_hash.get(cmnd.itt) is cmnd:
         del conn.cmd_hash[cmnd.itt]
         if conn.closing and not conn.cmd_hash:
-            from kshim.wait import wake_up
             wake_up(conn.cmds_waitQ)
     cmnd.scst_cmd = None
     # A kept free object starts its next command clean.
@@ -823,7 +824,7 @@ def iscsi_tx_build(conn: iscsi_conn, item: Any, iov: list) -> None:
         # are still in flight on the other connections, and echoing the
         # CmdSN would acknowledge them. A new session's starts at the CmdSN.
         login = conn.login
-        joined = login.session if login is not None else None
+        joined = cast("session_mod.iscsi_session | None", login.session) if login is not None else None
         if joined is None:
             exp = max_sn = conn.login_cmd_sn
         else:
@@ -1211,7 +1212,7 @@ def _login_rx_done(conn: iscsi_conn) -> None:
                                                 login.initiator_name, params, req.cmd_sn, 32)
     elif login.tsih:
         # A connection joins its session (MC/S, RFC 7143 6.3.1).
-        sess = login.session
+        sess = cast(session_mod.iscsi_session, login.session)
         old = next((c for c in sess.conn_list if c.cid == login.cid), None)
         if sess not in session_mod.session_list:
             # The session ended (its last connection went) after this
@@ -1256,7 +1257,7 @@ def _login_rx_done(conn: iscsi_conn) -> None:
         _queue_pdu(conn, fail, b"", on_sent=_close_after_send)
         return
     else:
-        target = login.target
+        target = cast(iscsi_target, login.target)      # find_target returned it
         for old in [s for s in session_mod.session_list if s.target is target
                     and s.isid == login.isid and s.initiator_name == login.initiator_name]:
             # Session reinstatement (RFC 7143 6.3.5): the old session ends,
@@ -1268,7 +1269,7 @@ def _login_rx_done(conn: iscsi_conn) -> None:
         sess = session_mod.iscsi_session_create(target, login.isid, login.new_tsih,
                                                 login.initiator_name, params, req.cmd_sn,
                                                 target.tgt_params.queued_cmnds)
-    if IS_ERR(sess):
+    if isinstance(sess, int):
         pr_info(f"iscsi: login from {conn.peer} failed: no memory for a session ({sess})")
         fail = bytearray(48)
         pack_login_rsp(fail, rsp.csg << 2, rsp.version_max, rsp.version_active, 0, rsp.isid,
@@ -1368,9 +1369,6 @@ def iscsi_request_logout(conn: iscsi_conn, wait_s: int) -> None:
 def iscsi_exit() -> None:
     """Module exit: close the portals, ask initiators to log out, close
     what is left, remove every target (task context)."""
-    from iscsi_scst.conn import conn_list, conns_waitQ, iscsi_close_all_conns
-    from iscsi_scst.target import iscsi_del_portal, iscsi_target_del, portal_list, target_list
-    from kshim.wait import wait_event_timeout
     for portal in list(portal_list):
         iscsi_del_portal(portal)
     # A planned shutdown: ask logged-in initiators to log out first.

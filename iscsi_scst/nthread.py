@@ -42,6 +42,7 @@ from iscsi_scst.hdr import BHS_SIZE, ProtocolError
 from iscsi_scst.nagle import iscsi_nagle_idle, iscsi_nagle_rx_check
 from kshim.crc32c import crc32c_iov, crc32c_value
 from kshim.err import EAGAIN
+from kshim.kthread import kthread_should_stop
 from kshim.list import list_add, list_add_tail, list_del_init, list_empty, list_head
 from kshim.net import MSG_DONTWAIT, kernel_recvmsg, kernel_sendmsg, sock_rx_armed
 from kshim.printk import pr_info
@@ -110,6 +111,7 @@ def _advance_iov(iov: list, n: int) -> None:
 def iscsi_rx(conn: iscsi_conn) -> int:
     """Receive and process PDUs until the socket is empty (-EAGAIN), the
     peer closes (0) or the socket fails (-errno). Raises ProtocolError."""
+    # cycle: iscsi imports nthread
     from iscsi_scst.iscsi import iscsi_rx_hdr, iscsi_rx_hdr_traced, trace_iscsi_pdu_rx
     ret = iscsi_conn_rxbuf_get(conn)
     if ret < 0:
@@ -199,7 +201,7 @@ def _first_bytes(iov: list, n: int) -> list:
 
 
 def _data_digest_error(conn: iscsi_conn) -> None:
-    from iscsi_scst.iscsi import iscsi_data_digest_error
+    from iscsi_scst.iscsi import iscsi_data_digest_error  # cycle: iscsi imports nthread
     iscsi_data_digest_error(conn)
 
 
@@ -209,7 +211,7 @@ def iscsi_rd_thread(conn: iscsi_conn) -> int:
         try:
             ret = iscsi_rx(conn)
         except ProtocolError as e:
-            from iscsi_scst.iscsi import iscsi_protocol_error
+            from iscsi_scst.iscsi import iscsi_protocol_error  # cycle: iscsi imports nthread
             if iscsi_protocol_error(conn, e):
                 continue
             break
@@ -295,7 +297,7 @@ def iscsi_tx_flush(conn: iscsi_conn, may_sleep: bool) -> int:
     """Send everything queued, in batches of one sendmsg each. 0 when all
     is out, -EAGAIN when the socket is full and may_sleep is False (the rest
     stays in conn.tx_iov for the wr thread), or -errno on failure."""
-    from iscsi_scst.iscsi import iscsi_tx_build, iscsi_tx_done
+    from iscsi_scst.iscsi import iscsi_tx_build, iscsi_tx_done  # cycle: iscsi imports nthread
     if conn.tx_busy:
         return -EAGAIN
     conn.tx_busy = True
@@ -346,7 +348,6 @@ def iscsi_tx_flush(conn: iscsi_conn, may_sleep: bool) -> int:
 
 
 def iscsi_wr_thread(conn: iscsi_conn) -> int:
-    from kshim.kthread import kthread_should_stop
     wl = conn.write_list
     while True:
         wait_event_interruptible(conn.wr_waitQ, lambda: not list_empty(wl) or bool(conn.tx_iov)

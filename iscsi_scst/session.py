@@ -14,7 +14,7 @@ its whole session (conn.py).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -24,6 +24,7 @@ from kshim.fail_function import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
 from kshim.printk import pr_info
 from kshim.spinlock import spinlock_t
 from scst_core.main import scst_register_session, scst_unregister_session
+from scst_core.scst import scst_session
 
 if TYPE_CHECKING:
     from iscsi_scst.conn import iscsi_conn
@@ -38,7 +39,7 @@ class iscsi_session:
     initiator_name: str
     sess_params: iscsi_sess_params
     discovery: bool = False
-    scst_sess: Any = None
+    scst_sess: scst_session | None = None
     # protected by sn_lock (shared by the session's connections)
     sn_lock: spinlock_t = attrs.field(factory=lambda: spinlock_t("sess.sn_lock"))
     exp_cmd_sn: int = 0

@@ -17,15 +17,19 @@ from typing import Any
 
 import attrs
 
+from iscsi_scst.conn import iscsi_conn_alloc, iscsi_conn_count
+from iscsi_scst.usr.chap import chap_credentials
 from iscsi_scst.usr.iscsid import target_portal
 from iscsi_scst.usr.param import iscsi_tgt_params
 from kshim.err import EAGAIN, EEXIST, EINVAL, ENOENT, IS_ERR
 from kshim.kthread import kthread_run, kthread_should_stop, kthread_stop
+from kshim.sched import task_struct
 from kshim.net import (AF_INET, AF_INET6, SOCK_STREAM, kernel_accept, kernel_bind,
                        kernel_listen, sock_create_kern, sock_release, socket)
 from kshim.printk import pr_err, pr_info, pr_warn
 from kshim.wait import wait_event_interruptible, wait_queue_head, wake_up
 from scst_core.main import scst_register_target, scst_unregister_target
+from scst_core.scst import scst_tgt
 
 # Connections accepted at most at once, logged in or not (a flood guard).
 iscsi_max_conns = 1024
@@ -38,13 +42,13 @@ iscsi_enabled = True
 class iscsi_target:
     name: str
     tid: int
-    scst_tgt: Any
+    scst_tgt: scst_tgt
     tgt_params: iscsi_tgt_params = attrs.field(factory=iscsi_tgt_params)
     alias: str = ""
     portal_group_tag: int = 1
     enabled: bool = True
     # CHAP users for this target (IncomingUser/OutgoingUser); None: no CHAP
-    chap: Any = None
+    chap: chap_credentials | None = None
     # allowed_portal patterns (shell wildcards on the portal's address);
     # empty: every portal may reach the target
     allowed_portals: tuple = ()
@@ -58,7 +62,7 @@ class iscsi_portal:
     port: int
     family: int
     sock: socket | None = None
-    accept_thread: Any = None
+    accept_thread: task_struct | None = None
     ready: bool = False
     waitq: wait_queue_head = attrs.field(factory=lambda: wait_queue_head("portal"))
 
@@ -110,7 +114,6 @@ def _portal_data_ready(sk: Any) -> None:
 
 
 def _accept_thread(portal: iscsi_portal) -> int:
-    from iscsi_scst.conn import iscsi_conn_alloc, iscsi_conn_count
     while not kthread_should_stop():
         new = kernel_accept(portal.sock)
         if new == -EAGAIN:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from kshim.wait import wake_up_var
+
 BITS_PER_LONG = 64
 BITS_PER_BYTE = 8
 
@@ -57,9 +59,9 @@ def BIT_WORD(nr: int) -> int:
     return nr // BITS_PER_LONG
 
 
-def GENMASK(h: int, l: int) -> int:
-    """Bits l..h set (inclusive)."""
-    return ((1 << (h - l + 1)) - 1) << l
+def GENMASK(h: int, lo: int) -> int:
+    """Bits lo..h set (inclusive)."""
+    return ((1 << (h - lo + 1)) - 1) << lo
 
 
 GENMASK_ULL = GENMASK
@@ -127,7 +129,6 @@ test_bit_acquire = test_bit
 def clear_and_wake_up_bit(nr: int, addr: Bitmap) -> None:
     """Clear the bit and wake wait_var_event() waiters on addr."""
     clear_bit(nr, addr)
-    from kshim.wait import wake_up_var
     wake_up_var(addr)
 
 

@@ -30,14 +30,14 @@ from kshim.bug import report_bug
 debug_objects = True
 
 # type -> (type name, active hint or None, fixup or None)
-_registry: dict[type, tuple[str, Callable[[Any], str | None], Callable[[Any], None] | None]] = {}
+_registry: dict[type, tuple[str, Callable[[Any], str | None], Callable[[Any], object] | None]] = {}
 _fields_cache: dict[type, tuple[str, ...]] = {}
 # type -> its slot values in one C call (attrgetter), or None: _values() only
 _getters: dict[type, Callable[[Any], tuple] | None] = {}
 
 
 def debug_object_register(cls: type, name: str, active_hint: Callable[[Any], str | None],
-                          fixup_free: Callable[[Any], None] | None = None) -> None:
+                          fixup_free: Callable[[Any], object] | None = None) -> None:
     """Watch instances of cls: active_hint(obj) returns a hint (the callback
     name) while obj is active, None when it may be freed."""
     _registry[cls] = (name, active_hint, fixup_free)
@@ -99,7 +99,7 @@ def _values(obj: Any) -> list[Any] | tuple:
     return out
 
 
-def _check(v: Any) -> tuple[str, str, Callable[[Any], None] | None] | None:
+def _check(v: Any) -> tuple[str, str, Callable[[Any], object] | None] | None:
     ent = _registry.get(type(v))
     if ent is None:
         return None

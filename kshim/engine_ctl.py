@@ -383,6 +383,9 @@ def control_service(path: str, extra_ops: dict[str, OpFn] | None = None,
         sock.listen(16)
         return trio.SocketListener(sock)
 
+    async def client(s: trio.SocketStream) -> None:
+        await _client(s, ops)
+
     async def service() -> None:
         for attempt in range(MAX_RESTARTS + 1):
             listener = await listen()
@@ -391,7 +394,7 @@ def control_service(path: str, extra_ops: dict[str, OpFn] | None = None,
             if attempt == 0 and on_ready is not None:
                 on_ready()
             try:
-                await trio.serve_listeners(lambda s: _client(s, ops), [listener])
+                await trio.serve_listeners(client, [listener])
             except Exception as e:        # keep serving: the data path must not notice
                 _bug_reply("control service", e)
                 stats["restarts"] += 1
@@ -424,7 +427,7 @@ def fuse_unavailable() -> str | None:
 
 
 def _make_fs(base: str) -> Any:
-    import pyfuse3
+    import pyfuse3  # optional dependency (the fuse extra); only a mount needs it
     FUSEError = pyfuse3.FUSEError
     uid, gid = os.getuid(), os.getgid()
 
@@ -580,7 +583,7 @@ def fuse_service(mountpoint: str, base: str = "/kernel/scst_tgt",
             if on_error is not None:
                 on_error(f"FUSE not available: {why}")
             return
-        import pyfuse3
+        import pyfuse3  # optional dependency (the fuse extra); only a mount needs it
         fs = _make_fs(base)
         opts = set(pyfuse3.default_options)
         opts.add("fsname=uscst")

@@ -155,5 +155,7 @@ def metrics_service(host: str, port: int, collectors: list[Collect],
         if on_ready is not None:
             h, p = sock.getsockname()[:2]
             on_ready(f"[{h}]:{p}" if ":" in h else f"{h}:{p}")
-        await trio.serve_listeners(lambda s: _client(s, collectors), [trio.SocketListener(sock)])
+        async def client(s: trio.SocketStream) -> None:
+            await _client(s, collectors)
+        await trio.serve_listeners(client, [trio.SocketListener(sock)])
     return service

@@ -29,7 +29,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from kshim import host
 from kshim.host import host_operations, iov_advance, iov_len
@@ -228,7 +228,7 @@ def alloc_aligned(size: int) -> "memoryview | int":
 def free_aligned(mv: memoryview) -> int:
     """Give memory from alloc_aligned back to the host: 0, or -EBUSY while
     another view of it is alive (it goes when that view does)."""
-    m = mv.obj
+    m = cast(mmap.mmap, mv.obj)
     try:
         mv.release()
         m.close()

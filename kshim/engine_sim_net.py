@@ -418,7 +418,7 @@ class sim_net:
         ks = s.backlog.popleft()
         return ks, ks.peer_addr
 
-    def sock_connect(self, s: sim_sock, addr: tuple) -> int:
+    def sock_connect(self, s: sim_sock, addr: "tuple | str") -> int:
         return -errno.ENETUNREACH
 
     def sock_setsockopt(self, s: sim_sock, level: int, opt: int, val: int) -> int:

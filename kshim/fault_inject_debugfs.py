@@ -170,23 +170,3 @@ def debugfs_init() -> kobject | None:
         sysfs_create_file(ctl, __ATTR("enumerate", rw, _show_enumerate, _store_enumerate))
         sysfs_create_file(ctl, __ATTR("sites", S_IRUGO, _show_sites, None))
     return root
-
-
-def debugfs_init() -> kobject | None:
-    """Create /sys/kernel/debug/<point>/... and debug/fault-inject/ (once)."""
-    root = kernel_kobj.entries.get("debug")
-    if root is None:
-        root = kobject_create_and_add("debug", kernel_kobj)
-    if root is None or "fault-inject" in root.entries:
-        return root
-    rw = S_IRUGO | S_IWUSR
-    for point in fault_points:
-        _point_dir(root, point)
-    ctl = kobject_create_and_add("fault-inject", root)
-    if ctl is not None:
-        sysfs_create_file(ctl, __ATTR("make-it-fail", rw, _show_make_it_fail,
-                                      _store_make_it_fail))
-        sysfs_create_file(ctl, __ATTR("fail-nth", rw, _show_fail_nth, _store_fail_nth))
-        sysfs_create_file(ctl, __ATTR("enumerate", rw, _show_enumerate, _store_enumerate))
-        sysfs_create_file(ctl, __ATTR("sites", S_IRUGO, _show_sites, None))
-    return root

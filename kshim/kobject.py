@@ -72,7 +72,7 @@ def kobject_add(kobj: kobject, parent: kobject | None, name: str) -> int:
     kobj.parent = parent
     kobj.state_in_sysfs = True
     if kobj.ktype is not None:
-        from kshim.sysfs import sysfs_create_file
+        from kshim.sysfs import sysfs_create_file  # cycle: sysfs imports kobject
         for attr in kobj.ktype.default_attrs:
             sysfs_create_file(kobj, attr)
     return 0

@@ -15,8 +15,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from kshim import refcount as _refcount
+from kshim.mutex import mutex_lock, mutex_unlock
 from kshim.refcount import (refcount_dec_and_test, refcount_inc, refcount_inc_not_zero,
                             refcount_sub_and_test, refcount_t)
+from kshim.spinlock import spin_lock, spin_unlock
 
 _refcount._helper_files.append(__file__)
 
@@ -67,7 +69,6 @@ def kref_sub(k: kref, count: int, release: Callable[[kref], None]) -> int:
 def kref_put_lock(k: kref, release: Callable[[kref], None], lock: Any) -> int:
     """kref_put whose release runs holding `lock` (a spinlock); the release
     function must unlock it."""
-    from kshim.spinlock import spin_lock, spin_unlock
     if k.refcount.refs != 1:
         if refcount_dec_and_test(k.refcount):
             spin_lock(lock)
@@ -83,9 +84,11 @@ def kref_put_lock(k: kref, release: Callable[[kref], None], lock: Any) -> int:
 
 
 def kref_put_mutex(k: kref, release: Callable[[kref], None], lock: Any) -> int:
-    from kshim.mutex import mutex_lock, mutex_unlock
     if k.refcount.refs != 1:
-        return kref_put(k, lambda kk: (mutex_lock(lock), release(kk)))
+        def locked_release(kk: kref) -> None:
+            mutex_lock(lock)
+            release(kk)
+        return kref_put(k, locked_release)
     mutex_lock(lock)
     if not refcount_dec_and_test(k.refcount):
         mutex_unlock(lock)

@@ -413,7 +413,7 @@ def _find(src: lock_class, mask: int, forward: bool) -> list[lock_class] | None:
 
 def _edge_stacks(path: list[lock_class]) -> str:
     parts = []
-    for a, b in zip(path, path[1:]):
+    for a, b in zip(path, path[1:], strict=False):
         d = a.after.get(b)
         if d is None:
             continue

@@ -22,8 +22,9 @@ from typing import Any, Callable
 import attrs
 
 from kshim.bug import report_bug
+from kshim.err import ENOMEM
 from kshim.fail_mempool import fail_mempool, should_fail_mempool
-from kshim.gfp import (__GFP_DIRECT_RECLAIM, __GFP_IO, __GFP_NOWARN, __GFP_NORETRY,
+from kshim.gfp import (GFP_KERNEL, __GFP_DIRECT_RECLAIM, __GFP_IO, __GFP_NORETRY, __GFP_NOWARN,
                        __GFP_ZERO)
 from kshim.page_alloc import __free_pages, alloc_pages
 from kshim.sched import might_sleep
@@ -54,9 +55,7 @@ class mempool_t:
 def mempool_init(pool: mempool_t, min_nr: int, alloc_fn: mempool_alloc_t,
                  free_fn: mempool_free_t, pool_data: Any, gfp: int = 0) -> int:
     """Fill the reserve with min_nr elements; 0, or -ENOMEM (reserve freed)."""
-    from kshim.err import ENOMEM
-    pool.__init__(min_nr, alloc_fn, free_fn, pool_data)
-    from kshim.gfp import GFP_KERNEL
+    mempool_t.__init__(pool, min_nr, alloc_fn, free_fn, pool_data)
     for _ in range(min_nr):
         e = alloc_fn(gfp or GFP_KERNEL, pool_data)
         if e is None:
@@ -126,7 +125,6 @@ def mempool_free(element: Any, pool: mempool_t) -> None:
 
 
 def mempool_resize(pool: mempool_t, new_min_nr: int) -> int:
-    from kshim.gfp import GFP_KERNEL
     while len(pool.elements) > new_min_nr:
         pool.free(pool.elements.pop(), pool.pool_data)
     pool.min_nr = new_min_nr

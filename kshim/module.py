@@ -253,11 +253,11 @@ def param_parse(type: str, text: str) -> "int | bool | str | None":
     if type == "charp":
         return text
     try:
-        v = int(text.strip(), 0)
+        n = int(text.strip(), 0)
     except ValueError:
         return None
     lo, hi = _INT_RANGES[type]
-    return v if lo <= v <= hi else None
+    return n if lo <= n <= hi else None
 
 
 def param_set(modname: str, name: str, text: str, from_sysfs: bool = False) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections import deque
 
 from kshim import debugobjects, lockdep, sched
+from kshim.atomic import atomic_t
 from kshim.bug import KernelBug, report_bug
 from kshim.fault_sched import fail_trylock, trylock_fault
 from kshim.err import EINTR, ETIME
@@ -32,13 +33,14 @@ from kshim.host import ops
 from kshim.lockdep import lock_acquire, lock_acquired, lock_contended, lock_release, lock_site
 from kshim.sched import (MAX_SCHEDULE_TIMEOUT, TASK_INTERRUPTIBLE, TASK_KILLABLE,
                          TASK_UNINTERRUPTIBLE, might_sleep, signal_pending_state)
+from kshim.timer import schedule_timeout
 
 debug_mutexes = True
 _cpu = sched.cpu
 lockdep.register_lock_file(__file__)
 
 
-def _init_key(lock: object, default: str) -> None:
+def _init_key(lock: mutex | rw_semaphore, default: str) -> None:
     if lockdep.debug_locks and lock.name == default:
         lock.key = f"{default}@{lock_site()}"
 
@@ -51,7 +53,7 @@ class mutex:
         self.owner: sched.task_struct | None = None
         self.waiters: deque[sched.task_struct] = deque()
         self.contended = 0
-        self.key = None
+        self.key: str | None = None
         self.dep_map = None
         _init_key(self, "mutex")
 
@@ -177,7 +179,7 @@ def mutex_trylock_recursive(m: mutex) -> int:
     return 1 if mutex_trylock(m) else 0
 
 
-def atomic_dec_and_mutex_lock(cnt: object, m: mutex) -> bool:
+def atomic_dec_and_mutex_lock(cnt: atomic_t, m: mutex) -> bool:
     """Decrement cnt (an atomic_t); if it reached 0 return True holding m."""
     if cnt.counter != 1:
         cnt.counter -= 1
@@ -221,7 +223,6 @@ def _down_common(sem: semaphore, state: int, timeout: int) -> int:
     if sem.count > 0:
         sem.count -= 1
         return 0
-    from kshim.timer import schedule_timeout
     me = _cpu.curr
     w = [me, False]
     sem.waiters.append(w)
@@ -282,7 +283,7 @@ class rw_semaphore:
         self.readers = 0
         self.writer: sched.task_struct | None = None
         self.waiters: deque[list] = deque()    # [task, is_writer, granted]
-        self.key = None
+        self.key: str | None = None
         self.dep_map = None
         _init_key(self, "rwsem")
 
@@ -463,7 +464,7 @@ def rwsem_is_locked(sem: rw_semaphore) -> bool:
     return sem.writer is not None or sem.readers > 0
 
 
-def _held_hint(lock: object) -> str | None:
+def _held_hint(lock: mutex | rw_semaphore) -> str | None:
     owner = getattr(lock, "owner", None) or getattr(lock, "writer", None)
     if owner is not None:
         return f"{lock.name} held by {owner.comm}"

@@ -22,6 +22,7 @@ from typing import Any
 
 from kshim import host
 from kshim.host import ops
+from kshim.jiffies import jiffies
 
 KERN_SOH = "\x01"
 KERN_EMERG = KERN_SOH + "0"
@@ -209,7 +210,7 @@ def DEFINE_RATELIMIT_STATE(interval: int = DEFAULT_RATELIMIT_INTERVAL,
 
 
 def ratelimit_state_init(rs: ratelimit_state, interval: int, burst: int) -> None:
-    rs.__init__(interval, burst)
+    ratelimit_state.__init__(rs, interval, burst)
 
 
 def __ratelimit(rs: ratelimit_state, name: str = "") -> bool:
@@ -217,7 +218,6 @@ def __ratelimit(rs: ratelimit_state, name: str = "") -> bool:
     one suppressed."""
     if not rs.interval:
         return True
-    from kshim.jiffies import jiffies
     now = jiffies()
     if not rs.begin:
         rs.begin = now

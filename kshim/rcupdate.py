@@ -30,6 +30,7 @@ import attrs
 
 from kshim import sched
 from kshim.bug import caller_site, report_bug
+from kshim.slab import kfree
 from kshim.softirq import local_bh_disable, local_bh_enable, raise_softirq, softirq_run
 
 _cpu = sched.cpu
@@ -184,7 +185,6 @@ def rcu_barrier() -> None:
 
 
 def _kfree_cb(head: rcu_head) -> None:
-    from kshim.slab import kfree
     kfree(head.owner)
 
 

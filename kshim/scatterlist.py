@@ -69,7 +69,7 @@ def _buf_page(buf: "bytearray | memoryview") -> page:
     p = page.__new__(page)
     mv = memoryview(buf).cast("B")
     p.order = -1
-    p.buf = buf
+    p.buf = buf  # type: ignore[assignment]  # a caller's buffer: the allocator never frees it
     p.mv = mv
     p.private = None
     p.refcount = 1
@@ -171,7 +171,8 @@ def sg_nents_for_len(sgl: list[scatterlist], length: int) -> int:
     return -EINVAL
 
 
-def sgl_alloc_order(length: int, order: int, chainable: bool, gfp: int) -> tuple[list[scatterlist] | None, int]:
+def sgl_alloc_order(length: int, order: int, chainable: bool,
+                    gfp: int) -> tuple[list[scatterlist] | None, int]:
     """(sgl, nents) covering `length` bytes with pages of `order`, or (None, 0)."""
     chunk = PAGE_SIZE << order
     nents = max(1, -(-length // chunk))

@@ -40,6 +40,7 @@ path, so the untimed fast path pays one slot test per switch.
 """
 from __future__ import annotations
 
+import traceback
 from collections import deque
 from typing import Any, Callable
 
@@ -329,7 +330,6 @@ def _task_body(t: task_struct, fn: Callable[[], Any]) -> None:
 
 
 def _oops(t: task_struct, what: str) -> None:
-    import traceback
     c = cpu
     printk(KERN_EMERG + f"Oops: {what} in task {t.comm}/{t.pid}\n" + traceback.format_exc())
     report_bug("oops", task=t.comm, pid=t.pid, error=what)

@@ -50,8 +50,8 @@ from typing import Any, Callable
 import attrs
 
 from kshim import debugobjects, sched
-from kshim.bug import (KernelBug, caller_site, entry_parts, format_entries, report_bug,
-                       stack_capture)
+from kshim.bug import (KernelBug, WARN_ON_ONCE, caller_site, entry_parts, format_entries,
+                       report_bug, stack_capture)
 from kshim.failslab import failslab, should_failslab
 from kshim.gfp import __GFP_DIRECT_RECLAIM, __GFP_NOWARN
 from kshim.tracepoint import TRACE_EVENT
@@ -268,19 +268,22 @@ def _poison_repr(self: Any) -> str:
 
 
 def _poisoned_class(cls: type) -> type | None:
-    p = _poison_classes.get(cls, False)
-    if p is False:
-        try:
-            p = type(f"{cls.__name__}<freed>", (cls,), {
-                "__slots__": (), "__getattribute__": _poison_getattribute,
-                "__setattr__": _poison_setattr, "__delattr__": _poison_getattribute,
-                "__repr__": _poison_repr, "__eq__": object.__eq__, "__ne__": object.__ne__,
-                "__hash__": object.__hash__, "__module__": cls.__module__})
-        except TypeError:
-            p = None            # a builtin or final type: cannot be poisoned this way
-        _poison_classes[cls] = p
-        if p is not None:
-            _poisoned_types.add(p)
+    try:
+        return _poison_classes[cls]
+    except KeyError:
+        pass
+    p: type | None
+    try:
+        p = type(f"{cls.__name__}<freed>", (cls,), {
+            "__slots__": (), "__getattribute__": _poison_getattribute,
+            "__setattr__": _poison_setattr, "__delattr__": _poison_getattribute,
+            "__repr__": _poison_repr, "__eq__": object.__eq__, "__ne__": object.__ne__,
+            "__hash__": object.__hash__, "__module__": cls.__module__})
+    except TypeError:
+        p = None            # a builtin or final type: cannot be poisoned this way
+    _poison_classes[cls] = p
+    if p is not None:
+        _poisoned_types.add(p)
     return p
 
 
@@ -404,7 +407,6 @@ def kmalloc(size: int, gfp: int) -> bytearray | None:
     if (failslab.armed and should_failslab(c, gfp)) or size > KMALLOC_MAX_SIZE:
         c.failures += 1
         if size > KMALLOC_MAX_SIZE and not gfp & __GFP_NOWARN:
-            from kshim.bug import WARN_ON_ONCE
             WARN_ON_ONCE(True, f"kmalloc of {size} bytes, more than KMALLOC_MAX_SIZE")
         return None
     buf = bytearray(size)

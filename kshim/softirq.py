@@ -30,6 +30,7 @@ timed path.
 """
 from __future__ import annotations
 
+import traceback
 from collections import deque
 from typing import Any, Callable
 
@@ -75,7 +76,6 @@ def softirq_run(fn: Callable[[Any], None], arg: Any) -> None:
 
 
 def _softirq_oops(fn: Callable, e: BaseException, pc: int, bh: int, irqs: int) -> None:
-    import traceback
     c = _cpu
     # Name the loadable module the callback belongs to, as the kernel's
     # oops prints "Modules linked in" and the faulting symbol's [module].

@@ -27,6 +27,7 @@ creating file:line as its lockdep class.
 from __future__ import annotations
 
 from kshim import debugobjects, lockdep, sched
+from kshim.atomic import atomic_t
 from kshim.bug import KernelBug, caller_site, report_bug
 from kshim.fault_sched import fail_trylock, trylock_fault
 from kshim.lockdep import lock_acquire, lock_release, lock_site, site_str
@@ -81,7 +82,8 @@ def _debug_lock(lock: spinlock_t, subclass: int = 0, trylock: bool = False) -> N
         owner = lock.owner
         report_bug("spinlock recursion" if owner is me else
                    "spinlock held by another task (held across schedule()?)",
-                   lock=lock.name, owner=owner.comm, owner_site=site_str(lock.owner_site) if lock.owner_site else "?",
+                   lock=lock.name, owner=owner.comm,
+                   owner_site=site_str(lock.owner_site) if lock.owner_site else "?",
                    task=me.comm, at=lock_site())
         raise KernelBug(f"spinlock {lock.name} already held by {owner.comm}")
     lock.owner = me
@@ -260,7 +262,7 @@ def cond_resched_lock(lock: spinlock_t) -> int:
     return 1
 
 
-def atomic_dec_and_lock(atomic: object, lock: spinlock_t) -> bool:
+def atomic_dec_and_lock(atomic: atomic_t, lock: spinlock_t) -> bool:
     """Decrement; if it reached 0 return True holding lock."""
     atomic.counter -= 1
     if atomic.counter == 0:

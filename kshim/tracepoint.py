@@ -292,7 +292,7 @@ def record_dict(rec: tuple) -> dict:
     """One record as {"ts", "event", "ctx", field: value ...} (for export)."""
     ev = events[rec[1]]
     d = {"ts": rec[0], "event": ev.name, "ctx": rec[2]}
-    d.update(zip(ev.fields, rec[3]))
+    d.update(zip(ev.fields, rec[3], strict=False))
     return d
 
 
@@ -301,7 +301,7 @@ def format_record(rec: tuple) -> str:
     ev = events[rec[1]]
     ctx = rec[2]
     who = "<softirq>" if ctx == SOFTIRQ_CTX else f"{rec[4]}-{ctx}"
-    fields = " ".join(f"{k}={_fmt(v)}" for k, v in zip(ev.fields, rec[3]))
+    fields = " ".join(f"{k}={_fmt(v)}" for k, v in zip(ev.fields, rec[3], strict=False))
     return f"{who:>20} [000] {rec[0] / 1e9:13.6f}: {ev.name}: {fields}"
 
 

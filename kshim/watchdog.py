@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from kshim import sched
 
-watchdog_thresh = 1          # seconds; a soft lockup is 2 * watchdog_thresh, as in the kernel
+watchdog_thresh: float = 1   # seconds; a soft lockup is 2 * watchdog_thresh, as in the kernel
 
 
 def set_watchdog_thresh(seconds: float) -> None:

@@ -28,7 +28,7 @@ workqueues() give per-queue counters.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import attrs
 
@@ -107,7 +107,7 @@ def DECLARE_DELAYED_WORK(func: Callable[[work_struct], None]) -> delayed_work:
 
 
 def to_delayed_work(work: work_struct) -> delayed_work:
-    return work        # a delayed_work is its own work_struct
+    return cast(delayed_work, work)    # a delayed_work is its own work_struct
 
 
 def destroy_work_on_stack(work: work_struct) -> None:

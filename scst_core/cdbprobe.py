@@ -292,7 +292,8 @@ scst_scsi_op_table: tuple[scst_sdbops, ...] = (
     _op(0x93, "WRITE SAME(16)", _W, _BLOCK_WRITE, get_cdb_info_write_same, lba=(2, 8), ln=(10, 4)),
     _op(0x9C, "WRITE ATOMIC(16)", _W, _BLOCK_WRITE, _blk, lba=(2, 8), ln=(12, 2)),
     _op(0x9E, "READ CAPACITY(16)", _R, SCST_IMPLICIT_HQ | _ALL_ALLOWED, _len, sa=0x10, ln=(10, 4)),
-    _op(0x9E, "GET LBA STATUS", _R, SCST_WRITE_EXCL_ALLOWED, get_cdb_info_lba_alloc_len, sa=0x12, lba=(2, 8), ln=(10, 4)),
+    _op(0x9E, "GET LBA STATUS", _R, SCST_WRITE_EXCL_ALLOWED, get_cdb_info_lba_alloc_len, sa=0x12,
+        lba=(2, 8), ln=(10, 4)),
     # 12-byte CDBs
     _op(0xA0, "REPORT LUNS", _R, SCST_SMALL_TIMEOUT | SCST_IMPLICIT_HQ | SCST_SKIP_UA
         | SCST_LOCAL_CMD | SCST_FULLY_LOCAL_CMD | _ALL_ALLOWED, _len, ln=(6, 4)),
@@ -337,11 +338,11 @@ def _build_index() -> tuple[dict[int, scst_sdbops], dict[tuple[int, int], scst_s
 _plain_ops, _sa_ops = _build_index()
 
 
-def _lba_len_unpackers() -> dict[int, Callable[[bytes], tuple[int, int]]]:
+def _lba_len_unpackers() -> dict[int, Callable[[bytes], tuple[int, ...]]]:
     """(LBA, length) readers for the READ/WRITE-style rows: one precompiled
     struct per opcode instead of two slicing conversions per command."""
     sizes = {1: "B", 2: "H", 4: "I", 8: "Q"}
-    out = {}
+    out: dict[int, Callable[[bytes], tuple[int, ...]]] = {}
     for e in _plain_ops.values():
         if e.get_cdb_info is get_cdb_info_lba_len and e.lba_off + e.lba_len <= e.len_off:
             gap = e.len_off - e.lba_off - e.lba_len

@@ -31,13 +31,13 @@ is not counted.
 """
 from __future__ import annotations
 
-from typing import Any
 
 from kshim import tracepoint
 from kshim.err import EINVAL
 from kshim.kobject import kobject
 from kshim.sysfs import S_IRUGO, S_IWUSR, __ATTR, __ATTR_RO, kobj_attribute, sysfs_create_file
 from scst_core import targ
+from scst_core.scst import scst_session
 
 STAGES = ("parse", "alloc_buf", "rdy_to_xfer", "pre_exec", "exec", "dev_done", "xmit", "total")
 HIST_BUCKETS = 48            # 2**47 ns is a day and a half
@@ -265,6 +265,6 @@ def scst_latency_sysfs_init(root: kobject) -> int:
                                                     lambda k, a: format_latency_raw()))
 
 
-def scst_sess_latency_attr(sess: Any) -> kobj_attribute:
+def scst_sess_latency_attr(sess: scst_session) -> kobj_attribute:
     """The `latency` file of one session's directory."""
     return __ATTR_RO("latency", lambda k, a: format_latency(sess.initiator_name))

@@ -348,7 +348,7 @@ def init_scst() -> int:
     """Create the management tree (module init, task context)."""
     # scst_core.sysfs imports this file's lists: the cycle scst_main.c and
     # scst_sysfs.c have too, broken at call time.
-    from scst_core.sysfs import scst_sysfs_init
+    from scst_core.sysfs import scst_sysfs_init  # cycle: sysfs imports main
     if scst_threads < 1:
         pr_err(f"scst: scst_threads {scst_threads} must be at least 1")
         return -EINVAL

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from kshim.err import ENOMEM
 from kshim.page_alloc import (MAX_ORDER, PAGE_SHIFT, PAGE_SIZE, __free_pages, alloc_pages,
-                              get_order)
+                              get_order, page)
 from kshim.scatterlist import scatterlist
 from scst_core.scst import scst_cmd
 
@@ -42,7 +42,7 @@ def scst_alloc_space(cmd: scst_cmd, size: int, gfp: int) -> int:
         cmd.data_buf_alloced = True
         return 0
     sg = []
-    pages = []
+    pages: list[page] = []
     left = size
     while left > 0:
         n = left if left < _CHUNK else _CHUNK

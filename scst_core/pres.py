@@ -48,13 +48,20 @@ from typing import TYPE_CHECKING, Callable
 
 import attrs
 
+from kshim.err import EIO, ENOENT
+from kshim.fs import (O_CREAT, O_RDONLY, O_TRUNC, O_WRONLY, file_inode, filp_close, filp_open,
+                      i_size_read, vfs_fsync, vfs_readv, vfs_writev)
 from kshim.mutex import mutex, mutex_lock, mutex_unlock
+from kshim.printk import pr_err, pr_info
 from scst_core.const import (SAM_STAT_RESERVATION_CONFLICT, UNIT_ATTENTION,
                              scst_sense_invalid_release,
                              scst_sense_parameter_list_length_invalid)
 from scst_core.lib import (scst_get_buf_full, scst_set_cmd_error, scst_set_cmd_error_status,
                            scst_set_invalid_field_in_cdb, scst_set_invalid_field_in_parm_list,
                            scst_set_resp_data_len)
+from scst_core.scst import (SCST_EXCL_ACCESS_ALLOWED, SCST_REG_RESERVE_ALLOWED,
+                            SCST_WRITE_EXCL_ALLOWED)
+from scst_core.ua import scst_queue_ua
 
 if TYPE_CHECKING:
     from scst_core.scst import scst_cmd, scst_device, scst_session
@@ -189,8 +196,6 @@ def scst_pr_is_cmd_allowed(cmd: "scst_cmd") -> bool:
     prd = scst_pr_devs.get(cmd.dev)
     if prd is None or (prd.reserved_by is None and not prd.pr_is_set):
         return True
-    from scst_core.scst import (SCST_EXCL_ACCESS_ALLOWED, SCST_REG_RESERVE_ALLOWED,
-                                SCST_WRITE_EXCL_ALLOWED)
     nexus = scst_cmd_nexus(cmd)
     flags = cmd.op_flags
     if prd.reserved_by is not None:
@@ -293,7 +298,6 @@ def scst_pr_exec_in(cmd: "scst_cmd") -> None:
 
 def _queue_ua_nexus(cmd: "scst_cmd", nexus: tuple[bytes, int], sense: tuple[int, int, int]) -> None:
     """Establish a UA on every tgt_dev of the device that belongs to nexus."""
-    from scst_core.ua import scst_queue_ua
     for tgt_dev in list(cmd.dev.dev_tgt_dev_list):
         if scst_sess_nexus(tgt_dev.sess) == nexus:
             scst_queue_ua(tgt_dev, sense)
@@ -324,7 +328,7 @@ def _unregister(cmd: "scst_cmd", prd: scst_pr_dev, reg: scst_dev_registrant) -> 
         t = prd.pr_type
         _release_reservation(prd)
         if t in (TYPE_WRITE_EXCLUSIVE_REGONLY, TYPE_EXCLUSIVE_ACCESS_REGONLY):
-            _ua_registrants(cmd, prd, scst_sense_reservations_released_UA, ("", -1))
+            _ua_registrants(cmd, prd, scst_sense_reservations_released_UA, (b"", -1))
 
 
 def scst_pr_exec_out(cmd: "scst_cmd") -> None:
@@ -435,7 +439,7 @@ def scst_pr_exec_out(cmd: "scst_cmd") -> None:
             if sa == PR_PREEMPT_AND_ABORT:
                 # The preempted nexuses' commands are aborted (SPC-4
                 # 5.12.11.2.4); the core imports this module, hence here.
-                from scst_core.targ import scst_pr_abort_all
+                from scst_core.targ import scst_pr_abort_all  # cycle: targ imports pres
                 kept = {(r.transport_id, r.rel_tgt_id) for r in prd.registrants}
                 scst_pr_abort_all(cmd, [nx for nx in before if nx not in kept])
     if changed and (prd.pr_aptpl or was_aptpl):
@@ -510,7 +514,7 @@ def _pr_tgt_port_exists(cmd: "scst_cmd", rel_tgt_id: int) -> bool:
     """Is rel_tgt_id a target port of ours through which cmd's device is
     reachable: the command's own, or a registered target mapping the
     device in one of its groups?"""
-    from scst_core import main as scst_main
+    from scst_core import main as scst_main  # cycle: main imports pres (through targ)
     if cmd.sess.tgt.rel_tgt_id == rel_tgt_id:
         return True
     for tgtt in scst_main.scst_template_list:
@@ -662,9 +666,6 @@ def _pr_path(prd: scst_pr_dev, slot: int) -> str:
 def scst_pr_sync_device_file(prd: scst_pr_dev) -> int:
     """Write the state to the older slot file (fsynced). With APTPL off,
     write an empty state so nothing is restored. 0 or -errno. Sleeps."""
-    from kshim.err import IS_ERR
-    from kshim.fs import O_CREAT, O_TRUNC, O_WRONLY, filp_close, filp_open, vfs_fsync, vfs_writev
-    from kshim.printk import pr_err
     if scst_pr_dir is None:
         return 0
     mutex_lock(prd.pr_mutex)
@@ -677,7 +678,7 @@ def scst_pr_sync_device_file(prd: scst_pr_dev) -> int:
             text = _pr_file_text(empty)
         data = text.encode()
         f = filp_open(_pr_path(prd, prd.file_gen & 1), O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        if IS_ERR(f):
+        if isinstance(f, int):
             pr_err(f"scst: cannot write PR state of {prd.name}: {f}")
             return f
         n = vfs_writev(f, [memoryview(data)], 0)
@@ -694,12 +695,9 @@ def _pr_read_slot(prd: scst_pr_dev, slot: int) -> dict | None | int:
     """The state in one slot file; None if there is no such file; -EIO
     (after a kernel log message naming the file) if it is torn, truncated
     or not ours. Sleeps."""
-    from kshim.err import EIO, ENOENT, IS_ERR
-    from kshim.fs import O_RDONLY, file_inode, filp_close, filp_open, i_size_read, vfs_readv
-    from kshim.printk import pr_err
     path = _pr_path(prd, slot)
     f = filp_open(path, O_RDONLY)
-    if IS_ERR(f):
+    if isinstance(f, int):
         if f != -ENOENT:
             pr_err(f"scst: {prd.name}: cannot open APTPL state file {path}: {f}")
             return -EIO
@@ -725,7 +723,6 @@ def scst_pr_load_device_file(prd: scst_pr_dev) -> None:
     """Restore the newer valid slot. A damaged slot is reported and
     skipped; with no valid slot left the device starts without
     registrations. Sleeps."""
-    from kshim.printk import pr_err, pr_info
     best = None
     damaged = False
     for slot in (0, 1):

@@ -18,12 +18,13 @@ sleeping); the engine's metrics service calls it through call_in_task.
 """
 from __future__ import annotations
 
-from typing import Any
 
 from scst_core import const, latency
 from scst_core.main import scst_template_list
+from scst_core.scst import scst_session, scst_tgt
 
 Family = tuple[str, str, str, list]
+_Samples = list[tuple[dict[str, str], int]]     # (labels, value) of one family
 
 # SCST_ABORT_TASK ... as the label value of a TMF counter
 TMF_NAMES = {getattr(const, n): n[len("SCST_"):].lower() for n in (
@@ -32,14 +33,21 @@ TMF_NAMES = {getattr(const, n): n[len("SCST_"):].lower() for n in (
     "SCST_ABORT_ALL_TASKS_SESS", "SCST_NEXUS_LOSS", "SCST_ABORT_ALL_TASKS")}
 
 
-def _targets() -> list[Any]:
+def _targets() -> list[scst_tgt]:
     return [tgt for tgtt in scst_template_list for tgt in tgtt.tgt_list]
 
 
 def scst_metrics() -> list[Family]:
     """Every counter family of the SCST core, sampled now."""
-    cmds, byts, lun_cmds, lun_bytes, errs, tmfs, active = [], [], [], [], [], [], []
-    tgt_cmds, tgt_bytes = [], []
+    cmds: _Samples = []
+    byts: _Samples = []
+    lun_cmds: _Samples = []
+    lun_bytes: _Samples = []
+    errs: _Samples = []
+    tmfs: _Samples = []
+    active: _Samples = []
+    tgt_cmds: _Samples = []
+    tgt_bytes: _Samples = []
     for tgt in _targets():
         sessions = list(tgt.sess_list)
         t = {"target": tgt.tgt_name}
@@ -78,7 +86,7 @@ def scst_metrics() -> list[Family]:
     ]
 
 
-def _session(base: dict, sess: Any, cmds: list, byts: list, lun_cmds: list, lun_bytes: list,
+def _session(base: dict, sess: scst_session, cmds: list, byts: list, lun_cmds: list, lun_bytes: list,
              errs: list, tmfs: list, active: list) -> None:
     """Append one session's samples (labelled base + ...) to the families' lists."""
     for d, n, b in (("read", sess.reads, sess.read_bytes),

@@ -72,7 +72,8 @@ from scst_core import main as scst_main
 from scst_core.debug import scst_debug_sysfs_init
 from scst_core.latency import scst_latency_sysfs_init, scst_sess_latency_attr
 from scst_core import tg as scst_tg
-from scst_core.scst import scst_acg, scst_device, scst_session, scst_tgt, scst_tgt_template
+from scst_core.scst import (scst_acg, scst_acg_dev, scst_dev_type, scst_device, scst_session, scst_tgt,
+                            scst_tgt_template)
 from scst_core.ua import scst_capacity_data_changed, scst_report_luns_changed
 
 SCST_VERSION_STRING = "3.7.0-uscst"
@@ -303,7 +304,7 @@ def _sync_children(parent: kobject, objs: list, name_of: Callable[[Any], str],
                    ktype: kobj_type) -> None:
     """Make parent's ktype-children mirror objs, matched by identity."""
     have = {}
-    for name, e in list(parent.entries.items()):
+    for e in list(parent.entries.values()):
         if isinstance(e, kobject) and e.ktype is ktype:
             have[id(e.private)] = e
     want = {id(o) for o in objs}
@@ -375,7 +376,7 @@ def _handler_mgmt(kobj: kobject, words: list[str], line: str) -> int:
     return -EINVAL
 
 
-def _handler_usage(devt: Any) -> str:
+def _handler_usage(devt: scst_dev_type) -> str:
     return (f"Usage: echo \"add_device device_name [parameters]\" >mgmt\n"
             f"       echo \"del_device device_name\" >mgmt\n"
             f"\nThe following parameters available: {', '.join(devt.add_device_parameters)}\n")
@@ -394,7 +395,7 @@ def _handler_refresh(kobj: kobject) -> None:
 handler_ktype = kobj_type(refresh=_handler_refresh)
 
 
-def _make_handler(parent: kobject, name: str, devt: Any) -> kobject | None:
+def _make_handler(parent: kobject, name: str, devt: scst_dev_type) -> kobject | None:
     k = kobject_create_and_add(name, parent, handler_ktype, devt)
     if k is None:
         return None
@@ -470,7 +471,8 @@ def _make_device(parent: kobject, name: str, dev: scst_device) -> kobject | None
         return None
     sysfs_create_file(k, __ATTR_RO("type", lambda kk, a: f"{dev.type} - {_type_name(dev.type)}\n"))
     sysfs_create_file(k, __ATTR_RO("commands", lambda kk, a: f"{dev.cmd_count}\n"))
-    sysfs_create_file(k, __ATTR_RO("threads_num", lambda kk, a: f"{len(dev.cmd_threads.threads) if dev.cmd_threads else 0}\n"))
+    sysfs_create_file(k, __ATTR_RO("threads_num", lambda kk, a:
+                                   f"{len(dev.cmd_threads.threads) if dev.cmd_threads else 0}\n"))
     kobject_create_and_add("exported", k, exported_ktype, dev)
     ops = devt_sysfs.get(dev.handler.name)
     if ops is not None:
@@ -564,7 +566,7 @@ def _lun_refresh(kobj: kobject) -> None:
 lun_ktype = kobj_type(refresh=_lun_refresh)
 
 
-def _make_lun(parent: kobject, name: str, acg_dev: Any) -> kobject | None:
+def _make_lun(parent: kobject, name: str, acg_dev: scst_acg_dev) -> kobject | None:
     k = kobject_create_and_add(name, parent, lun_ktype, acg_dev)
     if k is None:
         return None
@@ -658,7 +660,7 @@ INITIATORS_USAGE = ("Usage: echo \"add INITIATOR_NAME\" >mgmt\n"
 
 def _initiators_refresh(kobj: kobject) -> None:
     acg: scst_acg = kobj.private
-    for name, e in list(kobj.entries.items()):
+    for name in list(kobj.entries):
         if name != "mgmt" and (name not in acg.acn_list):
             del kobj.entries[name]
     for name in acg.acn_list:
@@ -951,8 +953,8 @@ def _driver_mgmt(kobj: kobject, words: list[str], line: str) -> int:
             pr_err(f"scst: {tgtt.name}: unknown target attribute '{words[2]}' "
                    f"(known: {', '.join(ops.tgt_optional_attributes) or 'none'})")
             return -EINVAL
-        fn = ops.add_target_attribute if verb == "add_target_attribute" else ops.del_target_attribute
-        return fn(tgt, words[2], _rest_after(line, 3)) if fn is not None else -ENOSYS
+        tfn = ops.add_target_attribute if verb == "add_target_attribute" else ops.del_target_attribute
+        return tfn(tgt, words[2], _rest_after(line, 3)) if tfn is not None else -ENOSYS
     pr_err(f"scst: {tgtt.name}: unknown mgmt command '{line}'")
     return -EINVAL
 
@@ -1064,7 +1066,7 @@ def _tg_tgt_rel_tgt_id_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
 tg_tgt_ktype = kobj_type()
 
 
-def _make_tg_tgt(parent: kobject, name: str, t: Any) -> kobject | None:
+def _make_tg_tgt(parent: kobject, name: str, t: scst_tg.scst_tg_tgt) -> kobject | None:
     k = kobject_create_and_add(name, parent, tg_tgt_ktype, t)
     if k is not None:
         sysfs_create_file(k, __ATTR_RW("rel_tgt_id", _tg_tgt_rel_tgt_id_show,
@@ -1108,7 +1110,7 @@ def _tg_refresh(kobj: kobject) -> None:
 tg_ktype = kobj_type(refresh=_tg_refresh)
 
 
-def _make_tg(parent: kobject, name: str, tg: Any) -> kobject | None:
+def _make_tg(parent: kobject, name: str, tg: scst_tg.scst_target_group) -> kobject | None:
     k = kobject_create_and_add(name, parent, tg_ktype, tg)
     if k is None:
         return None
@@ -1132,7 +1134,7 @@ tgs_ktype = kobj_type(refresh=_tgs_refresh)
 dg_ktype = kobj_type()
 
 
-def _make_dg(parent: kobject, name: str, dg: Any) -> kobject | None:
+def _make_dg(parent: kobject, name: str, dg: scst_tg.scst_dev_group) -> kobject | None:
     k = kobject_create_and_add(name, parent, dg_ktype, dg)
     if k is None:
         return None
@@ -1219,15 +1221,15 @@ def scst_sysfs_schema() -> dict:
                                "create_only": list(ops.dev_create_only_attrs)}
     drivers = {}
     for tgtt in scst_main.scst_template_list:
-        ops = tgtt_sysfs.get(tgtt.name, scst_tgtt_sysfs())
+        tops = tgtt_sysfs.get(tgtt.name, scst_tgtt_sysfs())
         drivers[tgtt.name] = {
-            "attrs": [a.name for a in ops.tgtt_attrs if a.store is not None
-                      and a.name not in ops.tgtt_optional_attributes],
-            "multi": list(ops.tgtt_optional_attributes + ops.tgtt_hidden_attributes),
-            "target_params": list(ops.add_target_parameters),
+            "attrs": [a.name for a in tops.tgtt_attrs if a.store is not None
+                      and a.name not in tops.tgtt_optional_attributes],
+            "multi": list(tops.tgtt_optional_attributes + tops.tgtt_hidden_attributes),
+            "target_params": list(tops.add_target_parameters),
             "target_attrs": ["enabled", "rel_tgt_id"] + [
-                a.name for a in ops.tgt_attrs if a.store is not None
-                and a.name not in ops.tgt_optional_attributes],
-            "target_multi": list(ops.tgt_optional_attributes),
+                a.name for a in tops.tgt_attrs if a.store is not None
+                and a.name not in tops.tgt_optional_attributes],
+            "target_multi": list(tops.tgt_optional_attributes),
         }
     return {"handlers": handlers, "drivers": drivers, "lun_attrs": ["read_only"]}

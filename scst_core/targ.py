@@ -566,7 +566,7 @@ def _finish_cmd(cmd: scst_cmd) -> None:
     sess = cmd.sess
     sess.cmd_count -= 1
     if sess.shut_phase and sess.cmd_count == 0:
-        from scst_core.main import scst_sess_free_final
+        from scst_core.main import scst_sess_free_final  # cycle: main imports targ
         scst_sess_free_final(sess)
     kmem_cache_free(scst_cmd_cachep, cmd)
 

@@ -394,7 +394,7 @@ def scst_dg_remove(name: str) -> int:
 def scst_dg_dev_add(dg: scst_dev_group, name: str) -> int:
     """Add the device named name to dg. 0, -ENODEV (no such device) or
     -EEXIST (it is in a device group already)."""
-    from scst_core import main as scst_main
+    from scst_core import main as scst_main  # cycle: main imports targ, which imports tg
     mutex_lock(scst_dg_mutex)
     try:
         dev = scst_main.scst_find_device(name)

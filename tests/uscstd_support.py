@@ -116,7 +116,7 @@ class UscstdServer:
             except subprocess.TimeoutExpired:
                 self.kill()
                 raise AssertionError(f"uscstd did not stop within {timeout} s after signal "
-                                     f"{sig}; stderr:\n{self.stderr_text()[-4000:]}")
+                                     f"{sig}; stderr:\n{self.stderr_text()[-4000:]}") from None
         self.stopped = True
         self.returncode = self.proc.returncode
         return self.proc.returncode

@@ -818,7 +818,7 @@ def run_perf(server: Server, wl: Workload, seconds: int, rnd: int,
     if timed_out:
         rec.error = f"the initiator did not finish within {rec.wall_s:.0f} s"
         return rec
-    for proc, text in zip(procs, texts):
+    for proc, text in zip(procs, texts, strict=True):
         if proc.returncode != 0:
             tail = " | ".join(ln.strip() for ln in re.split(r"[\r\n]+", text) if ln.strip())
             rec.error = f"{cmd[0]} exit {proc.returncode}: {tail[-300:]}"
@@ -912,7 +912,7 @@ def render_table(rows: list[dict[str, object]]) -> str:
                      _fmt(r["uscst_rss_mib"], ".0f"), ratio])
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
     lines = [" | ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                        for i, (c, w) in enumerate(zip(row, widths)))
+                        for i, (c, w) in enumerate(zip(row, widths, strict=False)))
              for row in [head, *body]]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -1112,7 +1112,7 @@ def bench(args: argparse.Namespace) -> int:
         print(f"runs: {args.rounds} round(s) x {len(args.workload_list)} workload(s) x "
               f"{len(servers)} server(s), {args.seconds} s each")
         by_label = {s.label: s for s in servers}
-        order = [l for l in ("tgtd", "uscst") if l in by_label]
+        order = [label for label in ("tgtd", "uscst") if label in by_label]
         guess: dict[tuple[str, str], float] = {}
         for rnd in range(1, args.rounds + 1):
             for wl in args.workload_list:

@@ -40,7 +40,7 @@ from kshim.err import EEXIST, EINVAL, ENOENT, errname
 from kshim.printk import pr_err
 from scst_core.main import scst_acg_add_lun, scst_find_device
 from scst_core.sysfs import scst_sysfs_schema
-from tools import scst_conf
+from . import scst_conf
 from vdisk.vdisk import vdisk_add_device
 
 DEFAULT_PORTAL = ("127.0.0.1", 3260)
@@ -140,7 +140,7 @@ def _import_file(path: Path) -> str:
     except Exception as e:          # the developer's file: report, never crash the daemon
         sys.modules.pop(pyname, None)
         module.free_module(stem)
-        raise ModuleLoadError(f"{path}: cannot import: {type(e).__name__}: {e}", -ENOEXEC)
+        raise ModuleLoadError(f"{path}: cannot import: {type(e).__name__}: {e}", -ENOEXEC) from e
     m = module.find_module(stem)
     if m is None:
         raise ModuleLoadError(f"{path}: declares nothing for kshim.module (no module_init)",
@@ -165,7 +165,7 @@ def module_import(target: str) -> str:
             importlib.import_module(pyname)
         except Exception as e:      # an unknown name or a broken module: report it
             raise ModuleLoadError(f"{target}: cannot import {pyname}: {type(e).__name__}: {e}",
-                                  -ENOENT)
+                                  -ENOENT) from e
         m = module.find_module(target) or module.find_module_of(pyname)
         if m is None:
             raise ModuleLoadError(f"{target}: {pyname} declares no module", -ENOEXEC)

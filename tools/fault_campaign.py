@@ -26,7 +26,6 @@ blocking loopback socket. Loopback only; every wait is bounded.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import socket
 import subprocess
@@ -87,7 +86,6 @@ class Target:
     """One uscstd --debug on a free loopback port, with a control socket."""
 
     def __init__(self, workdir: Path, faults: list[str]):
-        import socket
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -107,7 +105,7 @@ class Target:
                 break
             except Failed:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"uscstd did not start:\n{self.err.read_text()[-2000:]}")
+                    raise SystemExit(f"uscstd did not start:\n{self.err.read_text()[-2000:]}") from None
                 time.sleep(0.1)
         self.url = f"iscsi://127.0.0.1:{self.port}/{IQN}/0"
 

@@ -234,7 +234,7 @@ def fuzz_login(inp: Input) -> None:
         try:
             last = dict(parse_text(rsp.data))
         except NegotiationError:
-            raise FuzzCrash(f"the target sent text it cannot parse: {rsp.data!r}")
+            raise FuzzCrash(f"the target sent text it cannot parse: {rsp.data!r}") from None
         if sess.failed or sess.state == STATE_DROP:
             break
 

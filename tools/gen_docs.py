@@ -56,6 +56,23 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+# The code this tool describes; imported once the repo root is on sys.path.
+import iscsi_scst.conn as conn_mod  # noqa: E402
+import iscsi_scst.iscsi as iscsi  # noqa: E402
+import iscsi_scst.nthread as nthread  # noqa: E402
+import kshim.fs as fs  # noqa: E402
+import scst_core.targ as targ  # noqa: E402
+import vdisk.fileio as fileio  # noqa: E402
+from iscsi_scst.iscsi import iscsi_exit, iscsi_init, iscsi_template  # noqa: E402
+from iscsi_scst.target import iscsi_add_portal, iscsi_target_add  # noqa: E402
+from iscsi_scst.usr import iscsid  # noqa: E402
+from kshim import engine, sched  # noqa: E402
+from kshim.debug import set_debug  # noqa: E402
+from kshim.err import errname  # noqa: E402
+from scst_core.main import scst_acg_add_lun, scst_find_device  # noqa: E402
+from scst_core.scst import SCST_CMD_STATE_NAMES  # noqa: E402
+from vdisk.vdisk import vdisk_add_device, vdisk_exit, vdisk_init  # noqa: E402
+
 DEFAULT_DOC = REPO_ROOT / "docs" / "architecture.md"
 _PREFIX = "SCST_CMD_STATE_"
 
@@ -167,8 +184,6 @@ def called(fn: Callable) -> list[str]:
 # -- the SCST command state machine --------------------------------------------
 
 def _scst() -> tuple:
-    from scst_core import targ
-    from scst_core.scst import SCST_CMD_STATE_NAMES
     return targ, SCST_CMD_STATE_NAMES
 
 
@@ -254,7 +269,6 @@ def scst_diagram() -> str:
 # -- the login state machine -----------------------------------------------------
 
 def login_table() -> str:
-    from iscsi_scst.usr import iscsid
     rows = ["| state | event | action (`login_session._<action>`) | may leave the login in |",
             "|---|---|---|---|"]
     order = list(iscsid.login_state)
@@ -268,7 +282,6 @@ def login_table() -> str:
 
 
 def login_diagram() -> str:
-    from iscsi_scst.usr import iscsid
     order = list(iscsid.login_state)
     lines = ["```mermaid", "stateDiagram-v2", f"    [*] --> {iscsid.STATE_FREE.name}"]
     for (state, ev), tr in iscsid.login_transitions.items():
@@ -304,7 +317,6 @@ class _tracer:
         self.done = 0                 # scst_tgt_cmd_done calls seen
 
     def _ctx(self) -> tuple[Any, str]:
-        from kshim import sched
         t = sched.current()
         return t, t.comm + (" softirq" if sched.in_serving_softirq() else "")
 
@@ -331,18 +343,10 @@ class _tracer:
 
 
 def _errno_fmt(r: Any) -> str:
-    from kshim.err import errname
     return f"{r} ({errname(r)})" if isinstance(r, int) and r < 0 else str(r)
 
 
 def _instrument(tr: _tracer) -> None:
-    import iscsi_scst.conn as conn_mod
-    import iscsi_scst.iscsi as iscsi
-    import iscsi_scst.nthread as nthread
-    import kshim.fs as fs
-    import scst_core.targ as targ
-    import vdisk.fileio as fileio
-    from scst_core.scst import SCST_CMD_STATE_NAMES
     for name in ("iscsi_data_ready", "iscsi_write_space"):
         tr.patch(conn_mod, name)
     tr.patch(nthread, "iscsi_rx", True, _errno_fmt)
@@ -398,9 +402,7 @@ def _result_name(targ: Any, r: int) -> str:
 def record_traces() -> dict[str, str]:
     """Run the target and an initiator; return the trace blocks."""
     sys.path.insert(0, str(REPO_ROOT / "tests"))
-    from initiator import Initiator
-    from kshim import engine
-    from kshim.debug import set_debug
+    from initiator import Initiator     # tests/ is on sys.path for --trace only
     tr = _tracer()
     _instrument(tr)
     ready = threading.Event()
@@ -417,10 +419,6 @@ def record_traces() -> dict[str, str]:
         port = s.getsockname()[1]
 
     def init() -> int:
-        from iscsi_scst.iscsi import iscsi_init, iscsi_template
-        from iscsi_scst.target import iscsi_add_portal, iscsi_target_add
-        from scst_core.main import scst_acg_add_lun, scst_find_device
-        from vdisk.vdisk import vdisk_add_device, vdisk_init
         if vdisk_init() or iscsi_init() or vdisk_add_device("vdisk_fileio", "disk0",
                                                             {"filename": path}):
             return -1
@@ -434,8 +432,6 @@ def record_traces() -> dict[str, str]:
         return 0
 
     def exit_fn() -> None:
-        from iscsi_scst.iscsi import iscsi_exit
-        from vdisk.vdisk import vdisk_exit
         iscsi_exit()
         vdisk_exit()
 
@@ -501,7 +497,7 @@ def _block_re(name: str) -> re.Pattern[str]:
 def render(text: str, blocks: dict[str, str]) -> str:
     """text with each of `blocks` it marks replaced by the new body."""
     for name, body in blocks.items():
-        text = _block_re(name).sub(lambda m: m.group(1) + body + "\n" + m.group(3), text)
+        text = _block_re(name).sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(3), text)
     return text
 
 

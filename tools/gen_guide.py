@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import socket
 import struct
@@ -33,7 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from tests.initiator import TMF_ABORT_TASK, TMF_LUN_RESET, Initiator, TaskAborted
 from tools import trace_export, trace_html

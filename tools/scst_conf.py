@@ -75,7 +75,8 @@ _BOOL_ATTRS = frozenset(("enabled", "read_only", "nv_cache", "write_through", "o
                          "removable", "rotational", "thin_provisioned"))
 _YESNO_ATTRS = frozenset(("InitialR2T", "ImmediateData"))
 _INT_ATTRS = frozenset(("blocksize", "physical_blocksize", "rel_tgt_id",
-                        "MaxRecvDataSegmentLength", "MaxXmitDataSegmentLength", "MaxBurstLength", "FirstBurstLength",
+                        "MaxRecvDataSegmentLength", "MaxXmitDataSegmentLength", "MaxBurstLength",
+                        "FirstBurstLength",
                         "MaxOutstandingR2T", "QueuedCommands", "RspTimeout", "NopInInterval",
                         "NopInTimeout", "size_mb", "sanitize_rate"))
 # What the vdisk handlers accept, checked here so that the error names the line

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from iscsi_scst.target import target_list
 from kshim.engine_sim import Simulation
 from kshim.err import errname
-from tools.boot import BootConfig, failures, target_exit, target_init
+from .boot import BootConfig, failures, target_exit, target_init
 
 DEFAULT_ADDR = ("10.0.0.1", 3260)
 DEFAULT_IQN = "iqn.2026-01.org.uscst.sim:disk0"

@@ -1,20 +1,20 @@
 """An embeddable iSCSI target for initiator developers, with faults in plain words.
 
-    from tools.testing import UscstTarget
+    from uscst_tools.testing import UscstTarget    # tools.testing in a checkout
 
     with UscstTarget() as target:              # a real target on a loopback port
         target.script("fail the 3rd WRITE with MEDIUM ERROR at its first LBA")
         run_my_initiator(target.url)           # iscsi://127.0.0.1:PORT/IQN/0
         assert target.injected("fail_scsi_cmd") == 1
 
-or as a pytest fixture (`pytest -p tools.testing`, or import `uscst_target`
+or as a pytest fixture (`pytest -p uscst_tools.testing`, or import `uscst_target`
 into a conftest.py):
 
     def test_my_initiator_retries(uscst_target):
         uscst_target.script("answer TASK SET FULL to the next 4 commands")
         ...
 
-The target is a uscstd subprocess (`python -m tools.uscstd --debug`), not
+The target is a uscstd subprocess (`uscstd --debug`, run as `python -m`), not
 in-process: the daemon's engine owns its thread's event loop and signal
 handling, so it runs in a process of its own. It serves one LUN, a sparse
 file of `size` bytes in a temporary directory, on 127.0.0.1 and a free
@@ -45,13 +45,13 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
 
-from tools.uscstadmin import Ctl, Failed
+from . import module_argv
+from .uscstadmin import Ctl, Failed
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_IQN = "iqn.2026-11.org.uscst:testing"
@@ -148,7 +148,7 @@ class UscstTarget:
         self.port = _free_port()
         self.control = str(self.workdir / "ctl.sock")
         self.log = self.workdir / "uscstd.err"
-        argv = [sys.executable, "-m", "tools.uscstd", "--portal", f"{self.host}:{self.port}",
+        argv = [*module_argv("uscstd"), "--portal", f"{self.host}:{self.port}",
                 "--disk", str(self.workdir / "disk.img"), "--size", self.size,
                 "--blocksize", str(self.blocksize), "--iqn", self.iqn,
                 "--control", self.control]

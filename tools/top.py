@@ -36,7 +36,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from tools.uscstadmin import Failed
+from .uscstadmin import Failed
 
 SPARK = " ▁▂▃▄▅▆▇█"
 HISTORY = 40

@@ -90,7 +90,7 @@ def decode(raw: dict) -> list[dict]:
     out = []
     for ts, name, ctx, args in raw["records"]:
         d = {"ts": ts, "event": name, "ctx": ctx}
-        d.update(zip(fields.get(name, []), args))
+        d.update(zip(fields.get(name, []), args, strict=False))
         out.append(d)
     out.sort(key=lambda d: (d["ts"], -d.get("dur", 0)))
     return out

@@ -18,7 +18,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from tools.trace_export import CPU_TID, SOFTIRQ_TID
+from .trace_export import CPU_TID, SOFTIRQ_TID
 
 # scst_const.h SCST_ABORT_TASK ... (the fn of scst_tmf events)
 TMF_NAMES = {0: "ABORT TASK", 1: "ABORT TASK SET", 2: "CLEAR ACA", 3: "CLEAR TASK SET",

@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from tools.modcheck import check_module_file
+from .modcheck import check_module_file
 
 ROOT = "/kernel/scst_tgt"
 EXIT_FAILED = 1
@@ -78,7 +78,7 @@ class Ctl:
         except OSError as e:
             self.sock.close()
             raise Failed(f"cannot reach uscstd at {path}: {e.strerror or e} "
-                         f"(is it running? use --socket)", EXIT_NO_DAEMON)
+                         f"(is it running? use --socket)", EXIT_NO_DAEMON) from None
         self.f = self.sock.makefile("rwb")
 
     def call(self, op: str, **kw: Any) -> dict:
@@ -87,7 +87,7 @@ class Ctl:
             self.f.flush()
             line = self.f.readline()
         except OSError as e:
-            raise Failed(f"control socket {self.path}: {e}", EXIT_NO_DAEMON)
+            raise Failed(f"control socket {self.path}: {e}", EXIT_NO_DAEMON) from None
         if not line:
             raise Failed(f"uscstd closed the control socket {self.path}", EXIT_NO_DAEMON)
         rsp = json.loads(line)
@@ -598,7 +598,7 @@ def config_cmd(o: Obj, file: str, force: bool, dry_run: bool) -> None:
         with open(file, encoding="utf-8") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
-        raise Failed(f"cannot read {file}: {e}")
+        raise Failed(f"cannot read {file}: {e}") from None
     rsp = o.ctl.call("config_apply", text=text, filename=file, force=force, dry_run=dry_run)
     if o.as_json:
         click.echo(json.dumps(rsp))
@@ -626,7 +626,7 @@ def write_config(o: Obj, file: str | None) -> None:
         os.chmod(tmp, 0o600)
         os.replace(tmp, file)
     except OSError as e:
-        raise Failed(f"cannot write {file}: {e.strerror}")
+        raise Failed(f"cannot write {file}: {e.strerror}") from None
     o.done(f"configuration written to {file}")
 
 
@@ -683,7 +683,7 @@ def trace_stop(o: Obj) -> None:
 @pass_obj
 def trace_dump(o: Obj, out: str, fmt: str) -> None:
     """Write the ring: Perfetto/Chrome trace-event JSON, the raw records, or text."""
-    from tools import trace_export     # the exporter is needed by this command only
+    from . import trace_export     # the exporter is needed by this command only
     if fmt == "text":
         text = o.ctl.call("read", path=f"{TRACING}/trace")["value"]
     else:
@@ -696,7 +696,7 @@ def trace_dump(o: Obj, out: str, fmt: str) -> None:
         with open(out, "w", encoding="utf-8") as f:
             f.write(text)
     except OSError as e:
-        raise Failed(f"cannot write {out}: {e.strerror}")
+        raise Failed(f"cannot write {out}: {e.strerror}") from None
     o.done(f"trace written to {out}")
 
 
@@ -708,22 +708,22 @@ def trace_dump(o: Obj, out: str, fmt: str) -> None:
 def trace_html_cmd(trace_file: str, out: str, itt: str | None, login: int | None) -> None:
     """Draw a dumped trace (Perfetto JSON) as a self-contained HTML page:
     a timeline of kthreads and softirqs and a command's sequence diagram."""
-    from tools import trace_html    # needed by this command only
+    from . import trace_html    # needed by this command only
     try:
         itt_n = int(itt, 0) if itt is not None else None
     except ValueError:
-        raise Failed(f"--itt {itt!r} is not a number (e.g. 0x1a)", 2)
+        raise Failed(f"--itt {itt!r} is not a number (e.g. 0x1a)", 2) from None
     try:
         with open(trace_file, encoding="utf-8") as f:
             doc = json.load(f)
         page = trace_html.render_html(doc, itt_n, login)
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-        raise Failed(f"{trace_file}: not a trace from `uscstadmin trace dump`: {e}")
+        raise Failed(f"{trace_file}: not a trace from `uscstadmin trace dump`: {e}") from None
     try:
         with open(out, "w", encoding="utf-8") as f:
             f.write(page)
     except OSError as e:
-        raise Failed(f"cannot write {out}: {e.strerror}")
+        raise Failed(f"cannot write {out}: {e.strerror}") from None
     click.echo(f"wrote {out}")
 
 
@@ -738,7 +738,7 @@ def top_cmd(o: Obj, once: bool, interval: float, max_seconds: float) -> None:
     """Live view: kthreads, softirqs, workqueues, slabs, locks, and per
     session/LUN IOPS, MB/s, latency and outstanding commands (keys: s sort,
     d drill into a session, a all, q quit)."""
-    from tools import top    # rich and the parser load for this command only
+    from . import top    # rich and the parser load for this command only
     if once:
         click.echo(top.render_once(o.ctl, interval), nl=False)
     else:

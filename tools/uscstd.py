@@ -34,10 +34,14 @@ from typing import Any, Callable, NoReturn
 import trio
 
 from iscsi_scst.config import ISCSI_NAME_RE, iscsi_parse_portal
+from iscsi_scst.iscsi import iscsi_metrics
 from kshim import engine, engine_ctl, fault_inject, fault_inject_debugfs
+from kshim.engine_metrics import format_metrics, metrics_service
 from kshim.err import EINVAL, errname
+from kshim.proc import proc_create, remove_proc_entry
+from scst_core.stats import scst_metrics
 from scst_core.sysfs import scst_sysfs_schema
-from tools import boot, scst_conf
+from . import boot, scst_conf
 
 DEFAULT_IQN = "iqn.2026-11.org.uscst:default"
 DEFAULT_PORTAL = "127.0.0.1:3260"
@@ -159,9 +163,9 @@ def resolve(args: argparse.Namespace) -> dict:
             with open(config, encoding="utf-8") as f:
                 config_text = f.read()
         except OSError as e:
-            raise UsageError(f"cannot read --config {args.config}: {e.strerror}")
+            raise UsageError(f"cannot read --config {args.config}: {e.strerror}") from None
         except UnicodeDecodeError:
-            raise UsageError(f"--config {args.config} is not UTF-8 text")
+            raise UsageError(f"--config {args.config} is not UTF-8 text") from None
     if args.fuse and not os.path.isdir(args.fuse):
         raise UsageError(f"--fuse {args.fuse}: not a directory")
     if args.config:
@@ -174,7 +178,7 @@ def resolve(args: argparse.Namespace) -> dict:
             try:
                 os.makedirs(data_dir, exist_ok=True)
             except OSError as e:
-                raise UsageError(f"cannot create data directory {data_dir}: {e.strerror}")
+                raise UsageError(f"cannot create data directory {data_dir}: {e.strerror}") from None
             disk = os.path.join(data_dir, "disk0.img")
         if os.path.isdir(disk):
             raise UsageError(f"--disk {disk} is a directory")
@@ -186,7 +190,7 @@ def resolve(args: argparse.Namespace) -> dict:
     try:
         fault_inject.apply_fault_specs(faults, dry_run=True)
     except ValueError as e:
-        raise UsageError(f"--fault: {e}")
+        raise UsageError(f"--fault: {e}") from None
     # Persistent reservations with APTPL live beside the data.
     state_dir = (args.data_dir or (os.path.dirname(disk) if disk else None)
                  or default_data_dir())
@@ -350,10 +354,6 @@ def serve(cfg: dict) -> int:
 def _proc_metrics() -> None:
     """The same counters as text for the control socket's `proc metrics`
     (uscstadmin top reads them there, --metrics or not)."""
-    from iscsi_scst.iscsi import iscsi_metrics     # the metrics glue is all here
-    from kshim.engine_metrics import format_metrics
-    from kshim.proc import proc_create, remove_proc_entry
-    from scst_core.stats import scst_metrics
     remove_proc_entry("metrics")
     proc_create("metrics", lambda: format_metrics(scst_metrics() + iscsi_metrics()).decode())
 
@@ -361,9 +361,6 @@ def _proc_metrics() -> None:
 def _metrics_service(where: tuple[str, int], warn: Callable[[str], None]) -> Any:
     """--metrics: the Prometheus endpoint over the SCST core's and the iSCSI
     driver's counters (an engine service, like the control socket)."""
-    from iscsi_scst.iscsi import iscsi_metrics     # the metrics glue is all here
-    from kshim.engine_metrics import metrics_service
-    from scst_core.stats import scst_metrics
     return metrics_service(where[0], where[1], [scst_metrics, iscsi_metrics], on_error=warn,
                            on_ready=lambda a: print(f"uscstd: metrics at http://{a}/metrics",
                                                     flush=True))

@@ -34,7 +34,7 @@ add_device parameters are fileio's but o_direct (always direct here).
 from __future__ import annotations
 
 from kshim.dmapool import dma_pool, dma_pool_alloc, dma_pool_create, dma_pool_destroy, dma_pool_free
-from kshim.err import EINVAL, EIO, ENOMEM, ENOSPC, IS_ERR
+from kshim.err import EINVAL, EIO, ENOMEM, ENOSPC
 from kshim.fail_function import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
 from kshim.fs import (EIOCBQUEUED, IOCB_DSYNC, O_DIRECT, STATX_DIOALIGN, file, file_inode,
                       filp_close, i_size_read, kiocb, kstat, vfs_getattr, vfs_iocb_iter_read,
@@ -249,7 +249,7 @@ def blockio_attach(dev: scst_device) -> int:
     global blockio_bounce_pool, blockio_nr_devs
     virt_dev: scst_vdisk_dev = dev.dh_priv
     f = fileio_open_backing(dev, O_DIRECT)
-    if IS_ERR(f):
+    if isinstance(f, int):
         return f
     ret = _blockio_check_align(virt_dev, f)
     if ret < 0:

@@ -25,15 +25,16 @@ scst_core.sysfs when this module is imported (vdisk_init imports it).
 """
 from __future__ import annotations
 
-from kshim.err import IS_ERR
+from kshim.err import EBUSY
 from kshim.fs import O_LARGEFILE, O_RDONLY, file, file_inode, filp_close, filp_open, i_size_read
 from kshim.kobject import kobject
 from kshim.printk import pr_err, pr_info
 from kshim.sysfs import __ATTR_RO, __ATTR_RW, kobj_attribute
 from scst_core.const import TYPE_ROM, scst_sense_medium_changed_UA, scst_sense_medium_removal_prevented
-from scst_core.lib import scst_set_invalid_field_in_cdb
+from scst_core.lib import scst_set_cmd_error, scst_set_invalid_field_in_cdb
 from scst_core.scst import scst_cmd, scst_device
 from scst_core.sysfs import scst_attr_show_key, scst_devt_sysfs, scst_register_devt_sysfs
+from scst_core.ua import scst_queue_ua
 from vdisk.fileio import fileio_exec_nowait, fileio_io_ops
 from vdisk.vdisk import (scst_vdisk_dev, vdisk_attach_common, vdisk_copy_resp,
                          vdisk_cdrom_exec_table, vdisk_detach_common, vdisk_do_exec,
@@ -54,7 +55,7 @@ def _open_image(virt_dev: scst_vdisk_dev) -> int:
         virt_dev.file, virt_dev.file_size, virt_dev.media_present = None, 0, False
         return 0
     f = filp_open(virt_dev.filename, O_RDONLY | O_LARGEFILE)
-    if IS_ERR(f):
+    if isinstance(f, int):
         pr_err(f"vcdrom: {virt_dev.name}: cannot open {virt_dev.filename}: {f}")
         return f
     virt_dev.file = f
@@ -90,8 +91,6 @@ def cdrom_detach(dev: scst_device) -> None:
 def vcdrom_change(virt_dev: scst_vdisk_dev, filename: str) -> int:
     """Load another image ("" ejects). 0, -EBUSY while removal is
     prevented, or the open's -errno. Task context."""
-    from kshim.err import EBUSY
-    from scst_core.ua import scst_queue_ua
     if virt_dev.prevent_medium_removal:
         return -EBUSY
     _close_image(virt_dev)
@@ -193,7 +192,6 @@ def vcdrom_exec_start_stop(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
     if b4 >> 4 or not b4 & 0x02:
         return
     if virt_dev.prevent_medium_removal:
-        from scst_core.lib import scst_set_cmd_error
         scst_set_cmd_error(cmd, scst_sense_medium_removal_prevented)
         return
     if b4 & 0x01:
@@ -224,7 +222,6 @@ def vcdrom_filename_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
     """Load the image named in buf, or eject with an empty buf. Task
     context. len(buf), -EBUSY while removal is prevented, or the open's
     -errno."""
-    from kshim.err import EBUSY
     virt_dev: scst_vdisk_dev = kobj.private.dh_priv
     fn = buf.strip()
     if fn == virt_dev.filename and virt_dev.media_present == bool(fn):

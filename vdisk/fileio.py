@@ -212,9 +212,9 @@ def fileio_open_backing(dev: scst_device, extra_flags: int) -> "file | int":
         flags |= O_DSYNC
     want_size = virt_dev.file_size
     f = filp_open(virt_dev.filename, flags)
-    if IS_ERR(f) and want_size > 0 and not virt_dev.rd_only:
+    if isinstance(f, int) and want_size > 0 and not virt_dev.rd_only:
         f = filp_open(virt_dev.filename, flags | O_CREAT, 0o600)
-        if not IS_ERR(f):
+        if not isinstance(f, int):
             ret = vfs_truncate(f, want_size)
             if ret < 0:
                 pr_err(f"{who}: cannot size {virt_dev.filename} to {want_size} bytes: {ret}")
@@ -253,7 +253,7 @@ def fileio_attach(dev: scst_device) -> int:
     """Open the backing file (creating it sparse if a size was given and it
     is missing) and publish the geometry. 0 or -errno."""
     f = fileio_open_backing(dev, O_DIRECT if dev.dh_priv.o_direct else 0)
-    if IS_ERR(f):
+    if isinstance(f, int):
         return f
     fileio_publish_backing(dev, f, fileio_io_ops)
     return 0

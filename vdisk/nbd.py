@@ -57,6 +57,8 @@ outgoing connections).
 """
 from __future__ import annotations
 
+from typing import cast
+
 import attrs
 
 from kshim.err import EINVAL, ENOSPC, ENOTCONN, ESHUTDOWN
@@ -297,7 +299,7 @@ class nbd_io:
 def _nbd_io_end(c: nbd_cmd) -> None:
     """end_io of one request of an nbd_io (the connection thread): when the
     last one is in, flush if the write needs it, else complete the command."""
-    io: nbd_io = c.private
+    io = cast(nbd_io, c.private)
     io.pending -= 1
     if io.pending:
         return

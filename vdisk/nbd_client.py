@@ -51,7 +51,7 @@ from kshim.net import (AF_INET, AF_INET6, AF_UNIX, MSG_DONTWAIT, SHUT_RDWR, SOCK
                        kernel_sock_shutdown, sock_create_kern, sock_release,
                        tcp_sock_set_nodelay)
 from kshim.printk import pr_err, pr_info, pr_warn
-from kshim.sched import MAX_SCHEDULE_TIMEOUT
+from kshim.sched import MAX_SCHEDULE_TIMEOUT, task_struct
 from kshim.spinlock import spin_lock_bh, spin_unlock_bh, spinlock_t
 from kshim.wait import (wait_event_interruptible, wait_event_interruptible_timeout,
                         wait_queue_head, wake_up, wake_up_all)
@@ -130,7 +130,7 @@ class nbd_device:
     progress: bool = True
     reconnects: int = 0
     stopping: bool = False
-    task: object = None              # the connection thread's task_struct
+    task: task_struct | None = None  # the connection thread
     # protected by queue_lock (spin_lock_bh: exec_nowait queues from any
     # context): every request not yet answered, by cookie, and those not
     # yet sent on this connection, in order
@@ -139,7 +139,7 @@ class nbd_device:
     tx_queue: list = attrs.field(factory=list)
     cookies: itertools.count = attrs.field(factory=lambda: itertools.count(1))
     tx_wq: wait_queue_head = attrs.field(factory=lambda: wait_queue_head("nbd.tx_wq"))
-    tx_task: object = None           # the send thread's task_struct
+    tx_task: task_struct | None = None  # the send thread
     # set by nbd_data_ready (softirq), cleared by the connection thread
     rx_ready: bool = False
     rx_wq: wait_queue_head = attrs.field(factory=lambda: wait_queue_head("nbd.rx_wq"))

@@ -234,7 +234,7 @@ def vdisk_exec_write_atomic(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
     length = cmd.data_len
     if length == 0:
         return
-    from vdisk.vdisk import VDISK_MAX_ATOMIC_BYTES
+    from vdisk.vdisk import VDISK_MAX_ATOMIC_BYTES  # cycle: vdisk imports sbc
     if length > VDISK_MAX_ATOMIC_BYTES:
         scst_set_invalid_field_in_cdb(cmd, 12)
         return

@@ -55,7 +55,9 @@ def vdisk_default(dev: scst_device) -> scst_vdisk_dev:
     if d is None:
         params = {"vdisk_nullio": {}, "vdisk_nbd": {"uri": "-"}}.get(dev.handler.name,
                                                                      {"filename": "-"})
-        d = vdisk_alloc_dev(dev.handler.name, dev.virt_name, params)[0]
+        r = vdisk_alloc_dev(dev.handler.name, dev.virt_name, params)
+        assert not isinstance(r, int), r        # no parameters: nothing to refuse
+        d = r[0]
         vdisk_defaults[key] = d
     return d
 

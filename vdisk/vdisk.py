@@ -13,7 +13,8 @@ blockio.py, nullio.py and cdrom.py hold the handlers' own parts.
 
 Contexts: parse() from any context (never sleeps). exec() runs where the
 core runs it: a device kthread for vdisk_fileio, vdisk_blockio, vcdrom
-(they sleep in vfs calls) and vdisk_nbd (it sleeps until the server answers), any context for vdisk_nullio (exec_atomic). vdisk_add_device,
+(they sleep in vfs calls) and vdisk_nbd (it sleeps until the server
+answers), any context for vdisk_nullio (exec_atomic). vdisk_add_device,
 vdisk_del_device, vdisk_init and vdisk_exit sleep: task context.
 
 Differs from SCST: backends plug in through a vdisk_io_ops record instead
@@ -27,15 +28,16 @@ from the core's ALUA code (scst_core.tg), as SCST's scst_tg.c provides them.
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from typing import Any, Callable
 
 import attrs
 
-from kshim.err import EEXIST, EINVAL, ENODEV, ENOENT, IS_ERR
+from kshim.err import EEXIST, EINVAL, ENODEV, ENOENT
 from kshim.module import (MODULE_DESCRIPTION, MODULE_LICENSE, MODULE_PARM_DESC, THIS_MODULE,
                           module_exit, module_init, module_param)
 from kshim.mutex import mutex
 from kshim.printk import pr_err, pr_info
+from kshim.sched import task_struct
 from kshim.scatterlist import sg_copy_from_buffer
 from scst_core.const import (ASSOCIATION_LU, CODE_SET_ASCII, CODE_SET_BINARY, CODE_SET_UTF8,
                              DESIGNATOR_TYPE_NAA, DESIGNATOR_TYPE_SCSI_NAME_STRING,
@@ -58,7 +60,9 @@ from scst_core.const import (ASSOCIATION_LU, CODE_SET_ASCII, CODE_SET_BINARY, CO
 from scst_core.lib import (scst_build_sense, scst_get_buf_full, scst_set_cmd_error,
                            scst_set_invalid_field_in_cdb,
                            scst_set_invalid_field_in_parm_list, scst_set_resp_data_len)
-from scst_core.pres import (scst_dev_reset_hooks, scst_pr_clear_dev, scst_pr_exec_in,
+from scst_core.main import (scst_register_virtual_dev_driver, scst_register_virtual_device,
+                            scst_unregister_virtual_dev_driver, scst_unregister_virtual_device)
+from scst_core.pres import (scst_dev_reset_hooks, scst_pr_clear_dev, scst_pr_dev, scst_pr_exec_in,
                             scst_pr_exec_out, scst_pr_init_dev,
                             scst_pr_nexus_gone, scst_release_local, scst_reserve_local)
 from scst_core.scst import (SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME, SCST_EXEC_COMPLETED,
@@ -67,6 +71,8 @@ from scst_core.scst import (SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME, SCST_EXEC
 from scst_core.tg import (scst_tg_exec_report_tpgs, scst_tg_port_designators,
                           scst_tg_set_group_info, scst_tg_tpgs)
 from scst_core.ua import scst_queue_ua
+from vdisk.opcodes import (vdisk_report_supported_opcodes, vdisk_report_supported_tm_fns,
+                           vdisk_usage_table)
 
 # Design notes:
 # - parse() does every check that needs no I/O (write protection, PI
@@ -164,13 +170,14 @@ class scst_vdisk_dev:
     # a handler's own add_device parameters (vdisk_nbd's uri...), as given
     backend_params: dict = attrs.field(factory=dict)
     # set by attach, cleared by detach: touched by task context only
-    # kshim.fs.file for fileio, blockio and vcdrom; vdisk.nbd_client.nbd_device for vdisk_nbd
-    file: object = None
+    # the backend's handle, void * to the core: a kshim.fs.file for fileio,
+    # blockio and vcdrom; a vdisk.nbd_client.nbd_device for vdisk_nbd
+    file: Any = None
     file_size: int = 0                  # bytes the device exposes
     nblocks: int = 0
     dev: scst_device | None = None
     io_ops: vdisk_io_ops | None = None
-    pr_dev: object = None               # scst_core.pres.scst_pr_dev, set by attach
+    pr_dev: scst_pr_dev | None = None   # set by attach
     # mode parameters and medium state: changed only by MODE SELECT,
     # START STOP UNIT and PREVENT ALLOW, which the core serializes
     # (SCST_STRICTLY_SERIALIZED) or which touch one bool: no lock.
@@ -193,7 +200,7 @@ class scst_vdisk_dev:
     sanitize_state: int = VDISK_SANITIZE_NONE   # the exec gate tests only this
     sanitize_progress: int = 0                  # 0..65535 of the running operation
     sanitize_ause: bool = False                 # AUSE of the operation that failed
-    sanitize_thread: object = None              # task_struct of the running operation
+    sanitize_thread: task_struct | None = None  # the kthread of the running operation
     sanitize_cmd: scst_cmd | None = None        # SANITIZE IMMED=0 waiting for the end
 
 
@@ -368,7 +375,7 @@ def _supported_vpd_pages(virt_dev: scst_vdisk_dev) -> bytes:
     if virt_dev.cdrom:
         return bytes((VPD_SUPPORTED_PAGES, VPD_UNIT_SERIAL_NUMBER, VPD_DEVICE_IDENTIFICATION,
                       VPD_EXTENDED_INQUIRY))
-    from vdisk.xcopy import VPD_THIRD_PARTY_COPY
+    from vdisk.xcopy import VPD_THIRD_PARTY_COPY  # cycle: xcopy imports this module
     return bytes((VPD_SUPPORTED_PAGES, VPD_UNIT_SERIAL_NUMBER, VPD_DEVICE_IDENTIFICATION,
                   VPD_EXTENDED_INQUIRY, VPD_THIRD_PARTY_COPY, VPD_BLOCK_LIMITS,
                   VPD_BLOCK_DEVICE_CHARACTERISTICS, VPD_LOGICAL_BLOCK_PROVISIONING))
@@ -443,7 +450,7 @@ def _vpd_page(page: int, cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> bytes | Non
     elif page == VPD_LOGICAL_BLOCK_PROVISIONING:
         body = vdisk_lbp(virt_dev)[4:]
     elif page == 0x8F and not virt_dev.cdrom:   # Third-party Copy (vdisk.xcopy)
-        from vdisk.xcopy import vdisk_third_party_copy_vpd
+        from vdisk.xcopy import vdisk_third_party_copy_vpd  # cycle: xcopy imports this module
         body = vdisk_third_party_copy_vpd(virt_dev)
     else:
         return None
@@ -475,7 +482,7 @@ def vdisk_exec_request_sense(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
     buf = bytearray(96)
     if virt_dev.sanitize_state:
         # SBC-3 4.11.2: the sanitize state, with its progress indication.
-        from vdisk.sbc import vdisk_sanitize_sense
+        from vdisk.sbc import vdisk_sanitize_sense  # cycle: sbc imports this module
         vdisk_copy_resp(cmd, buf[:vdisk_sanitize_sense(buf, desc, virt_dev)])
         return
     pending = vdisk_pending_sense_hook(cmd) if vdisk_pending_sense_hook is not None else None
@@ -837,6 +844,7 @@ def vdisk_exec_verify(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
         got = bytearray(n)
         if ops.read_into(virt_dev, cmd, pos + done, got) != 0:
             return
+        want: bytes | memoryview
         if bytchk == 1:
             want = expect[done:done + n]
         else:                           # one block compared against each block
@@ -903,7 +911,6 @@ def vdisk_exec_unmap(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
 
 
 def vdisk_exec_maintenance_in(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
-    from vdisk.opcodes import vdisk_report_supported_opcodes, vdisk_report_supported_tm_fns
     sa = cmd.cdb[1] & 0x1F
     if sa == 0x0C:
         data = vdisk_report_supported_opcodes(cmd, vdisk_usage(virt_dev))
@@ -931,7 +938,6 @@ _usage_cache: dict = {}
 
 def vdisk_usage(virt_dev: scst_vdisk_dev) -> dict:
     """The REPORT SUPPORTED OPERATION CODES rows of this device's type."""
-    from vdisk.opcodes import vdisk_usage_table
     key = "cdrom" if virt_dev.cdrom else "disk"
     u = _usage_cache.get(key)
     if u is None:
@@ -1029,7 +1035,7 @@ def vdisk_do_exec(cmd: scst_cmd) -> int:
         scst_set_cmd_error(cmd, scst_sense_invalid_opcode)
     elif not cmd.status:
         if virt_dev.sanitize_state:
-            from vdisk.sbc import vdisk_sanitize_check
+            from vdisk.sbc import vdisk_sanitize_check  # cycle: sbc imports this module
             if vdisk_sanitize_check(cmd, virt_dev):
                 return vdisk_cmd_done(cmd)
         if fn(cmd, virt_dev) == VDISK_EXEC_ASYNC:
@@ -1050,7 +1056,7 @@ def vdisk_attach_common(dev: scst_device, virt_dev: scst_vdisk_dev) -> None:
 
 
 def vdisk_detach_common(dev: scst_device, virt_dev: scst_vdisk_dev) -> None:
-    from vdisk.sbc import vdisk_sanitize_stop
+    from vdisk.sbc import vdisk_sanitize_stop  # cycle: sbc imports this module
     vdisk_sanitize_stop(virt_dev)       # before the backend closes the file
     scst_pr_clear_dev(dev)
     virt_dev.pr_dev = None
@@ -1226,7 +1232,6 @@ def vdisk_add_device(handler_name: str, dev_name: str, params: dict[str, str]) -
     """Create a device of the named vdisk handler (management's add_device).
     0, or -EINVAL (bad parameter), -ENODEV (no such handler), -EEXIST, or
     the attach's -errno. Task context."""
-    from scst_core.main import scst_register_virtual_device
     devt = vdisk_devtypes.get(handler_name)
     if devt is None:
         pr_err(f"vdisk: no handler named {handler_name}")
@@ -1235,11 +1240,11 @@ def vdisk_add_device(handler_name: str, dev_name: str, params: dict[str, str]) -
         pr_err(f"vdisk: device {dev_name} already exists")
         return -EEXIST
     r = vdisk_alloc_dev(handler_name, dev_name, params)
-    if IS_ERR(r):
+    if isinstance(r, int):
         return r
     virt_dev, _ = r
     dev = scst_register_virtual_device(devt, dev_name, virt_dev)
-    if IS_ERR(dev):
+    if isinstance(dev, int):
         return dev
     vdisk_dev_list[dev_name] = virt_dev
     pr_info(f"vdisk: {handler_name} device {dev_name} added: {virt_dev.nblocks} blocks of "
@@ -1249,7 +1254,6 @@ def vdisk_add_device(handler_name: str, dev_name: str, params: dict[str, str]) -
 
 def vdisk_del_device(dev_name: str) -> int:
     """Remove a vdisk device: 0, -ENOENT, or -EBUSY while it has LUNs."""
-    from scst_core.main import scst_unregister_virtual_device
     virt_dev = vdisk_dev_list.get(dev_name)
     if virt_dev is None or virt_dev.dev is None:
         pr_err(f"vdisk: no device named {dev_name}")
@@ -1275,7 +1279,6 @@ def vdisk_init() -> int:
     the core, and their attributes with the management tree."""
     # These import this file (they are scst_vdisk.c's other parts): a cycle
     # C does not have, broken at call time.
-    from scst_core.main import scst_register_virtual_dev_driver, scst_unregister_virtual_dev_driver
     from vdisk.blockio import blockio_devtype
     from vdisk.cdrom import cdrom_devtype
     from vdisk.fileio import fileio_devtype
@@ -1285,7 +1288,7 @@ def vdisk_init() -> int:
     if not 1 <= num_threads <= 128:
         pr_err(f"vdisk: num_threads {num_threads} must be in 1..128")
         return -EINVAL
-    done = []
+    done: list[scst_dev_type] = []
     for devt in (fileio_devtype, blockio_devtype, nullio_devtype, cdrom_devtype, nbd_devtype):
         devt.owner = THIS_MODULE()
         if not devt.exec_atomic:
@@ -1304,8 +1307,7 @@ def vdisk_init() -> int:
 
 
 def vdisk_exit() -> None:
-    from scst_core.main import scst_unregister_virtual_dev_driver   # the cycle vdisk_init names
-    from vdisk.sysfs import vdisk_sysfs_exit
+    from vdisk.sysfs import vdisk_sysfs_exit  # cycle: sysfs imports this module
     vdisk_sysfs_exit()
     for name in list(vdisk_devtypes)[::-1]:
         devt = vdisk_devtypes.pop(name)

@@ -54,7 +54,7 @@ from scst_core.lib import (scst_get_buf_full, scst_set_cmd_error,
                            scst_set_cmd_error_status, scst_set_invalid_field_in_cdb,
                            scst_set_invalid_field_in_parm_list)
 from scst_core.pres import scst_pr_is_cmd_allowed
-from scst_core.scst import scst_cmd, scst_session
+from scst_core.scst import scst_cmd, scst_session, scst_tgt_dev
 from vdisk.vdisk import scst_vdisk_dev, vdisk_copy_resp, vdisk_need_sync
 
 # Design notes:
@@ -150,7 +150,7 @@ class _cm_tgt_descr:
     """One parsed CSCD descriptor (scst_copy_mgr.c: scst_cm_tgt_descr)."""
     param_offs: int
     virt_dev: scst_vdisk_dev
-    tgt_dev: object = None              # the session's scst_tgt_dev for it
+    tgt_dev: scst_tgt_dev | None = None  # the session's for it
 
 
 @attrs.define(slots=True, eq=False)
@@ -253,7 +253,7 @@ def _find_list_id(cmd: scst_cmd, lid: int) -> scst_cm_list_id | None:
 
 # ---------------------------------------------------------------- parsing
 
-def _find_cscd_dev(cmd: scst_cmd, d: memoryview) -> tuple[scst_vdisk_dev, object] | None:
+def _find_cscd_dev(cmd: scst_cmd, d: memoryview) -> tuple[scst_vdisk_dev, scst_tgt_dev] | None:
     """The session's LUN whose NAA designator the CSCD names, or None."""
     code_set = d[4] & 0x0F
     assoc_type = d[5] & 0x3F                 # ASSOCIATION and DESIGNATOR TYPE
@@ -285,7 +285,7 @@ def _parse_id_cscd(cmd: scst_cmd, buf: memoryview, offs: int) -> _cm_tgt_descr |
         return None
     vd, tgt_dev = found
     if vd.dev is None or vd.io_ops is None or not vd.media_present or \
-            getattr(vd, "sanitize_state", 0):   # sanitizing (vdisk.sbc): not usable
+            vd.sanitize_state:   # sanitizing (vdisk.sbc): not usable
         _put_copy_aborted(cmd, scst_sense_copy_target_dev_unreachable, 0, offs, False)
         return None
     if int.from_bytes(d[29:32], "big") != vd.block_size:   # DISK BLOCK LENGTH
@@ -390,7 +390,7 @@ def scst_cm_parse_descriptors(cmd: scst_cmd,
         if buf[offs] != EC_DESCR_ID_CSCD:
             scst_set_cmd_error(cmd, scst_sense_unsupported_tgt_descr_type)
             return None
-    seg_offs = []
+    seg_offs: list[int] = []
     offs = seg_start
     while offs < seg_end:                     # bounded: seg_len / 28 iterations
         if len(seg_offs) == _CM_MAX_SEG_DESCR_CNT:
@@ -440,7 +440,7 @@ def _cm_copy_seg(cmd: scst_cmd, seg: _cm_seg, rec: scst_cm_list_id | None,
         ret = svd.io_ops.read_into(svd, cmd, seg.src_pos + off, piece)
         if ret != 0:
             return ret
-        ret = dvd.io_ops.write_buf(dvd, cmd, seg.dst_pos + off, piece)
+        ret = dvd.io_ops.write_buf(dvd, cmd, seg.dst_pos + off, memoryview(piece))
         if ret != 0:
             return ret
         if rec is not None:

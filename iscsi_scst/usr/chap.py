@@ -120,6 +120,10 @@ def _auth_failed(reason: str) -> NegotiationError:
 
 # --- configuration ----------------------------------------------------------
 
+def _pairs(v: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    return tuple(v)
+
+
 @attrs.frozen
 class chap_credentials:
     """The CHAP accounts of one target, or of discovery sessions (SCST's
@@ -128,7 +132,7 @@ class chap_credentials:
     incoming: (name, secret) pairs an initiator may authenticate as.
     outgoing: (name, secret) the target answers mutual CHAP with, or None."""
     incoming: tuple[tuple[str, str], ...] = attrs.field(
-        default=(), converter=tuple, repr=lambda v: repr([u for u, _ in v]))
+        default=(), converter=_pairs, repr=lambda v: repr([u for u, _ in v]))
     outgoing: tuple[str, str] | None = attrs.field(
         default=None, repr=lambda v: repr(v[0] if v else None))
 

@@ -31,7 +31,7 @@ Differs from SCST:
 from __future__ import annotations
 
 import enum
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Sequence
 
 import attrs
 
@@ -61,6 +61,9 @@ from iscsi_scst.usr.param import (
     pack_text,
     parse_text,
 )
+
+if TYPE_CHECKING:
+    from iscsi_scst.usr.chap import chap_credentials   # chap imports this module
 
 # Design notes
 # - step() never raises for anything an initiator can send: a NegotiationError
@@ -120,6 +123,8 @@ class login_rsp:
 
 class login_target(Protocol):
     """What find_target() returns: a target's login-relevant config."""
+    name: str
+    chap: chap_credentials | None   # None: no CHAP
     tgt_params: iscsi_tgt_params
     alias: str                  # "" for none
     portal_group_tag: int

@@ -27,7 +27,7 @@ Differs from SCST:
 from __future__ import annotations
 
 import enum
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence, cast
 
 import attrs
 
@@ -409,14 +409,15 @@ def negotiate_value(key: iscsi_key, offer: str, ours: object) -> str:
         b = parse_bool(offer)
         if b is None:
             return KEY_REJECT
-        return bool_str((b and ours) if t == KEY_BOOL_AND else (b or ours))
+        return bool_str((b and bool(ours)) if t == KEY_BOOL_AND else (b or bool(ours)))
     if t in (KEY_NUM_MIN, KEY_NUM_MAX):
         n = parse_number(offer)
         if n is None or not key.min <= n <= key.max:
             return KEY_REJECT
-        return str(min(n, ours) if t == KEY_NUM_MIN else max(n, ours))
+        limit = cast(int, ours)
+        return str(min(n, limit) if t == KEY_NUM_MIN else max(n, limit))
     if t == KEY_LIST:
-        v = negotiate_list(offer, ours)
+        v = negotiate_list(offer, cast(Sequence[str], ours))
         return KEY_REJECT if v is None else v
     raise ValueError(f"{key.name} is declarative: nothing to negotiate")
 
@@ -432,17 +433,17 @@ def _answer_ok(key: iscsi_key, offered: str, answer: str) -> bool:
             return False
         return a == o or (t == KEY_BOOL_AND and not a) or (t == KEY_BOOL_OR and a)
     if t in (KEY_NUM_MIN, KEY_NUM_MAX):
-        a = parse_number(answer)
-        o = parse_number(offered)
-        if a is None or o is None or not key.min <= a <= key.max:
+        na = parse_number(answer)
+        no = parse_number(offered)
+        if na is None or no is None or not key.min <= na <= key.max:
             return False
-        return a <= o if t == KEY_NUM_MIN else a >= o
+        return na <= no if t == KEY_NUM_MIN else na >= no
     if t == KEY_LIST:
         return answer in offered.split(",")
     return False
 
 
-def _target_side(tgt: iscsi_tgt_params, name: str) -> object:
+def _target_side(tgt: iscsi_tgt_params, name: str) -> Any:   # bool, int or tuple by the key's type
     return getattr(tgt, _TGT_FIELD[name])
 
 

@@ -8,8 +8,9 @@
    Dynamic imports (__import__, importlib.import_module) are reported too.
 2. kshim is an allowlist too. Only the named engine modules (ENGINE_MODULES:
    engine_posix, engine_trio, engine_ctl, engine_uring (the io_uring
-   binding), engine_sim and its engine_sim_* parts) import host modules; they fill the host-ops table (kshim.host,
-   like LKL's lkl_host_operations) through which every other kshim module
+   binding), engine_sim and its engine_sim_* parts) import host modules;
+   they fill the host-ops table (kshim.host, like LKL's
+   lkl_host_operations) through which every other kshim module
    reaches the host. Those others import kshim, the pure stdlib list and
    KSHIM_EXTRA only, so a new module importing random or subprocess is
    reported. trio and pyfuse3 stay in the trio engine's modules.

@@ -140,7 +140,7 @@ def test_malformed_parameter_lists_and_cdb_fields_are_answered_and_the_server_su
                          read_len=0 if data else read_len, timeout=TIMEOUT)
         except (InitiatorError, OSError, TimeoutError) as e:
             raise AssertionError(f"seed {SEED}, command {i} ({name}, LUN {lun}, CDB {cdb.hex()}, "
-                                 f"data {(data or b'').hex()[:200]}): {type(e).__name__}: {e}")
+                                 f"data {(data or b'').hex()[:200]}): {type(e).__name__}: {e}") from e
         assert r.status is not None
         sent += 1
     ini.logout()

@@ -594,7 +594,7 @@ def test_security_to_full_feature_goes_through_operational_when_target_must_prop
 # --- the table ----------------------------------------------------------------------
 
 def test_every_transition_names_an_existing_action():
-    for (state, ev), tr in login_transitions.items():
+    for tr in login_transitions.values():
         assert callable(getattr(login_session, "_" + tr.action)), tr.action
         assert tr.next_states <= set(login_state)
 

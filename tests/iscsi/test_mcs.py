@@ -242,13 +242,13 @@ def test_reads_and_r2t_writes_flow_on_every_connection_at_once(mcs_server) -> No
             data = _pattern(0xC0DE0000 + i, n)
             # immediate=False: no immediate data, every byte goes after an R2T.
             writes[i] = (ini, s.write(ini, base + i * (n // BS), data, immediate=False), data)
-        for i, (ini, itt, _data) in writes.items():
+        for ini, itt, _data in writes.values():
             res = ini.wait(itt)
             assert res.ok, res
             assert res.r2ts >= 1, f"write on CID {ini.cid} got no R2T"
         # Read each range back on another connection, all in flight together.
         reads = {}
-        for i, ini in enumerate(conns):
+        for i in range(len(conns)):
             other = conns[(i + 1) % len(conns)]
             reads[i] = (other, s.read(other, base + i * (n // BS), n))
         for i, (other, itt) in reads.items():

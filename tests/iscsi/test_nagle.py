@@ -5,26 +5,19 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from uscstd_support import REPO_ROOT, UscstdServer
+from uscstd_support import UscstdServer, uscstadmin_ok, uscstadmin_run
 
 INITIATOR = "iqn.2026-11.org.uscst:nagle-test"
 
 
-def _admin(sock: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tools.uscstadmin", "--socket", str(sock),
-                           *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
-
-
 def _stats(sock: Path, sess: str) -> dict[str, str]:
-    r = _admin(sock, "get", f"{sess}/nagle")
-    assert r.returncode == 0, r.stdout + r.stderr
-    return dict(line.partition(" ")[::2] for line in r.stdout.splitlines() if line)
+    out = uscstadmin_ok(sock, "get", f"{sess}/nagle")
+    return dict(line.partition(" ")[::2] for line in out.splitlines() if line)
 
 
 def _wait_for(pred, what: str, tries: int = 80) -> dict:
@@ -45,8 +38,8 @@ def test_uscstadmin_switches_nagle_on_a_live_connection_and_its_statistics_follo
     srv: UscstdServer = uscstd("--control", str(sock))
     tgt = f"targets/iscsi/{srv.iqn}"
     sess = f"{tgt}/sessions/{INITIATOR}"
-    assert _admin(sock, "get", f"{tgt}/nagle_mode").stdout.strip() == "off"
-    thresholds = [_admin(sock, "get", f"module/iscsi_scst/parameters/nagle_{x}").stdout.strip()
+    assert uscstadmin_ok(sock, "get", f"{tgt}/nagle_mode").strip() == "off"
+    thresholds = [uscstadmin_ok(sock, "get", f"module/iscsi_scst/parameters/nagle_{x}").strip()
                   for x in "TMQ"]
     assert thresholds == ["96", "40", "0"]
     perf = subprocess.Popen(["iscsi-perf", "-i", INITIATOR, "-m", "16", "-b", "1", "-t", "300",
@@ -59,20 +52,20 @@ def test_uscstadmin_switches_nagle_on_a_live_connection_and_its_statistics_follo
         assert float(st["nagle_share"]) == 0.0
         # on, for this session's connection: Nagle mode at its next idle,
         # and the PDUs received since then count as received in Nagle mode
-        r = _admin(sock, "set", f"{sess}/nagle_mode", "0 on")
+        r = uscstadmin_run(sock, "set", f"{sess}/nagle_mode", "0 on")
         assert r.returncode == 0, r.stdout + r.stderr
         st = _wait_for(lambda: (s := _stats(sock, sess)) and float(s["nagle_share"]) > 0 and s,
                        "PDUs counted in Nagle mode")
         assert st["mode"] == "on (set: on)" and st["nagle_now"] == "1"
-        assert _admin(sock, "get", f"{sess}/nagle_mode").stdout.strip() == "0 on"
+        assert uscstadmin_ok(sock, "get", f"{sess}/nagle_mode").strip() == "0 on"
         # back to the target's mode, which is now adaptive
-        assert _admin(sock, "set", f"{tgt}/nagle_mode", "adaptive").returncode == 0
-        assert _admin(sock, "set", f"{sess}/nagle_mode", "target").returncode == 0
+        uscstadmin_ok(sock, "set", f"{tgt}/nagle_mode", "adaptive")
+        uscstadmin_ok(sock, "set", f"{sess}/nagle_mode", "target")
         st = _wait_for(lambda: (s := _stats(sock, sess))["mode"].startswith("adaptive") and s,
                        "the target's adaptive mode")
         assert st["mode"] == "adaptive (set: target)"
         # off again: the share of Nagle-mode PDUs only falls from here
-        assert _admin(sock, "set", f"{sess}/nagle_mode", "off").returncode == 0
+        uscstadmin_ok(sock, "set", f"{sess}/nagle_mode", "off")
         first = _wait_for(lambda: (s := _stats(sock, sess))["mode"].startswith("off") and s,
                           "mode off")
         later = _wait_for(lambda: (s := _stats(sock, sess)) and
@@ -89,10 +82,10 @@ def test_uscstadmin_switches_nagle_on_a_live_connection_and_its_statistics_follo
 def test_bad_nagle_modes_are_refused_with_a_clear_error(uscstd, tmp_path):
     sock = tmp_path / "ctl.sock"
     srv: UscstdServer = uscstd("--control", str(sock))
-    r = _admin(sock, "set", f"targets/iscsi/{srv.iqn}/nagle_mode", "sometimes")
+    r = uscstadmin_run(sock, "set", f"targets/iscsi/{srv.iqn}/nagle_mode", "sometimes")
     assert r.returncode != 0
     assert "Traceback" not in r.stdout + r.stderr
-    assert _admin(sock, "get", f"targets/iscsi/{srv.iqn}/nagle_mode").stdout.strip() == "off"
+    assert uscstadmin_ok(sock, "get", f"targets/iscsi/{srv.iqn}/nagle_mode").strip() == "off"
     srv.assert_healthy()
 
 
@@ -100,11 +93,11 @@ def test_a_target_nagle_mode_other_than_off_is_written_back_by_write_config(uscs
     sock = tmp_path / "ctl.sock"
     srv: UscstdServer = uscstd("--control", str(sock))
     out = tmp_path / "out.conf"
-    assert _admin(sock, "write-config", str(out)).returncode == 0
+    uscstadmin_ok(sock, "write-config", str(out))
     def attr_lines() -> list[str]:
         return [ln.strip() for ln in out.read_text().splitlines()
                 if ln.strip().startswith("nagle_mode")]
     assert attr_lines() == []                                   # off: the default
-    assert _admin(sock, "set", f"targets/iscsi/{srv.iqn}/nagle_mode", "adaptive").returncode == 0
-    assert _admin(sock, "write-config", str(out)).returncode == 0
+    uscstadmin_ok(sock, "set", f"targets/iscsi/{srv.iqn}/nagle_mode", "adaptive")
+    uscstadmin_ok(sock, "write-config", str(out))
     assert attr_lines() == ["nagle_mode adaptive"]

@@ -8,7 +8,7 @@ import os
 import signal
 from typing import Any, Callable
 
-from kshim import bug, debug, engine, printk
+from kshim import bug, engine
 from kshim.engine_sim import Simulation
 
 

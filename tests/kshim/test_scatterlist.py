@@ -27,7 +27,7 @@ def test_copying_across_entries_with_a_skip(kernel):
     def body():
         bufs = [bytearray(4), bytearray(4), bytearray(4)]
         sgl = sg_init_table(3)
-        for sg, b in zip(sgl, bufs):
+        for sg, b in zip(sgl, bufs, strict=True):
             sg_set_buf(sg, b, 4)
         n = sg_copy_from_buffer(sgl, 3, b"abcdefgh", skip=2)
         out = bytearray(6)

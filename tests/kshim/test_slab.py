@@ -276,7 +276,7 @@ def test_attrs_classes_frozen_or_not_are_poisoned(kernel, frozen):
         o = kmem_cache_alloc(c, GFP_KERNEL)
         kmem_cache_free(c, o)
         try:
-            o.v
+            _ = o.v
         except KernelBug:
             caught = True
         else:

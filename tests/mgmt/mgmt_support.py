@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from uscstd_support import uscstadmin_run
+
 REPO = Path(__file__).resolve().parents[2]
 TARGET = "iqn.2026-11.org.uscst:mgmt"
 
@@ -91,8 +93,7 @@ class Daemon:
         return self.log.read_text()
 
     def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        r = subprocess.run([sys.executable, "-m", "tools.uscstadmin", "--socket", self.sock, *args],
-                           cwd=REPO, capture_output=True, text=True, timeout=60)
+        r = uscstadmin_run(self.sock, *args)
         if check and r.returncode != 0:
             raise AssertionError(f"uscstadmin {args} failed ({r.returncode}): {r.stderr}")
         return r

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import stat
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mgmt_support import TARGET, Daemon, base_config  # type: ignore[import-not-found]
+from mgmt_support import TARGET, Daemon  # type: ignore[import-not-found]
 from initiator import Initiator, parse_report_luns
 
 LUNS = f"targets/iscsi/{TARGET}/luns"

@@ -14,20 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from uscstd_support import uscstadmin_ok, uscstadmin_run
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "docs" / "examples" / "vdisk_pattern.py"
 BLOCK = 512
-
-
-def admin(srv, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tools.uscstadmin", "--socket", srv.ctl, *args],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
-
-
-def ok(srv, *args: str) -> str:
-    r = admin(srv, *args)
-    assert r.returncode == 0, f"uscstadmin {args}: {r.returncode} {r.stderr}"
-    return r.stdout
 
 
 @pytest.fixture
@@ -49,7 +40,7 @@ def need(tool: str) -> None:
 
 
 def lsmod(srv) -> dict[str, tuple[int, str]]:
-    rows = ok(srv, "lsmod").splitlines()[1:]
+    rows = uscstadmin_ok(srv.ctl, "lsmod").splitlines()[1:]
     out = {}
     for row in rows:
         m = re.match(r"(\S+)\s+(\d+)\s+(\d+)\s*(.*)$", row)
@@ -90,7 +81,7 @@ def test_lsmod_on_the_default_target_lists_scst_vdisk_iscsi_with_refcounts(targe
 
 
 def test_rmmod_scst_vdisk_with_a_lun_mapped_is_refused_naming_the_holder(target) -> None:
-    r = admin(target, "rmmod", "scst_vdisk")
+    r = uscstadmin_run(target.ctl, "rmmod", "scst_vdisk")
     assert r.returncode == 1
     assert r.stderr.strip() == (f"uscstadmin: -EBUSY: scst_vdisk: module is in use by LUN 0 of "
                                 f"{target.iqn} (refcount 1)")
@@ -102,13 +93,14 @@ def test_rmmod_scst_vdisk_with_a_lun_mapped_is_refused_naming_the_holder(target)
 
 
 def test_module_parameters_live_under_sys_module_and_obey_permissions(target) -> None:
-    assert ok(target, "get", "/module/scst_vdisk/parameters/num_threads").strip() == "8"
-    assert ok(target, "get", "/module/iscsi_scst/parameters/iscsi_max_sessions").strip() == "256"
-    ok(target, "set", "/module/iscsi_scst/parameters/iscsi_max_sessions", "64")
-    assert ok(target, "get", "/module/iscsi_scst/parameters/iscsi_max_sessions").strip() == "64"
-    r = admin(target, "set", "/module/scst_vdisk/parameters/num_threads", "2")    # 0444
+    assert uscstadmin_ok(target.ctl, "get", "/module/scst_vdisk/parameters/num_threads").strip() == "8"
+    max_sessions = "/module/iscsi_scst/parameters/iscsi_max_sessions"
+    assert uscstadmin_ok(target.ctl, "get", max_sessions).strip() == "256"
+    uscstadmin_ok(target.ctl, "set", max_sessions, "64")
+    assert uscstadmin_ok(target.ctl, "get", max_sessions).strip() == "64"
+    r = uscstadmin_run(target.ctl, "set", "/module/scst_vdisk/parameters/num_threads", "2")    # 0444
     assert r.returncode == 1 and "EACCES" in r.stderr
-    r = admin(target, "set", "/module/iscsi_scst/parameters/iscsi_max_sessions", "many")
+    r = uscstadmin_run(target.ctl, "set", "/module/iscsi_scst/parameters/iscsi_max_sessions", "many")
     assert r.returncode == 1 and "invalid for parameter 'iscsi_max_sessions'" in r.stderr
 
 
@@ -118,15 +110,15 @@ def test_the_tutorial_steps_load_serve_refuse_unload_and_reload_an_edit(target,
     need("iscsi-test-cu")
     pid = target.proc.pid
     # 1. check the module stays inside the kernel boundary
-    assert "imports only kshim" in ok(target, "insmod", "--check", str(EXAMPLE))
+    assert "imports only kshim" in uscstadmin_ok(target.ctl, "insmod", "--check", str(EXAMPLE))
     # 2. load it with a parameter, create a device, map it
-    assert ok(target, "insmod", str(EXAMPLE), "dev_size_mb=16").strip() == \
+    assert uscstadmin_ok(target.ctl, "insmod", str(EXAMPLE), "dev_size_mb=16").strip() == \
         "module vdisk_pattern loaded"
-    assert ok(target, "get", "/module/vdisk_pattern/parameters/dev_size_mb").strip() == "16"
+    assert uscstadmin_ok(target.ctl, "get", "/module/vdisk_pattern/parameters/dev_size_mb").strip() == "16"
     assert lsmod(target)["vdisk_pattern"] == (0, "")
-    ok(target, "open-dev", "pat0", "--handler", "vdisk_pattern", "-p", "seed=0x1234")
-    ok(target, "add-lun", target.iqn, "1", "pat0")
-    assert ok(target, "get", "devices/pat0/seed").strip() == "4660"
+    uscstadmin_ok(target.ctl, "open-dev", "pat0", "--handler", "vdisk_pattern", "-p", "seed=0x1234")
+    uscstadmin_ok(target.ctl, "add-lun", target.iqn, "1", "pat0")
+    assert uscstadmin_ok(target.ctl, "get", "devices/pat0/seed").strip() == "4660"
     # 3. initiators see it
     inq = subprocess.run(["iscsi-inq", lun_url(target, 1)], capture_output=True, text=True,
                          timeout=30)
@@ -138,17 +130,17 @@ def test_the_tutorial_steps_load_serve_refuse_unload_and_reload_an_edit(target,
     assert len(data) == 16 << 20
     assert all(data[i * BLOCK:(i + 1) * BLOCK] == pattern(i, 0x1234) for i in range(len(data) // BLOCK))
     # 4. busy while the LUN exists
-    r = admin(target, "rmmod", "vdisk_pattern")
+    r = uscstadmin_run(target.ctl, "rmmod", "vdisk_pattern")
     assert r.returncode == 1 and "-EBUSY" in r.stderr and f"LUN 1 of {target.iqn}" in r.stderr
     # 5. unmap, unload
-    ok(target, "rem-lun", target.iqn, "1")
-    assert ok(target, "rmmod", "vdisk_pattern").strip() == "module vdisk_pattern removed"
+    uscstadmin_ok(target.ctl, "rem-lun", target.iqn, "1")
+    assert uscstadmin_ok(target.ctl, "rmmod", "vdisk_pattern").strip() == "module vdisk_pattern removed"
     assert "vdisk_pattern" not in lsmod(target)
     # 6. edit, load again, same daemon
     new = edited(tmp_path, 'b"PATTERN".ljust(16)', 'b"PATTERN v2".ljust(16)')
-    ok(target, "insmod", str(new))
-    ok(target, "open-dev", "pat0", "--handler", "vdisk_pattern", "-p", "seed=7")
-    ok(target, "add-lun", target.iqn, "1", "pat0")
+    uscstadmin_ok(target.ctl, "insmod", str(new))
+    uscstadmin_ok(target.ctl, "open-dev", "pat0", "--handler", "vdisk_pattern", "-p", "seed=7")
+    uscstadmin_ok(target.ctl, "add-lun", target.iqn, "1", "pat0")
     inq = subprocess.run(["iscsi-inq", lun_url(target, 1)], capture_output=True, text=True,
                          timeout=30)
     assert "Product:PATTERN v2" in inq.stdout, inq.stdout
@@ -160,14 +152,14 @@ def test_a_module_whose_init_fails_is_named_and_leaves_nothing_behind(target,
                                                                     tmp_path: Path) -> None:
     bad = edited(tmp_path, "    if dev_size_mb < 1:\n",
                  "    if dev_size_mb < 1000000:\n")
-    r = admin(target, "insmod", str(bad))
+    r = uscstadmin_run(target.ctl, "insmod", str(bad))
     assert r.returncode == 1
     assert r.stderr.strip() == "uscstadmin: vdisk_pattern: module init failed: -EINVAL"
     assert "vdisk_pattern: dev_size_mb 64 must be at least 1" in target.stderr_text()
     assert "vdisk_pattern" not in lsmod(target)
-    assert "vdisk_pattern" not in ok(target, "list", "handlers")
-    assert admin(target, "get", "/module/vdisk_pattern").returncode == 1
-    ok(target, "insmod", str(EXAMPLE))            # the fixed file loads in the same daemon
+    assert "vdisk_pattern" not in uscstadmin_ok(target.ctl, "list", "handlers")
+    assert uscstadmin_run(target.ctl, "get", "/module/vdisk_pattern").returncode == 1
+    uscstadmin_ok(target.ctl, "insmod", str(EXAMPLE))            # the fixed file loads in the same daemon
     assert "vdisk_pattern" in lsmod(target)
 
 
@@ -175,9 +167,9 @@ def test_a_module_raising_in_exec_is_reported_with_its_kthread_and_lun_0_keeps_s
         target, tmp_path: Path) -> None:
     need("iscsi-test-cu")
     bad = edited(tmp_path, "    lba = pc.lba\n", "    lba = pc.lba // 0\n")
-    ok(target, "insmod", str(bad))
-    ok(target, "open-dev", "pat0", "--handler", "vdisk_pattern")
-    ok(target, "add-lun", target.iqn, "1", "pat0")
+    uscstadmin_ok(target.ctl, "insmod", str(bad))
+    uscstadmin_ok(target.ctl, "open-dev", "pat0", "--handler", "vdisk_pattern")
+    uscstadmin_ok(target.ctl, "add-lun", target.iqn, "1", "pat0")
     need("qemu-img")
     r = subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", lun_url(target, 1),
                         str(tmp_path / "x.img")], capture_output=True, text=True, timeout=120)
@@ -198,9 +190,9 @@ def test_the_tutorials_use_after_free_is_caught_by_slab_poisoning(target, tmp_pa
     bad = edited(tmp_path, "            lba += 1\n    scst_set_resp_data_len(",
                  "            lba += 1\n    kmem_cache_free(pattern_cmd_cache, pc)\n"
                  "    scst_set_resp_data_len(")
-    ok(target, "insmod", str(bad))
-    ok(target, "open-dev", "pat0", "--handler", "vdisk_pattern")
-    ok(target, "add-lun", target.iqn, "1", "pat0")
+    uscstadmin_ok(target.ctl, "insmod", str(bad))
+    uscstadmin_ok(target.ctl, "open-dev", "pat0", "--handler", "vdisk_pattern")
+    uscstadmin_ok(target.ctl, "add-lun", target.iqn, "1", "pat0")
     need("qemu-img")
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", lun_url(target, 1),
                     str(tmp_path / "x.img")], capture_output=True, text=True, timeout=120)
@@ -221,7 +213,7 @@ def test_uscstd_module_option_loads_a_module_with_parameters_at_start(uscstd,
     srv.ctl = ctl
     assert "uscstd: module vdisk_pattern loaded" in srv.stdout_text()
     assert list(lsmod(srv))[0] == "vdisk_pattern"
-    assert ok(srv, "get", "/module/vdisk_pattern/parameters/dev_size_mb").strip() == "8"
+    assert uscstadmin_ok(srv.ctl, "get", "/module/vdisk_pattern/parameters/dev_size_mb").strip() == "8"
 
 
 def test_uscstd_refuses_to_start_when_a_module_init_fails(tmp_path: Path) -> None:
@@ -298,17 +290,17 @@ def test_insmod_of_a_broken_file_or_a_target_module_name_is_refused_in_one_line(
         target, tmp_path: Path) -> None:
     broken = tmp_path / "vdisk_broken.py"
     broken.write_text("from kshim.module import module_init\ndef (:\n")
-    r = admin(target, "insmod", str(broken))
+    r = uscstadmin_run(target.ctl, "insmod", str(broken))
     assert r.returncode == 1
     assert r.stderr.startswith(f"uscstadmin: {broken}: cannot import: SyntaxError: ")
     assert len(r.stderr.splitlines()) == 1
     clash = tmp_path / "scst_vdisk.py"
     clash.write_text(EXAMPLE.read_text())
-    r = admin(target, "insmod", str(clash))
+    r = uscstadmin_run(target.ctl, "insmod", str(clash))
     assert r.returncode == 1
     assert r.stderr.strip() == (f"uscstadmin: {clash}: scst_vdisk is the name of a module of "
                                 f"the target itself")
-    r = admin(target, "insmod", "no_such_module_anywhere")
+    r = uscstadmin_run(target.ctl, "insmod", "no_such_module_anywhere")
     assert r.returncode == 1 and "cannot import no_such_module_anywhere" in r.stderr
     assert list(lsmod(target)) == ["iscsi_scst", "scst_vdisk", "scst"]
     target.assert_healthy()

@@ -86,15 +86,18 @@ def test_write_then_parse_then_write_is_identical() -> None:
 
 
 @pytest.mark.parametrize("text,where", [
-    ("HANDLER vdisk_fileio {\n  DEVICE d0 {\n", "x.conf:3:1: expected '}' to close DEVICE d0 block opened at line 2, column 13; "
-     "found end of file"),
+    ("HANDLER vdisk_fileio {\n  DEVICE d0 {\n",
+     "x.conf:3:1: expected '}' to close DEVICE d0 block opened at line 2, column 13; found end of file"),
     ("}\n", "x.conf:1:1: unexpected '}' with no open block"),
-    ("HANDLER x {\n}\nBOGUS y {\n}\n", "x.conf:3:1: expected HANDLER, TARGET_DRIVER or DEVICE_GROUP, found 'BOGUS'"),
+    ("HANDLER x {\n}\nBOGUS y {\n}\n",
+     "x.conf:3:1: expected HANDLER, TARGET_DRIVER or DEVICE_GROUP, found 'BOGUS'"),
     ('TARGET_DRIVER iscsi {\n  IncomingUser "joe\n}\n', "x.conf:2:16: unterminated quoted string"),
-    ("TARGET_DRIVER iscsi {\n TARGET t {\n  LUN x d0\n }\n}\n", "x.conf:3:7: expected a LUN number 0..16383, found 'x'"),
+    ("TARGET_DRIVER iscsi {\n TARGET t {\n  LUN x d0\n }\n}\n",
+     "x.conf:3:7: expected a LUN number 0..16383, found 'x'"),
     ("TARGET_DRIVER iscsi {\n TARGET t {\n  LUN 0 d0 {\n   nv_cache 1\n  }\n }\n}\n",
      "x.conf:4:4: unknown LUN attribute 'nv_cache' (expected: read_only)"),
-    ("HANDLER h {\n DEVICE a\n DEVICE a\n}\n", "x.conf:3:2: device a defined twice (first at line 2, column 2)"),
+    ("HANDLER h {\n DEVICE a\n DEVICE a\n}\n",
+     "x.conf:3:2: device a defined twice (first at line 2, column 2)"),
     ("HANDLER h {\n DEVICE a {\n  size\n }\n}\n", "x.conf:3:3: expected a value after attribute 'size'"),
 ])
 def test_syntax_errors_name_file_line_column_and_what_was_expected(text: str, where: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from scst_core import pres
 from scst_core.scst import scst_session, scst_tgt, scst_tgt_template
-from tests.vdisk.conftest import kernel, make_dev, run_cmd  # noqa: F401 (fixture)
+from tests.vdisk.conftest import make_dev, run_cmd
 from vdisk.nullio import nullio_devtype
 
 GOOD = 0

@@ -14,7 +14,6 @@ from typing import Callable
 
 import pytest
 
-from tcp_target import sim_server  # noqa: F401  (module-scoped fixture)
 from wire import WirePeer
 
 from tools.sim.channel import Channel

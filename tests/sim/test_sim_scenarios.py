@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import pytest
 
-from tcp_target import sim_server  # noqa: F401  (module-scoped fixture)
-
 from tools.sim.runner import drive
 from tools.sim.scenarios import SCENARIOS
 from tools.sim.tcp import TcpWorld

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import resource
 import struct
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from kshim.timer import msleep
 from tests.initiator import (TMF_ABORT_TASK, TMF_LUN_RESET, TMF_RSP_COMPLETE, Initiator,
                              TaskAborted)
 from tests.vdisk.conftest import make_dev, run_cmd
+from uscstd_support import uscstadmin_ok
 from vdisk import vdisk as vd
 from vdisk.fileio import fileio_devtype
 
@@ -211,13 +210,6 @@ def test_lun_reset_aborts_a_waiting_sanitize_and_the_operation_survives_relogin(
     srv.assert_healthy()
 
 
-def _admin(sock: Path, *args: str) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "tools.uscstadmin", "--socket", str(sock), *args],
-                       cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, f"uscstadmin {args}: {r.stderr}"
-    return r
-
-
 def test_removing_the_device_mid_sanitize_stops_the_kthread_cleanly(uscstd, tmp_path):
     srv, img, sock = _start(uscstd, tmp_path, rate=1)           # 6 s
     plist = _plist()
@@ -225,10 +217,10 @@ def test_removing_the_device_mid_sanitize_stops_the_kthread_cleanly(uscstd, tmp_
         ini.scsi(_sanitize_cdb(immed=True, plen=len(plist)), data_out=plist).check()
         _wait_in_progress(ini)
         ini.logout()
-    assert _admin(sock, "get", "devices/disk0/sanitize_rate").stdout.split()[0] == "1"
-    _admin(sock, "rem-lun", IQN, "0")
-    _admin(sock, "close-dev", "disk0")
-    assert "disk0" not in _admin(sock, "list", "devices").stdout
+    assert uscstadmin_ok(sock, "get", "devices/disk0/sanitize_rate").split()[0] == "1"
+    uscstadmin_ok(sock, "rem-lun", IQN, "0")
+    uscstadmin_ok(sock, "close-dev", "disk0")
+    assert "disk0" not in uscstadmin_ok(sock, "list", "devices")
     err = srv.stderr_text()
     assert "disk0: sanitize stopped" in err, err[-2000:]
     assert "sanitize done" not in err

@@ -164,7 +164,8 @@ def test_copy_naming_a_lun_of_another_group_is_refused_and_copies_nothing(xc_srv
         assert grp not in (src, dst)
         grp_before, dst_before = _file(xc_srv, "grp0"), _file(xc_srv, "dst0")
         # fenced session: a LUN it cannot see as the source
-        res = _xcopy(fenced, xcopy_plist([xcopy_cscd(src), xcopy_cscd(grp)], [xcopy_b2b(0, 1, 64, 0, 0)]), lun=0)
+        res = _xcopy(fenced, xcopy_plist([xcopy_cscd(src), xcopy_cscd(grp)], [xcopy_b2b(0, 1, 64, 0, 0)]),
+                     lun=0)
         assert _key_asc(res) == (CHECK, COPY_ABORTED, UNREACHABLE), res
         # the open session: the fenced group's LUN as the destination
         res = _xcopy(other, xcopy_plist([xcopy_cscd(src), xcopy_cscd(grp)], [xcopy_b2b(0, 1, 64, 0, 0)]))
@@ -254,7 +255,8 @@ def test_copy_status_reports_a_held_copy_once(xc_srv) -> None:
         res = _rcr(ini, 0x00, lid=33)
         assert _key_asc(res) == (CHECK, 0x05, (0x24, 0x00)), res
         src, dst = naa_designator(ini, LUN_SRC), naa_designator(ini, LUN_DST)
-        plist = xcopy_plist([xcopy_cscd(src), xcopy_cscd(dst)], [xcopy_b2b(0, 1, 16, 0, 7000)], lid=33, usage=0)
+        plist = xcopy_plist([xcopy_cscd(src), xcopy_cscd(dst)], [xcopy_b2b(0, 1, 16, 0, 7000)],
+                            lid=33, usage=0)
         assert _xcopy(ini, plist).ok
         cs = _rcr(ini, 0x00, lid=33).check().data
         assert cs[:4] == (8).to_bytes(4, "big")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Protocol
 
-from tools.sim.initiator import (
+from .initiator import (
     Command,
     CommandAborted,
     CommandComplete,
@@ -29,7 +29,7 @@ from tools.sim.initiator import (
     PingComplete,
     TaskManagementComplete,
 )
-from tools.sim.pdu import LOGOUT_CLOSE_SESSION, RESERVED_TAG
+from .pdu import LOGOUT_CLOSE_SESSION, RESERVED_TAG
 
 # Receives in a row that complete nothing before a wait gives up (a PDU
 # may come a byte at a time: 256 KiB of Data-In is 262,192 receives).

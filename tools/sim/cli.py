@@ -35,10 +35,10 @@ import time
 from types import FrameType
 from typing import NoReturn, Sequence
 
-from tools.sim import simrun
-from tools.sim.runner import Outcome, SeedTimeout, drive
-from tools.sim.scenarios import SCENARIOS, TargetSpec
-from tools.sim.tcp import TcpWorld
+from . import simrun
+from .runner import Outcome, SeedTimeout, drive
+from .scenarios import SCENARIOS, TargetSpec
+from .tcp import TcpWorld
 
 SEED_MAX = (1 << 64) - 1
 LEVELS = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")

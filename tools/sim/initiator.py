@@ -46,7 +46,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from tools.sim.pdu import (
+from .pdu import (
     ATTR_SIMPLE,
     BHS_SIZE,
     DATAIN_FLAG_STATUS,

@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from tools.sim.initiator import Command, InitiatorConnection
-from tools.sim.pdu import (
+from .initiator import Command, InitiatorConnection
+from .pdu import (
     DATAIN_FLAG_STATUS,
     OP_ASYNC_MSG,
     OP_DATA_IN,

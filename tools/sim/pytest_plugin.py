@@ -29,8 +29,8 @@ from typing import Callable, Generator, Iterator
 
 import pytest
 
-from tools.sim.runner import Outcome
-from tools.sim.scenarios import SCENARIOS, Context
+from .runner import Outcome
+from .scenarios import SCENARIOS, Context
 
 SEED_ENV = "USCST_SEED"
 CHILD_TIMEOUT_S = 600.0     # wall seconds one run may take
@@ -90,7 +90,7 @@ def _run_child(tx: "multiprocessing.connection.Connection", scenario: str, seed:
     """In the forked child: one run, its Outcome sent back."""
     # Imported here: the sim engine loads kshim, which pytest's own start-up
     # and the tests that do not use this fixture need not import.
-    from tools.sim.simrun import run_sim
+    from .simrun import run_sim
     tx.send(run_sim(scenario, seed, trace_path=trace_path, body=body))
     tx.close()
 

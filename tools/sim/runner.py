@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from tools.sim.channel import ChannelError
-from tools.sim.initiator import ProtocolViolation
-from tools.sim.invariants import Invariants, InvariantViolation
-from tools.sim.scenarios import SCENARIOS, Context, TargetSpec
+from .channel import ChannelError
+from .initiator import ProtocolViolation
+from .invariants import Invariants, InvariantViolation
+from .scenarios import SCENARIOS, Context, TargetSpec
 
 MAX_VIRTUAL_S = 3600.0
 

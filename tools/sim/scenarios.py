@@ -32,10 +32,10 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from tools.sim.channel import Channel, ChannelError, LoginRefused
-from tools.sim.initiator import Command, InitiatorSession, TargetPing
-from tools.sim.invariants import Invariants, InvariantViolation
-from tools.sim.pdu import (
+from .channel import Channel, ChannelError, LoginRefused
+from .initiator import Command, InitiatorSession, TargetPing
+from .invariants import Invariants, InvariantViolation
+from .pdu import (
     LOGOUT_CLOSE_SESSION,
     SAM_STAT_CHECK_CONDITION,
     SAM_STAT_GOOD,

@@ -25,9 +25,9 @@ from kshim import bug, printk
 from kshim.engine_sim import Simulation, teardown_problems
 from kshim.kthread import kthread_run
 from scst_core.main import scst_acg_add_lun, scst_acg_del_lun, scst_find_device
-from tools.sim.runner import MAX_VIRTUAL_S, Outcome, drive
-from tools.sim.scenarios import Context, TargetSpec
-from tools.sim_target import SimTarget, boot_target, stop_target
+from .runner import MAX_VIRTUAL_S, Outcome, drive
+from .scenarios import Context, TargetSpec
+from ..sim_target import SimTarget, boot_target, stop_target
 from vdisk.vdisk import vdisk_add_device, vdisk_del_device
 
 CHURN_DEVICE = "churn1"

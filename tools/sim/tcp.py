@@ -22,11 +22,12 @@ import random
 import selectors
 import socket
 import subprocess
-import sys
 import time
 from typing import Callable
 
 import greenlet
+
+from .. import module_argv
 
 
 class SimStall(Exception):
@@ -172,7 +173,7 @@ class UscstadminControl:
         self.device = device
 
     def _admin(self, *args: str) -> None:
-        argv = [sys.executable, "-m", "tools.uscstadmin", "--socket", self.socket_path, *args]
+        argv = [*module_argv("uscstadmin"), "--socket", self.socket_path, *args]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
         if proc.returncode != 0:
             raise RuntimeError(f"uscstadmin {' '.join(args)}: {proc.stderr.strip()}")
