@@ -1,6 +1,7 @@
 """The uscst-sim command line (tools/sim/cli.py), run as `python -m tools.sim`."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -20,6 +21,18 @@ def test_list_names_every_scenario():
     assert p.returncode == 0
     names = [ln.split()[0] for ln in p.stdout.splitlines()]
     assert names == ["login-io", "mcs-reinstate", "tmf-storm", "config-churn", "nop-timeout"]
+
+
+def test_list_into_a_closed_pipe_exits_without_a_traceback():
+    r, w = os.pipe()
+    os.close(r)                      # the reader is gone before the first write
+    try:
+        p = subprocess.run([sys.executable, "-m", "tools.sim", "list"], cwd=REPO_ROOT,
+                           stdout=w, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(w)
+    assert p.stderr == ""
+    assert p.returncode == 1
 
 
 @pytest.mark.parametrize("args", [
