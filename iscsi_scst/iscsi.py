@@ -73,7 +73,7 @@ from iscsi_scst import target as target_mod
 from iscsi_scst.target import (iscsi_del_portal, iscsi_list_targets, iscsi_target,
                                iscsi_target_del, iscsi_target_find, portal_list, target_list)
 from iscsi_scst.usr.chap import chap_authenticator, chap_credentials
-from iscsi_scst.usr.iscsid import login_req, login_session, text_negotiation
+from iscsi_scst.usr.iscsid import login_req, login_rsp, login_session, text_negotiation
 from iscsi_scst.usr.param import NegotiationError, split_text
 from kshim.list import list_del_init, list_head, list_head_release
 from kshim.module import (MODULE_DESCRIPTION, MODULE_LICENSE, THIS_MODULE, module_exit,
@@ -1180,6 +1180,15 @@ def _portal_allowed(conn: iscsi_conn, target: Any) -> bool:
     return not pats or any(fnmatch.fnmatchcase(conn.portal.host, p) for p in pats)
 
 
+def _login_refuse(conn: iscsi_conn, rsp: login_rsp, status_class: int, status_detail: int) -> None:
+    """Answer the login with a final status (no data, TSIH 0) and close the
+    connection once that response is sent (RFC 7143 11.13.5)."""
+    fail = bytearray(48)
+    pack_login_rsp(fail, rsp.csg << 2, rsp.version_max, rsp.version_active, 0, rsp.isid,
+                   0, rsp.itt, 0, 0, 0, status_class, status_detail)
+    _queue_pdu(conn, fail, b"", on_sent=_close_after_send)
+
+
 def _login_rx_done(conn: iscsi_conn) -> None:
     login = conn.login
     req = login_req(**login_fields(conn.rx_bhs), data=bytes(conn.rx_collect or b""))
@@ -1219,11 +1228,8 @@ def _login_rx_done(conn: iscsi_conn) -> None:
             # login found it: "session does not exist" (RFC 7143 11.13.5).
             pr_info(f"iscsi: login from {conn.peer}: session {sess.tsih:#x} ended during "
                     f"the login")
-            fail = bytearray(48)
-            pack_login_rsp(fail, rsp.csg << 2, rsp.version_max, rsp.version_active, 0, rsp.isid,
-                           0, rsp.itt, 0, 0, 0, 0x02, 0x0A)
             _count_login(login, 0x02, 0x0A)
-            _queue_pdu(conn, fail, b"", on_sent=_close_after_send)
+            _login_refuse(conn, rsp, 0x02, 0x0A)
             return
         if old is not None:
             # Connection reinstatement: the old connection with this CID goes.
@@ -1232,29 +1238,20 @@ def _login_rx_done(conn: iscsi_conn) -> None:
         elif len(sess.conn_list) >= sess.sess_params.max_connections:
             pr_info(f"iscsi: login from {conn.peer}: session {sess.tsih:#x} already has "
                     f"{len(sess.conn_list)} connections (MaxConnections)")
-            fail = bytearray(48)
-            pack_login_rsp(fail, rsp.csg << 2, rsp.version_max, rsp.version_active, 0, rsp.isid,
-                           0, rsp.itt, 0, 0, 0, 0x02, 0x06)
             _count_login(login, 0x02, 0x06)
-            _queue_pdu(conn, fail, b"", on_sent=_close_after_send)
+            _login_refuse(conn, rsp, 0x02, 0x06)
             return
     elif len(session_mod.session_list) >= session_mod.iscsi_max_sessions:
         pr_info(f"iscsi: login from {conn.peer} refused: {session_mod.iscsi_max_sessions} "
                 f"sessions exist (iscsi_max_sessions)")
-        fail = bytearray(48)
-        pack_login_rsp(fail, rsp.csg << 2, rsp.version_max, rsp.version_active, 0, rsp.isid,
-                       0, rsp.itt, 0, 0, 0, 0x03, 0x02)
         _count_login(login, 0x03, 0x02)
-        _queue_pdu(conn, fail, b"", on_sent=_close_after_send)
+        _login_refuse(conn, rsp, 0x03, 0x02)
         return
     elif not _portal_allowed(conn, login.target):
         pr_info(f"iscsi: login from {conn.peer} to {login.target.name} refused: portal "
                 f"{conn.portal.host} is not in its allowed_portal list")
-        fail = bytearray(48)
-        pack_login_rsp(fail, rsp.csg << 2, rsp.version_max, rsp.version_active, 0, rsp.isid,
-                       0, rsp.itt, 0, 0, 0, 0x02, 0x02)
         _count_login(login, 0x02, 0x02)
-        _queue_pdu(conn, fail, b"", on_sent=_close_after_send)
+        _login_refuse(conn, rsp, 0x02, 0x02)
         return
     else:
         target = cast(iscsi_target, login.target)      # find_target returned it
@@ -1271,10 +1268,7 @@ def _login_rx_done(conn: iscsi_conn) -> None:
                                                 target.tgt_params.queued_cmnds)
     if isinstance(sess, int):
         pr_info(f"iscsi: login from {conn.peer} failed: no memory for a session ({sess})")
-        fail = bytearray(48)
-        pack_login_rsp(fail, rsp.csg << 2, rsp.version_max, rsp.version_active, 0, rsp.isid,
-                       0, rsp.itt, 0, 0, 0, 0x03, 0x02)
-        _queue_pdu(conn, fail, b"", on_sent=_close_after_send)
+        _login_refuse(conn, rsp, 0x03, 0x02)
         return
     if login.tsih and login.session_type != "Discovery":
         # Session-wide keys come from the leading login; a joining connection
