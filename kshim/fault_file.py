@@ -45,13 +45,12 @@ def _file_match(attr: fault_attr, f: Any) -> bool:
     return not path or path in f.f_path
 
 
-def file_rw_fault(attr: fault_attr, f: Any, iov: list, pos: int,
-                  primitive: Callable[[Any, list, int], int]) -> int | None:
-    """The fault vfs_readv or vfs_writev is to show: its result, or None to
-    go on. With a byte range [start, end), only I/O that overlaps it fails,
-    and an I/O that starts before the range transfers the bytes before it
-    first (a short count, as a real read or write stopping at a bad sector
-    returns), so the next call, at the range, gets the error."""
+def _rw_fault_decide(attr: fault_attr, f: Any, iov: list, pos: int) -> tuple[str, int] | None:
+    """Whether and how a read or write of iov at pos fails, one decision
+    for the synchronous and the asynchronous path so both fail alike:
+    None, ("delay", ms), ("short", bytes to transfer first) or ("error",
+    -errno). With a byte range [start, end), only I/O that overlaps it
+    fails, and an I/O that starts before the range is cut short at it."""
     if not _file_match(attr, f):
         return None
     p = attr.params
@@ -59,25 +58,38 @@ def file_rw_fault(attr: fault_attr, f: Any, iov: list, pos: int,
     start, end = p["start"], p["end"]
     if end < 0:
         end = 1 << 63
-    if pos + want <= start or pos >= end:
-        return None
-    if not should_fail(attr, want):
+    if pos + want <= start or pos >= end or not should_fail(attr, want):
         return None
     err = p["error"]
     if err == "delay":
-        from kshim.timer import msleep   # timer imports this module for its hook
-        msleep(p["delay-ms"])
-        return None
+        return "delay", p["delay-ms"]
     if start > pos or err == "short":
         n = start - pos if start > pos else max(1, want // 2)
-        if n >= want:
-            return None
+        return ("short", n) if n < want else None
+    return "error", -fault_errno(err)
+
+
+def file_rw_fault(attr: fault_attr, f: Any, iov: list, pos: int,
+                  primitive: Callable[[Any, list, int], int]) -> int | None:
+    """The fault vfs_readv or vfs_writev is to show: its result, or None to
+    go on. A short one transfers the bytes before the range first (as a
+    real read or write stopping at a bad sector returns), so the next call,
+    at the range, gets the error."""
+    d = _rw_fault_decide(attr, f, iov, pos)
+    if d is None:
+        return None
+    kind, v = d
+    if kind == "delay":
+        from kshim.timer import msleep   # timer imports this module for its hook
+        msleep(v)
+        return None
+    if kind == "short":
         attr.armed = False
         try:
-            return primitive(f, fault_iov_head(iov, n), pos)
+            return primitive(f, fault_iov_head(iov, v), pos)
         finally:
             fault_rearm()
-    return -fault_errno(err)
+    return v
 
 
 def file_aio_fault(attr: fault_attr, f: Any, iov: list, pos: int,
@@ -89,26 +101,16 @@ def file_aio_fault(attr: fault_attr, f: Any, iov: list, pos: int,
     the bytes before the range or half of them (a short count), or runs
     delay-ms later (delay); or `fail(-errno)` runs from a timer (an error
     where the I/O starts)."""
-    if not _file_match(attr, f):
+    d = _rw_fault_decide(attr, f, iov, pos)
+    if d is None:
         return False
-    p = attr.params
-    want = sum(len(v) for v in iov)
-    start, end = p["start"], p["end"]
-    if end < 0:
-        end = 1 << 63
-    if pos + want <= start or pos >= end or not should_fail(attr, want):
-        return False
-    err = p["error"]
-    if err == "delay":
-        fault_call_later(p["delay-ms"], submit, iov)
-        return True
-    if start > pos or err == "short":
-        n = start - pos if start > pos else max(1, want // 2)
-        if n >= want:
-            return False
-        submit(fault_iov_head(iov, n))
-        return True
-    fault_call_later(0, fail, -fault_errno(err))
+    kind, v = d
+    if kind == "delay":
+        fault_call_later(v, submit, iov)
+    elif kind == "short":
+        submit(fault_iov_head(iov, v))
+    else:
+        fault_call_later(0, fail, v)
     return True
 
 
