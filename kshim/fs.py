@@ -43,6 +43,7 @@ from kshim.err import EAGAIN, EBADF, EOPNOTSUPP
 from kshim.fault_file import (fail_file_fallocate, fail_file_fsync, fail_file_read,
                                fail_file_write, file_aio_fault, file_fault, file_flush_fault,
                                file_rw_fault)
+from kshim.fault_inject import fault_attr
 from kshim.host import io_job, ops
 from kshim.sched import might_sleep
 from kshim.tracepoint import TRACE_EVENT
@@ -278,13 +279,7 @@ def vfs_iocb_iter_read(f: file, iocb: kiocb, iov: list) -> int:
     -errno, or a short count (the bytes before a failing range). Never
     sleeps."""
     stats["aio_reads"] += 1
-    if fail_file_read.armed and file_aio_fault(
-            fail_file_read, f, iov, iocb.ki_pos,
-            lambda v: _iocb_submit(ops.file_preadv, f, v, iocb, _iocb_read_done),
-            lambda err: iocb.ki_complete(iocb, err)):
-        return -EIOCBQUEUED
-    _iocb_submit(ops.file_preadv, f, iov, iocb, _iocb_read_done)
-    return -EIOCBQUEUED
+    return _iocb_start(fail_file_read, ops.file_preadv, _iocb_read_done, f, iocb, iov)
 
 
 def vfs_iocb_iter_write(f: file, iocb: kiocb, iov: list) -> int:
@@ -297,12 +292,18 @@ def vfs_iocb_iter_write(f: file, iocb: kiocb, iov: list) -> int:
     (file_aio_fault, file_flush_fault): ki_complete then gets -errno or a
     short count. Never sleeps."""
     stats["aio_writes"] += 1
-    if fail_file_write.armed and file_aio_fault(
-            fail_file_write, f, iov, iocb.ki_pos,
-            lambda v: _iocb_submit(ops.file_pwritev, f, v, iocb, _iocb_write_done),
-            lambda err: iocb.ki_complete(iocb, err)):
+    return _iocb_start(fail_file_write, ops.file_pwritev, _iocb_write_done, f, iocb, iov)
+
+
+def _iocb_start(attr: fault_attr, op: Callable[..., int], done: Callable[[io_job], None],
+                f: file, iocb: kiocb, iov: list) -> int:
+    """Submit one asynchronous read or write, or let its armed fault point
+    take it over (file_aio_fault): -EIOCBQUEUED either way."""
+    if attr.armed and file_aio_fault(attr, f, iov, iocb.ki_pos,
+                                     lambda v: _iocb_submit(op, f, v, iocb, done),
+                                     lambda err: iocb.ki_complete(iocb, err)):
         return -EIOCBQUEUED
-    _iocb_submit(ops.file_pwritev, f, iov, iocb, _iocb_write_done)
+    _iocb_submit(op, f, iov, iocb, done)
     return -EIOCBQUEUED
 
 
