@@ -42,6 +42,7 @@ from iscsi_scst.hdr import BHS_SIZE, ProtocolError
 from iscsi_scst.nagle import iscsi_nagle_idle, iscsi_nagle_rx_check
 from kshim.crc32c import crc32c_iov, crc32c_value
 from kshim.err import EAGAIN
+from kshim.host import iov_head
 from kshim.kthread import kthread_should_stop
 from kshim.list import list_add, list_add_tail, list_del_init, list_empty, list_head
 from kshim.net import MSG_DONTWAIT, kernel_recvmsg, kernel_sendmsg, sock_rx_armed
@@ -155,7 +156,7 @@ def iscsi_rx(conn: iscsi_conn) -> int:
                 n = kernel_recvmsg(conn.sock, iov, conn.rx_left, MSG_DONTWAIT)
                 if n > 0:
                     if conn.ddigest_rx:
-                        conn.rx_dcrc = crc32c_iov(_first_bytes(iov, n), conn.rx_dcrc)
+                        conn.rx_dcrc = crc32c_iov(iov_head(iov, n), conn.rx_dcrc)
                     _advance_iov(iov, n)
                     conn.rx_left -= n
                     if not conn.rx_left:
@@ -188,16 +189,6 @@ def iscsi_rx(conn: iscsi_conn) -> int:
             return n
         drained = conn.rx_end < RXBUF_SIZE and sock_rx_armed(conn.sock)
     return 0
-
-
-def _first_bytes(iov: list, n: int) -> list:
-    out = []
-    for v in iov:
-        if n <= 0:
-            break
-        out.append(v[:n])
-        n -= len(v)
-    return out
 
 
 def _data_digest_error(conn: iscsi_conn) -> None:

@@ -25,7 +25,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from kshim.fault_inject import (DECLARE_FAULT_ATTR, fault_attr, fault_call_later, fault_errno,
-                                fault_iov_head, fault_rearm, should_fail)
+                                fault_rearm, should_fail)
+from kshim.host import iov_head
 
 _FILE_KNOBS = {"error": (str, "EIO", ("EIO", "ENOSPC", "EDQUOT", "short", "delay")),
                "start": (int, 0, None), "end": (int, -1, None), "path": (str, "", None),
@@ -86,7 +87,7 @@ def file_rw_fault(attr: fault_attr, f: Any, iov: list, pos: int,
     if kind == "short":
         attr.armed = False
         try:
-            return primitive(f, fault_iov_head(iov, v), pos)
+            return primitive(f, iov_head(iov, v), pos)
         finally:
             fault_rearm()
     return v
@@ -108,7 +109,7 @@ def file_aio_fault(attr: fault_attr, f: Any, iov: list, pos: int,
     if kind == "delay":
         fault_call_later(v, submit, iov)
     elif kind == "short":
-        submit(fault_iov_head(iov, v))
+        submit(iov_head(iov, v))
     else:
         fault_call_later(0, fail, v)
     return True

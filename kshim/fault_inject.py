@@ -159,18 +159,6 @@ def fault_errno(name: str) -> int:
     return _ERRNOS[name]
 
 
-def fault_iov_head(vec: list, n: int) -> list:
-    """The first n bytes of an iovec list, as memoryviews (a short transfer)."""
-    out = []
-    for v in vec:
-        if n <= 0:
-            break
-        mv = memoryview(v)
-        out.append(mv[:n])
-        n -= len(mv)
-    return out
-
-
 def fault_call_later(ms: int, fn: Callable[[Any], None], arg: Any) -> None:
     """Call fn(arg) in softirq context after ms milliseconds (a timer that
     fail_timer leaves alone)."""

@@ -24,7 +24,8 @@ from typing import Any, Callable
 
 from kshim.err import EAGAIN
 from kshim.fault_inject import (DECLARE_FAULT_ATTR, fault_attr, fault_call_later, fault_errno,
-                                fault_iov_head, fault_overridden, fault_rearm, should_fail)
+                                fault_overridden, fault_rearm, should_fail)
+from kshim.host import iov_head
 
 _RESETS = ("ECONNRESET", "EPIPE", "ETIMEDOUT")   # errors that end the connection
 _SOCK_KNOBS = {"error": (str, "ECONNRESET", ("ECONNRESET", "EPIPE", "ETIMEDOUT", "EAGAIN",
@@ -61,7 +62,7 @@ def sock_fault(attr: fault_attr, sock_: Any, vec: list, flags: int,
     if err == "short":
         if want < 2:
             return None
-        cut = fault_iov_head(vec, max(1, want // 2))
+        cut = iov_head(vec, max(1, want // 2))
         attr.armed = False
         try:
             n = primitive(sock_, cut, *args)
@@ -90,7 +91,7 @@ def _sock_reset_after(attr: fault_attr, sock_: Any, vec: list, want: int,
     error (kshim.net's sock_error)."""
     attr.armed = False
     try:
-        n = primitive(sock_, fault_iov_head(vec, attr.space) if want > attr.space else vec, *args)
+        n = primitive(sock_, iov_head(vec, attr.space) if want > attr.space else vec, *args)
     finally:
         fault_rearm()
     if n > 0:

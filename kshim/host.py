@@ -253,3 +253,15 @@ def iov_advance(iov: list, n: int) -> list:
         out.append(memoryview(b)[n:] if n else b)
         n = 0
     return out
+
+
+def iov_head(iov: list, n: int) -> list:
+    """Views of the first n bytes of a list of buffers (no copies)."""
+    out = []
+    for b in iov:
+        if n <= 0:
+            break
+        mv = memoryview(b)
+        out.append(mv[:n])
+        n -= len(mv)
+    return out

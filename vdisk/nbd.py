@@ -62,6 +62,7 @@ from typing import cast
 import attrs
 
 from kshim.err import EINVAL, ENOSPC, ENOTCONN, ESHUTDOWN
+from kshim.host import iov_advance, iov_head
 from kshim.jiffies import HZ
 from kshim.net import AF_UNIX
 from kshim.printk import pr_err, pr_info, pr_warn_once
@@ -71,7 +72,7 @@ from scst_core.lib import scst_cmd_iov, scst_set_cmd_error
 from scst_core.scst import scst_cmd, scst_device
 from scst_core.tg import scst_tg_dev_peer_ports
 from vdisk.nbd_client import (NBD_RECONNECT_TIMEOUT, nbd_cmd, nbd_dev_start, nbd_dev_stop,
-                              nbd_device, nbd_family_of, nbd_iov_slice, nbd_queue, nbd_submit)
+                              nbd_device, nbd_family_of, nbd_queue, nbd_submit)
 from vdisk.nbd_proto import (NBD_CMD_BLOCK_STATUS, NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_REQ_ONE,
                              NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_WRITE, NBD_CMD_WRITE_ZEROES,
                              NBD_FLAG_READ_ONLY, NBD_FLAG_SEND_FLUSH, NBD_FLAG_SEND_FUA,
@@ -172,7 +173,7 @@ def _chunks(nbd: nbd_device, virt_dev: scst_vdisk_dev, type_: int, flags: int, p
     while done < length:                 # bounded: length / step requests
         n = min(step, length - done)
         cmds.append(nbd_cmd(type=type_, flags=flags, offset=pos + done, length=n,
-                            iov=nbd_iov_slice(iov, done, n) if iov else []))
+                            iov=iov_head(iov_advance(iov, done), n) if iov else []))
         done += n
     return cmds
 

@@ -42,7 +42,7 @@ import attrs
 from kshim.completion import complete, completion, wait_for_completion
 from kshim.err import (EAGAIN, ECONNRESET, EINPROGRESS, EINVAL, EIO, ENOMEM, ENOSPC, ENOTCONN,
                        EOPNOTSUPP, EOVERFLOW, EPERM, EPROTO, ESHUTDOWN, ETIMEDOUT)
-from kshim.host import iov_advance
+from kshim.host import iov_advance, iov_head
 from kshim.jiffies import HZ, jiffies, time_after_eq
 from kshim.kthread import kthread_run, kthread_should_stop, kthread_stop
 from kshim.mutex import mutex, mutex_lock, mutex_unlock
@@ -169,18 +169,6 @@ def nbd_state_change(sk: sock) -> None:
 
 
 # -- byte transport (the connection thread and tx_lock holders) --------------------
-
-def nbd_iov_slice(iov: list, start: int, length: int) -> list:
-    """Views of bytes [start, start+length) of a buffer list."""
-    out = []
-    for v in iov_advance(iov, start):
-        if length <= 0:
-            break
-        mv = memoryview(v)
-        out.append(mv[:length])
-        length -= len(mv)
-    return out
-
 
 def _recv_full(nbd: nbd_device, sk_sock: socket, iov: list, timeout: int) -> int:
     """Receive exactly the buffers' length: 0, -ECONNRESET when the server
@@ -465,7 +453,7 @@ def _recv_chunk(nbd: nbd_device, s: socket, cmd: nbd_cmd, type_: int, length: in
         if start < 0 or n <= 0 or start + n > cmd.length:
             raise NBDProtocolError(f"chunk for bytes {start}+{n} outside the request's "
                                    f"{cmd.length}")
-        dst = nbd_iov_slice(cmd.iov, start, n)
+        dst = iov_head(iov_advance(cmd.iov, start), n)
         if type_ == NBD_REPLY_TYPE_OFFSET_DATA:
             return _recv_full(nbd, s, dst, MAX_SCHEDULE_TIMEOUT)
         for v in dst:
