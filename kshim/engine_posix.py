@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any, Callable, cast
 
-from kshim import host
+from kshim import engine_rbd, host
 from kshim.host import host_operations, iov_advance, iov_len
 
 RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
@@ -457,6 +457,13 @@ def posix_ops() -> host_operations:
     t.sock_arm_rx = _nothing
     t.sock_arm_tx = _nothing
     t.sock_detach = _no_engine
+    t.rbd_probe = engine_rbd.probe
+    t.rbd_open = engine_rbd.image_open
+    t.rbd_size = engine_rbd.image_size
+    t.rbd_close = engine_rbd.image_close
+    t.rbd_attach = _no_engine
+    t.rbd_detach = _nothing
+    t.rbd_submit = _no_engine
     t.timer_kick = _nothing
     t.request_shutdown = _nothing
     return t

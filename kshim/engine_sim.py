@@ -40,10 +40,12 @@ virtual time passes while a task or softirq runs (soft-lockup checks and CPU
 time statistics read 0); the run queue is a seeded choice, not FIFO; the TCP
 model has no loss or retransmission, a send window per connection, FIN on
 close (never RST); no host signals; kernel_connect (outgoing) answers
--ENETUNREACH.
+-ENETUNREACH; no Ceph cluster (rbd_probe says so, rbd_open answers
+-ENODEV), so vdisk_rbd devices are refused.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import heapq
 import random
@@ -64,6 +66,7 @@ NS = 1_000_000_000
 # So many events in a row at one virtual instant means nothing progresses.
 LIVELOCK_EVENTS = 1_000_000
 HASH_BATCH = 512        # trace lines per update of the running hash
+SIM_NO_RBD = "the sim engine has no Ceph cluster (vdisk_rbd runs on the trio engine)"
 
 
 _booted: "Simulation | None" = None      # one machine per process at a time
@@ -334,6 +337,8 @@ class Simulation:
         t.prandom_u32 = lambda: self.rng.getrandbits(32)
         t.timer_kick = self._timer_kick
         t.request_shutdown = self._request_shutdown
+        t.rbd_probe = lambda: SIM_NO_RBD
+        t.rbd_open = lambda *_args: (-errno.ENODEV, SIM_NO_RBD)
         self.files.fill_ops(t)
         self.net.fill_ops(t)
         return t

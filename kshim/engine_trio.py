@@ -18,6 +18,9 @@ on ONE host thread (../docs/architecture.md, "one CPU").
   come back through the trio token. Either way the completion runs in
   softirq context, like a bio's end_io. /sys/kernel/io/stats shows which,
   with the ring's statistics (docs/decisions/0028).
+- Ceph RBD images (kshim/engine_rbd.py, decision 0051): one trio task per
+  attached image waits on the eventfd librbd signals and runs each
+  finished request's completion in softirq context, as for io_uring.
 - After every event: pending softirqs, then sched.run_queue() until every
   kthread sleeps again.
 - SIGINT/SIGTERM start an orderly shutdown; SIGHUP calls the registered
@@ -46,8 +49,9 @@ from typing import Any, Callable
 
 import trio
 
-from kshim import engine_posix, engine_uring, host, jiffies, printk, sched, softirq, timer
-from kshim.host import io_job
+from kshim import (engine_posix, engine_rbd, engine_uring, host, jiffies, printk, sched, softirq,
+                   timer)
+from kshim.host import io_job, rbd_request
 from kshim.kobject import kobject_create_and_add
 from kshim.kthread import kthread_run
 from kshim.sysfs import __ATTR_RO, kernel_kobj, sysfs_create_file
@@ -268,6 +272,53 @@ async def _uring_task(ring: engine_uring.uring) -> None:
             await trio.lowlevel.checkpoint()     # let the sockets have a turn
 
 
+# -- Ceph RBD images --------------------------------------------------------
+
+async def _rbd_task(img: engine_rbd.rbd_image, cs: trio.CancelScope) -> None:
+    """Deliver an image's completions: librbd signals its eventfd; each
+    finished request's complete() runs in softirq context, then the CPU."""
+    with cs:
+        while True:
+            try:
+                await trio.lowlevel.wait_readable(img.efd)
+            except (trio.ClosedResourceError, OSError, ValueError):
+                return        # detached while waiting
+            engine_rbd.eventfd_clear(img)
+            for _ in range(1 << 20):          # bounded; ends when librbd has no more
+                done = engine_rbd.image_reap(img)
+                for req in done:
+                    stats["io_done"] += 1
+                    softirq.softirq_run(req.complete, req)
+                run_cpu()
+                if len(done) < engine_rbd.RBD_REAP_MAX:
+                    break
+                await trio.lowlevel.checkpoint()     # let the sockets have a turn
+
+
+def rbd_attach(img: engine_rbd.rbd_image) -> None:
+    """Start delivering img's completions."""
+    if img.engine_priv is None and _nursery is not None:
+        # made here, not in the task: a detach before the task first runs cancels it
+        cs = img.engine_priv = trio.CancelScope()
+        _nursery.start_soon(_rbd_task, img, cs)
+
+
+def rbd_submit(img: engine_rbd.rbd_image, req: rbd_request) -> int:
+    return engine_rbd.image_submit(img, req)
+
+
+def rbd_detach(img: engine_rbd.rbd_image) -> None:
+    """Stop delivering img's completions (before image_close)."""
+    try:
+        trio.lowlevel.notify_closing(img.efd)
+    except (RuntimeError, OSError, ValueError):
+        pass
+    cs = img.engine_priv
+    if cs is not None:
+        cs.cancel()
+    img.engine_priv = None
+
+
 def io_stats() -> str:
     """The file I/O backend and its statistics, for the live tree."""
     text = f"backend {io_backend}\n"
@@ -344,6 +395,9 @@ def trio_ops() -> host.host_operations:
     t.sock_arm_rx = sock_arm_rx
     t.sock_arm_tx = sock_arm_tx
     t.sock_detach = sock_detach
+    t.rbd_attach = rbd_attach
+    t.rbd_submit = rbd_submit
+    t.rbd_detach = rbd_detach
     t.timer_kick = _timer_kick
     t.request_shutdown = request_shutdown
     return t

@@ -19,6 +19,11 @@ The table (host_operations, one instance `ops` for the life of the process):
   sock_setsockopt, sock_getsockopt, sock_name, sock_error, sock_shutdown,
   sock_recv_into, sock_recvmsg_into, sock_sendmsg; readiness arming:
   sock_attach, sock_arm_rx, sock_arm_tx, sock_detach (also closes)
+- Ceph RBD images (kshim.libceph; the trio engine through
+  kshim.engine_rbd, refused by the sim): rbd_probe, rbd_open, rbd_size,
+  rbd_close (open and close block: through io_submit), rbd_attach,
+  rbd_detach (watch an image's completions or stop), rbd_submit(image,
+  rbd_request)
 - timers: timer_kick(expires) (the earliest kshim.timer expiry moved earlier)
 - signals and life cycle: request_shutdown
 
@@ -113,6 +118,33 @@ class io_job:
         self.private = private
 
 
+RBD_OP_READ = 0
+RBD_OP_WRITE = 1
+RBD_OP_FLUSH = 2
+RBD_OP_DISCARD = 3
+RBD_OP_WRITE_ZEROES = 4
+
+
+class rbd_request:
+    """One asynchronous request on an RBD image: op (RBD_OP_*), the byte
+    offset and length, iov (the buffers of a READ or WRITE, written or
+    read in place). The engine sets .result (>= 0, or -errno), then runs
+    complete(req) in softirq context, like a bio's end_io. private is the
+    submitter's."""
+
+    __slots__ = ("op", "off", "length", "iov", "result", "complete", "private")
+
+    def __init__(self, op: int, off: int, length: int, iov: list,
+                 complete: Callable[["rbd_request"], None], private: Any = None) -> None:
+        self.op = op
+        self.off = off
+        self.length = length
+        self.iov = iov
+        self.result = 0
+        self.complete = complete
+        self.private = private
+
+
 class host_operations:
     """The typed host-ops table. A socket handle (`hs`) and a file descriptor
     are opaque to kshim: only the engine that made them looks inside. `sk`
@@ -132,6 +164,8 @@ class host_operations:
         "sock_setsockopt", "sock_getsockopt", "sock_name", "sock_error", "sock_shutdown",
         "sock_recv_into", "sock_recvmsg_into", "sock_sendmsg",
         "sock_attach", "sock_arm_rx", "sock_arm_tx", "sock_detach",
+        "rbd_probe", "rbd_open", "rbd_size", "rbd_close", "rbd_attach", "rbd_detach",
+        "rbd_submit",
         "timer_kick", "request_shutdown",
     )
 
@@ -189,6 +223,19 @@ class host_operations:
     sock_arm_rx: Callable[[Any], None]
     sock_arm_tx: Callable[[Any], None]
     sock_detach: Callable[[Any], None]
+    # Ceph RBD images: probe says '' or why they cannot be used; open
+    # (conf, user, pool, image, librados options) blocks (run it through
+    # io_submit) and gives an image handle or (-errno, failed step); close
+    # blocks too, after detach. attach starts delivering the image's
+    # completions, submit starts a request (0 or -errno, then complete()
+    # in softirq context)
+    rbd_probe: Callable[[], str]
+    rbd_open: Callable[[str, str, str, str, "dict[str, str]"], Any]
+    rbd_size: Callable[[Any], int]
+    rbd_close: Callable[[Any], int]
+    rbd_attach: Callable[[Any], None]
+    rbd_detach: Callable[[Any], None]
+    rbd_submit: Callable[[Any, rbd_request], int]
     # timers: the earliest pending expiry (jiffies) became earlier
     timer_kick: Callable[[int], None]
     # signals and life cycle: begin an orderly stop (any context)

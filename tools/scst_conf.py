@@ -671,6 +671,9 @@ def validate(cfg: Config, schema: dict, running: "Config | None" = None, force: 
         if dev.handler == "vdisk_nbd" and "uri" not in dev.attrs:
             raise _err(cfg, dev.pos, f"DEVICE {dev.name} of HANDLER vdisk_nbd needs a 'uri' "
                        f"attribute (nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH)")
+        if dev.handler == "vdisk_rbd" and "image" not in dev.attrs:
+            raise _err(cfg, dev.pos, f"DEVICE {dev.name} of HANDLER vdisk_rbd needs an 'image' "
+                       f"attribute (and optionally pool, conf, user, op_timeout)")
     devices = set(cfg.devices)
     if running is not None and not force:
         devices |= set(running.devices)

@@ -279,7 +279,8 @@ def list_cmd(o: Obj, what: str) -> None:
 @cli.command("open-dev")
 @click.argument("name")
 @click.option("--handler", "-H", required=True,
-              help="dev handler: vdisk_fileio, vdisk_blockio, vdisk_nullio, vcdrom or vdisk_nbd")
+              help="dev handler: vdisk_fileio, vdisk_blockio, vdisk_nullio, vcdrom, vdisk_nbd "
+                   "or vdisk_rbd")
 @click.option("--param", "-p", multiple=True, metavar="KEY=VALUE",
               help="add_device parameter (repeatable): filename=, size=, blocksize=, ...")
 @pass_obj

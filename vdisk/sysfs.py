@@ -27,8 +27,9 @@ from scst_core.sysfs import (scst_attr_show_key, scst_devt_sysfs, scst_register_
                              scst_unregister_devt_sysfs)
 from scst_core.ua import scst_capacity_data_changed
 from vdisk.nbd_client import NBD_RECONNECT_TIMEOUT
+from vdisk.rbd import RBD_DEFAULT_POOL, RBD_DEFAULT_USER, RBD_OP_TIMEOUT
 from vdisk.vdisk import (VDISK_SANITIZE_RATE, VDISK_SANITIZE_RATE_MAX, scst_vdisk_dev,
-                         vdisk_alloc_dev, vdisk_parse_size)
+                         vdisk_alloc_dev, vdisk_parse_size, vdisk_rbd_only_parameters)
 
 # attribute name -> scst_vdisk_dev field
 VDISK_BOOL_ATTRS = {"read_only": "rd_only", "nv_cache": "nv_cache", "write_through": "wt_flag",
@@ -37,7 +38,10 @@ VDISK_BOOL_ATTRS = {"read_only": "rd_only", "nv_cache": "nv_cache", "write_throu
 # string attributes writable on a running device, with their byte limits
 VDISK_STR_LIVE_ATTRS = {"t10_dev_id": 24, "usn": 252, "t10_vend_id": 8, "vend_specific_id": 128,
                         "prod_id": 16, "prod_rev_lvl": 4}
-VDISK_HANDLERS = ("vdisk_fileio", "vdisk_blockio", "vdisk_nullio", "vdisk_nbd")
+VDISK_HANDLERS = ("vdisk_fileio", "vdisk_blockio", "vdisk_nullio", "vdisk_nbd", "vdisk_rbd")
+
+# vdisk_rbd's defaults, shown when a parameter was not given
+RBD_DEFAULTS = {"pool": RBD_DEFAULT_POOL, "user": RBD_DEFAULT_USER, "op_timeout": RBD_OP_TIMEOUT}
 
 # (handler, device name) -> the device those would get with no parameters
 # (task context only: no lock)
@@ -53,8 +57,8 @@ def vdisk_default(dev: scst_device) -> scst_vdisk_dev:
     key = (dev.handler.name, dev.virt_name)
     d = vdisk_defaults.get(key)
     if d is None:
-        params = {"vdisk_nullio": {}, "vdisk_nbd": {"uri": "-"}}.get(dev.handler.name,
-                                                                     {"filename": "-"})
+        params = {"vdisk_nullio": {}, "vdisk_nbd": {"uri": "-"},
+                  "vdisk_rbd": {"image": "-"}}.get(dev.handler.name, {"filename": "-"})
         r = vdisk_alloc_dev(dev.handler.name, dev.virt_name, params)
         assert not isinstance(r, int), r        # no parameters: nothing to refuse
         d = r[0]
@@ -122,6 +126,24 @@ def vdev_sysfs_nbd_param_show(kobj: kobject, a: kobj_attribute) -> str:
     return f"{NBD_RECONNECT_TIMEOUT // HZ}\n" if a.name == "reconnect_timeout" else "\n"
 
 
+def vdev_sysfs_rbd_param_show(kobj: kobject, a: kobj_attribute) -> str:
+    """vdisk_rbd's pool, image, conf, user and op_timeout: as given at
+    creation ([key]), else the default."""
+    val = _vd(kobj).backend_params.get(a.name)
+    if val is not None:
+        return scst_attr_show_key(val, True)
+    return f"{RBD_DEFAULTS.get(a.name, '')}\n"
+
+
+def vdev_sysfs_rbd_state_show(kobj: kobject, a: kobj_attribute) -> str:
+    """vdisk_rbd's image: open, or blocklisted (failing commands until the
+    device is added again)."""
+    rdev = _vd(kobj).file
+    if rdev is None:
+        return "detached\n"
+    return "blocklisted\n" if rdev.blocklisted else "open\n"
+
+
 def vdev_sysfs_nbd_state_show(kobj: kobject, a: kobj_attribute) -> str:
     """vdisk_nbd's link: connected, reconnecting or unreachable (failing
     commands), and how often it reconnected."""
@@ -184,7 +206,7 @@ def vdisk_sysfs_resync_size(dev: scst_device) -> int:
 
 
 def vdisk_sysfs_init() -> None:
-    """Register the fileio, blockio, nullio and nbd attribute tables (module init)."""
+    """Register the fileio, blockio, nullio, nbd and rbd attribute tables (module init)."""
     common = [__ATTR_RO("blocksize", vdev_sysfs_blocksize_show),
               __ATTR_RO("physical_blocksize", vdev_sysfs_physical_blocksize_show),
               __ATTR_RO("size_mb", vdev_sysfs_size_mb_show)]
@@ -213,6 +235,12 @@ def vdisk_sysfs_init() -> None:
         __ATTR_RO("reconnect_timeout", vdev_sysfs_nbd_param_show),
         __ATTR_RO("nbd_state", vdev_sysfs_nbd_state_show))
     scst_register_devt_sysfs("vdisk_nbd", scst_devt_sysfs(dev_attrs=nbd, dev_live_attrs=live))
+    # vdisk_rbd: no local file; the image decides the size
+    rbd = tuple(a for a in common if a.name not in ("o_direct", "o_dsync")) + (
+        __ATTR_RO("size", vdev_sysfs_size_show),
+        *(__ATTR_RO(n, vdev_sysfs_rbd_param_show) for n in vdisk_rbd_only_parameters),
+        __ATTR_RO("rbd_state", vdev_sysfs_rbd_state_show))
+    scst_register_devt_sysfs("vdisk_rbd", scst_devt_sysfs(dev_attrs=rbd, dev_live_attrs=live))
 
 
 def vdisk_sysfs_exit() -> None:

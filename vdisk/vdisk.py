@@ -1096,6 +1096,11 @@ vdisk_add_device_parameters = ("filename", "size", "size_mb", "blocksize", "read
 vdisk_nullio_only_parameters = ("dummy",)
 # parameters only vdisk_nbd takes (kept in backend_params; vdisk.nbd reads them)
 vdisk_nbd_only_parameters = ("uri", "reconnect_timeout")
+# parameters only vdisk_rbd takes (kept in backend_params; vdisk.rbd reads them)
+vdisk_rbd_only_parameters = ("pool", "image", "conf", "user", "op_timeout")
+# handler name -> the parameters only it takes, kept in backend_params
+vdisk_backend_only_parameters = {"vdisk_nbd": vdisk_nbd_only_parameters,
+                                 "vdisk_rbd": vdisk_rbd_only_parameters}
 
 # handler name -> its scst_dev_type (filled by vdisk_init)
 vdisk_devtypes: dict[str, scst_dev_type] = {}
@@ -1142,12 +1147,12 @@ def vdisk_alloc_dev(handler_name: str, dev_name: str,
     size = -1
     pbs_param = 0
     for key, val in params.items():
-        nbd_key = handler_name == "vdisk_nbd" and key in vdisk_nbd_only_parameters
-        if key not in vdisk_add_device_parameters and not nbd_key and not (
+        backend_key = key in vdisk_backend_only_parameters.get(handler_name, ())
+        if key not in vdisk_add_device_parameters and not backend_key and not (
                 virt_dev.nullio and key in vdisk_nullio_only_parameters):
             pr_err(f"vdisk: {handler_name}: unknown parameter '{key}' for device {dev_name}")
             return -EINVAL
-        if nbd_key:
+        if backend_key:
             virt_dev.backend_params[key] = val
         elif key == "filename":
             virt_dev.filename = val
@@ -1203,6 +1208,11 @@ def vdisk_alloc_dev(handler_name: str, dev_name: str,
         if not virt_dev.backend_params.get("uri"):
             pr_err(f"vdisk: {handler_name}: device {dev_name} needs a uri parameter "
                    f"(nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH)")
+            return -EINVAL
+    elif handler_name == "vdisk_rbd":
+        if not virt_dev.backend_params.get("image"):
+            pr_err(f"vdisk: {handler_name}: device {dev_name} needs an image parameter "
+                   f"(the RBD image's name; pool, conf and user are optional)")
             return -EINVAL
     elif not virt_dev.nullio and not virt_dev.filename:
         pr_err(f"vdisk: {handler_name}: device {dev_name} needs a filename parameter")
@@ -1275,7 +1285,7 @@ MODULE_PARM_DESC("num_threads", "vdisk threads count")
 
 
 def vdisk_init() -> int:
-    """Register vdisk_fileio, vdisk_blockio, vdisk_nullio, vcdrom and vdisk_nbd with
+    """Register vdisk_fileio, vdisk_blockio, vdisk_nullio, vcdrom, vdisk_nbd and vdisk_rbd with
     the core, and their attributes with the management tree."""
     # These import this file (they are scst_vdisk.c's other parts): a cycle
     # C does not have, broken at call time.
@@ -1284,12 +1294,14 @@ def vdisk_init() -> int:
     from vdisk.fileio import fileio_devtype
     from vdisk.nbd import nbd_devtype
     from vdisk.nullio import nullio_devtype
+    from vdisk.rbd import rbd_devtype
     from vdisk.sysfs import vdisk_sysfs_init
     if not 1 <= num_threads <= 128:
         pr_err(f"vdisk: num_threads {num_threads} must be in 1..128")
         return -EINVAL
     done: list[scst_dev_type] = []
-    for devt in (fileio_devtype, blockio_devtype, nullio_devtype, cdrom_devtype, nbd_devtype):
+    for devt in (fileio_devtype, blockio_devtype, nullio_devtype, cdrom_devtype, nbd_devtype,
+                 rbd_devtype):
         devt.owner = THIS_MODULE()
         if not devt.exec_atomic:
             devt.threads_num = num_threads

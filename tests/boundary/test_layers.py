@@ -8,7 +8,8 @@
    Dynamic imports (__import__, importlib.import_module) are reported too.
 2. kshim is an allowlist too. Only the named engine modules (ENGINE_MODULES:
    engine_posix, engine_trio, engine_ctl, engine_uring (the io_uring
-   binding), engine_sim and its engine_sim_* parts) import host modules;
+   binding), engine_rbd (the librbd binding), engine_sim and its
+   engine_sim_* parts) import host modules;
    they fill the host-ops table (kshim.host, like LKL's
    lkl_host_operations) through which every other kshim module
    reaches the host. Those others import kshim, the pure stdlib list and
@@ -36,7 +37,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 # kshim modules that may touch the host: they fill kshim.host.ops.
 ENGINE_MODULES = frozenset({"engine_posix.py", "engine_trio.py", "engine_ctl.py",
-                            "engine_metrics.py", "engine_uring.py", "engine_sim.py"})
+                            "engine_metrics.py", "engine_uring.py", "engine_rbd.py",
+                            "engine_sim.py"})
 ENGINE_MODULE_PREFIXES = ("engine_sim_",)      # parts of the sim engine
 TRIO_ENGINE_MODULES = frozenset({"engine_trio.py", "engine_ctl.py", "engine_metrics.py"})
 TRIO_ONLY = frozenset({"trio", "pyfuse3"})

@@ -1,0 +1,195 @@
+"""End to end: vdisk_rbd (vdisk/rbd.py over kshim/libceph.py and
+kshim/engine_rbd.py) behind a real uscstd, its blocks in RBD images of a
+real Ceph cluster on loopback (the throw-away one of tools/ceph_cluster.py,
+started once for this module, or the cluster USCST_CEPH_CONF names),
+driven by qemu-img, libiscsi's iscsi-test-cu, uscstadmin and the
+project's initiator (tests/initiator.py).
+
+What it checks: a 64 MiB qemu-img round trip through the LUN is
+bit-identical; libiscsi's conformance suite passes on the LUN (skips only
+for what an RBD LUN is configured without); an image shrunk behind the
+LUN's back gives MEDIUM ERROR naming the LBA; a blocklisted client gives
+NOT READY (02/04/00), TEST UNIT READY too; a device is created, used and
+removed through uscstadmin, and a missing image or pool is refused with
+one clear log line. Skipped, with the reason, without a cluster or librbd.
+"""
+from __future__ import annotations
+
+import os
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.initiator import Initiator
+from tests.vdisk.ceph_support import RBD_TARGET, CephTestCluster, rbd_config, start_test_cluster
+from tests.vdisk.nbd_support import need, sense_info
+from tests.vdisk.test_nbd_e2e import THIN_FAMILIES, _ALLOWED_SKIPS, _cu, _cu_problems
+from uscstd_support import uscstadmin_ok
+
+CHECK_CONDITION = 0x02
+MEDIUM_ERROR, NOT_READY = 0x3, 0x2
+
+
+@pytest.fixture(scope="module")
+def ceph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephTestCluster]:
+    cl = start_test_cluster(tmp_path_factory.mktemp("ceph"))
+    yield cl
+    cl.cleanup()
+    if cl.local is not None:
+        cl.local.stop()
+
+
+def _start(uscstd, tmp_path: Path, attrs: list[str], name: str = "rbd"):
+    """A uscstd exporting the RBD LUN; its control socket is tmp_path/NAME.sock."""
+    conf = tmp_path / f"{name}.conf"
+    conf.write_text(rbd_config(attrs))
+    return uscstd("--config", str(conf), "--control", str(tmp_path / f"{name}.sock"),
+                  disk=None, size=None)
+
+
+def _login(srv) -> Initiator:
+    ini = Initiator(port=srv.port)
+    ini.connect()
+    ini.login(RBD_TARGET)
+    return ini
+
+
+def _admin(ctl: Path) -> list[str]:
+    return [sys.executable, "-m", "tools.uscstadmin", "--socket", str(ctl)]
+
+
+def test_qemu_img_round_trip_through_an_rbd_lun_is_bit_identical(
+        uscstd, ceph: CephTestCluster, tmp_path: Path) -> None:
+    need("qemu-img")
+    srv = _start(uscstd, tmp_path, ceph.device_attrs(ceph.image("64M")))
+    src, back = tmp_path / "src.img", tmp_path / "back.img"
+    src.write_bytes(os.urandom(64 << 20))
+    subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(src), srv.url],
+                   check=True, timeout=300, capture_output=True)
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", srv.url, str(back)],
+                   check=True, timeout=300, capture_output=True)
+    r = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", str(src), str(back)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "Images are identical." in r.stdout, r.stdout + r.stderr
+    srv.assert_healthy()
+
+
+def test_libiscsi_conformance_suite_passes_on_rbd_luns(uscstd, ceph: CephTestCluster,
+                                                       tmp_path: Path) -> None:
+    """Every test on a default (thin) RBD LUN, and the UNMAP, WRITE SAME
+    and GET LBA STATUS families again on a write-back one
+    (write_through 0: librbd's cache on, FUA and SYNCHRONIZE CACHE flush)."""
+    exe = need("iscsi-test-cu")
+    lun = _start(uscstd, tmp_path, ceph.device_attrs(ceph.image("16M")))
+    wb = _start(uscstd, tmp_path, [*ceph.device_attrs(ceph.image("16M")), "write_through 0"],
+                name="wb")
+    problems = _cu_problems(_cu(exe, tmp_path, lun.url, "ALL", "cu-all.log"), 230,
+                            _ALLOWED_SKIPS)
+    for fam in (*THIN_FAMILIES, "SCSI.Write10", "SCSI.Write16", "SCSI.WriteVerify10"):
+        problems += _cu_problems(_cu(exe, tmp_path, wb.url, fam, f"cu-wb-{fam}.log"), 3,
+                                 re.compile("LBPPB < 2"))
+    assert not problems, "\n".join(problems)
+    lun.assert_healthy()
+    wb.assert_healthy()
+
+
+def test_an_image_shrunk_behind_the_lun_gives_medium_errors_naming_the_lba(
+        uscstd, ceph: CephTestCluster, tmp_path: Path) -> None:
+    """The LUN still says 16 MiB; librbd refuses I/O past the image's new
+    8 MiB end: READ is 03/11/00, WRITE 03/0C/00, INFORMATION the first
+    LBA of the command; blocks inside the image still work."""
+    img = ceph.image("16M")
+    srv = _start(uscstd, tmp_path, ceph.device_attrs(img))
+    with _login(srv) as ini:
+        assert ini.write10(100, b"\x5a" * 4096).ok
+        ceph.rbd("resize", "--allow-shrink", "--size", "8M", f"{ceph.pool}/{img}")
+        beyond = (12 << 20) // 512
+        r = ini.read10(beyond, 8)
+        assert (r.status, r.sense_key, r.asc_ascq) == (CHECK_CONDITION, MEDIUM_ERROR, (0x11, 0))
+        assert sense_info(r.sense) == beyond
+        r = ini.write10(beyond + 8, b"\xa5" * 1024)
+        assert (r.status, r.sense_key, r.asc_ascq) == (CHECK_CONDITION, MEDIUM_ERROR, (0x0C, 0))
+        assert sense_info(r.sense) == beyond + 8
+        assert ini.read10(100, 8).data == b"\x5a" * 4096
+    srv.assert_healthy()
+
+
+def _watcher(ceph: CephTestCluster, img: str) -> str:
+    """The address of the client watching img (our uscstd's librbd)."""
+    m = re.search(r"watcher=(\S+)", ceph.rbd("status", f"{ceph.pool}/{img}"))
+    assert m, "no watcher on the image"
+    return m.group(1)
+
+
+def test_a_blocklisted_client_gives_not_ready_and_test_unit_ready_says_so(
+        uscstd, ceph: CephTestCluster, tmp_path: Path) -> None:
+    """The cluster fences our client (ceph osd blocklist add, what a
+    failover does to the old node): every command that needs the image
+    gets NOT READY, LOGICAL UNIT NOT READY (02/04/00), which an initiator
+    retries on another path; nothing acknowledged earlier is lost."""
+    img = ceph.image("16M")
+    srv = _start(uscstd, tmp_path, ceph.device_attrs(img))
+    data = os.urandom(64 << 10)
+    with _login(srv) as ini:
+        assert ini.write10(0, data).ok
+        addr = _watcher(ceph, img)
+        ceph.ceph("osd", "blocklist", "add", addr)
+        r = ini.write10(1024, b"\x11" * 512)
+        assert (r.status, r.sense_key, r.asc_ascq) == (CHECK_CONDITION, NOT_READY, (0x04, 0))
+        r = ini.test_unit_ready()
+        assert (r.status, r.sense_key, r.asc_ascq) == (CHECK_CONDITION, NOT_READY, (0x04, 0))
+        assert uscstadmin_ok(tmp_path / "rbd.sock", "get",
+                             "devices/rd0/rbd_state").strip() == "blocklisted"
+    ceph.ceph("osd", "blocklist", "rm", addr)
+    out = tmp_path / "after.img"
+    ceph.rbd("export", f"{ceph.pool}/{img}", str(out))
+    assert out.read_bytes()[:len(data)] == data
+    assert "the cluster blocklisted this client" in srv.stderr_text()
+    srv.assert_healthy()
+
+
+def test_open_dev_add_lun_and_close_dev_through_uscstadmin(
+        uscstd, ceph: CephTestCluster, tmp_path: Path) -> None:
+    """A device made at run time on the control socket serves I/O, shows
+    its parameters, and goes away again; a missing image, a missing pool
+    and a bad op_timeout are refused with one clear log line each, and the
+    server carries on."""
+    ctl = tmp_path / "ctl.sock"
+    srv = uscstd("--nullio", "--control", str(ctl), disk=None, size="1M")
+    img = ceph.image("8M")
+    base = [f"conf={ceph.conf}", f"user={ceph.user}"]
+    bad = [(["pool=" + ceph.pool, "image=no-such-image"], "opening image " + ceph.pool
+            + "/no-such-image failed: -ENOENT"),
+           (["pool=no-such-pool", "image=" + img], "opening pool no-such-pool failed: -ENOENT"),
+           ([f"pool={ceph.pool}", f"image={img}", "op_timeout=1000"],
+            "bad op_timeout '1000' (seconds, 1..100)")]
+    for params, line in bad:
+        r = subprocess.run([*_admin(ctl), "open-dev", "bad", "-H", "vdisk_rbd",
+                            *(a for p in base + params for a in ("-p", p))],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0
+        assert line in srv.stderr_text()
+    uscstadmin_ok(ctl, "open-dev", "r1", "-H", "vdisk_rbd",
+                  *(a for p in [*base, f"pool={ceph.pool}", f"image={img}"] for a in ("-p", p)))
+    uscstadmin_ok(ctl, "add-lun", srv.iqn, "1", "r1")
+    assert uscstadmin_ok(ctl, "get", "devices/r1/image").split()[0] == img
+    assert uscstadmin_ok(ctl, "get", "devices/r1/rbd_state").strip() == "open"
+    assert uscstadmin_ok(ctl, "get", "devices/r1/size").split()[0] == str(8 << 20)
+    with Initiator(port=srv.port) as ini:
+        ini.connect()
+        ini.login(srv.iqn)
+        assert ini.write10(5, b"\x77" * 1024, lun=1).ok
+        assert ini.read10(5, 2, lun=1).data == b"\x77" * 1024
+        unmap = struct.pack(">HHxxxx", 22, 16) + struct.pack(">QIxxxx", 5, 2)
+        assert ini.scsi(struct.pack(">BBxxxxxHx", 0x42, 0, len(unmap)), data_out=unmap,
+                        lun=1).ok
+        assert ini.read10(5, 2, lun=1).data == bytes(1024)
+    uscstadmin_ok(ctl, "rem-lun", srv.iqn, "1")
+    uscstadmin_ok(ctl, "close-dev", "r1")
+    assert "watcher=" not in ceph.rbd("status", f"{ceph.pool}/{img}")
+    srv.assert_healthy()
