@@ -133,6 +133,10 @@ class CephCluster:
         extra = [a for f in features for a in ("--image-feature", f)]
         self.rbd("create", "--size", size, *extra, f"{POOL}/{name}")
 
+    def pid(self, daemon: str) -> int:
+        """The pid of a running daemon ("mon.a", "osd.0")."""
+        return int((self.dir / "run" / f"{daemon}.pid").read_text().strip())
+
     def pids(self) -> list[int]:
         out = []
         for f in sorted((self.dir / "run").glob("*.pid")):

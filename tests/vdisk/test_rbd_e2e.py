@@ -9,17 +9,22 @@ What it checks: a 64 MiB qemu-img round trip through the LUN is
 bit-identical; libiscsi's conformance suite passes on the LUN (skips only
 for what an RBD LUN is configured without); an image shrunk behind the
 LUN's back gives MEDIUM ERROR naming the LBA; a blocklisted client gives
-NOT READY (02/04/00), TEST UNIT READY too; a device is created, used and
-removed through uscstadmin, and a missing image or pool is refused with
-one clear log line. Skipped, with the reason, without a cluster or librbd.
+NOT READY (02/04/00), TEST UNIT READY too; an OSD that stops answering
+gives NOT READY after op_timeout and no acknowledged write is lost; FUA
+and SYNCHRONIZE CACHE flush the image only when librbd caches; a device
+is created, used and removed through uscstadmin, and a missing image or
+pool is refused with one clear log line. Skipped, with the reason,
+without a cluster or librbd.
 """
 from __future__ import annotations
 
 import os
 import re
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -33,6 +38,7 @@ from uscstd_support import uscstadmin_ok
 
 CHECK_CONDITION = 0x02
 MEDIUM_ERROR, NOT_READY = 0x3, 0x2
+RECOVER_TIMEOUT_S = 60.0      # bound on waiting for a thawed OSD to serve again
 
 
 @pytest.fixture(scope="module")
@@ -192,4 +198,70 @@ def test_open_dev_add_lun_and_close_dev_through_uscstadmin(
     uscstadmin_ok(ctl, "rem-lun", srv.iqn, "1")
     uscstadmin_ok(ctl, "close-dev", "r1")
     assert "watcher=" not in ceph.rbd("status", f"{ceph.pool}/{img}")
+    srv.assert_healthy()
+
+
+def test_an_osd_that_stops_answering_gives_not_ready_and_loses_no_acknowledged_write(
+        uscstd, ceph: CephTestCluster, tmp_path: Path) -> None:
+    """The OSD frozen (SIGSTOP: the cluster is there but answers nothing)
+    past op_timeout: WRITE and READ get NOT READY (02/04/00), retryable;
+    once it answers again (SIGCONT) the LUN serves again and every write
+    acknowledged before holds its data."""
+    if ceph.local is None:
+        pytest.skip("needs the throw-away cluster (it freezes the OSD): unset USCST_CEPH_CONF")
+    img = ceph.image("16M")
+    srv = _start(uscstd, tmp_path, [*ceph.device_attrs(img), "op_timeout 2"])
+    osd = ceph.local.pid("osd.0")
+    data = os.urandom(128 << 10)
+    with _login(srv) as ini:
+        ini.timeout = 60.0
+        assert ini.write10(0, data).ok
+        os.kill(osd, signal.SIGSTOP)
+        try:
+            r = ini.write10(2048, b"\x22" * 4096)
+            assert (r.status, r.sense_key, r.asc_ascq) == (CHECK_CONDITION, NOT_READY, (0x04, 0))
+            r = ini.read10(0, 8)
+            assert (r.status, r.sense_key, r.asc_ascq) == (CHECK_CONDITION, NOT_READY, (0x04, 0))
+        finally:
+            os.kill(osd, signal.SIGCONT)
+        deadline = time.monotonic() + RECOVER_TIMEOUT_S
+        # Bounded by the deadline; each attempt takes at most op_timeout.
+        while not (r := ini.read10(0, len(data) // 512)).ok:
+            assert time.monotonic() < deadline, f"the LUN did not recover: {r.sense.hex()}"
+            time.sleep(0.2)
+        assert r.data == data
+        assert ini.write10(2048, b"\x22" * 4096).ok
+    assert "failed: -ETIMEDOUT" in srv.stderr_text()
+    srv.assert_healthy()
+
+
+def _write10(lba: int, nblocks: int, fua: bool = False) -> bytes:
+    return struct.pack(">BBIBHB", 0x2A, 0x08 if fua else 0, lba, 0, nblocks, 0)
+
+
+def _rbd_requests(ctl: Path) -> list[tuple[str, str]]:
+    """(op, byte offset) of each rbd_rq_issue event the trace recorded."""
+    text = uscstadmin_ok(ctl, "trace", "dump", "--format", "text")
+    return re.findall(r"rbd_rq_issue:? .*?op=(\d+) off=(\d+)", text)
+
+
+@pytest.mark.parametrize("write_through", [0, 1])
+def test_fua_and_synchronize_cache_flush_the_image_only_when_librbd_caches(
+        uscstd, ceph: CephTestCluster, tmp_path: Path, write_through: int) -> None:
+    """Write-back (librbd's cache on): a plain WRITE is one write request,
+    a WRITE with FUA a write then a flush, SYNCHRONIZE CACHE a flush.
+    Write-through (cache off: a completed write is stable): FUA adds no
+    flush. Seen through the rbd_rq_issue tracepoint (op 1 write, 2 flush)."""
+    srv = _start(uscstd, tmp_path, [*ceph.device_attrs(ceph.image("8M")),
+                                    f"write_through {write_through}"])
+    ctl = tmp_path / "rbd.sock"
+    uscstadmin_ok(ctl, "trace", "start", "--events", "rbd_*")
+    with _login(srv) as ini:
+        assert ini.scsi(_write10(10, 1), data_out=b"a" * 512).ok
+        assert ini.scsi(_write10(20, 1, fua=True), data_out=b"b" * 512).ok
+        assert ini.scsi(struct.pack(">BBIBHB", 0x35, 0, 0, 0, 0, 0)).ok
+    uscstadmin_ok(ctl, "trace", "stop")
+    want = [("1", "5120"), ("1", "10240")] + ([("2", "10240")] if not write_through else []) \
+        + [("2", "0")]
+    assert _rbd_requests(ctl) == want
     srv.assert_healthy()
