@@ -211,7 +211,7 @@ def image_close(img: rbd_image) -> int:
     """Close the image (librbd waits for its requests in flight and
     releases the exclusive lock) and the cluster connection. Blocks: an
     I/O pool thread only, after the engine stopped watching the image."""
-    img.closed = True
+    img.closed = True            # set already by the engine's detach, on the CPU thread
     _teardown(img)
     return 0
 

@@ -308,7 +308,9 @@ def rbd_submit(img: engine_rbd.rbd_image, req: rbd_request) -> int:
 
 
 def rbd_detach(img: engine_rbd.rbd_image) -> None:
-    """Stop delivering img's completions (before image_close)."""
+    """Stop delivering img's completions and refuse new requests (before
+    image_close, which runs on a pool thread: no submission may race it)."""
+    img.closed = True
     try:
         trio.lowlevel.notify_closing(img.efd)
     except (RuntimeError, OSError, ValueError):

@@ -34,7 +34,7 @@ from tests.initiator import Initiator
 from tests.vdisk.ceph_support import RBD_TARGET, CephTestCluster, rbd_config, start_test_cluster
 from tests.vdisk.nbd_support import need, sense_info
 from tests.vdisk.test_nbd_e2e import THIN_FAMILIES, _ALLOWED_SKIPS, _cu, _cu_problems
-from uscstd_support import uscstadmin_ok
+from uscstd_support import free_port, uscstadmin_ok
 
 CHECK_CONDITION = 0x02
 MEDIUM_ERROR, NOT_READY = 0x3, 0x2
@@ -162,21 +162,27 @@ def test_a_blocklisted_client_gives_not_ready_and_test_unit_ready_says_so(
 def test_open_dev_add_lun_and_close_dev_through_uscstadmin(
         uscstd, ceph: CephTestCluster, tmp_path: Path) -> None:
     """A device made at run time on the control socket serves I/O, shows
-    its parameters, and goes away again; a missing image, a missing pool
-    and a bad op_timeout are refused with one clear log line each, and the
-    server carries on."""
+    its parameters, and goes away again; a missing image, a missing pool,
+    a bad op_timeout and an unreachable cluster (after op_timeout) are
+    refused with one clear log line each, and the server carries on."""
     ctl = tmp_path / "ctl.sock"
     srv = uscstd("--nullio", "--control", str(ctl), disk=None, size="1M")
     img = ceph.image("8M")
+    dead = tmp_path / "dead-ceph.conf"        # a monitor address nobody listens on
+    dead.write_text(f"[global]\nmon host = 127.0.0.1:{free_port()}\nauth client required = "
+                    f"none\nauth cluster required = none\nauth service required = none\n")
     base = [f"conf={ceph.conf}", f"user={ceph.user}"]
-    bad = [(["pool=" + ceph.pool, "image=no-such-image"], "opening image " + ceph.pool
-            + "/no-such-image failed: -ENOENT"),
-           (["pool=no-such-pool", "image=" + img], "opening pool no-such-pool failed: -ENOENT"),
-           ([f"pool={ceph.pool}", f"image={img}", "op_timeout=1000"],
-            "bad op_timeout '1000' (seconds, 1..100)")]
+    bad = [([*base, f"pool={ceph.pool}", "image=no-such-image"],
+            f"opening image {ceph.pool}/no-such-image failed: -ENOENT"),
+           ([*base, "pool=no-such-pool", f"image={img}"],
+            "opening pool no-such-pool failed: -ENOENT"),
+           ([*base, f"pool={ceph.pool}", f"image={img}", "op_timeout=1000"],
+            "bad op_timeout '1000' (seconds, 1..100)"),
+           ([f"conf={dead}", f"pool={ceph.pool}", f"image={img}", "op_timeout=1"],
+            "connecting to the cluster failed: -ETIMEDOUT")]
     for params, line in bad:
         r = subprocess.run([*_admin(ctl), "open-dev", "bad", "-H", "vdisk_rbd",
-                            *(a for p in base + params for a in ("-p", p))],
+                            *(a for p in params for a in ("-p", p))],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode != 0
         assert line in srv.stderr_text()
