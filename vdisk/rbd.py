@@ -17,10 +17,11 @@ local file (blocksize, read_only, nv_cache, write_through, rotational,
 thin_provisioned, the identity strings). The size is the image's.
 
 Contexts: attach and detach from task context (they connect and
-disconnect). exec() from a device kthread: commands other than a plain
-READ or WRITE sleep until librbd answered. exec_nowait() from any
-context: it starts a plain READ or WRITE and returns; the command
-completes in softirq context when librbd has completed the request.
+disconnect); the reopen work from a workqueue worker. exec() from a
+device kthread: commands other than a plain READ or WRITE sleep until
+librbd answered. exec_nowait() from any context: it starts a plain READ
+or WRITE and returns; the command completes in softirq context when
+librbd has completed the request.
 
 Data path and durability: a READ is one rbd_aio_readv straight into the
 command's buffers, a WRITE one rbd_aio_writev from them. With
@@ -43,8 +44,11 @@ op_timeout (-ETIMEDOUT), or refused because this client was blocklisted
 (-ESHUTDOWN, EBLOCKLISTED) or lost its connection (-ENOTCONN), gets NOT
 READY, LOGICAL UNIT NOT READY, CAUSE NOT REPORTABLE (02/04/00), which
 Linux fails on this path so that dm-multipath can retry elsewhere (as
-vdisk_nbd, decision 0050); a blocklisted image stays NOT READY (TEST UNIT
-READY too) until the device is deleted and added again.
+vdisk_nbd, decision 0050). A fenced (blocklisted) client is replaced:
+a work item waits until librbd has failed every request in flight,
+closes the image and opens it again as a new client (retrying with a
+doubling delay up to 5 s); meanwhile every command, TEST UNIT READY
+included, gets NOT READY without reaching librbd.
 
 Shared with another node: as vdisk_nbd, PERSISTENT RESERVE OUT and
 RESERVE(6/10) are refused when the device's ALUA group names another
@@ -61,13 +65,17 @@ from typing import Any
 
 import attrs
 
+from kshim.atomic import ATOMIC_INIT, atomic_dec, atomic_inc, atomic_read, atomic_t
 from kshim.completion import completion, complete, wait_for_completion
 from kshim.err import EINVAL, ENODEV, ENOSPC, ENOTCONN, ESHUTDOWN, ETIMEDOUT, errname
 from kshim.host import (RBD_OP_FLUSH, RBD_OP_READ, RBD_OP_WRITE, RBD_OP_WRITE_ZEROES,
                         rbd_request)
+from kshim.jiffies import HZ
 from kshim.libceph import (rbd_available, rbd_image_close, rbd_image_open, rbd_image_size,
                            rbd_image_submit)
-from kshim.printk import pr_err, pr_info, pr_warn_ratelimited
+from kshim.printk import pr_err, pr_info, pr_notice, pr_warn_ratelimited
+from kshim.workqueue import (INIT_DELAYED_WORK, cancel_delayed_work_sync, delayed_work,
+                             schedule_delayed_work, work_struct)
 from scst_core.const import (scst_sense_read_error, scst_sense_space_allocation_failed,
                              scst_sense_write_error)
 from scst_core.lib import scst_cmd_iov, scst_set_cmd_error
@@ -82,6 +90,7 @@ RBD_DEFAULT_POOL = "rbd"
 RBD_DEFAULT_USER = "admin"
 RBD_OP_TIMEOUT = 30                  # seconds: Linux's default command timeout
 RBD_OP_TIMEOUT_MAX = 100             # below the hung-task timeout (120 s) waiters would meet
+RBD_REOPEN_DELAY_MAX = 5 * HZ        # the longest wait between reopen attempts
 
 _READ_OPS = frozenset((0x08, 0x28, 0xA8, 0x88))
 _WRITE_OPS = frozenset((0x0A, 0x2A, 0xAA, 0x8A))
@@ -92,24 +101,85 @@ _LOST_CLUSTER = frozenset((-ETIMEDOUT, -ESHUTDOWN, -ENOTCONN))
 @attrs.define(slots=True, eq=False)
 class rbd_dev:
     """The image behind one vdisk_rbd device (virt_dev.file)."""
-    image: Any                       # the kshim.libceph handle; set once at attach
+    name: str
+    # what rbd_image_open takes (conf, user, pool, image, librados options); set once
+    open_args: tuple
     cache: bool                      # librbd's cache on (write_through 0): FUA needs a flush
-    # set from softirq context when librbd says this client was fenced;
-    # read by TEST UNIT READY. A bool store: no lock needed
+    # The kshim.libceph handle, None while reopening. Replaced only by the
+    # reopen work while blocklisted is set, when nothing is in flight.
+    image: Any = None
+    # Set (softirq or task context) when librbd says the cluster fenced
+    # this client, cleared by the reopen work once a new client has the
+    # image: while set, commands get NOT READY without reaching librbd.
+    # Plain stores on the one CPU: no lock.
     blocklisted: bool = False
+    stopping: bool = False           # detach: the reopen work must not re-arm
+    reopens: int = 0                 # successful reopens (rbd_state)
+    reopen_delay: int = 0            # jiffies before the next reopen attempt
+    # requests submitted and not completed (submit and end_io)
+    inflight: atomic_t = attrs.field(factory=lambda: ATOMIC_INIT(0))
+    reopen: delayed_work = attrs.field(factory=delayed_work)
 
 
 def _rbd(virt_dev: scst_vdisk_dev) -> rbd_dev:
     return virt_dev.file
 
 
+def _submit(rdev: rbd_dev, req: rbd_request) -> int:
+    """Start req on the device's image, counted in inflight: 0 or -errno
+    (-ESHUTDOWN while the image is being reopened)."""
+    if rdev.blocklisted:
+        return -ESHUTDOWN
+    atomic_inc(rdev.inflight)
+    ret = rbd_image_submit(rdev.image, req)
+    if ret < 0:
+        atomic_dec(rdev.inflight)
+    return ret
+
+
+def _rbd_reopen(work: work_struct) -> None:
+    """The reopen work (a workqueue worker): once every request to the
+    fenced image has completed (librbd fails them with -ESHUTDOWN), close
+    it and open the image again as a new client; retried with a doubling
+    delay (0.1 s to 5 s) while the cluster refuses. tcmu-runner's rbd
+    handler does the same: fencing keeps the old client's writes from
+    landing late, and a new client may take the image over."""
+    rdev: rbd_dev = work.data
+    if rdev.stopping:
+        return
+    if atomic_read(rdev.inflight):
+        schedule_delayed_work(rdev.reopen, HZ // 10)
+        return
+    if rdev.image is not None:
+        rbd_image_close(rdev.image)
+        rdev.image = None
+    h = rbd_image_open(*rdev.open_args)
+    if isinstance(h, tuple):
+        rdev.reopen_delay = min(max(rdev.reopen_delay * 2, HZ // 10), RBD_REOPEN_DELAY_MAX)
+        pr_warn_ratelimited(f"vdisk_rbd: {rdev.name}: reopening failed: {h[1]}: "
+                            f"{errname(h[0])}; again in {rdev.reopen_delay * 1000 // HZ} ms")
+        if not rdev.stopping:
+            schedule_delayed_work(rdev.reopen, rdev.reopen_delay)
+        return
+    if rdev.stopping:               # detached meanwhile: its detach closes nothing more
+        rbd_image_close(h)
+        return
+    rdev.image = h
+    rdev.reopens += 1
+    rdev.reopen_delay = 0
+    rdev.blocklisted = False
+    pr_notice(f"vdisk_rbd: {rdev.name}: reopened as a new client (reopens={rdev.reopens})")
+
+
 def _io_failed(virt_dev: scst_vdisk_dev, cmd: scst_cmd, ret: int, op: int, off: int) -> int:
-    """Set the sense for a failed request at byte offset off; return ret."""
+    """Set the sense for a failed request at byte offset off; return ret.
+    The first -ESHUTDOWN (fenced) starts the reopen."""
     rdev = _rbd(virt_dev)
-    if ret == -ESHUTDOWN and not rdev.blocklisted:
+    if ret == -ESHUTDOWN and not rdev.blocklisted and rdev.image is not None:
         rdev.blocklisted = True
         pr_err(f"vdisk_rbd: {virt_dev.name}: the cluster blocklisted this client: NOT READY "
-               f"until the device is deleted and added again")
+               f"until the image is reopened")
+        schedule_delayed_work(rdev.reopen, 0)
     write = op != RBD_OP_READ
     what = ("read", "write", "flush", "discard", "write_zeroes")[op]
     pr_warn_ratelimited(f"vdisk_rbd: {virt_dev.name}: {what} at LBA {off >> virt_dev.block_shift} "
@@ -125,15 +195,17 @@ def _io_failed(virt_dev: scst_vdisk_dev, cmd: scst_cmd, ret: int, op: int, off: 
 
 
 def _sync_done(req: rbd_request) -> None:
-    complete(req.private)
+    cmd, done = req.private
+    atomic_dec(_rbd(cmd.dev.dh_priv).inflight)
+    complete(done)
 
 
 def _rbd_wait(virt_dev: scst_vdisk_dev, cmd: scst_cmd, op: int, off: int, length: int,
               iov: list) -> int:
     """One request, waited for (a device thread): 0, or the sense set and -errno."""
     done = completion("vdisk_rbd io")
-    req = rbd_request(op, off, length, iov, _sync_done, done)
-    ret = rbd_image_submit(_rbd(virt_dev).image, req)
+    req = rbd_request(op, off, length, iov, _sync_done, (cmd, done))
+    ret = _submit(_rbd(virt_dev), req)
     if ret == 0:
         wait_for_completion(done)
         ret = min(req.result, 0)
@@ -175,13 +247,14 @@ def _rbd_io_end(req: rbd_request) -> None:
     write-back image flushes first; then the command completes."""
     cmd: scst_cmd = req.private
     virt_dev: scst_vdisk_dev = cmd.dev.dh_priv
+    atomic_dec(_rbd(virt_dev).inflight)
     if req.result < 0:
         _io_failed(virt_dev, cmd, req.result, req.op, req.off)
     elif req.op == RBD_OP_READ:
         cmd.resp_data_len = cmd.data_len    # a READ's data_len never exceeds its bufflen
     elif req.length and _flush_after(cmd, virt_dev):
         flush = rbd_request(RBD_OP_FLUSH, req.off, 0, [], _rbd_io_end, cmd)
-        ret = rbd_image_submit(_rbd(virt_dev).image, flush)
+        ret = _submit(_rbd(virt_dev), flush)
         if ret == 0:
             return
         _io_failed(virt_dev, cmd, ret, RBD_OP_FLUSH, req.off)
@@ -209,7 +282,7 @@ def rbd_exec_nowait(cmd: scst_cmd) -> bool:
     rop = RBD_OP_WRITE if write else RBD_OP_READ
     pos = cmd.lba << virt_dev.block_shift
     req = rbd_request(rop, pos, cmd.data_len, scst_cmd_iov(cmd), _rbd_io_end, cmd)
-    ret = rbd_image_submit(_rbd(virt_dev).image, req)
+    ret = _submit(_rbd(virt_dev), req)
     if ret < 0:
         _io_failed(virt_dev, cmd, ret, rop, pos)
         vdisk_cmd_done(cmd)
@@ -268,7 +341,11 @@ def rbd_attach(dev: scst_device) -> int:
         pr_err(f"{who}: image {pool}/{name} of {size} bytes is smaller than one block ({bs})")
         rbd_image_close(h)
         return -EINVAL
-    virt_dev.file = rbd_dev(image=h, cache=cache)
+    rdev = rbd_dev(name=virt_dev.name, open_args=(conf, user, pool, name, options), cache=cache,
+                   image=h)
+    INIT_DELAYED_WORK(rdev.reopen, _rbd_reopen)
+    rdev.reopen.data = rdev
+    virt_dev.file = rdev
     virt_dev.file_size = size - size % bs
     if not virt_dev.thin_provisioned_set and not virt_dev.rd_only:
         virt_dev.thin_provisioned = True        # RBD images are thin; write_zeroes deallocates
@@ -283,7 +360,10 @@ def rbd_detach(dev: scst_device) -> None:
     vdisk_detach_common(dev, virt_dev)
     rdev = virt_dev.file
     if isinstance(rdev, rbd_dev):
-        rbd_image_close(rdev.image)
+        rdev.stopping = True
+        cancel_delayed_work_sync(rdev.reopen)
+        if rdev.image is not None:
+            rbd_image_close(rdev.image)
     virt_dev.file = None
     virt_dev.dev = None
 

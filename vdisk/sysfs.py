@@ -136,12 +136,13 @@ def vdev_sysfs_rbd_param_show(kobj: kobject, a: kobj_attribute) -> str:
 
 
 def vdev_sysfs_rbd_state_show(kobj: kobject, a: kobj_attribute) -> str:
-    """vdisk_rbd's image: open, or blocklisted (failing commands until the
-    device is added again)."""
+    """vdisk_rbd's image: open, or reopening (the cluster blocklisted the
+    client; commands get NOT READY meanwhile), and how often it was
+    reopened."""
     rdev = _vd(kobj).file
     if rdev is None:
         return "detached\n"
-    return "blocklisted\n" if rdev.blocklisted else "open\n"
+    return f"{'reopening' if rdev.blocklisted else 'open'} reopens={rdev.reopens}\n"
 
 
 def vdev_sysfs_nbd_state_show(kobj: kobject, a: kobj_attribute) -> str:

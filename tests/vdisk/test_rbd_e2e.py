@@ -9,7 +9,7 @@ What it checks: a 64 MiB qemu-img round trip through the LUN is
 bit-identical; libiscsi's conformance suite passes on the LUN (skips only
 for what an RBD LUN is configured without); an image shrunk behind the
 LUN's back gives MEDIUM ERROR naming the LBA; a blocklisted client gives
-NOT READY (02/04/00), TEST UNIT READY too; an OSD that stops answering
+NOT READY (02/04/00), then the image is reopened as a new client; an OSD that stops answering
 gives NOT READY after op_timeout and no acknowledged write is lost; FUA
 and SYNCHRONIZE CACHE flush the image only when librbd caches; a device
 is created, used and removed through uscstadmin, and a missing image or
@@ -132,30 +132,41 @@ def _watcher(ceph: CephTestCluster, img: str) -> str:
     return m.group(1)
 
 
-def test_a_blocklisted_client_gives_not_ready_and_test_unit_ready_says_so(
+def test_a_blocklisted_client_gives_not_ready_then_reopens_the_image_as_a_new_client(
         uscstd, ceph: CephTestCluster, tmp_path: Path) -> None:
-    """The cluster fences our client (ceph osd blocklist add, what a
-    failover does to the old node): every command that needs the image
-    gets NOT READY, LOGICAL UNIT NOT READY (02/04/00), which an initiator
-    retries on another path; nothing acknowledged earlier is lost."""
+    """The cluster fences our client (ceph osd blocklist add, what another
+    node does when it breaks a dead owner's lock): the command that meets
+    it gets NOT READY, LOGICAL UNIT NOT READY (02/04/00), which an
+    initiator retries; the device then opens the image again as a new
+    client and serves, and nothing acknowledged earlier is lost."""
     img = ceph.image("16M")
     srv = _start(uscstd, tmp_path, ceph.device_attrs(img))
+    ctl = tmp_path / "rbd.sock"
     data = os.urandom(64 << 10)
     with _login(srv) as ini:
         assert ini.write10(0, data).ok
         addr = _watcher(ceph, img)
         ceph.ceph("osd", "blocklist", "add", addr)
-        r = ini.write10(1024, b"\x11" * 512)
-        assert (r.status, r.sense_key, r.asc_ascq) == (CHECK_CONDITION, NOT_READY, (0x04, 0))
-        r = ini.test_unit_ready()
-        assert (r.status, r.sense_key, r.asc_ascq) == (CHECK_CONDITION, NOT_READY, (0x04, 0))
-        assert uscstadmin_ok(tmp_path / "rbd.sock", "get",
-                             "devices/rd0/rbd_state").strip() == "blocklisted"
-    ceph.ceph("osd", "blocklist", "rm", addr)
-    out = tmp_path / "after.img"
-    ceph.rbd("export", f"{ceph.pool}/{img}", str(out))
-    assert out.read_bytes()[:len(data)] == data
-    assert "the cluster blocklisted this client" in srv.stderr_text()
+        try:
+            r = ini.write10(1024, b"\x11" * 512)
+            assert (r.status, r.sense_key, r.asc_ascq) == \
+                (CHECK_CONDITION, NOT_READY, (0x04, 0))
+            deadline = time.monotonic() + RECOVER_TIMEOUT_S
+            # Bounded by the deadline; reopening takes well under a second here.
+            while not (r := ini.test_unit_ready()).ok:
+                assert (r.sense_key, r.asc_ascq) == (NOT_READY, (0x04, 0))
+                assert time.monotonic() < deadline, "the image was not reopened"
+                time.sleep(0.1)
+            assert uscstadmin_ok(ctl, "get", "devices/rd0/rbd_state").strip() == \
+                "open reopens=1"
+            assert _watcher(ceph, img) != addr
+            assert ini.write10(1024, b"\x11" * 512).ok
+            assert ini.read10(0, len(data) // 512).data == data
+        finally:
+            ceph.ceph("osd", "blocklist", "rm", addr)
+    text = srv.stderr_text()
+    assert "the cluster blocklisted this client" in text
+    assert "reopened as a new client (reopens=1)" in text
     srv.assert_healthy()
 
 
@@ -190,7 +201,7 @@ def test_open_dev_add_lun_and_close_dev_through_uscstadmin(
                   *(a for p in [*base, f"pool={ceph.pool}", f"image={img}"] for a in ("-p", p)))
     uscstadmin_ok(ctl, "add-lun", srv.iqn, "1", "r1")
     assert uscstadmin_ok(ctl, "get", "devices/r1/image").split()[0] == img
-    assert uscstadmin_ok(ctl, "get", "devices/r1/rbd_state").strip() == "open"
+    assert uscstadmin_ok(ctl, "get", "devices/r1/rbd_state").strip() == "open reopens=0"
     assert uscstadmin_ok(ctl, "get", "devices/r1/size").split()[0] == str(8 << 20)
     with Initiator(port=srv.port) as ini:
         ini.connect()
