@@ -363,8 +363,9 @@ def nbd_refuse_shared_reservation(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> bo
     peers = scst_tg_dev_peer_ports(cmd.dev)
     if not peers:
         return False
-    pr_warn_once(f"vdisk_nbd: {virt_dev.name}: reservations refused: the device is shared with "
-                 f"{', '.join(peers)}, which would not enforce them")
+    # also vdisk_rbd's: name the device's own handler
+    pr_warn_once(f"{cmd.dev.handler.name}: {virt_dev.name}: reservations refused: the device is "
+                 f"shared with {', '.join(peers)}, which would not enforce them")
     scst_set_cmd_error(cmd, scst_sense_invalid_opcode)
     return True
 

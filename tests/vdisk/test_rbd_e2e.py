@@ -11,7 +11,8 @@ for what an RBD LUN is configured without); an image shrunk behind the
 LUN's back gives MEDIUM ERROR naming the LBA; a blocklisted client gives
 NOT READY (02/04/00), then the image is reopened as a new client; an OSD that stops answering
 gives NOT READY after op_timeout and no acknowledged write is lost; FUA
-and SYNCHRONIZE CACHE flush the image only when librbd caches; a device
+and SYNCHRONIZE CACHE flush the image only when librbd caches; two nodes
+export one image as one LU and pass it between them; a device
 is created, used and removed through uscstadmin, and a missing image or
 pool is refused with one clear log line. Skipped, with the reason,
 without a cluster or librbd.
@@ -31,13 +32,15 @@ from typing import Iterator
 import pytest
 
 from tests.initiator import Initiator
+from tests.scsi_support import naa_designator
 from tests.vdisk.ceph_support import RBD_TARGET, CephTestCluster, rbd_config, start_test_cluster
 from tests.vdisk.nbd_support import need, sense_info
 from tests.vdisk.test_nbd_e2e import THIN_FAMILIES, _ALLOWED_SKIPS, _cu, _cu_problems
+from tests.vdisk.test_nbd_two_nodes import NODE_A, NODE_B, node_config
 from uscstd_support import free_port, uscstadmin_ok
 
 CHECK_CONDITION = 0x02
-MEDIUM_ERROR, NOT_READY = 0x3, 0x2
+MEDIUM_ERROR, NOT_READY, ILLEGAL_REQUEST = 0x3, 0x2, 0x5
 RECOVER_TIMEOUT_S = 60.0      # bound on waiting for a thawed OSD to serve again
 
 
@@ -282,3 +285,42 @@ def test_fua_and_synchronize_cache_flush_the_image_only_when_librbd_caches(
         + [("2", "0")]
     assert _rbd_requests(ctl) == want
     srv.assert_healthy()
+
+
+def test_two_nodes_export_one_rbd_image_as_one_lu_and_pass_the_image_between_them(
+        uscstd, ceph: CephTestCluster, tmp_path: Path) -> None:
+    """Two uscstd processes, the same image under the same device name, in
+    two ALUA target port groups (docs/scale-out.md, "Two nodes"): one
+    identity on both, writes through either node seen through the other
+    (librbd passes the exclusive lock between the two clients), and
+    reservations refused on both, since neither would enforce the other's."""
+    attrs = "".join(f"        {a}\n" for a in ceph.device_attrs(ceph.image("16M")))
+    nodes = []
+    for me, my_id, peer, peer_id in ((NODE_A, 1, NODE_B, 2), (NODE_B, 2, NODE_A, 1)):
+        port = free_port()
+        text = node_config("-", me, my_id, peer, peer_id, port)
+        text = text.replace("HANDLER vdisk_nbd {\n    DEVICE shared0 {\n        uri -\n",
+                            "HANDLER vdisk_rbd {\n    DEVICE shared0 {\n" + attrs)
+        conf = tmp_path / f"{me.rsplit(':', 1)[1]}.conf"
+        conf.write_text(text)
+        nodes.append(uscstd("--config", str(conf), "--control", str(conf.with_suffix(".sock")),
+                            port=port, disk=None, size=None))
+    a, b = nodes
+    with Initiator(port=a.port) as ia, Initiator(port=b.port) as ib:
+        ia.connect()
+        ia.login(NODE_A)
+        ib.connect()
+        ib.login(NODE_B)
+        assert naa_designator(ia, 0) == naa_designator(ib, 0)
+        for rnd in range(3):
+            da, db = os.urandom(8192), os.urandom(8192)
+            assert ia.write10(rnd * 64, da).ok
+            assert ib.read10(rnd * 64, 16).data == da
+            assert ib.write10(rnd * 64 + 32, db).ok
+            assert ia.read10(rnd * 64 + 32, 16).data == db
+        r = ib.scsi(bytes((0x16, 0, 0, 0, 0, 0)))                  # RESERVE(6)
+        assert (r.status, r.sense_key, r.asc_ascq) == (CHECK_CONDITION, ILLEGAL_REQUEST, (0x20, 0))
+    assert f"vdisk_rbd: shared0: reservations refused: the device is shared with {NODE_A}" \
+        in b.stderr_text()
+    a.assert_healthy()
+    b.assert_healthy()
