@@ -461,6 +461,7 @@ def posix_ops() -> host_operations:
     t.rbd_open = engine_rbd.image_open
     t.rbd_size = engine_rbd.image_size
     t.rbd_close = engine_rbd.image_close
+    t.rbd_extent = engine_rbd.image_extent
     t.rbd_attach = _no_engine
     t.rbd_detach = _nothing
     t.rbd_submit = _no_engine

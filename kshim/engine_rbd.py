@@ -31,7 +31,8 @@ threads, and Debian's python3-rbd is built for /usr/bin/python3, not our
 venv's interpreter.
 
 Contexts: probe, image_size, image_submit, image_reap: the CPU thread,
-never blocking. image_open, image_close: an I/O pool thread.
+never blocking. image_open, image_close, image_extent: an I/O pool
+thread.
 """
 from __future__ import annotations
 
@@ -76,6 +77,9 @@ int rbd_aio_flush(rbd_image_t image, rbd_completion_t c);
 int rbd_aio_discard(rbd_image_t image, uint64_t off, uint64_t len, rbd_completion_t c);
 int rbd_aio_write_zeroes(rbd_image_t image, uint64_t off, size_t len, rbd_completion_t c,
                          int zero_flags, int op_flags);
+int rbd_diff_iterate2(rbd_image_t image, const char *fromsnapname, uint64_t ofs, uint64_t len,
+                      uint8_t include_parent, uint8_t whole_object,
+                      int (*cb)(uint64_t, size_t, int, void *), void *arg);
 """
 
 # (ffi, librados, librbd), or why not (one line); loaded once
@@ -254,6 +258,34 @@ def image_submit(img: rbd_image, req: rbd_request) -> int:
         return ret
     img.reqs[key] = (req, pins)
     return 0
+
+
+def image_extent(img: rbd_image, off: int, length: int) -> "tuple[bool, int] | int":
+    """(allocated, bytes) of the run of allocated or unallocated bytes that
+    starts at off, looked for within [off, off+length) (rbd_diff_iterate2
+    against no snapshot: the allocated extents), or -errno. Blocks: an I/O pool thread
+    only (its callback runs there, or on librbd's threads: it only
+    appends to a list)."""
+    ffi = img.ffi
+    found: list[tuple[int, int]] = []
+
+    def extent(o: int, n: int, exists: int, _arg: Any) -> int:
+        if exists:
+            found.append((o, n))
+        return 0
+    cb = ffi.callback("int(uint64_t, size_t, int, void *)", extent)
+    ret = img.rbd.rbd_diff_iterate2(img.image, ffi.NULL, off, length, 1, 0, cb, ffi.NULL)
+    if ret < 0:
+        return ret
+    found.sort()
+    if not found or found[0][0] > off:
+        return False, (found[0][0] - off) if found else length
+    end = off
+    for o, n in found:
+        if o > end:
+            break
+        end = max(end, o + n)
+    return True, min(end, off + length) - off
 
 
 def eventfd_clear(img: rbd_image) -> None:

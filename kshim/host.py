@@ -23,7 +23,7 @@ The table (host_operations, one instance `ops` for the life of the process):
   kshim.engine_rbd, refused by the sim): rbd_probe, rbd_open, rbd_size,
   rbd_close (open and close block: through io_submit), rbd_attach,
   rbd_detach (watch an image's completions or stop), rbd_submit(image,
-  rbd_request)
+  rbd_request), rbd_extent (allocation; blocks)
 - timers: timer_kick(expires) (the earliest kshim.timer expiry moved earlier)
 - signals and life cycle: request_shutdown
 
@@ -165,7 +165,7 @@ class host_operations:
         "sock_recv_into", "sock_recvmsg_into", "sock_sendmsg",
         "sock_attach", "sock_arm_rx", "sock_arm_tx", "sock_detach",
         "rbd_probe", "rbd_open", "rbd_size", "rbd_close", "rbd_attach", "rbd_detach",
-        "rbd_submit",
+        "rbd_submit", "rbd_extent",
         "timer_kick", "request_shutdown",
     )
 
@@ -236,6 +236,8 @@ class host_operations:
     rbd_attach: Callable[[Any], None]
     rbd_detach: Callable[[Any], None]
     rbd_submit: Callable[[Any, rbd_request], int]
+    # (allocated, bytes) of the run at an offset, within a length; blocks
+    rbd_extent: Callable[[Any, int, int], "tuple[bool, int] | int"]
     # timers: the earliest pending expiry (jiffies) became earlier
     timer_kick: Callable[[int], None]
     # signals and life cycle: begin an orderly stop (any context)

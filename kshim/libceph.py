@@ -8,7 +8,7 @@ flushes and discards that complete asynchronously. Here the host's
 librbd speaks RADOS; kshim reaches it only through the host-ops table
 (kshim.host: rbd_*), filled by kshim/engine_rbd.py under the trio engine.
 
-Contexts: rbd_image_open and rbd_image_close sleep (the I/O pool talks to
+Contexts: rbd_image_open, rbd_image_extent and rbd_image_close sleep (the I/O pool talks to
 the cluster meanwhile): process context only. rbd_image_submit from any
 context; the request's complete() runs later in softirq context, as a
 bio's end_io. rbd_available and rbd_image_size from any context.
@@ -93,6 +93,14 @@ def rbd_image_submit(h: Any, req: rbd_request) -> int:
     if ret < 0:
         req.private, req.complete = private, done
     return ret
+
+
+def rbd_image_extent(h: Any, off: int, length: int) -> "tuple[bool, int] | int":
+    """(allocated, bytes) of the run of allocated or unallocated bytes at
+    off, looked for within [off, off+length), or -errno. Process context:
+    sleeps while the I/O pool asks librbd."""
+    might_sleep()
+    return _pool_call(ops.rbd_extent, h, off, length)
 
 
 def rbd_image_close(h: Any) -> None:

@@ -33,7 +33,10 @@ WRITE with FUA, and SYNCHRONIZE CACHE, are followed by rbd_aio_flush.
 UNMAP and WRITE SAME with UNMAP are rbd_aio_write_zeroes: it deallocates
 whole objects and zeroes the rest, so they read back zeros as the LBPRZ=1
 that vdisk reports promises (rbd_aio_discard may skip partial objects and
-leave their data). GET LBA STATUS reports every block mapped.
+leave their data). GET LBA STATUS asks librbd which extents are
+allocated (rbd_diff_iterate2): a RADOS object is allocated from its start
+to the end of its last write, so a block never written before a written
+one in the same object reads as mapped, which is allowed (it reads zeros).
 
 Errors: librbd's error on a read is MEDIUM ERROR, UNRECOVERED READ ERROR
 (03/11/00), on a write or flush MEDIUM ERROR, WRITE ERROR (03/0C/00),
@@ -71,8 +74,8 @@ from kshim.err import EINVAL, ENODEV, ENOSPC, ENOTCONN, ESHUTDOWN, ETIMEDOUT, er
 from kshim.host import (RBD_OP_FLUSH, RBD_OP_READ, RBD_OP_WRITE, RBD_OP_WRITE_ZEROES,
                         rbd_request)
 from kshim.jiffies import HZ
-from kshim.libceph import (rbd_available, rbd_image_close, rbd_image_open, rbd_image_size,
-                           rbd_image_submit)
+from kshim.libceph import (rbd_available, rbd_image_close, rbd_image_extent, rbd_image_open,
+                           rbd_image_size, rbd_image_submit)
 from kshim.printk import pr_err, pr_info, pr_notice, pr_warn_ratelimited
 from kshim.workqueue import (INIT_DELAYED_WORK, cancel_delayed_work_sync, delayed_work,
                              schedule_delayed_work, work_struct)
@@ -91,6 +94,7 @@ RBD_DEFAULT_USER = "admin"
 RBD_OP_TIMEOUT = 30                  # seconds: Linux's default command timeout
 RBD_OP_TIMEOUT_MAX = 100             # below the hung-task timeout (120 s) waiters would meet
 RBD_REOPEN_DELAY_MAX = 5 * HZ        # the longest wait between reopen attempts
+RBD_LBA_STATUS_SPAN = 1 << 30        # bytes one GET LBA STATUS looks at
 
 _READ_OPS = frozenset((0x08, 0x28, 0xA8, 0x88))
 _WRITE_OPS = frozenset((0x0A, 0x2A, 0xAA, 0x8A))
@@ -238,8 +242,25 @@ def rbd_unmap(virt_dev: scst_vdisk_dev, cmd: scst_cmd, pos: int, length: int) ->
     return _rbd_wait(virt_dev, cmd, RBD_OP_WRITE_ZEROES, pos, length, [])
 
 
+def rbd_lba_status(virt_dev: scst_vdisk_dev, lba: int) -> tuple[bool, int]:
+    """(mapped, blocks) of the extent at lba, from the image's allocated
+    extents (rbd_diff_iterate2) within RBD_LBA_STATUS_SPAN bytes; every
+    block mapped while the image is being reopened or when librbd fails."""
+    rdev = _rbd(virt_dev)
+    shift = virt_dev.block_shift
+    left = virt_dev.nblocks - lba
+    if rdev.blocklisted:
+        return True, left
+    r = rbd_image_extent(rdev.image, lba << shift, min(left << shift, RBD_LBA_STATUS_SPAN))
+    if isinstance(r, int):
+        return True, left
+    mapped, n = r
+    return mapped, max(1, n >> shift)
+
+
 rbd_io_ops = vdisk_io_ops(read=rbd_read, write=rbd_write, read_into=rbd_read_into,
-                          sync=rbd_sync, unmap=rbd_unmap, write_buf=rbd_write_buf)
+                          sync=rbd_sync, unmap=rbd_unmap, lba_status=rbd_lba_status,
+                          write_buf=rbd_write_buf)
 
 
 def _rbd_io_end(req: rbd_request) -> None:

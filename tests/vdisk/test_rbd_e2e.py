@@ -324,3 +324,32 @@ def test_two_nodes_export_one_rbd_image_as_one_lu_and_pass_the_image_between_the
         in b.stderr_text()
     a.assert_healthy()
     b.assert_healthy()
+
+
+def _lba_status(ini: Initiator, lba: int) -> tuple[int, int, int]:
+    """(first LBA, blocks, provisioning status) of GET LBA STATUS's first
+    descriptor."""
+    d = ini.scsi(struct.pack(">BBQIBB", 0x9E, 0x12, lba, 32, 0, 0), read_len=32).check().data
+    return int.from_bytes(d[8:16], "big"), int.from_bytes(d[16:20], "big"), d[20] & 0x0F
+
+
+def test_get_lba_status_reports_the_images_allocated_extents(
+        uscstd, ceph: CephTestCluster, tmp_path: Path) -> None:
+    """A fresh image is deallocated (1) throughout; one block written in
+    its third 4 MiB object makes that object's bytes up to the block's
+    end mapped (0: a RADOS object grows from its start), the rest stays
+    deallocated; an UNMAP of the whole object deallocates it again, and
+    it reads back zeros."""
+    srv = _start(uscstd, tmp_path, ceph.device_attrs(ceph.image("32M")))
+    obj, nblocks = 8192, 65536
+    with _login(srv) as ini:
+        assert _lba_status(ini, 0) == (0, nblocks, 1)
+        assert ini.write10(2 * obj + 5, b"\x33" * 512).ok
+        assert _lba_status(ini, 0) == (0, 2 * obj, 1)
+        assert _lba_status(ini, 2 * obj) == (2 * obj, 6, 0)
+        assert _lba_status(ini, 2 * obj + 6) == (2 * obj + 6, nblocks - 2 * obj - 6, 1)
+        unmap = struct.pack(">HHxxxx", 22, 16) + struct.pack(">QIxxxx", 2 * obj, obj)
+        assert ini.scsi(struct.pack(">BBxxxxxHx", 0x42, 0, len(unmap)), data_out=unmap).ok
+        assert _lba_status(ini, 0) == (0, nblocks, 1)
+        assert ini.read10(2 * obj + 5, 1).data == bytes(512)
+    srv.assert_healthy()
