@@ -95,40 +95,34 @@ _ep: select.epoll | None = None
 _socks: dict[int, Any] = {}   # fd -> the attached sock (CPU thread only)
 
 
-def _ready_pass(events: list[tuple[int, int]]) -> None:
-    """Deliver one epoll batch: the callbacks of every armed socket in
-    softirq context, disarming it, then the CPU runs once for all."""
-    socks = _socks
-    nrx = ntx = 0
-    for fd, ev in events:
-        sk = socks.get(fd)
-        if sk is None:
-            continue              # detached after this batch was taken
-        if ev & _EV_RX and sk.rx_armed:
-            sk.rx_armed = False
-            nrx += 1
-            softirq.softirq_run(sk.sk_data_ready, sk)
-        if ev & _EV_TX and sk.tx_armed:
-            sk.tx_armed = False
-            ntx += 1
-            softirq.softirq_run(sk.sk_write_space, sk)
-    stats["rx_events"] += nrx
-    stats["tx_events"] += ntx
-    stats["ready_passes"] += 1
-    run_cpu()
-
-
 async def _ready_task(ep: select.epoll) -> None:
-    """Wait for the engine's epoll and deliver what it reports. An edge
-    that finds its socket unarmed is dropped: the socket's reader is not
-    asleep on it and will see the data (or the close) when it receives."""
+    """Wait for the engine's epoll; per wake-up take one batch of events and
+    call the callbacks of every armed socket in it in softirq context,
+    disarming it, then run the CPU once for all. An edge that finds its
+    socket unarmed is dropped: the socket's reader is not asleep on it and
+    will see the data (or the close) when it receives."""
     efd = ep.fileno()
     poll = ep.poll
+    socks = _socks
     while True:
         await trio.lowlevel.wait_readable(efd)
-        events = poll(0, EPOLL_BATCH)
-        if events:
-            _ready_pass(events)
+        nrx = ntx = 0
+        for fd, ev in poll(0, EPOLL_BATCH):
+            sk = socks.get(fd)
+            if sk is None:
+                continue          # detached after this batch was taken
+            if ev & _EV_RX and sk.rx_armed:
+                sk.rx_armed = False
+                nrx += 1
+                softirq.softirq_run(sk.sk_data_ready, sk)
+            if ev & _EV_TX and sk.tx_armed:
+                sk.tx_armed = False
+                ntx += 1
+                softirq.softirq_run(sk.sk_write_space, sk)
+        stats["rx_events"] += nrx
+        stats["tx_events"] += ntx
+        stats["ready_passes"] += 1
+        run_cpu()
 
 
 def readiness_stats() -> str:
