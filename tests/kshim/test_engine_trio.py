@@ -13,6 +13,7 @@ from kshim.err import EAGAIN
 from kshim.net import (AF_INET, MSG_DONTWAIT, SOCK_STREAM, kernel_accept, kernel_bind,
                        kernel_getsockname, kernel_listen, kernel_recvmsg, kernel_sendmsg,
                        sock_create_kern, sock_release, sock_rx_armed)
+from kshim.sysfs import sysfs_read
 from kshim.wait import wait_event, wait_queue_head, wake_up
 
 HOST_WAIT_S = 10.0           # bound on every host-side wait (a hang fails, never blocks)
@@ -120,7 +121,8 @@ def test_readiness_is_delivered_once_per_arming_then_again_after_a_short_receive
 
 def test_many_ready_sockets_are_delivered_in_one_pass(kernel):
     """Eight sockets that became readable while the CPU was busy get their
-    eight sk_data_ready calls from one epoll batch."""
+    eight sk_data_ready calls from one epoll batch, and
+    /sys/kernel/engine/readiness shows the engine's counters."""
     def body() -> tuple:
         p = peers(8)
         for c in p.clients:
@@ -129,11 +131,18 @@ def test_many_ready_sockets_are_delivered_in_one_pass(kernel):
         before = dict(engine_trio.stats)
         p.wait(lambda: sum(p.rx) == 8)
         after = dict(engine_trio.stats)
+        shown = sysfs_read("kernel/engine/readiness")
         got = [_drain(s) for s in p.socks]
         p.close()
         return (p.rx, after["rx_events"] - before["rx_events"],
-                after["ready_passes"] - before["ready_passes"], got)
-    assert kernel(body) == ([1] * 8, 8, 1, [b"x"] * 8)
+                after["ready_passes"] - before["ready_passes"], got, shown, after)
+    rx, events, passes, got, shown, after = kernel(body)
+    assert (rx, events, passes, got) == ([1] * 8, 8, 1, [b"x"] * 8)
+    # The live tree shows the same counters: 8 sockets and the listener.
+    fields = dict(line.split() for line in shown.splitlines())
+    assert fields["sockets"] == "9"
+    assert int(fields["ready_passes"]) == after["ready_passes"]
+    assert int(fields["rx_events"]) == after["rx_events"]
 
 
 def test_a_socket_detached_while_armed_gets_no_callback_and_leaves_the_epoll(kernel):
