@@ -364,7 +364,7 @@ async def _main(init: Callable[[], Any], exit_fn: Callable[[], Any] | None,
         io_backend = f"worker_pool threads={io_threads} (io_uring: {ring})"
     else:
         _ring = ring
-        io_backend = f"io_uring entries={engine_uring.URING_ENTRIES}"
+        io_backend = f"io_uring entries={engine_uring.URING_ENTRIES} setup={ring.setup}"
     printk.pr_info(f"kshim: file I/O on {io_backend}")
     running = True
     try:

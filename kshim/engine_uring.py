@@ -53,6 +53,18 @@ OP_READ = 0
 OP_WRITE = 1
 OP_FSYNC = 2
 
+# How the kernel tells the CPU thread of a completion an io-wq worker
+# finished (buffered writes and fsyncs run there). Without
+# IORING_SETUP_COOP_TASKRUN (Linux 5.19) it interrupts the thread with a
+# reschedule IPI (a VM exit under virtualisation) to run the completion's
+# task_work: measured at about a third of the CPU of a 4K write-back write
+# (docs/decisions/0056). With it, the task_work waits for the thread's
+# next system call, which at load comes within microseconds; a sleeping
+# thread is still woken. An older kernel refuses the flag (EINVAL): the
+# ring is then set up without it. USCST_IO_URING_SETUP=ipi asks for that.
+IORING_SETUP_COOP_TASKRUN = 1 << 8
+_SETUPS = (("coop_taskrun", IORING_SETUP_COOP_TASKRUN), ("ipi", 0))
+
 _CDEF = """
 struct io_uring { ...; };
 struct iovec { void *iov_base; size_t iov_len; };
@@ -210,11 +222,12 @@ class uring:
     """The process's ring: open() it, submit() jobs, flush() once per pass,
     reap() after the eventfd fires."""
 
-    def __init__(self, ffi: Any, lib: Any, ring: Any, efd: int) -> None:
+    def __init__(self, ffi: Any, lib: Any, ring: Any, efd: int, setup: str) -> None:
         self.ffi = ffi
         self.lib = lib
         self.ring = ring
         self.efd = efd
+        self.setup = setup                     # which of _SETUPS the kernel took
         self.queued = 0                        # SQEs written since the last flush
         self.ops: dict[int, _op] = {}          # user_data -> op in flight
         self.next_id = 1
@@ -235,7 +248,15 @@ class uring:
             return lib
         ffi, clib = lib
         ring = ffi.new("struct io_uring *")
-        ret = clib.io_uring_queue_init(URING_ENTRIES, ring, 0)
+        want = os.environ.get("USCST_IO_URING_SETUP", "")
+        setups = [s for s in _SETUPS if s[0] == want] or list(_SETUPS)
+        ret = -_errno.EINVAL
+        setup = ""
+        for name, flags in setups:
+            setup = name
+            ret = clib.io_uring_queue_init(URING_ENTRIES, ring, flags)
+            if ret != -_errno.EINVAL:
+                break
         if ret < 0:
             return f"io_uring_queue_init: {os.strerror(-ret)} ({_errno.errorcode.get(-ret, ret)})"
         try:
@@ -248,7 +269,7 @@ class uring:
             clib.io_uring_queue_exit(ring)
             os.close(efd)
             return f"io_uring_register_eventfd: {os.strerror(-ret)}"
-        return cls(ffi, clib, ring, efd)
+        return cls(ffi, clib, ring, efd, setup)
 
     def close(self) -> None:
         self.lib.io_uring_queue_exit(self.ring)
