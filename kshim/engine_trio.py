@@ -259,9 +259,8 @@ async def _uring_task(ring: engine_uring.uring) -> None:
         ring.eventfd_clear()
         for _ in range(1 << 20):          # bounded; ends when the CQ is empty
             done = ring.reap()
-            for job in done:
-                stats["io_done"] += 1
-                softirq.softirq_run(job.complete, job)
+            stats["io_done"] += len(done)
+            softirq.softirq_run_jobs(done)
             run_cpu()
             if len(done) < engine_uring.URING_REAP_MAX:
                 break

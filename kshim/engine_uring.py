@@ -357,17 +357,24 @@ class uring:
             st["max_per_pass"] = n
         out = []
         data, res = self._data, self._res
+        ops = self.ops
+        per_file = self.per_file
         for i in range(n):
-            o = self.ops.pop(data[i])
+            # The op's cffi views go with it (refcounting releases them).
+            o = ops.pop(data[i])
             r = res[i]
-            self._unpin(o)
-            self._put_file(o.fd)
+            fd = o.fd
+            left = per_file[fd] - 1
+            per_file[fd] = left
+            if not left or self.backlog:
+                self._put_file(fd, left)
             if o.op != OP_FSYNC and r > 0:
                 o.done += r
-                want = iov_len(o.iov)
-                if r < want:
+                iov = o.iov
+                if r < (len(iov[0]) if len(iov) == 1 else iov_len(iov)):
                     # Short: repeat for the rest (a read that got 0 is at EOF).
-                    o.iov = iov_advance(o.iov, r)
+                    self._unpin(o)
+                    o.iov = iov_advance(iov, r)
                     st["resubmits"] += 1
                     self._issue(o)
                     continue
@@ -381,9 +388,9 @@ class uring:
             out.append(o.job)
         return out
 
-    def _put_file(self, fd: int) -> None:
-        left = self.per_file[fd] - 1
-        self.per_file[fd] = left
+    def _put_file(self, fd: int, left: int) -> None:
+        """fd has `left` operations in flight after a completion: refill
+        from its backlog, or forget it when nothing is left."""
         q = self.backlog.get(fd)
         if q and left < URING_FILE_REFILL:
             while q and self.per_file[fd] < URING_FILE_MAX:   # bounded: URING_FILE_MAX
