@@ -16,7 +16,8 @@ on ONE host thread (../docs/architecture.md, "one CPU").
   eventfd; everything else, and all of it when io_uring is refused (chosen
   at start and logged), to a small pool of host threads whose finished jobs
   come back through the trio token. Either way the completion runs in
-  softirq context, like a bio's end_io. /sys/kernel/io/stats shows which,
+  softirq context, like a bio's end_io (a reaped batch in one softirq
+  entry, softirq_run_jobs). /sys/kernel/io/stats shows which,
   with the ring's statistics (docs/decisions/0028).
 - After every event: pending softirqs, then sched.run_queue() until every
   kthread sleeps again.

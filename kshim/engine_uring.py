@@ -11,7 +11,10 @@ fallback when io_uring is refused.
   for every SQE queued since the last one. The engine calls flush() once per
   pass, after the run queue drained: the submissions of a pass are batched.
 - Completion: the ring signals an eventfd the engine's trio task waits on;
-  reap() takes at most URING_REAP_MAX completions per pass. A short transfer
+  reap() takes at most URING_REAP_MAX completions per pass. The ring is
+  set up with IORING_SETUP_COOP_TASKRUN where the kernel has it, so an
+  io-wq worker finishing a write does not interrupt the CPU thread with
+  an IPI (decision 0056); `setup` says which. A short transfer
   is resubmitted for the rest (as host._all_iov repeats a blocking call);
   a finished job gets job.result (bytes or -errno) and goes back to the
   engine, which runs job.complete in softirq context like a bio's end_io.
