@@ -39,6 +39,8 @@ from kshim.mutex import mutex
 from kshim.printk import pr_err, pr_info
 from kshim.sched import task_struct
 from kshim.scatterlist import sg_copy_from_buffer
+from scst_core.cluster import scst_cluster_dev_event_wait
+from scst_core.cluster_proto import CL_EV_UA
 from scst_core.const import (ASSOCIATION_LU, CODE_SET_ASCII, CODE_SET_BINARY, CODE_SET_UTF8,
                              DESIGNATOR_TYPE_NAA, DESIGNATOR_TYPE_SCSI_NAME_STRING,
                              DESIGNATOR_TYPE_T10_VENDOR, MODE_PAGE_ALL, MODE_PAGE_CACHING,
@@ -156,6 +158,7 @@ class scst_vdisk_dev:
     rotational: bool = True
     thin_provisioned: bool = False
     thin_provisioned_set: bool = False  # given as a parameter (else the backend decides)
+    cluster_mode: bool = False          # shared with other nodes (scst_core.cluster)
     # nullio's `dummy` parameter (SCST: a placeholder device); uscst keeps
     # and shows it, a nullio device already being data-free
     dummy: bool = False
@@ -790,6 +793,8 @@ def vdisk_exec_mode_select(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
         for tgt_dev in list(cmd.dev.dev_tgt_dev_list):
             if tgt_dev is not cmd.tgt_dev:
                 scst_queue_ua(tgt_dev, scst_sense_mode_params_changed_UA)
+        # and so do a shared device's other nodes, before GOOD
+        scst_cluster_dev_event_wait(cmd.dev, CL_EV_UA, scst_sense_mode_params_changed_UA)
 
 
 # ---------------------------------------------------------------- data commands
@@ -1052,6 +1057,7 @@ def vdisk_attach_common(dev: scst_device, virt_dev: scst_vdisk_dev) -> None:
     dev.block_size = virt_dev.block_size
     dev.block_shift = virt_dev.block_shift
     dev.rd_only = virt_dev.rd_only
+    dev.cluster_mode = virt_dev.cluster_mode
     virt_dev.pr_dev = scst_pr_init_dev(dev, virt_dev.name)
 
 
@@ -1091,7 +1097,7 @@ vdisk_add_device_parameters = ("filename", "size", "size_mb", "blocksize", "read
                                "rotational", "thin_provisioned", "physical_blocksize",
                                "t10_dev_id", "t10_vend_id",
                                "vend_specific_id", "usn", "prod_id", "prod_rev_lvl",
-                               "scsi_device_name", "sanitize_rate")
+                               "scsi_device_name", "sanitize_rate", "cluster_mode")
 # parameters only vdisk_nullio takes
 vdisk_nullio_only_parameters = ("dummy",)
 # parameters only vdisk_nbd takes (kept in backend_params; vdisk.nbd reads them)
@@ -1128,7 +1134,8 @@ def _parse_bool(s: str) -> int:
 _BOOL_PARAMS = {"read_only": "rd_only", "nv_cache": "nv_cache", "write_through": "wt_flag",
                 "o_direct": "o_direct", "o_dsync": "o_dsync", "removable": "removable",
                 "rotational": "rotational",
-                "thin_provisioned": "thin_provisioned", "dummy": "dummy"}
+                "thin_provisioned": "thin_provisioned", "dummy": "dummy",
+                "cluster_mode": "cluster_mode"}
 _STR_PARAMS = {"t10_dev_id": 16 + 8, "t10_vend_id": 8, "vend_specific_id": 128, "usn": 252,
                "prod_id": 16, "prod_rev_lvl": 4, "scsi_device_name": 251}
 

@@ -1,17 +1,20 @@
 """End to end: two uscstd processes ("nodes", two portals on loopback)
 export one NBD export (nbdkit's file plugin) as one logical unit in two
 ALUA target port groups: node A's port active/optimized, node B's
-active/non-optimized, each node naming the other's port as a peer
-(docs/scale-out.md).
+active/non-optimized, each node naming the other's port as a peer, the
+device in cluster_mode with a cluster link between the nodes
+(docs/scale-out.md, scst_core/cluster.py).
 
 What it checks: both nodes report the same device identity (VPD page
 0x83 NAA designator, unit serial number) and both groups in REPORT
 TARGET PORT GROUPS; reservations are refused with INVALID COMMAND
-OPERATION CODE on a shared LU (neither node would enforce the other's);
-libiscsi's MultipathIO family passes with one URL per node, but for
-MultipathIO.Reset (a LUN reset's unit attention does not cross nodes); and a
-failover: node A killed while writes are in flight, the initiator goes on
-through node B, and every block either node acknowledged is intact.
+OPERATION CODE on a shared LU (they do not cross the link); unit
+attentions do cross it (LUN RESET, MODE SELECT through A: B's nexus
+reports them); libiscsi's whole MultipathIO family passes with one URL
+per node; with the peer killed a node alone keeps serving, its LUN reset
+does not hang, and the restarted peer's link comes back; and a failover:
+node A killed while writes are in flight, the initiator goes on through
+node B, and every block either node acknowledged is intact.
 """
 from __future__ import annotations
 
@@ -20,24 +23,23 @@ import re
 import signal
 import struct
 import subprocess
+import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.initiator import Initiator
+from tests.initiator import TMF_LUN_RESET, TMF_RSP_COMPLETE, Initiator
 from tests.scsi_support import naa_designator
 from tests.vdisk.nbd_support import NbdFactory, need
-from uscstd_support import free_port
+from uscstd_support import free_port, uscstadmin_ok
 
 NODE_A = "iqn.2026-11.org.uscst:node-a"
 NODE_B = "iqn.2026-11.org.uscst:node-b"
 ILLEGAL_REQUEST, CHECK_CONDITION = 0x5, 0x02
 CU_TIMEOUT_S = 600.0
-# MultipathIO tests that fail across two nodes, by design (docs/scale-out.md):
-# a LUN RESET through node A raises its unit attention on A's nexuses only,
-# node B never hears of it
-EXPECTED_MULTIPATH_FAILURES = {"Reset"}
+UNIT_ATTENTION = 0x6
+LINK_TIMEOUT_S = 30.0       # bound on waiting for a cluster link to come up
 
 
 @pytest.fixture
@@ -47,13 +49,19 @@ def nbd_server(tmp_path: Path) -> Iterator[NbdFactory]:
     f.close()
 
 
-def node_config(uri: str, me: str, my_id: int, peer: str, peer_id: int, port: int) -> str:
-    """One node's scst.conf: the NBD device, its own target, and a device
+def node_config(uri: str, me: str, my_id: int, peer: str, peer_id: int, port: int,
+                cluster: int, peer_cluster: int) -> str:
+    """One node's scst.conf: the cluster link (its own address, its
+    peer's), the NBD device in cluster_mode, its own target, and a device
     group with its own port's group and the peer's (rel_tgt_id given)."""
     states = {1: "active", 2: "nonoptimized"}
-    return f"""HANDLER vdisk_nbd {{
+    return f"""cluster_listen 127.0.0.1:{cluster}
+cluster_peers 127.0.0.1:{peer_cluster}
+
+HANDLER vdisk_nbd {{
     DEVICE shared0 {{
         uri {uri}
+        cluster_mode 1
     }}
 }}
 TARGET_DRIVER iscsi {{
@@ -83,19 +91,42 @@ DEVICE_GROUP shared {{
 """
 
 
+def _start_node(uscstd, conf: Path, port: int):
+    return uscstd("--config", str(conf), "--control", str(conf.with_suffix(".sock")),
+                  port=port, disk=None, size=None)
+
+
 def _nodes(uscstd, nbd_server, tmp_path: Path):
+    """Both nodes, started, their cluster links up: (disk, [a, b], [conf a, conf b])."""
     disk = tmp_path / "shared.img"
     with open(disk, "wb") as f:
         f.truncate(16 << 20)
     nbd = nbd_server("nbdkit", "file", str(disk))
-    nodes = []
-    for me, my_id, peer, peer_id in ((NODE_A, 1, NODE_B, 2), (NODE_B, 2, NODE_A, 1)):
-        port = free_port()
+    ports, clusters = [free_port(), free_port()], [free_port(), free_port()]
+    nodes, confs = [], []
+    for i, (me, my_id, peer, peer_id) in enumerate(((NODE_A, 1, NODE_B, 2),
+                                                    (NODE_B, 2, NODE_A, 1))):
         conf = tmp_path / f"{me.rsplit(':', 1)[1]}.conf"
-        conf.write_text(node_config(nbd.uri, me, my_id, peer, peer_id, port))
-        nodes.append(uscstd("--config", str(conf), "--control", str(conf.with_suffix(".sock")),
-                            port=port, disk=None, size=None))
-    return disk, nodes
+        conf.write_text(node_config(nbd.uri, me, my_id, peer, peer_id, ports[i], clusters[i],
+                                    clusters[1 - i]))
+        nodes.append(_start_node(uscstd, conf, ports[i]))
+        confs.append(conf)
+    for conf in confs:
+        _wait_link_up(conf)
+    return disk, nodes, confs
+
+
+def _cluster_state(conf: Path) -> str:
+    return uscstadmin_ok(conf.with_suffix(".sock"), "get", "cluster_state")
+
+
+def _wait_link_up(conf: Path) -> None:
+    """Until the node's link to its peer is up (bounded)."""
+    deadline = time.monotonic() + LINK_TIMEOUT_S
+    # Bounded by the deadline; polls every 50 ms.
+    while " up " not in _cluster_state(conf):
+        assert time.monotonic() < deadline, _cluster_state(conf)
+        time.sleep(0.05)
 
 
 def _session(srv, target: str) -> Initiator:
@@ -121,7 +152,7 @@ def _report_tpgs(ini: Initiator) -> dict[int, tuple[int, list[int]]]:
 
 def test_two_nodes_report_one_lu_in_two_target_port_groups_and_refuse_reservations(
         uscstd, nbd_server, tmp_path: Path) -> None:
-    _, (a, b) = _nodes(uscstd, nbd_server, tmp_path)
+    _, (a, b), _ = _nodes(uscstd, nbd_server, tmp_path)
     with _session(a, NODE_A) as ia, _session(b, NODE_B) as ib:
         assert naa_designator(ia, 0) == naa_designator(ib, 0)
         usn = [i.inquiry(0, evpd=True, page=0x80).check().data for i in (ia, ib)]
@@ -139,10 +170,10 @@ def test_two_nodes_report_one_lu_in_two_target_port_groups_and_refuse_reservatio
     b.assert_healthy()
 
 
-def test_libiscsi_multipath_family_passes_with_one_url_per_node(uscstd, nbd_server,
+def test_libiscsi_multipath_family_passes_whole_with_one_url_per_node(uscstd, nbd_server,
                                                                 tmp_path: Path) -> None:
     exe = need("iscsi-test-cu")
-    _, (a, b) = _nodes(uscstd, nbd_server, tmp_path)
+    _, (a, b), _ = _nodes(uscstd, nbd_server, tmp_path)
     p = subprocess.run([exe, "-d", "-t", "SCSI.MultipathIO", "-v",
                         "-i", "iqn.2026-11.org.uscst.test:mp-1",
                         "-I", "iqn.2026-11.org.uscst.test:mp-2", a.url, b.url],
@@ -152,7 +183,8 @@ def test_libiscsi_multipath_family_passes_with_one_url_per_node(uscstd, nbd_serv
     (tmp_path / "multipath.log").write_text(out)
     m = re.search(r"^\s*tests\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", out, re.M)
     failed = set(re.findall(r"^\s+Test: (\S+) \.\.\.FAILED", out, re.M))
-    assert m and int(m.group(2)) >= 4 and failed == EXPECTED_MULTIPATH_FAILURES, out[-6000:]
+    # Reset included: the LUN reset's unit attention crosses the cluster link
+    assert m and int(m.group(2)) >= 4 and int(m.group(4)) == 0 and not failed, out[-6000:]
     skipped = [ln.strip() for ln in out.splitlines() if "[SKIPPED]" in ln]
     assert not skipped, "\n".join(skipped)
     a.assert_healthy()
@@ -161,7 +193,7 @@ def test_libiscsi_multipath_family_passes_with_one_url_per_node(uscstd, nbd_serv
 
 def test_failover_node_a_killed_mid_write_the_initiator_goes_on_through_b(
         uscstd, nbd_server, tmp_path: Path) -> None:
-    disk, (a, b) = _nodes(uscstd, nbd_server, tmp_path)
+    disk, (a, b), _ = _nodes(uscstd, nbd_server, tmp_path)
     written: dict[int, bytes] = {}
     with _session(a, NODE_A) as ia:
         for lba in range(0, 256, 8):
@@ -191,3 +223,92 @@ def test_failover_node_a_killed_mid_write_the_initiator_goes_on_through_b(
     for lba, data in written.items():
         assert on_disk[lba * 512:lba * 512 + 4096] == data, f"block {lba} lost"
     b.assert_healthy()
+
+
+def _mode_select_swp(ini: Initiator, swp: bool) -> None:
+    """MODE SELECT(10) of the control mode page with SWP set or cleared."""
+    sense = ini.scsi(bytes((0x5A, 0x08, 0x0A, 0, 0, 0, 0, 0x01, 0x00, 0)), read_len=256).check()
+    page = bytearray(sense.data[8:8 + 12])
+    assert page[0] & 0x3F == 0x0A, sense.data.hex()
+    page[0] &= 0x3F                   # PS is reserved in MODE SELECT
+    page[4] = (page[4] & ~0x08) | (0x08 if swp else 0)
+    plist = bytes(8) + bytes(page)
+    r = ini.scsi(struct.pack(">BBxxxxxHx", 0x55, 0x10, len(plist)), data_out=plist)
+    assert r.ok, (r.status, r.sense_key, r.asc_ascq)
+
+
+def _next_ua(ini: Initiator) -> "tuple[int, int] | None":
+    """The ASC/ASCQ of the unit attention TEST UNIT READY reports, or None."""
+    r = ini.test_unit_ready()
+    if r.ok:
+        return None
+    assert r.sense_key == UNIT_ATTENTION, (r.status, r.sense_key, r.asc_ascq)
+    return r.asc_ascq
+
+
+def _drain_uas(ini: Initiator) -> list[tuple[int, int]]:
+    out = []
+    for _ in range(16):               # a nexus keeps at most 16 (SCST_MAX_UA)
+        ua = _next_ua(ini)
+        if ua is None:
+            return out
+        out.append(ua)
+    raise AssertionError(f"unit attentions keep coming: {out}")
+
+
+def test_unit_attentions_of_lun_reset_and_mode_select_cross_to_the_other_node(
+        uscstd, nbd_server, tmp_path: Path) -> None:
+    _, (a, b), (ca, cb) = _nodes(uscstd, nbd_server, tmp_path)
+    with _session(a, NODE_A) as ia, _session(b, NODE_B) as ib:
+        _drain_uas(ia)
+        _drain_uas(ib)
+        assert ia.task_mgmt(TMF_LUN_RESET) == TMF_RSP_COMPLETE
+        # the TMF response came after B applied it: B's nexus has it at once
+        assert _drain_uas(ib) == [(0x29, 0x03)]          # LOGICAL UNIT RESET OCCURRED
+        assert _drain_uas(ia) == [(0x29, 0x03)]
+        _mode_select_swp(ia, True)
+        assert _drain_uas(ib) == [(0x2A, 0x01)]          # MODE PARAMETERS CHANGED
+        assert _drain_uas(ia) == []                      # not on the nexus that changed it
+        assert ib.task_mgmt(TMF_LUN_RESET) == TMF_RSP_COMPLETE
+        assert _drain_uas(ia) == [(0x29, 0x03)]          # and the other way round
+        assert _drain_uas(ib) == [(0x29, 0x03)]
+        _mode_select_swp(ib, True)          # mode pages are per node (docs)
+        assert _drain_uas(ia) == [(0x2A, 0x01)]
+    # each node sent its two events and applied the other's two
+    for conf in (ca, cb):
+        state = _cluster_state(conf)
+        assert "sent=2 failed=0" in state and "events=2" in state, state
+    a.assert_healthy()
+    b.assert_healthy()
+
+
+def test_node_alone_keeps_serving_when_its_peer_dies_and_relinks_when_it_returns(
+        uscstd, nbd_server, tmp_path: Path) -> None:
+    _, (a, b), (ca, cb) = _nodes(uscstd, nbd_server, tmp_path)
+    b.proc.send_signal(signal.SIGKILL)
+    b.proc.wait(10)
+    b.stopped, b.returncode = True, 0         # killed on purpose: no teardown check
+    with _session(a, NODE_A) as ia:
+        _drain_uas(ia)
+        data = os.urandom(4096)
+        assert ia.write10(0, data).ok
+        # B is gone: the reset completes (the event is not delivered), no hang
+        assert ia.task_mgmt(TMF_LUN_RESET, timeout=20) == TMF_RSP_COMPLETE
+        assert _drain_uas(ia) == [(0x29, 0x03)]
+        _mode_select_swp(ia, False)
+        assert ia.read10(0, 8).data == data
+    err = a.stderr_text()
+    assert re.search(r"scst_cluster: (link to peer \S+ lost|peer \S+ unreachable)", err), err
+    assert "down" in _cluster_state(ca)
+    b2 = _start_node(uscstd, cb, b.port)
+    _wait_link_up(ca)
+    _wait_link_up(cb)
+    assert "reconnects=1" in _cluster_state(ca), _cluster_state(ca)
+    with _session(a, NODE_A) as ia, _session(b2, NODE_B) as ib:
+        _drain_uas(ia)
+        _drain_uas(ib)
+        assert ia.task_mgmt(TMF_LUN_RESET) == TMF_RSP_COMPLETE
+        assert _drain_uas(ib) == [(0x29, 0x03)]
+        assert ib.read10(0, 8).data == data
+    a.assert_healthy()
+    b2.assert_healthy()
