@@ -508,6 +508,8 @@ def _conn_thread(conn: scst_cluster_conn) -> int:
             break
         conn.rx_ready = True         # more may have come while we applied
     if not conn.stopping:
+        # the peer sees the close now; the socket is released when reaped
+        kernel_sock_shutdown(conn.sock, SHUT_RDWR)
         pr_info(f"scst_cluster: peer node {conn.peer_node} disconnected (link {conn.id}, "
                 f"{ret})")
     return 0

@@ -1,0 +1,93 @@
+"""The cluster link's wire format (scst_core/cluster_proto.py): one case
+table drives pack and parse; each message is framed whole, one byte at a
+time and with trailing bytes, as scst_core.cluster's reader meets it."""
+from __future__ import annotations
+
+import pytest
+
+from scst_core.cluster import _next_msg
+from scst_core.cluster_proto import (CL_EV_CAPACITY, CL_EV_RESET, CL_EV_UA, CLM_ACK,
+                                     CLM_DEV_EVENT, CLM_HDR_SIZE, CLM_HELLO, CLM_MAX_PAYLOAD,
+                                     ClusterProtocolError, clm_dev_event, pack_ack,
+                                     pack_dev_event, pack_hdr, pack_hello, parse_ack, parse_addr,
+                                     parse_dev_event, parse_hdr, parse_hello)
+
+CASES = [
+    (CLM_HELLO, 0, pack_hello(0, "127.0.0.1:7260"), parse_hello, "127.0.0.1:7260"),
+    (CLM_DEV_EVENT, 7, pack_dev_event(7, clm_dev_event(CL_EV_RESET, (6, 0x29, 3), "shared0")),
+     parse_dev_event, clm_dev_event(CL_EV_RESET, (6, 0x29, 3), "shared0")),
+    (CLM_DEV_EVENT, 2**63, pack_dev_event(2**63, clm_dev_event(CL_EV_CAPACITY, (6, 0x2A, 9),
+                                                               "dévice")),
+     parse_dev_event, clm_dev_event(CL_EV_CAPACITY, (6, 0x2A, 9), "dévice")),
+    (CLM_ACK, 9, pack_ack(9, -19), parse_ack, -19),
+]
+
+
+def _frame_all(chunks: list[bytes]) -> list[tuple[int, int, bytes]]:
+    buf = bytearray()
+    out = []
+    for c in chunks:
+        buf += c
+        while (m := _next_msg(buf)) is not None:
+            out.append(m)
+    return out
+
+
+@pytest.mark.parametrize("type_,seq,wire,parse,want", CASES)
+def test_cluster_message_round_trips_whole_bytewise_and_with_trailing_bytes(
+        type_, seq, wire, parse, want) -> None:
+    for chunks in ([wire], [wire[i:i + 1] for i in range(len(wire))]):
+        [(t, s, payload)] = _frame_all(chunks)
+        assert (t, s, parse(payload)) == (type_, seq, want)
+    buf = bytearray(wire + pack_ack(1, 0)[:5])
+    t, s, payload = _next_msg(buf)
+    assert (t, s, parse(payload)) == (type_, seq, want)
+    assert bytes(buf) == pack_ack(1, 0)[:5]          # the next message's start stays
+
+
+@pytest.mark.parametrize("hdr,why", [
+    (b"XXXX" + pack_hdr(CLM_ACK, 1, 4)[4:], "bad magic"),
+    (pack_hdr(CLM_ACK, 1, 4)[:4] + b"\x02" + pack_hdr(CLM_ACK, 1, 4)[5:], "version 2"),
+    (pack_hdr(99, 1, 4), "unknown message type 99"),
+    (pack_hdr(CLM_ACK, 1, CLM_MAX_PAYLOAD + 1), "payload of 4097 bytes"),
+    (pack_hdr(CLM_ACK, 1, 4)[:-1], "header must be 20 bytes"),
+])
+def test_cluster_header_refuses_what_the_protocol_does_not_allow(hdr: bytes, why: str) -> None:
+    with pytest.raises(ClusterProtocolError, match=why):
+        parse_hdr(hdr)
+
+
+@pytest.mark.parametrize("payload,why", [
+    (b"\x01\x06\x29", "too short"),
+    (bytes((9, 6, 0x29, 3, 0, 1)) + b"d", "unknown device event 9"),
+    (bytes((CL_EV_UA, 6, 0x29, 3, 0, 5)) + b"d", "names a device of 5 bytes"),
+    (bytes((CL_EV_UA, 6, 0x29, 3, 0, 0)), "names a device of 0 bytes"),
+    (bytes((CL_EV_UA, 6, 0x29, 3, 0, 1)) + b"\xff", "not UTF-8"),
+])
+def test_dev_event_refuses_a_malformed_payload(payload: bytes, why: str) -> None:
+    with pytest.raises(ClusterProtocolError, match=why):
+        parse_dev_event(payload)
+
+
+def test_ack_of_the_wrong_length_is_refused() -> None:
+    with pytest.raises(ClusterProtocolError, match="ACK of 3 bytes"):
+        parse_ack(b"\0\0\0")
+    assert len(pack_ack(1, 0)) == CLM_HDR_SIZE + 4
+
+
+@pytest.mark.parametrize("text,want", [
+    ("127.0.0.1:7260", ("127.0.0.1", 7260)),
+    (" [::1]:7260 ", ("::1", 7260)),
+    ("node-b.example:1", ("node-b.example", 1)),
+    ("127.0.0.1", "bad address"),
+    ("::1:7260", "bad address"),
+    ("127.0.0.1:0", "a port 1..65535"),
+    ("127.0.0.1:http", "a port 1..65535"),
+    ("[::1]7260", "bad address"),
+])
+def test_cluster_address_parses_host_and_port_or_says_why_not(text: str, want) -> None:
+    got = parse_addr(text)
+    if isinstance(want, tuple):
+        assert got == want
+    else:
+        assert isinstance(got, str) and want in got
