@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Callable
 import attrs
 
 from kshim.completion import complete, completion, wait_for_completion_timeout
-from kshim.err import (EAGAIN, EINPROGRESS, EINVAL, ENODEV, ENOTCONN, EOPNOTSUPP, EPROTO,
+from kshim.err import (EAGAIN, EBUSY, EINPROGRESS, EINVAL, ENODEV, ENOTCONN, EOPNOTSUPP, EPROTO,
                        ESHUTDOWN, ETIMEDOUT)
 from kshim.jiffies import HZ, jiffies, time_after_eq
 from kshim.kthread import kthread_run, kthread_should_stop, kthread_stop
@@ -77,16 +77,20 @@ from kshim.printk import pr_err, pr_info, pr_warn
 from kshim.sched import MAX_SCHEDULE_TIMEOUT, TASK_DEAD, in_atomic, task_struct
 from kshim.spinlock import spin_lock_bh, spin_unlock_bh, spinlock_t
 from kshim.wait import wait_event_interruptible_timeout, wait_queue_head, wake_up_all
-from scst_core.cluster_proto import (CL_EV_CAPACITY, CL_EV_NAMES, CL_EV_RESET, CLM_ACK,
+from scst_core.cluster_proto import (CL_EV_CAPACITY, CL_EV_NAMES, CL_EV_PR_STATE, CL_EV_PR_SYNC,
+                                     CL_EV_RESET, CLM_ACK,
                                      CLM_DEV_EVENT, CLM_HDR_SIZE, CLM_HELLO, CLM_NAMES,
                                      ClusterProtocolError, clm_dev_event, pack_ack,
-                                     pack_dev_event, pack_hello, parse_ack, parse_addr,
-                                     parse_dev_event, parse_hdr, parse_hello)
-from scst_core.pres import scst_pr_dev_reset
+                                     pack_dev_event, pack_hello, pack_pr_state, parse_ack,
+                                     parse_addr, parse_dev_event, parse_hdr, parse_hello,
+                                     unpack_pr_state)
+from scst_core.lib import scst_set_cmd_error
+from scst_core.pres import (scst_pr_dev_reset, scst_pr_devs, scst_pr_exec_out, scst_pr_restore,
+                            scst_pr_snapshot)
 from scst_core.ua import scst_queue_ua
 
 if TYPE_CHECKING:
-    from scst_core.scst import scst_device
+    from scst_core.scst import scst_cmd, scst_device
 
 CLUSTER_CONNECT_TIMEOUT = 5 * HZ
 CLUSTER_ACK_TIMEOUT = 5 * HZ        # a peer that does not answer an event this long is down
@@ -132,6 +136,7 @@ class scst_cluster_peer:
     events_sent: int = 0
     events_failed: int = 0
     stopping: bool = False
+    kick: bool = False               # the peer connected to us: retry now
     task: task_struct | None = None
     rxbuf: bytearray = attrs.field(factory=bytearray)
     # protected by lock (spin_lock_bh: events are queued from any context)
@@ -318,7 +323,7 @@ def _peer_send_queued(peer: scst_cluster_peer) -> int:
     if not batch:
         return 0
     vec = [pack_dev_event(m.seq, m.ev.msg) for m in batch]
-    peer.events_sent += len(batch)
+    peer.events_sent += sum(m.ev.msg.event != CL_EV_PR_SYNC for m in batch)
     n = kernel_sendmsg(peer.sock, vec)
     return 0 if n == sum(len(v) for v in vec) else (n if n < 0 else -ENOTCONN)
 
@@ -398,6 +403,41 @@ def _peer_lose(peer: scst_cluster_peer, why: int) -> None:
     _peer_fail_all(peer, -ENOTCONN)
 
 
+def _peer_queue_pr_sync(peer: scst_cluster_peer, devs: "list[scst_device]") -> None:
+    """Offer the peer this node's reservation state of each shared device
+    in devs; it takes what is newer than its own, and offers its own back
+    when that is newer (so a restarted node, or a device created after
+    the link came up, gets the state the other node enforces)."""
+    for dev in devs:
+        prd = scst_pr_devs.get(dev)
+        if not dev.cluster_mode or prd is None:
+            continue
+        ev = scst_cluster_event(
+            msg=clm_dev_event(CL_EV_PR_SYNC, (0, 0, 0), dev.virt_name,
+                              pack_pr_state(prd.cluster_seq, prd.cluster_seq,
+                                            _pr_state(dev))),
+            pending=1, done=None)
+        spin_lock_bh(peer.lock)
+        peer.tx_queue.append(scst_cluster_msg(ev))
+        spin_unlock_bh(peer.lock)
+    wake_up_all(peer.wq)
+
+
+def _all_devs() -> "list[scst_device]":
+    # cycle: scst_core.main imports scst_core.targ, which imports this file
+    from scst_core.main import scst_dev_list
+    return list(scst_dev_list)
+
+
+def scst_cluster_dev_registered(dev: "scst_device") -> None:
+    """A device was created: if shared, swap reservation states with the
+    peers already linked (scst_register_virtual_device, task context)."""
+    if dev.cluster_mode:
+        for peer in list(cluster_peers):
+            if peer.connected:
+                _peer_queue_pr_sync(peer, [dev])
+
+
 def _peer_thread(peer: scst_cluster_peer) -> int:
     delay = CLUSTER_BACKOFF_MIN
     while not (peer.stopping or kthread_should_stop()):
@@ -409,6 +449,7 @@ def _peer_thread(peer: scst_cluster_peer) -> int:
                 peer.reconnects += 1
             peer.ever_up = True
             peer.down_logged = False
+            _peer_queue_pr_sync(peer, _all_devs())
             delay = CLUSTER_BACKOFF_MIN
             _peer_lose(peer, _peer_run(peer))
             continue
@@ -417,8 +458,9 @@ def _peer_thread(peer: scst_cluster_peer) -> int:
                     f"events are not delivered until it is back; retrying")
             peer.down_logged = True
         wait_event_interruptible_timeout(
-            peer.wq, lambda: peer.stopping or kthread_should_stop(), delay)
-        delay = min(delay * 2, CLUSTER_BACKOFF_MAX)
+            peer.wq, lambda: peer.kick or peer.stopping or kthread_should_stop(), delay)
+        delay = CLUSTER_BACKOFF_MIN if peer.kick else min(delay * 2, CLUSTER_BACKOFF_MAX)
+        peer.kick = False
     return 0
 
 
@@ -450,6 +492,8 @@ def _apply_event(conn: scst_cluster_conn, ev: clm_dev_event) -> int:
         return -ENODEV
     if not dev.cluster_mode:
         return -EOPNOTSUPP
+    if ev.event in (CL_EV_PR_STATE, CL_EV_PR_SYNC):
+        return _apply_pr_state(conn, dev, ev)
     if ev.event == CL_EV_CAPACITY and scst_cluster_resync_hook is not None:
         scst_cluster_resync_hook(dev)
     tgt_devs = list(dev.dev_tgt_dev_list)
@@ -463,15 +507,48 @@ def _apply_event(conn: scst_cluster_conn, ev: clm_dev_event) -> int:
     return 0
 
 
+def _apply_pr_state(conn: scst_cluster_conn, dev: "scst_device", ev: clm_dev_event) -> int:
+    """A peer's reservation state: a change (taken only if it started from
+    the state this node has, else -EBUSY: two nodes changed it at once)
+    or, after a (re)connect, its state (taken if newer than ours)."""
+    prd = scst_pr_devs.get(dev)
+    if prd is None:
+        return -ENODEV
+    base, seq, text = unpack_pr_state(ev.data)
+    if ev.event == CL_EV_PR_STATE and prd.cluster_seq != base:
+        pr_warn(f"scst_cluster: peer {conn.peer_node}: reservation change {seq} of "
+                f"{ev.dev_name} started from {base}, this node is at {prd.cluster_seq}: "
+                f"refused (changed through two nodes at once)")
+        return -EBUSY
+    if ev.event == CL_EV_PR_SYNC and seq <= prd.cluster_seq:
+        if seq < prd.cluster_seq:       # ours is newer: the peer gets it back
+            for p in list(cluster_peers):
+                if p.name == conn.peer_node and p.connected:
+                    _peer_queue_pr_sync(p, [dev])
+        return 0
+    ret = scst_pr_restore(dev, text)
+    if ret == 0:
+        prd.cluster_seq = seq
+        pr_info(f"scst_cluster: peer {conn.peer_node}: {CL_EV_NAMES[ev.event]} {seq} of "
+                f"{ev.dev_name}: {len(prd.registrants)} registration(s)"
+                + (f", reservation type {prd.pr_type}" if prd.pr_is_set else ""))
+    return ret
+
+
 def _conn_handle(conn: scst_cluster_conn, type_: int, seq: int, payload: bytes) -> bytes:
     """The answer to one message from the peer."""
     if type_ == CLM_HELLO:
         conn.peer_node = _hold(parse_hello(payload))
         pr_info(f"scst_cluster: peer node {conn.peer_node} connected (link {conn.id})")
+        # it is back: our link to it need not wait out its backoff
+        for p in cluster_peers:
+            if p.name == conn.peer_node and not p.connected:
+                p.kick = True
+                wake_up_all(p.wq)
         return pack_ack(seq, 0)
     if type_ == CLM_DEV_EVENT:
-        conn.events += 1
         ev = parse_dev_event(payload)
+        conn.events += ev.event != CL_EV_PR_SYNC
         status = _apply_event(conn, ev)
         if status:
             pr_warn(f"scst_cluster: peer {conn.peer_node}: {CL_EV_NAMES[ev.event]} of "
@@ -583,8 +660,8 @@ def _listen_stop(lst: scst_cluster_listener) -> None:
 # -- what the core and the handlers call ------------------------------------------
 
 def scst_cluster_dev_event(dev: "scst_device", event: int, sense: tuple[int, int, int],
-                           done: "Callable[[scst_cluster_event], None] | None" = None
-                           ) -> "scst_cluster_event | None":
+                           done: "Callable[[scst_cluster_event], None] | None" = None,
+                           data: bytes = b"") -> "scst_cluster_event | None":
     """Tell every peer that event happened to dev (a cluster_mode device),
     so it establishes sense on its nexuses of dev. None when there is
     nobody to tell (cluster_mode 0, no peers): done is then not called.
@@ -594,7 +671,7 @@ def scst_cluster_dev_event(dev: "scst_device", event: int, sense: tuple[int, int
     if not dev.cluster_mode or not cluster_peers:
         return None
     peers = list(cluster_peers)
-    ev = scst_cluster_event(msg=clm_dev_event(event, sense, dev.virt_name),
+    ev = scst_cluster_event(msg=clm_dev_event(event, sense, dev.virt_name, data),
                             pending=len(peers), done=done)
     for peer in peers:
         if not peer.connected:
@@ -698,3 +775,61 @@ def scst_cluster_exit() -> None:
     """Close every link and stop listening (module exit, task context)."""
     scst_cluster_set_peers("")
     scst_cluster_set_listen("")
+
+
+# -- persistent reservations (PR OUT on a cluster_mode device) -------------------------
+
+# ABORTED COMMAND, LOGICAL UNIT COMMUNICATION FAILURE: the nodes could not
+# agree; nothing changed, the initiator may retry
+scst_sense_lu_communication_failure = (0x0B, 0x08, 0x00)
+
+
+def _pr_state(dev: "scst_device") -> str:
+    return scst_pr_snapshot(dev) or ""
+
+
+def scst_cluster_pr_out(cmd: "scst_cmd") -> None:
+    """PERSISTENT RESERVE OUT on a cluster_mode device (the dev handler's
+    exec, task context). With peers, the change is made here, then sent
+    to every peer, and stands only if each took it: otherwise it is
+    undone here and the command ends with ABORTED COMMAND, LOGICAL UNIT
+    COMMUNICATION FAILURE (0B/08/00). A peer that is unreachable fails
+    the command the same way before anything changes. So GOOD means
+    every node enforces the new state (mirrors scst_dlm.c, which updates
+    the PR state under the device's cluster lock)."""
+    dev = cmd.dev
+    prd = scst_pr_devs.get(dev)
+    peers = list(cluster_peers)
+    if prd is None or not peers:
+        scst_pr_exec_out(cmd)
+        return
+    who = f"scst_cluster: {dev.virt_name}: PERSISTENT RESERVE OUT"
+    down = [p.name for p in peers if not p.connected]
+    if down or in_atomic():
+        pr_err(f"{who} refused: " + (f"peer {', '.join(down)} unreachable, its node would "
+                                     f"not enforce the change" if down else
+                                     "cannot wait for the peers in atomic context"))
+        scst_set_cmd_error(cmd, scst_sense_lu_communication_failure)
+        return
+    mutex_lock(prd.cluster_mutex)
+    before, base = _pr_state(dev), prd.cluster_seq
+    # A peer's change that started from base is refused from now on: this
+    # node's own may be on its way.
+    prd.cluster_seq = base + 1
+    scst_pr_exec_out(cmd)
+    after = _pr_state(dev)
+    if after == before:
+        prd.cluster_seq = base
+        mutex_unlock(prd.cluster_mutex)
+        return
+    ev = scst_cluster_dev_event(dev, CL_EV_PR_STATE, (0, 0, 0),
+                                data=pack_pr_state(base, base + 1, after))
+    ok = ev is not None and bool(wait_for_completion_timeout(
+        ev.comp, CLUSTER_ACK_TIMEOUT + HZ)) and not ev.failed
+    if not ok:
+        failed = ", ".join(ev.failed) if ev is not None and ev.failed else "no answer"
+        pr_err(f"{who} undone: not applied by {failed}")
+        scst_pr_restore(dev, before)
+        prd.cluster_seq = base
+        scst_set_cmd_error(cmd, scst_sense_lu_communication_failure)
+    mutex_unlock(prd.cluster_mutex)

@@ -14,7 +14,10 @@ then the payload. Types:
 - CLM_HELLO: the sender's node name (UTF-8). First message on a link.
 - CLM_DEV_EVENT: something happened to a shared device on the sender:
   event (1) sense key (1) asc (1) ascq (1) name length (2) device name
-  (UTF-8). The receiver applies it and answers.
+  (UTF-8), then the event's data: for CL_EV_PR_STATE and CL_EV_PR_SYNC
+  the sequence number the change started from (8), its own (8) and the
+  device's persistent reservation state (scst_core.pres's APTPL text).
+  The receiver applies it and answers.
 - CLM_ACK: the answer to the message with the same seq: status (4,
   signed: 0 applied, a negative errno otherwise).
 
@@ -31,7 +34,7 @@ import attrs
 CLUSTER_MAGIC = 0x5553434C              # "USCL"
 CLUSTER_VERSION = 1
 CLM_HDR_SIZE = 20
-CLM_MAX_PAYLOAD = 4096                  # a device name is at most a few hundred bytes
+CLM_MAX_PAYLOAD = 1 << 20               # a PR state of some thousand registrants
 
 CLM_HELLO = 1
 CLM_DEV_EVENT = 2
@@ -42,11 +45,15 @@ CLM_NAMES = {CLM_HELLO: "HELLO", CLM_DEV_EVENT: "DEV_EVENT", CLM_ACK: "ACK"}
 CL_EV_UA = 1            # establish the sense as a unit attention on every nexus
 CL_EV_RESET = 2         # a LUN or target reset: the UA, then the device's reset actions
 CL_EV_CAPACITY = 3      # the size changed: re-read it, then the UA
-CL_EV_NAMES = {CL_EV_UA: "unit attention", CL_EV_RESET: "reset", CL_EV_CAPACITY: "capacity"}
+CL_EV_PR_STATE = 4      # a PR OUT changed the state: take it if yours is the one it started from
+CL_EV_PR_SYNC = 5       # the link is (back) up: take this state if it is newer than yours
+CL_EV_NAMES = {CL_EV_UA: "unit attention", CL_EV_RESET: "reset", CL_EV_CAPACITY: "capacity",
+               CL_EV_PR_STATE: "reservation change", CL_EV_PR_SYNC: "reservation state"}
 
 _HDR = struct.Struct(">IBBHQI")
 _EVENT = struct.Struct(">BBBBH")
 _ACK = struct.Struct(">i")
+_PR = struct.Struct(">QQ")
 
 
 class ClusterProtocolError(Exception):
@@ -65,6 +72,7 @@ class clm_dev_event:
     event: int
     sense: tuple[int, int, int]
     dev_name: str
+    data: bytes = b""
 
 
 def pack_hdr(type_: int, seq: int, length: int) -> bytes:
@@ -101,7 +109,7 @@ def parse_hello(payload: "bytes | bytearray") -> str:
 
 def pack_dev_event(seq: int, ev: clm_dev_event) -> bytes:
     name = ev.dev_name.encode("utf-8")
-    body = _EVENT.pack(ev.event, *ev.sense, len(name)) + name
+    body = _EVENT.pack(ev.event, *ev.sense, len(name)) + name + ev.data
     return pack_hdr(CLM_DEV_EVENT, seq, len(body)) + body
 
 
@@ -111,14 +119,35 @@ def parse_dev_event(payload: "bytes | bytearray") -> clm_dev_event:
     event, key, asc, ascq, n = _EVENT.unpack_from(payload)
     if event not in CL_EV_NAMES:
         raise ClusterProtocolError(f"unknown device event {event}")
-    if len(payload) != _EVENT.size + n or not n:
+    end = _EVENT.size + n
+    if len(payload) < end or not n:
         raise ClusterProtocolError(f"DEV_EVENT names a device of {n} bytes in a payload of "
                                    f"{len(payload)}")
     try:
-        name = bytes(payload[_EVENT.size:]).decode("utf-8")
+        name = bytes(payload[_EVENT.size:end]).decode("utf-8")
     except UnicodeDecodeError:
         raise ClusterProtocolError("device name is not UTF-8") from None
-    return clm_dev_event(event, (key, asc, ascq), name)
+    data = bytes(payload[end:])
+    if event in (CL_EV_PR_STATE, CL_EV_PR_SYNC):
+        unpack_pr_state(data)                # refuse a malformed one here, whole
+    elif data:
+        raise ClusterProtocolError(f"{CL_EV_NAMES[event]} event with {len(data)} bytes of data")
+    return clm_dev_event(event, (key, asc, ascq), name, data)
+
+
+def pack_pr_state(base: int, seq: int, state: str) -> bytes:
+    return _PR.pack(base, seq) + state.encode("utf-8")
+
+
+def unpack_pr_state(data: bytes) -> tuple[int, int, str]:
+    """(the sequence number the change started from, its own, the state)."""
+    if len(data) < _PR.size:
+        raise ClusterProtocolError(f"reservation state of {len(data)} bytes is too short")
+    base, seq = _PR.unpack_from(data)
+    try:
+        return base, seq, data[_PR.size:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ClusterProtocolError("reservation state is not UTF-8") from None
 
 
 def pack_ack(seq: int, status: int) -> bytes:

@@ -37,6 +37,7 @@ from kshim.module import (MODULE_DESCRIPTION, MODULE_LICENSE, THIS_MODULE, modul
 from kshim.mutex import mutex_lock, mutex_unlock
 from kshim.printk import pr_err, pr_info
 from scst_core import targ as scst_targ
+from scst_core.cluster import scst_cluster_dev_registered
 from scst_core.scst import (SCST_DEFAULT_DEV_THREADS, scst_acg, scst_acg_dev, scst_cmd_threads,
                             scst_dev_type,
                             scst_device, scst_mutex, scst_session, scst_tgt,
@@ -322,6 +323,7 @@ def scst_register_virtual_device(devt: scst_dev_type, dev_name: str,
     devt.dev_list.append(dev)
     mutex_unlock(scst_mutex)
     pr_info(f"scst: attached {devt.name} device {dev_name}")
+    scst_cluster_dev_registered(dev)
     return dev
 
 

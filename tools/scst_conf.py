@@ -1027,10 +1027,13 @@ def plan(cfg: Config, running: Config, schema: dict, force: bool = False) -> lis
     acts: list[Action] = []
     last: list[Action] = []        # removals under force, then enables
     recreated: set[str] = set()
-    # the node's own attributes first (the cluster link before its devices)
+    # the node's own attributes first; the cluster link once its devices
+    # exist (a peer's state for them must find them)
+    link: list[Action] = []
     for a in cfg.attrs.values():
         if _norm(a.name, a.values[0]) != _norm(a.name, running.shown.get(a.name, "")):
-            acts.append(Action(f"/{a.name}", a.values[0], f"set {a.name} {a.values[0]}"))
+            (link if a.name.startswith("cluster_") else acts).append(
+                Action(f"/{a.name}", a.values[0], f"set {a.name} {a.values[0]}"))
     # devices
     for dev in cfg.devices.values():
         hs = schema["handlers"][dev.handler]
@@ -1106,6 +1109,7 @@ def plan(cfg: Config, running: Config, schema: dict, force: bool = False) -> lis
                 if tname not in drv.targets:
                     last.append(Action(f"{dp}/mgmt", f"del_target {tname}", f"del target {tname}"))
     _plan_dgroups(cfg, running, recreated, force, acts, last)
+    acts += link
     if force:
         wanted = set(cfg.devices)
         for name, r in running.devices.items():

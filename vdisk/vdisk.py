@@ -39,7 +39,7 @@ from kshim.mutex import mutex
 from kshim.printk import pr_err, pr_info
 from kshim.sched import task_struct
 from kshim.scatterlist import sg_copy_from_buffer
-from scst_core.cluster import scst_cluster_dev_event_wait
+from scst_core.cluster import scst_cluster_dev_event_wait, scst_cluster_pr_out
 from scst_core.cluster_proto import CL_EV_UA
 from scst_core.const import (ASSOCIATION_LU, CODE_SET_ASCII, CODE_SET_BINARY, CODE_SET_UTF8,
                              DESIGNATOR_TYPE_NAA, DESIGNATOR_TYPE_SCSI_NAME_STRING,
@@ -956,7 +956,10 @@ def _exec_pr_in(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
 
 
 def _exec_pr_out(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
-    scst_pr_exec_out(cmd)
+    if cmd.dev.cluster_mode:
+        scst_cluster_pr_out(cmd)        # agreed with the other nodes first
+    else:
+        scst_pr_exec_out(cmd)
 
 
 def _exec_reserve(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:

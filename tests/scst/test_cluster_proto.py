@@ -6,11 +6,13 @@ from __future__ import annotations
 import pytest
 
 from scst_core.cluster import _next_msg
-from scst_core.cluster_proto import (CL_EV_CAPACITY, CL_EV_RESET, CL_EV_UA, CLM_ACK,
+from scst_core.cluster_proto import (CL_EV_CAPACITY, CL_EV_PR_STATE, CL_EV_PR_SYNC,
+                                     CL_EV_RESET, CL_EV_UA, CLM_ACK,
                                      CLM_DEV_EVENT, CLM_HDR_SIZE, CLM_HELLO, CLM_MAX_PAYLOAD,
                                      ClusterProtocolError, clm_dev_event, pack_ack,
-                                     pack_dev_event, pack_hdr, pack_hello, parse_ack, parse_addr,
-                                     parse_dev_event, parse_hdr, parse_hello)
+                                     pack_dev_event, pack_hdr, pack_hello, pack_pr_state,
+                                     parse_ack, parse_addr, parse_dev_event, parse_hdr,
+                                     parse_hello, unpack_pr_state)
 
 CASES = [
     (CLM_HELLO, 0, pack_hello(0, "127.0.0.1:7260"), parse_hello, "127.0.0.1:7260"),
@@ -20,7 +22,17 @@ CASES = [
                                                                "dévice")),
      parse_dev_event, clm_dev_event(CL_EV_CAPACITY, (6, 0x2A, 9), "dévice")),
     (CLM_ACK, 9, pack_ack(9, -19), parse_ack, -19),
+    (CLM_DEV_EVENT, 3, pack_dev_event(3, clm_dev_event(CL_EV_PR_STATE, (0, 0, 0), "d0",
+                                                       pack_pr_state(4, 5, "uscst-pr 1\n"))),
+     parse_dev_event, clm_dev_event(CL_EV_PR_STATE, (0, 0, 0), "d0",
+                                    pack_pr_state(4, 5, "uscst-pr 1\n"))),
 ]
+
+
+def test_pr_state_data_round_trips() -> None:
+    ev = parse_dev_event(pack_dev_event(1, clm_dev_event(
+        CL_EV_PR_SYNC, (0, 0, 0), "d0", pack_pr_state(7, 7, "state")))[CLM_HDR_SIZE:])
+    assert unpack_pr_state(ev.data) == (7, 7, "state")
 
 
 def _frame_all(chunks: list[bytes]) -> list[tuple[int, int, bytes]]:
@@ -49,7 +61,7 @@ def test_cluster_message_round_trips_whole_bytewise_and_with_trailing_bytes(
     (b"XXXX" + pack_hdr(CLM_ACK, 1, 4)[4:], "bad magic"),
     (pack_hdr(CLM_ACK, 1, 4)[:4] + b"\x02" + pack_hdr(CLM_ACK, 1, 4)[5:], "version 2"),
     (pack_hdr(99, 1, 4), "unknown message type 99"),
-    (pack_hdr(CLM_ACK, 1, CLM_MAX_PAYLOAD + 1), "payload of 4097 bytes"),
+    (pack_hdr(CLM_ACK, 1, CLM_MAX_PAYLOAD + 1), "payload of 1048577 bytes"),
     (pack_hdr(CLM_ACK, 1, 4)[:-1], "header must be 20 bytes"),
 ])
 def test_cluster_header_refuses_what_the_protocol_does_not_allow(hdr: bytes, why: str) -> None:
@@ -63,6 +75,9 @@ def test_cluster_header_refuses_what_the_protocol_does_not_allow(hdr: bytes, why
     (bytes((CL_EV_UA, 6, 0x29, 3, 0, 5)) + b"d", "names a device of 5 bytes"),
     (bytes((CL_EV_UA, 6, 0x29, 3, 0, 0)), "names a device of 0 bytes"),
     (bytes((CL_EV_UA, 6, 0x29, 3, 0, 1)) + b"\xff", "not UTF-8"),
+    (bytes((CL_EV_UA, 6, 0x29, 3, 0, 1)) + b"dx", "unit attention event with 1 bytes of data"),
+    (bytes((CL_EV_PR_STATE, 0, 0, 0, 0, 1)) + b"d" + bytes(15), "state of 15 bytes is too short"),
+    (bytes((CL_EV_PR_SYNC, 0, 0, 0, 0, 1)) + b"d" + bytes(16) + b"\xff", "state is not UTF-8"),
 ])
 def test_dev_event_refuses_a_malformed_payload(payload: bytes, why: str) -> None:
     with pytest.raises(ClusterProtocolError, match=why):

@@ -39,6 +39,12 @@ NODE_B = "iqn.2026-11.org.uscst:node-b"
 ILLEGAL_REQUEST, CHECK_CONDITION = 0x5, 0x02
 CU_TIMEOUT_S = 600.0
 UNIT_ATTENTION = 0x6
+ABORTED_COMMAND = 0x0B
+RESERVATION_CONFLICT = 0x18
+PR_REGISTER, PR_RESERVE, PR_RELEASE = 0, 1, 2
+PR_WRITE_EXCLUSIVE = 1
+# fixed: a registration is an I_T nexus, the ISID part of it (SPC-4 5.7.1)
+ISID_X, ISID_Y = bytes.fromhex("400001370001"), bytes.fromhex("400001370002")
 LINK_TIMEOUT_S = 30.0       # bound on waiting for a cluster link to come up
 
 
@@ -50,10 +56,11 @@ def nbd_server(tmp_path: Path) -> Iterator[NbdFactory]:
 
 
 def node_config(uri: str, me: str, my_id: int, peer: str, peer_id: int, port: int,
-                cluster: int, peer_cluster: int) -> str:
+                cluster: int, peer_cluster: int, cluster_mode: int = 1) -> str:
     """One node's scst.conf: the cluster link (its own address, its
-    peer's), the NBD device in cluster_mode, its own target, and a device
-    group with its own port's group and the peer's (rel_tgt_id given)."""
+    peer's), the NBD device (in cluster_mode unless told), its own target,
+    and a device group with its own port's group and the peer's
+    (rel_tgt_id given)."""
     states = {1: "active", 2: "nonoptimized"}
     return f"""cluster_listen 127.0.0.1:{cluster}
 cluster_peers 127.0.0.1:{peer_cluster}
@@ -61,7 +68,7 @@ cluster_peers 127.0.0.1:{peer_cluster}
 HANDLER vdisk_nbd {{
     DEVICE shared0 {{
         uri {uri}
-        cluster_mode 1
+        cluster_mode {cluster_mode}
     }}
 }}
 TARGET_DRIVER iscsi {{
@@ -96,7 +103,7 @@ def _start_node(uscstd, conf: Path, port: int):
                   port=port, disk=None, size=None)
 
 
-def _nodes(uscstd, nbd_server, tmp_path: Path):
+def _nodes(uscstd, nbd_server, tmp_path: Path, cluster_mode: int = 1):
     """Both nodes, started, their cluster links up: (disk, [a, b], [conf a, conf b])."""
     disk = tmp_path / "shared.img"
     with open(disk, "wb") as f:
@@ -108,7 +115,7 @@ def _nodes(uscstd, nbd_server, tmp_path: Path):
                                                     (NODE_B, 2, NODE_A, 1))):
         conf = tmp_path / f"{me.rsplit(':', 1)[1]}.conf"
         conf.write_text(node_config(nbd.uri, me, my_id, peer, peer_id, ports[i], clusters[i],
-                                    clusters[1 - i]))
+                                    clusters[1 - i], cluster_mode))
         nodes.append(_start_node(uscstd, conf, ports[i]))
         confs.append(conf)
     for conf in confs:
@@ -150,9 +157,9 @@ def _report_tpgs(ini: Initiator) -> dict[int, tuple[int, list[int]]]:
     return out
 
 
-def test_two_nodes_report_one_lu_in_two_target_port_groups_and_refuse_reservations(
+def test_two_nodes_report_one_lu_in_two_target_port_groups_and_without_cluster_mode_refuse_reservations(
         uscstd, nbd_server, tmp_path: Path) -> None:
-    _, (a, b), _ = _nodes(uscstd, nbd_server, tmp_path)
+    _, (a, b), _ = _nodes(uscstd, nbd_server, tmp_path, cluster_mode=0)
     with _session(a, NODE_A) as ia, _session(b, NODE_B) as ib:
         assert naa_designator(ia, 0) == naa_designator(ib, 0)
         usn = [i.inquiry(0, evpd=True, page=0x80).check().data for i in (ia, ib)]
@@ -160,8 +167,7 @@ def test_two_nodes_report_one_lu_in_two_target_port_groups_and_refuse_reservatio
         want = {1: (0, [1]), 2: (1, [2])}      # A active/optimized, B active/non-optimized
         assert _report_tpgs(ia) == want
         assert _report_tpgs(ib) == want
-        register = struct.pack(">BBxxxxxIx", 0x5F, 0x00, 24)
-        r = ia.scsi(register, data_out=bytes(8) + (0x1234).to_bytes(8, "big") + bytes(8))
+        r = _prout(ia, PR_REGISTER, 0, 0x1234)
         assert (r.status, r.sense_key, r.asc_ascq) == (CHECK_CONDITION, ILLEGAL_REQUEST, (0x20, 0))
         r = ib.scsi(bytes((0x16, 0, 0, 0, 0, 0)))                  # RESERVE(6)
         assert (r.status, r.sense_key, r.asc_ascq) == (CHECK_CONDITION, ILLEGAL_REQUEST, (0x20, 0))
@@ -312,3 +318,115 @@ def test_node_alone_keeps_serving_when_its_peer_dies_and_relinks_when_it_returns
         assert ib.read10(0, 8).data == data
     a.assert_healthy()
     b2.assert_healthy()
+
+
+def _prout(ini: Initiator, sa: int, key: int, sa_key: int = 0, type_: int = 0):
+    """PERSISTENT RESERVE OUT with a basic 24-byte parameter list."""
+    cdb = bytes((0x5F, sa, type_, 0, 0)) + (24).to_bytes(4, "big") + b"\0"
+    return ini.scsi(cdb, data_out=key.to_bytes(8, "big") + sa_key.to_bytes(8, "big") + bytes(8))
+
+
+def _pr_keys(ini: Initiator) -> list[int]:
+    d = ini.scsi(bytes((0x5E, 0, 0, 0, 0, 0, 0, 1, 0, 0)), read_len=256).check().data
+    n = int.from_bytes(d[4:8], "big")
+    return [int.from_bytes(d[8 + i:16 + i], "big") for i in range(0, n, 8)]
+
+
+def _pr_holder(ini: Initiator) -> "tuple[int, int] | None":
+    """(key, type) of the persistent reservation, or None."""
+    d = ini.scsi(bytes((0x5E, 1, 0, 0, 0, 0, 0, 1, 0, 0)), read_len=256).check().data
+    if not int.from_bytes(d[4:8], "big"):
+        return None
+    return int.from_bytes(d[8:16], "big"), d[21] & 0x0F
+
+
+def test_persistent_reservation_through_a_is_enforced_by_b_refused_while_b_is_down_and_synced_when_b_returns(
+        uscstd, nbd_server, tmp_path: Path) -> None:
+    _, (a, b), (ca, cb) = _nodes(uscstd, nbd_server, tmp_path)
+    x = Initiator(port=a.port, initiator_name="iqn.2026-11.org.uscst.test:x", isid=ISID_X)
+    y = Initiator(port=b.port, initiator_name="iqn.2026-11.org.uscst.test:y", isid=ISID_Y)
+    with x as ix, y as iy:
+        for ini, tgt in ((ix, NODE_A), (iy, NODE_B)):
+            ini.connect()
+            ini.login(tgt)
+            _drain_uas(ini)
+        assert _prout(ix, PR_REGISTER, 0, 0x1234).ok
+        assert _prout(ix, PR_RESERVE, 0x1234, type_=PR_WRITE_EXCLUSIVE).ok
+        # node B knew before A answered GOOD: it enforces A's reservation
+        assert _pr_keys(iy) == [0x1234]
+        assert _pr_holder(iy) == (0x1234, PR_WRITE_EXCLUSIVE)
+        assert iy.write10(0, bytes(4096)).status == RESERVATION_CONFLICT
+        assert iy.read10(0, 8).ok
+        assert _prout(iy, PR_REGISTER, 0, 0x99).ok            # and A learns of B's
+        assert _pr_keys(ix) == [0x1234, 0x99]
+        r = iy.scsi(bytes((0x16, 0, 0, 0, 0, 0)))            # RESERVE(6): still per node
+        assert (r.sense_key, r.asc_ascq) == (ILLEGAL_REQUEST, (0x20, 0))
+    b.proc.send_signal(signal.SIGKILL)
+    b.proc.wait(10)
+    b.stopped, b.returncode = True, 0         # killed on purpose: no teardown check
+    x = Initiator(port=a.port, initiator_name="iqn.2026-11.org.uscst.test:x", isid=ISID_X)
+    with x as ix:
+        ix.connect()
+        ix.login(NODE_A)
+        _drain_uas(ix)
+        # B is gone: a change B would not enforce is refused, nothing changes
+        r = _prout(ix, PR_RELEASE, 0x1234, type_=PR_WRITE_EXCLUSIVE)
+        assert (r.status, r.sense_key, r.asc_ascq) == (CHECK_CONDITION, ABORTED_COMMAND, (8, 0))
+        assert _pr_holder(ix) == (0x1234, PR_WRITE_EXCLUSIVE)
+        assert ix.write10(0, b"\1" * 4096).ok               # the holder writes on
+    assert "PERSISTENT RESERVE OUT refused: peer 127.0.0.1:" in a.stderr_text()
+    b2 = _start_node(uscstd, cb, b.port)
+    _wait_link_up(ca)
+    _wait_link_up(cb)
+    x = Initiator(port=a.port, initiator_name="iqn.2026-11.org.uscst.test:x", isid=ISID_X)
+    y = Initiator(port=b2.port, initiator_name="iqn.2026-11.org.uscst.test:y", isid=ISID_Y)
+    with x as ix, y as iy:
+        for ini, tgt in ((ix, NODE_A), (iy, NODE_B)):
+            ini.connect()
+            ini.login(tgt)
+            _drain_uas(ini)
+        # the restarted node took A's state when the link came back
+        deadline = time.monotonic() + LINK_TIMEOUT_S
+        # Bounded by the deadline; polls every 50 ms.
+        while _pr_keys(iy) != [0x1234, 0x99]:
+            assert time.monotonic() < deadline, _pr_keys(iy)
+            time.sleep(0.05)
+        assert iy.write10(0, bytes(4096)).status == RESERVATION_CONFLICT
+        assert _prout(ix, PR_RELEASE, 0x1234, type_=PR_WRITE_EXCLUSIVE).ok
+        assert _pr_holder(iy) is None
+        assert iy.write10(0, bytes(4096)).ok
+    a.assert_healthy()
+    b2.assert_healthy()
+
+
+PR_FAMILIES = ("SCSI.PrinReadKeys", "SCSI.PrinServiceactionRange", "SCSI.PrinReportCapabilities",
+               "SCSI.ProutRegister", "SCSI.ProutReserve", "SCSI.ProutClear", "SCSI.ProutPreempt")
+
+
+@pytest.mark.parametrize("node", [0, 1])
+def test_libiscsi_persistent_reservation_families_pass_on_either_node_of_a_cluster_pair(
+        uscstd, nbd_server, tmp_path: Path, node: int) -> None:
+    """Each PR OUT is agreed with the other node before it completes, and
+    the suite sees one coherent device server."""
+    exe = need("iscsi-test-cu")
+    _, nodes, confs = _nodes(uscstd, nbd_server, tmp_path)
+    summary = []
+    for fam in PR_FAMILIES:
+        p = subprocess.run([exe, "-d", "-t", fam, "-v",
+                            "-i", "iqn.2026-11.org.uscst.test:pr-1",
+                            "-I", "iqn.2026-11.org.uscst.test:pr-2", nodes[node].url],
+                           capture_output=True, text=True, errors="replace",
+                           timeout=CU_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        out = p.stdout + p.stderr
+        (tmp_path / f"{fam}.log").write_text(out)
+        m = re.search(r"^\s*tests\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", out, re.M)
+        assert m and int(m.group(2)) >= 1 and int(m.group(4)) == 0, out[-6000:]
+        skipped = [ln.strip() for ln in out.splitlines() if "[SKIPPED]" in ln]
+        assert not skipped, "\n".join(skipped)
+        summary.append(f"{fam}: {m.group(0).strip()}")
+    (tmp_path / "pr-summary.txt").write_text("\n".join(summary) + "\n")
+    # the other node applied the changes
+    other = _cluster_state(confs[1 - node])
+    assert re.search(r"from \S+ link=\d+ events=[1-9]", other), other
+    for n in nodes:
+        n.assert_healthy()
