@@ -19,9 +19,26 @@ establish the same unit attention on every nexus of that device on the
 peer. The command or task management function that caused it completes
 only after every reachable peer has answered (applied), or after
 CLUSTER_ACK_TIMEOUT, so an initiator that goes on through the other node
-finds the UA there. Persistent reservations do not cross (SCST's
-scst_dlm.c replicates them): a vdisk_nbd device shared with another node
-still refuses them (vdisk.nbd).
+finds the UA there.
+
+Persistent reservations cross too (scst_cluster_pr_out, what scst_dlm.c
+does under the device's cluster lock): a PR OUT that changes the state is
+sent to every peer as the whole state, with the number of the agreed
+state it started from; a peer takes it only if it is at that same state,
+and the command completes GOOD only if every peer took it. Otherwise (a
+peer unreachable before, refusing or silent after) the change is undone
+here and the command ends with ABORTED COMMAND, LOGICAL UNIT
+COMMUNICATION FAILURE, so an initiator never believes it holds a
+reservation another node does not enforce. Two PR OUTs through two nodes
+at once both fail that way (each node refuses the other's); the
+initiators retry. When a link comes up, and when a shared device is
+created, the nodes offer each other their state and the newer (higher
+number) wins: a restarted node takes the reservations its peer kept.
+Not carried: the unit attentions a PR OUT raises for registrants (they
+reach the nexuses of the node that ran it only), the aborts of PREEMPT
+AND ABORT on the other node, SPC-2 RESERVE/RELEASE (vdisk_nbd still
+refuses them on a shared device), and a restarted node enforces nothing
+until its link is up.
 
 Configuration (the node, in scst.conf's top level or /sys/kernel/scst_tgt):
 `cluster_listen HOST:PORT` where this node accepts its peers' links, and
@@ -53,8 +70,8 @@ sleeps unless called atomic. Configuration stores from task context
 
 Differs from SCST: no DLM, no quorum and no fencing: a node that cannot
 reach its peer goes on serving (SCST's DLM would block lock requests
-until the cluster manager fences the lost node). Events only, no state
-transfer at reconnect.
+until the cluster manager fences the lost node); only reservations are
+state, swapped at reconnect, the other events are not replayed.
 """
 from __future__ import annotations
 

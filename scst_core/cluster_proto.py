@@ -50,6 +50,7 @@ CL_EV_PR_SYNC = 5       # the link is (back) up: take this state if it is newer 
 CL_EV_NAMES = {CL_EV_UA: "unit attention", CL_EV_RESET: "reset", CL_EV_CAPACITY: "capacity",
                CL_EV_PR_STATE: "reservation change", CL_EV_PR_SYNC: "reservation state"}
 
+_UNIT_ATTENTION = 0x6                   # the sense key of every UA event
 _HDR = struct.Struct(">IBBHQI")
 _EVENT = struct.Struct(">BBBBH")
 _ACK = struct.Struct(">i")
@@ -132,6 +133,9 @@ def parse_dev_event(payload: "bytes | bytearray") -> clm_dev_event:
         unpack_pr_state(data)                # refuse a malformed one here, whole
     elif data:
         raise ClusterProtocolError(f"{CL_EV_NAMES[event]} event with {len(data)} bytes of data")
+    elif key != _UNIT_ATTENTION:
+        raise ClusterProtocolError(f"{CL_EV_NAMES[event]} event with sense key {key:#x}, "
+                                   f"not UNIT ATTENTION")
     return clm_dev_event(event, (key, asc, ascq), name, data)
 
 

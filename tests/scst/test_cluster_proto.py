@@ -76,6 +76,7 @@ def test_cluster_header_refuses_what_the_protocol_does_not_allow(hdr: bytes, why
     (bytes((CL_EV_UA, 6, 0x29, 3, 0, 0)), "names a device of 0 bytes"),
     (bytes((CL_EV_UA, 6, 0x29, 3, 0, 1)) + b"\xff", "not UTF-8"),
     (bytes((CL_EV_UA, 6, 0x29, 3, 0, 1)) + b"dx", "unit attention event with 1 bytes of data"),
+    (bytes((CL_EV_RESET, 5, 0x29, 3, 0, 1)) + b"d", "sense key 0x5, not UNIT ATTENTION"),
     (bytes((CL_EV_PR_STATE, 0, 0, 0, 0, 1)) + b"d" + bytes(15), "state of 15 bytes is too short"),
     (bytes((CL_EV_PR_SYNC, 0, 0, 0, 0, 1)) + b"d" + bytes(16) + b"\xff", "state is not UTF-8"),
 ])
