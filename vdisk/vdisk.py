@@ -24,6 +24,11 @@ are implemented, anything else is answered INVALID COMMAND OPERATION CODE.
 Mode parameters are not saveable. The target port designators of VPD
 page 0x83, INQUIRY's TPGS field and REPORT/SET TARGET PORT GROUPS come
 from the core's ALUA code (scst_core.tg), as SCST's scst_tg.c provides them.
+
+cluster_mode (SCST's vdisk attribute): the device is shared with other
+uscstd nodes; MODE SELECT's unit attention and PERSISTENT RESERVE OUT go
+through scst_core.cluster, which agrees with the peers before the command
+completes (so exec sleeps: not for vdisk_nullio's atomic exec).
 """
 from __future__ import annotations
 
