@@ -9,7 +9,7 @@ What it checks: both nodes report the same device identity (VPD page
 0x83 NAA designator, unit serial number) and both groups in REPORT
 TARGET PORT GROUPS; reservations are refused with INVALID COMMAND
 OPERATION CODE on a shared LU (they do not cross the link); unit
-attentions do cross it (LUN RESET, MODE SELECT through A: B's nexus
+attentions do cross it (LUN RESET, TARGET RESET, MODE SELECT through A: B's nexus
 reports them); libiscsi's whole MultipathIO family passes with one URL
 per node; with the peer killed a node alone keeps serving, its LUN reset
 does not hang, and the restarted peer's link comes back; and a failover:
@@ -29,7 +29,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.initiator import TMF_LUN_RESET, TMF_RSP_COMPLETE, Initiator
+from tests.initiator import TMF_LUN_RESET, TMF_RSP_COMPLETE, TMF_TARGET_WARM_RESET, Initiator
 from tests.scsi_support import naa_designator
 from tests.vdisk.nbd_support import NbdFactory, need
 from uscstd_support import free_port, uscstadmin_ok
@@ -262,7 +262,7 @@ def _drain_uas(ini: Initiator) -> list[tuple[int, int]]:
     raise AssertionError(f"unit attentions keep coming: {out}")
 
 
-def test_unit_attentions_of_lun_reset_and_mode_select_cross_to_the_other_node(
+def test_unit_attentions_of_lun_reset_target_reset_and_mode_select_cross_to_the_other_node(
         uscstd, nbd_server, tmp_path: Path) -> None:
     _, (a, b), (ca, cb) = _nodes(uscstd, nbd_server, tmp_path)
     with _session(a, NODE_A) as ia, _session(b, NODE_B) as ib:
@@ -280,10 +280,12 @@ def test_unit_attentions_of_lun_reset_and_mode_select_cross_to_the_other_node(
         assert _drain_uas(ib) == [(0x29, 0x03)]
         _mode_select_swp(ib, True)          # mode pages are per node (docs)
         assert _drain_uas(ia) == [(0x2A, 0x01)]
-    # each node sent its two events and applied the other's two
-    for conf in (ca, cb):
+        assert ia.task_mgmt(TMF_TARGET_WARM_RESET) == TMF_RSP_COMPLETE
+        assert _drain_uas(ib) == [(0x29, 0x00)]          # POWER ON, RESET, OR BUS DEVICE RESET
+    # A sent three events (two resets, a mode change), B two; each applied the other's
+    for conf, sent, got in ((ca, 3, 2), (cb, 2, 3)):
         state = _cluster_state(conf)
-        assert "sent=2 failed=0" in state and "events=2" in state, state
+        assert f"sent={sent} failed=0" in state and f"events={got}" in state, state
     a.assert_healthy()
     b.assert_healthy()
 
