@@ -7,14 +7,17 @@ device in cluster_mode with a cluster link between the nodes
 
 What it checks: both nodes report the same device identity (VPD page
 0x83 NAA designator, unit serial number) and both groups in REPORT
-TARGET PORT GROUPS; reservations are refused with INVALID COMMAND
-OPERATION CODE on a shared LU (they do not cross the link); unit
-attentions do cross it (LUN RESET, TARGET RESET, MODE SELECT through A: B's nexus
-reports them); libiscsi's whole MultipathIO family passes with one URL
-per node; with the peer killed a node alone keeps serving, its LUN reset
-does not hang, and the restarted peer's link comes back; and a failover:
-node A killed while writes are in flight, the initiator goes on through
-node B, and every block either node acknowledged is intact.
+TARGET PORT GROUPS; without cluster_mode reservations are refused with
+INVALID COMMAND OPERATION CODE on a shared LU; with it, unit attentions
+cross the link (LUN RESET, TARGET RESET, MODE SELECT through A: B's
+nexus reports them) and so do persistent reservations (made through A,
+enforced by B; refused while B is down; B takes them when it returns),
+and libiscsi's PR families pass through either node; libiscsi's whole
+MultipathIO family passes with one URL per node; with the peer killed a
+node alone keeps serving, its LUN reset does not hang, and the restarted
+peer's link comes back; and a failover: node A killed while writes are
+in flight, the initiator goes on through node B, and every block either
+node acknowledged is intact.
 """
 from __future__ import annotations
 
