@@ -10,11 +10,11 @@ lockspace per device, lock value blocks, blocking-AST callbacks); we have
 no DLM, so a small peer protocol carries the events (scst_core.cluster_proto
 is its wire format).
 
-What crosses today: unit attentions of device-wide events. A LUN RESET or
-TARGET RESET through node A (reset UA, and the peer's device reset
+What crosses: device-wide events and their unit attentions. A LUN RESET
+or TARGET RESET through node A (reset UA, and the peer's device reset
 actions: SPC-2 reservation released, PREVENT cleared), a MODE SELECT that
-changed a shared mode page (MODE PARAMETERS CHANGED) and a capacity
-change (CAPACITY DATA HAS CHANGED, after the peer re-reads the size)
+changed a shared mode page (the peer takes the new pages, then MODE
+PARAMETERS CHANGED) and a capacity change (CAPACITY DATA HAS CHANGED, after the peer re-reads the size)
 establish the same unit attention on every nexus of that device on the
 peer. The command or task management function that caused it completes
 only after every reachable peer has answered (applied), or after
@@ -94,13 +94,13 @@ from kshim.printk import pr_err, pr_info, pr_warn
 from kshim.sched import MAX_SCHEDULE_TIMEOUT, TASK_DEAD, in_atomic, task_struct
 from kshim.spinlock import spin_lock_bh, spin_unlock_bh, spinlock_t
 from kshim.wait import wait_event_interruptible_timeout, wait_queue_head, wake_up_all
-from scst_core.cluster_proto import (CL_EV_CAPACITY, CL_EV_NAMES, CL_EV_PR_STATE, CL_EV_PR_SYNC,
+from scst_core.cluster_proto import (CL_EV_CAPACITY, CL_EV_MODE, CL_EV_NAMES, CL_EV_PR_STATE, CL_EV_PR_SYNC,
                                      CL_EV_RESET, CLM_ACK,
                                      CLM_DEV_EVENT, CLM_HDR_SIZE, CLM_HELLO, CLM_NAMES,
                                      ClusterProtocolError, clm_dev_event, pack_ack,
                                      pack_dev_event, pack_hello, pack_pr_state, parse_ack,
                                      parse_addr, parse_dev_event, parse_hdr, parse_hello,
-                                     unpack_pr_state)
+                                     parse_mode_pages, unpack_pr_state)
 from scst_core.lib import scst_set_cmd_error
 from scst_core.pres import (scst_pr_dev_reset, scst_pr_devs, scst_pr_exec_out, scst_pr_restore,
                             scst_pr_snapshot)
@@ -118,6 +118,9 @@ CLUSTER_RECV_CHUNK = 4096
 # Called for a peer's CL_EV_CAPACITY before the UA, to re-read the size
 # (scst_core.sysfs sets it to the handler's resync_size). Task context.
 scst_cluster_resync_hook: "Callable[[scst_device], int] | None" = None
+# Called for a peer's CL_EV_MODE before the UA, to take its mode pages:
+# 0 or -errno (vdisk sets it). Task context.
+scst_cluster_mode_hook: "Callable[[scst_device, list[tuple[int, bytes]]], int] | None" = None
 
 
 @attrs.define(slots=True, eq=False)
@@ -513,6 +516,11 @@ def _apply_event(conn: scst_cluster_conn, ev: clm_dev_event) -> int:
         return _apply_pr_state(conn, dev, ev)
     if ev.event == CL_EV_CAPACITY and scst_cluster_resync_hook is not None:
         scst_cluster_resync_hook(dev)
+    if ev.event == CL_EV_MODE:
+        ret = scst_cluster_mode_hook(dev, parse_mode_pages(ev.data)) \
+            if scst_cluster_mode_hook is not None else -EOPNOTSUPP
+        if ret < 0:
+            return ret
     tgt_devs = list(dev.dev_tgt_dev_list)
     for td in tgt_devs:
         scst_queue_ua(td, ev.sense)
@@ -703,11 +711,11 @@ def scst_cluster_dev_event(dev: "scst_device", event: int, sense: tuple[int, int
 
 
 def scst_cluster_dev_event_wait(dev: "scst_device", event: int,
-                                sense: tuple[int, int, int]) -> None:
+                                sense: tuple[int, int, int], data: bytes = b"") -> None:
     """scst_cluster_dev_event, then, unless atomic, sleep until every peer
     answered (at most CLUSTER_ACK_TIMEOUT and a second: the peer thread
     gives up on an unanswered event by then)."""
-    ev = scst_cluster_dev_event(dev, event, sense)
+    ev = scst_cluster_dev_event(dev, event, sense, data=data)
     if ev is not None and not in_atomic():
         wait_for_completion_timeout(ev.comp, CLUSTER_ACK_TIMEOUT + HZ)
 

@@ -16,8 +16,9 @@ then the payload. Types:
   event (1) sense key (1) asc (1) ascq (1) name length (2) device name
   (UTF-8), then the event's data: for CL_EV_PR_STATE and CL_EV_PR_SYNC
   the sequence number the change started from (8), its own (8) and the
-  device's persistent reservation state (scst_core.pres's APTPL text).
-  The receiver applies it and answers.
+  device's persistent reservation state (scst_core.pres's APTPL text);
+  for CL_EV_MODE the changed mode pages, each whole (code, length,
+  parameters). The receiver applies it and answers.
 - CLM_ACK: the answer to the message with the same seq: status (4,
   signed: 0 applied, a negative errno otherwise).
 
@@ -47,8 +48,10 @@ CL_EV_RESET = 2         # a LUN or target reset: the UA, then the device's reset
 CL_EV_CAPACITY = 3      # the size changed: re-read it, then the UA
 CL_EV_PR_STATE = 4      # a PR OUT changed the state: take it if yours is the one it started from
 CL_EV_PR_SYNC = 5       # the link is (back) up: take this state if it is newer than yours
+CL_EV_MODE = 6          # MODE SELECT changed these pages: take them, then the UA
 CL_EV_NAMES = {CL_EV_UA: "unit attention", CL_EV_RESET: "reset", CL_EV_CAPACITY: "capacity",
-               CL_EV_PR_STATE: "reservation change", CL_EV_PR_SYNC: "reservation state"}
+               CL_EV_PR_STATE: "reservation change", CL_EV_PR_SYNC: "reservation state",
+               CL_EV_MODE: "mode pages"}
 
 _UNIT_ATTENTION = 0x6                   # the sense key of every UA event
 _HDR = struct.Struct(">IBBHQI")
@@ -131,12 +134,28 @@ def parse_dev_event(payload: "bytes | bytearray") -> clm_dev_event:
     data = bytes(payload[end:])
     if event in (CL_EV_PR_STATE, CL_EV_PR_SYNC):
         unpack_pr_state(data)                # refuse a malformed one here, whole
+    elif event == CL_EV_MODE:
+        parse_mode_pages(data)
     elif data:
         raise ClusterProtocolError(f"{CL_EV_NAMES[event]} event with {len(data)} bytes of data")
-    elif key != _UNIT_ATTENTION:
+    if event not in (CL_EV_PR_STATE, CL_EV_PR_SYNC) and key != _UNIT_ATTENTION:
         raise ClusterProtocolError(f"{CL_EV_NAMES[event]} event with sense key {key:#x}, "
                                    f"not UNIT ATTENTION")
     return clm_dev_event(event, (key, asc, ascq), name, data)
+
+
+def parse_mode_pages(data: bytes) -> list[tuple[int, bytes]]:
+    """(page code, the whole page) of each mode page in data, at least one."""
+    pages, off = [], 0
+    while off < len(data):                   # bounded: off grows by 2 at least
+        if off + 2 > len(data) or off + 2 + data[off + 1] > len(data):
+            raise ClusterProtocolError(f"mode page at {off} runs past the {len(data)} bytes")
+        end = off + 2 + data[off + 1]
+        pages.append((data[off] & 0x3F, bytes(data[off:end])))
+        off = end
+    if not pages:
+        raise ClusterProtocolError("mode pages event without a page")
+    return pages
 
 
 def pack_pr_state(base: int, seq: int, state: str) -> bytes:

@@ -45,7 +45,8 @@ from kshim.printk import pr_err, pr_info
 from kshim.sched import task_struct
 from kshim.scatterlist import sg_copy_from_buffer
 from scst_core.cluster import scst_cluster_dev_event_wait, scst_cluster_pr_out
-from scst_core.cluster_proto import CL_EV_UA
+from scst_core import cluster as scst_cluster
+from scst_core.cluster_proto import CL_EV_MODE
 from scst_core.const import (ASSOCIATION_LU, CODE_SET_ASCII, CODE_SET_BINARY, CODE_SET_UTF8,
                              DESIGNATOR_TYPE_NAA, DESIGNATOR_TYPE_SCSI_NAME_STRING,
                              DESIGNATOR_TYPE_T10_VENDOR, MODE_PAGE_ALL, MODE_PAGE_CACHING,
@@ -798,8 +799,26 @@ def vdisk_exec_mode_select(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
         for tgt_dev in list(cmd.dev.dev_tgt_dev_list):
             if tgt_dev is not cmd.tgt_dev:
                 scst_queue_ua(tgt_dev, scst_sense_mode_params_changed_UA)
-        # and so do a shared device's other nodes, before GOOD
-        scst_cluster_dev_event_wait(cmd.dev, CL_EV_UA, scst_sense_mode_params_changed_UA)
+        # and a shared device's other nodes take the pages, before GOOD
+        scst_cluster_dev_event_wait(cmd.dev, CL_EV_MODE, scst_sense_mode_params_changed_UA,
+                                    b"".join(new for _, new in changes))
+
+
+def vdisk_cluster_mode_pages(dev: scst_device, pages: list[tuple[int, bytes]]) -> int:
+    """A peer node's MODE SELECT changed these pages of a shared device:
+    take them (scst_cluster_mode_hook). 0, or -EINVAL (logged) for a page
+    this device does not have or of another length (the nodes are not
+    configured alike)."""
+    virt_dev: scst_vdisk_dev = dev.dh_priv
+    for code, new in pages:
+        if code not in vdisk_mode_pages or \
+                len(new) != len(vdisk_mode_pages[code](virt_dev, MODE_SENSE_PC_CURRENT)):
+            pr_err(f"vdisk: {virt_dev.name}: a peer's mode page {code:#x} of {len(new)} bytes "
+                   f"does not fit this device; not taken")
+            return -EINVAL
+    for code, new in pages:
+        _mode_select_apply(virt_dev, code, new)
+    return 0
 
 
 # ---------------------------------------------------------------- data commands
@@ -1318,11 +1337,13 @@ def vdisk_init() -> int:
         vdisk_devtypes[devt.name] = devt
         done.append(devt)
     vdisk_sysfs_init()
+    scst_cluster.scst_cluster_mode_hook = vdisk_cluster_mode_pages
     return 0
 
 
 def vdisk_exit() -> None:
     from vdisk.sysfs import vdisk_sysfs_exit  # cycle: sysfs imports this module
+    scst_cluster.scst_cluster_mode_hook = None
     vdisk_sysfs_exit()
     for name in list(vdisk_devtypes)[::-1]:
         devt = vdisk_devtypes.pop(name)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 
 from scst_core.cluster import _next_msg
-from scst_core.cluster_proto import (CL_EV_CAPACITY, CL_EV_PR_STATE, CL_EV_PR_SYNC,
+from scst_core.cluster_proto import (CL_EV_CAPACITY, CL_EV_MODE, CL_EV_PR_STATE, CL_EV_PR_SYNC,
                                      CL_EV_RESET, CL_EV_UA, CLM_ACK,
                                      CLM_DEV_EVENT, CLM_HDR_SIZE, CLM_HELLO, CLM_MAX_PAYLOAD,
                                      ClusterProtocolError, clm_dev_event, pack_ack,
                                      pack_dev_event, pack_hdr, pack_hello, pack_pr_state,
                                      parse_ack, parse_addr, parse_dev_event, parse_hdr,
-                                     parse_hello, unpack_pr_state)
+                                     parse_hello, parse_mode_pages, unpack_pr_state)
 
 CASES = [
     (CLM_HELLO, 0, pack_hello(0, "127.0.0.1:7260"), parse_hello, "127.0.0.1:7260"),
@@ -27,6 +27,14 @@ CASES = [
      parse_dev_event, clm_dev_event(CL_EV_PR_STATE, (0, 0, 0), "d0",
                                     pack_pr_state(4, 5, "uscst-pr 1\n"))),
 ]
+
+
+def test_mode_pages_event_carries_whole_pages() -> None:
+    pages = bytes((0x0A, 2, 0x08, 0)) + bytes((0x08, 1, 0x04))
+    ev = parse_dev_event(pack_dev_event(1, clm_dev_event(
+        CL_EV_MODE, (6, 0x2A, 1), "d0", pages))[CLM_HDR_SIZE:])
+    assert parse_mode_pages(ev.data) == [(0x0A, bytes((0x0A, 2, 0x08, 0))),
+                                         (0x08, bytes((0x08, 1, 0x04)))]
 
 
 def test_pr_state_data_round_trips() -> None:
@@ -77,6 +85,8 @@ def test_cluster_header_refuses_what_the_protocol_does_not_allow(hdr: bytes, why
     (bytes((CL_EV_UA, 6, 0x29, 3, 0, 1)) + b"\xff", "not UTF-8"),
     (bytes((CL_EV_UA, 6, 0x29, 3, 0, 1)) + b"dx", "unit attention event with 1 bytes of data"),
     (bytes((CL_EV_RESET, 5, 0x29, 3, 0, 1)) + b"d", "sense key 0x5, not UNIT ATTENTION"),
+    (bytes((CL_EV_MODE, 6, 0x2A, 1, 0, 1)) + b"d", "mode pages event without a page"),
+    (bytes((CL_EV_MODE, 6, 0x2A, 1, 0, 1)) + b"d" + bytes((0x0A, 10, 0)), "runs past the 3"),
     (bytes((CL_EV_PR_STATE, 0, 0, 0, 0, 1)) + b"d" + bytes(15), "state of 15 bytes is too short"),
     (bytes((CL_EV_PR_SYNC, 0, 0, 0, 0, 1)) + b"d" + bytes(16) + b"\xff", "state is not UTF-8"),
 ])

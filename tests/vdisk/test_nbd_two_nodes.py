@@ -43,6 +43,7 @@ ILLEGAL_REQUEST, CHECK_CONDITION = 0x5, 0x02
 CU_TIMEOUT_S = 600.0
 UNIT_ATTENTION = 0x6
 ABORTED_COMMAND = 0x0B
+DATA_PROTECT = 0x07
 RESERVATION_CONFLICT = 0x18
 PR_REGISTER, PR_RESERVE, PR_RELEASE = 0, 1, 2
 PR_WRITE_EXCLUSIVE = 1
@@ -234,6 +235,12 @@ def test_failover_node_a_killed_mid_write_the_initiator_goes_on_through_b(
     b.assert_healthy()
 
 
+def _swp(ini: Initiator) -> bool:
+    """The SWP bit of the current control mode page."""
+    d = ini.scsi(bytes((0x5A, 0x08, 0x0A, 0, 0, 0, 0, 0x01, 0x00, 0)), read_len=256).check().data
+    return bool(d[8 + 4] & 0x08)
+
+
 def _mode_select_swp(ini: Initiator, swp: bool) -> None:
     """MODE SELECT(10) of the control mode page with SWP set or cleared."""
     sense = ini.scsi(bytes((0x5A, 0x08, 0x0A, 0, 0, 0, 0, 0x01, 0x00, 0)), read_len=256).check()
@@ -278,11 +285,16 @@ def test_unit_attentions_of_lun_reset_target_reset_and_mode_select_cross_to_the_
         _mode_select_swp(ia, True)
         assert _drain_uas(ib) == [(0x2A, 0x01)]          # MODE PARAMETERS CHANGED
         assert _drain_uas(ia) == []                      # not on the nexus that changed it
+        # B took A's page: software write protect holds through B too
+        assert _swp(ib)
+        r = ib.write10(0, bytes(512))
+        assert (r.sense_key, r.asc_ascq[0]) == (DATA_PROTECT, 0x27), (r.status, r.sense)
         assert ib.task_mgmt(TMF_LUN_RESET) == TMF_RSP_COMPLETE
         assert _drain_uas(ia) == [(0x29, 0x03)]          # and the other way round
         assert _drain_uas(ib) == [(0x29, 0x03)]
-        _mode_select_swp(ib, True)          # mode pages are per node (docs)
+        _mode_select_swp(ib, False)
         assert _drain_uas(ia) == [(0x2A, 0x01)]
+        assert not _swp(ia) and ia.write10(0, bytes(512)).ok
         assert ia.task_mgmt(TMF_TARGET_WARM_RESET) == TMF_RSP_COMPLETE
         assert _drain_uas(ib) == [(0x29, 0x00)]          # POWER ON, RESET, OR BUS DEVICE RESET
     # A sent three events (two resets, a mode change), B two; each applied the other's
