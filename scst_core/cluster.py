@@ -7,38 +7,17 @@ Mirrors what SCST's cluster_mode does (scst/src/scst_dlm.c, the vdisk
 SCST nodes share, state and events that SAM/SPC make device-wide are kept
 coherent between the nodes. SCST does it through the kernel's DLM (a
 lockspace per device, lock value blocks, blocking-AST callbacks); we have
-no DLM, so a small peer protocol carries the events (scst_core.cluster_proto
-is its wire format).
+no DLM, so a small peer protocol carries the events. This module is the
+link: connections, framing, delivery and answers. What an event does to
+a device, and the agreement on persistent reservations, are
+scst_core.cluster_dev's (plugged in through scst_cluster_apply_hook and
+scst_cluster_link_up_hook); scst_core.cluster_proto is the wire format.
 
-What crosses: device-wide events and their unit attentions. A LUN RESET
-or TARGET RESET through node A (reset UA, and the peer's device reset
-actions: SPC-2 reservation released, PREVENT cleared), a MODE SELECT that
-changed a shared mode page (the peer takes the new pages, then MODE
-PARAMETERS CHANGED) and a capacity change (CAPACITY DATA HAS CHANGED, after the peer re-reads the size)
-establish the same unit attention on every nexus of that device on the
-peer. The command or task management function that caused it completes
-only after every reachable peer has answered (applied), or after
-CLUSTER_ACK_TIMEOUT, so an initiator that goes on through the other node
-finds the UA there.
-
-Persistent reservations cross too (scst_cluster_pr_out, what scst_dlm.c
-does under the device's cluster lock): a PR OUT that changes the state is
-sent to every peer as the whole state, with the number of the agreed
-state it started from; a peer takes it only if it is at that same state,
-and the command completes GOOD only if every peer took it. Otherwise (a
-peer unreachable before, refusing or silent after) the change is undone
-here and the command ends with ABORTED COMMAND, LOGICAL UNIT
-COMMUNICATION FAILURE, so an initiator never believes it holds a
-reservation another node does not enforce. Two PR OUTs through two nodes
-at once both fail that way (each node refuses the other's); the
-initiators retry. When a link comes up, and when a shared device is
-created, the nodes offer each other their state and the newer (higher
-number) wins: a restarted node takes the reservations its peer kept.
-Not carried: the unit attentions a PR OUT raises for registrants (they
-reach the nexuses of the node that ran it only), the aborts of PREEMPT
-AND ABORT on the other node, SPC-2 RESERVE/RELEASE (vdisk_nbd still
-refuses them on a shared device), and a restarted node enforces nothing
-until its link is up.
+An event (scst_cluster_dev_event) goes to every peer; its done callback
+runs once every reachable peer has answered (applied), so the command
+or task management function that caused it completes only then (or after
+CLUSTER_ACK_TIMEOUT), and an initiator that goes on through the other
+node finds its effect there.
 
 Configuration (the node, in scst.conf's top level or /sys/kernel/scst_tgt):
 `cluster_listen HOST:PORT` where this node accepts its peers' links, and
@@ -57,10 +36,12 @@ receiving with MSG_DONTWAIT, never a blocking host socket.
 When a peer is unreachable: events for it are dropped at once (logged
 once per outage), so a node alone keeps serving and nothing waits; the
 peer thread reconnects with doubling backoff (CLUSTER_BACKOFF_MIN..MAX),
-and logs when the link is up again. An event the peer did not answer
-within CLUSTER_ACK_TIMEOUT breaks the link (logged) and completes as
-undelivered. Events lost during an outage are not replayed: an initiator
-that used the other node during the outage may miss a unit attention.
+at once when the peer connects to us, and logs when the link is up
+again. An event the peer did not answer within CLUSTER_ACK_TIMEOUT
+breaks the link (logged) and completes as undelivered. Events lost
+during an outage are not replayed (reservation state is swapped at
+link-up, scst_core.cluster_dev): an initiator that used the other node
+during the outage may miss a unit attention.
 
 Contexts: scst_cluster_dev_event from any context (spin_lock_bh only);
 its done callback runs in the caller's context when no peer needs the
@@ -70,8 +51,7 @@ sleeps unless called atomic. Configuration stores from task context
 
 Differs from SCST: no DLM, no quorum and no fencing: a node that cannot
 reach its peer goes on serving (SCST's DLM would block lock requests
-until the cluster manager fences the lost node); only reservations are
-state, swapped at reconnect, the other events are not replayed.
+until the cluster manager fences the lost node).
 """
 from __future__ import annotations
 
@@ -81,7 +61,7 @@ from typing import TYPE_CHECKING, Callable
 import attrs
 
 from kshim.completion import complete, completion, wait_for_completion_timeout
-from kshim.err import (EAGAIN, EBUSY, EINPROGRESS, EINVAL, ENODEV, ENOTCONN, EOPNOTSUPP, EPROTO,
+from kshim.err import (EAGAIN, EINPROGRESS, EINVAL, ENODEV, ENOTCONN, EOPNOTSUPP, EPROTO,
                        ESHUTDOWN, ETIMEDOUT)
 from kshim.jiffies import HZ, jiffies, time_after_eq
 from kshim.kthread import kthread_run, kthread_should_stop, kthread_stop
@@ -94,20 +74,15 @@ from kshim.printk import pr_err, pr_info, pr_warn
 from kshim.sched import MAX_SCHEDULE_TIMEOUT, TASK_DEAD, in_atomic, task_struct
 from kshim.spinlock import spin_lock_bh, spin_unlock_bh, spinlock_t
 from kshim.wait import wait_event_interruptible_timeout, wait_queue_head, wake_up_all
-from scst_core.cluster_proto import (CL_EV_CAPACITY, CL_EV_MODE, CL_EV_NAMES, CL_EV_PR_STATE, CL_EV_PR_SYNC,
-                                     CL_EV_RESET, CLM_ACK,
+from scst_core.cluster_proto import (CL_EV_NAMES, CL_EV_PR_SYNC,
+                                     CLM_ACK,
                                      CLM_DEV_EVENT, CLM_HDR_SIZE, CLM_HELLO, CLM_NAMES,
                                      ClusterProtocolError, clm_dev_event, pack_ack,
-                                     pack_dev_event, pack_hello, pack_pr_state, parse_ack,
-                                     parse_addr, parse_dev_event, parse_hdr, parse_hello,
-                                     parse_mode_pages, unpack_pr_state)
-from scst_core.lib import scst_set_cmd_error
-from scst_core.pres import (scst_pr_dev_reset, scst_pr_devs, scst_pr_exec_out, scst_pr_restore,
-                            scst_pr_snapshot)
-from scst_core.ua import scst_queue_ua
+                                     pack_dev_event, pack_hello, parse_ack,
+                                     parse_addr, parse_dev_event, parse_hdr, parse_hello)
 
 if TYPE_CHECKING:
-    from scst_core.scst import scst_cmd, scst_device
+    from scst_core.scst import scst_device
 
 CLUSTER_CONNECT_TIMEOUT = 5 * HZ
 CLUSTER_ACK_TIMEOUT = 5 * HZ        # a peer that does not answer an event this long is down
@@ -115,12 +90,11 @@ CLUSTER_BACKOFF_MIN = HZ // 10
 CLUSTER_BACKOFF_MAX = 5 * HZ
 CLUSTER_RECV_CHUNK = 4096
 
-# Called for a peer's CL_EV_CAPACITY before the UA, to re-read the size
-# (scst_core.sysfs sets it to the handler's resync_size). Task context.
-scst_cluster_resync_hook: "Callable[[scst_device], int] | None" = None
-# Called for a peer's CL_EV_MODE before the UA, to take its mode pages:
-# 0 or -errno (vdisk sets it). Task context.
-scst_cluster_mode_hook: "Callable[[scst_device, list[tuple[int, bytes]]], int] | None" = None
+# Set by scst_core.cluster_dev, which knows what an event does to a device:
+# apply(conn, ev) -> 0 or -errno for a peer's event (task context);
+# link_up(peer) queues what a (re)linked peer is offered.
+scst_cluster_apply_hook: "Callable[[scst_cluster_conn, clm_dev_event], int] | None" = None
+scst_cluster_link_up_hook: "Callable[[scst_cluster_peer], None] | None" = None
 
 
 @attrs.define(slots=True, eq=False)
@@ -423,41 +397,6 @@ def _peer_lose(peer: scst_cluster_peer, why: int) -> None:
     _peer_fail_all(peer, -ENOTCONN)
 
 
-def _peer_queue_pr_sync(peer: scst_cluster_peer, devs: "list[scst_device]") -> None:
-    """Offer the peer this node's reservation state of each shared device
-    in devs; it takes what is newer than its own, and offers its own back
-    when that is newer (so a restarted node, or a device created after
-    the link came up, gets the state the other node enforces)."""
-    for dev in devs:
-        prd = scst_pr_devs.get(dev)
-        if not dev.cluster_mode or prd is None:
-            continue
-        ev = scst_cluster_event(
-            msg=clm_dev_event(CL_EV_PR_SYNC, (0, 0, 0), dev.virt_name,
-                              pack_pr_state(prd.cluster_seq, prd.cluster_seq,
-                                            _pr_state(dev))),
-            pending=1, done=None)
-        spin_lock_bh(peer.lock)
-        peer.tx_queue.append(scst_cluster_msg(ev))
-        spin_unlock_bh(peer.lock)
-    wake_up_all(peer.wq)
-
-
-def _all_devs() -> "list[scst_device]":
-    # cycle: scst_core.main imports scst_core.targ, which imports this file
-    from scst_core.main import scst_dev_list
-    return list(scst_dev_list)
-
-
-def scst_cluster_dev_registered(dev: "scst_device") -> None:
-    """A device was created: if shared, swap reservation states with the
-    peers already linked (scst_register_virtual_device, task context)."""
-    if dev.cluster_mode:
-        for peer in list(cluster_peers):
-            if peer.connected:
-                _peer_queue_pr_sync(peer, [dev])
-
-
 def _peer_thread(peer: scst_cluster_peer) -> int:
     delay = CLUSTER_BACKOFF_MIN
     while not (peer.stopping or kthread_should_stop()):
@@ -469,7 +408,8 @@ def _peer_thread(peer: scst_cluster_peer) -> int:
                 peer.reconnects += 1
             peer.ever_up = True
             peer.down_logged = False
-            _peer_queue_pr_sync(peer, _all_devs())
+            if scst_cluster_link_up_hook is not None:
+                scst_cluster_link_up_hook(peer)
             delay = CLUSTER_BACKOFF_MIN
             _peer_lose(peer, _peer_run(peer))
             continue
@@ -503,63 +443,6 @@ def _peer_stop(peer: scst_cluster_peer) -> None:
 
 # -- the receiving side: the listener and one thread per accepted link ----------------
 
-def _apply_event(conn: scst_cluster_conn, ev: clm_dev_event) -> int:
-    """Do on this node what a peer's event asks: 0 or -errno."""
-    # cycle: scst_core.main imports scst_core.targ, which imports this file
-    from scst_core.main import scst_find_device
-    dev = scst_find_device(ev.dev_name)
-    if dev is None:
-        return -ENODEV
-    if not dev.cluster_mode:
-        return -EOPNOTSUPP
-    if ev.event in (CL_EV_PR_STATE, CL_EV_PR_SYNC):
-        return _apply_pr_state(conn, dev, ev)
-    if ev.event == CL_EV_CAPACITY and scst_cluster_resync_hook is not None:
-        scst_cluster_resync_hook(dev)
-    if ev.event == CL_EV_MODE:
-        ret = scst_cluster_mode_hook(dev, parse_mode_pages(ev.data)) \
-            if scst_cluster_mode_hook is not None else -EOPNOTSUPP
-        if ret < 0:
-            return ret
-    tgt_devs = list(dev.dev_tgt_dev_list)
-    for td in tgt_devs:
-        scst_queue_ua(td, ev.sense)
-    if ev.event == CL_EV_RESET:
-        scst_pr_dev_reset(dev)
-    pr_info(f"scst_cluster: peer {conn.peer_node}: {CL_EV_NAMES[ev.event]} of {ev.dev_name}: "
-            "unit attention {:x}/{:02x}/{:02x}".format(*ev.sense)
-            + f" on {len(tgt_devs)} nexus(es)")
-    return 0
-
-
-def _apply_pr_state(conn: scst_cluster_conn, dev: "scst_device", ev: clm_dev_event) -> int:
-    """A peer's reservation state: a change (taken only if it started from
-    the state this node has, else -EBUSY: two nodes changed it at once)
-    or, after a (re)connect, its state (taken if newer than ours)."""
-    prd = scst_pr_devs.get(dev)
-    if prd is None:
-        return -ENODEV
-    base, seq, text = unpack_pr_state(ev.data)
-    if ev.event == CL_EV_PR_STATE and prd.cluster_seq != base:
-        pr_warn(f"scst_cluster: peer {conn.peer_node}: reservation change {seq} of "
-                f"{ev.dev_name} started from {base}, this node is at {prd.cluster_seq}: "
-                f"refused (changed through two nodes at once)")
-        return -EBUSY
-    if ev.event == CL_EV_PR_SYNC and seq <= prd.cluster_seq:
-        if seq < prd.cluster_seq:       # ours is newer: the peer gets it back
-            for p in list(cluster_peers):
-                if p.name == conn.peer_node and p.connected:
-                    _peer_queue_pr_sync(p, [dev])
-        return 0
-    ret = scst_pr_restore(dev, text)
-    if ret == 0:
-        prd.cluster_seq = seq
-        pr_info(f"scst_cluster: peer {conn.peer_node}: {CL_EV_NAMES[ev.event]} {seq} of "
-                f"{ev.dev_name}: {len(prd.registrants)} registration(s)"
-                + (f", reservation type {prd.pr_type}" if prd.pr_is_set else ""))
-    return ret
-
-
 def _conn_handle(conn: scst_cluster_conn, type_: int, seq: int, payload: bytes) -> bytes:
     """The answer to one message from the peer."""
     if type_ == CLM_HELLO:
@@ -574,11 +457,12 @@ def _conn_handle(conn: scst_cluster_conn, type_: int, seq: int, payload: bytes) 
     if type_ == CLM_DEV_EVENT:
         ev = parse_dev_event(payload)
         conn.events += ev.event != CL_EV_PR_SYNC
-        status = _apply_event(conn, ev)
+        status = scst_cluster_apply_hook(conn, ev) if scst_cluster_apply_hook is not None \
+            else -EOPNOTSUPP
         if status:
+            why = {-ENODEV: "no such device", -EOPNOTSUPP: "its cluster_mode is 0"}
             pr_warn(f"scst_cluster: peer {conn.peer_node}: {CL_EV_NAMES[ev.event]} of "
-                    f"{ev.dev_name} not applied: "
-                    + ("no such device" if status == -ENODEV else "its cluster_mode is 0"))
+                    f"{ev.dev_name} not applied: {why.get(status, status)}")
         return pack_ack(seq, status)
     raise ClusterProtocolError(f"unexpected {CLM_NAMES[type_]}")
 
@@ -800,61 +684,3 @@ def scst_cluster_exit() -> None:
     """Close every link and stop listening (module exit, task context)."""
     scst_cluster_set_peers("")
     scst_cluster_set_listen("")
-
-
-# -- persistent reservations (PR OUT on a cluster_mode device) -------------------------
-
-# ABORTED COMMAND, LOGICAL UNIT COMMUNICATION FAILURE: the nodes could not
-# agree; nothing changed, the initiator may retry
-scst_sense_lu_communication_failure = (0x0B, 0x08, 0x00)
-
-
-def _pr_state(dev: "scst_device") -> str:
-    return scst_pr_snapshot(dev) or ""
-
-
-def scst_cluster_pr_out(cmd: "scst_cmd") -> None:
-    """PERSISTENT RESERVE OUT on a cluster_mode device (the dev handler's
-    exec, task context). With peers, the change is made here, then sent
-    to every peer, and stands only if each took it: otherwise it is
-    undone here and the command ends with ABORTED COMMAND, LOGICAL UNIT
-    COMMUNICATION FAILURE (0B/08/00). A peer that is unreachable fails
-    the command the same way before anything changes. So GOOD means
-    every node enforces the new state (mirrors scst_dlm.c, which updates
-    the PR state under the device's cluster lock)."""
-    dev = cmd.dev
-    prd = scst_pr_devs.get(dev)
-    peers = list(cluster_peers)
-    if prd is None or not peers:
-        scst_pr_exec_out(cmd)
-        return
-    who = f"scst_cluster: {dev.virt_name}: PERSISTENT RESERVE OUT"
-    down = [p.name for p in peers if not p.connected]
-    if down or in_atomic():
-        pr_err(f"{who} refused: " + (f"peer {', '.join(down)} unreachable, its node would "
-                                     f"not enforce the change" if down else
-                                     "cannot wait for the peers in atomic context"))
-        scst_set_cmd_error(cmd, scst_sense_lu_communication_failure)
-        return
-    mutex_lock(prd.cluster_mutex)
-    before, base = _pr_state(dev), prd.cluster_seq
-    # A peer's change that started from base is refused from now on: this
-    # node's own may be on its way.
-    prd.cluster_seq = base + 1
-    scst_pr_exec_out(cmd)
-    after = _pr_state(dev)
-    if after == before:
-        prd.cluster_seq = base
-        mutex_unlock(prd.cluster_mutex)
-        return
-    ev = scst_cluster_dev_event(dev, CL_EV_PR_STATE, (0, 0, 0),
-                                data=pack_pr_state(base, base + 1, after))
-    ok = ev is not None and bool(wait_for_completion_timeout(
-        ev.comp, CLUSTER_ACK_TIMEOUT + HZ)) and not ev.failed
-    if not ok:
-        failed = ", ".join(ev.failed) if ev is not None and ev.failed else "no answer"
-        pr_err(f"{who} undone: not applied by {failed}")
-        scst_pr_restore(dev, before)
-        prd.cluster_seq = base
-        scst_set_cmd_error(cmd, scst_sense_lu_communication_failure)
-    mutex_unlock(prd.cluster_mutex)

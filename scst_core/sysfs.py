@@ -69,6 +69,7 @@ from kshim.sysfs import (S_IRUGO, S_IWUSR, __ATTR, __ATTR_RO, __ATTR_RW, kernel_
                          kobj_attribute, sysfs_create_file,
                          sysfs_create_link, sysfs_link)
 from scst_core import cluster as scst_cluster
+from scst_core import cluster_dev
 from scst_core import main as scst_main
 from scst_core.cluster import scst_cluster_dev_event_wait
 from scst_core.cluster_proto import CL_EV_CAPACITY
@@ -1230,7 +1231,7 @@ def scst_sysfs_init() -> int:
                                       _cluster_peers_store))
     sysfs_create_file(root, __ATTR_RO("cluster_state",
                                       lambda k, a: scst_cluster.scst_cluster_state()))
-    scst_cluster.scst_cluster_resync_hook = _cluster_resync
+    cluster_dev.scst_cluster_resync_hook = _cluster_resync
     scst_handlers_kobj = kobject_create_and_add("handlers", root, kobj_type(refresh=_handlers_refresh))
     scst_devices_kobj = kobject_create_and_add("devices", root, kobj_type(refresh=_devices_refresh))
     scst_targets_kobj = kobject_create_and_add("targets", root, kobj_type(refresh=_targets_refresh))
@@ -1244,7 +1245,7 @@ def scst_sysfs_init() -> int:
 def scst_sysfs_exit() -> None:
     global scst_tgt_kobj, scst_handlers_kobj, scst_devices_kobj, scst_targets_kobj
     scst_cluster.scst_cluster_exit()
-    scst_cluster.scst_cluster_resync_hook = None
+    cluster_dev.scst_cluster_resync_hook = None
     if scst_tgt_kobj is not None:
         kobject_del(scst_tgt_kobj)
     scst_tgt_kobj = scst_handlers_kobj = scst_devices_kobj = scst_targets_kobj = None

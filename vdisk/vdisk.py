@@ -44,8 +44,9 @@ from kshim.mutex import mutex
 from kshim.printk import pr_err, pr_info
 from kshim.sched import task_struct
 from kshim.scatterlist import sg_copy_from_buffer
-from scst_core.cluster import scst_cluster_dev_event_wait, scst_cluster_pr_out
-from scst_core import cluster as scst_cluster
+from scst_core import cluster_dev
+from scst_core.cluster import scst_cluster_dev_event_wait
+from scst_core.cluster_dev import scst_cluster_pr_out
 from scst_core.cluster_proto import CL_EV_MODE
 from scst_core.const import (ASSOCIATION_LU, CODE_SET_ASCII, CODE_SET_BINARY, CODE_SET_UTF8,
                              DESIGNATOR_TYPE_NAA, DESIGNATOR_TYPE_SCSI_NAME_STRING,
@@ -1337,13 +1338,13 @@ def vdisk_init() -> int:
         vdisk_devtypes[devt.name] = devt
         done.append(devt)
     vdisk_sysfs_init()
-    scst_cluster.scst_cluster_mode_hook = vdisk_cluster_mode_pages
+    cluster_dev.scst_cluster_mode_hook = vdisk_cluster_mode_pages
     return 0
 
 
 def vdisk_exit() -> None:
     from vdisk.sysfs import vdisk_sysfs_exit  # cycle: sysfs imports this module
-    scst_cluster.scst_cluster_mode_hook = None
+    cluster_dev.scst_cluster_mode_hook = None
     vdisk_sysfs_exit()
     for name in list(vdisk_devtypes)[::-1]:
         devt = vdisk_devtypes.pop(name)
