@@ -40,6 +40,7 @@ from iscsi_scst.conn import (RX_DATA, RX_INIT_BHS, RX_TAIL, RXBUF_SIZE, iscsi_co
 from iscsi_scst.digest import digest_header, digest_matches
 from iscsi_scst.hdr import BHS_SIZE, ProtocolError
 from iscsi_scst.nagle import iscsi_nagle_idle, iscsi_nagle_rx_check
+from kshim import sched
 from kshim.crc32c import crc32c_iov, crc32c_value
 from kshim.err import EAGAIN
 from kshim.host import iov_head
@@ -47,7 +48,6 @@ from kshim.kthread import kthread_should_stop
 from kshim.list import list_add, list_add_tail, list_del_init, list_empty, list_head
 from kshim.net import MSG_DONTWAIT, kernel_recvmsg, kernel_sendmsg, sock_rx_armed
 from kshim.printk import pr_info
-from kshim.sched import current
 from kshim.spinlock import spin_lock_bh, spin_unlock_bh
 from kshim.wait import wait_event_interruptible, wake_up
 
@@ -230,15 +230,20 @@ def iscsi_queue_tx(conn: iscsi_conn, entry: list_head) -> None:
     before it sleeps; any other context puts them on write_list (after the
     rd thread's pending ones, so send order is queue order) and wakes the
     wr thread."""
-    if current() is conn.rd_task:
+    if sched.cpu.curr is conn.rd_task:       # current(), without the call
         conn.rd_write_list.append(entry)
         return
+    wl = conn.write_list
     spin_lock_bh(conn.write_list_lock)
+    # Only the first entry wakes the wr thread: it takes the whole list (a
+    # batch of softirq completions costs one wake-up, not one each).
+    was_empty = wl.next is wl
     if conn.rd_write_list:
         _rd_list_to_write_list(conn)
-    list_add_tail(entry, conn.write_list)
+    list_add_tail(entry, wl)
     spin_unlock_bh(conn.write_list_lock)
-    wake_up(conn.wr_waitQ)
+    if was_empty:
+        wake_up(conn.wr_waitQ)
 
 
 def _rd_list_to_write_list(conn: iscsi_conn) -> None:
@@ -325,6 +330,8 @@ def iscsi_tx_flush(conn: iscsi_conn, may_sleep: bool) -> int:
                     conn.tx_iov.clear()
                     for item in items:
                         iscsi_tx_done(conn, item, 0)
+                    if not conn.rd_write_list and conn.write_list.next is conn.write_list:
+                        return 0          # all sent, nothing queued meanwhile
                     continue
                 _advance_iov(conn.tx_iov, n)
                 conn.tx_len -= n

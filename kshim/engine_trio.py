@@ -4,11 +4,15 @@ Twin of nothing in the kernel: this is what the kernel runs on. It turns
 host events into softirqs and runs the kthread scheduler between them, all
 on ONE host thread (../docs/architecture.md, "one CPU").
 
-- Socket readiness: each attached socket has a receive and a transmit trio
-  task. The receive task awaits readability while the socket is armed (a
-  receive returned -EAGAIN, or it was just attached), then calls
-  sk_data_ready in softirq context; the transmit task does the same with
-  writability and sk_write_space after a send came back short.
+- Socket readiness: every attached socket is registered once, edge-
+  triggered (EPOLLET), in the engine's own epoll; one trio task waits for
+  that epoll's fd and, per wake-up, takes its batch of events (up to
+  EPOLL_BATCH) and calls sk_data_ready / sk_write_space in softirq context
+  for each socket whose receive / transmit side is armed (a receive found
+  it drained, a send came back short, or it was just attached), disarming
+  it; then the CPU runs once for the whole batch (docs/decisions/0059).
+  Arming is a flag, no system call. /sys/kernel/engine/readiness counts
+  the passes and the callbacks.
 - Timers: one task sleeps until kshim.timer's earliest expiry and runs
   run_timers() in softirq context.
 - Blocking file I/O: reads, writes and fsyncs go to io_uring
@@ -16,17 +20,18 @@ on ONE host thread (../docs/architecture.md, "one CPU").
   eventfd; everything else, and all of it when io_uring is refused (chosen
   at start and logged), to a small pool of host threads whose finished jobs
   come back through the trio token. Either way the completion runs in
-  softirq context, like a bio's end_io. /sys/kernel/io/stats shows which,
+  softirq context, like a bio's end_io (a reaped batch in one softirq
+  entry, softirq_run_jobs). /sys/kernel/io/stats shows which,
   with the ring's statistics (docs/decisions/0028).
-- After every event: pending softirqs, then sched.run_queue() until every
-  kthread sleeps again.
+- After every event (a readiness batch counts as one): pending softirqs,
+  then sched.run_queue() until every kthread sleeps again.
 - SIGINT/SIGTERM start an orderly shutdown; SIGHUP calls the registered
   reload hook.
 
 At boot it fills kshim.host.ops: the real host's operations
 (kshim.engine_posix) plus its own sock_attach/sock_arm_rx/sock_arm_tx/
-sock_detach, io_submit, timer_kick and request_shutdown. Per-socket trio
-state (the cancel scope and the two parking lots) hangs off sk.engine_priv;
+sock_detach, io_submit, timer_kick and request_shutdown. sk.engine_priv
+holds the socket's fd (its key in the engine's table of attached sockets);
 kshim never sees a trio object. Start it through kshim.engine.run().
 
 Contexts: the operations it fills are safe from any context on the CPU
@@ -34,13 +39,17 @@ thread; they never sleep.
 
 Differs from the kernel: readiness is edge-triggered per arming, as epoll's
 EPOLLET: sk_data_ready fires once per "was empty, now has data", not per
-segment. Kernel code that reads until -EAGAIN (as iscsi-scst does) cannot
-tell the difference.
+segment, and an arrival while the socket is not armed calls nothing (its
+reader is awake and will receive it). Kernel code that reads until -EAGAIN
+(as iscsi-scst does) cannot tell the difference. An edge queued before the
+receive that armed the socket can fire it once with nothing new to read:
+the reader's next receive returns -EAGAIN and arms it again.
 """
 from __future__ import annotations
 
 import gc
 import math
+import select
 import signal
 from typing import Any, Callable
 
@@ -55,23 +64,14 @@ from kshim.workqueue import workqueue_init
 
 io_threads = 4
 _token: trio.lowlevel.TrioToken | None = None
-_nursery: trio.Nursery | None = None
 _pool: engine_posix.worker_pool | None = None
 _ring: engine_uring.uring | None = None
 io_backend = ""               # what file I/O runs on, and why (set at start)
 _timer_cs: trio.CancelScope | None = None
 _shutdown: trio.Event | None = None
 running = False
-stats = {"rx_events": 0, "tx_events": 0, "io_done": 0, "timer_runs": 0}
-
-
-def _deliver(fn: Callable[[Any], None], arg: Any) -> None:
-    """Run fn(arg) in softirq context, then everything it made runnable."""
-    softirq.softirq_run(fn, arg)
-    softirq.do_softirq()
-    sched.run_queue()
-    if _ring is not None and _ring.queued:
-        _ring.flush()
+# rx_events/tx_events: callbacks delivered; ready_passes: epoll batches
+stats = {"rx_events": 0, "tx_events": 0, "ready_passes": 0, "io_done": 0, "timer_runs": 0}
 
 
 def run_cpu() -> None:
@@ -85,103 +85,102 @@ def run_cpu() -> None:
 
 # -- sockets ----------------------------------------------------------------
 
-class _sock_priv:
-    """The engine's per-socket state, at sk.engine_priv."""
-
-    __slots__ = ("cs", "rx_lot", "tx_lot", "rx_parked")
-
-    def __init__(self) -> None:
-        self.cs: trio.CancelScope | None = None
-        self.rx_lot = trio.lowlevel.ParkingLot()
-        self.tx_lot = trio.lowlevel.ParkingLot()
-        # The rx task waits in rx_lot (not armed), so arming must unpark
-        # it; usually the reader re-arms while the task is still running
-        # its delivery, and the unpark (four trio calls) is skipped.
-        self.rx_parked = False
+# Every attached socket is registered once, edge-triggered, in the engine's
+# own epoll; one trio task waits on that epoll's fd and delivers every ready
+# socket's callbacks in one pass (docs/decisions/0059).
+_EP_FLAGS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+_EV_RX = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+_EV_TX = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
+EPOLL_BATCH = 256             # events taken per pass; more wait for the next
+_ep: select.epoll | None = None
+_socks: dict[int, Any] = {}   # fd -> the attached sock (CPU thread only)
 
 
-async def _rx_task(sk: Any, priv: _sock_priv) -> None:
-    hs = sk.host
-    lot = priv.rx_lot
-    while sk.host is not None:
-        if not sk.rx_armed:
-            priv.rx_parked = True
-            await lot.park()
-            priv.rx_parked = False
-            continue
-        try:
-            await trio.lowlevel.wait_readable(hs)
-        except (trio.ClosedResourceError, OSError, ValueError):
-            return        # released (sock_detach) while waiting
-        sk.rx_armed = False
-        stats["rx_events"] += 1
-        _deliver(sk.sk_data_ready, sk)
+async def _ready_task(ep: select.epoll) -> None:
+    """Wait for the engine's epoll; per wake-up take one batch of events and
+    call the callbacks of every armed socket in it in softirq context,
+    disarming it, then run the CPU once for all. An edge that finds its
+    socket unarmed is dropped: the socket's reader is not asleep on it and
+    will see the data (or the close) when it receives."""
+    efd = ep.fileno()
+    poll = ep.poll
+    socks = _socks
+    while True:
+        await trio.lowlevel.wait_readable(efd)
+        nrx = ntx = 0
+        for fd, ev in poll(0, EPOLL_BATCH):
+            sk = socks.get(fd)
+            if sk is None:
+                continue          # detached after this batch was taken
+            if ev & _EV_RX and sk.rx_armed:
+                sk.rx_armed = False
+                nrx += 1
+                softirq.softirq_run(sk.sk_data_ready, sk)
+            if ev & _EV_TX and sk.tx_armed:
+                sk.tx_armed = False
+                ntx += 1
+                softirq.softirq_run(sk.sk_write_space, sk)
+        stats["rx_events"] += nrx
+        stats["tx_events"] += ntx
+        stats["ready_passes"] += 1
+        run_cpu()
 
 
-async def _tx_task(sk: Any, lot: trio.lowlevel.ParkingLot) -> None:
-    hs = sk.host
-    while sk.host is not None:
-        if not sk.tx_armed:
-            await lot.park()
-            continue
-        try:
-            await trio.lowlevel.wait_writable(hs)
-        except (trio.ClosedResourceError, OSError, ValueError):
-            return        # released (sock_detach) while waiting
-        sk.tx_armed = False
-        stats["tx_events"] += 1
-        _deliver(sk.sk_write_space, sk)
+def readiness_stats() -> str:
+    """The readiness path's counters, for the live tree
+    (/sys/kernel/engine/readiness)."""
+    passes = stats["ready_passes"]
+    per = stats["rx_events"] / passes if passes else 0.0
+    return (f"sockets {len(_socks)}\nready_passes {passes}\nrx_events {stats['rx_events']}\n"
+            f"tx_events {stats['tx_events']}\nrx_events_per_pass {per:.2f}\n")
 
 
-async def _sock_tasks(sk: Any, priv: _sock_priv,
-                      task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    if sk.host is None:
-        return
-    with trio.CancelScope() as cs:
-        priv.cs = cs
-        task_status.started()
-        async with trio.open_nursery() as n:
-            n.start_soon(_rx_task, sk, priv)
-            n.start_soon(_tx_task, sk, priv.tx_lot)
+def _ready_sysfs_init() -> None:
+    k = kernel_kobj.entries.get("engine") or kobject_create_and_add("engine", kernel_kobj)
+    if "readiness" not in k.entries:
+        sysfs_create_file(k, __ATTR_RO("readiness", lambda _k, _a: readiness_stats()))
 
 
 def sock_attach(sk: Any) -> None:
-    """Start delivering sk's readiness callbacks (rx armed, tx parked)."""
-    if sk.engine_priv is not None or _nursery is None:
+    """Start delivering sk's readiness callbacks (rx armed, tx not): its fd
+    joins the engine's epoll, edge-triggered, until sock_detach."""
+    ep = _ep
+    if sk.engine_priv is not None or ep is None or sk.host is None:
         return
-    priv = sk.engine_priv = _sock_priv()
+    fd = sk.host.fileno()
+    sk.engine_priv = fd
+    _socks[fd] = sk
     sk.rx_armed = True
-    _nursery.start_soon(_sock_tasks, sk, priv)
+    try:
+        ep.register(fd, _EP_FLAGS)
+    except FileExistsError:       # a closed fd's number, still registered through a dup
+        ep.modify(fd, _EP_FLAGS)
 
 
 def sock_arm_rx(sk: Any) -> None:
-    if not sk.rx_armed:
-        sk.rx_armed = True
-        priv = sk.engine_priv
-        if priv is not None and priv.rx_parked:
-            priv.rx_lot.unpark_all()
+    # A flag, no system call: an arrival after the receive that armed it
+    # queues a new edge in the epoll (EPOLLET), whatever came before.
+    sk.rx_armed = True
 
 
 def sock_arm_tx(sk: Any) -> None:
-    if not sk.tx_armed:
-        sk.tx_armed = True
-        priv = sk.engine_priv
-        if priv is not None:
-            priv.tx_lot.unpark_all()
+    sk.tx_armed = True
 
 
 def sock_detach(sk: Any) -> None:
     """Stop watching sk and close its host socket."""
     if sk.host is None:
         return
-    try:
-        trio.lowlevel.notify_closing(sk.host)
-    except (RuntimeError, OSError):
-        pass
-    priv = sk.engine_priv
-    if priv is not None and priv.cs is not None:
-        priv.cs.cancel()
-    sk.engine_priv = None
+    fd = sk.engine_priv
+    if fd is not None:
+        if _socks.get(fd) is sk:
+            del _socks[fd]
+            if _ep is not None:
+                try:
+                    _ep.unregister(fd)
+                except OSError:
+                    pass
+        sk.engine_priv = None
     engine_posix.sock_close(sk.host)
     sk.host = None
 
@@ -227,7 +226,8 @@ def call_in_task(fn: Callable[[], Any], name: str = "kworker/ctl") -> Any:
 
 def _io_done(job: io_job) -> None:
     stats["io_done"] += 1
-    _deliver(job.complete, job)
+    softirq.softirq_run(job.complete, job)
+    run_cpu()
 
 
 def io_submit(job: io_job) -> None:
@@ -259,9 +259,8 @@ async def _uring_task(ring: engine_uring.uring) -> None:
         ring.eventfd_clear()
         for _ in range(1 << 20):          # bounded; ends when the CQ is empty
             done = ring.reap()
-            for job in done:
-                stats["io_done"] += 1
-                softirq.softirq_run(job.complete, job)
+            stats["io_done"] += len(done)
+            softirq.softirq_run_jobs(done)
             run_cpu()
             if len(done) < engine_uring.URING_REAP_MAX:
                 break
@@ -352,7 +351,7 @@ def trio_ops() -> host.host_operations:
 async def _main(init: Callable[[], Any], exit_fn: Callable[[], Any] | None,
                 handle_signals: bool, services: list,
                 on_reload: Callable[[], None] | None) -> Any:
-    global _token, _nursery, _pool, _ring, _shutdown, running, io_backend
+    global _token, _ep, _pool, _ring, _shutdown, running, io_backend
     host.set_ops(trio_ops())
     sched.sched_init()
     _token = trio.lowlevel.current_trio_token()
@@ -364,12 +363,13 @@ async def _main(init: Callable[[], Any], exit_fn: Callable[[], Any] | None,
         io_backend = f"worker_pool threads={io_threads} (io_uring: {ring})"
     else:
         _ring = ring
-        io_backend = f"io_uring entries={engine_uring.URING_ENTRIES}"
+        io_backend = f"io_uring entries={engine_uring.URING_ENTRIES} setup={ring.setup}"
     printk.pr_info(f"kshim: file I/O on {io_backend}")
+    _ep = select.epoll()
     running = True
     try:
         async with trio.open_nursery() as nursery:
-            _nursery = nursery
+            nursery.start_soon(_ready_task, _ep)
             nursery.start_soon(_timer_task)
             if _ring is not None:
                 nursery.start_soon(_uring_task, _ring)
@@ -377,6 +377,7 @@ async def _main(init: Callable[[], Any], exit_fn: Callable[[], Any] | None,
                 nursery.start_soon(_signal_task, on_reload)
             await _run_task_to_end(workqueue_init, "kworker-init")
             await _run_task_to_end(_io_sysfs_init, "kworker-init")
+            await _run_task_to_end(_ready_sysfs_init, "kworker-init")
             result = await _run_task_to_end(init, "insmod")
             if isinstance(result, int) and result < 0:
                 request_shutdown()
@@ -395,7 +396,9 @@ async def _main(init: Callable[[], Any], exit_fn: Callable[[], Any] | None,
         if _ring is not None:
             _ring.close()
             _ring = None
-        _nursery = None
+        _socks.clear()
+        _ep.close()
+        _ep = None
         _token = None
         host.set_ops(engine_posix.posix_ops(), rebase=False)
     return result
