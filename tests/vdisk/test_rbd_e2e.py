@@ -36,7 +36,7 @@ from tests.scsi_support import naa_designator
 from tests.vdisk.ceph_support import RBD_TARGET, CephTestCluster, rbd_config, start_test_cluster
 from tests.vdisk.nbd_support import need, sense_info
 from tests.vdisk.test_nbd_e2e import THIN_FAMILIES, _ALLOWED_SKIPS, _cu, _cu_problems
-from tests.vdisk.test_nbd_two_nodes import NODE_A, NODE_B, node_config
+from tests.vdisk.test_nbd_two_nodes import NODE_A, NODE_B
 from uscstd_support import free_port, uscstadmin_ok
 
 CHECK_CONDITION = 0x02
@@ -287,6 +287,23 @@ def test_fua_and_synchronize_cache_flush_the_image_only_when_librbd_caches(
     srv.assert_healthy()
 
 
+def _rbd_node_config(attrs: str, me: str, my_id: int, peer: str, peer_id: int,
+                     port: int) -> str:
+    """One node's scst.conf (no cluster link): the RBD device, its own
+    target, and a device group with its own port's group and the peer's."""
+    states = {1: "active", 2: "nonoptimized"}
+    groups = "".join(
+        f"    TARGET_GROUP {t.rsplit(':', 1)[1]} {{\n        group_id {g}\n"
+        f"        state {states[g]}\n        TARGET {t}"
+        + (f" {{\n            rel_tgt_id {g}\n        }}\n" if t != me else "\n") + "    }\n"
+        for t, g in ((me, my_id), (peer, peer_id)))
+    return (f"HANDLER vdisk_rbd {{\n    DEVICE shared0 {{\n{attrs}    }}\n}}\n"
+            f"TARGET_DRIVER iscsi {{\n    enabled 1\n    portal 127.0.0.1:{port}\n"
+            f"    TARGET {me} {{\n        rel_tgt_id {my_id}\n        LUN 0 shared0\n"
+            f"        enabled 1\n    }}\n}}\n"
+            f"DEVICE_GROUP shared {{\n    DEVICE shared0\n{groups}}}\n")
+
+
 def test_two_nodes_export_one_rbd_image_as_one_lu_and_pass_the_image_between_them(
         uscstd, ceph: CephTestCluster, tmp_path: Path) -> None:
     """Two uscstd processes, the same image under the same device name, in
@@ -298,9 +315,7 @@ def test_two_nodes_export_one_rbd_image_as_one_lu_and_pass_the_image_between_the
     nodes = []
     for me, my_id, peer, peer_id in ((NODE_A, 1, NODE_B, 2), (NODE_B, 2, NODE_A, 1)):
         port = free_port()
-        text = node_config("-", me, my_id, peer, peer_id, port)
-        text = text.replace("HANDLER vdisk_nbd {\n    DEVICE shared0 {\n        uri -\n",
-                            "HANDLER vdisk_rbd {\n    DEVICE shared0 {\n" + attrs)
+        text = _rbd_node_config(attrs, me, my_id, peer, peer_id, port)
         conf = tmp_path / f"{me.rsplit(':', 1)[1]}.conf"
         conf.write_text(text)
         nodes.append(uscstd("--config", str(conf), "--control", str(conf.with_suffix(".sock")),
