@@ -9,11 +9,13 @@ import threading
 from typing import Any, Callable
 
 from kshim import engine_trio
-from kshim.err import EAGAIN
+from kshim.err import EAGAIN, EINVAL
+from kshim.jiffies import jiffies
 from kshim.net import (AF_INET, MSG_DONTWAIT, SOCK_STREAM, kernel_accept, kernel_bind,
                        kernel_getsockname, kernel_listen, kernel_recvmsg, kernel_sendmsg,
                        sock_create_kern, sock_release, sock_rx_armed)
-from kshim.sysfs import sysfs_read
+from kshim.sysfs import sysfs_read, sysfs_write
+from kshim.timer import mod_timer, timer_list, timer_setup
 from kshim.wait import wait_event, wait_queue_head, wake_up
 
 HOST_WAIT_S = 10.0           # bound on every host-side wait (a hang fails, never blocks)
@@ -218,3 +220,130 @@ def _read_exactly(c: socket.socket, n: int) -> None:
         if not got:
             return
         n -= len(got)
+
+
+def _busy_poll_counters() -> dict:
+    return dict(engine_trio.busy_poll_stats, passes=engine_trio.stats["ready_passes"])
+
+
+def _delta(a: dict, b: dict) -> dict:
+    return {k: b[k] - a[k] for k in a}
+
+
+class _pinger:
+    """A host thread that sends a byte and waits for the echo, `rounds`
+    times or until stopped, then sends b"q": one request in flight, as a
+    QD1 initiator."""
+
+    def __init__(self, c: socket.socket, rounds: int) -> None:
+        self.stop = False
+        self.done = 0
+        self.t = threading.Thread(target=self._run, args=(c, rounds))
+        self.t.start()
+
+    def _run(self, c: socket.socket, rounds: int) -> None:
+        for _ in range(rounds):
+            if self.stop:
+                break
+            c.sendall(b"p")
+            if not c.recv(1):
+                return
+            self.done += 1
+        c.sendall(b"q")
+
+    def join(self) -> None:
+        self.t.join(HOST_WAIT_S)
+        assert not self.t.is_alive()
+
+
+def _echo(p: peers, until: Callable[[], bool] = lambda: False) -> int:
+    """Kernel side of _pinger: echo each request until its b"q" (or until()
+    holds after an echo); returns the requests echoed."""
+    s, n = p.socks[0], 0
+    buf = bytearray(64)
+    for _ in range(1 << 20):
+        seen = p.rx[0]
+        got = kernel_recvmsg(s, [memoryview(buf)], 64, MSG_DONTWAIT)
+        if got == -EAGAIN:
+            p.wait(lambda seen=seen: p.rx[0] > seen)
+            continue
+        assert got > 0, got
+        if buf[got - 1:got] == b"q":
+            return n + got - 1
+        assert kernel_sendmsg(s, [memoryview(buf)[:got]], 0) == got
+        n += got
+        if until():
+            return n
+    raise AssertionError("the pinger never stopped")
+
+
+def test_busy_poll_tunable_turns_polling_on_and_off_and_the_counters_show_it(kernel):
+    """/sys/kernel/engine/busy_poll: at 0 a pass never polls; at 200 us
+    every pass ends in a busy-poll or a yield to trio (passes = polls +
+    yields); a bad value is refused and changes nothing."""
+    def body() -> tuple:
+        p = peers(1)
+        old = sysfs_read("kernel/engine/busy_poll")
+        refused = [sysfs_write("kernel/engine/busy_poll", v) for v in ("x", "-1", "10001")]
+        kept = sysfs_read("kernel/engine/busy_poll")
+        deltas = []
+        for us in ("0", "200"):
+            assert sysfs_write("kernel/engine/busy_poll", us) == len(us)
+            ping = _pinger(p.clients[0], 300)
+            p.wait(lambda: p.rx[0] > 0)       # inside a readiness pass from here on
+            a = _busy_poll_counters()
+            echoed = _echo(p)
+            b = _busy_poll_counters()
+            ping.join()
+            deltas.append((echoed, _delta(a, b)))
+            p.rx[0] = 0
+        shown = dict(line.split() for line in sysfs_read("kernel/engine/readiness").splitlines())
+        shown["now"] = str(engine_trio.busy_poll_stats["polls"])
+        sysfs_write("kernel/engine/busy_poll", old)
+        p.close()
+        return old, refused, kept, deltas, shown
+    old, refused, kept, deltas, shown = kernel(body)
+    assert refused == [-EINVAL] * 3 and kept == old
+    (n_off, off), (n_on, on) = deltas
+    assert n_off == n_on == 300
+    assert (off["polls"], off["hits"], off["spins"], off["yields"]) == (0, 0, 0, 0)
+    assert off["passes"] > 0
+    assert on["passes"] > 0 and on["passes"] == on["polls"] + on["yields"]
+    assert on["spins"] >= on["polls"] >= on["hits"]
+    assert shown["busy_poll_us"] == "200"
+    assert shown["busy_polls"] == shown["now"]
+
+
+def test_a_timer_fires_while_busy_poll_keeps_finding_requests(kernel):
+    """With the largest budget and a request always arriving, the busy-poll
+    never runs out, yet a timer fires while the load goes on (the run of
+    passes gives way to a due timer), not after it ends."""
+    def body() -> tuple:
+        p = peers(1)
+        old = sysfs_read("kernel/engine/busy_poll")
+        assert sysfs_write("kernel/engine/busy_poll", str(engine_trio.BUSY_POLL_MAX_US)) > 0
+        ping = _pinger(p.clients[0], 10000)
+        p.wait(lambda: p.rx[0] > 0)
+        fired: list[tuple] = []
+        t = timer_list()
+
+        def fn(_t: timer_list) -> None:    # softirq: note when, and whether the load goes on
+            fired.append((jiffies(), ping.done, ping.t.is_alive()))
+            wake_up(p.wq)
+        timer_setup(t, fn)
+        expires = jiffies() + 2
+        mod_timer(t, expires)
+        a = _busy_poll_counters()
+        _echo(p, lambda: len(fired) > 0 and ping.done > fired[0][1] + 100)
+        b = _busy_poll_counters()
+        ping.stop = True
+        _echo(p)                           # until the pinger's b"q"
+        ping.join()
+        sysfs_write("kernel/engine/busy_poll", old)
+        p.close()
+        return expires, fired, _delta(a, b)
+    expires, fired, d = kernel(body)
+    assert len(fired) == 1
+    when, done_at_fire, alive = fired[0]
+    assert when >= expires and alive and done_at_fire < 10000
+    assert d["hits"] > 0 and d["yields"] > 0
