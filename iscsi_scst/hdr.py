@@ -179,6 +179,9 @@ def pack_data_in(buf: bytearray, flags: int, status: int, dsl: int, lun: bytes, 
                        ISCSI_RESERVED_TAG, stat_sn, exp_cmd_sn, max_cmd_sn, data_sn, offset, residual)
 
 
+pack_scsi_rsp_raw = _scsi_rsp.pack_into
+
+
 def pack_scsi_rsp(buf: bytearray, flags: int, response: int, status: int, dsl: int, itt: int,
                   stat_sn: int, exp_cmd_sn: int, max_cmd_sn: int, exp_data_sn: int,
                   bidi_residual: int, residual: int) -> None:

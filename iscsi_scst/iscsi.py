@@ -66,7 +66,7 @@ from iscsi_scst.hdr import (ISCSI_CMD_ATTR_MASK, common_hdr, ISCSI_CMD_READ, ISC
                             ISCSI_RESPONSE_FUNCTION_COMPLETE, ISCSI_RESPONSE_FUNCTION_REJECTED,
                             ISCSI_RESPONSE_UNKNOWN_TASK, ProtocolError, login_fields,
                             pack_data_in, pack_data_in_raw, pack_generic_rsp, pack_login_rsp, pack_logout_rsp,
-                            pack_r2t, pack_scsi_rsp, sn_le, sn_lt, u32_at, unpack_common,
+                            pack_r2t, pack_scsi_rsp, pack_scsi_rsp_raw, sn_le, sn_lt, u32_at, unpack_common,
                             unpack_data_out)
 from iscsi_scst.nthread import fill_sn, hdigest, iscsi_queue_tx, iscsi_rd_tx_requeue, pad_bytes
 from iscsi_scst import target as target_mod
@@ -532,10 +532,35 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
         return
     cmd_hash[itt] = cmnd
     scst_cmd_init_done(scmd, SCST_CONTEXT_DIRECT)
-    if dsl:
+    if dsl and not _rx_immediate_in_place(conn, cmnd, dsl):
         _rx_set(conn, dsl, _scsi_data_done, _data_iov(cmnd, 0, dsl), cmnd)
     if sess.pending_cmnds:
         _release_pending(sess)
+
+
+def _rx_immediate_in_place(conn: iscsi_conn, cmnd: iscsi_cmnd, dsl: int) -> bool:
+    """The common WRITE (ImmediateData=Yes, all of it in the command PDU,
+    no R2T): when its whole data segment is already in the receive buffer,
+    no data digest is to be checked and SCST has given the one-entry
+    buffer, copy the data there now and start the exec, instead of routing
+    the segment through the receive loop's data and tail states. The
+    receive loop goes on at the next BHS. False: the general path."""
+    if conn.ddigest_rx or not cmnd.write_ready or cmnd.data_done or cmnd.unsol_open:
+        return False
+    scmd = cmnd.scst_cmd
+    if dsl != cmnd.edtl or scmd.sg_cnt != 1 or scmd.bufflen < dsl:
+        return False
+    s = conn.rx_start
+    end = s + dsl + ((-dsl) & 3)
+    if end > conn.rx_end:
+        return False
+    sg_virt(scmd.sg[0])[:dsl] = conn.rxmv[s:s + dsl]
+    conn.rx_start = end
+    cmnd.data_rcvd = dsl
+    cmnd.rx_pending = False
+    cmnd.data_done = True
+    scst_rx_data(scmd, SCST_RX_STATUS_SUCCESS, SCST_CONTEXT_DIRECT)
+    return True
 
 
 def _send_busy(conn: iscsi_conn, itt: int, edtl: int) -> None:
@@ -711,7 +736,8 @@ def iscsi_rdy_to_xfer(scmd: scst_cmd) -> int:
         scst_rx_data(scmd, SCST_RX_STATUS_ERROR_FATAL, SCST_CONTEXT_SAME)
         return SCST_TGT_RES_SUCCESS
     cmnd.write_ready = True
-    _send_r2ts(cmnd)
+    if cmnd.r2t_next < cmnd.edtl:
+        _send_r2ts(cmnd)
     return SCST_TGT_RES_SUCCESS
 
 
@@ -912,6 +938,16 @@ def iscsi_tx_build(conn: iscsi_conn, item: Any, iov: list) -> None:
             return
     elif item.flags & ISCSI_CMD_WRITE:
         data_sn = item.r2t_sn
+    if not (scmd.sense_valid_len and status) and not conn.hdigest_tx:
+        # The common answer (a WRITE's, a READ's without data): the one
+        # header, in the command's own buffer (rsp_bhs), as the one-PDU
+        # Data-In above.
+        bhs = item.rsp_bhs
+        pack_scsi_rsp_raw(bhs, 0, ISCSI_OP_SCSI_RSP, 0x80 | rflags,
+                          ISCSI_RESPONSE_COMMAND_COMPLETED, status, 0, _ZERO_LUN, item.itt, 0,
+                          stat_sn, exp, max_sn, data_sn, 0, resid)
+        iov.append(bhs)
+        return
     sense = b""
     if scmd.sense_valid_len and status:
         sense = scmd.sense_valid_len.to_bytes(2, "big") + bytes(scmd.sense[:scmd.sense_valid_len])

@@ -233,12 +233,17 @@ def iscsi_queue_tx(conn: iscsi_conn, entry: list_head) -> None:
     if sched.cpu.curr is conn.rd_task:       # current(), without the call
         conn.rd_write_list.append(entry)
         return
+    wl = conn.write_list
     spin_lock_bh(conn.write_list_lock)
+    # Only the first entry wakes the wr thread: it takes the whole list (a
+    # batch of softirq completions costs one wake-up, not one each).
+    was_empty = wl.next is wl
     if conn.rd_write_list:
         _rd_list_to_write_list(conn)
-    list_add_tail(entry, conn.write_list)
+    list_add_tail(entry, wl)
     spin_unlock_bh(conn.write_list_lock)
-    wake_up(conn.wr_waitQ)
+    if was_empty:
+        wake_up(conn.wr_waitQ)
 
 
 def _rd_list_to_write_list(conn: iscsi_conn) -> None:

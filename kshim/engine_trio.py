@@ -28,7 +28,8 @@ on ONE host thread (../docs/architecture.md, "one CPU").
   eventfd; everything else, and all of it when io_uring is refused (chosen
   at start and logged), to a small pool of host threads whose finished jobs
   come back through the trio token. Either way the completion runs in
-  softirq context, like a bio's end_io. /sys/kernel/io/stats shows which,
+  softirq context, like a bio's end_io (a reaped batch in one softirq
+  entry, softirq_run_jobs). /sys/kernel/io/stats shows which,
   with the ring's statistics (docs/decisions/0028).
 - After every event (a readiness batch counts as one): pending softirqs,
   then sched.run_queue() until every kthread sleeps again.
@@ -351,9 +352,8 @@ async def _uring_task(ring: engine_uring.uring) -> None:
         ring.eventfd_clear()
         for _ in range(1 << 20):          # bounded; ends when the CQ is empty
             done = ring.reap()
-            for job in done:
-                stats["io_done"] += 1
-                softirq.softirq_run(job.complete, job)
+            stats["io_done"] += len(done)
+            softirq.softirq_run_jobs(done)
             run_cpu()
             if len(done) < engine_uring.URING_REAP_MAX:
                 break
@@ -456,7 +456,7 @@ async def _main(init: Callable[[], Any], exit_fn: Callable[[], Any] | None,
         io_backend = f"worker_pool threads={io_threads} (io_uring: {ring})"
     else:
         _ring = ring
-        io_backend = f"io_uring entries={engine_uring.URING_ENTRIES}"
+        io_backend = f"io_uring entries={engine_uring.URING_ENTRIES} setup={ring.setup}"
     printk.pr_info(f"kshim: file I/O on {io_backend}")
     _busy_poll_from_env()
     _ep = select.epoll()

@@ -11,7 +11,10 @@ fallback when io_uring is refused.
   for every SQE queued since the last one. The engine calls flush() once per
   pass, after the run queue drained: the submissions of a pass are batched.
 - Completion: the ring signals an eventfd the engine's trio task waits on;
-  reap() takes at most URING_REAP_MAX completions per pass. A short transfer
+  reap() takes at most URING_REAP_MAX completions per pass. The ring is
+  set up with IORING_SETUP_COOP_TASKRUN where the kernel has it, so an
+  io-wq worker finishing a write does not interrupt the CPU thread with
+  an IPI (decision 0056); `setup` says which. A short transfer
   is resubmitted for the rest (as host._all_iov repeats a blocking call);
   a finished job gets job.result (bytes or -errno) and goes back to the
   engine, which runs job.complete in softirq context like a bio's end_io.
@@ -52,6 +55,18 @@ URING_REAP_MAX = 64          # completions per engine pass
 OP_READ = 0
 OP_WRITE = 1
 OP_FSYNC = 2
+
+# How the kernel tells the CPU thread of a completion an io-wq worker
+# finished (buffered writes and fsyncs run there). Without
+# IORING_SETUP_COOP_TASKRUN (Linux 5.19) it interrupts the thread with a
+# reschedule IPI (a VM exit under virtualisation) to run the completion's
+# task_work: measured at about a third of the CPU of a 4K write-back write
+# (docs/decisions/0056). With it, the task_work waits for the thread's
+# next system call, which at load comes within microseconds; a sleeping
+# thread is still woken. An older kernel refuses the flag (EINVAL): the
+# ring is then set up without it. USCST_IO_URING_SETUP=ipi asks for that.
+IORING_SETUP_COOP_TASKRUN = 1 << 8
+_SETUPS = (("coop_taskrun", IORING_SETUP_COOP_TASKRUN), ("ipi", 0))
 
 _CDEF = """
 struct io_uring { ...; };
@@ -210,11 +225,12 @@ class uring:
     """The process's ring: open() it, submit() jobs, flush() once per pass,
     reap() after the eventfd fires."""
 
-    def __init__(self, ffi: Any, lib: Any, ring: Any, efd: int) -> None:
+    def __init__(self, ffi: Any, lib: Any, ring: Any, efd: int, setup: str) -> None:
         self.ffi = ffi
         self.lib = lib
         self.ring = ring
         self.efd = efd
+        self.setup = setup                     # which of _SETUPS the kernel took
         self.queued = 0                        # SQEs written since the last flush
         self.ops: dict[int, _op] = {}          # user_data -> op in flight
         self.next_id = 1
@@ -235,7 +251,15 @@ class uring:
             return lib
         ffi, clib = lib
         ring = ffi.new("struct io_uring *")
-        ret = clib.io_uring_queue_init(URING_ENTRIES, ring, 0)
+        want = os.environ.get("USCST_IO_URING_SETUP", "")
+        setups = [s for s in _SETUPS if s[0] == want] or list(_SETUPS)
+        ret = -_errno.EINVAL
+        setup = ""
+        for name, flags in setups:
+            setup = name
+            ret = clib.io_uring_queue_init(URING_ENTRIES, ring, flags)
+            if ret != -_errno.EINVAL:
+                break
         if ret < 0:
             return f"io_uring_queue_init: {os.strerror(-ret)} ({_errno.errorcode.get(-ret, ret)})"
         try:
@@ -248,7 +272,7 @@ class uring:
             clib.io_uring_queue_exit(ring)
             os.close(efd)
             return f"io_uring_register_eventfd: {os.strerror(-ret)}"
-        return cls(ffi, clib, ring, efd)
+        return cls(ffi, clib, ring, efd, setup)
 
     def close(self) -> None:
         self.lib.io_uring_queue_exit(self.ring)
@@ -336,17 +360,24 @@ class uring:
             st["max_per_pass"] = n
         out = []
         data, res = self._data, self._res
+        ops = self.ops
+        per_file = self.per_file
         for i in range(n):
-            o = self.ops.pop(data[i])
+            # The op's cffi views go with it (refcounting releases them).
+            o = ops.pop(data[i])
             r = res[i]
-            self._unpin(o)
-            self._put_file(o.fd)
+            fd = o.fd
+            left = per_file[fd] - 1
+            per_file[fd] = left
+            if not left or self.backlog:
+                self._put_file(fd, left)
             if o.op != OP_FSYNC and r > 0:
                 o.done += r
-                want = iov_len(o.iov)
-                if r < want:
+                iov = o.iov
+                if r < (len(iov[0]) if len(iov) == 1 else iov_len(iov)):
                     # Short: repeat for the rest (a read that got 0 is at EOF).
-                    o.iov = iov_advance(o.iov, r)
+                    self._unpin(o)
+                    o.iov = iov_advance(iov, r)
                     st["resubmits"] += 1
                     self._issue(o)
                     continue
@@ -360,9 +391,9 @@ class uring:
             out.append(o.job)
         return out
 
-    def _put_file(self, fd: int) -> None:
-        left = self.per_file[fd] - 1
-        self.per_file[fd] = left
+    def _put_file(self, fd: int, left: int) -> None:
+        """fd has `left` operations in flight after a completion: refill
+        from its backlog, or forget it when nothing is left."""
         q = self.backlog.get(fd)
         if q and left < URING_FILE_REFILL:
             while q and self.per_file[fd] < URING_FILE_MAX:   # bounded: URING_FILE_MAX

@@ -303,7 +303,10 @@ def _iocb_start(attr: fault_attr, op: Callable[..., int], done: Callable[[io_job
                                      lambda v: _iocb_submit(op, f, v, iocb, done),
                                      lambda err: iocb.ki_complete(iocb, err)):
         return -EIOCBQUEUED
-    _iocb_submit(op, f, iov, iocb, done)
+    if trace_block_rq_issue.enabled:
+        _iocb_submit(op, f, iov, iocb, done)
+    else:
+        ops.io_submit(io_job(op, (f.fd, iov, iocb.ki_pos), done, iocb))
     return -EIOCBQUEUED
 
 

@@ -5,8 +5,8 @@ irqflags.h.
 
 Contexts: raise_softirq(), tasklet_schedule() and the local_irq_* calls from
 any context; local_bh_disable/enable from a task or softirq; softirq_run()
-from the engine only (it is how every socket, timer and I/O-completion
-callback is delivered).
+and softirq_run_jobs() from the engine only (they are how every socket,
+timer and I/O-completion callback is delivered).
 
 Differs from the kernel: there are no softirq vectors numbered by kind; a
 pending softirq is a (function, argument) pair queued FIFO, and its "kind"
@@ -70,6 +70,33 @@ def softirq_run(fn: Callable[[Any], None], arg: Any) -> None:
         fn(arg)
     except Exception as e:   # an oops in a softirq names the callback
         _softirq_oops(fn, e, pc, bh, irqs)
+    finally:
+        c.softirq_serving -= 1
+        c.softirq_fn = prev_fn
+
+
+def softirq_run_jobs(jobs: list) -> None:
+    """Run job.complete(job) in softirq context for each of a batch of
+    finished I/O jobs (engine only), in order: one entry into softirq
+    context for the batch, as a block softirq ends every request of its
+    completion list. With the debugging aids, statistics or tracing on,
+    each runs as softirq_run() would; either way a completion that raises
+    is an oops of its own and the others still run."""
+    c = _cpu
+    if debug_softirq or sched.sched_clock_stats or trace_softirq.enabled:
+        for job in jobs:
+            _softirq_run_debug(job.complete, job)
+        return
+    pc, bh, irqs = c.preempt_count, c.bh_disable_count, c.irqs_off
+    c.softirq_serving += 1
+    prev_fn = c.softirq_fn
+    try:
+        for job in jobs:
+            fn = c.softirq_fn = job.complete
+            try:
+                fn(job)
+            except Exception as e:   # an oops in a softirq names the callback
+                _softirq_oops(fn, e, pc, bh, irqs)
     finally:
         c.softirq_serving -= 1
         c.softirq_fn = prev_fn

@@ -227,7 +227,10 @@ def scst_rx_data(cmd: scst_cmd, status: int, pref_context: int) -> None:
         if status != SCST_RX_STATUS_ERROR_SENSE_SET:
             scst_set_cmd_error(cmd, scst_sense_hardw_error)
         cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP
-    scst_process_redirect_cmd(cmd, pref_context)
+    if pref_context == SCST_CONTEXT_THREAD:
+        _queue_to_threads(cmd)
+    else:
+        scst_process_active_cmd(cmd)
 
 
 def scst_tgt_cmd_done(cmd: scst_cmd, pref_context: int) -> None:

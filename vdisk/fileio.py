@@ -29,7 +29,7 @@ from kshim.printk import pr_err, pr_info
 from scst_core.const import (scst_sense_read_error, scst_sense_space_allocation_failed,
                              scst_sense_write_error)
 from scst_core.lib import scst_cmd_iov, scst_set_cmd_error
-from scst_core.scst import scst_cmd, scst_device
+from scst_core.scst import SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME, scst_cmd, scst_device
 from vdisk.vdisk import (scst_vdisk_dev, vdisk_attach_common, vdisk_cmd_done,
                          vdisk_detach_common, vdisk_do_exec, vdisk_io_ops, vdisk_make_devtype,
                          vdisk_need_sync, vdisk_set_sense_info)
@@ -289,7 +289,7 @@ def _fileio_write_done(iocb: kiocb, n: int) -> None:
         else:
             # A short count stopped at the first block it did not write.
             _medium_error(virt_dev, cmd, scst_sense_write_error, iocb.ki_pos + max(n, 0))
-    vdisk_cmd_done(cmd)
+    cmd.scst_cmd_done(cmd, SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME)     # vdisk_cmd_done
 
 
 def fileio_write_nowait(cmd: scst_cmd) -> bool:

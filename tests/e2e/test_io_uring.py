@@ -58,6 +58,8 @@ def test_writes_go_through_io_uring_in_batches_and_reach_the_file(uscstd, tmp_pa
     srv = uscstd("--control", str(sock), "--log-level", "info")
     before = _stats(srv, sock)
     assert before["backend"].startswith("io_uring"), before
+    # completions wait for the CPU thread's next system call, no IPI (5.19+)
+    assert before["backend"].endswith(f"setup={ring.setup}"), before
     _write(srv, 32)
     st = _stats(srv, sock)
     # every write (plus its share of flushes: write-through) went through the ring
@@ -79,4 +81,19 @@ def test_refused_io_uring_falls_back_to_the_worker_pool_and_says_why(uscstd, tmp
     assert "refused by USCST_IO_URING=0" in st["backend"]
     assert "completions" not in st                       # no ring, no ring statistics
     assert "file I/O on worker_pool" in srv.stderr_text()
+    assert _on_disk(srv) == bytes([PATTERN]) * (WRITES * 4096)
+
+
+def test_io_uring_without_coop_taskrun_when_asked_still_completes_every_write(uscstd, tmp_path):
+    _need_qemu_img()
+    ring = engine_uring.uring.open()
+    if isinstance(ring, str):
+        pytest.skip(f"io_uring is not usable here: {ring}")
+    ring.close()
+    sock = tmp_path / "ctl.sock"
+    srv = uscstd("--control", str(sock), env={"USCST_IO_URING_SETUP": "ipi"})
+    _write(srv, 32)
+    st = _stats(srv, sock)
+    assert st["backend"].endswith("setup=ipi"), st
+    assert int(st["completions"]) >= WRITES and int(st["in_flight"]) == 0
     assert _on_disk(srv) == bytes([PATTERN]) * (WRITES * 4096)

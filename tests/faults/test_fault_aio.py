@@ -79,6 +79,70 @@ def test_failed_shared_fdatasync_fails_the_write_it_covers_not_the_next_seed_160
     wait_commands_freed(ctl)
 
 
+PIPELINED = 16              # 4 KiB WRITEs submitted before any is waited for
+CHUNK = 8 * BS
+
+
+def _pipelined_writes(ini, first_lba: int, fill: int) -> list:
+    """PIPELINED 4 KiB WRITE(10)s of `fill` bytes at first_lba, 8 blocks
+    apart, all sent before any answer is read (one receive batch, one
+    io_uring submission and reap pass at most): their results in order."""
+    cdbs = [bytes([0x2A, 0]) + (first_lba + 8 * i).to_bytes(4, "big") + bytes([0, 0, 8, 0])
+            for i in range(PIPELINED)]
+    itts = [ini.submit(cdb, data_out=bytes([fill]) * CHUNK) for cdb in cdbs]
+    return [ini.wait(itt) for itt in itts]
+
+
+def test_one_failing_write_in_a_pipelined_batch_alone_gets_03_0c_00_seed_16014(
+        uscstd, tmp_path: Path) -> None:
+    bad = 600 + 8 * 5 + 3                 # inside the 6th WRITE (LBA 640..647)
+    srv, ctl = _start(uscstd, tmp_path, f"fail_file_write:start={bad * BS},"
+                      f"end={(bad + 1) * BS},probability=100,times=-1,"
+                      "require-start=vfs_iocb_iter_write,seed=16014,verbose=0")
+    _need_uring(ctl)
+    ini = _login(srv)
+    try:
+        results = _pipelined_writes(ini, 600, 0x3C)
+        for i, r in enumerate(results):
+            if i == 5:
+                assert r.status == SAM_STAT_CHECK_CONDITION, r
+                assert_medium_error(r.sense, 0x0C, bad)
+            else:
+                assert r.ok and not r.sense, f"WRITE {i} of the batch: {r}"
+                assert ini.read10(600 + 8 * i, 8).data == b"\x3c" * CHUNK
+    finally:
+        ini.logout()
+        ini.close()
+    assert ctl.read("debug/fail_file_write/injected").strip() == "1"
+    wait_commands_freed(ctl)
+
+
+def test_pipelined_write_through_group_over_a_failed_fdatasync_acknowledges_no_lost_write_seed_16015(
+        uscstd, tmp_path: Path) -> None:
+    srv, ctl = _start(uscstd, tmp_path, "fail_file_fsync:probability=100,times=1,"
+                      "require-start=_group_flush_start,seed=16015,verbose=0")
+    _need_uring(ctl)
+    ini = _login(srv)
+    try:
+        results = _pipelined_writes(ini, 800, 0x5D)
+        failed = [i for i, r in enumerate(results) if not r.ok]
+        # The first shared flush fails: every WRITE it covered fails, each
+        # naming its own first block; the others were covered by a later one.
+        assert failed, "no WRITE saw the failed fdatasync"
+        for i, r in enumerate(results):
+            if i in failed:
+                assert r.status == SAM_STAT_CHECK_CONDITION, r
+                assert_medium_error(r.sense, 0x0C, 800 + 8 * i)
+            else:
+                assert ini.read10(800 + 8 * i, 8).data == b"\x5d" * CHUNK
+        assert ini.write10(900, b"\x5e" * CHUNK).ok, "a later WRITE saw the old fsync error"
+    finally:
+        ini.logout()
+        ini.close()
+    assert ctl.read("debug/fail_file_fsync/injected").strip() == "1"
+    wait_commands_freed(ctl)
+
+
 @pytest.fixture
 def clean_points():
     fi.fault_reset()

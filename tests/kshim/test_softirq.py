@@ -1,9 +1,11 @@
 """kshim.softirq: softirq context, bottom-half disabling, tasklets, oopses, statistics."""
 from __future__ import annotations
 
+import pytest
 from kshim_support import report, titles
 
-from kshim import sched, softirq
+from kshim import debug, engine_posix, sched, softirq
+from kshim.host import io_job
 from kshim.softirq import (local_bh_disable, local_bh_enable, local_irq_restore,
                            local_irq_save, raise_softirq, tasklet_disable, tasklet_enable,
                            tasklet_init, tasklet_kill, tasklet_schedule, tasklet_setup,
@@ -141,3 +143,31 @@ def test_softirq_statistics_count_runs_per_kind(kernel):
     assert st[kind].runs == 3 and st[kind].total_ns > 0
     assert "counted" in softirq.softirqs()
     assert titles() == []
+
+
+@pytest.mark.parametrize("aids", [True, False], ids=["debug-aids-on", "debug-aids-off"])
+def test_a_batch_of_io_completions_runs_in_order_and_one_oops_loses_no_other(kernel, aids):
+    """softirq_run_jobs (the engine's reaped io_uring batch): every job's
+    completion runs, in order, in softirq context; the one that raises is
+    an oops naming it, and the CPU's context is as before."""
+    ran: list[tuple[int, bool]] = []
+
+    def done(job: io_job) -> None:
+        ran.append((job.private, sched.in_softirq()))
+
+    def exploding(job: io_job) -> None:
+        spin_lock(spinlock_t("t.batch"))
+        raise ValueError("boom in the batch")
+
+    jobs = [io_job(engine_posix.file_fsync, (), done, 0),
+            io_job(engine_posix.file_fsync, (), exploding, 1),
+            io_job(engine_posix.file_fsync, (), done, 2)]
+
+    def body():
+        debug.set_debug(aids)
+        softirq.softirq_run_jobs(jobs)
+        return sched.preempt_count(), sched.in_softirq()
+    assert kernel(body) == (0, False)
+    assert ran == [(0, True), (2, True)]
+    rep = report("oops in softirq")
+    assert rep.details["callback"].endswith("exploding") and "boom" in rep.details["error"]
