@@ -60,7 +60,6 @@ import math
 import os
 import select
 import signal
-import time
 from typing import Any, Callable
 
 import trio
@@ -79,6 +78,9 @@ _pool: engine_posix.worker_pool | None = None
 _ring: engine_uring.uring | None = None
 io_backend = ""               # what file I/O runs on, and why (set at start)
 _timer_cs: trio.CancelScope | None = None
+_NEVER = 1 << 62
+_TIMER_SLACK_NS = 50_000      # the timer task wakes this long after an expiry
+_timer_due_ns = _NEVER        # host monotonic ns of the earliest timer (busy-poll ends there)
 _shutdown: trio.Event | None = None
 running = False
 # rx_events/tx_events: callbacks delivered; ready_passes: epoll batches
@@ -134,7 +136,7 @@ async def _ready_task(ep: select.epoll) -> None:
     efd = ep.fileno()
     poll = ep.poll
     socks = _socks
-    now = time.monotonic_ns
+    now = host.ops.monotonic_ns
     bp = busy_poll_stats
     while True:
         await trio.lowlevel.wait_readable(efd)
@@ -164,9 +166,7 @@ async def _ready_task(ep: select.epoll) -> None:
             t = now()
             if not run_end:
                 run_end = t + BUSY_POLL_RUN_US * 1000
-            cs = _timer_cs
-            if (t >= run_end or (cs is not None and cs.deadline <= trio.current_time())
-                    or (_ring is not None and _ring.ops)):
+            if t >= run_end or t >= _timer_due_ns or (_ring is not None and _ring.ops):
                 bp["yields"] += 1
                 break
             start = t
@@ -284,21 +284,25 @@ def _trio_deadline(expires: int | None) -> float:
     if expires is None:
         return math.inf
     delta = jiffies.jiffies_to_host_seconds(expires) - host.ops.monotonic()
-    return trio.current_time() + max(delta, 0.0) + 50e-6
+    return trio.current_time() + max(delta, 0.0) + _TIMER_SLACK_NS / 1e9
 
 
 def _timer_kick(expires: int) -> None:
+    global _timer_due_ns
     cs = _timer_cs
     if cs is not None:
         d = _trio_deadline(expires)
         if d < cs.deadline:
             cs.deadline = d
+            _timer_due_ns = jiffies.jiffies_to_clock_ns(expires) + _TIMER_SLACK_NS
 
 
 async def _timer_task() -> None:
-    global _timer_cs
+    global _timer_cs, _timer_due_ns
     while True:
-        with trio.CancelScope(deadline=_trio_deadline(timer.next_expiry())) as cs:
+        nxt = timer.next_expiry()
+        _timer_due_ns = _NEVER if nxt is None else jiffies.jiffies_to_clock_ns(nxt) + _TIMER_SLACK_NS
+        with trio.CancelScope(deadline=_trio_deadline(nxt)) as cs:
             _timer_cs = cs
             await trio.sleep_forever()
         _timer_cs = None
