@@ -19,7 +19,7 @@ on ONE host thread (../docs/architecture.md, "one CPU").
   0 turns it off), so a QD1 initiator's next request is served without a
   trip through trio's loop and a sleep of the host thread. Bounded: a run
   of passes gives trio its turn after BUSY_POLL_RUN_US, when a timer is
-  due, or while io_uring has operations in flight; the readiness file
+  due, or while io_uring or the I/O pool has work in flight; the readiness file
   counts polls, hits, spins, time spent and yields.
 - Timers: one task sleeps until kshim.timer's earliest expiry and runs
   run_timers() in softirq context.
@@ -76,6 +76,7 @@ io_threads = 4
 _token: trio.lowlevel.TrioToken | None = None
 _pool: engine_posix.worker_pool | None = None
 _ring: engine_uring.uring | None = None
+_pool_busy = 0                # jobs in the pool (their completions come through trio)
 io_backend = ""               # what file I/O runs on, and why (set at start)
 _timer_cs: trio.CancelScope | None = None
 _NEVER = 1 << 62
@@ -130,9 +131,9 @@ async def _ready_task(ep: select.epoll) -> None:
     without sleeping for up to busy_poll_us; events found are the next pass,
     without returning to trio. A run of passes returns to trio when a poll
     finds nothing within the budget, after BUSY_POLL_RUN_US, when a timer is
-    due, or while io_uring has operations in flight (their completions come
-    through trio), so timers, signals and the other tasks wait at most that
-    long."""
+    due, or while io_uring or the I/O pool has work in flight (their
+    completions come through trio), so timers, signals and the other tasks
+    wait at most that long."""
     efd = ep.fileno()
     poll = ep.poll
     socks = _socks
@@ -166,7 +167,8 @@ async def _ready_task(ep: select.epoll) -> None:
             t = now()
             if not run_end:
                 run_end = t + BUSY_POLL_RUN_US * 1000
-            if t >= run_end or t >= _timer_due_ns or (_ring is not None and _ring.ops):
+            if (t >= run_end or t >= _timer_due_ns or _pool_busy
+                    or (_ring is not None and _ring.ops)):
                 bp["yields"] += 1
                 break
             start = t
@@ -322,12 +324,15 @@ def call_in_task(fn: Callable[[], Any], name: str = "kworker/ctl") -> Any:
 
 
 def _io_done(job: io_job) -> None:
+    global _pool_busy
+    _pool_busy -= 1
     stats["io_done"] += 1
     softirq.softirq_run(job.complete, job)
     run_cpu()
 
 
 def io_submit(job: io_job) -> None:
+    global _pool_busy
     ring = _ring
     if ring is not None:
         op = _URING_OPS.get(job.fn)
@@ -340,6 +345,7 @@ def io_submit(job: io_job) -> None:
             return
     if _pool is None:
         raise RuntimeError("trio engine not running")
+    _pool_busy += 1
     _pool.submit(job)
 
 
@@ -448,7 +454,7 @@ def trio_ops() -> host.host_operations:
 async def _main(init: Callable[[], Any], exit_fn: Callable[[], Any] | None,
                 handle_signals: bool, services: list,
                 on_reload: Callable[[], None] | None) -> Any:
-    global _token, _ep, _pool, _ring, _shutdown, running, io_backend
+    global _token, _ep, _pool, _ring, _shutdown, running, io_backend, _pool_busy
     host.set_ops(trio_ops())
     sched.sched_init()
     _token = trio.lowlevel.current_trio_token()
@@ -491,6 +497,7 @@ async def _main(init: Callable[[], Any], exit_fn: Callable[[], Any] | None,
         running = False
         _pool.stop()
         _pool = None
+        _pool_busy = 0
         if _ring is not None:
             _ring.close()
             _ring = None

@@ -8,8 +8,9 @@ import socket
 import threading
 from typing import Any, Callable
 
-from kshim import engine_trio
+from kshim import engine_trio, host
 from kshim.err import EAGAIN, EINVAL
+from kshim.host import io_job
 from kshim.jiffies import jiffies
 from kshim.net import (AF_INET, MSG_DONTWAIT, SOCK_STREAM, kernel_accept, kernel_bind,
                        kernel_getsockname, kernel_listen, kernel_recvmsg, kernel_sendmsg,
@@ -359,3 +360,52 @@ def test_a_due_timer_ends_a_busy_poll_run_that_never_runs_dry(kernel, monkeypatc
     assert len(fired) == 1 and fired[0] >= expires
     assert rounds < 100000                   # the timer fired while requests went on
     assert d["yields"] >= 1 and d["hits"] >= rounds - d["yields"] - 1
+
+
+def _self_fed_rounds(p: peers, n: int) -> None:
+    """n wake-ups of socket 0, each finding the request the previous one
+    queued over loopback before its pass ended."""
+    k, c = p.socks[0], p.clients[0]
+    buf = bytearray(64)
+    for _ in range(n):
+        seen = p.rx[0]
+        assert kernel_recvmsg(k, [memoryview(buf)], 64, MSG_DONTWAIT) > 0
+        c.send(b"r")
+        p.wait(lambda seen=seen: p.rx[0] > seen)
+
+
+def test_busy_poll_gives_way_while_the_io_pool_has_a_job(kernel, monkeypatch):
+    """While a job is in the host I/O pool (its completion comes through
+    trio), every pass returns to trio instead of polling; once it has
+    completed, the same requests are busy-polled again."""
+    monkeypatch.setattr(engine_trio, "BUSY_POLL_RUN_US", 10 ** 9)
+
+    def body() -> tuple:
+        p = peers(1)
+        old = sysfs_read("kernel/engine/busy_poll")
+        assert sysfs_write("kernel/engine/busy_poll", "50") == 2
+        p.clients[0].sendall(b"r")
+        p.wait(lambda: p.rx[0] > 0)
+        gate = threading.Event()
+        done: list[int] = []
+
+        def complete(j: io_job) -> None:   # softirq: note the result, wake the test
+            done.append(j.result)
+            wake_up(p.wq)
+        host.ops.io_submit(io_job(lambda: int(not gate.wait(HOST_WAIT_S)), (), complete))
+        a = _busy_poll_counters()
+        _self_fed_rounds(p, 50)
+        b = _busy_poll_counters()
+        gate.set()
+        p.wait(lambda: bool(done))
+        _self_fed_rounds(p, 1)
+        c = _busy_poll_counters()
+        _self_fed_rounds(p, 50)
+        d = _busy_poll_counters()
+        sysfs_write("kernel/engine/busy_poll", old)
+        p.close()
+        return done, _delta(a, b), _delta(c, d)
+    done, busy, free = kernel(body)
+    assert done == [0]
+    assert busy["passes"] >= 50 and busy["polls"] == 0 and busy["yields"] == busy["passes"]
+    assert free["passes"] >= 50 and free["hits"] >= 49
