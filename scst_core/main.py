@@ -37,6 +37,8 @@ from kshim.module import (MODULE_DESCRIPTION, MODULE_LICENSE, THIS_MODULE, modul
 from kshim.mutex import mutex_lock, mutex_unlock
 from kshim.printk import pr_err, pr_info
 from scst_core import targ as scst_targ
+from scst_core.cluster_dev import (scst_cluster_dev_exit, scst_cluster_dev_init,
+                                   scst_cluster_dev_registered)
 from scst_core.scst import (SCST_DEFAULT_DEV_THREADS, scst_acg, scst_acg_dev, scst_cmd_threads,
                             scst_dev_type,
                             scst_device, scst_mutex, scst_session, scst_tgt,
@@ -322,6 +324,7 @@ def scst_register_virtual_device(devt: scst_dev_type, dev_name: str,
     devt.dev_list.append(dev)
     mutex_unlock(scst_mutex)
     pr_info(f"scst: attached {devt.name} device {dev_name}")
+    scst_cluster_dev_registered(dev)
     return dev
 
 
@@ -354,12 +357,14 @@ def init_scst() -> int:
         return -EINVAL
     ret = scst_sysfs_init()
     if ret == 0:
+        scst_cluster_dev_init()
         pr_info(f"scst: core loaded, {scst_threads} threads per device by default")
     return ret
 
 
 def exit_scst() -> None:
     from scst_core.sysfs import scst_sysfs_exit     # the cycle init_scst names
+    scst_cluster_dev_exit()
     scst_sysfs_exit()
 
 

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Callable
 
 import attrs
 
-from kshim.err import EIO, ENOENT
+from kshim.err import EINVAL, EIO, ENOENT
 from kshim.fs import (O_CREAT, O_RDONLY, O_TRUNC, O_WRONLY, file_inode, filp_close, filp_open,
                       i_size_read, vfs_fsync, vfs_readv, vfs_writev)
 from kshim.mutex import mutex, mutex_lock, mutex_unlock
@@ -131,6 +131,11 @@ class scst_pr_dev:
     file_gen: int = 0
     # SPC-2 reservation: the nexus holding it, or None
     reserved_by: tuple | None = None
+    # cluster_mode (scst_core.cluster): the number of the last PR change
+    # this node and its peers agreed on, 0 for none yet; cluster_mutex
+    # lets one PR OUT at a time of this node change and send the state
+    cluster_seq: int = 0
+    cluster_mutex: mutex = attrs.field(factory=lambda: mutex("pr_cluster_mutex"))
     pr_mutex: mutex = attrs.field(factory=lambda: mutex("pr_mutex"))
 
 
@@ -624,8 +629,10 @@ def scst_pr_register_and_move(cmd: "scst_cmd", prd: scst_pr_dev, plen: int) -> N
 
 # ---------------------------------------------------------------- APTPL file
 
-def _pr_file_text(prd: scst_pr_dev) -> str:
-    lines = [_PR_FILE_MAGIC, f"file_gen {prd.file_gen}", f"generation {prd.pr_generation}"]
+def _pr_file_text(prd: scst_pr_dev, file_gen: int | None = None) -> str:
+    fg = prd.file_gen if file_gen is None else file_gen
+    lines = [_PR_FILE_MAGIC, f"file_gen {fg}", f"generation {prd.pr_generation}",
+             f"aptpl {int(prd.pr_aptpl)}"]
     for r in prd.registrants:
         lines.append(f"reg {r.key:016x} {r.rel_tgt_id} {r.transport_id.hex()}")
     if prd.pr_is_set:
@@ -650,6 +657,8 @@ def _pr_file_parse(text: str) -> dict | None:
             st["file_gen"] = int(f[1])
         elif f[0] == "generation":
             st["generation"] = int(f[1])
+        elif f[0] == "aptpl":
+            st["aptpl"] = f[1] == "1"
         elif f[0] == "reg":
             st["regs"].append((int(f[1], 16), int(f[2]), bytes.fromhex(f[3])))
         elif f[0] == "res":
@@ -750,6 +759,45 @@ def scst_pr_load_device_file(prd: scst_pr_dev) -> None:
         pr_info(f"scst: {prd.name}: restored {len(prd.registrants)} APTPL registration(s), "
                 f"generation {prd.pr_generation}"
                 + (f", reservation type {prd.pr_type}" if prd.pr_is_set else ""))
+
+
+# ---------------------------------------------------------------- cluster_mode
+
+def scst_pr_snapshot(dev: "scst_device") -> str | None:
+    """The device's persistent reservation state as text (the APTPL file
+    format), for scst_core.cluster to send to a peer; None without PR
+    state. Any context."""
+    prd = scst_pr_devs.get(dev)
+    return None if prd is None else _pr_file_text(prd, 0)
+
+
+def scst_pr_restore(dev: "scst_device", text: str) -> int:
+    """Replace the device's registrations, reservation, PR generation and
+    APTPL switch with a snapshot's (a peer's, or this node's own to undo a
+    change the peers refused): 0, or -EINVAL for a damaged snapshot,
+    -ENOENT without PR state. The SPC-2 reservation is not part of it.
+    Sleeps when APTPL state has to be written."""
+    prd = scst_pr_devs.get(dev)
+    if prd is None:
+        return -ENOENT
+    try:
+        st = _pr_file_parse(text)
+    except (ValueError, IndexError):
+        st = None
+    if st is None:
+        return -EINVAL
+    was_aptpl = prd.pr_aptpl
+    prd.pr_generation = st.get("generation", 0)
+    prd.registrants = [scst_dev_registrant(tid, rel, key) for key, rel, tid in st["regs"]]
+    prd.pr_aptpl = st.get("aptpl", bool(prd.registrants))
+    _release_reservation(prd)
+    if st["res"] is not None:
+        t, scope, holder = st["res"]
+        prd.pr_is_set, prd.pr_type, prd.pr_scope = True, t, scope
+        prd.pr_holder = prd.registrants[holder] if 0 <= holder < len(prd.registrants) else None
+    if prd.pr_aptpl or was_aptpl:
+        scst_pr_sync_device_file(prd)
+    return 0
 
 
 # ---------------------------------------------------------------- life cycle

@@ -187,6 +187,9 @@ class scst_device:
     tas: bool = False
     d_sense: bool = False
     cmd_threads: scst_cmd_threads | None = None
+    # shared with other nodes through scst_core.cluster (SCST's
+    # dev->cluster_mode); set by the handler, task context
+    cluster_mode: bool = False
     # protected by scst_mutex
     dev_tgt_dev_list: list = attrs.field(factory=list)
     dev_lock: spinlock_t = attrs.field(factory=lambda: spinlock_t("dev_lock"))

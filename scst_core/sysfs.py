@@ -68,7 +68,12 @@ from kshim.printk import pr_err, pr_info
 from kshim.sysfs import (S_IRUGO, S_IWUSR, __ATTR, __ATTR_RO, __ATTR_RW, kernel_kobj,
                          kobj_attribute, sysfs_create_file,
                          sysfs_create_link, sysfs_link)
+from scst_core import cluster as scst_cluster
+from scst_core import cluster_dev
 from scst_core import main as scst_main
+from scst_core.cluster import scst_cluster_dev_event_wait
+from scst_core.cluster_proto import CL_EV_CAPACITY
+from scst_core.const import scst_sense_capacity_data_changed_UA
 from scst_core.debug import scst_debug_sysfs_init
 from scst_core.latency import scst_latency_sysfs_init, scst_sess_latency_attr
 from scst_core import tg as scst_tg
@@ -450,9 +455,38 @@ def _resync_size_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
     ret = ops.resync_size(dev)
     if ret < 0:
         return ret
-    if ret > 0:             # the size changed
+    if ret > 0:             # the size changed, here and so on the other nodes
         scst_capacity_data_changed(dev)
+        scst_cluster_dev_event_wait(dev, CL_EV_CAPACITY, scst_sense_capacity_data_changed_UA)
     return len(buf)
+
+
+def _cluster_resync(dev: scst_device) -> int:
+    """A peer says dev's size changed: re-read it (scst_cluster_resync_hook)."""
+    ops = devt_sysfs.get(dev.handler.name)
+    if ops is None or ops.resync_size is None:
+        return 0
+    return ops.resync_size(dev)
+
+
+def _cluster_listen_show(kobj: kobject, a: kobj_attribute) -> str:
+    return scst_attr_show_key(scst_cluster.cluster_listen_text,
+                              bool(scst_cluster.cluster_listen_text))
+
+
+def _cluster_listen_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
+    ret = scst_cluster.scst_cluster_set_listen(buf)
+    return ret if ret < 0 else len(buf)
+
+
+def _cluster_peers_show(kobj: kobject, a: kobj_attribute) -> str:
+    text = scst_cluster.scst_cluster_peers_text()
+    return scst_attr_show_key(text, bool(text))
+
+
+def _cluster_peers_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
+    ret = scst_cluster.scst_cluster_set_peers(buf)
+    return ret if ret < 0 else len(buf)
 
 
 def _device_refresh(kobj: kobject) -> None:
@@ -1191,6 +1225,13 @@ def scst_sysfs_init() -> int:
         hex(setup_id), setup_id != 0), _setup_id_store))
     for name in scst_root_values:
         sysfs_create_file(root, __ATTR_RW(name, _root_value_show, _root_value_store))
+    sysfs_create_file(root, __ATTR_RW("cluster_listen", _cluster_listen_show,
+                                      _cluster_listen_store))
+    sysfs_create_file(root, __ATTR_RW("cluster_peers", _cluster_peers_show,
+                                      _cluster_peers_store))
+    sysfs_create_file(root, __ATTR_RO("cluster_state",
+                                      lambda k, a: scst_cluster.scst_cluster_state()))
+    cluster_dev.scst_cluster_resync_hook = _cluster_resync
     scst_handlers_kobj = kobject_create_and_add("handlers", root, kobj_type(refresh=_handlers_refresh))
     scst_devices_kobj = kobject_create_and_add("devices", root, kobj_type(refresh=_devices_refresh))
     scst_targets_kobj = kobject_create_and_add("targets", root, kobj_type(refresh=_targets_refresh))
@@ -1203,6 +1244,8 @@ def scst_sysfs_init() -> int:
 
 def scst_sysfs_exit() -> None:
     global scst_tgt_kobj, scst_handlers_kobj, scst_devices_kobj, scst_targets_kobj
+    scst_cluster.scst_cluster_exit()
+    cluster_dev.scst_cluster_resync_hook = None
     if scst_tgt_kobj is not None:
         kobject_del(scst_tgt_kobj)
     scst_tgt_kobj = scst_handlers_kobj = scst_devices_kobj = scst_targets_kobj = None
@@ -1232,4 +1275,5 @@ def scst_sysfs_schema() -> dict:
                 and a.name not in tops.tgt_optional_attributes],
             "target_multi": list(tops.tgt_optional_attributes),
         }
-    return {"handlers": handlers, "drivers": drivers, "lun_attrs": ["read_only"]}
+    return {"handlers": handlers, "drivers": drivers, "lun_attrs": ["read_only"],
+            "root_attrs": ["setup_id", *scst_root_values, "cluster_listen", "cluster_peers"]}

@@ -65,6 +65,8 @@ from kshim.tracepoint import TRACE_EVENT
 from kshim.wait import wait_event_interruptible_exclusive, wake_up
 from scst_core import cdbprobe
 from scst_core import tg as scst_tg
+from scst_core.cluster import scst_cluster_dev_event
+from scst_core.cluster_proto import CL_EV_RESET
 from scst_core.const import (SAM_STAT_BUSY, SAM_STAT_CHECK_CONDITION,
                              SAM_STAT_RESERVATION_CONFLICT, SAM_STAT_TASK_ABORTED,
                              SAM_STAT_TASK_SET_FULL, INQUIRY, SCST_CMD_QUEUE_HEAD_OF_QUEUE,
@@ -720,11 +722,17 @@ def scst_rx_mgmt_fn(sess: scst_session, fn: int, lun: bytes | None, tag: int,
         # (SAM-5 6.3.3 c), 6.6 c)).
         tgt_devs = (tgt_dev.dev.dev_tgt_dev_list if fn == SCST_LUN_RESET else
                     [td for s in sess.tgt.sess_list for td in s.sess_tgt_dev_list.values()])
+        sense = scst_sense_lun_reset_UA if fn == SCST_LUN_RESET else scst_sense_reset_UA
         for td in list(tgt_devs):
-            scst_queue_ua(td, scst_sense_lun_reset_UA if fn == SCST_LUN_RESET
-                          else scst_sense_reset_UA)
-        for dev in {td.dev for td in tgt_devs}:
+            scst_queue_ua(td, sense)
+        for dev in {td.dev: None for td in tgt_devs}:
             scst_pr_dev_reset(dev)      # releases RESERVE(6), clears PREVENT
+            # A shared device's other nodes reset it too; the response
+            # waits for them, so the initiator finds the UA on every path.
+            mcmd.cmd_wait_count += 1
+            if scst_cluster_dev_event(dev, CL_EV_RESET, sense,
+                                      lambda ev: _mcmd_cmd_freed(mcmd)) is None:
+                mcmd.cmd_wait_count -= 1
     _mcmd_cmd_freed(mcmd)
     return mcmd
 

@@ -91,12 +91,21 @@ class UscstdServer:
         bad = self.unhealthy_lines()
         assert not bad, "uscstd reported a bug:\n" + self.stderr_text()[-8000:]
 
+    def _control_settled(self) -> bool:
+        """With --control, the control socket is bound (or refused): it
+        starts after "ready at", and a test's first uscstadmin call must not
+        race it on a loaded machine."""
+        if "--control" not in self.argv:
+            return True
+        return ("uscstd: control socket " in self.stdout_text()
+                or "uscstd: control socket:" in self.stderr_text())
+
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         # Bounded by the deadline; polls the stdout file every 20 ms.
         while time.monotonic() < deadline:
             m = re.search(r"uscstd: ready at (\S+)", self.stdout_text())
-            if m:
+            if m and self._control_settled():
                 self.url = m.group(1)
                 return
             if self.proc.poll() is not None:

@@ -48,8 +48,10 @@ unreachable.
 
 Shared with another node (docs/scale-out.md): when the device's ALUA
 device group names a target port this process does not serve, PERSISTENT
-RESERVE OUT and RESERVE(6/10) are refused with INVALID COMMAND OPERATION
-CODE, since the other node would not enforce a reservation made here.
+RESERVE OUT (unless cluster_mode is 1: scst_core.cluster then keeps the
+nodes' reservations alike) and RESERVE(6/10) are refused with INVALID
+COMMAND OPERATION CODE, since the other node would not enforce a
+reservation made here.
 
 Differs from SCST's handlers: no resync_size (the export's size is read
 at connect), and the device cannot run under the sim engine (it has no
@@ -356,14 +358,18 @@ def nbd_refuse_shared_reservation(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> bo
     """PERSISTENT RESERVE OUT, RESERVE(6) and RESERVE(10) on a device
     whose device group names another node's ports: refused with INVALID
     COMMAND OPERATION CODE, since reservations live in this process only
-    and the other node would not enforce them (docs/scale-out.md). True if
-    refused."""
-    if cmd.cdb[0] not in _RESERVATION_OPS:
+    and the other node would not enforce them (docs/scale-out.md); in
+    cluster_mode PERSISTENT RESERVE OUT goes through (scst_core.cluster
+    agrees on it with the other nodes), the SPC-2 RESERVEs are still
+    refused. True if refused."""
+    op = cmd.cdb[0]
+    if op not in _RESERVATION_OPS or (op == 0x5F and virt_dev.cluster_mode):
         return False
     peers = scst_tg_dev_peer_ports(cmd.dev)
     if not peers:
         return False
-    pr_warn_once(f"vdisk_nbd: {virt_dev.name}: reservations refused: the device is shared with "
+    what = "RESERVE(6)/(10) refused" if virt_dev.cluster_mode else "reservations refused"
+    pr_warn_once(f"vdisk_nbd: {virt_dev.name}: {what}: the device is shared with "
                  f"{', '.join(peers)}, which would not enforce them")
     scst_set_cmd_error(cmd, scst_sense_invalid_opcode)
     return True

@@ -33,7 +33,8 @@ from vdisk.vdisk import (VDISK_SANITIZE_RATE, VDISK_SANITIZE_RATE_MAX, scst_vdis
 # attribute name -> scst_vdisk_dev field
 VDISK_BOOL_ATTRS = {"read_only": "rd_only", "nv_cache": "nv_cache", "write_through": "wt_flag",
                     "o_direct": "o_direct", "o_dsync": "o_dsync", "removable": "removable",
-                    "rotational": "rotational", "thin_provisioned": "thin_provisioned"}
+                    "rotational": "rotational", "thin_provisioned": "thin_provisioned",
+                    "cluster_mode": "cluster_mode"}
 # string attributes writable on a running device, with their byte limits
 VDISK_STR_LIVE_ATTRS = {"t10_dev_id": 24, "usn": 252, "t10_vend_id": 8, "vend_specific_id": 128,
                         "prod_id": 16, "prod_rev_lvl": 4}

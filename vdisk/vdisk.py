@@ -24,6 +24,11 @@ are implemented, anything else is answered INVALID COMMAND OPERATION CODE.
 Mode parameters are not saveable. The target port designators of VPD
 page 0x83, INQUIRY's TPGS field and REPORT/SET TARGET PORT GROUPS come
 from the core's ALUA code (scst_core.tg), as SCST's scst_tg.c provides them.
+
+cluster_mode (SCST's vdisk attribute): the device is shared with other
+uscstd nodes; MODE SELECT's unit attention and PERSISTENT RESERVE OUT go
+through scst_core.cluster, which agrees with the peers before the command
+completes (so exec sleeps: not for vdisk_nullio's atomic exec).
 """
 from __future__ import annotations
 
@@ -39,6 +44,10 @@ from kshim.mutex import mutex
 from kshim.printk import pr_err, pr_info
 from kshim.sched import task_struct
 from kshim.scatterlist import sg_copy_from_buffer
+from scst_core import cluster_dev
+from scst_core.cluster import scst_cluster_dev_event_wait
+from scst_core.cluster_dev import scst_cluster_pr_out
+from scst_core.cluster_proto import CL_EV_MODE
 from scst_core.const import (ASSOCIATION_LU, CODE_SET_ASCII, CODE_SET_BINARY, CODE_SET_UTF8,
                              DESIGNATOR_TYPE_NAA, DESIGNATOR_TYPE_SCSI_NAME_STRING,
                              DESIGNATOR_TYPE_T10_VENDOR, MODE_PAGE_ALL, MODE_PAGE_CACHING,
@@ -156,6 +165,7 @@ class scst_vdisk_dev:
     rotational: bool = True
     thin_provisioned: bool = False
     thin_provisioned_set: bool = False  # given as a parameter (else the backend decides)
+    cluster_mode: bool = False          # shared with other nodes (scst_core.cluster)
     # nullio's `dummy` parameter (SCST: a placeholder device); uscst keeps
     # and shows it, a nullio device already being data-free
     dummy: bool = False
@@ -790,6 +800,26 @@ def vdisk_exec_mode_select(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
         for tgt_dev in list(cmd.dev.dev_tgt_dev_list):
             if tgt_dev is not cmd.tgt_dev:
                 scst_queue_ua(tgt_dev, scst_sense_mode_params_changed_UA)
+        # and a shared device's other nodes take the pages, before GOOD
+        scst_cluster_dev_event_wait(cmd.dev, CL_EV_MODE, scst_sense_mode_params_changed_UA,
+                                    b"".join(new for _, new in changes))
+
+
+def vdisk_cluster_mode_pages(dev: scst_device, pages: list[tuple[int, bytes]]) -> int:
+    """A peer node's MODE SELECT changed these pages of a shared device:
+    take them (scst_cluster_mode_hook). 0, or -EINVAL (logged) for a page
+    this device does not have or of another length (the nodes are not
+    configured alike)."""
+    virt_dev: scst_vdisk_dev = dev.dh_priv
+    for code, new in pages:
+        if code not in vdisk_mode_pages or \
+                len(new) != len(vdisk_mode_pages[code](virt_dev, MODE_SENSE_PC_CURRENT)):
+            pr_err(f"vdisk: {virt_dev.name}: a peer's mode page {code:#x} of {len(new)} bytes "
+                   f"does not fit this device; not taken")
+            return -EINVAL
+    for code, new in pages:
+        _mode_select_apply(virt_dev, code, new)
+    return 0
 
 
 # ---------------------------------------------------------------- data commands
@@ -951,7 +981,10 @@ def _exec_pr_in(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
 
 
 def _exec_pr_out(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
-    scst_pr_exec_out(cmd)
+    if cmd.dev.cluster_mode:
+        scst_cluster_pr_out(cmd)        # agreed with the other nodes first
+    else:
+        scst_pr_exec_out(cmd)
 
 
 def _exec_reserve(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
@@ -1052,6 +1085,7 @@ def vdisk_attach_common(dev: scst_device, virt_dev: scst_vdisk_dev) -> None:
     dev.block_size = virt_dev.block_size
     dev.block_shift = virt_dev.block_shift
     dev.rd_only = virt_dev.rd_only
+    dev.cluster_mode = virt_dev.cluster_mode
     virt_dev.pr_dev = scst_pr_init_dev(dev, virt_dev.name)
 
 
@@ -1091,7 +1125,7 @@ vdisk_add_device_parameters = ("filename", "size", "size_mb", "blocksize", "read
                                "rotational", "thin_provisioned", "physical_blocksize",
                                "t10_dev_id", "t10_vend_id",
                                "vend_specific_id", "usn", "prod_id", "prod_rev_lvl",
-                               "scsi_device_name", "sanitize_rate")
+                               "scsi_device_name", "sanitize_rate", "cluster_mode")
 # parameters only vdisk_nullio takes
 vdisk_nullio_only_parameters = ("dummy",)
 # parameters only vdisk_nbd takes (kept in backend_params; vdisk.nbd reads them)
@@ -1128,7 +1162,8 @@ def _parse_bool(s: str) -> int:
 _BOOL_PARAMS = {"read_only": "rd_only", "nv_cache": "nv_cache", "write_through": "wt_flag",
                 "o_direct": "o_direct", "o_dsync": "o_dsync", "removable": "removable",
                 "rotational": "rotational",
-                "thin_provisioned": "thin_provisioned", "dummy": "dummy"}
+                "thin_provisioned": "thin_provisioned", "dummy": "dummy",
+                "cluster_mode": "cluster_mode"}
 _STR_PARAMS = {"t10_dev_id": 16 + 8, "t10_vend_id": 8, "vend_specific_id": 128, "usn": 252,
                "prod_id": 16, "prod_rev_lvl": 4, "scsi_device_name": 251}
 
@@ -1303,11 +1338,13 @@ def vdisk_init() -> int:
         vdisk_devtypes[devt.name] = devt
         done.append(devt)
     vdisk_sysfs_init()
+    cluster_dev.scst_cluster_mode_hook = vdisk_cluster_mode_pages
     return 0
 
 
 def vdisk_exit() -> None:
     from vdisk.sysfs import vdisk_sysfs_exit  # cycle: sysfs imports this module
+    cluster_dev.scst_cluster_mode_hook = None
     vdisk_sysfs_exit()
     for name in list(vdisk_devtypes)[::-1]:
         devt = vdisk_devtypes.pop(name)

@@ -90,7 +90,8 @@ def test_write_then_parse_then_write_is_identical() -> None:
      "x.conf:3:1: expected '}' to close DEVICE d0 block opened at line 2, column 13; found end of file"),
     ("}\n", "x.conf:1:1: unexpected '}' with no open block"),
     ("HANDLER x {\n}\nBOGUS y {\n}\n",
-     "x.conf:3:1: expected HANDLER, TARGET_DRIVER or DEVICE_GROUP, found 'BOGUS'"),
+     "x.conf:3:1: expected HANDLER, TARGET_DRIVER, DEVICE_GROUP or one of cluster_listen, "
+     "cluster_peers, max_tasklet_cmd, setup_id, threads, found 'BOGUS'"),
     ('TARGET_DRIVER iscsi {\n  IncomingUser "joe\n}\n', "x.conf:2:16: unterminated quoted string"),
     ("TARGET_DRIVER iscsi {\n TARGET t {\n  LUN x d0\n }\n}\n",
      "x.conf:3:7: expected a LUN number 0..16383, found 'x'"),
