@@ -13,6 +13,14 @@ on ONE host thread (../docs/architecture.md, "one CPU").
   it; then the CPU runs once for the whole batch (docs/decisions/0059).
   Arming is a flag, no system call. /sys/kernel/engine/readiness counts
   the passes and the callbacks.
+- Busy-poll (net.core.busy_poll's idea, docs/decisions/0060): after a
+  pass the task polls its epoll without sleeping for up to
+  /sys/kernel/engine/busy_poll microseconds (USCST_BUSY_POLL_US at start;
+  0 turns it off), so a QD1 initiator's next request is served without a
+  trip through trio's loop and a sleep of the host thread. Bounded: a run
+  of passes gives trio its turn after BUSY_POLL_RUN_US, when a timer is
+  due, or while io_uring or the I/O pool has work in flight; the readiness file
+  counts polls, hits, spins, time spent and yields.
 - Timers: one task sleeps until kshim.timer's earliest expiry and runs
   run_timers() in softirq context.
 - Blocking file I/O: reads, writes and fsyncs go to io_uring
@@ -52,6 +60,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import select
 import signal
 from typing import Any, Callable
@@ -60,10 +69,11 @@ import trio
 
 from kshim import (engine_posix, engine_rbd, engine_uring, host, jiffies, printk, sched, softirq,
                    timer)
+from kshim.err import EINVAL
 from kshim.host import io_job, rbd_request
 from kshim.kobject import kobject_create_and_add
 from kshim.kthread import kthread_run
-from kshim.sysfs import __ATTR_RO, kernel_kobj, sysfs_create_file
+from kshim.sysfs import __ATTR_RO, __ATTR_RW, kernel_kobj, sysfs_create_file
 from kshim.workqueue import workqueue_init
 
 io_threads = 4
@@ -71,8 +81,12 @@ _token: trio.lowlevel.TrioToken | None = None
 _pool: engine_posix.worker_pool | None = None
 _nursery: trio.Nursery | None = None     # for the per-image RBD completion tasks
 _ring: engine_uring.uring | None = None
+_pool_busy = 0                # jobs in the pool (their completions come through trio)
 io_backend = ""               # what file I/O runs on, and why (set at start)
 _timer_cs: trio.CancelScope | None = None
+_NEVER = 1 << 62
+_TIMER_SLACK_NS = 50_000      # the timer task wakes this long after an expiry
+_timer_due_ns = _NEVER        # host monotonic ns of the earliest timer (busy-poll ends there)
 _shutdown: trio.Event | None = None
 running = False
 # rx_events/tx_events: callbacks delivered; ready_passes: epoll batches
@@ -97,6 +111,16 @@ _EP_FLAGS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLE
 _EV_RX = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _EV_TX = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
 EPOLL_BATCH = 256             # events taken per pass; more wait for the next
+# Busy-poll (docs/decisions/0060): microseconds a pass polls for the next
+# events before the task sleeps in trio; /sys/kernel/engine/busy_poll.
+BUSY_POLL_DEFAULT_US = 50
+BUSY_POLL_MAX_US = 10000
+BUSY_POLL_RUN_US = 2000       # longest run of passes before trio has a turn
+busy_poll_us = BUSY_POLL_DEFAULT_US
+_busy_poll_ns = busy_poll_us * 1000
+# polls: spins after a pass; hits: found events; spins: epoll polls; ns:
+# time spent polling; yields: runs ended for trio (run budget, timer, ring)
+busy_poll_stats = {"polls": 0, "hits": 0, "spins": 0, "ns": 0, "yields": 0}
 _ep: select.epoll | None = None
 _socks: dict[int, Any] = {}   # fd -> the attached sock (CPU thread only)
 
@@ -106,29 +130,94 @@ async def _ready_task(ep: select.epoll) -> None:
     call the callbacks of every armed socket in it in softirq context,
     disarming it, then run the CPU once for all. An edge that finds its
     socket unarmed is dropped: the socket's reader is not asleep on it and
-    will see the data (or the close) when it receives."""
+    will see the data (or the close) when it receives.
+
+    Busy-poll (net.core.busy_poll's idea): after a pass, poll the epoll
+    without sleeping for up to busy_poll_us; events found are the next pass,
+    without returning to trio. A run of passes returns to trio when a poll
+    finds nothing within the budget, after BUSY_POLL_RUN_US, when a timer is
+    due, or while io_uring or the I/O pool has work in flight (their
+    completions come through trio), so timers, signals and the other tasks
+    wait at most that long."""
     efd = ep.fileno()
     poll = ep.poll
     socks = _socks
+    now = host.ops.monotonic_ns
+    bp = busy_poll_stats
     while True:
         await trio.lowlevel.wait_readable(efd)
-        nrx = ntx = 0
-        for fd, ev in poll(0, EPOLL_BATCH):
-            sk = socks.get(fd)
-            if sk is None:
-                continue          # detached after this batch was taken
-            if ev & _EV_RX and sk.rx_armed:
-                sk.rx_armed = False
-                nrx += 1
-                softirq.softirq_run(sk.sk_data_ready, sk)
-            if ev & _EV_TX and sk.tx_armed:
-                sk.tx_armed = False
-                ntx += 1
-                softirq.softirq_run(sk.sk_write_space, sk)
-        stats["rx_events"] += nrx
-        stats["tx_events"] += ntx
-        stats["ready_passes"] += 1
-        run_cpu()
+        events = poll(0, EPOLL_BATCH)
+        run_end = 0
+        for _ in range(1 << 20):          # bounded; ends by the budgets below
+            nrx = ntx = 0
+            for fd, ev in events:
+                sk = socks.get(fd)
+                if sk is None:
+                    continue      # detached after this batch was taken
+                if ev & _EV_RX and sk.rx_armed:
+                    sk.rx_armed = False
+                    nrx += 1
+                    softirq.softirq_run(sk.sk_data_ready, sk)
+                if ev & _EV_TX and sk.tx_armed:
+                    sk.tx_armed = False
+                    ntx += 1
+                    softirq.softirq_run(sk.sk_write_space, sk)
+            stats["rx_events"] += nrx
+            stats["tx_events"] += ntx
+            stats["ready_passes"] += 1
+            run_cpu()
+            budget = _busy_poll_ns
+            if not budget:
+                break
+            t = now()
+            if not run_end:
+                run_end = t + BUSY_POLL_RUN_US * 1000
+            if (t >= run_end or t >= _timer_due_ns or _pool_busy
+                    or (_ring is not None and _ring.ops)):
+                bp["yields"] += 1
+                break
+            start = t
+            end = t + budget
+            events = poll(0, EPOLL_BATCH)
+            spins = 1
+            while not events and t < end:
+                t = now()
+                events = poll(0, EPOLL_BATCH)
+                spins += 1
+            bp["polls"] += 1
+            bp["spins"] += spins
+            bp["ns"] += t - start
+            if not events:
+                break
+            bp["hits"] += 1
+
+
+def _busy_poll_show(_k: Any, _a: Any) -> str:
+    return f"{busy_poll_us}\n"
+
+
+def _busy_poll_store(_k: Any, _a: Any, buf: str) -> int:
+    """Set the busy-poll budget in microseconds (0 turns it off)."""
+    global busy_poll_us, _busy_poll_ns
+    try:
+        us = int(buf.strip())
+    except ValueError:
+        return -EINVAL
+    if not 0 <= us <= BUSY_POLL_MAX_US:
+        return -EINVAL
+    busy_poll_us = us
+    _busy_poll_ns = us * 1000
+    return len(buf)
+
+
+def _busy_poll_from_env() -> None:
+    """USCST_BUSY_POLL_US, when set, is the busy-poll budget at start (the
+    live tree's busy_poll changes it later); a bad value is logged and the
+    budget keeps its value."""
+    env = os.environ.get("USCST_BUSY_POLL_US")
+    if env is not None and _busy_poll_store(None, None, env) < 0:
+        printk.pr_warn(f"kshim: USCST_BUSY_POLL_US={env!r} is not 0..{BUSY_POLL_MAX_US}, "
+                       f"busy_poll stays {busy_poll_us}")
 
 
 def readiness_stats() -> str:
@@ -136,14 +225,20 @@ def readiness_stats() -> str:
     (/sys/kernel/engine/readiness)."""
     passes = stats["ready_passes"]
     per = stats["rx_events"] / passes if passes else 0.0
+    bp = busy_poll_stats
     return (f"sockets {len(_socks)}\nready_passes {passes}\nrx_events {stats['rx_events']}\n"
-            f"tx_events {stats['tx_events']}\nrx_events_per_pass {per:.2f}\n")
+            f"tx_events {stats['tx_events']}\nrx_events_per_pass {per:.2f}\n"
+            f"busy_poll_us {busy_poll_us}\nbusy_polls {bp['polls']}\n"
+            f"busy_poll_hits {bp['hits']}\nbusy_poll_spins {bp['spins']}\n"
+            f"busy_poll_time_us {bp['ns'] // 1000}\nbusy_poll_yields {bp['yields']}\n")
 
 
 def _ready_sysfs_init() -> None:
     k = kernel_kobj.entries.get("engine") or kobject_create_and_add("engine", kernel_kobj)
     if "readiness" not in k.entries:
         sysfs_create_file(k, __ATTR_RO("readiness", lambda _k, _a: readiness_stats()))
+    if "busy_poll" not in k.entries:
+        sysfs_create_file(k, __ATTR_RW("busy_poll", _busy_poll_show, _busy_poll_store))
 
 
 def sock_attach(sk: Any) -> None:
@@ -196,21 +291,25 @@ def _trio_deadline(expires: int | None) -> float:
     if expires is None:
         return math.inf
     delta = jiffies.jiffies_to_host_seconds(expires) - host.ops.monotonic()
-    return trio.current_time() + max(delta, 0.0) + 50e-6
+    return trio.current_time() + max(delta, 0.0) + _TIMER_SLACK_NS / 1e9
 
 
 def _timer_kick(expires: int) -> None:
+    global _timer_due_ns
     cs = _timer_cs
     if cs is not None:
         d = _trio_deadline(expires)
         if d < cs.deadline:
             cs.deadline = d
+            _timer_due_ns = jiffies.jiffies_to_clock_ns(expires) + _TIMER_SLACK_NS
 
 
 async def _timer_task() -> None:
-    global _timer_cs
+    global _timer_cs, _timer_due_ns
     while True:
-        with trio.CancelScope(deadline=_trio_deadline(timer.next_expiry())) as cs:
+        nxt = timer.next_expiry()
+        _timer_due_ns = _NEVER if nxt is None else jiffies.jiffies_to_clock_ns(nxt) + _TIMER_SLACK_NS
+        with trio.CancelScope(deadline=_trio_deadline(nxt)) as cs:
             _timer_cs = cs
             await trio.sleep_forever()
         _timer_cs = None
@@ -230,12 +329,15 @@ def call_in_task(fn: Callable[[], Any], name: str = "kworker/ctl") -> Any:
 
 
 def _io_done(job: io_job) -> None:
+    global _pool_busy
+    _pool_busy -= 1
     stats["io_done"] += 1
     softirq.softirq_run(job.complete, job)
     run_cpu()
 
 
 def io_submit(job: io_job) -> None:
+    global _pool_busy
     ring = _ring
     if ring is not None:
         op = _URING_OPS.get(job.fn)
@@ -248,6 +350,7 @@ def io_submit(job: io_job) -> None:
             return
     if _pool is None:
         raise RuntimeError("trio engine not running")
+    _pool_busy += 1
     _pool.submit(job)
 
 
@@ -407,7 +510,7 @@ def trio_ops() -> host.host_operations:
 async def _main(init: Callable[[], Any], exit_fn: Callable[[], Any] | None,
                 handle_signals: bool, services: list,
                 on_reload: Callable[[], None] | None) -> Any:
-    global _token, _ep, _pool, _ring, _nursery, _shutdown, running, io_backend
+    global _token, _ep, _pool, _ring, _nursery, _shutdown, running, io_backend, _pool_busy
     host.set_ops(trio_ops())
     sched.sched_init()
     _token = trio.lowlevel.current_trio_token()
@@ -421,6 +524,7 @@ async def _main(init: Callable[[], Any], exit_fn: Callable[[], Any] | None,
         _ring = ring
         io_backend = f"io_uring entries={engine_uring.URING_ENTRIES} setup={ring.setup}"
     printk.pr_info(f"kshim: file I/O on {io_backend}")
+    _busy_poll_from_env()
     _ep = select.epoll()
     running = True
     try:
@@ -450,6 +554,7 @@ async def _main(init: Callable[[], Any], exit_fn: Callable[[], Any] | None,
         running = False
         _pool.stop()
         _pool = None
+        _pool_busy = 0
         if _ring is not None:
             _ring.close()
             _ring = None

@@ -8,12 +8,15 @@ import socket
 import threading
 from typing import Any, Callable
 
-from kshim import engine_trio
-from kshim.err import EAGAIN
+from kshim import engine_trio, host
+from kshim.err import EAGAIN, EINVAL
+from kshim.host import io_job
+from kshim.jiffies import jiffies
 from kshim.net import (AF_INET, MSG_DONTWAIT, SOCK_STREAM, kernel_accept, kernel_bind,
                        kernel_getsockname, kernel_listen, kernel_recvmsg, kernel_sendmsg,
                        sock_create_kern, sock_release, sock_rx_armed)
-from kshim.sysfs import sysfs_read
+from kshim.sysfs import sysfs_read, sysfs_write
+from kshim.timer import mod_timer, timer_list, timer_setup
 from kshim.wait import wait_event, wait_queue_head, wake_up
 
 HOST_WAIT_S = 10.0           # bound on every host-side wait (a hang fails, never blocks)
@@ -218,3 +221,191 @@ def _read_exactly(c: socket.socket, n: int) -> None:
         if not got:
             return
         n -= len(got)
+
+
+def _busy_poll_counters() -> dict:
+    return dict(engine_trio.busy_poll_stats, passes=engine_trio.stats["ready_passes"])
+
+
+def _delta(a: dict, b: dict) -> dict:
+    return {k: b[k] - a[k] for k in a}
+
+
+class _pinger:
+    """A host thread that sends a byte and waits for the echo, `rounds`
+    times or until stopped, then sends b"q": one request in flight, as a
+    QD1 initiator."""
+
+    def __init__(self, c: socket.socket, rounds: int) -> None:
+        self.stop = False
+        self.done = 0
+        self.t = threading.Thread(target=self._run, args=(c, rounds))
+        self.t.start()
+
+    def _run(self, c: socket.socket, rounds: int) -> None:
+        for _ in range(rounds):
+            if self.stop:
+                break
+            c.sendall(b"p")
+            if not c.recv(1):
+                return
+            self.done += 1
+        c.sendall(b"q")
+
+    def join(self) -> None:
+        self.t.join(HOST_WAIT_S)
+        assert not self.t.is_alive()
+
+
+def _echo(p: peers, until: Callable[[], bool] = lambda: False) -> int:
+    """Kernel side of _pinger: echo each request until its b"q" (or until()
+    holds after an echo); returns the requests echoed."""
+    s, n = p.socks[0], 0
+    buf = bytearray(64)
+    for _ in range(1 << 20):
+        seen = p.rx[0]
+        got = kernel_recvmsg(s, [memoryview(buf)], 64, MSG_DONTWAIT)
+        if got == -EAGAIN:
+            p.wait(lambda seen=seen: p.rx[0] > seen)
+            continue
+        assert got > 0, got
+        if buf[got - 1:got] == b"q":
+            return n + got - 1
+        assert kernel_sendmsg(s, [memoryview(buf)[:got]], 0) == got
+        n += got
+        if until():
+            return n
+    raise AssertionError("the pinger never stopped")
+
+
+def test_busy_poll_tunable_turns_polling_on_and_off_and_the_counters_show_it(kernel):
+    """/sys/kernel/engine/busy_poll: at 0 a pass never polls; at 200 us
+    every pass ends in a busy-poll or a yield to trio (passes = polls +
+    yields); a bad value is refused and changes nothing."""
+    def body() -> tuple:
+        p = peers(1)
+        old = sysfs_read("kernel/engine/busy_poll")
+        refused = [sysfs_write("kernel/engine/busy_poll", v) for v in ("x", "-1", "10001")]
+        kept = sysfs_read("kernel/engine/busy_poll")
+        deltas = []
+        for us in ("0", "200"):
+            assert sysfs_write("kernel/engine/busy_poll", us) == len(us)
+            ping = _pinger(p.clients[0], 300)
+            p.wait(lambda: p.rx[0] > 0)       # inside a readiness pass from here on
+            a = _busy_poll_counters()
+            echoed = _echo(p)
+            b = _busy_poll_counters()
+            ping.join()
+            deltas.append((echoed, _delta(a, b)))
+            p.rx[0] = 0
+        shown = dict(line.split() for line in sysfs_read("kernel/engine/readiness").splitlines())
+        shown["now"] = str(engine_trio.busy_poll_stats["polls"])
+        sysfs_write("kernel/engine/busy_poll", old)
+        p.close()
+        return old, refused, kept, deltas, shown
+    old, refused, kept, deltas, shown = kernel(body)
+    assert refused == [-EINVAL] * 3 and kept == old
+    (n_off, off), (n_on, on) = deltas
+    assert n_off == n_on == 300
+    assert (off["polls"], off["hits"], off["spins"], off["yields"]) == (0, 0, 0, 0)
+    assert off["passes"] > 0
+    assert on["passes"] > 0 and on["passes"] == on["polls"] + on["yields"]
+    assert on["spins"] >= on["polls"] >= on["hits"]
+    assert shown["busy_poll_us"] == "200"
+    assert shown["busy_polls"] == shown["now"]
+
+
+def test_a_due_timer_ends_a_busy_poll_run_that_never_runs_dry(kernel, monkeypatch):
+    """Every pass leaves the next request already queued (the reader's own
+    send over loopback), so the busy-poll always hits and, with the run
+    limit lifted, only a due timer can give trio its turn: the timer fires
+    while the requests go on, and the yield is counted."""
+    monkeypatch.setattr(engine_trio, "BUSY_POLL_RUN_US", 10 ** 9)
+
+    def body() -> tuple:
+        p = peers(1)
+        k, c = p.socks[0], p.clients[0]
+        old = sysfs_read("kernel/engine/busy_poll")
+        assert sysfs_write("kernel/engine/busy_poll", "50") == 2
+        fired: list[int] = []
+        t = timer_list()
+
+        def fn(_t: timer_list) -> None:    # softirq: note when, and wake the reader
+            fired.append(jiffies())
+            wake_up(p.wq)
+        timer_setup(t, fn)
+        c.sendall(b"r")
+        p.wait(lambda: p.rx[0] > 0)
+        a = _busy_poll_counters()
+        expires = jiffies() + 2
+        mod_timer(t, expires)
+        rounds = after = 0
+        buf = bytearray(64)
+        while rounds < 100000:
+            rounds += 1
+            seen = p.rx[0]
+            got = kernel_recvmsg(k, [memoryview(buf)], 64, MSG_DONTWAIT)
+            assert got > 0, got              # each wake-up finds its request
+            if fired:
+                after += 1
+                if after == 100:
+                    break
+            c.send(b"r")                     # the next request, queued before the pass ends
+            p.wait(lambda seen=seen: p.rx[0] > seen)
+        b = _busy_poll_counters()
+        sysfs_write("kernel/engine/busy_poll", old)
+        p.close()
+        return expires, fired, rounds, _delta(a, b)
+    expires, fired, rounds, d = kernel(body)
+    assert len(fired) == 1 and fired[0] >= expires
+    assert rounds < 100000                   # the timer fired while requests went on
+    assert d["yields"] >= 1 and d["hits"] >= rounds - d["yields"] - 1
+
+
+def _self_fed_rounds(p: peers, n: int) -> None:
+    """n wake-ups of socket 0, each finding the request the previous one
+    queued over loopback before its pass ended."""
+    k, c = p.socks[0], p.clients[0]
+    buf = bytearray(64)
+    for _ in range(n):
+        seen = p.rx[0]
+        assert kernel_recvmsg(k, [memoryview(buf)], 64, MSG_DONTWAIT) > 0
+        c.send(b"r")
+        p.wait(lambda seen=seen: p.rx[0] > seen)
+
+
+def test_busy_poll_gives_way_while_the_io_pool_has_a_job(kernel, monkeypatch):
+    """While a job is in the host I/O pool (its completion comes through
+    trio), every pass returns to trio instead of polling; once it has
+    completed, the same requests are busy-polled again."""
+    monkeypatch.setattr(engine_trio, "BUSY_POLL_RUN_US", 10 ** 9)
+
+    def body() -> tuple:
+        p = peers(1)
+        old = sysfs_read("kernel/engine/busy_poll")
+        assert sysfs_write("kernel/engine/busy_poll", "50") == 2
+        p.clients[0].sendall(b"r")
+        p.wait(lambda: p.rx[0] > 0)
+        gate = threading.Event()
+        done: list[int] = []
+
+        def complete(j: io_job) -> None:   # softirq: note the result, wake the test
+            done.append(j.result)
+            wake_up(p.wq)
+        host.ops.io_submit(io_job(lambda: int(not gate.wait(HOST_WAIT_S)), (), complete))
+        a = _busy_poll_counters()
+        _self_fed_rounds(p, 50)
+        b = _busy_poll_counters()
+        gate.set()
+        p.wait(lambda: bool(done))
+        _self_fed_rounds(p, 1)
+        c = _busy_poll_counters()
+        _self_fed_rounds(p, 50)
+        d = _busy_poll_counters()
+        sysfs_write("kernel/engine/busy_poll", old)
+        p.close()
+        return done, _delta(a, b), _delta(c, d)
+    done, busy, free = kernel(body)
+    assert done == [0]
+    assert busy["passes"] >= 50 and busy["polls"] == 0 and busy["yields"] == busy["passes"]
+    assert free["passes"] >= 50 and free["hits"] >= 49
