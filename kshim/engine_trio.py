@@ -82,6 +82,7 @@ _pool: engine_posix.worker_pool | None = None
 _nursery: trio.Nursery | None = None     # for the per-image RBD completion tasks
 _ring: engine_uring.uring | None = None
 _pool_busy = 0                # jobs in the pool (their completions come through trio)
+_rbd_busy = 0                 # RBD requests in flight (their completions come through trio)
 io_backend = ""               # what file I/O runs on, and why (set at start)
 _timer_cs: trio.CancelScope | None = None
 _NEVER = 1 << 62
@@ -172,7 +173,7 @@ async def _ready_task(ep: select.epoll) -> None:
             t = now()
             if not run_end:
                 run_end = t + BUSY_POLL_RUN_US * 1000
-            if (t >= run_end or t >= _timer_due_ns or _pool_busy
+            if (t >= run_end or t >= _timer_due_ns or _pool_busy or _rbd_busy
                     or (_ring is not None and _ring.ops)):
                 bp["yields"] += 1
                 break
@@ -380,6 +381,7 @@ async def _uring_task(ring: engine_uring.uring) -> None:
 async def _rbd_task(img: engine_rbd.rbd_image, cs: trio.CancelScope) -> None:
     """Deliver an image's completions: librbd signals its eventfd; each
     finished request's complete() runs in softirq context, then the CPU."""
+    global _rbd_busy
     with cs:
         while True:
             try:
@@ -389,6 +391,7 @@ async def _rbd_task(img: engine_rbd.rbd_image, cs: trio.CancelScope) -> None:
             engine_rbd.eventfd_clear(img)
             for _ in range(1 << 20):          # bounded; ends when librbd has no more
                 done = engine_rbd.image_reap(img)
+                _rbd_busy -= len(done)
                 stats["io_done"] += len(done)
                 softirq.softirq_run_jobs(done)
                 run_cpu()
@@ -406,12 +409,19 @@ def rbd_attach(img: engine_rbd.rbd_image) -> None:
 
 
 def rbd_submit(img: engine_rbd.rbd_image, req: rbd_request) -> int:
-    return engine_rbd.image_submit(img, req)
+    """Start req; counted so that busy-poll gives way while it is in flight."""
+    global _rbd_busy
+    ret = engine_rbd.image_submit(img, req)
+    if ret == 0:
+        _rbd_busy += 1
+    return ret
 
 
 def rbd_detach(img: engine_rbd.rbd_image) -> None:
     """Stop delivering img's completions and refuse new requests (before
     image_close, which runs on a pool thread: no submission may race it)."""
+    global _rbd_busy
+    _rbd_busy -= len(img.reqs)        # never delivered now (nothing is, normally)
     img.closed = True
     try:
         trio.lowlevel.notify_closing(img.efd)
