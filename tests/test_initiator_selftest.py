@@ -58,6 +58,7 @@ from initiator import (
     sn_le,
     sn_lt,
 )
+from uscstd_support import free_port
 
 TARGET = "iqn.2026-11.org.uscst:selftest"
 EXTRA_TARGETS = [f"iqn.2026-11.org.uscst:selftest-extra-{n:02d}-padding-to-make-text-long"
@@ -163,12 +164,6 @@ class Tgtd:
         return ini
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _socket_files(control_port: int) -> list[Path]:
     base = Path("/var/run/tgtd") / f"socket.{control_port}"
     return [base, Path(str(base) + ".lock")]
@@ -183,7 +178,7 @@ def _start_tgtd(tmp: Path) -> Tgtd:
         cport = rng.randrange(10000, 32768)
         if any(p.exists() for p in _socket_files(cport)):
             continue
-        port = _free_port()
+        port = free_port()
         log = tmp / f"tgtd-{attempt}.log"
         with open(log, "wb") as logf:
             proc = subprocess.Popen(

@@ -22,15 +22,10 @@ from pathlib import Path
 import pytest
 
 from initiator import Initiator, parse_read_capacity16
+from uscstd_support import free_port
 
 CLI_TIMEOUT = 30
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cli(*args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:

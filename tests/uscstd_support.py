@@ -7,6 +7,7 @@ the `uscstd` fixture uses.
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -37,9 +38,28 @@ def uscstadmin_ok(sock: "Path | str", *args: str) -> str:
     return r.stdout
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the kernel picks it)."""
+    """A TCP port nobody uses right now, below the ephemeral range: a test
+    that restarts a server on the same port (a killed node, a reload) must
+    not find it taken by some outgoing connection's local port, which the
+    kernel picks from the ephemeral range."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    low = _ephemeral_low()
+    for _ in range(50):                  # bounded; then the kernel picks
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from uscstd_support import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 UNHEALTHY_RE = re.compile(r"Traceback|BUG:|Oops|WARNING:|Kernel panic|control: .* raised")
 
@@ -62,10 +64,7 @@ class Daemon:
         self.workdir = workdir
         self.ctl = str(workdir / "ctl.sock")
         self.log = workdir / "uscstd.log"
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        self.port = s.getsockname()[1]
-        s.close()
+        self.port = free_port()
         self.fuse = extra[extra.index("--fuse") + 1] if "--fuse" in extra else None
         self.argv = [sys.executable, "-m", "tools.uscstd", "--portal", f"127.0.0.1:{self.port}",
                      "--control", self.ctl, "--debug", *extra]

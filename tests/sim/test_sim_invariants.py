@@ -18,7 +18,8 @@ from wire import WirePeer
 
 from tools.sim.channel import Channel
 from tools.sim.initiator import InitiatorSession
-from tools.sim.invariants import Invariants, InvariantViolation, ShadowDisk, _Write, decode_rw
+from tools.sim.invariants import (Invariants, InvariantViolation, ShadowDisk, _Write, _byte_mix,
+                                  decode_rw)
 from tools.sim.pdu import DATAIN_FLAG_STATUS, OP_DATA_IN, OP_SCSI_RSP
 from tools.sim.scenarios import TargetSpec, cdb_rw
 from tools.sim.tcp import TcpWorld
@@ -49,11 +50,11 @@ def put_u32(pdu: bytes, off: int, value: int) -> bytes:
     return pdu[:off] + struct.pack(">I", value & 0xFFFFFFFF) + pdu[off + 4:]
 
 
-def exchange(spec: TargetSpec, hook: Hook | None) -> Invariants:
+def exchange(spec: TargetSpec, hook: Hook | None, torn_blocks: bool = False) -> Invariants:
     """Log in, write 8 blocks, read them back twice, ping; finish() at the
     end. Runs under a TcpWorld; raises what the checkers raise."""
     world = TcpWorld(3)
-    inv = Invariants(BS)
+    inv = Invariants(BS, torn_blocks=torn_blocks)
 
     def body() -> None:
         sess = InitiatorSession(spec.iqn, isid=bytes([0x80, 9, 9, 9, 9, 9]), observer=inv)
@@ -107,14 +108,24 @@ def test_dropped_scsi_response_is_reported_unanswered_at_the_end(sim_server):
         exchange(spec, forget)
 
 
-def test_corrupted_read_data_is_a_read_data_violation(sim_server):
+@pytest.mark.parametrize("torn_blocks", [False, True])
+def test_corrupted_read_data_is_a_read_data_violation(sim_server, torn_blocks):
+    """Also where blocks may tear (over real files): a block with one
+    possible value has nothing to tear between."""
     _, spec = sim_server
 
     def corrupt(pdu: bytes) -> list[bytes]:
         off = 48 + 700               # inside block 1 of the Data-In segment
         return [pdu[:off] + bytes([pdu[off] ^ 0xFF]) + pdu[off + 1:]]
     with pytest.raises(InvariantViolation, match=r"^read-data: LUN 0 LBA 3001 "):
-        exchange(spec, nth_status(2, corrupt))
+        exchange(spec, nth_status(2, corrupt), torn_blocks)
+
+
+def test_a_block_torn_between_its_possible_values_is_a_byte_mix_of_them_only():
+    a, b = b"AAAA", b"BBBB"
+    assert _byte_mix(b"AABB", [a, b]) and _byte_mix(b"BABA", [a, b, bytes(4)])
+    assert not _byte_mix(b"AAXB", [a, b])            # a byte from no possible value
+    assert not _byte_mix(b"AABB", [a])               # one value: nothing to tear between
 
 
 def test_statsn_skipping_ahead_is_an_sn_monotonic_violation(sim_server):

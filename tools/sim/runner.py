@@ -82,7 +82,7 @@ def drive(name: str, world: Any, target: TargetSpec, seed: int, *,
     scenario = body or SCENARIOS.get(name)
     if scenario is None:
         raise KeyError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
-    inv = Invariants(target.block_size)
+    inv = Invariants(target.block_size, torn_blocks=getattr(world, "torn_blocks", False))
     ctx = Context(world, target, inv)
     out = Outcome(name, seed, stats=ctx.stats)
     try:

@@ -72,6 +72,10 @@ class TcpPeer:
 class TcpWorld:
     """The actor runtime over real TCP; see the module docstring."""
 
+    # The target's files are real: a READ overlapping a WRITE in flight may
+    # see part of each block (tools/sim/invariants.py, read-data).
+    torn_blocks = True
+
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
         self.events = 0
