@@ -79,10 +79,10 @@ from vdisk.nbd_proto import (NBD_CMD_BLOCK_STATUS, NBD_CMD_FLAG_FUA, NBD_CMD_FLA
                              NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_WRITE, NBD_CMD_WRITE_ZEROES,
                              NBD_FLAG_READ_ONLY, NBD_FLAG_SEND_FLUSH, NBD_FLAG_SEND_FUA,
                              NBD_FLAG_SEND_WRITE_ZEROES, NBD_STATE_HOLE)
-from vdisk.vdisk import (scst_vdisk_dev, vdisk_add_device_parameters, vdisk_attach_common,
+from vdisk.vdisk import (scst_vdisk_dev, vdisk_attach_common,
                          vdisk_cmd_done, vdisk_detach_common, vdisk_do_exec, vdisk_io_ops,
                          vdisk_make_devtype, vdisk_nbd_only_parameters, vdisk_need_sync,
-                         vdisk_set_sense_info)
+                         vdisk_set_sense_info, vdisk_store_parameters)
 
 NBD_DEFAULT_PORT = 10809
 NBD_MAX_BLOCK_STATUS_BYTES = 0xFFFFFFFF   # one request's length field
@@ -466,8 +466,4 @@ def nbd_detach(dev: scst_device) -> None:
 
 nbd_devtype = vdisk_make_devtype("vdisk_nbd", nbd_exec, nbd_attach, nbd_detach,
                                  exec_atomic=False, exec_nowait=nbd_exec_nowait)
-# no local file: none of the file options, no size (the export has one)
-nbd_devtype.add_device_parameters = tuple(
-    p for p in vdisk_add_device_parameters
-    if p not in ("filename", "size", "size_mb", "o_direct", "o_dsync")
-) + vdisk_nbd_only_parameters
+nbd_devtype.add_device_parameters = vdisk_store_parameters(vdisk_nbd_only_parameters)

@@ -84,10 +84,10 @@ from scst_core.const import (scst_sense_read_error, scst_sense_space_allocation_
 from scst_core.lib import scst_cmd_iov, scst_set_cmd_error
 from scst_core.scst import scst_cmd, scst_device
 from vdisk.nbd import nbd_refuse_shared_reservation, sense_lu_not_ready
-from vdisk.vdisk import (scst_vdisk_dev, vdisk_add_device_parameters, vdisk_attach_common,
+from vdisk.vdisk import (scst_vdisk_dev, vdisk_attach_common,
                          vdisk_cmd_done, vdisk_detach_common, vdisk_do_exec, vdisk_io_ops,
                          vdisk_make_devtype, vdisk_need_sync, vdisk_rbd_only_parameters,
-                         vdisk_set_sense_info)
+                         vdisk_set_sense_info, vdisk_store_parameters)
 
 RBD_DEFAULT_POOL = "rbd"
 RBD_DEFAULT_USER = "admin"
@@ -391,8 +391,4 @@ def rbd_detach(dev: scst_device) -> None:
 
 rbd_devtype = vdisk_make_devtype("vdisk_rbd", rbd_exec, rbd_attach, rbd_detach,
                                  exec_atomic=False, exec_nowait=rbd_exec_nowait)
-# no local file: none of the file options, no size (the image has one)
-rbd_devtype.add_device_parameters = tuple(
-    p for p in vdisk_add_device_parameters
-    if p not in ("filename", "size", "size_mb", "o_direct", "o_dsync")
-) + vdisk_rbd_only_parameters
+rbd_devtype.add_device_parameters = vdisk_store_parameters(vdisk_rbd_only_parameters)

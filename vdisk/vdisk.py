@@ -1136,6 +1136,14 @@ vdisk_rbd_only_parameters = ("pool", "image", "conf", "user", "op_timeout")
 vdisk_backend_only_parameters = {"vdisk_nbd": vdisk_nbd_only_parameters,
                                  "vdisk_rbd": vdisk_rbd_only_parameters}
 
+
+def vdisk_store_parameters(own: tuple[str, ...]) -> tuple[str, ...]:
+    """add_device parameters of a handler whose blocks live in a store
+    elsewhere (an NBD export, an RBD image): no local file, so none of the
+    file options and no size (the store has one), plus its own."""
+    return tuple(p for p in vdisk_add_device_parameters
+                 if p not in ("filename", "size", "size_mb", "o_direct", "o_dsync")) + own
+
 # handler name -> its scst_dev_type (filled by vdisk_init)
 vdisk_devtypes: dict[str, scst_dev_type] = {}
 # device name -> scst_vdisk_dev (protected by scst_mutex in the core's
