@@ -328,8 +328,7 @@ def iscsi_tx_flush(conn: iscsi_conn, may_sleep: bool) -> int:
                     items = conn.tx_items
                     conn.tx_items = []
                     conn.tx_iov.clear()
-                    for item in items:
-                        iscsi_tx_done(conn, item, 0)
+                    iscsi_tx_done(conn, items, 0)
                     if not conn.rd_write_list and conn.write_list.next is conn.write_list:
                         return 0          # all sent, nothing queued meanwhile
                     continue
