@@ -319,12 +319,12 @@ def iscsi_enabled_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
 
 def iscsi_zero_copy_show(kobj: kobject, _a: kobj_attribute) -> str:
     """The session's zero_copy attribute: per connection, READs whose
-    Data-In went from the page cache (kernel_sendfile) and from the
-    command's buffer (a copy), bytes kernel_sendfile sent, its short sends,
-    and bytes sent as zeros because the file ended (decision 0067)."""
+    Data-In went from the page cache (kernel_sendfile), bytes
+    kernel_sendfile sent, its short sends, and bytes sent as zeros because
+    the file ended (decision 0067)."""
     isess = kobj.private.tgt_priv
     conns = list(isess.conn_list) if isess is not None else []
-    return "".join(f"{c.cid} zero_copy_reads {c.tx_zc_reads} copy_reads {c.tx_copy_reads} "
+    return "".join(f"{c.cid} zero_copy_reads {c.tx_zc_reads} "
                    f"sendfile_bytes {c.tx_sendfile_bytes} sendfile_short {c.tx_sendfile_short} "
                    f"eof_zero_bytes {c.tx_sendfile_eof_bytes}\n" for c in conns)
 

@@ -909,7 +909,6 @@ def iscsi_tx_build(conn: iscsi_conn, item: Any, iov: list) -> None:
             conn.tx_zc_reads += 1
         else:
             base = sg_virt(sg[0]) if len(sg) == 1 else None
-            conn.tx_copy_reads += 1
         lun = item.lun
         itt = item.itt
         plain = not (conn.hdigest_tx or conn.ddigest_tx)

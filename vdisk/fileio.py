@@ -329,16 +329,18 @@ def fileio_exec_nowait(cmd: scst_cmd) -> bool:
     if length:
         f = virt_dev.file
         pos = cmd.lba << virt_dev.block_shift
-        zc_min = vdisk_mod.fileio_sendfile_min
-        cached = (filemap_range_cached(f, pos, length)
-                  if zc_min and zc_min <= length <= vdisk_mod.fileio_sendfile_max
-                  and cmd.sendfile_ok else -EOPNOTSUPP)
-        if cached == 1:
-            # Zero-copy: the driver sends these bytes from the page cache
-            # (decision 0067); nothing is read into sg.
-            cmd.data_file = file_extent(f, pos, length)
-        elif cached == 0 or vfs_readv_nowait(f, scst_cmd_iov(cmd), pos) != length:
-            return False                    # not all cached: the device's threads read it
+        cached = -EOPNOTSUPP
+        if length >= vdisk_mod.fileio_sendfile_min and length <= vdisk_mod.fileio_sendfile_max \
+                and cmd.sendfile_ok:
+            cached = filemap_range_cached(f, pos, length)
+            if cached == 0:
+                return False                # not all cached: the device's threads read it
+            if cached == 1:
+                # Zero-copy: the driver sends these bytes from the page
+                # cache (decision 0067); nothing is read into sg.
+                cmd.data_file = file_extent(f, pos, length)
+        if cached != 1 and vfs_readv_nowait(f, scst_cmd_iov(cmd), pos) != length:
+            return False
         cmd.resp_data_len = length          # a READ's data_len never exceeds its bufflen
     vdisk_cmd_done(cmd)
     return True
