@@ -46,10 +46,9 @@ from iscsi_scst.conn import (RX_DATA, RX_INIT_BHS, RX_TAIL, RXBUF_SIZE, iscsi_co
 from iscsi_scst.digest import digest_header, digest_matches
 from iscsi_scst.hdr import BHS_SIZE, ProtocolError
 from iscsi_scst.nagle import iscsi_nagle_idle, iscsi_nagle_rx_check
-from kshim import sched
+from kshim import host, sched
 from kshim.crc32c import crc32c_iov, crc32c_value
 from kshim.err import EAGAIN
-from kshim import host
 from kshim.filemap import file_extent
 from kshim.host import iov_head
 from kshim.kthread import kthread_should_stop

@@ -11,8 +11,8 @@ cache without sleeping, starts plain WRITEs asynchronously (completed from
 softirq context, as a bio's end_io completes SCST's blockio commands), or
 declines. A cached READ of fileio_sendfile_min..fileio_sendfile_max
 bytes (module parameters), when the target driver can send from a file,
-is not read at all: cmd.data_file names the range, and the driver sends it from the page
-cache with kshim.net.kernel_sendfile (decision 0067).
+is not read at all: cmd.data_file names the range, and the driver sends
+it from the page cache with kshim.net.kernel_sendfile (decision 0067).
 
 Differs from SCST: I/O goes through kshim.fs's vfs_readv/vfs_writev into
 the command's own buffers (no iovec page mapping); fsync_range flushes the
