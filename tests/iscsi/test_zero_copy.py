@@ -99,24 +99,28 @@ def test_a_data_digest_session_reads_through_the_copy_path_and_a_plain_one_does_
         uscstd, tmp_path):
     """DataDigest=CRC32C needs the bytes to digest them: its READs go from
     the command's buffer; a session without it, same READs, same data,
-    goes from the page cache."""
+    goes from the page cache, and so does one with HeaderDigest only (the
+    initiator checks every header's CRC32C, the data following it comes
+    by kernel_sendfile)."""
     srv, ctl, data = _start(uscstd, tmp_path)
     lbas = range(0, 4096, 97)
-    digest = _login(srv, "iqn.2026-12.org.uscst:zc-digest", header_digest=True, data_digest=True)
-    plain = _login(srv, "iqn.2026-12.org.uscst:zc-plain")
+    names = ("iqn.2026-12.org.uscst:zc-digest", "iqn.2026-12.org.uscst:zc-plain",
+             "iqn.2026-12.org.uscst:zc-hdigest")
+    inis = [_login(srv, names[0], header_digest=True, data_digest=True),
+            _login(srv, names[1]), _login(srv, names[2], header_digest=True)]
     try:
-        assert digest.data_digest
+        assert inis[0].data_digest and inis[2].header_digest and not inis[2].data_digest
         want = b"".join(data[lba * BS:(lba + 64) * BS] for lba in lbas)
-        assert _read_all(digest, 64, lbas) == want
-        assert _read_all(plain, 64, lbas) == want
-        d = zero_copy_counts(ctl, srv, "iqn.2026-12.org.uscst:zc-digest")
-        p = zero_copy_counts(ctl, srv, "iqn.2026-12.org.uscst:zc-plain")
+        for ini in inis:
+            assert _read_all(ini, 64, lbas) == want
+        d, p, h = (zero_copy_counts(ctl, srv, name) for name in names)
     finally:
-        digest.logout()
-        plain.logout()
+        for ini in inis:
+            ini.logout()
     n = len(lbas)
     assert (d["zero_copy_reads"], d["sendfile_bytes"]) == (0, 0)
     assert (p["zero_copy_reads"], p["sendfile_bytes"]) == (n, n * 64 * BS)
+    assert (h["zero_copy_reads"], h["sendfile_bytes"]) == (n, n * 64 * BS)
 
 
 def test_injected_short_sends_from_the_page_cache_resume_where_they_stopped_seed_16021(
