@@ -308,7 +308,13 @@ def iscsi_tx_flush(conn: iscsi_conn, may_sleep: bool) -> int:
     try:
         while not conn.closing:
             if not conn.tx_iov:
-                entries = iscsi_tx_take(conn)
+                # iscsi_tx_take's lock-free case inline: the rd thread's own
+                # batch with write_list empty, once per pass of a busy session.
+                entries = conn.rd_write_list
+                if entries and conn.write_list.next is conn.write_list:
+                    conn.rd_write_list = []
+                else:
+                    entries = iscsi_tx_take(conn)
                 if not entries:
                     return 0
                 iov = conn.tx_iov

@@ -395,7 +395,11 @@ def wait_event_timeout(wq: wait_queue_head, condition: Callable[[], bool], timeo
 
 def wait_event_interruptible(wq: wait_queue_head, condition: Callable[[], bool]) -> int:
     """0, or -ERESTARTSYS if a signal arrived."""
-    ret = _wait_event_common(wq, condition, TASK_INTERRUPTIBLE, MAX_SCHEDULE_TIMEOUT)
+    # The condition tested here, as the kernel's macro does, not in
+    # _wait_event_common: one call less per sleep of every kthread's loop.
+    if condition():
+        return 0
+    ret = ___wait_event(wq, condition, TASK_INTERRUPTIBLE, MAX_SCHEDULE_TIMEOUT)
     return ret if ret < 0 else 0
 
 
