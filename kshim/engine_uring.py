@@ -7,8 +7,11 @@ be set up, and keeps its worker pool for everything else and as the
 fallback when io_uring is refused.
 
 - Submission: submit() writes one SQE per job (IORING_OP_READ/WRITE for one
-  buffer, READV/WRITEV for several, FSYNC); flush() makes one io_uring_enter
-  for every SQE queued since the last one. The engine calls flush() once per
+  buffer, READV/WRITEV for several, FSYNC); a write-sync job (OP_WRITE_SYNC,
+  decision 0064) is its WRITE linked (IOSQE_IO_LINK) to an FSYNC of the
+  written range with IORING_FSYNC_DATASYNC, the write's CQE skipped unless
+  it fails or comes up short. flush() makes one io_uring_enter for every
+  SQE queued since the last one. The engine calls flush() once per
   pass, after the run queue drained: the submissions of a pass are batched.
 - Completion: the ring signals an eventfd the engine's trio task waits on;
   reap() takes at most URING_REAP_MAX completions per pass. The ring is
@@ -55,6 +58,8 @@ URING_REAP_MAX = 64          # completions per engine pass
 OP_READ = 0
 OP_WRITE = 1
 OP_FSYNC = 2
+OP_WRITE_SYNC = 3            # a write linked to an fdatasync of its range
+_WRITE_PART = 1 << 62        # user_data of an OP_WRITE_SYNC's write half
 
 # How the kernel tells the CPU thread of a completion an io-wq worker
 # finished (buffered writes and fsyncs run there). Without
@@ -76,9 +81,11 @@ void io_uring_queue_exit(struct io_uring *ring);
 int io_uring_submit(struct io_uring *ring);
 int io_uring_register_eventfd(struct io_uring *ring, int fd);
 int uscst_prep(struct io_uring *ring, int op, int fd, void *buf, unsigned len,
-               unsigned long long off, int rw_flags, unsigned long long data);
+               unsigned long long off, int rw_flags, unsigned long long data,
+               unsigned long long sync_off);
 int uscst_prepv(struct io_uring *ring, int op, int fd, void *iov, unsigned nr,
-                unsigned long long off, int rw_flags, unsigned long long data);
+                unsigned long long off, int rw_flags, unsigned long long data,
+                unsigned long long sync_off);
 unsigned uscst_reap(struct io_uring *ring, unsigned long long *data, int *res, unsigned max);
 unsigned uscst_sq_ready(struct io_uring *ring);
 """
@@ -89,28 +96,62 @@ _CSRC = r"""
 #include <errno.h>
 #include <liburing.h>
 
-int uscst_prep(struct io_uring *ring, int op, int fd, void *buf, unsigned len,
-               unsigned long long off, int rw_flags, unsigned long long data)
+#define USCST_WRITE_PART (1ULL << 62)
+
+/* op 3: the write's SQE (already prepared) is linked to an fdatasync of
+   the bytes from sync_off to the write's end (the op's whole range when
+   the write repeats the rest of a short one); the write posts a CQE only
+   if it fails or is short (its user_data then has USCST_WRITE_PART), the
+   fdatasync always posts one. */
+static void uscst_link_sync(struct io_uring *ring, struct io_uring_sqe *sqe, int fd,
+                            unsigned long long end, unsigned long long sync_off,
+                            unsigned long long data)
 {
-    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    struct io_uring_sqe *sync = io_uring_get_sqe(ring);
+
+    sqe->flags |= IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS;
+    sqe->user_data = data | USCST_WRITE_PART;
+    io_uring_prep_fsync(sync, fd, IORING_FSYNC_DATASYNC);
+    sync->off = sync_off;
+    sync->len = (unsigned)(end - sync_off);
+    sync->user_data = data;
+}
+
+int uscst_prep(struct io_uring *ring, int op, int fd, void *buf, unsigned len,
+               unsigned long long off, int rw_flags, unsigned long long data,
+               unsigned long long sync_off)
+{
+    struct io_uring_sqe *sqe;
+
+    if (op == 3 && io_uring_sq_space_left(ring) < 2)
+        return -EBUSY;
+    sqe = io_uring_get_sqe(ring);
     if (!sqe)
         return -EBUSY;
     if (op == 0)
         io_uring_prep_read(sqe, fd, buf, len, off);
-    else if (op == 1)
-        io_uring_prep_write(sqe, fd, buf, len, off);
-    else
+    else if (op == 2)
         io_uring_prep_fsync(sqe, fd, rw_flags);
+    else
+        io_uring_prep_write(sqe, fd, buf, len, off);
     if (op != 2)
         sqe->rw_flags = rw_flags;
     sqe->user_data = data;
+    if (op == 3)
+        uscst_link_sync(ring, sqe, fd, off + len, sync_off, data);
     return 0;
 }
 
 int uscst_prepv(struct io_uring *ring, int op, int fd, void *iov, unsigned nr,
-                unsigned long long off, int rw_flags, unsigned long long data)
+                unsigned long long off, int rw_flags, unsigned long long data,
+                unsigned long long sync_off)
 {
-    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    struct io_uring_sqe *sqe;
+    unsigned i, len = 0;
+
+    if (op == 3 && io_uring_sq_space_left(ring) < 2)
+        return -EBUSY;
+    sqe = io_uring_get_sqe(ring);
     if (!sqe)
         return -EBUSY;
     if (op == 0)
@@ -119,6 +160,11 @@ int uscst_prepv(struct io_uring *ring, int op, int fd, void *iov, unsigned nr,
         io_uring_prep_writev(sqe, fd, (const struct iovec *)iov, nr, off);
     sqe->rw_flags = rw_flags;
     sqe->user_data = data;
+    if (op == 3) {
+        for (i = 0; i < nr; i++)
+            len += ((const struct iovec *)iov)[i].iov_len;
+        uscst_link_sync(ring, sqe, fd, off + len, sync_off, data);
+    }
     return 0;
 }
 
@@ -205,10 +251,14 @@ def _quiet(fn: Any) -> Any:
             os.close(fd)
 
 
+def _rest(iov: list) -> int:
+    return len(iov[0]) if len(iov) == 1 else iov_len(iov)
+
+
 class _op:
     """One job in flight on the ring (or waiting in its file's backlog)."""
 
-    __slots__ = ("job", "op", "fd", "iov", "pos", "flags", "done", "keep")
+    __slots__ = ("job", "op", "fd", "iov", "pos", "flags", "done", "keep", "wres")
 
     def __init__(self, job: Any, op: int, fd: int, iov: list, pos: int, flags: int) -> None:
         self.job = job
@@ -219,6 +269,7 @@ class _op:
         self.flags = flags        # rw_flags, or the fsync flags
         self.done = 0             # bytes transferred so far
         self.keep: list = []      # cffi views pinning the buffers until completion
+        self.wres: int | None = None  # OP_WRITE_SYNC: the failed or short write's result
 
 
 class uring:
@@ -299,12 +350,12 @@ class uring:
         key = self.next_id
         self.next_id = key + 1
         if o.op == OP_FSYNC:
-            ret = self.lib.uscst_prep(self.ring, OP_FSYNC, o.fd, ffi.NULL, 0, 0, o.flags, key)
+            ret = self.lib.uscst_prep(self.ring, OP_FSYNC, o.fd, ffi.NULL, 0, 0, o.flags, key, 0)
         elif len(o.iov) == 1:
             b = ffi.from_buffer(o.iov[0], require_writable=o.op == OP_READ)
             o.keep.append(b)
             ret = self.lib.uscst_prep(self.ring, o.op, o.fd, b, len(b), o.pos + o.done,
-                                      o.flags, key)
+                                      o.flags, key, o.pos)
         else:
             vec = ffi.new("struct iovec[]", len(o.iov))
             o.keep.append(vec)
@@ -314,7 +365,7 @@ class uring:
                 vec[i].iov_base = b
                 vec[i].iov_len = len(b)
             ret = self.lib.uscst_prepv(self.ring, o.op, o.fd, vec, len(o.iov), o.pos + o.done,
-                                       o.flags, key)
+                                       o.flags, key, o.pos)
         if ret == -_errno.EBUSY:        # SQ full: submit what is there, then retry once
             self.flush()
             self._unpin(o)
@@ -363,23 +414,44 @@ class uring:
         ops = self.ops
         per_file = self.per_file
         for i in range(n):
-            # The op's cffi views go with it (refcounting releases them).
-            o = ops.pop(data[i])
+            key = data[i]
             r = res[i]
+            if key & _WRITE_PART:
+                # The write of a write+sync pair failed or came up short:
+                # the kernel cancels its fdatasync without a CQE (the
+                # failed head skipped success), so this ends the op.
+                key ^= _WRITE_PART
+                o = ops[key]
+                if r == _rest(o.iov):
+                    continue            # posted anyway: the sync's CQE ends it
+                o.wres = r
+            else:
+                o = ops.get(key)
+                if o is None:
+                    continue            # a cancelled sync's CQE, its op ended
+            # The op's cffi views go with it (refcounting releases them).
+            del ops[key]
             fd = o.fd
             left = per_file[fd] - 1
             per_file[fd] = left
             if not left or self.backlog:
                 self._put_file(fd, left)
-            if o.op != OP_FSYNC and r > 0:
+            if o.op == OP_WRITE_SYNC:
+                if o.wres is None:      # the write and its sync both done
+                    r = r if r < 0 else o.done + _rest(o.iov)
+                else:
+                    r = o.wres
+                    o.wres = None
+                    if r > 0:           # short: repeat the rest, with its sync
+                        o.done += r
+                        self._resubmit(o, r)
+                        continue
+                    r = r or -_errno.EIO
+            elif o.op != OP_FSYNC and r > 0:
                 o.done += r
-                iov = o.iov
-                if r < (len(iov[0]) if len(iov) == 1 else iov_len(iov)):
+                if r < _rest(o.iov):
                     # Short: repeat for the rest (a read that got 0 is at EOF).
-                    self._unpin(o)
-                    o.iov = iov_advance(iov, r)
-                    st["resubmits"] += 1
-                    self._issue(o)
+                    self._resubmit(o, r)
                     continue
                 r = o.done
             elif o.op != OP_FSYNC and r == 0:
@@ -390,6 +462,13 @@ class uring:
             o.job.args = ()
             out.append(o.job)
         return out
+
+    def _resubmit(self, o: _op, r: int) -> None:
+        """o transferred r bytes short of its buffers: issue the rest."""
+        self._unpin(o)
+        o.iov = iov_advance(o.iov, r)
+        self.stats["resubmits"] += 1
+        self._issue(o)
 
     def _put_file(self, fd: int, left: int) -> None:
         """fd has `left` operations in flight after a completion: refill
