@@ -255,23 +255,6 @@ def _rest(iov: list) -> int:
     return len(iov[0]) if len(iov) == 1 else iov_len(iov)
 
 
-class _op:
-    """One job in flight on the ring (or waiting in its file's backlog)."""
-
-    __slots__ = ("job", "op", "fd", "iov", "pos", "flags", "done", "keep", "wres")
-
-    def __init__(self, job: Any, op: int, fd: int, iov: list, pos: int, flags: int) -> None:
-        self.job = job
-        self.op = op
-        self.fd = fd
-        self.iov = iov            # buffers still to transfer
-        self.pos = pos
-        self.flags = flags        # rw_flags, or the fsync flags
-        self.done = 0             # bytes transferred so far
-        self.keep: list = []      # cffi views pinning the buffers until completion
-        self.wres: int | None = None  # OP_WRITE_SYNC: the failed or short write's result
-
-
 class uring:
     """The process's ring: open() it, submit() jobs, flush() once per pass,
     reap() after the eventfd fires."""
@@ -283,7 +266,11 @@ class uring:
         self.efd = efd
         self.setup = setup                     # which of _SETUPS the kernel took
         self.queued = 0                        # SQEs written since the last flush
-        self.ops: dict[int, _op] = {}          # user_data -> op in flight
+        # user_data -> op in flight: (job, op, fd, iov, pos, flags, done,
+        # pin); iov is what is left to transfer after `done` bytes, pin the
+        # cffi view(s) keeping the buffers' memory for the kernel. A tuple,
+        # not an object: the job is the one object an I/O allocates.
+        self.ops: dict[int, tuple] = {}
         self.next_id = 1
         self.per_file: dict[int, int] = {}     # fd -> ops in flight
         self.backlog: dict[int, deque] = {}    # fd -> ops over URING_FILE_MAX
@@ -328,55 +315,55 @@ class uring:
     def close(self) -> None:
         self.lib.io_uring_queue_exit(self.ring)
         os.close(self.efd)
-        for o in self.ops.values():
-            self._unpin(o)
+        for ent in self.ops.values():
+            self._unpin(ent[7])
         self.ops.clear()
 
     # -- submission -----------------------------------------------------
 
-    def submit(self, job: Any, op: int, fd: int, iov: list, pos: int, flags: int = 0) -> None:
+    def submit(self, job: Any, op: int, fd: int, iov: list, pos: int, flags: int = 0,
+               done: int = 0) -> None:
         """Queue job for the next flush(): a read or write of the buffers in
-        iov at pos, or an fsync (flags 1: data only)."""
-        o = _op(job, op, fd, iov, pos, flags)
-        n = self.per_file.get(fd, 0)
+        iov at pos (OP_WRITE_SYNC: then an fdatasync of that range), or an
+        fsync (flags 1: data only). done: bytes of the job a short transfer
+        already did (iov is the rest)."""
+        per_file = self.per_file
+        n = per_file.get(fd, 0)
         if n >= URING_FILE_MAX:
             self.stats["backlogged"] += 1
-            self.backlog.setdefault(fd, deque()).append(o)
+            self.backlog.setdefault(fd, deque()).append((job, op, fd, iov, pos, flags, done))
             return
-        self._issue(o)
-
-    def _issue(self, o: _op) -> None:
         ffi = self.ffi
         key = self.next_id
         self.next_id = key + 1
-        if o.op == OP_FSYNC:
-            ret = self.lib.uscst_prep(self.ring, OP_FSYNC, o.fd, ffi.NULL, 0, 0, o.flags, key, 0)
-        elif len(o.iov) == 1:
-            b = ffi.from_buffer(o.iov[0], require_writable=o.op == OP_READ)
-            o.keep.append(b)
-            ret = self.lib.uscst_prep(self.ring, o.op, o.fd, b, len(b), o.pos + o.done,
-                                      o.flags, key, o.pos)
+        pin: Any = None
+        if op == OP_FSYNC:
+            ret = self.lib.uscst_prep(self.ring, OP_FSYNC, fd, ffi.NULL, 0, 0, flags, key, 0)
+        elif len(iov) == 1:
+            pin = ffi.from_buffer(iov[0], require_writable=op == OP_READ)
+            ret = self.lib.uscst_prep(self.ring, op, fd, pin, len(pin), pos + done, flags, key,
+                                      pos)
         else:
-            vec = ffi.new("struct iovec[]", len(o.iov))
-            o.keep.append(vec)
-            for i, buf in enumerate(o.iov):
-                b = ffi.from_buffer(buf, require_writable=o.op == OP_READ)
-                o.keep.append(b)
+            vec = ffi.new("struct iovec[]", len(iov))
+            pin = [vec]
+            for i, buf in enumerate(iov):
+                b = ffi.from_buffer(buf, require_writable=op == OP_READ)
+                pin.append(b)
                 vec[i].iov_base = b
                 vec[i].iov_len = len(b)
-            ret = self.lib.uscst_prepv(self.ring, o.op, o.fd, vec, len(o.iov), o.pos + o.done,
-                                       o.flags, key, o.pos)
+            ret = self.lib.uscst_prepv(self.ring, op, fd, vec, len(iov), pos + done, flags, key,
+                                       pos)
         if ret == -_errno.EBUSY:        # SQ full: submit what is there, then retry once
             self.flush()
-            self._unpin(o)
-            self._issue(o)
+            self._unpin(pin)
+            self.submit(job, op, fd, iov, pos, flags, done)
             return
-        self.ops[key] = o
+        ops = self.ops
+        ops[key] = (job, op, fd, iov, pos, flags, done, pin)
         self.queued += 1
-        n = self.per_file.get(o.fd, 0) + 1
-        self.per_file[o.fd] = n
-        if len(self.ops) > self.stats["high_water"]:
-            self.stats["high_water"] = len(self.ops)
+        per_file[fd] = n + 1
+        if len(ops) > self.stats["high_water"]:
+            self.stats["high_water"] = len(ops)
 
     def flush(self) -> None:
         """One io_uring_enter for every SQE queued since the last flush."""
@@ -416,59 +403,55 @@ class uring:
         for i in range(n):
             key = data[i]
             r = res[i]
+            wres = None
             if key & _WRITE_PART:
                 # The write of a write+sync pair failed or came up short:
                 # the kernel cancels its fdatasync without a CQE (the
                 # failed head skipped success), so this ends the op.
                 key ^= _WRITE_PART
-                o = ops[key]
-                if r == _rest(o.iov):
+                ent = ops.get(key)
+                if ent is None or r == _rest(ent[3]):
                     continue            # posted anyway: the sync's CQE ends it
-                o.wres = r
-            else:
-                o = ops.get(key)
-                if o is None:
-                    continue            # a cancelled sync's CQE, its op ended
+                wres = r
             # The op's cffi views go with it (refcounting releases them).
-            del ops[key]
-            fd = o.fd
+            ent = ops.pop(key, None)
+            if ent is None:
+                continue                # a cancelled sync's CQE, its op ended
+            job, op, fd, iov, pos, flags, done, _pin = ent
             left = per_file[fd] - 1
             per_file[fd] = left
             if not left or self.backlog:
                 self._put_file(fd, left)
-            if o.op == OP_WRITE_SYNC:
-                if o.wres is None:      # the write and its sync both done
-                    r = r if r < 0 else o.done + _rest(o.iov)
-                else:
-                    r = o.wres
-                    o.wres = None
-                    if r > 0:           # short: repeat the rest, with its sync
-                        o.done += r
-                        self._resubmit(o, r)
-                        continue
-                    r = r or -_errno.EIO
-            elif o.op != OP_FSYNC and r > 0:
-                o.done += r
-                if r < _rest(o.iov):
-                    # Short: repeat for the rest (a read that got 0 is at EOF).
-                    self._resubmit(o, r)
+            if op == OP_WRITE_SYNC:
+                if wres is None:        # the write and its sync both done
+                    if r == 0:
+                        r = done + (len(iov[0]) if len(iov) == 1 else iov_len(iov))
+                elif wres > 0:          # short: repeat the rest, with its sync
+                    self._resubmit(ent, wres)
                     continue
-                r = o.done
-            elif o.op != OP_FSYNC and r == 0:
-                r = o.done if (o.done or o.op == OP_READ) else -_errno.EIO
-            elif r < 0 and o.done:
-                r = o.done
-            o.job.result = r
-            o.job.args = ()
-            out.append(o.job)
+                else:
+                    r = wres or -_errno.EIO
+            elif op != OP_FSYNC and r > 0:
+                if r < (len(iov[0]) if len(iov) == 1 else iov_len(iov)):
+                    # Short: repeat for the rest (a read that got 0 is at EOF).
+                    self._resubmit(ent, r)
+                    continue
+                r += done
+            elif op != OP_FSYNC and r == 0:
+                r = done if (done or op == OP_READ) else -_errno.EIO
+            elif r < 0 and done:
+                r = done
+            job.result = r
+            job.args = ()
+            out.append(job)
         return out
 
-    def _resubmit(self, o: _op, r: int) -> None:
-        """o transferred r bytes short of its buffers: issue the rest."""
-        self._unpin(o)
-        o.iov = iov_advance(o.iov, r)
+    def _resubmit(self, ent: tuple, r: int) -> None:
+        """The op `ent` transferred r bytes short of its buffers: issue the rest."""
+        job, op, fd, iov, pos, flags, done, pin = ent
+        self._unpin(pin)
         self.stats["resubmits"] += 1
-        self._issue(o)
+        self.submit(job, op, fd, iov_advance(iov, r), pos, flags, done + r)
 
     def _put_file(self, fd: int, left: int) -> None:
         """fd has `left` operations in flight after a completion: refill
@@ -476,15 +459,17 @@ class uring:
         q = self.backlog.get(fd)
         if q and left < URING_FILE_REFILL:
             while q and self.per_file[fd] < URING_FILE_MAX:   # bounded: URING_FILE_MAX
-                self._issue(q.popleft())
+                self.submit(*q.popleft())
         elif left == 0 and not q:
             del self.per_file[fd]
             self.backlog.pop(fd, None)
 
-    def _unpin(self, o: _op) -> None:
-        for b in o.keep:
+    def _unpin(self, pin: Any) -> None:
+        """Release an op's cffi views before its buffers are used again."""
+        if pin is None:
+            return
+        for b in pin if isinstance(pin, list) else (pin,):
             self.ffi.release(b)
-        o.keep = []
 
     def show_stats(self) -> str:
         st = self.stats

@@ -181,11 +181,14 @@ def _pool_call(fn: Callable[..., int], *args: Any) -> int:
     return job.result
 
 
-class kiocb:
+class kiocb(io_job):
     """One asynchronous read or write (include/linux/fs.h): ki_complete(iocb,
-    res) runs in softirq context with bytes done or -errno."""
+    res) runs in softirq context with bytes done or -errno. The kiocb is
+    also the engine's io_job (its fn, args and complete are set when it is
+    submitted): one object per I/O, as the kernel's kiocb is embedded in
+    the request that carries it; private is the submitter's."""
 
-    __slots__ = ("ki_filp", "ki_pos", "ki_flags", "ki_complete", "private", "ki_res")
+    __slots__ = ("ki_filp", "ki_pos", "ki_flags", "ki_complete", "ki_res")
 
     def __init__(self, f: file, pos: int, complete: Callable[["kiocb", int], None],
                  private: Any = None, flags: int = 0) -> None:
@@ -194,29 +197,32 @@ class kiocb:
         self.ki_flags = flags
         self.ki_complete = complete
         self.private = private
+        self.result = 0
         self.ki_res = 0                 # -errno a fault gave a DSYNC write's fdatasync
 
 
 def _iocb_submit(fn: Callable[..., int], f: file, iov: list, iocb: kiocb,
-                 done: Callable[[io_job], None]) -> None:
+                 done: Callable[[Any], None]) -> None:
+    """Hand iocb to the engine as its io_job: done(iocb) runs in softirq."""
     if trace_block_rq_issue.enabled:
         trace_block_rq_issue(fn.__name__, f.fd, iocb.ki_pos, host.iov_len(iov))
-    ops.io_submit(io_job(fn, (f.fd, iov, iocb.ki_pos), done, iocb))
+    iocb.fn = fn
+    iocb.args = (f.fd, iov, iocb.ki_pos)
+    iocb.complete = done
+    ops.io_submit(iocb)
 
 
-def _iocb_read_done(job: io_job) -> None:
-    iocb: kiocb = job.private
+def _iocb_read_done(iocb: kiocb) -> None:
     if trace_block_rq_complete.enabled:
         trace_block_rq_complete(ops.file_preadv.__name__, iocb.ki_filp.fd, iocb.ki_pos,
-                                job.result)
-    iocb.ki_complete(iocb, job.result)
+                                iocb.result)
+    iocb.ki_complete(iocb, iocb.result)
 
 
-def _iocb_write_done(job: io_job) -> None:
-    iocb: kiocb = job.private
-    n = job.result
+def _iocb_write_done(iocb: kiocb) -> None:
+    n = iocb.result
     if trace_block_rq_complete.enabled:
-        trace_block_rq_complete(job.fn.__name__, iocb.ki_filp.fd, iocb.ki_pos, n)
+        trace_block_rq_complete(iocb.fn.__name__, iocb.ki_filp.fd, iocb.ki_pos, n)
     f = iocb.ki_filp
     if n > 0 and iocb.ki_pos + n > f.f_inode.i_size:
         f.f_inode.i_size = iocb.ki_pos + n
@@ -268,7 +274,7 @@ def _iocb_write_synced(f: file, iocb: kiocb, iov: list) -> None:
     _iocb_start(fail_file_write, ops.file_pwritev_sync, _iocb_write_done, f, iocb, iov)
 
 
-def _iocb_start(attr: fault_attr, op: Callable[..., int], done: Callable[[io_job], None],
+def _iocb_start(attr: fault_attr, op: Callable[..., int], done: Callable[[Any], None],
                 f: file, iocb: kiocb, iov: list) -> int:
     """Submit one asynchronous read or write, or let its armed fault point
     take it over (file_aio_fault): -EIOCBQUEUED either way."""
@@ -278,8 +284,11 @@ def _iocb_start(attr: fault_attr, op: Callable[..., int], done: Callable[[io_job
         return -EIOCBQUEUED
     if trace_block_rq_issue.enabled:
         _iocb_submit(op, f, iov, iocb, done)
-    else:
-        ops.io_submit(io_job(op, (f.fd, iov, iocb.ki_pos), done, iocb))
+        return -EIOCBQUEUED
+    iocb.fn = op
+    iocb.args = (f.fd, iov, iocb.ki_pos)
+    iocb.complete = done
+    ops.io_submit(iocb)
     return -EIOCBQUEUED
 
 

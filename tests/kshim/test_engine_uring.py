@@ -107,3 +107,24 @@ def test_short_write_sync_repeats_the_rest_then_ends_with_its_error(ring, tmp_pa
     assert ring.stats["resubmits"] == 1
     assert j.result == -errno.EFBIG
     assert path.read_bytes() == b"\x42" * (BS + BS // 2)
+
+
+def test_ops_over_the_per_file_limit_wait_in_its_backlog_and_all_complete(ring, tmp_path: Path):
+    path = tmp_path / "many"
+    extra = 40
+    count = engine_uring.URING_FILE_MAX + extra
+    path.write_bytes(b"".join(bytes([i % 251]) * 512 for i in range(count)))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        jobs = [_job() for _ in range(count)]
+        bufs = [bytearray(512) for _ in range(count)]
+        for i, (j, b) in enumerate(zip(jobs, bufs, strict=True)):
+            ring.submit(j, OP_READ, fd, [b], i * 512)
+        assert ring.stats["backlogged"] == extra
+        done = _run(ring, count)
+    finally:
+        os.close(fd)
+    assert len(done) == count and all(j.result == 512 for j in jobs)
+    assert all(b == bytes([i % 251]) * 512 for i, b in enumerate(bufs))
+    assert ring.stats["high_water"] == engine_uring.URING_FILE_MAX
+    assert not ring.per_file and not ring.backlog       # the file is forgotten
