@@ -86,7 +86,7 @@ from kshim.fault_inject import DECLARE_FAULT_ATTR, should_fail
 from kshim.gfp import GFP_KERNEL, __GFP_NOFAIL
 from kshim.jiffies import HZ, jiffies, time_before
 from kshim.timer import del_timer, mod_timer, timer_list
-from kshim import tracepoint
+from kshim import sched, tracepoint
 from kshim.tracepoint import TRACE_EVENT
 from kshim.wait import wait_event_timeout, wake_up
 from scst_core.const import (SAM_STAT_BUSY, SAM_STAT_GOOD, SCST_ABORT_TASK, SCST_ABORT_TASK_SET,
@@ -752,7 +752,12 @@ def iscsi_xmit_response(scmd: scst_cmd) -> int:
         cmnd.rsp_deferred = True
         return SCST_TGT_RES_SUCCESS
     cmnd.data_done = True
-    iscsi_queue_tx(conn, cmnd.write_list_entry)
+    if sched.cpu.curr is conn.rd_task:
+        # iscsi_queue_tx's rd thread case, without the call: a READ from the
+        # page cache is answered here, on the rd thread, once per command.
+        conn.rd_write_list.append(cmnd.write_list_entry)
+    else:
+        iscsi_queue_tx(conn, cmnd.write_list_entry)
     return SCST_TGT_RES_SUCCESS
 
 
@@ -972,14 +977,16 @@ def _gather(sg: list, off: int, n: int) -> bytes:
     return bytes(out)
 
 
-def iscsi_tx_done(conn: iscsi_conn, item: Any, ret: int) -> None:
-    """item's PDUs went out (ret 0) or could not (ret < 0)."""
-    if item.tx_kind == TX_SCSI:
-        scst_tgt_cmd_done(item.scst_cmd, SCST_CONTEXT_SAME)
-        return
-    if ret == 0 and item.on_sent is not None:
-        item.on_sent(conn)
-    _tx_pdu_free(item)
+def iscsi_tx_done(conn: iscsi_conn, items: list, ret: int) -> None:
+    """The PDUs of every item of one sendmsg went out (ret 0) or could not
+    (ret < 0): one call per batch, not per response."""
+    for item in items:
+        if item.tx_kind == TX_SCSI:
+            scst_tgt_cmd_done(item.scst_cmd, SCST_CONTEXT_SAME)
+            continue
+        if ret == 0 and item.on_sent is not None:
+            item.on_sent(conn)
+        _tx_pdu_free(item)
 
 
 def _tx_pdu_free(pdu: iscsi_tx_pdu) -> None:

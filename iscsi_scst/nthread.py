@@ -320,7 +320,7 @@ def iscsi_tx_flush(conn: iscsi_conn, may_sleep: bool) -> int:
                     spin_unlock_bh(conn.write_list_lock)
                 conn.tx_len = sum(map(len, iov))
             conn.wr_space = False
-            n = kernel_sendmsg(conn.sock, conn.tx_iov, MSG_DONTWAIT)
+            n = kernel_sendmsg(conn.sock, conn.tx_iov, MSG_DONTWAIT, conn.tx_len)
             if n < 0 and n != -EAGAIN:
                 return n
             if n > 0:
@@ -328,8 +328,7 @@ def iscsi_tx_flush(conn: iscsi_conn, may_sleep: bool) -> int:
                     items = conn.tx_items
                     conn.tx_items = []
                     conn.tx_iov.clear()
-                    for item in items:
-                        iscsi_tx_done(conn, item, 0)
+                    iscsi_tx_done(conn, items, 0)
                     if not conn.rd_write_list and conn.write_list.next is conn.write_list:
                         return 0          # all sent, nothing queued meanwhile
                     continue

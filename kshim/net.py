@@ -229,10 +229,12 @@ def kernel_connect(sock_: socket, addr: "tuple | str", flags: int = 0) -> int:
     return ret
 
 
-def kernel_sendmsg(sock_: socket, vec: list, flags: int = 0) -> int:
+def kernel_sendmsg(sock_: socket, vec: list, flags: int = 0, size: int = -1) -> int:
     """Send the kvecs. With MSG_DONTWAIT return bytes sent (possibly short;
     sk_write_space follows when there is room again) or -EAGAIN; otherwise
-    sleep until all is sent. -EPIPE/-ECONNRESET when the peer is gone."""
+    sleep until all is sent. -EPIPE/-ECONNRESET when the peer is gone.
+    size is the kvecs' total length, as the kernel's argument of that name,
+    when the caller keeps it (a batch's sender does); -1 counts it here."""
     if fail_sock_send.armed and (r := sock_fault(fail_sock_send, sock_, vec, flags,
                                                  kernel_sendmsg, flags)) is not None:
         return r
@@ -243,7 +245,7 @@ def kernel_sendmsg(sock_: socket, vec: list, flags: int = 0) -> int:
         return -ENOTCONN
     n = ops.sock_sendmsg(sk.host, vec, flags)
     if n >= 0:
-        if n < host.iov_len(vec):
+        if n < (size if size >= 0 else host.iov_len(vec)):
             ops.sock_arm_tx(sk)
             if not (flags & MSG_DONTWAIT or sock_.f_flags & O_NONBLOCK):
                 return _send_rest(sock_, vec, flags, n)

@@ -404,4 +404,12 @@ def scst_get_cdb_info(cmd: scst_cmd) -> int:
         # Linked commands are obsolete in SAM-4/SPC-4 and not supported.
         scst_set_invalid_field_in_cdb(cmd, cdb_len - 1, 0)
         return -1
-    return sdbops.get_cdb_info(cmd, sdbops)
+    decode = sdbops.get_cdb_info
+    if decode is get_cdb_info_lba_len:
+        # READ and WRITE: get_cdb_info_lba_len inline (one call less per command)
+        lba, n = _lba_len_unpack[sdbops.ops](cdb)
+        cmd.lba = lba
+        dev = cmd.dev
+        cmd.data_len = cmd.bufflen = n << (dev.block_shift if dev is not None else 9)
+        return 0
+    return decode(cmd, sdbops)

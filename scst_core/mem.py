@@ -8,11 +8,17 @@ GFP_ATOMIC from any; scst_release_space from any.
 Differs from SCST: one buffer of up to 4 MiB is a single high-order page
 allocation (one sg entry), since each sg entry costs Python work per I/O;
 kshim.page_alloc keeps freed pages per order, so the hot path reuses them
-as the sgv pool's per-size caches do.
+as the sgv pool's per-size caches do. Only the one-page size class has a
+cache of its own here (_sgv_one, bounded, no shrinker): a 4K command's
+buffer goes to the next 4K command without the page allocator's two
+calls. It is bypassed while the page allocator's debugging aids or its
+fault point (fail_page_alloc) are on, so those see every buffer.
 """
 from __future__ import annotations
 
+from kshim import page_alloc
 from kshim.err import ENOMEM
+from kshim.fail_page_alloc import fail_page_alloc
 from kshim.page_alloc import (MAX_ORDER, PAGE_SHIFT, PAGE_SIZE, __free_pages, alloc_pages,
                               get_order, page)
 from kshim.scatterlist import scatterlist
@@ -21,14 +27,23 @@ from scst_core.scst import scst_cmd
 _CHUNK = 1 << (MAX_ORDER + PAGE_SHIFT)
 _NO_PAGES: list = []       # shared empty vector: never appended to
 
+# The one-page buffers the pool keeps (pages still allocated, as an sgv
+# pool's are); the CPU is the only one, so no lock.
+SGV_ONE_MAX = 256
+_sgv_one: list[page] = []
+
 
 def scst_alloc_space(cmd: scst_cmd, size: int, gfp: int) -> int:
     """Give cmd a buffer of `size` bytes in cmd.sg; 0 or -ENOMEM."""
     if size <= _CHUNK:
         # The common case: one entry, reusing the command's own sg vector.
-        p = alloc_pages(gfp, 0 if size <= PAGE_SIZE else get_order(size))
-        if p is None:
-            return -ENOMEM
+        if (size <= PAGE_SIZE and _sgv_one and not fail_page_alloc.armed
+                and not page_alloc.debug_pagealloc):
+            p = _sgv_one.pop()
+        else:
+            p = alloc_pages(gfp, 0 if size <= PAGE_SIZE else get_order(size))
+            if p is None:
+                return -ENOMEM
         sg = cmd.sg_one
         if not sg:
             sg.append(scatterlist())
@@ -67,7 +82,12 @@ def scst_alloc_space(cmd: scst_cmd, size: int, gfp: int) -> int:
 
 def scst_release_space(cmd: scst_cmd) -> None:
     for p in cmd.sg_pages:
-        __free_pages(p, p.order)
+        # Only a page nobody else holds (a sender may still have it) is kept.
+        if (p.order == 0 and p.refcount == 1 and len(_sgv_one) < SGV_ONE_MAX
+                and not page_alloc.debug_pagealloc):
+            _sgv_one.append(p)
+        else:
+            __free_pages(p, p.order)
     cmd.sg_pages = _NO_PAGES
     cmd.sg = _NO_PAGES
     cmd.sg_cnt = 0

@@ -83,7 +83,8 @@ from scst_core.fault import fail_scsi_cmd, scst_cmd_fault
 from scst_core.lib import scst_set_cmd_error, scst_set_cmd_error_status, scst_unpack_lun
 from scst_core.local_cmd import scst_local_exec
 from scst_core.mem import scst_alloc_space, scst_release_space
-from scst_core.pres import scst_pr_dev_reset, scst_pr_is_cmd_allowed, scst_sess_nexus
+from scst_core.pres import (scst_pr_dev_reset, scst_pr_devs, scst_pr_is_cmd_allowed,
+                            scst_sess_nexus)
 from scst_core.ua import scst_check_ua, scst_queue_ua
 from scst_core.scst import (SCST_CMD_STATE_DEFAULT, SCST_CMD_STATE_DEV_DONE,
                             SCST_CMD_STATE_FINISHED, SCST_CMD_STATE_INIT,
@@ -372,7 +373,11 @@ def _parse(cmd: scst_cmd) -> int:
                 parse(cmd)
             except Exception as e:      # a dev handler's oops fails this command only
                 scst_dev_handler_oops(cmd, "parse", e)
-        if not cmd.status and not scst_pr_is_cmd_allowed(cmd):
+        # scst_pr_is_cmd_allowed's first test inline: the call only while
+        # the device has a reservation or a persistent reservation
+        prd = scst_pr_devs.get(cmd.dev)
+        if (prd is not None and (prd.reserved_by is not None or prd.pr_is_set)
+                and not cmd.status and not scst_pr_is_cmd_allowed(cmd)):
             scst_set_cmd_error_status(cmd, SAM_STAT_RESERVATION_CONFLICT)
     if cmd.status:
         cmd.state = SCST_CMD_STATE_PRE_XMIT_RESP

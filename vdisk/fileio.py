@@ -30,7 +30,7 @@ from scst_core.const import (scst_sense_read_error, scst_sense_space_allocation_
                              scst_sense_write_error)
 from scst_core.lib import scst_cmd_iov, scst_set_cmd_error
 from scst_core.scst import SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME, scst_cmd, scst_device
-from vdisk.vdisk import (scst_vdisk_dev, vdisk_attach_common, vdisk_cmd_done,
+from vdisk.vdisk import (scst_vdisk_dev, vdisk_attach_common,
                          vdisk_detach_common, vdisk_do_exec, vdisk_io_ops, vdisk_make_devtype,
                          vdisk_need_sync, vdisk_set_sense_info)
 
@@ -325,7 +325,7 @@ def fileio_exec_nowait(cmd: scst_cmd) -> bool:
         if vfs_readv_nowait(virt_dev.file, scst_cmd_iov(cmd), cmd.lba << virt_dev.block_shift) != length:
             return False
         cmd.resp_data_len = length          # a READ's data_len never exceeds its bufflen
-    vdisk_cmd_done(cmd)
+    cmd.scst_cmd_done(cmd, SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME)     # vdisk_cmd_done
     return True
 
 

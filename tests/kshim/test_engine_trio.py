@@ -8,6 +8,8 @@ import socket
 import threading
 from typing import Any, Callable
 
+import pytest
+
 from kshim import engine_trio, host
 from kshim.err import EAGAIN, EINVAL
 from kshim.host import io_job
@@ -190,16 +192,20 @@ def test_a_peer_close_while_armed_fires_data_ready_and_the_receive_sees_end_of_s
     assert kernel(body) == (-EAGAIN, 1, 0)
 
 
-def test_write_space_fires_once_after_a_full_socket_drains(kernel):
+@pytest.mark.parametrize("size_given", [False, True], ids=["size_counted", "size_given"])
+def test_write_space_fires_once_after_a_full_socket_drains(kernel, size_given):
     """A send that found the socket full arms sk_write_space; it fires once
-    when the peer has read enough to make room."""
+    when the peer has read enough to make room. The same when the sender
+    passes the kvecs' size (as the iSCSI flush does) instead of having it
+    counted."""
     def body() -> tuple:
         p = peers(1)
         s = p.socks[0]
         chunk = memoryview(bytes(1 << 20))
+        size = len(chunk) if size_given else -1
         sent = 0
         for _ in range(1000):             # until the socket buffers are full
-            n = kernel_sendmsg(s, [chunk], MSG_DONTWAIT)
+            n = kernel_sendmsg(s, [chunk], MSG_DONTWAIT, size)
             if n < len(chunk):
                 sent += max(n, 0)
                 break
