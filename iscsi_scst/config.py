@@ -317,6 +317,18 @@ def iscsi_enabled_store(kobj: kobject, a: kobj_attribute, buf: str) -> int:
     return len(buf)
 
 
+def iscsi_zero_copy_show(kobj: kobject, _a: kobj_attribute) -> str:
+    """The session's zero_copy attribute: per connection, READs whose
+    Data-In went from the page cache (kernel_sendfile), bytes
+    kernel_sendfile sent, its short sends, and bytes sent as zeros because
+    the file ended (decision 0067)."""
+    isess = kobj.private.tgt_priv
+    conns = list(isess.conn_list) if isess is not None else []
+    return "".join(f"{c.cid} zero_copy_reads {c.tx_zc_reads} "
+                   f"sendfile_bytes {c.tx_sendfile_bytes} sendfile_short {c.tx_sendfile_short} "
+                   f"eof_zero_bytes {c.tx_sendfile_eof_bytes}\n" for c in conns)
+
+
 def iscsi_sysfs_init(tgtt: scst_tgt_template) -> None:
     """Register the driver's attributes and mgmt handlers with the core's
     tree (module init, task context)."""
@@ -331,7 +343,7 @@ def iscsi_sysfs_init(tgtt: scst_tgt_template) -> None:
         del_target=iscsi_del_target, enable_target=iscsi_enable_target,
         is_target_enabled=iscsi_is_target_enabled,
         tgtt_attrs=tuple(tgtt_attrs), tgt_attrs=tuple(tgt_attrs),
-        sess_attrs=iscsi_nagle_sess_attrs(),
+        sess_attrs=iscsi_nagle_sess_attrs() + (__ATTR_RO("zero_copy", iscsi_zero_copy_show),),
         tgtt_optional_attributes=_TGTT_MULTI, tgt_optional_attributes=_TGT_MULTI,
         tgtt_hidden_attributes=("portal",), multi_values=iscsi_multi_values,
         close_session=iscsi_close_session,

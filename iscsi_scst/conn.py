@@ -95,6 +95,16 @@ class iscsi_conn:
     tx_iov: list = attrs.field(factory=list)
     tx_len: int = 0
     tx_items: list = attrs.field(factory=list)
+    tx_sendfile: bool = False       # tx_iov holds a file_extent (zero-copy Data-In)
+    # Data-In statistics (the session's zero_copy attribute): READs whose
+    # data went from the page cache (kernel_sendfile), bytes sent by
+    # kernel_sendfile, its short sends (each resumed where it stopped),
+    # and bytes sent as zeros because the file ended under the send
+    # (decision 0067)
+    tx_zc_reads: int = 0
+    tx_sendfile_bytes: int = 0
+    tx_sendfile_short: int = 0
+    tx_sendfile_eof_bytes: int = 0
     stat_sn: int = 0
     hdigest_tx: bool = False
     ddigest_tx: bool = False

@@ -519,6 +519,7 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
     scmd.tgt_i_priv = cmnd
     scmd.tag = itt
     scmd.queue_type = _ATTR[flags & ISCSI_CMD_ATTR_MASK]
+    scmd.sendfile_ok = not conn.ddigest_tx      # a data digest needs the bytes
     scst_cmd_set_expected(scmd, _DIRECTION[(flags >> 5) & 3], edtl)
     if not in_order:
         # Held until its turn; its unsolicited data waits in a buffer of its own.
@@ -904,7 +905,15 @@ def iscsi_tx_build(conn: iscsi_conn, item: Any, iov: list) -> None:
         mrdsl = params.max_xmit_data_length
         collapse = status == SAM_STAT_GOOD
         sg = scmd.sg
-        base = sg_virt(sg[0]) if len(sg) == 1 else None
+        base = scmd.data_file
+        if base is not None:
+            # Still in the page cache (decision 0067): its file_extent
+            # slices as a memoryview does, and nthread sends the pieces
+            # with kernel_sendfile.
+            conn.tx_sendfile = True
+            conn.tx_zc_reads += 1
+        else:
+            base = sg_virt(sg[0]) if len(sg) == 1 else None
         lun = item.lun
         itt = item.itt
         plain = not (conn.hdigest_tx or conn.ddigest_tx)

@@ -26,9 +26,15 @@ and sends them with one sendmsg; StatSN is assigned then, in send order.
 Tracepoint: while iscsi_pdu_rx is enabled the rd thread calls
 iscsi_rx_hdr_traced (iscsi.py), which wraps the header's handling in a span.
 
+Zero-copy Data-In (decision 0067): a READ that vdisk_fileio left in the
+page cache (scmd.data_file) puts file_extents in the iovec, and the batch
+goes out piece by piece (_tx_send_files): buffers by kernel_sendmsg, the
+extents by kernel_sendfile, MSG_MORE on all but the last, as iscsi-scst
+sends headers with sock_sendmsg and data pages with sendpage.
+
 Differs from iscsi-scst: per-connection threads instead of shared pools;
-no zero-copy sendpage (sendmsg of memoryviews copies once into the socket,
-as kernel_sendmsg would).
+a Data-In in sg (the copy path: small READs, DataDigest, cache misses)
+goes by sendmsg of memoryviews, which copies once into the socket.
 """
 from __future__ import annotations
 
@@ -40,14 +46,16 @@ from iscsi_scst.conn import (RX_DATA, RX_INIT_BHS, RX_TAIL, RXBUF_SIZE, iscsi_co
 from iscsi_scst.digest import digest_header, digest_matches
 from iscsi_scst.hdr import BHS_SIZE, ProtocolError
 from iscsi_scst.nagle import iscsi_nagle_idle, iscsi_nagle_rx_check
-from kshim import sched
+from kshim import host, sched
 from kshim.crc32c import crc32c_iov, crc32c_value
 from kshim.err import EAGAIN
+from kshim.filemap import file_extent
 from kshim.host import iov_head
 from kshim.kthread import kthread_should_stop
 from kshim.list import list_add, list_add_tail, list_del_init, list_empty, list_head
-from kshim.net import MSG_DONTWAIT, kernel_recvmsg, kernel_sendmsg, sock_rx_armed
-from kshim.printk import pr_info
+from kshim.net import (MSG_DONTWAIT, MSG_MORE, kernel_recvmsg, kernel_sendfile, kernel_sendmsg,
+                       sock_rx_armed)
+from kshim.printk import pr_err, pr_info
 from kshim.spinlock import spin_lock_bh, spin_unlock_bh
 from kshim.wait import wait_event_interruptible, wake_up
 
@@ -320,7 +328,10 @@ def iscsi_tx_flush(conn: iscsi_conn, may_sleep: bool) -> int:
                     spin_unlock_bh(conn.write_list_lock)
                 conn.tx_len = sum(map(len, iov))
             conn.wr_space = False
-            n = kernel_sendmsg(conn.sock, conn.tx_iov, MSG_DONTWAIT, conn.tx_len)
+            if conn.tx_sendfile:
+                n = _tx_send_files(conn)
+            else:
+                n = kernel_sendmsg(conn.sock, conn.tx_iov, MSG_DONTWAIT, conn.tx_len)
             if n < 0 and n != -EAGAIN:
                 return n
             if n > 0:
@@ -328,6 +339,7 @@ def iscsi_tx_flush(conn: iscsi_conn, may_sleep: bool) -> int:
                     items = conn.tx_items
                     conn.tx_items = []
                     conn.tx_iov.clear()
+                    conn.tx_sendfile = False
                     iscsi_tx_done(conn, items, 0)
                     if not conn.rd_write_list and conn.write_list.next is conn.write_list:
                         return 0          # all sent, nothing queued meanwhile
@@ -342,6 +354,74 @@ def iscsi_tx_flush(conn: iscsi_conn, may_sleep: bool) -> int:
         return 0
     finally:
         conn.tx_busy = False
+
+
+def _tx_send_files(conn: iscsi_conn) -> int:
+    """Send conn.tx_iov when it holds file_extents (zero-copy Data-In): the
+    buffers between them with kernel_sendmsg, each extent with
+    kernel_sendfile, every piece but the last with MSG_MORE (iscsi-scst's
+    write_data: headers by sock_sendmsg, data pages by sendpage). Bytes
+    sent, fewer when the socket filled (its write space is armed), -EAGAIN
+    if none, or -errno. The caller advances tx_iov by what was sent."""
+    iov = conn.tx_iov
+    sent = 0
+    i = 0
+    end = len(iov)
+    while i < end:
+        flags = MSG_DONTWAIT | MSG_MORE if i + 1 < end else MSG_DONTWAIT
+        if type(iov[i]) is file_extent:
+            want = len(iov[i])
+            j = i + 1
+            n = _tx_send_extent(conn, i, flags)
+        else:
+            j = i + 1
+            while j < end and type(iov[j]) is not file_extent:
+                j += 1
+            piece = iov[i:j]
+            want = host.iov_len(piece)
+            n = kernel_sendmsg(conn.sock, piece, MSG_DONTWAIT | MSG_MORE if j < end else MSG_DONTWAIT)
+        if n < 0:
+            return sent or n
+        sent += n
+        if n < want:
+            return sent
+        i = j
+    return sent
+
+
+def _tx_send_extent(conn: iscsi_conn, i: int, flags: int) -> int:
+    """Send conn.tx_iov[i], a file_extent: its length, fewer when the socket
+    filled (-EAGAIN if none), or -errno. A short send is tried again at
+    once from where it stopped: the retry tells a full socket (-EAGAIN)
+    from a file that ended. An extent whose file ended under it (truncated
+    since the READ) goes on as zeros, the bytes a READ past the end of the
+    file reads (vdisk/fileio.py); a file that cannot be read (-EIO) leaves
+    a PDU promised and unfinished, so the connection closes (RFC 7143 lets
+    the initiator retry the command on a new one)."""
+    v = conn.tx_iov[i]
+    want = v.count
+    done = 0
+    while done < want:            # bounded: every pass sends bytes or returns
+        n = kernel_sendfile(conn.sock, v[done:] if done else v, flags)
+        if n > 0:
+            conn.tx_sendfile_bytes += n
+            done += n
+            if done < want:
+                conn.tx_sendfile_short += 1
+            continue
+        if n == 0:
+            pr_err(f"iscsi: {conn.peer}: {v!r} ended under a Data-In: sending "
+                   f"{want - done} zero bytes in its place")
+            conn.tx_sendfile_eof_bytes += want - done
+            zeros = bytes(want)           # same length: the caller's advance stays right
+            conn.tx_iov[i] = zeros
+            n = kernel_sendmsg(conn.sock, [memoryview(zeros)[done:]], flags)
+            return done + n if n >= 0 else done or n
+        if n != -EAGAIN:
+            pr_err(f"iscsi: {conn.peer}: sending {v!r} failed ({n}): closing the connection")
+            iscsi_conn_mark_closing(conn)
+        return done or n
+    return done
 
 
 def iscsi_wr_thread(conn: iscsi_conn) -> int:

@@ -224,6 +224,44 @@ def file_dio_align(fd: int) -> "tuple[int, int, int] | int":
             int.from_bytes(raw[_STX_DIO_OFFSET_ALIGN:_STX_DIO_OFFSET_ALIGN + 4], "little"))
 
 
+# cachestat(2) (Linux 6.5): the page-cache residency of a file range in one
+# call; the same number on every architecture (include/uapi/asm-generic/unistd.h)
+_NR_CACHESTAT = 451
+_PAGE_SIZE = mmap.PAGESIZE
+
+
+class _cachestat_range(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+class _cachestat(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in ("nr_cache", "nr_dirty", "nr_writeback",
+                                               "nr_evicted", "nr_recently_evicted")]
+
+
+# One CPU thread calls file_cached: one argument block, made once (0.6 us a
+# call through ctypes, against ~10 us to copy 128 KiB).
+_cs_range = _cachestat_range()
+_cs_out = _cachestat()
+_cs_args: Any = None
+
+
+def file_cached(fd: int, pos: int, count: int) -> int:
+    """1 if every page of [pos, pos+count) is in the page cache, 0 if not,
+    -ENOSYS where cachestat(2) is missing (older kernels), or -errno."""
+    global _cs_args
+    if _cs_args is None:
+        lib = _libc_get()
+        _cs_args = (lib.syscall, ctypes.byref(_cs_range), ctypes.byref(_cs_out))
+    syscall, rng, out = _cs_args
+    _cs_range.off = pos
+    _cs_range.len = count
+    if syscall(_NR_CACHESTAT, fd, rng, out, 0) != 0:
+        return -ctypes.get_errno()
+    pages = (pos + count + _PAGE_SIZE - 1) // _PAGE_SIZE - pos // _PAGE_SIZE
+    return 1 if _cs_out.nr_cache >= pages else 0
+
+
 # -- aligned memory ---------------------------------------------------------
 
 def alloc_aligned(size: int) -> "memoryview | int":
@@ -408,6 +446,17 @@ def sock_sendmsg(s: socket.socket, bufs: list, flags: int) -> int:
         return _neg(e)
 
 
+def sock_sendfile(s: socket.socket, fd: int, pos: int, count: int, flags: int) -> int:
+    """sendfile(2) of count bytes of fd at pos: bytes sent (short when the
+    socket fills or the file ends), 0 when the file ends at pos, or -errno
+    (-EAGAIN when full). sendfile(2) takes no flags: MSG_MORE is not
+    honoured, each call pushes its last segment."""
+    try:
+        return os.sendfile(s.fileno(), fd, pos, count)
+    except OSError as e:
+        return _neg(e)
+
+
 def _no_engine(*_args: Any) -> Any:
     raise RuntimeError("kshim engine not running: socket readiness and the I/O pool "
                        "need a booted engine")
@@ -450,6 +499,7 @@ def posix_ops() -> host_operations:
     t.file_lseek = file_lseek
     t.file_dio_align = file_dio_align
     t.rwf_nowait = bool(RWF_NOWAIT)
+    t.file_cached = file_cached
     t.io_submit = _no_engine
     t.sock_new = sock_new
     t.sock_bind = sock_bind
@@ -464,6 +514,7 @@ def posix_ops() -> host_operations:
     t.sock_recv_into = sock_recv_into
     t.sock_recvmsg_into = sock_recvmsg_into
     t.sock_sendmsg = sock_sendmsg
+    t.sock_sendfile = sock_sendfile
     t.sock_attach = _nothing
     t.sock_arm_rx = _nothing
     t.sock_arm_tx = _nothing

@@ -94,6 +94,14 @@ class Simulation:
     boot(): net_latency_ns, io_latency_ns, timer_slack_ns, page_cache_hit.
     """
 
+    # A zero-copy READ (decision 0067, off by default) reads its file when
+    # its bytes enter the socket, and a send the window cuts short goes on
+    # later: a WRITE in flight with it may land between the two, so a block
+    # can come back as a byte mix of its possible values, as on real files.
+    # A run that opens the zero-copy band sets this (tools/sim/invariants.py,
+    # read-data); copied READs are never torn here.
+    torn_blocks = False
+
     def __init__(self, seed: int, *, trace: bool = False) -> None:
         self.seed = seed
         self.rng = random.Random(seed)

@@ -12,7 +12,8 @@ table).
   its completion runs in softirq context; jobs in flight together complete
   in a seeded order (as a device would reorder them).
 - file_preadv_nowait (the page-cache probe) hits with probability
-  Simulation.page_cache_hit, so runs take both the inline and the pool path.
+  Simulation.page_cache_hit, so runs take both the inline and the pool path;
+  file_cached (the residency probe of a zero-copy READ) draws the same way.
 
 Contexts: the operations run on the CPU (any context); the "blocking" ones
 (preadv, pwritev, fsync, fallocate, open) are only ever called from an I/O
@@ -72,6 +73,7 @@ class sim_files:
         t.file_lseek = self.file_lseek
         t.file_dio_align = self.file_dio_align
         t.rwf_nowait = True
+        t.file_cached = self.file_cached
         t.io_submit = self.io_submit
 
     # -- the I/O pool ------------------------------------------------------------
@@ -132,6 +134,11 @@ class sim_files:
         else:
             data.extend(bytes(size - len(data)))
         return 0
+
+    def file_cached(self, fd: int, pos: int, count: int) -> int:
+        """As file_preadv_nowait's probe (the same one draw): in the page
+        cache with probability Simulation.page_cache_hit."""
+        return 0 if self.sim.rng.random() >= self.sim.page_cache_hit else 1
 
     def file_preadv_nowait(self, fd: int, iov: list, pos: int) -> int:
         if self.sim.rng.random() >= self.sim.page_cache_hit:

@@ -13,6 +13,10 @@ The model, per connection, each direction a byte stream:
   counts bytes sent and not yet read by the peer; a full window makes
   kernel_sendmsg short or -EAGAIN, and sk_write_space follows when the peer
   reads. Outside -> kernel: unbounded (actors never block in send).
+- A send with MSG_MORE stays in the socket (cork) until a send without
+  it, a send the window cuts short or refuses, or a close: then what the
+  socket holds is cut into segments as one stream. sock_sendfile reads the
+  range through the sim's files and sends it as sock_sendmsg does.
 - Readiness is edge-triggered per arming, as in the trio engine: an armed
   socket gets one sk_data_ready / sk_write_space, delivered as an event.
 - close() sends FIN after the data already sent; reset() sends RST, which
@@ -44,7 +48,7 @@ class sim_sock:
 
     __slots__ = ("sid", "family", "addr", "peer_addr", "listening", "backlog", "rx", "rx_eof",
                  "reset", "closed", "wr_shut", "peer", "sk", "opts", "window", "inflight",
-                 "rx_event", "tx_event", "last_to_peer")
+                 "rx_event", "tx_event", "last_to_peer", "cork")
 
     def __init__(self, sid: int, family: int) -> None:
         self.sid = sid
@@ -66,6 +70,7 @@ class sim_sock:
         self.rx_event = False           # a readiness event is queued
         self.tx_event = False
         self.last_to_peer = 0           # arrival time of the last segment sent
+        self.cork = bytearray()         # sent with MSG_MORE, not yet cut into segments
 
     def readable(self) -> bool:
         return bool(self.rx) or self.rx_eof or self.reset or bool(self.backlog)
@@ -313,6 +318,7 @@ class sim_net:
             self._fin_to_peer(s)
 
     def _fin_to_peer(self, s: sim_sock) -> None:
+        self._push(s)
         p = s.peer
         t = max(s.last_to_peer + 1, self.sim.now_ns + self.latency())
         s.last_to_peer = t
@@ -379,6 +385,7 @@ class sim_net:
         t.sock_recv_into = self.sock_recv_into
         t.sock_recvmsg_into = self.sock_recvmsg_into
         t.sock_sendmsg = self.sock_sendmsg
+        t.sock_sendfile = self.sock_sendfile
         t.sock_attach = self.sock_attach
         t.sock_arm_rx = self.sock_arm_rx
         t.sock_arm_tx = self.sock_arm_tx
@@ -488,18 +495,43 @@ class sim_net:
             return -errno.EPIPE
         space = s.window - s.inflight
         if space <= 0:
+            self._push(s)
             return -errno.EAGAIN
-        data = bytearray()
+        cork = s.cork
+        before = len(cork)
         for b in bufs:
-            k = min(len(b), space - len(data))
+            k = min(len(b), space - (len(cork) - before))
             if k <= 0:
                 break
-            data += memoryview(b)[:k]
-        n = len(data)
+            cork += memoryview(b)[:k]
+        n = len(cork) - before
         s.inflight += n
+        if not flags & host.MSG_MORE or n < host.iov_len(bufs):
+            # Sent without MSG_MORE, or the window is full: what the
+            # socket holds goes (a segment TCP would not hold back).
+            self._push(s)
+        return n
+
+    def sock_sendfile(self, s: sim_sock, fd: int, pos: int, count: int, flags: int) -> int:
+        """Read the range through the sim's files (one seeded-free call),
+        then send it as sock_sendmsg does: 0 when the file ends at pos."""
+        if s.reset:
+            return -errno.ECONNRESET
+        buf = bytearray(count)
+        n = self.sim.files.file_preadv(fd, [buf], pos)
+        if n <= 0:
+            return n
+        return self.sock_sendmsg(s, [memoryview(buf)[:n]], flags)
+
+    def _push(self, s: sim_sock) -> None:
+        """Cut what the socket holds (cork) into segments on their way."""
+        data = s.cork
+        if not data:
+            return
+        s.cork = bytearray()
+        p = s.peer
         sim = self.sim
         for seg in self.segments(bytes(data)):
             t = max(s.last_to_peer + 1, sim.now_ns + self.latency())
             s.last_to_peer = t
             sim.schedule_at(t, p._peer_arrive, seg, f"seg c{p.cid} >p {len(seg)}")
-        return n

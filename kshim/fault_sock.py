@@ -1,10 +1,13 @@
 """Socket fault points: receive and send errors, short transfers, spurious
-EAGAIN, delays, a reset after N bytes.
+EAGAIN, delays, a reset after N bytes, and the file side of a sendfile.
 
 Ours: the kernel has no such points. The framework is kshim/fault_inject.py;
 kshim/net.py tests fail_sock_recv at the top of kernel_recvmsg and
-fail_sock_send at the top of kernel_sendmsg and hands the call to
-sock_fault.
+fail_sock_send at the top of kernel_sendmsg and of kernel_sendfile (whose
+file range counts as its bytes) and hands the call to sock_fault;
+kernel_sendfile also tests fail_sock_sendfile, the file side of the send
+(sock_sendfile_fault): error=EIO, the page cache could not be read;
+error=eof, the file ends where the range starts (truncated under the send).
 
 Contexts: as the primitive: any context with MSG_DONTWAIT or a
 non-blocking socket; a blocking call's `delay` sleeps (msleep), so task
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from kshim.err import EAGAIN
+from kshim.err import EAGAIN, EIO
 from kshim.fault_inject import (DECLARE_FAULT_ATTR, fault_attr, fault_call_later, fault_errno,
                                 fault_overridden, fault_rearm, should_fail)
 from kshim.host import iov_head
@@ -33,6 +36,17 @@ _SOCK_KNOBS = {"error": (str, "ECONNRESET", ("ECONNRESET", "EPIPE", "ETIMEDOUT",
                "delay-ms": (int, 100, None)}
 fail_sock_recv = DECLARE_FAULT_ATTR("fail_sock_recv", _SOCK_KNOBS)
 fail_sock_send = DECLARE_FAULT_ATTR("fail_sock_send", _SOCK_KNOBS)
+fail_sock_sendfile = DECLARE_FAULT_ATTR("fail_sock_sendfile",
+                                        {"error": (str, "EIO", ("EIO", "eof"))})
+
+
+def sock_sendfile_fault(count: int) -> int | None:
+    """fail_sock_sendfile's fault for a kernel_sendfile of count bytes: -EIO
+    (the file could not be read), 0 (the file ended at the range's start),
+    or None to go on normally."""
+    if not should_fail(fail_sock_sendfile, count):
+        return None
+    return 0 if fail_sock_sendfile.params["error"] == "eof" else -EIO
 
 
 def _sock_reset(sk: Any, err: int) -> int:

@@ -14,10 +14,12 @@ The table (host_operations, one instance `ops` for the life of the process):
 - aligned memory: alloc_aligned, free_aligned
 - files: file_open, file_close, file_size, file_truncate, file_preadv_nowait,
   file_preadv, file_pwritev, file_fsync, file_fallocate, file_lseek,
-  file_dio_align, rwf_nowait; the I/O pool: io_submit(io_job)
+  file_dio_align, rwf_nowait, file_cached (is a range in the page cache);
+  the I/O pool: io_submit(io_job)
 - sockets: sock_new, sock_bind, sock_listen, sock_accept, sock_connect,
   sock_setsockopt, sock_getsockopt, sock_name, sock_error, sock_shutdown,
-  sock_recv_into, sock_recvmsg_into, sock_sendmsg; readiness arming:
+  sock_recv_into, sock_recvmsg_into, sock_sendmsg, sock_sendfile (a file
+  range from the page cache into the socket, no copy); readiness arming:
   sock_attach, sock_arm_rx, sock_arm_tx, sock_detach (also closes)
 - Ceph RBD images (kshim.libceph; the trio engine through
   kshim.engine_rbd, refused by the sim): rbd_probe, rbd_open, rbd_size,
@@ -159,11 +161,10 @@ class host_operations:
         "alloc_aligned", "free_aligned",
         "file_open", "file_close", "file_size", "file_truncate", "file_preadv_nowait",
         "file_preadv", "file_pwritev", "file_pwritev_sync", "file_fsync", "file_fallocate",
-        "file_lseek",
-        "file_dio_align", "rwf_nowait", "io_submit",
+        "file_lseek", "file_dio_align", "rwf_nowait", "file_cached", "io_submit",
         "sock_new", "sock_bind", "sock_listen", "sock_accept", "sock_connect",
         "sock_setsockopt", "sock_getsockopt", "sock_name", "sock_error", "sock_shutdown",
-        "sock_recv_into", "sock_recvmsg_into", "sock_sendmsg",
+        "sock_recv_into", "sock_recvmsg_into", "sock_sendmsg", "sock_sendfile",
         "sock_attach", "sock_arm_rx", "sock_arm_tx", "sock_detach",
         "rbd_probe", "rbd_open", "rbd_size", "rbd_close", "rbd_attach", "rbd_detach",
         "rbd_submit", "rbd_extent",
@@ -205,6 +206,10 @@ class host_operations:
     file_lseek: Callable[[int, int, int], int]
     file_dio_align: Callable[[int], "tuple[int, int, int] | int"]
     rwf_nowait: bool                           # file_preadv_nowait can succeed at all
+    # (fd, pos, count): 1 if every page of the range is in the page cache
+    # (a sendfile of it will not wait for the disk), 0 if not, -ENOSYS
+    # where the host cannot tell; never blocks
+    file_cached: Callable[[int, int, int], int]
     io_submit: Callable[[io_job], None]
     # sockets: non-blocking; bytes or -errno (-EAGAIN when it would block)
     sock_new: Callable[[int, int, int], Any]
@@ -220,6 +225,11 @@ class host_operations:
     sock_recv_into: Callable[[Any, Any, int], int]
     sock_recvmsg_into: Callable[[Any, list, int], int]
     sock_sendmsg: Callable[[Any, list, int], int]
+    # (hs, fd, pos, count, flags): bytes of the file at pos sent from the
+    # page cache without a copy (fewer when the socket fills: -EAGAIN if
+    # none; 0 when the file ends at pos), or -errno of the socket or of
+    # the file (-EIO). MSG_MORE in flags: more of the stream follows.
+    sock_sendfile: Callable[[Any, int, int, int, int], int]
     # readiness: attach starts watching sk (rx armed); arm_* asks for one
     # sk_data_ready / sk_write_space; detach stops watching and closes sk.host
     sock_attach: Callable[[Any], None]
@@ -308,12 +318,14 @@ def iov_advance(iov: list, n: int) -> list:
 
 
 def iov_head(iov: list, n: int) -> list:
-    """Views of the first n bytes of a list of buffers (no copies)."""
+    """Views of the first n bytes of a list of buffers (no copies). An
+    element that slices itself (a memoryview, kshim.filemap's file_extent)
+    is cut as it is."""
     out = []
     for b in iov:
         if n <= 0:
             break
-        mv = memoryview(b)
+        mv = memoryview(b) if isinstance(b, (bytes, bytearray)) else b
         out.append(mv[:n])
         n -= len(mv)
     return out

@@ -22,20 +22,35 @@ host-ops table (kshim.host.ops), so the same code runs on real sockets
 A pending sk_err (a fault's "reset after N bytes") is what the next
 kernel_sendmsg or kernel_recvmsg returns (sock_error), as tcp_sendmsg and
 tcp_recvmsg do; the socket is then closed.
+
+kernel_sendfile sends a range of a file from the page cache without a
+copy, the way kernel_sendpage sent page-cache pages (iscsi-scst sends its
+Data-In with sendpage): the host's sendfile(2) behind ops.sock_sendfile.
+Its file range is a kshim.filemap.file_extent; statistics() counts its
+calls, bytes, short sends, -EAGAINs, ends of file and errors.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+import attrs
 
 from kshim import host
-from kshim.err import EAGAIN, EINPROGRESS, EINVAL, ENOTCONN, ERESTARTSYS
-from kshim.fault_sock import fail_sock_recv, fail_sock_send, sock_fault
+from kshim.err import (EAGAIN, ECONNRESET, EINPROGRESS, EINVAL, ENOTCONN, EPIPE, ERESTARTSYS,
+                       ETIMEDOUT)
+from kshim.fault_sock import (fail_sock_recv, fail_sock_send, fail_sock_sendfile, sock_fault,
+                              sock_sendfile_fault)
 from kshim.host import ops
+from kshim import sched
 from kshim.sched import MAX_SCHEDULE_TIMEOUT
 from kshim.softirq import raise_softirq
 from kshim.spinlock import rwlock_t
+from kshim.sysfs import __ATTR_RO, kernel_kobj, kobject_create_and_add, sysfs_create_file
 from kshim.wait import (wait_event_interruptible, wait_event_interruptible_timeout,
                         wait_queue_head, wake_up_interruptible_all)
+
+if TYPE_CHECKING:
+    from kshim.filemap import file_extent
 
 AF_UNIX = host.AF_UNIX
 AF_INET = host.AF_INET
@@ -280,6 +295,111 @@ def _send_rest(sock_: socket, vec: list, flags: int, sent: int) -> int:
         if sent < want:
             ops.sock_arm_tx(sk)
     return sent
+
+
+# errors of a sendfile that are the socket's (it is closed, as for a send);
+# any other is the file's, and leaves the socket to the caller
+_SOCK_ERRORS = frozenset((-EPIPE, -ECONNRESET, -ETIMEDOUT, -ENOTCONN))
+
+
+@attrs.frozen
+class sendfile_stats:
+    """kernel_sendfile since boot: calls, bytes sent, sends cut short by a
+    full socket, -EAGAINs, calls that found the file ended, and errors (of
+    the socket or the file)."""
+    calls: int
+    bytes: int
+    short: int
+    eagain: int
+    eof: int
+    errors: int
+
+
+# one CPU: no lock
+_sf = {"calls": 0, "bytes": 0, "short": 0, "eagain": 0, "eof": 0, "errors": 0}
+
+
+def _sendfile_vec(sock_: socket, vec: list, flags: int) -> int:
+    """kernel_sendfile of a one-extent vector: how sock_fault calls it again
+    for a short send."""
+    return kernel_sendfile(sock_, vec[0], flags)
+
+
+def kernel_sendfile(sock_: socket, ext: "file_extent", flags: int = 0) -> int:
+    """Send ext's bytes of its file from the page cache, without copying
+    them (kernel_sendpage of page-cache pages; the host's sendfile(2)).
+    With MSG_DONTWAIT, one host call: bytes sent, fewer when the socket
+    filled or the file ended (sk_write_space is armed, as kernel_sendmsg
+    does; the next call tells: -EAGAIN, or 0), -EAGAIN when none fit, 0
+    when the file ends at ext.pos (it was truncated), or -errno: the
+    socket's (-EPIPE, -ECONNRESET, ...: it is closed, as kernel_sendmsg
+    does) or the file's (-EIO: the socket is left as it is; the bytes
+    already sent make the stream useless, so the caller closes it).
+    Without MSG_DONTWAIT, sleep until all is sent or the file ends: the
+    bytes sent, or -errno if none. MSG_MORE: more of the stream follows
+    (the real host's sendfile cannot hold its last segment back; the sim's
+    sockets do).
+    Fault points: fail_sock_send (as kernel_sendmsg's, the range counting
+    as its bytes) and fail_sock_sendfile (EIO, or eof)."""
+    if fail_sock_send.armed and (r := sock_fault(fail_sock_send, sock_, [ext], flags,
+                                                 _sendfile_vec, flags)) is not None:
+        return r
+    if fail_sock_sendfile.armed and (r := sock_sendfile_fault(len(ext))) is not None:
+        return r
+    sk = sock_.sk
+    if sk.sk_err:
+        return _sock_error_close(sk)
+    st = _sf
+    st["calls"] += 1
+    nonblock = flags & MSG_DONTWAIT or sock_.f_flags & O_NONBLOCK
+    want = ext.count
+    sent = 0
+    while True:
+        if sk.host is None:
+            return sent or -ENOTCONN
+        n = ops.sock_sendfile(sk.host, ext.file.fd, ext.pos + sent, want - sent, flags)
+        if n > 0:
+            st["bytes"] += n
+            sent += n
+            if sent == want:
+                return sent
+            st["short"] += 1
+        elif n == 0:
+            st["eof"] += 1
+            return sent
+        elif n == -EAGAIN:
+            st["eagain"] += 1
+        else:
+            st["errors"] += 1
+            if n in _SOCK_ERRORS:
+                sk.sk_err = -n
+                _set_state(sk, TCP_CLOSE)
+            return sent or n
+        ops.sock_arm_tx(sk)
+        if nonblock:
+            return sent or -EAGAIN
+        if n > 0:
+            continue          # full, or the file ended: the next call tells
+        if wait_event_interruptible(sk.sk_wq, lambda: not sk.tx_armed or sk.host is None) < 0:
+            return sent or -ERESTARTSYS
+
+
+def statistics() -> sendfile_stats:
+    """kernel_sendfile's counters (the live tree's /sys/kernel/net/sendfile)."""
+    return sendfile_stats(**_sf)
+
+
+def _sendfile_show(_k: Any, _a: Any) -> str:
+    return "".join(f"{k} {v}\n" for k, v in _sf.items())
+
+
+def _boot() -> None:
+    for k in _sf:
+        _sf[k] = 0
+
+
+sched.boot_hooks.append(_boot)
+sysfs_create_file(kobject_create_and_add("net", kernel_kobj), __ATTR_RO("sendfile", _sendfile_show))
 
 
 def kernel_recvmsg(sock_: socket, vec: list, size: int, flags: int = 0) -> int:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import attrs
 
+from kshim.filemap import file_extent
 from kshim.list import list_head
 from kshim.module import module
 from kshim.mutex import mutex
@@ -312,6 +313,13 @@ class scst_cmd:
     data_len: int = 0               # data the device works on, bytes
     lba: int = 0
     resp_data_len: int = 0          # Data-In actually produced
+    # the target driver can send the Data-In from a file's page cache
+    # (iscsi: no DataDigest); set before scst_cmd_init_done
+    sendfile_ok: bool = False
+    # the dev handler left the Data-In in its backing file instead of sg:
+    # its range, resp_data_len bytes (only when sendfile_ok; decision
+    # 0067); set in exec, read at xmit_response
+    data_file: file_extent | None = None
     write_len: int = 0              # Data-Out the initiator sends
     sg: list = attrs.field(factory=list)
     sg_one: list = attrs.field(factory=list)    # reused vector for one-entry buffers

@@ -169,6 +169,8 @@ def scst_rx_cmd(sess: scst_session, lun: bytes, cdb: bytes, atomic: bool) -> scs
     cmd.status = 0
     cmd.sense_valid_len = 0
     cmd.dh_priv = None
+    cmd.sendfile_ok = False
+    cmd.data_file = None
     cmd.scst_cmd_done = None
     cmd.completed = cmd.exec_sync = cmd.finished = cmd.aborted = cmd.fault_checked = False
     cmd.mcmd = None

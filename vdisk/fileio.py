@@ -9,7 +9,10 @@ file). exec() from a device kthread only: every data command sleeps in a
 vfs call. exec_nowait() from any context: it serves READs from the page
 cache without sleeping, starts plain WRITEs asynchronously (completed from
 softirq context, as a bio's end_io completes SCST's blockio commands), or
-declines.
+declines. A cached READ of fileio_sendfile_min..fileio_sendfile_max
+bytes (module parameters), when the target driver can send from a file,
+is not read at all: cmd.data_file names the range, and the driver sends
+it from the page cache with kshim.net.kernel_sendfile (decision 0067).
 
 Differs from SCST: I/O goes through kshim.fs's vfs_readv/vfs_writev into
 the command's own buffers (no iovec page mapping); fsync_range flushes the
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 from kshim.err import EIO, EOPNOTSUPP, ENOSPC, ENXIO, IS_ERR
 from kshim.fail_function import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
+from kshim.filemap import file_extent, filemap_range_cached
 from kshim.fs import (EIOCBQUEUED, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, IOCB_DSYNC,
                       O_CREAT, O_DIRECT, O_DSYNC, O_LARGEFILE, O_RDONLY, O_RDWR, SEEK_DATA,
                       SEEK_HOLE, file, filp_close, filp_open, file_inode, i_size_read, kiocb, vfs_fallocate,
@@ -30,6 +34,7 @@ from scst_core.const import (scst_sense_read_error, scst_sense_space_allocation_
                              scst_sense_write_error)
 from scst_core.lib import scst_cmd_iov, scst_set_cmd_error
 from scst_core.scst import SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME, scst_cmd, scst_device
+from vdisk import vdisk as vdisk_mod
 from vdisk.vdisk import (scst_vdisk_dev, vdisk_attach_common,
                          vdisk_detach_common, vdisk_do_exec, vdisk_io_ops, vdisk_make_devtype,
                          vdisk_need_sync, vdisk_set_sense_info)
@@ -322,7 +327,19 @@ def fileio_exec_nowait(cmd: scst_cmd) -> bool:
         return False                        # vdisk_do_exec answers it (SBC-3 4.11)
     length = cmd.data_len
     if length:
-        if vfs_readv_nowait(virt_dev.file, scst_cmd_iov(cmd), cmd.lba << virt_dev.block_shift) != length:
+        f = virt_dev.file
+        pos = cmd.lba << virt_dev.block_shift
+        cached = -EOPNOTSUPP
+        if length >= vdisk_mod.fileio_sendfile_min and length <= vdisk_mod.fileio_sendfile_max \
+                and cmd.sendfile_ok:
+            cached = filemap_range_cached(f, pos, length)
+            if cached == 0:
+                return False                # not all cached: the device's threads read it
+            if cached == 1:
+                # Zero-copy: the driver sends these bytes from the page
+                # cache (decision 0067); nothing is read into sg.
+                cmd.data_file = file_extent(f, pos, length)
+        if cached != 1 and vfs_readv_nowait(f, scst_cmd_iov(cmd), pos) != length:
             return False
         cmd.resp_data_len = length          # a READ's data_len never exceeds its bufflen
     cmd.scst_cmd_done(cmd, SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME)     # vdisk_cmd_done
