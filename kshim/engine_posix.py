@@ -153,6 +153,16 @@ def file_pwritev(fd: int, iov: list, pos: int) -> int:
     return _all_iov(os.pwritev, fd, iov, pos, False)
 
 
+def file_pwritev_sync(fd: int, iov: list, pos: int) -> int:
+    """Blocking write, then fdatasync: for pool threads only. The bytes
+    written, or -errno if either call failed."""
+    n = file_pwritev(fd, iov, pos)
+    if n < 0:
+        return n
+    ret = file_fsync(fd, True)
+    return ret if ret < 0 else n
+
+
 def file_fsync(fd: int, datasync: bool) -> int:
     try:
         (os.fdatasync if datasync else os.fsync)(fd)
@@ -483,6 +493,7 @@ def posix_ops() -> host_operations:
     t.file_preadv_nowait = file_preadv_nowait
     t.file_preadv = file_preadv
     t.file_pwritev = file_pwritev
+    t.file_pwritev_sync = file_pwritev_sync
     t.file_fsync = file_fsync
     t.file_fallocate = file_fallocate
     t.file_lseek = file_lseek

@@ -67,6 +67,7 @@ class sim_files:
         t.file_preadv_nowait = self.file_preadv_nowait
         t.file_preadv = self.file_preadv
         t.file_pwritev = self.file_pwritev
+        t.file_pwritev_sync = self.file_pwritev_sync
         t.file_fsync = self.file_fsync
         t.file_fallocate = self.file_fallocate
         t.file_lseek = self.file_lseek
@@ -179,6 +180,13 @@ class sim_files:
             data[at:at + n] = b
             at += n
         return end - pos
+
+    def file_pwritev_sync(self, fd: int, iov: list, pos: int) -> int:
+        n = self.file_pwritev(fd, iov, pos)
+        if n < 0:
+            return n
+        ret = self.file_fsync(fd, True)
+        return ret if ret < 0 else n
 
     def file_fsync(self, fd: int, datasync: bool) -> int:
         if fd < _MEMFD_BASE:

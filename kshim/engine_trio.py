@@ -357,7 +357,8 @@ def io_submit(job: io_job) -> None:
 
 _URING_OPS = {engine_posix.file_preadv: engine_uring.OP_READ,
               engine_posix.file_pwritev: engine_uring.OP_WRITE,
-              engine_posix.file_fsync: engine_uring.OP_FSYNC}
+              engine_posix.file_fsync: engine_uring.OP_FSYNC,
+              engine_posix.file_pwritev_sync: engine_uring.OP_WRITE_SYNC}
 
 
 async def _uring_task(ring: engine_uring.uring) -> None:

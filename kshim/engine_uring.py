@@ -7,8 +7,11 @@ be set up, and keeps its worker pool for everything else and as the
 fallback when io_uring is refused.
 
 - Submission: submit() writes one SQE per job (IORING_OP_READ/WRITE for one
-  buffer, READV/WRITEV for several, FSYNC); flush() makes one io_uring_enter
-  for every SQE queued since the last one. The engine calls flush() once per
+  buffer, READV/WRITEV for several, FSYNC); a write-sync job (OP_WRITE_SYNC,
+  decision 0064) is its WRITE linked (IOSQE_IO_LINK) to an FSYNC of the
+  written range with IORING_FSYNC_DATASYNC, the write's CQE skipped unless
+  it fails or comes up short. flush() makes one io_uring_enter for every
+  SQE queued since the last one. The engine calls flush() once per
   pass, after the run queue drained: the submissions of a pass are batched.
 - Completion: the ring signals an eventfd the engine's trio task waits on;
   reap() takes at most URING_REAP_MAX completions per pass. The ring is
@@ -55,6 +58,8 @@ URING_REAP_MAX = 64          # completions per engine pass
 OP_READ = 0
 OP_WRITE = 1
 OP_FSYNC = 2
+OP_WRITE_SYNC = 3            # a write linked to an fdatasync of its range
+_WRITE_PART = 1 << 62        # user_data of an OP_WRITE_SYNC's write half
 
 # How the kernel tells the CPU thread of a completion an io-wq worker
 # finished (buffered writes and fsyncs run there). Without
@@ -76,9 +81,11 @@ void io_uring_queue_exit(struct io_uring *ring);
 int io_uring_submit(struct io_uring *ring);
 int io_uring_register_eventfd(struct io_uring *ring, int fd);
 int uscst_prep(struct io_uring *ring, int op, int fd, void *buf, unsigned len,
-               unsigned long long off, int rw_flags, unsigned long long data);
+               unsigned long long off, int rw_flags, unsigned long long data,
+               unsigned long long sync_off);
 int uscst_prepv(struct io_uring *ring, int op, int fd, void *iov, unsigned nr,
-                unsigned long long off, int rw_flags, unsigned long long data);
+                unsigned long long off, int rw_flags, unsigned long long data,
+                unsigned long long sync_off);
 unsigned uscst_reap(struct io_uring *ring, unsigned long long *data, int *res, unsigned max);
 unsigned uscst_sq_ready(struct io_uring *ring);
 """
@@ -89,28 +96,62 @@ _CSRC = r"""
 #include <errno.h>
 #include <liburing.h>
 
-int uscst_prep(struct io_uring *ring, int op, int fd, void *buf, unsigned len,
-               unsigned long long off, int rw_flags, unsigned long long data)
+#define USCST_WRITE_PART (1ULL << 62)
+
+/* op 3: the write's SQE (already prepared) is linked to an fdatasync of
+   the bytes from sync_off to the write's end (the op's whole range when
+   the write repeats the rest of a short one); the write posts a CQE only
+   if it fails or is short (its user_data then has USCST_WRITE_PART), the
+   fdatasync always posts one. */
+static void uscst_link_sync(struct io_uring *ring, struct io_uring_sqe *sqe, int fd,
+                            unsigned long long end, unsigned long long sync_off,
+                            unsigned long long data)
 {
-    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    struct io_uring_sqe *sync = io_uring_get_sqe(ring);
+
+    sqe->flags |= IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS;
+    sqe->user_data = data | USCST_WRITE_PART;
+    io_uring_prep_fsync(sync, fd, IORING_FSYNC_DATASYNC);
+    sync->off = sync_off;
+    sync->len = (unsigned)(end - sync_off);
+    sync->user_data = data;
+}
+
+int uscst_prep(struct io_uring *ring, int op, int fd, void *buf, unsigned len,
+               unsigned long long off, int rw_flags, unsigned long long data,
+               unsigned long long sync_off)
+{
+    struct io_uring_sqe *sqe;
+
+    if (op == 3 && io_uring_sq_space_left(ring) < 2)
+        return -EBUSY;
+    sqe = io_uring_get_sqe(ring);
     if (!sqe)
         return -EBUSY;
     if (op == 0)
         io_uring_prep_read(sqe, fd, buf, len, off);
-    else if (op == 1)
-        io_uring_prep_write(sqe, fd, buf, len, off);
-    else
+    else if (op == 2)
         io_uring_prep_fsync(sqe, fd, rw_flags);
+    else
+        io_uring_prep_write(sqe, fd, buf, len, off);
     if (op != 2)
         sqe->rw_flags = rw_flags;
     sqe->user_data = data;
+    if (op == 3)
+        uscst_link_sync(ring, sqe, fd, off + len, sync_off, data);
     return 0;
 }
 
 int uscst_prepv(struct io_uring *ring, int op, int fd, void *iov, unsigned nr,
-                unsigned long long off, int rw_flags, unsigned long long data)
+                unsigned long long off, int rw_flags, unsigned long long data,
+                unsigned long long sync_off)
 {
-    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    struct io_uring_sqe *sqe;
+    unsigned i, len = 0;
+
+    if (op == 3 && io_uring_sq_space_left(ring) < 2)
+        return -EBUSY;
+    sqe = io_uring_get_sqe(ring);
     if (!sqe)
         return -EBUSY;
     if (op == 0)
@@ -119,6 +160,11 @@ int uscst_prepv(struct io_uring *ring, int op, int fd, void *iov, unsigned nr,
         io_uring_prep_writev(sqe, fd, (const struct iovec *)iov, nr, off);
     sqe->rw_flags = rw_flags;
     sqe->user_data = data;
+    if (op == 3) {
+        for (i = 0; i < nr; i++)
+            len += ((const struct iovec *)iov)[i].iov_len;
+        uscst_link_sync(ring, sqe, fd, off + len, sync_off, data);
+    }
     return 0;
 }
 
@@ -205,20 +251,8 @@ def _quiet(fn: Any) -> Any:
             os.close(fd)
 
 
-class _op:
-    """One job in flight on the ring (or waiting in its file's backlog)."""
-
-    __slots__ = ("job", "op", "fd", "iov", "pos", "flags", "done", "keep")
-
-    def __init__(self, job: Any, op: int, fd: int, iov: list, pos: int, flags: int) -> None:
-        self.job = job
-        self.op = op
-        self.fd = fd
-        self.iov = iov            # buffers still to transfer
-        self.pos = pos
-        self.flags = flags        # rw_flags, or the fsync flags
-        self.done = 0             # bytes transferred so far
-        self.keep: list = []      # cffi views pinning the buffers until completion
+def _rest(iov: list) -> int:
+    return len(iov[0]) if len(iov) == 1 else iov_len(iov)
 
 
 class uring:
@@ -232,7 +266,11 @@ class uring:
         self.efd = efd
         self.setup = setup                     # which of _SETUPS the kernel took
         self.queued = 0                        # SQEs written since the last flush
-        self.ops: dict[int, _op] = {}          # user_data -> op in flight
+        # user_data -> op in flight: (job, op, fd, iov, pos, flags, done,
+        # pin); iov is what is left to transfer after `done` bytes, pin the
+        # cffi view(s) keeping the buffers' memory for the kernel. A tuple,
+        # not an object: the job is the one object an I/O allocates.
+        self.ops: dict[int, tuple] = {}
         self.next_id = 1
         self.per_file: dict[int, int] = {}     # fd -> ops in flight
         self.backlog: dict[int, deque] = {}    # fd -> ops over URING_FILE_MAX
@@ -277,55 +315,55 @@ class uring:
     def close(self) -> None:
         self.lib.io_uring_queue_exit(self.ring)
         os.close(self.efd)
-        for o in self.ops.values():
-            self._unpin(o)
+        for ent in self.ops.values():
+            self._unpin(ent[7])
         self.ops.clear()
 
     # -- submission -----------------------------------------------------
 
-    def submit(self, job: Any, op: int, fd: int, iov: list, pos: int, flags: int = 0) -> None:
+    def submit(self, job: Any, op: int, fd: int, iov: list, pos: int, flags: int = 0,
+               done: int = 0) -> None:
         """Queue job for the next flush(): a read or write of the buffers in
-        iov at pos, or an fsync (flags 1: data only)."""
-        o = _op(job, op, fd, iov, pos, flags)
-        n = self.per_file.get(fd, 0)
+        iov at pos (OP_WRITE_SYNC: then an fdatasync of that range), or an
+        fsync (flags 1: data only). done: bytes of the job a short transfer
+        already did (iov is the rest)."""
+        per_file = self.per_file
+        n = per_file.get(fd, 0)
         if n >= URING_FILE_MAX:
             self.stats["backlogged"] += 1
-            self.backlog.setdefault(fd, deque()).append(o)
+            self.backlog.setdefault(fd, deque()).append((job, op, fd, iov, pos, flags, done))
             return
-        self._issue(o)
-
-    def _issue(self, o: _op) -> None:
         ffi = self.ffi
         key = self.next_id
         self.next_id = key + 1
-        if o.op == OP_FSYNC:
-            ret = self.lib.uscst_prep(self.ring, OP_FSYNC, o.fd, ffi.NULL, 0, 0, o.flags, key)
-        elif len(o.iov) == 1:
-            b = ffi.from_buffer(o.iov[0], require_writable=o.op == OP_READ)
-            o.keep.append(b)
-            ret = self.lib.uscst_prep(self.ring, o.op, o.fd, b, len(b), o.pos + o.done,
-                                      o.flags, key)
+        pin: Any = None
+        if op == OP_FSYNC:
+            ret = self.lib.uscst_prep(self.ring, OP_FSYNC, fd, ffi.NULL, 0, 0, flags, key, 0)
+        elif len(iov) == 1:
+            pin = ffi.from_buffer(iov[0], require_writable=op == OP_READ)
+            ret = self.lib.uscst_prep(self.ring, op, fd, pin, len(pin), pos + done, flags, key,
+                                      pos)
         else:
-            vec = ffi.new("struct iovec[]", len(o.iov))
-            o.keep.append(vec)
-            for i, buf in enumerate(o.iov):
-                b = ffi.from_buffer(buf, require_writable=o.op == OP_READ)
-                o.keep.append(b)
+            vec = ffi.new("struct iovec[]", len(iov))
+            pin = [vec]
+            for i, buf in enumerate(iov):
+                b = ffi.from_buffer(buf, require_writable=op == OP_READ)
+                pin.append(b)
                 vec[i].iov_base = b
                 vec[i].iov_len = len(b)
-            ret = self.lib.uscst_prepv(self.ring, o.op, o.fd, vec, len(o.iov), o.pos + o.done,
-                                       o.flags, key)
+            ret = self.lib.uscst_prepv(self.ring, op, fd, vec, len(iov), pos + done, flags, key,
+                                       pos)
         if ret == -_errno.EBUSY:        # SQ full: submit what is there, then retry once
             self.flush()
-            self._unpin(o)
-            self._issue(o)
+            self._unpin(pin)
+            self.submit(job, op, fd, iov, pos, flags, done)
             return
-        self.ops[key] = o
+        ops = self.ops
+        ops[key] = (job, op, fd, iov, pos, flags, done, pin)
         self.queued += 1
-        n = self.per_file.get(o.fd, 0) + 1
-        self.per_file[o.fd] = n
-        if len(self.ops) > self.stats["high_water"]:
-            self.stats["high_water"] = len(self.ops)
+        per_file[fd] = n + 1
+        if len(ops) > self.stats["high_water"]:
+            self.stats["high_water"] = len(ops)
 
     def flush(self) -> None:
         """One io_uring_enter for every SQE queued since the last flush."""
@@ -363,33 +401,57 @@ class uring:
         ops = self.ops
         per_file = self.per_file
         for i in range(n):
-            # The op's cffi views go with it (refcounting releases them).
-            o = ops.pop(data[i])
+            key = data[i]
             r = res[i]
-            fd = o.fd
+            wres = None
+            if key & _WRITE_PART:
+                # The write of a write+sync pair failed or came up short:
+                # the kernel cancels its fdatasync without a CQE (the
+                # failed head skipped success), so this ends the op.
+                key ^= _WRITE_PART
+                ent = ops.get(key)
+                if ent is None or r == _rest(ent[3]):
+                    continue            # posted anyway: the sync's CQE ends it
+                wres = r
+            # The op's cffi views go with it (refcounting releases them).
+            ent = ops.pop(key, None)
+            if ent is None:
+                continue                # a cancelled sync's CQE, its op ended
+            job, op, fd, iov, pos, flags, done, _pin = ent
             left = per_file[fd] - 1
             per_file[fd] = left
             if not left or self.backlog:
                 self._put_file(fd, left)
-            if o.op != OP_FSYNC and r > 0:
-                o.done += r
-                iov = o.iov
+            if op == OP_WRITE_SYNC:
+                if wres is None:        # the write and its sync both done
+                    if r == 0:
+                        r = done + (len(iov[0]) if len(iov) == 1 else iov_len(iov))
+                elif wres > 0:          # short: repeat the rest, with its sync
+                    self._resubmit(ent, wres)
+                    continue
+                else:
+                    r = wres or -_errno.EIO
+            elif op != OP_FSYNC and r > 0:
                 if r < (len(iov[0]) if len(iov) == 1 else iov_len(iov)):
                     # Short: repeat for the rest (a read that got 0 is at EOF).
-                    self._unpin(o)
-                    o.iov = iov_advance(iov, r)
-                    st["resubmits"] += 1
-                    self._issue(o)
+                    self._resubmit(ent, r)
                     continue
-                r = o.done
-            elif o.op != OP_FSYNC and r == 0:
-                r = o.done if (o.done or o.op == OP_READ) else -_errno.EIO
-            elif r < 0 and o.done:
-                r = o.done
-            o.job.result = r
-            o.job.args = ()
-            out.append(o.job)
+                r += done
+            elif op != OP_FSYNC and r == 0:
+                r = done if (done or op == OP_READ) else -_errno.EIO
+            elif r < 0 and done:
+                r = done
+            job.result = r
+            job.args = ()
+            out.append(job)
         return out
+
+    def _resubmit(self, ent: tuple, r: int) -> None:
+        """The op `ent` transferred r bytes short of its buffers: issue the rest."""
+        job, op, fd, iov, pos, flags, done, pin = ent
+        self._unpin(pin)
+        self.stats["resubmits"] += 1
+        self.submit(job, op, fd, iov_advance(iov, r), pos, flags, done + r)
 
     def _put_file(self, fd: int, left: int) -> None:
         """fd has `left` operations in flight after a completion: refill
@@ -397,15 +459,17 @@ class uring:
         q = self.backlog.get(fd)
         if q and left < URING_FILE_REFILL:
             while q and self.per_file[fd] < URING_FILE_MAX:   # bounded: URING_FILE_MAX
-                self._issue(q.popleft())
+                self.submit(*q.popleft())
         elif left == 0 and not q:
             del self.per_file[fd]
             self.backlog.pop(fd, None)
 
-    def _unpin(self, o: _op) -> None:
-        for b in o.keep:
+    def _unpin(self, pin: Any) -> None:
+        """Release an op's cffi views before its buffers are used again."""
+        if pin is None:
+            return
+        for b in pin if isinstance(pin, list) else (pin,):
             self.ffi.release(b)
-        o.keep = []
 
     def show_stats(self) -> str:
         st = self.stats

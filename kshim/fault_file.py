@@ -116,10 +116,11 @@ def file_aio_fault(attr: fault_attr, f: Any, iov: list, pos: int,
 
 
 def file_flush_fault(f: Any, flush: Callable[[Any], None], fail: Callable[[int], None]) -> bool:
-    """The fault of the fdatasync that DSYNC asynchronous writes share
-    (kshim.fs's group flush), decided when it starts; never sleeps. False:
-    go on. True: `fail(-errno)` runs from a timer (every write of the group
-    fails), or `flush(None)` runs delay-ms later."""
+    """The fault of the fdatasync a DSYNC asynchronous write is linked to
+    (kshim.fs's vfs_iocb_iter_write), decided when the write is submitted;
+    never sleeps. False: go on. True: `fail(-errno)` runs from a timer (the
+    write runs without its sync and fails with -errno), or `flush(None)`
+    runs delay-ms later."""
     if not _file_match(fail_file_fsync, f) or not should_fail(fail_file_fsync, 1):
         return False
     p = fail_file_fsync.params

@@ -25,8 +25,8 @@ the open file (the kernel's takes a path) and answers only STATX_DIOALIGN.
 
 Fault points (kshim.fault_file): fail_file_read, fail_file_write,
 fail_file_fsync and fail_file_fallocate at the top of each call; on the
-asynchronous path they are decided at submission (and at the shared
-flush's start) and still end in ki_complete, never by falling back to the
+asynchronous path they are decided at submission (a DSYNC write's
+fdatasync too) and still end in ki_complete, never by falling back to the
 synchronous calls.
 
 Tracepoints: block_rq_issue when a call goes to the worker pool,
@@ -72,7 +72,7 @@ EIOCBQUEUED = 529              # include/linux/errno.h: the I/O completes later
 IOCB_DSYNC = 1 << 4            # this write reaches stable storage before it completes
 
 stats = {"read_nowait_hits": 0, "read_pool": 0, "write_pool": 0, "fsync": 0, "aio_reads": 0,
-         "aio_writes": 0, "group_flushes": 0}
+         "aio_writes": 0}
 
 
 class inode:
@@ -83,8 +83,7 @@ class inode:
 
 
 class file:
-    __slots__ = ("fd", "f_flags", "f_path", "f_inode", "nowait_read", "flush_busy",
-                 "flush_next")
+    __slots__ = ("fd", "f_flags", "f_path", "f_inode", "nowait_read")
 
     def __init__(self, fd: int, flags: int, path: str, size: int) -> None:
         self.fd = fd
@@ -92,11 +91,6 @@ class file:
         self.f_path = path
         self.f_inode = inode(size)
         self.nowait_read = ops.rwf_nowait and not flags & O_DIRECT
-        # IOCB_DSYNC writes share flushes (as jbd2 batches commits): one
-        # fdatasync runs at a time; writes finished meanwhile wait together
-        # for the next one. Touched only on the CPU thread, in softirq.
-        self.flush_busy = False
-        self.flush_next: list[kiocb] = []
 
 
 def filp_open(path: str, flags: int, mode: int = 0o600) -> "file | int":
@@ -187,11 +181,14 @@ def _pool_call(fn: Callable[..., int], *args: Any) -> int:
     return job.result
 
 
-class kiocb:
+class kiocb(io_job):
     """One asynchronous read or write (include/linux/fs.h): ki_complete(iocb,
-    res) runs in softirq context with bytes done or -errno."""
+    res) runs in softirq context with bytes done or -errno. The kiocb is
+    also the engine's io_job (its fn, args and complete are set when it is
+    submitted): one object per I/O, as the kernel's kiocb is embedded in
+    the request that carries it; private is the submitter's."""
 
-    __slots__ = ("ki_filp", "ki_pos", "ki_flags", "ki_complete", "private", "ki_res")
+    __slots__ = ("ki_filp", "ki_pos", "ki_flags", "ki_complete", "ki_res")
 
     def __init__(self, f: file, pos: int, complete: Callable[["kiocb", int], None],
                  private: Any = None, flags: int = 0) -> None:
@@ -200,76 +197,46 @@ class kiocb:
         self.ki_flags = flags
         self.ki_complete = complete
         self.private = private
-        self.ki_res = 0                 # bytes written, kept while a flush runs
+        self.result = 0
+        self.ki_res = 0                 # -errno a fault gave a DSYNC write's fdatasync
 
 
 def _iocb_submit(fn: Callable[..., int], f: file, iov: list, iocb: kiocb,
-                 done: Callable[[io_job], None]) -> None:
+                 done: Callable[[Any], None]) -> None:
+    """Hand iocb to the engine as its io_job: done(iocb) runs in softirq."""
     if trace_block_rq_issue.enabled:
         trace_block_rq_issue(fn.__name__, f.fd, iocb.ki_pos, host.iov_len(iov))
-    ops.io_submit(io_job(fn, (f.fd, iov, iocb.ki_pos), done, iocb))
+    iocb.fn = fn
+    iocb.args = (f.fd, iov, iocb.ki_pos)
+    iocb.complete = done
+    ops.io_submit(iocb)
 
 
-def _iocb_read_done(job: io_job) -> None:
-    iocb: kiocb = job.private
+def _iocb_read_done(iocb: kiocb) -> None:
     if trace_block_rq_complete.enabled:
         trace_block_rq_complete(ops.file_preadv.__name__, iocb.ki_filp.fd, iocb.ki_pos,
-                                job.result)
-    iocb.ki_complete(iocb, job.result)
+                                iocb.result)
+    iocb.ki_complete(iocb, iocb.result)
 
 
-def _iocb_write_done(job: io_job) -> None:
-    iocb: kiocb = job.private
-    n = job.result
+def _iocb_write_done(iocb: kiocb) -> None:
+    n = iocb.result
     if trace_block_rq_complete.enabled:
-        trace_block_rq_complete(ops.file_pwritev.__name__, iocb.ki_filp.fd, iocb.ki_pos, n)
+        trace_block_rq_complete(iocb.fn.__name__, iocb.ki_filp.fd, iocb.ki_pos, n)
     f = iocb.ki_filp
     if n > 0 and iocb.ki_pos + n > f.f_inode.i_size:
         f.f_inode.i_size = iocb.ki_pos + n
-    if n <= 0 or not iocb.ki_flags & IOCB_DSYNC:
-        iocb.ki_complete(iocb, n)
-        return
-    iocb.ki_res = n
-    f.flush_next.append(iocb)
-    if not f.flush_busy:
-        _group_flush_start(f)
+    if iocb.ki_res < 0 and n >= 0:
+        n = iocb.ki_res                 # the write's fdatasync failed (a fault)
+    iocb.ki_complete(iocb, n)
 
 
-def _group_flush_start(f: file) -> None:
-    """fdatasync for every DSYNC write that finished before now."""
-    batch, f.flush_next = f.flush_next, []
-    f.flush_busy = True
-    stats["group_flushes"] += 1
-    if fail_file_fsync.armed and file_flush_fault(
-            f, lambda _: _group_flush_submit(f, batch),
-            lambda err: _group_flush_end(f, batch, err)):
-        return
-    _group_flush_submit(f, batch)
-
-
-def _group_flush_submit(f: file, batch: list) -> None:
-    stats["fsync"] += 1
-    if trace_block_rq_issue.enabled:
-        trace_block_rq_issue(ops.file_fsync.__name__, f.fd, 0, 0)
-    ops.io_submit(io_job(ops.file_fsync, (f.fd, True), _group_flush_done, (f, batch)))
-
-
-def _group_flush_done(job: io_job) -> None:
-    f, batch = job.private
-    if trace_block_rq_complete.enabled:
-        trace_block_rq_complete(ops.file_fsync.__name__, f.fd, 0, job.result)
-    _group_flush_end(f, batch, job.result)
-
-
-def _group_flush_end(f: file, batch: list, ret: int) -> None:
-    """The group's flush returned ret: its writes complete (all of them
-    fail if it failed: none may be acknowledged), then the writes that
-    finished meanwhile get the next flush."""
-    f.flush_busy = False
-    for iocb in batch:
-        iocb.ki_complete(iocb, iocb.ki_res if ret == 0 else ret)
-    if f.flush_next and not f.flush_busy:
-        _group_flush_start(f)
+def _iocb_write_unsynced(f: file, iocb: kiocb, iov: list, err: int) -> None:
+    """An armed fail_file_fsync failed this DSYNC write's fdatasync: the
+    write still runs (its bytes may reach the page cache; no second fault
+    is decided for it), the sync does not, and ki_complete gets err."""
+    iocb.ki_res = err
+    _iocb_submit(ops.file_pwritev, f, iov, iocb, _iocb_write_done)
 
 
 def vfs_iocb_iter_read(f: file, iocb: kiocb, iov: list) -> int:
@@ -284,18 +251,30 @@ def vfs_iocb_iter_read(f: file, iocb: kiocb, iov: list) -> int:
 
 def vfs_iocb_iter_write(f: file, iocb: kiocb, iov: list) -> int:
     """Start writing the buffers at iocb.ki_pos: -EIOCBQUEUED. With
-    IOCB_DSYNC, ki_complete waits for an fdatasync that started after the
-    write finished (shared with the file's other DSYNC writes, as
-    generic_write_sync after a journalled commit); if that fdatasync fails,
-    every write it covered gets its error. Armed fail_file_write and
-    fail_file_fsync are decided here and at the shared flush
-    (file_aio_fault, file_flush_fault): ki_complete then gets -errno or a
-    short count. Never sleeps."""
+    IOCB_DSYNC the write and an fdatasync of its range go out as one host
+    job (file_pwritev_sync: on io_uring a write linked to a ranged fsync),
+    so ki_complete runs only after the bytes are stable, and the syncs of
+    writes in flight together run in parallel (as O_SYNC writes from
+    tgtd's threads do; docs/decisions/0064). Armed fail_file_write and
+    fail_file_fsync are decided here (file_aio_fault, file_flush_fault):
+    ki_complete then gets -errno or a short count; a failed fdatasync
+    still lets the write run. Never sleeps."""
     stats["aio_writes"] += 1
-    return _iocb_start(fail_file_write, ops.file_pwritev, _iocb_write_done, f, iocb, iov)
+    if not iocb.ki_flags & IOCB_DSYNC:
+        return _iocb_start(fail_file_write, ops.file_pwritev, _iocb_write_done, f, iocb, iov)
+    stats["fsync"] += 1
+    if fail_file_fsync.armed and file_flush_fault(
+            f, lambda _: _iocb_write_synced(f, iocb, iov),
+            lambda err: _iocb_write_unsynced(f, iocb, iov, err)):
+        return -EIOCBQUEUED
+    return _iocb_start(fail_file_write, ops.file_pwritev_sync, _iocb_write_done, f, iocb, iov)
 
 
-def _iocb_start(attr: fault_attr, op: Callable[..., int], done: Callable[[io_job], None],
+def _iocb_write_synced(f: file, iocb: kiocb, iov: list) -> None:
+    _iocb_start(fail_file_write, ops.file_pwritev_sync, _iocb_write_done, f, iocb, iov)
+
+
+def _iocb_start(attr: fault_attr, op: Callable[..., int], done: Callable[[Any], None],
                 f: file, iocb: kiocb, iov: list) -> int:
     """Submit one asynchronous read or write, or let its armed fault point
     take it over (file_aio_fault): -EIOCBQUEUED either way."""
@@ -305,8 +284,11 @@ def _iocb_start(attr: fault_attr, op: Callable[..., int], done: Callable[[io_job
         return -EIOCBQUEUED
     if trace_block_rq_issue.enabled:
         _iocb_submit(op, f, iov, iocb, done)
-    else:
-        ops.io_submit(io_job(op, (f.fd, iov, iocb.ki_pos), done, iocb))
+        return -EIOCBQUEUED
+    iocb.fn = op
+    iocb.args = (f.fd, iov, iocb.ki_pos)
+    iocb.complete = done
+    ops.io_submit(iocb)
     return -EIOCBQUEUED
 
 

@@ -160,8 +160,8 @@ class host_operations:
         "random_bytes", "prandom_u32",
         "alloc_aligned", "free_aligned",
         "file_open", "file_close", "file_size", "file_truncate", "file_preadv_nowait",
-        "file_preadv", "file_pwritev", "file_fsync", "file_fallocate", "file_lseek",
-        "file_dio_align", "rwf_nowait", "file_cached", "io_submit",
+        "file_preadv", "file_pwritev", "file_pwritev_sync", "file_fsync", "file_fallocate",
+        "file_lseek", "file_dio_align", "rwf_nowait", "file_cached", "io_submit",
         "sock_new", "sock_bind", "sock_listen", "sock_accept", "sock_connect",
         "sock_setsockopt", "sock_getsockopt", "sock_name", "sock_error", "sock_shutdown",
         "sock_recv_into", "sock_recvmsg_into", "sock_sendmsg", "sock_sendfile",
@@ -199,6 +199,8 @@ class host_operations:
     file_preadv_nowait: Callable[[int, list, int], int]
     file_preadv: Callable[[int, list, int], int]
     file_pwritev: Callable[[int, list, int], int]
+    # write, then fdatasync what it wrote: bytes written or -errno (either failing)
+    file_pwritev_sync: Callable[[int, list, int], int]
     file_fsync: Callable[[int, bool], int]
     file_fallocate: Callable[[int, int, int, int], int]
     file_lseek: Callable[[int, int, int], int]

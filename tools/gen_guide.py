@@ -224,11 +224,11 @@ sequence lands straight in the command's pages. When the last byte is in,
 `scst_rx_data` moves the command to REAL_EXEC, and exec runs right there
 on the rd thread: a plain WRITE never sleeps, it starts an asynchronous
 pwritev on a kiocb (block_rq_issue; io_uring, or the host's worker pool
-where io_uring is refused) and returns. The completion comes back in
-softirq context (block_rq_complete); with write-through it joins the next
-shared fdatasync of the file (in the timeline; it belongs to no single
-command, so the sequence leaves it out), and the command finishes
-in softirq: scst_exec_done, DEV_DONE, XMIT_RESP, then the wr thread sends
+where io_uring is refused) and returns; with write-through (the default)
+the write and an fdatasync of its range are that one I/O
+(file_pwritev_sync: on io_uring a write linked to a ranged fsync). The
+completion comes back in softirq context (block_rq_complete) once the data
+is stable, and the command finishes in softirq: scst_exec_done, DEV_DONE, XMIT_RESP, then the wr thread sends
 the response. No device thread is involved.
 """),
     ("05-abort-task", "An ABORT TASK racing a WRITE", sc_abort, """\

@@ -106,7 +106,8 @@ def test_each_command_runs_its_states_in_scst_order(traced_run):
 def test_trace_shows_r2t_data_out_and_backing_io(traced_run):
     names = {e["name"] for e in traced_run["doc"]["traceEvents"] if e["ph"] == "X"}
     assert {"tx R2T", "rx Data-Out", "rx SCSI Command", "tx SCSI Response", "tx Data-In",
-            "rq_issue file_pwritev", "rq_complete file_pwritev"} <= names
+            # write-through (the default): the write and its fdatasync are one I/O
+            "rq_issue file_pwritev_sync", "rq_complete file_pwritev_sync"} <= names
     counters = {e["name"].split(" iqn")[0] for e in traced_run["doc"]["traceEvents"]
                 if e["ph"] == "C"}
     assert counters == {"queue depth", "R2T outstanding"}

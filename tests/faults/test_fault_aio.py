@@ -1,17 +1,17 @@
-"""File faults on the asynchronous write path (issue 16; decision 0029).
+"""File faults on the asynchronous write path (issue 16; decisions 0029, 0064).
 
 A plain WRITE goes out as one asynchronous write on a kiocb
-(vfs_iocb_iter_write: io_uring under the trio engine), durable writes
-sharing one fdatasync (the group flush). The file fault points are decided
+(vfs_iocb_iter_write: io_uring under the trio engine), a durable one
+linked to an fdatasync of its range. The file fault points are decided
 there, in kshim.fs, not by falling back to the synchronous path: the
 e2e tests restrict the fault to that path with require-start (a stack
 filter), so with the old fallback nothing would fail and they would.
 
 Two parts: real uscstd over real TCP with io_uring (a WRITE with injected
-EIO gets 03/0C/00 naming its first bad LBA; a failed shared fdatasync
-fails the WRITE it covers and not the next), and the group flush under
-the sim engine, where the grouping follows the seed: every write of the
-flush that failed gets the error, none is acknowledged.
+EIO gets 03/0C/00 naming its first bad LBA; a failed fdatasync fails the
+WRITE it covers and not the next), and DSYNC writes in flight together
+under the sim engine: the one whose fdatasync failed gets the error (its
+bytes were written, not made stable), every other one completes.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from kshim.fault_file import fail_file_fsync
 from kshim.fs import IOCB_DSYNC, O_RDWR, filp_close, filp_open, kiocb, vfs_iocb_iter_write
 from kshim.timer import msleep
 
-WRITES = 8                  # DSYNC writes in flight at once in the group-flush test
+WRITES = 8                  # DSYNC writes in flight at once in the sim test
 
 
 def _need_uring(ctl) -> None:
@@ -61,10 +61,10 @@ def test_write_through_io_uring_with_injected_eio_gets_03_0c_00_at_its_first_bad
     wait_commands_freed(ctl)
 
 
-def test_failed_shared_fdatasync_fails_the_write_it_covers_not_the_next_seed_16012(
+def test_failed_linked_fdatasync_fails_the_write_it_covers_not_the_next_seed_16012(
         uscstd, tmp_path: Path) -> None:
     srv, ctl = _start(uscstd, tmp_path, "fail_file_fsync:probability=100,times=1,"
-                      "require-start=_group_flush_start,seed=16012,verbose=0")
+                      "require-start=vfs_iocb_iter_write,seed=16012,verbose=0")
     _need_uring(ctl)
     ini = _login(srv)
     try:
@@ -117,18 +117,18 @@ def test_one_failing_write_in_a_pipelined_batch_alone_gets_03_0c_00_seed_16014(
     wait_commands_freed(ctl)
 
 
-def test_pipelined_write_through_group_over_a_failed_fdatasync_acknowledges_no_lost_write_seed_16015(
+def test_pipelined_write_through_over_a_failed_fdatasync_acknowledges_no_lost_write_seed_16015(
         uscstd, tmp_path: Path) -> None:
     srv, ctl = _start(uscstd, tmp_path, "fail_file_fsync:probability=100,times=1,"
-                      "require-start=_group_flush_start,seed=16015,verbose=0")
+                      "require-start=vfs_iocb_iter_write,seed=16015,verbose=0")
     _need_uring(ctl)
     ini = _login(srv)
     try:
         results = _pipelined_writes(ini, 800, 0x5D)
         failed = [i for i, r in enumerate(results) if not r.ok]
-        # The first shared flush fails: every WRITE it covered fails, each
-        # naming its own first block; the others were covered by a later one.
-        assert failed, "no WRITE saw the failed fdatasync"
+        # Each WRITE has its own fdatasync: the one that failed fails its
+        # WRITE only, naming its first block; the others are stable.
+        assert len(failed) == 1, f"one WRITE should see the failed fdatasync: {failed}"
         for i, r in enumerate(results):
             if i in failed:
                 assert r.status == SAM_STAT_CHECK_CONDITION, r
@@ -150,21 +150,21 @@ def clean_points():
     fi.fault_reset()
 
 
-def _group_flush_run(seed: int) -> list[tuple[int, int]]:
-    """WRITES DSYNC writes at once on a sim disk, the second group flush
-    failing: (result, group flush it completed with) per write."""
+def _dsync_run(seed: int) -> tuple[list[tuple[int, int]], bytes]:
+    """WRITES DSYNC writes at once on a sim disk, the second one's
+    fdatasync failing: ((write index, result) per completion, the disk)."""
     sim = Simulation(seed)
     sim.disks["/sim/g"] = bytearray(WRITES * BS)
     got: list[tuple[int, int]] = []
 
-    def done(_iocb: kiocb, n: int) -> None:
-        got.append((n, fs.stats["group_flushes"] - base))
+    def done(iocb: kiocb, n: int) -> None:
+        got.append((iocb.private, n))
 
     def init() -> int:
         f = filp_open("/sim/g", O_RDWR)
         assert not isinstance(f, int), f
         for i in range(WRITES):
-            assert vfs_iocb_iter_write(f, kiocb(f, i * BS, done, None, IOCB_DSYNC),
+            assert vfs_iocb_iter_write(f, kiocb(f, i * BS, done, i, IOCB_DSYNC),
                                        [bytes([i + 1]) * BS]) == -fs.EIOCBQUEUED
         for _ in range(1000):           # bounded: each write completes in virtual ms
             if len(got) == WRITES:
@@ -172,19 +172,20 @@ def _group_flush_run(seed: int) -> list[tuple[int, int]]:
             msleep(1)
         filp_close(f)
         return 0
-    base = fs.stats["group_flushes"]
     assert sim.boot(init) == 0
+    disk = bytes(sim.disks["/sim/g"])
     sim.shutdown(None)
-    return got
+    return got, disk
 
 
-def test_failed_group_fdatasync_fails_every_write_of_its_group_seed_16013(clean_points) -> None:
+def test_failed_fdatasync_fails_only_the_dsync_write_it_was_linked_to_seed_16013(
+        clean_points) -> None:
     fi.apply_fault_specs(["fail_file_fsync:interval=2,probability=100,times=1,seed=16013,"
                           "verbose=0"])
-    got = _group_flush_run(16013)
-    assert len(got) == WRITES, got
-    failed_group = [n for n, g in got if g == 2]
-    assert len(failed_group) >= 2, f"seed 16013 should put several writes in flush 2: {got}"
-    assert all(n == -EIO for n in failed_group), got
-    assert all(n == BS for n, g in got if g != 2), got
+    got, disk = _dsync_run(16013)
+    assert sorted(i for i, _ in got) == list(range(WRITES)), got
+    assert [n for i, n in got if i == 1] == [-EIO], got
+    assert all(n == BS for i, n in got if i != 1), got
     assert fail_file_fsync.injected == 1
+    # The failed sync's write still ran: its bytes reached the (unstable) file.
+    assert disk == b"".join(bytes([i + 1]) * BS for i in range(WRITES))
