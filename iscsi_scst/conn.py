@@ -89,6 +89,13 @@ class iscsi_conn:
     # (one CPU, and the rd thread never sleeps between the two). What is
     # on write_list was queued before everything here.
     rd_write_list: list = attrs.field(factory=list)
+    # Responses queued by any other context (softirq completions, device
+    # threads) while rd_write_list is empty: the kernel's llist, lock-free
+    # (llist_add is an append, llist_del_all takes the list and leaves an
+    # empty one; one CPU). Send order: write_list, then this, then
+    # rd_write_list; a context that queues on write_list moves this there
+    # first (decision 0071).
+    cpl_list: list = attrs.field(factory=list)
     # the sender's state: whoever holds tx_busy (the wr thread, or the rd
     # thread flushing before it sleeps) owns these
     tx_busy: bool = False

@@ -757,6 +757,13 @@ def iscsi_xmit_response(scmd: scst_cmd) -> int:
         # iscsi_queue_tx's rd thread case, without the call: a READ from the
         # page cache is answered here, on the rd thread, once per command.
         conn.rd_write_list.append(cmnd.write_list_entry)
+    elif not conn.rd_write_list:
+        # iscsi_queue_tx's llist case, without the call: a softirq
+        # completion (vdisk_blockio, io_uring) is queued lock-free.
+        cpl = conn.cpl_list
+        cpl.append(cmnd.write_list_entry)
+        if len(cpl) == 1 and conn.write_list.next is conn.write_list:
+            wake_up(conn.wr_waitQ)
     else:
         iscsi_queue_tx(conn, cmnd.write_list_entry)
     return SCST_TGT_RES_SUCCESS

@@ -19,7 +19,9 @@ sleeps until sk_data_ready.
 Send: before it sleeps, the rd thread flushes the responses it queued
 itself (one sendmsg per batch); the wr thread sends what other contexts
 queue (device threads, softirq completions, timers) and whatever did not
-fit the socket. Either takes every queued response at once, builds the
+fit the socket. Other contexts queue lock-free on conn.cpl_list (an
+llist) while the rd thread has nothing pending, else on write_list under
+write_list_lock (decision 0071). Either takes every queued response at once, builds the
 iovecs (BHS, data as memoryviews of the command's pages, padding, digests)
 and sends them with one sendmsg; StatSN is assigned then, in send order.
 
@@ -215,7 +217,8 @@ def iscsi_rd_thread(conn: iscsi_conn) -> int:
                 continue
             break
         if ret == -EAGAIN:
-            if (conn.rd_write_list or not list_empty(conn.write_list)) and not conn.tx_busy:
+            if ((conn.rd_write_list or conn.cpl_list or not list_empty(conn.write_list))
+                    and not conn.tx_busy):
                 # Send this batch's responses now instead of waking the wr thread.
                 if iscsi_tx_flush(conn, False) == -EAGAIN and conn.tx_iov:
                     wake_up(conn.wr_waitQ)
@@ -235,52 +238,68 @@ def iscsi_rd_thread(conn: iscsi_conn) -> int:
 def iscsi_queue_tx(conn: iscsi_conn, entry: list_head) -> None:
     """Queue a response (its write_list_entry) for sending (any context).
     The rd thread keeps its own on conn.rd_write_list and flushes them
-    before it sleeps; any other context puts them on write_list (after the
-    rd thread's pending ones, so send order is queue order) and wakes the
-    wr thread."""
+    before it sleeps. Any other context adds it lock-free to conn.cpl_list
+    (llist_add) while the rd thread has none pending, else puts it on
+    write_list after cpl_list's and the rd thread's pending ones, so send
+    order is queue order; either wakes the wr thread."""
     if sched.cpu.curr is conn.rd_task:       # current(), without the call
         conn.rd_write_list.append(entry)
         return
-    wl = conn.write_list
-    spin_lock_bh(conn.write_list_lock)
-    # Only the first entry wakes the wr thread: it takes the whole list (a
+    # Only the first entry wakes the wr thread: it takes the whole queue (a
     # batch of softirq completions costs one wake-up, not one each).
-    was_empty = wl.next is wl
-    if conn.rd_write_list:
-        _rd_list_to_write_list(conn)
+    wl = conn.write_list
+    if not conn.rd_write_list:
+        cpl = conn.cpl_list
+        cpl.append(entry)
+        if len(cpl) == 1 and wl.next is wl:
+            wake_up(conn.wr_waitQ)
+        return
+    spin_lock_bh(conn.write_list_lock)
+    was_empty = wl.next is wl and not conn.cpl_list
+    _llists_to_write_list(conn)
     list_add_tail(entry, wl)
     spin_unlock_bh(conn.write_list_lock)
     if was_empty:
         wake_up(conn.wr_waitQ)
 
 
-def _rd_list_to_write_list(conn: iscsi_conn) -> None:
-    """Move the rd thread's pending responses to the tail of write_list
-    (write_list_lock held)."""
+def _llists_to_write_list(conn: iscsi_conn) -> None:
+    """Move the lock-free queued responses, conn.cpl_list's then the rd
+    thread's, to the tail of write_list (write_list_lock held)."""
+    cpl = conn.cpl_list
     rd = conn.rd_write_list
+    conn.cpl_list = []
     conn.rd_write_list = []
     wl = conn.write_list
-    for entry in rd:
+    for entry in cpl + rd:
         list_add_tail(entry, wl)
 
 
 def iscsi_rd_tx_requeue(conn: iscsi_conn) -> None:
-    """Put the rd thread's pending responses on write_list (any context),
-    e.g. for a closing connection's walk of write_list."""
-    if conn.rd_write_list:
+    """Put the lock-free queued responses (conn.cpl_list, the rd thread's)
+    on write_list (any context), e.g. for a closing connection's walk of
+    write_list."""
+    if conn.rd_write_list or conn.cpl_list:
         spin_lock_bh(conn.write_list_lock)
-        _rd_list_to_write_list(conn)
+        _llists_to_write_list(conn)
         spin_unlock_bh(conn.write_list_lock)
 
 
 def iscsi_tx_take(conn: iscsi_conn) -> list:
-    """Every queued response's entry, in send order: write_list's, then the
-    rd thread's own. The rd thread's alone (the busy case) cost no lock."""
+    """Every queued response's entry, in send order: write_list's, then
+    conn.cpl_list's, then the rd thread's own. With write_list empty (the
+    busy case) it costs no lock: the other two are llists."""
     rd = conn.rd_write_list
     wl = conn.write_list
     if wl.next is wl:
         if rd:
             conn.rd_write_list = []
+        cpl = conn.cpl_list
+        if cpl:
+            conn.cpl_list = []          # llist_del_all
+            if rd:
+                cpl += rd
+            return cpl
         return rd
     out = []
     spin_lock_bh(conn.write_list_lock)
@@ -290,6 +309,9 @@ def iscsi_tx_take(conn: iscsi_conn) -> list:
         list_del_init(node)
         out.append(node)
         node = nxt
+    if conn.cpl_list:
+        out += conn.cpl_list
+        conn.cpl_list = []
     if conn.rd_write_list:
         out += conn.rd_write_list
         conn.rd_write_list = []
@@ -311,7 +333,7 @@ def iscsi_tx_flush(conn: iscsi_conn, may_sleep: bool) -> int:
                 # iscsi_tx_take's lock-free case inline: the rd thread's own
                 # batch with write_list empty, once per pass of a busy session.
                 entries = conn.rd_write_list
-                if entries and conn.write_list.next is conn.write_list:
+                if entries and conn.write_list.next is conn.write_list and not conn.cpl_list:
                     conn.rd_write_list = []
                 else:
                     entries = iscsi_tx_take(conn)
@@ -347,7 +369,8 @@ def iscsi_tx_flush(conn: iscsi_conn, may_sleep: bool) -> int:
                     conn.tx_iov.clear()
                     conn.tx_sendfile = False
                     iscsi_tx_done(conn, items, 0)
-                    if not conn.rd_write_list and conn.write_list.next is conn.write_list:
+                    if (not conn.rd_write_list and not conn.cpl_list
+                            and conn.write_list.next is conn.write_list):
                         return 0          # all sent, nothing queued meanwhile
                     continue
                 _advance_iov(conn.tx_iov, n)
@@ -434,7 +457,8 @@ def iscsi_wr_thread(conn: iscsi_conn) -> int:
     wl = conn.write_list
     while True:
         wait_event_interruptible(conn.wr_waitQ, lambda: not list_empty(wl) or bool(conn.tx_iov)
-                                 or bool(conn.rd_write_list) or conn.closing
+                                 or bool(conn.rd_write_list) or bool(conn.cpl_list)
+                                 or conn.closing
                                  or kthread_should_stop())
         if conn.closing or kthread_should_stop():
             return 0

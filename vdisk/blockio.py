@@ -45,10 +45,10 @@ from kshim.printk import pr_err, pr_info
 from scst_core.const import (scst_sense_hardw_error, scst_sense_read_error,
                              scst_sense_space_allocation_failed, scst_sense_write_error)
 from scst_core.lib import scst_cmd_iov, scst_set_cmd_error
-from scst_core.scst import scst_cmd, scst_device
+from scst_core.scst import SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME, scst_cmd, scst_device
 from vdisk.fileio import (MAX_PIECES, fileio_lba_status, fileio_open_backing,
                           fileio_publish_backing, fileio_sync, fileio_unmap)
-from vdisk.vdisk import (scst_vdisk_dev, vdisk_add_device_parameters, vdisk_cmd_done,
+from vdisk.vdisk import (scst_vdisk_dev, vdisk_add_device_parameters,
                          vdisk_detach_common, vdisk_do_exec, vdisk_io_ops, vdisk_make_devtype,
                          vdisk_need_sync, vdisk_set_sense_info)
 
@@ -311,7 +311,7 @@ def _blockio_end_io(iocb: kiocb, n: int) -> None:
         _iov_copy(scst_cmd_iov(cmd), 0, bounce[:length], True)
         cmd.resp_data_len = length
     dma_pool_free(blockio_bounce_pool, bounce)
-    vdisk_cmd_done(cmd)
+    cmd.scst_cmd_done(cmd, SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME)     # vdisk_cmd_done
 
 
 def blockio_exec_nowait(cmd: scst_cmd) -> bool:
