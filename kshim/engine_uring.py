@@ -425,7 +425,7 @@ class uring:
             if op == OP_WRITE_SYNC:
                 if wres is None:        # the write and its sync both done
                     if r == 0:
-                        r = done + (len(iov[0]) if len(iov) == 1 else iov_len(iov))
+                        r = done + _rest(iov)
                 elif wres > 0:          # short: repeat the rest, with its sync
                     self._resubmit(ent, wres)
                     continue
