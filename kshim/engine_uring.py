@@ -12,7 +12,14 @@ fallback when io_uring is refused.
   written range with IORING_FSYNC_DATASYNC, the write's CQE skipped unless
   it fails or comes up short. flush() makes one io_uring_enter for every
   SQE queued since the last one. The engine calls flush() once per
-  pass, after the run queue drained: the submissions of a pass are batched.
+  pass, after the run queue drained, and submit() calls it whenever
+  URING_SUBMIT_BATCH SQEs are queued, as the kernel's blk_plug is flushed
+  at its request limit: a pass's submissions go out in batches of at most
+  that many, so the device works on the first while the CPU prepares the
+  rest (decision 0063: one batch per pass held a QD32 load in lock-step,
+  the device idle while the CPU worked and the CPU idle while it waited).
+- Completion polling: cq_ready() reads the CQ ring's head and tail (shared
+  memory, no system call), for the engine's busy-poll.
 - Completion: the ring signals an eventfd the engine's trio task waits on;
   reap() takes at most URING_REAP_MAX completions per pass. The ring is
   set up with IORING_SETUP_COOP_TASKRUN where the kernel has it, so an
@@ -54,6 +61,10 @@ URING_ENTRIES = 256          # SQ size; the CQ is twice that
 URING_FILE_MAX = 256         # outstanding operations per file
 URING_FILE_REFILL = 32       # a file's backlog refills below this
 URING_REAP_MAX = 64          # completions per engine pass
+# SQEs queued before submit() flushes them itself, mid-pass (blk_plug's
+# request limit): the device starts on a pass's first reads while the CPU
+# still prepares the rest (docs/decisions/0063).
+URING_SUBMIT_BATCH = 8
 
 OP_READ = 0
 OP_WRITE = 1
@@ -88,6 +99,7 @@ int uscst_prepv(struct io_uring *ring, int op, int fd, void *iov, unsigned nr,
                 unsigned long long sync_off);
 unsigned uscst_reap(struct io_uring *ring, unsigned long long *data, int *res, unsigned max);
 unsigned uscst_sq_ready(struct io_uring *ring);
+unsigned uscst_cq_ready(struct io_uring *ring);
 """
 
 # Our own glue: one call per SQE and one per batch of CQEs, so Python pays
@@ -187,6 +199,11 @@ unsigned uscst_reap(struct io_uring *ring, unsigned long long *data, int *res, u
 unsigned uscst_sq_ready(struct io_uring *ring)
 {
     return io_uring_sq_ready(ring);
+}
+
+unsigned uscst_cq_ready(struct io_uring *ring)
+{
+    return io_uring_cq_ready(ring);
 }
 """
 
@@ -364,6 +381,8 @@ class uring:
         per_file[fd] = n + 1
         if len(ops) > self.stats["high_water"]:
             self.stats["high_water"] = len(ops)
+        if self.queued >= URING_SUBMIT_BATCH:
+            self.flush()
 
     def flush(self) -> None:
         """One io_uring_enter for every SQE queued since the last flush."""
@@ -378,6 +397,10 @@ class uring:
         # SQEs stay queued and the next pass submits them again.
 
     # -- completion -----------------------------------------------------
+
+    def cq_ready(self) -> int:
+        """Completions waiting in the CQ ring (no system call)."""
+        return self.lib.uscst_cq_ready(self.ring)
 
     def eventfd_clear(self) -> None:
         try:

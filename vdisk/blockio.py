@@ -42,6 +42,7 @@ from kshim.fs import (EIOCBQUEUED, IOCB_DSYNC, O_DIRECT, STATX_DIOALIGN, file, f
 from kshim.gfp import GFP_ATOMIC, GFP_KERNEL
 from kshim.page_alloc import PAGE_SIZE
 from kshim.printk import pr_err, pr_info
+from kshim.scatterlist import sg_copy_from_buffer, sg_copy_to_buffer
 from scst_core.const import (scst_sense_hardw_error, scst_sense_read_error,
                              scst_sense_space_allocation_failed, scst_sense_write_error)
 from scst_core.lib import scst_cmd_iov, scst_set_cmd_error
@@ -308,7 +309,7 @@ def _blockio_end_io(iocb: kiocb, n: int) -> None:
     elif not write:
         if n < length:
             bounce[n:length] = _ZEROS[:length - n]      # the file shrank: zeros past its end
-        _iov_copy(scst_cmd_iov(cmd), 0, bounce[:length], True)
+        sg_copy_from_buffer(cmd.sg, cmd.sg_cnt, bounce[:length])
         cmd.resp_data_len = length
     dma_pool_free(blockio_bounce_pool, bounce)
     cmd.scst_cmd_done(cmd, SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME)     # vdisk_cmd_done
@@ -333,7 +334,7 @@ def blockio_exec_nowait(cmd: scst_cmd) -> bool:
     f = virt_dev.file
     pos = cmd.lba << virt_dev.block_shift
     if write:
-        _iov_copy(scst_cmd_iov(cmd), 0, bounce[:length], False)
+        sg_copy_to_buffer(cmd.sg, cmd.sg_cnt, bounce[:length])
         fua = op != 0x0A and bool(cmd.cdb[1] & 0x08)
         flags = IOCB_DSYNC if vdisk_need_sync(cmd, virt_dev, fua) else 0
         ret = vfs_iocb_iter_write(f, kiocb(f, pos, _blockio_end_io, (cmd, bounce, True), flags),

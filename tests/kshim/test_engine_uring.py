@@ -128,3 +128,27 @@ def test_ops_over_the_per_file_limit_wait_in_its_backlog_and_all_complete(ring, 
     assert all(b == bytes([i % 251]) * 512 for i, b in enumerate(bufs))
     assert ring.stats["high_water"] == engine_uring.URING_FILE_MAX
     assert not ring.per_file and not ring.backlog       # the file is forgotten
+
+
+def test_submit_flushes_every_submit_batch_sqes_without_waiting_for_the_pass(
+        ring, tmp_path: Path):
+    """Decision 0063: a pass's SQEs go to the kernel URING_SUBMIT_BATCH at a
+    time as they are queued; only the rest waits for the pass's flush()."""
+    batch = engine_uring.URING_SUBMIT_BATCH
+    count = 2 * batch + 3
+    path = tmp_path / "b"
+    path.write_bytes(b"".join(bytes([i + 1]) * 512 for i in range(count)))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        jobs = [_job() for _ in range(count)]
+        bufs = [bytearray(512) for _ in range(count)]
+        for i, (j, b) in enumerate(zip(jobs, bufs, strict=True)):
+            ring.submit(j, OP_READ, fd, [b], i * 512)
+        assert (ring.stats["submits"], ring.stats["ops_submitted"]) == (2, 2 * batch)
+        assert ring.queued == 3
+        done = _run(ring, count)
+    finally:
+        os.close(fd)
+    assert len(done) == count and all(j.result == 512 for j in jobs)
+    assert all(b == bytes([i + 1]) * 512 for i, b in enumerate(bufs))
+    assert (ring.stats["submits"], ring.stats["ops_submitted"]) == (3, count)
