@@ -17,12 +17,10 @@ on ONE host thread (../docs/architecture.md, "one CPU").
   pass the task polls its epoll without sleeping for up to
   /sys/kernel/engine/busy_poll microseconds (USCST_BUSY_POLL_US at start;
   0 turns it off), so a QD1 initiator's next request is served without a
-  trip through trio's loop and a sleep of the host thread. While io_uring
-  has operations in flight, its completion queue is polled in the same
-  spin and reaped by the pass (decision 0063). Bounded: a run
+  trip through trio's loop and a sleep of the host thread. Bounded: a run
   of passes gives trio its turn after BUSY_POLL_RUN_US, when a timer is
-  due, or while the I/O pool or an RBD image has work in flight; the
-  readiness file counts polls, hits, spins, time spent and yields.
+  due, or while io_uring or the I/O pool has work in flight; the readiness file
+  counts polls, hits, spins, time spent and yields.
 - Timers: one task sleeps until kshim.timer's earliest expiry and runs
   run_timers() in softirq context.
 - Blocking file I/O: reads, writes and fsyncs go to io_uring
@@ -137,12 +135,9 @@ async def _ready_task(ep: select.epoll) -> None:
 
     Busy-poll (net.core.busy_poll's idea): after a pass, poll the epoll
     without sleeping for up to busy_poll_us; events found are the next pass,
-    without returning to trio. While io_uring has operations in flight its
-    completion queue is polled as well, and a pass delivers what it holds
-    first, as _uring_task would (blk-mq's completion polling beside NAPI's:
-    decision 0063). A run of passes returns to trio when a poll finds
-    nothing within the budget, after BUSY_POLL_RUN_US, when a timer is due,
-    or while the I/O pool or an RBD image has work in flight (their
+    without returning to trio. A run of passes returns to trio when a poll
+    finds nothing within the budget, after BUSY_POLL_RUN_US, when a timer is
+    due, or while io_uring or the I/O pool has work in flight (their
     completions come through trio), so timers, signals and the other tasks
     wait at most that long."""
     efd = ep.fileno()
@@ -171,13 +166,6 @@ async def _ready_task(ep: select.epoll) -> None:
             stats["rx_events"] += nrx
             stats["tx_events"] += ntx
             stats["ready_passes"] += 1
-            ring = _ring
-            if ring is not None and ring.ops:
-                # the ring's completions, as _uring_task delivers them
-                done = ring.reap()
-                if done:
-                    stats["io_done"] += len(done)
-                    softirq.softirq_run_jobs(done)
             run_cpu()
             budget = _busy_poll_ns
             if not budget:
@@ -185,32 +173,24 @@ async def _ready_task(ep: select.epoll) -> None:
             t = now()
             if not run_end:
                 run_end = t + BUSY_POLL_RUN_US * 1000
-            if t >= run_end or t >= _timer_due_ns or _pool_busy or _rbd_busy:
+            if (t >= run_end or t >= _timer_due_ns or _pool_busy or _rbd_busy
+                    or (_ring is not None and _ring.ops)):
                 bp["yields"] += 1
                 break
             start = t
             end = t + budget
-            # io_uring's CQ is polled too (a read of shared memory; the
-            # poll(0) system call is what lets the host post the CQEs).
-            cq_ready = ring.cq_ready if ring is not None and ring.ops else _none_ready
             events = poll(0, EPOLL_BATCH)
             spins = 1
-            cqes = cq_ready()
-            while not events and not cqes and t < end:
+            while not events and t < end:
                 t = now()
                 events = poll(0, EPOLL_BATCH)
-                cqes = cq_ready()
                 spins += 1
             bp["polls"] += 1
             bp["spins"] += spins
             bp["ns"] += t - start
-            if not events and not cqes:
+            if not events:
                 break
             bp["hits"] += 1
-
-
-def _none_ready() -> int:
-    return 0
 
 
 def _busy_poll_show(_k: Any, _a: Any) -> str:

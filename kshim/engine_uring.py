@@ -18,8 +18,6 @@ fallback when io_uring is refused.
   that many, so the device works on the first while the CPU prepares the
   rest (decision 0063: one batch per pass held a QD32 load in lock-step,
   the device idle while the CPU worked and the CPU idle while it waited).
-- Completion polling: cq_ready() reads the CQ ring's head and tail (shared
-  memory, no system call), for the engine's busy-poll.
 - Completion: the ring signals an eventfd the engine's trio task waits on;
   reap() takes at most URING_REAP_MAX completions per pass. The ring is
   set up with IORING_SETUP_COOP_TASKRUN where the kernel has it, so an
@@ -99,7 +97,6 @@ int uscst_prepv(struct io_uring *ring, int op, int fd, void *iov, unsigned nr,
                 unsigned long long sync_off);
 unsigned uscst_reap(struct io_uring *ring, unsigned long long *data, int *res, unsigned max);
 unsigned uscst_sq_ready(struct io_uring *ring);
-unsigned uscst_cq_ready(struct io_uring *ring);
 """
 
 # Our own glue: one call per SQE and one per batch of CQEs, so Python pays
@@ -199,11 +196,6 @@ unsigned uscst_reap(struct io_uring *ring, unsigned long long *data, int *res, u
 unsigned uscst_sq_ready(struct io_uring *ring)
 {
     return io_uring_sq_ready(ring);
-}
-
-unsigned uscst_cq_ready(struct io_uring *ring)
-{
-    return io_uring_cq_ready(ring);
 }
 """
 
@@ -397,10 +389,6 @@ class uring:
         # SQEs stay queued and the next pass submits them again.
 
     # -- completion -----------------------------------------------------
-
-    def cq_ready(self) -> int:
-        """Completions waiting in the CQ ring (no system call)."""
-        return self.lib.uscst_cq_ready(self.ring)
 
     def eventfd_clear(self) -> None:
         try:

@@ -3,7 +3,6 @@ TCP sockets on 127.0.0.1 (kernel sockets served by the engine, the peers
 plain host sockets driven from a host thread)."""
 from __future__ import annotations
 
-import os
 import select
 import socket
 import threading
@@ -11,7 +10,7 @@ from typing import Any, Callable
 
 import pytest
 
-from kshim import engine_posix, engine_trio, host
+from kshim import engine_trio, host
 from kshim.err import EAGAIN, EINVAL
 from kshim.host import io_job
 from kshim.jiffies import jiffies
@@ -416,50 +415,3 @@ def test_busy_poll_gives_way_while_the_io_pool_has_a_job(kernel, monkeypatch):
     assert done == [0]
     assert busy["passes"] >= 50 and busy["polls"] == 0 and busy["yields"] == busy["passes"]
     assert free["passes"] >= 50 and free["hits"] >= 49
-
-
-def test_busy_poll_goes_on_while_an_io_uring_read_is_in_flight_and_reaps_it(kernel, monkeypatch):
-    """Decision 0063: an io_uring operation in flight no longer sends every
-    pass back to trio (it did, as the pool's job still does): the spin
-    polls the ring's completion queue beside the sockets, and the read,
-    once the host writes the pipe it waits on, completes in softirq with
-    its bytes."""
-    monkeypatch.setattr(engine_trio, "BUSY_POLL_RUN_US", 10 ** 9)
-    rfd, wfd = os.pipe()
-
-    def body() -> tuple | None:
-        if engine_trio._ring is None:
-            return None                 # io_uring refused here: the pool's test covers it
-        p = peers(1)
-        old = sysfs_read("kernel/engine/busy_poll")
-        assert sysfs_write("kernel/engine/busy_poll", "50") == 2
-        p.clients[0].sendall(b"r")
-        p.wait(lambda: p.rx[0] > 0)
-        done: list[int] = []
-        buf = bytearray(4)
-
-        def complete(j: io_job) -> None:   # softirq: note the result, wake the test
-            done.append(j.result)
-            wake_up(p.wq)
-        host.ops.io_submit(io_job(engine_posix.file_preadv, (rfd, [memoryview(buf)], 0), complete))
-        a = _busy_poll_counters()
-        _self_fed_rounds(p, 50)
-        b = _busy_poll_counters()
-        in_flight = len(engine_trio._ring.ops)
-        os.write(wfd, b"data")
-        p.wait(lambda: bool(done))
-        sysfs_write("kernel/engine/busy_poll", old)
-        p.close()
-        return done, bytes(buf), in_flight, _delta(a, b)
-    try:
-        out = kernel(body)
-    finally:
-        os.write(wfd, b"....")          # a read left in flight by a failure ends
-        os.close(rfd)
-        os.close(wfd)
-    if out is None:
-        pytest.skip("io_uring is not usable here")
-    done, data, in_flight, busy = out
-    assert in_flight == 1
-    assert busy["passes"] >= 50 and busy["hits"] >= 49
-    assert done == [4] and data == b"data"
