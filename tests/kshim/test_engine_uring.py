@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kshim import engine_uring
-from kshim.engine_uring import OP_READ, OP_WRITE_SYNC
+from kshim.engine_uring import OP_READ, OP_WRITE, OP_WRITE_SYNC
 
 BS = 4096
 
@@ -130,16 +130,24 @@ def test_ops_over_the_per_file_limit_wait_in_its_backlog_and_all_complete(ring, 
     assert not ring.per_file and not ring.backlog       # the file is forgotten
 
 
-def test_submit_flushes_every_submit_batch_sqes_without_waiting_for_the_pass(
+def test_submit_flushes_every_submit_batch_reads_without_waiting_for_the_pass(
         ring, tmp_path: Path):
-    """Decision 0063: a pass's SQEs go to the kernel URING_SUBMIT_BATCH at a
-    time as they are queued; only the rest waits for the pass's flush()."""
+    """Decision 0063: a pass's reads go to the kernel URING_SUBMIT_BATCH at
+    a time as they are queued; only the rest waits for the pass's flush().
+    Writes wait for it all."""
     batch = engine_uring.URING_SUBMIT_BATCH
     count = 2 * batch + 3
     path = tmp_path / "b"
     path.write_bytes(b"".join(bytes([i + 1]) * 512 for i in range(count)))
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDWR)
     try:
+        writes = [_job() for _ in range(count)]
+        for i, j in enumerate(writes):
+            ring.submit(j, OP_WRITE, fd, [bytes([i + 1]) * 512], i * 512)
+        assert ring.stats["submits"] == 0 and ring.queued == count
+        _run(ring, count)
+        assert all(j.result == 512 for j in writes)
+        ring.stats["submits"] = ring.stats["ops_submitted"] = 0
         jobs = [_job() for _ in range(count)]
         bufs = [bytearray(512) for _ in range(count)]
         for i, (j, b) in enumerate(zip(jobs, bufs, strict=True)):
