@@ -434,6 +434,24 @@ def rbd_detach(img: engine_rbd.rbd_image) -> None:
     img.engine_priv = None
 
 
+def _submit_batch_from_env(ring: engine_uring.uring) -> None:
+    """USCST_IO_URING_SUBMIT_BATCH, when set, is the ring's submit_batch (0
+    .. URING_ENTRIES; 0: reads are submitted once per pass, as before
+    decision 0063); a bad value is logged and the default kept."""
+    env = os.environ.get("USCST_IO_URING_SUBMIT_BATCH")
+    if env is None:
+        return
+    try:
+        n = int(env)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= engine_uring.URING_ENTRIES:
+        printk.pr_warn(f"kshim: USCST_IO_URING_SUBMIT_BATCH={env!r} is not "
+                       f"0..{engine_uring.URING_ENTRIES}, submit_batch stays {ring.submit_batch}")
+        return
+    ring.submit_batch = n
+
+
 def io_stats() -> str:
     """The file I/O backend and its statistics, for the live tree."""
     text = f"backend {io_backend}\n"
@@ -534,6 +552,7 @@ async def _main(init: Callable[[], Any], exit_fn: Callable[[], Any] | None,
     else:
         _ring = ring
         io_backend = f"io_uring entries={engine_uring.URING_ENTRIES} setup={ring.setup}"
+        _submit_batch_from_env(ring)
     printk.pr_info(f"kshim: file I/O on {io_backend}")
     _busy_poll_from_env()
     _ep = select.epoll()

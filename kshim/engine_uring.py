@@ -13,7 +13,8 @@ fallback when io_uring is refused.
   it fails or comes up short. flush() makes one io_uring_enter for every
   SQE queued since the last one. The engine calls flush() once per
   pass, after the run queue drained, and submit() calls it whenever
-  URING_SUBMIT_BATCH reads are queued, as the kernel's blk_plug is flushed
+  submit_batch (URING_SUBMIT_BATCH; USCST_IO_URING_SUBMIT_BATCH at start,
+  0 turns it off) reads are queued, as the kernel's blk_plug is flushed
   at its request limit: a pass's reads go out in batches of at most that
   many, so the device works on the first while the CPU prepares the rest
   (decision 0063: one batch per pass held vdisk_blockio's QD32 reads in
@@ -279,7 +280,8 @@ class uring:
         self.efd = efd
         self.setup = setup                     # which of _SETUPS the kernel took
         self.queued = 0                        # SQEs written since the last flush
-        self.queued_reads = 0                  # of which reads (URING_SUBMIT_BATCH)
+        self.queued_reads = 0                  # of which reads (submit_batch)
+        self.submit_batch = URING_SUBMIT_BATCH  # 0: reads wait for the pass's flush too
         # user_data -> op in flight: (job, op, fd, iov, pos, flags, done,
         # pin); iov is what is left to transfer after `done` bytes, pin the
         # cffi view(s) keeping the buffers' memory for the kernel. A tuple,
@@ -380,7 +382,7 @@ class uring:
         per_file[fd] = n + 1
         if len(ops) > self.stats["high_water"]:
             self.stats["high_water"] = len(ops)
-        if self.queued_reads >= URING_SUBMIT_BATCH:
+        if self.queued_reads >= self.submit_batch > 0:
             self.flush()
 
     def flush(self) -> None:
@@ -494,7 +496,8 @@ class uring:
         st = self.stats
         per_submit = st["ops_submitted"] / st["submits"] if st["submits"] else 0.0
         per_pass = st["completions"] / st["reap_passes"] if st["reap_passes"] else 0.0
-        return (f"submits {st['submits']}\nops_submitted {st['ops_submitted']}\n"
+        return (f"submit_batch {self.submit_batch}\n"
+                f"submits {st['submits']}\nops_submitted {st['ops_submitted']}\n"
                 f"ops_per_submit {per_submit:.2f}\ncompletions {st['completions']}\n"
                 f"completions_per_pass {per_pass:.2f}\nmax_completions_per_pass "
                 f"{st['max_per_pass']}\nin_flight {len(self.ops)}\nhigh_water "

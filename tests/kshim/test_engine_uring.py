@@ -160,3 +160,20 @@ def test_submit_flushes_every_submit_batch_reads_without_waiting_for_the_pass(
     assert len(done) == count and all(j.result == 512 for j in jobs)
     assert all(b == bytes([i + 1]) * 512 for i, b in enumerate(bufs))
     assert (ring.stats["submits"], ring.stats["ops_submitted"]) == (3, count)
+
+
+def test_submit_batch_0_leaves_every_read_to_the_pass_flush(ring, tmp_path: Path):
+    path = tmp_path / "z"
+    count = 3 * engine_uring.URING_SUBMIT_BATCH
+    path.write_bytes(bytes(count * 512))
+    ring.submit_batch = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        jobs = [_job() for _ in range(count)]
+        for i, j in enumerate(jobs):
+            ring.submit(j, OP_READ, fd, [bytearray(512)], i * 512)
+        assert ring.stats["submits"] == 0 and ring.queued == count
+        done = _run(ring, count)
+    finally:
+        os.close(fd)
+    assert len(done) == count and ring.stats["submits"] == 1
