@@ -24,7 +24,8 @@ on ONE host thread (../docs/architecture.md, "one CPU").
 - Timers: one task sleeps until kshim.timer's earliest expiry and runs
   run_timers() in softirq context.
 - Blocking file I/O: reads, writes and fsyncs go to io_uring
-  (kshim/engine_uring.py), submitted once per pass and reaped through an
+  (kshim/engine_uring.py), submitted once per pass (reads also 8 at a time as they
+  are queued, decision 0063) and reaped through an
   eventfd; everything else, and all of it when io_uring is refused (chosen
   at start and logged), to a small pool of host threads whose finished jobs
   come back through the trio token. Either way the completion runs in
