@@ -24,8 +24,9 @@ on ONE host thread (../docs/architecture.md, "one CPU").
 - Timers: one task sleeps until kshim.timer's earliest expiry and runs
   run_timers() in softirq context.
 - Blocking file I/O: reads, writes and fsyncs go to io_uring
-  (kshim/engine_uring.py), submitted once per pass (reads also 8 at a time as they
-  are queued, decision 0063) and reaped through an
+  (kshim/engine_uring.py), submitted once per pass (reads also N at a
+  time as they are queued with USCST_IO_URING_SUBMIT_BATCH=N, decision
+  0063) and reaped through an
   eventfd; everything else, and all of it when io_uring is refused (chosen
   at start and logged), to a small pool of host threads whose finished jobs
   come back through the trio token. Either way the completion runs in
@@ -437,7 +438,7 @@ def rbd_detach(img: engine_rbd.rbd_image) -> None:
 
 def _submit_batch_from_env(ring: engine_uring.uring) -> None:
     """USCST_IO_URING_SUBMIT_BATCH, when set, is the ring's submit_batch (0
-    .. URING_ENTRIES; 0: reads are submitted once per pass, as before
+    .. URING_ENTRIES; 0, the default: reads are submitted once per pass,
     decision 0063); a bad value is logged and the default kept."""
     env = os.environ.get("USCST_IO_URING_SUBMIT_BATCH")
     if env is None:

@@ -12,17 +12,19 @@ fallback when io_uring is refused.
   written range with IORING_FSYNC_DATASYNC, the write's CQE skipped unless
   it fails or comes up short. flush() makes one io_uring_enter for every
   SQE queued since the last one. The engine calls flush() once per
-  pass, after the run queue drained, and submit() calls it whenever
-  submit_batch (URING_SUBMIT_BATCH; USCST_IO_URING_SUBMIT_BATCH at start,
-  0 turns it off) reads are queued, as the kernel's blk_plug is flushed
-  at its request limit: a pass's reads go out in batches of at most that
-  many, so the device works on the first while the CPU prepares the rest
-  (decision 0063: one batch per pass held vdisk_blockio's QD32 reads in
-  lock-step, the device idle while the CPU worked and the CPU idle while
-  it waited). A read that reaches the ring waits on the device (a direct
-  read, or a page-cache miss); writes are left to the pass's flush: a
-  buffered write is CPU work the early flush would only split into more
-  system calls (measured: +9% CPU per write-back WRITE, no gain).
+  pass, after the run queue drained: the submissions of a pass are
+  batched. With submit_batch N > 0 (USCST_IO_URING_SUBMIT_BATCH at start;
+  off by default) submit() also flushes whenever N reads are queued, as
+  the kernel's blk_plug is flushed at its request limit, so the device
+  starts on a pass's first reads while the CPU prepares the rest
+  (decision 0063: one batch per pass holds vdisk_blockio's QD32 reads in
+  lock-step; breaking it cost 12-15% more CPU per READ here, each
+  io_uring_enter ringing the VM's virtio doorbell, for no IOPS gain that
+  survived this machine's load, so it waits for a quiet comparison).
+  Only reads count: a read that reaches the ring waits on the device (a
+  direct read, or a page-cache miss); a buffered write is CPU work an
+  early flush only splits into more system calls (+9% CPU per write-back
+  WRITE, no gain).
 - Completion: the ring signals an eventfd the engine's trio task waits on;
   reap() takes at most URING_REAP_MAX completions per pass. The ring is
   set up with IORING_SETUP_COOP_TASKRUN where the kernel has it, so an
@@ -65,9 +67,8 @@ URING_FILE_MAX = 256         # outstanding operations per file
 URING_FILE_REFILL = 32       # a file's backlog refills below this
 URING_REAP_MAX = 64          # completions per engine pass
 # Reads queued before submit() flushes the SQ itself, mid-pass (blk_plug's
-# request limit): the device starts on a pass's first reads while the CPU
-# still prepares the rest (docs/decisions/0063).
-URING_SUBMIT_BATCH = 8
+# request limit); 0: only the pass's flush (docs/decisions/0063).
+URING_SUBMIT_BATCH = 0
 
 OP_READ = 0
 OP_WRITE = 1

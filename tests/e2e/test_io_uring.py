@@ -106,8 +106,8 @@ def test_submit_batch_comes_from_the_environment_and_a_bad_value_keeps_the_defau
         pytest.skip(f"io_uring is not usable here: {ring}")
     ring.close()
     sock = tmp_path / "ctl.sock"
-    srv = uscstd("--control", str(sock), env={"USCST_IO_URING_SUBMIT_BATCH": "0"})
-    assert _stats(srv, sock)["submit_batch"] == "0"
+    srv = uscstd("--control", str(sock), env={"USCST_IO_URING_SUBMIT_BATCH": "8"})
+    assert _stats(srv, sock)["submit_batch"] == "8"
     srv.stop()
     sock2 = tmp_path / "ctl2.sock"
     srv = uscstd("--control", str(sock2), env={"USCST_IO_URING_SUBMIT_BATCH": "eight"})

@@ -132,10 +132,10 @@ def test_ops_over_the_per_file_limit_wait_in_its_backlog_and_all_complete(ring, 
 
 def test_submit_flushes_every_submit_batch_reads_without_waiting_for_the_pass(
         ring, tmp_path: Path):
-    """Decision 0063: a pass's reads go to the kernel URING_SUBMIT_BATCH at
-    a time as they are queued; only the rest waits for the pass's flush().
-    Writes wait for it all."""
-    batch = engine_uring.URING_SUBMIT_BATCH
+    """Decision 0063: with submit_batch 8, a pass's reads go to the kernel 8
+    at a time as they are queued; only the rest waits for the pass's
+    flush(). Writes wait for it all."""
+    batch = ring.submit_batch = 8
     count = 2 * batch + 3
     path = tmp_path / "b"
     path.write_bytes(b"".join(bytes([i + 1]) * 512 for i in range(count)))
@@ -162,11 +162,11 @@ def test_submit_flushes_every_submit_batch_reads_without_waiting_for_the_pass(
     assert (ring.stats["submits"], ring.stats["ops_submitted"]) == (3, count)
 
 
-def test_submit_batch_0_leaves_every_read_to_the_pass_flush(ring, tmp_path: Path):
+def test_by_default_every_read_waits_for_the_pass_flush(ring, tmp_path: Path):
     path = tmp_path / "z"
-    count = 3 * engine_uring.URING_SUBMIT_BATCH
+    count = 24
     path.write_bytes(bytes(count * 512))
-    ring.submit_batch = 0
+    assert ring.submit_batch == 0        # the default (decision 0063)
     fd = os.open(path, os.O_RDONLY)
     try:
         jobs = [_job() for _ in range(count)]
