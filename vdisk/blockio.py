@@ -68,9 +68,10 @@ from vdisk.vdisk import (scst_vdisk_dev, vdisk_add_device_parameters,
 #   ends: up to BLOCKIO_IOCB_CACHE of them wait in blockio_iocb_cache for
 #   the next command, as the kernel recycles a direct I/O's bio through
 #   its per-CPU bio cache (IOCB_ALLOC_CACHE): no kiocb to build, no
-#   dma_pool_alloc and dma_pool_free per command (decision 0063's
-#   measurements). Bypassed while page debugging is on, so the pool's
-#   checks see every block; emptied into the pool by the last detach.
+#   dma_pool_alloc and dma_pool_free per command (decision 0065;
+#   docs/performance.md, "Issue 12: blockio"). Bypassed while page
+#   debugging is on, so the pool's checks see every block; emptied into
+#   the pool by the last detach.
 
 BLOCKIO_BOUNCE_SIZE = 1 << 20
 

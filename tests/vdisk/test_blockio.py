@@ -359,7 +359,7 @@ def _async_reads(dev, lbas: list[int]) -> list[bytes]:
 @pytest.mark.parametrize("debug", [False, True])
 def test_async_reads_reuse_one_kiocb_and_bounce_block_unless_page_debugging_is_on(
         kernel, tmp_path, debug):
-    """Decision 0063's measurements: an ended asynchronous I/O keeps its
+    """Decision 0065 (as amended): an ended asynchronous I/O keeps its
     kiocb and bounce block for the next command (no dma_pool_alloc per
     READ); with page debugging on every READ takes its block from the pool,
     so the pool's checks see each one. Either way the last detach gives
