@@ -307,7 +307,8 @@ def fileio_write_nowait(cmd: scst_cmd) -> bool:
     if cmd.status or virt_dev.sanitize_state or not cmd.data_len:
         return False
     fua = op != 0x0A and bool(cmd.cdb[1] & 0x08)
-    flags = IOCB_DSYNC if vdisk_need_sync(cmd, virt_dev, fua) else 0
+    # vdisk_need_sync is false unless one of these holds: asked only then
+    flags = IOCB_DSYNC if (fua or virt_dev.wt_flag) and vdisk_need_sync(cmd, virt_dev, fua) else 0
     pos = cmd.lba << virt_dev.block_shift
     return vfs_iocb_iter_write(virt_dev.file, kiocb(virt_dev.file, pos, _fileio_write_done, cmd,
                                                     flags), scst_cmd_iov(cmd)) == -EIOCBQUEUED
