@@ -231,6 +231,9 @@ def _iocb_write_done(iocb: kiocb) -> None:
     iocb.ki_complete(iocb, n)
 
 
+_write_done: Callable[[Any], None] = _iocb_write_done     # as io_job.complete
+
+
 def _iocb_write_unsynced(f: file, iocb: kiocb, iov: list, err: int) -> None:
     """An armed fail_file_fsync failed this DSYNC write's fdatasync: the
     write still runs (its bytes may reach the page cache; no second fault
@@ -266,7 +269,7 @@ def vfs_iocb_iter_write(f: file, iocb: kiocb, iov: list) -> int:
         # _iocb_start's common case inline: the write-back WRITE's path
         iocb.fn = ops.file_pwritev
         iocb.args = (f.fd, iov, iocb.ki_pos)
-        iocb.complete = _iocb_write_done
+        iocb.complete = _write_done
         ops.io_submit(iocb)
         return -EIOCBQUEUED
     stats["fsync"] += 1
