@@ -129,44 +129,29 @@ _socks: dict[int, Any] = {}   # fd -> the attached sock (CPU thread only)
 async def _ready_task(ep: select.epoll) -> None:
     """Wait for the engine's epoll; per wake-up take one batch of events and
     call the callbacks of every armed socket in it in softirq context,
-    disarming it, reap the io_uring completions if its eventfd is among
-    them (at most URING_REAP_MAX, one softirq entry), then run the CPU once
-    for all. An edge that finds its socket unarmed is dropped: the socket's
-    reader is not asleep on it and will see the data (or the close) when it
-    receives.
+    disarming it, then run the CPU once for all. An edge that finds its
+    socket unarmed is dropped: the socket's reader is not asleep on it and
+    will see the data (or the close) when it receives.
 
     Busy-poll (net.core.busy_poll's idea): after a pass, poll the epoll
     without sleeping for up to busy_poll_us; events found are the next pass,
     without returning to trio. A run of passes returns to trio when a poll
     finds nothing within the budget, after BUSY_POLL_RUN_US, when a timer is
-    due, after a pass that reaped completions, or while io_uring or the
-    I/O pool has work in flight (the other CPU does that work: spinning
-    here would take its time), so timers, signals and the other tasks
-    wait at most that long. A full reap leaves
-    the rest for the next pass, which then starts after a trio checkpoint
-    instead of a wait (its eventfd edge is spent)."""
+    due, or while io_uring or the I/O pool has work in flight (their
+    completions come through trio), so timers, signals and the other tasks
+    wait at most that long."""
     efd = ep.fileno()
     poll = ep.poll
     socks = _socks
     now = host.ops.monotonic_ns
     bp = busy_poll_stats
-    ring = _ring
-    ring_fd = ring.efd if ring is not None else -1
-    more = False                      # a full reap left completions in the CQ
     while True:
-        if more:
-            await trio.lowlevel.checkpoint()
-        else:
-            await trio.lowlevel.wait_readable(efd)
+        await trio.lowlevel.wait_readable(efd)
         events = poll(0, EPOLL_BATCH)
         run_end = 0
         for _ in range(1 << 20):          # bounded; ends by the budgets below
             nrx = ntx = 0
-            reap = more
             for fd, ev in events:
-                if fd == ring_fd:
-                    reap = True
-                    continue
                 sk = socks.get(fd)
                 if sk is None:
                     continue      # detached after this batch was taken
@@ -178,22 +163,18 @@ async def _ready_task(ep: select.epoll) -> None:
                     sk.tx_armed = False
                     ntx += 1
                     softirq.softirq_run(sk.sk_write_space, sk)
-            if reap and ring is not None:
-                more = _uring_reap(ring)
             stats["rx_events"] += nrx
             stats["tx_events"] += ntx
             stats["ready_passes"] += 1
             run_cpu()
-            if more:
-                break                     # the rest after a checkpoint
             budget = _busy_poll_ns
-            if not budget or reap:
+            if not budget:
                 break
             t = now()
             if not run_end:
                 run_end = t + BUSY_POLL_RUN_US * 1000
             if (t >= run_end or t >= _timer_due_ns or _pool_busy or _rbd_busy
-                    or (ring is not None and ring.ops)):
+                    or (_ring is not None and _ring.ops)):
                 bp["yields"] += 1
                 break
             start = t
@@ -380,16 +361,20 @@ _URING_OPS = {engine_posix.file_preadv: engine_uring.OP_READ,
               engine_posix.file_pwritev_sync: engine_uring.OP_WRITE_SYNC}
 
 
-def _uring_reap(ring: engine_uring.uring) -> bool:
-    """The readiness task found the ring's eventfd signalled (or the last
-    reap was full): reap at most URING_REAP_MAX completions, each job's in
-    softirq context (one entry for the batch). True if the reap was full,
-    so more may wait in the CQ without a new eventfd edge."""
-    ring.eventfd_clear()
-    done = ring.reap()
-    stats["io_done"] += len(done)
-    softirq.softirq_run_jobs(done)
-    return len(done) >= engine_uring.URING_REAP_MAX
+async def _uring_task(ring: engine_uring.uring) -> None:
+    """Deliver the ring's completions: at most URING_REAP_MAX per pass, each
+    job's completion in softirq context, then the CPU runs."""
+    while True:
+        await trio.lowlevel.wait_readable(ring.efd)
+        ring.eventfd_clear()
+        for _ in range(1 << 20):          # bounded; ends when the CQ is empty
+            done = ring.reap()
+            stats["io_done"] += len(done)
+            softirq.softirq_run_jobs(done)
+            run_cpu()
+            if len(done) < engine_uring.URING_REAP_MAX:
+                break
+            await trio.lowlevel.checkpoint()     # let the sockets have a turn
 
 
 # -- Ceph RBD images --------------------------------------------------------
@@ -552,16 +537,14 @@ async def _main(init: Callable[[], Any], exit_fn: Callable[[], Any] | None,
     printk.pr_info(f"kshim: file I/O on {io_backend}")
     _busy_poll_from_env()
     _ep = select.epoll()
-    if _ring is not None:
-        # Completions arrive on the sockets' epoll: one wake-up and one pass
-        # serve both (docs/performance.md, "Issue 12: write-back").
-        _ep.register(_ring.efd, select.EPOLLIN | select.EPOLLET)
     running = True
     try:
         async with trio.open_nursery() as nursery:
             _nursery = nursery
             nursery.start_soon(_ready_task, _ep)
             nursery.start_soon(_timer_task)
+            if _ring is not None:
+                nursery.start_soon(_uring_task, _ring)
             if handle_signals:
                 nursery.start_soon(_signal_task, on_reload)
             await _run_task_to_end(workqueue_init, "kworker-init")
