@@ -557,7 +557,9 @@ def _rx_immediate_in_place(conn: iscsi_conn, cmnd: iscsi_cmnd, dsl: int) -> bool
     end = s + dsl + ((-dsl) & 3)
     if end > conn.rx_end:
         return False
-    sg_virt(scmd.sg[0])[:dsl] = conn.rxmv[s:s + dsl]
+    sg = scmd.sg[0]                 # sg_virt's view, without the call
+    o = sg.offset
+    sg.page.mv[o:o + dsl] = conn.rxmv[s:s + dsl]
     conn.rx_start = end
     cmnd.data_rcvd = dsl
     cmnd.rx_pending = False
