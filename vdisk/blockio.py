@@ -79,7 +79,10 @@ BLOCKIO_IOCB_CACHE = 64
 
 blockio_bounce_pool: dma_pool | None = None
 blockio_nr_devs = 0                 # attached devices (protected by scst_mutex)
-# (kiocb, its bounce block) ready for reuse: the CPU is the only one, no lock
+# (kiocb, its bounce block) ready for reuse. Taken in the submitter's
+# context, given back in softirq: on the one CPU a softirq runs only
+# between kthread runs, never inside this module's code, so no lock (as
+# scst_core/mem.py's one-page pool).
 blockio_iocb_cache: list[tuple[kiocb, memoryview]] = []
 
 _ZEROS = bytes(BLOCKIO_BOUNCE_SIZE)
