@@ -18,9 +18,9 @@ fallback when io_uring is refused.
   the kernel's blk_plug is flushed at its request limit, so the device
   starts on a pass's first reads while the CPU prepares the rest
   (decision 0063: one batch per pass holds vdisk_blockio's QD32 reads in
-  lock-step; breaking it cost 12% more CPU per READ here, each
-  io_uring_enter ringing the VM's virtio doorbell, for no IOPS gain that
-  survived this machine's load, so it waits for a quiet comparison).
+  lock-step; breaking it cost 12-17% more CPU per READ here, each
+  io_uring_enter ringing the VM's virtio doorbell, for +4% IOPS on a
+  quiet machine, so it is off).
   Only reads count: a read that reaches the ring waits on the device (a
   direct read, or a page-cache miss); a buffered write is CPU work an
   early flush only splits into more system calls (+9% CPU per write-back
