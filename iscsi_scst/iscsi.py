@@ -106,7 +106,7 @@ from scst_core.scst import (SCST_CMD_STATE_DATA_WAIT,
                             SCST_RX_STATUS_SUCCESS, SCST_TGT_RES_SUCCESS, scst_cmd,
                             scst_mgmt_cmd,
                             scst_tgt_template)
-from scst_core.targ import (scst_cmd_init_done, scst_cmd_set_expected, scst_rx_cmd,
+from scst_core.targ import (scst_cmd_init_done, scst_rx_cmd,
                             scst_rx_data, scst_rx_mgmt_fn, scst_tgt_cmd_done)
 
 TX_SCSI = 0
@@ -520,7 +520,9 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
     scmd.tag = itt
     scmd.queue_type = _ATTR[flags & ISCSI_CMD_ATTR_MASK]
     scmd.sendfile_ok = not conn.ddigest_tx      # a data digest needs the bytes
-    scst_cmd_set_expected(scmd, _DIRECTION[(flags >> 5) & 3], edtl)
+    # scst_cmd_set_expected (an inline of scst.h), without the call
+    scmd.expected_data_direction = _DIRECTION[(flags >> 5) & 3]
+    scmd.expected_transfer_len = edtl
     if not in_order:
         # Held until its turn; its unsolicited data waits in a buffer of its own.
         sess.pending_cmnds[cmd_sn] = (conn, cmnd, lambda: _hand_to_scst(cmnd))
@@ -777,13 +779,17 @@ def iscsi_on_free_cmd(scmd: scst_cmd) -> None:
         if conn.closing and not conn.cmd_hash:
             wake_up(conn.cmds_waitQ)
     cmnd.scst_cmd = None
-    # A kept free object starts its next command clean.
-    cmnd.write_ready = cmnd.unsol_open = cmnd.rx_pending = False
-    cmnd.rsp_deferred = cmnd.data_done = False
-    cmnd.data_rcvd = cmnd.r2t_next = cmnd.r2t_sn = cmnd.outstanding_r2t = 0
-    cmnd.r2t_seqs.clear()
-    cmnd.held = cmnd.release_pending = False
-    cmnd.held_buf = None
+    # A kept free object starts its next command clean. Only a command
+    # with the W bit has write state (rdy_to_xfer, R2T, Data-Out and an
+    # unsolicited burst all need it), so a READ resets data_done alone;
+    # held, release_pending and held_buf are cleared when a held command
+    # is handed to SCST (or aborted), before it can be freed.
+    if cmnd.flags & ISCSI_CMD_WRITE:
+        cmnd.write_ready = cmnd.unsol_open = cmnd.rx_pending = cmnd.rsp_deferred = False
+        cmnd.data_rcvd = cmnd.r2t_next = cmnd.r2t_sn = cmnd.outstanding_r2t = 0
+        if cmnd.r2t_seqs:
+            cmnd.r2t_seqs.clear()
+    cmnd.data_done = False
     cmnd.conn = None          # a kept free object must not pin its last connection
     kmem_cache_free(iscsi_cmnd_cache, cmnd)
 
@@ -920,7 +926,11 @@ def iscsi_tx_build(conn: iscsi_conn, item: Any, iov: list) -> None:
             conn.tx_sendfile = True
             conn.tx_zc_reads += 1
         else:
-            base = sg_virt(sg[0]) if len(sg) == 1 else None
+            if len(sg) == 1:
+                s = sg[0]           # sg_virt (an inline in the kernel), without the call
+                base = s.page.mv[s.offset:s.offset + s.length]
+            else:
+                base = None
         lun = item.lun
         itt = item.itt
         plain = not (conn.hdigest_tx or conn.ddigest_tx)
