@@ -337,7 +337,6 @@ class scst_cmd:
     completed: bool = False
     exec_sync: bool = False         # the handler's exec() is still on the stack
     fault_checked: bool = False     # fail_scsi_cmd has looked at it (once per command)
-    finished: bool = False
     aborted: bool = False
     # aborted by another I_T nexus with TAS=1: answered with TASK ABORTED
     # (valid only while aborted is set)

@@ -142,7 +142,8 @@ def scst_rx_cmd(sess: scst_session, lun: bytes, cdb: bytes, atomic: bool) -> scs
     cmd = kmem_cache_alloc(scst_cmd_cachep, GFP_ATOMIC if atomic else GFP_KERNEL)
     if cmd is None:
         return None
-    # A recycled object keeps its last user's fields: reset them all.
+    # A recycled object keeps its last user's fields: reset every one a
+    # command may read before it writes it (kmem_cache_zalloc's job in SCST).
     cmd.sess = sess
     cmd.tgt = sess.tgt
     cmd.tgtt = sess.tgt.tgtt
@@ -171,9 +172,9 @@ def scst_rx_cmd(sess: scst_session, lun: bytes, cdb: bytes, atomic: bool) -> scs
     cmd.dh_priv = None
     cmd.sendfile_ok = False
     cmd.data_file = None
-    cmd.scst_cmd_done = None
-    cmd.completed = cmd.exec_sync = cmd.finished = cmd.aborted = cmd.fault_checked = False
-    cmd.mcmd = None
+    # Not reset: scst_cmd_done, completed and exec_sync, which _exec sets
+    # before the handler may read them; mcmd, which _finish_cmd clears.
+    cmd.aborted = cmd.fault_checked = False
     sess.cmd_count += 1
     list_add_tail(cmd.sess_cmd_list_entry, sess.sess_cmd_list)
     return cmd
