@@ -279,6 +279,10 @@ class scst_session:
     shut_phase: int = 0
     unreg_done_fn: Callable[["scst_session"], None] | None = None
     cmd_count: int = 0
+    # I/O of the commands that had no LUN and of the LUNs gone (their
+    # tgt_devs' counters are added in when they are freed): each command
+    # counts once, in its tgt_dev or here; scst_sess_io_stats gives the
+    # session's totals. Changed only in DEV_DONE and scst_free_tgt_dev.
     reads: int = 0
     writes: int = 0
     read_bytes: int = 0

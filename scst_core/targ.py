@@ -97,7 +97,7 @@ from scst_core.scst import (SCST_CMD_STATE_DEFAULT, SCST_CMD_STATE_DEV_DONE,
                             SCST_RX_STATUS_SUCCESS, SCST_RX_STATUS_ERROR_SENSE_SET,
                             SCST_QERR_1_ABORT_ALL, SCST_TGT_RES_SUCCESS, SCST_TST_1_SEP_TASK_SETS,
                             SCST_WRITE_MEDIUM, scst_cmd, scst_mgmt_cmd,
-                            scst_cmd_threads, scst_device, scst_session)
+                            scst_cmd_threads, scst_device, scst_session, scst_tgt_dev)
 
 # The longest transfer one command may ask for (the peer's number is
 # checked against it before anything is allocated).
@@ -494,20 +494,18 @@ def _dev_done(cmd: scst_cmd) -> int:
         except Exception as e:          # a dev handler's oops fails this command only
             scst_dev_handler_oops(cmd, "dev_done", e)
     if cmd.status == SAM_STAT_GOOD:
-        sess = cmd.sess
-        td = cmd.tgt_dev
+        # Counted once, in the I_T_L nexus (the session's totals add its
+        # LUNs up when read: scst_sess_io_stats); a command without a LUN
+        # counts in the session.
+        io: scst_tgt_dev | scst_session | None = cmd.tgt_dev
+        if io is None:
+            io = cmd.sess
         if cmd.data_direction == SCST_DATA_READ:
-            sess.reads += 1
-            sess.read_bytes += cmd.resp_data_len
-            if td is not None:
-                td.reads += 1
-                td.read_bytes += cmd.resp_data_len
+            io.reads += 1
+            io.read_bytes += cmd.resp_data_len
         elif cmd.data_direction & SCST_DATA_WRITE:
-            sess.writes += 1
-            sess.write_bytes += cmd.write_len
-            if td is not None:
-                td.writes += 1
-                td.write_bytes += cmd.write_len
+            io.writes += 1
+            io.write_bytes += cmd.write_len
     elif (cmd.status == SAM_STAT_CHECK_CONDITION and dev is not None and dev.qerr
             and not cmd.aborted):
         _qerr_abort(cmd)
