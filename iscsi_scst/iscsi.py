@@ -774,10 +774,11 @@ def iscsi_xmit_response(scmd: scst_cmd) -> int:
 def iscsi_on_free_cmd(scmd: scst_cmd) -> None:
     cmnd = scmd.tgt_i_priv
     conn = cmnd.conn
-    if conn.cmd_hash.get(cmnd.itt) is cmnd:
-        del conn.cmd_hash[cmnd.itt]
-        if conn.closing and not conn.cmd_hash:
-            wake_up(conn.cmds_waitQ)
+    # Its ITT maps to it alone since _scsi_cmd_rx_start (an ITT in use is
+    # refused there), and only this removes the entry.
+    cmd_hash = conn.cmd_hash
+    if cmd_hash.pop(cmnd.itt, None) is not None and conn.closing and not cmd_hash:
+        wake_up(conn.cmds_waitQ)
     cmnd.scst_cmd = None
     # A kept free object starts its next command clean. Only a command
     # with the W bit has write state (rdy_to_xfer, R2T, Data-Out and an
