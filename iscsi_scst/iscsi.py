@@ -914,19 +914,23 @@ def iscsi_tx_build(conn: iscsi_conn, entries: list, iov: list, items: list, iov_
                 rflags = ISCSI_FLG_RESID_UNDERFLOW
                 resid = edtl - sent
         if total and total <= mrdsl and status == SAM_STAT_GOOD and total & 3 == 0:
-            base = scmd.data_file
-            if base is not None:
+            data = scmd.data_file
+            if data is not None:
                 # Still in the page cache (decision 0067): its file_extent
                 # slices as a memoryview does, and nthread sends the pieces
                 # with kernel_sendfile.
                 conn.tx_sendfile = True
                 conn.tx_zc_reads += 1
+                data = data[:total]
             else:
                 sg = scmd.sg
                 if len(sg) == 1:
-                    s = sg[0]       # sg_virt (an inline in the kernel), without the call
-                    base = s.page.mv[s.offset:s.offset + s.length]
-            if base is not None:
+                    # sg_virt (an inline in the kernel) cut to the data, in
+                    # one slice: a one-entry buffer is bufflen bytes
+                    # (scst_alloc_space), resp_data_len at most bufflen
+                    s = sg[0]
+                    data = s.page.mv[s.offset:s.offset + total]
+            if data is not None:
                 # The common case: all data and the status in one Data-In PDU.
                 bhs = item.rsp_bhs
                 pack_data_in_raw(bhs, 0, ISCSI_OP_SCSI_DATA_IN,
@@ -934,7 +938,7 @@ def iscsi_tx_build(conn: iscsi_conn, entries: list, iov: list, items: list, iov_
                                  item.lun, item.itt, ISCSI_RESERVED_TAG, stat_sn, exp, max_sn,
                                  0, 0, resid)
                 iov.append(bhs)
-                iov.append(base[:total])
+                iov.append(data)
                 continue
         _tx_build_scsi(conn, item, iov, exp, max_sn, stat_sn, total, rflags, resid)
     return i
