@@ -520,7 +520,7 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
     scmd.tag = itt
     scmd.queue_type = _ATTR[flags & ISCSI_CMD_ATTR_MASK]
     scmd.sendfile_ok = not conn.ddigest_tx      # a data digest needs the bytes
-    # scst_cmd_set_expected (an inline of scst.h), without the call
+    # scst_cmd_set_expected, an inline in scst.h, without the call
     scmd.expected_data_direction = _DIRECTION[(flags >> 5) & 3]
     scmd.expected_transfer_len = edtl
     if not in_order:
@@ -557,7 +557,9 @@ def _rx_immediate_in_place(conn: iscsi_conn, cmnd: iscsi_cmnd, dsl: int) -> bool
     end = s + dsl + ((-dsl) & 3)
     if end > conn.rx_end:
         return False
-    sg_virt(scmd.sg[0])[:dsl] = conn.rxmv[s:s + dsl]
+    sg = scmd.sg[0]                 # sg_virt's view, without the call
+    o = sg.offset
+    sg.page.mv[o:o + dsl] = conn.rxmv[s:s + dsl]
     conn.rx_start = end
     cmnd.data_rcvd = dsl
     cmnd.rx_pending = False
