@@ -330,12 +330,14 @@ def vfs_readv(f: file, iov: list, pos: int) -> int:
     return got + n
 
 
-def vfs_readv_nowait(f: file, iov: list, pos: int) -> int:
+def vfs_readv_nowait(f: file, iov: list, pos: int, count: int = -1) -> int:
     """Read only if the page cache holds all of it (IOCB_NOWAIT): bytes read
-    (all, or fewer at end of file) or -EAGAIN; never sleeps, any context."""
+    (all, or fewer at end of file) or -EAGAIN; never sleeps, any context.
+    count is the buffers' total length, as an iov_iter carries it, when
+    the caller knows it (fileio's READ does); -1 counts it here."""
     if not f.nowait_read or fail_file_read.armed:     # a fault is decided by vfs_readv
         return -EAGAIN
-    want = len(iov[0]) if len(iov) == 1 else host.iov_len(iov)
+    want = count if count >= 0 else host.iov_len(iov)
     n = ops.file_preadv_nowait(f.fd, iov, pos)
     if trace_block_rq_complete.enabled:
         # Served (or refused) inline from the page cache: no issue event.
