@@ -12,7 +12,9 @@ fallback when io_uring is refused.
   file as one chain: the WRITEs linked (IOSQE_IO_LINK) one after the other
   and to one FSYNC with IORING_FSYNC_DATASYNC of the range they cover, each
   write's CQE skipped unless it fails or comes up short; at most
-  URING_CHAIN_MAX writes per chain. flush() then makes one io_uring_enter
+  URING_CHAIN_MAX writes per chain, and a chain ends with the write that
+  brings it to URING_CHAIN_BYTES (large writes keep a sync each, in
+  parallel). flush() then makes one io_uring_enter
   for every SQE queued since the last one. The engine calls flush() once
   per pass, after the run queue drained: the submissions of a pass are
   batched, and the write-through writes of a pass share one fdatasync.
@@ -58,6 +60,7 @@ URING_FILE_MAX = 256         # outstanding operations per file
 URING_FILE_REFILL = 32       # a file's backlog refills below this
 URING_REAP_MAX = 64          # completions per engine pass
 URING_CHAIN_MAX = 8          # write-sync jobs linked to one fdatasync
+URING_CHAIN_BYTES = 64 << 10  # a chain ends with the write that reaches this
 
 OP_READ = 0
 OP_WRITE = 1
@@ -424,8 +427,18 @@ class uring:
             pending = self.pending
             self.pending = {}
             for fd, q in pending.items():
-                for i in range(0, len(q), URING_CHAIN_MAX):
-                    self._chain(fd, q[i:i + URING_CHAIN_MAX])
+                if len(q) == 1:
+                    self._chain(fd, q)
+                    continue
+                start = nbytes = 0
+                for i, ent in enumerate(q):
+                    nbytes += _rest(ent[1])
+                    if i + 1 - start == URING_CHAIN_MAX or nbytes >= URING_CHAIN_BYTES:
+                        self._chain(fd, q[start:i + 1])
+                        start = i + 1
+                        nbytes = 0
+                if start < len(q):
+                    self._chain(fd, q[start:])
         ret = self.lib.io_uring_submit(self.ring)
         self.stats["submits"] += 1
         if ret > 0:

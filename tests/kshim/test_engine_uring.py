@@ -131,6 +131,27 @@ def test_write_sync_chain_is_at_most_chain_max_writes_per_fdatasync(ring, tmp_pa
     assert path.read_bytes() == b"".join(bytes([i + 1]) * BS for i in range(count))
 
 
+def test_write_sync_chain_ends_with_the_write_that_reaches_chain_bytes(ring, tmp_path: Path):
+    """Large writes keep a sync each: half, half | whole | small, small, small."""
+    big = engine_uring.URING_CHAIN_BYTES
+    sizes = [big // 2, big // 2, big, BS, BS, BS]
+    path = tmp_path / "big"
+    path.write_bytes(bytes(sum(sizes)))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        jobs = [_job() for _ in sizes]
+        pos = 0
+        for i, (j, n) in enumerate(zip(jobs, sizes, strict=True)):
+            ring.submit(j, OP_WRITE_SYNC, fd, [bytes([i + 1]) * n], pos)
+            pos += n
+        done = _run(ring, len(sizes))
+    finally:
+        os.close(fd)
+    assert len(done) == len(sizes) and [j.result for j in jobs] == sizes
+    assert ring.stats["sync_chains"] == 3
+    assert path.read_bytes() == b"".join(bytes([i + 1]) * n for i, n in enumerate(sizes))
+
+
 def test_failed_write_in_a_chain_fails_only_its_job_and_the_others_go_out_again(
         ring, tmp_path: Path):
     """One chain A, B, C, D under RLIMIT_FSIZE: B lies beyond the limit
