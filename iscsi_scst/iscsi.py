@@ -106,7 +106,7 @@ from scst_core.scst import (SCST_CMD_STATE_DATA_WAIT,
                             SCST_RX_STATUS_SUCCESS, SCST_TGT_RES_SUCCESS, scst_cmd,
                             scst_mgmt_cmd,
                             scst_tgt_template)
-from scst_core.targ import (scst_cmd_init_done, scst_cmd_set_expected, scst_rx_cmd,
+from scst_core.targ import (scst_cmd_init_done, scst_rx_cmd,
                             scst_rx_data, scst_rx_mgmt_fn, scst_tgt_cmd_done)
 
 TX_SCSI = 0
@@ -520,7 +520,9 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
     scmd.tag = itt
     scmd.queue_type = _ATTR[flags & ISCSI_CMD_ATTR_MASK]
     scmd.sendfile_ok = not conn.ddigest_tx      # a data digest needs the bytes
-    scst_cmd_set_expected(scmd, _DIRECTION[(flags >> 5) & 3], edtl)
+    # scst_cmd_set_expected, an inline in scst.h, without the call
+    scmd.expected_data_direction = _DIRECTION[(flags >> 5) & 3]
+    scmd.expected_transfer_len = edtl
     if not in_order:
         # Held until its turn; its unsolicited data waits in a buffer of its own.
         sess.pending_cmnds[cmd_sn] = (conn, cmnd, lambda: _hand_to_scst(cmnd))
@@ -555,7 +557,9 @@ def _rx_immediate_in_place(conn: iscsi_conn, cmnd: iscsi_cmnd, dsl: int) -> bool
     end = s + dsl + ((-dsl) & 3)
     if end > conn.rx_end:
         return False
-    sg_virt(scmd.sg[0])[:dsl] = conn.rxmv[s:s + dsl]
+    sg = scmd.sg[0]                 # sg_virt's view, without the call
+    o = sg.offset
+    sg.page.mv[o:o + dsl] = conn.rxmv[s:s + dsl]
     conn.rx_start = end
     cmnd.data_rcvd = dsl
     cmnd.rx_pending = False

@@ -231,6 +231,9 @@ def _iocb_write_done(iocb: kiocb) -> None:
     iocb.ki_complete(iocb, n)
 
 
+_write_done: Callable[[Any], None] = _iocb_write_done     # as io_job.complete
+
+
 def _iocb_write_unsynced(f: file, iocb: kiocb, iov: list, err: int) -> None:
     """An armed fail_file_fsync failed this DSYNC write's fdatasync: the
     write still runs (its bytes may reach the page cache; no second fault
@@ -261,7 +264,14 @@ def vfs_iocb_iter_write(f: file, iocb: kiocb, iov: list) -> int:
     still lets the write run. Never sleeps."""
     stats["aio_writes"] += 1
     if not iocb.ki_flags & IOCB_DSYNC:
-        return _iocb_start(fail_file_write, ops.file_pwritev, _iocb_write_done, f, iocb, iov)
+        if fail_file_write.armed or trace_block_rq_issue.enabled:
+            return _iocb_start(fail_file_write, ops.file_pwritev, _iocb_write_done, f, iocb, iov)
+        # _iocb_start's common case inline: the write-back WRITE's path
+        iocb.fn = ops.file_pwritev
+        iocb.args = (f.fd, iov, iocb.ki_pos)
+        iocb.complete = _write_done
+        ops.io_submit(iocb)
+        return -EIOCBQUEUED
     stats["fsync"] += 1
     if fail_file_fsync.armed and file_flush_fault(
             f, lambda _: _iocb_write_synced(f, iocb, iov),

@@ -297,32 +297,27 @@ def _fileio_write_done(iocb: kiocb, n: int) -> None:
     cmd.scst_cmd_done(cmd, SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME)     # vdisk_cmd_done
 
 
-def fileio_write_nowait(cmd: scst_cmd) -> bool:
-    """Start a plain WRITE (6/10/12/16) without sleeping: one asynchronous
-    write, durable (IOCB_DSYNC) when the device is write-through or the
-    command has FUA, which flushes what vdisk_exec_write's fsync would.
-    Declines when the command needs the device's threads."""
-    op = cmd.cdb[0]
-    virt_dev: scst_vdisk_dev = cmd.dev.dh_priv
-    if cmd.status or virt_dev.sanitize_state or not cmd.data_len:
-        return False
-    fua = op != 0x0A and bool(cmd.cdb[1] & 0x08)
-    flags = IOCB_DSYNC if vdisk_need_sync(cmd, virt_dev, fua) else 0
-    pos = cmd.lba << virt_dev.block_shift
-    return vfs_iocb_iter_write(virt_dev.file, kiocb(virt_dev.file, pos, _fileio_write_done, cmd,
-                                                    flags), scst_cmd_iov(cmd)) == -EIOCBQUEUED
-
-
 def fileio_exec_nowait(cmd: scst_cmd) -> bool:
     """A READ whose data the page cache holds completes here, in the
-    submitting context; a plain WRITE starts here and completes from
-    softirq; anything else goes to the device's threads."""
+    submitting context. A plain WRITE (6/10/12/16) starts here as one
+    asynchronous write, durable (IOCB_DSYNC) when the device is
+    write-through or the command has FUA, which flushes what
+    vdisk_exec_write's fsync would, and completes from softirq. Anything
+    else, and a WRITE that needs the device's threads, goes to them."""
     op = cmd.cdb[0]
+    virt_dev: scst_vdisk_dev = cmd.dev.dh_priv
     if op in _WRITE_OPS:
-        return fileio_write_nowait(cmd)
+        if cmd.status or virt_dev.sanitize_state or not cmd.data_len:
+            return False
+        fua = op != 0x0A and bool(cmd.cdb[1] & 0x08)
+        # vdisk_need_sync is false unless one of these holds: asked only then
+        flags = (IOCB_DSYNC if (fua or virt_dev.wt_flag) and vdisk_need_sync(cmd, virt_dev, fua)
+                 else 0)
+        f = virt_dev.file
+        return vfs_iocb_iter_write(f, kiocb(f, cmd.lba << virt_dev.block_shift, _fileio_write_done,
+                                            cmd, flags), scst_cmd_iov(cmd)) == -EIOCBQUEUED
     if op not in _READ_OPS or cmd.status or (op != 0x08 and cmd.cdb[1] & 0x08):
         return False
-    virt_dev: scst_vdisk_dev = cmd.dev.dh_priv
     if virt_dev.sanitize_state:
         return False                        # vdisk_do_exec answers it (SBC-3 4.11)
     length = cmd.data_len
