@@ -255,10 +255,10 @@ def vfs_iocb_iter_read(f: file, iocb: kiocb, iov: list) -> int:
 def vfs_iocb_iter_write(f: file, iocb: kiocb, iov: list) -> int:
     """Start writing the buffers at iocb.ki_pos: -EIOCBQUEUED. With
     IOCB_DSYNC the write and an fdatasync of its range go out as one host
-    job (file_pwritev_sync: on io_uring a write linked to a ranged fsync),
-    so ki_complete runs only after the bytes are stable, and the syncs of
-    writes in flight together run in parallel (as O_SYNC writes from
-    tgtd's threads do; docs/decisions/0064). Armed fail_file_write and
+    job (file_pwritev_sync: on io_uring the file's DSYNC writes of an engine
+    pass are linked to one ranged fsync; docs/decisions/0064, 0066), so
+    ki_complete runs only after the bytes are stable, and the syncs of
+    different passes run in parallel. Armed fail_file_write and
     fail_file_fsync are decided here (file_aio_fault, file_flush_fault):
     ki_complete then gets -errno or a short count; a failed fdatasync
     still lets the write run. Never sleeps."""
