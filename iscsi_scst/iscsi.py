@@ -776,18 +776,23 @@ def iscsi_xmit_response(scmd: scst_cmd) -> int:
 def iscsi_on_free_cmd(scmd: scst_cmd) -> None:
     cmnd = scmd.tgt_i_priv
     conn = cmnd.conn
-    if conn.cmd_hash.get(cmnd.itt) is cmnd:
-        del conn.cmd_hash[cmnd.itt]
-        if conn.closing and not conn.cmd_hash:
-            wake_up(conn.cmds_waitQ)
+    # Its ITT maps to it alone since _scsi_cmd_rx_start (an ITT in use is
+    # refused there), and only this removes the entry.
+    cmd_hash = conn.cmd_hash
+    if cmd_hash.pop(cmnd.itt, None) is not None and conn.closing and not cmd_hash:
+        wake_up(conn.cmds_waitQ)
     cmnd.scst_cmd = None
-    # A kept free object starts its next command clean.
-    cmnd.write_ready = cmnd.unsol_open = cmnd.rx_pending = False
-    cmnd.rsp_deferred = cmnd.data_done = False
-    cmnd.data_rcvd = cmnd.r2t_next = cmnd.r2t_sn = cmnd.outstanding_r2t = 0
-    cmnd.r2t_seqs.clear()
-    cmnd.held = cmnd.release_pending = False
-    cmnd.held_buf = None
+    # A kept free object starts its next command clean. Only a command
+    # with the W bit has write state (rdy_to_xfer, R2T, Data-Out and an
+    # unsolicited burst all need it), so a READ resets data_done alone;
+    # held, release_pending and held_buf are cleared when a held command
+    # is handed to SCST (or aborted), before it can be freed.
+    if cmnd.flags & ISCSI_CMD_WRITE:
+        cmnd.write_ready = cmnd.unsol_open = cmnd.rx_pending = cmnd.rsp_deferred = False
+        cmnd.data_rcvd = cmnd.r2t_next = cmnd.r2t_sn = cmnd.outstanding_r2t = 0
+        if cmnd.r2t_seqs:
+            cmnd.r2t_seqs.clear()
+    cmnd.data_done = False
     cmnd.conn = None          # a kept free object must not pin its last connection
     kmem_cache_free(iscsi_cmnd_cache, cmnd)
 
@@ -856,60 +861,122 @@ def _add_pdu(conn: iscsi_conn, iov: list, bhs: bytearray, data: Any, dlen: int) 
             iov.append(digest_data([data, pad]))
 
 
-def iscsi_tx_build(conn: iscsi_conn, item: Any, iov: list) -> None:
-    """Append item's PDUs to iov, assigning StatSN in send order (wr side)."""
-    if trace_iscsi_pdu_tx.enabled:
-        _trace_pdu_tx(conn, item)
+def iscsi_tx_build(conn: iscsi_conn, entries: list, iov: list, items: list, iov_max: int) -> int:
+    """Append the PDUs of the entries' items to iov, and the items to items,
+    in order, assigning StatSN in send order, until iov holds iov_max
+    buffers: the count of entries taken (wr side: the tx_busy holder).
+
+    One call per batch: the session's window (ExpCmdSN, MaxCmdSN) and the
+    connection's parameters are read once, since nothing is received while
+    a batch is built; a SCSI response that fits one Data-In PDU (the common
+    READ) is built here, anything else by _tx_build_pdu or _tx_build_scsi."""
     sess = conn.session
-    if sess is None:
-        # Login. A connection joining a session reports the session's
-        # window: its ExpCmdSN may trail the login's CmdSN while commands
-        # are still in flight on the other connections, and echoing the
-        # CmdSN would acknowledge them. A new session's starts at the CmdSN.
-        login = conn.login
-        joined = cast("session_mod.iscsi_session | None", login.session) if login is not None else None
-        if joined is None:
-            exp = max_sn = conn.login_cmd_sn
-        else:
-            exp = joined.exp_cmd_sn
-            max_sn = joined.max_cmd_sn
-    else:
+    mrdsl = 0
+    if sess is not None:
         exp = sess.exp_cmd_sn
         max_sn = sess.max_cmd_sn = (exp + sess.max_queued_cmnds - 1) & _MASK32
-    if item.tx_kind == TX_PDU:
-        bhs = item.bhs
-        if item.sn_mode == SN_NEXT:
-            fill_sn(bhs, conn.stat_sn, exp, max_sn)
-            conn.stat_sn = (conn.stat_sn + 1) & _MASK32
-        elif item.sn_mode == SN_PEEK:
-            fill_sn(bhs, conn.stat_sn, exp, max_sn)
-        data = item.data
-        _add_pdu(conn, iov, bhs, data, len(data))
-        return
+        if not (conn.hdigest_tx or conn.ddigest_tx):
+            mrdsl = conn.sess_params.max_xmit_data_length    # 0: no one-PDU Data-In
+    traced = trace_iscsi_pdu_tx.enabled
+    n = len(entries)
+    i = 0
+    while i < n and len(iov) < iov_max:
+        item = entries[i].owner
+        i += 1
+        items.append(item)
+        if traced:
+            _trace_pdu_tx(conn, item)
+        if sess is None:
+            exp, max_sn = _login_window(conn)
+        if item.tx_kind == TX_PDU:
+            _tx_build_pdu(conn, item, iov, exp, max_sn)
+            continue
+        scmd = item.scst_cmd
+        edtl = item.edtl
+        status = scmd.status
+        stat_sn = conn.stat_sn
+        conn.stat_sn = (stat_sn + 1) & _MASK32
+        read = item.flags & ISCSI_CMD_READ
+        total = 0
+        if read and scmd.data_direction & SCST_DATA_READ:
+            total = scmd.resp_data_len
+            if total > edtl:
+                total = edtl
+        rflags = 0
+        resid = 0
+        bufflen = scmd.bufflen
+        if bufflen > edtl:
+            rflags = ISCSI_FLG_RESID_OVERFLOW
+            # A CDB may ask for more than 4 GiB (and be refused): the field
+            # has 32 bits (RFC 7143 11.4.5).
+            resid = min(bufflen - edtl, _MASK32)
+        else:
+            sent = total if read else bufflen
+            if sent < edtl:
+                rflags = ISCSI_FLG_RESID_UNDERFLOW
+                resid = edtl - sent
+        if total and total <= mrdsl and status == SAM_STAT_GOOD and total & 3 == 0:
+            data = scmd.data_file
+            if data is not None:
+                # Still in the page cache (decision 0067): its file_extent
+                # slices as a memoryview does, and nthread sends the pieces
+                # with kernel_sendfile.
+                conn.tx_sendfile = True
+                conn.tx_zc_reads += 1
+                data = data[:total]
+            else:
+                sg = scmd.sg
+                if len(sg) == 1:
+                    # sg_virt (an inline in the kernel) cut to the data, in
+                    # one slice: a one-entry buffer is bufflen bytes
+                    # (scst_alloc_space), resp_data_len at most bufflen
+                    s = sg[0]
+                    data = s.page.mv[s.offset:s.offset + total]
+            if data is not None:
+                # The common case: all data and the status in one Data-In PDU.
+                bhs = item.rsp_bhs
+                pack_data_in_raw(bhs, 0, ISCSI_OP_SCSI_DATA_IN,
+                                 ISCSI_FLG_FINAL | ISCSI_FLG_STATUS | rflags, 0, status, total,
+                                 item.lun, item.itt, ISCSI_RESERVED_TAG, stat_sn, exp, max_sn,
+                                 0, 0, resid)
+                iov.append(bhs)
+                iov.append(data)
+                continue
+        _tx_build_scsi(conn, item, iov, exp, max_sn, stat_sn, total, rflags, resid)
+    return i
+
+
+def _login_window(conn: iscsi_conn) -> tuple[int, int]:
+    """(ExpCmdSN, MaxCmdSN) for a PDU of a connection still logging in. A
+    connection joining a session reports the session's window: its
+    ExpCmdSN may trail the login's CmdSN while commands are still in
+    flight on the other connections, and echoing the CmdSN would
+    acknowledge them. A new session's starts at the CmdSN."""
+    login = conn.login
+    joined = cast("session_mod.iscsi_session | None", login.session) if login is not None else None
+    if joined is None:
+        return conn.login_cmd_sn, conn.login_cmd_sn
+    return joined.exp_cmd_sn, joined.max_cmd_sn
+
+
+def _tx_build_pdu(conn: iscsi_conn, item: iscsi_tx_pdu, iov: list, exp: int, max_sn: int) -> None:
+    bhs = item.bhs
+    if item.sn_mode == SN_NEXT:
+        fill_sn(bhs, conn.stat_sn, exp, max_sn)
+        conn.stat_sn = (conn.stat_sn + 1) & _MASK32
+    elif item.sn_mode == SN_PEEK:
+        fill_sn(bhs, conn.stat_sn, exp, max_sn)
+    data = item.data
+    _add_pdu(conn, iov, bhs, data, len(data))
+
+
+def _tx_build_scsi(conn: iscsi_conn, item: iscsi_cmnd, iov: list, exp: int, max_sn: int,
+                   stat_sn: int, total: int, rflags: int, resid: int) -> None:
+    """A SCSI command's response PDUs other than the one-PDU Data-In:
+    Data-In in several PDUs (or with digests, or from a buffer of several
+    pieces), then the status in the last of them or in a SCSI Response."""
     scmd = item.scst_cmd
-    edtl = item.edtl
     status = scmd.status
-    stat_sn = conn.stat_sn
-    conn.stat_sn = (stat_sn + 1) & _MASK32
-    read = item.flags & ISCSI_CMD_READ
-    total = 0
-    if read and scmd.data_direction & SCST_DATA_READ:
-        total = scmd.resp_data_len
-        if total > edtl:
-            total = edtl
-    rflags = 0
-    resid = 0
-    bufflen = scmd.bufflen
-    if bufflen > edtl:
-        rflags = ISCSI_FLG_RESID_OVERFLOW
-        # A CDB may ask for more than 4 GiB (and be refused): the field
-        # has 32 bits (RFC 7143 11.4.5).
-        resid = min(bufflen - edtl, _MASK32)
-    else:
-        sent = total if read else bufflen
-        if sent < edtl:
-            rflags = ISCSI_FLG_RESID_UNDERFLOW
-            resid = edtl - sent
     data_sn = 0
     if total:
         params = conn.sess_params
@@ -918,25 +985,12 @@ def iscsi_tx_build(conn: iscsi_conn, item: Any, iov: list) -> None:
         sg = scmd.sg
         base = scmd.data_file
         if base is not None:
-            # Still in the page cache (decision 0067): its file_extent
-            # slices as a memoryview does, and nthread sends the pieces
-            # with kernel_sendfile.
-            conn.tx_sendfile = True
+            conn.tx_sendfile = True         # decision 0067, as in iscsi_tx_build
             conn.tx_zc_reads += 1
         else:
             base = sg_virt(sg[0]) if len(sg) == 1 else None
         lun = item.lun
         itt = item.itt
-        plain = not (conn.hdigest_tx or conn.ddigest_tx)
-        if total <= mrdsl and collapse and plain and total & 3 == 0 and base is not None:
-            # The common case: all data and the status in one Data-In PDU.
-            bhs = item.rsp_bhs
-            pack_data_in_raw(bhs, 0, ISCSI_OP_SCSI_DATA_IN,
-                          ISCSI_FLG_FINAL | ISCSI_FLG_STATUS | rflags, 0, status, total, lun,
-                          itt, ISCSI_RESERVED_TAG, stat_sn, exp, max_sn, 0, 0, resid)
-            iov.append(bhs)
-            iov.append(base[:total])
-            return
         burst = params.max_burst_length
         off = 0
         while off < total:
@@ -966,7 +1020,7 @@ def iscsi_tx_build(conn: iscsi_conn, item: Any, iov: list) -> None:
     if not (scmd.sense_valid_len and status) and not conn.hdigest_tx:
         # The common answer (a WRITE's, a READ's without data): the one
         # header, in the command's own buffer (rsp_bhs), as the one-PDU
-        # Data-In above.
+        # Data-In of iscsi_tx_build.
         bhs = item.rsp_bhs
         pack_scsi_rsp_raw(bhs, 0, ISCSI_OP_SCSI_RSP, 0x80 | rflags,
                           ISCSI_RESPONSE_COMMAND_COMPLETED, status, 0, _ZERO_LUN, item.itt, 0,

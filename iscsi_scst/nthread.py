@@ -340,14 +340,8 @@ def iscsi_tx_flush(conn: iscsi_conn, may_sleep: bool) -> int:
                 if not entries:
                     return 0
                 iov = conn.tx_iov
-                items = conn.tx_items
                 n = len(entries)
-                i = 0
-                while i < n and len(iov) < _IOV_MAX:
-                    item = entries[i].owner
-                    iscsi_tx_build(conn, item, iov)
-                    items.append(item)
-                    i += 1
+                i = iscsi_tx_build(conn, entries, iov, conn.tx_items, _IOV_MAX)
                 if i < n:
                     # Over the iovec limit: the rest goes back to the front.
                     spin_lock_bh(conn.write_list_lock)

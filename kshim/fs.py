@@ -265,10 +265,10 @@ def vfs_iocb_iter_read(f: file, iocb: kiocb, iov: list) -> int:
 def vfs_iocb_iter_write(f: file, iocb: kiocb, iov: list) -> int:
     """Start writing the buffers at iocb.ki_pos: -EIOCBQUEUED. With
     IOCB_DSYNC the write and an fdatasync of its range go out as one host
-    job (file_pwritev_sync: on io_uring a write linked to a ranged fsync),
-    so ki_complete runs only after the bytes are stable, and the syncs of
-    writes in flight together run in parallel (as O_SYNC writes from
-    tgtd's threads do; docs/decisions/0064). Armed fail_file_write and
+    job (file_pwritev_sync: on io_uring the file's DSYNC writes of an engine
+    pass are linked to one ranged fsync; docs/decisions/0064, 0066), so
+    ki_complete runs only after the bytes are stable, and the syncs of
+    different passes run in parallel. Armed fail_file_write and
     fail_file_fsync are decided here (file_aio_fault, file_flush_fault):
     ki_complete then gets -errno or a short count; a failed fdatasync
     still lets the write run. Never sleeps."""
@@ -340,12 +340,14 @@ def vfs_readv(f: file, iov: list, pos: int) -> int:
     return got + n
 
 
-def vfs_readv_nowait(f: file, iov: list, pos: int) -> int:
+def vfs_readv_nowait(f: file, iov: list, pos: int, count: int = -1) -> int:
     """Read only if the page cache holds all of it (IOCB_NOWAIT): bytes read
-    (all, or fewer at end of file) or -EAGAIN; never sleeps, any context."""
+    (all, or fewer at end of file) or -EAGAIN; never sleeps, any context.
+    count is the buffers' total length, as an iov_iter carries it, when
+    the caller knows it (fileio's READ does); -1 counts it here."""
     if not f.nowait_read or fail_file_read.armed:     # a fault is decided by vfs_readv
         return -EAGAIN
-    want = len(iov[0]) if len(iov) == 1 else host.iov_len(iov)
+    want = count if count >= 0 else host.iov_len(iov)
     n = ops.file_preadv_nowait(f.fd, iov, pos)
     if trace_block_rq_complete.enabled:
         # Served (or refused) inline from the page cache: no issue event.

@@ -79,7 +79,10 @@ trace_kmem_cache_free = TRACE_EVENT("kmem_cache_free", ("cache", "active"))
 
 
 class kmem_cache:
-    __slots__ = ("name", "ctor", "flags", "size", "active", "allocs", "frees", "failures",
+    # allocations are not counted: statistics() reports frees + active, so a
+    # cache pays two counters per object's life, not three (alloc/free pairs
+    # are the hot path of every command)
+    __slots__ = ("name", "ctor", "flags", "size", "active", "frees", "failures",
                  "high_water", "live", "limit", "free", "untracked", "destroyed")
 
     def __init__(self, name: str, ctor: Callable[[], Any], flags: int, size: int = 0) -> None:
@@ -88,7 +91,6 @@ class kmem_cache:
         self.flags = flags
         self.size = size
         self.active = 0
-        self.allocs = 0
         self.frees = 0
         self.failures = 0
         self.high_water = 0
@@ -159,15 +161,18 @@ def kmem_cache_alloc(c: kmem_cache, gfp: int) -> Any:
         c.failures += 1
         return None
     free = c.free
-    if debug_slab:
-        obj = _debug_take(c, free.pop(0)) if free else c.ctor()
-        c.live[id(obj)] = (obj, stack_capture(1, _ALLOC_STACK_DEPTH))
+    if free:
+        # Reuse cannot raise the high water: active + len(free) never
+        # exceeds it (it grows only through the ctor below).
+        obj = _debug_take(c, free.pop(0)) if debug_slab else free.pop()
+        c.active += 1
     else:
-        obj = free.pop() if free else c.ctor()
-    c.active += 1
-    c.allocs += 1
-    if c.active > c.high_water:
-        c.high_water = c.active
+        obj = c.ctor()
+        c.active += 1
+        if c.active > c.high_water:
+            c.high_water = c.active
+    if debug_slab:
+        c.live[id(obj)] = (obj, stack_capture(1, _ALLOC_STACK_DEPTH))
     if trace_kmem_cache_alloc.enabled:
         trace_kmem_cache_alloc(c.name, c.active)
     return obj
@@ -187,7 +192,6 @@ def kmem_cache_zalloc(c: kmem_cache, gfp: int) -> Any:
     if debug_slab:
         c.live[id(obj)] = (obj, stack_capture(1, _ALLOC_STACK_DEPTH))
     c.active += 1
-    c.allocs += 1
     if c.active > c.high_water:
         c.high_water = c.active
     return obj
@@ -410,7 +414,6 @@ def kmalloc(size: int, gfp: int) -> bytearray | None:
             WARN_ON_ONCE(True, f"kmalloc of {size} bytes, more than KMALLOC_MAX_SIZE")
         return None
     buf = bytearray(size)
-    c.allocs += 1
     c.active += 1
     if c.active > c.high_water:
         c.high_water = c.active
@@ -447,8 +450,9 @@ def kvmalloc(size: int, gfp: int) -> bytearray | None:
             c.failures += 1
             return None
         buf = bytearray(size)
-        c.allocs += 1
         c.active += 1
+        if c.active > c.high_water:
+            c.high_water = c.active
         if debug_slab:
             _kmalloc_track(buf, size)
         return buf
@@ -555,7 +559,7 @@ vfree = kfree
 
 def statistics() -> list[slab_stats]:
     """Per cache: active objects, allocations, frees, failures, high water."""
-    return [slab_stats(c.name, c.active, c.allocs, c.frees, c.failures, c.high_water,
+    return [slab_stats(c.name, c.active, c.frees + c.active, c.frees, c.failures, c.high_water,
                        len(c.free)) for c in slab_caches]
 
 

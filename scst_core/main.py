@@ -194,6 +194,11 @@ def _free_tgt_dev(sess: scst_session, lun: int) -> None:
     tgt_dev = sess.sess_tgt_dev_list.pop(lun, None)
     if tgt_dev is None:
         return
+    # The LUN's I/O stays in the session's totals.
+    sess.reads += tgt_dev.reads
+    sess.writes += tgt_dev.writes
+    sess.read_bytes += tgt_dev.read_bytes
+    sess.write_bytes += tgt_dev.write_bytes
     dev = tgt_dev.dev
     if dev.handler.detach_tgt is not None:
         dev.handler.detach_tgt(tgt_dev)
@@ -202,6 +207,19 @@ def _free_tgt_dev(sess: scst_session, lun: int) -> None:
 
 
 # -- sessions ---------------------------------------------------------------
+
+def scst_sess_io_stats(sess: scst_session) -> tuple[int, int, int, int]:
+    """The session's (reads, writes, read_bytes, write_bytes) of commands
+    completed GOOD: its own counters plus those of its live LUNs (DEV_DONE
+    counts each command once, in its tgt_dev)."""
+    r, w, rb, wb = sess.reads, sess.writes, sess.read_bytes, sess.write_bytes
+    for td in sess.sess_tgt_dev_list.values():
+        r += td.reads
+        w += td.writes
+        rb += td.read_bytes
+        wb += td.write_bytes
+    return r, w, rb, wb
+
 
 @ALLOW_ERROR_INJECTION(EI_ETYPE_NULL)
 def scst_register_session(tgt: scst_tgt, atomic: bool, initiator_name: str, tgt_priv: Any,

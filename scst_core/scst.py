@@ -279,6 +279,10 @@ class scst_session:
     shut_phase: int = 0
     unreg_done_fn: Callable[["scst_session"], None] | None = None
     cmd_count: int = 0
+    # I/O of the commands that had no LUN and of the LUNs gone (their
+    # tgt_devs' counters are added in when they are freed): each command
+    # counts once, in its tgt_dev or here; scst_sess_io_stats gives the
+    # session's totals. Changed only in DEV_DONE and scst_free_tgt_dev.
     reads: int = 0
     writes: int = 0
     read_bytes: int = 0
@@ -337,7 +341,6 @@ class scst_cmd:
     completed: bool = False
     exec_sync: bool = False         # the handler's exec() is still on the stack
     fault_checked: bool = False     # fail_scsi_cmd has looked at it (once per command)
-    finished: bool = False
     aborted: bool = False
     # aborted by another I_T nexus with TAS=1: answered with TASK ABORTED
     # (valid only while aborted is set)

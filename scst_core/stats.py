@@ -20,7 +20,7 @@ from __future__ import annotations
 
 
 from scst_core import const, latency
-from scst_core.main import scst_template_list
+from scst_core.main import scst_sess_io_stats, scst_template_list
 from scst_core.scst import scst_session, scst_tgt
 
 Family = tuple[str, str, str, list]
@@ -51,14 +51,15 @@ def scst_metrics() -> list[Family]:
     for tgt in _targets():
         sessions = list(tgt.sess_list)
         t = {"target": tgt.tgt_name}
+        io = [scst_sess_io_stats(s) for s in sessions]
         tgt_cmds += [({**t, "direction": "read"},
-                      tgt.closed_reads + sum(s.reads for s in sessions)),
+                      tgt.closed_reads + sum(s[0] for s in io)),
                      ({**t, "direction": "write"},
-                      tgt.closed_writes + sum(s.writes for s in sessions))]
+                      tgt.closed_writes + sum(s[1] for s in io))]
         tgt_bytes += [({**t, "direction": "read"},
-                       tgt.closed_read_bytes + sum(s.read_bytes for s in sessions)),
+                       tgt.closed_read_bytes + sum(s[2] for s in io)),
                       ({**t, "direction": "write"},
-                       tgt.closed_write_bytes + sum(s.write_bytes for s in sessions))]
+                       tgt.closed_write_bytes + sum(s[3] for s in io))]
         seen: dict[str, int] = {}
         for sess in sessions:
             # One initiator may hold several sessions (ISIDs): "instance"
@@ -89,8 +90,8 @@ def scst_metrics() -> list[Family]:
 def _session(base: dict, sess: scst_session, cmds: list, byts: list, lun_cmds: list, lun_bytes: list,
              errs: list, tmfs: list, active: list) -> None:
     """Append one session's samples (labelled base + ...) to the families' lists."""
-    for d, n, b in (("read", sess.reads, sess.read_bytes),
-                    ("write", sess.writes, sess.write_bytes)):
+    reads, writes, read_bytes, write_bytes = scst_sess_io_stats(sess)
+    for d, n, b in (("read", reads, read_bytes), ("write", writes, write_bytes)):
         cmds.append(({**base, "direction": d}, n))
         byts.append(({**base, "direction": d}, b))
     active.append((base, sess.cmd_count))

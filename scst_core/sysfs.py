@@ -797,7 +797,7 @@ ini_groups_ktype = kobj_type(refresh=_ini_groups_refresh)
 
 # ---- sessions
 
-_SESS_STATS = ("reads", "writes", "read_bytes", "write_bytes")
+_SESS_STATS = ("reads", "writes", "read_bytes", "write_bytes")    # scst_sess_io_stats' order
 
 
 def _make_session(parent: kobject, name: str, sess: scst_session) -> kobject | None:
@@ -806,11 +806,12 @@ def _make_session(parent: kobject, name: str, sess: scst_session) -> kobject | N
         return None
     sysfs_create_file(k, __ATTR_RO("initiator_name", lambda kk, a: f"{sess.initiator_name}\n"))
     sysfs_create_file(k, __ATTR_RO("active_commands", lambda kk, a: f"{sess.cmd_count}\n"))
-    sysfs_create_file(k, __ATTR_RO("commands", lambda kk, a: f"{sess.reads + sess.writes}\n"))
-    for f in _SESS_STATS:
-        sysfs_create_file(k, __ATTR_RO(f, lambda kk, a: f"{getattr(sess, a.private)}\n", f))
-    sysfs_create_file(k, __ATTR_RO("read_io_count_kb", lambda kk, a: f"{sess.read_bytes >> 10}\n"))
-    sysfs_create_file(k, __ATTR_RO("write_io_count_kb", lambda kk, a: f"{sess.write_bytes >> 10}\n"))
+    io = scst_main.scst_sess_io_stats
+    sysfs_create_file(k, __ATTR_RO("commands", lambda kk, a: f"{sum(io(sess)[:2])}\n"))
+    for i, f in enumerate(_SESS_STATS):
+        sysfs_create_file(k, __ATTR_RO(f, lambda kk, a: f"{io(sess)[a.private]}\n", i))
+    sysfs_create_file(k, __ATTR_RO("read_io_count_kb", lambda kk, a: f"{io(sess)[2] >> 10}\n"))
+    sysfs_create_file(k, __ATTR_RO("write_io_count_kb", lambda kk, a: f"{io(sess)[3] >> 10}\n"))
     sysfs_create_file(k, __ATTR_RO("acg", lambda kk, a: f"{sess.acg.acg_name if sess.acg else ''}\n"))
     sysfs_create_file(k, scst_sess_latency_attr(sess))
     sysfs_create_file(k, __ATTR("force_close", S_IWUSR, None, _sess_force_close_store))

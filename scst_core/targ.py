@@ -97,7 +97,7 @@ from scst_core.scst import (SCST_CMD_STATE_DEFAULT, SCST_CMD_STATE_DEV_DONE,
                             SCST_RX_STATUS_SUCCESS, SCST_RX_STATUS_ERROR_SENSE_SET,
                             SCST_QERR_1_ABORT_ALL, SCST_TGT_RES_SUCCESS, SCST_TST_1_SEP_TASK_SETS,
                             SCST_WRITE_MEDIUM, scst_cmd, scst_mgmt_cmd,
-                            scst_cmd_threads, scst_device, scst_session)
+                            scst_cmd_threads, scst_device, scst_session, scst_tgt_dev)
 
 # The longest transfer one command may ask for (the peer's number is
 # checked against it before anything is allocated).
@@ -142,7 +142,8 @@ def scst_rx_cmd(sess: scst_session, lun: bytes, cdb: bytes, atomic: bool) -> scs
     cmd = kmem_cache_alloc(scst_cmd_cachep, GFP_ATOMIC if atomic else GFP_KERNEL)
     if cmd is None:
         return None
-    # A recycled object keeps its last user's fields: reset them all.
+    # A recycled object keeps its last user's fields: reset every one a
+    # command may read before it writes it (kmem_cache_zalloc's job in SCST).
     cmd.sess = sess
     cmd.tgt = sess.tgt
     cmd.tgtt = sess.tgt.tgtt
@@ -171,9 +172,9 @@ def scst_rx_cmd(sess: scst_session, lun: bytes, cdb: bytes, atomic: bool) -> scs
     cmd.dh_priv = None
     cmd.sendfile_ok = False
     cmd.data_file = None
-    cmd.scst_cmd_done = None
-    cmd.completed = cmd.exec_sync = cmd.finished = cmd.aborted = cmd.fault_checked = False
-    cmd.mcmd = None
+    # Not reset: scst_cmd_done, completed and exec_sync, which _exec sets
+    # before the handler may read them; mcmd, which _finish_cmd clears.
+    cmd.aborted = cmd.fault_checked = False
     sess.cmd_count += 1
     list_add_tail(cmd.sess_cmd_list_entry, sess.sess_cmd_list)
     return cmd
@@ -493,20 +494,18 @@ def _dev_done(cmd: scst_cmd) -> int:
         except Exception as e:          # a dev handler's oops fails this command only
             scst_dev_handler_oops(cmd, "dev_done", e)
     if cmd.status == SAM_STAT_GOOD:
-        sess = cmd.sess
-        td = cmd.tgt_dev
+        # Counted once, in the I_T_L nexus (the session's totals add its
+        # LUNs up when read: scst_sess_io_stats); a command without a LUN
+        # counts in the session.
+        io: scst_tgt_dev | scst_session | None = cmd.tgt_dev
+        if io is None:
+            io = cmd.sess
         if cmd.data_direction == SCST_DATA_READ:
-            sess.reads += 1
-            sess.read_bytes += cmd.resp_data_len
-            if td is not None:
-                td.reads += 1
-                td.read_bytes += cmd.resp_data_len
+            io.reads += 1
+            io.read_bytes += cmd.resp_data_len
         elif cmd.data_direction & SCST_DATA_WRITE:
-            sess.writes += 1
-            sess.write_bytes += cmd.write_len
-            if td is not None:
-                td.writes += 1
-                td.write_bytes += cmd.write_len
+            io.writes += 1
+            io.write_bytes += cmd.write_len
     elif (cmd.status == SAM_STAT_CHECK_CONDITION and dev is not None and dev.qerr
             and not cmd.aborted):
         _qerr_abort(cmd)

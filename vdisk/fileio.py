@@ -334,7 +334,7 @@ def fileio_exec_nowait(cmd: scst_cmd) -> bool:
                 # Zero-copy: the driver sends these bytes from the page
                 # cache (decision 0067); nothing is read into sg.
                 cmd.data_file = file_extent(f, pos, length)
-        if cached != 1 and vfs_readv_nowait(f, scst_cmd_iov(cmd), pos) != length:
+        if cached != 1 and vfs_readv_nowait(f, scst_cmd_iov(cmd), pos, length) != length:
             return False
         cmd.resp_data_len = length          # a READ's data_len never exceeds its bufflen
     cmd.scst_cmd_done(cmd, SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME)     # vdisk_cmd_done

@@ -1,8 +1,9 @@
 """The engine's io_uring (kshim/engine_uring.py) driven directly on real
-files: a write linked to an fdatasync of its range (OP_WRITE_SYNC,
-decision 0064) completes once with the bytes written, and a write that
-fails or comes up short ends the op with the write's own result, never
-with the cancelled sync's -ECANCELED."""
+files: the write-sync jobs (OP_WRITE_SYNC) of one flush are one chain of
+writes linked to one fdatasync of their range (decisions 0064, 0066); each
+completes once with the bytes written, and a write that fails or comes up
+short ends its own job with the write's result, never with the cancelled
+sync's -ECANCELED, while the rest of its chain goes out again."""
 from __future__ import annotations
 
 import errno
@@ -68,7 +69,11 @@ def test_write_sync_ops_complete_once_with_their_bytes_and_reach_the_file(ring, 
         os.close(fd)
     assert sorted(id(j) for j in done) == sorted(id(j) for j in (*one, two))
     assert [j.result for j in one] == [BS] * 8 and two.result == 2 * BS
-    assert ring.stats["completions"] == 9            # the writes posted no CQE of their own
+    # the nine writes in chains of at most URING_CHAIN_MAX, each linked to one
+    # fdatasync, which alone posts a CQE
+    chains = -(-9 // engine_uring.URING_CHAIN_MAX)
+    assert ring.stats["completions"] == chains < 9
+    assert ring.stats["sync_chains"] == chains and ring.stats["chained_writes"] == 9
     assert path.read_bytes() == (b"".join(bytes([i + 1]) * BS for i in range(8))
                                  + b"\xee" * BS + b"\xff" * BS)
 
@@ -107,6 +112,78 @@ def test_short_write_sync_repeats_the_rest_then_ends_with_its_error(ring, tmp_pa
     assert ring.stats["resubmits"] == 1
     assert j.result == -errno.EFBIG
     assert path.read_bytes() == b"\x42" * (BS + BS // 2)
+
+
+def test_write_sync_chain_is_at_most_chain_max_writes_per_fdatasync(ring, tmp_path: Path):
+    path = tmp_path / "long"
+    count = engine_uring.URING_CHAIN_MAX + 3
+    path.write_bytes(bytes(count * BS))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        jobs = [_job() for _ in range(count)]
+        for i, j in enumerate(jobs):
+            ring.submit(j, OP_WRITE_SYNC, fd, [bytes([i + 1]) * BS], i * BS)
+        done = _run(ring, count)
+    finally:
+        os.close(fd)
+    assert len(done) == count and all(j.result == BS for j in jobs)
+    assert ring.stats["sync_chains"] == 2 and ring.stats["completions"] == 2
+    assert path.read_bytes() == b"".join(bytes([i + 1]) * BS for i in range(count))
+
+
+def test_write_sync_chain_ends_with_the_write_that_reaches_chain_bytes(ring, tmp_path: Path):
+    """Large writes keep a sync each: half, half | whole | small, small, small."""
+    big = engine_uring.URING_CHAIN_BYTES
+    sizes = [big // 2, big // 2, big, BS, BS, BS]
+    path = tmp_path / "big"
+    path.write_bytes(bytes(sum(sizes)))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        jobs = [_job() for _ in sizes]
+        pos = 0
+        for i, (j, n) in enumerate(zip(jobs, sizes, strict=True)):
+            ring.submit(j, OP_WRITE_SYNC, fd, [bytes([i + 1]) * n], pos)
+            pos += n
+        done = _run(ring, len(sizes))
+    finally:
+        os.close(fd)
+    assert len(done) == len(sizes) and [j.result for j in jobs] == sizes
+    assert ring.stats["sync_chains"] == 3
+    assert path.read_bytes() == b"".join(bytes([i + 1]) * n for i, n in enumerate(sizes))
+
+
+def test_failed_write_in_a_chain_fails_only_its_job_and_the_others_go_out_again(
+        ring, tmp_path: Path):
+    """One chain A, B, C, D under RLIMIT_FSIZE: B lies beyond the limit
+    (EFBIG), D crosses it (short, then EFBIG for its rest). A, C and D's
+    rest were cancelled or left unsynced each time: they are chained again
+    until each ends once, A and C with all their bytes."""
+    path = tmp_path / "chain"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    old_sig = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    old_lim = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4 * BS + BS // 2, old_lim[1]))
+    try:
+        a, b, c, d = (_job() for _ in range(4))
+        ring.submit(a, OP_WRITE_SYNC, fd, [b"\xaa" * BS], 0)
+        ring.submit(b, OP_WRITE_SYNC, fd, [b"\xbb" * BS], 10 * BS)
+        ring.submit(c, OP_WRITE_SYNC, fd, [b"\xcc" * BS], BS)
+        ring.submit(d, OP_WRITE_SYNC, fd, [b"\xdd" * BS], 4 * BS)
+        done = _run(ring, 4)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_lim)
+        signal.signal(signal.SIGXFSZ, old_sig)
+        os.close(fd)
+    assert sorted(id(j) for j in done) == sorted(id(j) for j in (a, b, c, d))
+    assert (a.result, b.result, c.result, d.result) == (BS, -errno.EFBIG, BS, -errno.EFBIG)
+    # chains: A B C D (B fails), A C D (D short), A C D' (D's rest fails), A C.
+    # A and C ran in the first chain but end only with the last one's sync:
+    # a write left unsynced by a broken chain never completes on its own.
+    assert ring.stats["sync_chains"] == 4 and ring.stats["chained_writes"] == 4 + 3 + 3 + 2
+    assert ring.stats["rechained"] == 3 + 2 + 2 and ring.stats["resubmits"] == 1
+    assert path.read_bytes() == (b"\xaa" * BS + b"\xcc" * BS + bytes(2 * BS)
+                                 + b"\xdd" * (BS // 2))
+    assert not ring.per_file and not ring.pending
 
 
 def test_ops_over_the_per_file_limit_wait_in_its_backlog_and_all_complete(ring, tmp_path: Path):

@@ -208,6 +208,26 @@ def test_statistics_count_session_io(daemon: Daemon) -> None:
         assert (s["reads"], s["writes"], s["read_bytes"], s["write_bytes"]) == (2, 1, 2048, 1024)
 
 
+def test_session_statistics_keep_the_io_of_a_removed_lun(daemon: Daemon) -> None:
+    """DEV_DONE counts a command once, in its LUN (decision 0068): the
+    session's totals add the LUNs up, and a LUN removed while the session
+    lives leaves its I/O in them."""
+    def session_io() -> tuple[int, int, int, int]:
+        st = json.loads(daemon.admin("--json", "stats").stdout)
+        s = next(x for x in st["sessions"] if x["target"] == TARGET)
+        return s["reads"], s["writes"], s["read_bytes"], s["write_bytes"]
+    with login(daemon) as ini:
+        ini.write10(0, b"\x01" * 1024).check()
+        ini.read10(0, 2).check()
+        ini.read10(0, 1, bs=4096, lun=1).check()
+        assert session_io() == (2, 1, 1536, 1024)
+        daemon.admin("rem-lun", TARGET, "1")
+        assert session_io() == (2, 1, 1536, 1024)
+        assert ini.read10(0, 2).status == 2         # the LUN change's unit attention
+        ini.read10(0, 2).check()
+        assert session_io() == (3, 1, 2560, 1024)
+
+
 def test_mgmt_errors_are_one_line_with_exit_codes(daemon: Daemon, tmp_path: Path) -> None:
     r = daemon.admin("add-lun", TARGET, "0", "null2", check=False)
     assert r.returncode == 1
