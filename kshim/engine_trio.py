@@ -24,7 +24,9 @@ on ONE host thread (../docs/architecture.md, "one CPU").
 - Timers: one task sleeps until kshim.timer's earliest expiry and runs
   run_timers() in softirq context.
 - Blocking file I/O: reads, writes and fsyncs go to io_uring
-  (kshim/engine_uring.py), submitted once per pass and reaped through an
+  (kshim/engine_uring.py), submitted once per pass (reads also N at a
+  time as they are queued with USCST_IO_URING_SUBMIT_BATCH=N, decision
+  0063) and reaped through an
   eventfd; everything else, and all of it when io_uring is refused (chosen
   at start and logged), to a small pool of host threads whose finished jobs
   come back through the trio token. Either way the completion runs in
@@ -434,6 +436,24 @@ def rbd_detach(img: engine_rbd.rbd_image) -> None:
     img.engine_priv = None
 
 
+def _submit_batch_from_env(ring: engine_uring.uring) -> None:
+    """USCST_IO_URING_SUBMIT_BATCH, when set, is the ring's submit_batch (0
+    .. URING_ENTRIES; 0, the default: reads are submitted once per pass,
+    decision 0063); a bad value is logged and the default kept."""
+    env = os.environ.get("USCST_IO_URING_SUBMIT_BATCH")
+    if env is None:
+        return
+    try:
+        n = int(env)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= engine_uring.URING_ENTRIES:
+        printk.pr_warn(f"kshim: USCST_IO_URING_SUBMIT_BATCH={env!r} is not "
+                       f"0..{engine_uring.URING_ENTRIES}, submit_batch stays {ring.submit_batch}")
+        return
+    ring.submit_batch = n
+
+
 def io_stats() -> str:
     """The file I/O backend and its statistics, for the live tree."""
     text = f"backend {io_backend}\n"
@@ -534,6 +554,7 @@ async def _main(init: Callable[[], Any], exit_fn: Callable[[], Any] | None,
     else:
         _ring = ring
         io_backend = f"io_uring entries={engine_uring.URING_ENTRIES} setup={ring.setup}"
+        _submit_batch_from_env(ring)
     printk.pr_info(f"kshim: file I/O on {io_backend}")
     _busy_poll_from_env()
     _ep = select.epoll()

@@ -219,6 +219,9 @@ def _iocb_read_done(iocb: kiocb) -> None:
     iocb.ki_complete(iocb, iocb.result)
 
 
+_read_done: Callable[[Any], None] = _iocb_read_done       # as io_job.complete
+
+
 def _iocb_write_done(iocb: kiocb) -> None:
     n = iocb.result
     if trace_block_rq_complete.enabled:
@@ -249,7 +252,14 @@ def vfs_iocb_iter_read(f: file, iocb: kiocb, iov: list) -> int:
     -errno, or a short count (the bytes before a failing range). Never
     sleeps."""
     stats["aio_reads"] += 1
-    return _iocb_start(fail_file_read, ops.file_preadv, _iocb_read_done, f, iocb, iov)
+    if fail_file_read.armed or trace_block_rq_issue.enabled:
+        return _iocb_start(fail_file_read, ops.file_preadv, _iocb_read_done, f, iocb, iov)
+    # _iocb_start's common case inline: vdisk_blockio's READ path
+    iocb.fn = ops.file_preadv
+    iocb.args = (f.fd, iov, iocb.ki_pos)
+    iocb.complete = _read_done
+    ops.io_submit(iocb)
+    return -EIOCBQUEUED
 
 
 def vfs_iocb_iter_write(f: file, iocb: kiocb, iov: list) -> int:

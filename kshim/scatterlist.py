@@ -210,12 +210,22 @@ def sgl_free(sgl: list[scatterlist]) -> None:
 def sg_copy_from_buffer(sgl: list[scatterlist], nents: int, buf: "bytes | memoryview",
                         skip: int = 0) -> int:
     """Copy buf into the entries starting `skip` bytes in; return bytes copied."""
+    n = len(buf)
+    if not skip and nents and sgl[0].length >= n:
+        sg = sgl[0]                 # the common case, one entry holds it: no walk
+        sg.page.mv[sg.offset:sg.offset + n] = buf
+        return n
     return _copy(sgl, nents, memoryview(buf), skip, to_sg=True)
 
 
 def sg_copy_to_buffer(sgl: list[scatterlist], nents: int, buf: "bytearray | memoryview",
                       skip: int = 0) -> int:
     """Copy from the entries (starting `skip` bytes in) into buf; return bytes copied."""
+    n = len(buf)
+    if not skip and nents and sgl[0].length >= n:
+        sg = sgl[0]                 # the common case, one entry holds it: no walk
+        buf[:] = sg.page.mv[sg.offset:sg.offset + n]
+        return n
     return _copy(sgl, nents, memoryview(buf), skip, to_sg=False)
 
 

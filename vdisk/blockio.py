@@ -33,6 +33,7 @@ add_device parameters are fileio's but o_direct (always direct here).
 """
 from __future__ import annotations
 
+from kshim import page_alloc
 from kshim.dmapool import dma_pool, dma_pool_alloc, dma_pool_create, dma_pool_destroy, dma_pool_free
 from kshim.err import EINVAL, EIO, ENOMEM, ENOSPC
 from kshim.fail_function import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
@@ -42,6 +43,7 @@ from kshim.fs import (EIOCBQUEUED, IOCB_DSYNC, O_DIRECT, STATX_DIOALIGN, file, f
 from kshim.gfp import GFP_ATOMIC, GFP_KERNEL
 from kshim.page_alloc import PAGE_SIZE
 from kshim.printk import pr_err, pr_info
+from kshim.scatterlist import sg_copy_from_buffer, sg_copy_to_buffer
 from scst_core.const import (scst_sense_hardw_error, scst_sense_read_error,
                              scst_sense_space_allocation_failed, scst_sense_write_error)
 from scst_core.lib import scst_cmd_iov, scst_set_cmd_error
@@ -62,11 +64,26 @@ from vdisk.vdisk import (scst_vdisk_dev, vdisk_add_device_parameters,
 #   pieces; 1 MiB covers the usual 4 KiB..512 KiB commands in one piece
 #   and is what the other chunked vdisk paths use. Untouched pages of a
 #   block cost no host memory (the mmap is lazy).
+# - An asynchronous READ or WRITE's kiocb keeps its bounce block when it
+#   ends: up to BLOCKIO_IOCB_CACHE of them wait in blockio_iocb_cache for
+#   the next command, as the kernel recycles a direct I/O's bio through
+#   its per-CPU bio cache (IOCB_ALLOC_CACHE): no kiocb to build, no
+#   dma_pool_alloc and dma_pool_free per command (decision 0065;
+#   docs/performance.md, "Issue 12: blockio"). Bypassed while page
+#   debugging is on, so the pool's checks see every block; emptied into
+#   the pool by the last detach.
 
 BLOCKIO_BOUNCE_SIZE = 1 << 20
 
+BLOCKIO_IOCB_CACHE = 64
+
 blockio_bounce_pool: dma_pool | None = None
 blockio_nr_devs = 0                 # attached devices (protected by scst_mutex)
+# (kiocb, its bounce block) ready for reuse. Taken in the submitter's
+# context, given back in softirq: on the one CPU a softirq runs only
+# between kthread runs, never inside this module's code, so no lock (as
+# scst_core/mem.py's one-page pool).
+blockio_iocb_cache: list[tuple[kiocb, memoryview]] = []
 
 _ZEROS = bytes(BLOCKIO_BOUNCE_SIZE)
 
@@ -277,6 +294,8 @@ def blockio_detach(dev: scst_device) -> None:
     virt_dev.dev = None
     blockio_nr_devs -= 1
     if blockio_nr_devs == 0:
+        while blockio_iocb_cache:   # bounded: BLOCKIO_IOCB_CACHE
+            dma_pool_free(blockio_bounce_pool, blockio_iocb_cache.pop()[1])
         dma_pool_destroy(blockio_bounce_pool)
         blockio_bounce_pool = None
 
@@ -308,10 +327,19 @@ def _blockio_end_io(iocb: kiocb, n: int) -> None:
     elif not write:
         if n < length:
             bounce[n:length] = _ZEROS[:length - n]      # the file shrank: zeros past its end
-        _iov_copy(scst_cmd_iov(cmd), 0, bounce[:length], True)
+        sg_copy_from_buffer(cmd.sg, cmd.sg_cnt, bounce[:length])
         cmd.resp_data_len = length
-    dma_pool_free(blockio_bounce_pool, bounce)
+    _blockio_iocb_put(iocb, bounce)
     cmd.scst_cmd_done(cmd, SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME)     # vdisk_cmd_done
+
+
+def _blockio_iocb_put(iocb: kiocb, bounce: memoryview) -> None:
+    """An I/O is over: keep its kiocb and bounce block for the next one."""
+    if len(blockio_iocb_cache) < BLOCKIO_IOCB_CACHE and not page_alloc.debug_pagealloc:
+        iocb.private = None         # the command is not the cache's to keep
+        blockio_iocb_cache.append((iocb, bounce))
+    else:
+        dma_pool_free(blockio_bounce_pool, bounce)
 
 
 def blockio_exec_nowait(cmd: scst_cmd) -> bool:
@@ -327,22 +355,32 @@ def blockio_exec_nowait(cmd: scst_cmd) -> bool:
             or length & (virt_dev.block_size - 1)
             or (write and cmd.write_len != length)):
         return False
-    bounce = dma_pool_alloc(blockio_bounce_pool, GFP_ATOMIC)
-    if bounce is None:
-        return False                        # the threads' path waits for memory
     f = virt_dev.file
     pos = cmd.lba << virt_dev.block_shift
+    flags = 0
     if write:
-        _iov_copy(scst_cmd_iov(cmd), 0, bounce[:length], False)
         fua = op != 0x0A and bool(cmd.cdb[1] & 0x08)
         flags = IOCB_DSYNC if vdisk_need_sync(cmd, virt_dev, fua) else 0
-        ret = vfs_iocb_iter_write(f, kiocb(f, pos, _blockio_end_io, (cmd, bounce, True), flags),
-                                  [bounce[:length]])
+    if blockio_iocb_cache:
+        iocb, bounce = blockio_iocb_cache.pop()
+        iocb.ki_filp = f
+        iocb.ki_pos = pos
+        iocb.ki_flags = flags
+        iocb.private = (cmd, bounce, write)
+        iocb.result = iocb.ki_res = 0
     else:
-        ret = vfs_iocb_iter_read(f, kiocb(f, pos, _blockio_end_io, (cmd, bounce, False)),
-                                 [bounce[:length]])
+        b = dma_pool_alloc(blockio_bounce_pool, GFP_ATOMIC)
+        if b is None:
+            return False                    # the threads' path waits for memory
+        bounce = b
+        iocb = kiocb(f, pos, _blockio_end_io, (cmd, bounce, write), flags)
+    if write:
+        sg_copy_to_buffer(cmd.sg, cmd.sg_cnt, bounce[:length])
+        ret = vfs_iocb_iter_write(f, iocb, [bounce[:length]])
+    else:
+        ret = vfs_iocb_iter_read(f, iocb, [bounce[:length]])
     if ret != -EIOCBQUEUED:                 # not queued: the threads' path does it
-        dma_pool_free(blockio_bounce_pool, bounce)
+        _blockio_iocb_put(iocb, bounce)
         return False
     return True
 

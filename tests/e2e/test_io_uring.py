@@ -105,3 +105,19 @@ def test_io_uring_without_coop_taskrun_when_asked_still_completes_every_write(us
     assert st["backend"].endswith("setup=ipi"), st
     assert _finished(st) >= WRITES and int(st["in_flight"]) == 0
     assert _on_disk(srv) == bytes([PATTERN]) * (WRITES * 4096)
+
+
+def test_submit_batch_comes_from_the_environment_and_a_bad_value_keeps_the_default(
+        uscstd, tmp_path):
+    ring = engine_uring.uring.open()
+    if isinstance(ring, str):
+        pytest.skip(f"io_uring is not usable here: {ring}")
+    ring.close()
+    sock = tmp_path / "ctl.sock"
+    srv = uscstd("--control", str(sock), env={"USCST_IO_URING_SUBMIT_BATCH": "8"})
+    assert _stats(srv, sock)["submit_batch"] == "8"
+    srv.stop()
+    sock2 = tmp_path / "ctl2.sock"
+    srv = uscstd("--control", str(sock2), env={"USCST_IO_URING_SUBMIT_BATCH": "eight"})
+    assert _stats(srv, sock2)["submit_batch"] == str(engine_uring.URING_SUBMIT_BATCH)
+    assert "USCST_IO_URING_SUBMIT_BATCH='eight' is not 0..256" in srv.stderr_text()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from kshim import engine_uring
-from kshim.engine_uring import OP_READ, OP_WRITE_SYNC
+from kshim.engine_uring import OP_READ, OP_WRITE, OP_WRITE_SYNC
 
 BS = 4096
 
@@ -205,3 +205,52 @@ def test_ops_over_the_per_file_limit_wait_in_its_backlog_and_all_complete(ring, 
     assert all(b == bytes([i % 251]) * 512 for i, b in enumerate(bufs))
     assert ring.stats["high_water"] == engine_uring.URING_FILE_MAX
     assert not ring.per_file and not ring.backlog       # the file is forgotten
+
+
+def test_submit_flushes_every_submit_batch_reads_without_waiting_for_the_pass(
+        ring, tmp_path: Path):
+    """Decision 0063: with submit_batch 8, a pass's reads go to the kernel 8
+    at a time as they are queued; only the rest waits for the pass's
+    flush(). Writes wait for it all."""
+    batch = ring.submit_batch = 8
+    count = 2 * batch + 3
+    path = tmp_path / "b"
+    path.write_bytes(b"".join(bytes([i + 1]) * 512 for i in range(count)))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        writes = [_job() for _ in range(count)]
+        for i, j in enumerate(writes):
+            ring.submit(j, OP_WRITE, fd, [bytes([i + 1]) * 512], i * 512)
+        assert ring.stats["submits"] == 0 and ring.queued == count
+        _run(ring, count)
+        assert all(j.result == 512 for j in writes)
+        ring.stats["submits"] = ring.stats["ops_submitted"] = 0
+        jobs = [_job() for _ in range(count)]
+        bufs = [bytearray(512) for _ in range(count)]
+        for i, (j, b) in enumerate(zip(jobs, bufs, strict=True)):
+            ring.submit(j, OP_READ, fd, [b], i * 512)
+        assert (ring.stats["submits"], ring.stats["ops_submitted"]) == (2, 2 * batch)
+        assert ring.queued == 3
+        done = _run(ring, count)
+    finally:
+        os.close(fd)
+    assert len(done) == count and all(j.result == 512 for j in jobs)
+    assert all(b == bytes([i + 1]) * 512 for i, b in enumerate(bufs))
+    assert (ring.stats["submits"], ring.stats["ops_submitted"]) == (3, count)
+
+
+def test_by_default_every_read_waits_for_the_pass_flush(ring, tmp_path: Path):
+    path = tmp_path / "z"
+    count = 24
+    path.write_bytes(bytes(count * 512))
+    assert ring.submit_batch == 0        # the default (decision 0063)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        jobs = [_job() for _ in range(count)]
+        for i, j in enumerate(jobs):
+            ring.submit(j, OP_READ, fd, [bytearray(512)], i * 512)
+        assert ring.stats["submits"] == 0 and ring.queued == count
+        done = _run(ring, count)
+    finally:
+        os.close(fd)
+    assert len(done) == count and ring.stats["submits"] == 1
