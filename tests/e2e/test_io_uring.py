@@ -27,6 +27,15 @@ def _need_qemu_img() -> None:
         pytest.skip("qemu-img is not installed")
 
 
+def _need_io_uring() -> engine_uring.uring:
+    """A ring as uscstd would set it up (closed again), or skip."""
+    ring = engine_uring.uring.open()
+    if isinstance(ring, str):
+        pytest.skip(f"io_uring is not usable here: {ring}")
+    ring.close()
+    return ring
+
+
 def _stats(srv: UscstdServer, sock: Path) -> dict[str, str]:
     r = subprocess.run([sys.executable, "-m", "tools.uscstadmin", "--socket", str(sock), "get",
                         "kernel/io/stats"], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -55,10 +64,7 @@ def _on_disk(srv: UscstdServer) -> bytes:
 
 def test_writes_go_through_io_uring_in_batches_and_reach_the_file(uscstd, tmp_path):
     _need_qemu_img()
-    ring = engine_uring.uring.open()
-    if isinstance(ring, str):
-        pytest.skip(f"io_uring is not usable here: {ring}")
-    ring.close()
+    ring = _need_io_uring()
     sock = tmp_path / "ctl.sock"
     srv = uscstd("--control", str(sock), "--log-level", "info")
     before = _stats(srv, sock)
@@ -94,10 +100,7 @@ def test_refused_io_uring_falls_back_to_the_worker_pool_and_says_why(uscstd, tmp
 
 def test_io_uring_without_coop_taskrun_when_asked_still_completes_every_write(uscstd, tmp_path):
     _need_qemu_img()
-    ring = engine_uring.uring.open()
-    if isinstance(ring, str):
-        pytest.skip(f"io_uring is not usable here: {ring}")
-    ring.close()
+    _need_io_uring()
     sock = tmp_path / "ctl.sock"
     srv = uscstd("--control", str(sock), env={"USCST_IO_URING_SETUP": "ipi"})
     _write(srv, 32)
@@ -109,10 +112,7 @@ def test_io_uring_without_coop_taskrun_when_asked_still_completes_every_write(us
 
 def test_submit_batch_comes_from_the_environment_and_a_bad_value_keeps_the_default(
         uscstd, tmp_path):
-    ring = engine_uring.uring.open()
-    if isinstance(ring, str):
-        pytest.skip(f"io_uring is not usable here: {ring}")
-    ring.close()
+    _need_io_uring()
     sock = tmp_path / "ctl.sock"
     srv = uscstd("--control", str(sock), env={"USCST_IO_URING_SUBMIT_BATCH": "8"})
     assert _stats(srv, sock)["submit_batch"] == "8"
