@@ -97,6 +97,7 @@ from scst_core.const import (SAM_STAT_BUSY, SAM_STAT_GOOD, SCST_ABORT_TASK, SCST
                              scst_sense_data_phase_error, SCST_CMD_QUEUE_ACA, SCST_CMD_QUEUE_HEAD_OF_QUEUE,
                              SCST_CMD_QUEUE_ORDERED, SCST_CMD_QUEUE_SIMPLE,
                              SCST_CMD_QUEUE_UNTAGGED, scst_sense_data_digest_error)
+from scst_core.fastpath import FAST_READ_MAX, scst_read_fast
 from scst_core.lib import scst_pack_lun, scst_set_cmd_error, scst_unpack_lun
 from scst_core.main import scst_register_target_template, scst_unregister_target_template
 from scst_core.scst import (SCST_CMD_STATE_DATA_WAIT,
@@ -111,6 +112,7 @@ from scst_core.targ import (scst_cmd_init_done, scst_rx_cmd,
 
 TX_SCSI = 0
 TX_PDU = 1
+TX_FAST_READ = 2        # an iscsi_cmnd answered by scst_core.fastpath: no scst_cmd
 SN_NONE = 0       # the PDU carries no StatSN
 SN_NEXT = 1       # it carries and consumes the next StatSN
 SN_PEEK = 2       # it carries the next StatSN without consuming it (R2T)
@@ -119,6 +121,7 @@ _ATTR = (SCST_CMD_QUEUE_UNTAGGED, SCST_CMD_QUEUE_SIMPLE, SCST_CMD_QUEUE_ORDERED,
          SCST_CMD_QUEUE_HEAD_OF_QUEUE, SCST_CMD_QUEUE_ACA, SCST_CMD_QUEUE_SIMPLE,
          SCST_CMD_QUEUE_SIMPLE, SCST_CMD_QUEUE_SIMPLE)
 _ZERO_LUN = bytes(8)
+_NO_BUF = memoryview(b"")
 _MASK32 = 0xFFFFFFFF
 
 
@@ -132,6 +135,11 @@ class iscsi_cmnd:
     edtl: int
     scst_cmd: Any = None
     tx_kind: int = TX_SCSI
+    # READ prediction (TX_FAST_READ): the data, in fast_buf, the buffer
+    # this object keeps for it (grown to the largest such READ it served,
+    # at most FAST_READ_MAX bytes)
+    fast_data: memoryview = _NO_BUF
+    fast_buf: memoryview = _NO_BUF
     # write data: the rd thread only
     write_ready: bool = False       # rdy_to_xfer gave us the buffer
     unsol_open: bool = False        # unsolicited Data-Out may still come
@@ -359,6 +367,11 @@ def _trace_pdu_tx(conn: iscsi_conn, item: Any) -> None:
         trace_iscsi_pdu_tx(name, conn.cid, bhs[0] & ISCSI_OPCODE_MASK, u32_at(bhs, 16),
                            conn.stat_sn, len(item.data))
         return
+    if item.tx_kind == TX_FAST_READ:
+        # answered before tracing was turned on
+        trace_iscsi_pdu_tx(name, conn.cid, ISCSI_OP_SCSI_DATA_IN, item.itt, conn.stat_sn,
+                           item.edtl)
+        return
     scmd = item.scst_cmd
     data = (min(scmd.resp_data_len, item.edtl)
             if item.flags & ISCSI_CMD_READ and scmd.data_direction & SCST_DATA_READ else 0)
@@ -452,6 +465,7 @@ def _ordered(conn: iscsi_conn, handler: Callable[[iscsi_conn, bytes, bytes], Non
 
 
 _DIRECTION = (SCST_DATA_NONE, SCST_DATA_WRITE, SCST_DATA_READ, SCST_DATA_BIDI)
+_RW = ISCSI_CMD_READ | ISCSI_CMD_WRITE
 _scsi_cmd_fields = struct.Struct(">III16s")
 
 
@@ -486,6 +500,30 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
     # As iscsi-scst's cmnd_alloc, the PDU's own object never fails: the
     # answer to an allocation failure below needs it gone cleanly.
     cmnd = kmem_cache_alloc(iscsi_cmnd_cache, GFP_KERNEL | __GFP_NOFAIL)
+    # READ prediction (scst_core.fastpath): a plain READ whose answer fits
+    # one Data-In PDU without digests, on a session of one connection (a
+    # task management function on another could otherwise be answered
+    # before this response is sent), may be answered with no scst_cmd.
+    if (in_order and flags & _RW == ISCSI_CMD_READ and edtl <= params.max_xmit_data_length
+            and edtl <= FAST_READ_MAX and not conn.hdigest_tx and not conn.ddigest_tx
+            and len(sess.conn_list) == 1):
+        fbuf = cmnd.fast_buf
+        if len(fbuf) < edtl:
+            fbuf = cmnd.fast_buf = memoryview(bytearray(edtl if edtl > 4096 else 4096))
+        data = fbuf[:edtl]
+        if scst_read_fast(sess.scst_sess, lun, cdb, _ATTR[flags & ISCSI_CMD_ATTR_MASK], data):
+            cmnd.conn = conn
+            cmnd.itt = itt
+            cmnd.lun = lun
+            cmnd.flags = flags
+            cmnd.edtl = edtl
+            cmnd.tx_kind = TX_FAST_READ
+            cmnd.fast_data = data
+            cmd_hash[itt] = cmnd
+            conn.rd_write_list.append(cmnd.write_list_entry)    # iscsi_queue_tx's rd case
+            if sess.pending_cmnds:
+                _release_pending(sess)
+            return
     scmd = scst_rx_cmd(sess.scst_sess, lun, cdb, False)
     if scmd is None:
         kmem_cache_free(iscsi_cmnd_cache, cmnd)
@@ -797,6 +835,20 @@ def iscsi_on_free_cmd(scmd: scst_cmd) -> None:
     kmem_cache_free(iscsi_cmnd_cache, cmnd)
 
 
+def _fast_read_free(cmnd: iscsi_cmnd) -> None:
+    """A TX_FAST_READ response was sent (or its connection closed): free
+    its ITT and the object (which keeps fast_buf), as iscsi_on_free_cmd
+    does a command's."""
+    conn = cmnd.conn
+    cmnd.fast_data = _NO_BUF
+    cmnd.tx_kind = TX_SCSI
+    cmd_hash = conn.cmd_hash
+    if cmd_hash.pop(cmnd.itt, None) is not None and conn.closing and not cmd_hash:
+        wake_up(conn.cmds_waitQ)
+    cmnd.conn = None
+    kmem_cache_free(iscsi_cmnd_cache, cmnd)
+
+
 
 
 def iscsi_conn_abort_cmnds(conn: iscsi_conn) -> None:
@@ -807,11 +859,7 @@ def iscsi_conn_abort_cmnds(conn: iscsi_conn) -> None:
         if node is conn.write_list:
             break
         list_del_init(node)
-        item = node.owner
-        if item.tx_kind != TX_SCSI:
-            _tx_pdu_free(item)
-        elif item.scst_cmd is not None:
-            scst_tgt_cmd_done(item.scst_cmd, SCST_CONTEXT_DIRECT)
+        _abort_tx_item(node.owner)
     # Responses already built into a send that never completed (the socket
     # failed under it) are finished too, or their commands would leak.
     items = conn.tx_items
@@ -819,10 +867,7 @@ def iscsi_conn_abort_cmnds(conn: iscsi_conn) -> None:
     conn.tx_iov.clear()
     conn.tx_len = 0
     for item in items:
-        if item.tx_kind != TX_SCSI:
-            _tx_pdu_free(item)
-        elif item.scst_cmd is not None:
-            scst_tgt_cmd_done(item.scst_cmd, SCST_CONTEXT_DIRECT)
+        _abort_tx_item(item)
     sess = conn.session
     if sess is not None:
         for sn, held in list(sess.pending_cmnds.items()):
@@ -844,6 +889,16 @@ def iscsi_conn_abort_cmnds(conn: iscsi_conn) -> None:
         elif cmnd.rsp_deferred:
             cmnd.rsp_deferred = False
             scst_tgt_cmd_done(scmd, SCST_CONTEXT_DIRECT)
+
+
+def _abort_tx_item(item: Any) -> None:
+    """Finish a queued response of a closing connection, unsent."""
+    if item.tx_kind == TX_PDU:
+        _tx_pdu_free(item)
+    elif item.tx_kind == TX_FAST_READ:
+        _fast_read_free(item)
+    elif item.scst_cmd is not None:
+        scst_tgt_cmd_done(item.scst_cmd, SCST_CONTEXT_DIRECT)
 
 
 # -- tx: building PDUs on the wr thread -------------------------------------
@@ -888,7 +943,21 @@ def iscsi_tx_build(conn: iscsi_conn, entries: list, iov: list, items: list, iov_
             _trace_pdu_tx(conn, item)
         if sess is None:
             exp, max_sn = _login_window(conn)
-        if item.tx_kind == TX_PDU:
+        kind = item.tx_kind
+        if kind == TX_FAST_READ:
+            # All of its data and GOOD status in one Data-In PDU (the
+            # fast path's conditions)
+            stat_sn = conn.stat_sn
+            conn.stat_sn = (stat_sn + 1) & _MASK32
+            edtl = item.edtl
+            bhs = item.rsp_bhs
+            pack_data_in_raw(bhs, 0, ISCSI_OP_SCSI_DATA_IN, ISCSI_FLG_FINAL | ISCSI_FLG_STATUS,
+                             0, SAM_STAT_GOOD, edtl, item.lun, item.itt, ISCSI_RESERVED_TAG,
+                             stat_sn, exp, max_sn, 0, 0, 0)
+            iov.append(bhs)
+            iov.append(item.fast_data)
+            continue
+        if kind == TX_PDU:
             _tx_build_pdu(conn, item, iov, exp, max_sn)
             continue
         scmd = item.scst_cmd
@@ -1055,8 +1124,12 @@ def iscsi_tx_done(conn: iscsi_conn, items: list, ret: int) -> None:
     """The PDUs of every item of one sendmsg went out (ret 0) or could not
     (ret < 0): one call per batch, not per response."""
     for item in items:
-        if item.tx_kind == TX_SCSI:
+        kind = item.tx_kind
+        if kind == TX_SCSI:
             scst_tgt_cmd_done(item.scst_cmd, SCST_CONTEXT_SAME)
+            continue
+        if kind == TX_FAST_READ:
+            _fast_read_free(item)
             continue
         if ret == 0 and item.on_sent is not None:
             item.on_sent(conn)

@@ -20,6 +20,9 @@ static key costs one patched jump:
 `enabled` is true only while a probe is attached: the recorder (tracing on
 and the event selected) or an in-kernel consumer such as SCST's
 measure_latency. With nothing attached the cost is one attribute test.
+`nr_enabled` counts the enabled events: a path that would skip some
+tracepoints (scst_core.fastpath) runs only while it is 0, so whatever
+is traced sees every event.
 
 Differs from the kernel: one CPU, so one ring; a record is a tuple
 (ts_ns, event id, context, args, comm) kept by reference, not a binary entry, so
@@ -105,6 +108,9 @@ def _index(fields: tuple[str, ...], name: str) -> int:
 
 
 events: list[trace_event] = []
+# events with a probe attached: 0 means nothing watches any event, which a
+# fast path that skips tracepoints tests (scst_core.fastpath)
+nr_enabled = 0
 events_by_name: dict[str, trace_event] = {}
 now = ktime_get_ns
 
@@ -121,7 +127,11 @@ def TRACE_EVENT(name: str, fields: tuple[str, ...], span: bool = False) -> trace
 
 
 def _update(ev: trace_event) -> None:
-    ev.enabled = bool(ev.probes)
+    global nr_enabled
+    on = bool(ev.probes)
+    if on != ev.enabled:
+        nr_enabled += 1 if on else -1
+    ev.enabled = on
 
 
 def register_trace(ev: trace_event, probe: Probe) -> None:

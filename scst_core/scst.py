@@ -150,6 +150,10 @@ class scst_dev_type:
     # uscst: a non-sleeping attempt at exec, for any context: True if it
     # completed the command (scst_cmd_done called), False to go to a thread.
     exec_nowait: Callable[["scst_cmd"], bool] | None = None
+    # uscst: read_fast(dev, lba, buf) fills buf from lba on without
+    # sleeping, in any context, and returns True, or returns False having
+    # changed nothing the full path would see (scst_core.fastpath)
+    read_fast: Callable[["scst_device", int, memoryview], bool] | None = None
     # management: add_device(name, params) -> 0/-errno; del_device(name)
     add_device: Callable[[str, dict], int] | None = None
     del_device: Callable[[str], int] | None = None

@@ -7,7 +7,7 @@ Twin of scst/src/scst_sysfs.c (layout, mgmt command syntax and the
 
 Layout:
   scst_tgt/{version,setup_id,last_sysfs_mgmt_res,threads,max_tasklet_cmd,
-            trace_level,measure_latency}
+            trace_level,measure_latency,fast_read,fast_reads}
   scst_tgt/handlers/<handler>/{type,mgmt,<device> -> devices/<device>}
   scst_tgt/devices/<device>/{handler ->,type,commands,exported/,<handler attrs>}
   scst_tgt/targets/<driver>/{mgmt,<driver attrs>}
@@ -75,6 +75,7 @@ from scst_core.cluster import scst_cluster_dev_event_wait
 from scst_core.cluster_proto import CL_EV_CAPACITY
 from scst_core.const import scst_sense_capacity_data_changed_UA
 from scst_core.debug import scst_debug_sysfs_init
+from scst_core.fastpath import scst_fastpath_sysfs_init
 from scst_core.latency import scst_latency_sysfs_init, scst_sess_latency_attr
 from scst_core import tg as scst_tg
 from scst_core.scst import (scst_acg, scst_acg_dev, scst_dev_type, scst_device, scst_session, scst_tgt,
@@ -1240,6 +1241,7 @@ def scst_sysfs_init() -> int:
     sysfs_create_file(dgk, _mgmt_attr(_dg_mgmt, DG_USAGE))
     scst_debug_sysfs_init(root)
     scst_latency_sysfs_init(root)
+    scst_fastpath_sysfs_init(root)
     return 0
 
 

@@ -111,7 +111,7 @@ scst_cmd_cachep = kmem_cache_create("scst_cmd", scst_cmd,
                                     ctor=lambda: scst_cmd(None, None, None, b""))
 
 # Decoded 8-byte LUN fields (a handful of distinct values per target).
-_lun_cache: dict[bytes, int] = {}
+scst_lun_cache: dict[bytes, int] = {}
 
 # Commands answered for any LUN, mapped or not (SPC-4 4.6.4, 6.33).
 _LUNLESS_OPS = frozenset((REPORT_LUNS, INQUIRY, REQUEST_SENSE))
@@ -148,11 +148,11 @@ def scst_rx_cmd(sess: scst_session, lun: bytes, cdb: bytes, atomic: bool) -> scs
     cmd.tgt = sess.tgt
     cmd.tgtt = sess.tgt.tgtt
     cmd.cdb = cdb
-    n = _lun_cache.get(lun)
+    n = scst_lun_cache.get(lun)
     if n is None:
         n = scst_unpack_lun(lun)
-        if len(_lun_cache) < 256:      # the peer chooses these bytes: bound the cache
-            _lun_cache[lun] = n
+        if len(scst_lun_cache) < 256:      # the peer chooses these bytes: bound the cache
+            scst_lun_cache[lun] = n
     cmd.lun = n
     cmd.atomic = atomic
     cmd.tag = 0

@@ -9,10 +9,12 @@ file). exec() from a device kthread only: every data command sleeps in a
 vfs call. exec_nowait() from any context: it serves READs from the page
 cache without sleeping, starts plain WRITEs asynchronously (completed from
 softirq context, as a bio's end_io completes SCST's blockio commands), or
-declines. A cached READ of fileio_sendfile_min..fileio_sendfile_max
-bytes (module parameters), when the target driver can send from a file,
-is not read at all: cmd.data_file names the range, and the driver sends
-it from the page cache with kshim.net.kernel_sendfile (decision 0067).
+declines. read_fast() (scst_core.fastpath's READ, any context) reads
+from the page cache only, or declines. A cached READ of
+fileio_sendfile_min..fileio_sendfile_max bytes (module parameters),
+when the target driver can send from a file, is not read at all:
+cmd.data_file names the range, and the driver sends it from the page
+cache with kshim.net.kernel_sendfile (decision 0067).
 
 Differs from SCST: I/O goes through kshim.fs's vfs_readv/vfs_writev into
 the command's own buffers (no iovec page mapping); fsync_range flushes the
@@ -341,5 +343,19 @@ def fileio_exec_nowait(cmd: scst_cmd) -> bool:
     return True
 
 
+def fileio_read_fast(dev: scst_device, lba: int, buf: memoryview) -> bool:
+    """scst_core.fastpath's READ: all of buf from the page cache, in range,
+    or False (the full path then answers, with the same data or sense).
+    What fileio_exec_nowait would send from the page cache without
+    reading (decision 0067) it leaves to the full path too."""
+    virt_dev: scst_vdisk_dev = dev.dh_priv
+    length = len(buf)
+    if (virt_dev.sanitize_state or lba + (length >> virt_dev.block_shift) > virt_dev.nblocks
+            or vdisk_mod.fileio_sendfile_min <= length <= vdisk_mod.fileio_sendfile_max):
+        return False
+    return vfs_readv_nowait(virt_dev.file, [buf], lba << virt_dev.block_shift, length) == length
+
+
 fileio_devtype = vdisk_make_devtype("vdisk_fileio", fileio_exec, fileio_attach, fileio_detach,
-                                    exec_atomic=False, exec_nowait=fileio_exec_nowait)
+                                    exec_atomic=False, exec_nowait=fileio_exec_nowait,
+                                    read_fast=fileio_read_fast)

@@ -1393,11 +1393,13 @@ def vdisk_make_devtype(name: str, exec_fn: Callable[[scst_cmd], int],
                        attach: Callable[[scst_device], int],
                        detach: Callable[[scst_device], None], exec_atomic: bool,
                        exec_nowait: Callable[[scst_cmd], bool] | None = None,
-                       dev_type: int = TYPE_DISK) -> scst_dev_type:
+                       dev_type: int = TYPE_DISK,
+                       read_fast: Callable[[scst_device, int, memoryview], bool] | None = None
+                       ) -> scst_dev_type:
     return scst_dev_type(
         name=name, type=dev_type, parse=vdisk_parse, exec=exec_fn, attach=attach,
         detach=detach, detach_tgt=vdisk_detach_tgt, exec_atomic=exec_atomic,
-        exec_nowait=exec_nowait,
+        exec_nowait=exec_nowait, read_fast=read_fast,
         add_device=lambda dev_name, params: vdisk_add_device(name, dev_name, params),
         del_device=vdisk_del_device,
         add_device_parameters=vdisk_add_device_parameters)

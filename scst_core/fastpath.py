@@ -1,0 +1,144 @@
+"""READ prediction: a plain READ answered without a command object.
+
+Mirrors no SCST file: a uscst design (decision 0072), modelled on TCP's
+header prediction (tcp_rcv_established's fast path). TCP checks a few
+header fields against what it predicts for an established connection and,
+when they match, handles the segment in a few lines; anything unexpected
+takes the full path. Here the target driver offers a READ(10)/(16) CDB
+before it allocates anything; when the command and its I_T_L nexus are
+in the predicted state, the core answers with the data at once, in the
+driver's context, and no scst_cmd exists. Anything else returns None and
+the driver takes the full path (scst_rx_cmd and the state machine of
+scst_core.targ), which gives the same answer the slow way: that path
+stays the reference, and every error, sense and ordering rule lives
+there alone.
+
+Predicted state (each test is one the full path would make; the first
+that fails declines):
+- nothing watches: scst_fast_read is 1 (/sys/kernel/scst_tgt/fast_read),
+  no tracepoint is enabled (tracing, measure_latency: a trace shows every
+  command's states), and none of the fault points the full path's
+  command passes (fail_scsi_cmd, failslab for its scst_cmd,
+  fail_page_alloc for its buffer) is armed;
+- the CDB: READ(10) or READ(16), no RDPROTECT, no FUA, no LINK bit, a
+  transfer of 1 block or more that is exactly the expected length and at
+  most FAST_READ_MAX bytes;
+- the nexus: the LUN exists for the session (and its field was decoded
+  before), which is not shutting down;
+  no unit attention is pending for it; no ALUA state filters commands;
+  the device holds no reservation or persistent reservation, no ORDERED
+  command and no command held back, and fewer than SCST_MAX_DEV_COMMANDS
+  commands; the task attribute is SIMPLE or untagged;
+- the dev handler's read_fast(dev, lba, buf) reads it, whole, without
+  sleeping (vdisk_fileio: in range, from the page cache).
+
+What the full path would have done and this does too: the I_T_L nexus's
+read counters (scst_core.stats, the session's sysfs) and the device's
+command count. What it skips: the command's states, its tracepoints (off
+by the test above) and the task set's bookkeeping: the command never
+enters the task set, since it has finished before the driver sees the
+answer. Its response is the only thing left, which the driver sends in
+order with the others; a task management function that arrives later
+finds the task done, as it would a slow READ answered just before it.
+
+The data goes into the driver's buffer, as SCST lets a target driver
+allocate a command's buffer itself (tgt_data_buf_alloced): the driver
+sends it and reuses it for its next command, with no page allocation.
+
+Contexts: scst_read_fast from any context (it never sleeps: the
+driver's receive path, softirq); the switch from task context (sysfs
+store).
+"""
+from __future__ import annotations
+
+import struct
+
+from kshim import tracepoint
+from kshim.err import EINVAL
+from kshim.fail_page_alloc import fail_page_alloc
+from kshim.failslab import failslab
+from kshim.kobject import kobject
+from kshim.sysfs import S_IRUGO, S_IWUSR, __ATTR, __ATTR_RO, kobj_attribute, sysfs_create_file
+from scst_core import tg as scst_tg
+from scst_core.fault import fail_scsi_cmd
+from scst_core.pres import scst_pr_devs
+from scst_core.scst import scst_session
+from scst_core.targ import SCST_MAX_DEV_COMMANDS, scst_lun_cache
+
+# The largest READ answered here: larger ones are bound by copying their
+# data, not by the command's work, and vdisk_fileio sends those of 32 KiB
+# and more from the page cache (decision 0067) on the full path.
+FAST_READ_MAX = 32768
+
+# 1: offer READs to the fast path; 0: every command takes the full path
+scst_fast_read = 1
+# READs answered here since boot (a counter the tests and the bench read)
+fast_reads = 0
+
+_read10 = struct.Struct(">xBIxHB")      # flags, LBA, blocks, control
+_read16 = struct.Struct(">xBQIxB")
+_READ_10 = 0x28
+_READ_16 = 0x88
+_SIMPLE_OR_UNTAGGED = 1                 # SCST_CMD_QUEUE_SIMPLE (1), UNTAGGED (0)
+
+
+def scst_read_fast(sess: scst_session, lun: bytes, cdb: bytes, queue_type: int,
+                   buf: memoryview) -> bool:
+    """Answer a predicted READ whose expected transfer is len(buf) bytes:
+    True when buf holds its data and the command is done (GOOD); False,
+    having changed nothing, when the caller must take the full path."""
+    global fast_reads
+    if not scst_fast_read or tracepoint.nr_enabled or queue_type > _SIMPLE_OR_UNTAGGED:
+        return False
+    op = cdb[0]
+    if op == _READ_10:
+        flags, lba, n, control = _read10.unpack_from(cdb)
+    elif op == _READ_16:
+        flags, lba, n, control = _read16.unpack_from(cdb)
+    else:
+        return False
+    # RDPROTECT and FUA (vdisk's parse and the FUA read's device thread),
+    # the LINK bit (cdbprobe's error)
+    if flags & 0xE8 or control & 1 or fail_scsi_cmd.armed or failslab.armed \
+            or fail_page_alloc.armed or sess.shut_phase:
+        return False
+    # A LUN field not yet decoded (a session's first command to it) goes
+    # the full path, which decodes it into the cache.
+    tgt_dev = sess.sess_tgt_dev_list.get(scst_lun_cache.get(lun))
+    if tgt_dev is None or tgt_dev.UA_list or scst_tg.scst_alua_filters:
+        return False
+    dev = tgt_dev.dev
+    length = n << dev.block_shift
+    if (not length or length != len(buf) or length > FAST_READ_MAX or dev.ordered_pending
+            or dev.deferred_cmds or dev.dev_cmd_count >= SCST_MAX_DEV_COMMANDS):
+        return False
+    read_fast = dev.handler.read_fast
+    if read_fast is None:
+        return False
+    prd = scst_pr_devs.get(dev)
+    if prd is not None and (prd.reserved_by is not None or prd.pr_is_set):
+        return False
+    if not read_fast(dev, lba, buf):
+        return False
+    dev.cmd_count += 1
+    tgt_dev.reads += 1
+    tgt_dev.read_bytes += length
+    fast_reads += 1
+    return True
+
+
+def _fast_read_store(_k: kobject, _a: kobj_attribute, buf: str) -> int:
+    global scst_fast_read
+    v = buf.strip()
+    if v not in ("0", "1"):
+        return -EINVAL
+    scst_fast_read = int(v)
+    return len(buf)
+
+
+def scst_fastpath_sysfs_init(root: kobject) -> int:
+    """fast_read (the switch) and fast_reads (the count) under root
+    (/sys/kernel/scst_tgt)."""
+    ret = sysfs_create_file(root, __ATTR("fast_read", S_IRUGO | S_IWUSR,
+                                         lambda k, a: f"{scst_fast_read}\n", _fast_read_store))
+    return ret or sysfs_create_file(root, __ATTR_RO("fast_reads", lambda k, a: f"{fast_reads}\n"))
