@@ -134,6 +134,12 @@ class iscsi_conn:
     rx_cmnd: Any = None
     # commands of this connection by ITT (rd thread adds; freeing removes)
     cmd_hash: dict = attrs.field(factory=dict)
+    # free iscsi_cmnds kept for the fast READ path, as napi keeps a per-CPU
+    # cache of skbs: a READ answered by scst_core.fastpath takes one and
+    # its sent response gives it back, without the slab's two calls (the
+    # rd and wr threads, on the one CPU: no lock); given back to the slab
+    # when the connection closes
+    cmnd_cache: list = attrs.field(factory=list)
     cmds_waitQ: wait_queue_head = attrs.field(factory=lambda: wait_queue_head("conn.cmds"))
     next_ttt: int = 0
     login_started: bool = False

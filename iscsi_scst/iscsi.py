@@ -499,14 +499,16 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
         return
     # As iscsi-scst's cmnd_alloc, the PDU's own object never fails: the
     # answer to an allocation failure below needs it gone cleanly.
-    cmnd = kmem_cache_alloc(iscsi_cmnd_cache, GFP_KERNEL | __GFP_NOFAIL)
     # READ prediction (scst_core.fastpath): a plain READ whose answer fits
     # one Data-In PDU without digests, on a session of one connection (a
     # task management function on another could otherwise be answered
     # before this response is sent), may be answered with no scst_cmd.
-    if (in_order and flags & _RW == ISCSI_CMD_READ and edtl <= params.max_xmit_data_length
-            and edtl <= FAST_READ_MAX and not conn.hdigest_tx and not conn.ddigest_tx
-            and len(sess.conn_list) == 1):
+    if (in_order and flags & _RW == ISCSI_CMD_READ and 0 < edtl <= FAST_READ_MAX
+            and edtl <= params.max_xmit_data_length and not conn.hdigest_tx
+            and not conn.ddigest_tx and len(sess.conn_list) == 1):
+        cache = conn.cmnd_cache
+        cmnd = (cache.pop() if cache
+                else kmem_cache_alloc(iscsi_cmnd_cache, GFP_KERNEL | __GFP_NOFAIL))
         fbuf = cmnd.fast_buf
         if len(fbuf) < edtl:
             fbuf = cmnd.fast_buf = memoryview(bytearray(edtl if edtl > 4096 else 4096))
@@ -524,6 +526,8 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
             if sess.pending_cmnds:
                 _release_pending(sess)
             return
+    else:
+        cmnd = kmem_cache_alloc(iscsi_cmnd_cache, GFP_KERNEL | __GFP_NOFAIL)
     scmd = scst_rx_cmd(sess.scst_sess, lun, cdb, False)
     if scmd is None:
         kmem_cache_free(iscsi_cmnd_cache, cmnd)
@@ -835,18 +839,25 @@ def iscsi_on_free_cmd(scmd: scst_cmd) -> None:
     kmem_cache_free(iscsi_cmnd_cache, cmnd)
 
 
+_CMND_CACHE_MAX = 128      # a session's deepest command window (QueuedCommands)
+
+
 def _fast_read_free(cmnd: iscsi_cmnd) -> None:
     """A TX_FAST_READ response was sent (or its connection closed): free
-    its ITT and the object (which keeps fast_buf), as iscsi_on_free_cmd
-    does a command's."""
+    its ITT and the object (which keeps fast_buf), into the connection's
+    cmnd_cache while it is open."""
     conn = cmnd.conn
     cmnd.fast_data = _NO_BUF
     cmnd.tx_kind = TX_SCSI
     cmd_hash = conn.cmd_hash
     if cmd_hash.pop(cmnd.itt, None) is not None and conn.closing and not cmd_hash:
         wake_up(conn.cmds_waitQ)
-    cmnd.conn = None
-    kmem_cache_free(iscsi_cmnd_cache, cmnd)
+    cache = conn.cmnd_cache
+    if conn.closing or len(cache) >= _CMND_CACHE_MAX:
+        cmnd.conn = None
+        kmem_cache_free(iscsi_cmnd_cache, cmnd)
+    else:
+        cache.append(cmnd)
 
 
 
@@ -889,6 +900,10 @@ def iscsi_conn_abort_cmnds(conn: iscsi_conn) -> None:
         elif cmnd.rsp_deferred:
             cmnd.rsp_deferred = False
             scst_tgt_cmd_done(scmd, SCST_CONTEXT_DIRECT)
+    for cmnd in conn.cmnd_cache:
+        cmnd.conn = None
+        kmem_cache_free(iscsi_cmnd_cache, cmnd)
+    conn.cmnd_cache.clear()
 
 
 def _abort_tx_item(item: Any) -> None:

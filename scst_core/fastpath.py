@@ -84,9 +84,10 @@ _SIMPLE_OR_UNTAGGED = 1                 # SCST_CMD_QUEUE_SIMPLE (1), UNTAGGED (0
 
 def scst_read_fast(sess: scst_session, lun: bytes, cdb: bytes, queue_type: int,
                    buf: memoryview) -> bool:
-    """Answer a predicted READ whose expected transfer is len(buf) bytes:
-    True when buf holds its data and the command is done (GOOD); False,
-    having changed nothing, when the caller must take the full path."""
+    """Answer a predicted READ whose expected transfer is len(buf) bytes,
+    1 to FAST_READ_MAX: True when buf holds its data and the command is
+    done (GOOD); False, having changed nothing, when the caller must take
+    the full path."""
     global fast_reads
     if not scst_fast_read or tracepoint.nr_enabled or queue_type > _SIMPLE_OR_UNTAGGED:
         return False
@@ -109,8 +110,8 @@ def scst_read_fast(sess: scst_session, lun: bytes, cdb: bytes, queue_type: int,
         return False
     dev = tgt_dev.dev
     length = n << dev.block_shift
-    if (not length or length != len(buf) or length > FAST_READ_MAX or dev.ordered_pending
-            or dev.deferred_cmds or dev.dev_cmd_count >= SCST_MAX_DEV_COMMANDS):
+    if (length != len(buf) or dev.ordered_pending or dev.deferred_cmds
+            or dev.dev_cmd_count >= SCST_MAX_DEV_COMMANDS):
         return False
     read_fast = dev.handler.read_fast
     if read_fast is None:

@@ -345,12 +345,14 @@ def fileio_exec_nowait(cmd: scst_cmd) -> bool:
 
 def fileio_read_fast(dev: scst_device, lba: int, buf: memoryview) -> bool:
     """scst_core.fastpath's READ: all of buf from the page cache, in range,
-    or False (the full path then answers, with the same data or sense).
-    What fileio_exec_nowait would send from the page cache without
-    reading (decision 0067) it leaves to the full path too."""
+    with the medium present, or False (the full path then answers, with
+    the same data or sense). What fileio_exec_nowait would send from the
+    page cache without reading (decision 0067) it leaves to the full path
+    too."""
     virt_dev: scst_vdisk_dev = dev.dh_priv
     length = len(buf)
-    if (virt_dev.sanitize_state or lba + (length >> virt_dev.block_shift) > virt_dev.nblocks
+    if (virt_dev.sanitize_state or not virt_dev.media_present
+            or lba + (length >> virt_dev.block_shift) > virt_dev.nblocks
             or vdisk_mod.fileio_sendfile_min <= length <= vdisk_mod.fileio_sendfile_max):
         return False
     return vfs_readv_nowait(virt_dev.file, [buf], lba << virt_dev.block_shift, length) == length
