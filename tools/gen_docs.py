@@ -61,6 +61,7 @@ import iscsi_scst.conn as conn_mod  # noqa: E402
 import iscsi_scst.iscsi as iscsi  # noqa: E402
 import iscsi_scst.nthread as nthread  # noqa: E402
 import kshim.fs as fs  # noqa: E402
+import scst_core.fastpath as fastpath  # noqa: E402
 import scst_core.targ as targ  # noqa: E402
 import vdisk.fileio as fileio  # noqa: E402
 from iscsi_scst.iscsi import iscsi_exit, iscsi_init, iscsi_template  # noqa: E402
@@ -347,6 +348,9 @@ def _errno_fmt(r: Any) -> str:
 
 
 def _instrument(tr: _tracer) -> None:
+    # These wrappers are not tracepoints, so READ prediction would answer
+    # the cache hit; the traces show the full path (architecture.md 5.1-5.3).
+    fastpath.scst_fast_read = 0
     for name in ("iscsi_data_ready", "iscsi_write_space"):
         tr.patch(conn_mod, name)
     tr.patch(nthread, "iscsi_rx", True, _errno_fmt)

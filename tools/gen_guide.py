@@ -213,7 +213,10 @@ cdbprobe), PREPARE_SPACE (pages for the data) and REAL_EXEC in the same
 context: vdisk_fileio's exec_nowait reads from the page cache with
 RWF_NOWAIT, so no device thread is needed. DEV_DONE and XMIT_RESP queue
 the response; StatSN is assigned when it is built, and the data and status
-leave in one Data-In PDU. `scst_tgt_cmd_done` frees the command.
+leave in one Data-In PDU. `scst_tgt_cmd_done` frees the command. This is
+the full path, which a trace always shows: with nothing traced, a plain
+READ like this one is answered before any scst_cmd exists (READ
+prediction, docs/architecture.md 5.4).
 """),
     ("04-write-r2t", "A WRITE with immediate data and R2T", sc_write, """\
 A 256 KiB WRITE with ImmediateData=Yes, InitialR2T=Yes, 64 KiB bursts:
