@@ -497,12 +497,13 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
     else:
         _rx_discard(conn, dsl)
         return
-    # As iscsi-scst's cmnd_alloc, the PDU's own object never fails: the
-    # answer to an allocation failure below needs it gone cleanly.
-    # READ prediction (scst_core.fastpath): a plain READ whose answer fits
-    # one Data-In PDU without digests, on a session of one connection (a
-    # task management function on another could otherwise be answered
-    # before this response is sent), may be answered with no scst_cmd.
+    # As iscsi-scst's cmnd_alloc, the PDU's own object never fails (either
+    # way it is taken below): the answer to an allocation failure needs it
+    # gone cleanly. READ prediction (scst_core.fastpath): a plain READ
+    # whose answer fits one Data-In PDU without digests, on a session of
+    # one connection (a task management function on another could
+    # otherwise be answered before this response is sent), may be answered
+    # with no scst_cmd, in an object of the connection's cmnd_cache.
     if (in_order and flags & _RW == ISCSI_CMD_READ and 0 < edtl <= FAST_READ_MAX
             and edtl <= params.max_xmit_data_length and not conn.hdigest_tx
             and not conn.ddigest_tx and len(sess.conn_list) == 1):
@@ -858,8 +859,6 @@ def _fast_read_free(cmnd: iscsi_cmnd) -> None:
         kmem_cache_free(iscsi_cmnd_cache, cmnd)
     else:
         cache.append(cmnd)
-
-
 
 
 def iscsi_conn_abort_cmnds(conn: iscsi_conn) -> None:

@@ -91,6 +91,16 @@ def scst_read_fast(sess: scst_session, lun: bytes, cdb: bytes, queue_type: int,
     global fast_reads
     if not scst_fast_read or tracepoint.nr_enabled or queue_type > _SIMPLE_OR_UNTAGGED:
         return False
+    # A LUN field not yet decoded (a session's first command to it) goes
+    # the full path, which decodes it into the cache. A device whose
+    # handler cannot read this way (blockio: O_DIRECT) declines first.
+    tgt_dev = sess.sess_tgt_dev_list.get(scst_lun_cache.get(lun))
+    if tgt_dev is None:
+        return False
+    dev = tgt_dev.dev
+    read_fast = dev.handler.read_fast
+    if read_fast is None or tgt_dev.UA_list or scst_tg.scst_alua_filters:
+        return False
     op = cdb[0]
     if op == _READ_10:
         flags, lba, n, control = _read10.unpack_from(cdb)
@@ -103,18 +113,8 @@ def scst_read_fast(sess: scst_session, lun: bytes, cdb: bytes, queue_type: int,
     if flags & 0xE8 or control & 1 or fail_scsi_cmd.armed or failslab.armed \
             or fail_page_alloc.armed or sess.shut_phase:
         return False
-    # A LUN field not yet decoded (a session's first command to it) goes
-    # the full path, which decodes it into the cache.
-    tgt_dev = sess.sess_tgt_dev_list.get(scst_lun_cache.get(lun))
-    if tgt_dev is None or tgt_dev.UA_list or scst_tg.scst_alua_filters:
-        return False
-    dev = tgt_dev.dev
-    length = n << dev.block_shift
-    if (length != len(buf) or dev.ordered_pending or dev.deferred_cmds
+    if (n << dev.block_shift != len(buf) or dev.ordered_pending or dev.deferred_cmds
             or dev.dev_cmd_count >= SCST_MAX_DEV_COMMANDS):
-        return False
-    read_fast = dev.handler.read_fast
-    if read_fast is None:
         return False
     prd = scst_pr_devs.get(dev)
     if prd is not None and (prd.reserved_by is not None or prd.pr_is_set):
@@ -123,7 +123,7 @@ def scst_read_fast(sess: scst_session, lun: bytes, cdb: bytes, queue_type: int,
         return False
     dev.cmd_count += 1
     tgt_dev.reads += 1
-    tgt_dev.read_bytes += length
+    tgt_dev.read_bytes += len(buf)
     fast_reads += 1
     return True
 
