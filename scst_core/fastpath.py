@@ -7,8 +7,8 @@ when they match, handles the segment in a few lines; anything unexpected
 takes the full path. Here the target driver offers a READ(10)/(16) CDB
 before it allocates anything; when the command and its I_T_L nexus are
 in the predicted state, the core answers with the data at once, in the
-driver's context, and no scst_cmd exists. Anything else returns None and
-the driver takes the full path (scst_rx_cmd and the state machine of
+driver's context, and no scst_cmd exists. Anything else returns False
+and the driver takes the full path (scst_rx_cmd and the state machine of
 scst_core.targ), which gives the same answer the slow way: that path
 stays the reference, and every error, sense and ordering rule lives
 there alone.
@@ -24,13 +24,13 @@ that fails declines):
   transfer of 1 block or more that is exactly the expected length and at
   most FAST_READ_MAX bytes;
 - the nexus: the LUN exists for the session (and its field was decoded
-  before), which is not shutting down;
-  no unit attention is pending for it; no ALUA state filters commands;
-  the device holds no reservation or persistent reservation, no ORDERED
-  command and no command held back, and fewer than SCST_MAX_DEV_COMMANDS
-  commands; the task attribute is SIMPLE or untagged;
+  before), which is not shutting down; no unit attention is pending for
+  it; no ALUA state filters commands; the device holds no reservation or
+  persistent reservation, no ORDERED command and no command held back,
+  and fewer than SCST_MAX_DEV_COMMANDS commands; the task attribute is
+  SIMPLE or untagged;
 - the dev handler's read_fast(dev, lba, buf) reads it, whole, without
-  sleeping (vdisk_fileio: in range, from the page cache).
+  sleeping (vdisk_fileio: in range, medium present, from the page cache).
 
 What the full path would have done and this does too: the I_T_L nexus's
 read counters (scst_core.stats, the session's sysfs) and the device's
@@ -66,13 +66,13 @@ from scst_core.scst import scst_session
 from scst_core.targ import SCST_MAX_DEV_COMMANDS, scst_lun_cache
 
 # The largest READ answered here: larger ones are bound by copying their
-# data, not by the command's work, and vdisk_fileio sends those of 32 KiB
-# and more from the page cache (decision 0067) on the full path.
+# data, not by the command's work (and vdisk_fileio may send them from the
+# page cache without reading them, decision 0067, on the full path).
 FAST_READ_MAX = 32768
 
 # 1: offer READs to the fast path; 0: every command takes the full path
 scst_fast_read = 1
-# READs answered here since boot (a counter the tests and the bench read)
+# READs answered here since boot (/sys/kernel/scst_tgt/fast_reads)
 fast_reads = 0
 
 _read10 = struct.Struct(">xBIxHB")      # flags, LBA, blocks, control
