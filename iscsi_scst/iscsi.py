@@ -82,6 +82,7 @@ from kshim.printk import pr_err, pr_info, pr_warn
 from kshim.random32 import get_random_bytes
 from kshim.scatterlist import sg_copy_from_buffer, sg_virt
 from kshim.slab import kmem_cache_alloc, kmem_cache_create, kmem_cache_free
+from kshim.err import ECONNABORTED
 from kshim.fault_inject import DECLARE_FAULT_ATTR, should_fail
 from kshim.gfp import GFP_KERNEL, __GFP_NOFAIL
 from kshim.jiffies import HZ, jiffies, time_before
@@ -843,41 +844,23 @@ def iscsi_on_free_cmd(scmd: scst_cmd) -> None:
 _CMND_CACHE_MAX = 128      # a session's deepest command window (QueuedCommands)
 
 
-def _fast_read_free(cmnd: iscsi_cmnd) -> None:
-    """A TX_FAST_READ response was sent (or its connection closed): free
-    its ITT and the object (which keeps fast_buf), into the connection's
-    cmnd_cache while it is open."""
-    conn = cmnd.conn
-    cmnd.fast_data = _NO_BUF
-    cmnd.tx_kind = TX_SCSI
-    cmd_hash = conn.cmd_hash
-    if cmd_hash.pop(cmnd.itt, None) is not None and conn.closing and not cmd_hash:
-        wake_up(conn.cmds_waitQ)
-    cache = conn.cmnd_cache
-    if conn.closing or len(cache) >= _CMND_CACHE_MAX:
-        cmnd.conn = None
-        kmem_cache_free(iscsi_cmnd_cache, cmnd)
-    else:
-        cache.append(cmnd)
-
-
 def iscsi_conn_abort_cmnds(conn: iscsi_conn) -> None:
     """The connection is closing: finish every command it still owns."""
     iscsi_rd_tx_requeue(conn)
+    unsent = []
     while True:
         node = conn.write_list.next
         if node is conn.write_list:
             break
         list_del_init(node)
-        _abort_tx_item(node.owner)
+        unsent.append(node.owner)
     # Responses already built into a send that never completed (the socket
     # failed under it) are finished too, or their commands would leak.
-    items = conn.tx_items
+    unsent += conn.tx_items
     conn.tx_items = []
     conn.tx_iov.clear()
     conn.tx_len = 0
-    for item in items:
-        _abort_tx_item(item)
+    iscsi_tx_done(conn, unsent, -ECONNABORTED)
     sess = conn.session
     if sess is not None:
         for sn, held in list(sess.pending_cmnds.items()):
@@ -903,16 +886,6 @@ def iscsi_conn_abort_cmnds(conn: iscsi_conn) -> None:
         cmnd.conn = None
         kmem_cache_free(iscsi_cmnd_cache, cmnd)
     conn.cmnd_cache.clear()
-
-
-def _abort_tx_item(item: Any) -> None:
-    """Finish a queued response of a closing connection, unsent."""
-    if item.tx_kind == TX_PDU:
-        _tx_pdu_free(item)
-    elif item.tx_kind == TX_FAST_READ:
-        _fast_read_free(item)
-    elif item.scst_cmd is not None:
-        scst_tgt_cmd_done(item.scst_cmd, SCST_CONTEXT_DIRECT)
 
 
 # -- tx: building PDUs on the wr thread -------------------------------------
@@ -1136,14 +1109,28 @@ def _gather(sg: list, off: int, n: int) -> bytes:
 
 def iscsi_tx_done(conn: iscsi_conn, items: list, ret: int) -> None:
     """The PDUs of every item of one sendmsg went out (ret 0) or could not
-    (ret < 0): one call per batch, not per response."""
+    (ret < 0, and for the responses a closing connection never sent): one
+    call per batch, not per response."""
+    cmd_hash = conn.cmd_hash
+    cache = conn.cmnd_cache
     for item in items:
         kind = item.tx_kind
-        if kind == TX_SCSI:
-            scst_tgt_cmd_done(item.scst_cmd, SCST_CONTEXT_SAME)
-            continue
         if kind == TX_FAST_READ:
-            _fast_read_free(item)
+            # Its ITT is free; the object (which keeps fast_buf) goes to
+            # the connection's cmnd_cache while the connection is open.
+            item.tx_kind = TX_SCSI
+            if cmd_hash.pop(item.itt, None) is not None and conn.closing and not cmd_hash:
+                wake_up(conn.cmds_waitQ)
+            if conn.closing or len(cache) >= _CMND_CACHE_MAX:
+                item.conn = None
+                kmem_cache_free(iscsi_cmnd_cache, item)
+            else:
+                cache.append(item)
+            continue
+        if kind == TX_SCSI:
+            scmd = item.scst_cmd
+            if scmd is not None:
+                scst_tgt_cmd_done(scmd, SCST_CONTEXT_SAME)
             continue
         if ret == 0 and item.on_sent is not None:
             item.on_sent(conn)

@@ -18,7 +18,7 @@ def test_sent_tx_pdu_leaves_no_self_referencing_list_head():
     pdu = iscsi_tx_pdu(bytearray(48))
     entry = pdu.write_list_entry
     assert entry in gc.get_referents(entry)          # INIT_LIST_HEAD: next = prev = self
-    iscsi_tx_done(None, [pdu], 0)                    # sent; no on_sent, so no conn needed
+    iscsi_tx_done(iscsi_conn(sock=None, portal=None), [pdu], 0)     # sent; no on_sent
     assert pdu.write_list_entry is None
     assert entry not in gc.get_referents(entry)
     assert pdu not in gc.get_referents(entry)
