@@ -14,7 +14,7 @@ from setuptools.command.build_py import build_py
 TOOLS = "uscst_tools"
 KERNEL_LAYERS = ["kshim", "scst_core", "iscsi_scst", "vdisk"]
 DEV_ONLY = {"bench_lib", "ceph_cluster", "fault_campaign", "fuzz_iscsi", "gen_docs", "gen_guide",
-            "scale_diagram", "soak", "trace_cost"}
+            "scale_diagram", "soak", "trace_cost", "cmdcost"}
 
 
 class build_py_without_dev_tools(build_py):

@@ -16,7 +16,9 @@ What one run does:
      answers a READ CAPACITY(16) after a full login;
   3. runs libiscsi's iscsi-perf for each workload, alternating the two
      servers (the order flips every round to cancel drift), each run for a
-     fixed time under a hard timeout;
+     fixed time under a hard timeout; a read row first reads its server's
+     file again, so it starts from a warm page cache whatever row ran
+     before it (a direct-I/O write drops the cached pages it overwrites);
   4. samples the server's CPU time (utime+stime of the process and its
      descendants, from /proc) before and after each run;
   5. stops both servers whatever happened (tgtadm shutdown / SIGTERM, then
@@ -1118,6 +1120,11 @@ def bench(args: argparse.Namespace) -> int:
             for wl in args.workload_list:
                 seq = order if rnd % 2 == 1 else order[::-1]
                 for label in seq:
+                    if not wl.write and not wl.idle:
+                        # A read row starts from a warm page cache whatever
+                        # ran before it: a direct-I/O write row (blockio,
+                        # tgtd's aio) drops the cached pages it overwrites.
+                        warm_file(files[label])
                     if wl.write and (label, wl.name) not in guess:
                         # qemu-img bench counts requests: a short unrecorded
                         # run learns the rate that makes a run of --seconds
