@@ -19,7 +19,7 @@ sleeping); the engine's metrics service calls it through call_in_task.
 from __future__ import annotations
 
 
-from scst_core import const, latency
+from scst_core import const, fastpath, latency
 from scst_core.main import scst_sess_io_stats, scst_template_list
 from scst_core.scst import scst_session, scst_tgt
 
@@ -84,6 +84,8 @@ def scst_metrics() -> list[Family]:
          active),
         ("uscst_latency_seconds", "histogram", "per-stage command latency (measure_latency "
          "must be 1)", _latency_samples()),
+        ("uscst_fast_reads", "counter", "READs answered by READ prediction, without an "
+         "scst_cmd (decision 0072)", [({}, fastpath.fast_reads)]),
     ]
 
 
