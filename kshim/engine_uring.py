@@ -414,13 +414,7 @@ class uring:
             ret = self.lib.uscst_prep(self.ring, op, fd, pin, len(pin), pos + done, flags, key,
                                       pos)
         else:
-            vec = ffi.new("struct iovec[]", len(iov))
-            pin = [vec]
-            for i, buf in enumerate(iov):
-                b = ffi.from_buffer(buf, require_writable=op == OP_READ)
-                pin.append(b)
-                vec[i].iov_base = b
-                vec[i].iov_len = len(b)
+            vec, pin, _nbytes = self._pin_vec(iov, op == OP_READ)
             ret = self.lib.uscst_prepv(self.ring, op, fd, vec, len(iov), pos + done, flags, key,
                                        pos)
         if ret == -_errno.EBUSY:        # SQ full: submit what is there, then retry once
@@ -438,6 +432,21 @@ class uring:
             self.stats["high_water"] = len(ops)
         if self.queued_reads >= self.submit_batch > 0:
             self.flush()
+
+    def _pin_vec(self, iov: list, writable: bool) -> tuple[Any, list, int]:
+        """A struct iovec[] over the buffers of iov, the cffi views that keep
+        them for the kernel (the vector first), and their total length."""
+        ffi = self.ffi
+        vec = ffi.new("struct iovec[]", len(iov))
+        pin = [vec]
+        total = 0
+        for i, buf in enumerate(iov):
+            b = ffi.from_buffer(buf, require_writable=writable)
+            pin.append(b)
+            vec[i].iov_base = b
+            vec[i].iov_len = len(b)
+            total += len(b)
+        return vec, pin, total
 
     def flush(self) -> None:
         """Chain the pending write-sync jobs, then one io_uring_enter for
@@ -500,15 +509,8 @@ class uring:
                     lib.uscst_prep(ring, _OP_LINKED_WRITE, fd, pin, nb, pos + done, flags, data,
                                    0)
             else:
-                vec = ffi.new("struct iovec[]", len(iov))
-                pin = [vec]
-                end = pos + done
-                for j, buf in enumerate(iov):
-                    b = ffi.from_buffer(buf)
-                    pin.append(b)
-                    vec[j].iov_base = b
-                    vec[j].iov_len = len(b)
-                    end += len(b)
+                vec, pin, nb = self._pin_vec(iov, False)
+                end = pos + done + nb
                 lib.uscst_prepv(ring, OP_WRITE_SYNC if k == 1 else _OP_LINKED_WRITE, fd, vec,
                                 len(iov), pos + done, flags, key if k == 1 else data, pos)
             members.append((job, iov, pos, flags, done, pin))
