@@ -61,12 +61,12 @@ def scst_metrics() -> list[Family]:
                       ({**t, "direction": "write"},
                        tgt.closed_write_bytes + sum(s[3] for s in io))]
         seen: dict[str, int] = {}
-        for sess in sessions:
+        for sess, sio in zip(sessions, io, strict=True):
             # One initiator may hold several sessions (ISIDs): "instance"
             # tells them apart, in the target's session order.
             n = seen[sess.initiator_name] = seen.get(sess.initiator_name, -1) + 1
             base = {"target": tgt.tgt_name, "session": sess.initiator_name, "instance": str(n)}
-            _session(base, sess, cmds, byts, lun_cmds, lun_bytes, errs, tmfs, active)
+            _session(base, sess, sio, cmds, byts, lun_cmds, lun_bytes, errs, tmfs, active)
     return [
         ("uscst_target_commands", "counter", "commands with data completed GOOD, per target "
          "(ended sessions included)", tgt_cmds),
@@ -89,10 +89,12 @@ def scst_metrics() -> list[Family]:
     ]
 
 
-def _session(base: dict, sess: scst_session, cmds: list, byts: list, lun_cmds: list, lun_bytes: list,
-             errs: list, tmfs: list, active: list) -> None:
-    """Append one session's samples (labelled base + ...) to the families' lists."""
-    reads, writes, read_bytes, write_bytes = scst_sess_io_stats(sess)
+def _session(base: dict, sess: scst_session, sio: tuple[int, int, int, int], cmds: list,
+             byts: list, lun_cmds: list, lun_bytes: list, errs: list, tmfs: list,
+             active: list) -> None:
+    """Append one session's samples (labelled base + ...) to the families'
+    lists; sio is its scst_sess_io_stats."""
+    reads, writes, read_bytes, write_bytes = sio
     for d, n, b in (("read", reads, read_bytes), ("write", writes, write_bytes)):
         cmds.append(({**base, "direction": d}, n))
         byts.append(({**base, "direction": d}, b))
