@@ -90,15 +90,16 @@ from kshim.timer import del_timer, mod_timer, timer_list
 from kshim import sched, tracepoint
 from kshim.tracepoint import TRACE_EVENT
 from kshim.wait import wait_event_timeout, wake_up
-from scst_core.const import (SAM_STAT_BUSY, SAM_STAT_GOOD, SCST_ABORT_TASK, SCST_ABORT_TASK_SET,
-                             SCST_CLEAR_ACA, SCST_CLEAR_TASK_SET, SCST_LUN_RESET,
+from scst_core.const import (SAM_STAT_BUSY, SAM_STAT_CHECK_CONDITION, SAM_STAT_GOOD,
+                             SCST_ABORT_TASK, SCST_ABORT_TASK_SET, SCST_CLEAR_ACA, SCST_CLEAR_TASK_SET,
+                             SCST_LUN_RESET,
                              SCST_MGMT_STATUS_FN_NOT_SUPPORTED, SCST_MGMT_STATUS_LUN_NOT_EXIST,
                              SCST_MGMT_STATUS_SUCCESS, SCST_MGMT_STATUS_TASK_NOT_EXIST,
                              SCST_TARGET_RESET, scst_sense_data_offset_error,
                              scst_sense_data_phase_error, SCST_CMD_QUEUE_ACA, SCST_CMD_QUEUE_HEAD_OF_QUEUE,
                              SCST_CMD_QUEUE_ORDERED, SCST_CMD_QUEUE_SIMPLE,
                              SCST_CMD_QUEUE_UNTAGGED, scst_sense_data_digest_error)
-from scst_core.fastpath import FAST_READ_MAX, scst_read_fast
+from scst_core.fastpath import FAST_READ_MAX, FAST_WRITE_MAX, scst_read_fast, scst_write_fast
 from scst_core.lib import scst_pack_lun, scst_set_cmd_error, scst_unpack_lun
 from scst_core.main import scst_register_target_template, scst_unregister_target_template
 from scst_core.scst import (SCST_CMD_STATE_DATA_WAIT,
@@ -114,6 +115,7 @@ from scst_core.targ import (scst_cmd_init_done, scst_rx_cmd,
 TX_SCSI = 0
 TX_PDU = 1
 TX_FAST_READ = 2        # an iscsi_cmnd answered by scst_core.fastpath: no scst_cmd
+TX_FAST_WRITE = 3       # the same for a WRITE: a SCSI Response (fast_sense if CHECK CONDITION)
 SN_NONE = 0       # the PDU carries no StatSN
 SN_NEXT = 1       # it carries and consumes the next StatSN
 SN_PEEK = 2       # it carries the next StatSN without consuming it (R2T)
@@ -141,6 +143,9 @@ class iscsi_cmnd:
     # at most FAST_READ_MAX bytes)
     fast_data: memoryview = _NO_BUF
     fast_buf: memoryview = _NO_BUF
+    # WRITE prediction (TX_FAST_WRITE): its data is in fast_buf while the
+    # write runs; the sense of its CHECK CONDITION, b"" for GOOD
+    fast_sense: bytes = b""
     # write data: the rd thread only
     write_ready: bool = False       # rdy_to_xfer gave us the buffer
     unsol_open: bool = False        # unsolicited Data-Out may still come
@@ -373,6 +378,10 @@ def _trace_pdu_tx(conn: iscsi_conn, item: Any) -> None:
         trace_iscsi_pdu_tx(name, conn.cid, ISCSI_OP_SCSI_DATA_IN, item.itt, conn.stat_sn,
                            item.edtl)
         return
+    if item.tx_kind == TX_FAST_WRITE:
+        trace_iscsi_pdu_tx(name, conn.cid, ISCSI_OP_SCSI_RSP, item.itt, conn.stat_sn,
+                           len(item.fast_sense))
+        return
     scmd = item.scst_cmd
     data = (min(scmd.resp_data_len, item.edtl)
             if item.flags & ISCSI_CMD_READ and scmd.data_direction & SCST_DATA_READ else 0)
@@ -467,6 +476,9 @@ def _ordered(conn: iscsi_conn, handler: Callable[[iscsi_conn, bytes, bytes], Non
 
 _DIRECTION = (SCST_DATA_NONE, SCST_DATA_WRITE, SCST_DATA_READ, SCST_DATA_BIDI)
 _RW = ISCSI_CMD_READ | ISCSI_CMD_WRITE
+# a WRITE whose data all came with it (F bit: no Data-Out follows)
+_WF = _RW | ISCSI_FLG_FINAL
+_WF_WRITE = ISCSI_CMD_WRITE | ISCSI_FLG_FINAL
 _scsi_cmd_fields = struct.Struct(">III16s")
 
 
@@ -528,6 +540,36 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
             if sess.pending_cmnds:
                 _release_pending(sess)
             return
+    elif (in_order and flags & _WF == _WF_WRITE and dsl == edtl and 0 < dsl <= FAST_WRITE_MAX
+          and not conn.ddigest_rx and not conn.hdigest_tx and len(sess.conn_list) == 1
+          and conn.rx_start + dsl + ((-dsl) & 3) <= conn.rx_end):
+        # WRITE prediction: all of its data is in this PDU and already
+        # received. It is copied out of the receive buffer, which the
+        # receive loop reuses, into the object's own buffer for the write.
+        cache = conn.cmnd_cache
+        cmnd = (cache.pop() if cache
+                else kmem_cache_alloc(iscsi_cmnd_cache, GFP_KERNEL | __GFP_NOFAIL))
+        fbuf = cmnd.fast_buf
+        if len(fbuf) < edtl:
+            fbuf = cmnd.fast_buf = memoryview(bytearray(edtl if edtl > 4096 else 4096))
+        data = fbuf[:edtl]
+        start = conn.rx_start
+        data[:] = conn.rxmv[start:start + dsl]
+        cmnd.conn = conn
+        cmnd.itt = itt
+        cmnd.lun = lun
+        cmnd.flags = flags
+        cmnd.edtl = edtl
+        cmnd.tx_kind = TX_FAST_WRITE
+        cmd_hash[itt] = cmnd
+        if scst_write_fast(sess.scst_sess, lun, cdb, _ATTR[flags & ISCSI_CMD_ATTR_MASK], data,
+                           _fast_write_done, cmnd):
+            conn.rx_start = start + dsl + ((-dsl) & 3)
+            if sess.pending_cmnds:
+                _release_pending(sess)
+            return
+        del cmd_hash[itt]
+        cmnd.tx_kind = TX_SCSI
     else:
         cmnd = kmem_cache_alloc(iscsi_cmnd_cache, GFP_KERNEL | __GFP_NOFAIL)
     scmd = scst_rx_cmd(sess.scst_sess, lun, cdb, False)
@@ -583,6 +625,18 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
         _rx_set(conn, dsl, _scsi_data_done, _data_iov(cmnd, 0, dsl), cmnd)
     if sess.pending_cmnds:
         _release_pending(sess)
+
+
+def _fast_write_done(cmnd: iscsi_cmnd, sense: bytes) -> None:
+    """scst_core.fastpath's end of a predicted WRITE (softirq): queue its
+    response, or on a closing connection, whose responses are no longer
+    sent, free it as iscsi_tx_done frees the unsent ones."""
+    cmnd.fast_sense = sense
+    conn = cmnd.conn
+    if conn.closing:
+        iscsi_tx_done(conn, [cmnd], -ECONNABORTED)
+    else:
+        iscsi_queue_tx(conn, cmnd.write_list_entry)
 
 
 def _rx_immediate_in_place(conn: iscsi_conn, cmnd: iscsi_cmnd, dsl: int) -> bool:
@@ -944,6 +998,23 @@ def iscsi_tx_build(conn: iscsi_conn, entries: list, iov: list, items: list, iov_
             iov.append(bhs)
             iov.append(item.fast_data)
             continue
+        if kind == TX_FAST_WRITE:
+            stat_sn = conn.stat_sn
+            conn.stat_sn = (stat_sn + 1) & _MASK32
+            sense = item.fast_sense
+            if not sense:
+                bhs = item.rsp_bhs
+                pack_scsi_rsp_raw(bhs, 0, ISCSI_OP_SCSI_RSP, 0x80,
+                                  ISCSI_RESPONSE_COMMAND_COMPLETED, SAM_STAT_GOOD, 0, _ZERO_LUN,
+                                  item.itt, 0, stat_sn, exp, max_sn, 0, 0, 0)
+                iov.append(bhs)
+                continue
+            data = len(sense).to_bytes(2, "big") + sense
+            bhs = bytearray(48)
+            pack_scsi_rsp(bhs, 0, ISCSI_RESPONSE_COMMAND_COMPLETED, SAM_STAT_CHECK_CONDITION,
+                          len(data), item.itt, stat_sn, exp, max_sn, 0, 0, 0)
+            _add_pdu(conn, iov, bhs, data, len(data))
+            continue
         if kind == TX_PDU:
             _tx_build_pdu(conn, item, iov, exp, max_sn)
             continue
@@ -1115,10 +1186,11 @@ def iscsi_tx_done(conn: iscsi_conn, items: list, ret: int) -> None:
     cache = conn.cmnd_cache
     for item in items:
         kind = item.tx_kind
-        if kind == TX_FAST_READ:
+        if kind == TX_FAST_READ or kind == TX_FAST_WRITE:
             # Its ITT is free; the object (which keeps fast_buf) goes to
             # the connection's cmnd_cache while the connection is open.
             item.tx_kind = TX_SCSI
+            item.fast_sense = b""
             if cmd_hash.pop(item.itt, None) is not None and conn.closing and not cmd_hash:
                 wake_up(conn.cmds_waitQ)
             if conn.closing or len(cache) >= _CMND_CACHE_MAX:

@@ -86,6 +86,8 @@ def scst_metrics() -> list[Family]:
          "must be 1)", _latency_samples()),
         ("uscst_fast_reads", "counter", "READs answered by READ prediction, without an "
          "scst_cmd (decision 0072)", [({}, fastpath.fast_reads)]),
+        ("uscst_fast_writes", "counter", "WRITEs started by WRITE prediction, without an "
+         "scst_cmd (decision 0073)", [({}, fastpath.fast_writes)]),
     ]
 
 

@@ -20,8 +20,8 @@ not depend on it.
 
 Usage: python -m tools.cmdcost [--count N] [--depth D] [--size BYTES]
                                [--write] [--full-path] [--top K] [--port P]
---full-path turns READ prediction off (decision 0072), so every command
-takes the SCST state machine.
+--full-path turns READ and WRITE prediction off (decisions 0072, 0073),
+so every command takes the SCST state machine.
 Prints: commands, bytecodes and Python calls per command, and the top K
 functions by bytecodes per command. Exit 1 when the load or uscstd fails.
 """
@@ -90,7 +90,7 @@ def _child(out: str, full_path: bool, uscstd_args: list[str]) -> None:
     sys.path.insert(0, str(REPO_ROOT))
     if full_path:
         from scst_core import fastpath
-        fastpath.scst_fast_read = 0
+        fastpath.scst_fast_read = fastpath.scst_fast_write = 0
     sys.argv = ["uscstd", *uscstd_args]
     sys.settrace(call)
     runpy.run_module("tools.uscstd", run_name="__main__", alter_sys=True)
@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=4096, help="bytes per command (default 4096)")
     p.add_argument("--write", action="store_true", help="WRITEs instead of READs")
     p.add_argument("--full-path", action="store_true",
-                   help="READ prediction off: every command through the state machine")
+                   help="READ and WRITE prediction off: every command through the state "
+                   "machine")
     p.add_argument("--top", type=int, default=15, help="functions listed (default 15)")
     p.add_argument("--port", type=int, default=3297, help="uscstd's port on 127.0.0.1")
     args = p.parse_args(argv)

@@ -348,9 +348,10 @@ def _errno_fmt(r: Any) -> str:
 
 
 def _instrument(tr: _tracer) -> None:
-    # These wrappers are not tracepoints, so READ prediction would answer
-    # the cache hit; the traces show the full path (architecture.md 5.1-5.3).
-    fastpath.scst_fast_read = 0
+    # These wrappers are not tracepoints, so READ and WRITE prediction
+    # would take the commands; the traces show the full path
+    # (architecture.md 5.1-5.3).
+    fastpath.scst_fast_read = fastpath.scst_fast_write = 0
     for name in ("iscsi_data_ready", "iscsi_write_space"):
         tr.patch(conn_mod, name)
     tr.patch(nthread, "iscsi_rx", True, _errno_fmt)

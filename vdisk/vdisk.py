@@ -258,14 +258,20 @@ def vdisk_set_sense_info(cmd: scst_cmd, info: int) -> None:
     sense = cmd.sense
     if sense is None or not cmd.sense_valid_len:
         return
+    cmd.sense_valid_len = vdisk_sense_info(sense, cmd.sense_valid_len, info)
+
+
+def vdisk_sense_info(sense: bytearray, length: int, info: int) -> int:
+    """Set the INFORMATION field of the length bytes of sense in sense (a
+    buffer with room for a descriptor): the sense's new length."""
     if sense[0] & 0x7F in (0x72, 0x73):
         off = 8 + sense[7]
         sense[off:off + 12] = bytes((0x00, 0x0A, 0x80, 0)) + (info & (2**64 - 1)).to_bytes(8, "big")
         sense[7] += 12
-        cmd.sense_valid_len = off + 12
-    else:
-        sense[0] |= 0x80
-        sense[3:7] = (info & 0xFFFFFFFF).to_bytes(4, "big")
+        return off + 12
+    sense[0] |= 0x80
+    sense[3:7] = (info & 0xFFFFFFFF).to_bytes(4, "big")
+    return length
 
 
 def vdisk_cmd_done(cmd: scst_cmd) -> int:
@@ -837,7 +843,7 @@ def vdisk_exec_read(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
         scst_set_resp_data_len(cmd, cmd.data_len)
 
 
-def vdisk_need_sync(cmd: scst_cmd, virt_dev: scst_vdisk_dev, fua: bool) -> bool:
+def vdisk_need_sync(cmd: scst_cmd | None, virt_dev: scst_vdisk_dev, fua: bool) -> bool:
     """Does a write need an explicit flush to reach stable storage?"""
     if virt_dev.nv_cache or virt_dev.dsync_open:
         return False
@@ -1394,12 +1400,12 @@ def vdisk_make_devtype(name: str, exec_fn: Callable[[scst_cmd], int],
                        detach: Callable[[scst_device], None], exec_atomic: bool,
                        exec_nowait: Callable[[scst_cmd], bool] | None = None,
                        dev_type: int = TYPE_DISK,
-                       read_fast: Callable[[scst_device, int, memoryview], bool] | None = None
-                       ) -> scst_dev_type:
+                       read_fast: Callable[[scst_device, int, memoryview], bool] | None = None,
+                       write_fast: Callable[..., bool] | None = None) -> scst_dev_type:
     return scst_dev_type(
         name=name, type=dev_type, parse=vdisk_parse, exec=exec_fn, attach=attach,
         detach=detach, detach_tgt=vdisk_detach_tgt, exec_atomic=exec_atomic,
-        exec_nowait=exec_nowait, read_fast=read_fast,
+        exec_nowait=exec_nowait, read_fast=read_fast, write_fast=write_fast,
         add_device=lambda dev_name, params: vdisk_add_device(name, dev_name, params),
         del_device=vdisk_del_device,
         add_device_parameters=vdisk_add_device_parameters)

@@ -93,21 +93,24 @@ def test_metrics_counter_rises_during_iscsi_perf_and_parses(uscstd, tmp_path):
 
 
 @pytest.mark.skipif(not shutil.which("qemu-io"), reason="qemu-utils needed")
-def test_metrics_count_the_reads_read_prediction_answered(uscstd, tmp_path):
+def test_metrics_count_the_reads_and_writes_prediction_took(uscstd, tmp_path):
     port = free_port()
     sock = tmp_path / "ctl.sock"
     srv = uscstd("--control", str(sock), "--metrics", str(port))
     _wait_listening(srv, port)
     r = subprocess.run(["qemu-io", "-f", "raw", *[a for i in range(8)
-                                                  for a in ("-c", f"read {i * 4}k 4k")], srv.url],
-                       capture_output=True, text=True, timeout=60)
+                                                  for a in ("-c", f"write {i * 4}k 4k",
+                                                            "-c", f"read {i * 4}k 4k")],
+                        srv.url], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     code, text = _scrape(port)
     assert code == 200
-    fast = _samples(text)["uscst_fast_reads_total"][0].value
-    got = subprocess.run([sys.executable, "-m", "tools.uscstadmin", "--socket", str(sock), "get",
-                          "fast_reads"], cwd=REPO, check=True, capture_output=True, text=True)
-    assert 0 < fast == int(got.stdout)
+    for kind in ("reads", "writes"):
+        fast = _samples(text)[f"uscst_fast_{kind}_total"][0].value
+        got = subprocess.run([sys.executable, "-m", "tools.uscstadmin", "--socket", str(sock),
+                              "get", f"fast_{kind}"], cwd=REPO, check=True, capture_output=True,
+                             text=True)
+        assert 0 < fast == int(got.stdout), kind
 
 
 def test_metrics_endpoint_answers_only_get_metrics(uscstd):
