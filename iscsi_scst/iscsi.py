@@ -99,7 +99,7 @@ from scst_core.const import (SAM_STAT_BUSY, SAM_STAT_CHECK_CONDITION, SAM_STAT_G
                              scst_sense_data_phase_error, SCST_CMD_QUEUE_ACA, SCST_CMD_QUEUE_HEAD_OF_QUEUE,
                              SCST_CMD_QUEUE_ORDERED, SCST_CMD_QUEUE_SIMPLE,
                              SCST_CMD_QUEUE_UNTAGGED, scst_sense_data_digest_error)
-from scst_core.fastpath import FAST_READ_MAX, FAST_WRITE_MAX, scst_read_fast, scst_write_fast
+from scst_core.fastpath import FAST_DONE, FAST_READ_MAX, FAST_WRITE_MAX, scst_cmd_fast
 from scst_core.lib import scst_pack_lun, scst_set_cmd_error, scst_unpack_lun
 from scst_core.main import scst_register_target_template, scst_unregister_target_template
 from scst_core.scst import (SCST_CMD_STATE_DATA_WAIT,
@@ -114,8 +114,10 @@ from scst_core.targ import (scst_cmd_init_done, scst_rx_cmd,
 
 TX_SCSI = 0
 TX_PDU = 1
-TX_FAST_READ = 2        # an iscsi_cmnd answered by scst_core.fastpath: no scst_cmd
-TX_FAST_WRITE = 3       # the same for a WRITE: a SCSI Response (fast_sense if CHECK CONDITION)
+TX_FAST_READ = 2        # a READ predicted by scst_core.fastpath: no scst_cmd
+TX_FAST_WRITE = 3       # the same for a WRITE (the TX_FAST_* are the highest)
+# (a predicted command's response: a Data-In or a SCSI Response with GOOD,
+# or a SCSI Response with fast_sense)
 SN_NONE = 0       # the PDU carries no StatSN
 SN_NEXT = 1       # it carries and consumes the next StatSN
 SN_PEEK = 2       # it carries the next StatSN without consuming it (R2T)
@@ -138,13 +140,12 @@ class iscsi_cmnd:
     edtl: int
     scst_cmd: Any = None
     tx_kind: int = TX_SCSI
-    # READ prediction (TX_FAST_READ): the data, in fast_buf, the buffer
-    # this object keeps for it (grown to the largest such READ it served,
-    # at most FAST_READ_MAX bytes)
+    # READ and WRITE prediction (TX_FAST_READ, TX_FAST_WRITE): the data,
+    # in fast_buf, the buffer this object keeps for it (grown to the
+    # largest such command it served, at most 32 KiB), until the command
+    # is answered; the sense of its CHECK CONDITION, b"" for GOOD
     fast_data: memoryview = _NO_BUF
     fast_buf: memoryview = _NO_BUF
-    # WRITE prediction (TX_FAST_WRITE): its data is in fast_buf while the
-    # write runs; the sense of its CHECK CONDITION, b"" for GOOD
     fast_sense: bytes = b""
     # write data: the rd thread only
     write_ready: bool = False       # rdy_to_xfer gave us the buffer
@@ -373,14 +374,14 @@ def _trace_pdu_tx(conn: iscsi_conn, item: Any) -> None:
         trace_iscsi_pdu_tx(name, conn.cid, bhs[0] & ISCSI_OPCODE_MASK, u32_at(bhs, 16),
                            conn.stat_sn, len(item.data))
         return
-    if item.tx_kind == TX_FAST_READ:
-        # answered before tracing was turned on
-        trace_iscsi_pdu_tx(name, conn.cid, ISCSI_OP_SCSI_DATA_IN, item.itt, conn.stat_sn,
-                           item.edtl)
-        return
-    if item.tx_kind == TX_FAST_WRITE:
-        trace_iscsi_pdu_tx(name, conn.cid, ISCSI_OP_SCSI_RSP, item.itt, conn.stat_sn,
-                           len(item.fast_sense))
+    if item.tx_kind == TX_FAST_READ or item.tx_kind == TX_FAST_WRITE:
+        # predicted before tracing was turned on
+        if item.tx_kind == TX_FAST_READ and not item.fast_sense:
+            trace_iscsi_pdu_tx(name, conn.cid, ISCSI_OP_SCSI_DATA_IN, item.itt, conn.stat_sn,
+                               item.edtl)
+        else:
+            trace_iscsi_pdu_tx(name, conn.cid, ISCSI_OP_SCSI_RSP, item.itt, conn.stat_sn,
+                               len(item.fast_sense))
         return
     scmd = item.scst_cmd
     data = (min(scmd.resp_data_len, item.edtl)
@@ -512,14 +513,22 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
         return
     # As iscsi-scst's cmnd_alloc, the PDU's own object never fails (either
     # way it is taken below): the answer to an allocation failure needs it
-    # gone cleanly. READ prediction (scst_core.fastpath): a plain READ
-    # whose answer fits one Data-In PDU without digests, on a session of
-    # one connection (a task management function on another could
-    # otherwise be answered before this response is sent), may be answered
-    # with no scst_cmd, in an object of the connection's cmnd_cache.
-    if (in_order and flags & _RW == ISCSI_CMD_READ and 0 < edtl <= FAST_READ_MAX
-            and edtl <= params.max_xmit_data_length and not conn.hdigest_tx
-            and not conn.ddigest_tx and len(sess.conn_list) == 1):
+    # gone cleanly. READ and WRITE prediction (scst_core.fastpath): on a
+    # session of one connection (a task management function on another
+    # could otherwise be answered before this response is sent), without
+    # digests, a plain READ whose answer fits one Data-In PDU, or a WRITE
+    # whose data all came in this PDU and is already received, is offered
+    # with a buffer of the object's own (a WRITE's data is copied there out
+    # of the receive buffer, which the receive loop reuses) in an object of
+    # the connection's cmnd_cache. A READ may be answered at once; a WRITE
+    # (and a READ from a device without a page cache) starts, and
+    # _fast_cmnd_done answers it.
+    if (in_order and not conn.hdigest_tx and not conn.ddigest_tx and len(sess.conn_list) == 1
+            and ((flags & _RW == ISCSI_CMD_READ and 0 < edtl <= FAST_READ_MAX
+                  and edtl <= params.max_xmit_data_length)
+                 or (flags & _WF == _WF_WRITE and dsl == edtl and 0 < dsl <= FAST_WRITE_MAX
+                     and not conn.ddigest_rx
+                     and conn.rx_start + dsl + ((-dsl) & 3) <= conn.rx_end))):
         cache = conn.cmnd_cache
         cmnd = (cache.pop() if cache
                 else kmem_cache_alloc(iscsi_cmnd_cache, GFP_KERNEL | __GFP_NOFAIL))
@@ -527,44 +536,29 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
         if len(fbuf) < edtl:
             fbuf = cmnd.fast_buf = memoryview(bytearray(edtl if edtl > 4096 else 4096))
         data = fbuf[:edtl]
-        if scst_read_fast(sess.scst_sess, lun, cdb, _ATTR[flags & ISCSI_CMD_ATTR_MASK], data):
-            cmnd.conn = conn
-            cmnd.itt = itt
-            cmnd.lun = lun
-            cmnd.flags = flags
-            cmnd.edtl = edtl
+        if write:
+            start = conn.rx_start
+            data[:] = conn.rxmv[start:start + dsl]
+            cmnd.tx_kind = TX_FAST_WRITE
+        else:
             cmnd.tx_kind = TX_FAST_READ
-            cmnd.fast_data = data
-            cmd_hash[itt] = cmnd
-            conn.rd_write_list.append(cmnd.write_list_entry)    # iscsi_queue_tx's rd case
-            if sess.pending_cmnds:
-                _release_pending(sess)
-            return
-    elif (in_order and flags & _WF == _WF_WRITE and dsl == edtl and 0 < dsl <= FAST_WRITE_MAX
-          and not conn.ddigest_rx and not conn.hdigest_tx and len(sess.conn_list) == 1
-          and conn.rx_start + dsl + ((-dsl) & 3) <= conn.rx_end):
-        # WRITE prediction: all of its data is in this PDU and already
-        # received. It is copied out of the receive buffer, which the
-        # receive loop reuses, into the object's own buffer for the write.
-        cache = conn.cmnd_cache
-        cmnd = (cache.pop() if cache
-                else kmem_cache_alloc(iscsi_cmnd_cache, GFP_KERNEL | __GFP_NOFAIL))
-        fbuf = cmnd.fast_buf
-        if len(fbuf) < edtl:
-            fbuf = cmnd.fast_buf = memoryview(bytearray(edtl if edtl > 4096 else 4096))
-        data = fbuf[:edtl]
-        start = conn.rx_start
-        data[:] = conn.rxmv[start:start + dsl]
         cmnd.conn = conn
         cmnd.itt = itt
         cmnd.lun = lun
         cmnd.flags = flags
         cmnd.edtl = edtl
-        cmnd.tx_kind = TX_FAST_WRITE
+        cmnd.fast_data = data
         cmd_hash[itt] = cmnd
-        if scst_write_fast(sess.scst_sess, lun, cdb, _ATTR[flags & ISCSI_CMD_ATTR_MASK], data,
-                           _fast_write_done, cmnd):
-            conn.rx_start = start + dsl + ((-dsl) & 3)
+        r = scst_cmd_fast(sess.scst_sess, lun, cdb, _ATTR[flags & ISCSI_CMD_ATTR_MASK], write,
+                          data, _fast_cmnd_done, cmnd)
+        if r == FAST_DONE:
+            conn.rd_write_list.append(cmnd.write_list_entry)    # iscsi_queue_tx's rd case
+            if sess.pending_cmnds:
+                _release_pending(sess)
+            return
+        if r:
+            if write:
+                conn.rx_start = start + dsl + ((-dsl) & 3)
             if sess.pending_cmnds:
                 _release_pending(sess)
             return
@@ -627,10 +621,11 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
         _release_pending(sess)
 
 
-def _fast_write_done(cmnd: iscsi_cmnd, sense: bytes) -> None:
-    """scst_core.fastpath's end of a predicted WRITE (softirq): queue its
-    response, or on a closing connection, whose responses are no longer
-    sent, free it as iscsi_tx_done frees the unsent ones."""
+def _fast_cmnd_done(cmnd: iscsi_cmnd, sense: bytes) -> None:
+    """scst_core.fastpath's end of a predicted command it started
+    (softirq): queue its response, or on a closing connection, whose
+    responses are no longer sent, free it as iscsi_tx_done frees the
+    unsent ones."""
     cmnd.fast_sense = sense
     conn = cmnd.conn
     if conn.closing:
@@ -985,35 +980,29 @@ def iscsi_tx_build(conn: iscsi_conn, entries: list, iov: list, items: list, iov_
         if sess is None:
             exp, max_sn = _login_window(conn)
         kind = item.tx_kind
-        if kind == TX_FAST_READ:
+        if kind == TX_FAST_READ and not item.fast_sense:
             # All of its data and GOOD status in one Data-In PDU (the
             # fast path's conditions)
             stat_sn = conn.stat_sn
             conn.stat_sn = (stat_sn + 1) & _MASK32
-            edtl = item.edtl
             bhs = item.rsp_bhs
             pack_data_in_raw(bhs, 0, ISCSI_OP_SCSI_DATA_IN, ISCSI_FLG_FINAL | ISCSI_FLG_STATUS,
-                             0, SAM_STAT_GOOD, edtl, item.lun, item.itt, ISCSI_RESERVED_TAG,
-                             stat_sn, exp, max_sn, 0, 0, 0)
+                             0, SAM_STAT_GOOD, item.edtl, item.lun, item.itt,
+                             ISCSI_RESERVED_TAG, stat_sn, exp, max_sn, 0, 0, 0)
             iov.append(bhs)
             iov.append(item.fast_data)
             continue
-        if kind == TX_FAST_WRITE:
+        if kind >= TX_FAST_READ:            # a predicted WRITE, or READ that failed
             stat_sn = conn.stat_sn
             conn.stat_sn = (stat_sn + 1) & _MASK32
-            sense = item.fast_sense
-            if not sense:
-                bhs = item.rsp_bhs
-                pack_scsi_rsp_raw(bhs, 0, ISCSI_OP_SCSI_RSP, 0x80,
-                                  ISCSI_RESPONSE_COMMAND_COMPLETED, SAM_STAT_GOOD, 0, _ZERO_LUN,
-                                  item.itt, 0, stat_sn, exp, max_sn, 0, 0, 0)
-                iov.append(bhs)
+            if item.fast_sense:
+                _tx_build_fast_sense(conn, item, iov, exp, max_sn, stat_sn)
                 continue
-            data = len(sense).to_bytes(2, "big") + sense
-            bhs = bytearray(48)
-            pack_scsi_rsp(bhs, 0, ISCSI_RESPONSE_COMMAND_COMPLETED, SAM_STAT_CHECK_CONDITION,
-                          len(data), item.itt, stat_sn, exp, max_sn, 0, 0, 0)
-            _add_pdu(conn, iov, bhs, data, len(data))
+            bhs = item.rsp_bhs
+            pack_scsi_rsp_raw(bhs, 0, ISCSI_OP_SCSI_RSP, 0x80, ISCSI_RESPONSE_COMMAND_COMPLETED,
+                              SAM_STAT_GOOD, 0, _ZERO_LUN, item.itt, 0, stat_sn, exp, max_sn, 0,
+                              0, 0)
+            iov.append(bhs)
             continue
         if kind == TX_PDU:
             _tx_build_pdu(conn, item, iov, exp, max_sn)
@@ -1071,6 +1060,21 @@ def iscsi_tx_build(conn: iscsi_conn, entries: list, iov: list, items: list, iov_
                 continue
         _tx_build_scsi(conn, item, iov, exp, max_sn, stat_sn, total, rflags, resid)
     return i
+
+
+def _tx_build_fast_sense(conn: iscsi_conn, item: iscsi_cmnd, iov: list, exp: int, max_sn: int,
+                         stat_sn: int) -> None:
+    """A predicted command that ended in CHECK CONDITION: a SCSI Response
+    with its sense, as _tx_build_scsi answers a failed command (a READ's
+    whole transfer is the underflow: no data was sent)."""
+    sense = item.fast_sense
+    data = len(sense).to_bytes(2, "big") + sense
+    read = item.tx_kind == TX_FAST_READ
+    bhs = bytearray(48)
+    pack_scsi_rsp(bhs, ISCSI_FLG_RESID_UNDERFLOW if read else 0,
+                  ISCSI_RESPONSE_COMMAND_COMPLETED, SAM_STAT_CHECK_CONDITION, len(data), item.itt,
+                  stat_sn, exp, max_sn, 0, 0, item.edtl if read else 0)
+    _add_pdu(conn, iov, bhs, data, len(data))
 
 
 def _login_window(conn: iscsi_conn) -> tuple[int, int]:
@@ -1186,7 +1190,7 @@ def iscsi_tx_done(conn: iscsi_conn, items: list, ret: int) -> None:
     cache = conn.cmnd_cache
     for item in items:
         kind = item.tx_kind
-        if kind == TX_FAST_READ or kind == TX_FAST_WRITE:
+        if kind >= TX_FAST_READ:
             # Its ITT is free; the object (which keeps fast_buf) goes to
             # the connection's cmnd_cache while the connection is open.
             item.tx_kind = TX_SCSI

@@ -1,77 +1,77 @@
-"""READ and WRITE prediction: a plain READ answered, a plain WRITE
-started, without a command object.
+"""READ and WRITE prediction: a plain READ or WRITE done, or started,
+without a command object.
 
-Mirrors no SCST file: a uscst design (decisions 0072, 0073), modelled on TCP's
-header prediction (tcp_rcv_established's fast path). TCP checks a few
-header fields against what it predicts for an established connection and,
-when they match, handles the segment in a few lines; anything unexpected
-takes the full path. Here the target driver offers a READ(10)/(16) CDB
-before it allocates anything; when the command and its I_T_L nexus are
-in the predicted state, the core answers with the data at once, in the
-driver's context, and no scst_cmd exists. Anything else returns False
-and the driver takes the full path (scst_rx_cmd and the state machine of
-scst_core.targ), which gives the same answer the slow way: that path
-stays the reference, and every error, sense and ordering rule lives
-there alone.
+Mirrors no SCST file: a uscst design (decisions 0072, 0073), modelled on
+TCP's header prediction (tcp_rcv_established's fast path). TCP checks a
+few header fields against what it predicts for an established
+connection and, when they match, handles the segment in a few lines;
+anything unexpected takes the full path. Here the target driver offers a
+READ(10)/(16) or WRITE(10)/(16) CDB to scst_cmd_fast before it allocates
+anything; when the command and its I_T_L nexus are in the predicted
+state, the core has it done with no scst_cmd. Anything else returns
+FAST_DECLINED and the driver takes the full path (scst_rx_cmd and the
+state machine of scst_core.targ), which gives the same answer the slow
+way: that path stays the reference, and every error, sense and ordering
+rule lives there alone.
 
 Predicted state (each test is one the full path would make; the first
 that fails declines):
-- nothing watches: scst_fast_read is 1 (/sys/kernel/scst_tgt/fast_read),
-  no tracepoint is enabled (tracing, measure_latency: a trace shows every
-  command's states), and none of the fault points the full path's
-  command passes (fail_scsi_cmd, failslab for its scst_cmd,
+- nothing watches: the switch is 1 (/sys/kernel/scst_tgt/fast_read,
+  fast_write), no tracepoint is enabled (tracing, measure_latency: a
+  trace shows every command's states), and none of the fault points the
+  full path's command passes (fail_scsi_cmd, failslab for its scst_cmd,
   fail_page_alloc for its buffer) is armed;
-- the CDB: READ(10) or READ(16), no RDPROTECT, no FUA, no LINK bit, a
-  transfer of 1 block or more that is exactly the expected length and at
-  most FAST_READ_MAX bytes;
+- the CDB: no RDPROTECT and no FUA for a READ, no WRPROTECT for a WRITE
+  (its FUA is the handler's: a durable write), no LINK bit, a transfer
+  of 1 block or more that is exactly the expected length and at most
+  FAST_READ_MAX (FAST_WRITE_MAX) bytes;
 - the nexus: the LUN exists for the session (and its field was decoded
   before), which is not shutting down; no unit attention is pending for
   it; no ALUA state filters commands; the device holds no reservation or
-  persistent reservation, no ORDERED command and no command held back,
-  and fewer than SCST_MAX_DEV_COMMANDS commands; the task attribute is
-  SIMPLE or untagged;
-- the dev handler's read_fast(dev, lba, buf) reads it, whole, without
-  sleeping (vdisk_fileio: in range, medium present, from the page cache).
+  persistent reservation, no ORDERED command, no command held back, and
+  fewer than SCST_MAX_DEV_COMMANDS commands; the task attribute is SIMPLE
+  or untagged; for a WRITE, the LUN is not read-only and the device's QErr
+  is 00b (a CHECK CONDITION would have to abort it);
+- the dev handler does it: read_fast(dev, lba, buf) reads a READ whole
+  without sleeping (vdisk_fileio: in range, medium present, from the
+  page cache): FAST_DONE; or start_fast(dev, lba, buf, write, fua, done,
+  priv) starts it (vdisk_fileio's WRITEs, vdisk_blockio's READs and
+  WRITEs: direct I/O) and it ends later, in softirq: FAST_STARTED.
 
-What the full path would have done and this does too: the I_T_L nexus's
-read counters (scst_core.stats, the session's sysfs) and the device's
-command count. What it skips: the command's states, its tracepoints (off
-by the test above) and the task set's bookkeeping: the command never
-enters the task set, since it has finished before the driver sees the
-answer. Its response is the only thing left, which the driver sends in
-order with the others; a task management function that arrives later
-finds the task done, as it would a slow READ answered just before it.
-
-The data goes into the driver's buffer, as SCST lets a target driver
-allocate a command's buffer itself (tgt_data_buf_alloced): the driver
-sends it and reuses it for its next command, with no page allocation.
-
-WRITE prediction (decision 0073) makes the same offer for a WRITE(10)/(16)
-whose data all came with it: the same predicted state, with WRPROTECT in
-place of RDPROTECT (FUA is allowed: the handler makes the write durable),
-and a LUN that is not read-only, a device whose QErr is 00b and no task
-management function waiting on it. The dev handler's write_fast starts
-the write and it ends later, in softirq, so unlike a READ it is in flight
-while other commands arrive. What the full path keeps of it:
+A READ done at once never enters the task set: it has finished before
+the driver sees the answer, whose response is the only thing left; a
+task management function that arrives later finds the task done, as it
+would a slow READ answered just before it. A started command is in flight
+while other commands arrive, so the core keeps of it what the full path
+needs:
 - the task set counts it (dev_cmd_count, the session's cmd_count: a
   session being unregistered is freed only after its last one ends);
-- an ORDERED command waits for the device's predicted WRITEs in flight
-  (dev.fast_writes), as for the older commands it would wait for;
-- a task management function's response waits for those of the devices it
-  covers (dev.fast_waiters); they cannot be aborted, so they are answered
-  before it, as commands that finished first; while one waits, WRITEs
-  take the full path, so it cannot be starved;
-- the error a failed write gives (vdisk's sense) and the write counters
-  (the device's command count, the nexus's writes when GOOD).
-A predicted WRITE is not aborted by QErr (declined when QErr is not
-00b) nor by PREEMPT AND ABORT, which ends its victims asynchronously on
-the full path too: the data of a WRITE already at the device lands either
-way; here its GOOD status is sent.
+- an ORDERED command waits for the device's predicted commands in flight
+  (dev.fast_cmds), as for the older commands it would wait for;
+- a task management function's response waits for those of the devices
+  it covers (dev.fast_waiters); they cannot be aborted, so they are
+  answered before it, as commands that finished first; while one waits,
+  none is started on the device (it cannot be starved);
+- its end (_fast_cmd_done) counts it as DEV_DONE would and passes the
+  handler's sense, the one the full path's end_io would set, to the
+  driver's done.
+A started command is not aborted by QErr (WRITEs are declined when QErr
+is not 00b) nor by PREEMPT AND ABORT, which ends its victims
+asynchronously on the full path too: a command already at the device
+finishes either way; here its status is sent.
 
-Contexts: scst_read_fast and scst_write_fast from any context (they
-never sleep: the driver's receive path, softirq); the done function of a
-predicted WRITE in softirq context; the switches from task context
-(sysfs store).
+Both paths count what the full path counts: the I_T_L nexus's read and
+write counters (scst_core.stats, the session's sysfs) for GOOD
+commands, the device's command count, and fast_reads / fast_writes.
+
+The data is in the driver's buffer, as SCST lets a target driver
+allocate a command's buffer itself (tgt_data_buf_alloced): the driver
+keeps it until the command has ended and been answered, and reuses it
+for its next command, with no page allocation.
+
+Contexts: scst_cmd_fast from any context (it never sleeps: the driver's
+receive path, softirq); a started command's done in softirq context; the
+switches from task context (sysfs store).
 """
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ from scst_core import tg as scst_tg
 from scst_core.fault import fail_scsi_cmd
 from scst_core.pres import scst_pr_devs
 from scst_core.scst import scst_session
-from scst_core.targ import SCST_MAX_DEV_COMMANDS, scst_fast_writes_drained, scst_lun_cache
+from scst_core.targ import SCST_MAX_DEV_COMMANDS, scst_fast_cmds_drained, scst_lun_cache
 
 # The largest READ answered here: larger ones are bound by copying their
 # data, not by the command's work (and vdisk_fileio may send them from the
@@ -106,123 +106,118 @@ fast_reads = 0
 scst_fast_write = 1
 fast_writes = 0
 
-_read10 = struct.Struct(">xBIxHB")      # flags, LBA, blocks, control
-_read16 = struct.Struct(">xBQIxB")
+_cdb10 = struct.Struct(">xBIxHB")       # flags, LBA, blocks, control
+_cdb16 = struct.Struct(">xBQIxB")
 _READ_10 = 0x28
 _READ_16 = 0x88
 _WRITE_10 = 0x2A
 _WRITE_16 = 0x8A
+
+# scst_cmd_fast's answers
+FAST_DECLINED = 0
+FAST_DONE = 1
+FAST_STARTED = 2
 _SIMPLE_OR_UNTAGGED = 1                 # SCST_CMD_QUEUE_SIMPLE (1), UNTAGGED (0)
 
 
-def scst_read_fast(sess: scst_session, lun: bytes, cdb: bytes, queue_type: int,
-                   buf: memoryview) -> bool:
-    """Answer a predicted READ whose expected transfer is len(buf) bytes,
-    1 to FAST_READ_MAX: True when buf holds its data and the command is
-    done (GOOD); False, having changed nothing, when the caller must take
-    the full path."""
+def scst_cmd_fast(sess: scst_session, lun: bytes, cdb: bytes, queue_type: int, write: int,
+                  buf: memoryview, done: Callable[[Any, bytes], None], priv: Any) -> int:
+    """Offer a plain READ or WRITE (10/16; write: the driver expects a
+    WRITE) whose expected transfer is len(buf) bytes (1 to FAST_READ_MAX /
+    FAST_WRITE_MAX; for a WRITE, buf holds all its data). FAST_DONE: a READ's data is in buf and it is done
+    (GOOD). FAST_STARTED: the command runs, done(priv, sense) comes in
+    softirq context when it ends (sense b"" for GOOD, else the CHECK
+    CONDITION's sense bytes; a READ's data is then in buf), and the
+    driver keeps buf until then. FAST_DECLINED, having changed nothing,
+    when the caller must take the full path."""
     global fast_reads
-    if not scst_fast_read or tracepoint.nr_enabled or queue_type > _SIMPLE_OR_UNTAGGED:
-        return False
+    if tracepoint.nr_enabled or queue_type > _SIMPLE_OR_UNTAGGED:
+        return FAST_DECLINED
     # A LUN field not yet decoded (a session's first command to it) goes
-    # the full path, which decodes it into the cache. A device whose
-    # handler cannot read this way (blockio: O_DIRECT) declines first.
+    # the full path, which decodes it into the cache.
     tgt_dev = sess.sess_tgt_dev_list.get(scst_lun_cache.get(lun))
     if tgt_dev is None:
-        return False
+        return FAST_DECLINED
     dev = tgt_dev.dev
-    read_fast = dev.handler.read_fast
-    if read_fast is None or tgt_dev.UA_list or scst_tg.scst_alua_filters:
-        return False
     op = cdb[0]
-    if op == _READ_10:
-        flags, lba, n, control = _read10.unpack_from(cdb)
-    elif op == _READ_16:
-        flags, lba, n, control = _read16.unpack_from(cdb)
+    # The CDB's direction must be the one the driver expects (an iSCSI
+    # READ(10) sent with the W bit and data goes the full way).
+    if write:
+        if op == _WRITE_10:
+            flags, lba, n, control = _cdb10.unpack_from(cdb)
+        elif op == _WRITE_16:
+            flags, lba, n, control = _cdb16.unpack_from(cdb)
+        else:
+            return FAST_DECLINED
+        # WRPROTECT (vdisk's parse); FUA is the handler's (a durable write)
+        if not scst_fast_write or flags & 0xE0 or tgt_dev.rd_only or dev.qerr:
+            return FAST_DECLINED
     else:
-        return False
-    # RDPROTECT and FUA (vdisk's parse and the FUA read's device thread),
+        if op == _READ_10:
+            flags, lba, n, control = _cdb10.unpack_from(cdb)
+        elif op == _READ_16:
+            flags, lba, n, control = _cdb16.unpack_from(cdb)
+        else:
+            return FAST_DECLINED
+        # RDPROTECT and FUA (vdisk's parse and the FUA read's device thread)
+        if not scst_fast_read or flags & 0xE8:
+            return FAST_DECLINED
     # the LINK bit (cdbprobe's error)
-    if flags & 0xE8 or control & 1 or fail_scsi_cmd.armed or failslab.armed \
-            or fail_page_alloc.armed or sess.shut_phase:
-        return False
-    if (n << dev.block_shift != len(buf) or dev.ordered_pending or dev.deferred_cmds
+    if (control & 1 or tgt_dev.UA_list or scst_tg.scst_alua_filters or fail_scsi_cmd.armed
+            or failslab.armed or fail_page_alloc.armed or sess.shut_phase):
+        return FAST_DECLINED
+    nbytes = len(buf)
+    if (n << dev.block_shift != nbytes or dev.ordered_pending or dev.deferred_cmds
             or dev.dev_cmd_count >= SCST_MAX_DEV_COMMANDS):
-        return False
+        return FAST_DECLINED
     prd = scst_pr_devs.get(dev)
     if prd is not None and (prd.reserved_by is not None or prd.pr_is_set):
-        return False
-    if not read_fast(dev, lba, buf):
-        return False
-    dev.cmd_count += 1
-    tgt_dev.reads += 1
-    tgt_dev.read_bytes += len(buf)
-    fast_reads += 1
-    return True
-
-
-def scst_write_fast(sess: scst_session, lun: bytes, cdb: bytes, queue_type: int,
-                    buf: memoryview, done: Callable[[Any, bytes], None], priv: Any) -> bool:
-    """Start a predicted WRITE of buf, its whole data (1 to FAST_WRITE_MAX
-    bytes, the expected length): True when it is started, and done(priv,
-    sense) runs in softirq context when it ends (sense b"" for GOOD, else
-    the CHECK CONDITION's sense bytes); the driver keeps buf until then.
-    False, having started nothing, when the caller must take the full
-    path."""
-    if not scst_fast_write or tracepoint.nr_enabled or queue_type > _SIMPLE_OR_UNTAGGED:
-        return False
-    tgt_dev = sess.sess_tgt_dev_list.get(scst_lun_cache.get(lun))
-    if tgt_dev is None:
-        return False
-    dev = tgt_dev.dev
-    write_fast = dev.handler.write_fast
-    if (write_fast is None or tgt_dev.UA_list or scst_tg.scst_alua_filters or tgt_dev.rd_only
-            or dev.qerr):
-        return False
-    op = cdb[0]
-    if op == _WRITE_10:
-        flags, lba, n, control = _read10.unpack_from(cdb)
-    elif op == _WRITE_16:
-        flags, lba, n, control = _read16.unpack_from(cdb)
-    else:
-        return False
-    # WRPROTECT (vdisk's parse), the LINK bit (cdbprobe's error); FUA is
-    # the handler's (a durable write)
-    if flags & 0xE0 or control & 1 or fail_scsi_cmd.armed or failslab.armed \
-            or fail_page_alloc.armed or sess.shut_phase:
-        return False
-    if (n << dev.block_shift != len(buf) or dev.ordered_pending or dev.deferred_cmds
-            or dev.fast_waiters or dev.dev_cmd_count >= SCST_MAX_DEV_COMMANDS):
-        return False
-    prd = scst_pr_devs.get(dev)
-    if prd is not None and (prd.reserved_by is not None or prd.pr_is_set):
-        return False
-    if not write_fast(dev, lba, buf, bool(flags & 0x08), _write_fast_done,
-                      (tgt_dev, len(buf), done, priv)):
-        return False
+        return FAST_DECLINED
+    if not write:
+        read_fast = dev.handler.read_fast
+        if read_fast is not None and read_fast(dev, lba, buf):
+            dev.cmd_count += 1
+            tgt_dev.reads += 1
+            tgt_dev.read_bytes += nbytes
+            fast_reads += 1
+            return FAST_DONE
+    # A TMF waiting for the device's commands in flight is not kept
+    # waiting by more of them.
+    start_fast = dev.handler.start_fast
+    if (start_fast is None or dev.fast_waiters
+            or not start_fast(dev, lba, buf, write, flags & 0x08, _fast_cmd_done,
+                              (tgt_dev, nbytes, write, done, priv))):
+        return FAST_DECLINED
     # In the task set until it ends: the session and the device count it.
     sess.cmd_count += 1
     dev.dev_cmd_count += 1
-    dev.fast_writes += 1
-    return True
+    dev.fast_cmds += 1
+    return FAST_STARTED
 
 
-def _write_fast_done(ctx: tuple, sense: bytes) -> None:
-    """A predicted WRITE has ended (softirq): count it as DEV_DONE would,
-    answer it, and let go what waited for the device's last one."""
-    global fast_writes
-    tgt_dev, nbytes, done, priv = ctx
+def _fast_cmd_done(ctx: tuple, sense: bytes) -> None:
+    """A predicted command started by the handler has ended (softirq):
+    count it as DEV_DONE would, answer it, and let go what waited for the
+    device's last one."""
+    global fast_reads, fast_writes
+    tgt_dev, nbytes, write, done, priv = ctx
     dev = tgt_dev.dev
     dev.cmd_count += 1
-    if not sense:
-        tgt_dev.writes += 1
-        tgt_dev.write_bytes += nbytes
-    fast_writes += 1
+    if write:
+        fast_writes += 1
+        if not sense:
+            tgt_dev.writes += 1
+            tgt_dev.write_bytes += nbytes
+    else:
+        fast_reads += 1
+        if not sense:
+            tgt_dev.reads += 1
+            tgt_dev.read_bytes += nbytes
     done(priv, sense)
     dev.dev_cmd_count -= 1
-    dev.fast_writes -= 1
-    if not dev.fast_writes and (dev.fast_waiters or dev.deferred_cmds):
-        scst_fast_writes_drained(dev)
+    dev.fast_cmds -= 1
+    if not dev.fast_cmds and (dev.fast_waiters or dev.deferred_cmds):
+        scst_fast_cmds_drained(dev)
     sess = tgt_dev.sess
     sess.cmd_count -= 1
     if sess.shut_phase and sess.cmd_count == 0:

@@ -347,7 +347,9 @@ def scst_register_virtual_device(devt: scst_dev_type, dev_name: str,
 
 
 def scst_unregister_virtual_device(dev: scst_device) -> int:
-    if dev.dev_tgt_dev_list:
+    # Busy while mapped, and while commands of a LUN just unmapped still
+    # run (their I/O uses the handler's file until they end).
+    if dev.dev_tgt_dev_list or dev.dev_cmd_count:
         return -EBUSY
     mutex_lock(scst_mutex)
     if dev in scst_dev_list:

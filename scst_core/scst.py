@@ -154,11 +154,12 @@ class scst_dev_type:
     # sleeping, in any context, and returns True, or returns False having
     # changed nothing the full path would see (scst_core.fastpath)
     read_fast: Callable[["scst_device", int, memoryview], bool] | None = None
-    # uscst: write_fast(dev, lba, buf, fua, done, priv) starts writing buf
-    # at lba without sleeping, in any context, and returns True; done(priv,
-    # sense) then runs in softirq context, sense b"" for GOOD. False: it
-    # started nothing (scst_core.fastpath's WRITE)
-    write_fast: Callable[["scst_device", int, memoryview, bool,
+    # uscst: start_fast(dev, lba, buf, write, fua, done, priv) starts
+    # writing buf at lba (write) or reading into it without sleeping, in
+    # any context, and returns True; done(priv, sense) then runs in
+    # softirq context, sense b"" for GOOD. False: it started nothing
+    # (scst_core.fastpath's WRITE, and READ where read_fast declines)
+    start_fast: Callable[["scst_device", int, memoryview, int, int,
                           Callable[[Any, bytes], None], Any], bool] | None = None
     # management: add_device(name, params) -> 0/-errno; del_device(name)
     add_device: Callable[[str, dict], int] | None = None
@@ -211,9 +212,9 @@ class scst_device:
     ordered_pending: int = 0        # ORDERED commands not yet finished
     deferred_cmds: list = attrs.field(factory=list)   # held back at exec, in order
     dev_cmd_count: int = 0          # commands in the task set(s), INIT done to freed
-    # predicted WRITEs (scst_core.fastpath) started and not yet done, and
-    # the task management functions waiting for them to be: one CPU
-    fast_writes: int = 0
+    # predicted commands (scst_core.fastpath) started and not yet done,
+    # and the task management functions waiting for them to be: one CPU
+    fast_cmds: int = 0
     fast_waiters: list = attrs.field(factory=list)
     # statistics
     cmd_count: int = 0

@@ -37,10 +37,11 @@ Differs from SCST: no per-session/per-CPU thread pools, only the
 per-device pool; a dev handler may offer exec_nowait(), a non-sleeping
 attempt (a page-cache hit) run in the submitting context before the command
 is handed to the device's threads, as io_uring tries IOCB_NOWAIT first.
-Predicted WRITEs (scst_core.fastpath) have no scst_cmd: an ORDERED
-command waits for the device's to finish, as for older commands, and a
-TMF's response for those of the devices it covers (scst_fast_writes_drained
-lets both go on). Unit attentions live in scst_core.ua and are reported here, in
+Predicted commands in flight (scst_core.fastpath: WRITEs, blockio's
+READs) have no scst_cmd: an ORDERED command waits for the device's to
+finish, as for older commands, and a TMF's response for those of the
+devices it covers (scst_fast_cmds_drained lets both go on). Unit
+attentions live in scst_core.ua and are reported here, in
 scst_cmd_init_done, followed by the ALUA access-state filter of
 scst_core.tg; reservations (scst_core.pres) are checked in PARSE.
 A dev handler's parse, exec or dev_done that raises is an oops naming its
@@ -523,10 +524,10 @@ def _older_unfinished(cmd: scst_cmd, ordered_only: bool) -> bool:
     one, if ordered_only) still unfinished? Scans the task set: only runs
     while an ORDERED command is about."""
     dev = cmd.dev
-    if not ordered_only and dev.fast_writes:
-        # Predicted WRITEs (scst_core.fastpath) are older than any command
-        # the core holds: they stopped being predicted when it came. They
-        # are not in a task set's list, and are counted device-wide.
+    if not ordered_only and dev.fast_cmds:
+        # Predicted commands in flight (scst_core.fastpath) are older than
+        # any command the core holds: none is predicted while it waits.
+        # They are not in a task set's list, and are counted device-wide.
         return True
     sn = cmd.sn
     tgt_devs = (cmd.tgt_dev,) if dev.tst == SCST_TST_1_SEP_TASK_SETS else dev.dev_tgt_dev_list
@@ -681,18 +682,18 @@ def scst_pr_abort_all(cmd: scst_cmd, nexuses: list[tuple[bytes, int]]) -> None:
     _abort_cmds(victims, None, cmd.sess, True)
 
 
-def _wait_fast_writes(mcmd: scst_mgmt_cmd, devs: Iterable[scst_device]) -> None:
-    """The TMF's response waits for the predicted WRITEs in flight on devs
-    as for the commands it aborts: they cannot be stopped, so they finish
-    (and are answered) before it, like commands already done."""
+def _wait_fast_cmds(mcmd: scst_mgmt_cmd, devs: Iterable[scst_device]) -> None:
+    """The TMF's response waits for the predicted commands in flight on
+    devs as for the commands it aborts: they cannot be stopped, so they
+    finish (and are answered) before it, like commands already done."""
     for dev in devs:
-        if dev.fast_writes:
+        if dev.fast_cmds:
             mcmd.cmd_wait_count += 1
             dev.fast_waiters.append(mcmd)
 
 
-def scst_fast_writes_drained(dev: scst_device) -> None:
-    """dev's last predicted WRITE in flight has finished (softirq): the
+def scst_fast_cmds_drained(dev: scst_device) -> None:
+    """dev's last predicted command in flight has finished (softirq): the
     TMFs waiting for it go on, and the commands held back behind it run."""
     waiters = dev.fast_waiters
     if waiters:
@@ -756,11 +757,11 @@ def scst_rx_mgmt_fn(sess: scst_session, fn: int, lun: bytes | None, tag: int,
         trace_scst_tmf(sess.initiator_name, mcmd.lun, fn, tag, len(victims))
     _abort_cmds(victims, mcmd, sess, fn == SCST_CLEAR_TASK_SET)
     if fn in (SCST_ABORT_TASK_SET, SCST_CLEAR_TASK_SET, SCST_LUN_RESET):
-        _wait_fast_writes(mcmd, (tgt_dev.dev,) if tgt_dev is not None else ())
+        _wait_fast_cmds(mcmd, (tgt_dev.dev,) if tgt_dev is not None else ())
     elif fn != SCST_CLEAR_ACA:
         # ABORT TASK names a tag, not a LUN: any LUN of the session may hold it.
         sessions = sess.tgt.sess_list if fn == SCST_TARGET_RESET else [sess]
-        _wait_fast_writes(mcmd, {td.dev: None for s in list(sessions)
+        _wait_fast_cmds(mcmd, {td.dev: None for s in list(sessions)
                                  for td in s.sess_tgt_dev_list.values()})
     if mcmd.status == 0 and fn in (SCST_LUN_RESET, SCST_TARGET_RESET):
         # Every I_T nexus learns of the reset, the one that asked included

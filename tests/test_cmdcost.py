@@ -28,7 +28,7 @@ def test_cmdcost_counts_the_predicted_read_path():
     # a few hundred bytecodes and a handful of calls, not the full path's
     # ~1,900 and ~30
     assert 300 < float(m[2]) < 1500 and 3 < float(m[3]) < 15, r.stdout
-    assert "scst_read_fast (scst_core/fastpath.py:" in r.stdout
+    assert "scst_cmd_fast (scst_core/fastpath.py:" in r.stdout
     assert "scst_process_active_cmd" not in r.stdout
 
 

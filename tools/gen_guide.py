@@ -232,7 +232,10 @@ the write and an fdatasync of its range are that one I/O
 (file_pwritev_sync: on io_uring a write linked to a ranged fsync). The
 completion comes back in softirq context (block_rq_complete) once the data
 is stable, and the command finishes in softirq: scst_exec_done, DEV_DONE, XMIT_RESP, then the wr thread sends
-the response. No device thread is involved.
+the response. No device thread is involved. With nothing traced, a WRITE
+of up to 32 KiB whose data all came in its PDU is started with no
+scst_cmd at all, and its response queued from that completion (WRITE
+prediction, docs/architecture.md 5.4).
 """),
     ("05-abort-task", "An ABORT TASK racing a WRITE", sc_abort, """\
 The WRITE is in DATA_WAIT: its R2T went out, its data never comes. The

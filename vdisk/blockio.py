@@ -11,7 +11,9 @@ every data command sleeps in a vfs call. exec_nowait() from any context:
 a plain READ or WRITE of whole blocks that fits one bounce block starts
 there as one asynchronous direct I/O and completes from softirq context
 (SCST's blockio submits bios and completes in their end_io the same way);
-anything else declines to the device's threads.
+anything else declines to the device's threads. start_fast() (any
+context) starts scst_core.fastpath's predicted READ or WRITE the same
+way, without a command, or declines.
 
 Differs from SCST: SCST builds bios straight on the command's pages; here
 the file is opened O_DIRECT on the host and each transfer goes through a
@@ -33,10 +35,13 @@ add_device parameters are fileio's but o_direct (always direct here).
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from kshim import page_alloc
 from kshim.dmapool import dma_pool, dma_pool_alloc, dma_pool_create, dma_pool_destroy, dma_pool_free
 from kshim.err import EINVAL, EIO, ENOMEM, ENOSPC
 from kshim.fail_function import ALLOW_ERROR_INJECTION, EI_ETYPE_ERRNO
+from kshim.fault_file import fail_file_fsync, fail_file_read, fail_file_write
 from kshim.fs import (EIOCBQUEUED, IOCB_DSYNC, O_DIRECT, STATX_DIOALIGN, file, file_inode,
                       filp_close, i_size_read, kiocb, kstat, vfs_getattr, vfs_iocb_iter_read,
                       vfs_iocb_iter_write, vfs_readv, vfs_writev)
@@ -52,7 +57,7 @@ from vdisk.fileio import (MAX_PIECES, fileio_lba_status, fileio_open_backing,
                           fileio_publish_backing, fileio_sync, fileio_unmap)
 from vdisk.vdisk import (scst_vdisk_dev, vdisk_add_device_parameters,
                          vdisk_detach_common, vdisk_do_exec, vdisk_io_ops, vdisk_make_devtype,
-                         vdisk_need_sync, vdisk_set_sense_info)
+                         vdisk_fast_sense, vdisk_need_sync, vdisk_set_sense_info)
 
 # Design notes:
 # - One bounce pool for every blockio device, as the kernel's bio_set
@@ -385,8 +390,76 @@ def blockio_exec_nowait(cmd: scst_cmd) -> bool:
     return True
 
 
+def blockio_start_fast(dev: scst_device, lba: int, buf: memoryview, write: int, fua: int,
+                       done: Callable[[Any, bytes], None], priv: Any) -> bool:
+    """scst_core.fastpath's READ or WRITE: one asynchronous direct I/O
+    through a bounce block, as blockio_exec_nowait starts a plain one,
+    done(priv, sense) from softirq (a READ's data in buf by then); False
+    when the full path must answer: out of range, write-protected,
+    sanitizing, no bounce block at hand, or a file fault point armed (the
+    full path's site)."""
+    virt_dev: scst_vdisk_dev = dev.dh_priv
+    length = len(buf)
+    if (virt_dev.sanitize_state or not virt_dev.media_present
+            or lba + (length >> virt_dev.block_shift) > virt_dev.nblocks
+            or (write and (virt_dev.rd_only or dev.swp or fail_file_write.armed
+                           or fail_file_fsync.armed))
+            or (not write and fail_file_read.armed)):
+        return False
+    f = virt_dev.file
+    pos = lba << virt_dev.block_shift
+    flags = IOCB_DSYNC if write and vdisk_need_sync(None, virt_dev, bool(fua)) else 0
+    ctx = (dev, buf, write, done, priv)
+    if blockio_iocb_cache:
+        iocb, bounce = blockio_iocb_cache.pop()
+        iocb.ki_filp = f
+        iocb.ki_pos = pos
+        iocb.ki_flags = flags
+        iocb.ki_complete = _blockio_fast_end_io
+        iocb.private = (ctx, bounce)
+        iocb.result = iocb.ki_res = 0
+    else:
+        b = dma_pool_alloc(blockio_bounce_pool, GFP_ATOMIC)
+        if b is None:
+            return False
+        bounce = b
+        iocb = kiocb(f, pos, _blockio_fast_end_io, (ctx, bounce), flags)
+    if write:
+        bounce[:length] = buf
+        vfs_iocb_iter_write(f, iocb, [bounce[:length]])
+    else:
+        vfs_iocb_iter_read(f, iocb, [bounce[:length]])
+    return True
+
+
+def _blockio_fast_end_io(iocb: kiocb, n: int) -> None:
+    """End of a predicted direct READ or WRITE (softirq): the data or the
+    sense _blockio_end_io would give the command."""
+    (dev, buf, write, done, priv), bounce = iocb.private
+    length = len(buf)
+    short = n < length and (write or iocb.ki_pos + n < i_size_read(file_inode(iocb.ki_filp)))
+    sense = b""
+    if n < 0 or short:
+        virt_dev: scst_vdisk_dev = dev.dh_priv
+        pr_err(f"vdisk_blockio: {virt_dev.name}: {'write' if write else 'read'} of {length} "
+               f"bytes at {iocb.ki_pos} failed: {n}")
+        if write and n == -ENOSPC and virt_dev.thin_provisioned:
+            sense = vdisk_fast_sense(dev, scst_sense_space_allocation_failed, -1)
+        else:
+            sense = vdisk_fast_sense(dev, scst_sense_write_error if write else scst_sense_read_error,
+                                     (iocb.ki_pos + max(n, 0)) >> virt_dev.block_shift)
+    elif not write:
+        if n < length:
+            bounce[n:length] = _ZEROS[:length - n]      # the file shrank: zeros past its end
+        buf[:] = bounce[:length]
+    iocb.ki_complete = _blockio_end_io
+    _blockio_iocb_put(iocb, bounce)
+    done(priv, sense)
+
+
 blockio_devtype = vdisk_make_devtype("vdisk_blockio", blockio_exec, blockio_attach,
                                      blockio_detach, exec_atomic=False,
-                                     exec_nowait=blockio_exec_nowait)
+                                     exec_nowait=blockio_exec_nowait,
+                                     start_fast=blockio_start_fast)
 blockio_devtype.add_device_parameters = tuple(p for p in vdisk_add_device_parameters
                                               if p != "o_direct")

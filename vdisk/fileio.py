@@ -10,7 +10,7 @@ vfs call. exec_nowait() from any context: it serves READs from the page
 cache without sleeping, starts plain WRITEs asynchronously (completed from
 softirq context, as a bio's end_io completes SCST's blockio commands), or
 declines. read_fast() (scst_core.fastpath's READ, any context) reads
-from the page cache only, or declines; write_fast() (its WRITE, any
+from the page cache only, or declines; start_fast() (its WRITE, any
 context) starts the write as exec_nowait() does, or declines. A cached READ of
 fileio_sendfile_min..fileio_sendfile_max bytes (module parameters),
 when the target driver can send from a file, is not read at all:
@@ -36,14 +36,14 @@ from kshim.fs import (EIOCBQUEUED, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, IO
                       vfs_fsync_range, vfs_iocb_iter_write, vfs_llseek, vfs_readv,
                       vfs_readv_nowait, vfs_truncate, vfs_writev)
 from kshim.printk import pr_err, pr_info
-from scst_core.const import (SCST_SENSE_BUFFERSIZE, scst_sense_read_error,
-                             scst_sense_space_allocation_failed, scst_sense_write_error)
-from scst_core.lib import scst_build_sense, scst_cmd_iov, scst_set_cmd_error
+from scst_core.const import (scst_sense_read_error, scst_sense_space_allocation_failed,
+                             scst_sense_write_error)
+from scst_core.lib import scst_cmd_iov, scst_set_cmd_error
 from scst_core.scst import SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME, scst_cmd, scst_device
 from vdisk import vdisk as vdisk_mod
 from vdisk.vdisk import (scst_vdisk_dev, vdisk_attach_common,
                          vdisk_detach_common, vdisk_do_exec, vdisk_io_ops, vdisk_make_devtype,
-                         vdisk_need_sync, vdisk_sense_info, vdisk_set_sense_info)
+                         vdisk_fast_sense, vdisk_need_sync, vdisk_set_sense_info)
 
 
 def _zero_tail(iov: list, skip: int) -> None:
@@ -362,20 +362,21 @@ def fileio_read_fast(dev: scst_device, lba: int, buf: memoryview) -> bool:
     return vfs_readv_nowait(virt_dev.file, [buf], lba << virt_dev.block_shift, length) == length
 
 
-def fileio_write_fast(dev: scst_device, lba: int, buf: memoryview, fua: bool,
+def fileio_start_fast(dev: scst_device, lba: int, buf: memoryview, write: int, fua: int,
                       done: Callable[[Any, bytes], None], priv: Any) -> bool:
     """scst_core.fastpath's WRITE: buf written at lba asynchronously, as
     fileio_exec_nowait starts a plain WRITE (durable when FUA or
     write-through asks), done(priv, sense) from softirq; False when the
-    full path must answer: out of range, write-protected, no medium,
-    sanitizing, or a file fault point armed (the full path's site)."""
+    full path must answer: a READ (read_fast's, or the device threads'),
+    out of range, write-protected, no medium, sanitizing, or a file fault
+    point armed (the full path's site)."""
     virt_dev: scst_vdisk_dev = dev.dh_priv
     length = len(buf)
-    if (virt_dev.sanitize_state or not virt_dev.media_present or virt_dev.rd_only or dev.swp
-            or lba + (length >> virt_dev.block_shift) > virt_dev.nblocks
+    if (not write or virt_dev.sanitize_state or not virt_dev.media_present or virt_dev.rd_only
+            or dev.swp or lba + (length >> virt_dev.block_shift) > virt_dev.nblocks
             or fail_file_write.armed or fail_file_fsync.armed):
         return False
-    flags = (IOCB_DSYNC if (fua or virt_dev.wt_flag) and vdisk_need_sync(None, virt_dev, fua)
+    flags = (IOCB_DSYNC if (fua or virt_dev.wt_flag) and vdisk_need_sync(None, virt_dev, bool(fua))
              else 0)
     f = virt_dev.file
     vfs_iocb_iter_write(f, kiocb(f, lba << virt_dev.block_shift, _fileio_write_fast_done,
@@ -393,15 +394,13 @@ def _fileio_write_fast_done(iocb: kiocb, n: int) -> None:
     virt_dev: scst_vdisk_dev = dev.dh_priv
     pr_err(f"{dev.handler.name}: {virt_dev.name}: write of {length} bytes at {iocb.ki_pos} "
            f"failed: {n}")
-    sense = bytearray(SCST_SENSE_BUFFERSIZE)
     if n == -ENOSPC and virt_dev.thin_provisioned:
-        slen = scst_build_sense(sense, dev.d_sense, *scst_sense_space_allocation_failed)
+        done(priv, vdisk_fast_sense(dev, scst_sense_space_allocation_failed, -1))
     else:
-        slen = scst_build_sense(sense, dev.d_sense, *scst_sense_write_error)
-        slen = vdisk_sense_info(sense, slen, (iocb.ki_pos + max(n, 0)) >> virt_dev.block_shift)
-    done(priv, bytes(sense[:slen]))
+        done(priv, vdisk_fast_sense(dev, scst_sense_write_error,
+                                    (iocb.ki_pos + max(n, 0)) >> virt_dev.block_shift))
 
 
 fileio_devtype = vdisk_make_devtype("vdisk_fileio", fileio_exec, fileio_attach, fileio_detach,
                                     exec_atomic=False, exec_nowait=fileio_exec_nowait,
-                                    read_fast=fileio_read_fast, write_fast=fileio_write_fast)
+                                    read_fast=fileio_read_fast, start_fast=fileio_start_fast)

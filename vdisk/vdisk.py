@@ -48,7 +48,8 @@ from scst_core import cluster_dev
 from scst_core.cluster import scst_cluster_dev_event_wait
 from scst_core.cluster_dev import scst_cluster_pr_out
 from scst_core.cluster_proto import CL_EV_MODE
-from scst_core.const import (ASSOCIATION_LU, CODE_SET_ASCII, CODE_SET_BINARY, CODE_SET_UTF8,
+from scst_core.const import (SCST_SENSE_BUFFERSIZE, ASSOCIATION_LU, CODE_SET_ASCII,
+                             CODE_SET_BINARY, CODE_SET_UTF8,
                              DESIGNATOR_TYPE_NAA, DESIGNATOR_TYPE_SCSI_NAME_STRING,
                              DESIGNATOR_TYPE_T10_VENDOR, MODE_PAGE_ALL, MODE_PAGE_CACHING,
                              MODE_PAGE_CONTROL, MODE_PAGE_INFO_EXCEPTIONS,
@@ -272,6 +273,17 @@ def vdisk_sense_info(sense: bytearray, length: int, info: int) -> int:
     sense[0] |= 0x80
     sense[3:7] = (info & 0xFFFFFFFF).to_bytes(4, "big")
     return length
+
+
+def vdisk_fast_sense(dev: scst_device, key_asc_ascq: tuple[int, int, int], info: int) -> bytes:
+    """The sense bytes scst_set_cmd_error (and vdisk_set_sense_info, when
+    info >= 0) would give a command of dev, for a predicted command that
+    has none (scst_core.fastpath)."""
+    sense = bytearray(SCST_SENSE_BUFFERSIZE)
+    n = scst_build_sense(sense, dev.d_sense, *key_asc_ascq)
+    if info >= 0:
+        n = vdisk_sense_info(sense, n, info)
+    return bytes(sense[:n])
 
 
 def vdisk_cmd_done(cmd: scst_cmd) -> int:
@@ -1312,7 +1324,8 @@ def vdisk_add_device(handler_name: str, dev_name: str, params: dict[str, str]) -
 
 
 def vdisk_del_device(dev_name: str) -> int:
-    """Remove a vdisk device: 0, -ENOENT, or -EBUSY while it has LUNs."""
+    """Remove a vdisk device: 0, -ENOENT, or -EBUSY while it has LUNs or
+    commands still running."""
     virt_dev = vdisk_dev_list.get(dev_name)
     if virt_dev is None or virt_dev.dev is None:
         pr_err(f"vdisk: no device named {dev_name}")
@@ -1401,11 +1414,11 @@ def vdisk_make_devtype(name: str, exec_fn: Callable[[scst_cmd], int],
                        exec_nowait: Callable[[scst_cmd], bool] | None = None,
                        dev_type: int = TYPE_DISK,
                        read_fast: Callable[[scst_device, int, memoryview], bool] | None = None,
-                       write_fast: Callable[..., bool] | None = None) -> scst_dev_type:
+                       start_fast: Callable[..., bool] | None = None) -> scst_dev_type:
     return scst_dev_type(
         name=name, type=dev_type, parse=vdisk_parse, exec=exec_fn, attach=attach,
         detach=detach, detach_tgt=vdisk_detach_tgt, exec_atomic=exec_atomic,
-        exec_nowait=exec_nowait, read_fast=read_fast, write_fast=write_fast,
+        exec_nowait=exec_nowait, read_fast=read_fast, start_fast=start_fast,
         add_device=lambda dev_name, params: vdisk_add_device(name, dev_name, params),
         del_device=vdisk_del_device,
         add_device_parameters=vdisk_add_device_parameters)

@@ -23,6 +23,7 @@ from pathlib import Path
 from initiator import (ATTR_ACA, ATTR_HEAD_OF_QUEUE, ATTR_ORDERED, ATTR_SIMPLE, ATTR_UNTAGGED,
                        TMF_LUN_RESET, Initiator, ScsiResult)
 from pr_support import READ_RESERVATION, REGISTER, RESERVE, prin, prout
+from fastpath_support import fast_count, login, wait_control
 from uscstd_support import uscstadmin_ok, uscstadmin_run
 
 BS = 512
@@ -41,26 +42,12 @@ def _start(uscstd, tmp_path: Path) -> tuple:
     disk.write_bytes(data)
     sock = tmp_path / "ctl.sock"
     srv = uscstd("--control", str(sock), disk=disk, size="16M")
-    deadline = time.monotonic() + 10.0
-    while "uscstd: control socket" not in srv.stdout_text():
-        assert time.monotonic() < deadline and srv.proc.poll() is None, srv.stderr_text()
-        time.sleep(0.05)
+    wait_control(srv)
     return srv, sock, data
 
 
-def _login(srv, name: str, **kw) -> Initiator:
-    """A session whose first UAs are consumed (bounded)."""
-    ini = Initiator(host=srv.host, port=srv.port, initiator_name=name, timeout=TIMEOUT)
-    ini.connect()
-    ini.login(srv.iqn, **kw)
-    for _ in range(8):
-        if ini.test_unit_ready().ok:
-            return ini
-    raise AssertionError("TEST UNIT READY never came back GOOD")
-
-
 def fast_reads(sock: Path) -> int:
-    return int(uscstadmin_ok(sock, "get", "fast_reads"))
+    return fast_count(sock, "reads")
 
 
 def _read(ini: Initiator, op: int, lba: int, blocks: int, flags: int = 0, control: int = 0,
@@ -110,7 +97,7 @@ def test_fast_and_full_path_answer_every_read_alike_and_the_data_is_the_files(us
     # bytes through either path.
     with open(tmp_path / "fr.img", "ab") as f:
         f.write(os.urandom(1 << 20))
-    ini = _login(srv, "iqn.2026-12.test:fr-diff")
+    ini = login(srv, "iqn.2026-12.test:fr-diff")
     cases = _cases(seed=72, count=240)
     answers = {}
     counted = {}
@@ -135,8 +122,8 @@ def test_fast_and_full_path_answer_every_read_alike_and_the_data_is_the_files(us
 
 def test_a_unit_attention_is_reported_before_any_read_is_predicted(uscstd, tmp_path):
     srv, sock, data = _start(uscstd, tmp_path)
-    a = _login(srv, "iqn.2026-12.test:fr-ua-a")
-    b = _login(srv, "iqn.2026-12.test:fr-ua-b")
+    a = login(srv, "iqn.2026-12.test:fr-ua-a")
+    b = login(srv, "iqn.2026-12.test:fr-ua-b")
     assert _read(b, 0x28, 8, 8).ok
     assert a.task_mgmt(TMF_LUN_RESET) == 0
     before = fast_reads(sock)
@@ -153,8 +140,8 @@ def test_a_unit_attention_is_reported_before_any_read_is_predicted(uscstd, tmp_p
 
 def test_a_persistent_reservation_sends_reads_the_full_way(uscstd, tmp_path):
     srv, sock, data = _start(uscstd, tmp_path)
-    holder = _login(srv, "iqn.2026-12.test:fr-pr-holder")
-    other = _login(srv, "iqn.2026-12.test:fr-pr-other")
+    holder = login(srv, "iqn.2026-12.test:fr-pr-holder")
+    other = login(srv, "iqn.2026-12.test:fr-pr-other")
     assert prout(holder, REGISTER, 0, 0xAB).ok
     assert prout(holder, RESERVE, 0xAB, 0, ptype=3).ok          # Exclusive Access
     assert prin(holder, READ_RESERVATION)[8:16] == struct.pack(">Q", 0xAB)
@@ -171,7 +158,7 @@ def test_a_persistent_reservation_sends_reads_the_full_way(uscstd, tmp_path):
 
 def test_tracing_latency_and_the_switch_each_send_reads_the_full_way(uscstd, tmp_path):
     srv, sock, data = _start(uscstd, tmp_path)
-    ini = _login(srv, "iqn.2026-12.test:fr-watch")
+    ini = login(srv, "iqn.2026-12.test:fr-watch")
 
     def counted(n: int = 4) -> int:
         before = fast_reads(sock)
@@ -203,7 +190,7 @@ def test_tracing_latency_and_the_switch_each_send_reads_the_full_way(uscstd, tmp
 
 def test_digests_send_reads_the_full_way(uscstd, tmp_path):
     srv, sock, data = _start(uscstd, tmp_path)
-    dig = _login(srv, "iqn.2026-12.test:fr-digest", header_digest=True, data_digest=True)
+    dig = login(srv, "iqn.2026-12.test:fr-digest", header_digest=True, data_digest=True)
     before = fast_reads(sock)
     r = _read(dig, 0x28, 16, 8)
     assert r.ok and r.data == data[16 * BS:24 * BS]
@@ -271,7 +258,7 @@ def test_a_connection_dropped_with_predicted_reads_queued_frees_them(uscstd, tmp
     connection is cut; the server frees them (its teardown checks the slab
     caches for leaks) and serves the next session."""
     srv, sock, data = _start(uscstd, tmp_path)
-    ini = _login(srv, "iqn.2026-12.test:fr-drop")
+    ini = login(srv, "iqn.2026-12.test:fr-drop")
     before = fast_reads(sock)
     for i in range(32):
         ini.submit(struct.pack(">BBIBHB", 0x28, 0, 64 * i, 0, 64, 0), read_len=64 * BS)
@@ -281,7 +268,7 @@ def test_a_connection_dropped_with_predicted_reads_queued_frees_them(uscstd, tmp
         time.sleep(0.05)
     ini.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     ini.sock.close()
-    again = _login(srv, "iqn.2026-12.test:fr-drop-2")
+    again = login(srv, "iqn.2026-12.test:fr-drop-2")
     r = _read(again, 0x88, 100, 64)
     assert r.ok and r.data == data[100 * BS:164 * BS]
     again.logout()
