@@ -128,6 +128,9 @@ _ATTR = (SCST_CMD_QUEUE_UNTAGGED, SCST_CMD_QUEUE_SIMPLE, SCST_CMD_QUEUE_ORDERED,
 _ZERO_LUN = bytes(8)
 _NO_BUF = memoryview(b"")
 _MASK32 = 0xFFFFFFFF
+# The BHS as a SCSI Command's (RFC 7143 11.3): the common words of
+# hdr.common_hdr, then EDTL, CmdSN, ExpStatSN and the CDB
+_bhs_scsi_cmd = struct.Struct(">BBBBI8sIIII16s")
 
 
 @attrs.define(slots=True, eq=False)
@@ -238,7 +241,10 @@ def iscsi_rx_hdr(conn: iscsi_conn, buf: bytearray, off: int) -> None:
     """A complete BHS has arrived at buf[off:] (rd thread): act on it and
     route its data segment. conn.rx_bhs keeps a copy of the BHS whenever a
     later step (data, digest error) needs it."""
-    b0, flags, _b2, _b3, lens, lun, itt = common_hdr.unpack_from(buf, off)
+    # A SCSI Command's own fields too, for any PDU: one unpack, not two,
+    # for the PDU that is almost every one
+    b0, flags, _b2, _b3, lens, lun, itt, edtl, cmd_sn, _exp_stat_sn, cdb = \
+        _bhs_scsi_cmd.unpack_from(buf, off)
     dsl = lens & 0xFFFFFF
     op = b0 & ISCSI_OPCODE_MASK
     if fail_iscsi_pdu.armed and iscsi_pdu_fault(op):
@@ -251,7 +257,7 @@ def iscsi_rx_hdr(conn: iscsi_conn, buf: bytearray, off: int) -> None:
     if op == ISCSI_OP_SCSI_CMD and conn.session is not None:
         if dsl:
             conn.rx_bhs = bytes(buf[off:off + 48])
-        _scsi_cmd_rx_start(conn, buf, off, b0, flags, lun, itt, dsl)
+        _scsi_cmd_rx_start(conn, buf, off, b0, flags, lun, itt, dsl, edtl, cmd_sn, cdb)
         return
     bhs = conn.rx_bhs = bytes(buf[off:off + 48])
     if conn.session is None:
@@ -480,12 +486,11 @@ _RW = ISCSI_CMD_READ | ISCSI_CMD_WRITE
 # a WRITE whose data all came with it (F bit: no Data-Out follows)
 _WF = _RW | ISCSI_FLG_FINAL
 _WF_WRITE = ISCSI_CMD_WRITE | ISCSI_FLG_FINAL
-_scsi_cmd_fields = struct.Struct(">III16s")
 
 
 def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flags: int,
-                       lun: bytes, itt: int, dsl: int) -> None:
-    edtl, cmd_sn, _exp_stat_sn, cdb = _scsi_cmd_fields.unpack_from(buf, off + 20)
+                       lun: bytes, itt: int, dsl: int, edtl: int, cmd_sn: int,
+                       cdb: bytes) -> None:
     sess = conn.session
     if sess.discovery:
         iscsi_send_reject(conn, bytes(buf[off:off + 48]), ISCSI_REASON_PROTOCOL_ERROR)
