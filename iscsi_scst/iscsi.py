@@ -91,8 +91,8 @@ from kshim import sched, tracepoint
 from kshim.tracepoint import TRACE_EVENT
 from kshim.wait import wait_event_timeout, wake_up
 from scst_core.const import (SAM_STAT_BUSY, SAM_STAT_CHECK_CONDITION, SAM_STAT_GOOD,
-                             SCST_ABORT_TASK, SCST_ABORT_TASK_SET, SCST_CLEAR_ACA, SCST_CLEAR_TASK_SET,
-                             SCST_LUN_RESET,
+                             SCST_ABORT_TASK, SCST_ABORT_TASK_SET, SCST_CLEAR_ACA,
+                             SCST_CLEAR_TASK_SET, SCST_LUN_RESET,
                              SCST_MGMT_STATUS_FN_NOT_SUPPORTED, SCST_MGMT_STATUS_LUN_NOT_EXIST,
                              SCST_MGMT_STATUS_SUCCESS, SCST_MGMT_STATUS_TASK_NOT_EXIST,
                              SCST_TARGET_RESET, scst_sense_data_offset_error,

@@ -30,8 +30,7 @@ that fails declines):
   it; no ALUA state filters commands; the device holds no reservation or
   persistent reservation, no ORDERED command, no command held back, and
   fewer than SCST_MAX_DEV_COMMANDS commands; the task attribute is SIMPLE
-  or untagged; for a WRITE, the LUN is not read-only and the device's QErr
-  is 00b (a CHECK CONDITION would have to abort it);
+  or untagged; for a WRITE, the LUN is not read-only;
 - the dev handler does it: read_fast(dev, lba, buf) reads a READ whole
   without sleeping (vdisk_fileio: in range, medium present, from the
   page cache): FAST_DONE; or start_fast(dev, lba, buf, write, fua, done,
@@ -42,21 +41,22 @@ A READ done at once never enters the task set: it has finished before
 the driver sees the answer, whose response is the only thing left; a
 task management function that arrives later finds the task done, as it
 would a slow READ answered just before it. A started command is in flight
-while other commands arrive, so the core keeps of it what the full path
-needs:
+while other commands arrive, so it is started only on a device whose
+QErr is 00b (a CHECK CONDITION would have to abort it) and no task
+management function waits on, and the core keeps of it what the full
+path needs:
 - the task set counts it (dev_cmd_count, the session's cmd_count: a
   session being unregistered is freed only after its last one ends);
 - an ORDERED command waits for the device's predicted commands in flight
   (dev.fast_cmds), as for the older commands it would wait for;
 - a task management function's response waits for those of the devices
   it covers (dev.fast_waiters); they cannot be aborted, so they are
-  answered before it, as commands that finished first; while one waits,
-  none is started on the device (it cannot be starved);
+  answered before it, as commands that finished first (none is started
+  on the device while one waits: it cannot be starved);
 - its end (_fast_cmd_done) counts it as DEV_DONE would and passes the
   handler's sense, the one the full path's end_io would set, to the
   driver's done.
-A started command is not aborted by QErr (WRITEs are declined when QErr
-is not 00b) nor by PREEMPT AND ABORT, which ends its victims
+A started command is not aborted by PREEMPT AND ABORT, which ends its victims
 asynchronously on the full path too: a command already at the device
 finishes either way; here its status is sent.
 
@@ -150,7 +150,7 @@ def scst_cmd_fast(sess: scst_session, lun: bytes, cdb: bytes, queue_type: int, w
         else:
             return FAST_DECLINED
         # WRPROTECT (vdisk's parse); FUA is the handler's (a durable write)
-        if not scst_fast_write or flags & 0xE0 or tgt_dev.rd_only or dev.qerr:
+        if not scst_fast_write or flags & 0xE0 or tgt_dev.rd_only:
             return FAST_DECLINED
     else:
         if op == _READ_10:
@@ -182,9 +182,10 @@ def scst_cmd_fast(sess: scst_session, lun: bytes, cdb: bytes, queue_type: int, w
             fast_reads += 1
             return FAST_DONE
     # A TMF waiting for the device's commands in flight is not kept
-    # waiting by more of them.
+    # waiting by more of them; with QErr other than 00b a CHECK CONDITION
+    # aborts the task set, which a started command cannot join.
     start_fast = dev.handler.start_fast
-    if (start_fast is None or dev.fast_waiters
+    if (start_fast is None or dev.fast_waiters or dev.qerr
             or not start_fast(dev, lba, buf, write, flags & 0x08, _fast_cmd_done,
                               (tgt_dev, nbytes, write, done, priv))):
         return FAST_DECLINED

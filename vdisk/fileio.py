@@ -368,12 +368,13 @@ def fileio_start_fast(dev: scst_device, lba: int, buf: memoryview, write: int, f
     fileio_exec_nowait starts a plain WRITE (durable when FUA or
     write-through asks), done(priv, sense) from softirq; False when the
     full path must answer: a READ (read_fast's, or the device threads'),
-    out of range, write-protected, no medium, sanitizing, or a file fault
-    point armed (the full path's site)."""
+    an O_DIRECT file (the buffer is not aligned), out of range,
+    write-protected, no medium, sanitizing, or a file fault point armed
+    (the full path's site)."""
     virt_dev: scst_vdisk_dev = dev.dh_priv
     length = len(buf)
-    if (not write or virt_dev.sanitize_state or not virt_dev.media_present or virt_dev.rd_only
-            or dev.swp or lba + (length >> virt_dev.block_shift) > virt_dev.nblocks
+    if (not write or virt_dev.o_direct or virt_dev.sanitize_state or not virt_dev.media_present
+            or virt_dev.rd_only or dev.swp or lba + (length >> virt_dev.block_shift) > virt_dev.nblocks
             or fail_file_write.armed or fail_file_fsync.armed):
         return False
     flags = (IOCB_DSYNC if (fua or virt_dev.wt_flag) and vdisk_need_sync(None, virt_dev, bool(fua))

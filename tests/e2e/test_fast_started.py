@@ -192,6 +192,28 @@ def test_unit_attentions_reservations_and_a_read_only_lun_send_writes_the_full_w
 
 
 @pytest.mark.parametrize("handler", HANDLERS)
+def test_qerr_01b_sends_what_would_start_the_full_way(uscstd, tmp_path, handler):
+    """With QErr 01b a CHECK CONDITION aborts the task set, which a started
+    command cannot join: WRITEs (and blockio's READs) go the full way,
+    while a READ fileio answers at once is still predicted."""
+    srv, sock, disk = _start(uscstd, tmp_path, handler)
+    ini = login(srv, "iqn.2026-12.test:fs-qerr")
+    mode_sense_control = bytes((0x1A, 0x08, 0x0A, 0, 255, 0))
+    page = bytearray(ini.scsi(mode_sense_control, read_len=255).check().data[4:16])
+    page[0] &= 0x7F                             # PS is reserved in MODE SELECT
+    page[3] = page[3] & ~0x06 | 1 << 1          # QErr 01b
+    assert ini.scsi(bytes((0x15, 0x10, 0, 0, 16, 0)), data_out=bytes(4) + bytes(page)).ok
+    writes, reads = fast_writes(sock), fast_reads(sock)
+    assert ini.scsi(_cdb(0x2A, 8, 1), data_out=b"q" * BS).ok
+    r = ini.scsi(_cdb(0x28, 8, 1), read_len=BS)
+    assert r.ok and r.data == b"q" * BS
+    assert fast_writes(sock) == writes
+    assert fast_reads(sock) == reads + (handler == "vdisk_fileio")
+    ini.logout()
+    ini.close()
+
+
+@pytest.mark.parametrize("handler", HANDLERS)
 def test_a_lun_reset_is_answered_after_the_predicted_commands_in_flight(uscstd, tmp_path,
                                                                         handler):
     """16 WRITEs, 16 READs and a LUN RESET sent at once: the commands were
