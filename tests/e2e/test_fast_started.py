@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import socket
 import struct
 from pathlib import Path
@@ -158,6 +159,42 @@ def test_fast_and_full_path_answer_alike_and_write_the_same_file(uscstd, tmp_pat
             n = min(len(data), blocks * BS)
             expect[lba * BS:lba * BS + n] = data[:n]
     assert images["1"] == bytes(expect)
+    ini.logout()
+    ini.close()
+
+
+@pytest.mark.parametrize("handler", HANDLERS)
+def test_a_write_that_fails_is_answered_as_the_full_path_answers_it(uscstd, tmp_path, handler):
+    """Real failing I/O: uscstd's RLIMIT_FSIZE set at 8 MiB + 1 KiB (the
+    kernel refuses a write at or past it with EFBIG, and cuts one that
+    crosses it short; Python ignores SIGXFSZ). WRITEs below, across and
+    past the limit, predicted and not: the same CHECK CONDITION (MEDIUM
+    ERROR, WRITE ERROR, the first block not written), the same file."""
+    srv, sock, disk = _start(uscstd, tmp_path, handler)
+    limit = (8 << 20) + 1024
+    resource.prlimit(srv.proc.pid, resource.RLIMIT_FSIZE, (limit, limit))
+    ini = login(srv, "iqn.2026-12.test:fs-efbig")
+    lbas = (100, limit // BS - 4, limit // BS, limit // BS + 50, NBLOCKS - 8)
+    answers = {}
+    for on in ("1", "0"):
+        uscstadmin_ok(sock, "set", "fast_write", on)
+        before = fast_writes(sock)
+        answers[on] = [_answer(ini.scsi(_cdb(op, lba, 8), data_out=bytes([lba % 251]) * (8 * BS)))
+                       for lba in lbas for op in (0x2A, 0x8A)]
+        assert fast_writes(sock) - before == (len(answers[on]) if on == "1" else 0)
+    assert answers["1"] == answers["0"]
+    for (lba, op), ans in zip([(lba, op) for lba in lbas for op in (0x2A, 0x8A)], answers["1"],
+                              strict=True):
+        if lba + 8 <= limit // BS:
+            assert ans[1] == 0, (lba, op)
+            continue
+        assert ans[1] == CHECK_CONDITION, (lba, op)
+        sense = ans[2]
+        assert sense[2] & 0x0F == 0x03 and sense[12:14] == b"\x0c\x00", sense   # WRITE ERROR
+        assert int.from_bytes(sense[3:7], "big") == max(lba, limit // BS), (lba, sense)
+    image = disk.read_bytes()
+    assert image[100 * BS:108 * BS] == bytes([100 % 251]) * (8 * BS)
+    assert image[limit:] == bytes(len(image) - limit)
     ini.logout()
     ini.close()
 
