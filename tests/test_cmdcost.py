@@ -32,6 +32,22 @@ def test_cmdcost_counts_the_predicted_read_path():
     assert "scst_process_active_cmd" not in r.stdout
 
 
+@pytest.mark.skipif(not shutil.which("qemu-img"), reason="qemu-utils needed")
+def test_cmdcost_counts_predicted_blockio_writes():
+    r = subprocess.run([sys.executable, "-m", "tools.cmdcost", "--count", "2000", "--top", "20",
+                        "--write", "--blockio", "--port", str(free_port())], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"(\d+) WRITEs of 4096 bytes at QD32: ([\d.]+) bytecodes and ([\d.]+) "
+                  r"Python calls per command", r.stdout)
+    assert m, r.stdout
+    # started by WRITE prediction (decision 0073) as one direct I/O: the
+    # blockio handler's start_fast, no state machine
+    assert 500 < float(m[2]) < 3000 and 5 < float(m[3]) < 30, r.stdout
+    assert "blockio_start_fast (vdisk/blockio.py:" in r.stdout
+    assert "scst_process_active_cmd" not in r.stdout
+
+
 def test_cmdcost_rejects_a_bad_size_in_one_line():
     r = subprocess.run([sys.executable, "-m", "tools.cmdcost", "--size", "1000"], cwd=REPO,
                        capture_output=True, text=True, timeout=60)

@@ -19,9 +19,11 @@ page cache. Tracing makes uscstd about ten times slower; the counts do
 not depend on it.
 
 Usage: python -m tools.cmdcost [--count N] [--depth D] [--size BYTES]
-                               [--write] [--full-path] [--top K] [--port P]
+                               [--write] [--full-path] [--blockio] [--top K]
+                               [--port P]
 --full-path turns READ and WRITE prediction off (decisions 0072, 0073),
-so every command takes the SCST state machine.
+so every command takes the SCST state machine; --blockio measures a
+vdisk_blockio LUN (direct I/O) instead of vdisk_fileio.
 Prints: commands, bytecodes and Python calls per command, and the top K
 functions by bytecodes per command. Exit 1 when the load or uscstd fails.
 """
@@ -118,7 +120,7 @@ def _wait_ready(proc: subprocess.Popen, log: Path) -> None:
 
 
 def measure(count: int, depth: int, size: int, write: bool, port: int,
-            full_path: bool = False) -> list:
+            full_path: bool = False, handler: str = "vdisk_fileio") -> list:
     """Run the load; return rows (file, line, function, bytecodes, calls)."""
     with tempfile.TemporaryDirectory(prefix="cmdcost-") as tmp:
         w = Path(tmp)
@@ -128,7 +130,7 @@ def measure(count: int, depth: int, size: int, write: bool, port: int,
                 f.write(os.urandom(1 << 20))
         disk.read_bytes()
         conf = w / "scst.conf"
-        conf.write_text(f"HANDLER vdisk_fileio {{\n\tDEVICE d0 {{\n\t\tfilename {disk}\n"
+        conf.write_text(f"HANDLER {handler} {{\n\tDEVICE d0 {{\n\t\tfilename {disk}\n"
                         f"\t\twrite_through 0\n\t}}\n}}\nTARGET_DRIVER iscsi {{\n\tenabled 1\n"
                         f"\tTARGET {IQN} {{\n\t\tenabled 1\n\t\tLUN 0 d0\n\t}}\n}}\n")
         out = w / "counts.json"
@@ -186,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full-path", action="store_true",
                    help="READ and WRITE prediction off: every command through the state "
                    "machine")
+    p.add_argument("--blockio", action="store_true",
+                   help="a vdisk_blockio LUN (direct I/O) instead of vdisk_fileio")
     p.add_argument("--top", type=int, default=15, help="functions listed (default 15)")
     p.add_argument("--port", type=int, default=3297, help="uscstd's port on 127.0.0.1")
     args = p.parse_args(argv)
@@ -193,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--count and --depth must be positive, --size a multiple of 512")
     try:
         rows = measure(args.count, args.depth, args.size, args.write, args.port,
-                       args.full_path)
+                       args.full_path, "vdisk_blockio" if args.blockio else "vdisk_fileio")
         cmds, bc, calls, lines = summarize(rows, args.top)
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
         print(f"cmdcost: {e}", file=sys.stderr)
