@@ -21,10 +21,11 @@ that fails declines):
   trace shows every command's states), and none of the fault points the
   full path's command passes (fail_scsi_cmd, failslab for its scst_cmd,
   fail_page_alloc for its buffer) is armed;
-- the CDB: no RDPROTECT and no FUA for a READ, no WRPROTECT for a WRITE
-  (its FUA is the handler's: a durable write), no LINK bit, a transfer
-  of 1 block or more that is exactly the expected length and at most
-  FAST_READ_MAX (FAST_WRITE_MAX) bytes;
+- the CDB: of the direction the driver expects (write), no RDPROTECT
+  and no FUA for a READ, no WRPROTECT for a WRITE (its FUA is the
+  handler's: a durable write), no LINK bit, a transfer of 1 block or
+  more that is exactly the expected length and at most FAST_READ_MAX
+  (FAST_WRITE_MAX) bytes;
 - the nexus: the LUN exists for the session (and its field was decoded
   before), which is not shutting down; no unit attention is pending for
   it; no ALUA state filters commands; the device holds no reservation or
@@ -56,9 +57,9 @@ path needs:
 - its end (_fast_cmd_done) counts it as DEV_DONE would and passes the
   handler's sense, the one the full path's end_io would set, to the
   driver's done.
-A started command is not aborted by PREEMPT AND ABORT, which ends its victims
-asynchronously on the full path too: a command already at the device
-finishes either way; here its status is sent.
+A started command is not aborted by PREEMPT AND ABORT, which ends its
+victims asynchronously on the full path too: a command already at the
+device finishes either way; here its status is sent.
 
 Both paths count what the full path counts: the I_T_L nexus's read and
 write counters (scst_core.stats, the session's sysfs) for GOOD
