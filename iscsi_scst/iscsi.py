@@ -556,13 +556,10 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
         cmd_hash[itt] = cmnd
         r = scst_cmd_fast(sess.scst_sess, lun, cdb, _ATTR[flags & ISCSI_CMD_ATTR_MASK], write,
                           data, _fast_cmnd_done, cmnd)
-        if r == FAST_DONE:
-            conn.rd_write_list.append(cmnd.write_list_entry)    # iscsi_queue_tx's rd case
-            if sess.pending_cmnds:
-                _release_pending(sess)
-            return
         if r:
-            if write:
+            if r == FAST_DONE:
+                conn.rd_write_list.append(cmnd.write_list_entry)    # iscsi_queue_tx's rd case
+            elif write:
                 conn.rx_start = start + dsl + ((-dsl) & 3)
             if sess.pending_cmnds:
                 _release_pending(sess)

@@ -57,7 +57,8 @@ from vdisk.fileio import (MAX_PIECES, fileio_lba_status, fileio_open_backing,
                           fileio_publish_backing, fileio_sync, fileio_unmap)
 from vdisk.vdisk import (scst_vdisk_dev, vdisk_add_device_parameters,
                          vdisk_detach_common, vdisk_do_exec, vdisk_io_ops, vdisk_make_devtype,
-                         vdisk_fast_sense, vdisk_need_sync, vdisk_set_sense_info)
+                         vdisk_fast_sense, vdisk_io_error, vdisk_need_sync,
+                         vdisk_set_io_error, vdisk_set_sense_info)
 
 # Design notes:
 # - One bounce pool for every blockio device, as the kernel's bio_set
@@ -322,13 +323,7 @@ def _blockio_end_io(iocb: kiocb, n: int) -> None:
     # short of its length did.
     short = n < length and (write or iocb.ki_pos + n < i_size_read(file_inode(iocb.ki_filp)))
     if n < 0 or short:
-        pr_err(f"vdisk_blockio: {virt_dev.name}: {'write' if write else 'read'} of {length} "
-               f"bytes at {iocb.ki_pos} failed: {n}")
-        if write and n == -ENOSPC and virt_dev.thin_provisioned:
-            scst_set_cmd_error(cmd, scst_sense_space_allocation_failed)
-        else:
-            scst_set_cmd_error(cmd, scst_sense_write_error if write else scst_sense_read_error)
-            vdisk_set_sense_info(cmd, (iocb.ki_pos + max(n, 0)) >> virt_dev.block_shift)
+        vdisk_set_io_error(cmd, *vdisk_io_error(virt_dev, write, iocb.ki_pos, length, n))
     elif not write:
         if n < length:
             bounce[n:length] = _ZEROS[:length - n]      # the file shrank: zeros past its end
@@ -336,6 +331,25 @@ def _blockio_end_io(iocb: kiocb, n: int) -> None:
         cmd.resp_data_len = length
     _blockio_iocb_put(iocb, bounce)
     cmd.scst_cmd_done(cmd, SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME)     # vdisk_cmd_done
+
+
+def _blockio_iocb_get(f: file, pos: int, flags: int,
+                      complete: Callable[[kiocb, int], None]) -> tuple[kiocb, memoryview] | None:
+    """A kiocb and bounce block for a direct I/O at pos: a kept pair
+    (blockio_iocb_cache), else a new kiocb on a block of the pool; None
+    when the pool has no block now. The caller sets .private."""
+    if blockio_iocb_cache:
+        iocb, bounce = blockio_iocb_cache.pop()
+        iocb.ki_filp = f
+        iocb.ki_pos = pos
+        iocb.ki_flags = flags
+        iocb.ki_complete = complete
+        iocb.result = iocb.ki_res = 0
+        return iocb, bounce
+    b = dma_pool_alloc(blockio_bounce_pool, GFP_ATOMIC)
+    if b is None:
+        return None
+    return kiocb(f, pos, complete, None, flags), b
 
 
 def _blockio_iocb_put(iocb: kiocb, bounce: memoryview) -> None:
@@ -366,19 +380,11 @@ def blockio_exec_nowait(cmd: scst_cmd) -> bool:
     if write:
         fua = op != 0x0A and bool(cmd.cdb[1] & 0x08)
         flags = IOCB_DSYNC if vdisk_need_sync(cmd, virt_dev, fua) else 0
-    if blockio_iocb_cache:
-        iocb, bounce = blockio_iocb_cache.pop()
-        iocb.ki_filp = f
-        iocb.ki_pos = pos
-        iocb.ki_flags = flags
-        iocb.private = (cmd, bounce, write)
-        iocb.result = iocb.ki_res = 0
-    else:
-        b = dma_pool_alloc(blockio_bounce_pool, GFP_ATOMIC)
-        if b is None:
-            return False                    # the threads' path waits for memory
-        bounce = b
-        iocb = kiocb(f, pos, _blockio_end_io, (cmd, bounce, write), flags)
+    got = _blockio_iocb_get(f, pos, flags, _blockio_end_io)
+    if got is None:
+        return False                        # the threads' path waits for memory
+    iocb, bounce = got
+    iocb.private = (cmd, bounce, write)
     if write:
         sg_copy_to_buffer(cmd.sg, cmd.sg_cnt, bounce[:length])
         ret = vfs_iocb_iter_write(f, iocb, [bounce[:length]])
@@ -409,21 +415,11 @@ def blockio_start_fast(dev: scst_device, lba: int, buf: memoryview, write: int, 
     f = virt_dev.file
     pos = lba << virt_dev.block_shift
     flags = IOCB_DSYNC if write and vdisk_need_sync(None, virt_dev, bool(fua)) else 0
-    ctx = (dev, buf, write, done, priv)
-    if blockio_iocb_cache:
-        iocb, bounce = blockio_iocb_cache.pop()
-        iocb.ki_filp = f
-        iocb.ki_pos = pos
-        iocb.ki_flags = flags
-        iocb.ki_complete = _blockio_fast_end_io
-        iocb.private = (ctx, bounce)
-        iocb.result = iocb.ki_res = 0
-    else:
-        b = dma_pool_alloc(blockio_bounce_pool, GFP_ATOMIC)
-        if b is None:
-            return False
-        bounce = b
-        iocb = kiocb(f, pos, _blockio_fast_end_io, (ctx, bounce), flags)
+    got = _blockio_iocb_get(f, pos, flags, _blockio_fast_end_io)
+    if got is None:
+        return False
+    iocb, bounce = got
+    iocb.private = ((dev, buf, write, done, priv), bounce)
     if write:
         bounce[:length] = buf
         vfs_iocb_iter_write(f, iocb, [bounce[:length]])
@@ -440,19 +436,11 @@ def _blockio_fast_end_io(iocb: kiocb, n: int) -> None:
     short = n < length and (write or iocb.ki_pos + n < i_size_read(file_inode(iocb.ki_filp)))
     sense = b""
     if n < 0 or short:
-        virt_dev: scst_vdisk_dev = dev.dh_priv
-        pr_err(f"vdisk_blockio: {virt_dev.name}: {'write' if write else 'read'} of {length} "
-               f"bytes at {iocb.ki_pos} failed: {n}")
-        if write and n == -ENOSPC and virt_dev.thin_provisioned:
-            sense = vdisk_fast_sense(dev, scst_sense_space_allocation_failed, -1)
-        else:
-            sense = vdisk_fast_sense(dev, scst_sense_write_error if write else scst_sense_read_error,
-                                     (iocb.ki_pos + max(n, 0)) >> virt_dev.block_shift)
+        sense = vdisk_fast_sense(dev, *vdisk_io_error(dev.dh_priv, write, iocb.ki_pos, length, n))
     elif not write:
         if n < length:
             bounce[n:length] = _ZEROS[:length - n]      # the file shrank: zeros past its end
         buf[:] = bounce[:length]
-    iocb.ki_complete = _blockio_end_io
     _blockio_iocb_put(iocb, bounce)
     done(priv, sense)
 

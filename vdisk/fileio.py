@@ -43,7 +43,8 @@ from scst_core.scst import SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME, scst_cmd, 
 from vdisk import vdisk as vdisk_mod
 from vdisk.vdisk import (scst_vdisk_dev, vdisk_attach_common,
                          vdisk_detach_common, vdisk_do_exec, vdisk_io_ops, vdisk_make_devtype,
-                         vdisk_fast_sense, vdisk_need_sync, vdisk_set_sense_info)
+                         vdisk_fast_sense, vdisk_io_error, vdisk_need_sync, vdisk_set_io_error,
+                         vdisk_set_sense_info)
 
 
 def _zero_tail(iov: list, skip: int) -> None:
@@ -292,14 +293,9 @@ def _fileio_write_done(iocb: kiocb, n: int) -> None:
     """End of an asynchronous WRITE (softirq context)."""
     cmd: scst_cmd = iocb.private
     if n != cmd.data_len:
-        virt_dev: scst_vdisk_dev = cmd.dev.dh_priv
-        pr_err(f"{virt_dev.dev.handler.name}: {virt_dev.name}: write of {cmd.data_len} bytes at "
-               f"{iocb.ki_pos} failed: {n}")
-        if n == -ENOSPC and virt_dev.thin_provisioned:
-            scst_set_cmd_error(cmd, scst_sense_space_allocation_failed)
-        else:
-            # A short count stopped at the first block it did not write.
-            _medium_error(virt_dev, cmd, scst_sense_write_error, iocb.ki_pos + max(n, 0))
+        # A short count stopped at the first block it did not write.
+        vdisk_set_io_error(cmd, *vdisk_io_error(cmd.dev.dh_priv, True, iocb.ki_pos, cmd.data_len,
+                                                n))
     cmd.scst_cmd_done(cmd, SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME)     # vdisk_cmd_done
 
 
@@ -392,14 +388,7 @@ def _fileio_write_fast_done(iocb: kiocb, n: int) -> None:
     if n == length:
         done(priv, b"")
         return
-    virt_dev: scst_vdisk_dev = dev.dh_priv
-    pr_err(f"{dev.handler.name}: {virt_dev.name}: write of {length} bytes at {iocb.ki_pos} "
-           f"failed: {n}")
-    if n == -ENOSPC and virt_dev.thin_provisioned:
-        done(priv, vdisk_fast_sense(dev, scst_sense_space_allocation_failed, -1))
-    else:
-        done(priv, vdisk_fast_sense(dev, scst_sense_write_error,
-                                    (iocb.ki_pos + max(n, 0)) >> virt_dev.block_shift))
+    done(priv, vdisk_fast_sense(dev, *vdisk_io_error(dev.dh_priv, True, iocb.ki_pos, length, n)))
 
 
 fileio_devtype = vdisk_make_devtype("vdisk_fileio", fileio_exec, fileio_attach, fileio_detach,

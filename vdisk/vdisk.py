@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import attrs
 
-from kshim.err import EEXIST, EINVAL, ENODEV, ENOENT
+from kshim.err import EEXIST, EINVAL, ENODEV, ENOENT, ENOSPC
 from kshim.module import (MODULE_DESCRIPTION, MODULE_LICENSE, MODULE_PARM_DESC, THIS_MODULE,
                           module_exit, module_init, module_param)
 from kshim.mutex import mutex
@@ -65,7 +65,9 @@ from scst_core.const import (SCST_SENSE_BUFFERSIZE, ASSOCIATION_LU, CODE_SET_ASC
                              scst_sense_medium_removal_prevented, scst_sense_miscompare_error,
                              scst_sense_no_medium, scst_sense_no_sense,
                              scst_sense_parameter_list_length_invalid,
-                             scst_sense_mode_params_changed_UA, scst_sense_saving_params_unsup,
+                             scst_sense_mode_params_changed_UA, scst_sense_read_error,
+                             scst_sense_saving_params_unsup,
+                             scst_sense_space_allocation_failed, scst_sense_write_error,
                              scst_sense_write_protected)
 from scst_core.lib import (scst_build_sense, scst_get_buf_full, scst_set_cmd_error,
                            scst_set_invalid_field_in_cdb,
@@ -273,6 +275,27 @@ def vdisk_sense_info(sense: bytearray, length: int, info: int) -> int:
     sense[0] |= 0x80
     sense[3:7] = (info & 0xFFFFFFFF).to_bytes(4, "big")
     return length
+
+
+def vdisk_io_error(virt_dev: "scst_vdisk_dev", write: bool, pos: int, length: int,
+                   n: int) -> tuple[tuple[int, int, int], int]:
+    """An asynchronous READ or WRITE of length bytes at pos ended with n
+    (-errno, or a short count): log it, and return the sense it gets and
+    the block for the sense's INFORMATION field (the first not done; -1:
+    none). One mapping for a command's end_io and a predicted one's."""
+    pr_err(f"{virt_dev.dev.handler.name}: {virt_dev.name}: {'write' if write else 'read'} of "
+           f"{length} bytes at {pos} failed: {n}")
+    if write and n == -ENOSPC and virt_dev.thin_provisioned:
+        return scst_sense_space_allocation_failed, -1
+    return ((scst_sense_write_error if write else scst_sense_read_error),
+            (pos + max(n, 0)) >> virt_dev.block_shift)
+
+
+def vdisk_set_io_error(cmd: scst_cmd, key_asc_ascq: tuple[int, int, int], info: int) -> None:
+    """cmd ends with vdisk_io_error's sense (and INFORMATION, info >= 0)."""
+    scst_set_cmd_error(cmd, key_asc_ascq)
+    if info >= 0:
+        vdisk_set_sense_info(cmd, info)
 
 
 def vdisk_fast_sense(dev: scst_device, key_asc_ascq: tuple[int, int, int], info: int) -> bytes:
