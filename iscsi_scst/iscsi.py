@@ -78,13 +78,15 @@ from iscsi_scst.usr.param import NegotiationError, split_text
 from kshim.list import list_del_init, list_head, list_head_release
 from kshim.module import (MODULE_DESCRIPTION, MODULE_LICENSE, THIS_MODULE, module_exit,
                           module_init, module_param_named)
+from kshim.page_alloc import __free_pages, alloc_pages, get_order, page
 from kshim.printk import pr_err, pr_info, pr_warn
 from kshim.random32 import get_random_bytes
 from kshim.scatterlist import sg_copy_from_buffer, sg_virt
 from kshim.slab import kmem_cache_alloc, kmem_cache_create, kmem_cache_free
 from kshim.err import ECONNABORTED
+from kshim.fail_page_alloc import fail_page_alloc
 from kshim.fault_inject import DECLARE_FAULT_ATTR, should_fail
-from kshim.gfp import GFP_KERNEL, __GFP_NOFAIL
+from kshim.gfp import GFP_ATOMIC, GFP_KERNEL, __GFP_NOFAIL
 from kshim.jiffies import HZ, jiffies, time_before
 from kshim.timer import del_timer, mod_timer, timer_list
 from kshim import sched, tracepoint
@@ -127,6 +129,11 @@ _ATTR = (SCST_CMD_QUEUE_UNTAGGED, SCST_CMD_QUEUE_SIMPLE, SCST_CMD_QUEUE_ORDERED,
          SCST_CMD_QUEUE_SIMPLE, SCST_CMD_QUEUE_SIMPLE)
 _ZERO_LUN = bytes(8)
 _NO_BUF = memoryview(b"")
+# A predicted command's buffer up to this size stays with its iscsi_cmnd
+# for the next one; a larger READ's (up to FAST_READ_MAX) is pages of its
+# own, from the page allocator as the full path's buffers are, so a
+# connection's cmnd_cache never holds more than this per object.
+FAST_BUF_KEEP = 32768
 _MASK32 = 0xFFFFFFFF
 # The BHS as a SCSI Command's (RFC 7143 11.3): the common words of
 # hdr.common_hdr, then EDTL, CmdSN, ExpStatSN and the CDB
@@ -145,10 +152,12 @@ class iscsi_cmnd:
     tx_kind: int = TX_SCSI
     # READ and WRITE prediction (TX_FAST_READ, TX_FAST_WRITE): the data,
     # in fast_buf, the buffer this object keeps for it (grown to the
-    # largest such command it served, at most 32 KiB), until the command
-    # is answered; the sense of its CHECK CONDITION, b"" for GOOD
+    # largest such command it served, at most FAST_BUF_KEEP), or in
+    # fast_page, a READ's own above that, until the command is answered;
+    # the sense of its CHECK CONDITION, b"" for GOOD
     fast_data: memoryview = _NO_BUF
     fast_buf: memoryview = _NO_BUF
+    fast_page: page | None = None
     fast_sense: bytes = b""
     # write data: the rd thread only
     write_ready: bool = False       # rdy_to_xfer gave us the buffer
@@ -537,35 +546,38 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
         cache = conn.cmnd_cache
         cmnd = (cache.pop() if cache
                 else kmem_cache_alloc(iscsi_cmnd_cache, GFP_KERNEL | __GFP_NOFAIL))
-        fbuf = cmnd.fast_buf
+        fbuf: memoryview | None = cmnd.fast_buf
         if len(fbuf) < edtl:
-            fbuf = cmnd.fast_buf = memoryview(bytearray(edtl if edtl > 4096 else 4096))
-        data = fbuf[:edtl]
-        if write:
-            start = conn.rx_start
-            data[:] = conn.rxmv[start:start + dsl]
-            cmnd.tx_kind = TX_FAST_WRITE
-        else:
-            cmnd.tx_kind = TX_FAST_READ
-        cmnd.conn = conn
-        cmnd.itt = itt
-        cmnd.lun = lun
-        cmnd.flags = flags
-        cmnd.edtl = edtl
-        cmnd.fast_data = data
-        cmd_hash[itt] = cmnd
-        r = scst_cmd_fast(sess.scst_sess, lun, cdb, _ATTR[flags & ISCSI_CMD_ATTR_MASK], write,
-                          data, _fast_cmnd_done, cmnd)
-        if r:
-            if r == FAST_DONE:
-                conn.rd_write_list.append(cmnd.write_list_entry)    # iscsi_queue_tx's rd case
-            elif write:
-                conn.rx_start = start + dsl + ((-dsl) & 3)
-            if sess.pending_cmnds:
-                _release_pending(sess)
-            return
-        del cmd_hash[itt]
-        cmnd.tx_kind = TX_SCSI
+            fbuf = _fast_buf_get(cmnd, edtl)
+        if fbuf is not None:            # else no pages now: the full path waits for them
+            data = fbuf[:edtl]
+            if write:
+                start = conn.rx_start
+                data[:] = conn.rxmv[start:start + dsl]
+                cmnd.tx_kind = TX_FAST_WRITE
+            else:
+                cmnd.tx_kind = TX_FAST_READ
+            cmnd.conn = conn
+            cmnd.itt = itt
+            cmnd.lun = lun
+            cmnd.flags = flags
+            cmnd.edtl = edtl
+            cmnd.fast_data = data
+            cmd_hash[itt] = cmnd
+            r = scst_cmd_fast(sess.scst_sess, lun, cdb, _ATTR[flags & ISCSI_CMD_ATTR_MASK],
+                              write, data, _fast_cmnd_done, cmnd)
+            if r:
+                if r == FAST_DONE:
+                    conn.rd_write_list.append(cmnd.write_list_entry)  # iscsi_queue_tx's rd case
+                elif write:
+                    conn.rx_start = start + dsl + ((-dsl) & 3)
+                if sess.pending_cmnds:
+                    _release_pending(sess)
+                return
+            del cmd_hash[itt]
+            cmnd.tx_kind = TX_SCSI
+            if cmnd.fast_page is not None:
+                _fast_page_put(cmnd)
     else:
         cmnd = kmem_cache_alloc(iscsi_cmnd_cache, GFP_KERNEL | __GFP_NOFAIL)
     scmd = scst_rx_cmd(sess.scst_sess, lun, cdb, False)
@@ -621,6 +633,31 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
         _rx_set(conn, dsl, _scsi_data_done, _data_iov(cmnd, 0, dsl), cmnd)
     if sess.pending_cmnds:
         _release_pending(sess)
+
+
+def _fast_buf_get(cmnd: iscsi_cmnd, edtl: int) -> memoryview | None:
+    """A buffer for a predicted command of edtl bytes that cmnd's own is
+    too small for: cmnd's, grown, up to FAST_BUF_KEEP; above it, pages of
+    the command's own (cmnd.fast_page, freed when it is answered), or
+    None when the allocator has none now or its fault point is armed (the
+    full path's allocation is where that fault is decided)."""
+    if edtl <= FAST_BUF_KEEP:
+        fbuf = cmnd.fast_buf = memoryview(bytearray(edtl if edtl > 4096 else 4096))
+        return fbuf
+    if fail_page_alloc.armed:
+        return None
+    p = alloc_pages(GFP_ATOMIC, get_order(edtl))
+    if p is None:
+        return None
+    cmnd.fast_page = p
+    return p.mv
+
+
+def _fast_page_put(cmnd: iscsi_cmnd) -> None:
+    p = cmnd.fast_page
+    cmnd.fast_page = None
+    cmnd.fast_data = _NO_BUF
+    __free_pages(p, p.order)
 
 
 def _fast_cmnd_done(cmnd: iscsi_cmnd, sense: bytes) -> None:
@@ -1197,6 +1234,8 @@ def iscsi_tx_done(conn: iscsi_conn, items: list, ret: int) -> None:
             # the connection's cmnd_cache while the connection is open.
             item.tx_kind = TX_SCSI
             item.fast_sense = b""
+            if item.fast_page is not None:
+                _fast_page_put(item)
             if cmd_hash.pop(item.itt, None) is not None and conn.closing and not cmd_hash:
                 wake_up(conn.cmds_waitQ)
             if conn.closing or len(cache) >= _CMND_CACHE_MAX:

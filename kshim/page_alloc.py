@@ -70,13 +70,9 @@ _by_addr: dict[int, page] = {}       # __get_free_pages: id(memoryview) -> page
 
 
 def get_order(size: int) -> int:
-    """The smallest order whose pages hold `size` bytes."""
-    order = 0
-    size = (size - 1) >> PAGE_SHIFT
-    while size > 0:
-        order += 1
-        size >>= 1
-    return order
+    """The smallest order whose pages hold `size` bytes (0 for 0), as the
+    kernel's, from the highest bit set (fls), not a loop."""
+    return ((size - 1) >> PAGE_SHIFT).bit_length() if size > 0 else 0
 
 
 def PAGE_ALIGN(n: int) -> int:

@@ -1,7 +1,8 @@
 """/proc-like text views of the emulated kernel's statistics.
 
 Twin of the /proc files fs/proc/ and the subsystems serve: /proc/slabinfo
-(mm/slab_common.c), /proc/lock_stat (kernel/locking/lockdep_proc.c),
+(mm/slab_common.c), /proc/meminfo (fs/proc/meminfo.c: the page
+allocator's total and free memory), /proc/lock_stat (kernel/locking/lockdep_proc.c),
 /proc/softirqs, the per-task lines of top (from /proc/<pid>/stat), and
 /sys/kernel/debug/page_owner, and the trace ring as text (kshim.trace's
 /sys/kernel/tracing/trace, whose files importing this module creates).
@@ -32,6 +33,16 @@ from kshim.host import ops
 def proc_slabinfo() -> str:
     """/proc/slabinfo."""
     return slab.slabinfo()
+
+
+def proc_meminfo() -> str:
+    """/proc/meminfo's first two lines: the page allocator's limit and what
+    is not allocated (pages it keeps free for reuse count as free, as the
+    buddy allocator's do)."""
+    st = page_alloc.statistics()
+    kb = page_alloc.PAGE_SIZE >> 10
+    return (f"MemTotal:       {st.limit * kb:8d} kB\n"
+            f"MemFree:        {(st.limit - st.pages_allocated) * kb:8d} kB\n")
 
 
 def proc_lock_stat() -> str:
@@ -78,6 +89,7 @@ def proc_kstats() -> str:
 
 proc_files: dict[str, Callable[[], str]] = {
     "slabinfo": proc_slabinfo,
+    "meminfo": proc_meminfo,
     "lock_stat": proc_lock_stat,
     "softirqs": proc_softirqs,
     "top": proc_top,

@@ -20,6 +20,7 @@ import struct
 import time
 from pathlib import Path
 
+from tools.uscstadmin import Ctl
 from initiator import (ATTR_ACA, ATTR_HEAD_OF_QUEUE, ATTR_ORDERED, ATTR_SIMPLE, ATTR_UNTAGGED,
                        TMF_LUN_RESET, Initiator, ScsiResult)
 from pr_support import READ_RESERVATION, REGISTER, RESERVE, prin, prout
@@ -29,7 +30,7 @@ from uscstd_support import uscstadmin_ok, uscstadmin_run
 BS = 512
 SIZE = 16 << 20
 NBLOCKS = SIZE // BS
-FAST_READ_MAX = 32768
+FAST_READ_MAX = 262144
 CHECK_CONDITION = 0x02
 RESERVATION_CONFLICT = 0x18
 TIMEOUT = 10.0
@@ -78,8 +79,9 @@ def _cases(seed: int, count: int) -> list[tuple]:
     out = []
     for _ in range(count):
         op = rnd.choice((0x28, 0x28, 0x88, 0x88))
-        blocks = rnd.choice((1, 1, 8, 8, 16, 63, 64, 65, 0, rnd.randrange(1, 80)))
-        lba = rnd.choice((rnd.randrange(0, NBLOCKS - 80), NBLOCKS - rnd.randrange(1, 80), 0))
+        # up to 40K, and around 128K and FAST_READ_MAX (buffers of pages)
+        blocks = rnd.choice((1, 1, 8, 8, 16, 63, 64, 65, 0, rnd.randrange(1, 80), 256, 512, 513))
+        lba = rnd.choice((rnd.randrange(0, NBLOCKS - 520), NBLOCKS - rnd.randrange(1, 520), 0))
         flags = rnd.choice((0, 0, 0, 0, 0x08, 0x10, 0x04, 0x02, 0x20, 0xE0))
         control = rnd.choice((0, 0, 0, 0, 0, 1, 0x04))
         edtl = blocks * BS + rnd.choice((0, 0, 0, 0, -BS, BS))
@@ -98,7 +100,7 @@ def test_fast_and_full_path_answer_every_read_alike_and_the_data_is_the_files(us
     with open(tmp_path / "fr.img", "ab") as f:
         f.write(os.urandom(1 << 20))
     ini = login(srv, "iqn.2026-12.test:fr-diff")
-    cases = _cases(seed=72, count=240)
+    cases = _cases(seed=72, count=300)
     answers = {}
     counted = {}
     for on in ("1", "0"):
@@ -271,5 +273,41 @@ def test_a_connection_dropped_with_predicted_reads_queued_frees_them(uscstd, tmp
     again = login(srv, "iqn.2026-12.test:fr-drop-2")
     r = _read(again, 0x88, 100, 64)
     assert r.ok and r.data == data[100 * BS:164 * BS]
+    again.logout()
+    again.close()
+
+
+def mem_free_kb(sock: Path) -> int:
+    """MemFree of the emulated kernel's /proc/meminfo (the page allocator)."""
+    text = Ctl(str(sock)).call("proc", name="meminfo")["value"]
+    return int(text.split("MemFree:")[1].split()[0])
+
+
+def test_large_reads_take_pages_of_their_own_and_give_them_back(uscstd, tmp_path):
+    """READs above the 32 KiB an iscsi_cmnd keeps are predicted into pages
+    of the page allocator; answered or dropped unanswered (the connection
+    cut with 32 queued), every page goes back: MemFree returns to where it
+    was, where a leak would keep 4 MiB."""
+    srv, sock, data = _start(uscstd, tmp_path)
+    ini = login(srv, "iqn.2026-12.test:fr-pages")
+    before = fast_reads(sock)
+    for lba in (0, 4096, NBLOCKS - 512):
+        r = _read(ini, 0x88, lba, 256 if lba != NBLOCKS - 512 else 512)
+        assert r.ok and r.data == data[lba * BS:lba * BS + len(r.data)]
+    assert fast_reads(sock) == before + 3
+    free = mem_free_kb(sock)
+    before = fast_reads(sock)
+    for i in range(32):
+        ini.submit(struct.pack(">BBIBHB", 0x28, 0, 256 * i, 0, 256, 0), read_len=256 * BS)
+    deadline = time.monotonic() + TIMEOUT
+    while fast_reads(sock) - before < 32:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    ini.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    ini.sock.close()
+    again = login(srv, "iqn.2026-12.test:fr-pages-2")
+    r = _read(again, 0x28, 1000, 256)
+    assert r.ok and r.data == data[1000 * BS:1256 * BS]
+    assert mem_free_kb(sock) >= free - 512
     again.logout()
     again.close()

@@ -31,7 +31,8 @@ from uscstd_support import uscstadmin_ok, uscstadmin_run
 BS = 512
 SIZE = 16 << 20
 NBLOCKS = SIZE // BS
-FAST_MAX = 32768
+FAST_READ_MAX = 262144
+FAST_WRITE_MAX = 32768
 CHECK_CONDITION = 0x02
 RESERVATION_CONFLICT = 0x18
 IQN = "iqn.2026-12.test:fast-started"
@@ -91,7 +92,7 @@ def _predicted(op: int, lba: int, blocks: int, flags: int, control: int, edtl: i
     n = blocks * BS
     write = op in (0x2A, 0x8A)
     return (write == (data is not None) and not flags & (0xE0 if write else 0xE8)
-            and not control & 1 and 0 < n == edtl <= FAST_MAX
+            and not control & 1 and 0 < n == edtl <= (FAST_WRITE_MAX if write else FAST_READ_MAX)
             and lba + blocks <= NBLOCKS and attr in (ATTR_SIMPLE, ATTR_UNTAGGED))
 
 
