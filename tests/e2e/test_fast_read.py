@@ -255,21 +255,27 @@ TARGET_DRIVER iscsi {{
     lead.close()
 
 
-def test_a_connection_dropped_with_predicted_reads_queued_frees_them(uscstd, tmp_path):
-    """READs answered by the fast path whose responses were never read: the
-    connection is cut; the server frees them (its teardown checks the slab
-    caches for leaks) and serves the next session."""
-    srv, sock, data = _start(uscstd, tmp_path)
-    ini = login(srv, "iqn.2026-12.test:fr-drop")
+def _predict_32_and_cut(ini: Initiator, sock: Path, blocks: int) -> None:
+    """32 READ(10)s of `blocks` blocks sent without reading their answers;
+    once the fast path has answered all of them, the connection is reset."""
     before = fast_reads(sock)
     for i in range(32):
-        ini.submit(struct.pack(">BBIBHB", 0x28, 0, 64 * i, 0, 64, 0), read_len=64 * BS)
+        ini.submit(struct.pack(">BBIBHB", 0x28, 0, blocks * i, 0, blocks, 0),
+                   read_len=blocks * BS)
     deadline = time.monotonic() + TIMEOUT
     while fast_reads(sock) - before < 32:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     ini.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     ini.sock.close()
+
+
+def test_a_connection_dropped_with_predicted_reads_queued_frees_them(uscstd, tmp_path):
+    """READs answered by the fast path whose responses were never read: the
+    connection is cut; the server frees them (its teardown checks the slab
+    caches for leaks) and serves the next session."""
+    srv, sock, data = _start(uscstd, tmp_path)
+    _predict_32_and_cut(login(srv, "iqn.2026-12.test:fr-drop"), sock, 64)
     again = login(srv, "iqn.2026-12.test:fr-drop-2")
     r = _read(again, 0x88, 100, 64)
     assert r.ok and r.data == data[100 * BS:164 * BS]
@@ -296,15 +302,7 @@ def test_large_reads_take_pages_of_their_own_and_give_them_back(uscstd, tmp_path
         assert r.ok and r.data == data[lba * BS:lba * BS + len(r.data)]
     assert fast_reads(sock) == before + 3
     free = mem_free_kb(sock)
-    before = fast_reads(sock)
-    for i in range(32):
-        ini.submit(struct.pack(">BBIBHB", 0x28, 0, 256 * i, 0, 256, 0), read_len=256 * BS)
-    deadline = time.monotonic() + TIMEOUT
-    while fast_reads(sock) - before < 32:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    ini.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    ini.sock.close()
+    _predict_32_and_cut(ini, sock, 256)
     again = login(srv, "iqn.2026-12.test:fr-pages-2")
     r = _read(again, 0x28, 1000, 256)
     assert r.ok and r.data == data[1000 * BS:1256 * BS]
