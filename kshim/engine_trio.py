@@ -345,11 +345,11 @@ def io_submit(job: io_job) -> None:
     if ring is not None:
         op = _URING_OPS.get(job.fn)
         if op is not None:
-            a = job.args
-            if op == engine_uring.OP_FSYNC:
+            if op == _OP_FSYNC:
+                a = job.args
                 ring.submit(job, op, a[0], [], 0, 1 if a[1] else 0)
             else:
-                ring.submit(job, op, a[0], a[1], a[2])
+                ring.submit(job, op, *job.args)         # (fd, iov, pos)
             return
     if _pool is None:
         raise RuntimeError("trio engine not running")
@@ -357,6 +357,7 @@ def io_submit(job: io_job) -> None:
     _pool.submit(job)
 
 
+_OP_FSYNC = engine_uring.OP_FSYNC
 _URING_OPS = {engine_posix.file_preadv: engine_uring.OP_READ,
               engine_posix.file_pwritev: engine_uring.OP_WRITE,
               engine_posix.file_fsync: engine_uring.OP_FSYNC,

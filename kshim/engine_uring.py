@@ -390,6 +390,35 @@ class uring:
         already did (iov is the rest)."""
         per_file = self.per_file
         n = per_file.get(fd, 0)
+        if op <= OP_WRITE and len(iov) == 1 and n < URING_FILE_MAX:
+            # Every vdisk READ and write-back WRITE: one buffer, one glue call.
+            key = self.next_id
+            self.next_id = key + 1
+            if op:
+                pin = self.ffi.from_buffer(iov[0])
+            else:
+                pin = self.ffi.from_buffer(iov[0], require_writable=True)
+            if not self.lib.uscst_prep(self.ring, op, fd, pin, len(pin), pos + done, flags, key,
+                                       pos):
+                self.ops[key] = (job, op, fd, iov, pos, flags, done, pin)
+                per_file[fd] = n + 1
+                self.queued += 1
+                if not op and self.submit_batch:
+                    self.queued_reads += 1
+                    if self.queued_reads >= self.submit_batch:
+                        self.flush()
+                return
+            self.ffi.release(pin)       # SQ full: submit what is there, then retry
+            self.flush()
+            self.submit(job, op, fd, iov, pos, flags, done)
+            return
+        self._submit(job, op, fd, iov, pos, flags, done, n)
+
+    def _submit(self, job: Any, op: int, fd: int, iov: list, pos: int, flags: int, done: int,
+                n: int) -> None:
+        """submit() for the rest: a file at its limit, a write-sync job, an
+        fsync, or a vector. n: the file's operations in flight."""
+        per_file = self.per_file
         if n >= URING_FILE_MAX:
             self.stats["backlogged"] += 1
             self.backlog.setdefault(fd, deque()).append((job, op, fd, iov, pos, flags, done))
@@ -409,29 +438,22 @@ class uring:
         pin: Any = None
         if op == OP_FSYNC:
             ret = self.lib.uscst_prep(self.ring, OP_FSYNC, fd, ffi.NULL, 0, 0, flags, key, 0)
-        elif len(iov) == 1:
-            pin = ffi.from_buffer(iov[0], require_writable=op == OP_READ)
-            ret = self.lib.uscst_prep(self.ring, op, fd, pin, len(pin), pos + done, flags, key,
-                                      pos)
         else:
             vec, pin, _nbytes = self._pin_vec(iov, op == OP_READ)
             ret = self.lib.uscst_prepv(self.ring, op, fd, vec, len(iov), pos + done, flags, key,
                                        pos)
-        if ret == -_errno.EBUSY:        # SQ full: submit what is there, then retry once
+        if ret == -_errno.EBUSY:        # SQ full: submit what is there, then retry
             self.flush()
             self._unpin(pin)
             self.submit(job, op, fd, iov, pos, flags, done)
             return
-        ops = self.ops
-        ops[key] = (job, op, fd, iov, pos, flags, done, pin)
+        self.ops[key] = (job, op, fd, iov, pos, flags, done, pin)
         self.queued += 1
-        if op == OP_READ:
-            self.queued_reads += 1
         per_file[fd] = n + 1
-        if len(ops) > self.stats["high_water"]:
-            self.stats["high_water"] = len(ops)
-        if self.queued_reads >= self.submit_batch > 0:
-            self.flush()
+        if op == OP_READ and self.submit_batch:
+            self.queued_reads += 1
+            if self.queued_reads >= self.submit_batch:
+                self.flush()
 
     def _pin_vec(self, iov: list, writable: bool) -> tuple[Any, list, int]:
         """A struct iovec[] over the buffers of iov, the cffi views that keep
@@ -470,9 +492,14 @@ class uring:
                 if start < len(q):
                     self._chain(fd, q[start:])
         ret = self.lib.io_uring_submit(self.ring)
-        self.stats["submits"] += 1
+        st = self.stats
+        st["submits"] += 1
+        # Ops only end after a flush has submitted them, so the most in
+        # flight is seen here.
+        if len(self.ops) > st["high_water"]:
+            st["high_water"] = len(self.ops)
         if ret > 0:
-            self.stats["ops_submitted"] += ret
+            st["ops_submitted"] += ret
             self.queued = self.lib.uscst_sq_ready(self.ring) + len(self.pending)
             self.queued_reads = 0
         # ret < 0 (EAGAIN, EBUSY: the kernel is short of resources): the
@@ -527,8 +554,6 @@ class uring:
         st = self.stats
         st["sync_chains"] += 1
         st["chained_writes"] += k
-        if len(ops) > st["high_water"]:
-            st["high_water"] = len(ops)
 
     # -- completion -----------------------------------------------------
 
@@ -553,6 +578,7 @@ class uring:
         data, res = self._data, self._res
         ops = self.ops
         per_file = self.per_file
+        backlog = self.backlog          # the same dict throughout (_put_file edits it)
         for i in range(n):
             key = data[i]
             r = res[i]
@@ -578,7 +604,7 @@ class uring:
             if op == _OP_CHAIN:         # every write and the sync done
                 left = per_file[fd] - len(job)
                 per_file[fd] = left
-                if not left or self.backlog:
+                if not left or backlog:
                     self._put_file(fd, left)
                 for m in job:
                     mjob = m[0]
@@ -588,7 +614,7 @@ class uring:
                 continue
             left = per_file[fd] - 1
             per_file[fd] = left
-            if not left or self.backlog:
+            if not left or backlog:
                 self._put_file(fd, left)
             if op != OP_FSYNC and r > 0:
                 if r < (len(iov[0]) if len(iov) == 1 else iov_len(iov)):

@@ -207,6 +207,34 @@ def test_ops_over_the_per_file_limit_wait_in_its_backlog_and_all_complete(ring, 
     assert not ring.per_file and not ring.backlog       # the file is forgotten
 
 
+def test_a_full_submission_queue_is_submitted_and_the_op_goes_in_after_it(
+        ring, tmp_path: Path):
+    """More single-buffer reads in one pass than the SQ has entries (two
+    files, each under its own limit): the op that finds the SQ full makes
+    it submit and takes a free entry; every read completes with its bytes."""
+    per = engine_uring.URING_ENTRIES // 2 + 20
+    fds, jobs, bufs = [], [], []
+    try:
+        for name in ("x", "y"):
+            path = tmp_path / name
+            path.write_bytes(b"".join(bytes([(i + len(fds)) % 251]) * 512 for i in range(per)))
+            fds.append(os.open(path, os.O_RDONLY))
+        for i in range(per):
+            for fd in fds:
+                jobs.append(_job())
+                bufs.append(bytearray(512))
+                ring.submit(jobs[-1], OP_READ, fd, [bufs[-1]], i * 512)
+        assert ring.stats["submits"] == 1 and ring.stats["ops_submitted"] == \
+            engine_uring.URING_ENTRIES
+        done = _run(ring, 2 * per)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert len(done) == 2 * per and all(j.result == 512 for j in jobs)
+    assert all(b == bytes([(k // 2 + k % 2) % 251]) * 512 for k, b in enumerate(bufs))
+    assert ring.stats["high_water"] == 2 * per       # all in flight at the second flush
+
+
 def test_submit_flushes_every_submit_batch_reads_without_waiting_for_the_pass(
         ring, tmp_path: Path):
     """Decision 0063: with submit_batch 8, a pass's reads go to the kernel 8
