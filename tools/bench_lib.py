@@ -339,13 +339,32 @@ def loadavg() -> str:
 
 def make_backing_file(path: Path, size: int, seed_block: bytes) -> None:
     """Write size bytes of real data: seed_block repeated, each MiB stamped
-    with its index in its first 16 bytes. fsync is not needed: the file
-    only has to be readable from the page cache."""
+    with its index in its first 16 bytes; then settle it (settle_file)."""
     buf = bytearray(seed_block)
     with open(path, "wb", buffering=0) as f:
         for i in range(size // MiB):
             buf[0:16] = i.to_bytes(8, "little") * 2
             f.write(buf)
+    settle_file(path)
+
+
+def settle_file(path: Path, drop: bool = False) -> None:
+    """Write the file's dirty pages back now, outside any measured run, and
+    with drop, evict its pages from the page cache. Left to the kernel's
+    writeback, a gigabyte written by setup or by a write-back row is
+    flushed during the next runs, taking CPU and the disk from whichever
+    server runs then. A direct write (blockio, tgtd's aio) of a range
+    with dirty pages waits for their writeback (io_uring hands it to a
+    worker), and one over clean cached pages must evict them first: the
+    rounds of the same code on such a file measured 12-25k IOPS
+    (docs/performance.md). A real blockio device has neither."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        if drop:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def warm_file(path: Path) -> float:
@@ -1125,11 +1144,16 @@ def bench(args: argparse.Namespace) -> int:
                         # ran before it: a direct-I/O write row (blockio,
                         # tgtd's aio) drops the cached pages it overwrites.
                         warm_file(files[label])
+                    elif wl.write and wl.lun == "bio":
+                        settle_file(files[label], drop=True)     # direct I/O only
                     if wl.write and (label, wl.name) not in guess:
                         # qemu-img bench counts requests: a short unrecorded
                         # run learns the rate that makes a run of --seconds
                         run_perf(by_label[label], wl, 1, 0, guess)
+                        settle_file(files[label])
                     rec = run_perf(by_label[label], wl, args.seconds, rnd, guess)
+                    if wl.write:
+                        settle_file(files[label])   # the next run starts clean
                     records.append(rec)
                     if rec.ok:
                         print(f"  round {rnd} {wl.title:<20} {label:<5} "
