@@ -391,7 +391,8 @@ class uring:
         per_file = self.per_file
         n = per_file.get(fd, 0)
         if op <= OP_WRITE and len(iov) == 1 and n < URING_FILE_MAX:
-            # Every vdisk READ and write-back WRITE: one buffer, one glue call.
+            # The common case (vdisk's READs, write-back WRITEs): one buffer,
+            # one glue call.
             key = self.next_id
             self.next_id = key + 1
             if op:

@@ -350,14 +350,13 @@ def make_backing_file(path: Path, size: int, seed_block: bytes) -> None:
 
 def settle_file(path: Path, drop: bool = False) -> None:
     """Write the file's dirty pages back now, outside any measured run, and
-    with drop, evict its pages from the page cache. Left to the kernel's
-    writeback, a gigabyte written by setup or by a write-back row is
-    flushed during the next runs, taking CPU and the disk from whichever
-    server runs then. A direct write (blockio, tgtd's aio) of a range
-    with dirty pages waits for their writeback (io_uring hands it to a
-    worker), and one over clean cached pages must evict them first: the
-    rounds of the same code on such a file measured 12-25k IOPS
-    (docs/performance.md). A real blockio device has neither."""
+    with drop, evict its pages from the page cache (decision 0076). Left
+    to the kernel's writeback, a gigabyte written by setup or by a
+    write-back row is flushed during the next runs, taking CPU and the
+    disk from whichever server runs then. A direct write (blockio, tgtd's
+    aio) of a range with dirty pages waits for their writeback, and one
+    over clean cached pages must evict them first; a real blockio device
+    has neither."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fdatasync(fd)
