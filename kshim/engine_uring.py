@@ -390,71 +390,56 @@ class uring:
         already did (iov is the rest)."""
         per_file = self.per_file
         n = per_file.get(fd, 0)
+        key = self.next_id
         if op <= OP_WRITE and len(iov) == 1 and n < URING_FILE_MAX:
             # The common case (vdisk's READs, write-back WRITEs): one buffer,
             # one glue call.
-            key = self.next_id
-            self.next_id = key + 1
             if op:
                 pin = self.ffi.from_buffer(iov[0])
             else:
                 pin = self.ffi.from_buffer(iov[0], require_writable=True)
-            if not self.lib.uscst_prep(self.ring, op, fd, pin, len(pin), pos + done, flags, key,
-                                       pos):
-                self.ops[key] = (job, op, fd, iov, pos, flags, done, pin)
-                per_file[fd] = n + 1
-                self.queued += 1
-                if not op and self.submit_batch:
-                    self.queued_reads += 1
-                    if self.queued_reads >= self.submit_batch:
-                        self.flush()
-                return
-            self.ffi.release(pin)       # SQ full: submit what is there, then retry
-            self.flush()
-            self.submit(job, op, fd, iov, pos, flags, done)
+            ret = self.lib.uscst_prep(self.ring, op, fd, pin, len(pin), pos + done, flags, key,
+                                      pos)
+        elif n >= URING_FILE_MAX or op == OP_WRITE_SYNC:
+            self._hold(job, op, fd, iov, pos, flags, done, n)
             return
-        self._submit(job, op, fd, iov, pos, flags, done, n)
-
-    def _submit(self, job: Any, op: int, fd: int, iov: list, pos: int, flags: int, done: int,
-                n: int) -> None:
-        """submit() for the rest: a file at its limit, a write-sync job, an
-        fsync, or a vector. n: the file's operations in flight."""
-        per_file = self.per_file
-        if n >= URING_FILE_MAX:
-            self.stats["backlogged"] += 1
-            self.backlog.setdefault(fd, deque()).append((job, op, fd, iov, pos, flags, done))
-            return
-        if op == OP_WRITE_SYNC:
-            q = self.pending.get(fd)
-            if q is None:
-                self.pending[fd] = [(job, iov, pos, flags, done)]
-            else:
-                q.append((job, iov, pos, flags, done))
-            per_file[fd] = n + 1
-            self.queued += 1
-            return
-        ffi = self.ffi
-        key = self.next_id
-        self.next_id = key + 1
-        pin: Any = None
-        if op == OP_FSYNC:
-            ret = self.lib.uscst_prep(self.ring, OP_FSYNC, fd, ffi.NULL, 0, 0, flags, key, 0)
+        elif op == OP_FSYNC:
+            pin = None
+            ret = self.lib.uscst_prep(self.ring, OP_FSYNC, fd, self.ffi.NULL, 0, 0, flags, key, 0)
         else:
             vec, pin, _nbytes = self._pin_vec(iov, op == OP_READ)
             ret = self.lib.uscst_prepv(self.ring, op, fd, vec, len(iov), pos + done, flags, key,
                                        pos)
-        if ret == -_errno.EBUSY:        # SQ full: submit what is there, then retry
-            self.flush()
+        if ret:                         # -EBUSY, the SQ full: submit what is there, then retry
             self._unpin(pin)
+            self.flush()
             self.submit(job, op, fd, iov, pos, flags, done)
             return
+        self.next_id = key + 1
         self.ops[key] = (job, op, fd, iov, pos, flags, done, pin)
-        self.queued += 1
         per_file[fd] = n + 1
-        if op == OP_READ and self.submit_batch:
+        self.queued += 1
+        if not op and self.submit_batch:        # a read (OP_READ is 0)
             self.queued_reads += 1
             if self.queued_reads >= self.submit_batch:
                 self.flush()
+
+    def _hold(self, job: Any, op: int, fd: int, iov: list, pos: int, flags: int, done: int,
+              n: int) -> None:
+        """submit() of a job that gets no SQE yet: into the file's backlog
+        when it has n >= URING_FILE_MAX in flight, else (a write-sync job)
+        among the file's pending ones for flush() to chain."""
+        if n >= URING_FILE_MAX:
+            self.stats["backlogged"] += 1
+            self.backlog.setdefault(fd, deque()).append((job, op, fd, iov, pos, flags, done))
+            return
+        q = self.pending.get(fd)
+        if q is None:
+            self.pending[fd] = [(job, iov, pos, flags, done)]
+        else:
+            q.append((job, iov, pos, flags, done))
+        self.per_file[fd] = n + 1
+        self.queued += 1
 
     def _pin_vec(self, iov: list, writable: bool) -> tuple[Any, list, int]:
         """A struct iovec[] over the buffers of iov, the cffi views that keep
