@@ -33,10 +33,10 @@ def test_cmdcost_counts_the_predicted_read_path():
 
 
 @pytest.mark.skipif(not shutil.which("qemu-img"), reason="qemu-utils needed")
-def test_cmdcost_counts_predicted_blockio_writes():
+def test_cmdcost_counts_predicted_blockio_writes_by_line():
     r = subprocess.run([sys.executable, "-m", "tools.cmdcost", "--count", "2000", "--top", "20",
-                        "--write", "--blockio", "--port", str(free_port())], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
+                        "--write", "--blockio", "--by-line", "--port", str(free_port())],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     m = re.search(r"(\d+) WRITEs of 4096 bytes at QD32: ([\d.]+) bytecodes and ([\d.]+) "
                   r"Python calls per command", r.stdout)
@@ -46,6 +46,11 @@ def test_cmdcost_counts_predicted_blockio_writes():
     assert 500 < float(m[2]) < 3000 and 5 < float(m[3]) < 30, r.stdout
     assert "blockio_start_fast (vdisk/blockio.py:" in r.stdout
     assert "scst_process_active_cmd" not in r.stdout
+    # by line: the header says so, and the receive path's function shows
+    # up as several of its lines, not once
+    assert "per command, by source line" in r.stdout, r.stdout
+    lines = set(re.findall(r"_scsi_cmd_rx_start \(iscsi_scst/iscsi\.py:(\d+)\)", r.stdout))
+    assert len(lines) >= 2, r.stdout
 
 
 def test_cmdcost_rejects_a_bad_size_in_one_line():

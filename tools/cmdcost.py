@@ -19,13 +19,16 @@ page cache. Tracing makes uscstd about ten times slower; the counts do
 not depend on it.
 
 Usage: python -m tools.cmdcost [--count N] [--depth D] [--size BYTES]
-                               [--write] [--full-path] [--blockio] [--top K]
-                               [--port P]
+                               [--write] [--full-path] [--blockio] [--by-line]
+                               [--top K] [--port P]
 --full-path turns READ and WRITE prediction off (decisions 0072, 0073),
 so every command takes the SCST state machine; --blockio measures a
-vdisk_blockio LUN (direct I/O) instead of vdisk_fileio.
+vdisk_blockio LUN (direct I/O) instead of vdisk_fileio; --by-line lists
+source lines instead of functions (a line's calls column is 0: calls
+belong to functions).
 Prints: commands, bytecodes and Python calls per command, and the top K
-functions by bytecodes per command. Exit 1 when the load or uscstd fails.
+functions (or lines) by bytecodes per command. Exit 1 when the load or
+uscstd fails.
 """
 from __future__ import annotations
 
@@ -59,7 +62,7 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _child(out: str, full_path: bool, uscstd_args: list[str]) -> None:
+def _child(out: str, full_path: bool, by_line: bool, uscstd_args: list[str]) -> None:
     """Run uscstd in this process with the counting hook (the --child mode)."""
     counts: collections.Counter = collections.Counter()
     calls: collections.Counter = collections.Counter()
@@ -67,7 +70,7 @@ def _child(out: str, full_path: bool, uscstd_args: list[str]) -> None:
 
     def local(frame: FrameType, event: str, _arg: object) -> Callable:
         if on[0] and event == "opcode":
-            counts[frame.f_code] += 1
+            counts[(frame.f_code, frame.f_lineno if by_line else 0)] += 1
         return local
 
     def call(frame: FrameType, _event: str, _arg: object) -> Callable:
@@ -83,8 +86,11 @@ def _child(out: str, full_path: bool, uscstd_args: list[str]) -> None:
 
     def dump(*_a: object) -> None:
         on[0] = False
-        rows = [(c.co_filename, c.co_firstlineno, c.co_name, n, calls[c])
-                for c, n in counts.items()]
+        # By line, a function's calls are a row of their own (no bytecodes)
+        rows = [(c.co_filename, line or c.co_firstlineno, c.co_name, n,
+                 0 if by_line else calls[c]) for (c, line), n in counts.items()]
+        if by_line:
+            rows += [(c.co_filename, c.co_firstlineno, c.co_name, 0, n) for c, n in calls.items()]
         Path(out).write_text(json.dumps(rows))
 
     signal.signal(signal.SIGUSR1, start)
@@ -120,8 +126,10 @@ def _wait_ready(proc: subprocess.Popen, log: Path) -> None:
 
 
 def measure(count: int, depth: int, size: int, write: bool, port: int,
-            full_path: bool = False, handler: str = "vdisk_fileio") -> list:
-    """Run the load; return rows (file, line, function, bytecodes, calls)."""
+            full_path: bool = False, handler: str = "vdisk_fileio", by_line: bool = False) -> list:
+    """Run the load; return rows (file, line, function, bytecodes, calls):
+    one per function, or (by_line) one per source line that ran and one
+    per function for its calls."""
     with tempfile.TemporaryDirectory(prefix="cmdcost-") as tmp:
         w = Path(tmp)
         disk = w / "disk.img"
@@ -138,7 +146,7 @@ def measure(count: int, depth: int, size: int, write: bool, port: int,
         with open(log, "w") as logf:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tools.cmdcost", "--child", str(out),
-                 "full" if full_path else "fast", "--",
+                 ("full" if full_path else "fast") + ("-lines" if by_line else ""), "--",
                  "--portal", f"127.0.0.1:{port}", "--config", str(conf), "--data-dir", str(w),
                  "--log-level", "warning"], cwd=REPO_ROOT, stdout=logf, stderr=subprocess.STDOUT)
         try:
@@ -178,7 +186,7 @@ def summarize(rows: list, top: int) -> tuple[int, float, float, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
-        _child(argv[1], argv[2] == "full", argv[4:])
+        _child(argv[1], argv[2].startswith("full"), argv[2].endswith("-lines"), argv[4:])
         return 0
     p = _Parser(prog="cmdcost", description=__doc__.split("\n\n")[0])
     p.add_argument("--count", type=int, default=20000, help="commands measured (default 20000)")
@@ -190,14 +198,18 @@ def main(argv: list[str] | None = None) -> int:
                    "machine")
     p.add_argument("--blockio", action="store_true",
                    help="a vdisk_blockio LUN (direct I/O) instead of vdisk_fileio")
-    p.add_argument("--top", type=int, default=15, help="functions listed (default 15)")
+    p.add_argument("--by-line", action="store_true",
+                   help="list source lines, not functions (each line's bytecodes per command)")
+    p.add_argument("--top", type=int, default=15,
+                   help="functions (or lines) listed (default 15)")
     p.add_argument("--port", type=int, default=3297, help="uscstd's port on 127.0.0.1")
     args = p.parse_args(argv)
     if args.count < 1 or args.depth < 1 or args.size < 512 or args.size % 512:
         p.error("--count and --depth must be positive, --size a multiple of 512")
     try:
         rows = measure(args.count, args.depth, args.size, args.write, args.port,
-                       args.full_path, "vdisk_blockio" if args.blockio else "vdisk_fileio")
+                       args.full_path, "vdisk_blockio" if args.blockio else "vdisk_fileio",
+                       args.by_line)
         cmds, bc, calls, lines = summarize(rows, args.top)
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
         print(f"cmdcost: {e}", file=sys.stderr)
@@ -205,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     kind = "WRITE" if args.write else "READ"
     print(f"{cmds} {kind}s of {args.size} bytes at QD{args.depth}: "
           f"{bc:.1f} bytecodes and {calls:.2f} Python calls per command (uscst's code)")
-    print("bytecodes  calls  per command, by function")
+    print(f"bytecodes  calls  per command, by {'source line' if args.by_line else 'function'}")
     print("\n".join(lines))
     return 0
 
