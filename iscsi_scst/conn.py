@@ -140,6 +140,11 @@ class iscsi_conn:
     # rd and wr threads, on the one CPU: no lock); given back to the slab
     # when the connection closes
     cmnd_cache: list = attrs.field(factory=list)
+    # predicted WRITEs of the current receive pass, not yet offered to
+    # SCST: (cmnd, lun, cdb, queue_type, data) in CmdSN order (rd thread
+    # only; iscsi_fast_wr_flush empties it before any other PDU is
+    # handled and when the pass ends)
+    fast_wr_list: list = attrs.field(factory=list)
     cmds_waitQ: wait_queue_head = attrs.field(factory=lambda: wait_queue_head("conn.cmds"))
     next_ttt: int = 0
     login_started: bool = False

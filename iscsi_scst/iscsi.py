@@ -101,7 +101,8 @@ from scst_core.const import (SAM_STAT_BUSY, SAM_STAT_CHECK_CONDITION, SAM_STAT_G
                              scst_sense_data_phase_error, SCST_CMD_QUEUE_ACA, SCST_CMD_QUEUE_HEAD_OF_QUEUE,
                              SCST_CMD_QUEUE_ORDERED, SCST_CMD_QUEUE_SIMPLE,
                              SCST_CMD_QUEUE_UNTAGGED, scst_sense_data_digest_error)
-from scst_core.fastpath import FAST_DONE, FAST_READ_MAX, FAST_WRITE_MAX, scst_cmd_fast
+from scst_core.fastpath import (FAST_DONE, FAST_READ_MAX, FAST_WRITE_MAX, scst_cmd_fast,
+                                scst_cmds_fast_write)
 from scst_core.lib import scst_pack_lun, scst_set_cmd_error, scst_unpack_lun
 from scst_core.main import scst_register_target_template, scst_unregister_target_template
 from scst_core.scst import (SCST_CMD_STATE_DATA_WAIT,
@@ -268,6 +269,8 @@ def iscsi_rx_hdr(conn: iscsi_conn, buf: bytearray, off: int) -> None:
             conn.rx_bhs = bytes(buf[off:off + 48])
         _scsi_cmd_rx_start(conn, buf, off, b0, flags, lun, itt, dsl, edtl, cmd_sn, cdb)
         return
+    if conn.fast_wr_list:
+        iscsi_fast_wr_flush(conn)
     bhs = conn.rx_bhs = bytes(buf[off:off + 48])
     if conn.session is None:
         if op != ISCSI_OP_LOGIN_CMD:
@@ -534,9 +537,10 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
     # whose data all came in this PDU and is already received, is offered
     # with a buffer of the object's own (a WRITE's data is copied there out
     # of the receive buffer, which the receive loop reuses) in an object of
-    # the connection's cmnd_cache. A READ may be answered at once; a WRITE
-    # (and a READ from a device without a page cache) starts, and
-    # _fast_cmnd_done answers it.
+    # the connection's cmnd_cache. A READ may be answered at once (and a
+    # READ from a device without a page cache starts). A WRITE is kept on
+    # conn.fast_wr_list, and the pass's WRITEs are offered as one list
+    # (iscsi_fast_wr_flush). _fast_cmnd_done answers a started one.
     if (in_order and not conn.hdigest_tx and not conn.ddigest_tx and len(sess.conn_list) == 1
             and ((flags & _RW == ISCSI_CMD_READ and 0 < edtl <= FAST_READ_MAX
                   and edtl <= params.max_xmit_data_length)
@@ -551,12 +555,6 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
             fbuf = _fast_buf_get(cmnd, edtl)
         if fbuf is not None:            # else no pages now: the full path waits for them
             data = fbuf[:edtl]
-            if write:
-                start = conn.rx_start
-                data[:] = conn.rxmv[start:start + dsl]
-                cmnd.tx_kind = TX_FAST_WRITE
-            else:
-                cmnd.tx_kind = TX_FAST_READ
             cmnd.conn = conn
             cmnd.itt = itt
             cmnd.lun = lun
@@ -564,13 +562,25 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
             cmnd.edtl = edtl
             cmnd.fast_data = data
             cmd_hash[itt] = cmnd
+            if write:
+                start = conn.rx_start
+                data[:] = conn.rxmv[start:start + dsl]
+                conn.rx_start = start + dsl + ((-dsl) & 3)
+                cmnd.tx_kind = TX_FAST_WRITE
+                conn.fast_wr_list.append((cmnd, lun, cdb, _ATTR[flags & ISCSI_CMD_ATTR_MASK],
+                                          data))
+                if sess.pending_cmnds:
+                    iscsi_fast_wr_flush(conn)
+                    _release_pending(sess)
+                return
+            if conn.fast_wr_list:
+                iscsi_fast_wr_flush(conn)
+            cmnd.tx_kind = TX_FAST_READ
             r = scst_cmd_fast(sess.scst_sess, lun, cdb, _ATTR[flags & ISCSI_CMD_ATTR_MASK],
-                              write, data, _fast_cmnd_done, cmnd)
+                              data, _fast_cmnd_done, cmnd)
             if r:
                 if r == FAST_DONE:
                     conn.rd_write_list.append(cmnd.write_list_entry)  # iscsi_queue_tx's rd case
-                elif write:
-                    conn.rx_start = start + dsl + ((-dsl) & 3)
                 if sess.pending_cmnds:
                     _release_pending(sess)
                 return
@@ -580,6 +590,44 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
                 _fast_page_put(cmnd)
     else:
         cmnd = kmem_cache_alloc(iscsi_cmnd_cache, GFP_KERNEL | __GFP_NOFAIL)
+    if conn.fast_wr_list:
+        iscsi_fast_wr_flush(conn)
+    _scsi_cmd_full(conn, cmnd, lun, cdb, flags, itt, dsl, edtl, cmd_sn, in_order, None)
+
+
+def iscsi_fast_wr_flush(conn: iscsi_conn) -> None:
+    """Offer the predicted WRITEs kept on conn.fast_wr_list to SCST, in
+    CmdSN order (rd thread): scst_core.fastpath starts the longest run it
+    can; the first one it declines takes the full path, with the data it
+    already has, and the rest is offered again. So every command starts,
+    or reaches SCST's full path, in the order it came, before the next
+    PDU is handled."""
+    wl = conn.fast_wr_list
+    conn.fast_wr_list = []
+    scst_sess = conn.session.scst_sess
+    n = len(wl)
+    i = 0
+    while i < n:
+        i += scst_cmds_fast_write(scst_sess, wl, i, _fast_cmnd_done)
+        if i < n:
+            cmnd, lun, cdb, _attr, data = wl[i]
+            i += 1
+            del conn.cmd_hash[cmnd.itt]
+            cmnd.tx_kind = TX_SCSI
+            _scsi_cmd_full(conn, cmnd, lun, cdb, cmnd.flags, cmnd.itt, len(data), cmnd.edtl,
+                           0, True, data)
+
+
+def _scsi_cmd_full(conn: iscsi_conn, cmnd: iscsi_cmnd, lun: bytes, cdb: bytes, flags: int,
+                   itt: int, dsl: int, edtl: int, cmd_sn: int, in_order: bool,
+                   data: memoryview | None) -> None:
+    """A SCSI Command's full path: an scst_cmd for cmnd, handed to SCST
+    now (in_order) or held until its CmdSN's turn. Its immediate data
+    (dsl bytes) comes next in the receive stream, or (a predicted WRITE
+    SCST declined, in order) is data, already taken from the stream; held
+    commands are then released by iscsi_fast_wr_flush's caller, after
+    the rest of the list (they came after it)."""
+    sess = conn.session
     scmd = scst_rx_cmd(sess.scst_sess, lun, cdb, False)
     if scmd is None:
         kmem_cache_free(iscsi_cmnd_cache, cmnd)
@@ -588,9 +636,10 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
             _send_busy(conn, itt, edtl)
         else:
             sess.pending_cmnds[cmd_sn] = (conn, None, functools.partial(_send_busy, conn, itt, edtl))
-        _rx_discard(conn, dsl)
-        if in_order and sess.pending_cmnds:
-            _release_pending(sess)
+        if data is None:
+            _rx_discard(conn, dsl)
+            if in_order and sess.pending_cmnds:
+                _release_pending(sess)
         return
     cmnd.conn = conn
     cmnd.itt = itt
@@ -598,7 +647,9 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
     cmnd.flags = flags
     cmnd.edtl = edtl
     cmnd.scst_cmd = scmd
+    write = flags & ISCSI_CMD_WRITE
     if write:
+        params = conn.sess_params
         final = flags & ISCSI_FLG_FINAL
         cmnd.unsol_open = not final
         if params.initial_r2t or final:
@@ -617,6 +668,7 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
     # scst_cmd_set_expected, an inline in scst.h, without the call
     scmd.expected_data_direction = _DIRECTION[(flags >> 5) & 3]
     scmd.expected_transfer_len = edtl
+    cmd_hash = conn.cmd_hash
     if not in_order:
         # Held until its turn; its unsolicited data waits in a buffer of its own.
         sess.pending_cmnds[cmd_sn] = (conn, cmnd, lambda: _hand_to_scst(cmnd))
@@ -629,6 +681,17 @@ def _scsi_cmd_rx_start(conn: iscsi_conn, buf: bytearray, off: int, b0: int, flag
         return
     cmd_hash[itt] = cmnd
     scst_cmd_init_done(scmd, SCST_CONTEXT_DIRECT)
+    if data is not None:
+        # What the receive loop would do with the segment (_rx_set, then
+        # _scsi_data_done), from the bytes taken out of it already
+        pos = 0
+        for v in _data_iov(cmnd, 0, dsl):
+            k = len(v)
+            v[:] = data[pos:pos + k]
+            pos += k
+        cmnd.data_rcvd += dsl
+        _rx_progress(cmnd)
+        return
     if dsl and not _rx_immediate_in_place(conn, cmnd, dsl):
         _rx_set(conn, dsl, _scsi_data_done, _data_iov(cmnd, 0, dsl), cmnd)
     if sess.pending_cmnds:

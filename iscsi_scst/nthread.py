@@ -121,7 +121,19 @@ def _advance_iov(iov: list, n: int) -> None:
 
 def iscsi_rx(conn: iscsi_conn) -> int:
     """Receive and process PDUs until the socket is empty (-EAGAIN), the
-    peer closes (0) or the socket fails (-errno). Raises ProtocolError."""
+    peer closes (0) or the socket fails (-errno). Raises ProtocolError.
+    The predicted WRITEs the pass kept are offered to SCST before it
+    returns, also when it raises (commands received before a bad PDU run,
+    as they would have, had they been started at once)."""
+    try:
+        return _iscsi_rx(conn)
+    finally:
+        if conn.fast_wr_list:
+            from iscsi_scst.iscsi import iscsi_fast_wr_flush  # cycle: iscsi imports nthread
+            iscsi_fast_wr_flush(conn)
+
+
+def _iscsi_rx(conn: iscsi_conn) -> int:
     # cycle: iscsi imports nthread
     from iscsi_scst.iscsi import iscsi_rx_hdr, iscsi_rx_hdr_traced, trace_iscsi_pdu_rx
     ret = iscsi_conn_rxbuf_get(conn)

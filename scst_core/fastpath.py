@@ -6,13 +6,18 @@ TCP's header prediction (tcp_rcv_established's fast path). TCP checks a
 few header fields against what it predicts for an established
 connection and, when they match, handles the segment in a few lines;
 anything unexpected takes the full path. Here the target driver offers a
-READ(10)/(16) or WRITE(10)/(16) CDB to scst_cmd_fast before it allocates
-anything; when the command and its I_T_L nexus are in the predicted
-state, the core has it done with no scst_cmd. Anything else returns
-FAST_DECLINED and the driver takes the full path (scst_rx_cmd and the
-state machine of scst_core.targ), which gives the same answer the slow
-way: that path stays the reference, and every error, sense and ordering
-rule lives there alone.
+READ(10)/(16) CDB to scst_cmd_fast before it allocates anything, and
+the WRITE(10)/(16) CDBs of one receive pass, whose data came with them,
+to scst_cmds_fast_write as one list (as the kernel's listified receive,
+netif_receive_skb_list, carries a batch through each layer in one call:
+the nexus is checked once per list and the handler starts the list in
+one call, decision 0077). When a command and its I_T_L nexus are in the
+predicted state, the core has it done with no scst_cmd. Anything else
+is declined (FAST_DECLINED; for a list, the run started stops before
+it) and the driver takes the full path (scst_rx_cmd and the state
+machine of scst_core.targ), which gives the same answer the slow way:
+that path stays the reference, and every error, sense and ordering rule
+lives there alone.
 
 Predicted state (each test is one the full path would make; the first
 that fails declines):
@@ -34,9 +39,10 @@ that fails declines):
   or untagged; for a WRITE, the LUN is not read-only;
 - the dev handler does it: read_fast(dev, lba, buf) reads a READ whole
   without sleeping (vdisk_fileio: in range, medium present, from the
-  page cache): FAST_DONE; or start_fast(dev, lba, buf, write, fua, done,
-  priv) starts it (vdisk_fileio's WRITEs, vdisk_blockio's READs and
-  WRITEs: direct I/O) and it ends later, in softirq: FAST_STARTED.
+  page cache): FAST_DONE; or start_fast(dev, lba, buf, done, priv)
+  starts a READ (vdisk_blockio: direct I/O), or start_fast_list(dev,
+  items, done) a run of WRITEs (vdisk_fileio, vdisk_blockio), which end
+  later, in softirq: FAST_STARTED.
 
 A READ done at once never enters the task set: it has finished before
 the driver sees the answer, whose response is the only thing left; a
@@ -70,9 +76,9 @@ allocate a command's buffer itself (tgt_data_buf_alloced): the driver
 keeps it until the command has ended and been answered, and reuses it
 for its next command, with no page allocation.
 
-Contexts: scst_cmd_fast from any context (it never sleeps: the driver's
-receive path, softirq); a started command's done in softirq context; the
-switches from task context (sysfs store).
+Contexts: scst_cmd_fast and scst_cmds_fast_write from any context (they
+never sleep: the driver's receive path, softirq); a started command's
+done in softirq context; the switches from task context (sysfs store).
 """
 from __future__ import annotations
 
@@ -123,52 +129,62 @@ FAST_STARTED = 2
 _SIMPLE_OR_UNTAGGED = 1                 # SCST_CMD_QUEUE_SIMPLE (1), UNTAGGED (0)
 
 
-def scst_cmd_fast(sess: scst_session, lun: bytes, cdb: bytes, queue_type: int, write: int,
+def _fast_watched(sess: scst_session) -> bool:
+    """Something watches every command, or the session is going: the
+    checks of every predicted command, READ or WRITE, that do not depend
+    on its LUN."""
+    return bool(tracepoint.nr_enabled or scst_tg.scst_alua_filters or fail_scsi_cmd.armed
+                or failslab.armed or fail_page_alloc.armed or sess.shut_phase)
+
+
+def _fast_nexus(sess: scst_session, lun: bytes) -> Any:
+    """The LUN's tgt_dev when the nexus is in the predicted state (the LUN
+    field decoded before, no unit attention, no ORDERED or held command,
+    no reservation), else None. A LUN field not yet decoded (a session's
+    first command to it) goes the full path, which decodes it."""
+    tgt_dev = sess.sess_tgt_dev_list.get(scst_lun_cache.get(lun))
+    if tgt_dev is None or tgt_dev.UA_list:
+        return None
+    dev = tgt_dev.dev
+    if dev.ordered_pending or dev.deferred_cmds:
+        return None
+    prd = scst_pr_devs.get(dev)
+    if prd is not None and (prd.reserved_by is not None or prd.pr_is_set):
+        return None
+    return tgt_dev
+
+
+def scst_cmd_fast(sess: scst_session, lun: bytes, cdb: bytes, queue_type: int,
                   buf: memoryview, done: Callable[[Any, bytes], None], priv: Any) -> int:
-    """Offer a plain READ or WRITE (10/16; write: the driver expects a
-    WRITE) whose expected transfer is len(buf) bytes (1 to FAST_READ_MAX /
-    FAST_WRITE_MAX; for a WRITE, buf holds all its data). FAST_DONE: a READ's data is in buf and it is done
+    """Offer a plain READ (10/16) whose expected transfer is len(buf) bytes
+    (1 to FAST_READ_MAX). FAST_DONE: its data is in buf and it is done
     (GOOD). FAST_STARTED: the command runs, done(priv, sense) comes in
     softirq context when it ends (sense b"" for GOOD, else the CHECK
-    CONDITION's sense bytes; a READ's data is then in buf), and the
-    driver keeps buf until then. FAST_DECLINED, having changed nothing,
-    when the caller must take the full path."""
+    CONDITION's sense bytes; the data is then in buf), and the driver
+    keeps buf until then. FAST_DECLINED, having changed nothing, when the
+    caller must take the full path."""
     global fast_reads
-    if tracepoint.nr_enabled or queue_type > _SIMPLE_OR_UNTAGGED:
+    # The checks of _fast_watched and _fast_nexus, inline: this is the
+    # path of every predicted READ, and their two calls cost more than
+    # their tests
+    if tracepoint.nr_enabled or queue_type > _SIMPLE_OR_UNTAGGED or not scst_fast_read:
         return FAST_DECLINED
-    # A LUN field not yet decoded (a session's first command to it) goes
-    # the full path, which decodes it into the cache.
     tgt_dev = sess.sess_tgt_dev_list.get(scst_lun_cache.get(lun))
     if tgt_dev is None:
         return FAST_DECLINED
-    dev = tgt_dev.dev
     op = cdb[0]
-    # The CDB's direction must be the one the driver expects (an iSCSI
-    # READ(10) sent with the W bit and data goes the full way).
-    if write:
-        if op == _WRITE_10:
-            flags, lba, n, control = _cdb10.unpack_from(cdb)
-        elif op == _WRITE_16:
-            flags, lba, n, control = _cdb16.unpack_from(cdb)
-        else:
-            return FAST_DECLINED
-        # WRPROTECT (vdisk's parse); FUA is the handler's (a durable write)
-        if not scst_fast_write or flags & 0xE0 or tgt_dev.rd_only:
-            return FAST_DECLINED
+    if op == _READ_10:
+        flags, lba, n, control = _cdb10.unpack_from(cdb)
+    elif op == _READ_16:
+        flags, lba, n, control = _cdb16.unpack_from(cdb)
     else:
-        if op == _READ_10:
-            flags, lba, n, control = _cdb10.unpack_from(cdb)
-        elif op == _READ_16:
-            flags, lba, n, control = _cdb16.unpack_from(cdb)
-        else:
-            return FAST_DECLINED
-        # RDPROTECT and FUA (vdisk's parse and the FUA read's device thread)
-        if not scst_fast_read or flags & 0xE8:
-            return FAST_DECLINED
-    # the LINK bit (cdbprobe's error)
-    if (control & 1 or tgt_dev.UA_list or scst_tg.scst_alua_filters or fail_scsi_cmd.armed
-            or failslab.armed or fail_page_alloc.armed or sess.shut_phase):
         return FAST_DECLINED
+    # RDPROTECT and FUA (vdisk's parse and the FUA read's device thread),
+    # the LINK bit (cdbprobe's error)
+    if (flags & 0xE8 or control & 1 or tgt_dev.UA_list or scst_tg.scst_alua_filters
+            or fail_scsi_cmd.armed or failslab.armed or fail_page_alloc.armed or sess.shut_phase):
+        return FAST_DECLINED
+    dev = tgt_dev.dev
     nbytes = len(buf)
     if (n << dev.block_shift != nbytes or dev.ordered_pending or dev.deferred_cmds
             or dev.dev_cmd_count >= SCST_MAX_DEV_COMMANDS):
@@ -176,27 +192,86 @@ def scst_cmd_fast(sess: scst_session, lun: bytes, cdb: bytes, queue_type: int, w
     prd = scst_pr_devs.get(dev)
     if prd is not None and (prd.reserved_by is not None or prd.pr_is_set):
         return FAST_DECLINED
-    if not write:
-        read_fast = dev.handler.read_fast
-        if read_fast is not None and read_fast(dev, lba, buf):
-            dev.cmd_count += 1
-            tgt_dev.reads += 1
-            tgt_dev.read_bytes += nbytes
-            fast_reads += 1
-            return FAST_DONE
+    read_fast = dev.handler.read_fast
+    if read_fast is not None and read_fast(dev, lba, buf):
+        dev.cmd_count += 1
+        tgt_dev.reads += 1
+        tgt_dev.read_bytes += nbytes
+        fast_reads += 1
+        return FAST_DONE
     # A TMF waiting for the device's commands in flight is not kept
     # waiting by more of them; with QErr other than 00b a CHECK CONDITION
     # aborts the task set, which a started command cannot join.
     start_fast = dev.handler.start_fast
     if (start_fast is None or dev.fast_waiters or dev.qerr
-            or not start_fast(dev, lba, buf, write, flags & 0x08, _fast_cmd_done,
-                              (tgt_dev, nbytes, write, done, priv))):
+            or not start_fast(dev, lba, buf, _fast_cmd_done, (tgt_dev, nbytes, 0, done, priv))):
         return FAST_DECLINED
-    # In the task set until it ends: the session and the device count it.
+    # _fast_started's counts, inline (the path of every blockio READ)
     sess.cmd_count += 1
     dev.dev_cmd_count += 1
     dev.fast_cmds += 1
     return FAST_STARTED
+
+
+def scst_cmds_fast_write(sess: scst_session, cmds: list, start: int,
+                         done: Callable[[Any, bytes], None]) -> int:
+    """Offer the plain WRITEs (10/16) cmds[start:], in order, each a
+    (priv, lun, cdb, queue_type, buf) whose buf holds all its data (1 to
+    FAST_WRITE_MAX bytes, the expected transfer). Starts the longest run
+    of them from cmds[start] on that prediction allows, as scst_cmd_fast
+    would start each (done(priv, sense) in softirq when it ends), and
+    returns how many it started. The first one not started, and the rest,
+    stay the caller's: that one takes the full path, and the rest may be
+    offered again, so commands start in the order they came. The checks
+    that hold for the whole run (the nexus) are made once."""
+    n = len(cmds)
+    if not scst_fast_write or _fast_watched(sess):
+        return 0
+    lun0 = cmds[start][1]
+    tgt_dev = _fast_nexus(sess, lun0)
+    if tgt_dev is None or tgt_dev.rd_only:
+        return 0
+    dev = tgt_dev.dev
+    # as for a started READ (scst_cmd_fast)
+    if dev.fast_waiters or dev.qerr:
+        return 0
+    start_list = dev.handler.start_fast_list
+    if start_list is None:
+        return 0
+    shift = dev.block_shift
+    room = SCST_MAX_DEV_COMMANDS - dev.dev_cmd_count
+    items = []
+    for i in range(start, min(n, start + room)):
+        priv, lun, cdb, queue_type, buf = cmds[i]
+        if lun != lun0 or queue_type > _SIMPLE_OR_UNTAGGED:
+            break
+        op = cdb[0]
+        if op == _WRITE_10:
+            flags, lba, nblocks, control = _cdb10.unpack_from(cdb)
+        elif op == _WRITE_16:
+            flags, lba, nblocks, control = _cdb16.unpack_from(cdb)
+        else:
+            break
+        # WRPROTECT (vdisk's parse), the LINK bit (cdbprobe's error); FUA
+        # is the handler's (a durable write)
+        nbytes = len(buf)
+        if flags & 0xE0 or control & 1 or nblocks << shift != nbytes:
+            break
+        items.append((lba, buf, flags & 0x08, (tgt_dev, nbytes, 1, done, priv)))
+    if not items:
+        return 0
+    k = start_list(dev, items, _fast_cmd_done)
+    if k:
+        _fast_started(sess, dev, k)
+    return k
+
+
+def _fast_started(sess: scst_session, dev: Any, k: int) -> None:
+    """k predicted commands started: in the task set until they end, the
+    session and the device count them."""
+    sess.cmd_count += k
+    dev.dev_cmd_count += k
+    dev.fast_cmds += k
 
 
 def _fast_cmd_done(ctx: tuple, sense: bytes) -> None:

@@ -154,13 +154,20 @@ class scst_dev_type:
     # sleeping, in any context, and returns True, or returns False having
     # changed nothing the full path would see (scst_core.fastpath)
     read_fast: Callable[["scst_device", int, memoryview], bool] | None = None
-    # uscst: start_fast(dev, lba, buf, write, fua, done, priv) starts
-    # writing buf at lba (write) or reading into it without sleeping, in
-    # any context, and returns True; done(priv, sense) then runs in
-    # softirq context, sense b"" for GOOD. False: it started nothing
-    # (scst_core.fastpath's WRITE, and READ where read_fast declines)
-    start_fast: Callable[["scst_device", int, memoryview, int, int,
+    # uscst: start_fast(dev, lba, buf, done, priv) starts reading into buf
+    # from lba without sleeping, in any context, and returns True;
+    # done(priv, sense) then runs in softirq context, sense b"" for GOOD.
+    # False: it started nothing (scst_core.fastpath's READ where read_fast
+    # declines)
+    start_fast: Callable[["scst_device", int, memoryview,
                           Callable[[Any, bytes], None], Any], bool] | None = None
+    # uscst: start_fast_list(dev, items, done) starts writing, in order,
+    # the longest run it can of items, each (lba, buf, fua, priv), without
+    # sleeping, in any context, and returns how many it started; each
+    # started one's done(priv, sense) runs in softirq context
+    # (scst_core.fastpath's WRITEs)
+    start_fast_list: Callable[["scst_device", list, Callable[[Any, bytes], None]],
+                              int] | None = None
     # management: add_device(name, params) -> 0/-errno; del_device(name)
     add_device: Callable[[str, dict], int] | None = None
     del_device: Callable[[str], int] | None = None

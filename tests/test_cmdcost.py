@@ -44,7 +44,7 @@ def test_cmdcost_counts_predicted_blockio_writes_by_line():
     # started by WRITE prediction (decision 0073) as one direct I/O: the
     # blockio handler's start_fast, no state machine
     assert 500 < float(m[2]) < 3000 and 5 < float(m[3]) < 30, r.stdout
-    assert "blockio_start_fast (vdisk/blockio.py:" in r.stdout
+    assert "blockio_start_fast_list (vdisk/blockio.py:" in r.stdout
     assert "scst_process_active_cmd" not in r.stdout
     # by line: the header says so, and the receive path's function shows
     # up as several of its lines, not once

@@ -11,9 +11,9 @@ every data command sleeps in a vfs call. exec_nowait() from any context:
 a plain READ or WRITE of whole blocks that fits one bounce block starts
 there as one asynchronous direct I/O and completes from softirq context
 (SCST's blockio submits bios and completes in their end_io the same way);
-anything else declines to the device's threads. start_fast() (any
-context) starts scst_core.fastpath's predicted READ or WRITE the same
-way, without a command, or declines.
+anything else declines to the device's threads. start_fast() and
+start_fast_list() (any context) start scst_core.fastpath's predicted
+READ, and run of WRITEs, the same way, without a command, or decline.
 
 Differs from SCST: SCST builds bios straight on the command's pages; here
 the file is opened O_DIRECT on the host and each transfer goes through a
@@ -57,7 +57,7 @@ from vdisk.fileio import (MAX_PIECES, fileio_lba_status, fileio_open_backing,
                           fileio_publish_backing, fileio_sync, fileio_unmap)
 from vdisk.vdisk import (scst_vdisk_dev, vdisk_add_device_parameters,
                          vdisk_detach_common, vdisk_do_exec, vdisk_io_ops, vdisk_make_devtype,
-                         vdisk_fast_sense, vdisk_io_error, vdisk_need_sync,
+                         vdisk_fast_sense, vdisk_fast_writes, vdisk_io_error, vdisk_need_sync,
                          vdisk_set_io_error, vdisk_set_sense_info)
 
 # Design notes:
@@ -396,36 +396,54 @@ def blockio_exec_nowait(cmd: scst_cmd) -> bool:
     return True
 
 
-def blockio_start_fast(dev: scst_device, lba: int, buf: memoryview, write: int, fua: int,
+def blockio_start_fast(dev: scst_device, lba: int, buf: memoryview,
                        done: Callable[[Any, bytes], None], priv: Any) -> bool:
-    """scst_core.fastpath's READ or WRITE: one asynchronous direct I/O
-    through a bounce block, as blockio_exec_nowait starts a plain one,
-    done(priv, sense) from softirq (a READ's data in buf by then); False
-    when the full path must answer: out of range, write-protected,
-    sanitizing, no bounce block at hand, or a file fault point armed (the
-    full path's site)."""
+    """scst_core.fastpath's READ: one asynchronous direct I/O through a
+    bounce block, as blockio_exec_nowait starts a plain one, done(priv,
+    sense) from softirq (the data in buf by then); False when the full
+    path must answer: out of range, sanitizing, no medium, no bounce
+    block at hand, or fail_file_read armed (the full path's site)."""
     virt_dev: scst_vdisk_dev = dev.dh_priv
     length = len(buf)
-    if (virt_dev.sanitize_state or not virt_dev.media_present
-            or lba + (length >> virt_dev.block_shift) > virt_dev.nblocks
-            or (write and (virt_dev.rd_only or dev.swp or fail_file_write.armed
-                           or fail_file_fsync.armed))
-            or (not write and fail_file_read.armed)):
+    if (virt_dev.sanitize_state or not virt_dev.media_present or fail_file_read.armed
+            or lba + (length >> virt_dev.block_shift) > virt_dev.nblocks):
         return False
     f = virt_dev.file
-    pos = lba << virt_dev.block_shift
-    flags = IOCB_DSYNC if write and vdisk_need_sync(None, virt_dev, bool(fua)) else 0
-    got = _blockio_iocb_get(f, pos, flags, _blockio_fast_end_io)
+    got = _blockio_iocb_get(f, lba << virt_dev.block_shift, 0, _blockio_fast_end_io)
     if got is None:
         return False
     iocb, bounce = got
-    iocb.private = ((dev, buf, write, done, priv), bounce)
-    if write:
+    iocb.private = ((dev, buf, 0, done, priv), bounce)
+    vfs_iocb_iter_read(f, iocb, [bounce[:length]])
+    return True
+
+
+def blockio_start_fast_list(dev: scst_device, items: list,
+                            done: Callable[[Any, bytes], None]) -> int:
+    """scst_core.fastpath's WRITEs: each (lba, buf, fua, priv) of the
+    longest run it can, copied to a bounce block and started as one
+    asynchronous direct write, as blockio_exec_nowait starts a plain one,
+    done(priv, sense) from softirq; how many it started: 0 when the
+    full path must answer: write-protected, sanitizing, no medium, or a
+    file fault point armed (the full path's site); the run stops at one
+    out of range or with no bounce block at hand."""
+    virt_dev: scst_vdisk_dev = dev.dh_priv
+    if (virt_dev.sanitize_state or not virt_dev.media_present or virt_dev.rd_only or dev.swp
+            or fail_file_write.armed or fail_file_fsync.armed):
+        return 0
+    f = virt_dev.file
+    k = 0
+    for pos, buf, flags, priv in vdisk_fast_writes(virt_dev, items):
+        got = _blockio_iocb_get(f, pos, flags, _blockio_fast_end_io)
+        if got is None:
+            break
+        iocb, bounce = got
+        iocb.private = ((dev, buf, 1, done, priv), bounce)
+        length = len(buf)
         bounce[:length] = buf
         vfs_iocb_iter_write(f, iocb, [bounce[:length]])
-    else:
-        vfs_iocb_iter_read(f, iocb, [bounce[:length]])
-    return True
+        k += 1
+    return k
 
 
 def _blockio_fast_end_io(iocb: kiocb, n: int) -> None:
@@ -448,6 +466,7 @@ def _blockio_fast_end_io(iocb: kiocb, n: int) -> None:
 blockio_devtype = vdisk_make_devtype("vdisk_blockio", blockio_exec, blockio_attach,
                                      blockio_detach, exec_atomic=False,
                                      exec_nowait=blockio_exec_nowait,
-                                     start_fast=blockio_start_fast)
+                                     start_fast=blockio_start_fast,
+                                     start_fast_list=blockio_start_fast_list)
 blockio_devtype.add_device_parameters = tuple(p for p in vdisk_add_device_parameters
                                               if p != "o_direct")

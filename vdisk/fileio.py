@@ -10,8 +10,8 @@ vfs call. exec_nowait() from any context: it serves READs from the page
 cache without sleeping, starts plain WRITEs asynchronously (completed from
 softirq context, as a bio's end_io completes SCST's blockio commands), or
 declines. read_fast() (scst_core.fastpath's READ, any context) reads
-from the page cache only, or declines; start_fast() (its WRITE, any
-context) starts the write as exec_nowait() does, or declines. A cached READ of
+from the page cache only, or declines; start_fast_list() (its WRITEs,
+any context) starts the writes as exec_nowait() does, or declines. A cached READ of
 fileio_sendfile_min..fileio_sendfile_max bytes (module parameters),
 when the target driver can send from a file, is not read at all:
 cmd.data_file names the range, and the driver sends it from the page
@@ -43,8 +43,8 @@ from scst_core.scst import SCST_CMD_STATE_DEFAULT, SCST_CONTEXT_SAME, scst_cmd, 
 from vdisk import vdisk as vdisk_mod
 from vdisk.vdisk import (scst_vdisk_dev, vdisk_attach_common,
                          vdisk_detach_common, vdisk_do_exec, vdisk_io_ops, vdisk_make_devtype,
-                         vdisk_fast_sense, vdisk_io_error, vdisk_need_sync, vdisk_set_io_error,
-                         vdisk_set_sense_info)
+                         vdisk_fast_sense, vdisk_fast_writes, vdisk_io_error, vdisk_need_sync,
+                         vdisk_set_io_error, vdisk_set_sense_info)
 
 
 def _zero_tail(iov: list, skip: int) -> None:
@@ -358,27 +358,27 @@ def fileio_read_fast(dev: scst_device, lba: int, buf: memoryview) -> bool:
     return vfs_readv_nowait(virt_dev.file, [buf], lba << virt_dev.block_shift, length) == length
 
 
-def fileio_start_fast(dev: scst_device, lba: int, buf: memoryview, write: int, fua: int,
-                      done: Callable[[Any, bytes], None], priv: Any) -> bool:
-    """scst_core.fastpath's WRITE: buf written at lba asynchronously, as
-    fileio_exec_nowait starts a plain WRITE (durable when FUA or
-    write-through asks), done(priv, sense) from softirq; False when the
-    full path must answer: a READ (read_fast's, or the device threads'),
-    an O_DIRECT file (the buffer is not aligned), out of range,
-    write-protected, no medium, sanitizing, or a file fault point armed
-    (the full path's site)."""
+def fileio_start_fast_list(dev: scst_device, items: list,
+                           done: Callable[[Any, bytes], None]) -> int:
+    """scst_core.fastpath's WRITEs: each (lba, buf, fua, priv) of the
+    longest run it can written asynchronously, as fileio_exec_nowait
+    starts a plain WRITE (durable when FUA or write-through asks),
+    done(priv, sense) from softirq; how many it started: 0 when the
+    full path must answer: an O_DIRECT file (the buffers are not
+    aligned), write-protected, no medium, sanitizing, or a file fault
+    point armed (the full path's site); the run stops at one out of
+    range."""
     virt_dev: scst_vdisk_dev = dev.dh_priv
-    length = len(buf)
-    if (not write or virt_dev.o_direct or virt_dev.sanitize_state or not virt_dev.media_present
-            or virt_dev.rd_only or dev.swp or lba + (length >> virt_dev.block_shift) > virt_dev.nblocks
-            or fail_file_write.armed or fail_file_fsync.armed):
-        return False
-    flags = (IOCB_DSYNC if (fua or virt_dev.wt_flag) and vdisk_need_sync(None, virt_dev, bool(fua))
-             else 0)
+    if (virt_dev.o_direct or virt_dev.sanitize_state or not virt_dev.media_present
+            or virt_dev.rd_only or dev.swp or fail_file_write.armed or fail_file_fsync.armed):
+        return 0
     f = virt_dev.file
-    vfs_iocb_iter_write(f, kiocb(f, lba << virt_dev.block_shift, _fileio_write_fast_done,
-                                 (dev, length, done, priv), flags), [buf])
-    return True
+    k = 0
+    for pos, buf, flags, priv in vdisk_fast_writes(virt_dev, items):
+        vfs_iocb_iter_write(f, kiocb(f, pos, _fileio_write_fast_done,
+                                     (dev, len(buf), done, priv), flags), [buf])
+        k += 1
+    return k
 
 
 def _fileio_write_fast_done(iocb: kiocb, n: int) -> None:
@@ -393,4 +393,5 @@ def _fileio_write_fast_done(iocb: kiocb, n: int) -> None:
 
 fileio_devtype = vdisk_make_devtype("vdisk_fileio", fileio_exec, fileio_attach, fileio_detach,
                                     exec_atomic=False, exec_nowait=fileio_exec_nowait,
-                                    read_fast=fileio_read_fast, start_fast=fileio_start_fast)
+                                    read_fast=fileio_read_fast,
+                                    start_fast_list=fileio_start_fast_list)

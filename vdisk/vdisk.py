@@ -33,11 +33,12 @@ completes (so exec sleeps: not for vdisk_nullio's atomic exec).
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import attrs
 
 from kshim.err import EEXIST, EINVAL, ENODEV, ENOENT, ENOSPC
+from kshim.fs import IOCB_DSYNC
 from kshim.module import (MODULE_DESCRIPTION, MODULE_LICENSE, MODULE_PARM_DESC, THIS_MODULE,
                           module_exit, module_init, module_param)
 from kshim.mutex import mutex
@@ -885,6 +886,21 @@ def vdisk_need_sync(cmd: scst_cmd | None, virt_dev: scst_vdisk_dev, fua: bool) -
     return fua or virt_dev.wt_flag
 
 
+def vdisk_fast_writes(virt_dev: scst_vdisk_dev, items: list) -> Iterator[tuple]:
+    """The run of scst_core.fastpath's WRITEs (lba, buf, fua, priv) in
+    items a handler's start_fast_list starts, up to the first out of
+    range: (pos, buf, kiocb flags, priv), IOCB_DSYNC where the write must
+    be durable (FUA or write-through, as vdisk_need_sync decides)."""
+    shift = virt_dev.block_shift
+    nblocks = virt_dev.nblocks
+    sync = IOCB_DSYNC if vdisk_need_sync(None, virt_dev, False) else 0
+    for lba, buf, fua, priv in items:
+        if lba + (len(buf) >> shift) > nblocks:
+            return
+        yield (lba << shift, buf,
+               (IOCB_DSYNC if vdisk_need_sync(None, virt_dev, True) else 0) if fua else sync, priv)
+
+
 def vdisk_exec_write(cmd: scst_cmd, virt_dev: scst_vdisk_dev) -> None:
     if cmd.data_len == 0:
         return
@@ -1437,11 +1453,13 @@ def vdisk_make_devtype(name: str, exec_fn: Callable[[scst_cmd], int],
                        exec_nowait: Callable[[scst_cmd], bool] | None = None,
                        dev_type: int = TYPE_DISK,
                        read_fast: Callable[[scst_device, int, memoryview], bool] | None = None,
-                       start_fast: Callable[..., bool] | None = None) -> scst_dev_type:
+                       start_fast: Callable[..., bool] | None = None,
+                       start_fast_list: Callable[..., int] | None = None) -> scst_dev_type:
     return scst_dev_type(
         name=name, type=dev_type, parse=vdisk_parse, exec=exec_fn, attach=attach,
         detach=detach, detach_tgt=vdisk_detach_tgt, exec_atomic=exec_atomic,
         exec_nowait=exec_nowait, read_fast=read_fast, start_fast=start_fast,
+        start_fast_list=start_fast_list,
         add_device=lambda dev_name, params: vdisk_add_device(name, dev_name, params),
         del_device=vdisk_del_device,
         add_device_parameters=vdisk_add_device_parameters)

@@ -339,3 +339,42 @@ def test_the_switch_sends_writes_the_full_way_and_refuses_a_bad_value(uscstd, tm
     assert fast_writes(sock) == before + 1
     ini.logout()
     ini.close()
+
+
+@pytest.mark.parametrize("handler", HANDLERS)
+def test_a_declined_write_in_a_receive_pass_takes_the_full_path_in_its_place(uscstd, tmp_path,
+                                                                           handler):
+    """Predicted WRITEs that arrive together are offered to the core as one
+    list (decision 0077). Commands it declines in the middle of the list
+    (a WRITE(12), one past the end of the LUN, an ORDERED one) take the
+    full path in their place, and the WRITEs after each are offered again:
+    every answer is the full path's, every GOOD write is on the file, and
+    the predicted ones around the declined ones still start predicted."""
+    srv, sock, disk = _start(uscstd, tmp_path, handler)
+    ini = login(srv, "iqn.2026-12.test:fs-list")
+    write12 = struct.pack(">BBIIBB", 0xAA, 0, 2, 1, 0, 0)
+    sends = [(_cdb(0x2A, 0, 1), ATTR_SIMPLE, b"a"), (_cdb(0x2A, 1, 1), ATTR_SIMPLE, b"b"),
+             (write12, ATTR_SIMPLE, b"c"), (_cdb(0x8A, 3, 1), ATTR_SIMPLE, b"d"),
+             (_cdb(0x2A, NBLOCKS, 1), ATTR_SIMPLE, b"x"), (_cdb(0x2A, 4, 1), ATTR_SIMPLE, b"e"),
+             (_cdb(0x2A, 5, 1), ATTR_ORDERED, b"f"), (_cdb(0x2A, 6, 1), ATTR_SIMPLE, b"g")]
+    for rnd in range(3):
+        before = fast_writes(sock)
+        # Corked, the PDUs go out as one segment: one receive pass holds all
+        ini.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        itts = [ini.submit(cdb, data_out=fill * BS, attr=attr) for cdb, attr, fill in sends]
+        ini.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+        answers = [ini.wait(itt) for itt in itts]
+        bad = answers.pop(4)
+        assert all(r.ok for r in answers), (rnd, [(r.status, r.sense) for r in answers])
+        # LOGICAL BLOCK ADDRESS OUT OF RANGE, as the full path answers it
+        assert bad.status == CHECK_CONDITION and bad.sense[2] & 0xF == 5 and bad.sense[12] == 0x21
+        # a, b, d and e at least (g also, unless the ORDERED one before it
+        # still waits for them): not the two a list that gave up at its
+        # first decline would start
+        started = fast_writes(sock) - before
+        assert started in (4, 5), (rnd, started)
+        r = ini.read10(0, 7)
+        assert r.ok and r.data == b"".join(f * BS for f in (b"a", b"b", b"c", b"d", b"e",
+                                                              b"f", b"g")), rnd
+    ini.logout()
+    ini.close()
