@@ -682,13 +682,12 @@ def _scsi_cmd_full(conn: iscsi_conn, cmnd: iscsi_cmnd, lun: bytes, cdb: bytes, f
     cmd_hash[itt] = cmnd
     scst_cmd_init_done(scmd, SCST_CONTEXT_DIRECT)
     if data is not None:
-        # What the receive loop would do with the segment (_rx_set, then
-        # _scsi_data_done), from the bytes taken out of it already
-        pos = 0
-        for v in _data_iov(cmnd, 0, dsl):
-            k = len(v)
-            v[:] = data[pos:pos + k]
-            pos += k
+        # What the receive loop would do with the segment (_rx_set into
+        # _data_iov's views, then _scsi_data_done), from the bytes taken
+        # out of it already: into the buffer up to its length, if SCST has
+        # given it
+        if cmnd.write_ready:
+            sg_copy_from_buffer(scmd.sg, scmd.sg_cnt, data[:min(dsl, scmd.bufflen)])
         cmnd.data_rcvd += dsl
         _rx_progress(cmnd)
         return

@@ -206,7 +206,7 @@ def scst_cmd_fast(sess: scst_session, lun: bytes, cdb: bytes, queue_type: int,
     if (start_fast is None or dev.fast_waiters or dev.qerr
             or not start_fast(dev, lba, buf, _fast_cmd_done, (tgt_dev, nbytes, 0, done, priv))):
         return FAST_DECLINED
-    # _fast_started's counts, inline (the path of every blockio READ)
+    # In the task set until it ends: the session and the device count it.
     sess.cmd_count += 1
     dev.dev_cmd_count += 1
     dev.fast_cmds += 1
@@ -261,17 +261,11 @@ def scst_cmds_fast_write(sess: scst_session, cmds: list, start: int,
     if not items:
         return 0
     k = start_list(dev, items, _fast_cmd_done)
-    if k:
-        _fast_started(sess, dev, k)
-    return k
-
-
-def _fast_started(sess: scst_session, dev: Any, k: int) -> None:
-    """k predicted commands started: in the task set until they end, the
-    session and the device count them."""
+    # In the task set until they end: the session and the device count them.
     sess.cmd_count += k
     dev.dev_cmd_count += k
     dev.fast_cmds += k
+    return k
 
 
 def _fast_cmd_done(ctx: tuple, sense: bytes) -> None:
